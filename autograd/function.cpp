@@ -1,0 +1,46 @@
+#include "autograd/function.h"
+
+#include "autograd/functions.h"
+
+namespace headroom {
+
+bool needs_grad(std::initializer_list<Tensor> inputs) {
+  if (!GradMode::is_enabled()) return false;
+  for (const auto& t : inputs)
+    if (t.defined() && t.requires_grad()) return true;
+  return false;
+}
+
+bool needs_grad(const std::vector<Tensor>& inputs) {
+  if (!GradMode::is_enabled()) return false;
+  for (const auto& t : inputs)
+    if (t.defined() && t.requires_grad()) return true;
+  return false;
+}
+
+void record(const char* name, const Tensor& out, const std::vector<Tensor>& inputs, BackwardFn fn) {
+  auto node = std::make_shared<FunctionNode>(name, std::move(fn));
+  node->next.reserve(inputs.size());
+  for (const auto& t : inputs) node->next.push_back(t.defined() && t.requires_grad() ? gradient_edge(t) : nullptr);
+  node->output_shape = out.shape();
+  node->output_dtype = out.dtype();
+  AutogradMeta& meta = autograd_meta(out);
+  meta.grad_fn = std::move(node);
+  meta.requires_grad = true;
+}
+
+void record(const char* name, const Tensor& out, std::initializer_list<Tensor> inputs, BackwardFn fn) {
+  record(name, out, std::vector<Tensor>(inputs), std::move(fn));
+}
+
+Tensor sum_to(const Tensor& grad, const Shape& shape) {
+  if (grad.shape() == shape) return grad;
+  const int64_t lead = grad.dim() - static_cast<int64_t>(shape.size());
+  std::vector<int64_t> dims;
+  for (int64_t d = 0; d < grad.dim(); ++d)
+    if (d < lead || (shape[static_cast<size_t>(d - lead)] == 1 && grad.size(d) != 1)) dims.push_back(d);
+  Tensor s = dims.empty() ? grad : sum(grad, dims, true);
+  return s.reshape(shape);
+}
+
+}  // namespace headroom

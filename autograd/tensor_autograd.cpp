@@ -1,0 +1,86 @@
+// The autograd members of Tensor (declared in engine/tensor.h) and the meta slot.
+#include "autograd/autograd_meta.h"
+#include "autograd/engine.h"
+#include "autograd/grad_mode.h"
+
+namespace headroom {
+
+AutogradMeta& autograd_meta(const Tensor& t) {
+  TensorImpl* impl = t.impl();
+  if (!impl) throw Error("autograd: use of an undefined tensor");
+  if (!impl->autograd) impl->autograd = std::make_shared<AutogradMeta>();
+  return *impl->autograd;
+}
+
+std::shared_ptr<Node> gradient_edge(const Tensor& t) {
+  if (!t.defined() || !t.impl()->autograd) return nullptr;
+  AutogradMeta& meta = *t.impl()->autograd;
+  if (meta.grad_fn) return meta.grad_fn;
+  if (!meta.requires_grad) return nullptr;
+  auto acc = meta.grad_accumulator.lock();
+  if (!acc) {
+    acc = std::make_shared<AccumulateGrad>(t.impl_ptr());
+    acc->output_shape = t.shape();
+    acc->output_dtype = t.dtype();
+    meta.grad_accumulator = acc;
+  }
+  return acc;
+}
+
+bool Tensor::requires_grad() const {
+  return defined() && impl()->autograd && (impl()->autograd->requires_grad || impl()->autograd->grad_fn);
+}
+
+Tensor& Tensor::set_requires_grad(bool requires_grad) {
+  AutogradMeta& meta = autograd_meta(*this);
+  HR_CHECK(!meta.grad_fn || requires_grad, AutogradError,
+           "set_requires_grad(false) on a non-leaf tensor (made by ", meta.grad_fn->name(),
+           "): use detach() instead");
+  HR_CHECK(!requires_grad || is_floating(dtype()), DTypeError,
+           "only floating tensors can require grad, this one is ", dtype_name(dtype()));
+  meta.requires_grad = requires_grad;
+  return *this;
+}
+
+Tensor Tensor::grad() const {
+  if (!defined() || !impl()->autograd) return {};
+  return impl()->autograd->grad;
+}
+
+void Tensor::set_grad(const Tensor& grad) const {
+  if (grad.defined())
+    HR_CHECK(grad.shape() == shape(), ShapeError, "set_grad: gradient shape ", shape_str(grad.shape()),
+             " differs from tensor shape ", shape_str(shape()));
+  autograd_meta(*this).grad = grad;
+}
+
+void Tensor::zero_grad() const {
+  if (defined() && impl()->autograd) impl()->autograd->grad = Tensor();
+}
+
+bool Tensor::is_leaf() const { return !defined() || !impl()->autograd || !impl()->autograd->grad_fn; }
+
+std::shared_ptr<Node> Tensor::grad_fn() const {
+  if (!defined() || !impl()->autograd) return nullptr;
+  return impl()->autograd->grad_fn;
+}
+
+void Tensor::backward(const Tensor& gradient, bool retain_graph) const {
+  HR_CHECK(requires_grad(), AutogradError,
+           "backward() on a tensor that does not require grad (", describe(*this),
+           "): no input of the ops that made it requires grad, or it was made under no_grad");
+  Tensor g = gradient;
+  if (!g.defined()) {
+    HR_CHECK(numel() == 1, AutogradError, "backward() without a gradient needs a one-element output, got shape ",
+             shape_str(shape()), "; pass a gradient of that shape");
+    g = Tensor::ones(shape(), options());
+  }
+  run_backward({*this}, {g}, retain_graph);
+}
+
+Tensor Tensor::detach() const {
+  Tensor out = as_strided(shape(), strides(), offset());
+  return out;
+}
+
+}  // namespace headroom

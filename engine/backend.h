@@ -1,0 +1,157 @@
+// The backend interface: every op a device must implement, and nothing about graphs.
+//
+// One Backend per device kind, implemented in kernels/cpu and kernels/cuda. The functions in
+// autograd/functions compute shapes, dtypes and broadcasting, allocate outputs, and call these;
+// a backend only does the arithmetic. Contract for every method:
+//  - all tensors are on the backend's device (callers check and say which is not);
+//  - outputs are allocated by the caller with the right shape and dtype;
+//  - "written" outputs are overwritten (=); none is accumulated into unless a comment says so;
+//  - inputs may have any strides unless a comment asks for contiguous.
+// Adding an op means: a method here, two implementations, a function with its gradient in
+// autograd/functions, and tests. Note [op count] below keeps the enums and their tables in step.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "engine/device.h"
+#include "engine/tensor.h"
+
+namespace headroom {
+
+enum class UnaryOp : uint8_t {
+  neg, exp, log, sqrt, abs, relu, gelu, tanh, sigmoid, sign, reciprocal, square, logical_not,
+  kCount
+};
+enum class BinaryOp : uint8_t {
+  add, sub, mul, div, pow, maximum, minimum,
+  eq, ne, lt, le, gt, ge,  // comparisons write a bool output
+  relu_backward,           // a = grad, b = x: grad where x > 0, else 0
+  gelu_backward,           // a = grad, b = x: grad * d gelu(x) / dx (tanh form)
+  kCount
+};
+enum class ReduceOp : uint8_t { sum, mean, max, min, argmax, argmin, kCount };
+
+// Note [op count]: adding an op to an enum breaks these until its name tables are updated.
+static_assert(static_cast<int>(UnaryOp::kCount) == 13, "update unary_op_name and the backends");
+static_assert(static_cast<int>(BinaryOp::kCount) == 15, "update binary_op_name and the backends");
+static_assert(static_cast<int>(ReduceOp::kCount) == 6, "update reduce_op_name and the backends");
+const char* unary_op_name(UnaryOp op);
+const char* binary_op_name(BinaryOp op);
+const char* reduce_op_name(ReduceOp op);
+bool is_comparison(BinaryOp op);
+
+struct Conv2dParams {
+  int64_t stride_h = 1, stride_w = 1;
+  int64_t pad_h = 0, pad_w = 0;
+  int64_t dilation_h = 1, dilation_w = 1;
+  int64_t groups = 1;
+};
+
+struct Pool2dParams {
+  int64_t kernel_h = 2, kernel_w = 2;
+  int64_t stride_h = 2, stride_w = 2;
+  int64_t pad_h = 0, pad_w = 0;
+  bool count_include_pad = true;  // average pooling: divide by the full window
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual DeviceType device_type() const = 0;
+
+  // ---- memory movement ----
+  // dst = src elementwise: same shape, any strides, dtypes may differ (a cast).
+  virtual void copy(const Tensor& dst, const Tensor& src) = 0;
+  // Contiguous bytes between this device and host memory.
+  virtual void copy_to_host(void* host_dst, const void* src, size_t nbytes, Device device) = 0;
+  virtual void copy_from_host(void* dst, const void* host_src, size_t nbytes, Device device) = 0;
+  virtual void fill(const Tensor& out, double value) = 0;
+  // out (contiguous, 1-d) = start + i * step.
+  virtual void arange(const Tensor& out, double start, double step) = 0;
+  // out (contiguous) from Philox(seed), counters starting at offset (engine/rng.h):
+  // uniform in [0, 1), and standard normal by Box-Muller.
+  virtual void random_uniform(const Tensor& out, uint64_t seed, uint64_t offset) = 0;
+  virtual void random_normal(const Tensor& out, uint64_t seed, uint64_t offset) = 0;
+
+  // ---- elementwise ----
+  // Inputs are views already broadcast to out's shape (zero strides allowed) and of out's
+  // dtype (for comparisons: of one common dtype, out bool). out may alias an input exactly.
+  virtual void unary(UnaryOp op, const Tensor& x, const Tensor& out) = 0;
+  virtual void binary(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& out) = 0;
+  // out = cond ? a : b; cond bool, all broadcast to out's shape.
+  virtual void where(const Tensor& cond, const Tensor& a, const Tensor& b, const Tensor& out) = 0;
+
+  // ---- reductions ----
+  // out has x's rank; a dim of out that is 1 where x's is not is reduced. argmax/argmin write
+  // i64 indices along the single reduced dim; the others write x's dtype (accumulating in f32
+  // or wider).
+  virtual void reduce(ReduceOp op, const Tensor& x, const Tensor& out) = 0;
+
+  // ---- linear algebra ----
+  // out[b] = a[b] @ b[b] + beta * out[b]. a: [B, M, K], b: [B, K, N], any strides (a batch
+  // stride of 0 broadcasts); out: [B, M, N] contiguous; one float dtype.
+  virtual void matmul(const Tensor& a, const Tensor& b, const Tensor& out, double beta) = 0;
+
+  // ---- convolution and pooling (NCHW, contiguous) ----
+  // x: [N, C, H, W], w: [O, C / groups, KH, KW], bias: [O] or undefined, out: [N, O, OH, OW].
+  virtual void conv2d_forward(const Tensor& x, const Tensor& w, const Tensor& bias,
+                              const Tensor& out, const Conv2dParams& p) = 0;
+  virtual void conv2d_backward_input(const Tensor& dout, const Tensor& w, const Tensor& dx,
+                                     const Conv2dParams& p) = 0;
+  virtual void conv2d_backward_weight(const Tensor& dout, const Tensor& x, const Tensor& dw,
+                                      const Conv2dParams& p) = 0;
+  // indices (i64) hold each maximum's position within its H*W plane; padding never wins.
+  virtual void max_pool2d_forward(const Tensor& x, const Tensor& out, const Tensor& indices,
+                                  const Pool2dParams& p) = 0;
+  virtual void max_pool2d_backward(const Tensor& dout, const Tensor& indices, const Tensor& dx,
+                                   const Pool2dParams& p) = 0;
+  virtual void avg_pool2d_forward(const Tensor& x, const Tensor& out, const Pool2dParams& p) = 0;
+  virtual void avg_pool2d_backward(const Tensor& dout, const Tensor& dx, const Pool2dParams& p) = 0;
+
+  // ---- normalisation and losses (contiguous) ----
+  // Softmax (or log-softmax when log) along dim. Backward takes the forward's output y.
+  virtual void softmax_forward(const Tensor& x, const Tensor& y, int64_t dim, bool log) = 0;
+  virtual void softmax_backward(const Tensor& y, const Tensor& dy, const Tensor& dx, int64_t dim,
+                                bool log) = 0;
+  // logits: [N, C], target: [N] i64 (a negative target is ignored: loss 0, gradient 0);
+  // losses: [N] per-sample -log softmax(logits)[target]; lse: [N] f32 logsumexp per row.
+  // Backward: dlogits = dlosses[n] * (softmax - onehot(target)).
+  virtual void cross_entropy_forward(const Tensor& logits, const Tensor& target,
+                                     const Tensor& losses, const Tensor& lse) = 0;
+  virtual void cross_entropy_backward(const Tensor& logits, const Tensor& target,
+                                      const Tensor& lse, const Tensor& dlosses,
+                                      const Tensor& dlogits) = 0;
+  // x: [M, N] normalised over N; weight, bias: [N] or undefined; mean, rstd: [M] f32.
+  virtual void layer_norm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias,
+                                  double eps, const Tensor& y, const Tensor& mean,
+                                  const Tensor& rstd) = 0;
+  // dweight, dbias may be undefined (not needed).
+  virtual void layer_norm_backward(const Tensor& dy, const Tensor& x, const Tensor& weight,
+                                   const Tensor& mean, const Tensor& rstd, const Tensor& dx,
+                                   const Tensor& dweight, const Tensor& dbias) = 0;
+  // x: [N, C, S]; statistics per channel C. Training: batch statistics, saved in save_mean and
+  // save_invstd ([C] f32), and running_mean/var (if defined) updated with momentum using the
+  // unbiased variance. Eval: running statistics, saved likewise for backward.
+  virtual void batch_norm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias,
+                                  const Tensor& running_mean, const Tensor& running_var,
+                                  bool training, double momentum, double eps, const Tensor& y,
+                                  const Tensor& save_mean, const Tensor& save_invstd) = 0;
+  virtual void batch_norm_backward(const Tensor& dy, const Tensor& x, const Tensor& weight,
+                                   const Tensor& save_mean, const Tensor& save_invstd,
+                                   bool training, const Tensor& dx, const Tensor& dweight,
+                                   const Tensor& dbias) = 0;
+
+  // ---- indexing ----
+  // out = x gathered along dim at index (i64, 1-d). Throws ValueError on an index out of range.
+  virtual void index_select(const Tensor& x, int64_t dim, const Tensor& index, const Tensor& out) = 0;
+  // out[.., index[i], ..] += src[.., i, ..] along dim (accumulates; repeated indices add up).
+  virtual void index_add(const Tensor& out, int64_t dim, const Tensor& index, const Tensor& src) = 0;
+};
+
+// The backend of a device kind; throws DeviceError when none is registered (a CUDA op in a
+// build without CUDA).
+Backend& backend_for(Device device);
+void register_backend(DeviceType type, Backend* backend);
+
+}  // namespace headroom

@@ -1,0 +1,44 @@
+// Storage: a refcounted run of bytes on one device, shared by every tensor that views it.
+//
+// Note [version counter]: each storage counts the in-place writes made to it. Autograd records
+// the count when it saves a tensor for backward and compares it when backward unpacks the
+// tensor; a difference means the saved values were overwritten and the gradient would be
+// wrong, so backward throws and names the op. Views share the storage, so a write through any
+// view is seen.
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <memory>
+
+#include "engine/allocator.h"
+#include "engine/device.h"
+
+namespace headroom {
+
+class StorageImpl {
+ public:
+  StorageImpl(size_t nbytes, Device device)
+      : device_(device), allocator_(&allocator_for(device)), alloc_(allocator_->allocate(nbytes)),
+        nbytes_(nbytes) {}
+  ~StorageImpl() { allocator_->deallocate(alloc_); }
+  StorageImpl(const StorageImpl&) = delete;
+  StorageImpl& operator=(const StorageImpl&) = delete;
+
+  void* data() const { return alloc_.ptr; }
+  size_t nbytes() const { return nbytes_; }
+  Device device() const { return device_; }
+  uint64_t version() const { return version_.load(std::memory_order_relaxed); }
+  void bump_version() { version_.fetch_add(1, std::memory_order_relaxed); }
+
+ private:
+  Device device_;
+  Allocator* allocator_;
+  Allocation alloc_;
+  size_t nbytes_;
+  std::atomic<uint64_t> version_{0};
+};
+
+using Storage = std::shared_ptr<StorageImpl>;
+
+}  // namespace headroom

@@ -1,0 +1,227 @@
+#include "engine/tensor.h"
+
+#include <cmath>
+#include <cstdio>
+#include <iomanip>
+#include <ostream>
+#include <sstream>
+
+#include "engine/backend.h"
+#include "engine/rng.h"
+
+namespace headroom {
+
+namespace {
+const TensorImpl& checked(const std::shared_ptr<TensorImpl>& impl) {
+  if (!impl) throw Error("use of an undefined tensor");
+  return *impl;
+}
+}  // namespace
+
+const Shape& Tensor::shape() const { return checked(impl_).shape; }
+const Shape& Tensor::strides() const { return checked(impl_).strides; }
+int64_t Tensor::size(int64_t d) const { return shape()[wrap_dim(d, dim(), "size")]; }
+int64_t Tensor::stride(int64_t d) const { return strides()[wrap_dim(d, dim(), "stride")]; }
+int64_t Tensor::offset() const { return checked(impl_).offset; }
+int64_t Tensor::numel() const { return shape_numel(shape()); }
+DType Tensor::dtype() const { return checked(impl_).dtype; }
+Device Tensor::device() const { return checked(impl_).storage->device(); }
+const Storage& Tensor::storage() const { return checked(impl_).storage; }
+uint64_t Tensor::version() const { return storage()->version(); }
+void Tensor::bump_version() const { storage()->bump_version(); }
+
+bool Tensor::is_contiguous() const {
+  const auto& s = shape();
+  const auto& st = strides();
+  int64_t expected = 1;
+  for (size_t i = s.size(); i-- > 0;) {
+    if (s[i] == 1) continue;
+    if (st[i] != expected) return false;
+    expected *= s[i];
+  }
+  return true;
+}
+
+void* Tensor::raw_data() const {
+  const auto& impl = checked(impl_);
+  return static_cast<char*>(impl.storage->data()) + impl.offset * static_cast<int64_t>(dtype_size(impl.dtype));
+}
+
+void Tensor::check_dtype(DType expected, const char* what) const {
+  HR_CHECK(dtype() == expected, DTypeError, what, ": tensor is ", dtype_name(dtype()),
+           ", asked for ", dtype_name(expected));
+}
+
+double Tensor::item_double() const {
+  HR_CHECK(numel() == 1, ShapeError, "item(): expected a tensor with one element, got shape ",
+           shape_str(shape()));
+  Tensor host = empty({}, TensorOptions().dtype(DType::f64));
+  copy_tensor(host, this->as_strided({}, {}, offset()));
+  return *host.data<double>();
+}
+
+Tensor Tensor::as_strided(const Shape& shape, const Shape& strides, int64_t offset) const {
+  HR_CHECK(shape.size() == strides.size(), ShapeError, "as_strided: shape ", shape_str(shape),
+           " and strides ", shape_str(strides), " differ in length");
+  auto impl = std::make_shared<TensorImpl>();
+  impl->storage = storage();
+  impl->shape = shape;
+  impl->strides = strides;
+  impl->offset = offset;
+  impl->dtype = dtype();
+  return Tensor(std::move(impl));
+}
+
+// ---- factories ----
+
+Tensor Tensor::empty(const Shape& shape, TensorOptions opts) {
+  for (int64_t d : shape)
+    HR_CHECK(d >= 0, ShapeError, "empty: negative dimension in shape ", shape_str(shape));
+  auto impl = std::make_shared<TensorImpl>();
+  size_t nbytes = static_cast<size_t>(shape_numel(shape)) * dtype_size(opts.dtype_);
+  impl->storage = std::make_shared<StorageImpl>(nbytes, opts.device_);
+  impl->shape = shape;
+  impl->strides = contiguous_strides(shape);
+  impl->dtype = opts.dtype_;
+  Tensor t(std::move(impl));
+  if (opts.requires_grad_) t.set_requires_grad(true);
+  return t;
+}
+
+Tensor Tensor::full(const Shape& shape, double value, TensorOptions opts) {
+  Tensor t = empty(shape, opts.requires_grad(false));
+  if (t.numel() > 0) backend_for(t.device()).fill(t, value);
+  if (opts.requires_grad_) t.set_requires_grad(true);
+  return t;
+}
+Tensor Tensor::zeros(const Shape& shape, TensorOptions opts) { return full(shape, 0.0, opts); }
+Tensor Tensor::ones(const Shape& shape, TensorOptions opts) { return full(shape, 1.0, opts); }
+Tensor Tensor::scalar(double value, TensorOptions opts) { return full({}, value, opts); }
+
+Tensor Tensor::arange(double end, TensorOptions opts) { return arange(0, end, 1, opts); }
+Tensor Tensor::arange(double start, double end, double step, TensorOptions opts) {
+  HR_CHECK(step != 0, ValueError, "arange: step must not be zero");
+  double span = (end - start) / step;
+  auto n = static_cast<int64_t>(std::ceil(span));
+  if (n < 0) n = 0;
+  Tensor t = empty({n}, opts.requires_grad(false));
+  if (n > 0) backend_for(t.device()).arange(t, start, step);
+  if (opts.requires_grad_) t.set_requires_grad(true);
+  return t;
+}
+
+Tensor Tensor::rand(const Shape& shape, TensorOptions opts) {
+  HR_CHECK(is_floating(opts.dtype_), DTypeError, "rand: expected a floating dtype, got ",
+           dtype_name(opts.dtype_));
+  Tensor t = empty(shape, opts.requires_grad(false));
+  auto& gen = default_generator();
+  uint64_t offset = gen.advance(static_cast<uint64_t>(t.numel()));
+  if (t.numel() > 0) backend_for(t.device()).random_uniform(t, gen.seed(), offset);
+  if (opts.requires_grad_) t.set_requires_grad(true);
+  return t;
+}
+
+Tensor Tensor::randn(const Shape& shape, TensorOptions opts) {
+  HR_CHECK(is_floating(opts.dtype_), DTypeError, "randn: expected a floating dtype, got ",
+           dtype_name(opts.dtype_));
+  Tensor t = empty(shape, opts.requires_grad(false));
+  auto& gen = default_generator();
+  uint64_t offset = gen.advance(2 * static_cast<uint64_t>(t.numel()));
+  if (t.numel() > 0) backend_for(t.device()).random_normal(t, gen.seed(), offset);
+  if (opts.requires_grad_) t.set_requires_grad(true);
+  return t;
+}
+
+Tensor Tensor::from_vector(std::initializer_list<double> values, const Shape& shape, TensorOptions opts) {
+  return from_vector(std::vector<double>(values), shape, opts);
+}
+
+// ---- copies ----
+
+void copy_tensor(const Tensor& dst, const Tensor& src) {
+  HR_CHECK(dst.shape() == src.shape(), ShapeError, "copy: destination shape ", shape_str(dst.shape()),
+           " differs from source shape ", shape_str(src.shape()));
+  if (dst.numel() == 0) return;
+  if (dst.device() == src.device()) {
+    backend_for(dst.device()).copy(dst, src);
+    return;
+  }
+  // Across devices: make the source contiguous in the destination's dtype on its own device,
+  // move the bytes through the backend of the non-host side, then copy into dst's layout.
+  Tensor packed = src;
+  if (!src.is_contiguous() || src.dtype() != dst.dtype()) {
+    packed = Tensor::empty(src.shape(), TensorOptions().dtype(dst.dtype()).device(src.device()));
+    backend_for(src.device()).copy(packed, src);
+  }
+  Tensor landing = dst.is_contiguous() ? dst : Tensor::empty(dst.shape(), dst.options());
+  if (dst.device().is_cpu()) {
+    backend_for(src.device()).copy_to_host(landing.raw_data(), packed.raw_data(), packed.nbytes(), src.device());
+  } else if (src.device().is_cpu()) {
+    backend_for(dst.device()).copy_from_host(landing.raw_data(), packed.raw_data(), packed.nbytes(), dst.device());
+  } else {
+    Tensor host = Tensor::empty(src.shape(), TensorOptions().dtype(dst.dtype()));
+    backend_for(src.device()).copy_to_host(host.raw_data(), packed.raw_data(), packed.nbytes(), src.device());
+    backend_for(dst.device()).copy_from_host(landing.raw_data(), host.raw_data(), host.nbytes(), dst.device());
+  }
+  if (!landing.is_same(dst)) backend_for(dst.device()).copy(dst, landing);
+}
+
+// ---- printing ----
+
+std::string describe(const Tensor& t) {
+  if (!t.defined()) return "undefined tensor";
+  return str_cat(dtype_name(t.dtype()), " ", shape_str(t.shape()), " on ", t.device().str());
+}
+
+namespace {
+void print_values(std::ostream& os, const std::vector<double>& v, const Shape& shape, size_t dim,
+                  int64_t base, bool floating, int indent) {
+  int64_t n = shape[dim];
+  int64_t inner = 1;
+  for (size_t d = dim + 1; d < shape.size(); ++d) inner *= shape[d];
+  constexpr int64_t kEdge = 3;
+  bool abbreviate = shape_numel(shape) > 1000 && n > 2 * kEdge;
+  os << "[";
+  for (int64_t i = 0; i < n; ++i) {
+    if (abbreviate && i == kEdge) {
+      os << (dim + 1 == shape.size() ? "..., " : "...,\n" + std::string(indent + 1, ' '));
+      i = n - kEdge;
+    }
+    if (dim + 1 == shape.size()) {
+      double x = v[static_cast<size_t>(base + i)];
+      if (floating) os << std::setprecision(4) << x;
+      else os << static_cast<int64_t>(x);
+    } else {
+      print_values(os, v, shape, dim + 1, base + i * inner, floating, indent + 1);
+    }
+    if (i + 1 < n) os << (dim + 1 == shape.size() ? ", " : ",\n" + std::string(indent + 1, ' '));
+  }
+  os << "]";
+}
+}  // namespace
+
+std::string Tensor::str() const {
+  if (!defined()) return "Tensor(undefined)";
+  std::ostringstream os;
+  os << "Tensor(";
+  if (numel() == 0) {
+    os << "[]";
+  } else {
+    std::vector<double> v = to_vector<double>();
+    if (dim() == 0) {
+      if (is_floating(dtype())) os << std::setprecision(4) << v[0];
+      else os << static_cast<int64_t>(v[0]);
+    } else {
+      print_values(os, v, shape(), 0, 0, is_floating(dtype()), 7);
+    }
+  }
+  os << ", shape=" << shape_str(shape()) << ", dtype=" << dtype_name(dtype());
+  if (!device().is_cpu()) os << ", device=" << device().str();
+  if (requires_grad()) os << ", requires_grad";
+  os << ")";
+  return os.str();
+}
+
+std::ostream& operator<<(std::ostream& os, const Tensor& t) { return os << t.str(); }
+
+}  // namespace headroom

@@ -1,0 +1,220 @@
+// Tensor: a handle to (shape, strides, offset, dtype) over a refcounted Storage.
+//
+// Copying a Tensor copies the handle, not the data: both handles name the same TensorImpl.
+// Views (reshape of a contiguous tensor, transpose, permute, slice, expand, squeeze) make a new
+// TensorImpl over the same Storage, so they cost no memory and writes through one are seen by
+// all. A tensor's autograd state (requires_grad, grad, grad_fn) hangs off TensorImpl::autograd,
+// a slot whose type autograd/ defines; engine/ only carries it.
+//
+// The differentiable methods declared here (reshape, sum, exp, ...) are defined in autograd/,
+// next to their gradient rules; the factories and raw accessors are defined in engine/.
+//
+//   Tensor x = Tensor::randn({4, 3});
+//   Tensor w = Tensor::zeros({3, 2}).set_requires_grad(true);
+//   Tensor loss = matmul(x, w).relu().sum();
+//   loss.backward();                 // w.grad() now holds dloss/dw
+#pragma once
+
+#include <cstdint>
+#include <initializer_list>
+#include <iosfwd>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "engine/device.h"
+#include "engine/dtype.h"
+#include "engine/shape.h"
+#include "engine/storage.h"
+
+namespace headroom {
+
+struct AutogradMeta;  // autograd/autograd_meta.h
+class Node;           // autograd/node.h
+
+struct TensorOptions {
+  DType dtype_ = DType::f32;
+  Device device_ = Device::cpu();
+  bool requires_grad_ = false;
+
+  TensorOptions() = default;
+  TensorOptions(DType d) : dtype_(d) {}    // NOLINT: Tensor::zeros({2}, DType::f16)
+  TensorOptions(Device d) : device_(d) {}  // NOLINT
+  TensorOptions dtype(DType d) const { auto o = *this; o.dtype_ = d; return o; }
+  TensorOptions device(Device d) const { auto o = *this; o.device_ = d; return o; }
+  TensorOptions requires_grad(bool r) const { auto o = *this; o.requires_grad_ = r; return o; }
+};
+
+struct TensorImpl {
+  Storage storage;
+  Shape shape;
+  Shape strides;
+  int64_t offset = 0;  // in elements
+  DType dtype = DType::f32;
+  std::shared_ptr<AutogradMeta> autograd;
+};
+
+class Tensor {
+ public:
+  Tensor() = default;
+  explicit Tensor(std::shared_ptr<TensorImpl> impl) : impl_(std::move(impl)) {}
+
+  // ---- metadata (engine/tensor.cpp) ----
+  bool defined() const { return impl_ != nullptr; }
+  const Shape& shape() const;
+  int64_t size(int64_t dim) const;  // negative dims count from the end
+  int64_t dim() const { return static_cast<int64_t>(shape().size()); }
+  const Shape& strides() const;
+  int64_t stride(int64_t dim) const;
+  int64_t offset() const;
+  int64_t numel() const;
+  DType dtype() const;
+  Device device() const;
+  TensorOptions options() const { return TensorOptions().dtype(dtype()).device(device()); }
+  bool is_contiguous() const;
+  size_t nbytes() const { return static_cast<size_t>(numel()) * dtype_size(dtype()); }
+  const Storage& storage() const;
+  TensorImpl* impl() const { return impl_.get(); }
+  const std::shared_ptr<TensorImpl>& impl_ptr() const { return impl_; }
+  bool is_same(const Tensor& o) const { return impl_ == o.impl_; }
+
+  // Pointer to the first element (storage + offset). data<T>() checks that T is the dtype.
+  void* raw_data() const;
+  template <typename T> T* data() const {
+    check_dtype(dtype_of<T>(), "data<T>()");
+    return static_cast<T*>(raw_data());
+  }
+  // The single element of a one-element tensor, converted to T (copied from the device).
+  template <typename T> T item() const { return static_cast<T>(item_double()); }
+  double item_double() const;
+  // All elements in row-major order, converted to T (copied from the device).
+  template <typename T> std::vector<T> to_vector() const;
+
+  // The storage's version counter (Note [version counter] in storage.h).
+  uint64_t version() const;
+  void bump_version() const;
+
+  std::string str() const;  // values and metadata, abbreviated past 1000 elements
+
+  // ---- factories (engine/tensor.cpp) ----
+  static Tensor empty(const Shape& shape, TensorOptions opts = {});
+  static Tensor zeros(const Shape& shape, TensorOptions opts = {});
+  static Tensor ones(const Shape& shape, TensorOptions opts = {});
+  static Tensor full(const Shape& shape, double value, TensorOptions opts = {});
+  static Tensor scalar(double value, TensorOptions opts = {});  // 0-d
+  static Tensor arange(double end, TensorOptions opts = {});
+  static Tensor arange(double start, double end, double step = 1, TensorOptions opts = {});
+  // Uniform in [0, 1) and standard normal, from the global Philox generator (engine/rng.h).
+  static Tensor rand(const Shape& shape, TensorOptions opts = {});
+  static Tensor randn(const Shape& shape, TensorOptions opts = {});
+  // Values given row-major, converted to opts' dtype.
+  template <typename T>
+  static Tensor from_vector(const std::vector<T>& values, const Shape& shape, TensorOptions opts = {});
+  static Tensor from_vector(std::initializer_list<double> values, const Shape& shape, TensorOptions opts = {});
+
+  // A view of the same storage with other metadata. No autograd: for kernels and for the
+  // differentiable view functions, which record their own gradient.
+  Tensor as_strided(const Shape& shape, const Shape& strides, int64_t offset) const;
+
+  // ---- autograd state (autograd/tensor_autograd.cpp) ----
+  bool requires_grad() const;
+  // Marks a leaf as needing .grad; returns *this so it chains after a factory.
+  Tensor& set_requires_grad(bool requires_grad = true);
+  Tensor grad() const;  // undefined until a backward reaches this leaf
+  void set_grad(const Tensor& grad) const;
+  void zero_grad() const;  // drops .grad (frees its memory)
+  bool is_leaf() const;
+  std::shared_ptr<Node> grad_fn() const;
+  // Backpropagates from this tensor; a non-scalar needs an explicit gradient.
+  void backward(const Tensor& gradient = {}, bool retain_graph = false) const;
+  Tensor detach() const;  // same storage, no history
+
+  // ---- differentiable methods (autograd/functions/*.cpp) ----
+  Tensor reshape(const Shape& shape) const;  // a view when strides allow, else a copy
+  Tensor view(const Shape& shape) const;     // a view or a ShapeError
+  Tensor flatten(int64_t start_dim = 0, int64_t end_dim = -1) const;
+  Tensor transpose(int64_t dim0, int64_t dim1) const;
+  Tensor t() const;  // transpose of a 2-d tensor
+  Tensor permute(const std::vector<int64_t>& dims) const;
+  Tensor slice(int64_t dim, int64_t start, int64_t end, int64_t step = 1) const;
+  Tensor select(int64_t dim, int64_t index) const;
+  Tensor expand(const Shape& shape) const;
+  Tensor squeeze(int64_t dim) const;
+  Tensor unsqueeze(int64_t dim) const;
+  Tensor contiguous() const;  // *this when already contiguous
+  Tensor clone() const;
+  Tensor to(Device device) const;
+  Tensor to(DType dtype) const;
+
+  Tensor sum() const;
+  Tensor sum(const std::vector<int64_t>& dims, bool keepdim = false) const;
+  Tensor mean() const;
+  Tensor mean(const std::vector<int64_t>& dims, bool keepdim = false) const;
+  Tensor max() const;
+  Tensor max(int64_t dim, bool keepdim = false) const;
+  Tensor argmax(int64_t dim, bool keepdim = false) const;
+  Tensor var(const std::vector<int64_t>& dims, int64_t correction = 1, bool keepdim = false) const;
+
+  Tensor neg() const;
+  Tensor exp() const;
+  Tensor log() const;
+  Tensor sqrt() const;
+  Tensor abs() const;
+  Tensor relu() const;
+  Tensor tanh() const;
+  Tensor sigmoid() const;
+  Tensor pow(double exponent) const;
+
+  // ---- in-place, not differentiable (autograd/functions/inplace.cpp) ----
+  // Each bumps the version counter. On a tensor that requires grad they are allowed only
+  // under NoGradGuard (an optimizer step); elsewhere they throw.
+  Tensor& fill_(double value);
+  Tensor& zero_() { return fill_(0.0); }
+  Tensor& copy_(const Tensor& src);  // src broadcast to this shape, cast to this dtype
+  Tensor& add_(const Tensor& other, double alpha = 1.0);  // this += alpha * other
+  Tensor& sub_(const Tensor& other) { return add_(other, -1.0); }
+  Tensor& mul_(const Tensor& other);
+  Tensor& mul_(double value);
+  Tensor& div_(const Tensor& other);
+
+ private:
+  void check_dtype(DType expected, const char* what) const;
+  std::shared_ptr<TensorImpl> impl_;
+};
+
+std::ostream& operator<<(std::ostream& os, const Tensor& t);
+
+// Human-readable description for error messages: "f32 (4, 3) on cpu".
+std::string describe(const Tensor& t);
+
+// Raw (no autograd) copy of src into dst through the backend: shapes must match; dtypes may
+// differ (a cast); devices may differ (a transfer through host memory).
+void copy_tensor(const Tensor& dst, const Tensor& src);
+
+// ---- template definitions ----
+template <typename T>
+Tensor Tensor::from_vector(const std::vector<T>& values, const Shape& shape, TensorOptions opts) {
+  HR_CHECK(static_cast<int64_t>(values.size()) == shape_numel(shape), ShapeError,
+           "from_vector: ", values.size(), " values do not fill shape ", shape_str(shape));
+  Tensor host = empty(shape, TensorOptions().dtype(dtype_of<T>()));
+  T* dst = host.data<T>();
+  for (size_t i = 0; i < values.size(); ++i) dst[i] = values[i];
+  if (opts.dtype_ == dtype_of<T>() && opts.device_.is_cpu()) {
+    if (opts.requires_grad_) host.set_requires_grad(true);
+    return host;
+  }
+  Tensor out = empty(shape, opts.requires_grad(false));
+  copy_tensor(out, host);
+  if (opts.requires_grad_) out.set_requires_grad(true);
+  return out;
+}
+
+template <typename T>
+std::vector<T> Tensor::to_vector() const {
+  Tensor host = empty(shape(), TensorOptions().dtype(dtype_of<T>()));
+  copy_tensor(host, *this);
+  const T* p = host.data<T>();
+  return std::vector<T>(p, p + numel());
+}
+
+}  // namespace headroom

@@ -1,0 +1,12 @@
+// headroom: the whole public API in one include.
+#pragma once
+
+#include "autograd/engine.h"
+#include "autograd/functions.h"
+#include "autograd/gradcheck.h"
+#include "autograd/grad_mode.h"
+#include "engine/device.h"
+#include "engine/dtype.h"
+#include "engine/error.h"
+#include "engine/rng.h"
+#include "engine/tensor.h"

@@ -1,0 +1,104 @@
+// Copies, casts, fills, arange and random draws.
+#include <cstring>
+
+#include "engine/rng.h"
+#include "kernels/cpu/cpu_backend.h"
+#include "kernels/cpu/strided.h"
+
+namespace headroom::cpu {
+
+namespace {
+// Converts between storage types through their compute types (f16/bf16 via float).
+template <typename To, typename From>
+inline To convert(From v) {
+  if constexpr (std::is_same_v<To, bool>) {
+    return static_cast<acc_t<From>>(v) != acc_t<From>(0);
+  } else if constexpr (std::is_same_v<To, Half> || std::is_same_v<To, BFloat16>) {
+    return To(static_cast<float>(static_cast<acc_t<From>>(v)));
+  } else {
+    return static_cast<To>(static_cast<acc_t<From>>(v));
+  }
+}
+}  // namespace
+
+void CpuBackend::copy(const Tensor& dst, const Tensor& src) {
+  StridedLayout<2> layout({&dst, &src});
+  if (dst.dtype() == src.dtype() && dst.is_contiguous() && src.is_contiguous()) {
+    std::memcpy(dst.raw_data(), src.raw_data(), dst.nbytes());
+    return;
+  }
+  dispatch_dtype(dst.dtype(), [&](auto dtag) {
+    using D = typename decltype(dtag)::type;
+    dispatch_dtype(src.dtype(), [&](auto stag) {
+      using S = typename decltype(stag)::type;
+      D* d = static_cast<D*>(dst.raw_data());
+      const S* s = static_cast<const S*>(src.raw_data());
+      parallel_for(layout.numel(), kParallelGrain, [&](int64_t b, int64_t e) {
+        layout.for_range(b, e, [&](const std::array<int64_t, 2>& off, const std::array<int64_t, 2>& st, int64_t len) {
+          D* dp = d + off[0];
+          const S* sp = s + off[1];
+          for (int64_t i = 0; i < len; ++i) dp[i * st[0]] = convert<D>(sp[i * st[1]]);
+        });
+      });
+    });
+  });
+}
+
+void CpuBackend::copy_to_host(void* host_dst, const void* src, size_t nbytes, Device) {
+  std::memcpy(host_dst, src, nbytes);
+}
+void CpuBackend::copy_from_host(void* dst, const void* host_src, size_t nbytes, Device) {
+  std::memcpy(dst, host_src, nbytes);
+}
+
+void CpuBackend::fill(const Tensor& out, double value) {
+  StridedLayout<1> layout({&out});
+  dispatch_dtype(out.dtype(), [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    T v = convert<T>(value);
+    T* p = static_cast<T*>(out.raw_data());
+    parallel_for(layout.numel(), kParallelGrain, [&](int64_t b, int64_t e) {
+      layout.for_range(b, e, [&](const std::array<int64_t, 1>& off, const std::array<int64_t, 1>& st, int64_t len) {
+        for (int64_t i = 0; i < len; ++i) p[off[0] + i * st[0]] = v;
+      });
+    });
+  });
+}
+
+void CpuBackend::arange(const Tensor& out, double start, double step) {
+  dispatch_dtype(out.dtype(), [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    T* p = static_cast<T*>(out.raw_data());
+    for (int64_t i = 0; i < out.numel(); ++i) p[i] = convert<T>(start + static_cast<double>(i) * step);
+  });
+}
+
+void CpuBackend::random_uniform(const Tensor& out, uint64_t seed, uint64_t offset) {
+  dispatch_float(out.dtype(), "rand", [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    T* p = static_cast<T*>(out.raw_data());
+    parallel_for(out.numel(), 4096, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) p[i] = convert<T>(philox_uniform(seed, offset, static_cast<uint64_t>(i)));
+    });
+  });
+}
+
+void CpuBackend::random_normal(const Tensor& out, uint64_t seed, uint64_t offset) {
+  dispatch_float(out.dtype(), "randn", [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    T* p = static_cast<T*>(out.raw_data());
+    parallel_for(out.numel(), 4096, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) p[i] = convert<T>(philox_normal(seed, offset, static_cast<uint64_t>(i)));
+    });
+  });
+}
+
+namespace {
+CpuBackend g_cpu_backend;
+const bool g_registered = [] {
+  register_backend(DeviceType::cpu, &g_cpu_backend);
+  return true;
+}();
+}  // namespace
+
+}  // namespace headroom::cpu

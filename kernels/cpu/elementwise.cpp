@@ -1,0 +1,194 @@
+// Elementwise unary and binary ops and where(), for every dtype that the op accepts.
+// Floats compute in acc_t (f32 for f16/bf16); integers and bool in their own type.
+#include <cmath>
+
+#include "kernels/cpu/cpu_backend.h"
+#include "kernels/cpu/strided.h"
+
+namespace headroom::cpu {
+
+namespace {
+
+constexpr double kSqrt2OverPi = 0.7978845608028654;
+constexpr double kGeluCoeff = 0.044715;
+
+template <typename C>
+inline C apply_unary(UnaryOp op, C x) {
+  if constexpr (std::is_floating_point_v<C>) {
+    switch (op) {
+      case UnaryOp::neg: return -x;
+      case UnaryOp::exp: return std::exp(x);
+      case UnaryOp::log: return std::log(x);
+      case UnaryOp::sqrt: return std::sqrt(x);
+      case UnaryOp::abs: return std::abs(x);
+      case UnaryOp::relu: return x > C(0) ? x : C(0);
+      case UnaryOp::gelu: {
+        C inner = C(kSqrt2OverPi) * (x + C(kGeluCoeff) * x * x * x);
+        return C(0.5) * x * (C(1) + std::tanh(inner));
+      }
+      case UnaryOp::tanh: return std::tanh(x);
+      case UnaryOp::sigmoid: return C(1) / (C(1) + std::exp(-x));
+      case UnaryOp::sign: return x > C(0) ? C(1) : (x < C(0) ? C(-1) : C(0));
+      case UnaryOp::reciprocal: return C(1) / x;
+      case UnaryOp::square: return x * x;
+      case UnaryOp::logical_not: return x == C(0) ? C(1) : C(0);
+      case UnaryOp::kCount: break;
+    }
+  } else {
+    switch (op) {
+      case UnaryOp::neg: return static_cast<C>(-x);
+      case UnaryOp::abs: return x < C(0) ? static_cast<C>(-x) : x;
+      case UnaryOp::relu: return x > C(0) ? x : C(0);
+      case UnaryOp::sign: return x > C(0) ? C(1) : (x < C(0) ? static_cast<C>(-1) : C(0));
+      case UnaryOp::square: return static_cast<C>(x * x);
+      case UnaryOp::logical_not: return x == C(0) ? C(1) : C(0);
+      default: break;
+    }
+  }
+  throw DTypeError(str_cat("unary ", unary_op_name(op), ": not defined for integer dtypes"));
+}
+
+template <typename C>
+inline C apply_binary(BinaryOp op, C a, C b) {
+  switch (op) {
+    case BinaryOp::add: return static_cast<C>(a + b);
+    case BinaryOp::sub: return static_cast<C>(a - b);
+    case BinaryOp::mul: return static_cast<C>(a * b);
+    case BinaryOp::div:
+      if constexpr (std::is_floating_point_v<C>) return a / b;
+      else return b == C(0) ? C(0) : static_cast<C>(a / b);
+    case BinaryOp::pow:
+      if constexpr (std::is_floating_point_v<C>) return std::pow(a, b);
+      else return static_cast<C>(std::pow(static_cast<double>(a), static_cast<double>(b)));
+    case BinaryOp::maximum:
+      if constexpr (std::is_floating_point_v<C>) { if (std::isnan(a) || std::isnan(b)) return a + b; }
+      return a > b ? a : b;
+    case BinaryOp::minimum:
+      if constexpr (std::is_floating_point_v<C>) { if (std::isnan(a) || std::isnan(b)) return a + b; }
+      return a < b ? a : b;
+    case BinaryOp::relu_backward: return b > C(0) ? a : C(0);
+    case BinaryOp::gelu_backward:
+      if constexpr (std::is_floating_point_v<C>) {
+        C x = b;
+        C inner = C(kSqrt2OverPi) * (x + C(kGeluCoeff) * x * x * x);
+        C t = std::tanh(inner);
+        C dinner = C(kSqrt2OverPi) * (C(1) + C(3 * kGeluCoeff) * x * x);
+        return a * (C(0.5) * (C(1) + t) + C(0.5) * x * (C(1) - t * t) * dinner);
+      }
+      break;
+    default: break;
+  }
+  throw DTypeError(str_cat("binary ", binary_op_name(op), ": not defined for this dtype"));
+}
+
+template <typename C>
+inline bool apply_compare(BinaryOp op, C a, C b) {
+  switch (op) {
+    case BinaryOp::eq: return a == b;
+    case BinaryOp::ne: return a != b;
+    case BinaryOp::lt: return a < b;
+    case BinaryOp::le: return a <= b;
+    case BinaryOp::gt: return a > b;
+    case BinaryOp::ge: return a >= b;
+    default: return false;
+  }
+}
+
+template <typename T>
+inline T from_acc(acc_t<T> v) {
+  if constexpr (std::is_same_v<T, bool>) return v != acc_t<T>(0);
+  else return static_cast<T>(v);
+}
+
+}  // namespace
+
+void CpuBackend::unary(UnaryOp op, const Tensor& x, const Tensor& out) {
+  HR_CHECK(x.dtype() == out.dtype(), DTypeError, "unary ", unary_op_name(op), ": input is ",
+           dtype_name(x.dtype()), " but output is ", dtype_name(out.dtype()));
+  StridedLayout<2> layout({&out, &x});
+  dispatch_dtype(x.dtype(), [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    using C = acc_t<T>;
+    if constexpr (!std::is_floating_point_v<C>) {
+      if (op != UnaryOp::neg && op != UnaryOp::abs && op != UnaryOp::relu && op != UnaryOp::sign &&
+          op != UnaryOp::square && op != UnaryOp::logical_not)
+        throw DTypeError(str_cat("unary ", unary_op_name(op), ": not defined for ", dtype_name(x.dtype())));
+    }
+    T* o = static_cast<T*>(out.raw_data());
+    const T* in = static_cast<const T*>(x.raw_data());
+    parallel_for(layout.numel(), kParallelGrain / 8, [&](int64_t b, int64_t e) {
+      layout.for_range(b, e, [&](const std::array<int64_t, 2>& off, const std::array<int64_t, 2>& st, int64_t len) {
+        T* op_ = o + off[0];
+        const T* ip = in + off[1];
+        if (st[0] == 1 && st[1] == 1) {
+          for (int64_t i = 0; i < len; ++i) op_[i] = from_acc<T>(apply_unary<C>(op, static_cast<C>(ip[i])));
+        } else {
+          for (int64_t i = 0; i < len; ++i)
+            op_[i * st[0]] = from_acc<T>(apply_unary<C>(op, static_cast<C>(ip[i * st[1]])));
+        }
+      });
+    });
+  });
+}
+
+void CpuBackend::binary(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& out) {
+  HR_CHECK(a.dtype() == b.dtype(), DTypeError, "binary ", binary_op_name(op), ": operands are ",
+           dtype_name(a.dtype()), " and ", dtype_name(b.dtype()));
+  StridedLayout<3> layout({&out, &a, &b});
+  const bool compare = is_comparison(op);
+  HR_CHECK(compare ? out.dtype() == DType::boolean : out.dtype() == a.dtype(), DTypeError, "binary ",
+           binary_op_name(op), ": output dtype ", dtype_name(out.dtype()), " does not fit inputs of ",
+           dtype_name(a.dtype()));
+  dispatch_dtype(a.dtype(), [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    using C = acc_t<T>;
+    const T* pa = static_cast<const T*>(a.raw_data());
+    const T* pb = static_cast<const T*>(b.raw_data());
+    parallel_for(layout.numel(), kParallelGrain / 4, [&](int64_t begin, int64_t end) {
+      layout.for_range(begin, end, [&](const std::array<int64_t, 3>& off, const std::array<int64_t, 3>& st, int64_t len) {
+        const T* ap = pa + off[1];
+        const T* bp = pb + off[2];
+        if (compare) {
+          bool* op_ = static_cast<bool*>(out.raw_data()) + off[0];
+          for (int64_t i = 0; i < len; ++i)
+            op_[i * st[0]] = apply_compare<C>(op, static_cast<C>(ap[i * st[1]]), static_cast<C>(bp[i * st[2]]));
+          return;
+        }
+        T* op_ = static_cast<T*>(out.raw_data()) + off[0];
+        if (st[0] == 1 && st[1] == 1 && st[2] == 1) {
+          for (int64_t i = 0; i < len; ++i)
+            op_[i] = from_acc<T>(apply_binary<C>(op, static_cast<C>(ap[i]), static_cast<C>(bp[i])));
+        } else if (st[0] == 1 && st[1] == 1 && st[2] == 0) {
+          const C bv = static_cast<C>(bp[0]);
+          for (int64_t i = 0; i < len; ++i) op_[i] = from_acc<T>(apply_binary<C>(op, static_cast<C>(ap[i]), bv));
+        } else {
+          for (int64_t i = 0; i < len; ++i)
+            op_[i * st[0]] = from_acc<T>(apply_binary<C>(op, static_cast<C>(ap[i * st[1]]), static_cast<C>(bp[i * st[2]])));
+        }
+      });
+    });
+  });
+}
+
+void CpuBackend::where(const Tensor& cond, const Tensor& a, const Tensor& b, const Tensor& out) {
+  HR_CHECK(cond.dtype() == DType::boolean, DTypeError, "where: condition must be bool, got ",
+           dtype_name(cond.dtype()));
+  HR_CHECK(a.dtype() == out.dtype() && b.dtype() == out.dtype(), DTypeError, "where: operands are ",
+           dtype_name(a.dtype()), " and ", dtype_name(b.dtype()), ", output ", dtype_name(out.dtype()));
+  StridedLayout<4> layout({&out, &cond, &a, &b});
+  dispatch_dtype(out.dtype(), [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    T* o = static_cast<T*>(out.raw_data());
+    const bool* c = static_cast<const bool*>(cond.raw_data());
+    const T* pa = static_cast<const T*>(a.raw_data());
+    const T* pb = static_cast<const T*>(b.raw_data());
+    parallel_for(layout.numel(), kParallelGrain / 4, [&](int64_t begin, int64_t end) {
+      layout.for_range(begin, end, [&](const std::array<int64_t, 4>& off, const std::array<int64_t, 4>& st, int64_t len) {
+        for (int64_t i = 0; i < len; ++i)
+          o[off[0] + i * st[0]] = c[off[1] + i * st[1]] ? pa[off[2] + i * st[2]] : pb[off[3] + i * st[3]];
+      });
+    });
+  });
+}
+
+}  // namespace headroom::cpu
