@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs what headroom needs (Debian 12 packages only) and builds it in Release into build/.
+# Safe to run again: packages already present are not reinstalled, the build is incremental.
+# Usage: scripts/setup.sh   (as root, or with sudo available)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(g++ cmake ninja-build pkg-config libgtest-dev libbenchmark-dev libopenblas-dev zlib1g-dev
+          dataset-fashion-mnist)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  SUDO=""
+  [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release ${HEADROOM_CMAKE_ARGS:-} >/dev/null
+cmake --build build -j"$(nproc)"
