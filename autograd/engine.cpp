@@ -6,6 +6,7 @@
 #include "autograd/autograd_meta.h"
 #include "autograd/functions.h"
 #include "autograd/grad_mode.h"
+#include "engine/memory.h"
 
 namespace headroom {
 
@@ -56,6 +57,7 @@ void execute(const std::vector<Tensor>& roots, const std::vector<Tensor>& grads,
   }
   // 2. Run nodes as their last gradient arrives.
   NoGradGuard no_grad;
+  CategoryScope gradients(MemoryCategory::gradient);  // what backward allocates is gradient
   std::unordered_map<Node*, Tensor> buffer;
   std::deque<std::shared_ptr<Node>> ready;
   for (size_t i = 0; i < roots.size(); ++i) accumulate(buffer, root_nodes[i].get(), grads[i]);

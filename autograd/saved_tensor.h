@@ -1,5 +1,5 @@
 // A tensor saved for backward, with the version of its storage at the time it was saved
-// (Note [version counter] in engine/storage.h).
+// (Note [version counter] in engine/storage.h), tagged in the allocator as an activation.
 #pragma once
 
 #include <string>
@@ -11,8 +11,12 @@ namespace headroom {
 class SavedTensor {
  public:
   SavedTensor() = default;
+  // A temporary that is saved becomes an activation (engine/memory.h); parameters stay
+  // parameters.
   SavedTensor(const Tensor& t, const char* op) : tensor_(t), op_(op) {
-    if (t.defined()) version_ = t.version();
+    if (!t.defined()) return;
+    version_ = t.version();
+    if (t.storage()->category() == MemoryCategory::temporary) t.storage()->set_category(MemoryCategory::activation);
   }
   // The saved tensor; throws AutogradError naming the op when it was modified in place since.
   const Tensor& unpack() const;

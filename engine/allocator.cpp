@@ -2,46 +2,12 @@
 
 #include <cstdlib>
 #include <map>
-#include <new>
+#include <mutex>
 
+#include "engine/caching_allocator.h"
 #include "engine/error.h"
 
 namespace headroom {
-
-namespace {
-constexpr size_t kHostAlignment = 64;
-}
-
-Allocation HostAllocator::allocate(size_t nbytes) {
-  size_t rounded = (nbytes + kHostAlignment - 1) / kHostAlignment * kHostAlignment;
-  if (rounded == 0) rounded = kHostAlignment;
-  void* p = std::aligned_alloc(kHostAlignment, rounded);
-  if (!p) throw Error(str_cat("host allocation of ", nbytes, " bytes failed"));
-  std::lock_guard<std::mutex> lock(mu_);
-  in_use_ += rounded;
-  if (in_use_ > peak_) peak_ = in_use_;
-  return {p, rounded, nullptr};
-}
-
-void HostAllocator::deallocate(const Allocation& a) {
-  if (!a.ptr) return;
-  std::free(a.ptr);
-  std::lock_guard<std::mutex> lock(mu_);
-  in_use_ -= a.nbytes;
-}
-
-size_t HostAllocator::bytes_in_use() const {
-  std::lock_guard<std::mutex> lock(mu_);
-  return in_use_;
-}
-size_t HostAllocator::peak_bytes_in_use() const {
-  std::lock_guard<std::mutex> lock(mu_);
-  return peak_;
-}
-void HostAllocator::reset_peak() {
-  std::lock_guard<std::mutex> lock(mu_);
-  peak_ = in_use_;
-}
 
 namespace {
 struct Registry {
@@ -52,6 +18,12 @@ Registry& registry() {
   static Registry* r = new Registry();  // never destroyed: storages may outlive static dtors
   return *r;
 }
+
+// HEADROOM_MEMORY_LIMIT applies to every device's allocator when it is made.
+void apply_env_limit(CachingAllocator& a) {
+  const char* env = std::getenv("HEADROOM_MEMORY_LIMIT");
+  if (env && *env) a.set_memory_limit(parse_memory_size(env, "HEADROOM_MEMORY_LIMIT"));
+}
 }  // namespace
 
 Allocator& allocator_for(Device device) {
@@ -61,12 +33,14 @@ Allocator& allocator_for(Device device) {
   auto it = r.allocators.find(key);
   if (it != r.allocators.end()) return *it->second;
   if (device.is_cpu()) {
-    auto* a = new HostAllocator();
+    // Never destroyed, like the registry: tensors in static storage may be freed at exit.
+    auto* a = new CachingAllocator(std::make_unique<HostMemoryBackend>());
+    apply_env_limit(*a);
     r.allocators[key] = a;
     return *a;
   }
   throw DeviceError(str_cat("no allocator for device ", device.str(),
-                        " (is headroom built with CUDA and is a GPU present?)"));
+                            " (is headroom built with CUDA and is a GPU present?)"));
 }
 
 void set_allocator(Device device, Allocator* allocator) {

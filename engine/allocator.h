@@ -1,16 +1,15 @@
 // The allocator interface through which every byte of tensor storage is obtained.
 //
 // One Allocator per device. Storage asks it for bytes and hands them back when the last tensor
-// viewing them is gone. The host allocator here is the raw backend (aligned host memory) with
-// byte counters; the caching allocator of DESIGN.md ("Memory") slots in behind the same
-// interface, so nothing above engine/ changes when it arrives.
+// viewing them is gone. Every device's allocator is a CachingAllocator
+// (engine/caching_allocator.h); the interface keeps Storage independent of its details.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
-#include <mutex>
 
 #include "engine/device.h"
+#include "engine/memory.h"
 
 namespace headroom {
 
@@ -30,22 +29,9 @@ class Allocator {
   virtual size_t bytes_in_use() const = 0;
   virtual size_t peak_bytes_in_use() const = 0;
   virtual void reset_peak() = 0;
-};
-
-// Aligned (64 B) host memory, zero-initialised by nobody: callers fill what they read.
-class HostAllocator final : public Allocator {
- public:
-  Allocation allocate(size_t nbytes) override;
-  void deallocate(const Allocation& a) override;
-  Device device() const override { return Device::cpu(); }
-  size_t bytes_in_use() const override;
-  size_t peak_bytes_in_use() const override;
-  void reset_peak() override;
-
- private:
-  mutable std::mutex mu_;
-  size_t in_use_ = 0;
-  size_t peak_ = 0;
+  // Retags a live allocation (e.g. a tensor saved for backward becomes an activation).
+  virtual void set_category(const Allocation& a, MemoryCategory category) {}
+  virtual MemoryCategory category_of(const Allocation& a) const { return MemoryCategory::temporary; }
 };
 
 // The allocator for a device; throws DeviceError when that device has none registered.

@@ -51,6 +51,22 @@ class AutogradError : public Error {
   using Error::Error;
 };
 
+// The caching allocator could not satisfy a request even after freeing its cache. The message
+// is the full report (what was asked, the limit, use by category, fragmentation, remedies);
+// the fields let a program react (e.g. halve its micro-batch). Catching it leaves the process
+// usable: nothing was allocated by the failed request.
+class OutOfMemoryError : public Error {
+ public:
+  OutOfMemoryError(const std::string& report, size_t requested_bytes, size_t limit_bytes)
+      : Error(report), requested_bytes_(requested_bytes), limit_bytes_(limit_bytes) {}
+  size_t requested_bytes() const { return requested_bytes_; }
+  size_t limit_bytes() const { return limit_bytes_; }
+
+ private:
+  size_t requested_bytes_;
+  size_t limit_bytes_;
+};
+
 // Concatenates anything that has operator<< into one string: str_cat("got ", 3, " dims").
 template <typename... Args>
 std::string str_cat(const Args&... args) {

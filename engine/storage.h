@@ -30,6 +30,10 @@ class StorageImpl {
   Device device() const { return device_; }
   uint64_t version() const { return version_.load(std::memory_order_relaxed); }
   void bump_version() { version_.fetch_add(1, std::memory_order_relaxed); }
+  MemoryCategory category() const { return allocator_->category_of(alloc_); }
+  void set_category(MemoryCategory c) { allocator_->set_category(alloc_, c); }
+  const Allocation& allocation() const { return alloc_; }
+  Allocator& allocator() const { return *allocator_; }
 
  private:
   Device device_;

@@ -1,0 +1,539 @@
+#include "engine/caching_allocator.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <iomanip>
+#include <sstream>
+
+#include "engine/error.h"
+
+namespace headroom {
+
+struct CachingAllocator::Segment {
+  char* ptr = nullptr;
+  size_t size = 0;
+  int64_t stream = 0;
+  bool small = false;
+  Block* head = nullptr;
+};
+
+struct CachingAllocator::Block {
+  char* ptr = nullptr;
+  size_t size = 0;
+  size_t requested = 0;
+  int64_t stream = 0;
+  bool allocated = false;
+  bool pending = false;  // freed, waiting for events on other streams
+  MemoryCategory category = MemoryCategory::temporary;
+  Segment* segment = nullptr;
+  Block* prev = nullptr;
+  Block* next = nullptr;
+  std::vector<int64_t> stream_uses;
+  std::vector<uint64_t> events;
+
+  bool is_split() const { return prev != nullptr || next != nullptr; }
+  bool is_free() const { return !allocated && !pending; }
+};
+
+bool CachingAllocator::BlockLess::operator()(const Block* a, const Block* b) const {
+  if (a->stream != b->stream) return a->stream < b->stream;
+  if (a->size != b->size) return a->size < b->size;
+  return a->ptr < b->ptr;
+}
+
+// ---- Stat ----
+
+void Stat::add(int64_t n) {
+  current += n;
+  allocated += n;
+  peak = std::max(peak, current);
+}
+void Stat::sub(int64_t n) {
+  current -= n;
+  freed += n;
+}
+
+const char* trace_kind_name(TraceKind k) {
+  switch (k) {
+    case TraceKind::alloc: return "alloc";
+    case TraceKind::free: return "free";
+    case TraceKind::segment_alloc: return "segment_alloc";
+    case TraceKind::segment_free: return "segment_free";
+    case TraceKind::oom: return "oom";
+  }
+  return "invalid";
+}
+
+// ---- host backend ----
+
+void* HostMemoryBackend::raw_alloc(size_t nbytes) {
+  size_t rounded = (nbytes + 511) / 512 * 512;
+  return std::aligned_alloc(512, rounded == 0 ? 512 : rounded);
+}
+void HostMemoryBackend::raw_free(void* ptr, size_t) { std::free(ptr); }
+
+// ---- allocator ----
+
+CachingAllocator::CachingAllocator(std::unique_ptr<DeviceMemoryBackend> backend)
+    : backend_(std::move(backend)), start_(std::chrono::steady_clock::now()) {}
+
+CachingAllocator::~CachingAllocator() {
+  // Segments still holding live blocks belong to tensors that outlive the allocator (static
+  // destruction order); leave them to the process.
+  std::lock_guard<std::recursive_mutex> lock(mu_);
+  for (auto& seg : segments_) {
+    if (seg->head && !seg->head->next && seg->head->is_free()) {
+      backend_->raw_free(seg->ptr, seg->size);
+      delete seg->head;
+      seg->head = nullptr;
+    }
+  }
+}
+
+Device CachingAllocator::device() const { return backend_->device(); }
+
+size_t CachingAllocator::bytes_in_use() const {
+  std::lock_guard<std::recursive_mutex> lock(mu_);
+  return static_cast<size_t>(stats_.allocated_bytes.current);
+}
+size_t CachingAllocator::peak_bytes_in_use() const {
+  std::lock_guard<std::recursive_mutex> lock(mu_);
+  return static_cast<size_t>(stats_.allocated_bytes.peak);
+}
+
+CachingAllocator::Pool& CachingAllocator::pool_of(const Block* b) { return b->segment->small ? small_pool_ : large_pool_; }
+
+void CachingAllocator::update_inactive_split(Block* b, int sign) {
+  if (!b->is_free() || !b->is_split()) return;
+  if (sign > 0) {
+    stats_.inactive_split_bytes.add(static_cast<int64_t>(b->size));
+    stats_.inactive_split.add(1);
+  } else {
+    stats_.inactive_split_bytes.sub(static_cast<int64_t>(b->size));
+    stats_.inactive_split.sub(1);
+  }
+}
+
+void CachingAllocator::record(TraceKind kind, uint64_t address, int64_t bytes, MemoryCategory category, int64_t stream) {
+  if (!trace_enabled_) return;
+  TraceEvent e;
+  e.time_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start_).count();
+  e.kind = kind;
+  e.address = address;
+  e.bytes = bytes;
+  e.category = category;
+  e.stream = stream;
+  e.allocated_after = stats_.allocated_bytes.current;
+  e.reserved_after = stats_.reserved_bytes.current;
+  for (int c = 0; c < kNumMemoryCategories; ++c) e.category_after[static_cast<size_t>(c)] = stats_.category_bytes[static_cast<size_t>(c)].current;
+  trace_.push_back(e);
+}
+
+CachingAllocator::Block* CachingAllocator::find_free_block(Pool& pool, size_t size, int64_t stream) {
+  Block key;
+  key.stream = stream;
+  key.size = size;
+  key.ptr = nullptr;
+  auto it = pool.lower_bound(&key);
+  if (it == pool.end() || (*it)->stream != stream) return nullptr;
+  return *it;
+}
+
+CachingAllocator::Block* CachingAllocator::new_segment(size_t size, bool small, int64_t stream, bool& over_limit) {
+  if (limit_ > 0 && static_cast<size_t>(stats_.reserved_bytes.current) + size > limit_) {
+    over_limit = true;
+    return nullptr;
+  }
+  void* p = backend_->raw_alloc(size);
+  if (!p) return nullptr;
+  auto seg = std::make_unique<Segment>();
+  seg->ptr = static_cast<char*>(p);
+  seg->size = size;
+  seg->stream = stream;
+  seg->small = small;
+  auto* b = new Block();
+  b->ptr = seg->ptr;
+  b->size = size;
+  b->stream = stream;
+  b->segment = seg.get();
+  seg->head = b;
+  segments_.push_back(std::move(seg));
+  stats_.reserved_bytes.add(static_cast<int64_t>(size));
+  stats_.segment.add(1);
+  ++stats_.num_device_alloc;
+  record(TraceKind::segment_alloc, reinterpret_cast<uint64_t>(p), static_cast<int64_t>(size), current_category(), stream);
+  return b;
+}
+
+void CachingAllocator::split_block(Block* b, size_t size) {
+  size_t remaining = b->size - size;
+  bool worth = b->segment->small ? remaining >= kRound : remaining > kSmallRequest;
+  if (!worth) return;
+  auto* rest = new Block();
+  rest->ptr = b->ptr + size;
+  rest->size = remaining;
+  rest->stream = b->stream;
+  rest->segment = b->segment;
+  rest->prev = b;
+  rest->next = b->next;
+  if (b->next) b->next->prev = rest;
+  b->next = rest;
+  b->size = size;
+  pool_of(rest).insert(rest);
+  update_inactive_split(rest, +1);
+}
+
+Allocation CachingAllocator::allocate(size_t nbytes) { return allocate(nbytes, current_stream(device()), current_category()); }
+
+Allocation CachingAllocator::allocate(size_t nbytes, Stream stream, MemoryCategory category) {
+  std::lock_guard<std::recursive_mutex> lock(mu_);
+  process_pending_events();
+  const size_t rounded = nbytes <= kRound ? kRound : (nbytes + kRound - 1) / kRound * kRound;
+  const bool small = rounded <= kSmallRequest;
+  Pool& pool = small ? small_pool_ : large_pool_;
+  Block* b = find_free_block(pool, rounded, stream.id);
+  ++stats_.num_allocs;
+  if (b) {
+    ++stats_.num_cache_hits;
+    update_inactive_split(b, -1);
+    pool.erase(b);
+  } else {
+    // Candidate segment sizes, most generous first: a shared 20 MiB segment for mid-sized
+    // requests, and the request itself rounded to 2 MiB when the shared one would not fit.
+    std::vector<size_t> sizes;
+    if (small) {
+      sizes.push_back(kSmallSegment);
+    } else {
+      size_t exact = (rounded + kLargeRound - 1) / kLargeRound * kLargeRound;
+      if (rounded < kLargeSegment / 2) sizes.push_back(kLargeSegment);
+      sizes.push_back(exact);
+    }
+    bool over_limit = false;
+    for (int attempt = 0; attempt < 2 && !b; ++attempt) {
+      if (attempt == 1) {
+        ++stats_.num_alloc_retries;
+        backend_->synchronize();
+        process_pending_events();
+        release_cached_segments();
+      }
+      for (size_t s : sizes)
+        if ((b = new_segment(s, small, stream.id, over_limit))) break;
+    }
+    if (!b) {
+      ++stats_.num_ooms;
+      record(TraceKind::oom, 0, static_cast<int64_t>(rounded), category, stream.id);
+      throw OutOfMemoryError(oom_report_locked(nbytes, rounded), nbytes, limit_);
+    }
+  }
+  split_block(b, rounded);
+  b->allocated = true;
+  b->requested = nbytes;
+  b->category = category;
+  b->stream_uses.clear();
+  const auto size = static_cast<int64_t>(b->size);
+  stats_.allocated_bytes.add(size);
+  stats_.requested_bytes.add(static_cast<int64_t>(nbytes));
+  stats_.active_bytes.add(size);
+  stats_.allocation.add(1);
+  stats_.active.add(1);
+  stats_.category_bytes[static_cast<size_t>(category)].add(size);
+  record(TraceKind::alloc, reinterpret_cast<uint64_t>(b->ptr), size, category, stream.id);
+  return {b->ptr, nbytes, b};
+}
+
+void CachingAllocator::deallocate(const Allocation& a) {
+  if (!a.context) return;
+  std::lock_guard<std::recursive_mutex> lock(mu_);
+  auto* b = static_cast<Block*>(a.context);
+  HR_CHECK(b->allocated, Error, "CachingAllocator: double free of the block at ", static_cast<void*>(b->ptr));
+  const auto size = static_cast<int64_t>(b->size);
+  b->allocated = false;
+  stats_.allocated_bytes.sub(size);
+  stats_.requested_bytes.sub(static_cast<int64_t>(b->requested));
+  stats_.allocation.sub(1);
+  stats_.category_bytes[static_cast<size_t>(b->category)].sub(size);
+  record(TraceKind::free, reinterpret_cast<uint64_t>(b->ptr), size, b->category, b->stream);
+  if (!b->stream_uses.empty()) {
+    // Note [stream reuse]: wait for the other streams before anyone reuses this block.
+    for (int64_t s : b->stream_uses) b->events.push_back(backend_->record_event({device(), s}));
+    b->pending = true;
+    pending_.push_back(b);
+    return;
+  }
+  free_block(b);
+}
+
+void CachingAllocator::free_block(Block* b) {
+  stats_.active_bytes.sub(static_cast<int64_t>(b->size));
+  stats_.active.sub(1);
+  b->pending = false;
+  b->stream_uses.clear();
+  // Coalesce with free neighbours in the segment.
+  for (Block* n : {b->prev, b->next}) {
+    if (!n || !n->is_free()) continue;
+    update_inactive_split(n, -1);
+    pool_of(n).erase(n);
+    if (n == b->prev) {
+      n->size += b->size;
+      n->next = b->next;
+      if (b->next) b->next->prev = n;
+      if (b->segment->head == b) b->segment->head = n;
+      delete b;
+      b = n;
+    } else {
+      b->size += n->size;
+      b->next = n->next;
+      if (n->next) n->next->prev = b;
+      delete n;
+    }
+  }
+  pool_of(b).insert(b);
+  update_inactive_split(b, +1);
+}
+
+void CachingAllocator::process_pending_events() {
+  if (pending_.empty()) return;
+  std::vector<Block*> still;
+  for (Block* b : pending_) {
+    bool done = std::all_of(b->events.begin(), b->events.end(), [&](uint64_t e) { return backend_->event_done(e); });
+    if (!done) {
+      still.push_back(b);
+      continue;
+    }
+    for (uint64_t e : b->events) backend_->release_event(e);
+    b->events.clear();
+    free_block(b);
+  }
+  pending_ = std::move(still);
+}
+
+void CachingAllocator::release_segment(Segment* seg) {
+  Block* b = seg->head;
+  pool_of(b).erase(b);
+  stats_.reserved_bytes.sub(static_cast<int64_t>(seg->size));
+  stats_.segment.sub(1);
+  ++stats_.num_device_free;
+  record(TraceKind::segment_free, reinterpret_cast<uint64_t>(seg->ptr), static_cast<int64_t>(seg->size),
+         MemoryCategory::temporary, seg->stream);
+  backend_->raw_free(seg->ptr, seg->size);
+  delete b;
+  seg->head = nullptr;
+}
+
+size_t CachingAllocator::release_cached_segments() {
+  size_t freed = 0;
+  for (auto& seg : segments_) {
+    Block* h = seg->head;
+    if (h && !h->next && h->is_free()) {
+      freed += seg->size;
+      release_segment(seg.get());
+    }
+  }
+  segments_.erase(std::remove_if(segments_.begin(), segments_.end(), [](const auto& s) { return s->head == nullptr; }),
+                  segments_.end());
+  return freed;
+}
+
+void CachingAllocator::record_stream(const Allocation& a, Stream stream) {
+  if (!a.context) return;
+  std::lock_guard<std::recursive_mutex> lock(mu_);
+  auto* b = static_cast<Block*>(a.context);
+  if (stream.id == b->stream) return;
+  if (std::find(b->stream_uses.begin(), b->stream_uses.end(), stream.id) == b->stream_uses.end())
+    b->stream_uses.push_back(stream.id);
+}
+
+void CachingAllocator::set_category(const Allocation& a, MemoryCategory category) {
+  if (!a.context) return;
+  std::lock_guard<std::recursive_mutex> lock(mu_);
+  auto* b = static_cast<Block*>(a.context);
+  if (!b->allocated || b->category == category) return;
+  const auto size = static_cast<int64_t>(b->size);
+  stats_.category_bytes[static_cast<size_t>(b->category)].sub(size);
+  stats_.category_bytes[static_cast<size_t>(category)].add(size);
+  b->category = category;
+}
+
+MemoryCategory CachingAllocator::category_of(const Allocation& a) const {
+  std::lock_guard<std::recursive_mutex> lock(mu_);
+  return a.context ? static_cast<Block*>(a.context)->category : MemoryCategory::temporary;
+}
+
+void CachingAllocator::empty_cache() {
+  std::lock_guard<std::recursive_mutex> lock(mu_);
+  backend_->synchronize();
+  process_pending_events();
+  release_cached_segments();
+}
+
+void CachingAllocator::set_memory_limit(size_t bytes) {
+  std::lock_guard<std::recursive_mutex> lock(mu_);
+  limit_ = bytes;
+}
+size_t CachingAllocator::memory_limit() const {
+  std::lock_guard<std::recursive_mutex> lock(mu_);
+  return limit_;
+}
+
+MemoryStats CachingAllocator::stats() const {
+  std::lock_guard<std::recursive_mutex> lock(mu_);
+  return stats_;
+}
+
+void CachingAllocator::reset_peak_stats() {
+  std::lock_guard<std::recursive_mutex> lock(mu_);
+  for (Stat* s : {&stats_.allocated_bytes, &stats_.requested_bytes, &stats_.reserved_bytes, &stats_.active_bytes,
+                  &stats_.inactive_split_bytes, &stats_.allocation, &stats_.segment, &stats_.active,
+                  &stats_.inactive_split})
+    s->reset_peak();
+  for (auto& s : stats_.category_bytes) s.reset_peak();
+}
+
+std::vector<SegmentInfo> CachingAllocator::snapshot() const {
+  std::lock_guard<std::recursive_mutex> lock(mu_);
+  std::vector<SegmentInfo> out;
+  for (const auto& seg : segments_) {
+    SegmentInfo si;
+    si.address = reinterpret_cast<uint64_t>(seg->ptr);
+    si.size = static_cast<int64_t>(seg->size);
+    si.stream = seg->stream;
+    si.small_pool = seg->small;
+    for (Block* b = seg->head; b; b = b->next) {
+      BlockInfo bi;
+      bi.address = reinterpret_cast<uint64_t>(b->ptr);
+      bi.size = static_cast<int64_t>(b->size);
+      bi.requested = b->allocated ? static_cast<int64_t>(b->requested) : 0;
+      bi.state = b->allocated ? "allocated" : (b->pending ? "pending_free" : "free");
+      bi.category = b->category;
+      si.blocks.push_back(bi);
+    }
+    out.push_back(std::move(si));
+  }
+  return out;
+}
+
+void CachingAllocator::set_trace_enabled(bool enabled) {
+  std::lock_guard<std::recursive_mutex> lock(mu_);
+  trace_enabled_ = enabled;
+}
+std::vector<TraceEvent> CachingAllocator::trace() const {
+  std::lock_guard<std::recursive_mutex> lock(mu_);
+  return trace_;
+}
+void CachingAllocator::clear_trace() {
+  std::lock_guard<std::recursive_mutex> lock(mu_);
+  trace_.clear();
+}
+
+std::string CachingAllocator::oom_report(size_t bytes) const {
+  std::lock_guard<std::recursive_mutex> lock(mu_);
+  size_t rounded = bytes <= kRound ? kRound : (bytes + kRound - 1) / kRound * kRound;
+  return oom_report_locked(bytes, rounded);
+}
+
+std::string CachingAllocator::oom_report_locked(size_t bytes, size_t rounded) const {
+  std::ostringstream os;
+  const int64_t allocated = stats_.allocated_bytes.current;
+  const int64_t reserved = stats_.reserved_bytes.current;
+  int64_t cached_free = 0, largest_free = 0;
+  for (const Pool* p : {&small_pool_, &large_pool_})
+    for (const Block* b : *p) {
+      cached_free += static_cast<int64_t>(b->size);
+      largest_free = std::max(largest_free, static_cast<int64_t>(b->size));
+    }
+  os << "out of memory on " << device().str() << ": tried to allocate " << format_bytes(static_cast<int64_t>(bytes));
+  if (rounded != bytes) os << " (" << format_bytes(static_cast<int64_t>(rounded)) << " rounded)";
+  os << "\n  limit: ";
+  if (limit_ > 0) os << format_bytes(static_cast<int64_t>(limit_)) << " (set_memory_limit or HEADROOM_MEMORY_LIMIT)";
+  else os << "none set; the device itself is full";
+  if (backend_->capacity() > 0) os << "; device capacity " << format_bytes(static_cast<int64_t>(backend_->capacity()));
+  os << "\n  reserved by headroom: " << format_bytes(reserved) << ", in use: " << format_bytes(allocated) << "\n";
+  os << "  in use by category:";
+  MemoryCategory biggest = MemoryCategory::temporary;
+  int64_t biggest_bytes = -1;
+  for (int c = 0; c < kNumMemoryCategories; ++c) {
+    auto cat = static_cast<MemoryCategory>(c);
+    int64_t v = stats_.category(cat).current;
+    os << "\n    " << std::left << std::setw(16) << category_name(cat) << std::right << std::setw(12) << format_bytes(v);
+    if (allocated > 0) os << "  (" << std::fixed << std::setprecision(1) << 100.0 * static_cast<double>(v) / static_cast<double>(allocated) << "%)";
+    if (v > biggest_bytes) {
+      biggest_bytes = v;
+      biggest = cat;
+    }
+  }
+  os << "\n  cached but free: " << format_bytes(cached_free) << ", largest free block: " << format_bytes(largest_free);
+  if (cached_free >= static_cast<int64_t>(rounded) && largest_free < static_cast<int64_t>(rounded))
+    os << " (fragmented: enough free bytes in total, but no block that large)";
+  os << "\n  what may help:";
+  const int64_t limit = static_cast<int64_t>(limit_);
+  if (limit > 0 && static_cast<int64_t>(rounded) > limit)
+    os << "\n    - this single request is larger than the whole limit: shrink that tensor (a smaller batch or layer)";
+  // Remedies by what holds the memory, the largest holder first.
+  auto share = [&](std::initializer_list<MemoryCategory> cs) {
+    int64_t v = 0;
+    for (auto c : cs) v += stats_.category(c).current;
+    return v;
+  };
+  const int64_t activations = share({MemoryCategory::activation, MemoryCategory::temporary});
+  const int64_t model_state = share({MemoryCategory::parameter, MemoryCategory::gradient, MemoryCategory::optimizer_state});
+  std::vector<std::pair<int64_t, std::string>> remedies;
+  remedies.emplace_back(activations,
+                        "activations and temporaries hold " + format_bytes(activations) +
+                            ": use a smaller batch or split it into micro-batches (gradient accumulation), "
+                            "recompute checkpointing, or mixed precision (f16/bf16 halves activations)");
+  remedies.emplace_back(model_state,
+                        "parameters, gradients and optimizer state hold " + format_bytes(model_state) +
+                            ": mixed precision, a smaller model, an optimizer with less state (SGD keeps one buffer "
+                            "per parameter, Adam two), or sharding/offloading optimizer state");
+  std::stable_sort(remedies.begin(), remedies.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
+  for (const auto& [bytes_held, text] : remedies)
+    if (bytes_held > 0) os << "\n    - " << text;
+  if (cached_free > 0 && (cached_free * 4 >= reserved || largest_free < static_cast<int64_t>(rounded)))
+    os << "\n    - " << format_bytes(cached_free)
+       << " is cached in split segments: call empty_cache() between phases, and allocate long-lived tensors first"
+          " so that short-lived ones do not fragment their segments";
+  return os.str();
+}
+
+size_t parse_memory_size(const std::string& text, const std::string& what) {
+  const char* s = text.c_str();
+  char* end = nullptr;
+  double value = std::strtod(s, &end);
+  if (end == s || !(value >= 0) || !std::isfinite(value))
+    throw ValueError(str_cat(what, ": cannot read a memory size from '", text, "' (examples: 256MiB, 4GiB, 1.5GB, 1000000)"));
+  std::string unit(end);
+  unit.erase(std::remove(unit.begin(), unit.end(), ' '), unit.end());
+  double mult = 0;
+  if (unit.empty() || unit == "B") mult = 1;
+  else if (unit == "KiB" || unit == "K" || unit == "k") mult = 1024.0;
+  else if (unit == "MiB" || unit == "M") mult = 1024.0 * 1024;
+  else if (unit == "GiB" || unit == "G") mult = 1024.0 * 1024 * 1024;
+  else if (unit == "TiB" || unit == "T") mult = 1024.0 * 1024 * 1024 * 1024;
+  else if (unit == "KB" || unit == "kB") mult = 1e3;
+  else if (unit == "MB") mult = 1e6;
+  else if (unit == "GB") mult = 1e9;
+  else if (unit == "TB") mult = 1e12;
+  else
+    throw ValueError(str_cat(what, ": unknown unit '", unit, "' in '", text, "' (use B, KiB, MiB, GiB, KB, MB, GB)"));
+  return static_cast<size_t>(value * mult);
+}
+
+std::string format_bytes(int64_t bytes) {
+  std::ostringstream os;
+  const double b = static_cast<double>(bytes);
+  const double ab = std::abs(b);
+  if (ab < 1024) os << bytes << " B";
+  else if (ab < 1024.0 * 1024) os << std::fixed << std::setprecision(1) << b / 1024 << " KiB";
+  else if (ab < 1024.0 * 1024 * 1024) os << std::fixed << std::setprecision(2) << b / (1024.0 * 1024) << " MiB";
+  else os << std::fixed << std::setprecision(2) << b / (1024.0 * 1024 * 1024) << " GiB";
+  return os.str();
+}
+
+CachingAllocator& caching_allocator(Device device) {
+  auto* a = dynamic_cast<CachingAllocator*>(&allocator_for(device));
+  HR_CHECK(a, DeviceError, "the allocator of ", device.str(), " is not a caching allocator");
+  return *a;
+}
+
+}  // namespace headroom

@@ -1,0 +1,214 @@
+// The caching allocator: every byte of tensor storage on a device comes from here.
+//
+// Asking a device for memory is slow (cudaMalloc costs ~90 us and synchronises) and returning
+// it is slower, so freed blocks are kept and reused. Memory is obtained from the raw backend in
+// segments; a segment is cut into blocks. Requests are rounded up to 512 B and served from one
+// of two pools of free blocks: small (requests up to 1 MiB, carved from 2 MiB segments) and
+// large. A request takes the smallest free block of its pool that fits (best fit) on the same
+// stream; the rest of the block is split off and stays free when it is worth keeping (>= 512 B
+// in the small pool, > 1 MiB in the large one). A freed block merges with free neighbours in its
+// segment (coalescing), so segments can return to one piece and be released by empty_cache().
+//
+// Note [stream reuse]: a block is handed out again only to requests on the stream it was
+// allocated on. Work on that stream runs in order, so a later request there can't overtake the
+// kernels that still read the block. If other streams used it (record_stream), freeing records
+// an event on each of them, and the block waits in a pending list until all events completed.
+//
+// Note [memory limit]: reserved bytes (all segments) never exceed the device's limit (API or
+// HEADROOM_MEMORY_LIMIT), so a CPU run under 256MiB behaves like a 256 MiB GPU. When a segment
+// would cross the limit or the backend fails, the allocator frees its cached whole segments and
+// retries once; then it throws OutOfMemoryError with a report (oom_report) and changes nothing.
+#pragma once
+
+#include <array>
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "engine/allocator.h"
+#include "engine/memory.h"
+
+namespace headroom {
+
+// The raw memory of one device, under the caching allocator: host memory for cpu,
+// cudaMalloc/cudaFree for cuda. Events order frees against work queued on streams.
+class DeviceMemoryBackend {
+ public:
+  virtual ~DeviceMemoryBackend() = default;
+  virtual Device device() const = 0;
+  // nullptr when the device has no more memory; never throws for that.
+  virtual void* raw_alloc(size_t nbytes) = 0;
+  virtual void raw_free(void* ptr, size_t nbytes) = 0;
+  // Physical memory of the device in bytes, 0 when unknown.
+  virtual size_t capacity() const { return 0; }
+  // An event marking the work queued on `stream` so far; whether it has completed.
+  virtual uint64_t record_event(Stream stream) { return 0; }
+  virtual bool event_done(uint64_t event) { return true; }
+  virtual void release_event(uint64_t event) {}
+  // Waits for all work on the device (before segments go back to the backend).
+  virtual void synchronize() {}
+};
+
+// Aligned (512 B) host memory.
+class HostMemoryBackend : public DeviceMemoryBackend {
+ public:
+  Device device() const override { return Device::cpu(); }
+  void* raw_alloc(size_t nbytes) override;
+  void raw_free(void* ptr, size_t nbytes) override;
+};
+
+// Current, peak and cumulative counts of one quantity (bytes or blocks).
+struct Stat {
+  int64_t current = 0;
+  int64_t peak = 0;
+  int64_t allocated = 0;  // total ever added
+  int64_t freed = 0;      // total ever removed
+  void add(int64_t n);
+  void sub(int64_t n);
+  void reset_peak() { peak = current; }
+};
+
+// Names follow PyTorch's memory_stats() where the meaning is the same.
+struct MemoryStats {
+  Stat allocated_bytes;       // in blocks handed out (rounded sizes)
+  Stat requested_bytes;       // as asked by callers
+  Stat reserved_bytes;        // in segments obtained from the backend
+  Stat active_bytes;          // handed out, or freed but waiting for other streams
+  Stat inactive_split_bytes;  // free blocks inside segments that are split (not releasable)
+  Stat allocation;            // blocks handed out
+  Stat segment;
+  Stat active;
+  Stat inactive_split;
+  std::array<Stat, kNumMemoryCategories> category_bytes;
+  int64_t num_allocs = 0;
+  int64_t num_cache_hits = 0;     // served without a new segment
+  int64_t num_device_alloc = 0;   // segments obtained from the backend
+  int64_t num_device_free = 0;    // segments returned to it
+  int64_t num_alloc_retries = 0;  // times the cache was freed to retry a request
+  int64_t num_ooms = 0;
+  const Stat& category(MemoryCategory c) const { return category_bytes[static_cast<size_t>(c)]; }
+};
+
+enum class TraceKind : uint8_t { alloc, free, segment_alloc, segment_free, oom };
+const char* trace_kind_name(TraceKind k);
+
+struct TraceEvent {
+  int64_t time_ns = 0;  // since the allocator was made
+  TraceKind kind = TraceKind::alloc;
+  uint64_t address = 0;
+  int64_t bytes = 0;
+  MemoryCategory category = MemoryCategory::temporary;
+  int64_t stream = 0;
+  int64_t allocated_after = 0;  // allocated bytes after the event
+  int64_t reserved_after = 0;
+  std::array<int64_t, kNumMemoryCategories> category_after{};  // per-category bytes after
+};
+
+struct BlockInfo {
+  uint64_t address = 0;
+  int64_t size = 0;
+  int64_t requested = 0;
+  std::string state;  // "allocated", "free", "pending_free"
+  MemoryCategory category = MemoryCategory::temporary;
+};
+
+struct SegmentInfo {
+  uint64_t address = 0;
+  int64_t size = 0;
+  int64_t stream = 0;
+  bool small_pool = false;
+  std::vector<BlockInfo> blocks;
+};
+
+class CachingAllocator final : public Allocator {
+ public:
+  static constexpr size_t kRound = 512;
+  static constexpr size_t kSmallRequest = 1 << 20;   // requests up to this go to the small pool
+  static constexpr size_t kSmallSegment = 2 << 20;   // small-pool segments
+  static constexpr size_t kLargeSegment = 20 << 20;  // large requests under 10 MiB share these
+  static constexpr size_t kLargeRound = 2 << 20;     // larger requests round to this
+
+  explicit CachingAllocator(std::unique_ptr<DeviceMemoryBackend> backend);
+  ~CachingAllocator() override;
+
+  // Allocator interface: current stream and category of the calling thread.
+  Allocation allocate(size_t nbytes) override;
+  void deallocate(const Allocation& a) override;
+  Device device() const override;
+  size_t bytes_in_use() const override;
+  size_t peak_bytes_in_use() const override;
+  void reset_peak() override { reset_peak_stats(); }
+
+  Allocation allocate(size_t nbytes, Stream stream, MemoryCategory category);
+  // The block will be used on `stream` too: its reuse waits for that stream's work.
+  void record_stream(const Allocation& a, Stream stream);
+  // Moves a live block to another category (autograd tags saved tensors as activations).
+  void set_category(const Allocation& a, MemoryCategory category) override;
+  MemoryCategory category_of(const Allocation& a) const override;
+
+  // Returns every cached segment that is wholly free to the backend.
+  void empty_cache();
+
+  // 0 means no limit beyond the device's own memory.
+  void set_memory_limit(size_t bytes);
+  size_t memory_limit() const;
+
+  MemoryStats stats() const;
+  void reset_peak_stats();
+  std::vector<SegmentInfo> snapshot() const;
+
+  // Recording of alloc/free/segment/oom events (off by default).
+  void set_trace_enabled(bool enabled);
+  std::vector<TraceEvent> trace() const;
+  void clear_trace();
+
+  // The report an OutOfMemoryError carries, for a request of `bytes` now.
+  std::string oom_report(size_t bytes) const;
+
+ private:
+  struct Block;
+  struct Segment;
+  struct BlockLess {
+    bool operator()(const Block* a, const Block* b) const;
+  };
+  using Pool = std::set<Block*, BlockLess>;
+
+  Block* find_free_block(Pool& pool, size_t size, int64_t stream);
+  Block* new_segment(size_t size, bool small, int64_t stream, bool& over_limit);
+  void split_block(Block* block, size_t size);
+  void free_block(Block* block);
+  void process_pending_events();
+  size_t release_cached_segments();
+  void release_segment(Segment* seg);
+  Pool& pool_of(const Block* b);
+  void update_inactive_split(Block* block, int sign);
+  void record(TraceKind kind, uint64_t address, int64_t bytes, MemoryCategory category, int64_t stream);
+  std::string oom_report_locked(size_t bytes, size_t rounded) const;
+
+  std::unique_ptr<DeviceMemoryBackend> backend_;
+  mutable std::recursive_mutex mu_;
+  Pool small_pool_;
+  Pool large_pool_;
+  std::vector<std::unique_ptr<Segment>> segments_;
+  std::vector<Block*> pending_;  // freed, waiting for other streams' events
+  MemoryStats stats_;
+  size_t limit_ = 0;
+  bool trace_enabled_ = false;
+  std::vector<TraceEvent> trace_;
+  std::chrono::steady_clock::time_point start_;
+};
+
+// Parses "256MiB", "4GiB", "1.5GB", "64KiB", "1000000" into bytes; throws ValueError naming
+// `what` (e.g. the environment variable) and the text.
+size_t parse_memory_size(const std::string& text, const std::string& what);
+// "1.50 GiB", "512.0 KiB", "37 B".
+std::string format_bytes(int64_t bytes);
+
+// The caching allocator of a device (the one allocator_for returns).
+CachingAllocator& caching_allocator(Device device);
+
+}  // namespace headroom
