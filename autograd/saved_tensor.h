@@ -13,7 +13,10 @@ class SavedTensor {
   SavedTensor() = default;
   // A temporary that is saved becomes an activation (engine/memory.h); parameters stay
   // parameters.
-  SavedTensor(const Tensor& t, const char* op) : tensor_(t), op_(op) {
+  // Holds a detached alias (same storage, no autograd state): an op that saves its own output
+  // would otherwise make a cycle output -> node -> output, and a graph dropped without
+  // backward would never be freed. Backward only reads the values, so nothing is lost.
+  SavedTensor(const Tensor& t, const char* op) : tensor_(t.defined() ? t.detach() : t), op_(op) {
     if (!t.defined()) return;
     version_ = t.version();
     if (t.storage()->category() == MemoryCategory::temporary) t.storage()->set_category(MemoryCategory::activation);

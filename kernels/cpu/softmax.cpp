@@ -1,7 +1,291 @@
+// Softmax, log-softmax and the fused softmax cross-entropy on the CPU.
+//
+// A contiguous tensor is seen as [outer, n, inner] around the softmax dim. When inner == 1
+// (the last dim, the common case) each row is contiguous and one thread takes whole rows;
+// otherwise a thread takes a block of up to kInnerBlock neighbouring columns of one outer
+// slice and walks the n rows of that block, so memory is still read in order and the inner
+// loops vectorise. Every row subtracts its maximum before exp, so large logits stay finite.
+// f16/bf16 are read into f32 and rounded only when written; f32 computes in f32, f64 in f64.
+//
+// Cross-entropy is fused: one pass per row gives logsumexp (saved as f32 in lse) and the loss
+// lse - logits[target]; backward rebuilds softmax as exp(logits - lse) instead of keeping a
+// [N, C] probability tensor alive between forward and backward. A negative target is ignored
+// (loss 0, gradient 0); targets are checked before any thread starts, because an exception
+// must not leave an OpenMP region.
+#include <cmath>
+#include <limits>
+
 #include "kernels/cpu/cpu_backend.h"
+#include "kernels/cpu/strided.h"
+
 namespace headroom::cpu {
-void CpuBackend::softmax_forward(const Tensor&, const Tensor&, int64_t, bool) { throw Error("cpu softmax: not implemented yet"); }
-void CpuBackend::softmax_backward(const Tensor&, const Tensor&, const Tensor&, int64_t, bool) { throw Error("cpu softmax: not implemented yet"); }
-void CpuBackend::cross_entropy_forward(const Tensor&, const Tensor&, const Tensor&, const Tensor&) { throw Error("cpu cross_entropy: not implemented yet"); }
-void CpuBackend::cross_entropy_backward(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&) { throw Error("cpu cross_entropy: not implemented yet"); }
+
+namespace {
+
+constexpr int64_t kInnerBlock = 256;
+
+struct RowGeometry {
+  int64_t outer = 1, n = 1, inner = 1;
+};
+
+RowGeometry row_geometry(const Shape& shape, int64_t dim) {
+  RowGeometry g;
+  for (int64_t d = 0; d < static_cast<int64_t>(shape.size()); ++d) {
+    if (d < dim) g.outer *= shape[static_cast<size_t>(d)];
+    else if (d == dim) g.n = shape[static_cast<size_t>(d)];
+    else g.inner *= shape[static_cast<size_t>(d)];
+  }
+  return g;
+}
+
+void check_same(const char* op, const Tensor& a, const char* a_name, const Tensor& b, const char* b_name) {
+  HR_CHECK(a.shape() == b.shape(), ShapeError, op, ": ", a_name, " ", shape_str(a.shape()), " and ", b_name, " ",
+           shape_str(b.shape()), " differ in shape");
+  HR_CHECK(a.dtype() == b.dtype(), DTypeError, op, ": ", a_name, " is ", dtype_name(a.dtype()), " but ", b_name,
+           " is ", dtype_name(b.dtype()));
+  HR_CHECK(a.is_contiguous() && b.is_contiguous(), ValueError, op, ": expected contiguous tensors, got ", a_name,
+           " ", describe(a), " with strides ", shape_str(a.strides()), " and ", b_name, " ", describe(b),
+           " with strides ", shape_str(b.strides()));
+}
+
+// Calls f(o, i0, i1) for every outer slice o and block [i0, i1) of inner columns, in parallel.
+template <typename F>
+void for_each_block(const RowGeometry& g, F&& f) {
+  const int64_t block = std::min(g.inner, kInnerBlock);
+  const int64_t blocks = (g.inner + block - 1) / block;
+  const int64_t units = g.outer * blocks;
+  parallel_for(units, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(g.n * block, 1)),
+               [&](int64_t begin, int64_t end) {
+                 for (int64_t u = begin; u < end; ++u) {
+                   int64_t o = u / blocks, b = u % blocks;
+                   f(o, b * block, std::min(g.inner, (b + 1) * block));
+                 }
+               });
+}
+
+template <typename T>
+void softmax_forward_impl(const T* x, T* y, const RowGeometry& g, bool log) {
+  using C = acc_t<T>;
+  if (g.inner == 1) {
+    parallel_for(g.outer, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(g.n, 1)), [&](int64_t b, int64_t e) {
+      for (int64_t r = b; r < e; ++r) {
+        const T* xr = x + r * g.n;
+        T* yr = y + r * g.n;
+        C mx = -std::numeric_limits<C>::infinity();
+        for (int64_t j = 0; j < g.n; ++j) mx = std::max(mx, static_cast<C>(xr[j]));
+        C sum = 0;
+        if constexpr (std::is_same_v<T, C>) {
+          // Full-precision storage: keep exp(x - max) in y and scale it afterwards.
+          for (int64_t j = 0; j < g.n; ++j) {
+            C ex = std::exp(xr[j] - mx);
+            sum += ex;
+            if (!log) yr[j] = ex;
+          }
+        } else {
+          for (int64_t j = 0; j < g.n; ++j) sum += std::exp(static_cast<C>(xr[j]) - mx);
+        }
+        if (log) {
+          // (x - max) - log(sum), not x - (max + log(sum)): the latter rounds max + log(sum)
+          // at the magnitude of max and loses the digits of large logits.
+          const C log_sum = std::log(sum);
+          for (int64_t j = 0; j < g.n; ++j) yr[j] = static_cast<T>((static_cast<C>(xr[j]) - mx) - log_sum);
+        } else {
+          const C inv = C(1) / sum;
+          if constexpr (std::is_same_v<T, C>) {
+            for (int64_t j = 0; j < g.n; ++j) yr[j] *= inv;
+          } else {
+            for (int64_t j = 0; j < g.n; ++j) yr[j] = static_cast<T>(std::exp(static_cast<C>(xr[j]) - mx) * inv);
+          }
+        }
+      }
+    });
+    return;
+  }
+  for_each_block(g, [&](int64_t o, int64_t i0, int64_t i1) {
+    const int64_t w = i1 - i0;
+    C mx[kInnerBlock], sum[kInnerBlock];
+    for (int64_t i = 0; i < w; ++i) {
+      mx[i] = -std::numeric_limits<C>::infinity();
+      sum[i] = 0;
+    }
+    const T* xo = x + o * g.n * g.inner + i0;
+    T* yo = y + o * g.n * g.inner + i0;
+    for (int64_t j = 0; j < g.n; ++j)
+      for (int64_t i = 0; i < w; ++i) mx[i] = std::max(mx[i], static_cast<C>(xo[j * g.inner + i]));
+    for (int64_t j = 0; j < g.n; ++j)
+      for (int64_t i = 0; i < w; ++i) sum[i] += std::exp(static_cast<C>(xo[j * g.inner + i]) - mx[i]);
+    if (log) {
+      for (int64_t i = 0; i < w; ++i) sum[i] = std::log(sum[i]);
+      for (int64_t j = 0; j < g.n; ++j)
+        for (int64_t i = 0; i < w; ++i)
+          yo[j * g.inner + i] = static_cast<T>((static_cast<C>(xo[j * g.inner + i]) - mx[i]) - sum[i]);
+    } else {
+      for (int64_t i = 0; i < w; ++i) sum[i] = C(1) / sum[i];
+      for (int64_t j = 0; j < g.n; ++j)
+        for (int64_t i = 0; i < w; ++i)
+          yo[j * g.inner + i] = static_cast<T>(std::exp(static_cast<C>(xo[j * g.inner + i]) - mx[i]) * sum[i]);
+    }
+  });
+}
+
+// softmax:     dx = y * (dy - sum(dy * y))
+// log-softmax: dx = dy - exp(y) * sum(dy)
+template <typename T>
+void softmax_backward_impl(const T* y, const T* dy, T* dx, const RowGeometry& g, bool log) {
+  using C = acc_t<T>;
+  if (g.inner == 1) {
+    parallel_for(g.outer, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(g.n, 1)), [&](int64_t b, int64_t e) {
+      for (int64_t r = b; r < e; ++r) {
+        const T* yr = y + r * g.n;
+        const T* dyr = dy + r * g.n;
+        T* dxr = dx + r * g.n;
+        C s = 0;
+        if (log) {
+          for (int64_t j = 0; j < g.n; ++j) s += static_cast<C>(dyr[j]);
+          for (int64_t j = 0; j < g.n; ++j)
+            dxr[j] = static_cast<T>(static_cast<C>(dyr[j]) - std::exp(static_cast<C>(yr[j])) * s);
+        } else {
+          for (int64_t j = 0; j < g.n; ++j) s += static_cast<C>(dyr[j]) * static_cast<C>(yr[j]);
+          for (int64_t j = 0; j < g.n; ++j)
+            dxr[j] = static_cast<T>(static_cast<C>(yr[j]) * (static_cast<C>(dyr[j]) - s));
+        }
+      }
+    });
+    return;
+  }
+  for_each_block(g, [&](int64_t o, int64_t i0, int64_t i1) {
+    const int64_t w = i1 - i0;
+    C s[kInnerBlock];
+    for (int64_t i = 0; i < w; ++i) s[i] = 0;
+    const int64_t base = o * g.n * g.inner + i0;
+    for (int64_t j = 0; j < g.n; ++j) {
+      const int64_t row = base + j * g.inner;
+      for (int64_t i = 0; i < w; ++i)
+        s[i] += log ? static_cast<C>(dy[row + i]) : static_cast<C>(dy[row + i]) * static_cast<C>(y[row + i]);
+    }
+    for (int64_t j = 0; j < g.n; ++j) {
+      const int64_t row = base + j * g.inner;
+      for (int64_t i = 0; i < w; ++i) {
+        const C yv = static_cast<C>(y[row + i]), dyv = static_cast<C>(dy[row + i]);
+        dx[row + i] = static_cast<T>(log ? dyv - std::exp(yv) * s[i] : yv * (dyv - s[i]));
+      }
+    }
+  });
+}
+
+// Checks shapes and dtypes of the cross-entropy operands and every target against C.
+void check_cross_entropy(const char* op, const Tensor& logits, const Tensor& target, const Tensor& lse) {
+  HR_CHECK(logits.dim() == 2, ShapeError, op, ": logits must be [N, C], got ", describe(logits));
+  const int64_t n = logits.size(0), c = logits.size(1);
+  HR_CHECK(target.dim() == 1 && target.size(0) == n, ShapeError, op, ": target must be ", shape_str({n}),
+           " for logits ", shape_str(logits.shape()), ", got ", shape_str(target.shape()));
+  HR_CHECK(target.dtype() == DType::i64, DTypeError, op, ": target must be i64, got ", describe(target));
+  HR_CHECK(lse.dtype() == DType::f32 && lse.dim() == 1 && lse.size(0) == n && lse.is_contiguous(), ValueError, op,
+           ": lse must be a contiguous f32 ", shape_str({n}), ", got ", describe(lse));
+  HR_CHECK(logits.is_contiguous(), ValueError, op, ": logits must be contiguous, got strides ",
+           shape_str(logits.strides()), " for ", describe(logits));
+  const int64_t* t = static_cast<const int64_t*>(target.raw_data());
+  const int64_t ts = target.stride(0);
+  for (int64_t r = 0; r < n; ++r)
+    HR_CHECK(t[r * ts] < c, ValueError, op, ": target ", t[r * ts], " at row ", r, " is out of range for ", c,
+             " classes (logits ", shape_str(logits.shape()), ")");
+}
+
+}  // namespace
+
+void CpuBackend::softmax_forward(const Tensor& x, const Tensor& y, int64_t dim, bool log) {
+  const char* op = log ? "log_softmax" : "softmax";
+  check_same(op, x, "input", y, "output");
+  if (x.numel() == 0) return;
+  const RowGeometry g = row_geometry(x.shape(), x.dim() == 0 ? 0 : wrap_dim(dim, x.dim(), op));
+  dispatch_float(x.dtype(), op, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    softmax_forward_impl<T>(static_cast<const T*>(x.raw_data()), static_cast<T*>(y.raw_data()), g, log);
+  });
+}
+
+void CpuBackend::softmax_backward(const Tensor& y, const Tensor& dy, const Tensor& dx, int64_t dim, bool log) {
+  const char* op = log ? "log_softmax backward" : "softmax backward";
+  check_same(op, y, "output", dy, "output gradient");
+  check_same(op, y, "output", dx, "input gradient");
+  if (y.numel() == 0) return;
+  const RowGeometry g = row_geometry(y.shape(), y.dim() == 0 ? 0 : wrap_dim(dim, y.dim(), op));
+  dispatch_float(y.dtype(), op, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    softmax_backward_impl<T>(static_cast<const T*>(y.raw_data()), static_cast<const T*>(dy.raw_data()),
+                             static_cast<T*>(dx.raw_data()), g, log);
+  });
+}
+
+void CpuBackend::cross_entropy_forward(const Tensor& logits, const Tensor& target, const Tensor& losses,
+                                       const Tensor& lse) {
+  const char* op = "cross_entropy";
+  check_cross_entropy(op, logits, target, lse);
+  const int64_t n = logits.size(0), c = logits.size(1);
+  HR_CHECK(losses.dim() == 1 && losses.size(0) == n && losses.dtype() == logits.dtype() && losses.is_contiguous(),
+           ValueError, op, ": losses must be a contiguous ", shape_str({n}), " of the logits' dtype ",
+           dtype_name(logits.dtype()), ", got ", describe(losses));
+  if (n == 0) return;
+  HR_CHECK(c > 0, ValueError, op, ": logits ", shape_str(logits.shape()), " have no classes");
+  const int64_t* t = static_cast<const int64_t*>(target.raw_data());
+  const int64_t ts = target.stride(0);
+  float* plse = static_cast<float*>(lse.raw_data());
+  dispatch_float(logits.dtype(), op, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    using C = acc_t<T>;
+    const T* x = static_cast<const T*>(logits.raw_data());
+    T* loss = static_cast<T*>(losses.raw_data());
+    parallel_for(n, std::max<int64_t>(1, kParallelGrain / c), [&](int64_t b, int64_t e) {
+      for (int64_t r = b; r < e; ++r) {
+        const T* xr = x + r * c;
+        C mx = -std::numeric_limits<C>::infinity();
+        for (int64_t j = 0; j < c; ++j) mx = std::max(mx, static_cast<C>(xr[j]));
+        C sum = 0;
+        for (int64_t j = 0; j < c; ++j) sum += std::exp(static_cast<C>(xr[j]) - mx);
+        const C log_sum = std::log(sum);
+        plse[r] = static_cast<float>(mx + log_sum);
+        const int64_t tr = t[r * ts];
+        loss[r] = static_cast<T>(tr < 0 ? C(0) : log_sum - (static_cast<C>(xr[tr]) - mx));
+      }
+    });
+  });
+}
+
+void CpuBackend::cross_entropy_backward(const Tensor& logits, const Tensor& target, const Tensor& lse,
+                                        const Tensor& dlosses, const Tensor& dlogits) {
+  const char* op = "cross_entropy backward";
+  check_cross_entropy(op, logits, target, lse);
+  const int64_t n = logits.size(0), c = logits.size(1);
+  HR_CHECK(dlosses.dim() == 1 && dlosses.size(0) == n && dlosses.dtype() == logits.dtype(), ValueError, op,
+           ": dlosses must be ", shape_str({n}), " of the logits' dtype ", dtype_name(logits.dtype()), ", got ",
+           describe(dlosses));
+  check_same(op, logits, "logits", dlogits, "dlogits");
+  if (logits.numel() == 0) return;
+  const int64_t* t = static_cast<const int64_t*>(target.raw_data());
+  const int64_t ts = target.stride(0), ds = dlosses.stride(0);
+  const float* plse = static_cast<const float*>(lse.raw_data());
+  dispatch_float(logits.dtype(), op, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    using C = acc_t<T>;
+    const T* x = static_cast<const T*>(logits.raw_data());
+    const T* dl = static_cast<const T*>(dlosses.raw_data());
+    T* dx = static_cast<T*>(dlogits.raw_data());
+    parallel_for(n, std::max<int64_t>(1, kParallelGrain / c), [&](int64_t b, int64_t e) {
+      for (int64_t r = b; r < e; ++r) {
+        const T* xr = x + r * c;
+        T* dxr = dx + r * c;
+        const int64_t tr = t[r * ts];
+        if (tr < 0) {
+          for (int64_t j = 0; j < c; ++j) dxr[j] = static_cast<T>(C(0));
+          continue;
+        }
+        const C g = static_cast<C>(dl[r * ds]);
+        const C l = static_cast<C>(plse[r]);
+        for (int64_t j = 0; j < c; ++j) dxr[j] = static_cast<T>(g * std::exp(static_cast<C>(xr[j]) - l));
+        dxr[tr] = static_cast<T>(g * (std::exp(static_cast<C>(xr[tr]) - l) - C(1)));  // rounded once
+      }
+    });
+  });
+}
+
 }  // namespace headroom::cpu

@@ -138,3 +138,22 @@ TEST(Autograd, MixedDtypeGradientsComeBackInTheInputsDtype) {
 
 }  // namespace
 }  // namespace headroom
+
+namespace headroom {
+namespace {
+
+TEST(Autograd, AGraphDroppedWithoutBackwardIsFreed) {
+  // Ops that save their own output (exp, relu, sigmoid, ...) must not keep it alive in a cycle.
+  Allocator& alloc = allocator_for(Device::cpu());
+  Tensor x = testing::rand_f64({128, 128});
+  size_t before = alloc.bytes_in_use();
+  {
+    Tensor y = sigmoid(relu(exp(x * 0.01))) / sqrt(abs(x) + 1.0);
+    Tensor z = tanh(amax(y, {1}));
+    EXPECT_GT(alloc.bytes_in_use(), before);
+  }
+  EXPECT_EQ(alloc.bytes_in_use(), before);
+}
+
+}  // namespace
+}  // namespace headroom
