@@ -1,0 +1,26 @@
+// ReLU, GELU, Dropout, Flatten: each forwards to one functional op.
+#include "nn/layers/activation.h"
+
+#include "autograd/functions.h"
+
+namespace headroom::nn {
+
+Tensor ReLU::forward(const Tensor& x) { return relu(x); }
+
+Tensor GELU::forward(const Tensor& x) { return gelu(x); }
+
+Dropout::Dropout(double p_in) : p(p_in) {
+  HR_CHECK(p >= 0.0 && p <= 1.0, ValueError, "Dropout: p must be in [0, 1], got ", p);
+}
+
+Tensor Dropout::forward(const Tensor& x) { return dropout(x, p, is_training()); }
+
+std::string Dropout::name() const { return str_cat("Dropout(p=", p, ")"); }
+
+Flatten::Flatten(int64_t start, int64_t end) : start_dim(start), end_dim(end) {}
+
+Tensor Flatten::forward(const Tensor& x) { return x.flatten(start_dim, end_dim); }
+
+std::string Flatten::name() const { return str_cat("Flatten(", start_dim, ", ", end_dim, ")"); }
+
+}  // namespace headroom::nn

@@ -1,0 +1,42 @@
+// Parameter-free layers: activations, Dropout and Flatten. They hold no tensors; they exist so
+// that a Sequential can name them and so Dropout can read the module's training mode.
+#pragma once
+
+#include "nn/module.h"
+
+namespace headroom::nn {
+
+class ReLU : public Module {
+ public:
+  Tensor forward(const Tensor& x) override;
+  std::string name() const override { return "ReLU()"; }
+};
+
+// The tanh approximation, as in GPT-2: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
+class GELU : public Module {
+ public:
+  Tensor forward(const Tensor& x) override;
+  std::string name() const override { return "GELU()"; }
+};
+
+// Zeroes each element with probability p and scales the rest by 1/(1-p) in training; the
+// identity in eval. The mask comes from the global Philox generator.
+class Dropout : public Module {
+ public:
+  explicit Dropout(double p = 0.5);
+  Tensor forward(const Tensor& x) override;
+  std::string name() const override;
+  double p;
+};
+
+// Merges dims start..end (inclusive, negative counts from the end) into one: [N, C, H, W] ->
+// [N, C*H*W] with the defaults. A view when the input's strides allow.
+class Flatten : public Module {
+ public:
+  explicit Flatten(int64_t start_dim = 1, int64_t end_dim = -1);
+  Tensor forward(const Tensor& x) override;
+  std::string name() const override;
+  int64_t start_dim, end_dim;
+};
+
+}  // namespace headroom::nn

@@ -1,0 +1,30 @@
+// Sequential: runs its children in order; they are named "0", "1", ... so parameter names
+// match PyTorch's nn.Sequential ("0.weight", "2.bias").
+//
+//   auto model = std::make_shared<nn::Sequential>(std::vector<std::shared_ptr<nn::Module>>{
+//       std::make_shared<nn::Linear>(784, 256), std::make_shared<nn::ReLU>(),
+//       std::make_shared<nn::Linear>(256, 10)});
+#pragma once
+
+#include <memory>
+#include <vector>
+
+#include "nn/module.h"
+
+namespace headroom::nn {
+
+class Sequential : public Module {
+ public:
+  Sequential() = default;
+  explicit Sequential(std::vector<std::shared_ptr<Module>> modules);
+  void push_back(std::shared_ptr<Module> m);
+  int64_t size() const { return static_cast<int64_t>(modules_.size()); }
+  std::shared_ptr<Module> at(int64_t i) const;  // negative counts from the end
+  Tensor forward(const Tensor& x) override;
+  std::string name() const override;
+
+ private:
+  std::vector<std::shared_ptr<Module>> modules_;
+};
+
+}  // namespace headroom::nn

@@ -1,0 +1,8 @@
+// headroom::optim in one include: optimizers, gradient clipping and learning-rate schedules.
+#pragma once
+
+#include "optim/adam.h"
+#include "optim/clip.h"
+#include "optim/lr_scheduler.h"
+#include "optim/optimizer.h"
+#include "optim/sgd.h"
