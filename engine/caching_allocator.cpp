@@ -450,17 +450,11 @@ std::string CachingAllocator::oom_report_locked(size_t bytes, size_t rounded) co
   if (backend_->capacity() > 0) os << "; device capacity " << format_bytes(static_cast<int64_t>(backend_->capacity()));
   os << "\n  reserved by headroom: " << format_bytes(reserved) << ", in use: " << format_bytes(allocated) << "\n";
   os << "  in use by category:";
-  MemoryCategory biggest = MemoryCategory::temporary;
-  int64_t biggest_bytes = -1;
   for (int c = 0; c < kNumMemoryCategories; ++c) {
     auto cat = static_cast<MemoryCategory>(c);
     int64_t v = stats_.category(cat).current;
     os << "\n    " << std::left << std::setw(16) << category_name(cat) << std::right << std::setw(12) << format_bytes(v);
     if (allocated > 0) os << "  (" << std::fixed << std::setprecision(1) << 100.0 * static_cast<double>(v) / static_cast<double>(allocated) << "%)";
-    if (v > biggest_bytes) {
-      biggest_bytes = v;
-      biggest = cat;
-    }
   }
   os << "\n  cached but free: " << format_bytes(cached_free) << ", largest free block: " << format_bytes(largest_free);
   if (cached_free >= static_cast<int64_t>(rounded) && largest_free < static_cast<int64_t>(rounded))

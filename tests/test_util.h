@@ -36,10 +36,10 @@ Tensor rand_f64(const Shape& shape, bool requires_grad = true);
     bool hr_thrown_ = false;                                                                     \
     try {                                                                                        \
       statement;                                                                                 \
-    } catch (const ExceptionType& e) {                                                           \
+    } catch (const ExceptionType& hr_error_) {                                                           \
       hr_thrown_ = true;                                                                         \
-      EXPECT_NE(std::string(e.what()).find(substring), std::string::npos)                        \
-          << "message \"" << e.what() << "\" lacks \"" << (substring) << "\"";                   \
+      EXPECT_NE(std::string(hr_error_.what()).find(substring), std::string::npos)                        \
+          << "message \"" << hr_error_.what() << "\" lacks \"" << (substring) << "\"";                   \
     }                                                                                            \
     EXPECT_TRUE(hr_thrown_) << #statement " did not throw " #ExceptionType;                      \
   } while (0)

@@ -10,7 +10,7 @@
 // images as keep col and the [Og, nc*OHW] staging buffer within kScratchBytes, so the scratch
 // stays bounded whatever the batch. The staging buffer exists because out is [N, O, OHW] while
 // the gemm produces [Og, nc*OHW]: a cheap strided copy (which also adds the bias) moves it.
-// im2col and col2im run under OpenMP (col2im one (image, channel) plane per task, so no two
+// im2col and col2im run under parallel_for (col2im one (image, channel) plane per task, so no two
 // threads add into the same element); the gemms run outside any parallel region.
 // f16 and bf16 are converted to f32 tensors first and the results rounded back.
 #include <algorithm>

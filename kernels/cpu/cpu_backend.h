@@ -2,7 +2,7 @@
 // (copy.cpp, elementwise.cpp, reduce.cpp, matmul.cpp, conv.cpp, pool.cpp, softmax.cpp,
 // norm.cpp, loss.cpp, index.cpp). f16 and bf16 are converted to f32 per element, computed,
 // and rounded back; reductions accumulate in f32 (f64 for f64). Large loops are split over
-// the cores with OpenMP; matmul goes through OpenBLAS.
+// the cores by parallel_for (parallel.cpp); matmul goes through OpenBLAS.
 #pragma once
 
 #include "engine/backend.h"

@@ -1,7 +1,7 @@
 // One row-major gemm call for the CPU kernels (matmul.cpp, conv.cpp), over OpenBLAS:
 // c = a' @ b' + beta * c, where a' is a [M, K] (or, with ta, the transpose of a stored [K, M])
 // and b' likewise [K, N]; lda/ldb/ldc are row strides in elements. OpenBLAS threads itself,
-// so callers never call this from inside an OpenMP region.
+// so callers never call this from inside a parallel_for.
 #pragma once
 
 #include <cblas.h>

@@ -14,13 +14,11 @@
 // to its destination once, so repeated indices lose no precision to 16-bit rounding and the
 // result does not depend on the thread count.
 //
-// Every index is checked before any thread starts (an exception must not leave an OpenMP
-// region): out of range throws ValueError naming the index, its position and the dim's size.
+// Every index is checked before any thread starts (so that nothing is half written when it throws): out of range throws ValueError naming the index, its position and the dim's size.
 #include <algorithm>
 #include <cstring>
 #include <numeric>
 
-#include <omp.h>
 
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cpu/strided.h"
@@ -146,7 +144,7 @@ void scatter_add(const Tensor& out, int64_t dim, const std::vector<int64_t>& idx
   // blocks no narrower than kMinBlock so that each source row is read in long runs. (The
   // blocking does not change any element's summation order, so results do not depend on it.)
   constexpr int64_t kMinBlock = 64;
-  const int64_t want_blocks = (2 * omp_get_max_threads() + around.outer - 1) / around.outer;
+  const int64_t want_blocks = (2 * num_threads() + around.outer - 1) / around.outer;
   const int64_t inner_blocks =
       std::clamp<int64_t>(want_blocks, 1, std::max<int64_t>(1, (around.inner + kMinBlock - 1) / kMinBlock));
   const int64_t block = (around.inner + inner_blocks - 1) / inner_blocks;

@@ -8,7 +8,7 @@
 // stacked row-major rows, the batch folds into M and the whole product is one gemm, so that
 // OpenBLAS (which threads itself) gets one big call instead of many small ones.
 // f16 and bf16 go through f32 scratch: converted, multiplied with sgemm, rounded back.
-// BLAS is never called from inside an OpenMP region. Note [OpenBLAS core] below makes sure the
+// BLAS is never called from inside a parallel_for. Note [OpenBLAS core] below makes sure the
 // gemm kernels are the ones this CPU can run fastest.
 #include <cstdlib>
 #include <cstring>

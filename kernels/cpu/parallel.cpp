@@ -1,22 +1,148 @@
-#include <omp.h>
+// The CPU backend's thread pool.
+//
+// Why not OpenMP: after each parallel loop, libgomp's workers spin for milliseconds waiting for
+// the next one. OpenBLAS runs its own threads, so a gemm right after an elementwise loop found
+// the second core busy spinning, and under any other load (two ctest jobs, a compiler) steps got
+// 3-5x slower. OMP_WAIT_POLICY=passive fixes it but is read before our code runs. This pool's
+// workers sleep on a condition variable between jobs, costing a few microseconds to wake, which
+// parallel_for's grain sizes (tens of thousands of elements) amortise.
+#include <atomic>
+#include <condition_variable>
+#include <cstdlib>
+#include <exception>
+#include <mutex>
+#include <thread>
+#include <vector>
 
 #include "kernels/cpu/strided.h"
 
 namespace headroom::cpu {
 
+namespace {
+
+thread_local bool t_in_pool = false;
+
+int env_threads(const char* name) {
+  const char* v = std::getenv(name);
+  if (!v || !*v) return 0;
+  int n = std::atoi(v);
+  return n > 0 ? n : 0;
+}
+
+class ThreadPool {
+ public:
+  explicit ThreadPool(int threads) {
+    for (int i = 1; i < threads; ++i) workers_.emplace_back([this, i] { work(i); });
+  }
+  ~ThreadPool() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_ = true;
+    }
+    wake_.notify_all();
+    for (auto& w : workers_) w.join();
+  }
+  int size() const { return static_cast<int>(workers_.size()) + 1; }
+
+  // Runs job(c) for c in [0, chunks), chunks <= size(); chunk 0 on the calling thread. Returns
+  // false (running nothing) when the pool is busy with another caller's job. An exception from
+  // any chunk is rethrown here after all chunks have finished.
+  bool run(int chunks, const std::function<void(int)>& job) {
+    std::unique_lock<std::mutex> busy(run_mu_, std::try_to_lock);
+    if (!busy.owns_lock()) return false;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      job_ = &job;
+      chunks_ = chunks;
+      remaining_ = chunks - 1;
+      ++generation_;
+    }
+    wake_.notify_all();
+    t_in_pool = true;
+    std::exception_ptr mine;
+    try {
+      job(0);
+    } catch (...) {
+      mine = std::current_exception();
+    }
+    t_in_pool = false;
+    std::unique_lock<std::mutex> lock(mu_);
+    done_.wait(lock, [this] { return remaining_ == 0; });
+    job_ = nullptr;
+    std::exception_ptr error = mine ? mine : error_;
+    error_ = nullptr;
+    if (error) std::rethrow_exception(error);
+    return true;
+  }
+
+ private:
+  void work(int index) {
+    t_in_pool = true;
+    uint64_t seen = 0;
+    for (;;) {
+      const std::function<void(int)>* job = nullptr;
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        wake_.wait(lock, [&] { return stop_ || generation_ != seen; });
+        if (stop_) return;
+        seen = generation_;
+        if (index >= chunks_) continue;
+        job = job_;
+      }
+      std::exception_ptr error;
+      try {
+        (*job)(index);
+      } catch (...) {
+        error = std::current_exception();
+      }
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        if (error && !error_) error_ = error;
+        if (--remaining_ == 0) done_.notify_one();
+      }
+    }
+  }
+
+  std::vector<std::thread> workers_;
+  std::mutex run_mu_;  // one job at a time
+  std::mutex mu_;
+  std::condition_variable wake_, done_;
+  const std::function<void(int)>* job_ = nullptr;
+  int chunks_ = 0;
+  int remaining_ = 0;
+  uint64_t generation_ = 0;
+  bool stop_ = false;
+  std::exception_ptr error_;
+};
+
+ThreadPool& pool() {
+  // Leaked on purpose: workers must outlive static destructors that may still free tensors.
+  static ThreadPool* p = new ThreadPool(num_threads());
+  return *p;
+}
+
+}  // namespace
+
+int num_threads() {
+  static const int n = [] {
+    if (int v = env_threads("HEADROOM_NUM_THREADS")) return v;
+    if (int v = env_threads("OMP_NUM_THREADS")) return v;
+    unsigned hw = std::thread::hardware_concurrency();
+    return hw == 0 ? 1 : static_cast<int>(hw);
+  }();
+  return n;
+}
+
 void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& f) {
   if (n <= 0) return;
-  int threads = omp_get_max_threads();
-  if (threads <= 1 || n <= grain || omp_in_parallel()) {
+  const int threads = num_threads();
+  if (threads <= 1 || n <= grain || t_in_pool) {
     f(0, n);
     return;
   }
-  int64_t chunks = std::min<int64_t>(threads, (n + grain - 1) / grain);
-#pragma omp parallel for num_threads(static_cast<int>(chunks)) schedule(static)
-  for (int64_t c = 0; c < chunks; ++c) {
-    int64_t begin = n * c / chunks, end = n * (c + 1) / chunks;
-    f(begin, end);
-  }
+  const int chunks = static_cast<int>(std::min<int64_t>(threads, (n + grain - 1) / grain));
+  std::function<void(int)> job = [&](int c) { f(n * c / chunks, n * (c + 1) / chunks); };
+  if (!pool().run(chunks, job)) f(0, n);  // another thread holds the pool: run here, serially
 }
 
 }  // namespace headroom::cpu

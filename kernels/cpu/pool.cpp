@@ -1,7 +1,7 @@
 // Max and average pooling over 2-d windows (NCHW, contiguous), forward and backward.
 //
 // Every (image, channel) plane is independent, so the work is split over the N*C planes with
-// OpenMP. Within a plane the forward passes go one output row at a time and apply each window
+// parallel_for. Within a plane the forward passes go one output row at a time and apply each window
 // element to the whole row: the row's outputs are independent lanes, so the loops pipeline and
 // vectorise where a per-output compare-select chain would not (the windows are small; there is
 // nothing for a gemm to do). The backward passes also go plane by plane: each task owns its dx

@@ -10,8 +10,8 @@
 // Cross-entropy is fused: one pass per row gives logsumexp (saved as f32 in lse) and the loss
 // lse - logits[target]; backward rebuilds softmax as exp(logits - lse) instead of keeping a
 // [N, C] probability tensor alive between forward and backward. A negative target is ignored
-// (loss 0, gradient 0); targets are checked before any thread starts, because an exception
-// must not leave an OpenMP region.
+// (loss 0, gradient 0); targets are checked before any thread starts, so that nothing is half
+// written when one is bad.
 #include <cmath>
 #include <limits>
 

@@ -3,8 +3,8 @@
 // A StridedIter visits the elements of up to four same-shaped tensors (any strides, including
 // the zero strides of a broadcast) in row-major order, giving each one's element offset. Dims
 // that are contiguous across all operands are merged first, so the innermost loop is usually
-// long and unit-stride. for_each_parallel splits the index range over OpenMP threads when the
-// work is large enough to pay for it.
+// long and unit-stride. parallel_for splits an index range over the CPU backend's threads when
+// the work is large enough to pay for it.
 #pragma once
 
 #include <algorithm>
@@ -84,7 +84,10 @@ struct StridedLayout {
   }
 };
 
-// Runs f(begin, end) over [0, n) split among threads when n is large.
+// Runs f(begin, end) over [0, n) split among the pool's threads when n is large (kernels/cpu/
+// parallel.cpp); serially when small, or when called from inside another parallel_for.
 void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& f);
+// Threads parallel_for uses: HEADROOM_NUM_THREADS, else OMP_NUM_THREADS, else the core count.
+int num_threads();
 
 }  // namespace headroom::cpu
