@@ -149,6 +149,11 @@ class Backend {
   virtual void index_add(const Tensor& out, int64_t dim, const Tensor& index, const Tensor& src) = 0;
 };
 
+// Whether CPU kernels flush denormal floats to zero (Note [denormals] in kernels/cpu/denormal.h).
+// On by default; returns the previous setting.
+bool set_flush_denormal(bool on);
+bool flush_denormal();
+
 // The backend of a device kind; throws DeviceError when none is registered (a CUDA op in a
 // build without CUDA).
 Backend& backend_for(Device device);

@@ -11,6 +11,7 @@
 #include <type_traits>
 
 #include "engine/error.h"
+#include "kernels/cpu/denormal.h"
 
 namespace headroom::cpu {
 
@@ -22,6 +23,7 @@ inline void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const T* a, 
   HR_CHECK(M <= kMax && N <= kMax && K <= kMax && lda <= kMax && ldb <= kMax && ldc <= kMax, ValueError,
            "gemm: [", M, ", ", K, "] @ [", K, ", ", N, "] (leading dims ", lda, ", ", ldb, ", ", ldc,
            ") exceeds the BLAS integer range");
+  DenormalGuard flush;  // Note [denormals]
   const auto fa = ta ? CblasTrans : CblasNoTrans;
   const auto fb = tb ? CblasTrans : CblasNoTrans;
   const auto m = static_cast<blasint>(M), n = static_cast<blasint>(N), k = static_cast<blasint>(K);

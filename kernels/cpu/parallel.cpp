@@ -14,7 +14,11 @@
 #include <thread>
 #include <vector>
 
+#include "kernels/cpu/denormal.h"
 #include "kernels/cpu/strided.h"
+
+// OpenBLAS internals (weak: absent from other BLAS builds); see Note [denormals].
+extern "C" void blas_thread_shutdown_(void) __attribute__((weak));
 
 namespace headroom::cpu {
 
@@ -91,6 +95,7 @@ class ThreadPool {
       }
       std::exception_ptr error;
       try {
+        DenormalGuard flush;  // Note [denormals]
         (*job)(index);
       } catch (...) {
         error = std::current_exception();
@@ -121,6 +126,18 @@ ThreadPool& pool() {
   return *p;
 }
 
+std::atomic<bool> g_flush_denormal{true};
+
+// Restarts OpenBLAS's worker threads from a thread that flushes denormals: they inherit its
+// floating-point mode when the next multi-threaded gemm creates them again.
+[[maybe_unused]] const bool g_blas_threads_restarted = [] {
+  if (blas_thread_shutdown_) {
+    DenormalGuard flush;
+    blas_thread_shutdown_();
+  }
+  return true;
+}();
+
 }  // namespace
 
 int num_threads() {
@@ -135,6 +152,7 @@ int num_threads() {
 
 void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& f) {
   if (n <= 0) return;
+  DenormalGuard flush;  // Note [denormals]
   const int threads = num_threads();
   if (threads <= 1 || n <= grain || t_in_pool) {
     f(0, n);
@@ -146,3 +164,10 @@ void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, in
 }
 
 }  // namespace headroom::cpu
+
+namespace headroom {
+
+bool set_flush_denormal(bool on) { return cpu::g_flush_denormal.exchange(on); }
+bool flush_denormal() { return cpu::g_flush_denormal.load(std::memory_order_relaxed); }
+
+}  // namespace headroom
