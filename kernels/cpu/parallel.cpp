@@ -18,7 +18,8 @@
 #include "kernels/cpu/strided.h"
 
 // OpenBLAS internals (weak: absent from other BLAS builds); see Note [denormals].
-extern "C" void blas_thread_shutdown_(void) __attribute__((weak));
+extern "C" int blas_thread_shutdown_(void) __attribute__((weak));
+extern "C" int blas_thread_init(void) __attribute__((weak));
 
 namespace headroom::cpu {
 
@@ -128,12 +129,13 @@ ThreadPool& pool() {
 
 std::atomic<bool> g_flush_denormal{true};
 
-// Restarts OpenBLAS's worker threads from a thread that flushes denormals: they inherit its
-// floating-point mode when the next multi-threaded gemm creates them again.
+// Restarts OpenBLAS's worker threads from a thread that flushes denormals, so that they
+// inherit its floating-point mode.
 [[maybe_unused]] const bool g_blas_threads_restarted = [] {
-  if (blas_thread_shutdown_) {
+  if (blas_thread_shutdown_ && blas_thread_init) {
     DenormalGuard flush;
     blas_thread_shutdown_();
+    blas_thread_init();
   }
   return true;
 }();
