@@ -1,0 +1,73 @@
+// A small convolutional network on Fashion-MNIST: convolution, pooling and (optionally) batch
+// normalisation trained end to end on headroom's public API.
+//
+//   conv 1->C1 3x3 pad 1 [BN] ReLU maxpool2   28x28 -> 14x14
+//   conv C1->C2 3x3 pad 1 [BN] ReLU maxpool2  14x14 -> 7x7
+//   flatten, linear C2*49->128, ReLU, linear 128->10
+//
+// Adam, lr 4e-3 decayed to 0 by a per-step cosine, batch 128, 3 epochs: about 0.91 test
+// accuracy. BatchNorm is what lets so short a run get there (0.896 without it at lr 2e-3), and
+// the widths default to 16 and 32 (not the usual 32 and 64), which quarters the convolution
+// work on a 2-core CPU.
+//
+//   ./cnn_fashion_mnist                      # defaults
+//   ./cnn_fashion_mnist --channels 32 --batch-norm=false --lr 0.001
+#include "examples/common.h"
+
+using namespace headroom;
+
+namespace {
+
+std::shared_ptr<nn::Sequential> make_cnn(int64_t c1, bool batch_norm) {
+  const int64_t c2 = 2 * c1;
+  auto model = std::make_shared<nn::Sequential>();
+  for (auto [in, out] : {std::pair{int64_t{1}, c1}, std::pair{c1, c2}}) {
+    model->push_back(std::make_shared<nn::Conv2d>(in, out, /*kernel=*/3, /*stride=*/1, /*padding=*/1,
+                                                  /*groups=*/1, /*bias=*/!batch_norm));
+    if (batch_norm) model->push_back(std::make_shared<nn::BatchNorm2d>(out));
+    model->push_back(std::make_shared<nn::ReLU>());
+    model->push_back(std::make_shared<nn::MaxPool2d>(2));
+  }
+  model->push_back(std::make_shared<nn::Flatten>());
+  model->push_back(std::make_shared<nn::Linear>(c2 * 7 * 7, 128));
+  model->push_back(std::make_shared<nn::ReLU>());
+  model->push_back(std::make_shared<nn::Linear>(128, 10));
+  return model;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  examples::TrainConfig cfg;
+  cfg.epochs = 3;
+  cfg.lr = 4e-3;
+  int64_t channels = 16;
+  bool batch_norm = true;
+  examples::Flags flags("cnn_fashion_mnist", "Trains a two-conv-layer CNN on Fashion-MNIST with Adam.");
+  examples::add_training_flags(flags, cfg);
+  flags.add("channels", &channels, "channels of the first conv (the second has twice as many)",
+            examples::at_least<int64_t>(1));
+  flags.add("batch-norm", &batch_norm, "BatchNorm2d after each conv (--batch-norm=false: none)");
+  if (auto code = flags.parse(argc, argv)) return *code;
+
+  return examples::run_reporting_errors([&] {
+    const Device device = Device::parse(cfg.device);
+    manual_seed(static_cast<uint64_t>(cfg.seed));
+
+    auto model = make_cnn(channels, batch_norm);
+    model->to(device);
+    examples::print_model(*model);
+    auto [train, test] = examples::load_data(cfg);
+    optim::Adam optimizer(model->parameters(), cfg.lr);
+    data::BatchLoader loader(train, cfg.batch_size, /*shuffle=*/true, static_cast<uint64_t>(cfg.seed));
+    auto schedule = examples::make_schedule(cfg, optimizer, loader.num_batches());
+
+    std::vector<examples::EpochStats> history;
+    for (int64_t epoch = 0; epoch < cfg.epochs; ++epoch)
+      history.push_back(examples::train_one_epoch(*model, optimizer, schedule.get(), loader, device, epoch, cfg.epochs));
+
+    const double accuracy = examples::evaluate(*model, test, /*batch_size=*/500, device);
+    examples::print_results(history, accuracy);
+    return 0;
+  });
+}

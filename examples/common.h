@@ -1,0 +1,389 @@
+// What the example programs share: command-line flags, a per-epoch progress line, a timer, and
+// the train / evaluate loops for image classifiers -- so each example's main() only says what
+// it builds and in what order.
+//
+// Header-only on purpose: every examples/*.cpp becomes its own program, so shared code lives
+// here, inline. This is program code, not library code: it prints, and main() turns errors
+// into exit codes (2 for a bad command line, 1 for a failure such as missing data).
+#pragma once
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <charconv>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <exception>
+#include <functional>
+#include <memory>
+#include <iomanip>
+#include <iostream>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "headroom.h"
+#include "nn/data/data.h"
+#include "nn/nn.h"
+#include "optim/optim.h"
+
+namespace headroom::examples {
+
+// ---- flags ----
+
+// A small command-line parser: --name value, --name=value, and bare --name for booleans.
+// parse() returns an exit code when the program should stop (0 after --help, 2 for a bad
+// command line, with the message on stderr) and nothing when it should go on.
+//
+//   int64_t epochs = 5;
+//   Flags flags("mlp", "Trains an MLP.");
+//   flags.add("epochs", &epochs, "passes over the training set", at_least<int64_t>(1));
+//   if (auto code = flags.parse(argc, argv)) return *code;
+class Flags {
+ public:
+  Flags(std::string program, std::string about) : program_(std::move(program)), about_(std::move(about)) {}
+
+  // A check returns an empty string for a good value, else what is wrong with it.
+  template <typename T>
+  using Check = std::function<std::string(const T&)>;
+
+  template <typename T>
+  void add(const std::string& name, T* value, const std::string& help, Check<T> check = {}) {
+    Flag f;
+    f.name = name;
+    f.help = help;
+    f.default_text = to_text(*value);
+    f.is_bool = std::is_same_v<T, bool>;
+    f.set = [value, check](const std::string& text) -> std::string {
+      T parsed{};
+      std::string err = from_text(text, parsed);
+      if (err.empty() && check) err = check(parsed);
+      if (err.empty()) *value = parsed;
+      return err;
+    };
+    flags_.push_back(std::move(f));
+  }
+
+  std::optional<int> parse(int argc, char** argv) const {
+    for (int i = 1; i < argc; ++i) {
+      std::string arg = argv[i];
+      if (arg == "--help" || arg == "-h") {
+        std::cout << usage();
+        return 0;
+      }
+      if (arg.rfind("--", 0) != 0 || arg.size() == 2) return fail("unexpected argument '" + arg + "'");
+      std::string name = arg.substr(2), text;
+      bool has_value = false;
+      if (auto eq = name.find('='); eq != std::string::npos) {
+        text = name.substr(eq + 1);
+        name = name.substr(0, eq);
+        has_value = true;
+      }
+      const Flag* flag = find(name);
+      if (!flag) return fail("unknown flag --" + name);
+      if (!has_value) {
+        if (flag->is_bool) {
+          text = "true";
+        } else if (i + 1 < argc) {
+          text = argv[++i];
+        } else {
+          return fail("--" + name + " needs a value");
+        }
+      }
+      if (std::string err = flag->set(text); !err.empty())
+        return fail("bad value '" + text + "' for --" + name + ": " + err);
+    }
+    return std::nullopt;
+  }
+
+  std::string usage() const {
+    std::ostringstream os;
+    os << "usage: " << program_ << " [flags]\n" << about_ << "\n\nflags:\n";
+    for (const Flag& f : flags_) {
+      std::string left = "  --" + f.name + (f.is_bool ? "" : " VALUE");
+      os << std::left << std::setw(26) << left << f.help << " (default: " << f.default_text << ")\n";
+    }
+    os << std::left << std::setw(26) << "  --help" << "print this and exit\n";
+    return os.str();
+  }
+
+ private:
+  struct Flag {
+    std::string name, help, default_text;
+    bool is_bool = false;
+    std::function<std::string(const std::string&)> set;
+  };
+
+  const Flag* find(const std::string& name) const {
+    for (const Flag& f : flags_)
+      if (f.name == name) return &f;
+    return nullptr;
+  }
+  std::optional<int> fail(const std::string& message) const {
+    std::cerr << program_ << ": " << message << " (see --help)\n";
+    return 2;
+  }
+
+  static std::string from_text(const std::string& text, int64_t& out) {
+    auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), out);
+    return (ec != std::errc() || end != text.data() + text.size() || text.empty()) ? "expected an integer" : "";
+  }
+  static std::string from_text(const std::string& text, double& out) {
+    auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), out);
+    return (ec != std::errc() || end != text.data() + text.size() || text.empty() || !std::isfinite(out))
+               ? "expected a number"
+               : "";
+  }
+  static std::string from_text(const std::string& text, std::string& out) {
+    out = text;
+    return "";
+  }
+  static std::string from_text(const std::string& text, bool& out) {
+    if (text == "true" || text == "1" || text == "yes") out = true;
+    else if (text == "false" || text == "0" || text == "no") out = false;
+    else return "expected true or false";
+    return "";
+  }
+  static std::string to_text(int64_t v) { return std::to_string(v); }
+  static std::string to_text(double v) {
+    std::ostringstream os;
+    os << v;
+    return os.str();
+  }
+  static std::string to_text(const std::string& v) { return v.empty() ? "\"\"" : v; }
+  static std::string to_text(bool v) { return v ? "true" : "false"; }
+
+  std::string program_, about_;
+  std::vector<Flag> flags_;
+};
+
+template <typename T>
+Flags::Check<T> at_least(T lo) {
+  return [lo](const T& v) { return v >= lo ? std::string() : "must be at least " + std::to_string(lo); };
+}
+inline Flags::Check<double> positive() {
+  return [](const double& v) { return v > 0 ? std::string() : std::string("must be positive"); };
+}
+inline Flags::Check<std::string> device_name() {
+  return [](const std::string& v) {
+    try {
+      Device::parse(v);
+      return std::string();
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+  };
+}
+
+// The flags every training example takes, with each example's own defaults.
+struct TrainConfig {
+  int64_t epochs = 5;
+  int64_t batch_size = 128;
+  double lr = 1e-3;
+  int64_t seed = 1;
+  std::string device = "cpu";
+  std::string data_dir = data::kFashionMnistDir;
+  int64_t train_limit = 0;  // 0: all training images
+  std::string lr_schedule = "cosine";  // or "constant"
+};
+
+inline void add_training_flags(Flags& flags, TrainConfig& cfg) {
+  flags.add("epochs", &cfg.epochs, "passes over the training set", at_least<int64_t>(1));
+  flags.add("batch-size", &cfg.batch_size, "images per step", at_least<int64_t>(1));
+  flags.add("lr", &cfg.lr, "learning rate", positive());
+  flags.add("seed", &cfg.seed, "seed of weight init and shuffling", at_least<int64_t>(0));
+  flags.add("device", &cfg.device, "cpu or cuda[:N]", device_name());
+  flags.add("data-dir", &cfg.data_dir, "folder of the Fashion-MNIST IDX .gz files");
+  flags.add("train-limit", &cfg.train_limit, "use only the first N training images (0: all)", at_least<int64_t>(0));
+  flags.add("lr-schedule", &cfg.lr_schedule, "cosine (decay to 0 over the run, per step) or constant",
+            Flags::Check<std::string>([](const std::string& v) {
+              return v == "cosine" || v == "constant" ? std::string() : std::string("expected cosine or constant");
+            }));
+}
+
+// The per-step learning-rate schedule cfg asks for, or nullptr for a constant rate.
+inline std::unique_ptr<optim::LRScheduler> make_schedule(const TrainConfig& cfg, optim::Optimizer& optimizer,
+                                                         int64_t steps_per_epoch) {
+  if (cfg.lr_schedule == "constant") return nullptr;
+  return std::make_unique<optim::CosineWithWarmup>(optimizer, /*warmup_steps=*/0, cfg.epochs * steps_per_epoch);
+}
+
+// Runs a program body, turning an escaping exception into "error: <message>" and exit code 1.
+inline int run_reporting_errors(const std::function<int()>& body) {
+  try {
+    return body();
+  } catch (const std::exception& e) {
+    std::cout.flush();
+    std::cerr << "error: " << e.what() << "\n";
+    return 1;
+  }
+}
+
+// ---- timing and progress ----
+
+class Timer {
+ public:
+  Timer() { reset(); }
+  void reset() { start_ = std::chrono::steady_clock::now(); }
+  double seconds() const { return std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count(); }
+
+ private:
+  std::chrono::steady_clock::time_point start_;
+};
+
+inline bool stdout_is_terminal() { return isatty(STDOUT_FILENO) == 1; }
+
+// "epoch 1/5 [=====>    ] 234/469 loss 0.4321 acc 0.8412 1234 img/s". On a terminal the line
+// is redrawn in place (\r) a few times a second; otherwise (a log file, CI) only the finished
+// line of each epoch is printed, so logs stay one line an epoch.
+class ProgressBar {
+ public:
+  ProgressBar(int64_t epoch, int64_t epochs, int64_t total_batches)
+      : epoch_(epoch), epochs_(epochs), total_(total_batches), live_(stdout_is_terminal()) {}
+
+  void update(int64_t batches_done, int64_t images_done, double mean_loss, double accuracy) {
+    if (!live_ || (last_draw_.seconds() < 0.1 && batches_done < total_)) return;
+    last_draw_.reset();
+    std::cout << "\r" << line(batches_done, images_done, mean_loss, accuracy) << std::flush;
+  }
+  void finish(int64_t batches_done, int64_t images_done, double mean_loss, double accuracy) {
+    std::cout << (live_ ? "\r" : "") << line(batches_done, images_done, mean_loss, accuracy) << " "
+              << std::fixed << std::setprecision(1) << timer_.seconds() << " s\n"
+              << std::flush;
+  }
+
+ private:
+  std::string line(int64_t done, int64_t images, double loss, double acc) const {
+    constexpr int64_t kWidth = 24;
+    const int64_t filled = total_ > 0 ? kWidth * done / total_ : kWidth;
+    std::string bar(static_cast<size_t>(kWidth), ' ');
+    for (int64_t i = 0; i < filled; ++i) bar[static_cast<size_t>(i)] = '=';
+    if (filled < kWidth) bar[static_cast<size_t>(filled)] = '>';
+    const double secs = timer_.seconds();
+    std::ostringstream os;
+    os << "epoch " << epoch_ << "/" << epochs_ << " [" << bar << "] " << done << "/" << total_ << std::fixed
+       << " loss " << std::setprecision(4) << loss << " acc " << acc << " " << std::setprecision(0)
+       << (secs > 0 ? static_cast<double>(images) / secs : 0.0) << " img/s";
+    return os.str();
+  }
+
+  int64_t epoch_, epochs_, total_;
+  bool live_;
+  Timer timer_, last_draw_;
+};
+
+// ---- data ----
+
+struct FashionMnistSplits {
+  data::Dataset train, test;
+};
+
+// Both splits from cfg.data_dir, the training set cut to cfg.train_limit images if set.
+inline FashionMnistSplits load_data(const TrainConfig& cfg) {
+  Timer t;
+  FashionMnistSplits s{data::load_fashion_mnist(cfg.data_dir, true), data::load_fashion_mnist(cfg.data_dir, false)};
+  if (cfg.train_limit > 0 && cfg.train_limit < s.train.size()) s.train = data::subset(s.train, 0, cfg.train_limit);
+  std::cout << "data: " << s.train.size() << " training and " << s.test.size() << " test images from "
+            << cfg.data_dir << " (" << std::fixed << std::setprecision(1) << t.seconds() << " s)\n";
+  return s;
+}
+
+// ---- training and evaluation ----
+
+inline int64_t count_correct(const Tensor& logits, const Tensor& labels) {
+  std::vector<int64_t> predicted = argmax(logits.detach(), 1).to_vector<int64_t>();
+  std::vector<int64_t> truth = labels.to_vector<int64_t>();
+  int64_t correct = 0;
+  for (size_t i = 0; i < truth.size(); ++i) correct += predicted[i] == truth[i];
+  return correct;
+}
+
+struct EpochStats {
+  double loss = 0;      // mean training loss over the epoch's samples
+  double accuracy = 0;  // training accuracy, measured on the fly (the model changes as it goes)
+  double seconds = 0;
+  int64_t images = 0;
+};
+
+// One pass over the loader: cross-entropy, backward, optimizer step per batch, with a progress
+// line; a schedule, if given, steps after each optimizer step. epoch is 0-based (it seeds the
+// loader's shuffle).
+inline EpochStats train_one_epoch(nn::Module& model, optim::Optimizer& optimizer, optim::LRScheduler* schedule,
+                                  data::BatchLoader& loader, Device device, int64_t epoch, int64_t epochs) {
+  model.train();
+  loader.start_epoch(epoch);
+  ProgressBar progress(epoch + 1, epochs, loader.num_batches());
+  Timer timer;
+  double loss_sum = 0;
+  int64_t correct = 0, seen = 0, batches = 0;
+  Tensor images, labels;
+  while (loader.next(images, labels)) {
+    images = images.to(device);
+    labels = labels.to(device);
+    Tensor logits = model(images);
+    Tensor loss = cross_entropy(logits, labels);
+    optimizer.zero_grad();
+    loss.backward();
+    optimizer.step();
+    if (schedule) schedule->step();
+
+    const int64_t b = labels.size(0);
+    loss_sum += loss.item<double>() * static_cast<double>(b);
+    correct += count_correct(logits, labels);
+    seen += b;
+    ++batches;
+    progress.update(batches, seen, loss_sum / static_cast<double>(seen), static_cast<double>(correct) / static_cast<double>(seen));
+  }
+  EpochStats stats;
+  stats.images = seen;
+  stats.loss = seen ? loss_sum / static_cast<double>(seen) : 0;
+  stats.accuracy = seen ? static_cast<double>(correct) / static_cast<double>(seen) : 0;
+  progress.finish(batches, seen, stats.loss, stats.accuracy);
+  stats.seconds = timer.seconds();
+  return stats;
+}
+
+// Accuracy over a whole data set, in batches, in eval mode and without recording history; the
+// model's training mode is restored afterwards.
+inline double evaluate(nn::Module& model, const data::Dataset& dataset, int64_t batch_size, Device device) {
+  const bool was_training = model.is_training();
+  model.eval();
+  NoGradGuard no_grad;
+  data::BatchLoader loader(dataset, batch_size, /*shuffle=*/false, /*seed=*/0);
+  int64_t correct = 0, seen = 0;
+  Tensor images, labels;
+  while (loader.next(images, labels)) {
+    correct += count_correct(model(images.to(device)), labels);
+    seen += labels.size(0);
+  }
+  model.train(was_training);
+  return seen ? static_cast<double>(correct) / static_cast<double>(seen) : 0;
+}
+
+// ---- reporting ----
+
+inline void print_model(const nn::Module& model) {
+  std::cout << "model: " << model.num_parameters() << " parameters\n" << model.summary();
+  if (!model.summary().empty() && model.summary().back() != '\n') std::cout << "\n";
+}
+
+// The closing lines: time per epoch, and exactly one "test accuracy: 0.XXXX" line.
+inline void print_results(const std::vector<EpochStats>& history, double test_accuracy) {
+  double secs = 0;
+  int64_t images = 0;
+  for (const EpochStats& s : history) {
+    secs += s.seconds;
+    images += s.images;
+  }
+  const double n = static_cast<double>(std::max<size_t>(history.size(), 1));
+  std::cout << std::fixed << std::setprecision(2) << "time per epoch: " << secs / n << " s (mean of "
+            << history.size() << (history.size() == 1 ? " epoch, " : " epochs, ") << std::setprecision(0) << (secs > 0 ? static_cast<double>(images) / secs : 0.0)
+            << " img/s)\n"
+            << std::setprecision(4) << "test accuracy: " << test_accuracy << "\n";
+}
+
+}  // namespace headroom::examples

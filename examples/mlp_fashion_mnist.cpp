@@ -1,0 +1,53 @@
+// A multi-layer perceptron on Fashion-MNIST: the smallest complete training program --
+// data, model, optimizer, loop, evaluation -- on headroom's public API.
+//
+// 784-256-128-10 with ReLU, trained with Adam (lr 2e-3 decayed to 0 by a per-step cosine,
+// batch 128): it needs no tuning and reaches about 0.88 test accuracy in 5 epochs (0.873 with
+// a constant 1e-3), where SGD would want a learning-rate search.
+//
+//   ./mlp_fashion_mnist                      # 5 epochs on the CPU
+//   ./mlp_fashion_mnist --epochs 1 --train-limit 2000
+#include "examples/common.h"
+
+using namespace headroom;
+
+namespace {
+
+std::shared_ptr<nn::Sequential> make_mlp() {
+  return std::make_shared<nn::Sequential>(std::vector<std::shared_ptr<nn::Module>>{
+      std::make_shared<nn::Flatten>(),                                           // [N, 1, 28, 28] -> [N, 784]
+      std::make_shared<nn::Linear>(784, 256), std::make_shared<nn::ReLU>(),
+      std::make_shared<nn::Linear>(256, 128), std::make_shared<nn::ReLU>(),
+      std::make_shared<nn::Linear>(128, 10)});                                   // logits
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  examples::TrainConfig cfg;  // 5 epochs, batch 128, cosine schedule
+  cfg.lr = 2e-3;
+  examples::Flags flags("mlp_fashion_mnist", "Trains a 784-256-128-10 MLP on Fashion-MNIST with Adam.");
+  examples::add_training_flags(flags, cfg);
+  if (auto code = flags.parse(argc, argv)) return *code;
+
+  return examples::run_reporting_errors([&] {
+    const Device device = Device::parse(cfg.device);
+    manual_seed(static_cast<uint64_t>(cfg.seed));
+
+    auto model = make_mlp();
+    model->to(device);
+    examples::print_model(*model);
+    auto [train, test] = examples::load_data(cfg);
+    optim::Adam optimizer(model->parameters(), cfg.lr);
+    data::BatchLoader loader(train, cfg.batch_size, /*shuffle=*/true, static_cast<uint64_t>(cfg.seed));
+    auto schedule = examples::make_schedule(cfg, optimizer, loader.num_batches());
+
+    std::vector<examples::EpochStats> history;
+    for (int64_t epoch = 0; epoch < cfg.epochs; ++epoch)
+      history.push_back(examples::train_one_epoch(*model, optimizer, schedule.get(), loader, device, epoch, cfg.epochs));
+
+    const double accuracy = examples::evaluate(*model, test, /*batch_size=*/1000, device);
+    examples::print_results(history, accuracy);
+    return 0;
+  });
+}
