@@ -6,6 +6,7 @@
 
 #include "engine/caching_allocator.h"
 #include "engine/error.h"
+#include "engine/storage.h"
 
 namespace headroom {
 
@@ -25,6 +26,14 @@ void apply_env_limit(CachingAllocator& a) {
   if (env && *env) a.set_memory_limit(parse_memory_size(env, "HEADROOM_MEMORY_LIMIT"));
 }
 }  // namespace
+
+void* allocate_host(size_t nbytes) {
+  size_t rounded = (nbytes + 63) / 64 * 64;
+  void* p = std::aligned_alloc(64, rounded == 0 ? 64 : rounded);
+  if (!p) throw Error(str_cat("host allocation of ", nbytes, " bytes failed"));
+  return p;
+}
+void free_host(void* ptr) { std::free(ptr); }
 
 Allocator& allocator_for(Device device) {
   Registry& r = registry();

@@ -4,7 +4,7 @@
 // it is slower, so freed blocks are kept and reused. Memory is obtained from the raw backend in
 // segments; a segment is cut into blocks. Requests are rounded up to 512 B and served from one
 // of two pools of free blocks: small (requests up to 1 MiB, carved from 2 MiB segments) and
-// large. A request takes the smallest free block of its pool that fits (best fit) on the same
+// large (a segment per request, rounded to the device's granularity). A request takes the smallest free block of its pool that fits (best fit) on the same
 // stream; the rest of the block is split off and stays free when it is worth keeping (>= 512 B
 // in the small pool, > 1 MiB in the large one). A freed block merges with free neighbours in its
 // segment (coalescing), so segments can return to one piece and be released by empty_cache().
@@ -45,6 +45,9 @@ class DeviceMemoryBackend {
   virtual void raw_free(void* ptr, size_t nbytes) = 0;
   // Physical memory of the device in bytes, 0 when unknown.
   virtual size_t capacity() const { return 0; }
+  // The unit in which the device hands out memory (cudaMalloc: 2 MiB pages); large segments
+  // are rounded to it so that reserved bytes are what the device really gives up.
+  virtual size_t granularity() const { return 512; }
   // An event marking the work queued on `stream` so far; whether it has completed.
   virtual uint64_t record_event(Stream stream) { return 0; }
   virtual bool event_done(uint64_t event) { return true; }
@@ -100,7 +103,8 @@ struct TraceEvent {
   int64_t time_ns = 0;  // since the allocator was made
   TraceKind kind = TraceKind::alloc;
   uint64_t address = 0;
-  int64_t bytes = 0;
+  int64_t bytes = 0;      // block or segment size
+  int64_t requested = 0;  // alloc: the size the caller asked for
   MemoryCategory category = MemoryCategory::temporary;
   int64_t stream = 0;
   int64_t allocated_after = 0;  // allocated bytes after the event
@@ -129,8 +133,6 @@ class CachingAllocator final : public Allocator {
   static constexpr size_t kRound = 512;
   static constexpr size_t kSmallRequest = 1 << 20;   // requests up to this go to the small pool
   static constexpr size_t kSmallSegment = 2 << 20;   // small-pool segments
-  static constexpr size_t kLargeSegment = 20 << 20;  // large requests under 10 MiB share these
-  static constexpr size_t kLargeRound = 2 << 20;     // larger requests round to this
 
   explicit CachingAllocator(std::unique_ptr<DeviceMemoryBackend> backend);
   ~CachingAllocator() override;
@@ -152,6 +154,8 @@ class CachingAllocator final : public Allocator {
 
   // Returns every cached segment that is wholly free to the backend.
   void empty_cache();
+  // Note [release on miss] in the .cpp; on by default.
+  void set_release_on_miss(bool on);
 
   // 0 means no limit beyond the device's own memory.
   void set_memory_limit(size_t bytes);
@@ -186,7 +190,8 @@ class CachingAllocator final : public Allocator {
   void release_segment(Segment* seg);
   Pool& pool_of(const Block* b);
   void update_inactive_split(Block* block, int sign);
-  void record(TraceKind kind, uint64_t address, int64_t bytes, MemoryCategory category, int64_t stream);
+  void record(TraceKind kind, uint64_t address, int64_t bytes, MemoryCategory category, int64_t stream,
+              int64_t requested = 0);
   std::string oom_report_locked(size_t bytes, size_t rounded) const;
 
   std::unique_ptr<DeviceMemoryBackend> backend_;
@@ -198,6 +203,7 @@ class CachingAllocator final : public Allocator {
   MemoryStats stats_;
   size_t limit_ = 0;
   bool trace_enabled_ = false;
+  bool release_on_miss_ = true;
   std::vector<TraceEvent> trace_;
   std::chrono::steady_clock::time_point start_;
 };

@@ -16,12 +16,23 @@
 
 namespace headroom {
 
+struct HostMemoryTag {};
+void* allocate_host(size_t nbytes);  // aligned; throws Error when the host is out of memory
+void free_host(void* ptr);
+
 class StorageImpl {
  public:
   StorageImpl(size_t nbytes, Device device)
       : device_(device), allocator_(&allocator_for(device)), alloc_(allocator_->allocate(nbytes)),
         nbytes_(nbytes) {}
-  ~StorageImpl() { allocator_->deallocate(alloc_); }
+  // Host memory outside every device's allocator (Tensor::empty_host): not counted in any
+  // allocator's stats or limit.
+  StorageImpl(size_t nbytes, HostMemoryTag)
+      : device_(Device::cpu()), allocator_(nullptr), alloc_{allocate_host(nbytes), nbytes, nullptr}, nbytes_(nbytes) {}
+  ~StorageImpl() {
+    if (allocator_) allocator_->deallocate(alloc_);
+    else free_host(alloc_.ptr);
+  }
   StorageImpl(const StorageImpl&) = delete;
   StorageImpl& operator=(const StorageImpl&) = delete;
 
@@ -30,10 +41,13 @@ class StorageImpl {
   Device device() const { return device_; }
   uint64_t version() const { return version_.load(std::memory_order_relaxed); }
   void bump_version() { version_.fetch_add(1, std::memory_order_relaxed); }
-  MemoryCategory category() const { return allocator_->category_of(alloc_); }
-  void set_category(MemoryCategory c) { allocator_->set_category(alloc_, c); }
+  MemoryCategory category() const { return allocator_ ? allocator_->category_of(alloc_) : MemoryCategory::temporary; }
+  void set_category(MemoryCategory c) {
+    if (allocator_) allocator_->set_category(alloc_, c);
+  }
+  // False for host memory outside the allocators (Tensor::empty_host).
+  bool managed() const { return allocator_ != nullptr; }
   const Allocation& allocation() const { return alloc_; }
-  Allocator& allocator() const { return *allocator_; }
 
  private:
   Device device_;

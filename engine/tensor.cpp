@@ -88,6 +88,17 @@ Tensor Tensor::empty(const Shape& shape, TensorOptions opts) {
   return t;
 }
 
+Tensor Tensor::empty_host(const Shape& shape, DType dtype) {
+  for (int64_t d : shape)
+    HR_CHECK(d >= 0, ShapeError, "empty_host: negative dimension in shape ", shape_str(shape));
+  auto impl = std::make_shared<TensorImpl>();
+  impl->storage = std::make_shared<StorageImpl>(static_cast<size_t>(shape_numel(shape)) * dtype_size(dtype), HostMemoryTag{});
+  impl->shape = shape;
+  impl->strides = contiguous_strides(shape);
+  impl->dtype = dtype;
+  return Tensor(std::move(impl));
+}
+
 Tensor Tensor::full(const Shape& shape, double value, TensorOptions opts) {
   Tensor t = empty(shape, opts.requires_grad(false));
   if (t.numel() > 0) backend_for(t.device()).fill(t, value);

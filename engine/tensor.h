@@ -98,6 +98,10 @@ class Tensor {
 
   // ---- factories (engine/tensor.cpp) ----
   static Tensor empty(const Shape& shape, TensorOptions opts = {});
+  // A CPU tensor in plain host memory, outside the CPU device's caching allocator: its bytes
+  // count in no memory statistics and no limit. For data sets and staging buffers -- what a GPU
+  // run keeps on the host -- so that a CPU run under HEADROOM_MEMORY_LIMIT emulates the device.
+  static Tensor empty_host(const Shape& shape, DType dtype);
   static Tensor zeros(const Shape& shape, TensorOptions opts = {});
   static Tensor ones(const Shape& shape, TensorOptions opts = {});
   static Tensor full(const Shape& shape, double value, TensorOptions opts = {});

@@ -53,6 +53,7 @@ int main(int argc, char** argv) {
   return examples::run_reporting_errors([&] {
     const Device device = Device::parse(cfg.device);
     manual_seed(static_cast<uint64_t>(cfg.seed));
+    examples::MemoryReporting memory(cfg, device, "CNN on Fashion-MNIST");
 
     auto model = make_cnn(channels, batch_norm);
     model->to(device);
@@ -67,6 +68,7 @@ int main(int argc, char** argv) {
       history.push_back(examples::train_one_epoch(*model, optimizer, schedule.get(), loader, device, epoch, cfg.epochs));
 
     const double accuracy = examples::evaluate(*model, test, /*batch_size=*/500, device);
+    memory.print_peaks();
     examples::print_results(history, accuracy);
     return 0;
   });

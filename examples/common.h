@@ -26,6 +26,8 @@
 #include <utility>
 #include <vector>
 
+#include "engine/caching_allocator.h"
+#include "engine/memory_report.h"
 #include "headroom.h"
 #include "nn/data/data.h"
 #include "nn/nn.h"
@@ -189,6 +191,8 @@ struct TrainConfig {
   std::string data_dir = data::kFashionMnistDir;
   int64_t train_limit = 0;  // 0: all training images
   std::string lr_schedule = "cosine";  // or "constant"
+  std::string memory_limit;   // "" : HEADROOM_MEMORY_LIMIT or none
+  std::string memory_report;  // "" : no report
 };
 
 inline void add_training_flags(Flags& flags, TrainConfig& cfg) {
@@ -203,7 +207,66 @@ inline void add_training_flags(Flags& flags, TrainConfig& cfg) {
             Flags::Check<std::string>([](const std::string& v) {
               return v == "cosine" || v == "constant" ? std::string() : std::string("expected cosine or constant");
             }));
+  flags.add("memory-limit", &cfg.memory_limit, "cap on the device's memory, e.g. 256MiB (default: HEADROOM_MEMORY_LIMIT)",
+            Flags::Check<std::string>([](const std::string& v) {
+              try {
+                parse_memory_size(v, "--memory-limit");
+                return std::string();
+              } catch (const Error& e) {
+                return std::string(e.what());
+              }
+            }));
+  flags.add("memory-report", &cfg.memory_report,
+            "write stats.json, snapshot.json, trace.json, trace.chrome.json and timeline.html to this folder");
 }
+
+// ---- memory ----
+
+// Applies --memory-limit and --memory-report for the run's device, prints the peak memory by
+// category at the end, and writes the report -- also when the run dies of an out-of-memory
+// error, so the timeline shows how it got there.
+class MemoryReporting {
+ public:
+  MemoryReporting(const TrainConfig& cfg, Device device, std::string title)
+      : allocator_(caching_allocator(device)), device_(device), dir_(cfg.memory_report), title_(std::move(title)) {
+    if (!cfg.memory_limit.empty()) allocator_.set_memory_limit(parse_memory_size(cfg.memory_limit, "--memory-limit"));
+    if (!dir_.empty()) {
+      allocator_.clear_trace();
+      allocator_.set_trace_enabled(true);
+    }
+    allocator_.reset_peak_stats();
+  }
+  ~MemoryReporting() {
+    if (dir_.empty()) return;
+    try {
+      write_memory_report(dir_, device_, title_);
+      std::cout << "memory report: " << dir_ << "/timeline.html (and stats, snapshot, trace JSON)\n";
+    } catch (const std::exception& e) {
+      std::cerr << "could not write the memory report: " << e.what() << "\n";
+    }
+  }
+  MemoryReporting(const MemoryReporting&) = delete;
+  MemoryReporting& operator=(const MemoryReporting&) = delete;
+
+  void print_peaks() const {
+    MemoryStats s = allocator_.stats();
+    std::cout << "peak memory on " << device_.str() << ": allocated " << format_bytes(s.allocated_bytes.peak)
+              << ", reserved " << format_bytes(s.reserved_bytes.peak);
+    if (size_t limit = allocator_.memory_limit()) std::cout << " (limit " << format_bytes(static_cast<int64_t>(limit)) << ")";
+    std::cout << "\n  by category:";
+    for (int c = 0; c < kNumMemoryCategories; ++c) {
+      auto cat = static_cast<MemoryCategory>(c);
+      if (s.category(cat).peak > 0) std::cout << " " << category_name(cat) << " " << format_bytes(s.category(cat).peak) << ";";
+    }
+    std::cout << "\n";
+  }
+
+ private:
+  CachingAllocator& allocator_;
+  Device device_;
+  std::string dir_;
+  std::string title_;
+};
 
 // The per-step learning-rate schedule cfg asks for, or nullptr for a constant rate.
 inline std::unique_ptr<optim::LRScheduler> make_schedule(const TrainConfig& cfg, optim::Optimizer& optimizer,

@@ -33,6 +33,7 @@ int main(int argc, char** argv) {
   return examples::run_reporting_errors([&] {
     const Device device = Device::parse(cfg.device);
     manual_seed(static_cast<uint64_t>(cfg.seed));
+    examples::MemoryReporting memory(cfg, device, "MLP on Fashion-MNIST");
 
     auto model = make_mlp();
     model->to(device);
@@ -47,6 +48,7 @@ int main(int argc, char** argv) {
       history.push_back(examples::train_one_epoch(*model, optimizer, schedule.get(), loader, device, epoch, cfg.epochs));
 
     const double accuracy = examples::evaluate(*model, test, /*batch_size=*/1000, device);
+    memory.print_peaks();
     examples::print_results(history, accuracy);
     return 0;
   });

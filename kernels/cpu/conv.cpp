@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "engine/caching_allocator.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cpu/gemm.h"
 #include "kernels/cpu/strided.h"
@@ -24,7 +25,7 @@ namespace headroom::cpu {
 
 namespace {
 
-constexpr int64_t kScratchBytes = 32LL << 20;  // im2col columns + gemm staging, per call
+constexpr int64_t kScratchBytes = 8LL << 20;  // im2col columns + gemm staging, per call
 
 struct ConvGeom {
   int64_t N, C, H, W;     // input
@@ -140,12 +141,19 @@ void col2im(const T* dcol, const ConvGeom& g, int64_t n0, int64_t nc, int64_t gr
 }
 
 // Images per chunk: col [CKK, nc*OHW] and the staging buffer [Og, nc*OHW] within the budget.
-int64_t chunk_images(const ConvGeom& g, size_t elem) {
+// Under a memory limit the budget shrinks to a sixteenth of it (at least 1 MiB), so that the
+// scratch does not crowd out the activations it serves.
+int64_t chunk_images(const ConvGeom& g, size_t elem, Device device) {
+  int64_t budget = kScratchBytes;
+  if (size_t limit = caching_allocator(device).memory_limit())
+    budget = std::clamp<int64_t>(static_cast<int64_t>(limit / 16), 1LL << 20, kScratchBytes);
   const int64_t per_image = std::max<int64_t>(1, (g.CKK + g.Og) * g.OHW * static_cast<int64_t>(elem));
-  return std::clamp<int64_t>(kScratchBytes / per_image, 1, std::max<int64_t>(g.N, 1));
+  return std::clamp<int64_t>(budget / per_image, 1, std::max<int64_t>(g.N, 1));
 }
 
+// Scratch memory is workspace in the allocator's accounting (engine/memory.h).
 Tensor scratch(int64_t n, DType dtype, Device device) {
+  CategoryScope workspace(MemoryCategory::workspace);
   return Tensor::empty({std::max<int64_t>(n, 1)}, TensorOptions().dtype(dtype).device(device));
 }
 
@@ -173,7 +181,7 @@ void forward_impl(const Tensor& x, const Tensor& w, const Tensor& bias, const Te
     const T* pb = static_cast<const T*>(bias.raw_data());
     for (int64_t o = 0; o < g.O; ++o) b[static_cast<size_t>(o)] = pb[o * bias.stride(0)];
   }
-  const int64_t chunk = chunk_images(g, sizeof(T));
+  const int64_t chunk = chunk_images(g, sizeof(T), x.device());
   Tensor col_t = scratch(g.CKK * chunk * g.OHW, x.dtype(), x.device());
   Tensor stage_t = scratch(g.Og * chunk * g.OHW, x.dtype(), x.device());
   T* col = static_cast<T*>(col_t.raw_data());
@@ -203,7 +211,7 @@ void backward_input_impl(const Tensor& dout, const Tensor& w, const Tensor& dx, 
   const T* pd = static_cast<const T*>(dout.raw_data());
   const T* pw = static_cast<const T*>(w.raw_data());
   T* px = static_cast<T*>(dx.raw_data());
-  const int64_t chunk = chunk_images(g, sizeof(T));
+  const int64_t chunk = chunk_images(g, sizeof(T), dx.device());
   Tensor col_t = scratch(g.CKK * chunk * g.OHW, dout.dtype(), dout.device());
   Tensor stage_t = scratch(g.Og * chunk * g.OHW, dout.dtype(), dout.device());
   T* dcol = static_cast<T*>(col_t.raw_data());
@@ -227,7 +235,7 @@ void backward_weight_impl(const Tensor& dout, const Tensor& x, const Tensor& dw,
     std::fill(pw, pw + dw.numel(), T(0));
     return;
   }
-  const int64_t chunk = chunk_images(g, sizeof(T));
+  const int64_t chunk = chunk_images(g, sizeof(T), x.device());
   Tensor col_t = scratch(g.CKK * chunk * g.OHW, x.dtype(), x.device());
   Tensor stage_t = scratch(g.Og * chunk * g.OHW, x.dtype(), x.device());
   T* col = static_cast<T*>(col_t.raw_data());
@@ -246,11 +254,13 @@ void backward_weight_impl(const Tensor& dout, const Tensor& x, const Tensor& dw,
 // f16/bf16: the same computation on f32 copies, rounded back into `result`.
 Tensor to_f32(Backend& be, const Tensor& t) {
   if (!t.defined()) return t;
+  CategoryScope workspace(MemoryCategory::workspace);
   Tensor out = Tensor::empty(t.shape(), TensorOptions().dtype(DType::f32).device(t.device()));
   if (out.numel() > 0) be.copy(out, t);
   return out;
 }
 Tensor empty_f32(const Tensor& like) {
+  CategoryScope workspace(MemoryCategory::workspace);
   return Tensor::empty(like.shape(), TensorOptions().dtype(DType::f32).device(like.device()));
 }
 

@@ -83,6 +83,7 @@ BlasLayout blas_layout(int64_t rows, int64_t cols, int64_t srow, int64_t scol) {
 
 // A contiguous copy of x (same dtype or `dtype`), through the backend's strided copy.
 Tensor contiguous_copy(Backend& be, const Tensor& x, DType dtype) {
+  CategoryScope workspace(MemoryCategory::workspace);  // scratch, in the allocator's accounting
   Tensor out = Tensor::empty(x.shape(), TensorOptions().dtype(dtype).device(x.device()));
   if (out.numel() > 0) be.copy(out, x);
   return out;
@@ -158,6 +159,7 @@ void CpuBackend::matmul(const Tensor& a, const Tensor& b, const Tensor& out, dou
       // the output, which holds out's old values when beta needs them.
       Tensor a32 = rebroadcast_batch(contiguous_copy(*this, unbroadcast_batch(a), DType::f32), B);
       Tensor b32 = rebroadcast_batch(contiguous_copy(*this, unbroadcast_batch(b), DType::f32), B);
+      CategoryScope workspace(MemoryCategory::workspace);
       Tensor out32 = beta != 0 ? contiguous_copy(*this, out, DType::f32)
                                : Tensor::empty(out.shape(), TensorOptions().dtype(DType::f32).device(out.device()));
       matmul_blas<float>(*this, a32, b32, out32, static_cast<float>(beta));

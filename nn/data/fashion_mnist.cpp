@@ -52,8 +52,9 @@ Dataset load_fashion_mnist(const std::string& dir, bool train) {
 
   const int64_t rows = raw_images.size(1), cols = raw_images.size(2);
   Dataset out;
-  out.images = Tensor::empty({n, 1, rows, cols}, DType::f32);
-  out.labels = Tensor::empty({n}, DType::i64);
+  // The data set lives in host memory, outside the device allocator (as on a GPU run).
+  out.images = Tensor::empty_host({n, 1, rows, cols}, DType::f32);
+  out.labels = Tensor::empty_host({n}, DType::i64);
   const uint8_t* src = raw_images.data<uint8_t>();
   float* dst = out.images.data<float>();
   for (int64_t i = 0, total = n * rows * cols; i < total; ++i) dst[i] = static_cast<float>(src[i]) / 255.0f;

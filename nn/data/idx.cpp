@@ -217,7 +217,7 @@ Tensor read_idx_gz(const std::string& path) {
            header_bytes + data_bytes);
 
   swap_to_host(bytes.data(), bytes.size(), elem);
-  Tensor out = Tensor::empty(shape, type->dtype);
+  Tensor out = Tensor::empty_host(shape, type->dtype);  // file data: host memory, not the device's
   if (!bytes.empty()) std::memcpy(out.raw_data(), bytes.data(), bytes.size());
   return out;
 }

@@ -43,6 +43,9 @@ struct Fixture {
     auto b = std::make_unique<FakeBackend>();
     backend = b.get();
     alloc = std::make_unique<CachingAllocator>(std::move(b));
+    // The mechanics below are easier to see without Note [release on miss]; its own test
+    // turns it back on.
+    alloc->set_release_on_miss(false);
   }
   Allocation get(size_t n, int64_t stream = 0, MemoryCategory c = MemoryCategory::temporary) {
     return alloc->allocate(n, Stream{Device::cpu(), stream}, c);
@@ -100,24 +103,50 @@ TEST(CachingAllocator, SmallAndLargePools) {
   EXPECT_TRUE(snap[0].small_pool);
   EXPECT_EQ(snap[0].size, static_cast<int64_t>(2 * MiB));
   EXPECT_FALSE(snap[1].small_pool);
-  EXPECT_EQ(snap[1].size, static_cast<int64_t>(20 * MiB));  // mid-sized requests share 20 MiB
+  EXPECT_EQ(snap[1].size, static_cast<int64_t>(1 * MiB + 512));  // a large request's own segment
   f.alloc->deallocate(small);
   // A freed small block never serves a large request, and vice versa.
   Allocation large2 = f.get(1 * MiB + 512);
   EXPECT_NE(large2.ptr, small.ptr);
-  Allocation big = f.get(64 * MiB);  // large requests of 10 MiB and more get their own segment
-  EXPECT_EQ(f.alloc->snapshot().back().size, static_cast<int64_t>(64 * MiB));
-  for (auto& a : {large, large2, big}) f.alloc->deallocate(a);
+  EXPECT_EQ(f.alloc->snapshot().size(), 3u);
+  Allocation small2 = f.get(1000);
+  EXPECT_EQ(small2.ptr, small.ptr);
+  for (auto& a : {large, large2, small2}) f.alloc->deallocate(a);
 }
 
-TEST(CachingAllocator, LargePoolKeepsOnlyRemaindersOverOneMiB) {
+TEST(CachingAllocator, LargePoolSplitsOnlyRemaindersOverOneMiB) {
   Fixture f;
-  Allocation a = f.get(19 * MiB + 512 * KiB);  // leaves 512 KiB of the 20 MiB segment: not kept
-  auto snap = f.alloc->snapshot();
-  ASSERT_EQ(snap[0].blocks.size(), 1u);
-  EXPECT_EQ(snap[0].blocks[0].size, static_cast<int64_t>(20 * MiB));
-  EXPECT_EQ(f.alloc->stats().allocated_bytes.current, static_cast<int64_t>(20 * MiB));
+  Allocation a = f.get(8 * MiB);
   f.alloc->deallocate(a);
+  Allocation b = f.get(7 * MiB + 512 * KiB);  // leaves 512 KiB: not worth a block, handed out whole
+  EXPECT_EQ(b.ptr, a.ptr);
+  EXPECT_EQ(f.alloc->snapshot()[0].blocks.size(), 1u);
+  EXPECT_EQ(f.alloc->stats().allocated_bytes.current, static_cast<int64_t>(8 * MiB));
+  f.alloc->deallocate(b);
+  Allocation c = f.get(6 * MiB);  // leaves 2 MiB: split off and cached
+  auto blocks = f.alloc->snapshot()[0].blocks;
+  ASSERT_EQ(blocks.size(), 2u);
+  EXPECT_EQ(blocks[1].size, static_cast<int64_t>(2 * MiB));
+  EXPECT_EQ(blocks[1].state, "free");
+  EXPECT_EQ(f.alloc->stats().inactive_split_bytes.current, static_cast<int64_t>(2 * MiB));
+  f.alloc->deallocate(c);
+}
+
+TEST(CachingAllocator, ReleasesWholeFreeSegmentsOnAMiss) {
+  Fixture f;
+  f.alloc->set_release_on_miss(true);
+  Allocation a = f.get(4 * MiB);
+  f.alloc->deallocate(a);             // cached
+  Allocation b = f.get(3 * MiB);      // fits the cached block: a hit, nothing released
+  EXPECT_EQ(b.ptr, a.ptr);
+  Allocation c = f.get(6 * MiB);      // a miss: nothing cached is whole-free, a new segment
+  f.alloc->deallocate(b);
+  Allocation d = f.get(16 * MiB);     // a miss: the whole-free 4 MiB segment goes back first
+  MemoryStats s = f.alloc->stats();
+  EXPECT_EQ(s.num_device_free, 1);
+  EXPECT_EQ(s.reserved_bytes.current, static_cast<int64_t>(22 * MiB));
+  f.alloc->deallocate(c);
+  f.alloc->deallocate(d);
 }
 
 TEST(CachingAllocator, BlocksAreReusedOnlyOnTheirStream) {
@@ -171,9 +200,9 @@ TEST(CachingAllocator, LimitAndOutOfMemoryReport) {
   EXPECT_EQ(s.num_alloc_retries, 1);
   EXPECT_LE(s.reserved_bytes.current, static_cast<int64_t>(8 * MiB));
   // The failed request changed nothing: after freeing some memory a request fits again (the
-  // freed 4 MiB segment is cached, released on the retry, and its room reused).
+  // freed 3 MiB segment is cached, released on the retry, and its room reused).
   f.alloc->deallocate(act);
-  Allocation small = f.get(1 * MiB);
+  Allocation small = f.get(3 * MiB + 512 * KiB);
   EXPECT_EQ(f.alloc->stats().num_alloc_retries, 2);
   f.alloc->deallocate(small);
   f.alloc->deallocate(p);
@@ -241,16 +270,19 @@ TEST(CachingAllocator, StatsEqualAHandCount) {
 TEST(CachingAllocator, FragmentationShowsInTheReport) {
   Fixture f;
   f.alloc->set_memory_limit(20 * MiB);
-  // Ten 2 MiB blocks fill one 20 MiB segment; free every other one: 10 MiB free, in 2 MiB pieces.
+  // One 20 MiB segment cut into ten 2 MiB blocks; free every other one: 10 MiB free, in 2 MiB
+  // pieces that cannot merge.
+  f.alloc->deallocate(f.get(20 * MiB));
   std::vector<Allocation> blocks;
   for (int i = 0; i < 10; ++i) blocks.push_back(f.get(2 * MiB));
+  ASSERT_EQ(f.alloc->snapshot().size(), 1u);
   for (size_t i = 0; i < blocks.size(); i += 2) f.alloc->deallocate(blocks[i]);
   try {
     f.get(4 * MiB);
     FAIL() << "expected OutOfMemoryError";
   } catch (const OutOfMemoryError& e) {
     std::string m = e.what();
-    EXPECT_NE(m.find("largest free block: 2.00 MiB"), std::string::npos) << m;
+    EXPECT_NE(m.find("cached but free: 10.00 MiB, largest free block: 2.00 MiB"), std::string::npos) << m;
     EXPECT_NE(m.find("fragmented"), std::string::npos) << m;
     EXPECT_NE(m.find("empty_cache()"), std::string::npos) << m;
   }

@@ -3,6 +3,7 @@
 // command line, and a short real training run that prints a parseable accuracy above chance.
 #include <gtest/gtest.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <cstdio>
 #include <filesystem>
@@ -24,14 +25,14 @@ std::string binary(const std::string& name) { return std::string(HEADROOM_BINARY
 
 // Runs an example with args (already shell-quoted where needed); stdout is a pipe, not a
 // terminal, so the programs print one line an epoch.
-RunResult run(const std::string& name, const std::string& args) {
+RunResult run(const std::string& name, const std::string& args, const std::string& env = "") {
   RunResult r;
   const std::string path = binary(name);
   if (!fs::exists(path)) {
     ADD_FAILURE() << path << " is not built (the test target should depend on it)";
     return r;
   }
-  const std::string cmd = "'" + path + "' " + args + " 2>&1";
+  const std::string cmd = env + (env.empty() ? "" : " ") + "'" + path + "' " + args + " 2>&1";
   FILE* pipe = popen(cmd.c_str(), "r");
   if (!pipe) {
     ADD_FAILURE() << "popen failed for " << cmd;
@@ -136,6 +137,59 @@ TEST(MlpExample, SameSeedGivesTheSameResult) {
   auto la = std::sregex_iterator(a.output.begin(), a.output.end(), loss);
   auto lb = std::sregex_iterator(b.output.begin(), b.output.end(), loss);
   for (; la != std::sregex_iterator() && lb != std::sregex_iterator(); ++la, ++lb) EXPECT_EQ(la->str(), lb->str());
+}
+
+
+// ---- memory: limits, the out-of-memory report, and --memory-report ----
+
+std::string read_file(const fs::path& p) {
+  FILE* f = std::fopen(p.c_str(), "rb");
+  if (!f) return "";
+  std::string s;
+  char buf[4096];
+  size_t n;
+  while ((n = std::fread(buf, 1, sizeof buf, f)) > 0) s.append(buf, n);
+  std::fclose(f);
+  return s;
+}
+
+TEST(CnnExample, UnderA16MiBLimitStopsWithTheOutOfMemoryReport) {
+  if (!fs::is_directory(headroom::data::kFashionMnistDir)) GTEST_SKIP() << "Fashion-MNIST not installed";
+  const fs::path dir = fs::temp_directory_path() / ("headroom-oom-" + std::to_string(::getpid()));
+  RunResult r = run("cnn_fashion_mnist", "--epochs 1 --train-limit 512 --memory-report '" + dir.string() + "'",
+                    "HEADROOM_MEMORY_LIMIT=16MiB");
+  EXPECT_EQ(r.exit_code, 1) << r.output;  // an error exit, not a crash
+  for (const char* part : {"error: out of memory on cpu", "limit: 16.00 MiB", "largest free block", "what may help"})
+    EXPECT_NE(r.output.find(part), std::string::npos) << "missing '" << part << "' in:\n" << r.output;
+  // The report names the categories with what they held when it stopped.
+  EXPECT_TRUE(std::regex_search(r.output, std::regex(R"(parameter\s+[1-9][0-9.]* (KiB|MiB))"))) << r.output;
+  EXPECT_TRUE(std::regex_search(r.output, std::regex(R"(activation\s+[1-9][0-9.]* (KiB|MiB))"))) << r.output;
+  EXPECT_EQ(r.output.find("test accuracy:"), std::string::npos) << r.output;
+  // The memory report is still written, and its trace ends in the oom.
+  EXPECT_NE(read_file(dir / "trace.json").find("\"oom\""), std::string::npos);
+  EXPECT_NE(read_file(dir / "timeline.html").find("<svg"), std::string::npos);
+  fs::remove_all(dir);
+}
+
+TEST(MlpExample, MemoryReportAndPeaksByCategory) {
+  if (!fs::is_directory(headroom::data::kFashionMnistDir)) GTEST_SKIP() << "Fashion-MNIST not installed";
+  const fs::path dir = fs::temp_directory_path() / ("headroom-report-" + std::to_string(::getpid()));
+  RunResult r = run("mlp_fashion_mnist", "--epochs 1 --train-limit 1000 --memory-limit 64MiB --memory-report '" +
+                                             dir.string() + "'");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("(limit 64.00 MiB)"), std::string::npos) << r.output;
+  for (const char* cat : {"parameter", "gradient", "optimizer_state", "activation"})
+    EXPECT_TRUE(std::regex_search(r.output, std::regex(std::string(cat) + R"( [1-9][0-9.]* (B|KiB|MiB);)")))
+        << cat << " missing from the peaks:\n" << r.output;
+  for (const char* file : {"stats.json", "snapshot.json", "trace.json", "trace.chrome.json", "timeline.html"})
+    EXPECT_GT(fs::file_size(dir / file), 100u) << file;
+  fs::remove_all(dir);
+}
+
+TEST(MlpExample, RejectsABadMemoryLimit) {
+  RunResult r = run("mlp_fashion_mnist", "--memory-limit lots");
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find("--memory-limit"), std::string::npos) << r.output;
 }
 
 }  // namespace
