@@ -60,6 +60,16 @@ ReplayResult replay(const std::vector<TraceEvent>& trace) {
         std::printf("\n");
       }
       ++r.allocs;
+      if (g_verbose && alloc.stats().allocated_bytes.current == alloc.stats().allocated_bytes.peak &&
+          alloc.stats().allocated_bytes.current > (1 << 20) * 25) {
+        std::printf("at a peak of %s (reserved %s):\n", format_bytes(alloc.stats().allocated_bytes.current).c_str(),
+                    format_bytes(alloc.stats().reserved_bytes.current).c_str());
+        for (const auto& seg : alloc.snapshot()) {
+          std::printf("  segment %s%s:", format_bytes(seg.size).c_str(), seg.small_pool ? " (small)" : "");
+          for (const auto& b : seg.blocks) std::printf(" %s%s", b.state == "free" ? "FREE " : "", format_bytes(b.size).c_str());
+          std::printf("\n");
+        }
+      }
     } else if (e.kind == TraceKind::free) {
       auto it = live.find(e.address);
       if (it == live.end()) continue;  // allocated before the recording began
