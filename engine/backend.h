@@ -142,6 +142,19 @@ class Backend {
                                    bool training, const Tensor& dx, const Tensor& dweight,
                                    const Tensor& dbias) = 0;
 
+  // ---- optimizer updates (in place; p, g and the state contiguous, one float dtype and shape) ----
+  // One pass over each parameter instead of a dozen elementwise ops and their temporaries.
+  // SGD: d = g + weight_decay p; with momentum: buf = first ? d : momentum buf + d, then
+  // d = nesterov ? d + momentum buf : buf (buf undefined when momentum == 0); p -= lr d.
+  virtual void sgd_update(const Tensor& p, const Tensor& g, const Tensor& buf, bool first, double lr,
+                          double momentum, double weight_decay, bool nesterov) = 0;
+  // Adam: decoupled (AdamW) scales p by 1 - lr weight_decay and takes d = g, else
+  // d = g + weight_decay p; m = b1 m + (1 - b1) d; v = b2 v + (1 - b2) d^2;
+  // p -= lr / bias_correction1 * m / (sqrt(v / bias_correction2) + eps).
+  virtual void adam_update(const Tensor& p, const Tensor& g, const Tensor& m, const Tensor& v, double lr,
+                           double beta1, double beta2, double eps, double weight_decay, bool decoupled,
+                           double bias_correction1, double bias_correction2) = 0;
+
   // ---- indexing ----
   // out = x gathered along dim at index (i64, 1-d). Throws ValueError on an index out of range.
   virtual void index_select(const Tensor& x, int64_t dim, const Tensor& index, const Tensor& out) = 0;

@@ -1,5 +1,5 @@
-// Adam / AdamW: one routine, `decoupled` choosing where weight decay enters. CPU parameters
-// take the single-pass loop of fused_cpu.h; the Tensor-op path below is the definition and
+// Adam / AdamW: one routine, `decoupled` choosing where weight decay enters. Contiguous parameters
+// take the Backend's single-pass update (fused.h); the Tensor-op path below is the definition and
 // serves every other case, keeping temporaries to two parameter-sized tensors at a time.
 #include "optim/adam.h"
 
@@ -8,7 +8,7 @@
 #include "autograd/functions.h"
 #include "autograd/grad_mode.h"
 #include "engine/memory.h"
-#include "optim/fused_cpu.h"
+#include "optim/fused.h"
 
 namespace headroom::optim {
 
@@ -42,7 +42,7 @@ void Adam::step() {
     const auto t = static_cast<double>(st.step);
     const double bias_correction1 = 1.0 - std::pow(beta1_, t);
     const double bias_correction2 = 1.0 - std::pow(beta2_, t);
-    if (fused_ && detail::adam_update_cpu(p, g, st.exp_avg, st.exp_avg_sq, lr_, beta1_, beta2_, eps_, weight_decay_,
+    if (fused_ && detail::adam_update(p, g, st.exp_avg, st.exp_avg_sq, lr_, beta1_, beta2_, eps_, weight_decay_,
                                           decoupled_, bias_correction1, bias_correction2))
       continue;
     Tensor d = g;

@@ -36,9 +36,9 @@ class Optimizer {
   const std::vector<Tensor>& params() const { return params_; }
   // Bytes held by optimizer state (momentum buffers, moments) over all parameters.
   virtual size_t state_nbytes() const = 0;
-  // On (the default), a contiguous CPU parameter whose grad shares its dtype is updated in one
-  // fused pass (optim/fused_cpu.h); off, every parameter takes the generic path of Tensor ops,
-  // which works on any device. Both compute the same formulas.
+  // On (the default), a contiguous parameter whose grad shares its dtype is updated in one
+  // fused pass of its device's Backend (optim/fused.h); off, every parameter takes the generic
+  // path of Tensor ops. Both compute the same formulas.
   void set_fused(bool on) { fused_ = on; }
   bool fused() const { return fused_; }
 

@@ -1,12 +1,13 @@
 // SGD: one pass over the parameters; the momentum buffer is made on a parameter's first step
-// (a copy of its first update direction, as in PyTorch). CPU parameters take the fused loop of
-// fused_cpu.h; the Tensor-op path below is the definition and serves every other case.
+// (a copy of its first update direction, as in PyTorch). Contiguous parameters take the
+// Backend's fused update (fused.h); the Tensor-op path below is the definition and serves every
+// other case.
 #include "optim/sgd.h"
 
 #include "autograd/functions.h"
 #include "autograd/grad_mode.h"
 #include "engine/memory.h"
-#include "optim/fused_cpu.h"
+#include "optim/fused.h"
 
 namespace headroom::optim {
 
@@ -30,7 +31,7 @@ void SGD::step() {
       CategoryScope scope(MemoryCategory::optimizer_state);
       buf = Tensor::empty(p.shape(), p.options());
     }
-    if (fused_ && detail::sgd_update_cpu(p, g, buf, first, lr_, momentum_, weight_decay_, nesterov_)) continue;
+    if (fused_ && detail::sgd_update(p, g, buf, first, lr_, momentum_, weight_decay_, nesterov_)) continue;
     Tensor d = weight_decay_ != 0 ? g + p * weight_decay_ : g;
     if (momentum_ != 0) {
       if (first) {
