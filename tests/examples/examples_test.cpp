@@ -192,4 +192,27 @@ TEST(MlpExample, RejectsABadMemoryLimit) {
   EXPECT_NE(r.output.find("--memory-limit"), std::string::npos) << r.output;
 }
 
+// ---- the accuracies the README states, trained in full (about 10 s and 2 min on 2 cores) ----
+
+double trained_accuracy(const std::string& name, const std::string& args) {
+  RunResult r = run(name, args);
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  std::smatch m;
+  if (!std::regex_search(r.output, m, std::regex(R"(\ntest accuracy: (0\.\d{4}|1\.0000)\n)"))) {
+    ADD_FAILURE() << "no accuracy line in:\n" << r.output;
+    return 0;
+  }
+  return std::stod(m[1].str());
+}
+
+TEST(MlpExample, ReachesTheStatedAccuracyInFiveEpochs) {
+  if (!fs::is_directory(headroom::data::kFashionMnistDir)) GTEST_SKIP() << "Fashion-MNIST not installed";
+  EXPECT_GE(trained_accuracy("mlp_fashion_mnist", "--epochs 5"), 0.87);
+}
+
+TEST(CnnExample, ReachesTheStatedAccuracyInThreeEpochs) {
+  if (!fs::is_directory(headroom::data::kFashionMnistDir)) GTEST_SKIP() << "Fashion-MNIST not installed";
+  EXPECT_GE(trained_accuracy("cnn_fashion_mnist", "--epochs 3"), 0.90);
+}
+
 }  // namespace
