@@ -37,8 +37,8 @@ class EnableGradGuard {
   bool prev_;
 };
 
-// Inference: no history, and in-place edits skip the version counter (nothing can have been
-// saved). Tensors made here must not later be fed to a graph that saves them and then edited.
+// Inference: no history is recorded, as under NoGradGuard. In-place edits still bump version
+// counters, so a tensor saved by a graph built outside the scope and edited inside it is caught.
 class InferenceGuard {
  public:
   InferenceGuard() : prev_grad_(GradMode::is_enabled()), prev_inf_(GradMode::is_inference()) {

@@ -36,6 +36,10 @@ struct CachingAllocator::Block {
   bool is_free() const { return !allocated && !pending; }
 };
 
+size_t CachingAllocator::round_size(size_t nbytes) {
+  return nbytes <= kRound ? kRound : (nbytes + kRound - 1) / kRound * kRound;
+}
+
 bool CachingAllocator::BlockLess::operator()(const Block* a, const Block* b) const {
   if (a->stream != b->stream) return a->stream < b->stream;
   if (a->size != b->size) return a->size < b->size;
@@ -191,7 +195,9 @@ Allocation CachingAllocator::allocate(size_t nbytes) { return allocate(nbytes, c
 Allocation CachingAllocator::allocate(size_t nbytes, Stream stream, MemoryCategory category) {
   std::lock_guard<std::recursive_mutex> lock(mu_);
   process_pending_events();
-  const size_t rounded = nbytes <= kRound ? kRound : (nbytes + kRound - 1) / kRound * kRound;
+  HR_CHECK(nbytes <= (size_t{1} << 62), ValueError, "CachingAllocator: a request of ", nbytes,
+           " bytes on ", device().str(), " is beyond any device");
+  const size_t rounded = round_size(nbytes);
   const bool small = rounded <= kSmallRequest;
   Pool& pool = small ? small_pool_ : large_pool_;
   Block* b = find_free_block(pool, rounded, stream.id);
@@ -435,8 +441,7 @@ void CachingAllocator::clear_trace() {
 
 std::string CachingAllocator::oom_report(size_t bytes) const {
   std::lock_guard<std::recursive_mutex> lock(mu_);
-  size_t rounded = bytes <= kRound ? kRound : (bytes + kRound - 1) / kRound * kRound;
-  return oom_report_locked(bytes, rounded);
+  return oom_report_locked(bytes, round_size(bytes));
 }
 
 std::string CachingAllocator::oom_report_locked(size_t bytes, size_t rounded) const {
@@ -517,7 +522,10 @@ size_t parse_memory_size(const std::string& text, const std::string& what) {
   else if (unit == "TB") mult = 1e12;
   else
     throw ValueError(str_cat(what, ": unknown unit '", unit, "' in '", text, "' (use B, KiB, MiB, GiB, KB, MB, GB)"));
-  return static_cast<size_t>(value * mult);
+  const double bytes = value * mult;
+  if (bytes >= 9.2e18)
+    throw ValueError(str_cat(what, ": '", text, "' is more memory than can be addressed"));
+  return static_cast<size_t>(bytes);
 }
 
 std::string format_bytes(int64_t bytes) {

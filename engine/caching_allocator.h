@@ -181,6 +181,7 @@ class CachingAllocator final : public Allocator {
   };
   using Pool = std::set<Block*, BlockLess>;
 
+  static size_t round_size(size_t nbytes);  // to a multiple of kRound, at least kRound
   Block* find_free_block(Pool& pool, size_t size, int64_t stream);
   Block* new_segment(size_t size, bool small, int64_t stream, bool& over_limit);
   void split_block(Block* block, size_t size);

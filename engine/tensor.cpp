@@ -74,11 +74,22 @@ Tensor Tensor::as_strided(const Shape& shape, const Shape& strides, int64_t offs
 
 // ---- factories ----
 
+namespace {
+// Bytes for a shape in a dtype; throws ShapeError instead of wrapping around.
+size_t checked_nbytes(const Shape& shape, DType dtype, const char* op) {
+  size_t nbytes = 0;
+  if (__builtin_mul_overflow(static_cast<size_t>(shape_numel(shape)), dtype_size(dtype), &nbytes) ||
+      nbytes > (size_t{1} << 62))
+    throw ShapeError(str_cat(op, ": ", dtype_name(dtype), " ", shape_str(shape), " needs more bytes than can exist"));
+  return nbytes;
+}
+}  // namespace
+
 Tensor Tensor::empty(const Shape& shape, TensorOptions opts) {
   for (int64_t d : shape)
     HR_CHECK(d >= 0, ShapeError, "empty: negative dimension in shape ", shape_str(shape));
   auto impl = std::make_shared<TensorImpl>();
-  size_t nbytes = static_cast<size_t>(shape_numel(shape)) * dtype_size(opts.dtype_);
+  const size_t nbytes = checked_nbytes(shape, opts.dtype_, "empty");
   impl->storage = std::make_shared<StorageImpl>(nbytes, opts.device_);
   impl->shape = shape;
   impl->strides = contiguous_strides(shape);
@@ -92,7 +103,7 @@ Tensor Tensor::empty_host(const Shape& shape, DType dtype) {
   for (int64_t d : shape)
     HR_CHECK(d >= 0, ShapeError, "empty_host: negative dimension in shape ", shape_str(shape));
   auto impl = std::make_shared<TensorImpl>();
-  impl->storage = std::make_shared<StorageImpl>(static_cast<size_t>(shape_numel(shape)) * dtype_size(dtype), HostMemoryTag{});
+  impl->storage = std::make_shared<StorageImpl>(checked_nbytes(shape, dtype, "empty_host"), HostMemoryTag{});
   impl->shape = shape;
   impl->strides = contiguous_strides(shape);
   impl->dtype = dtype;

@@ -30,6 +30,9 @@ void Module::check_new_name(const std::string& name, const char* what) const {
 }
 
 Tensor& Module::register_parameter(const std::string& name, Tensor t) {
+  check_new_name(name, "register_parameter");  // before taking ownership: a failure changes nothing
+  HR_CHECK(t.defined() && is_floating(t.dtype()), DTypeError, "register_parameter: '", name,
+           "' must be a floating tensor to be trained, got ", describe(t));
   owned_.push_back(std::move(t));
   return register_parameter(name, &owned_.back());
 }
@@ -46,6 +49,8 @@ Tensor& Module::register_parameter(const std::string& name, Tensor* member) {
 }
 
 Tensor& Module::register_buffer(const std::string& name, Tensor t) {
+  check_new_name(name, "register_buffer");  // before taking ownership: a failure changes nothing
+  HR_CHECK(t.defined(), ValueError, "register_buffer: '", name, "' is an undefined tensor");
   owned_.push_back(std::move(t));
   return register_buffer(name, &owned_.back());
 }

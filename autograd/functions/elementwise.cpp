@@ -169,7 +169,8 @@ Tensor pow(const Tensor& a, const Tensor& b) {
     record("pow", out, {a, b}, [sa, sb, so, sha, shb, gb](const Tensor& g) -> std::vector<Tensor> {
       const Tensor& x = sa.unpack();
       const Tensor& e = sb.unpack();
-      Tensor ga = g * e * pow(x, e - 1.0);
+      // d/dx x^e = e x^(e-1), which is 0 (not 0 * inf) where e == 0.
+      Tensor ga = where_raw(eq(e, scalar_like(e, 0.0)), scalar_like(g, 0.0), g * e * pow(x, e - 1.0));
       Tensor gbt = gb ? sum_to(g * so.unpack() * log(x), shb) : Tensor();
       return {sum_to(ga, sha), gbt};
     });

@@ -203,6 +203,7 @@ Tensor expand(const Tensor& x, const Shape& shape_in) {
     }
     int64_t have = x.shape()[d - lead];
     if (shape[d] == -1) shape[d] = have;
+    HR_CHECK(shape[d] >= 0, ShapeError, "expand: negative size ", shape[d], " in ", shape_str(shape_in));
     HR_CHECK(have == shape[d] || have == 1, ShapeError, "expand: cannot expand ", shape_str(x.shape()), " to ",
              shape_str(shape_in), " (dim ", d, ": ", have, " vs ", shape[d], ")");
     strides[d] = have == 1 && shape[d] != 1 ? 0 : x.strides()[d - lead];
@@ -334,9 +335,13 @@ Tensor index_select(const Tensor& x, int64_t dim, const Tensor& index) {
   if (out.numel() > 0) backend_for(x.device()).index_select(x, d, idx, out);
   if (needs_grad({x})) {
     Shape in_shape = x.shape();
-    record("index_select", out, {x}, [in_shape, d, idx](const Tensor& g) -> std::vector<Tensor> {
+    // The index may be the caller's own buffer (a token batch reused next step): saved with a
+    // version check like any input, so overwriting it before backward is an error, not a
+    // silently misplaced gradient.
+    SavedTensor saved_idx(idx, "index_select");
+    record("index_select", out, {x}, [in_shape, d, saved_idx](const Tensor& g) -> std::vector<Tensor> {
       Tensor gx = Tensor::zeros(in_shape, g.options());
-      if (g.numel() > 0) backend_for(g.device()).index_add(gx, d, idx, contiguous_raw(g));
+      if (g.numel() > 0) backend_for(g.device()).index_add(gx, d, saved_idx.unpack(), contiguous_raw(g));
       return {gx};
     });
   }

@@ -89,11 +89,39 @@ TEST(Autograd, NoGradAndInferenceRecordNothing) {
     InferenceGuard g;
     Tensor y = exp(x);
     EXPECT_FALSE(y.requires_grad());
-    uint64_t v = y.version();
-    y.add_(y);
-    EXPECT_EQ(y.version(), v);  // inference skips the version counter
   }
   EXPECT_TRUE((x * 2.0).requires_grad());
+  // An edit inside inference mode of a tensor that a graph saved outside it is still caught.
+  Tensor w = rand_f64({2}), v = rand_f64({2}, false);
+  Tensor loss = (w * v).sum();
+  {
+    InferenceGuard g;
+    v.add_(Tensor::ones({2}, DType::f64));
+  }
+  EXPECT_THROW_WITH(loss.backward(), AutogradError, "backward of mul");
+}
+
+TEST(Autograd, InPlaceOpsHandleOverlapAndRefuseExpandedDestinations) {
+  Tensor x = Tensor::from_vector({1, 2, 3, 4}, {2, 2}, DType::f64);
+  x.add_(x.t());  // reads x.t() before any of it is overwritten
+  EXPECT_EQ(x.to_vector<double>(), (std::vector<double>{2, 5, 5, 8}));
+  Tensor y = Tensor::arange(4, DType::f64);
+  y.slice(0, 1, 4).copy_(y.slice(0, 0, 3));  // overlapping shift
+  EXPECT_EQ(y.to_vector<double>(), (std::vector<double>{0, 0, 1, 2}));
+  Tensor e = Tensor::zeros({1, 3}, DType::f64).expand({4, 3});
+  EXPECT_THROW_WITH(e.add_(Tensor::ones({4, 3}, DType::f64)), ValueError, "expanded");
+  EXPECT_THROW_WITH(Tensor::ones({2}, DType::i64).add_(Tensor::ones({2}, DType::i64), 0.5), DTypeError, "add_");
+}
+
+TEST(Autograd, AnIndexOverwrittenBeforeBackwardIsCaught) {
+  Tensor w = rand_f64({4, 3});
+  Tensor idx = Tensor::from_vector({0, 1}, {2}, DType::i64);
+  Tensor loss = embedding(w, idx).sum();
+  {
+    NoGradGuard g;
+    idx.fill_(2);  // a reused token buffer, refilled too early
+  }
+  EXPECT_THROW_WITH(loss.backward(), AutogradError, "index_select");
 }
 
 TEST(Autograd, DetachSharesStorageWithoutHistory) {

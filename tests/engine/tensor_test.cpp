@@ -177,6 +177,9 @@ TEST(Tensor, ErrorsNameWhatWasWrong) {
   EXPECT_THROW_WITH(dtype_from_name("f8"), DTypeError, "f8");
   EXPECT_THROW_WITH(Tensor::rand({2}, DType::i32), DTypeError, "i32");
   EXPECT_THROW_WITH(exp(Tensor::zeros({2}, DType::f32)).sum({5}), ValueError, "dim 5");
+  EXPECT_THROW_WITH(Tensor::empty({int64_t{1} << 62}, DType::f32), ShapeError, "bytes");
+  EXPECT_THROW_WITH(Tensor::empty({int64_t{1} << 40, int64_t{1} << 40}), ShapeError, "int64");
+  EXPECT_THROW_WITH(Tensor::ones({1}).expand({-3}), ShapeError, "negative size");
 }
 
 }  // namespace
