@@ -13,7 +13,7 @@ constexpr double kSqrt2OverPi = 0.7978845608028654;
 constexpr double kGeluCoeff = 0.044715;
 
 template <typename C>
-inline C apply_unary(UnaryOp op, C x) {
+__attribute__((always_inline)) inline C apply_unary(UnaryOp op, C x) {
   if constexpr (std::is_floating_point_v<C>) {
     switch (op) {
       case UnaryOp::neg: return -x;
@@ -49,7 +49,7 @@ inline C apply_unary(UnaryOp op, C x) {
 }
 
 template <typename C>
-inline C apply_binary(BinaryOp op, C a, C b) {
+__attribute__((always_inline)) inline C apply_binary(BinaryOp op, C a, C b) {
   switch (op) {
     case BinaryOp::add: return static_cast<C>(a + b);
     case BinaryOp::sub: return static_cast<C>(a - b);
@@ -82,7 +82,7 @@ inline C apply_binary(BinaryOp op, C a, C b) {
 }
 
 template <typename C>
-inline bool apply_compare(BinaryOp op, C a, C b) {
+__attribute__((always_inline)) inline bool apply_compare(BinaryOp op, C a, C b) {
   switch (op) {
     case BinaryOp::eq: return a == b;
     case BinaryOp::ne: return a != b;
@@ -98,6 +98,36 @@ template <typename T>
 inline T from_acc(acc_t<T> v) {
   if constexpr (std::is_same_v<T, bool>) return v != acc_t<T>(0);
   else return static_cast<T>(v);
+}
+
+// Calls f with the op as a compile-time constant (std::integral_constant), so that the switch in
+// apply_unary / apply_binary folds away inside the loops and they vectorise; with the switch
+// per element, relu over 4M floats took 34 ms against 2 ms for a copy.
+template <typename F>
+void with_unary_op(UnaryOp op, F&& f) {
+#define HR_CASE(name) \
+  case UnaryOp::name: return f(std::integral_constant<UnaryOp, UnaryOp::name>{});
+  switch (op) {
+    HR_CASE(neg) HR_CASE(exp) HR_CASE(log) HR_CASE(sqrt) HR_CASE(abs) HR_CASE(relu) HR_CASE(gelu)
+    HR_CASE(tanh) HR_CASE(sigmoid) HR_CASE(sign) HR_CASE(reciprocal) HR_CASE(square) HR_CASE(logical_not)
+    case UnaryOp::kCount: break;
+  }
+#undef HR_CASE
+  throw DTypeError("unary: invalid op");
+}
+
+template <typename F>
+void with_binary_op(BinaryOp op, F&& f) {
+#define HR_CASE(name) \
+  case BinaryOp::name: return f(std::integral_constant<BinaryOp, BinaryOp::name>{});
+  switch (op) {
+    HR_CASE(add) HR_CASE(sub) HR_CASE(mul) HR_CASE(div) HR_CASE(pow) HR_CASE(maximum) HR_CASE(minimum)
+    HR_CASE(eq) HR_CASE(ne) HR_CASE(lt) HR_CASE(le) HR_CASE(gt) HR_CASE(ge) HR_CASE(relu_backward)
+    HR_CASE(gelu_backward)
+    case BinaryOp::kCount: break;
+  }
+#undef HR_CASE
+  throw DTypeError("binary: invalid op");
 }
 
 }  // namespace
@@ -116,16 +146,19 @@ void CpuBackend::unary(UnaryOp op, const Tensor& x, const Tensor& out) {
     }
     T* o = static_cast<T*>(out.raw_data());
     const T* in = static_cast<const T*>(x.raw_data());
-    parallel_for(layout.numel(), kParallelGrain / 8, [&](int64_t b, int64_t e) {
-      layout.for_range(b, e, [&](const std::array<int64_t, 2>& off, const std::array<int64_t, 2>& st, int64_t len) {
-        T* op_ = o + off[0];
-        const T* ip = in + off[1];
-        if (st[0] == 1 && st[1] == 1) {
-          for (int64_t i = 0; i < len; ++i) op_[i] = from_acc<T>(apply_unary<C>(op, static_cast<C>(ip[i])));
-        } else {
-          for (int64_t i = 0; i < len; ++i)
-            op_[i * st[0]] = from_acc<T>(apply_unary<C>(op, static_cast<C>(ip[i * st[1]])));
-        }
+    with_unary_op(op, [&](auto kop) {
+      constexpr UnaryOp K = decltype(kop)::value;
+      parallel_for(layout.numel(), kParallelGrain / 8, [&](int64_t b, int64_t e) {
+        layout.for_range(b, e, [&](const std::array<int64_t, 2>& off, const std::array<int64_t, 2>& st, int64_t len) {
+          T* op_ = o + off[0];
+          const T* ip = in + off[1];
+          if (st[0] == 1 && st[1] == 1) {
+            for (int64_t i = 0; i < len; ++i) op_[i] = from_acc<T>(apply_unary<C>(K, static_cast<C>(ip[i])));
+          } else {
+            for (int64_t i = 0; i < len; ++i)
+              op_[i * st[0]] = from_acc<T>(apply_unary<C>(K, static_cast<C>(ip[i * st[1]])));
+          }
+        });
       });
     });
   });
@@ -135,8 +168,7 @@ void CpuBackend::binary(BinaryOp op, const Tensor& a, const Tensor& b, const Ten
   HR_CHECK(a.dtype() == b.dtype(), DTypeError, "binary ", binary_op_name(op), ": operands are ",
            dtype_name(a.dtype()), " and ", dtype_name(b.dtype()));
   StridedLayout<3> layout({&out, &a, &b});
-  const bool compare = is_comparison(op);
-  HR_CHECK(compare ? out.dtype() == DType::boolean : out.dtype() == a.dtype(), DTypeError, "binary ",
+  HR_CHECK(is_comparison(op) ? out.dtype() == DType::boolean : out.dtype() == a.dtype(), DTypeError, "binary ",
            binary_op_name(op), ": output dtype ", dtype_name(out.dtype()), " does not fit inputs of ",
            dtype_name(a.dtype()));
   dispatch_dtype(a.dtype(), [&](auto tag) {
@@ -144,27 +176,32 @@ void CpuBackend::binary(BinaryOp op, const Tensor& a, const Tensor& b, const Ten
     using C = acc_t<T>;
     const T* pa = static_cast<const T*>(a.raw_data());
     const T* pb = static_cast<const T*>(b.raw_data());
-    parallel_for(layout.numel(), kParallelGrain / 4, [&](int64_t begin, int64_t end) {
-      layout.for_range(begin, end, [&](const std::array<int64_t, 3>& off, const std::array<int64_t, 3>& st, int64_t len) {
-        const T* ap = pa + off[1];
-        const T* bp = pb + off[2];
-        if (compare) {
-          bool* op_ = static_cast<bool*>(out.raw_data()) + off[0];
-          for (int64_t i = 0; i < len; ++i)
-            op_[i * st[0]] = apply_compare<C>(op, static_cast<C>(ap[i * st[1]]), static_cast<C>(bp[i * st[2]]));
-          return;
-        }
-        T* op_ = static_cast<T*>(out.raw_data()) + off[0];
-        if (st[0] == 1 && st[1] == 1 && st[2] == 1) {
-          for (int64_t i = 0; i < len; ++i)
-            op_[i] = from_acc<T>(apply_binary<C>(op, static_cast<C>(ap[i]), static_cast<C>(bp[i])));
-        } else if (st[0] == 1 && st[1] == 1 && st[2] == 0) {
-          const C bv = static_cast<C>(bp[0]);
-          for (int64_t i = 0; i < len; ++i) op_[i] = from_acc<T>(apply_binary<C>(op, static_cast<C>(ap[i]), bv));
-        } else {
-          for (int64_t i = 0; i < len; ++i)
-            op_[i * st[0]] = from_acc<T>(apply_binary<C>(op, static_cast<C>(ap[i * st[1]]), static_cast<C>(bp[i * st[2]])));
-        }
+    with_binary_op(op, [&](auto kop) {
+      constexpr BinaryOp K = decltype(kop)::value;
+      parallel_for(layout.numel(), kParallelGrain / 4, [&](int64_t begin, int64_t end) {
+        layout.for_range(begin, end, [&](const std::array<int64_t, 3>& off, const std::array<int64_t, 3>& st, int64_t len) {
+          const T* ap = pa + off[1];
+          const T* bp = pb + off[2];
+          if constexpr (K == BinaryOp::eq || K == BinaryOp::ne || K == BinaryOp::lt || K == BinaryOp::le ||
+                        K == BinaryOp::gt || K == BinaryOp::ge) {
+            bool* op_ = static_cast<bool*>(out.raw_data()) + off[0];
+            for (int64_t i = 0; i < len; ++i)
+              op_[i * st[0]] = apply_compare<C>(K, static_cast<C>(ap[i * st[1]]), static_cast<C>(bp[i * st[2]]));
+          } else {
+            T* op_ = static_cast<T*>(out.raw_data()) + off[0];
+            if (st[0] == 1 && st[1] == 1 && st[2] == 1) {
+              for (int64_t i = 0; i < len; ++i)
+                op_[i] = from_acc<T>(apply_binary<C>(K, static_cast<C>(ap[i]), static_cast<C>(bp[i])));
+            } else if (st[0] == 1 && st[1] == 1 && st[2] == 0) {
+              const C bv = static_cast<C>(bp[0]);
+              for (int64_t i = 0; i < len; ++i) op_[i] = from_acc<T>(apply_binary<C>(K, static_cast<C>(ap[i]), bv));
+            } else {
+              for (int64_t i = 0; i < len; ++i)
+                op_[i * st[0]] =
+                    from_acc<T>(apply_binary<C>(K, static_cast<C>(ap[i * st[1]]), static_cast<C>(bp[i * st[2]])));
+            }
+          }
+        });
       });
     });
   });
