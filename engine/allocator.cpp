@@ -19,13 +19,13 @@ Registry& registry() {
   static Registry* r = new Registry();  // never destroyed: storages may outlive static dtors
   return *r;
 }
+}  // namespace
 
 // HEADROOM_MEMORY_LIMIT applies to every device's allocator when it is made.
-void apply_env_limit(CachingAllocator& a) {
+void apply_env_memory_limit(CachingAllocator& a) {
   const char* env = std::getenv("HEADROOM_MEMORY_LIMIT");
   if (env && *env) a.set_memory_limit(parse_memory_size(env, "HEADROOM_MEMORY_LIMIT"));
 }
-}  // namespace
 
 void* allocate_host(size_t nbytes) {
   size_t rounded = (nbytes + 63) / 64 * 64;
@@ -44,7 +44,7 @@ Allocator& allocator_for(Device device) {
   if (device.is_cpu()) {
     // Never destroyed, like the registry: tensors in static storage may be freed at exit.
     auto* a = new CachingAllocator(std::make_unique<HostMemoryBackend>());
-    apply_env_limit(*a);
+    apply_env_memory_limit(*a);
     r.allocators[key] = a;
     return *a;
   }

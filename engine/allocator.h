@@ -38,4 +38,9 @@ class Allocator {
 Allocator& allocator_for(Device device);
 void set_allocator(Device device, Allocator* allocator);
 
+// Sets the limit of a newly made device allocator from HEADROOM_MEMORY_LIMIT when that is set
+// (every device's registration calls it); throws ValueError when the text is not a size.
+class CachingAllocator;
+void apply_env_memory_limit(CachingAllocator& allocator);
+
 }  // namespace headroom

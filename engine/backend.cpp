@@ -31,7 +31,9 @@ Backend& backend_for(Device device) {
   Backend* b = g_backends[static_cast<int>(device.type)];
   if (!b)
     throw DeviceError(str_cat("no backend for device ", device.str(),
-                          device.is_cuda() ? " (this build of headroom has no CUDA support)" : ""));
+                              device.is_cuda() ? " (headroom's CUDA compute backend is not built yet; only device "
+                                                 "memory exists on cuda)"
+                                               : ""));
   return *b;
 }
 
