@@ -25,7 +25,7 @@ namespace headroom::cpu {
 
 namespace {
 
-constexpr int64_t kScratchBytes = 8LL << 20;  // im2col columns + gemm staging, per call
+constexpr int64_t kScratchBytes = 4LL << 20;  // im2col columns + gemm staging, per call
 
 struct ConvGeom {
   int64_t N, C, H, W;     // input
