@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# The GPU check, in one go, for the GPU machine (DESIGN.md, "Working with a GPU"): build (or
+# reuse build-gpu/), run the tests labelled cuda, compute-sanitizer memcheck on them, and the
+# allocator benchmark's CUDA rows; print a short table last. On a machine without a GPU it still
+# runs and says so (the cuda tests report skipped).
+#
+#   bash scripts/gpu-check.sh            # build-gpu/ for sm_90
+#   HEADROOM_CUDA_ARCH=80 bash scripts/gpu-check.sh
+#
+# Grows with the CUDA backend (issue 4): examples with --device cuda and the PyTorch reference.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$PATH:/opt/torch/.venv/bin:/usr/local/cuda/bin"
+# The GPU machine's newest cuDNN (DESIGN.md); harmless elsewhere.
+cudnn=/opt/torch/.venv/lib/python3.12/site-packages/nvidia/cudnn/lib
+[ -d "$cudnn" ] && export LD_LIBRARY_PATH="$cudnn:${LD_LIBRARY_PATH:-}"
+export LD_LIBRARY_PATH="/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
+
+log=$(mktemp -d)
+declare -a rows
+row() { rows+=("| $1 | $2 |"); }
+
+if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+  gpu=$(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | head -1)
+else
+  gpu="none found"
+fi
+row "GPU" "$gpu"
+
+start=$(date +%s)
+if cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DHEADROOM_CUDA=ON \
+     -DCMAKE_CUDA_ARCHITECTURES="${HEADROOM_CUDA_ARCH:-90}" >"$log/configure.txt" 2>&1 &&
+   cmake --build build-gpu -j"$(nproc)" >"$log/build.txt" 2>&1; then
+  row "build" "ok ($(( $(date +%s) - start )) s)"
+else
+  row "build" "FAILED (see $log)"
+  tail -30 "$log/configure.txt" "$log/build.txt"
+  printf '%s\n' "| check | result |" "|---|---|" "${rows[@]}"
+  exit 1
+fi
+
+(cd build-gpu && ctest -L cuda --output-on-failure >"$log/ctest.txt" 2>&1)
+rc=$?
+summary=$(grep -E "tests passed|tests failed" "$log/ctest.txt" | tail -1)
+skipped=$(grep -c "\*\*\*Skipped" "$log/ctest.txt")
+row "ctest -L cuda" "${summary:-no summary} ($skipped skipped, exit $rc)"
+
+if command -v compute-sanitizer >/dev/null 2>&1 && [ "$gpu" != "none found" ]; then
+  compute-sanitizer --tool memcheck --error-exitcode 9 ./build-gpu/tests/test_cuda >"$log/memcheck.txt" 2>&1
+  m=$?
+  row "memcheck test_cuda" "$([ $m -eq 0 ] && echo clean || echo "errors (exit $m), see $log/memcheck.txt")"
+else
+  row "memcheck test_cuda" "not run (no GPU or no compute-sanitizer)"
+fi
+
+./build-gpu/bench/allocator_bench --benchmark_filter='cuda|caching_pair/' --benchmark_repetitions=3 \
+  --benchmark_report_aggregates_only=true >"$log/bench.txt" 2>&1
+while read -r name _ _ cpu unit _; do
+  row "$name" "$cpu $unit"
+done < <(grep -E "_median" "$log/bench.txt" | sed 's/_median//')
+
+echo
+echo "headroom GPU check, $(date -u +%Y-%m-%d), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown); logs in $log"
+printf '%s\n' "| check | result |" "|---|---|" "${rows[@]}"
+[ $rc -eq 0 ]
