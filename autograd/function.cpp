@@ -4,19 +4,18 @@
 
 namespace headroom {
 
-bool needs_grad(std::initializer_list<Tensor> inputs) {
+namespace {
+template <typename It>
+bool any_requires_grad(It begin, It end) {
   if (!GradMode::is_enabled()) return false;
-  for (const auto& t : inputs)
-    if (t.defined() && t.requires_grad()) return true;
+  for (It it = begin; it != end; ++it)
+    if (it->defined() && it->requires_grad()) return true;
   return false;
 }
+}  // namespace
 
-bool needs_grad(const std::vector<Tensor>& inputs) {
-  if (!GradMode::is_enabled()) return false;
-  for (const auto& t : inputs)
-    if (t.defined() && t.requires_grad()) return true;
-  return false;
-}
+bool needs_grad(std::initializer_list<Tensor> inputs) { return any_requires_grad(inputs.begin(), inputs.end()); }
+bool needs_grad(const std::vector<Tensor>& inputs) { return any_requires_grad(inputs.begin(), inputs.end()); }
 
 void record(const char* name, const Tensor& out, const std::vector<Tensor>& inputs, BackwardFn fn) {
   auto node = std::make_shared<FunctionNode>(name, std::move(fn));

@@ -22,11 +22,11 @@ inline To convert(From v) {
 }  // namespace
 
 void CpuBackend::copy(const Tensor& dst, const Tensor& src) {
-  StridedLayout<2> layout({&dst, &src});
   if (dst.dtype() == src.dtype() && dst.is_contiguous() && src.is_contiguous()) {
     std::memcpy(dst.raw_data(), src.raw_data(), dst.nbytes());
     return;
   }
+  StridedLayout<2> layout({&dst, &src});
   dispatch_dtype(dst.dtype(), [&](auto dtag) {
     using D = typename decltype(dtag)::type;
     dispatch_dtype(src.dtype(), [&](auto stag) {
