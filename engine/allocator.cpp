@@ -1,5 +1,6 @@
 #include "engine/allocator.h"
 
+#include <atomic>
 #include <cstdlib>
 #include <map>
 #include <mutex>
@@ -51,6 +52,12 @@ Allocator& allocator_for(Device device) {
   throw DeviceError(str_cat("no allocator for device ", device.str(),
                             " (is headroom built with CUDA and is a GPU present?)"));
 }
+
+namespace {
+std::atomic<Allocator*> g_pinned_allocator{nullptr};
+}  // namespace
+Allocator* pinned_allocator() { return g_pinned_allocator.load(); }
+void set_pinned_allocator(Allocator* allocator) { g_pinned_allocator.store(allocator); }
 
 void set_allocator(Device device, Allocator* allocator) {
   Registry& r = registry();

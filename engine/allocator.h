@@ -32,6 +32,9 @@ class Allocator {
   // Retags a live allocation (e.g. a tensor saved for backward becomes an activation).
   virtual void set_category(const Allocation& a, MemoryCategory category) {}
   virtual MemoryCategory category_of(const Allocation& a) const { return MemoryCategory::temporary; }
+  // The allocation is also used by work queued on `stream` (Note [stream reuse] in
+  // caching_allocator.h): it is not handed out again until that work has finished.
+  virtual void record_stream(const Allocation& a, Stream stream) {}
 };
 
 // The allocator for a device; throws DeviceError when that device has none registered.
@@ -42,5 +45,10 @@ void set_allocator(Device device, Allocator* allocator);
 // (every device's registration calls it); throws ValueError when the text is not a size.
 class CachingAllocator;
 void apply_env_memory_limit(CachingAllocator& allocator);
+
+// Page-locked host memory (Tensor::empty_pinned), which a GPU can copy from and to while the
+// host goes on. Registered by the CUDA side when a GPU is present; nullptr otherwise.
+Allocator* pinned_allocator();
+void set_pinned_allocator(Allocator* allocator);
 
 }  // namespace headroom

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "engine/device.h"
+#include "engine/memory.h"
 #include "engine/tensor.h"
 
 namespace headroom {
@@ -63,9 +64,15 @@ class Backend {
   // ---- memory movement ----
   // dst = src elementwise: same shape, any strides, dtypes may differ (a cast).
   virtual void copy(const Tensor& dst, const Tensor& src) = 0;
-  // Contiguous bytes between this device and host memory.
-  virtual void copy_to_host(void* host_dst, const void* src, size_t nbytes, Device device) = 0;
-  virtual void copy_from_host(void* dst, const void* host_src, size_t nbytes, Device device) = 0;
+  // Contiguous bytes between this device and host memory, ordered on the device's current
+  // stream. Blocking (non_blocking false): returns once the bytes have landed, whatever host
+  // memory it is. non_blocking: the host memory is pinned (Tensor::empty_pinned) and the copy
+  // may still be running when this returns; the caller waits for the stream (or an event
+  // recorded on it) before touching the host side. The CPU always copies at once.
+  virtual void copy_to_host(void* host_dst, const void* src, size_t nbytes, Device device,
+                            bool non_blocking) = 0;
+  virtual void copy_from_host(void* dst, const void* host_src, size_t nbytes, Device device,
+                              bool non_blocking) = 0;
   virtual void fill(const Tensor& out, double value) = 0;
   // out (contiguous, 1-d) = start + i * step.
   virtual void arange(const Tensor& out, double start, double step) = 0;
@@ -73,6 +80,21 @@ class Backend {
   // uniform in [0, 1), and standard normal by Box-Muller.
   virtual void random_uniform(const Tensor& out, uint64_t seed, uint64_t offset) = 0;
   virtual void random_normal(const Tensor& out, uint64_t seed, uint64_t offset) = 0;
+
+  // ---- streams and events (engine/event.h) ----
+  // The CPU runs everything in order as it is called, so these do nothing there; an event id
+  // is the backend's own handle (0 on the CPU).
+  virtual void synchronize(Stream stream) {}  // waits for the work queued on stream
+  virtual void synchronize_device(Device device) {}  // waits for all work on the device
+  virtual uint64_t event_create(Device device, bool timing) { return 0; }
+  virtual void event_destroy(Device device, uint64_t event) {}
+  virtual void event_record(uint64_t event, Stream stream) {}
+  // Work queued on `stream` after this waits for the event (the host does not wait).
+  virtual void event_wait(uint64_t event, Stream stream) {}
+  virtual void event_synchronize(uint64_t event) {}  // the host waits for the event
+  virtual bool event_query(uint64_t event) { return true; }  // completed?
+  // Milliseconds between two completed timing events.
+  virtual double event_elapsed_ms(uint64_t start, uint64_t end) { return 0; }
 
   // ---- elementwise ----
   // Inputs are views already broadcast to out's shape (zero strides allowed) and of out's
@@ -141,6 +163,18 @@ class Backend {
                                    const Tensor& save_mean, const Tensor& save_invstd,
                                    bool training, const Tensor& dx, const Tensor& dweight,
                                    const Tensor& dbias) = 0;
+
+  // ---- attention (fused: memory linear in T) ----
+  // q, k, v, out: [B, H, T, D] contiguous, one float dtype; lse: [B, H, T] f32, the
+  // log-sum-exp of each query's scaled scores, written for backward. out = softmax(scale q k^T
+  // (+ causal mask: query t sees keys 0..t)) v, computed block by block with an online softmax
+  // so that no T x T matrix is ever held.
+  virtual void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
+                                 const Tensor& lse, double scale, bool causal) = 0;
+  // Recomputes the scores block by block from q, k, v and lse; dq, dk, dv written (=).
+  virtual void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
+                                  const Tensor& dout, const Tensor& lse, const Tensor& dq, const Tensor& dk,
+                                  const Tensor& dv, double scale, bool causal) = 0;
 
   // ---- optimizer updates (in place; p, g and the state contiguous, one float dtype and shape) ----
   // One pass over each parameter instead of a dozen elementwise ops and their temporaries.

@@ -147,7 +147,7 @@ class CachingAllocator final : public Allocator {
 
   Allocation allocate(size_t nbytes, Stream stream, MemoryCategory category);
   // The block will be used on `stream` too: its reuse waits for that stream's work.
-  void record_stream(const Allocation& a, Stream stream);
+  void record_stream(const Allocation& a, Stream stream) override;
   // Moves a live block to another category (autograd tags saved tensors as activations).
   void set_category(const Allocation& a, MemoryCategory category) override;
   MemoryCategory category_of(const Allocation& a) const override;

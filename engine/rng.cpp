@@ -28,9 +28,13 @@ float philox_normal(uint64_t seed, uint64_t offset, uint64_t i) {
   // u1 in (0, 1] so that log(u1) is finite.
   float u1 = (static_cast<float>(r[0] >> 8) + 1.0f) * (1.0f / 16777216.0f);
   float u2 = static_cast<float>(r[1] >> 8) * (1.0f / 16777216.0f);
-  float radius = std::sqrt(-2.0f * std::log(u1));
+  // log, cos and sin in double, rounded to float: the correctly rounded float on every one of
+  // the 2^24 inputs, which CUDA computes too (glibc's logf/cosf/sinf miss it on ~1% of them);
+  // Note [same numbers as the cpu] in kernels/cuda/copy.cu.
+  float radius = std::sqrt(-2.0f * static_cast<float>(std::log(static_cast<double>(u1))));
   float theta = 6.2831853071795864f * u2;
-  return (i % 2 == 0) ? radius * std::cos(theta) : radius * std::sin(theta);
+  const double t = theta;
+  return (i % 2 == 0) ? radius * static_cast<float>(std::cos(t)) : radius * static_cast<float>(std::sin(t));
 }
 
 void Generator::manual_seed(uint64_t seed) {

@@ -25,6 +25,9 @@ class StorageImpl {
   StorageImpl(size_t nbytes, Device device)
       : device_(device), allocator_(&allocator_for(device)), alloc_(allocator_->allocate(nbytes)),
         nbytes_(nbytes) {}
+  // From a given allocator (the pinned host allocator): its device's memory.
+  StorageImpl(size_t nbytes, Allocator& allocator)
+      : device_(allocator.device()), allocator_(&allocator), alloc_(allocator.allocate(nbytes)), nbytes_(nbytes) {}
   // Host memory outside every device's allocator (Tensor::empty_host): not counted in any
   // allocator's stats or limit.
   StorageImpl(size_t nbytes, HostMemoryTag)
@@ -48,6 +51,8 @@ class StorageImpl {
   // False for host memory outside the allocators (Tensor::empty_host).
   bool managed() const { return allocator_ != nullptr; }
   const Allocation& allocation() const { return alloc_; }
+  // nullptr for host memory outside the allocators.
+  Allocator* allocator() const { return allocator_; }
 
  private:
   Device device_;

@@ -110,6 +110,29 @@ Tensor Tensor::empty_host(const Shape& shape, DType dtype) {
   return Tensor(std::move(impl));
 }
 
+Tensor Tensor::empty_pinned(const Shape& shape, DType dtype) {
+  Allocator* pinned = pinned_allocator();
+  if (pinned == nullptr) return empty_host(shape, dtype);
+  for (int64_t d : shape)
+    HR_CHECK(d >= 0, ShapeError, "empty_pinned: negative dimension in shape ", shape_str(shape));
+  auto impl = std::make_shared<TensorImpl>();
+  impl->storage = std::make_shared<StorageImpl>(checked_nbytes(shape, dtype, "empty_pinned"), *pinned);
+  impl->shape = shape;
+  impl->strides = contiguous_strides(shape);
+  impl->dtype = dtype;
+  return Tensor(std::move(impl));
+}
+
+bool Tensor::is_pinned() const {
+  const Allocator* pinned = pinned_allocator();
+  return pinned != nullptr && storage()->allocator() == pinned;
+}
+
+void Tensor::record_stream(Stream stream) const {
+  const Storage& s = storage();
+  if (s->allocator() != nullptr) s->allocator()->record_stream(s->allocation(), stream);
+}
+
 Tensor Tensor::full(const Shape& shape, double value, TensorOptions opts) {
   Tensor t = empty(shape, opts.requires_grad(false));
   if (t.numel() > 0) backend_for(t.device()).fill(t, value);
@@ -160,7 +183,7 @@ Tensor Tensor::from_vector(std::initializer_list<double> values, const Shape& sh
 
 // ---- copies ----
 
-void copy_tensor(const Tensor& dst, const Tensor& src) {
+void copy_tensor(const Tensor& dst, const Tensor& src, bool non_blocking) {
   HR_CHECK(dst.shape() == src.shape(), ShapeError, "copy: destination shape ", shape_str(dst.shape()),
            " differs from source shape ", shape_str(src.shape()));
   if (dst.numel() == 0) return;
@@ -177,13 +200,19 @@ void copy_tensor(const Tensor& dst, const Tensor& src) {
   }
   Tensor landing = dst.is_contiguous() ? dst : Tensor::empty(dst.shape(), dst.options());
   if (dst.device().is_cpu()) {
-    backend_for(src.device()).copy_to_host(landing.raw_data(), packed.raw_data(), packed.nbytes(), src.device());
+    // Asynchronous only into the caller's own pinned tensor: a landing buffer copied on below
+    // would have to wait anyway.
+    const bool async = non_blocking && landing.is_same(dst) && dst.is_pinned();
+    backend_for(src.device()).copy_to_host(landing.raw_data(), packed.raw_data(), packed.nbytes(), src.device(), async);
+    if (async) dst.record_stream(current_stream(src.device()));
   } else if (src.device().is_cpu()) {
-    backend_for(dst.device()).copy_from_host(landing.raw_data(), packed.raw_data(), packed.nbytes(), dst.device());
+    const bool async = non_blocking && packed.is_same(src) && src.is_pinned();
+    backend_for(dst.device()).copy_from_host(landing.raw_data(), packed.raw_data(), packed.nbytes(), dst.device(), async);
+    if (async) src.record_stream(current_stream(dst.device()));
   } else {
     Tensor host = Tensor::empty(src.shape(), TensorOptions().dtype(dst.dtype()));
-    backend_for(src.device()).copy_to_host(host.raw_data(), packed.raw_data(), packed.nbytes(), src.device());
-    backend_for(dst.device()).copy_from_host(landing.raw_data(), host.raw_data(), host.nbytes(), dst.device());
+    backend_for(src.device()).copy_to_host(host.raw_data(), packed.raw_data(), packed.nbytes(), src.device(), false);
+    backend_for(dst.device()).copy_from_host(landing.raw_data(), host.raw_data(), host.nbytes(), dst.device(), false);
   }
   if (!landing.is_same(dst)) backend_for(dst.device()).copy(dst, landing);
 }

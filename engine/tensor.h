@@ -102,6 +102,11 @@ class Tensor {
   // count in no memory statistics and no limit. For data sets and staging buffers -- what a GPU
   // run keeps on the host -- so that a CPU run under HEADROOM_MEMORY_LIMIT emulates the device.
   static Tensor empty_host(const Shape& shape, DType dtype);
+  // A CPU tensor in page-locked (pinned) host memory, from which a GPU copies asynchronously
+  // (to(device, true)). Pinned memory is a scarce OS resource and is cached by its own
+  // allocator (kernels/cuda/pinned_memory.cpp). Without a GPU it is plain host memory
+  // (empty_host), so code written for both runs everywhere; is_pinned() says which.
+  static Tensor empty_pinned(const Shape& shape, DType dtype);
   static Tensor zeros(const Shape& shape, TensorOptions opts = {});
   static Tensor ones(const Shape& shape, TensorOptions opts = {});
   static Tensor full(const Shape& shape, double value, TensorOptions opts = {});
@@ -148,7 +153,16 @@ class Tensor {
   Tensor contiguous() const;  // *this when already contiguous
   Tensor clone() const;
   Tensor to(Device device) const;
+  // non_blocking: when one side is pinned host memory (a copy to the host allocates pinned
+  // memory for the result), the copy is queued on the device's current stream and this returns
+  // at once; synchronize the stream (engine/event.h) before reading a result on the host or
+  // writing the pinned source. Otherwise the same as to(device).
+  Tensor to(Device device, bool non_blocking) const;
   Tensor to(DType dtype) const;
+  bool is_pinned() const;  // storage in page-locked host memory (empty_pinned)
+  // The storage is also used by work queued on `stream`: the allocator will not hand its memory
+  // out again before that work is done (Note [stream reuse] in caching_allocator.h).
+  void record_stream(Stream stream) const;
 
   Tensor sum() const;
   Tensor sum(const std::vector<int64_t>& dims, bool keepdim = false) const;
@@ -192,8 +206,10 @@ std::ostream& operator<<(std::ostream& os, const Tensor& t);
 std::string describe(const Tensor& t);
 
 // Raw (no autograd) copy of src into dst through the backend: shapes must match; dtypes may
-// differ (a cast); devices may differ (a transfer through host memory).
-void copy_tensor(const Tensor& dst, const Tensor& src);
+// differ (a cast); devices may differ (a transfer through host memory). non_blocking: a
+// transfer between a device and contiguous pinned host memory of the same dtype is queued on
+// the device's current stream without waiting (Tensor::to(Device, bool)).
+void copy_tensor(const Tensor& dst, const Tensor& src, bool non_blocking = false);
 
 // ---- template definitions ----
 template <typename T>

@@ -85,12 +85,21 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& target, const std::stri
   Tensor neg_one = Tensor::scalar(-1, TensorOptions().dtype(DType::i64).device(t.device()));
   Tensor zero = Tensor::scalar(0, TensorOptions().dtype(DType::i64).device(t.device()));
   if (n > 0) {
+    // The smallest and largest target in one read back to the host: one synchronisation on a
+    // GPU, where a kernel cannot throw and must never index past the row.
     Tensor checked = where_raw(ignored, zero, t);
-    if (reduce_raw(ReduceOp::min, checked, {}, false).item<int64_t>() < 0) {
+    Tensor bounds = Tensor::empty({2}, t.options());
+    copy_tensor(bounds.slice(0, 0, 1), reduce_raw(ReduceOp::min, checked, {}, false).reshape({1}));
+    copy_tensor(bounds.slice(0, 1, 2), reduce_raw(ReduceOp::max, checked, {}, false).reshape({1}));
+    const std::vector<int64_t> b = bounds.to_vector<int64_t>();
+    if (b[0] < 0 || b[1] >= c) {
       std::vector<int64_t> tv = checked.to_vector<int64_t>();
-      for (size_t i = 0; i < tv.size(); ++i)
+      for (size_t i = 0; i < tv.size(); ++i) {
         HR_CHECK(tv[i] >= 0, ValueError, op, ": target ", tv[i], " at row ", i, " is negative and not ignore_index (",
                  ignore_index, ")");
+        HR_CHECK(tv[i] < c, ValueError, op, ": target ", tv[i], " at row ", i, " is out of range for ", c,
+                 " classes (logits ", shape_str(logits.shape()), ")");
+      }
     }
   }
   t = contiguous_raw(where_raw(ignored, neg_one, t));

@@ -90,7 +90,9 @@ Tensor mean(const Tensor& x, const std::vector<int64_t>& dims_in, bool keepdim) 
     int64_t count = 1;
     for (int64_t d : dims) count *= shape[static_cast<size_t>(d)];
     record("mean", out, {x}, [shape, dims, count](const Tensor& g) -> std::vector<Tensor> {
-      return {expand_back(g / static_cast<double>(count), shape, dims)};
+      // In f32 at least: count as an f16 scalar is inf past 65504, which zeroed the gradient.
+      Tensor gf = cast(g, promote_types(g.dtype(), DType::f32));
+      return {expand_back(cast(gf / static_cast<double>(count), g.dtype()), shape, dims)};
     });
   }
   return out;

@@ -234,10 +234,14 @@ Tensor Tensor::clone() const {
   return out;
 }
 
-Tensor Tensor::to(Device device) const {
+Tensor Tensor::to(Device device) const { return to(device, false); }
+
+Tensor Tensor::to(Device device, bool non_blocking) const {
   if (device == this->device()) return *this;
-  Tensor out = Tensor::empty(shape(), options().device(device));
-  copy_tensor(out, *this);
+  // A non-blocking copy to the host lands in pinned memory, which is what lets it not block.
+  Tensor out = non_blocking && device.is_cpu() ? Tensor::empty_pinned(shape(), dtype())
+                                               : Tensor::empty(shape(), options().device(device));
+  copy_tensor(out, *this, non_blocking);
   if (needs_grad({*this})) {
     Device from = this->device();
     record("to_device", out, {*this}, [from](const Tensor& g) -> std::vector<Tensor> { return {g.to(from)}; });

@@ -44,10 +44,10 @@ void CpuBackend::copy(const Tensor& dst, const Tensor& src) {
   });
 }
 
-void CpuBackend::copy_to_host(void* host_dst, const void* src, size_t nbytes, Device) {
+void CpuBackend::copy_to_host(void* host_dst, const void* src, size_t nbytes, Device, bool) {
   std::memcpy(host_dst, src, nbytes);
 }
-void CpuBackend::copy_from_host(void* dst, const void* host_src, size_t nbytes, Device) {
+void CpuBackend::copy_from_host(void* dst, const void* host_src, size_t nbytes, Device, bool) {
   std::memcpy(dst, host_src, nbytes);
 }
 

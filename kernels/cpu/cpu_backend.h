@@ -14,8 +14,8 @@ class CpuBackend final : public Backend {
   DeviceType device_type() const override { return DeviceType::cpu; }
 
   void copy(const Tensor& dst, const Tensor& src) override;
-  void copy_to_host(void* host_dst, const void* src, size_t nbytes, Device device) override;
-  void copy_from_host(void* dst, const void* host_src, size_t nbytes, Device device) override;
+  void copy_to_host(void* host_dst, const void* src, size_t nbytes, Device device, bool non_blocking) override;
+  void copy_from_host(void* dst, const void* host_src, size_t nbytes, Device device, bool non_blocking) override;
   void fill(const Tensor& out, double value) override;
   void arange(const Tensor& out, double start, double step) override;
   void random_uniform(const Tensor& out, uint64_t seed, uint64_t offset) override;
@@ -60,6 +60,12 @@ class CpuBackend final : public Backend {
   void batch_norm_backward(const Tensor& dy, const Tensor& x, const Tensor& weight,
                            const Tensor& save_mean, const Tensor& save_invstd, bool training,
                            const Tensor& dx, const Tensor& dweight, const Tensor& dbias) override;
+
+  void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& lse,
+                         double scale, bool causal) override;
+  void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& dout,
+                          const Tensor& lse, const Tensor& dq, const Tensor& dk, const Tensor& dv, double scale,
+                          bool causal) override;
 
   void sgd_update(const Tensor& p, const Tensor& g, const Tensor& buf, bool first, double lr, double momentum,
                   double weight_decay, bool nesterov) override;

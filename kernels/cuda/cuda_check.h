@@ -48,3 +48,7 @@ std::string current_cuda_device_name();
     if (hr_cuda_status_ != cudaSuccess)                                                      \
       ::headroom::throw_cuda_error(hr_cuda_status_, #__VA_ARGS__, __FILE__, __LINE__);       \
   } while (0)
+
+// After every kernel launch: a bad configuration (too many threads, too much shared memory)
+// is reported here, at the launch, rather than by some later unrelated call.
+#define HR_CUDA_KERNEL_LAUNCH_CHECK() HR_CUDA_CHECK(cudaGetLastError())

@@ -1,0 +1,128 @@
+// Fused optimizer updates on the GPU (Backend::sgd_update / adam_update).
+//
+// One grid-stride kernel per update reads p, g and the optimizer state once and writes p and
+// the state back once (all in place, =), in the parameter's dtype, computing in f32 for f32,
+// f16 and bf16 and in f64 for f64 -- the formulas of kernels/cpu/optim.cpp, term for term, with
+// the step-wide constants (decay factor, step size, 1 / sqrt(bias_correction2)) folded on the
+// host in double exactly as the CPU folds them. An update is memory-bound (a handful of flops
+// per 16-20 bytes), so the kernels are plain coalesced loops; the tensors are contiguous by
+// contract, so element i of every tensor is at offset i.
+#include "kernels/cuda/cuda_backend.h"
+#include "kernels/cuda/cuda_common.cuh"
+
+#include <cmath>
+
+namespace headroom::cuda {
+
+namespace {
+
+template <typename A>
+__device__ __forceinline__ A device_sqrt(A x) {
+  if constexpr (std::is_same_v<A, double>) {
+    return sqrt(x);
+  } else {
+    return sqrtf(x);
+  }
+}
+
+// buf is null when momentum is 0 (no state).
+template <typename T>
+__global__ void sgd_kernel(T* __restrict__ p, const T* __restrict__ g, T* __restrict__ buf, int64_t n, bool first,
+                           acc_type<T> lr, acc_type<T> momentum, acc_type<T> weight_decay, bool nesterov) {
+  using A = acc_type<T>;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const A w = convert<A>(p[i]);
+    A d = convert<A>(g[i]) + weight_decay * w;
+    if (buf != nullptr) {
+      const A b = first ? d : momentum * convert<A>(buf[i]) + d;
+      buf[i] = convert<T>(b);
+      d = nesterov ? d + momentum * b : b;
+    }
+    p[i] = convert<T>(w - lr * d);
+  }
+}
+
+template <typename T>
+__global__ void adam_kernel(T* __restrict__ p, const T* __restrict__ g, T* __restrict__ m, T* __restrict__ v,
+                            int64_t n, acc_type<T> beta1, acc_type<T> beta2, acc_type<T> eps, acc_type<T> decay,
+                            acc_type<T> l2, acc_type<T> step_size, acc_type<T> inv_sqrt_bc2) {
+  using A = acc_type<T>;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const A w = convert<A>(p[i]) * decay;
+    const A d = convert<A>(g[i]) + l2 * w;
+    const A mi = beta1 * convert<A>(m[i]) + (A(1) - beta1) * d;
+    const A vi = beta2 * convert<A>(v[i]) + (A(1) - beta2) * d * d;
+    m[i] = convert<T>(mi);
+    v[i] = convert<T>(vi);
+    p[i] = convert<T>(w - step_size * mi / (device_sqrt(vi) * inv_sqrt_bc2 + eps));
+  }
+}
+
+// Every state tensor must match the parameter: same dtype and element count, contiguous.
+void check_state(const char* op, const char* name, const Tensor& p, const Tensor& t) {
+  HR_CHECK(t.dtype() == p.dtype() && t.numel() == p.numel() && t.is_contiguous() && t.device() == p.device(),
+           ValueError, op, ": ", name, " ", describe(t), " must be contiguous and match the parameter ", describe(p));
+}
+
+template <typename T>
+void sgd_impl(const KernelScope& scope, const Tensor& p, const Tensor& g, const Tensor& buf, bool first, double lr,
+              double momentum, double weight_decay, bool nesterov) {
+  using A = acc_type<T>;
+  const int64_t n = p.numel();
+  sgd_kernel<T><<<grid_for(n), kBlock, 0, scope.stream()>>>(
+      device_data<T>(p), device_data<T>(g), buf.defined() ? device_data<T>(buf) : nullptr, n, first,
+      static_cast<A>(lr), static_cast<A>(momentum), static_cast<A>(weight_decay), nesterov);
+  HR_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+template <typename T>
+void adam_impl(const KernelScope& scope, const Tensor& p, const Tensor& g, const Tensor& m, const Tensor& v,
+               double lr, double beta1, double beta2, double eps, double weight_decay, bool decoupled,
+               double bias_correction1, double bias_correction2) {
+  using A = acc_type<T>;
+  const int64_t n = p.numel();
+  // Folded in double, then rounded to A, as on the CPU.
+  const A decay = decoupled ? static_cast<A>(1.0 - lr * weight_decay) : A(1);
+  const A l2 = decoupled ? A(0) : static_cast<A>(weight_decay);
+  const A step_size = static_cast<A>(lr / bias_correction1);
+  const A inv_sqrt_bc2 = static_cast<A>(1.0 / std::sqrt(bias_correction2));
+  adam_kernel<T><<<grid_for(n), kBlock, 0, scope.stream()>>>(
+      device_data<T>(p), device_data<T>(g), device_data<T>(m), device_data<T>(v), n, static_cast<A>(beta1),
+      static_cast<A>(beta2), static_cast<A>(eps), decay, l2, step_size, inv_sqrt_bc2);
+  HR_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+}  // namespace
+
+void CudaBackend::sgd_update(const Tensor& p, const Tensor& g, const Tensor& buf, bool first, double lr,
+                             double momentum, double weight_decay, bool nesterov) {
+  const char* op = "cuda sgd_update";
+  HR_CHECK(p.is_contiguous(), ValueError, op, ": the parameter must be contiguous, got ", describe(p));
+  check_state(op, "gradient", p, g);
+  if (buf.defined()) check_state(op, "momentum buffer", p, buf);
+  if (p.numel() == 0) return;
+  KernelScope scope(p);
+  dispatch_cuda_float(p.dtype(), op, [&](auto tag) {
+    sgd_impl<typename decltype(tag)::type>(scope, p, g, buf, first, lr, momentum, weight_decay, nesterov);
+  });
+}
+
+void CudaBackend::adam_update(const Tensor& p, const Tensor& g, const Tensor& m, const Tensor& v, double lr,
+                              double beta1, double beta2, double eps, double weight_decay, bool decoupled,
+                              double bias_correction1, double bias_correction2) {
+  const char* op = "cuda adam_update";
+  HR_CHECK(p.is_contiguous(), ValueError, op, ": the parameter must be contiguous, got ", describe(p));
+  check_state(op, "gradient", p, g);
+  check_state(op, "first moment", p, m);
+  check_state(op, "second moment", p, v);
+  if (p.numel() == 0) return;
+  KernelScope scope(p);
+  dispatch_cuda_float(p.dtype(), op, [&](auto tag) {
+    adam_impl<typename decltype(tag)::type>(scope, p, g, m, v, lr, beta1, beta2, eps, weight_decay, decoupled,
+                                            bias_correction1, bias_correction2);
+  });
+}
+
+}  // namespace headroom::cuda
