@@ -2,10 +2,13 @@
 // (The data sets and batch loader are in nn/data/data.h.)
 #pragma once
 
+#include "nn/chunked_cross_entropy.h"
 #include "nn/init.h"
+#include "nn/layers/attention.h"
 #include "nn/layers/activation.h"
 #include "nn/layers/conv.h"
 #include "nn/layers/embedding.h"
+#include "nn/layers/gpt.h"
 #include "nn/layers/linear.h"
 #include "nn/layers/norm.h"
 #include "nn/layers/pooling.h"
