@@ -1,6 +1,7 @@
 // headroom: the whole public API in one include.
 #pragma once
 
+#include "autograd/autocast.h"
 #include "autograd/autograd_meta.h"
 #include "autograd/engine.h"
 #include "autograd/functions.h"

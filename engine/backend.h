@@ -189,6 +189,13 @@ class Backend {
                            double beta1, double beta2, double eps, double weight_decay, bool decoupled,
                            double bias_correction1, double bias_correction2) = 0;
 
+  // ---- mixed precision (optim/grad_scaler.h) ----
+  // One pass over all of a step's gradients on this device: each g (contiguous, any float
+  // dtype; the list may mix dtypes) is multiplied in place by inv_scale (=), and found_inf (an
+  // f32 [1] on this device) is set to 1 when any scaled element is inf or NaN. found_inf is
+  // only ever set, never cleared: the caller zeroes it once per step.
+  virtual void unscale_and_check(const std::vector<Tensor>& grads, double inv_scale, const Tensor& found_inf) = 0;
+
   // ---- indexing ----
   // out = x gathered along dim at index (i64, 1-d). Throws ValueError on an index out of range.
   virtual void index_select(const Tensor& x, int64_t dim, const Tensor& index, const Tensor& out) = 0;

@@ -6,7 +6,9 @@
 // keep only what they need: conv2d saves the input only when the weight needs a gradient and
 // the weight only when the input does; max pooling saves the winners' indices, not the input;
 // average pooling saves nothing but shapes. The bias gradient is the sum of dout over N, H, W.
-// 3-d inputs [C, H, W] are accepted as one image.
+// 3-d inputs [C, H, W] are accepted as one image. Under autocast conv2d runs in the scope's low
+// dtype (autograd/autocast.h); pooling follows its input.
+#include "autograd/autocast.h"
 #include "autograd/functions/internal.h"
 
 namespace headroom {
@@ -47,6 +49,8 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, const C
   check_floating("conv2d", x, "input");
   check_floating("conv2d", weight, "weight");
   if (bias.defined()) check_floating("conv2d", bias, "bias");
+  if (DType low; autocast_target(AutocastOp::conv2d, {&x, &weight, &bias}, &low))
+    return conv2d(autocast_cast(x, low), autocast_cast(weight, low), autocast_cast(bias, low), p);
   if (x.dim() == 3) return as_batch_of_one(x, [&](const Tensor& x4) { return conv2d(x4, weight, bias, p); });
   HR_CHECK(x.dim() == 4, ShapeError, "conv2d: expected a 4-d input [N, C, H, W], got ", shape_str(x.shape()));
   HR_CHECK(weight.dim() == 4, ShapeError, "conv2d: expected a 4-d weight [O, C / groups, KH, KW], got ",

@@ -1,6 +1,8 @@
-// Elementwise ops and their gradients.
+// Elementwise ops and their gradients. Under autocast (autograd/autocast.h) exp, log and pow
+// upcast 16-bit inputs to f32; the others follow their inputs.
 #include <cmath>
 
+#include "autograd/autocast.h"
 #include "autograd/functions/internal.h"
 
 namespace headroom {
@@ -161,6 +163,8 @@ Tensor div(const Tensor& a, const Tensor& b) {
 }
 
 Tensor pow(const Tensor& a, const Tensor& b) {
+  if (DType f32; autocast_target(AutocastOp::pow, {&a, &b}, &f32))
+    return pow(autocast_cast(a, f32), autocast_cast(b, f32));
   Tensor out = binary_raw(BinaryOp::pow, a, b);
   if (needs_grad({a, b})) {
     SavedTensor sa(a, "pow"), sb(b, "pow"), so(out, "pow");
@@ -179,6 +183,7 @@ Tensor pow(const Tensor& a, const Tensor& b) {
 }
 
 Tensor pow(const Tensor& a, double exponent) {
+  if (DType f32; autocast_target(AutocastOp::pow, {&a}, &f32)) return pow(autocast_cast(a, f32), exponent);
   Tensor out = binary_raw(BinaryOp::pow, a, scalar_like(a, exponent));
   if (needs_grad({a})) {
     SavedTensor sa(a, "pow");
@@ -223,6 +228,7 @@ Tensor neg(const Tensor& x) {
 }
 
 Tensor exp(const Tensor& x) {
+  if (DType f32; autocast_target(AutocastOp::exp, {&x}, &f32)) return exp(autocast_cast(x, f32));
   Tensor out = unary_raw(UnaryOp::exp, x);
   if (needs_grad({x})) {
     SavedTensor so(out, "exp");
@@ -232,6 +238,7 @@ Tensor exp(const Tensor& x) {
 }
 
 Tensor log(const Tensor& x) {
+  if (DType f32; autocast_target(AutocastOp::log, {&x}, &f32)) return log(autocast_cast(x, f32));
   Tensor out = unary_raw(UnaryOp::log, x);
   if (needs_grad({x})) {
     SavedTensor sx(x, "log");

@@ -9,10 +9,14 @@
 // broadcast batch dims. A 2-d right operand broadcast over a batch whose rows stack into one
 // matrix is folded into M first, so forward and both gradients are single gemms.
 //
+// Under autocast (autograd/autocast.h) both run in the scope's low dtype: the operands are cast
+// first (parameters through the cast cache) and the op re-enters with them.
+//
 // linear(x, W, b) = x @ W^T + b runs as one gemm on x seen as [rows, in] with W^T a view and
 // the bias pre-written into the output (beta = 1).
 #include <numeric>
 
+#include "autograd/autocast.h"
 #include "autograd/functions/internal.h"
 
 namespace headroom {
@@ -142,6 +146,8 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
                shape_str(a.shape()), " and ", shape_str(b.shape()));
     }
   }
+  if (DType low; autocast_target(AutocastOp::matmul, {&a, &b}, &low))
+    return matmul(autocast_cast(a, low), autocast_cast(b, low));
   const DType dtype = promote_types(a.dtype(), b.dtype());
   if (a.dtype() != dtype || b.dtype() != dtype) return matmul(cast(a, dtype), cast(b, dtype));
   if (a.dim() == 1 && b.dim() == 1) return reshape(matmul_nd(a.unsqueeze(0), b.unsqueeze(1)), {});
@@ -164,6 +170,8 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
   HR_CHECK(!bias.defined() || (bias.dim() == 1 && bias.size(0) == out_features), ShapeError, "linear: bias ",
            shape_str(bias.defined() ? bias.shape() : Shape{}), " does not match weight ", shape_str(weight.shape()),
            " (expected ", shape_str({out_features}), ")");
+  if (DType low; autocast_target(AutocastOp::linear, {&x, &weight, &bias}, &low))
+    return linear(autocast_cast(x, low), autocast_cast(weight, low), autocast_cast(bias, low));
   DType dtype = promote_types(x.dtype(), weight.dtype());
   if (bias.defined()) dtype = promote_types(dtype, bias.dtype());
   if (x.dtype() != dtype || weight.dtype() != dtype || (bias.defined() && bias.dtype() != dtype))

@@ -8,8 +8,14 @@
 // [C] f32 statistics, dropout a one-byte keep mask. Outputs are saved through a detached alias,
 // so that a graph dropped before backward does not keep itself alive through its own output.
 // mse_loss and embedding are composites of ops that already have gradients.
+//
+// Under autocast (autograd/autocast.h) softmax, log_softmax, cross_entropy, mse_loss and
+// layer_norm upcast 16-bit inputs to f32 first. batch_norm casts nothing (policy f32_params): a
+// 16-bit input runs with the f32 weight, bias and running statistics as they are, the kernels
+// computing in f32, and the output keeps the input's dtype.
 #include <cmath>
 
+#include "autograd/autocast.h"
 #include "autograd/functions/internal.h"
 
 namespace headroom {
@@ -38,6 +44,8 @@ DType stat_dtype(DType d) { return d == DType::f64 ? DType::f64 : DType::f32; }
 Tensor softmax_impl(const Tensor& x, int64_t dim, bool log) {
   const char* op = log ? "log_softmax" : "softmax";
   check_floating(op, x);
+  if (DType f32; autocast_target(log ? AutocastOp::log_softmax : AutocastOp::softmax, {&x}, &f32))
+    return softmax_impl(autocast_cast(x, f32), dim, log);
   const int64_t d = x.dim() == 0 ? wrap_dim(dim, 1, op) : wrap_dim(dim, x.dim(), op);
   Tensor xc = contiguous_raw(x);
   Tensor out = empty_like(xc);
@@ -67,6 +75,8 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& target, const std::stri
   const char* op = "cross_entropy";
   check_reduction(op, reduction);
   check_floating(op, logits, "logits");
+  if (DType f32; autocast_target(AutocastOp::cross_entropy, {&logits}, &f32))
+    return cross_entropy(autocast_cast(logits, f32), target, reduction, ignore_index);
   HR_CHECK(logits.dim() == 2, ShapeError, op, ": logits must be [N, C], got ", describe(logits));
   HR_CHECK(target.dim() == 1, ShapeError, op, ": target must be [N] class indices, got ", describe(target));
   HR_CHECK(is_integral(target.dtype()) && target.dtype() != DType::boolean, DTypeError, op,
@@ -150,6 +160,8 @@ Tensor mse_loss(const Tensor& input, const Tensor& target, const std::string& re
   check_reduction(op, reduction);
   check_floating(op, input, "input");
   check_floating(op, target, "target");
+  if (DType f32; autocast_target(AutocastOp::mse_loss, {&input, &target}, &f32))
+    return mse_loss(autocast_cast(input, f32), autocast_cast(target, f32), reduction);
   HR_CHECK(input.shape() == target.shape(), ShapeError, op, ": input ", shape_str(input.shape()), " and target ",
            shape_str(target.shape()), " differ in shape");
   check_same_device(op, {input, target});
@@ -164,6 +176,9 @@ Tensor layer_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& 
                   double eps) {
   const char* op = "layer_norm";
   check_floating(op, x);
+  if (DType f32; autocast_target(AutocastOp::layer_norm, {&x, &weight, &bias}, &f32))
+    return layer_norm(autocast_cast(x, f32), normalized_shape, autocast_cast(weight, f32), autocast_cast(bias, f32),
+                      eps);
   const auto k = static_cast<int64_t>(normalized_shape.size());
   HR_CHECK(k > 0, ValueError, op, ": normalized_shape must name at least one dim");
   bool fits = k <= x.dim();
@@ -223,6 +238,10 @@ Tensor batch_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, con
                   const Tensor& running_var, bool training, double momentum, double eps) {
   const char* op = "batch_norm";
   check_floating(op, x);
+  // Policy f32_params: never true today; kept so that the table alone decides.
+  if (DType to; autocast_target(AutocastOp::batch_norm, {&x, &weight, &bias}, &to))
+    return batch_norm(autocast_cast(x, to), autocast_cast(weight, to), autocast_cast(bias, to), running_mean,
+                      running_var, training, momentum, eps);
   HR_CHECK(x.dim() >= 2, ShapeError, op, ": input must be [N, C, ...], got ", describe(x));
   const int64_t n = x.size(0), c = x.size(1);
   const int64_t s = c == 0 ? 0 : x.numel() / std::max<int64_t>(n * c, 1);

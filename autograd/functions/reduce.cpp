@@ -1,7 +1,9 @@
-// Reductions and their gradients.
+// Reductions and their gradients. Under autocast (autograd/autocast.h) sum and mean of 16-bit
+// inputs run in f32; amax/amin follow their input (exact in any dtype).
 #include <algorithm>
 #include <cmath>
 
+#include "autograd/autocast.h"
 #include "autograd/functions/internal.h"
 
 namespace headroom {
@@ -71,6 +73,7 @@ Tensor expand_back(const Tensor& g, const Shape& in_shape, const std::vector<int
 }  // namespace
 
 Tensor sum(const Tensor& x, const std::vector<int64_t>& dims_in, bool keepdim) {
+  if (DType f32; autocast_target(AutocastOp::sum, {&x}, &f32)) return sum(autocast_cast(x, f32), dims_in, keepdim);
   Tensor out = reduce_raw(ReduceOp::sum, x, dims_in, keepdim);
   if (needs_grad({x})) {
     std::vector<int64_t> dims = reduction_dims(x, dims_in, "sum");
@@ -83,6 +86,7 @@ Tensor sum(const Tensor& x, const std::vector<int64_t>& dims_in, bool keepdim) {
 }
 
 Tensor mean(const Tensor& x, const std::vector<int64_t>& dims_in, bool keepdim) {
+  if (DType f32; autocast_target(AutocastOp::mean, {&x}, &f32)) return mean(autocast_cast(x, f32), dims_in, keepdim);
   Tensor out = reduce_raw(ReduceOp::mean, x, dims_in, keepdim);
   if (needs_grad({x})) {
     std::vector<int64_t> dims = reduction_dims(x, dims_in, "mean");

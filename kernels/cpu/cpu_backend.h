@@ -1,7 +1,7 @@
 // The CPU backend: every Backend op on host memory. One op family a file in this folder
 // (copy.cpp, elementwise.cpp, reduce.cpp, matmul.cpp, conv.cpp, pool.cpp, softmax.cpp,
-// norm.cpp, index.cpp, optim.cpp). f16 and bf16 are converted to f32 per element, computed,
-// and rounded back; reductions accumulate in f32 (f64 for f64). Large loops are split over
+// norm.cpp, index.cpp, optim.cpp, amp.cpp). f16 and bf16 are converted to f32 per element,
+// computed, and rounded back; reductions accumulate in f32 (f64 for f64). Large loops are split over
 // the cores by parallel_for (parallel.cpp); matmul goes through OpenBLAS.
 #pragma once
 
@@ -72,6 +72,8 @@ class CpuBackend final : public Backend {
   void adam_update(const Tensor& p, const Tensor& g, const Tensor& m, const Tensor& v, double lr, double beta1,
                    double beta2, double eps, double weight_decay, bool decoupled, double bias_correction1,
                    double bias_correction2) override;
+
+  void unscale_and_check(const std::vector<Tensor>& grads, double inv_scale, const Tensor& found_inf) override;
 
   void index_select(const Tensor& x, int64_t dim, const Tensor& index, const Tensor& out) override;
   void index_add(const Tensor& out, int64_t dim, const Tensor& index, const Tensor& src) override;

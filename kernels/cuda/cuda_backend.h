@@ -10,6 +10,7 @@
 //   layer_norm.cu  layer norm
 //   batch_norm.cpp cuDNN batch norm
 //   optim.cu       fused SGD and Adam updates
+//   amp.cu         fused unscale-and-check of gradients (GradScaler)
 //   index.cu       index_select, index_add
 //   attention.cu   fused causal attention (online softmax, no T x T scores)
 //   streams.cpp    synchronisation and events (engine/event.h)
@@ -103,6 +104,8 @@ class CudaBackend final : public Backend {
   void adam_update(const Tensor& p, const Tensor& g, const Tensor& m, const Tensor& v, double lr, double beta1,
                    double beta2, double eps, double weight_decay, bool decoupled, double bias_correction1,
                    double bias_correction2) override;
+
+  void unscale_and_check(const std::vector<Tensor>& grads, double inv_scale, const Tensor& found_inf) override;
 
   void index_select(const Tensor& x, int64_t dim, const Tensor& index, const Tensor& out) override;
   void index_add(const Tensor& out, int64_t dim, const Tensor& index, const Tensor& src) override;
