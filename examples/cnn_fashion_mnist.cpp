@@ -1,8 +1,8 @@
 // A small convolutional network on Fashion-MNIST: convolution, pooling and (optionally) batch
-// normalisation trained end to end on headroom's public API.
+// or group normalisation trained end to end on headroom's public API.
 //
-//   conv 1->C1 3x3 pad 1 [BN] ReLU maxpool2   28x28 -> 14x14
-//   conv C1->C2 3x3 pad 1 [BN] ReLU maxpool2  14x14 -> 7x7
+//   conv 1->C1 3x3 pad 1 [BN|GN] ReLU maxpool2   28x28 -> 14x14
+//   conv C1->C2 3x3 pad 1 [BN|GN] ReLU maxpool2  14x14 -> 7x7
 //   flatten, linear C2*49->128, ReLU, linear 128->10
 //
 // Adam, lr 4e-3 decayed to 0 by a per-step cosine, batch 128, 3 epochs: about 0.91 test
@@ -12,19 +12,28 @@
 //
 //   ./cnn_fashion_mnist                      # defaults
 //   ./cnn_fashion_mnist --channels 32 --batch-norm=false --lr 0.001
+//   ./cnn_fashion_mnist --batch-size 1024 --memory-limit 64MiB --micro-batches auto
+//
+// Under --micro-batches, BatchNorm normalises each micro-batch with its own statistics, which
+// changes training (docs/batch-splitting.md); --group-norm uses GroupNorm (per-sample statistics,
+// unchanged by splitting) instead.
+#include <numeric>
+
 #include "examples/common.h"
+#include "nn/layers/group_norm.h"
 
 using namespace headroom;
 
 namespace {
 
-std::shared_ptr<nn::Sequential> make_cnn(int64_t c1, bool batch_norm) {
+std::shared_ptr<nn::Sequential> make_cnn(int64_t c1, bool batch_norm, bool group_norm) {
   const int64_t c2 = 2 * c1;
   auto model = std::make_shared<nn::Sequential>();
   for (auto [in, out] : {std::pair{int64_t{1}, c1}, std::pair{c1, c2}}) {
     model->push_back(std::make_shared<nn::Conv2d>(in, out, /*kernel=*/3, /*stride=*/1, /*padding=*/1,
-                                                  /*groups=*/1, /*bias=*/!batch_norm));
-    if (batch_norm) model->push_back(std::make_shared<nn::BatchNorm2d>(out));
+                                                  /*groups=*/1, /*bias=*/!batch_norm && !group_norm));
+    if (group_norm) model->push_back(std::make_shared<nn::GroupNorm>(std::gcd(out, int64_t{8}), out));
+    else if (batch_norm) model->push_back(std::make_shared<nn::BatchNorm2d>(out));
     model->push_back(std::make_shared<nn::ReLU>());
     model->push_back(std::make_shared<nn::MaxPool2d>(2));
   }
@@ -43,11 +52,13 @@ int main(int argc, char** argv) {
   cfg.lr = 4e-3;
   int64_t channels = 16;
   bool batch_norm = true;
+  bool group_norm = false;
   examples::Flags flags("cnn_fashion_mnist", "Trains a two-conv-layer CNN on Fashion-MNIST with Adam.");
   examples::add_training_flags(flags, cfg);
   flags.add("channels", &channels, "channels of the first conv (the second has twice as many)",
             examples::at_least<int64_t>(1));
   flags.add("batch-norm", &batch_norm, "BatchNorm2d after each conv (--batch-norm=false: none)");
+  flags.add("group-norm", &group_norm, "GroupNorm (8 groups) after each conv instead of BatchNorm2d");
   if (auto code = flags.parse(argc, argv)) return *code;
 
   return examples::run_reporting_errors([&] {
@@ -55,20 +66,26 @@ int main(int argc, char** argv) {
     manual_seed(static_cast<uint64_t>(cfg.seed));
     examples::MemoryReporting memory(cfg, device, "CNN on Fashion-MNIST");
 
-    auto model = make_cnn(channels, batch_norm);
+    auto model = make_cnn(channels, batch_norm, group_norm);
     model->to(device);
     examples::print_model(*model);
     auto [train, test] = examples::load_data(cfg);
     optim::Adam optimizer(model->parameters(), cfg.lr);
     data::BatchLoader loader(train, cfg.batch_size, /*shuffle=*/true, static_cast<uint64_t>(cfg.seed));
     auto schedule = examples::make_schedule(cfg, optimizer, loader.num_batches());
+    examples::Precision precision = examples::make_precision(cfg);
+    auto splitter = examples::make_splitter(cfg, optimizer, *model, precision.scaler.get());
 
     std::vector<examples::EpochStats> history;
     for (int64_t epoch = 0; epoch < cfg.epochs; ++epoch)
-      history.push_back(examples::train_one_epoch(*model, optimizer, schedule.get(), loader, device, epoch, cfg.epochs));
+      history.push_back(examples::train_one_epoch(*model, *splitter, schedule.get(), loader, device, epoch, cfg.epochs,
+                                                        precision.autocast));
 
-    const double accuracy = examples::evaluate(*model, test, /*batch_size=*/500, device);
+    const double accuracy = examples::evaluate(*model, test, /*batch_size=*/500, device,
+                                                 /*halve_on_oom=*/cfg.micro_batches == "auto");
     memory.print_peaks();
+    examples::print_batch_splitting(cfg, *splitter);
+    examples::print_precision(cfg, precision);
     examples::print_results(history, accuracy);
     return 0;
   });

@@ -31,6 +31,7 @@
 #include "headroom.h"
 #include "nn/data/data.h"
 #include "nn/nn.h"
+#include "optim/batch_split.h"
 #include "optim/optim.h"
 
 namespace headroom::examples {
@@ -193,6 +194,8 @@ struct TrainConfig {
   std::string lr_schedule = "cosine";  // or "constant"
   std::string memory_limit;   // "" : HEADROOM_MEMORY_LIMIT or none
   std::string memory_report;  // "" : no report
+  std::string micro_batches = "1";  // a count, or "auto" (optim/batch_split.h)
+  std::string precision = "f32";    // f32, f16 or bf16 (docs/mixed-precision.md)
 };
 
 inline void add_training_flags(Flags& flags, TrainConfig& cfg) {
@@ -218,6 +221,21 @@ inline void add_training_flags(Flags& flags, TrainConfig& cfg) {
             }));
   flags.add("memory-report", &cfg.memory_report,
             "write stats.json, snapshot.json, trace.json, trace.chrome.json and timeline.html to this folder");
+  flags.add("precision", &cfg.precision,
+            "f32, f16 (autocast + dynamic loss scaling) or bf16 (autocast); master weights stay f32",
+            Flags::Check<std::string>([](const std::string& v) {
+              return v == "f32" || v == "f16" || v == "bf16" ? std::string() : std::string("expected f32, f16 or bf16");
+            }));
+  flags.add("micro-batches", &cfg.micro_batches,
+            "run each batch as N micro-batches (gradient accumulation), or auto: split when out of memory",
+            Flags::Check<std::string>([](const std::string& v) {
+              try {
+                optim::parse_micro_batches(v, "--micro-batches");
+                return std::string();
+              } catch (const Error& e) {
+                return std::string(e.what());
+              }
+            }));
 }
 
 // ---- memory ----
@@ -273,6 +291,68 @@ inline std::unique_ptr<optim::LRScheduler> make_schedule(const TrainConfig& cfg,
                                                          int64_t steps_per_epoch) {
   if (cfg.lr_schedule == "constant") return nullptr;
   return std::make_unique<optim::CosineWithWarmup>(optimizer, /*warmup_steps=*/0, cfg.epochs * steps_per_epoch);
+}
+
+// ---- mixed precision ----
+
+// --precision: the autocast dtype (none for f32) and, for f16, the loss scaler. bf16 has f32's
+// exponent range and needs no scaling (docs/mixed-precision.md).
+struct Precision {
+  std::optional<DType> autocast;
+  std::unique_ptr<optim::GradScaler> scaler;  // f16 only
+};
+
+inline Precision make_precision(const TrainConfig& cfg) {
+  Precision p;
+  if (cfg.precision == "f16") p.autocast = DType::f16;
+  if (cfg.precision == "bf16") p.autocast = DType::bf16;
+  if (cfg.precision == "f16") p.scaler = std::make_unique<optim::GradScaler>();
+  return p;
+}
+
+// "precision: f16 autocast, loss scale 32768, 1 step skipped on overflow"
+inline void print_precision(const TrainConfig& cfg, const Precision& p) {
+  if (!p.autocast) return;
+  std::cout << "precision: " << cfg.precision << " autocast, f32 master weights";
+  if (p.scaler)
+    std::cout << ", loss scale " << p.scaler->scale() << ", " << p.scaler->skipped_steps()
+              << (p.scaler->skipped_steps() == 1 ? " step" : " steps") << " skipped on overflow";
+  std::cout << "\n";
+}
+
+// ---- batch splitting ----
+
+// The step runner for --micro-batches: every training step goes through it (one micro-batch is
+// the plain step). Automatic splitting announces each split on stdout. With a loss scaler, every
+// micro-batch's loss is scaled by the step's one scale and the optimizer step goes through the
+// scaler (skipped on inf/NaN, then the scale is updated).
+inline std::unique_ptr<optim::BatchSplitter> make_splitter(const TrainConfig& cfg, optim::Optimizer& optimizer,
+                                                           nn::Module& model, optim::GradScaler* scaler = nullptr) {
+  optim::BatchSplitter::Options options;
+  options.log = &std::cout;
+  if (scaler) {
+    options.scale_loss = [scaler](const Tensor& loss) { return scaler->scale(loss); };
+    options.optimizer_step = [scaler](optim::Optimizer& o) {
+      scaler->step(o);
+      scaler->update();
+    };
+  }
+  return std::make_unique<optim::BatchSplitter>(optimizer, optim::parse_micro_batches(cfg.micro_batches), &model,
+                                                options);
+}
+
+// "batch splitting (auto): micro-batches of 256 samples (4 per batch of 1024), 2 out-of-memory
+// errors recovered" -- printed when --micro-batches asked for splitting.
+inline void print_batch_splitting(const TrainConfig& cfg, const optim::BatchSplitter& splitter) {
+  if (cfg.micro_batches == "1") return;
+  // A fixed count splits every batch alike; auto remembers the size that fitted. (The last
+  // batch of an epoch may be smaller: its micro-batches are not the ones to report.)
+  const int64_t k = cfg.micro_batches == "auto" ? 0 : optim::parse_micro_batches(cfg.micro_batches);
+  const int64_t m = k > 0 ? (cfg.batch_size + k - 1) / k
+                          : (splitter.micro_batch_size() > 0 ? splitter.micro_batch_size() : cfg.batch_size);
+  std::cout << "batch splitting (" << cfg.micro_batches << "): micro-batches of " << m << " samples ("
+            << (cfg.batch_size + m - 1) / m << " per batch of " << cfg.batch_size << "), "
+            << splitter.ooms_recovered() << " out-of-memory errors recovered\n";
 }
 
 // Runs a program body, turning an escaping exception into "error: <message>" and exit code 1.
@@ -372,11 +452,12 @@ struct EpochStats {
   int64_t images = 0;
 };
 
-// One pass over the loader: cross-entropy, backward, optimizer step per batch, with a progress
-// line; a schedule, if given, steps after each optimizer step. epoch is 0-based (it seeds the
-// loader's shuffle).
-inline EpochStats train_one_epoch(nn::Module& model, optim::Optimizer& optimizer, optim::LRScheduler* schedule,
-                                  data::BatchLoader& loader, Device device, int64_t epoch, int64_t epochs) {
+// One pass over the loader: cross-entropy, backward, optimizer step per batch (through the
+// splitter, which may run a batch as micro-batches), with a progress line; a schedule, if given,
+// steps after each optimizer step. epoch is 0-based (it seeds the loader's shuffle).
+inline EpochStats train_one_epoch(nn::Module& model, optim::BatchSplitter& splitter, optim::LRScheduler* schedule,
+                                  data::BatchLoader& loader, Device device, int64_t epoch, int64_t epochs,
+                                  std::optional<DType> autocast = std::nullopt) {
   model.train();
   loader.start_epoch(epoch);
   ProgressBar progress(epoch + 1, epochs, loader.num_batches());
@@ -387,19 +468,23 @@ inline EpochStats train_one_epoch(nn::Module& model, optim::Optimizer& optimizer
   while (loader.next(images, labels)) {
     images = images.to(device);
     labels = labels.to(device);
-    Tensor logits = model(images);
-    Tensor loss = cross_entropy(logits, labels);
-    optimizer.zero_grad();
-    loss.backward();
-    optimizer.step();
+    AutocastCacheScope step_cache;  // each weight cast to 16 bits once per step, over all micro-batches
+    optim::SplitStepResult step = splitter.step(images, labels, [&](const Tensor& x, const Tensor& y) {
+      AutocastGuard amp(device, autocast.value_or(DType::f16), autocast.has_value());  // forward only
+      Tensor logits = model(x);
+      return optim::MicroBatchOutput{cross_entropy(logits, y), logits};
+    });
     if (schedule) schedule->step();
 
     const int64_t b = labels.size(0);
-    loss_sum += loss.item<double>() * static_cast<double>(b);
-    correct += count_correct(logits, labels);
+    loss_sum += step.loss * static_cast<double>(b);
+    correct += count_correct(step.output, labels);
     seen += b;
     ++batches;
     progress.update(batches, seen, loss_sum / static_cast<double>(seen), static_cast<double>(correct) / static_cast<double>(seen));
+    // Let go of this batch before the loader makes the next, so two batches are never held.
+    images = Tensor();
+    labels = Tensor();
   }
   EpochStats stats;
   stats.images = seen;
@@ -411,17 +496,33 @@ inline EpochStats train_one_epoch(nn::Module& model, optim::Optimizer& optimizer
 }
 
 // Accuracy over a whole data set, in batches, in eval mode and without recording history; the
-// model's training mode is restored afterwards.
-inline double evaluate(nn::Module& model, const data::Dataset& dataset, int64_t batch_size, Device device) {
+// model's training mode is restored afterwards. With halve_on_oom (--micro-batches auto), a pass
+// that runs out of memory starts over with half the batch size (evaluation holds no state, so
+// there is nothing to put back; the loader's batches shrink too).
+inline double evaluate(nn::Module& model, const data::Dataset& dataset, int64_t batch_size, Device device,
+                       bool halve_on_oom = false) {
   const bool was_training = model.is_training();
   model.eval();
   NoGradGuard no_grad;
-  data::BatchLoader loader(dataset, batch_size, /*shuffle=*/false, /*seed=*/0);
   int64_t correct = 0, seen = 0;
-  Tensor images, labels;
-  while (loader.next(images, labels)) {
-    correct += count_correct(model(images.to(device)), labels);
-    seen += labels.size(0);
+  for (int64_t b = batch_size;; b = (b + 1) / 2) {
+    correct = seen = 0;
+    try {
+      data::BatchLoader loader(dataset, b, /*shuffle=*/false, /*seed=*/0);
+      Tensor images, labels;
+      while (loader.next(images, labels)) {
+        correct += count_correct(model(images.to(device)), labels);
+        seen += labels.size(0);
+      }
+      break;
+    } catch (const OutOfMemoryError&) {
+      if (!halve_on_oom || b == 1) {
+        model.train(was_training);
+        throw;
+      }
+      caching_allocator(device).empty_cache();
+      std::cout << "evaluation: batch of " << b << " ran out of memory, starting over with " << (b + 1) / 2 << "\n";
+    }
   }
   model.train(was_training);
   return seen ? static_cast<double>(correct) / static_cast<double>(seen) : 0;

@@ -42,13 +42,19 @@ int main(int argc, char** argv) {
     optim::Adam optimizer(model->parameters(), cfg.lr);
     data::BatchLoader loader(train, cfg.batch_size, /*shuffle=*/true, static_cast<uint64_t>(cfg.seed));
     auto schedule = examples::make_schedule(cfg, optimizer, loader.num_batches());
+    examples::Precision precision = examples::make_precision(cfg);
+    auto splitter = examples::make_splitter(cfg, optimizer, *model, precision.scaler.get());
 
     std::vector<examples::EpochStats> history;
     for (int64_t epoch = 0; epoch < cfg.epochs; ++epoch)
-      history.push_back(examples::train_one_epoch(*model, optimizer, schedule.get(), loader, device, epoch, cfg.epochs));
+      history.push_back(examples::train_one_epoch(*model, *splitter, schedule.get(), loader, device, epoch, cfg.epochs,
+                                                        precision.autocast));
 
-    const double accuracy = examples::evaluate(*model, test, /*batch_size=*/1000, device);
+    const double accuracy = examples::evaluate(*model, test, /*batch_size=*/1000, device,
+                                                 /*halve_on_oom=*/cfg.micro_batches == "auto");
     memory.print_peaks();
+    examples::print_batch_splitting(cfg, *splitter);
+    examples::print_precision(cfg, precision);
     examples::print_results(history, accuracy);
     return 0;
   });

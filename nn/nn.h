@@ -9,6 +9,7 @@
 #include "nn/layers/conv.h"
 #include "nn/layers/embedding.h"
 #include "nn/layers/gpt.h"
+#include "nn/layers/group_norm.h"
 #include "nn/layers/linear.h"
 #include "nn/layers/norm.h"
 #include "nn/layers/pooling.h"

@@ -2,6 +2,7 @@
 #pragma once
 
 #include "optim/adam.h"
+#include "optim/batch_split.h"
 #include "optim/clip.h"
 #include "optim/grad_scaler.h"
 #include "optim/lr_scheduler.h"

@@ -4,7 +4,7 @@
 // batch's statistics and updates the running ones (momentum, unbiased variance) and counts
 // num_batches_tracked; in eval it uses the running statistics. All three are buffers, so they
 // are saved, loaded and moved with the model. Memory note: the statistics depend on the batch,
-// so splitting a batch into micro-batches changes BatchNorm's result (docs/ on batch splitting).
+// so splitting a batch into micro-batches changes BatchNorm's result (docs/batch-splitting.md).
 // LayerNorm: normalises over the trailing normalized_shape dims of each sample.
 #pragma once
 

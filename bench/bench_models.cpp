@@ -1,0 +1,301 @@
+// The preset table and the workloads (bench_models.h). One function builds each model family;
+// the table below is the only place a preset's numbers are written down.
+#include "bench/bench_models.h"
+
+#include <algorithm>
+#include <random>
+#include <set>
+
+namespace headroom::bench {
+
+std::string Preset::technique() const {
+  std::string t = kind == ModelKind::gpt ? std::string(attention_impl_name(gpt.attention)) + " attention" : "none";
+  if (micro_batches > 1) t = (t == "none" ? "" : t + ", ") + str_cat(micro_batches, " micro-batches");
+  return t;
+}
+
+std::string Preset::precision_label() const {
+  return dtype == DType::f32 ? "f32" : std::string(dtype_name(dtype)) + " autocast";
+}
+
+namespace {
+std::string precision_words(DType dtype) {
+  if (dtype == DType::f32) return "f32";
+  return str_cat(dtype_name(dtype), " autocast", dtype == DType::f16 ? " + loss scaling" : "");
+}
+std::string split_words(int64_t k) { return k > 1 ? str_cat(", ", k, " micro-batches") : std::string(); }
+std::string split_suffix(int64_t k) { return k > 1 ? str_cat("-mb", k) : std::string(); }
+}  // namespace
+
+namespace {
+
+Preset gpt2_small(DType dtype, AttentionImpl attention, int64_t micro_batches = 1) {
+  Preset p;
+  p.micro_batches = micro_batches;
+  p.kind = ModelKind::gpt;
+  p.model = "gpt2-small";
+  p.gpt = nn::GPTConfig::gpt2_small();
+  p.gpt.attention = attention;
+  p.batch = 8;
+  p.seq_len = 1024;
+  p.token_range = 50257;
+  p.dtype = dtype;
+  p.name = str_cat("gpt2-small-", dtype_name(dtype), "-", attention_impl_name(attention), split_suffix(micro_batches));
+  p.description = str_cat("GPT-2 small (124M, 12x768, vocab 50304), B=8 T=1024, ", precision_words(dtype), ", ",
+                          attention_impl_name(attention), " attention", split_words(micro_batches), ", AdamW");
+  return p;
+}
+
+Preset gpt_tiny(DType dtype, AttentionImpl attention, int64_t micro_batches = 1) {
+  Preset p;
+  p.micro_batches = micro_batches;
+  p.kind = ModelKind::gpt;
+  p.model = "gpt-tiny";
+  p.gpt.vocab_size = 512;
+  p.gpt.block_size = 128;
+  p.gpt.n_layer = 2;
+  p.gpt.n_head = 4;
+  p.gpt.n_embd = 128;
+  p.gpt.attention = attention;
+  p.batch = 4;
+  p.seq_len = 128;
+  p.token_range = 512;
+  p.dtype = dtype;
+  p.cpu_sized = true;
+  p.name = str_cat("gpt-tiny-cpu-", dtype_name(dtype), "-", attention_impl_name(attention), split_suffix(micro_batches));
+  p.description = str_cat("small GPT (2x128, 4 heads, vocab 512), B=4 T=128, ", precision_words(dtype), ", ",
+                          attention_impl_name(attention), " attention", split_words(micro_batches), ", AdamW");
+  return p;
+}
+
+Preset mlp(bool small, DType dtype = DType::f32, int64_t micro_batches = 1) {
+  Preset p;
+  p.dtype = dtype;
+  p.micro_batches = micro_batches;
+  p.kind = ModelKind::mlp;
+  p.model = small ? "mlp-small" : "mlp";
+  p.widths = small ? std::vector<int64_t>{784, 512, 512, 512, 10} : std::vector<int64_t>{784, 4096, 4096, 4096, 10};
+  p.batch = small ? 256 : 4096;
+  p.cpu_sized = small;
+  p.name = str_cat(small ? "mlp-cpu-" : "mlp-", dtype_name(dtype), split_suffix(micro_batches));
+  p.description = str_cat(small ? "MLP 784-512-512-512-10, batch 256, " : "MLP 784-4096-4096-4096-10, batch 4096, ",
+                          precision_words(dtype), split_words(micro_batches), ", SGD momentum");
+  return p;
+}
+
+Preset resnet18(bool small, DType dtype = DType::f32, int64_t micro_batches = 1) {
+  Preset p;
+  p.dtype = dtype;
+  p.micro_batches = micro_batches;
+  p.kind = ModelKind::resnet18;
+  p.model = small ? "resnet18-small" : "resnet18";
+  p.base_width = small ? 16 : 64;
+  p.batch = small ? 16 : 256;
+  p.cpu_sized = small;
+  p.name = str_cat(small ? "resnet18-cpu-" : "resnet18-", dtype_name(dtype), split_suffix(micro_batches));
+  p.description = str_cat(small ? "ResNet-18 at quarter width (16..128 channels), 3x32x32, batch 16, "
+                                : "ResNet-18 (CIFAR stem, 64..512 channels), 3x32x32, batch 256, ",
+                          precision_words(dtype), split_words(micro_batches), ", SGD momentum");
+  return p;
+}
+
+std::vector<Preset> build_presets() {
+  std::vector<Preset> v;
+  for (DType dt : {DType::f32, DType::f16, DType::bf16})
+    for (AttentionImpl a : {AttentionImpl::naive, AttentionImpl::fused}) v.push_back(gpt2_small(dt, a));
+  v.push_back(gpt2_small(DType::f16, AttentionImpl::naive, 4));  // DESIGN.md: "4 micro-batches of 2"
+  v.push_back(mlp(false));
+  v.push_back(mlp(false, DType::bf16));
+  v.push_back(resnet18(false));
+  v.push_back(resnet18(false, DType::bf16));
+  v.push_back(resnet18(false, DType::f32, 4));
+  v.push_back(gpt_tiny(DType::f32, AttentionImpl::naive));
+  v.push_back(gpt_tiny(DType::f32, AttentionImpl::fused));
+  v.push_back(gpt_tiny(DType::f16, AttentionImpl::fused));
+  v.push_back(gpt_tiny(DType::bf16, AttentionImpl::fused));
+  v.push_back(gpt_tiny(DType::f32, AttentionImpl::naive, 4));
+  v.push_back(mlp(true));
+  v.push_back(mlp(true, DType::f16));
+  v.push_back(mlp(true, DType::bf16));
+  v.push_back(mlp(true, DType::f32, 4));
+  v.push_back(resnet18(true));
+  v.push_back(resnet18(true, DType::bf16));
+  v.push_back(resnet18(true, DType::f32, 4));
+  return v;
+}
+
+}  // namespace
+
+const std::vector<Preset>& all_presets() {
+  static const std::vector<Preset> presets = build_presets();
+  return presets;
+}
+
+std::vector<std::string> preset_groups() { return {"cpu", "gpu", "gpt2-small", "all"}; }
+
+std::vector<Preset> select_presets(const std::vector<std::string>& names) {
+  std::vector<Preset> out;
+  std::set<std::string> taken;
+  auto take = [&](const Preset& p) {
+    if (taken.insert(p.name).second) out.push_back(p);
+  };
+  for (const std::string& name : names) {
+    bool found = false;
+    for (const Preset& p : all_presets()) {
+      const bool match = p.name == name || name == "all" || (name == "cpu" && p.cpu_sized) ||
+                         (name == "gpu" && !p.cpu_sized) || (name == "gpt2-small" && p.model == "gpt2-small");
+      if (match) {
+        take(p);
+        found = true;
+      }
+    }
+    if (!found) {
+      std::string known;
+      for (const Preset& p : all_presets()) known += (known.empty() ? "" : ", ") + p.name;
+      for (const std::string& g : preset_groups()) known += ", " + g;
+      HR_CHECK(false, ValueError, "unknown preset '", name, "'; the presets are: ", known);
+    }
+  }
+  return out;
+}
+
+// ---- ResNet-18 ----
+
+BasicBlock::BasicBlock(int64_t in_channels, int64_t out_channels, int64_t stride) {
+  conv1 = register_module("conv1", std::make_shared<nn::Conv2d>(in_channels, out_channels, 3, stride, 1, 1, false));
+  bn1 = register_module("bn1", std::make_shared<nn::BatchNorm2d>(out_channels));
+  conv2 = register_module("conv2", std::make_shared<nn::Conv2d>(out_channels, out_channels, 3, 1, 1, 1, false));
+  bn2 = register_module("bn2", std::make_shared<nn::BatchNorm2d>(out_channels));
+  if (stride != 1 || in_channels != out_channels) {
+    down_conv = register_module("down_conv", std::make_shared<nn::Conv2d>(in_channels, out_channels, 1, stride, 0, 1, false));
+    down_bn = register_module("down_bn", std::make_shared<nn::BatchNorm2d>(out_channels));
+  }
+}
+
+Tensor BasicBlock::forward(const Tensor& x) {
+  Tensor y = relu(bn1->forward(conv1->forward(x)));
+  y = bn2->forward(conv2->forward(y));
+  Tensor shortcut = down_conv ? down_bn->forward(down_conv->forward(x)) : x;
+  return relu(y + shortcut);
+}
+
+ResNet18::ResNet18(int64_t base_width, int64_t image_size, int64_t classes) {
+  HR_CHECK(image_size % 8 == 0, ValueError, "ResNet18: image size ", image_size, " must be a multiple of 8");
+  stem = register_module("stem", std::make_shared<nn::Conv2d>(3, base_width, 3, 1, 1, 1, false));
+  stem_bn = register_module("stem_bn", std::make_shared<nn::BatchNorm2d>(base_width));
+  int64_t in = base_width;
+  for (int64_t stage = 0; stage < 4; ++stage) {  // "layer1".."layer4", each a Sequential of two blocks
+    const int64_t out = base_width << stage;
+    auto seq = register_module(str_cat("layer", stage + 1), std::make_shared<nn::Sequential>());
+    for (int64_t i = 0; i < 2; ++i) {
+      const int64_t stride = (stage > 0 && i == 0) ? 2 : 1;
+      seq->push_back(std::make_shared<BasicBlock>(in, out, stride));
+      in = out;
+    }
+    stages.push_back(seq);
+  }
+  fc = register_module("fc", std::make_shared<nn::Linear>(in, classes));
+  pool_kernel = image_size / 8;
+}
+
+Tensor ResNet18::forward(const Tensor& x) {
+  Tensor y = relu(stem_bn->forward(stem->forward(x)));
+  for (auto& stage : stages) y = stage->forward(y);
+  y = avg_pool2d(y, pool_kernel);  // [N, 8w, 1, 1]
+  return fc->forward(y.flatten(1));
+}
+
+// ---- workloads ----
+
+namespace {
+
+Tensor random_labels(int64_t n, int64_t range, std::mt19937_64& rng, Shape shape, Device device) {
+  std::uniform_int_distribution<int64_t> pick(0, range - 1);
+  std::vector<int64_t> v(static_cast<size_t>(n));
+  for (auto& x : v) x = pick(rng);
+  return Tensor::from_vector(v, shape, DType::i64).to(device);
+}
+
+// The step every workload runs: through the splitter (one micro-batch is the plain step), the
+// forward under autocast for f16/bf16, each weight cast once per step, f16 losses scaled.
+void set_step(Workload* w, const Preset& p, Device device,
+              std::function<Tensor(const Tensor& x, const Tensor& y)> loss_of) {
+  optim::BatchSplitter::Options options;
+  if (p.dtype == DType::f16) {
+    w->scaler = std::make_unique<optim::GradScaler>();
+    optim::GradScaler* scaler = w->scaler.get();
+    options.scale_loss = [scaler](const Tensor& loss) { return scaler->scale(loss); };
+    options.optimizer_step = [scaler](optim::Optimizer& o) {
+      scaler->step(o);
+      scaler->update();
+    };
+  }
+  w->splitter = std::make_unique<optim::BatchSplitter>(*w->optimizer, p.micro_batches, w->model.get(), options);
+  const bool amp = p.dtype != DType::f32;
+  const DType low = amp ? p.dtype : DType::bf16;
+  w->step = [w, device, amp, low, loss_of = std::move(loss_of)] {
+    AutocastCacheScope cache;
+    optim::SplitStepResult r = w->splitter->step(w->input, w->target, [&](const Tensor& x, const Tensor& y) {
+      AutocastGuard guard(device, low, amp);
+      return optim::MicroBatchOutput{loss_of(x, y)};
+    });
+    return Tensor::scalar(r.loss);
+  };
+}
+
+}  // namespace
+
+std::unique_ptr<Workload> make_workload(const Preset& p, Device device, uint64_t seed) {
+  auto w = std::make_unique<Workload>();
+  std::mt19937_64 rng(seed);
+  Workload* wp = w.get();
+  switch (p.kind) {
+    case ModelKind::gpt: {
+      auto model = std::make_shared<nn::GPT>(p.gpt);
+      model->to(device);
+      w->model = model;
+      w->optimizer = std::make_unique<optim::AdamW>(model->parameters(), 6e-4, 0.9, 0.95, 1e-8, 0.1);
+      w->input = random_labels(p.batch * p.seq_len, p.token_range, rng, {p.batch, p.seq_len}, device);
+      w->target = random_labels(p.batch * p.seq_len, p.token_range, rng, {p.batch, p.seq_len}, device);
+      nn::GPT* m = model.get();
+      set_step(wp, p, device, [m](const Tensor& x, const Tensor& y) { return m->loss(x, y); });
+      break;
+    }
+    case ModelKind::mlp:
+    case ModelKind::resnet18: {
+      std::shared_ptr<nn::Module> model;
+      Shape input_shape;
+      int64_t classes = 10;
+      if (p.kind == ModelKind::mlp) {
+        auto seq = std::make_shared<nn::Sequential>();
+        for (size_t i = 0; i + 1 < p.widths.size(); ++i) {
+          seq->push_back(std::make_shared<nn::Linear>(p.widths[i], p.widths[i + 1]));
+          if (i + 2 < p.widths.size()) seq->push_back(std::make_shared<nn::ReLU>());
+        }
+        model = seq;
+        input_shape = {p.batch, p.widths.front()};
+        classes = p.widths.back();
+      } else {
+        model = std::make_shared<ResNet18>(p.base_width, p.image_size, p.classes);
+        input_shape = {p.batch, 3, p.image_size, p.image_size};
+        classes = p.classes;
+      }
+      model->to(device);
+      w->model = model;
+      w->optimizer = std::make_unique<optim::SGD>(model->parameters(), 0.01, 0.9);
+      // N(0, 1) images from the host generator (independent of the model's init).
+      std::normal_distribution<float> normal(0.0f, 1.0f);
+      std::vector<float> pixels(static_cast<size_t>(shape_numel(input_shape)));
+      for (auto& v : pixels) v = normal(rng);
+      w->input = Tensor::from_vector(pixels, input_shape).to(device);
+      w->target = random_labels(p.batch, classes, rng, {p.batch}, device);
+      nn::Module* m = model.get();
+      set_step(wp, p, device, [m](const Tensor& x, const Tensor& y) { return cross_entropy(m->forward(x), y); });
+      break;
+    }
+  }
+  w->parameters = w->model->num_parameters();
+  return w;
+}
+
+}  // namespace headroom::bench

@@ -1,0 +1,119 @@
+// headroom-bench's presets and the workloads they build: a preset names one configuration
+// (model x batch x precision x technique), a Workload is that configuration made real on a
+// device -- model, optimizer, a fixed synthetic batch -- with one training step to call.
+//
+// Kept apart from the program (headroom_bench.cpp) and the reports (bench_report.h) so the
+// preset table reads as a table, and so bench/pytorch_reference.py can mirror it field by field:
+// the two must build the same models with the same optimizers for their numbers to compare.
+//
+// Models (DESIGN.md, "Reference workloads"):
+//   GPT      nn::GPT; GPT-2 small is GPTConfig::gpt2_small() (vocab 50304 = 50257 padded to a
+//            multiple of 64; the tokens are drawn from the real 50257), AdamW lr 6e-4,
+//            betas (0.9, 0.95), weight decay 0.1.
+//   MLP      Linear+ReLU stack, 784-4096-4096-4096-10, SGD lr 0.01 with momentum 0.9.
+//   ResNet-18  CIFAR-style: a 3x3 stem without max-pool, four stages of two BasicBlocks
+//            (64, 128, 256, 512 channels; stride 2 from the second stage), global average
+//            pooling, Linear to 10 classes; SGD lr 0.01 with momentum 0.9.
+// Inputs are random (tokens, N(0,1) images, labels) and fixed for the run: the benchmark
+// measures a training step, not a data pipeline, and a fixed batch makes the loss fall, which
+// shows the step really trains.
+//
+// Precision f16 and bf16 is mixed precision (autograd/autocast.h): f32 master weights, gradients
+// and optimizer state; matmuls and convolutions in 16 bits inside an autocast scope, each weight
+// cast once per step; f16 adds dynamic loss scaling (optim/grad_scaler.h). Technique
+// "micro-batches k" runs each step's batch as k micro-batches with gradient accumulation
+// (optim/batch_split.h) -- the same step, a smaller activation peak.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "headroom.h"
+#include "nn/nn.h"
+#include "optim/optim.h"
+
+namespace headroom::bench {
+
+enum class ModelKind : uint8_t { gpt, mlp, resnet18 };
+
+struct Preset {
+  std::string name;
+  std::string description;  // one line, for --list
+  ModelKind kind = ModelKind::gpt;
+  std::string model;  // "gpt2-small", "gpt-tiny", "mlp", "mlp-small", "resnet18", "resnet18-small"
+  int64_t batch = 1;
+  DType dtype = DType::f32;    // f32, or the autocast dtype (f16, bf16)
+  int64_t micro_batches = 1;   // gradient accumulation over this many micro-batches
+  bool cpu_sized = false;  // one of the small presets that run in seconds on the CPU
+  // GPT
+  nn::GPTConfig gpt;
+  int64_t seq_len = 0;
+  int64_t token_range = 0;  // tokens are drawn from [0, token_range)
+  // MLP: in, hidden..., out
+  std::vector<int64_t> widths;
+  // ResNet-18
+  int64_t base_width = 64;  // channels of the stem and the first stage
+  int64_t image_size = 32;
+  int64_t classes = 10;
+
+  int64_t items_per_step() const { return kind == ModelKind::gpt ? batch * seq_len : batch; }
+  const char* item_unit() const { return kind == ModelKind::gpt ? "tokens" : "images"; }
+  // "naive attention" or "fused attention" for GPT, "none" for the others; then
+  // ", 4 micro-batches" when split.
+  std::string technique() const;
+  // "f32", "f16 autocast", "bf16 autocast".
+  std::string precision_label() const;
+};
+
+// Every preset, GPU-sized ones first, in --list order.
+const std::vector<Preset>& all_presets();
+// Group names that stand for several presets: "cpu", "gpu", "gpt2-small", "all".
+std::vector<std::string> preset_groups();
+// The presets `names` asks for, in order, each once; names are preset names or group names.
+// Throws ValueError naming the unknown name and listing what exists.
+std::vector<Preset> select_presets(const std::vector<std::string>& names);
+
+// A compact ResNet-18 for small images (CIFAR layout), from nn layers.
+class BasicBlock : public nn::Module {
+ public:
+  BasicBlock(int64_t in_channels, int64_t out_channels, int64_t stride);
+  Tensor forward(const Tensor& x) override;
+  std::string name() const override { return "BasicBlock"; }
+
+  std::shared_ptr<nn::Conv2d> conv1, conv2, down_conv;  // down_conv: only when the shape changes
+  std::shared_ptr<nn::BatchNorm2d> bn1, bn2, down_bn;
+};
+
+class ResNet18 : public nn::Module {
+ public:
+  ResNet18(int64_t base_width, int64_t image_size, int64_t classes);
+  Tensor forward(const Tensor& x) override;  // [N, 3, S, S] -> [N, classes]
+  std::string name() const override { return "ResNet18"; }
+
+  std::shared_ptr<nn::Conv2d> stem;
+  std::shared_ptr<nn::BatchNorm2d> stem_bn;
+  std::vector<std::shared_ptr<nn::Sequential>> stages;  // layer1..layer4
+  std::shared_ptr<nn::Linear> fc;
+  int64_t pool_kernel;
+};
+
+// A preset built on a device: step() runs one training step (zero_grad, forward, loss,
+// backward, optimizer step) on the fixed batch and returns the loss, detached.
+struct Workload {
+  std::shared_ptr<nn::Module> model;
+  std::unique_ptr<optim::Optimizer> optimizer;
+  std::unique_ptr<optim::GradScaler> scaler;       // f16 only
+  std::unique_ptr<optim::BatchSplitter> splitter;  // runs every step (one micro-batch: the plain step)
+  Tensor input, target;
+  int64_t parameters = 0;
+  std::function<Tensor()> step;
+};
+
+// Builds the model (initialised from the global generator: manual_seed first) in f32, moves it to
+// `device`, makes the optimizer, the scaler for f16, the splitter and the batch (from `seed`).
+std::unique_ptr<Workload> make_workload(const Preset& preset, Device device, uint64_t seed);
+
+}  // namespace headroom::bench

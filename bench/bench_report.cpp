@@ -1,0 +1,353 @@
+// The writers of bench_report.h. Everything is built as text with snprintf: the formats are
+// small and fixed, and no library is needed (strings go through json_quote / html_escape from
+// engine/memory_report.h, so a preset name or an error message cannot break the JSON or SVG).
+#include "bench/bench_report.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdarg>
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+
+#include "engine/error.h"
+#include "engine/memory_report.h"
+
+namespace headroom::bench {
+
+namespace {
+
+std::string fmt(const char* f, ...) __attribute__((format(printf, 1, 2)));
+std::string fmt(const char* f, ...) {
+  char buf[512];
+  va_list ap;
+  va_start(ap, f);
+  std::vsnprintf(buf, sizeof buf, f, ap);
+  va_end(ap);
+  return buf;
+}
+
+// A JSON number, or null when not finite / not measured.
+std::string json_number(double v, bool valid = true) { return valid && std::isfinite(v) ? fmt("%.9g", v) : "null"; }
+std::string json_int(int64_t v) { return std::to_string(v); }
+
+// "1.23k", "45.6k", "1.20M": items per second, short.
+std::string short_count(double v) {
+  if (v >= 1e9) return fmt("%.3gG", v / 1e9);
+  if (v >= 1e6) return fmt("%.3gM", v / 1e6);
+  if (v >= 1e3) return fmt("%.3gk", v / 1e3);
+  return fmt("%.3g", v);
+}
+
+std::string step_time(double ms) { return ms >= 100 ? fmt("%.0f ms", ms) : ms >= 10 ? fmt("%.1f ms", ms) : fmt("%.2f ms", ms); }
+
+// Categories that held memory in any result (so an all-zero column is left out).
+std::vector<MemoryCategory> used_categories(const std::vector<Result>& results) {
+  std::vector<MemoryCategory> cats;
+  for (int c = 0; c < kNumMemoryCategories; ++c) {
+    auto cat = static_cast<MemoryCategory>(c);
+    for (const Result& r : results)
+      if (r.peak_category(cat) > 0) {
+        cats.push_back(cat);
+        break;
+      }
+  }
+  return cats;
+}
+
+std::string status_text(const Result& r) {
+  if (r.status == "oom") return "OOM (asked for " + format_bytes(r.oom_requested_bytes) + ")";
+  if (r.status == "error") return "error";
+  return "ok";
+}
+
+std::string csv_field(const std::string& s) {
+  if (s.find_first_of(",\"\n") == std::string::npos) return s;
+  std::string q = "\"";
+  for (char c : s) {
+    if (c == '"') q += '"';
+    q += c == '\n' ? ' ' : c;
+  }
+  return q + "\"";
+}
+
+}  // namespace
+
+// ---- Markdown ----
+
+std::string markdown_table(const std::vector<Result>& results) {
+  std::ostringstream os;
+  os << "| preset | precision | technique | status | peak allocated | peak reserved | step time | items/s | final loss |\n"
+     << "|---|---|---|---|---:|---:|---:|---:|---:|\n";
+  for (const Result& r : results) {
+    os << "| " << r.preset.name << " | " << r.preset.precision_label() << " | " << r.preset.technique() << " | "
+       << status_text(r) << " | " << format_bytes(r.peak_allocated()) << " | " << format_bytes(r.peak_reserved()) << " | ";
+    if (r.measured)
+      os << step_time(r.step_ms) << " | " << fmt("%.0f", r.items_per_second) << " " << r.preset.item_unit() << "/s | "
+         << (std::isfinite(r.final_loss) ? fmt("%.4f", r.final_loss) : "nan") << " |\n";
+    else
+      os << "- | - | - |\n";
+  }
+  const std::vector<MemoryCategory> cats = used_categories(results);
+  os << "\nPeak allocated by category (each category's own peak; they need not coincide):\n\n| preset |";
+  for (MemoryCategory c : cats) os << " " << category_name(c) << " |";
+  os << "\n|---|";
+  for (size_t i = 0; i < cats.size(); ++i) os << "---:|";
+  os << "\n";
+  for (const Result& r : results) {
+    os << "| " << r.preset.name << " |";
+    for (MemoryCategory c : cats) os << " " << format_bytes(r.peak_category(c)) << " |";
+    os << "\n";
+  }
+  for (const Result& r : results)
+    if (r.status != "ok") os << "\n" << r.preset.name << ": " << r.error << "\n";
+  return os.str();
+}
+
+// ---- JSON ----
+
+std::string results_json(const std::vector<Result>& results, const RunInfo& info) {
+  std::ostringstream os;
+  os << "{\n  \"schema\": 1,\n  \"framework\": \"headroom\",\n  \"device\": " << json_quote(info.device)
+     << ",\n  \"device_name\": " << json_quote(info.device_name) << ",\n  \"date\": " << json_quote(info.date)
+     << ",\n  \"steps\": " << info.steps << ",\n  \"warmup_steps\": " << info.warmup_steps << ",\n  \"results\": [";
+  for (size_t i = 0; i < results.size(); ++i) {
+    const Result& r = results[i];
+    const Preset& p = r.preset;
+    os << (i ? ",\n" : "\n") << "    {\n"
+       << "      \"preset\": " << json_quote(p.name) << ",\n"
+       << "      \"framework\": \"headroom\",\n"
+       << "      \"mode\": \"eager\",\n"
+       << "      \"model\": " << json_quote(p.model) << ",\n"
+       << "      \"description\": " << json_quote(p.description) << ",\n"
+       << "      \"batch\": " << p.batch << ",\n"
+       << "      \"seq_len\": " << p.seq_len << ",\n"
+       << "      \"items_per_step\": " << p.items_per_step() << ",\n"
+       << "      \"item_unit\": " << json_quote(p.item_unit()) << ",\n"
+       << "      \"precision\": " << json_quote(dtype_name(p.dtype)) << ",\n"
+       << "      \"precision_mode\": " << (p.dtype == DType::f32 ? "\"pure\"" : "\"amp\"") << ",\n"
+       << "      \"technique\": " << json_quote(p.technique()) << ",\n"
+       << "      \"status\": " << json_quote(r.status) << ",\n"
+       << "      \"error\": " << json_quote(r.error) << ",\n"
+       << "      \"oom_requested_bytes\": " << json_int(r.oom_requested_bytes) << ",\n"
+       << "      \"parameters\": " << json_int(r.parameters) << ",\n"
+       << "      \"peak_allocated_bytes\": " << json_int(r.peak_allocated()) << ",\n"
+       << "      \"peak_reserved_bytes\": " << json_int(r.peak_reserved()) << ",\n"
+       << "      \"peak_by_category\": {";
+    for (int c = 0; c < kNumMemoryCategories; ++c) {
+      auto cat = static_cast<MemoryCategory>(c);
+      os << (c ? ", " : "") << json_quote(category_name(cat)) << ": " << json_int(r.peak_category(cat));
+    }
+    os << "},\n"
+       << "      \"step_time_ms\": " << json_number(r.step_ms, r.measured) << ",\n"
+       << "      \"step_time_ms_min\": " << json_number(r.step_ms_min, r.measured) << ",\n"
+       << "      \"step_time_ms_max\": " << json_number(r.step_ms_max, r.measured) << ",\n"
+       << "      \"items_per_second\": " << json_number(r.items_per_second, r.measured) << ",\n"
+       << "      \"final_loss\": " << json_number(r.final_loss, r.measured) << ",\n";
+    // The library's own serialisation of the same stats, indented into place.
+    std::string stats = memory_stats_json(r.stats);
+    while (!stats.empty() && (stats.back() == '\n' || stats.back() == ' ')) stats.pop_back();
+    std::string indented;
+    for (char c : stats) {
+      indented += c;
+      if (c == '\n') indented += "      ";
+    }
+    os << "      \"allocator_stats\": " << indented << "\n    }";
+  }
+  os << "\n  ]\n}\n";
+  return os.str();
+}
+
+// ---- CSV ----
+
+std::string results_csv(const std::vector<Result>& results, const RunInfo& info) {
+  std::ostringstream os;
+  os << "preset,framework,mode,device,model,batch,seq_len,items_per_step,item_unit,precision,precision_mode,technique,"
+        "status,parameters,peak_allocated_bytes,peak_reserved_bytes";
+  for (int c = 0; c < kNumMemoryCategories; ++c) os << ",peak_" << category_name(static_cast<MemoryCategory>(c)) << "_bytes";
+  os << ",step_time_ms,step_time_ms_min,step_time_ms_max,items_per_second,final_loss,oom_requested_bytes,error\n";
+  auto num = [](double v, bool valid) { return valid && std::isfinite(v) ? fmt("%.9g", v) : std::string(); };
+  for (const Result& r : results) {
+    const Preset& p = r.preset;
+    os << csv_field(p.name) << ",headroom,eager," << csv_field(info.device) << "," << csv_field(p.model) << "," << p.batch
+       << "," << p.seq_len << "," << p.items_per_step() << "," << p.item_unit() << "," << dtype_name(p.dtype)
+       << "," << (p.dtype == DType::f32 ? "pure" : "amp") << "," << csv_field(p.technique()) << "," << r.status << "," << r.parameters << "," << r.peak_allocated()
+       << "," << r.peak_reserved();
+    for (int c = 0; c < kNumMemoryCategories; ++c) os << "," << r.peak_category(static_cast<MemoryCategory>(c));
+    os << "," << num(r.step_ms, r.measured) << "," << num(r.step_ms_min, r.measured) << ","
+       << num(r.step_ms_max, r.measured) << "," << num(r.items_per_second, r.measured) << ","
+       << num(r.final_loss, r.measured) << "," << r.oom_requested_bytes << "," << csv_field(r.error) << "\n";
+  }
+  return os.str();
+}
+
+// ---- SVG ----
+
+namespace {
+
+// One axis of the plot: linear from 0, or logarithmic over whole decades.
+struct Axis {
+  bool log = false;
+  double lo = 0, hi = 1;
+  std::vector<double> ticks;
+
+  // Fraction of the way from lo to hi.
+  double frac(double v) const {
+    if (log) return (std::log10(v) - std::log10(lo)) / (std::log10(hi) - std::log10(lo));
+    return (v - lo) / (hi - lo);
+  }
+};
+
+// bytes: linear ticks at round binary multiples (1, 2, 5 x KiB, MiB or GiB), so they read as
+// "16.00 MiB" rather than "19.07 MiB".
+Axis make_axis(const std::vector<double>& values, bool bytes) {
+  Axis a;
+  double vmin = *std::min_element(values.begin(), values.end());
+  double vmax = *std::max_element(values.begin(), values.end());
+  if (vmin > 0 && vmax / vmin > 10) {
+    a.log = true;
+    a.lo = std::pow(10.0, std::floor(std::log10(vmin)));
+    a.hi = std::pow(10.0, std::ceil(std::log10(vmax)));
+    if (a.hi <= vmax * 1.0001) a.hi *= 10;  // keep the largest point off the frame
+    const bool fine = a.hi / a.lo <= 1000;
+    for (double d = a.lo; d <= a.hi * 1.0001; d *= 10)
+      for (double m : fine ? std::vector<double>{1, 2, 5} : std::vector<double>{1})
+        if (d * m <= a.hi * 1.0001) a.ticks.push_back(d * m);
+    return a;
+  }
+  a.lo = 0;
+  double top = vmax > 0 ? vmax * 1.15 : 1;
+  const double raw = top / 5;
+  double unit = 1;
+  if (bytes)
+    for (double u : {1024.0, 1048576.0, 1073741824.0, 1099511627776.0})
+      if (raw >= u) unit = u;
+  const double mag = unit * std::pow(10.0, std::floor(std::log10(raw / unit)));
+  double step = mag;
+  for (double m : {1.0, 2.0, 5.0, 10.0})
+    if (raw <= m * mag) {
+      step = m * mag;
+      break;
+    }
+  a.hi = std::ceil(top / step) * step;
+  for (double t = 0; t <= a.hi * 1.0001; t += step) a.ticks.push_back(t);
+  return a;
+}
+
+const char* model_colour(ModelKind k) {
+  switch (k) {
+    case ModelKind::gpt: return "#1f77b4";
+    case ModelKind::mlp: return "#ff7f0e";
+    case ModelKind::resnet18: return "#2ca02c";
+  }
+  return "#444";
+}
+
+}  // namespace
+
+std::string memory_throughput_svg(const std::vector<Result>& results, const RunInfo& info) {
+  constexpr double kW = 820, kLeft = 90, kRight = 200, kTop = 56, kPlotH = 380;
+  std::vector<const Result*> points, failed;
+  for (const Result& r : results) (r.measured ? points : failed).push_back(&r);
+  const double height = kTop + kPlotH + 70 + 18.0 * static_cast<double>(failed.size() + 2);
+  const double x0 = kLeft, x1 = kW - kRight, y0 = kTop + kPlotH, y1 = kTop;
+
+  std::ostringstream os;
+  os << fmt("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%.0f\" height=\"%.0f\" viewBox=\"0 0 %.0f %.0f\" "
+            "font-family=\"sans-serif\" font-size=\"12\">\n",
+            kW, height, kW, height);
+  os << fmt("<rect x=\"0\" y=\"0\" width=\"%.0f\" height=\"%.0f\" fill=\"white\"/>\n", kW, height);
+  os << "<text x=\"" << kLeft << "\" y=\"24\" font-size=\"15\" font-weight=\"bold\">headroom-bench: peak memory against "
+     << "throughput</text>\n";
+  os << "<text x=\"" << kLeft << "\" y=\"42\" fill=\"#555\">" << html_escape(info.device + " (" + info.device_name + "), ")
+     << info.steps << " timed steps, " << html_escape(info.date) << "</text>\n";
+
+  if (points.empty()) {
+    os << fmt("<text x=\"%.0f\" y=\"%.0f\">no configuration completed</text>\n", x0, (y0 + y1) / 2);
+  } else {
+    std::vector<double> xs, ys;
+    for (const Result* r : points) {
+      xs.push_back(r->items_per_second);
+      ys.push_back(static_cast<double>(r->peak_allocated()));
+    }
+    const Axis ax = make_axis(xs, false), ay = make_axis(ys, true);
+    auto px = [&](double v) { return x0 + ax.frac(v) * (x1 - x0); };
+    auto py = [&](double v) { return y0 - ay.frac(v) * (y0 - y1); };
+    // Grid and ticks.
+    os << "<g stroke=\"#ddd\">\n";
+    for (double t : ax.ticks) os << fmt("<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\"/>\n", px(t), y0, px(t), y1);
+    for (double t : ay.ticks) os << fmt("<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\"/>\n", x0, py(t), x1, py(t));
+    os << "</g>\n<g fill=\"#333\">\n";
+    for (double t : ax.ticks)
+      os << fmt("<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\">", px(t), y0 + 16) << short_count(t) << "</text>\n";
+    for (double t : ay.ticks)
+      os << fmt("<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"end\">", x0 - 6, py(t) + 4)
+         << html_escape(format_bytes(static_cast<int64_t>(t))) << "</text>\n";
+    os << "</g>\n";
+    os << fmt("<rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" fill=\"none\" stroke=\"#333\"/>\n", x0, y1,
+              x1 - x0, y0 - y1);
+    os << fmt("<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\">", (x0 + x1) / 2, y0 + 38)
+       << "throughput (items/s: tokens for GPT, images for MLP and ResNet" << (ax.log ? "; log scale" : "")
+       << ")</text>\n";
+    os << fmt("<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\" transform=\"rotate(-90 %.1f %.1f)\">", 22.0,
+              (y0 + y1) / 2, 22.0, (y0 + y1) / 2)
+       << "peak allocated" << (ay.log ? " (log scale)" : "") << "</text>\n";
+    // Points, each with its label and a tooltip; a label that would overlap one already placed
+    // moves down a line at a time (points themselves are never moved).
+    struct Box {
+      double x0, y0, x1, y1;
+    };
+    std::vector<Box> placed;
+    for (const Result* r : points) {
+      const double cx = px(r->items_per_second), cy = py(static_cast<double>(r->peak_allocated()));
+      double ly = cy + 4;
+      const double lw = 7.0 * static_cast<double>(r->preset.name.size());
+      for (int tries = 0; tries < 8; ++tries) {
+        bool clash = false;
+        for (const Box& b : placed)
+          clash = clash || (cx + 8 < b.x1 && b.x0 < cx + 8 + lw && ly - 11 < b.y1 && b.y0 < ly + 2);
+        if (!clash) break;
+        ly += 13;
+      }
+      placed.push_back({cx + 8, ly - 11, cx + 8 + lw, ly + 2});
+      const std::string tip = r->preset.name + ": " + short_count(r->items_per_second) + " " + r->preset.item_unit() +
+                              "/s, peak allocated " + format_bytes(r->peak_allocated()) + ", reserved " +
+                              format_bytes(r->peak_reserved());
+      os << fmt("<circle class=\"point\" cx=\"%.1f\" cy=\"%.1f\" r=\"5\" fill=\"%s\">", cx, cy,
+                model_colour(r->preset.kind))
+         << "<title>" << html_escape(tip) << "</title></circle>\n";
+      os << fmt("<text class=\"label\" x=\"%.1f\" y=\"%.1f\">", cx + 8, ly) << html_escape(r->preset.name)
+         << "</text>\n";
+    }
+  }
+  // Legend and the configurations that have no point.
+  double y = y0 + 62;
+  os << fmt("<g transform=\"translate(%.0f %.0f)\">", x0, y);
+  double lx = 0;
+  for (auto [kind, label] : {std::pair{ModelKind::gpt, "GPT"}, std::pair{ModelKind::mlp, "MLP"},
+                             std::pair{ModelKind::resnet18, "ResNet-18"}}) {
+    os << fmt("<circle cx=\"%.0f\" cy=\"-4\" r=\"5\" fill=\"%s\"/><text x=\"%.0f\" y=\"0\">%s</text>", lx,
+              model_colour(kind), lx + 9, label);
+    lx += 110;
+  }
+  os << "</g>\n";
+  for (const Result* r : failed) {
+    y += 18;
+    const std::string what = r->status == "oom" ? "out of memory (asked for " + format_bytes(r->oom_requested_bytes) + ")"
+                                                : "error: " + r->error;
+    os << fmt("<text class=\"failed\" x=\"%.0f\" y=\"%.0f\" fill=\"#b00\">", x0, y)
+       << html_escape(r->preset.name + ": " + what) << "</text>\n";
+  }
+  os << "</svg>\n";
+  return os.str();
+}
+
+void write_text_file(const std::string& path, const std::string& text) {
+  std::ofstream out(path, std::ios::binary);
+  HR_CHECK(out, IOError, "headroom-bench: cannot write ", path);
+  out << text;
+  out.close();
+  HR_CHECK(out, IOError, "headroom-bench: error writing ", path);
+}
+
+}  // namespace headroom::bench

@@ -1,0 +1,70 @@
+// headroom-bench's results and the four ways it writes them: a Markdown table (stdout),
+// results.json, results.csv and memory_vs_throughput.svg.
+//
+// results.json is the exchange format with bench/pytorch_reference.py, which writes the same
+// fields, so that `pytorch_reference.py --compare headroom.json torch.json` can line the two up
+// by preset. Schema (version 1):
+//   { "schema": 1, "framework": "headroom", "device": "cuda:0", "device_name": "...",
+//     "date": "2025-01-31T12:00:00Z", "steps": 10, "warmup_steps": 2,
+//     "results": [ {
+//       "preset", "framework", "mode" ("eager"; PyTorch: "eager" or "compile"), "model",
+//       "description", "batch", "seq_len" (0 unless GPT), "items_per_step", "item_unit"
+//       ("tokens" | "images"), "precision" ("f32" | "f16" | "bf16"), "precision_mode" ("pure" for
+//       f32, "amp" for autocast; PyTorch likewise, or "pure" with --precision-mode pure), "technique" ("naive attention" | "fused attention" | "none"),
+//       "status" ("ok" | "oom" | "error"), "error" (message or ""), "oom_requested_bytes",
+//       "parameters", "peak_allocated_bytes", "peak_reserved_bytes",
+//       "peak_by_category": { "parameter": n, ... },
+//       "step_time_ms", "step_time_ms_min", "step_time_ms_max", "items_per_second",
+//       "final_loss" (null when not finite or not reached),
+//       "allocator_stats": the allocator's whole MemoryStats as engine/memory_report.h writes it
+//                          (headroom only; the peak fields above are copied from it) } ] }
+// Numbers that were not measured (an OOM row's step time) are null.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "bench/bench_models.h"
+#include "engine/caching_allocator.h"
+
+namespace headroom::bench {
+
+struct Result {
+  Preset preset;
+  std::string status = "ok";  // "ok", "oom", "error"
+  std::string error;          // the first line of the exception's message
+  int64_t oom_requested_bytes = 0;
+  int64_t parameters = 0;
+  bool measured = false;  // the timed steps completed (step time, items/s and loss are valid)
+  MemoryStats stats;      // the allocator's, read after the timed steps (or at the failure)
+  double step_ms = 0, step_ms_min = 0, step_ms_max = 0;
+  double items_per_second = 0;
+  double final_loss = 0;
+
+  int64_t peak_allocated() const { return stats.allocated_bytes.peak; }
+  int64_t peak_reserved() const { return stats.reserved_bytes.peak; }
+  int64_t peak_category(MemoryCategory c) const { return stats.category(c).peak; }
+};
+
+struct RunInfo {
+  std::string device;       // "cpu", "cuda:0"
+  std::string device_name;  // "cpu, 2 threads", "NVIDIA H100 80GB HBM3"
+  std::string date;         // ISO 8601, UTC
+  int64_t steps = 0, warmup_steps = 0;
+};
+
+// The Markdown tables: one row per configuration, then peak allocated by category.
+std::string markdown_table(const std::vector<Result>& results);
+std::string results_json(const std::vector<Result>& results, const RunInfo& info);
+std::string results_csv(const std::vector<Result>& results, const RunInfo& info);
+// Peak allocated (y) against items/s (x), one labelled point (<circle class="point">) per
+// configuration that was measured; failed ones are listed under the plot. Axes are logarithmic
+// where the values span more than a factor of 10.
+std::string memory_throughput_svg(const std::vector<Result>& results, const RunInfo& info);
+
+// Writes `text` to `path`; throws IOError naming the path.
+void write_text_file(const std::string& path, const std::string& text);
+
+}  // namespace headroom::bench

@@ -1,0 +1,611 @@
+#!/usr/bin/env python3
+"""PyTorch reference for headroom-bench: the same presets through PyTorch, eager and torch.compile.
+
+Why it exists: headroom's numbers mean something only beside those of the framework people use.
+This script builds the models of bench/bench_models.h (same sizes, same initialisation scheme,
+same optimizers, same fixed synthetic batch) in PyTorch, times them the same way (CUDA events at
+every step boundary after warm-up steps, peak statistics reset before the timed steps), and
+writes results.json in headroom-bench's schema (bench/bench_report.h), so that
+
+    python3 bench/pytorch_reference.py --out torch-results            # on the GPU machine
+    python3 bench/pytorch_reference.py --compare headroom-results/results.json torch-results/results.json
+
+prints the two side by side with their ratios.
+
+Differences that are on purpose, and recorded in the JSON:
+  * precision: by default the f16/bf16 presets run under torch.autocast (mixed precision, as the
+    published anchors in DESIGN.md were measured; f16 with a GradScaler): "precision_mode":
+    "amp", as headroom's autocast presets; --precision-mode pure casts the whole model
+    instead (model.to(dtype)).
+  * f32 uses TF32 matmuls (torch's allow_tf32), as the anchors do; --no-tf32 turns it off.
+  * "fused" attention is F.scaled_dot_product_attention (flash for f16/bf16); "naive" is the
+    textbook softmax(q k^T) v with the [T, T] scores materialised.
+  * PyTorch's loss materialises the [B*T, vocab] logits (headroom's GPT uses a chunked loss).
+  * PyTorch has no memory categories: "peak_by_category" is empty.
+
+Needs torch (and a GPU for the reference presets); --compare needs only the standard library.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import gc
+import json
+import math
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+SCHEMA = 1
+
+
+# ---- presets (mirror bench/bench_models.cpp) ----
+
+
+@dataclass
+class Preset:
+    name: str
+    description: str
+    kind: str  # "gpt", "mlp", "resnet18"
+    model: str
+    batch: int
+    precision: str = "f32"  # "f32", "f16", "bf16"
+    attention: str = ""  # GPT: "naive" or "fused"
+    cpu_sized: bool = False
+    # GPT
+    vocab_size: int = 0
+    block_size: int = 0
+    n_layer: int = 0
+    n_head: int = 0
+    n_embd: int = 0
+    seq_len: int = 0
+    token_range: int = 0
+    # MLP
+    widths: List[int] = field(default_factory=list)
+    # ResNet-18
+    base_width: int = 64
+    image_size: int = 32
+    classes: int = 10
+
+    def items_per_step(self) -> int:
+        return self.batch * self.seq_len if self.kind == "gpt" else self.batch
+
+    def item_unit(self) -> str:
+        return "tokens" if self.kind == "gpt" else "images"
+
+    def technique(self) -> str:
+        return f"{self.attention} attention" if self.kind == "gpt" else "none"
+
+
+def _gpt2_small(precision: str, attention: str) -> Preset:
+    mode = "f32" if precision == "f32" else f"{precision} (amp or pure, --precision-mode)"
+    return Preset(
+        name=f"gpt2-small-{precision}-{attention}",
+        description=f"GPT-2 small (124M, 12x768, vocab 50304), B=8 T=1024, {mode}, {attention} attention, AdamW",
+        kind="gpt", model="gpt2-small", batch=8, precision=precision, attention=attention,
+        vocab_size=50304, block_size=1024, n_layer=12, n_head=12, n_embd=768, seq_len=1024, token_range=50257)
+
+
+def _gpt_tiny(precision: str, attention: str) -> Preset:
+    return Preset(
+        name=f"gpt-tiny-cpu-{precision}-{attention}",
+        description=f"small GPT (2x128, 4 heads, vocab 512), B=4 T=128, {precision}, {attention} attention, AdamW",
+        kind="gpt", model="gpt-tiny", batch=4, precision=precision, attention=attention, cpu_sized=True,
+        vocab_size=512, block_size=128, n_layer=2, n_head=4, n_embd=128, seq_len=128, token_range=512)
+
+
+def all_presets() -> List[Preset]:
+    presets = [_gpt2_small(p, a) for p in ("f32", "f16", "bf16") for a in ("naive", "fused")]
+    presets.append(Preset(name="mlp-f32", description="MLP 784-4096-4096-4096-10, batch 4096, f32, SGD momentum",
+                          kind="mlp", model="mlp", batch=4096, widths=[784, 4096, 4096, 4096, 10]))
+    presets.append(Preset(name="resnet18-f32",
+                          description="ResNet-18 (CIFAR stem, 64..512 channels), 3x32x32, batch 256, f32, SGD momentum",
+                          kind="resnet18", model="resnet18", batch=256, base_width=64))
+    presets.append(_gpt_tiny("f32", "naive"))
+    presets.append(_gpt_tiny("f32", "fused"))
+    presets.append(_gpt_tiny("f16", "fused"))
+    presets.append(_gpt_tiny("bf16", "fused"))
+    presets.append(Preset(name="mlp-cpu-f32", description="MLP 784-512-512-512-10, batch 256, f32, SGD momentum",
+                          kind="mlp", model="mlp-small", batch=256, widths=[784, 512, 512, 512, 10], cpu_sized=True))
+    presets.append(Preset(name="resnet18-cpu-f32",
+                          description="ResNet-18 at quarter width (16..128 channels), 3x32x32, batch 16, f32, SGD momentum",
+                          kind="resnet18", model="resnet18-small", batch=16, base_width=16, cpu_sized=True))
+    return presets
+
+
+GROUPS = ("cpu", "gpu", "gpt2-small", "all")
+
+
+def select_presets(names: List[str]) -> List[Preset]:
+    out: List[Preset] = []
+    for name in names:
+        matched = [p for p in all_presets()
+                   if p.name == name or name == "all" or (name == "cpu" and p.cpu_sized)
+                   or (name == "gpu" and not p.cpu_sized) or (name == "gpt2-small" and p.model == "gpt2-small")]
+        if not matched:
+            known = ", ".join([p.name for p in all_presets()] + list(GROUPS))
+            raise ValueError(f"unknown preset '{name}'; the presets are: {known}")
+        for p in matched:
+            if all(q.name != p.name for q in out):
+                out.append(p)
+    return out
+
+
+# ---- models (PyTorch; built only when torch is present) ----
+
+
+def build_models(torch):  # noqa: C901 -- one closure over torch keeps the import lazy
+    nn = torch.nn
+    F = torch.nn.functional
+
+    class CausalSelfAttention(nn.Module):
+        def __init__(self, p: Preset):
+            super().__init__()
+            self.n_head, self.n_embd, self.impl = p.n_head, p.n_embd, p.attention
+            self.c_attn = nn.Linear(p.n_embd, 3 * p.n_embd)
+            self.c_proj = nn.Linear(p.n_embd, p.n_embd)
+            self.register_buffer("mask", torch.tril(torch.ones(p.block_size, p.block_size, dtype=torch.bool)),
+                                 persistent=False)
+
+        def forward(self, x):
+            b, t, c = x.shape
+            q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
+            q, k, v = (z.view(b, t, self.n_head, c // self.n_head).transpose(1, 2) for z in (q, k, v))
+            if self.impl == "fused":
+                y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            else:
+                att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))
+                att = att.masked_fill(~self.mask[:t, :t], float("-inf"))
+                y = F.softmax(att, dim=-1) @ v
+            return self.c_proj(y.transpose(1, 2).contiguous().view(b, t, c))
+
+    class Block(nn.Module):
+        def __init__(self, p: Preset):
+            super().__init__()
+            self.ln_1 = nn.LayerNorm(p.n_embd)
+            self.attn = CausalSelfAttention(p)
+            self.ln_2 = nn.LayerNorm(p.n_embd)
+            self.c_fc = nn.Linear(p.n_embd, 4 * p.n_embd)
+            self.c_proj = nn.Linear(4 * p.n_embd, p.n_embd)
+
+        def forward(self, x):
+            x = x + self.attn(self.ln_1(x))
+            return x + self.c_proj(F.gelu(self.c_fc(self.ln_2(x)), approximate="tanh"))
+
+    class GPT(nn.Module):
+        def __init__(self, p: Preset):
+            super().__init__()
+            self.wte = nn.Embedding(p.vocab_size, p.n_embd)
+            self.wpe = nn.Embedding(p.block_size, p.n_embd)
+            self.h = nn.ModuleList([Block(p) for _ in range(p.n_layer)])
+            self.ln_f = nn.LayerNorm(p.n_embd)
+            proj_std = 0.02 / math.sqrt(2 * p.n_layer)
+            for name, m in self.named_modules():
+                if isinstance(m, (nn.Linear, nn.Embedding)):
+                    nn.init.normal_(m.weight, 0.0, proj_std if name.endswith("c_proj") else 0.02)
+                if isinstance(m, nn.Linear) and m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+        def forward(self, idx, targets):
+            t = idx.size(1)
+            pos = torch.arange(t, device=idx.device)
+            x = self.wte(idx) + self.wpe(pos)
+            for blk in self.h:
+                x = blk(x)
+            logits = F.linear(self.ln_f(x), self.wte.weight)  # tied lm head
+            return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
+
+    class BasicBlock(nn.Module):
+        def __init__(self, cin: int, cout: int, stride: int):
+            super().__init__()
+            self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+            self.bn1 = nn.BatchNorm2d(cout)
+            self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+            self.bn2 = nn.BatchNorm2d(cout)
+            self.down = None
+            if stride != 1 or cin != cout:
+                self.down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, 0, bias=False), nn.BatchNorm2d(cout))
+
+        def forward(self, x):
+            y = F.relu(self.bn1(self.conv1(x)))
+            y = self.bn2(self.conv2(y))
+            return F.relu(y + (self.down(x) if self.down is not None else x))
+
+    class ResNet18(nn.Module):
+        def __init__(self, p: Preset):
+            super().__init__()
+            w = p.base_width
+            self.stem = nn.Sequential(nn.Conv2d(3, w, 3, 1, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU())
+            blocks, cin = [], w
+            for stage in range(4):
+                cout = w << stage
+                for i in range(2):
+                    blocks.append(BasicBlock(cin, cout, 2 if stage > 0 and i == 0 else 1))
+                    cin = cout
+            self.blocks = nn.Sequential(*blocks)
+            self.fc = nn.Linear(cin, p.classes)
+            self.pool = p.image_size // 8
+
+        def forward(self, x):
+            y = self.blocks(self.stem(x))
+            return self.fc(F.avg_pool2d(y, self.pool).flatten(1))
+
+    def make_mlp(p: Preset):
+        layers: List[Any] = []
+        for i in range(len(p.widths) - 1):
+            layers.append(nn.Linear(p.widths[i], p.widths[i + 1]))
+            if i + 2 < len(p.widths):
+                layers.append(nn.ReLU())
+        return nn.Sequential(*layers)
+
+    return GPT, ResNet18, make_mlp
+
+
+# ---- running ----
+
+
+def _oom_requested(message: str) -> int:
+    m = re.search(r"Tried to allocate ([0-9.]+) (B|KiB|MiB|GiB|TiB)", message)
+    if not m:
+        return 0
+    scale = {"B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40}[m.group(2)]
+    return int(float(m.group(1)) * scale)
+
+
+def run_preset(torch, models, p: Preset, mode: str, args) -> Dict[str, Any]:
+    GPT, ResNet18, make_mlp = models
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    dtype = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}[p.precision]
+    amp = p.precision != "f32" and args.precision_mode == "amp"
+    row: Dict[str, Any] = dict(
+        preset=p.name, framework="pytorch", mode=mode, model=p.model, description=p.description, batch=p.batch,
+        seq_len=p.seq_len, items_per_step=p.items_per_step(), item_unit=p.item_unit(), precision=p.precision,
+        precision_mode=("amp" if amp else "pure") if p.precision != "f32" else "pure", technique=p.technique(),
+        status="ok", error="", oom_requested_bytes=0, parameters=0, peak_allocated_bytes=0, peak_reserved_bytes=0,
+        peak_by_category={}, step_time_ms=None, step_time_ms_min=None, step_time_ms_max=None,
+        items_per_second=None, final_loss=None)
+    state: Dict[str, Any] = {}
+    # The previous configuration's tensors are gone once its call returned; return its cached
+    # blocks too, so this one's reserved memory is its own, and start its peaks from here (an
+    # OOM row then shows how far it got).
+    gc.collect()
+    if cuda:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    try:
+        torch.manual_seed(args.seed)
+        if p.kind == "gpt":
+            model = GPT(p)
+        elif p.kind == "mlp":
+            model = make_mlp(p)
+        else:
+            model = ResNet18(p)
+        if p.precision != "f32" and not amp:
+            model = model.to(dtype)
+        model = model.to(device)
+        row["parameters"] = sum(t.numel() for t in model.parameters())
+        if p.kind == "gpt":
+            opt = torch.optim.AdamW(model.parameters(), lr=6e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
+            g = torch.Generator().manual_seed(args.seed)
+            x = torch.randint(0, p.token_range, (p.batch, p.seq_len), generator=g).to(device)
+            y = torch.randint(0, p.token_range, (p.batch, p.seq_len), generator=g).to(device)
+        else:
+            opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+            shape = (p.batch, p.widths[0]) if p.kind == "mlp" else (p.batch, 3, p.image_size, p.image_size)
+            classes = p.widths[-1] if p.kind == "mlp" else p.classes
+            g = torch.Generator().manual_seed(args.seed)
+            x = torch.randn(shape, generator=g).to(dtype if not amp else torch.float32).to(device)
+            y = torch.randint(0, classes, (p.batch,), generator=g).to(device)
+        state.update(model=model, opt=opt, x=x, y=y)
+        scaler = None
+        if amp and p.precision == "f16":  # f16 autocast needs loss scaling; bf16 has f32's range
+            scaler = torch.amp.GradScaler(device.type) if hasattr(torch.amp, "GradScaler") else torch.cuda.amp.GradScaler()
+
+        def forward_loss(m, xb, yb):
+            if p.kind == "gpt":
+                return m(xb, yb)
+            return torch.nn.functional.cross_entropy(m(xb), yb)
+
+        if mode == "compile" and not hasattr(torch, "compile"):
+            raise RuntimeError(f"torch.compile needs PyTorch 2 (this is {torch.__version__})")
+        if p.attention == "fused" and not hasattr(torch.nn.functional, "scaled_dot_product_attention"):
+            raise RuntimeError(f"fused attention (scaled_dot_product_attention) needs PyTorch 2 (this is {torch.__version__})")
+        fwd = torch.compile(forward_loss) if mode == "compile" else forward_loss
+
+        def step():
+            opt.zero_grad(set_to_none=True)
+            with torch.autocast(device.type, dtype=dtype) if amp else contextlib.nullcontext():
+                loss = fwd(model, x, y)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+            else:
+                loss.backward()
+                opt.step()
+            return loss.detach()
+
+        warmup = args.warmup + (args.compile_warmup if mode == "compile" else 0)
+        for _ in range(warmup):
+            step().item()
+        if cuda:
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            marks = [torch.cuda.Event(enable_timing=True) for _ in range(args.steps + 1)]
+            marks[0].record()
+            for i in range(args.steps):
+                loss = step()
+                marks[i + 1].record()
+            marks[-1].synchronize()
+            times = [marks[i].elapsed_time(marks[i + 1]) for i in range(args.steps)]
+            row["peak_allocated_bytes"] = int(torch.cuda.max_memory_allocated(device))
+            row["peak_reserved_bytes"] = int(torch.cuda.max_memory_reserved(device))
+        else:
+            marks = [time.perf_counter()]
+            for _ in range(args.steps):
+                loss = step()
+                marks.append(time.perf_counter())
+            times = [1000.0 * (marks[i + 1] - marks[i]) for i in range(args.steps)]
+            # PyTorch keeps no allocator statistics for host memory: not measured.
+            row["peak_allocated_bytes"] = row["peak_reserved_bytes"] = None
+        total_ms = sum(times)
+        row.update(step_time_ms=total_ms / args.steps, step_time_ms_min=min(times), step_time_ms_max=max(times),
+                   items_per_second=p.items_per_step() * args.steps / (total_ms / 1000.0) if total_ms > 0 else None)
+        final = float(loss.item())
+        row["final_loss"] = final if math.isfinite(final) else None
+    except torch.cuda.OutOfMemoryError as e:  # a row, not the end of the run
+        row.update(status="oom", error=str(e).splitlines()[0] if str(e) else "out of memory",
+                   oom_requested_bytes=_oom_requested(str(e)))
+        if cuda:
+            row["peak_allocated_bytes"] = int(torch.cuda.max_memory_allocated(device))
+            row["peak_reserved_bytes"] = int(torch.cuda.max_memory_reserved(device))
+    except Exception as e:  # noqa: BLE001 -- a failing configuration (e.g. compile) is reported, others go on
+        row.update(status="error", error=f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+    finally:
+        state.clear()
+        if mode == "compile" and hasattr(torch, "_dynamo"):
+            torch._dynamo.reset()
+    return row
+
+
+# ---- output ----
+
+
+def fmt_bytes(n: Optional[float]) -> str:
+    if n is None:
+        return "-"
+    n = float(n)
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{int(n)} B"
+
+
+def fmt_rate(v: Optional[float]) -> str:
+    if v is None:
+        return "-"
+    for unit, scale in (("M", 1e6), ("k", 1e3)):
+        if v >= scale:
+            return f"{v / scale:.3g}{unit}"
+    return f"{v:.3g}"
+
+
+def markdown_table(rows: List[Dict[str, Any]]) -> str:
+    out = ["| preset | mode | precision | technique | status | peak allocated | peak reserved | step time | items/s | final loss |",
+           "|---|---|---|---|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        status = r["status"] if r["status"] != "oom" else f"OOM (asked for {fmt_bytes(r['oom_requested_bytes'])})"
+        prec = r["precision"] + ("" if r["precision"] == "f32" else f" ({r['precision_mode']})")
+        step = "-" if r["step_time_ms"] is None else f"{r['step_time_ms']:.2f} ms"
+        ips = "-" if r["items_per_second"] is None else f"{r['items_per_second']:.0f} {r['item_unit']}/s"
+        loss = "-" if r["final_loss"] is None else f"{r['final_loss']:.4f}"
+        out.append(f"| {r['preset']} | {r['mode']} | {prec} | {r['technique']} | {status} | "
+                   f"{fmt_bytes(r['peak_allocated_bytes'])} | {fmt_bytes(r['peak_reserved_bytes'])} | {step} | {ips} | {loss} |")
+    for r in rows:
+        if r["status"] != "ok":
+            out.append(f"\n{r['preset']} ({r['mode']}): {r['error']}")
+    return "\n".join(out) + "\n"
+
+
+# ---- --compare ----
+
+
+def load_results(path: str) -> Dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise SystemExit(f"pytorch_reference.py: cannot read {path}: {e}")
+    if not isinstance(data, dict) or not isinstance(data.get("results"), list):
+        raise SystemExit(f"pytorch_reference.py: {path} is not a headroom-bench results file (no \"results\" list)")
+    if data.get("schema") != SCHEMA:
+        print(f"warning: {path} has schema {data.get('schema')!r}, this script reads {SCHEMA}", file=sys.stderr)
+    return data
+
+
+def _ratio(a: Optional[float], b: Optional[float]) -> str:
+    if a is None or b is None or not b:
+        return "-"
+    return f"{a / b:.2f}x"
+
+
+def _ok(r: Optional[Dict[str, Any]]) -> bool:
+    return r is not None and r.get("status") == "ok"
+
+
+def _cell(r: Optional[Dict[str, Any]]) -> str:
+    if r is None:
+        return "not run"
+    if r.get("status") == "oom":
+        return "OOM"
+    if r.get("status") != "ok":
+        return "error"
+    return f"{fmt_rate(r.get('items_per_second'))}/s, {fmt_bytes(r.get('peak_allocated_bytes'))}"
+
+
+def compare(path_a: str, path_b: str) -> str:
+    """A (headroom) against B (PyTorch): B's rows matched by preset, one column group per B mode."""
+    a, b = load_results(path_a), load_results(path_b)
+    name_a, name_b = a.get("framework", "A"), b.get("framework", "B")
+    modes_b: List[str] = []
+    for r in b["results"]:
+        if r.get("mode", "eager") not in modes_b:
+            modes_b.append(r.get("mode", "eager"))
+    by_b = {(r["preset"], r.get("mode", "eager")): r for r in b["results"]}
+    lines = [f"{name_a}: {path_a} ({a.get('device_name', a.get('device', '?'))}, {a.get('date', '?')})",
+             f"{name_b}: {path_b} ({b.get('device_name', b.get('device', '?'))}, {b.get('date', '?')})",
+             f"ratios are {name_a} / {name_b}: items/s above 1 = {name_a} faster; peak memory below 1 = {name_a} smaller",
+             ""]
+    if a.get("device_name") != b.get("device_name"):
+        lines.insert(2, "warning: the two files come from different devices; the ratios compare machines too")
+    header = f"| preset | {name_a} items/s, peak |"
+    rule = "|---|---|"
+    for m in modes_b:
+        header += f" {name_b} {m} items/s, peak | items/s ratio | peak alloc ratio | peak reserved ratio |"
+        rule += "---|---:|---:|---:|"
+    lines += [header, rule]
+    notes = []
+    matched = 0
+    for ra in a["results"]:
+        rbs = [by_b.get((ra["preset"], m)) for m in modes_b]
+        if all(rb is None for rb in rbs):
+            continue
+        matched += 1
+        line = f"| {ra['preset']} | {_cell(ra)} |"
+        for rb in rbs:
+            both = _ok(ra) and _ok(rb)
+            line += (f" {_cell(rb)} | {_ratio(ra.get('items_per_second'), rb.get('items_per_second')) if both else '-'} |"
+                     f" {_ratio(ra.get('peak_allocated_bytes'), rb.get('peak_allocated_bytes')) if both else '-'} |"
+                     f" {_ratio(ra.get('peak_reserved_bytes'), rb.get('peak_reserved_bytes')) if both else '-'} |")
+            if rb is not None and ra.get("precision_mode") != rb.get("precision_mode"):
+                notes.append(f"{ra['preset']}: {name_a} precision is {ra.get('precision_mode')}, "
+                             f"{name_b} {rb.get('mode')} is {rb.get('precision_mode')}")
+        lines.append(line)
+    if matched == 0:
+        lines.append("(no preset appears in both files)")
+    unmatched = [r["preset"] for r in b["results"] if all(r["preset"] != ra["preset"] for ra in a["results"])]
+    if unmatched:
+        notes.append(f"only in {path_b}: " + ", ".join(sorted(set(unmatched))))
+    if notes:
+        lines += ["", "notes:"] + [f"  {n}" for n in dict.fromkeys(notes)]
+    return "\n".join(lines) + "\n"
+
+
+# ---- main ----
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--list", action="store_true", help="print the presets and exit")
+    ap.add_argument("--preset", action="append", default=[],
+                    help="preset or group (cpu, gpu, gpt2-small, all); repeat or separate by commas (default: gpu)")
+    ap.add_argument("--modes", default="eager,compile", help="eager, compile or both (default: eager,compile)")
+    ap.add_argument("--compile-presets", default="",
+                    help="run compile mode only for these presets or groups (comma-separated; default: all selected), "
+                         "since each compilation takes a minute")
+    ap.add_argument("--steps", type=int, default=10, help="timed steps per configuration (default 10)")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed steps before them (default 2)")
+    ap.add_argument("--compile-warmup", type=int, default=2,
+                    help="extra untimed steps for torch.compile, whose first steps compile (default 2)")
+    ap.add_argument("--device", default="cuda", help="cuda, cuda:N or cpu (default cuda)")
+    ap.add_argument("--precision-mode", choices=("amp", "pure"), default="amp",
+                    help="f16/bf16 as autocast (amp, default) or the whole model cast (pure)")
+    ap.add_argument("--no-tf32", action="store_true", help="f32 matmuls in full f32 (default: TF32 allowed)")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--out", default="torch-results", help="folder for results.json and results.md")
+    ap.add_argument("--compare", nargs=2, metavar=("HEADROOM_JSON", "TORCH_JSON"),
+                    help="print two results.json files side by side with ratios, and exit")
+    args = ap.parse_args(argv)
+
+    if args.compare:
+        print(compare(*args.compare), end="")
+        return 0
+    if args.list:
+        for p in all_presets():
+            print(f"  {p.name:<26}{p.description}")
+        print("groups: " + ", ".join(GROUPS))
+        return 0
+    names = [n for arg in (args.preset or ["gpu"]) for n in arg.split(",") if n]
+    try:
+        presets = select_presets(names)
+    except ValueError as e:
+        print(f"pytorch_reference.py: {e}", file=sys.stderr)
+        return 2
+    modes = [m for m in args.modes.split(",") if m]
+    if not modes or any(m not in ("eager", "compile") for m in modes):
+        print("pytorch_reference.py: --modes takes eager, compile or eager,compile", file=sys.stderr)
+        return 2
+    if args.steps < 1 or args.warmup < 0:
+        print("pytorch_reference.py: --steps must be >= 1 and --warmup >= 0", file=sys.stderr)
+        return 2
+    compile_only = None
+    if args.compile_presets:
+        try:
+            compile_only = {p.name for p in select_presets([n for n in args.compile_presets.split(",") if n])}
+        except ValueError as e:
+            print(f"pytorch_reference.py: --compile-presets: {e}", file=sys.stderr)
+            return 2
+
+    try:
+        import torch
+    except ImportError:
+        print("pytorch_reference.py: PyTorch is not installed (pip install torch); --compare works without it",
+              file=sys.stderr)
+        return 1
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print(f"pytorch_reference.py: {args.device} is not available (no GPU or no CUDA build of torch)",
+              file=sys.stderr)
+        return 1
+    torch.backends.cuda.matmul.allow_tf32 = not args.no_tf32
+    torch.backends.cudnn.allow_tf32 = not args.no_tf32
+    models = build_models(torch)
+
+    rows = []
+    for i, p in enumerate(presets):
+        for mode in modes:
+            if mode == "compile" and compile_only is not None and p.name not in compile_only:
+                continue
+            print(f"[{i + 1}/{len(presets)}] {p.name} ({mode}): {p.description}", file=sys.stderr, flush=True)
+            t0 = time.time()
+            r = run_preset(torch, models, p, mode, args)
+            if r["status"] == "ok":
+                print(f"  peak allocated {fmt_bytes(r['peak_allocated_bytes'])}, reserved "
+                      f"{fmt_bytes(r['peak_reserved_bytes'])}, {r['step_time_ms']:.2f} ms/step, "
+                      f"{r['items_per_second']:.0f} {r['item_unit']}/s ({time.time() - t0:.1f} s)",
+                      file=sys.stderr, flush=True)
+            else:
+                print(f"  {r['status']}: {r['error']}", file=sys.stderr, flush=True)
+            rows.append(r)
+
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        total = torch.cuda.get_device_properties(device).total_memory
+        device_name = f"{name}, {total >> 20} MiB"
+    else:
+        device_name = f"cpu, {torch.get_num_threads()} threads"
+    doc = dict(schema=SCHEMA, framework="pytorch", torch_version=torch.__version__, device=str(device),
+               device_name=device_name,
+               date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+               steps=args.steps, warmup_steps=args.warmup, tf32=not args.no_tf32, results=rows)
+    table = markdown_table(rows)
+    print(table, end="")
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "results.json"), "w", encoding="utf-8") as f:
+        json.dump(doc, f, indent=2)
+        f.write("\n")
+    with open(os.path.join(args.out, "results.md"), "w", encoding="utf-8") as f:
+        f.write(table)
+    print(f"wrote {os.path.join(args.out, 'results.json')} and results.md", file=sys.stderr)
+    return 1 if any(r["status"] == "error" for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

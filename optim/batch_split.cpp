@@ -1,0 +1,212 @@
+// BatchSplitter: the accumulation loop, and the recovery of Note [automatic splitting] in
+// batch_split.h. Everything an attempt allocates lives in attempt()'s frame (the micro-batch
+// graphs, the collected outputs), so an exception unwinding out of it has released them by the
+// time step() catches it; step() then only has to drop .grad, put the buffers and the RNG back,
+// and empty the allocator's cache.
+#include "optim/batch_split.h"
+
+#include <algorithm>
+#include <charconv>
+#include <ostream>
+#include <vector>
+
+#include "autograd/functions.h"
+#include "autograd/grad_mode.h"
+#include "engine/caching_allocator.h"
+#include "engine/error.h"
+#include "engine/rng.h"
+#include "nn/module.h"
+
+namespace headroom::optim {
+
+int64_t parse_micro_batches(const std::string& text, const std::string& what) {
+  if (text == "auto") return BatchSplitter::kAuto;
+  int64_t k = 0;
+  auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), k);
+  HR_CHECK(!text.empty() && ec == std::errc() && end == text.data() + text.size() && k >= 1, ValueError, what,
+           ": expected a positive number of micro-batches or \"auto\", got '", text, "'");
+  return k;
+}
+
+BatchSplitter::BatchSplitter(Optimizer& optimizer, int64_t micro_batches, nn::Module* model)
+    : BatchSplitter(optimizer, micro_batches, model, Options{}) {}
+
+BatchSplitter::BatchSplitter(Optimizer& optimizer, int64_t micro_batches, nn::Module* model, Options options)
+    : optimizer_(optimizer),
+      model_(model),
+      options_(options),
+      micro_batches_(micro_batches),
+      automatic_(micro_batches == kAuto) {
+  HR_CHECK(micro_batches >= 0, ValueError, "BatchSplitter: micro_batches must be >= 1 or kAuto (0), got ",
+           micro_batches);
+  HR_CHECK(options_.grow_after >= 0, ValueError, "BatchSplitter: grow_after must be >= 0, got ",
+           options_.grow_after);
+  grow_wait_ = options_.grow_after;
+}
+
+void BatchSplitter::step_optimizer() {
+  if (options_.optimizer_step) options_.optimizer_step(optimizer_);
+  else optimizer_.step();
+}
+
+void BatchSplitter::drop_grads() {
+  optimizer_.zero_grad();
+  if (model_) model_->zero_grad();
+}
+
+SplitStepResult BatchSplitter::attempt(const Tensor& inputs, const Tensor& targets, const StepFn& fn, int64_t m) {
+  const int64_t n = inputs.size(0);
+  SplitStepResult r;
+  r.micro_batch_size = m;
+  std::vector<Tensor> outputs;
+  double loss_sum = 0;
+  for (int64_t start = 0; start < n; start += m) {
+    const int64_t end = std::min(n, start + m);
+    const int64_t count = end - start;
+    Tensor loss;
+    {
+      MicroBatchOutput out = count == n ? fn(inputs, targets) : fn(inputs.slice(0, start, end), targets.slice(0, start, end));
+      loss = std::move(out.loss);
+      if (out.output.defined()) outputs.push_back(out.output.detach());
+    }
+    HR_CHECK(loss.defined() && loss.numel() == 1 && loss.requires_grad(), ValueError,
+             "BatchSplitter::step: the step function must return the micro-batch's mean loss as a scalar with "
+             "history, got ",
+             loss.defined() ? shape_str(loss.shape()) : std::string("an undefined tensor"),
+             loss.defined() && !loss.requires_grad() ? " without history" : "");
+    loss_sum += loss.item<double>() * static_cast<double>(count);
+    // The share n_i / N makes the accumulated gradient the whole batch's; skipped (not multiplied
+    // by 1) for an unsplit batch so that it costs nothing and matches a plain step bit for bit.
+    Tensor weighted = count == n ? loss : loss * (static_cast<double>(count) / static_cast<double>(n));
+    if (options_.scale_loss) weighted = options_.scale_loss(weighted);
+    weighted.backward();
+    ++r.micro_batches;
+  }
+  r.loss = loss_sum / static_cast<double>(n);
+  if (outputs.size() == static_cast<size_t>(r.micro_batches)) {
+    NoGradGuard no_grad;
+    r.output = outputs.size() == 1 ? outputs[0] : cat(outputs, 0);
+  }
+  return r;
+}
+
+SplitStepResult BatchSplitter::step(const Tensor& inputs, const Tensor& targets, const StepFn& fn) {
+  HR_CHECK(inputs.defined() && targets.defined() && inputs.dim() >= 1 && targets.dim() >= 1, ShapeError,
+           "BatchSplitter::step: inputs and targets must be tensors with a batch dim, got ",
+           inputs.defined() ? shape_str(inputs.shape()) : std::string("undefined"), " and ",
+           targets.defined() ? shape_str(targets.shape()) : std::string("undefined"));
+  HR_CHECK(inputs.size(0) == targets.size(0) && inputs.size(0) > 0, ShapeError,
+           "BatchSplitter::step: inputs ", shape_str(inputs.shape()), " and targets ", shape_str(targets.shape()),
+           " must have the same non-empty batch dim 0");
+  const int64_t n = inputs.size(0);
+
+  if (!automatic_) {
+    const int64_t m = (n + micro_batches_ - 1) / micro_batches_;
+    drop_grads();
+    SplitStepResult r = attempt(inputs, targets, fn, m);
+    step_optimizer();
+    micro_batch_size_ = m;
+    ++steps_;
+    return r;
+  }
+
+  CachingAllocator& allocator = caching_allocator(inputs.device());
+  Generator& gen = default_generator();
+  const int64_t fitted = micro_batch_size_ == 0 ? n : std::min(micro_batch_size_, n);
+  int64_t m = fitted;
+  bool growing = false;
+  if (options_.grow_after > 0 && micro_batch_size_ > 0 && micro_batch_size_ < n && clean_steps_ >= grow_wait_) {
+    m = std::min(n, 2 * micro_batch_size_);
+    growing = true;
+    ++grow_attempts_;
+  }
+
+  // The state a failed attempt must leave as it found it.
+  drop_grads();
+  const uint64_t seed = gen.seed(), offset = gen.offset();
+  std::vector<Tensor> buffers, saved_buffers;
+  if (model_) {
+    NoGradGuard no_grad;
+    buffers = model_->buffers();
+    for (const Tensor& b : buffers) saved_buffers.push_back(b.clone());
+  }
+
+  int64_t recovered = 0;
+  SplitStepResult r;
+  for (;;) {
+    const MemoryStats before = allocator.stats();
+    try {
+      r = attempt(inputs, targets, fn, m);
+      break;
+    } catch (const OutOfMemoryError& e) {
+      // attempt()'s frame is gone: the graphs and outputs it held are freed.
+      drop_grads();
+      gen.manual_seed(seed);
+      gen.set_offset(offset);
+      if (model_) {
+        NoGradGuard no_grad;
+        for (size_t i = 0; i < buffers.size(); ++i) buffers[i].copy_(saved_buffers[i]);
+      }
+      allocator.empty_cache();
+      Recovery rec;
+      rec.step = steps_;
+      rec.failed_size = m;
+      rec.next_size = growing ? fitted : (m + 1) / 2;
+      rec.requested_bytes = static_cast<int64_t>(e.requested_bytes());
+      const MemoryStats after = allocator.stats();
+      rec.allocated_before = before.allocated_bytes.current;
+      rec.allocated_after = after.allocated_bytes.current;
+      rec.reserved_before = before.reserved_bytes.current;
+      rec.reserved_after = after.reserved_bytes.current;
+      if (growing || m > 1) {
+        recoveries_.push_back(rec);
+        ++recovered;
+        ++ooms_recovered_;
+      }
+      if (growing) {
+        growing = false;
+        ++grow_failures_;
+        grow_wait_ = std::max<int64_t>(grow_wait_, 1) * 2;
+        clean_steps_ = 0;
+        if (options_.log)
+          *options_.log << "batch splitting: micro-batch of " << m << " ran out of memory, back to " << fitted
+                        << "; next try after " << grow_wait_ << " clean steps\n";
+        m = fitted;
+        continue;
+      }
+      if (m == 1) {
+        throw OutOfMemoryError(
+            str_cat("BatchSplitter: out of memory even with a micro-batch of 1 sample (batch of ", n,
+                    " samples on ", inputs.device().str(), ", whose inputs and targets themselves hold ",
+                    format_bytes(static_cast<int64_t>(inputs.nbytes() + targets.nbytes())),
+                    "): batch splitting cannot make this step fit; use a smaller batch, a smaller model, mixed "
+                    "precision or activation checkpointing. The allocator's report for the last failure:\n",
+                    e.what()),
+            e.requested_bytes(), e.limit_bytes());
+      }
+      const int64_t next = rec.next_size;
+      if (options_.log)
+        *options_.log << "batch splitting: micro-batch of " << m << " ran out of memory (asked for "
+                      << format_bytes(static_cast<int64_t>(e.requested_bytes())) << "), retrying with " << next
+                      << " (" << (n + next - 1) / next << " micro-batches of the batch of " << n << ")\n";
+      m = next;
+    }
+  }
+  step_optimizer();
+  ++steps_;
+  r.ooms_recovered = recovered;
+
+  if (m != fitted) {  // split, or grew
+    if (growing && options_.log)
+      *options_.log << "batch splitting: grew the micro-batch from " << fitted << " to " << m << "\n";
+    micro_batch_size_ = m;
+    clean_steps_ = 0;
+    if (growing) grow_wait_ = options_.grow_after;
+  } else {
+    if (micro_batch_size_ == 0) micro_batch_size_ = n;
+    if (recovered == 0) ++clean_steps_;
+  }
+  return r;
+}
+
+}  // namespace headroom::optim
