@@ -82,6 +82,22 @@ else
   row "examples --device cuda" "not run (no GPU)"
 fi
 
+# headroom-bench's GPU presets beside PyTorch (eager; torch.compile for the bf16 fused GPT-2 only:
+# each compilation takes about a minute), then the two side by side with their ratios.
+if [ "$gpu" != "none found" ] && [ "${HEADROOM_GPU_CHECK_BENCH:-1}" = 1 ]; then
+  ./build-gpu/bench/headroom-bench --preset gpu --device cuda --steps 10 --out "$log/hb" >"$log/hb.txt" 2>&1
+  row "headroom-bench --preset gpu" "exit $? (table in $log/hb.txt)"
+  if python3 -c "import torch" 2>/dev/null; then
+    python3 bench/pytorch_reference.py --preset gpu --compile-presets gpt2-small-bf16-fused --out "$log/torch" \
+      >"$log/torch.txt" 2>&1
+    row "pytorch_reference --preset gpu" "exit $?"
+    python3 bench/pytorch_reference.py --compare "$log/hb/results.json" "$log/torch/results.json" >"$log/compare.txt" 2>&1
+    cat "$log/hb.txt" "$log/compare.txt"
+  else
+    row "pytorch_reference" "not run (no torch in python3)"
+  fi
+fi
+
 ./build-gpu/bench/allocator_bench --benchmark_filter='cuda|caching_pair/' --benchmark_repetitions=3 \
   --benchmark_report_aggregates_only=true >"$log/bench.txt" 2>&1
 while read -r name _ _ cpu unit _; do
