@@ -26,14 +26,13 @@
 
 #include "kernels/cuda/cuda_backend.h"
 #include "kernels/cuda/cuda_common.cuh"
+#include "kernels/cuda/row_ops.cuh"
 
 namespace headroom::cuda {
 
 namespace {
 
-constexpr int64_t kWarpRowMax = 1024;  // rows up to this long take a warp; longer ones a block
-constexpr int kMaxRowThreads = 512;
-constexpr int64_t kMaxGrid = 65535 * 8;
+constexpr int64_t kMaxGrid = kMaxRowGrid;
 constexpr int64_t kMaxParamSplits = 128;  // row splits for the dweight/dbias partial sums
 constexpr int64_t kMinSplitRows = 32;     // rows a split should get at least
 constexpr int kParamTileX = 32, kParamTileY = 8;
@@ -72,42 +71,6 @@ __global__ void vector_to_acc_kernel(const void* __restrict__ src, DType dt, int
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x)
     dst[i] = load_as<C>(src, dt, i * stride);
-}
-
-// A row per warp (kBlockRow false: blockDim.x / 32 rows at a time) or per block. The row loop
-// bounds depend only on blockIdx (block rows) or the warp index (warp rows), so the
-// synchronisations in block_sum and the shuffles are reached by the whole block or warp.
-template <bool kBlockRow>
-struct Rows {
-  __device__ static int lanes() { return kBlockRow ? blockDim.x : 32; }
-  __device__ static int lane() { return kBlockRow ? threadIdx.x : threadIdx.x % 32; }
-  __device__ static int64_t first() {
-    return kBlockRow ? blockIdx.x : blockIdx.x * static_cast<int64_t>(blockDim.x / 32) + threadIdx.x / 32;
-  }
-  __device__ static int64_t step() {
-    return kBlockRow ? gridDim.x : gridDim.x * static_cast<int64_t>(blockDim.x / 32);
-  }
-  // The row's sum, in every lane. `shared` holds 32 values.
-  template <typename C>
-  __device__ static C sum(C v, C* shared) {
-    if constexpr (kBlockRow) return block_sum(v, shared);
-    else return warp_sum(v);
-  }
-};
-
-struct RowLaunch {
-  bool block_rows;
-  unsigned grid, threads;
-};
-
-RowLaunch row_launch(int64_t rows, int64_t n) {
-  if (n <= kWarpRowMax) {
-    const int64_t rows_per_block = kBlock / 32;
-    return {false, static_cast<unsigned>(std::min<int64_t>((rows + rows_per_block - 1) / rows_per_block, kMaxGrid)),
-            static_cast<unsigned>(kBlock)};
-  }
-  return {true, static_cast<unsigned>(std::min<int64_t>(rows, kMaxGrid)),
-          static_cast<unsigned>(n >= 8192 ? kMaxRowThreads : kBlock)};
 }
 
 // ---- forward ----

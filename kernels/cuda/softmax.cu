@@ -29,14 +29,13 @@
 
 #include "kernels/cuda/cuda_backend.h"
 #include "kernels/cuda/cuda_common.cuh"
+#include "kernels/cuda/row_ops.cuh"
 
 namespace headroom::cuda {
 
 namespace {
 
-constexpr int64_t kWarpRowMax = 1024;  // rows up to this long take a warp; longer ones a block
-constexpr int kMaxRowThreads = 512;
-constexpr int64_t kMaxGrid = 65535 * 8;
+constexpr int64_t kMaxGrid = kMaxRowGrid;
 
 template <typename C>
 __device__ __forceinline__ C dev_exp(C v) {
@@ -84,43 +83,24 @@ __device__ __forceinline__ MaxSum<C> warp_max_sum(MaxSum<C> v) {
   return v;
 }
 
-// A row per warp (kBlockRow false: blockDim.x / 32 rows at a time) or per block. The row loop
-// bounds depend only on blockIdx (block rows) or the warp index (warp rows), so the
-// synchronisations and shuffles below are reached by the whole block or warp.
-template <bool kBlockRow>
-struct Rows {
-  __device__ static int lanes() { return kBlockRow ? blockDim.x : 32; }
-  __device__ static int lane() { return kBlockRow ? threadIdx.x : threadIdx.x % 32; }
-  __device__ static int64_t first() {
-    return kBlockRow ? blockIdx.x : blockIdx.x * static_cast<int64_t>(blockDim.x / 32) + threadIdx.x / 32;
-  }
-  __device__ static int64_t step() {
-    return kBlockRow ? gridDim.x : gridDim.x * static_cast<int64_t>(blockDim.x / 32);
-  }
-  // The row's sum, in every lane. `shared` holds 32 values.
-  template <typename C>
-  __device__ static C sum(C v, C* shared) {
-    if constexpr (kBlockRow) return block_sum(v, shared);
-    else return warp_sum(v);
-  }
-  // The row's running max and sum, in every lane. `sm`, `ss` hold 32 values each.
-  template <typename C>
-  __device__ static MaxSum<C> max_sum(MaxSum<C> v, C* sm, C* ss) {
-    v = warp_max_sum(v);
-    if constexpr (kBlockRow) {
-      const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
-      __syncthreads();  // sm/ss may still be read for the previous row
-      if (lane == 0) {
-        sm[warp] = v.m;
-        ss[warp] = v.s;
-      }
-      __syncthreads();
-      v = lane < warps ? MaxSum<C>{sm[lane], ss[lane]} : MaxSum<C>::empty();
-      v = warp_max_sum(v);
+// The row's running max and sum, in every lane (Rows<kBlockRow>). `sm`, `ss` hold 32 values each.
+template <bool kBlockRow, typename C>
+__device__ MaxSum<C> row_max_sum(MaxSum<C> v, C* sm, C* ss) {
+  v = warp_max_sum(v);
+  if constexpr (kBlockRow) {
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+    __syncthreads();  // sm/ss may still be read for the previous row
+    if (lane == 0) {
+      sm[warp] = v.m;
+      ss[warp] = v.s;
     }
-    return v;
+    __syncthreads();
+    v = lane < warps ? MaxSum<C>{sm[lane], ss[lane]} : MaxSum<C>::empty();
+    v = warp_max_sum(v);
   }
-};
+  return v;
+}
+
 
 // Column launches: threadIdx.x walks columns, threadIdx.y (a power of two) splits each
 // column's n elements. Combines per-thread values over threadIdx.y in shared[blockDim], result
@@ -159,7 +139,7 @@ __global__ void __launch_bounds__(kMaxRowThreads)
     T* yr = y + r * n;
     MaxSum<C> st = MaxSum<C>::empty();
     for (int64_t j = lane; j < n; j += lanes) st.add(convert<C>(xr[j]));
-    st = R::max_sum(st, sm, ss);
+    st = row_max_sum<kBlockRow>(st, sm, ss);
     if (log) {
       // (x - max) - log(sum), not x - (max + log(sum)), which would lose the digits of large
       // logits (as on the CPU).
@@ -302,22 +282,6 @@ int64_t pow2_ceil(int64_t v) {
   return p;
 }
 
-struct RowLaunch {
-  bool block_rows;
-  unsigned grid, threads;
-};
-
-// A warp per row (8 rows a 256-thread block) up to kWarpRowMax elements, else a block per row.
-RowLaunch row_launch(int64_t rows, int64_t n) {
-  if (n <= kWarpRowMax) {
-    const int64_t rows_per_block = kBlock / 32;
-    return {false, static_cast<unsigned>(std::min<int64_t>((rows + rows_per_block - 1) / rows_per_block, kMaxGrid)),
-            static_cast<unsigned>(kBlock)};
-  }
-  return {true, static_cast<unsigned>(std::min<int64_t>(rows, kMaxGrid)),
-          static_cast<unsigned>(n >= 8192 ? kMaxRowThreads : kBlock)};
-}
-
 // 32 neighbouring columns across threadIdx.x (fewer when there are fewer columns), and
 // threadIdx.y splitting long columns so that each thread keeps at least 16 elements.
 struct ColumnLaunch {
@@ -382,7 +346,7 @@ __global__ void __launch_bounds__(kMaxRowThreads)
     const T* xr = x + r * c;
     MaxSum<C> st = MaxSum<C>::empty();
     for (int64_t j = lane; j < c; j += lanes) st.add(convert<C>(xr[j]));
-    st = R::max_sum(st, sm, ss);
+    st = row_max_sum<kBlockRow>(st, sm, ss);
     if (lane == 0) {
       const C log_sum = dev_log(st.s);
       lse[r] = static_cast<float>(st.m + log_sum);
