@@ -13,6 +13,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "kernels/contract_checks.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cpu/gemm.h"
 
@@ -57,29 +58,8 @@ const char* better_openblas_core() {
   return true;
 }();
 
-// How a [rows, cols] matrix with element strides (srow, scol) is passed to a row-major gemm:
-// transposed or not, and its leading dim. ok is false when it needs a copy.
-struct BlasLayout {
-  bool ok = false;
-  bool trans = false;
-  int64_t ld = 0;
-};
-
-BlasLayout blas_layout(int64_t rows, int64_t cols, int64_t srow, int64_t scol) {
-  const int64_t min_ld_row = std::max<int64_t>(1, cols);
-  const int64_t min_ld_col = std::max<int64_t>(1, rows);
-  // Row-major: element (i, j) at i * ld + j.
-  if (cols <= 1 || scol == 1) {
-    if (rows <= 1) return {true, false, min_ld_row};
-    if (srow >= min_ld_row) return {true, false, srow};
-  }
-  // Column-major: element (i, j) at j * ld + i, i.e. the transpose of a row-major [cols, rows].
-  if (rows <= 1 || srow == 1) {
-    if (cols <= 1) return {true, true, min_ld_col};
-    if (scol >= min_ld_col) return {true, true, scol};
-  }
-  return {};
-}
+using kernels::BlasLayout;
+using kernels::blas_layout;
 
 // A contiguous copy of x (same dtype or `dtype`), through the backend's strided copy.
 Tensor contiguous_copy(Backend& be, const Tensor& x, DType dtype) {

@@ -30,6 +30,7 @@
 #include <limits>
 #include <type_traits>
 
+#include "kernels/contract_checks.h"
 #include "kernels/cuda/cuda_backend.h"
 #include "kernels/cuda/cuda_common.cuh"
 
@@ -431,30 +432,12 @@ __global__ void __launch_bounds__(kThreads)
 
 // ---- host side ----
 
-struct AttnGeometry {
-  int64_t bh = 0, t = 0, d = 0;
-};
+using kernels::AttnGeometry;
 
-void check_4d(const char* op, const Tensor& ref, const Tensor& t, const char* name) {
-  HR_CHECK(t.defined(), ValueError, op, ": ", name, " is undefined");
-  HR_CHECK(t.shape() == ref.shape(), ShapeError, op, ": ", name, " has shape ", shape_str(t.shape()),
-           " but q has ", shape_str(ref.shape()), " (all of q, k, v, out must be [B, H, T, D])");
-  HR_CHECK(t.dtype() == ref.dtype(), DTypeError, op, ": ", name, " is ", dtype_name(t.dtype()), " but q is ",
-           dtype_name(ref.dtype()));
-  HR_CHECK(t.is_contiguous(), ValueError, op, ": ", name, " must be contiguous, got ", describe(t), " with strides ",
-           shape_str(t.strides()));
-}
-
+// The contract's checks (kernels/contract_checks.h), then the limits of this kernel.
 AttnGeometry check_attention(const char* op, const Tensor& q,
                              std::initializer_list<std::pair<Tensor, const char*>> others, const Tensor& lse) {
-  HR_CHECK(q.dim() == 4, ShapeError, op, ": q must be [B, H, T, D], got ", describe(q));
-  check_4d(op, q, q, "q");
-  for (const auto& [t, name] : others) check_4d(op, q, t, name);
-  const Shape want{q.size(0), q.size(1), q.size(2)};
-  HR_CHECK(lse.defined() && lse.dtype() == DType::f32 && lse.shape() == want && lse.is_contiguous(), ValueError, op,
-           ": lse must be a contiguous f32 ", shape_str(want), ", got ",
-           lse.defined() ? describe(lse) : std::string("undefined"));
-  const AttnGeometry g{q.size(0) * q.size(1), q.size(2), q.size(3)};
+  const AttnGeometry g = kernels::check_attention(op, q, others, lse);
   HR_CHECK(g.d <= kMaxHeadDim, ValueError, op, ": the cuda kernel supports head dims up to ", kMaxHeadDim,
            ", got D = ", g.d, " for q ", shape_str(q.shape()));
   HR_CHECK(g.bh <= std::numeric_limits<int32_t>::max() && g.t <= std::numeric_limits<int32_t>::max() / 2 &&

@@ -24,6 +24,7 @@
 #include <climits>
 
 #include "engine/memory.h"
+#include "kernels/contract_checks.h"
 #include "kernels/cuda/cuda_backend.h"
 #include "kernels/cuda/cuda_libs.h"
 #include "kernels/cuda/cuda_scope.h"
@@ -36,28 +37,9 @@ namespace {
 // must come out as its transpose: row-major storage with leading dim ld is CUBLAS_OP_N
 // (trans false); column-major storage with leading dim ld is CUBLAS_OP_T (trans true). ok is
 // false when the matrix needs a contiguous copy. The leading dims always satisfy cuBLAS's
-// ld >= max(1, stored rows).
-struct BlasLayout {
-  bool ok = false;
-  bool trans = false;
-  int64_t ld = 0;
-};
-
-BlasLayout blas_layout(int64_t rows, int64_t cols, int64_t srow, int64_t scol) {
-  const int64_t min_ld_row = std::max<int64_t>(1, cols);
-  const int64_t min_ld_col = std::max<int64_t>(1, rows);
-  // Row-major: element (i, j) at i * ld + j.
-  if (cols <= 1 || scol == 1) {
-    if (rows <= 1) return {true, false, min_ld_row};
-    if (srow >= min_ld_row) return {true, false, srow};
-  }
-  // Column-major: element (i, j) at j * ld + i.
-  if (rows <= 1 || srow == 1) {
-    if (cols <= 1) return {true, true, min_ld_col};
-    if (scol >= min_ld_col) return {true, true, scol};
-  }
-  return {};
-}
+// ld >= max(1, stored rows). blas_layout (kernels/contract_checks.h) is the CPU's rule too.
+using kernels::BlasLayout;
+using kernels::blas_layout;
 
 // A contiguous copy of x through the backend's strided copy, counted as workspace.
 Tensor contiguous_copy(const Tensor& x) {
