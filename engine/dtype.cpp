@@ -1,7 +1,5 @@
 #include "engine/dtype.h"
 
-#include <cmath>
-
 namespace headroom {
 
 size_t dtype_size(DType d) {
@@ -80,54 +78,6 @@ DType promote_types(DType a, DType b) {
     return float_rank(a) >= float_rank(b) ? a : b;
   }
   return int_rank(a) >= int_rank(b) ? a : b;
-}
-
-uint16_t Half::from_float(float f) {
-  uint32_t x;
-  std::memcpy(&x, &f, 4);
-  uint32_t sign = (x >> 16) & 0x8000u;
-  uint32_t absx = x & 0x7fffffffu;
-  if (absx >= 0x7f800000u) {  // inf or NaN
-    return static_cast<uint16_t>(sign | 0x7c00u | (absx > 0x7f800000u ? 0x200u : 0u));
-  }
-  if (absx >= 0x477ff000u) return static_cast<uint16_t>(sign | 0x7c00u);  // rounds to inf
-  if (absx < 0x38800000u) {
-    // Subnormal half or zero: count units of 2^-24, rounded to nearest even (exact in f32).
-    float af;
-    std::memcpy(&af, &absx, 4);
-    float scaled = af * 16777216.0f;  // 2^24
-    auto m = static_cast<uint32_t>(std::nearbyint(scaled));
-    return static_cast<uint16_t>(sign | m);
-  }
-  uint32_t mant = absx & 0x7fffffu;
-  int32_t exp = static_cast<int32_t>(absx >> 23) - 127 + 15;
-  uint32_t h = (static_cast<uint32_t>(exp) << 10) | (mant >> 13);
-  uint32_t rest = mant & 0x1fffu;
-  if (rest > 0x1000u || (rest == 0x1000u && (h & 1u))) ++h;  // carries into the exponent correctly
-  return static_cast<uint16_t>(sign | h);
-}
-
-float Half::to_float(uint16_t h) {
-  uint32_t sign = (static_cast<uint32_t>(h) & 0x8000u) << 16;
-  uint32_t exp = (h >> 10) & 0x1fu;
-  uint32_t mant = h & 0x3ffu;
-  uint32_t out;
-  if (exp == 0) {
-    if (mant == 0) {
-      out = sign;
-    } else {
-      float f = static_cast<float>(mant) * (1.0f / 16777216.0f);
-      std::memcpy(&out, &f, 4);
-      out |= sign;
-    }
-  } else if (exp == 31) {
-    out = sign | 0x7f800000u | (mant << 13);
-  } else {
-    out = sign | ((exp - 15 + 127) << 23) | (mant << 13);
-  }
-  float f;
-  std::memcpy(&f, &out, 4);
-  return f;
 }
 
 }  // namespace headroom
