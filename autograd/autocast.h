@@ -17,6 +17,8 @@
 // The policy, by op:
 //   low   (inputs cast to the scope's f16/bf16): matmul, linear, conv2d -- the products, where
 //         16-bit halves the saved activations and runs on tensor cores;
+//         nn::chunked_cross_entropy (a linear and a cross-entropy in one node) asks linear's
+//         and cross_entropy's entries: 16-bit gemms and chunk buffers, f32 log-sum-exp and loss;
 //   f32   (16-bit inputs upcast to f32): softmax, log_softmax, layer_norm, sum, mean,
 //         cross_entropy, mse_loss, exp, log, pow -- range- or accumulation-sensitive;
 //   f32_params (nothing cast): batch_norm -- its weight, bias and running statistics stay f32
