@@ -136,6 +136,10 @@ Tensor var(const Tensor& x, const std::vector<int64_t>& dims_in, int64_t correct
   for (int64_t d : dims) count *= x.size(d);
   HR_CHECK(count - correction > 0, ValueError, "var: ", count, " elements with correction ", correction,
            " leave no degrees of freedom");
+  // 16-bit x is worked in f32 and the result rounded back: the sum of squares of more than a few
+  // ten thousand f16 values overflows 65504, and so does the divisor as an f16 scalar.
+  if (x.dtype() == DType::f16 || x.dtype() == DType::bf16)
+    return cast(var(cast(x, DType::f32), dims, correction, keepdim), x.dtype());
   Tensor centered = x - mean(x, dims, true);
   return sum(centered * centered, dims, keepdim) / static_cast<double>(count - correction);
 }

@@ -81,6 +81,25 @@ TEST(GradReduce, SumMeanMaxVar) {
   EXPECT_TRUE(grad_ok([](const V& v) { return sum(v[0].permute({2, 0, 1}), {0, 2}); }, {x}));
 }
 
+// f16 var over more elements than f16's largest value: worked in f32, so neither the sum of
+// squares nor the divisor overflows; the gradient reaches the f16 input through the casts.
+TEST(GradReduce, HalfVarOverManyElements) {
+  manual_seed(11);
+  for (DType dt : {DType::f16, DType::bf16}) {
+    Tensor x = (Tensor::randn({100000}) * 2.0).to(dt).set_requires_grad(true);
+    Tensor v = var(x, {}, 1, false);
+    EXPECT_EQ(v.dtype(), dt);
+    const double ref = var(x.detach().to(DType::f64), {}, 1, false).item<double>();
+    EXPECT_NEAR(v.item<double>(), ref, 0.01 * ref) << dtype_name(dt);
+    v.backward();
+    // d var / dx_i = 2 (x_i - mean) / (n - 1): check one element.
+    const double mean_x = x.detach().to(DType::f64).mean().item<double>();
+    const double x0 = x.detach().to(DType::f64).reshape({-1}).slice(0, 0, 1).item<double>();
+    const double g0 = x.grad().to(DType::f64).reshape({-1}).slice(0, 0, 1).item<double>();
+    EXPECT_NEAR(g0, 2 * (x0 - mean_x) / 99999.0, 0.02 * std::abs(2 * (x0 - mean_x) / 99999.0) + 1e-7) << dtype_name(dt);
+  }
+}
+
 TEST(GradView, ReshapePermuteSliceExpandCatSplit) {
   Tensor x = rand_f64({2, 3, 4});
   EXPECT_TRUE(grad_ok([](const V& v) { return v[0].reshape({6, 4}) * 1.0; }, {x}));
