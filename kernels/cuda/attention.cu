@@ -1,5 +1,7 @@
 // Fused (causal) attention on the GPU: the CPU kernel's algorithm (kernels/cpu/attention.cpp)
-// with tiles in shared memory. q, k, v, out, dout: [B, H, T, D] contiguous, D <= 128; lse:
+// with tiles in shared memory, on CUDA cores. f16/bf16 with head dim 64 or 128 on an sm_80+ GPU
+// go to the tensor-core kernels of attention_tc.cu instead (after the checks here, and after
+// step 1 of backward, which both share). q, k, v, out, dout: [B, H, T, D] contiguous, D <= 128; lse:
 // [B, H, T] f32. Nothing of size T x T is ever held.
 //
 // Tiles: kB queries x kB keys (64, or 32 for f64 whose tiles are twice the bytes), 256 threads
@@ -31,6 +33,7 @@
 #include <type_traits>
 
 #include "kernels/contract_checks.h"
+#include "kernels/cuda/attention_tc.h"
 #include "kernels/cuda/cuda_backend.h"
 #include "kernels/cuda/cuda_common.cuh"
 
@@ -471,12 +474,32 @@ void set_shared_memory(const char* op, Kernel kernel, size_t bytes, const Kernel
   HR_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
 }
 
+// Whether this call takes the tensor-core kernels (attention_tc.h): the dtype, head dim and GPU
+// qualify and every operand's data is 16-byte aligned (a view may start anywhere).
+bool use_tensor_cores(const Tensor& q, std::initializer_list<Tensor> others) {
+  if (!attention_uses_tensor_cores(q.device(), q.dtype(), q.size(3))) return false;
+  auto aligned = [](const Tensor& x) { return reinterpret_cast<uintptr_t>(x.raw_data()) % 16 == 0; };
+  if (!aligned(q)) return false;
+  for (const Tensor& x : others)
+    if (!aligned(x)) return false;
+  return true;
+}
+
 template <typename T>
 void forward_impl(const KernelScope& scope, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
                   const Tensor& lse, const AttnGeometry& g, double scale, bool causal) {
   using C = acc_type<T>;
   constexpr int kB = tile_for<C>();
   const char* op = "attention_forward";
+  if constexpr (std::is_same_v<C, float>) {
+    if (use_tensor_cores(q, {k, v, out})) {
+      attention_grid(op, g, 64);  // the tile-count limit
+      attention_tc::forward(scope.stream(), q.dtype(), {g.bh, static_cast<int>(g.t), static_cast<int>(g.d)},
+                            q.raw_data(), k.raw_data(), v.raw_data(), out.raw_data(), device_data<float>(lse),
+                            static_cast<float>(scale), causal);
+      return;
+    }
+  }
   const size_t smem = sizeof(C) * (3 * static_cast<size_t>(kB) * (g.d + 1) + static_cast<size_t>(kB) * (kB + 1));
   auto kernel = attention_forward_kernel<T, kB>;
   set_shared_memory(op, kernel, smem, scope, g);
@@ -507,6 +530,15 @@ void backward_impl(const KernelScope& scope, const Tensor& q, const Tensor& k, c
   attention_drow_kernel<T><<<grid_for(rows * 32, kBlock), kBlock, 0, scope.stream()>>>(
       device_data<const T>(out), device_data<const T>(dout), device_data<C>(drow), rows, d);
   HR_CUDA_KERNEL_LAUNCH_CHECK();
+
+  if constexpr (std::is_same_v<C, float>) {
+    if (use_tensor_cores(q, {k, v, dout, dq, dk, dv})) {
+      attention_tc::backward(scope.stream(), q.dtype(), {g.bh, t, d}, q.raw_data(), k.raw_data(), v.raw_data(),
+                             dout.raw_data(), device_data<const float>(lse), device_data<const float>(drow),
+                             dq.raw_data(), dk.raw_data(), dv.raw_data(), static_cast<float>(scale), causal);
+      return;
+    }
+  }
 
   // 2. dk, dv: a block per (b*h, key tile).
   const size_t tile = static_cast<size_t>(kB) * (d + 1), ptile = static_cast<size_t>(kB) * (kB + 1);

@@ -2,7 +2,9 @@
 // masked_fill, softmax, matmul: an independent formula), forward and the gradients of q, k and
 // v, causal and not. The sequence length takes every size in kSizes (around the kernels'
 // 64-row tiles) and a large one; the head dim 64 (GPT-2's), 128 (the cuda kernel's limit) and
-// 40 (not a multiple of the kernels' 16- and 64-wide column blocks).
+// 40 (not a multiple of the kernels' 16- and 64-wide column blocks). On cuda, f16/bf16 with D 64
+// and 128 run on the tensor-core kernels (kernels/cuda/attention_tc.cu, sm_80+), everything
+// else on the CUDA-core ones, so both meet the reference here.
 //
 // Tolerances: each output is a weighted mean over up to T values and each gradient a sum over T
 // (and D) terms, accumulated in f32 (f64 for f64): acc_tol(T). lse is f32 by the backend's
