@@ -59,12 +59,12 @@ std::string device_name(Device device) {
 
 void print_list(std::ostream& os) {
   os << "presets (model x batch x precision x technique):\n";
-  for (const Preset& p : all_presets()) os << "  " << std::left << std::setw(26) << p.name << p.description << "\n";
+  for (const Preset& p : all_presets()) os << "  " << std::left << std::setw(28) << p.name << p.description << "\n";
   os << "groups:\n"
-     << "  " << std::setw(26) << "cpu" << "the small presets (names with 'cpu'), seconds each on a CPU\n"
-     << "  " << std::setw(26) << "gpu" << "the reference workloads of DESIGN.md (GPT-2 small, MLP, ResNet-18)\n"
-     << "  " << std::setw(26) << "gpt2-small" << "GPT-2 small in f32, f16 and bf16, naive and fused attention\n"
-     << "  " << std::setw(26) << "all" << "every preset\n"
+     << "  " << std::setw(28) << "cpu" << "the small presets (names with 'cpu'), seconds each on a CPU\n"
+     << "  " << std::setw(28) << "gpu" << "the reference workloads of DESIGN.md (GPT-2 small, MLP, ResNet-18)\n"
+     << "  " << std::setw(28) << "gpt2-small" << "GPT-2 small in f32, f16 and bf16, naive and fused attention\n"
+     << "  " << std::setw(28) << "all" << "every preset\n"
      << "precision: f16 and bf16 are mixed precision (autocast, f32 master weights; f16 with dynamic loss\n"
      << "scaling); -mbK presets run each batch as K micro-batches with gradient accumulation.\n";
 }

@@ -22,6 +22,11 @@ Differences that are on purpose, and recorded in the JSON:
     textbook softmax(q k^T) v with the [T, T] scores materialised.
   * PyTorch's loss materialises the [B*T, vocab] logits (headroom's GPT uses a chunked loss).
   * PyTorch has no memory categories: "peak_by_category" is empty.
+  * -mbK presets (K micro-batches, gradient accumulation) follow optim/batch_split.h: each
+    micro-batch's mean loss weighted by n_i / N, one zero_grad before and one optimizer step
+    after. Autocast is entered per micro-batch forward (PyTorch's idiom; backward outside it),
+    so weights are cast once per micro-batch, where headroom casts each once per step; and the
+    step's loss is summed on the device, where headroom reads each micro-batch's loss on the host.
 
 Needs torch (and a GPU for the reference presets); --compare needs only the standard library.
 """
@@ -45,6 +50,10 @@ SCHEMA = 1
 
 
 # ---- presets (mirror bench/bench_models.cpp) ----
+#
+# The table below follows build_presets() in bench_models.cpp line for line: the same names, the
+# same descriptions (`--list` prints both exactly as headroom-bench does; the ctest
+# bench_presets_in_sync compares the two lists), the same order and the same groups.
 
 
 @dataclass
@@ -54,7 +63,8 @@ class Preset:
     kind: str  # "gpt", "mlp", "resnet18"
     model: str
     batch: int
-    precision: str = "f32"  # "f32", "f16", "bf16"
+    precision: str = "f32"  # "f32", or the autocast dtype "f16", "bf16"
+    micro_batches: int = 1  # gradient accumulation over this many micro-batches
     attention: str = ""  # GPT: "naive" or "fused"
     cpu_sized: bool = False
     # GPT
@@ -79,43 +89,88 @@ class Preset:
         return "tokens" if self.kind == "gpt" else "images"
 
     def technique(self) -> str:
-        return f"{self.attention} attention" if self.kind == "gpt" else "none"
+        """Preset::technique(): "naive attention" / "fused attention" / "none", then ", K micro-batches"."""
+        t = f"{self.attention} attention" if self.kind == "gpt" else "none"
+        if self.micro_batches > 1:
+            t = ("" if t == "none" else t + ", ") + f"{self.micro_batches} micro-batches"
+        return t
 
 
-def _gpt2_small(precision: str, attention: str) -> Preset:
-    mode = "f32" if precision == "f32" else f"{precision} (amp or pure, --precision-mode)"
+def _precision_words(precision: str) -> str:
+    if precision == "f32":
+        return "f32"
+    return f"{precision} autocast" + (" + loss scaling" if precision == "f16" else "")
+
+
+def _split_words(k: int) -> str:
+    return f", {k} micro-batches" if k > 1 else ""
+
+
+def _split_suffix(k: int) -> str:
+    return f"-mb{k}" if k > 1 else ""
+
+
+def _gpt2_small(precision: str, attention: str, micro_batches: int = 1) -> Preset:
     return Preset(
-        name=f"gpt2-small-{precision}-{attention}",
-        description=f"GPT-2 small (124M, 12x768, vocab 50304), B=8 T=1024, {mode}, {attention} attention, AdamW",
-        kind="gpt", model="gpt2-small", batch=8, precision=precision, attention=attention,
-        vocab_size=50304, block_size=1024, n_layer=12, n_head=12, n_embd=768, seq_len=1024, token_range=50257)
+        name=f"gpt2-small-{precision}-{attention}{_split_suffix(micro_batches)}",
+        description=(f"GPT-2 small (124M, 12x768, vocab 50304), B=8 T=1024, {_precision_words(precision)}, "
+                     f"{attention} attention{_split_words(micro_batches)}, AdamW"),
+        kind="gpt", model="gpt2-small", batch=8, precision=precision, micro_batches=micro_batches,
+        attention=attention, vocab_size=50304, block_size=1024, n_layer=12, n_head=12, n_embd=768, seq_len=1024,
+        token_range=50257)
 
 
-def _gpt_tiny(precision: str, attention: str) -> Preset:
+def _gpt_tiny(precision: str, attention: str, micro_batches: int = 1) -> Preset:
     return Preset(
-        name=f"gpt-tiny-cpu-{precision}-{attention}",
-        description=f"small GPT (2x128, 4 heads, vocab 512), B=4 T=128, {precision}, {attention} attention, AdamW",
-        kind="gpt", model="gpt-tiny", batch=4, precision=precision, attention=attention, cpu_sized=True,
-        vocab_size=512, block_size=128, n_layer=2, n_head=4, n_embd=128, seq_len=128, token_range=512)
+        name=f"gpt-tiny-cpu-{precision}-{attention}{_split_suffix(micro_batches)}",
+        description=(f"small GPT (2x128, 4 heads, vocab 512), B=4 T=128, {_precision_words(precision)}, "
+                     f"{attention} attention{_split_words(micro_batches)}, AdamW"),
+        kind="gpt", model="gpt-tiny", batch=4, precision=precision, micro_batches=micro_batches, attention=attention,
+        cpu_sized=True, vocab_size=512, block_size=128, n_layer=2, n_head=4, n_embd=128, seq_len=128, token_range=512)
+
+
+def _mlp(small: bool, precision: str = "f32", micro_batches: int = 1) -> Preset:
+    return Preset(
+        name=("mlp-cpu-" if small else "mlp-") + precision + _split_suffix(micro_batches),
+        description=(("MLP 784-512-512-512-10, batch 256, " if small else "MLP 784-4096-4096-4096-10, batch 4096, ")
+                     + _precision_words(precision) + _split_words(micro_batches) + ", SGD momentum"),
+        kind="mlp", model="mlp-small" if small else "mlp", batch=256 if small else 4096, precision=precision,
+        micro_batches=micro_batches, cpu_sized=small,
+        widths=[784, 512, 512, 512, 10] if small else [784, 4096, 4096, 4096, 10])
+
+
+def _resnet18(small: bool, precision: str = "f32", micro_batches: int = 1) -> Preset:
+    return Preset(
+        name=("resnet18-cpu-" if small else "resnet18-") + precision + _split_suffix(micro_batches),
+        description=(("ResNet-18 at quarter width (16..128 channels), 3x32x32, batch 16, " if small
+                      else "ResNet-18 (CIFAR stem, 64..512 channels), 3x32x32, batch 256, ")
+                     + _precision_words(precision) + _split_words(micro_batches) + ", SGD momentum"),
+        kind="resnet18", model="resnet18-small" if small else "resnet18", batch=16 if small else 256,
+        precision=precision, micro_batches=micro_batches, cpu_sized=small, base_width=16 if small else 64)
 
 
 def all_presets() -> List[Preset]:
-    presets = [_gpt2_small(p, a) for p in ("f32", "f16", "bf16") for a in ("naive", "fused")]
-    presets.append(Preset(name="mlp-f32", description="MLP 784-4096-4096-4096-10, batch 4096, f32, SGD momentum",
-                          kind="mlp", model="mlp", batch=4096, widths=[784, 4096, 4096, 4096, 10]))
-    presets.append(Preset(name="resnet18-f32",
-                          description="ResNet-18 (CIFAR stem, 64..512 channels), 3x32x32, batch 256, f32, SGD momentum",
-                          kind="resnet18", model="resnet18", batch=256, base_width=64))
-    presets.append(_gpt_tiny("f32", "naive"))
-    presets.append(_gpt_tiny("f32", "fused"))
-    presets.append(_gpt_tiny("f16", "fused"))
-    presets.append(_gpt_tiny("bf16", "fused"))
-    presets.append(Preset(name="mlp-cpu-f32", description="MLP 784-512-512-512-10, batch 256, f32, SGD momentum",
-                          kind="mlp", model="mlp-small", batch=256, widths=[784, 512, 512, 512, 10], cpu_sized=True))
-    presets.append(Preset(name="resnet18-cpu-f32",
-                          description="ResNet-18 at quarter width (16..128 channels), 3x32x32, batch 16, f32, SGD momentum",
-                          kind="resnet18", model="resnet18-small", batch=16, base_width=16, cpu_sized=True))
-    return presets
+    """Every preset, GPU-sized ones first, in headroom-bench's --list order."""
+    v = [_gpt2_small(p, a) for p in ("f32", "f16", "bf16") for a in ("naive", "fused")]
+    v.append(_gpt2_small("f16", "naive", 4))  # DESIGN.md: "4 micro-batches of 2"
+    v.append(_mlp(False))
+    v.append(_mlp(False, "bf16"))
+    v.append(_resnet18(False))
+    v.append(_resnet18(False, "bf16"))
+    v.append(_resnet18(False, "f32", 4))
+    v.append(_gpt_tiny("f32", "naive"))
+    v.append(_gpt_tiny("f32", "fused"))
+    v.append(_gpt_tiny("f16", "fused"))
+    v.append(_gpt_tiny("bf16", "fused"))
+    v.append(_gpt_tiny("f32", "naive", 4))
+    v.append(_mlp(True))
+    v.append(_mlp(True, "f16"))
+    v.append(_mlp(True, "bf16"))
+    v.append(_mlp(True, "f32", 4))
+    v.append(_resnet18(True))
+    v.append(_resnet18(True, "bf16"))
+    v.append(_resnet18(True, "f32", 4))
+    return v
 
 
 GROUPS = ("cpu", "gpu", "gpt2-small", "all")
@@ -263,12 +318,16 @@ def run_preset(torch, models, p: Preset, mode: str, args) -> Dict[str, Any]:
     cuda = device.type == "cuda"
     dtype = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}[p.precision]
     amp = p.precision != "f32" and args.precision_mode == "amp"
+    description = p.description
+    if p.precision != "f32" and not amp:  # --precision-mode pure: say so where the preset says autocast
+        description = description.replace(_precision_words(p.precision), f"{p.precision} (whole model cast)")
     row: Dict[str, Any] = dict(
-        preset=p.name, framework="pytorch", mode=mode, model=p.model, description=p.description, batch=p.batch,
+        preset=p.name, framework="pytorch", mode=mode, model=p.model, description=description, batch=p.batch,
         seq_len=p.seq_len, items_per_step=p.items_per_step(), item_unit=p.item_unit(), precision=p.precision,
         precision_mode=("amp" if amp else "pure") if p.precision != "f32" else "pure", technique=p.technique(),
-        status="ok", error="", oom_requested_bytes=0, parameters=0, peak_allocated_bytes=0, peak_reserved_bytes=0,
-        peak_by_category={}, step_time_ms=None, step_time_ms_min=None, step_time_ms_max=None,
+        status="ok", error="", oom_requested_bytes=0, parameters=0,
+        # PyTorch keeps no allocator statistics for host memory: null (not measured) on the CPU.
+        peak_allocated_bytes=0 if cuda else None, peak_reserved_bytes=0 if cuda else None, peak_by_category={}, step_time_ms=None, step_time_ms_min=None, step_time_ms_max=None,
         items_per_second=None, final_loss=None)
     state: Dict[str, Any] = {}
     # The previous configuration's tensors are gone once its call returned; return its cached
@@ -318,18 +377,37 @@ def run_preset(torch, models, p: Preset, mode: str, args) -> Dict[str, Any]:
             raise RuntimeError(f"fused attention (scaled_dot_product_attention) needs PyTorch 2 (this is {torch.__version__})")
         fwd = torch.compile(forward_loss) if mode == "compile" else forward_loss
 
+        # Micro-batches (optim/batch_split.h): ceil(N / K) samples each, the last smaller, split on
+        # dim 0 (for GPT: whole sequences). Micro-batch i (n_i samples) computes its mean loss L_i
+        # and backward runs on L_i * n_i / N (unweighted when unsplit, as headroom), so .grad
+        # accumulates the whole batch's mean-loss gradient; with f16 the scaler scales each
+        # weighted loss by the one scale of the step. Then one optimizer step (for f16 through the
+        # scaler: unscale, skip on inf/nan, update the scale). The step's loss is the whole
+        # batch's mean: sum(L_i * n_i) / N.
+        n = x.size(0)
+        mb_size = -(-n // p.micro_batches)
+        chunks = list(zip(x.split(mb_size), y.split(mb_size)))
+
         def step():
-            opt.zero_grad(set_to_none=True)
-            with torch.autocast(device.type, dtype=dtype) if amp else contextlib.nullcontext():
-                loss = fwd(model, x, y)
+            opt.zero_grad(set_to_none=True)  # once per step, before the first micro-batch
+            loss_sum = None
+            for xb, yb in chunks:
+                with torch.autocast(device.type, dtype=dtype) if amp else contextlib.nullcontext():
+                    loss = fwd(model, xb, yb)  # the micro-batch's mean loss; backward outside autocast
+                count = xb.size(0)
+                weighted = loss if count == n else loss * (count / n)
+                if scaler is not None:
+                    scaler.scale(weighted).backward()
+                else:
+                    weighted.backward()
+                part = loss.detach().float() if count == n else loss.detach().float() * count
+                loss_sum = part if loss_sum is None else loss_sum + part
             if scaler is not None:
-                scaler.scale(loss).backward()
                 scaler.step(opt)
                 scaler.update()
             else:
-                loss.backward()
                 opt.step()
-            return loss.detach()
+            return loss_sum if len(chunks) == 1 else loss_sum / n
 
         warmup = args.warmup + (args.compile_warmup if mode == "compile" else 0)
         for _ in range(warmup):
@@ -529,7 +607,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0
     if args.list:
         for p in all_presets():
-            print(f"  {p.name:<26}{p.description}")
+            print(f"  {p.name:<28}{p.description}")
         print("groups: " + ", ".join(GROUPS))
         return 0
     names = [n for arg in (args.preset or ["gpu"]) for n in arg.split(",") if n]
