@@ -14,7 +14,10 @@
 #
 #   HEADROOM_CUDA_ARCH=80 bash scripts/gpu-check.sh   # build for another GPU
 #   HEADROOM_GPU_CHECK_QUICK=1 ...                    # examples for one epoch, 3 bench steps
-#   HEADROOM_GPU_CHECK_BENCH=0 ...                    # no headroom-bench / PyTorch
+#   HEADROOM_GPU_CHECK_STEPS=tests,attention,bench   # only these steps, of: tests, memcheck,
+#                                                     # attention, bench (with PyTorch), examples, alloc
+# A lease is short (a 10-minute call, 15 minutes in all): every step has a time limit, and all of
+# them together can exceed one call; pick steps where the time is tight.
 # On a machine without a GPU it still runs and says so (the cuda tests skip themselves).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -27,6 +30,8 @@ export LD_LIBRARY_PATH="/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
 log=${OUT:-$(mktemp -d)}/gpu-check
 mkdir -p "$log"
 quick=${HEADROOM_GPU_CHECK_QUICK:-0}
+steps_wanted=",${HEADROOM_GPU_CHECK_STEPS:-tests,memcheck,attention,bench,examples,alloc},"
+want() { [[ $steps_wanted == *",$1,"* ]]; }
 declare -a rows
 row() { rows+=("| $1 | $2 |"); }
 rc=0
@@ -65,7 +70,7 @@ export LD_LIBRARY_PATH="$PWD/$bin:$LD_LIBRARY_PATH"
 exe() { for p in "$bin/$1" "$bin/tests/$1" "$bin/bench/$1"; do [ -x "$p" ] && { echo "$p"; return; }; done; echo "$bin/$1"; }
 
 # The CUDA tests, run directly (not through ctest, whose files name the build machine's paths).
-for t in test_cuda test_backend_cuda; do
+want tests && for t in test_cuda test_backend_cuda; do
   timeout 300 "$(exe $t)" --gtest_brief=1 >"$log/$t.txt" 2>&1
   e=$?
   passed=$(grep -oE "\[  PASSED  \] [0-9]+" "$log/$t.txt" | grep -oE "[0-9]+$")
@@ -77,15 +82,17 @@ done
 
 # memcheck slows kernels 10-100x: the memory tests and attention whole, and of the op tests the
 # f16 cases (the kernels are the same templates for every dtype).
-if command -v compute-sanitizer >/dev/null 2>&1 && [ "$gpu" != "none found" ]; then
+if ! want memcheck; then
+  :
+elif command -v compute-sanitizer >/dev/null 2>&1 && [ "$gpu" != "none found" ]; then
   for t in "test_cuda:*" "test_backend_cuda:*cuda_f16*"; do
     x=${t%%:*} filter=${t#*:}
-    timeout 240 compute-sanitizer --tool memcheck --error-exitcode 9 "$(exe "$x")" --gtest_filter="$filter" \
+    timeout 150 compute-sanitizer --tool memcheck --error-exitcode 9 "$(exe "$x")" --gtest_filter="$filter" \
       --gtest_brief=1 >"$log/memcheck_$x.txt" 2>&1
     m=$?
     case $m in
       0) row "memcheck $x" "clean" ;;
-      124) row "memcheck $x" "timed out after 240 s (partial log in $log)" ;;
+      124) row "memcheck $x" "timed out after 150 s (partial log in $log)" ;;
       *) row "memcheck $x" "errors (exit $m), see $log/memcheck_$x.txt"; rc=1; grep -m5 "=========" "$log/memcheck_$x.txt" ;;
     esac
   done
@@ -95,12 +102,14 @@ fi
 
 if [ "$gpu" != "none found" ]; then
   # Attention alone at GPT-2 small's shape: textbook, fused on CUDA cores, fused on tensor cores.
-  timeout 120 "$(exe attention-bench)" --device cuda --dtype bf16 --iters 10 >"$log/attention.txt" 2>&1
-  row "attention-bench bf16 B=8 H=12 T=1024 D=64" "exit $? (table below)"
+  if want attention; then
+    timeout 120 "$(exe attention-bench)" --device cuda --dtype bf16 --iters 10 >"$log/attention.txt" 2>&1
+    row "attention-bench bf16 B=8 H=12 T=1024 D=64" "exit $? (table below)"
+  fi
 
   # headroom-bench's GPU presets beside PyTorch (eager; torch.compile for the bf16 fused GPT-2
   # only: each compilation takes about a minute), then the two side by side with their ratios.
-  if [ "${HEADROOM_GPU_CHECK_BENCH:-1}" = 1 ]; then
+  if want bench; then
     steps=10; [ "$quick" = 1 ] && steps=3
     timeout 300 "$(exe headroom-bench)" --preset gpu --device cuda --steps $steps --out "$log/hb" >"$log/hb.txt" 2>&1
     row "headroom-bench --preset gpu" "exit $? ($steps steps each)"
@@ -117,7 +126,9 @@ if [ "$gpu" != "none found" ]; then
 
   # The examples on the GPU: accuracy beside the CPU's (README), time per epoch. They need the
   # Fashion-MNIST files (dataset-fashion-mnist).
-  if [ -d /usr/share/datasets/fashion-mnist ]; then
+  if ! want examples; then
+    :
+  elif [ -d /usr/share/datasets/fashion-mnist ]; then
     for ex in "mlp_fashion_mnist 5" "cnn_fashion_mnist 3"; do
       name=${ex% *} epochs=${ex#* }
       [ "$quick" = 1 ] && epochs=1
@@ -136,11 +147,11 @@ else
   row "GPU steps" "not run (no GPU)"
 fi
 
-timeout 60 "$(exe allocator_bench)" --benchmark_filter='cuda|caching_pair/' --benchmark_repetitions=3 \
+want alloc && timeout 60 "$(exe allocator_bench)" --benchmark_filter='cuda|caching_pair/' --benchmark_repetitions=3 \
   --benchmark_report_aggregates_only=true >"$log/bench.txt" 2>&1
 while read -r name _ _ cpu unit _; do
   row "$name" "$cpu $unit"
-done < <(grep -E "_median" "$log/bench.txt" | sed 's/_median//')
+done < <(grep -sE "_median" "$log/bench.txt" | sed 's/_median//')
 
 echo
 [ -f "$log/hb.txt" ] && { echo "## headroom-bench"; grep -E "^\|" "$log/hb.txt" | head -20; }
