@@ -597,6 +597,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                     help="f16/bf16 as autocast (amp, default) or the whole model cast (pure)")
     ap.add_argument("--no-tf32", action="store_true", help="f32 matmuls in full f32 (default: TF32 allowed)")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=0,
+                    help="CPU threads for torch (default: HEADROOM_NUM_THREADS, OMP_NUM_THREADS or every core)")
     ap.add_argument("--out", default="torch-results", help="folder for results.json and results.md")
     ap.add_argument("--compare", nargs=2, metavar=("HEADROOM_JSON", "TORCH_JSON"),
                     help="print two results.json files side by side with ratios, and exit")
@@ -638,6 +640,12 @@ def main(argv: Optional[List[str]] = None) -> int:
               file=sys.stderr)
         return 1
     device = torch.device(args.device)
+    if device.type == "cpu":
+        # As many threads as headroom's kernels use (HEADROOM_NUM_THREADS, else OMP_NUM_THREADS,
+        # else every core), so a CPU comparison is like for like; some builds default to 1.
+        threads = args.threads or int(os.environ.get("HEADROOM_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS")
+                                      or os.cpu_count() or 1)
+        torch.set_num_threads(threads)
     if device.type == "cuda" and not torch.cuda.is_available():
         print(f"pytorch_reference.py: {args.device} is not available (no GPU or no CUDA build of torch)",
               file=sys.stderr)
