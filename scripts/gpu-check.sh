@@ -105,6 +105,11 @@ if [ "$gpu" != "none found" ]; then
   if want attention; then
     timeout 120 "$(exe attention-bench)" --device cuda --dtype bf16 --iters 10 >"$log/attention.txt" 2>&1
     row "attention-bench bf16 B=8 H=12 T=1024 D=64" "exit $? (table below)"
+    if python3 -c "import torch" 2>/dev/null; then  # PyTorch's at the same shape (flash attention)
+      echo >>"$log/attention.txt"
+      timeout 120 python3 bench/attention_reference.py --device cuda --dtype bf16 --iters 10 >>"$log/attention.txt" 2>&1
+      row "attention_reference.py (PyTorch)" "exit $? (table below)"
+    fi
   fi
 
   # headroom-bench's GPU presets beside PyTorch (eager; torch.compile for the bf16 fused GPT-2
