@@ -1,5 +1,5 @@
 // Host-side pieces both backends share: how a strided matrix maps onto a BLAS operand, and the
-// argument checks of the fused attention contract (engine/backend.h). Plain C++, no device
+// argument checks of the softmax, cross-entropy and fused attention contracts (engine/backend.h). Plain C++, no device
 // code: kernels/cpu and kernels/cuda include it so that the two implementations of one op read
 // their operands the same way and refuse the same inputs with the same messages.
 #pragma once
@@ -39,6 +39,67 @@ inline BlasLayout blas_layout(int64_t rows, int64_t cols, int64_t srow, int64_t 
     if (scol >= min_ld_col) return {true, true, scol};
   }
   return {};
+}
+
+// Softmax along one dim of a contiguous tensor: `outer` slices of `n` rows of `inner` columns.
+struct SoftmaxGeometry {
+  int64_t outer = 1, n = 1, inner = 1;
+};
+
+inline SoftmaxGeometry softmax_geometry(const Shape& shape, int64_t dim) {
+  SoftmaxGeometry g;
+  for (int64_t d = 0; d < static_cast<int64_t>(shape.size()); ++d) {
+    if (d < dim) g.outer *= shape[static_cast<size_t>(d)];
+    else if (d == dim) g.n = shape[static_cast<size_t>(d)];
+    else g.inner *= shape[static_cast<size_t>(d)];
+  }
+  return g;
+}
+
+// a and b of one shape and dtype, both contiguous (softmax's input/output/gradients).
+inline void check_same_layout(const char* op, const Tensor& a, const char* a_name, const Tensor& b,
+                              const char* b_name) {
+  HR_CHECK(a.shape() == b.shape(), ShapeError, op, ": ", a_name, " ", shape_str(a.shape()), " and ", b_name, " ",
+           shape_str(b.shape()), " differ in shape");
+  HR_CHECK(a.dtype() == b.dtype(), DTypeError, op, ": ", a_name, " is ", dtype_name(a.dtype()), " but ", b_name,
+           " is ", dtype_name(b.dtype()));
+  HR_CHECK(a.is_contiguous() && b.is_contiguous(), ValueError, op, ": expected contiguous tensors, got ", a_name,
+           " ", describe(a), " with strides ", shape_str(a.strides()), " and ", b_name, " ", describe(b),
+           " with strides ", shape_str(b.strides()));
+}
+
+// The cross-entropy operands' shapes and dtypes: logits a contiguous [N, C], target i64 [N], lse
+// a contiguous f32 [N]. (Whether every target is < C is checked where the targets can be read:
+// the CPU backend per call, the autograd op before a GPU call.)
+inline void check_cross_entropy(const char* op, const Tensor& logits, const Tensor& target, const Tensor& lse) {
+  HR_CHECK(logits.dim() == 2, ShapeError, op, ": logits must be [N, C], got ", describe(logits));
+  const int64_t n = logits.size(0);
+  HR_CHECK(target.dim() == 1 && target.size(0) == n, ShapeError, op, ": target must be ", shape_str({n}),
+           " for logits ", shape_str(logits.shape()), ", got ", shape_str(target.shape()));
+  HR_CHECK(target.dtype() == DType::i64, DTypeError, op, ": target must be i64, got ", describe(target));
+  HR_CHECK(lse.dtype() == DType::f32 && lse.dim() == 1 && lse.size(0) == n && lse.is_contiguous(), ValueError, op,
+           ": lse must be a contiguous f32 ", shape_str({n}), ", got ", describe(lse));
+  HR_CHECK(logits.is_contiguous(), ValueError, op, ": logits must be contiguous, got strides ",
+           shape_str(logits.strides()), " for ", describe(logits));
+}
+
+// Forward's further operand: losses a contiguous [N] of the logits' dtype; C > 0 when N > 0.
+inline void check_cross_entropy_losses(const char* op, const Tensor& logits, const Tensor& losses) {
+  const int64_t n = logits.size(0), c = logits.size(1);
+  HR_CHECK(losses.dim() == 1 && losses.size(0) == n && losses.dtype() == logits.dtype() && losses.is_contiguous(),
+           ValueError, op, ": losses must be a contiguous ", shape_str({n}), " of the logits' dtype ",
+           dtype_name(logits.dtype()), ", got ", describe(losses));
+  HR_CHECK(n == 0 || c > 0, ValueError, op, ": logits ", shape_str(logits.shape()), " have no classes");
+}
+
+// Backward's further operands: dlosses [N] of the logits' dtype (any stride), dlogits like logits.
+inline void check_cross_entropy_grads(const char* op, const Tensor& logits, const Tensor& dlosses,
+                                      const Tensor& dlogits) {
+  const int64_t n = logits.size(0);
+  HR_CHECK(dlosses.dim() == 1 && dlosses.size(0) == n && dlosses.dtype() == logits.dtype(), ValueError, op,
+           ": dlosses must be ", shape_str({n}), " of the logits' dtype ", dtype_name(logits.dtype()), ", got ",
+           describe(dlosses));
+  check_same_layout(op, logits, "logits", dlogits, "dlogits");
 }
 
 // Fused attention's problem size: B*H independent heads of T positions and head dim D.

@@ -15,6 +15,7 @@
 #include <cmath>
 #include <limits>
 
+#include "kernels/contract_checks.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cpu/strided.h"
 
@@ -22,35 +23,18 @@ namespace headroom::cpu {
 
 namespace {
 
+using kernels::check_cross_entropy;
+using kernels::check_cross_entropy_grads;
+using kernels::check_cross_entropy_losses;
+using kernels::check_same_layout;
+using kernels::softmax_geometry;
+using kernels::SoftmaxGeometry;
+
 constexpr int64_t kInnerBlock = 256;
-
-struct RowGeometry {
-  int64_t outer = 1, n = 1, inner = 1;
-};
-
-RowGeometry row_geometry(const Shape& shape, int64_t dim) {
-  RowGeometry g;
-  for (int64_t d = 0; d < static_cast<int64_t>(shape.size()); ++d) {
-    if (d < dim) g.outer *= shape[static_cast<size_t>(d)];
-    else if (d == dim) g.n = shape[static_cast<size_t>(d)];
-    else g.inner *= shape[static_cast<size_t>(d)];
-  }
-  return g;
-}
-
-void check_same(const char* op, const Tensor& a, const char* a_name, const Tensor& b, const char* b_name) {
-  HR_CHECK(a.shape() == b.shape(), ShapeError, op, ": ", a_name, " ", shape_str(a.shape()), " and ", b_name, " ",
-           shape_str(b.shape()), " differ in shape");
-  HR_CHECK(a.dtype() == b.dtype(), DTypeError, op, ": ", a_name, " is ", dtype_name(a.dtype()), " but ", b_name,
-           " is ", dtype_name(b.dtype()));
-  HR_CHECK(a.is_contiguous() && b.is_contiguous(), ValueError, op, ": expected contiguous tensors, got ", a_name,
-           " ", describe(a), " with strides ", shape_str(a.strides()), " and ", b_name, " ", describe(b),
-           " with strides ", shape_str(b.strides()));
-}
 
 // Calls f(o, i0, i1) for every outer slice o and block [i0, i1) of inner columns, in parallel.
 template <typename F>
-void for_each_block(const RowGeometry& g, F&& f) {
+void for_each_block(const SoftmaxGeometry& g, F&& f) {
   const int64_t block = std::min(g.inner, kInnerBlock);
   const int64_t blocks = (g.inner + block - 1) / block;
   const int64_t units = g.outer * blocks;
@@ -64,7 +48,7 @@ void for_each_block(const RowGeometry& g, F&& f) {
 }
 
 template <typename T>
-void softmax_forward_impl(const T* x, T* y, const RowGeometry& g, bool log) {
+void softmax_forward_impl(const T* x, T* y, const SoftmaxGeometry& g, bool log) {
   using C = acc_t<T>;
   if (g.inner == 1) {
     parallel_for(g.outer, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(g.n, 1)), [&](int64_t b, int64_t e) {
@@ -131,7 +115,7 @@ void softmax_forward_impl(const T* x, T* y, const RowGeometry& g, bool log) {
 // softmax:     dx = y * (dy - sum(dy * y))
 // log-softmax: dx = dy - exp(y) * sum(dy)
 template <typename T>
-void softmax_backward_impl(const T* y, const T* dy, T* dx, const RowGeometry& g, bool log) {
+void softmax_backward_impl(const T* y, const T* dy, T* dx, const SoftmaxGeometry& g, bool log) {
   using C = acc_t<T>;
   if (g.inner == 1) {
     parallel_for(g.outer, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(g.n, 1)), [&](int64_t b, int64_t e) {
@@ -173,17 +157,9 @@ void softmax_backward_impl(const T* y, const T* dy, T* dx, const RowGeometry& g,
   });
 }
 
-// Checks shapes and dtypes of the cross-entropy operands and every target against C.
-void check_cross_entropy(const char* op, const Tensor& logits, const Tensor& target, const Tensor& lse) {
-  HR_CHECK(logits.dim() == 2, ShapeError, op, ": logits must be [N, C], got ", describe(logits));
+// Every target < C (negative ones are ignored rows): read here, where the targets are host memory.
+void check_targets(const char* op, const Tensor& logits, const Tensor& target) {
   const int64_t n = logits.size(0), c = logits.size(1);
-  HR_CHECK(target.dim() == 1 && target.size(0) == n, ShapeError, op, ": target must be ", shape_str({n}),
-           " for logits ", shape_str(logits.shape()), ", got ", shape_str(target.shape()));
-  HR_CHECK(target.dtype() == DType::i64, DTypeError, op, ": target must be i64, got ", describe(target));
-  HR_CHECK(lse.dtype() == DType::f32 && lse.dim() == 1 && lse.size(0) == n && lse.is_contiguous(), ValueError, op,
-           ": lse must be a contiguous f32 ", shape_str({n}), ", got ", describe(lse));
-  HR_CHECK(logits.is_contiguous(), ValueError, op, ": logits must be contiguous, got strides ",
-           shape_str(logits.strides()), " for ", describe(logits));
   const int64_t* t = static_cast<const int64_t*>(target.raw_data());
   const int64_t ts = target.stride(0);
   for (int64_t r = 0; r < n; ++r)
@@ -195,9 +171,9 @@ void check_cross_entropy(const char* op, const Tensor& logits, const Tensor& tar
 
 void CpuBackend::softmax_forward(const Tensor& x, const Tensor& y, int64_t dim, bool log) {
   const char* op = log ? "log_softmax" : "softmax";
-  check_same(op, x, "input", y, "output");
+  check_same_layout(op, x, "input", y, "output");
   if (x.numel() == 0) return;
-  const RowGeometry g = row_geometry(x.shape(), x.dim() == 0 ? 0 : wrap_dim(dim, x.dim(), op));
+  const SoftmaxGeometry g = softmax_geometry(x.shape(), x.dim() == 0 ? 0 : wrap_dim(dim, x.dim(), op));
   dispatch_float(x.dtype(), op, [&](auto tag) {
     using T = typename decltype(tag)::type;
     softmax_forward_impl<T>(static_cast<const T*>(x.raw_data()), static_cast<T*>(y.raw_data()), g, log);
@@ -206,10 +182,10 @@ void CpuBackend::softmax_forward(const Tensor& x, const Tensor& y, int64_t dim, 
 
 void CpuBackend::softmax_backward(const Tensor& y, const Tensor& dy, const Tensor& dx, int64_t dim, bool log) {
   const char* op = log ? "log_softmax backward" : "softmax backward";
-  check_same(op, y, "output", dy, "output gradient");
-  check_same(op, y, "output", dx, "input gradient");
+  check_same_layout(op, y, "output", dy, "output gradient");
+  check_same_layout(op, y, "output", dx, "input gradient");
   if (y.numel() == 0) return;
-  const RowGeometry g = row_geometry(y.shape(), y.dim() == 0 ? 0 : wrap_dim(dim, y.dim(), op));
+  const SoftmaxGeometry g = softmax_geometry(y.shape(), y.dim() == 0 ? 0 : wrap_dim(dim, y.dim(), op));
   dispatch_float(y.dtype(), op, [&](auto tag) {
     using T = typename decltype(tag)::type;
     softmax_backward_impl<T>(static_cast<const T*>(y.raw_data()), static_cast<const T*>(dy.raw_data()),
@@ -221,12 +197,10 @@ void CpuBackend::cross_entropy_forward(const Tensor& logits, const Tensor& targe
                                        const Tensor& lse) {
   const char* op = "cross_entropy";
   check_cross_entropy(op, logits, target, lse);
+  check_targets(op, logits, target);
+  check_cross_entropy_losses(op, logits, losses);
   const int64_t n = logits.size(0), c = logits.size(1);
-  HR_CHECK(losses.dim() == 1 && losses.size(0) == n && losses.dtype() == logits.dtype() && losses.is_contiguous(),
-           ValueError, op, ": losses must be a contiguous ", shape_str({n}), " of the logits' dtype ",
-           dtype_name(logits.dtype()), ", got ", describe(losses));
   if (n == 0) return;
-  HR_CHECK(c > 0, ValueError, op, ": logits ", shape_str(logits.shape()), " have no classes");
   const int64_t* t = static_cast<const int64_t*>(target.raw_data());
   const int64_t ts = target.stride(0);
   float* plse = static_cast<float*>(lse.raw_data());
@@ -255,11 +229,9 @@ void CpuBackend::cross_entropy_backward(const Tensor& logits, const Tensor& targ
                                         const Tensor& dlosses, const Tensor& dlogits) {
   const char* op = "cross_entropy backward";
   check_cross_entropy(op, logits, target, lse);
+  check_targets(op, logits, target);
+  check_cross_entropy_grads(op, logits, dlosses, dlogits);
   const int64_t n = logits.size(0), c = logits.size(1);
-  HR_CHECK(dlosses.dim() == 1 && dlosses.size(0) == n && dlosses.dtype() == logits.dtype(), ValueError, op,
-           ": dlosses must be ", shape_str({n}), " of the logits' dtype ", dtype_name(logits.dtype()), ", got ",
-           describe(dlosses));
-  check_same(op, logits, "logits", dlogits, "dlogits");
   if (logits.numel() == 0) return;
   const int64_t* t = static_cast<const int64_t*>(target.raw_data());
   const int64_t ts = target.stride(0), ds = dlosses.stride(0);

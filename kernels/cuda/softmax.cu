@@ -27,6 +27,7 @@
 #include <limits>
 #include <type_traits>
 
+#include "kernels/contract_checks.h"
 #include "kernels/cuda/cuda_backend.h"
 #include "kernels/cuda/cuda_common.cuh"
 #include "kernels/cuda/row_ops.cuh"
@@ -34,6 +35,13 @@
 namespace headroom::cuda {
 
 namespace {
+
+using kernels::check_cross_entropy;
+using kernels::check_cross_entropy_grads;
+using kernels::check_cross_entropy_losses;
+using kernels::check_same_layout;
+using kernels::softmax_geometry;
+using kernels::SoftmaxGeometry;
 
 constexpr int64_t kMaxGrid = kMaxRowGrid;
 
@@ -262,20 +270,6 @@ __global__ void __launch_bounds__(kBlock)
 
 // ---- launch geometry ----
 
-struct RowGeometry {
-  int64_t outer = 1, n = 1, inner = 1;
-};
-
-RowGeometry row_geometry(const Shape& shape, int64_t dim) {
-  RowGeometry g;
-  for (int64_t d = 0; d < static_cast<int64_t>(shape.size()); ++d) {
-    if (d < dim) g.outer *= shape[static_cast<size_t>(d)];
-    else if (d == dim) g.n = shape[static_cast<size_t>(d)];
-    else g.inner *= shape[static_cast<size_t>(d)];
-  }
-  return g;
-}
-
 int64_t pow2_ceil(int64_t v) {
   int64_t p = 1;
   while (p < v) p <<= 1;
@@ -297,7 +291,7 @@ ColumnLaunch column_launch(const ColumnGeometry& g) {
 }
 
 template <typename T>
-void softmax_forward_impl(const KernelScope& scope, const Tensor& x, const Tensor& y, const RowGeometry& g, bool log) {
+void softmax_forward_impl(const KernelScope& scope, const Tensor& x, const Tensor& y, const SoftmaxGeometry& g, bool log) {
   const T* px = device_data<const T>(x);
   T* py = device_data<T>(y);
   if (g.inner == 1) {
@@ -314,7 +308,7 @@ void softmax_forward_impl(const KernelScope& scope, const Tensor& x, const Tenso
 
 template <typename T>
 void softmax_backward_impl(const KernelScope& scope, const Tensor& y, const Tensor& dy, const Tensor& dx,
-                           const RowGeometry& g, bool log) {
+                           const SoftmaxGeometry& g, bool log) {
   const T* py = device_data<const T>(y);
   const T* pdy = device_data<const T>(dy);
   T* pdx = device_data<T>(dx);
@@ -378,30 +372,6 @@ __global__ void cross_entropy_backward_kernel(const T* __restrict__ x, const int
   }
 }
 
-void check_same(const char* op, const Tensor& a, const char* a_name, const Tensor& b, const char* b_name) {
-  HR_CHECK(a.shape() == b.shape(), ShapeError, op, ": ", a_name, " ", shape_str(a.shape()), " and ", b_name, " ",
-           shape_str(b.shape()), " differ in shape");
-  HR_CHECK(a.dtype() == b.dtype(), DTypeError, op, ": ", a_name, " is ", dtype_name(a.dtype()), " but ", b_name,
-           " is ", dtype_name(b.dtype()));
-  HR_CHECK(a.is_contiguous() && b.is_contiguous(), ValueError, op, ": expected contiguous tensors, got ", a_name,
-           " ", describe(a), " with strides ", shape_str(a.strides()), " and ", b_name, " ", describe(b),
-           " with strides ", shape_str(b.strides()));
-}
-
-// Shapes and dtypes of the cross-entropy operands (the CPU also checks every target < C; see
-// the top of the file).
-void check_cross_entropy(const char* op, const Tensor& logits, const Tensor& target, const Tensor& lse) {
-  HR_CHECK(logits.dim() == 2, ShapeError, op, ": logits must be [N, C], got ", describe(logits));
-  const int64_t n = logits.size(0);
-  HR_CHECK(target.dim() == 1 && target.size(0) == n, ShapeError, op, ": target must be ", shape_str({n}),
-           " for logits ", shape_str(logits.shape()), ", got ", shape_str(target.shape()));
-  HR_CHECK(target.dtype() == DType::i64, DTypeError, op, ": target must be i64, got ", describe(target));
-  HR_CHECK(lse.dtype() == DType::f32 && lse.dim() == 1 && lse.size(0) == n && lse.is_contiguous(), ValueError, op,
-           ": lse must be a contiguous f32 ", shape_str({n}), ", got ", describe(lse));
-  HR_CHECK(logits.is_contiguous(), ValueError, op, ": logits must be contiguous, got strides ",
-           shape_str(logits.strides()), " for ", describe(logits));
-}
-
 template <typename T>
 void cross_entropy_forward_impl(const KernelScope& scope, const Tensor& logits, const Tensor& target,
                                 const Tensor& losses, const Tensor& lse) {
@@ -432,9 +402,9 @@ void cross_entropy_backward_impl(const KernelScope& scope, const Tensor& logits,
 
 void CudaBackend::softmax_forward(const Tensor& x, const Tensor& y, int64_t dim, bool log) {
   const char* op = log ? "log_softmax" : "softmax";
-  check_same(op, x, "input", y, "output");
+  check_same_layout(op, x, "input", y, "output");
   if (x.numel() == 0) return;
-  const RowGeometry g = row_geometry(x.shape(), x.dim() == 0 ? 0 : wrap_dim(dim, x.dim(), op));
+  const SoftmaxGeometry g = softmax_geometry(x.shape(), x.dim() == 0 ? 0 : wrap_dim(dim, x.dim(), op));
   KernelScope scope(x);
   dispatch_cuda_float(x.dtype(), op, [&](auto tag) {
     softmax_forward_impl<typename decltype(tag)::type>(scope, x, y, g, log);
@@ -443,10 +413,10 @@ void CudaBackend::softmax_forward(const Tensor& x, const Tensor& y, int64_t dim,
 
 void CudaBackend::softmax_backward(const Tensor& y, const Tensor& dy, const Tensor& dx, int64_t dim, bool log) {
   const char* op = log ? "log_softmax backward" : "softmax backward";
-  check_same(op, y, "output", dy, "output gradient");
-  check_same(op, y, "output", dx, "input gradient");
+  check_same_layout(op, y, "output", dy, "output gradient");
+  check_same_layout(op, y, "output", dx, "input gradient");
   if (y.numel() == 0) return;
-  const RowGeometry g = row_geometry(y.shape(), y.dim() == 0 ? 0 : wrap_dim(dim, y.dim(), op));
+  const SoftmaxGeometry g = softmax_geometry(y.shape(), y.dim() == 0 ? 0 : wrap_dim(dim, y.dim(), op));
   KernelScope scope(y);
   dispatch_cuda_float(y.dtype(), op, [&](auto tag) {
     softmax_backward_impl<typename decltype(tag)::type>(scope, y, dy, dx, g, log);
@@ -457,12 +427,8 @@ void CudaBackend::cross_entropy_forward(const Tensor& logits, const Tensor& targ
                                         const Tensor& lse) {
   const char* op = "cross_entropy";
   check_cross_entropy(op, logits, target, lse);
-  const int64_t n = logits.size(0), c = logits.size(1);
-  HR_CHECK(losses.dim() == 1 && losses.size(0) == n && losses.dtype() == logits.dtype() && losses.is_contiguous(),
-           ValueError, op, ": losses must be a contiguous ", shape_str({n}), " of the logits' dtype ",
-           dtype_name(logits.dtype()), ", got ", describe(losses));
-  if (n == 0) return;
-  HR_CHECK(c > 0, ValueError, op, ": logits ", shape_str(logits.shape()), " have no classes");
+  check_cross_entropy_losses(op, logits, losses);
+  if (logits.size(0) == 0) return;
   KernelScope scope(logits);
   dispatch_cuda_float(logits.dtype(), op, [&](auto tag) {
     cross_entropy_forward_impl<typename decltype(tag)::type>(scope, logits, target, losses, lse);
@@ -473,11 +439,7 @@ void CudaBackend::cross_entropy_backward(const Tensor& logits, const Tensor& tar
                                          const Tensor& dlosses, const Tensor& dlogits) {
   const char* op = "cross_entropy backward";
   check_cross_entropy(op, logits, target, lse);
-  const int64_t n = logits.size(0);
-  HR_CHECK(dlosses.dim() == 1 && dlosses.size(0) == n && dlosses.dtype() == logits.dtype(), ValueError, op,
-           ": dlosses must be ", shape_str({n}), " of the logits' dtype ", dtype_name(logits.dtype()), ", got ",
-           describe(dlosses));
-  check_same(op, logits, "logits", dlogits, "dlogits");
+  check_cross_entropy_grads(op, logits, dlosses, dlogits);
   if (logits.numel() == 0) return;
   KernelScope scope(logits);
   dispatch_cuda_float(logits.dtype(), op, [&](auto tag) {
