@@ -1,5 +1,5 @@
 // Host-side pieces both backends share: how a strided matrix maps onto a BLAS operand, and the
-// argument checks of the softmax, cross-entropy and fused attention contracts (engine/backend.h). Plain C++, no device
+// argument checks of the softmax, cross-entropy, index and fused attention contracts (engine/backend.h). Plain C++, no device
 // code: kernels/cpu and kernels/cuda include it so that the two implementations of one op read
 // their operands the same way and refuse the same inputs with the same messages.
 #pragma once
@@ -11,6 +11,7 @@
 #include <utility>
 
 #include "engine/error.h"
+#include "engine/shape.h"
 #include "engine/tensor.h"
 
 namespace headroom::kernels {
@@ -100,6 +101,36 @@ inline void check_cross_entropy_grads(const char* op, const Tensor& logits, cons
            ": dlosses must be ", shape_str({n}), " of the logits' dtype ", dtype_name(logits.dtype()), ", got ",
            describe(dlosses));
   check_same_layout(op, logits, "logits", dlogits, "dlogits");
+}
+
+// index_select(x, dim, index, out): out is x with dim's size replaced by the index count, of x's
+// dtype. Returns the wrapped dim. (The index values are checked by each backend: where it can
+// read them.)
+inline int64_t check_index_select(const char* op, const Tensor& x, int64_t dim, const Tensor& index,
+                                  const Tensor& out) {
+  const int64_t d = wrap_dim(dim, x.dim(), op);
+  Shape expected = x.shape();
+  expected[static_cast<size_t>(d)] = index.numel();
+  HR_CHECK(out.shape() == expected && out.dtype() == x.dtype(), ShapeError, op, ": output ", describe(out),
+           " does not fit input ", describe(x), " indexed along dim ", d, " by ", index.numel(), " indices");
+  return d;
+}
+
+// index_add(out, dim, index, src): src is out with dim's size replaced by the index count, of
+// out's dtype, not bool. Returns the wrapped dim.
+inline int64_t check_index_add(const char* op, const Tensor& out, int64_t dim, const Tensor& index,
+                               const Tensor& src) {
+  const int64_t d = wrap_dim(dim, out.dim(), op);
+  Shape expected = out.shape();
+  expected[static_cast<size_t>(d)] = index.numel();
+  HR_CHECK(src.shape() == expected, ShapeError, op, ": source ", shape_str(src.shape()), " does not fit destination ",
+           shape_str(out.shape()), " indexed along dim ", d, " by ", index.numel(), " indices (expected ",
+           shape_str(expected), ")");
+  HR_CHECK(src.dtype() == out.dtype(), DTypeError, op, ": source is ", dtype_name(src.dtype()),
+           " but destination is ", dtype_name(out.dtype()));
+  HR_CHECK(out.dtype() != DType::boolean, DTypeError, op, ": bool tensors cannot be accumulated, got ",
+           describe(out));
+  return d;
 }
 
 // Fused attention's problem size: B*H independent heads of T positions and head dim D.

@@ -20,6 +20,7 @@
 #include <numeric>
 
 
+#include "kernels/contract_checks.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cpu/strided.h"
 
@@ -187,11 +188,7 @@ void scatter_add(const Tensor& out, int64_t dim, const std::vector<int64_t>& idx
 
 void CpuBackend::index_select(const Tensor& x, int64_t dim, const Tensor& index, const Tensor& out) {
   const char* op = "index_select";
-  const int64_t d = wrap_dim(dim, x.dim(), op);
-  Shape expected = x.shape();
-  expected[static_cast<size_t>(d)] = index.numel();
-  HR_CHECK(out.shape() == expected && out.dtype() == x.dtype(), ShapeError, op, ": output ", describe(out),
-           " does not fit input ", describe(x), " indexed along dim ", d, " by ", index.numel(), " indices");
+  const int64_t d = kernels::check_index_select(op, x, dim, index, out);
   const std::vector<int64_t> idx = checked_index(op, index, x.size(d), d, x);
   if (out.numel() == 0) return;
   switch (dtype_size(x.dtype())) {
@@ -205,16 +202,7 @@ void CpuBackend::index_select(const Tensor& x, int64_t dim, const Tensor& index,
 
 void CpuBackend::index_add(const Tensor& out, int64_t dim, const Tensor& index, const Tensor& src) {
   const char* op = "index_add";
-  const int64_t d = wrap_dim(dim, out.dim(), op);
-  Shape expected = out.shape();
-  expected[static_cast<size_t>(d)] = index.numel();
-  HR_CHECK(src.shape() == expected, ShapeError, op, ": source ", shape_str(src.shape()), " does not fit destination ",
-           shape_str(out.shape()), " indexed along dim ", d, " by ", index.numel(), " indices (expected ",
-           shape_str(expected), ")");
-  HR_CHECK(src.dtype() == out.dtype(), DTypeError, op, ": source is ", dtype_name(src.dtype()),
-           " but destination is ", dtype_name(out.dtype()));
-  HR_CHECK(out.dtype() != DType::boolean, DTypeError, op, ": bool tensors cannot be accumulated, got ",
-           describe(out));
+  const int64_t d = kernels::check_index_add(op, out, dim, index, src);
   const std::vector<int64_t> idx = checked_index(op, index, out.size(d), d, out);
   if (src.numel() == 0) return;
   dispatch_dtype(out.dtype(), [&](auto tag) {

@@ -37,6 +37,7 @@
 #include <climits>
 
 #include "engine/memory.h"
+#include "kernels/contract_checks.h"
 #include "kernels/cuda/cuda_backend.h"
 #include "kernels/cuda/cuda_common.cuh"
 
@@ -275,11 +276,7 @@ void scatter_add_impl(const KernelScope& scope, const Tensor& out, int64_t dim, 
 
 void CudaBackend::index_select(const Tensor& x, int64_t dim, const Tensor& index, const Tensor& out) {
   const char* op = "index_select";
-  const int64_t d = wrap_dim(dim, x.dim(), op);
-  Shape expected = x.shape();
-  expected[static_cast<size_t>(d)] = index.numel();
-  HR_CHECK(out.shape() == expected && out.dtype() == x.dtype(), ShapeError, op, ": output ", describe(out),
-           " does not fit input ", describe(x), " indexed along dim ", d, " by ", index.numel(), " indices");
+  const int64_t d = kernels::check_index_select(op, x, dim, index, out);
   KernelScope scope(x);
   check_index(scope, op, index, x.size(d), d, x);
   if (out.numel() == 0) return;
@@ -294,16 +291,7 @@ void CudaBackend::index_select(const Tensor& x, int64_t dim, const Tensor& index
 
 void CudaBackend::index_add(const Tensor& out, int64_t dim, const Tensor& index, const Tensor& src) {
   const char* op = "index_add";
-  const int64_t d = wrap_dim(dim, out.dim(), op);
-  Shape expected = out.shape();
-  expected[static_cast<size_t>(d)] = index.numel();
-  HR_CHECK(src.shape() == expected, ShapeError, op, ": source ", shape_str(src.shape()), " does not fit destination ",
-           shape_str(out.shape()), " indexed along dim ", d, " by ", index.numel(), " indices (expected ",
-           shape_str(expected), ")");
-  HR_CHECK(src.dtype() == out.dtype(), DTypeError, op, ": source is ", dtype_name(src.dtype()),
-           " but destination is ", dtype_name(out.dtype()));
-  HR_CHECK(out.dtype() != DType::boolean, DTypeError, op, ": bool tensors cannot be accumulated, got ",
-           describe(out));
+  const int64_t d = kernels::check_index_add(op, out, dim, index, src);
   KernelScope scope(out);
   check_index(scope, op, index, out.size(d), d, out);
   if (src.numel() == 0) return;
