@@ -1,5 +1,5 @@
 // Host-side pieces both backends share: how a strided matrix maps onto a BLAS operand, and the
-// argument checks of the softmax, cross-entropy, index and fused attention contracts (engine/backend.h). Plain C++, no device
+// argument checks of the conv2d, softmax, cross-entropy, index and fused attention contracts (engine/backend.h). Plain C++, no device
 // code: kernels/cpu and kernels/cuda include it so that the two implementations of one op read
 // their operands the same way and refuse the same inputs with the same messages.
 #pragma once
@@ -10,6 +10,7 @@
 #include <string>
 #include <utility>
 
+#include "engine/backend.h"
 #include "engine/error.h"
 #include "engine/shape.h"
 #include "engine/tensor.h"
@@ -131,6 +132,46 @@ inline int64_t check_index_add(const char* op, const Tensor& out, int64_t dim, c
   HR_CHECK(out.dtype() != DType::boolean, DTypeError, op, ": bool tensors cannot be accumulated, got ",
            describe(out));
   return d;
+}
+
+// conv2d's sizes: input [N, C, H, W], weight [O, C/G, KH, KW], output [N, O, OH, OW], G groups
+// of Cg input and Og output channels.
+struct ConvShape {
+  int64_t N, C, H, W;  // input
+  int64_t O, KH, KW;   // weight
+  int64_t OH, OW;      // output
+  int64_t G, Cg, Og;   // groups, channels per group in and out
+};
+
+// Checks conv2d's operands (4-d, contiguous, one dtype, channels that fit the groups, stride,
+// padding and dilation in range, the output's size) for x, w, out -- or dx, w, dout and x, dw,
+// dout in the backward passes, which share the forward's shapes.
+inline ConvShape check_conv2d(const char* op, const Tensor& x, const Tensor& w, const Tensor& out,
+                              const Conv2dParams& p) {
+  HR_CHECK(x.dim() == 4 && w.dim() == 4 && out.dim() == 4, ShapeError, op, ": expected 4-d input ",
+           shape_str(x.shape()), ", weight ", shape_str(w.shape()), " and output ", shape_str(out.shape()));
+  HR_CHECK(x.is_contiguous() && w.is_contiguous() && out.is_contiguous(), ValueError, op,
+           ": input, weight and output must be contiguous");
+  HR_CHECK(x.dtype() == w.dtype() && x.dtype() == out.dtype(), DTypeError, op, ": dtypes differ: input ",
+           describe(x), ", weight ", describe(w), ", output ", describe(out));
+  ConvShape g{};
+  g.N = x.size(0), g.C = x.size(1), g.H = x.size(2), g.W = x.size(3);
+  g.O = w.size(0), g.KH = w.size(2), g.KW = w.size(3);
+  g.OH = out.size(2), g.OW = out.size(3);
+  g.G = p.groups;
+  HR_CHECK(g.G >= 1 && g.C % g.G == 0 && g.O % g.G == 0 && w.size(1) * g.G == g.C, ShapeError, op, ": input ",
+           shape_str(x.shape()), " and weight ", shape_str(w.shape()), " do not fit groups=", g.G);
+  g.Cg = g.C / g.G, g.Og = g.O / g.G;
+  HR_CHECK(p.stride_h >= 1 && p.stride_w >= 1 && p.dilation_h >= 1 && p.dilation_w >= 1 && p.pad_h >= 0 &&
+               p.pad_w >= 0,
+           ValueError, op, ": bad stride, padding or dilation");
+  const int64_t span_h = g.H + 2 * p.pad_h - p.dilation_h * (g.KH - 1) - 1;
+  const int64_t span_w = g.W + 2 * p.pad_w - p.dilation_w * (g.KW - 1) - 1;
+  const int64_t oh = span_h < 0 ? 0 : span_h / p.stride_h + 1, ow = span_w < 0 ? 0 : span_w / p.stride_w + 1;
+  HR_CHECK(out.size(0) == g.N && out.size(1) == g.O && g.OH == oh && g.OW == ow, ShapeError, op, ": output ",
+           shape_str(out.shape()), " does not fit input ", shape_str(x.shape()), " and weight ",
+           shape_str(w.shape()), " (expected (", g.N, ", ", g.O, ", ", oh, ", ", ow, "))");
+  return g;
 }
 
 // Fused attention's problem size: B*H independent heads of T positions and head dim D.

@@ -17,6 +17,7 @@
 #include <cstring>
 
 #include "engine/caching_allocator.h"
+#include "kernels/contract_checks.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cpu/gemm.h"
 #include "kernels/cpu/strided.h"
@@ -27,38 +28,16 @@ namespace {
 
 constexpr int64_t kScratchBytes = 4LL << 20;  // im2col columns + gemm staging, per call
 
-struct ConvGeom {
-  int64_t N, C, H, W;     // input
-  int64_t O, KH, KW;      // weight
-  int64_t OH, OW;         // output
-  int64_t G, Cg, Og;      // groups, channels per group in and out
-  int64_t CKK, OHW;       // gemm inner dim and output pixels per image
+// The contract's sizes (kernels/contract_checks.h) and what the im2col + gemm formulation adds.
+struct ConvGeom : kernels::ConvShape {
+  int64_t CKK, OHW;  // gemm inner dim and output pixels per image
   int64_t sh, sw, ph, pw, dh, dw;
 };
 
 ConvGeom geometry(const char* op, const Tensor& x, const Tensor& w, const Tensor& out, const Conv2dParams& p) {
-  HR_CHECK(x.dim() == 4 && w.dim() == 4 && out.dim() == 4, ShapeError, op, ": expected 4-d input ",
-           shape_str(x.shape()), ", weight ", shape_str(w.shape()), " and output ", shape_str(out.shape()));
-  HR_CHECK(x.is_contiguous() && w.is_contiguous() && out.is_contiguous(), ValueError, op,
-           ": input, weight and output must be contiguous");
-  HR_CHECK(x.dtype() == w.dtype() && x.dtype() == out.dtype(), DTypeError, op, ": dtypes differ: input ",
-           describe(x), ", weight ", describe(w), ", output ", describe(out));
   ConvGeom g{};
-  g.N = x.size(0), g.C = x.size(1), g.H = x.size(2), g.W = x.size(3);
-  g.O = w.size(0), g.KH = w.size(2), g.KW = w.size(3);
-  g.OH = out.size(2), g.OW = out.size(3);
-  g.G = p.groups;
+  static_cast<kernels::ConvShape&>(g) = kernels::check_conv2d(op, x, w, out, p);
   g.sh = p.stride_h, g.sw = p.stride_w, g.ph = p.pad_h, g.pw = p.pad_w, g.dh = p.dilation_h, g.dw = p.dilation_w;
-  HR_CHECK(g.G >= 1 && g.C % g.G == 0 && g.O % g.G == 0 && w.size(1) * g.G == g.C, ShapeError, op, ": input ",
-           shape_str(x.shape()), " and weight ", shape_str(w.shape()), " do not fit groups=", g.G);
-  g.Cg = g.C / g.G, g.Og = g.O / g.G;
-  HR_CHECK(g.sh >= 1 && g.sw >= 1 && g.dh >= 1 && g.dw >= 1 && g.ph >= 0 && g.pw >= 0, ValueError, op,
-           ": bad stride, padding or dilation");
-  const int64_t span_h = g.H + 2 * g.ph - g.dh * (g.KH - 1) - 1, span_w = g.W + 2 * g.pw - g.dw * (g.KW - 1) - 1;
-  const int64_t oh = span_h < 0 ? 0 : span_h / g.sh + 1, ow = span_w < 0 ? 0 : span_w / g.sw + 1;
-  HR_CHECK(out.size(0) == g.N && out.size(1) == g.O && g.OH == oh && g.OW == ow, ShapeError, op, ": output ",
-           shape_str(out.shape()), " does not fit input ", shape_str(x.shape()), " and weight ",
-           shape_str(w.shape()), " (expected (", g.N, ", ", g.O, ", ", oh, ", ", ow, "))");
   g.CKK = g.Cg * g.KH * g.KW;
   g.OHW = g.OH * g.OW;
   return g;

@@ -40,6 +40,7 @@
 #include <vector>
 
 #include "engine/memory.h"
+#include "kernels/contract_checks.h"
 #include "kernels/cuda/cuda_backend.h"
 #include "kernels/cuda/cuda_libs.h"
 #include "kernels/cuda/cuda_scope.h"
@@ -54,42 +55,18 @@ namespace headroom::cuda {
 
 namespace {
 
-struct ConvGeom {
-  int64_t N, C, H, W;  // input
-  int64_t O, KH, KW;   // weight
-  int64_t OH, OW;      // output
-  int64_t G, Cg;       // groups, input channels per group
+// The contract's sizes (kernels/contract_checks.h) and the parameters.
+struct ConvGeom : kernels::ConvShape {
   Conv2dParams p;
 };
 
 bool fits_int(int64_t v) { return v >= 0 && v <= INT_MAX; }
 
-// The same checks (and messages) as kernels/cpu/conv.cpp, plus cuDNN's 32-bit limits.
+// The contract's checks (kernels/contract_checks.h), plus cuDNN's 32-bit limits.
 ConvGeom geometry(const char* op, const Tensor& x, const Tensor& w, const Tensor& out, const Conv2dParams& p) {
-  HR_CHECK(x.dim() == 4 && w.dim() == 4 && out.dim() == 4, ShapeError, op, ": expected 4-d input ",
-           shape_str(x.shape()), ", weight ", shape_str(w.shape()), " and output ", shape_str(out.shape()));
-  HR_CHECK(x.is_contiguous() && w.is_contiguous() && out.is_contiguous(), ValueError, op,
-           ": input, weight and output must be contiguous");
-  HR_CHECK(x.dtype() == w.dtype() && x.dtype() == out.dtype(), DTypeError, op, ": dtypes differ: input ",
-           describe(x), ", weight ", describe(w), ", output ", describe(out));
   ConvGeom g{};
-  g.N = x.size(0), g.C = x.size(1), g.H = x.size(2), g.W = x.size(3);
-  g.O = w.size(0), g.KH = w.size(2), g.KW = w.size(3);
-  g.OH = out.size(2), g.OW = out.size(3);
-  g.G = p.groups;
+  static_cast<kernels::ConvShape&>(g) = kernels::check_conv2d(op, x, w, out, p);
   g.p = p;
-  HR_CHECK(g.G >= 1 && g.C % g.G == 0 && g.O % g.G == 0 && w.size(1) * g.G == g.C, ShapeError, op, ": input ",
-           shape_str(x.shape()), " and weight ", shape_str(w.shape()), " do not fit groups=", g.G);
-  g.Cg = g.C / g.G;
-  HR_CHECK(p.stride_h >= 1 && p.stride_w >= 1 && p.dilation_h >= 1 && p.dilation_w >= 1 && p.pad_h >= 0 &&
-               p.pad_w >= 0,
-           ValueError, op, ": bad stride, padding or dilation");
-  const int64_t span_h = g.H + 2 * p.pad_h - p.dilation_h * (g.KH - 1) - 1;
-  const int64_t span_w = g.W + 2 * p.pad_w - p.dilation_w * (g.KW - 1) - 1;
-  const int64_t oh = span_h < 0 ? 0 : span_h / p.stride_h + 1, ow = span_w < 0 ? 0 : span_w / p.stride_w + 1;
-  HR_CHECK(out.size(0) == g.N && out.size(1) == g.O && g.OH == oh && g.OW == ow, ShapeError, op, ": output ",
-           shape_str(out.shape()), " does not fit input ", shape_str(x.shape()), " and weight ",
-           shape_str(w.shape()), " (expected (", g.N, ", ", g.O, ", ", oh, ", ", ow, "))");
   HR_CHECK(fits_int(p.stride_h) && fits_int(p.stride_w) && fits_int(p.pad_h) && fits_int(p.pad_w) &&
                fits_int(p.dilation_h) && fits_int(p.dilation_w) && fits_int(g.G),
            ValueError, op, ": stride, padding, dilation and groups must fit cuDNN's 32-bit parameters");
