@@ -16,7 +16,9 @@
 //
 // Precision: as in FlashAttention, P (forward) and P, dS (backward) are rounded to 16 bits
 // before they multiply V, dout, q or k; sums, statistics and accumulators are f32. Scores are
-// scaled by scale * log2(e) so exp2f does the exponentials; lse is stored in natural log.
+// scaled by scale * log2(e) so exp2f does the exponentials; lse is stored in natural log. In f16
+// a dS beyond 65504 (|dP - rowsum| that large, under a big loss scale) becomes inf, which the
+// GradScaler sees as an overflow and answers by halving the scale, as with FlashAttention.
 //
 // Tiles: 16-bit rows are padded to D + 8 elements and f32 scratch rows to 64 + 4 (or D + 4), so
 // every fragment pointer is 32-byte aligned (WMMA's rule) and neighbouring rows start in
@@ -26,6 +28,7 @@
 
 #include <mma.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 
@@ -44,6 +47,9 @@ constexpr int kThreadsTc = 32 * kWarps;
 constexpr int kRows = 16 * kWarps;  // rows a block owns
 constexpr int kCols = 64;           // rows of the other operand's tile (keys or queries)
 constexpr int kLdS = kCols + 4;     // f32 scratch row stride for a 16 x kCols score tile
+// The causal loop bounds (forward and dq stop at the diagonal tile kt == qt, dk/dv start there)
+// take a query tile and a key tile to cover the same positions.
+static_assert(kRows == kCols, "query and key tiles must be the same length");
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 
@@ -55,9 +61,12 @@ struct TcGeometry {
   static constexpr int ldo = D + 4;  // f32 scratch row stride for a 16 x D tile
   static constexpr int tile = kRows * ld;  // elements of a 64-row 16-bit tile
   static constexpr int ptile = 16 * ldp;   // elements of a warp's 16-row P tile
-  // f32 per warp: two 16 x kCols score tiles, which also hold one 16 x D result tile.
+  // f32 per warp in backward: two 16 x kCols score tiles (S and dP), which also hold one 16 x D
+  // result tile at the end.
   static constexpr int scratch = 2 * 16 * kLdS;
   static_assert(16 * ldo <= scratch, "a warp's scratch holds a 16 x D tile");
+  // Forward needs one score tile or one 16 x D tile at a time.
+  static constexpr int fwd_scratch = 16 * (kLdS > ldo ? kLdS : ldo);
 };
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
@@ -156,7 +165,7 @@ __global__ void __launch_bounds__(kThreadsTc)
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   T* ps = ps_all + warp * G::ptile;
-  float* sc = scratch_all + warp * G::scratch;
+  float* sc = scratch_all + warp * G::fwd_scratch;
   const int64_t bh = blockIdx.x;
   const int n_tiles = (t + kRows - 1) / kRows;
   const int qt = n_tiles - 1 - static_cast<int>(blockIdx.y);  // the longest (causal) tiles first
@@ -227,10 +236,19 @@ __global__ void __launch_bounds__(kThreadsTc)
   }
 
   if (i < t) {
+    // The lane's D/2 contiguous outputs, 8 to a 16-byte store (the row half starts 16-byte aligned).
     const float inv = 1.0f / l;
-    T* orow = out + base + static_cast<int64_t>(i) * D + half * (D / 2);
+    uint4* orow = reinterpret_cast<uint4*>(out + base + static_cast<int64_t>(i) * D + half * (D / 2));
 #pragma unroll
-    for (int c = 0; c < D / 2; ++c) orow[c] = convert<T>(o[c] * inv);
+    for (int c = 0; c < D / 2; c += 8) {
+      union {
+        uint4 v;
+        T e[8];
+      } pack;
+#pragma unroll
+      for (int e = 0; e < 8; ++e) pack.e[e] = convert<T>(o[c + e] * inv);
+      orow[c / 8] = pack.v;
+    }
     if (half == 0) lse[bh * t + i] = m * kLn2 + logf(l);
   }
 #endif
@@ -395,8 +413,8 @@ __global__ void __launch_bounds__(kThreadsTc)
 // ---- host side ----
 
 size_t forward_smem(int d) {
-  const size_t ld = d + 8, ldp = kCols + 8;
-  return 2 * (3 * kRows * ld + kWarps * 16 * ldp) + 4 * static_cast<size_t>(kWarps) * 2 * 16 * kLdS;
+  const size_t ld = d + 8, ldp = kCols + 8, ldo = d + 4;
+  return 2 * (3 * kRows * ld + kWarps * 16 * ldp) + 4 * static_cast<size_t>(kWarps) * 16 * std::max<size_t>(kLdS, ldo);
 }
 size_t dkdv_smem(int d) {
   const size_t ld = d + 8, ldp = kCols + 8;
@@ -469,6 +487,8 @@ void dispatch_tc(DType dtype, int d, F&& f) {
 
 // Whether `device` can run the kernels: sm_80 or newer, and the image loaded for it was
 // compiled for sm_80+ (a build for older GPUs only has empty bodies). Asked once per device.
+int smem_limit[64];  // the device's opt-in shared memory per block, set with cached[device]
+
 bool capable(int device) {
   static std::atomic<int> cached[64];  // 0 unknown, 1 yes, 2 no
   if (device < 0 || device >= 64) return false;
@@ -480,10 +500,13 @@ bool capable(int device) {
     if (major >= 8) {
       HR_CUDA_CHECK(cudaGetDevice(&current));
       if (current != device) HR_CUDA_CHECK(cudaSetDevice(device));
+      // An error here (no image in the build for this GPU) means "no", not a failure.
       const cudaError_t err = cudaFuncGetAttributes(&attr, tc_forward_kernel<__half, 64>);
+      if (err != cudaSuccess) (void)cudaGetLastError();
       if (current != device) HR_CUDA_CHECK(cudaSetDevice(current));
-      HR_CUDA_CHECK(err);
+      if (err != cudaSuccess) attr.ptxVersion = 0;
     }
+    HR_CUDA_CHECK(cudaDeviceGetAttribute(&smem_limit[device], cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
     state = major >= 8 && attr.ptxVersion >= 80 ? 1 : 2;
     cached[device].store(state);
   }
@@ -495,8 +518,12 @@ bool capable(int device) {
 bool set_attention_tensor_cores(bool allow) { return g_allow_tensor_cores.exchange(allow); }
 
 bool attention_uses_tensor_cores(Device device, DType dtype, int64_t head_dim) {
+  // The backward kernels need the most shared memory: 123 KiB at D = 128, more than sm_86/89
+  // GPUs give a block (99 KiB); those take the CUDA-core kernels for it.
   return g_allow_tensor_cores.load() && device.is_cuda() && (dtype == DType::f16 || dtype == DType::bf16) &&
-         (head_dim == 64 || head_dim == 128) && capable(device.index);
+         (head_dim == 64 || head_dim == 128) && capable(device.index) &&
+         std::max({forward_smem(static_cast<int>(head_dim)), dkdv_smem(static_cast<int>(head_dim)),
+                   dq_smem(static_cast<int>(head_dim))}) <= static_cast<size_t>(smem_limit[device.index]);
 }
 
 namespace attention_tc {
