@@ -8,6 +8,7 @@
 #include <cstdarg>
 #include <cstdio>
 #include <fstream>
+#include <iomanip>
 #include <sstream>
 
 #include "engine/error.h"
@@ -348,6 +349,38 @@ void write_text_file(const std::string& path, const std::string& text) {
   out << text;
   out.close();
   HR_CHECK(out, IOError, "headroom-bench: error writing ", path);
+}
+
+std::string profile_tables(const std::vector<Result>& results, size_t top) {
+  std::ostringstream os;
+  for (const Result& r : results) {
+    if (r.profile.empty()) continue;
+    double ops_ms = 0;
+    for (const OpProfileRow& op : r.profile) ops_ms += op.ms;
+    const double step = r.profile_step_ms > 0 ? r.profile_step_ms : ops_ms;
+    auto share = [step](double ms) { return step > 0 ? 100.0 * ms / step : 0.0; };
+    os << "\nGPU time by op, one profiled step of " << r.preset.name << " (" << std::fixed << std::setprecision(2)
+       << step << " ms between the step's events):\n\n| op | calls | ms | share of the step |\n|---|---:|---:|---:|\n";
+    double rest_ms = 0;
+    int64_t rest_calls = 0;
+    for (size_t i = 0; i < r.profile.size(); ++i) {
+      const OpProfileRow& op = r.profile[i];
+      if (i < top) {
+        os << "| " << op.name << " | " << op.calls << " | " << std::setprecision(3) << op.ms << " | "
+           << std::setprecision(1) << share(op.ms) << "% |\n";
+      } else {
+        rest_ms += op.ms;
+        rest_calls += op.calls;
+      }
+    }
+    if (rest_calls > 0)
+      os << "| (" << r.profile.size() - top << " other ops) | " << rest_calls << " | " << std::setprecision(3)
+         << rest_ms << " | " << std::setprecision(1) << share(rest_ms) << "% |\n";
+    os << "| (not in any op: the GPU waiting for the host) | | " << std::setprecision(3)
+       << std::max(0.0, step - ops_ms) << " | " << std::setprecision(1) << share(std::max(0.0, step - ops_ms))
+       << "% |\n";
+  }
+  return os.str();
 }
 
 }  // namespace headroom::bench

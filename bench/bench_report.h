@@ -31,6 +31,13 @@
 
 namespace headroom::bench {
 
+// One op's GPU time in a profiled step (kernels/cuda/op_profile.h).
+struct OpProfileRow {
+  std::string name;
+  int64_t calls = 0;
+  double ms = 0;
+};
+
 struct Result {
   Preset preset;
   std::string status = "ok";  // "ok", "oom", "error"
@@ -42,6 +49,9 @@ struct Result {
   double step_ms = 0, step_ms_min = 0, step_ms_max = 0;
   double items_per_second = 0;
   double final_loss = 0;
+  // --profile (cuda): one extra step's GPU time by op, and that step's time between events.
+  std::vector<OpProfileRow> profile;
+  double profile_step_ms = 0;
 
   int64_t peak_allocated() const { return stats.allocated_bytes.peak; }
   int64_t peak_reserved() const { return stats.reserved_bytes.peak; }
@@ -63,6 +73,11 @@ std::string results_csv(const std::vector<Result>& results, const RunInfo& info)
 // configuration that was measured; failed ones are listed under the plot. Axes are logarithmic
 // where the values span more than a factor of 10.
 std::string memory_throughput_svg(const std::vector<Result>& results, const RunInfo& info);
+
+// The profiled steps' tables (results with a profile only; "" when none): per preset the `top`
+// ops by GPU time with calls, ms and share of the step, the rest summed, and the step's time the
+// ops do not cover (the GPU waiting for the host).
+std::string profile_tables(const std::vector<Result>& results, size_t top = 20);
 
 // Writes `text` to `path`; throws IOError naming the path.
 void write_text_file(const std::string& path, const std::string& text);

@@ -26,9 +26,10 @@
 #include "bench/bench_report.h"
 #include "examples/common.h"
 #include "kernels/cpu/strided.h"
-
 #ifdef HEADROOM_WITH_CUDA
 #include <cuda_runtime_api.h>
+
+#include "kernels/cuda/op_profile.h"
 #endif
 
 using namespace headroom;
@@ -70,7 +71,7 @@ void print_list(std::ostream& os) {
 }
 
 // Runs one configuration; never throws for what the workload does.
-Result run_preset(const Preset& p, Device device, int64_t steps, int64_t warmup, uint64_t seed) {
+Result run_preset(const Preset& p, Device device, int64_t steps, int64_t warmup, uint64_t seed, bool profile) {
   Result r;
   r.preset = p;
   CachingAllocator& alloc = caching_allocator(device);
@@ -108,6 +109,21 @@ Result run_preset(const Preset& p, Device device, int64_t steps, int64_t warmup,
     r.items_per_second = total_ms > 0 ? static_cast<double>(p.items_per_step() * steps) / (total_ms / 1000.0) : 0;
     r.final_loss = loss.item<double>();
     r.measured = true;
+#ifdef HEADROOM_WITH_CUDA
+    if (profile && device.is_cuda()) {  // one more step, after the peaks were read
+      Event start(true), stop(true);
+      cuda::start_op_profile();
+      start.record(device);
+      (void)w->step();
+      stop.record(device);
+      const std::vector<cuda::OpTime> ops = cuda::stop_op_profile();
+      stop.synchronize();
+      r.profile_step_ms = start.elapsed_ms(stop);
+      for (const cuda::OpTime& op : ops) r.profile.push_back({op.name, op.calls, op.ms});
+    }
+#else
+    (void)profile;
+#endif
   } catch (const OutOfMemoryError& e) {
     r.stats = alloc.stats();
     r.status = "oom";
@@ -129,6 +145,7 @@ int main(int argc, char** argv) {
   std::vector<std::string> preset_names;
   std::string preset_arg;  // the last --preset; every one is collected into preset_names by its check
   int64_t steps = 10, warmup = 2, seed = 1;
+  bool profile = false;
   std::string device_arg = "cpu", out_dir = "headroom-bench-results", memory_limit;
 
   examples::Flags flags("headroom-bench",
@@ -152,6 +169,7 @@ int main(int argc, char** argv) {
   flags.add("device", &device_arg, "cpu or cuda[:N]", examples::device_name());
   flags.add("out", &out_dir, "folder for results.json, results.csv, results.md and memory_vs_throughput.svg");
   flags.add("seed", &seed, "seed of weights and synthetic data", examples::at_least<int64_t>(0));
+  flags.add("profile", &profile, "cuda: after the timed steps, one more with GPU time by op (kernels/cuda/op_profile.h)");
   flags.add("memory-limit", &memory_limit, "cap on the device's memory, e.g. 24GiB (default: HEADROOM_MEMORY_LIMIT)",
             examples::Flags::Check<std::string>([](const std::string& v) {
               try {
@@ -201,7 +219,7 @@ int main(int argc, char** argv) {
       const Preset& p = presets[i];
       std::cerr << "[" << i + 1 << "/" << presets.size() << "] " << p.name << ": " << p.description << "\n" << std::flush;
       examples::Timer t;
-      Result r = run_preset(p, device, steps, warmup, static_cast<uint64_t>(seed));
+      Result r = run_preset(p, device, steps, warmup, static_cast<uint64_t>(seed), profile);
       if (r.measured)
         std::cerr << "  peak allocated " << format_bytes(r.peak_allocated()) << ", reserved "
                   << format_bytes(r.peak_reserved()) << ", " << std::fixed << std::setprecision(2) << r.step_ms
@@ -214,7 +232,7 @@ int main(int argc, char** argv) {
       results.push_back(std::move(r));
     }
 
-    const std::string table = markdown_table(results);
+    const std::string table = markdown_table(results) + profile_tables(results);
     std::cout << table << std::flush;
     namespace fs = std::filesystem;
     const fs::path dir(out_dir);

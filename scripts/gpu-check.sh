@@ -118,6 +118,10 @@ if [ "$gpu" != "none found" ]; then
     steps=10; [ "$quick" = 1 ] && steps=3
     timeout 300 "$(exe headroom-bench)" --preset gpu --device cuda --steps $steps --out "$log/hb" >"$log/hb.txt" 2>&1
     row "headroom-bench --preset gpu" "exit $? ($steps steps each)"
+    # Where GPT-2 small bf16's step goes: GPU time by op (kernels/cuda/op_profile.h).
+    timeout 120 "$(exe headroom-bench)" --preset gpt2-small-bf16-fused --device cuda --steps 3 --profile \
+      --out "$log/hb-profile" >"$log/profile.txt" 2>&1
+    row "headroom-bench --profile gpt2-small-bf16-fused" "exit $? (table below)"
     if python3 -c "import torch" 2>/dev/null; then
       timeout 300 python3 bench/pytorch_reference.py --preset gpu --steps $steps \
         --compile-presets gpt2-small-bf16-fused --out "$log/torch" >"$log/torch.txt" 2>&1
@@ -162,6 +166,7 @@ echo
 [ -f "$log/hb.txt" ] && { echo "## headroom-bench"; grep -E "^\|" "$log/hb.txt" | head -20; }
 [ -f "$log/compare.txt" ] && { echo "## beside PyTorch"; cat "$log/compare.txt"; }
 [ -f "$log/attention.txt" ] && { echo "## attention"; cat "$log/attention.txt"; }
+[ -f "$log/profile.txt" ] && { echo "## GPU time by op"; sed -n '/^GPU time by op/,$p' "$log/profile.txt" | head -30; }
 echo
 echo "headroom GPU check, $(date -u +%Y-%m-%d), commit $(git rev-parse --short HEAD 2>/dev/null || cat "$bin/COMMIT" 2>/dev/null || echo unknown); logs in $log"
 printf '%s\n' "| check | result |" "|---|---|" "${rows[@]}"

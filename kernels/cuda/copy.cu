@@ -201,7 +201,7 @@ void CudaBackend::copy(const Tensor& dst, const Tensor& src) {
   HR_CHECK(dst.shape() == src.shape(), ShapeError, "copy: destination shape ", shape_str(dst.shape()),
            " differs from source shape ", shape_str(src.shape()));
   if (dst.numel() == 0) return;
-  KernelScope scope(dst);
+  KernelScope scope(dst, dst.dtype() == src.dtype() ? "copy" : "cast");
   if (dst.dtype() == src.dtype()) {
     if (dst.is_contiguous() && src.is_contiguous()) {
       // The same bytes: nothing to do (and cudaMemcpy's ranges must not overlap).

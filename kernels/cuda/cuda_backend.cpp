@@ -13,8 +13,10 @@ int cuda_index(Device device) {
 }
 }  // namespace
 
-KernelScope::KernelScope(Device device)
-    : device_(device), guard_(cuda_index(device)), stream_(stream_for(device)) {}
+KernelScope::KernelScope(Device device, const char* name)
+    : device_(device), guard_(cuda_index(device)), stream_(stream_for(device)) {
+  profile_open(name);
+}
 
 CudaBackend& cuda_backend() {
   static CudaBackend* backend = new CudaBackend();  // never destroyed, like the allocators

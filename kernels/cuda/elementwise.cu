@@ -11,6 +11,7 @@
 // Outputs are written (=), never accumulated. out may alias an input exactly: each element is
 // read and written by the one thread that owns it, the reads first.
 #include "kernels/cuda/cuda_backend.h"
+#include "kernels/cuda/op_profile.h"
 #include "kernels/cuda/cuda_common.cuh"
 #include "kernels/cuda/elementwise_ops.cuh"
 
@@ -122,7 +123,7 @@ void CudaBackend::unary(UnaryOp op, const Tensor& x, const Tensor& out) {
            " but output is ", dtype_name(out.dtype()));
   check_same_shape(unary_op_name(op), out, x, "the input");
   if (out.numel() == 0) return;
-  KernelScope scope(out);
+  KernelScope scope(out, profile_name("unary", unary_op_name(op)));
   dispatch_cuda(x.dtype(), [&](auto tag) { unary_typed<typename decltype(tag)::type>(scope, op, x, out); });
 }
 
@@ -135,7 +136,7 @@ void CudaBackend::binary(BinaryOp op, const Tensor& a, const Tensor& b, const Te
   check_same_shape(binary_op_name(op), out, a, "the first operand");
   check_same_shape(binary_op_name(op), out, b, "the second operand");
   if (out.numel() == 0) return;
-  KernelScope scope(out);
+  KernelScope scope(out, profile_name("binary", binary_op_name(op)));
   dispatch_cuda(a.dtype(), [&](auto tag) { binary_typed<typename decltype(tag)::type>(scope, op, a, b, out); });
 }
 

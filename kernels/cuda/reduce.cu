@@ -30,6 +30,7 @@
 #include <type_traits>
 
 #include "kernels/cuda/cuda_backend.h"
+#include "kernels/cuda/op_profile.h"
 #include "kernels/cuda/cuda_common.cuh"
 
 namespace headroom::cuda {
@@ -398,7 +399,7 @@ void CudaBackend::reduce(ReduceOp op, const Tensor& x, const Tensor& out) {
   if (out.numel() == 0) return;
   g.kept = make_group<2>(kept_sizes, kept_strides, name, xs);
   g.red = make_group<1>(red_sizes, red_strides, name, xs);
-  KernelScope scope(x);
+  KernelScope scope(x, profile_name("reduce", name));
   dispatch_cuda(x.dtype(), [&](auto tag) { reduce_impl<typename decltype(tag)::type>(scope, op, x, out, g); });
 }
 
