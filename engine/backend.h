@@ -123,7 +123,10 @@ class Backend {
                                      const Conv2dParams& p) = 0;
   virtual void conv2d_backward_weight(const Tensor& dout, const Tensor& x, const Tensor& dw,
                                       const Conv2dParams& p) = 0;
-  // indices (i64) hold each maximum's position within its H*W plane; padding never wins.
+  // indices hold each maximum's offset within its window, kh * kernel_w + kw counted from the
+  // window's corner (padding included): u8 when the window has at most 256 cells, else i32
+  // (kernels/contract_checks.h pool_index_dtype) -- an eighth of an i64 plane position, and the
+  // largest tensor max pooling keeps for backward under autocast. Padding never wins.
   virtual void max_pool2d_forward(const Tensor& x, const Tensor& out, const Tensor& indices,
                                   const Pool2dParams& p) = 0;
   virtual void max_pool2d_backward(const Tensor& dout, const Tensor& indices, const Tensor& dx,

@@ -1,5 +1,5 @@
 // Host-side pieces both backends share: how a strided matrix maps onto a BLAS operand, and the
-// argument checks of the conv2d, softmax, cross-entropy, index and fused attention contracts (engine/backend.h). Plain C++, no device
+// argument checks of the conv2d, max-pooling, softmax, cross-entropy, index and fused attention contracts (engine/backend.h). Plain C++, no device
 // code: kernels/cpu and kernels/cuda include it so that the two implementations of one op read
 // their operands the same way and refuse the same inputs with the same messages.
 #pragma once
@@ -172,6 +172,23 @@ inline ConvShape check_conv2d(const char* op, const Tensor& x, const Tensor& w, 
            shape_str(out.shape()), " does not fit input ", shape_str(x.shape()), " and weight ",
            shape_str(w.shape()), " (expected (", g.N, ", ", g.O, ", ", oh, ", ", ow, "))");
   return g;
+}
+
+// The dtype max pooling keeps its winners in (engine/backend.h): the offset within a window
+// fits u8 when the window has at most 256 cells, else i32.
+inline DType pool_index_dtype(const Pool2dParams& p) {
+  return p.kernel_h * p.kernel_w <= 256 ? DType::u8 : DType::i32;
+}
+
+// Max pooling's indices: contiguous, of the pooled output's shape, u8 (windows of at most 256
+// cells) or i32.
+inline void check_pool_indices(const char* op, const Tensor& indices, const Tensor& out, const Pool2dParams& p) {
+  const bool u8_fits = p.kernel_h * p.kernel_w <= 256;
+  HR_CHECK(indices.shape() == out.shape() && indices.is_contiguous() &&
+               (indices.dtype() == DType::i32 || (indices.dtype() == DType::u8 && u8_fits)),
+           ValueError, op, ": indices must be contiguous ", u8_fits ? "u8 or i32" : "i32", " of shape ",
+           shape_str(out.shape()), " (window offsets of a ", p.kernel_h, "x", p.kernel_w, " window), got ",
+           describe(indices));
 }
 
 // Fused attention's problem size: B*H independent heads of T positions and head dim D.

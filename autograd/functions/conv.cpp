@@ -10,6 +10,7 @@
 // dtype (autograd/autocast.h); pooling follows its input.
 #include "autograd/autocast.h"
 #include "autograd/functions/internal.h"
+#include "kernels/contract_checks.h"
 
 namespace headroom {
 
@@ -144,7 +145,8 @@ Tensor max_pool2d(const Tensor& x, int64_t kernel, int64_t stride, int64_t paddi
   Tensor xc = contiguous_raw(x);
   Shape out_shape = pool_out_shape(x, p);
   Tensor out = Tensor::empty(out_shape, x.options());
-  Tensor indices = Tensor::empty(out_shape, x.options().dtype(DType::i64));
+  // The winners' offsets within their windows: 1 byte each for windows of up to 256 cells.
+  Tensor indices = Tensor::empty(out_shape, x.options().dtype(kernels::pool_index_dtype(p)));
   backend_for(x.device()).max_pool2d_forward(xc, out, indices, p);
   if (needs_grad({x})) {
     SavedTensor si(indices, "max_pool2d");

@@ -6,8 +6,9 @@
 // vectorise where a per-output compare-select chain would not (the windows are small; there is
 // nothing for a gemm to do). The backward passes also go plane by plane: each task owns its dx
 // plane, accumulates it in f32 (f64 for f64) and writes it once, so overlapping windows never
-// race. Max pooling records the winner's position within its H*W plane (the first maximum in
-// row-major window order; a NaN wins, as it propagates); padding is never a candidate. Average
+// race. Max pooling records the winner's position within its window, kh * kernel_w + kw (the
+// first maximum in row-major window order; a NaN wins, as it propagates) as u8 or i32
+// (engine/backend.h); padding is never a candidate. Average
 // pooling follows count_include_pad: divide by the window clipped to the padded input, or by
 // the number of real elements in it. f16/bf16 compute in f32 per element.
 #include <algorithm>
@@ -15,6 +16,7 @@
 #include <cmath>
 #include <limits>
 
+#include "kernels/contract_checks.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cpu/strided.h"
 
@@ -84,15 +86,16 @@ inline int64_t avg_divisor(const Pool2dParams& p, const PoolGeom& g, int64_t oh,
 //   2. the winner's index: the window walked backwards, keeping the last element equal to the
 //      maximum (or NaN), which is the first one in row-major window order.
 // SW is the column stride when it is 1 or 2 (compile-time, so the strided loads vectorise),
-// else 0 and p.stride_w is used. Indices are int32 within the row (the width of f32 lanes),
-// widened when written out; planes over 2^31 elements take the int64 path.
-template <typename T, int SW, typename I = int32_t>
-void max_pool_planes(const T* px, T* po, int64_t* pi, const PoolGeom& g, const Pool2dParams& p, int64_t begin,
+// else 0 and p.stride_w is used. Positions are int32 within the plane while searching (the
+// width of f32 lanes; planes over 2^31 elements take the int64 path), turned into the offset
+// within the window, of type O, when written out.
+template <typename T, int SW, typename O, typename I = int32_t>
+void max_pool_planes(const T* px, T* po, O* pi, const PoolGeom& g, const Pool2dParams& p, int64_t begin,
                      int64_t end) {
   using C = acc_t<T>;
   if constexpr (std::is_same_v<I, int32_t>) {
     if (g.H * g.W > std::numeric_limits<int32_t>::max()) {
-      max_pool_planes<T, SW, int64_t>(px, po, pi, g, p, begin, end);
+      max_pool_planes<T, SW, O, int64_t>(px, po, pi, g, p, begin, end);
       return;
     }
   }
@@ -139,10 +142,13 @@ void max_pool_planes(const T* px, T* po, int64_t* pi, const PoolGeom& g, const P
           }
         }
       T* o = po + (pl * g.OH + oh) * OW;
-      int64_t* oi = pi + (pl * g.OH + oh) * OW;
+      O* oi = pi + (pl * g.OH + oh) * OW;
       for (int64_t ow = 0; ow < OW; ++ow) {
         o[ow] = static_cast<T>(b[ow]);
-        oi[ow] = static_cast<int64_t>(at[ow]);
+        // Plane position -> window offset (an empty plane, W == 0, keeps the window's first real cell).
+        const int64_t ws = ow * sw - pw, pos = static_cast<int64_t>(at[ow]);
+        const int64_t h = W > 0 ? pos / W : h0, w = W > 0 ? pos - h * W : std::max<int64_t>(ws, 0);
+        oi[ow] = static_cast<O>((h - hs) * kwn + (w - ws));
       }
     }
   }
@@ -152,64 +158,75 @@ void max_pool_planes(const T* px, T* po, int64_t* pi, const PoolGeom& g, const P
 
 void CpuBackend::max_pool2d_forward(const Tensor& x, const Tensor& out, const Tensor& indices,
                                     const Pool2dParams& p) {
-  const PoolGeom g = geometry("cpu max_pool2d_forward", x, out, p);
-  HR_CHECK(indices.dtype() == DType::i64 && indices.shape() == out.shape() && indices.is_contiguous(), ValueError,
-           "cpu max_pool2d_forward: indices must be contiguous i64 of the output's shape ", shape_str(out.shape()),
-           ", got ", describe(indices));
-  HR_CHECK(x.dtype() == out.dtype(), DTypeError, "cpu max_pool2d_forward: input ", describe(x), " and output ",
-           describe(out), " differ in dtype");
+  const char* op = "cpu max_pool2d_forward";
+  const PoolGeom g = geometry(op, x, out, p);
+  kernels::check_pool_indices(op, indices, out, p);
+  HR_CHECK(x.dtype() == out.dtype(), DTypeError, op, ": input ", describe(x), " and output ", describe(out),
+           " differ in dtype");
   if (out.numel() == 0) return;
-  dispatch_float(x.dtype(), "cpu max_pool2d_forward", [&](auto tag) {
+  dispatch_float(x.dtype(), op, [&](auto tag) {
     using T = typename decltype(tag)::type;
     const T* px = static_cast<const T*>(x.raw_data());
     T* po = static_cast<T*>(out.raw_data());
-    int64_t* pi = static_cast<int64_t*>(indices.raw_data());
-    parallel_for(g.planes, plane_grain(g, p), [&](int64_t begin, int64_t end) {
-      if (p.stride_w == 1) max_pool_planes<T, 1>(px, po, pi, g, p, begin, end);
-      else if (p.stride_w == 2) max_pool_planes<T, 2>(px, po, pi, g, p, begin, end);
-      else max_pool_planes<T, 0>(px, po, pi, g, p, begin, end);
-    });
+    auto run = [&](auto* pi) {
+      using O = std::remove_pointer_t<decltype(pi)>;
+      parallel_for(g.planes, plane_grain(g, p), [&](int64_t begin, int64_t end) {
+        if (p.stride_w == 1) max_pool_planes<T, 1, O>(px, po, pi, g, p, begin, end);
+        else if (p.stride_w == 2) max_pool_planes<T, 2, O>(px, po, pi, g, p, begin, end);
+        else max_pool_planes<T, 0, O>(px, po, pi, g, p, begin, end);
+      });
+    };
+    if (indices.dtype() == DType::u8) run(static_cast<uint8_t*>(indices.raw_data()));
+    else run(static_cast<int32_t*>(indices.raw_data()));
   });
 }
 
 void CpuBackend::max_pool2d_backward(const Tensor& dout, const Tensor& indices, const Tensor& dx,
                                      const Pool2dParams& p) {
-  const PoolGeom g = geometry("cpu max_pool2d_backward", dx, dout, p);
-  HR_CHECK(indices.dtype() == DType::i64 && indices.shape() == dout.shape() && indices.is_contiguous(),
-           ValueError, "cpu max_pool2d_backward: indices must be contiguous i64 of shape ",
-           shape_str(dout.shape()), ", got ", describe(indices));
-  HR_CHECK(dx.dtype() == dout.dtype(), DTypeError, "cpu max_pool2d_backward: dout ", describe(dout), " and dx ",
-           describe(dx), " differ in dtype");
+  const char* op = "cpu max_pool2d_backward";
+  const PoolGeom g = geometry(op, dx, dout, p);
+  kernels::check_pool_indices(op, indices, dout, p);
+  HR_CHECK(dx.dtype() == dout.dtype(), DTypeError, op, ": dout ", describe(dout), " and dx ", describe(dx),
+           " differ in dtype");
   if (dx.numel() == 0) return;
-  dispatch_float(dx.dtype(), "cpu max_pool2d_backward", [&](auto tag) {
+  const int64_t HW = g.H * g.W, OHW = g.OH * g.OW, cells = p.kernel_h * p.kernel_w;
+  std::atomic<bool> bad_found{false};
+  std::atomic<int64_t> bad_index{0};
+  dispatch_float(dx.dtype(), op, [&](auto tag) {
     using T = typename decltype(tag)::type;
     using C = acc_t<T>;
     const T* pd = static_cast<const T*>(dout.raw_data());
-    const int64_t* pi = static_cast<const int64_t*>(indices.raw_data());
     T* px = static_cast<T*>(dx.raw_data());
-    const int64_t HW = g.H * g.W, OHW = g.OH * g.OW;
-    std::atomic<int64_t> bad_index{0};
-    parallel_for(g.planes, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(1, HW + OHW)),
-                 [&](int64_t begin, int64_t end) {
-      std::vector<C> acc(static_cast<size_t>(HW));
-      for (int64_t pl = begin; pl < end; ++pl) {
-        std::fill(acc.begin(), acc.end(), C(0));
-        for (int64_t o = 0; o < OHW; ++o) {
-          const int64_t idx = pi[pl * OHW + o];
-          if (idx < 0 || idx >= HW) {  // reported after the parallel region (no throwing inside)
-            bad_index.store(idx);
-            continue;
+    auto run = [&](const auto* pi) {
+      parallel_for(g.planes, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(1, HW + OHW)),
+                   [&](int64_t begin, int64_t end) {
+        std::vector<C> acc(static_cast<size_t>(HW));
+        for (int64_t pl = begin; pl < end; ++pl) {
+          std::fill(acc.begin(), acc.end(), C(0));
+          for (int64_t o = 0; o < OHW; ++o) {
+            // Window offset -> plane position; one outside the window or on padding is reported
+            // after the parallel region (no throwing inside).
+            const int64_t off = static_cast<int64_t>(pi[pl * OHW + o]);
+            const int64_t oh = o / g.OW, ow = o - oh * g.OW;
+            const int64_t h = oh * p.stride_h - p.pad_h + (off >= 0 ? off / p.kernel_w : 0);
+            const int64_t w = ow * p.stride_w - p.pad_w + (off >= 0 ? off % p.kernel_w : 0);
+            if (off < 0 || off >= cells || h < 0 || h >= g.H || w < 0 || w >= g.W) {
+              bad_index.store(off);
+              bad_found.store(true);
+              continue;
+            }
+            acc[static_cast<size_t>(h * g.W + w)] += static_cast<C>(pd[pl * OHW + o]);
           }
-          acc[static_cast<size_t>(idx)] += static_cast<C>(pd[pl * OHW + o]);
+          T* d = px + pl * HW;
+          for (int64_t k = 0; k < HW; ++k) d[k] = static_cast<T>(acc[static_cast<size_t>(k)]);
         }
-        T* d = px + pl * HW;
-        for (int64_t k = 0; k < HW; ++k) d[k] = static_cast<T>(acc[static_cast<size_t>(k)]);
-      }
-    });
-    const int64_t bad = bad_index.load();
-    HR_CHECK(bad >= 0 && bad < std::max<int64_t>(HW, 1), ValueError, "cpu max_pool2d_backward: index ", bad,
-             " is outside the ", g.H, "x", g.W, " plane");
+      });
+    };
+    if (indices.dtype() == DType::u8) run(static_cast<const uint8_t*>(indices.raw_data()));
+    else run(static_cast<const int32_t*>(indices.raw_data()));
   });
+  HR_CHECK(!bad_found.load(), ValueError, op, ": index ", bad_index.load(), " is not a real cell of its ", p.kernel_h, "x", p.kernel_w,
+           " window (padding or outside it) in the ", g.H, "x", g.W, " plane");
 }
 
 void CpuBackend::avg_pool2d_forward(const Tensor& x, const Tensor& out, const Pool2dParams& p) {

@@ -1,7 +1,8 @@
 // Max and average pooling over 2-d windows (NCHW, contiguous) on the GPU: own kernels, no cuDNN.
 //
-// Why own kernels: the contract saves max pooling's winners as i64 positions within each H*W
-// plane and hands them to backward instead of x, which cuDNN's pooling cannot produce or take;
+// Why own kernels: the contract saves max pooling's winners as offsets within their windows
+// (u8, or i32 for windows over 256 cells) and hands them to backward instead of x, which
+// cuDNN's pooling cannot produce or take;
 // average pooling is as simple, and own kernels give it kernels/cpu/pool.cpp's divisor rule
 // exactly (count_include_pad: the window clipped to the padded input, else the real elements
 // in it) and deterministic gradients.
@@ -9,16 +10,17 @@
 // Forward: a thread per output element (grid-stride), walking its window in row-major order in
 // acc_type (f32 for f16/bf16). Max: the first maximum wins, a NaN wins over any number (the first
 // NaN), padding is never a candidate; an empty window (only possible when the input plane is
-// empty) gives -inf and position h0 * W + max(w_start, 0), as on the CPU.
+// empty) gives -inf and the offset of cell (h0, max(w_start, 0)), as on the CPU.
 // Backward: a thread per INPUT element gathers from the outputs whose windows cover it -- at most
 // ceil(k / s) of them per dim -- so every dx element is written (=) exactly once, by one thread,
 // without atomics: overlapping windows (stride < kernel) cannot race and results are the same
-// bits every run. Max pooling adds the dout of each covering output whose saved index names this
-// element; an index that is not inside its own output's window (never the case for indices made
-// by max_pool2d_forward) is ignored, where the CPU would scatter it anyway or, if outside the
-// plane, throw (checking that here would need a device-to-host sync).
+// bits every run. Max pooling adds the dout of each covering output whose saved offset names this
+// element; an offset that names no real cell (never the case for indices made by
+// max_pool2d_forward) matches no element and is dropped, where the CPU throws (checking that
+// here would need a device-to-host sync).
 #include <limits>
 
+#include "kernels/contract_checks.h"
 #include "kernels/cuda/cuda_backend.h"
 #include "kernels/cuda/cuda_common.cuh"
 
@@ -81,8 +83,8 @@ __device__ __forceinline__ int64_t avg_divisor(const PoolGeom& g, int64_t oh, in
 
 // ---- max pooling ----
 
-template <typename T>
-__global__ void max_pool_forward_kernel(const T* x, T* out, int64_t* indices, PoolGeom g, int64_t n) {
+template <typename T, typename O>
+__global__ void max_pool_forward_kernel(const T* x, T* out, O* indices, PoolGeom g, int64_t n) {
   using A = acc_type<T>;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -93,7 +95,7 @@ __global__ void max_pool_forward_kernel(const T* x, T* out, int64_t* indices, Po
     const int64_t w0 = max(ws, int64_t{0}), w1 = min(ws + g.kw, g.W);
     const T* plane = x + pl * g.H * g.W;
     A best = -std::numeric_limits<A>::infinity();
-    int64_t at = h0 * g.W + w0;
+    int64_t at_h = h0, at_w = w0;
     bool found = false;
     for (int64_t h = h0; h < h1; ++h)
       for (int64_t w = w0; w < w1; ++w) {
@@ -101,17 +103,18 @@ __global__ void max_pool_forward_kernel(const T* x, T* out, int64_t* indices, Po
         // The first element; then a strictly larger one, or the first NaN (which then stays).
         if (!found || v > best || (v != v && best == best)) {
           best = v;
-          at = h * g.W + w;
+          at_h = h;
+          at_w = w;
           found = true;
         }
       }
     out[i] = convert<T>(best);
-    indices[i] = at;
+    indices[i] = static_cast<O>((at_h - hs) * g.kw + (at_w - ws));  // the offset within the window
   }
 }
 
-template <typename T>
-__global__ void max_pool_backward_kernel(const T* dout, const int64_t* indices, T* dx, PoolGeom g, int64_t n) {
+template <typename T, typename O>
+__global__ void max_pool_backward_kernel(const T* dout, const O* indices, T* dx, PoolGeom g, int64_t n) {
   using A = acc_type<T>;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -119,33 +122,49 @@ __global__ void max_pool_backward_kernel(const T* dout, const int64_t* indices, 
     int64_t oh0, oh1, ow0, ow1;
     covering(h, g.kh, g.sh, g.ph, g.OH, oh0, oh1);
     covering(w, g.kw, g.sw, g.pw, g.OW, ow0, ow1);
-    const int64_t me = h * g.W + w, base = pl * g.OH * g.OW;
+    const int64_t base = pl * g.OH * g.OW;
     A acc = A(0);
     for (int64_t oh = oh0; oh <= oh1; ++oh)
       for (int64_t ow = ow0; ow <= ow1; ++ow) {
         const int64_t o = base + oh * g.OW + ow;
-        if (indices[o] == me) acc += convert<A>(dout[o]);
+        // This element's offset within output o's window.
+        const int64_t me = (h - (oh * g.sh - g.ph)) * g.kw + (w - (ow * g.sw - g.pw));
+        if (static_cast<int64_t>(indices[o]) == me) acc += convert<A>(dout[o]);
       }
     dx[i] = convert<T>(acc);
   }
 }
 
+template <typename T, typename O>
+void max_pool_forward_launch(const KernelScope& scope, const Tensor& x, const Tensor& out, const Tensor& indices,
+                             const PoolGeom& g) {
+  const int64_t n = out.numel();
+  max_pool_forward_kernel<T, O><<<grid_for(n), kBlock, 0, scope.stream()>>>(
+      device_data<T>(x), device_data<T>(out), device_data<O>(indices), g, n);
+  HR_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
 template <typename T>
 void max_pool_forward_impl(const KernelScope& scope, const Tensor& x, const Tensor& out, const Tensor& indices,
                            const PoolGeom& g) {
-  const int64_t n = out.numel();
-  max_pool_forward_kernel<T><<<grid_for(n), kBlock, 0, scope.stream()>>>(
-      device_data<T>(x), device_data<T>(out), device_data<int64_t>(indices), g, n);
+  if (indices.dtype() == DType::u8) max_pool_forward_launch<T, uint8_t>(scope, x, out, indices, g);
+  else max_pool_forward_launch<T, int32_t>(scope, x, out, indices, g);
+}
+
+template <typename T, typename O>
+void max_pool_backward_launch(const KernelScope& scope, const Tensor& dout, const Tensor& indices, const Tensor& dx,
+                              const PoolGeom& g) {
+  const int64_t n = dx.numel();
+  max_pool_backward_kernel<T, O><<<grid_for(n), kBlock, 0, scope.stream()>>>(
+      device_data<T>(dout), device_data<O>(indices), device_data<T>(dx), g, n);
   HR_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 template <typename T>
 void max_pool_backward_impl(const KernelScope& scope, const Tensor& dout, const Tensor& indices, const Tensor& dx,
                             const PoolGeom& g) {
-  const int64_t n = dx.numel();
-  max_pool_backward_kernel<T><<<grid_for(n), kBlock, 0, scope.stream()>>>(
-      device_data<T>(dout), device_data<int64_t>(indices), device_data<T>(dx), g, n);
-  HR_CUDA_KERNEL_LAUNCH_CHECK();
+  if (indices.dtype() == DType::u8) max_pool_backward_launch<T, uint8_t>(scope, dout, indices, dx, g);
+  else max_pool_backward_launch<T, int32_t>(scope, dout, indices, dx, g);
 }
 
 // ---- average pooling ----
@@ -207,9 +226,7 @@ void CudaBackend::max_pool2d_forward(const Tensor& x, const Tensor& out, const T
                                      const Pool2dParams& p) {
   const char* op = "cuda max_pool2d_forward";
   const PoolGeom g = geometry(op, x, out, p);
-  HR_CHECK(indices.dtype() == DType::i64 && indices.shape() == out.shape() && indices.is_contiguous(), ValueError,
-           op, ": indices must be contiguous i64 of the output's shape ", shape_str(out.shape()), ", got ",
-           describe(indices));
+  kernels::check_pool_indices(op, indices, out, p);
   HR_CHECK(x.dtype() == out.dtype(), DTypeError, op, ": input ", describe(x), " and output ", describe(out),
            " differ in dtype");
   if (out.numel() == 0) return;
@@ -223,8 +240,7 @@ void CudaBackend::max_pool2d_backward(const Tensor& dout, const Tensor& indices,
                                       const Pool2dParams& p) {
   const char* op = "cuda max_pool2d_backward";
   const PoolGeom g = geometry(op, dx, dout, p);
-  HR_CHECK(indices.dtype() == DType::i64 && indices.shape() == dout.shape() && indices.is_contiguous(), ValueError,
-           op, ": indices must be contiguous i64 of shape ", shape_str(dout.shape()), ", got ", describe(indices));
+  kernels::check_pool_indices(op, indices, dout, p);
   HR_CHECK(dx.dtype() == dout.dtype(), DTypeError, op, ": dout ", describe(dout), " and dx ", describe(dx),
            " differ in dtype");
   if (dx.numel() == 0) return;

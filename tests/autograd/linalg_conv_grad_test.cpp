@@ -1,6 +1,7 @@
 // matmul, linear, conv2d and pooling: numpy-style result shapes and values, gradients by
 // finite differences (f64) for every operand layout that takes its own path (1-d, batched,
 // broadcast, transposed views), and the errors that quote the shapes.
+#include "engine/caching_allocator.h"
 #include "test_util.h"
 
 namespace headroom {
@@ -268,6 +269,25 @@ TEST(Pool2d, ValuesAndDefaults) {
   EXPECT_EQ(max_pool2d(x, 3, 1).shape(), (Shape{1, 1, 2, 2}));
   EXPECT_EQ(max_pool2d(x.select(0, 0), 2).shape(), (Shape{1, 2, 2}));  // 3-d: one image
   EXPECT_EQ(max_pool2d(x.to(DType::bf16), 2).dtype(), DType::bf16);
+}
+
+// What max pooling keeps for backward is the output's size in window offsets, one byte each for
+// windows of up to 256 cells (four past that), not the input or an i64 plane position: with the
+// output, 5 bytes per f32 output element (2 + 1 under bf16) where i64 indices took 12.
+TEST(Pool2d, MaxPoolKeepsOneByteIndices) {
+  manual_seed(7);
+  CachingAllocator& alloc = caching_allocator(Device::cpu());
+  for (int64_t k : {2, 17}) {  // 4 cells: u8; 289 cells: i32
+    Tensor x = Tensor::randn({8, 16, 34, 34}).set_requires_grad(true);
+    const int64_t before = alloc.stats().allocated_bytes.current;
+    Tensor y = max_pool2d(x, k, 1);
+    const int64_t held = alloc.stats().allocated_bytes.current - before;  // y and the saved indices
+    const int64_t n = y.numel(), index_bytes = k * k <= 256 ? 1 : 4;
+    auto rounded = [](int64_t bytes) { return (bytes + 511) / 512 * 512; };  // the allocator's unit
+    EXPECT_EQ(held, rounded(n * 4) + rounded(n * index_bytes)) << "kernel " << k;
+    y.sum().backward();  // and the gradient still lands on the winners
+    EXPECT_NEAR(x.grad().sum().item<double>(), static_cast<double>(n), 1e-6 * static_cast<double>(n));
+  }
 }
 
 TEST(Pool2d, ErrorsNameShapes) {

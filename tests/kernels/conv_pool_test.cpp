@@ -188,62 +188,76 @@ void for_each_window(const PoolCase& k, F&& f) {
 
 TEST(CpuPool, MaxMatchesNaiveLoops) {
   for (DType dt : {DType::f32, DType::f64, DType::f16, DType::bf16})
-    for (const PoolCase& k : kPoolCases) {
-      SCOPED_TRACE(std::string(k.name) + " " + dtype_name(dt));
-      Tensor x = Tensor::randn({k.N, k.C, k.H, k.W}, dt);
-      std::vector<double> vx = x.to_vector<double>();
-      Shape os = pool_shape(k);
-      std::vector<double> ref(static_cast<size_t>(shape_numel(os)));
-      std::vector<int64_t> ref_idx(ref.size());
-      const int64_t HW = k.H * k.W;
-      for_each_window(k, [&](int64_t pl, int64_t o, const std::vector<int64_t>& real, int64_t) {
-        int64_t best = real.at(0);
-        for (int64_t i : real)
-          if (vx[static_cast<size_t>(pl * HW + i)] > vx[static_cast<size_t>(pl * HW + best)]) best = i;
-        ref[static_cast<size_t>(o)] = vx[static_cast<size_t>(pl * HW + best)];
-        ref_idx[static_cast<size_t>(o)] = best;
-      });
-      Tensor out = Tensor::empty(os, dt), idx = Tensor::empty(os, DType::i64);
-      cpu().max_pool2d_forward(x, out, idx, k.p);
-      EXPECT_TRUE(all_close(out, Tensor::from_vector(ref, os, DType::f64), 0, 0));
-      EXPECT_EQ(idx.to_vector<int64_t>(), ref_idx);
-      // backward: each output's gradient lands on its winner; overlapping windows add up.
-      Tensor dout = Tensor::randn(os, dt);
-      std::vector<double> vd = dout.to_vector<double>(), rdx(vx.size(), 0.0);
-      for (size_t o = 0; o < ref.size(); ++o) {
-        const int64_t pl = static_cast<int64_t>(o) / (os[2] * os[3]);
-        rdx[static_cast<size_t>(pl * HW + ref_idx[o])] += vd[o];
+    for (DType it : {DType::u8, DType::i32})  // the saved offsets: 1 byte, or 4 for large windows
+      for (const PoolCase& k : kPoolCases) {
+        SCOPED_TRACE(std::string(k.name) + " " + dtype_name(dt) + " indices " + dtype_name(it));
+        Tensor x = Tensor::randn({k.N, k.C, k.H, k.W}, dt);
+        std::vector<double> vx = x.to_vector<double>();
+        Shape os = pool_shape(k);
+        std::vector<double> ref(static_cast<size_t>(shape_numel(os)));
+        std::vector<int64_t> ref_pos(ref.size()), ref_off(ref.size());  // plane position, window offset
+        const int64_t HW = k.H * k.W;
+        for_each_window(k, [&](int64_t pl, int64_t o, const std::vector<int64_t>& real, int64_t) {
+          int64_t best = real.at(0);
+          for (int64_t i : real)
+            if (vx[static_cast<size_t>(pl * HW + i)] > vx[static_cast<size_t>(pl * HW + best)]) best = i;
+          ref[static_cast<size_t>(o)] = vx[static_cast<size_t>(pl * HW + best)];
+          ref_pos[static_cast<size_t>(o)] = best;
+          const int64_t ow = o % os[3], oh = (o / os[3]) % os[2];
+          ref_off[static_cast<size_t>(o)] = (best / k.W - (oh * k.p.stride_h - k.p.pad_h)) * k.p.kernel_w +
+                                            (best % k.W - (ow * k.p.stride_w - k.p.pad_w));
+        });
+        Tensor out = Tensor::empty(os, dt), idx = Tensor::empty(os, it);
+        cpu().max_pool2d_forward(x, out, idx, k.p);
+        EXPECT_TRUE(all_close(out, Tensor::from_vector(ref, os, DType::f64), 0, 0));
+        EXPECT_EQ(idx.to_vector<int64_t>(), ref_off);
+        // backward: each output's gradient lands on its winner; overlapping windows add up.
+        Tensor dout = Tensor::randn(os, dt);
+        std::vector<double> vd = dout.to_vector<double>(), rdx(vx.size(), 0.0);
+        for (size_t o = 0; o < ref.size(); ++o) {
+          const int64_t pl = static_cast<int64_t>(o) / (os[2] * os[3]);
+          rdx[static_cast<size_t>(pl * HW + ref_pos[o])] += vd[o];
+        }
+        Tensor dx = Tensor::full(x.shape(), NAN, dt);
+        cpu().max_pool2d_backward(dout, idx, dx, k.p);
+        EXPECT_TRUE(all_close(dx, Tensor::from_vector(rdx, x.shape(), DType::f64)));
       }
-      Tensor dx = Tensor::full(x.shape(), NAN, dt);
-      cpu().max_pool2d_backward(dout, idx, dx, k.p);
-      EXPECT_TRUE(all_close(dx, Tensor::from_vector(rdx, x.shape(), DType::f64)));
-    }
 }
 
 TEST(CpuPool, MaxNeverPicksPaddingAndPropagatesNan) {
   // All inputs negative: a zero from the padding would win if padding were a candidate.
   Tensor x = Tensor::from_vector({-5.0, -4.0, -3.0, -2.0}, {1, 1, 2, 2});
-  Tensor out = Tensor::empty({1, 1, 3, 3}), idx = Tensor::empty({1, 1, 3, 3}, DType::i64);
+  Tensor out = Tensor::empty({1, 1, 3, 3}), idx = Tensor::empty({1, 1, 3, 3}, DType::u8);
   cpu().max_pool2d_forward(x, out, idx, pool(2, 1, 1));
   EXPECT_EQ(out.to_vector<float>(), (std::vector<float>{-5, -4, -4, -3, -2, -2, -3, -2, -2}));
-  EXPECT_EQ(idx.to_vector<int64_t>(), (std::vector<int64_t>{0, 1, 1, 2, 3, 3, 2, 3, 3}));
+  // Offsets within each 2x2 window (row-major from the window's corner, padding counted): the
+  // winners are the plane cells 0, 1, 1, 2, 3, 3, 2, 3, 3.
+  EXPECT_EQ(idx.to_vector<int64_t>(), (std::vector<int64_t>{3, 3, 2, 3, 3, 2, 1, 1, 0}));
   Tensor y = Tensor::from_vector({1.0, NAN, 3.0, 2.0}, {1, 1, 2, 2});
-  Tensor one = Tensor::empty({1, 1, 1, 1}), one_idx = Tensor::empty({1, 1, 1, 1}, DType::i64);
+  Tensor one = Tensor::empty({1, 1, 1, 1}), one_idx = Tensor::empty({1, 1, 1, 1}, DType::u8);
   cpu().max_pool2d_forward(y, one, one_idx, pool(2, 2, 0));
   EXPECT_TRUE(std::isnan(one.item<double>()));
   EXPECT_EQ(one_idx.item<int64_t>(), 1);
   // Ties go to the first element in window order; a window of -inf reports its first element.
   Tensor flat = Tensor::full({1, 1, 3, 3}, 1.0);
   cpu().max_pool2d_forward(flat, out, idx, pool(3, 1, 1));
-  EXPECT_EQ(idx.to_vector<int64_t>(), (std::vector<int64_t>{0, 0, 1, 0, 0, 1, 3, 3, 4}));
+  // The first real cell of each 3x3 window: plane cells 0, 0, 1, 0, 0, 1, 3, 3, 4.
+  EXPECT_EQ(idx.to_vector<int64_t>(), (std::vector<int64_t>{4, 3, 3, 1, 0, 0, 1, 0, 0}));
   Tensor ninf = Tensor::full({1, 1, 3, 3}, -INFINITY);
   cpu().max_pool2d_forward(ninf, out, idx, pool(3, 1, 1));
-  EXPECT_EQ(idx.to_vector<int64_t>(), (std::vector<int64_t>{0, 0, 1, 0, 0, 1, 3, 3, 4}));
+  EXPECT_EQ(idx.to_vector<int64_t>(), (std::vector<int64_t>{4, 3, 3, 1, 0, 0, 1, 0, 0}));
   EXPECT_EQ(out.to_vector<float>(), std::vector<float>(9, -INFINITY));
-  // An index outside the plane is reported, not written.
-  Tensor bad = Tensor::full({1, 1, 1, 1}, 4.0, DType::i64);
+  // An offset outside the window, or on padding, is reported, not written; i64 indices are refused.
+  Tensor bad = Tensor::full({1, 1, 1, 1}, 4.0, DType::u8);
   EXPECT_THROW_WITH(cpu().max_pool2d_backward(one, bad, Tensor::empty({1, 1, 2, 2}), pool(2, 2, 0)), ValueError,
                     "index 4");
+  // pool(2, 1, 1) over a 1x1 input: offset 0 of output (0, 0)'s window is a padding cell.
+  Tensor on_pad = Tensor::full({1, 1, 2, 2}, 0.0, DType::u8);
+  Tensor g4 = Tensor::ones({1, 1, 2, 2});
+  EXPECT_THROW_WITH(cpu().max_pool2d_backward(g4, on_pad, Tensor::empty({1, 1, 1, 1}), pool(2, 1, 1)), ValueError,
+                    "not a real cell");
+  EXPECT_THROW_WITH(cpu().max_pool2d_forward(x, out, Tensor::empty({1, 1, 3, 3}, DType::i64), pool(2, 1, 1)),
+                    ValueError, "u8 or i32");
 }
 
 TEST(CpuPool, AvgMatchesNaiveLoops) {
