@@ -33,6 +33,7 @@ constexpr std::array<PolicyEntry, static_cast<size_t>(AutocastOp::kCount)> kPoli
     {AutocastOp::log_softmax, "log_softmax", CastPolicy::f32},
     {AutocastOp::layer_norm, "layer_norm", CastPolicy::f32},
     {AutocastOp::batch_norm, "batch_norm", CastPolicy::f32_params},
+    {AutocastOp::group_norm, "group_norm", CastPolicy::f32_params},
     {AutocastOp::sum, "sum", CastPolicy::f32},
     {AutocastOp::mean, "mean", CastPolicy::f32},
     {AutocastOp::cross_entropy, "cross_entropy", CastPolicy::f32},

@@ -21,9 +21,9 @@
 //         and cross_entropy's entries: 16-bit gemms and chunk buffers, f32 log-sum-exp and loss;
 //   f32   (16-bit inputs upcast to f32): softmax, log_softmax, layer_norm, sum, mean,
 //         cross_entropy, mse_loss, exp, log, pow -- range- or accumulation-sensitive;
-//   f32_params (nothing cast): batch_norm -- its weight, bias and running statistics stay f32
-//         and both backends compute its statistics and arithmetic in f32 (or wider) from 16-bit
-//         data, writing the output in the data's dtype. Upcasting the input instead would keep
+//   f32_params (nothing cast): batch_norm and group_norm -- their weight, bias and running
+//         statistics stay f32 and both backends compute their statistics and arithmetic in f32
+//         (or wider) from 16-bit data, writing the output in the data's dtype. Upcasting the input instead would keep
 //         an f32 copy of every conv output for backward, and for a CNN with BatchNorm the f16
 //         step then saves no activation memory at all (measured in docs/mixed-precision.md);
 //         the output would be rounded to 16 bits by the next conv anyway.
@@ -63,13 +63,13 @@ namespace headroom {
 
 enum class AutocastOp : uint8_t {
   matmul, linear, conv2d,
-  softmax, log_softmax, layer_norm, batch_norm, sum, mean, cross_entropy, mse_loss, exp, log, pow,
+  softmax, log_softmax, layer_norm, batch_norm, group_norm, sum, mean, cross_entropy, mse_loss, exp, log, pow,
   kCount
 };
 enum class CastPolicy : uint8_t { low, f32, f32_params, promote };
 
 // Note [op count]: a new AutocastOp does not build until the table in autocast.cpp knows it.
-static_assert(static_cast<int>(AutocastOp::kCount) == 14, "update the policy table in autocast.cpp");
+static_assert(static_cast<int>(AutocastOp::kCount) == 15, "update the policy table in autocast.cpp");
 const char* autocast_op_name(AutocastOp op);
 const char* cast_policy_name(CastPolicy policy);
 CastPolicy autocast_policy(AutocastOp op);

@@ -117,6 +117,10 @@ Tensor layer_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& 
 // x: [N, C, ...]. running_mean/var are updated in place in training (they may be undefined).
 Tensor batch_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, const Tensor& running_mean,
                   const Tensor& running_var, bool training, double momentum = 0.1, double eps = 1e-5);
+// x: [N, C, ...] normalised per sample over groups of C / groups channels and all positions;
+// weight, bias: [C] (input's dtype, or f32 with a 16-bit input) or undefined. One fused node
+// that keeps x and [N, groups] f32 statistics for backward.
+Tensor group_norm(const Tensor& x, int64_t groups, const Tensor& weight, const Tensor& bias, double eps = 1e-5);
 // weight: [num, dim]; indices: integer tensor of any shape -> [..., dim].
 Tensor embedding(const Tensor& weight, const Tensor& indices);
 // Zeroes each element with probability p and scales the rest by 1/(1-p); identity when !training.

@@ -166,6 +166,23 @@ class Backend {
                                    const Tensor& save_mean, const Tensor& save_invstd,
                                    bool training, const Tensor& dx, const Tensor& dweight,
                                    const Tensor& dbias) = 0;
+  // x, y: [N, C, S] contiguous, one float dtype; C divisible by groups G; statistics per (n, g)
+  // over the C/G channels of group g and all S positions of sample n. weight, bias: [C] of any
+  // float dtype and stride (f32 parameters with 16-bit data under autocast) or undefined (1 and
+  // 0). save_mean, save_rstd: [N, G] contiguous f32, written for backward (rstd =
+  // 1 / sqrt(biased var + eps)). Statistics and arithmetic in f32 or wider (f64 for f64 data)
+  // from 16-bit data; y in the data's dtype: y = (x - mean) * rstd * weight + bias. Written (=).
+  virtual void group_norm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t groups,
+                                  double eps, const Tensor& y, const Tensor& save_mean,
+                                  const Tensor& save_rstd) = 0;
+  // With xhat = (x - mean) * rstd, g = dy * weight and m = C/G * S values per (n, g):
+  //   dx = rstd * (g - mean_(n,g)(g) - xhat * mean_(n,g)(g * xhat))
+  //   dweight[c] = sum_(n,s)(dy * xhat), dbias[c] = sum_(n,s)(dy)   (deterministic order)
+  // dy, dx like x; dx, dweight, dbias (any float dtype and stride, [C]) may each be undefined
+  // (not wanted); all written (=), never accumulated.
+  virtual void group_norm_backward(const Tensor& dy, const Tensor& x, const Tensor& weight,
+                                   const Tensor& save_mean, const Tensor& save_rstd, int64_t groups,
+                                   const Tensor& dx, const Tensor& dweight, const Tensor& dbias) = 0;
 
   // ---- attention (fused: memory linear in T) ----
   // q, k, v, out: [B, H, T, D] contiguous, one float dtype; lse: [B, H, T] f32, the

@@ -1,5 +1,5 @@
 // Normalisation, losses and their friends: softmax, log_softmax, cross_entropy, mse_loss,
-// layer_norm, batch_norm, embedding and dropout, each with its gradient.
+// layer_norm, batch_norm, group_norm, embedding and dropout, each with its gradient.
 //
 // The fused ops check their arguments here (shapes, dtypes, devices, named in the message),
 // make their operands contiguous, call one forward kernel, and save for backward only what the
@@ -12,7 +12,7 @@
 // Under autocast (autograd/autocast.h) softmax, log_softmax, cross_entropy, mse_loss and
 // layer_norm upcast 16-bit inputs to f32 first. batch_norm casts nothing (policy f32_params): a
 // 16-bit input runs with the f32 weight, bias and running statistics as they are, the kernels
-// computing in f32, and the output keeps the input's dtype.
+// computing in f32, and the output keeps the input's dtype. group_norm follows the same policy.
 #include <cmath>
 
 #include "autograd/autocast.h"
@@ -293,6 +293,70 @@ Tensor batch_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, con
              Tensor db = gb ? Tensor::empty({c}, xs.options().dtype(bdt)) : Tensor();
              backend_for(xs.device())
                  .batch_norm_backward(dy, xs, sw.unpack(), smean.unpack(), sinv.unpack(), batch_stats, dx, dw, db);
+             if (dx.defined()) dx = dx.as_strided(x_shape, contiguous_strides(x_shape), dx.offset());
+             return {dx, dw, db};
+           });
+  }
+  return out;
+}
+
+// ---- group norm ----
+
+Tensor group_norm(const Tensor& x, int64_t groups, const Tensor& weight, const Tensor& bias, double eps) {
+  const char* op = "group_norm";
+  HR_CHECK(x.defined() && x.dim() >= 2, ShapeError, op, ": expected input [N, C, *], got ",
+           x.defined() ? shape_str(x.shape()) : std::string("an undefined tensor"));
+  check_floating(op, x);
+  const int64_t n = x.size(0), c = x.size(1);
+  HR_CHECK(groups > 0 && c % groups == 0, ValueError, op, ": ", c, " channels of input ", shape_str(x.shape()),
+           " cannot be split into ", groups, " groups");
+  HR_CHECK(eps >= 0, ValueError, op, ": eps must be non-negative, got ", eps);
+  // Policy f32_params, as batch_norm's: never true today; kept so that the table alone decides.
+  if (DType to; autocast_target(AutocastOp::group_norm, {&x, &weight, &bias}, &to))
+    return group_norm(autocast_cast(x, to), groups, autocast_cast(weight, to), autocast_cast(bias, to), eps);
+  // Under that policy nothing is cast. A 16-bit input runs with f32
+  // weight and bias as they are (the kernels compute in f32 and write the input's dtype), so no
+  // f32 copy of the input is kept for backward. Otherwise the parameters have the input's dtype.
+  const bool half_input = x.dtype() == DType::f16 || x.dtype() == DType::bf16;
+  for (const auto& [p, what] : {std::pair{&weight, "weight"}, std::pair{&bias, "bias"}}) {
+    if (!p->defined()) continue;
+    HR_CHECK(p->dim() == 1 && p->size(0) == c, ShapeError, op, ": ", what, " has shape ", shape_str(p->shape()),
+             ", expected ", shape_str(Shape{c}), " for input ", shape_str(x.shape()));
+    HR_CHECK(p->dtype() == x.dtype() || (half_input && p->dtype() == DType::f32), DTypeError, op, ": ", what,
+             " is ", dtype_name(p->dtype()), " but the input is ", dtype_name(x.dtype()),
+             " (parameters take the input's dtype, or f32 with a 16-bit input)");
+  }
+  check_same_device(op, {x, weight, bias});
+  const int64_t s = c == 0 || n == 0 ? 0 : x.numel() / (n * c);
+
+  Tensor x3 = as_shape(x, {n, c, s});
+  Tensor y3 = Tensor::empty({n, c, s}, x.options());
+  Tensor save_mean = Tensor::empty({n, groups}, x.options().dtype(DType::f32));
+  Tensor save_rstd = Tensor::empty({n, groups}, x.options().dtype(DType::f32));
+  if (x.numel() > 0) {
+    HR_CHECK(s > 0, ValueError, op, ": cannot normalise groups of size 0 in input ", shape_str(x.shape()));
+    backend_for(x.device()).group_norm_forward(x3, weight, bias, groups, eps, y3, save_mean, save_rstd);
+  }
+  Tensor out = y3.as_strided(x.shape(), contiguous_strides(x.shape()), y3.offset());
+
+  if (needs_grad({x, weight, bias})) {
+    // Saved: x (alive anyway as the previous op's output), weight and the [N, G] statistics --
+    // never y or the normalised input.
+    const bool gx = x.requires_grad(), gw = weight.defined() && weight.requires_grad();
+    const bool gb = bias.defined() && bias.requires_grad();
+    SavedTensor sx(x3, op), sw(weight, op), smean(save_mean, op), srstd(save_rstd, op);
+    Shape x_shape = x.shape();
+    DType wdt = weight.defined() ? weight.dtype() : x.dtype();
+    DType bdt = bias.defined() ? bias.dtype() : x.dtype();
+    record(op, out, {x, weight, bias},
+           [sx, sw, smean, srstd, x_shape, gx, gw, gb, wdt, bdt, groups, c](const Tensor& g) -> std::vector<Tensor> {
+             const Tensor& xs = sx.unpack();
+             Tensor dy = as_shape(cast_raw(g, xs.dtype()), xs.shape());
+             Tensor dx = gx ? empty_like(xs) : Tensor();
+             Tensor dw = gw ? Tensor::empty({c}, xs.options().dtype(wdt)) : Tensor();
+             Tensor db = gb ? Tensor::empty({c}, xs.options().dtype(bdt)) : Tensor();
+             backend_for(xs.device())
+                 .group_norm_backward(dy, xs, sw.unpack(), smean.unpack(), srstd.unpack(), groups, dx, dw, db);
              if (dx.defined()) dx = dx.as_strided(x_shape, contiguous_strides(x_shape), dx.offset());
              return {dx, dw, db};
            });

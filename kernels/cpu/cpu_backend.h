@@ -60,6 +60,11 @@ class CpuBackend final : public Backend {
   void batch_norm_backward(const Tensor& dy, const Tensor& x, const Tensor& weight,
                            const Tensor& save_mean, const Tensor& save_invstd, bool training,
                            const Tensor& dx, const Tensor& dweight, const Tensor& dbias) override;
+  void group_norm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t groups, double eps,
+                          const Tensor& y, const Tensor& save_mean, const Tensor& save_rstd) override;
+  void group_norm_backward(const Tensor& dy, const Tensor& x, const Tensor& weight, const Tensor& save_mean,
+                           const Tensor& save_rstd, int64_t groups, const Tensor& dx, const Tensor& dweight,
+                           const Tensor& dbias) override;
 
   void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& lse,
                          double scale, bool causal) override;

@@ -7,16 +7,20 @@
 // under batch splitting (docs/batch-splitting.md). groups = 1 normalises each sample over all
 // its channels and positions; groups = C is instance normalisation.
 //
-// Built from existing differentiable ops (reshape to [N, G, C/G * spatial], layer_norm over the
-// last dim without affine, reshape back, per-channel affine), so its gradient is theirs; a fused
-// kernel can replace it when a benchmark says it pays.
+// One fused op (autograd group_norm -> Backend::group_norm_forward/backward): backward keeps
+// only the input, which is alive anyway as the previous layer's output, and [N, G] f32 mean and
+// rstd -- BatchNorm's activation memory. (It used to be reshape + layer_norm + per-channel
+// affine, which also kept the normalised [N, C, *] tensor for the weight gradient: twice the
+// memory, and about twice BatchNorm's time on the CPU.) Under autocast a 16-bit input runs with
+// the f32 weight and bias as they are, like BatchNorm.
 #pragma once
 
 #include "nn/module.h"
 
 namespace headroom::nn {
 
-// x: [N, C, *] with C divisible by groups; weight and bias: [C] or undefined.
+// x: [N, C, *] with C divisible by groups; weight and bias: [C] (x's dtype, or f32 for a 16-bit x)
+// or undefined.
 Tensor group_norm(const Tensor& x, int64_t groups, const Tensor& weight, const Tensor& bias, double eps = 1e-5);
 
 class GroupNorm : public Module {

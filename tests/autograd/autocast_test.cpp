@@ -20,6 +20,7 @@ TEST(Autocast, PolicyTableIsTheDocumentedOne) {
   for (AutocastOp op : {AutocastOp::matmul, AutocastOp::linear, AutocastOp::conv2d})
     EXPECT_EQ(autocast_policy(op), CastPolicy::low) << autocast_op_name(op);
   EXPECT_EQ(autocast_policy(AutocastOp::batch_norm), CastPolicy::f32_params);
+  EXPECT_EQ(autocast_policy(AutocastOp::group_norm), CastPolicy::f32_params);
   for (AutocastOp op : {AutocastOp::softmax, AutocastOp::log_softmax, AutocastOp::layer_norm, AutocastOp::sum,
                         AutocastOp::mean, AutocastOp::cross_entropy, AutocastOp::mse_loss, AutocastOp::exp,
                         AutocastOp::log, AutocastOp::pow})

@@ -1,0 +1,218 @@
+// Group norm on the CPU: x [N, C, S] normalised per (sample n, group g) over the C/G channels
+// of the group and all S positions -- forward and backward of one fused op.
+//
+// The values of one (n, g) are contiguous (channels g*C/G .. (g+1)*C/G - 1 of sample n, each a
+// plane of S), so the forward runs the N * G groups in parallel, each with a two-pass mean and
+// variance in double (a large mean does not cancel the digits of a small spread) and then the
+// per-channel affine y = (x - mean) * (rstd * weight[c]) + bias[c] in acc_t (f32 for 16-bit and
+// f32 data, f64 for f64). mean and rstd are rounded to the f32 [N, G] backward gets only after
+// y is written with the double values, so f64 inputs keep f64 outputs (as norm.cpp does).
+//
+// Backward keeps nothing but x and those statistics (no normalised copy of the input): one
+// parallel pass over the N * C planes takes per-plane sums of dy and dy * xhat in double, from
+// which both the group sums dx needs (sum g = sum_c w[c] sum dy, sum g xhat likewise) and the
+// per-channel dweight / dbias (sums over n in a fixed order: deterministic, independent of the
+// thread count) follow; a second parallel pass writes dx = k_dy dy + k_x (x - mean) + k_c per
+// plane. weight, bias, dweight, dbias are [C] of any float dtype and stride (an f16 input may run
+// with f32 parameters under autocast), read into and written from double vectors. Everything is
+// written (=), never accumulated.
+#include <cmath>
+#include <vector>
+
+#include "kernels/cpu/cpu_backend.h"
+#include "kernels/cpu/strided.h"
+
+namespace headroom::cpu {
+
+namespace {
+
+struct GroupGeometry {
+  int64_t n = 0, c = 0, s = 0, g = 0, cg = 0;  // cg: channels per group
+};
+
+GroupGeometry group_geometry(const Tensor& x, int64_t groups, const char* op) {
+  HR_CHECK(x.defined() && x.dim() == 3 && x.is_contiguous(), ValueError, op,
+           ": x must be a contiguous [N, C, S], got ", x.defined() ? describe(x) : std::string("undefined"));
+  const int64_t c = x.size(1);
+  HR_CHECK(groups > 0 && c % groups == 0, ValueError, op, ": ", c, " channels of x ", describe(x),
+           " cannot be split into ", groups, " groups");
+  return {x.size(0), c, x.size(2), groups, c / groups};
+}
+
+void check_like(const Tensor& t, const Tensor& x, const char* op, const char* what) {
+  if (!t.defined()) return;
+  HR_CHECK(t.shape() == x.shape() && t.dtype() == x.dtype() && t.is_contiguous(), ValueError, op, ": ", what,
+           " must be contiguous and match x ", describe(x), ", got ", describe(t), " with strides ",
+           shape_str(t.strides()));
+}
+
+void check_stats(const Tensor& t, const GroupGeometry& g, const char* op, const char* what) {
+  const Shape want{g.n, g.g};
+  HR_CHECK(t.defined() && t.dtype() == DType::f32 && t.shape() == want && t.is_contiguous(), ValueError, op, ": ",
+           what, " must be a contiguous f32 ", shape_str(want), ", got ",
+           t.defined() ? describe(t) : std::string("undefined"));
+}
+
+// The c values of a [C] parameter (any float dtype, any stride) as doubles; `fill` when undefined.
+std::vector<double> read_param(const Tensor& t, int64_t c, double fill, const char* op, const char* what) {
+  if (!t.defined()) return std::vector<double>(static_cast<size_t>(c), fill);
+  HR_CHECK(t.dim() == 1 && t.size(0) == c, ShapeError, op, ": ", what, " must have shape ", shape_str({c}),
+           ", got ", describe(t));
+  std::vector<double> v(static_cast<size_t>(c));
+  dispatch_float(t.dtype(), op, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    const T* p = static_cast<const T*>(t.raw_data());
+    for (int64_t i = 0; i < c; ++i) v[static_cast<size_t>(i)] = static_cast<double>(p[i * t.stride(0)]);
+  });
+  return v;
+}
+
+void write_param(const Tensor& t, const std::vector<double>& v, const char* op, const char* what) {
+  if (!t.defined()) return;
+  const auto c = static_cast<int64_t>(v.size());
+  HR_CHECK(t.dim() == 1 && t.size(0) == c, ShapeError, op, ": ", what, " must have shape ", shape_str({c}),
+           ", got ", describe(t));
+  dispatch_float(t.dtype(), op, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    T* p = static_cast<T*>(t.raw_data());
+    for (int64_t i = 0; i < c; ++i)
+      p[i * t.stride(0)] = static_cast<T>(static_cast<acc_t<T>>(v[static_cast<size_t>(i)]));
+  });
+}
+
+}  // namespace
+
+void CpuBackend::group_norm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t groups,
+                                    double eps, const Tensor& y, const Tensor& save_mean, const Tensor& save_rstd) {
+  const char* op = "group_norm";
+  const GroupGeometry g = group_geometry(x, groups, op);
+  check_like(y, x, op, "y");
+  HR_CHECK(y.defined(), ValueError, op, ": y must be defined");
+  check_stats(save_mean, g, op, "save_mean");
+  check_stats(save_rstd, g, op, "save_rstd");
+  const std::vector<double> w = read_param(weight, g.c, 1.0, op, "weight");
+  const std::vector<double> bv = read_param(bias, g.c, 0.0, op, "bias");
+  const int64_t rows = g.n * g.g, m = g.cg * g.s;
+  if (rows == 0) return;
+  HR_CHECK(m > 0, ValueError, op, ": cannot normalise groups of size 0 in ", describe(x));
+  float* pmean = static_cast<float*>(save_mean.raw_data());
+  float* prstd = static_cast<float*>(save_rstd.raw_data());
+  dispatch_float(x.dtype(), op, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    using C = acc_t<T>;
+    const T* px = static_cast<const T*>(x.raw_data());
+    T* py = static_cast<T*>(y.raw_data());
+    parallel_for(rows, std::max<int64_t>(1, kParallelGrain / m), [&](int64_t b, int64_t e) {
+      for (int64_t r = b; r < e; ++r) {
+        const T* xr = px + r * m;
+        T* yr = py + r * m;
+        double s = 0;
+        for (int64_t j = 0; j < m; ++j) s += static_cast<double>(static_cast<C>(xr[j]));
+        const double mu = s / static_cast<double>(m);
+        double ss = 0;
+        for (int64_t j = 0; j < m; ++j) {
+          const double d = static_cast<double>(static_cast<C>(xr[j])) - mu;
+          ss += d * d;
+        }
+        const double rs = 1.0 / std::sqrt(ss / static_cast<double>(m) + eps);
+        pmean[r] = static_cast<float>(mu);
+        prstd[r] = static_cast<float>(rs);
+        const C cmu = static_cast<C>(mu);
+        const int64_t c0 = (r % g.g) * g.cg;
+        for (int64_t k = 0; k < g.cg; ++k) {
+          const auto ch = static_cast<size_t>(c0 + k);
+          const C scale = static_cast<C>(rs * w[ch]), shift = static_cast<C>(bv[ch]);
+          const T* xp = xr + k * g.s;
+          T* yp = yr + k * g.s;
+          for (int64_t j = 0; j < g.s; ++j) yp[j] = static_cast<T>((static_cast<C>(xp[j]) - cmu) * scale + shift);
+        }
+      }
+    });
+  });
+}
+
+void CpuBackend::group_norm_backward(const Tensor& dy, const Tensor& x, const Tensor& weight, const Tensor& save_mean,
+                                     const Tensor& save_rstd, int64_t groups, const Tensor& dx, const Tensor& dweight,
+                                     const Tensor& dbias) {
+  const char* op = "group_norm backward";
+  const GroupGeometry g = group_geometry(x, groups, op);
+  HR_CHECK(dy.defined(), ValueError, op, ": dy must be defined");
+  check_like(dy, x, op, "dy");
+  check_like(dx, x, op, "dx");
+  check_stats(save_mean, g, op, "save_mean");
+  check_stats(save_rstd, g, op, "save_rstd");
+  const std::vector<double> w = read_param(weight, g.c, 1.0, op, "weight");
+  const int64_t planes = g.n * g.c, m = g.cg * g.s;
+  std::vector<double> dw(static_cast<size_t>(g.c), 0.0), db(static_cast<size_t>(g.c), 0.0);
+  if (planes > 0 && g.s > 0 && (dx.defined() || dweight.defined() || dbias.defined())) {
+    const float* pmean = static_cast<const float*>(save_mean.raw_data());
+    const float* prstd = static_cast<const float*>(save_rstd.raw_data());
+    // Per-plane sums of dy and dy * xhat, [N, C] in double.
+    std::vector<double> sum_dy(static_cast<size_t>(planes)), sum_dy_xhat(static_cast<size_t>(planes));
+    const int64_t plane_grain = std::max<int64_t>(1, kParallelGrain / g.s);
+    dispatch_float(x.dtype(), op, [&](auto tag) {
+      using T = typename decltype(tag)::type;
+      using C = acc_t<T>;
+      const T* px = static_cast<const T*>(x.raw_data());
+      const T* pdy = static_cast<const T*>(dy.raw_data());
+      parallel_for(planes, plane_grain, [&](int64_t b, int64_t e) {
+        for (int64_t p = b; p < e; ++p) {
+          const int64_t r = (p / g.c) * g.g + (p % g.c) / g.cg;  // the plane's (n, g)
+          const C mu = static_cast<C>(pmean[r]), rs = static_cast<C>(prstd[r]);
+          const T* xp = px + p * g.s;
+          const T* dyp = pdy + p * g.s;
+          double s = 0, sx = 0;
+          for (int64_t j = 0; j < g.s; ++j) {
+            const C d = static_cast<C>(dyp[j]);
+            s += static_cast<double>(d);
+            sx += static_cast<double>(d * ((static_cast<C>(xp[j]) - mu) * rs));
+          }
+          sum_dy[static_cast<size_t>(p)] = s;
+          sum_dy_xhat[static_cast<size_t>(p)] = sx;
+        }
+      });
+      if (!dx.defined()) return;
+      // Per (n, g): dx = k_dy[c] * dy + k_x * (x - mean) + k_c with k_dy = rstd * w[c],
+      // k_x = -rstd^2 * mean(g * xhat), k_c = -rstd * mean(g).
+      const int64_t rows = g.n * g.g;
+      std::vector<C> k_x(static_cast<size_t>(rows)), k_c(static_cast<size_t>(rows));
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t i = r / g.g, c0 = (r % g.g) * g.cg;
+        double sg = 0, sgx = 0;
+        for (int64_t k = 0; k < g.cg; ++k) {
+          const auto p = static_cast<size_t>(i * g.c + c0 + k);
+          sg += w[static_cast<size_t>(c0 + k)] * sum_dy[p];
+          sgx += w[static_cast<size_t>(c0 + k)] * sum_dy_xhat[p];
+        }
+        const double rs = static_cast<double>(prstd[r]);
+        k_x[static_cast<size_t>(r)] = static_cast<C>(-rs * rs * sgx / static_cast<double>(m));
+        k_c[static_cast<size_t>(r)] = static_cast<C>(-rs * sg / static_cast<double>(m));
+      }
+      T* pdx = static_cast<T*>(dx.raw_data());
+      parallel_for(planes, plane_grain, [&](int64_t b, int64_t e) {
+        for (int64_t p = b; p < e; ++p) {
+          const int64_t ch = p % g.c, r = (p / g.c) * g.g + ch / g.cg;
+          const C mu = static_cast<C>(pmean[r]);
+          const C kdy = static_cast<C>(static_cast<double>(prstd[r]) * w[static_cast<size_t>(ch)]);
+          const C kx = k_x[static_cast<size_t>(r)], kc = k_c[static_cast<size_t>(r)];
+          const T* xp = px + p * g.s;
+          const T* dyp = pdy + p * g.s;
+          T* dxp = pdx + p * g.s;
+          for (int64_t j = 0; j < g.s; ++j)
+            dxp[j] = static_cast<T>(kdy * static_cast<C>(dyp[j]) + kx * (static_cast<C>(xp[j]) - mu) + kc);
+        }
+      });
+    });
+    // dweight, dbias: per channel over n in order.
+    for (int64_t i = 0; i < g.n; ++i)
+      for (int64_t ch = 0; ch < g.c; ++ch) {
+        const auto p = static_cast<size_t>(i * g.c + ch);
+        dw[static_cast<size_t>(ch)] += sum_dy_xhat[p];
+        db[static_cast<size_t>(ch)] += sum_dy[p];
+      }
+  }
+  write_param(dweight, dw, op, "dweight");
+  write_param(dbias, db, op, "dbias");
+}
+
+}  // namespace headroom::cpu
