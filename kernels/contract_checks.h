@@ -1,5 +1,5 @@
 // Host-side pieces both backends share: how a strided matrix maps onto a BLAS operand, and the
-// argument checks of the conv2d, max-pooling, softmax, cross-entropy, index and fused attention contracts (engine/backend.h). Plain C++, no device
+// argument checks of the conv2d, max-pooling, group-norm, softmax, cross-entropy, index and fused attention contracts (engine/backend.h). Plain C++, no device
 // code: kernels/cpu and kernels/cuda include it so that the two implementations of one op read
 // their operands the same way and refuse the same inputs with the same messages.
 #pragma once
@@ -189,6 +189,69 @@ inline void check_pool_indices(const char* op, const Tensor& indices, const Tens
            ValueError, op, ": indices must be contiguous ", u8_fits ? "u8 or i32" : "i32", " of shape ",
            shape_str(out.shape()), " (window offsets of a ", p.kernel_h, "x", p.kernel_w, " window), got ",
            describe(indices));
+}
+
+// group_norm's operands (engine/backend.h): x a contiguous [N, C, S] whose C splits into
+// `groups`; y, dy, dx (when defined) like x; save_mean and save_rstd contiguous f32 [N, G];
+// weight, bias, dweight, dbias (when defined) [C] of a float dtype, any stride.
+struct GroupNormGeometry {
+  int64_t n = 0, c = 0, s = 0, g = 0, cg = 0;  // cg: channels per group
+};
+
+namespace detail {
+inline void check_like_x(const char* op, const Tensor& t, const Tensor& x, const char* what) {
+  if (!t.defined()) return;
+  HR_CHECK(t.shape() == x.shape() && t.dtype() == x.dtype() && t.is_contiguous(), ValueError, op, ": ", what,
+           " must be contiguous and match x ", describe(x), ", got ", describe(t), " with strides ",
+           shape_str(t.strides()));
+}
+inline void check_channel_vector(const char* op, const Tensor& t, int64_t c, const char* what) {
+  if (!t.defined()) return;
+  HR_CHECK(t.dim() == 1 && t.size(0) == c, ShapeError, op, ": ", what, " must have shape ", shape_str({c}),
+           ", got ", describe(t));
+  HR_CHECK(is_floating(t.dtype()), DTypeError, op, ": ", what, " must be a floating dtype (f32, f64, f16, bf16), got ",
+           describe(t));
+}
+inline GroupNormGeometry check_group_norm_common(const char* op, const Tensor& x, int64_t groups,
+                                                 const Tensor& save_mean, const Tensor& save_rstd) {
+  HR_CHECK(x.defined() && x.dim() == 3 && x.is_contiguous(), ValueError, op,
+           ": x must be a contiguous [N, C, S], got ", x.defined() ? describe(x) : std::string("undefined"));
+  const int64_t c = x.size(1);
+  HR_CHECK(groups > 0 && c % groups == 0, ValueError, op, ": ", c, " channels of x ", describe(x),
+           " cannot be split into ", groups, " groups");
+  const GroupNormGeometry g{x.size(0), c, x.size(2), groups, c / groups};
+  const Shape want{g.n, g.g};
+  for (const auto& [t, what] : {std::pair{&save_mean, "save_mean"}, std::pair{&save_rstd, "save_rstd"}})
+    HR_CHECK(t->defined() && t->dtype() == DType::f32 && t->shape() == want && t->is_contiguous(), ValueError, op,
+             ": ", what, " must be a contiguous f32 ", shape_str(want), ", got ",
+             t->defined() ? describe(*t) : std::string("undefined"));
+  return g;
+}
+}  // namespace detail
+
+inline GroupNormGeometry check_group_norm_forward(const char* op, const Tensor& x, const Tensor& weight,
+                                                  const Tensor& bias, int64_t groups, const Tensor& y,
+                                                  const Tensor& save_mean, const Tensor& save_rstd) {
+  const GroupNormGeometry g = detail::check_group_norm_common(op, x, groups, save_mean, save_rstd);
+  HR_CHECK(y.defined(), ValueError, op, ": y must be defined");
+  detail::check_like_x(op, y, x, "y");
+  detail::check_channel_vector(op, weight, g.c, "weight");
+  detail::check_channel_vector(op, bias, g.c, "bias");
+  return g;
+}
+
+inline GroupNormGeometry check_group_norm_backward(const char* op, const Tensor& dy, const Tensor& x,
+                                                   const Tensor& weight, const Tensor& save_mean,
+                                                   const Tensor& save_rstd, int64_t groups, const Tensor& dx,
+                                                   const Tensor& dweight, const Tensor& dbias) {
+  const GroupNormGeometry g = detail::check_group_norm_common(op, x, groups, save_mean, save_rstd);
+  HR_CHECK(dy.defined(), ValueError, op, ": dy must be defined");
+  detail::check_like_x(op, dy, x, "dy");
+  detail::check_like_x(op, dx, x, "dx");
+  detail::check_channel_vector(op, weight, g.c, "weight");
+  detail::check_channel_vector(op, dweight, g.c, "dweight");
+  detail::check_channel_vector(op, dbias, g.c, "dbias");
+  return g;
 }
 
 // Fused attention's problem size: B*H independent heads of T positions and head dim D.

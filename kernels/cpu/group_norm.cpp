@@ -19,6 +19,7 @@
 #include <cmath>
 #include <vector>
 
+#include "kernels/contract_checks.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cpu/strided.h"
 
@@ -26,38 +27,12 @@ namespace headroom::cpu {
 
 namespace {
 
-struct GroupGeometry {
-  int64_t n = 0, c = 0, s = 0, g = 0, cg = 0;  // cg: channels per group
-};
+using kernels::GroupNormGeometry;
 
-GroupGeometry group_geometry(const Tensor& x, int64_t groups, const char* op) {
-  HR_CHECK(x.defined() && x.dim() == 3 && x.is_contiguous(), ValueError, op,
-           ": x must be a contiguous [N, C, S], got ", x.defined() ? describe(x) : std::string("undefined"));
-  const int64_t c = x.size(1);
-  HR_CHECK(groups > 0 && c % groups == 0, ValueError, op, ": ", c, " channels of x ", describe(x),
-           " cannot be split into ", groups, " groups");
-  return {x.size(0), c, x.size(2), groups, c / groups};
-}
-
-void check_like(const Tensor& t, const Tensor& x, const char* op, const char* what) {
-  if (!t.defined()) return;
-  HR_CHECK(t.shape() == x.shape() && t.dtype() == x.dtype() && t.is_contiguous(), ValueError, op, ": ", what,
-           " must be contiguous and match x ", describe(x), ", got ", describe(t), " with strides ",
-           shape_str(t.strides()));
-}
-
-void check_stats(const Tensor& t, const GroupGeometry& g, const char* op, const char* what) {
-  const Shape want{g.n, g.g};
-  HR_CHECK(t.defined() && t.dtype() == DType::f32 && t.shape() == want && t.is_contiguous(), ValueError, op, ": ",
-           what, " must be a contiguous f32 ", shape_str(want), ", got ",
-           t.defined() ? describe(t) : std::string("undefined"));
-}
-
-// The c values of a [C] parameter (any float dtype, any stride) as doubles; `fill` when undefined.
-std::vector<double> read_param(const Tensor& t, int64_t c, double fill, const char* op, const char* what) {
+// The c values of a [C] parameter (any float dtype, any stride; checked by the caller) as
+// doubles; `fill` when undefined.
+std::vector<double> read_param(const Tensor& t, int64_t c, double fill, const char* op) {
   if (!t.defined()) return std::vector<double>(static_cast<size_t>(c), fill);
-  HR_CHECK(t.dim() == 1 && t.size(0) == c, ShapeError, op, ": ", what, " must have shape ", shape_str({c}),
-           ", got ", describe(t));
   std::vector<double> v(static_cast<size_t>(c));
   dispatch_float(t.dtype(), op, [&](auto tag) {
     using T = typename decltype(tag)::type;
@@ -67,11 +42,9 @@ std::vector<double> read_param(const Tensor& t, int64_t c, double fill, const ch
   return v;
 }
 
-void write_param(const Tensor& t, const std::vector<double>& v, const char* op, const char* what) {
+void write_param(const Tensor& t, const std::vector<double>& v, const char* op) {
   if (!t.defined()) return;
   const auto c = static_cast<int64_t>(v.size());
-  HR_CHECK(t.dim() == 1 && t.size(0) == c, ShapeError, op, ": ", what, " must have shape ", shape_str({c}),
-           ", got ", describe(t));
   dispatch_float(t.dtype(), op, [&](auto tag) {
     using T = typename decltype(tag)::type;
     T* p = static_cast<T*>(t.raw_data());
@@ -85,13 +58,9 @@ void write_param(const Tensor& t, const std::vector<double>& v, const char* op, 
 void CpuBackend::group_norm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t groups,
                                     double eps, const Tensor& y, const Tensor& save_mean, const Tensor& save_rstd) {
   const char* op = "group_norm";
-  const GroupGeometry g = group_geometry(x, groups, op);
-  check_like(y, x, op, "y");
-  HR_CHECK(y.defined(), ValueError, op, ": y must be defined");
-  check_stats(save_mean, g, op, "save_mean");
-  check_stats(save_rstd, g, op, "save_rstd");
-  const std::vector<double> w = read_param(weight, g.c, 1.0, op, "weight");
-  const std::vector<double> bv = read_param(bias, g.c, 0.0, op, "bias");
+  const GroupNormGeometry g = kernels::check_group_norm_forward(op, x, weight, bias, groups, y, save_mean, save_rstd);
+  const std::vector<double> w = read_param(weight, g.c, 1.0, op);
+  const std::vector<double> bv = read_param(bias, g.c, 0.0, op);
   const int64_t rows = g.n * g.g, m = g.cg * g.s;
   if (rows == 0) return;
   HR_CHECK(m > 0, ValueError, op, ": cannot normalise groups of size 0 in ", describe(x));
@@ -135,13 +104,9 @@ void CpuBackend::group_norm_backward(const Tensor& dy, const Tensor& x, const Te
                                      const Tensor& save_rstd, int64_t groups, const Tensor& dx, const Tensor& dweight,
                                      const Tensor& dbias) {
   const char* op = "group_norm backward";
-  const GroupGeometry g = group_geometry(x, groups, op);
-  HR_CHECK(dy.defined(), ValueError, op, ": dy must be defined");
-  check_like(dy, x, op, "dy");
-  check_like(dx, x, op, "dx");
-  check_stats(save_mean, g, op, "save_mean");
-  check_stats(save_rstd, g, op, "save_rstd");
-  const std::vector<double> w = read_param(weight, g.c, 1.0, op, "weight");
+  const GroupNormGeometry g =
+      kernels::check_group_norm_backward(op, dy, x, weight, save_mean, save_rstd, groups, dx, dweight, dbias);
+  const std::vector<double> w = read_param(weight, g.c, 1.0, op);
   const int64_t planes = g.n * g.c, m = g.cg * g.s;
   std::vector<double> dw(static_cast<size_t>(g.c), 0.0), db(static_cast<size_t>(g.c), 0.0);
   if (planes > 0 && g.s > 0 && (dx.defined() || dweight.defined() || dbias.defined())) {
@@ -211,8 +176,8 @@ void CpuBackend::group_norm_backward(const Tensor& dy, const Tensor& x, const Te
         db[static_cast<size_t>(ch)] += sum_dy[p];
       }
   }
-  write_param(dweight, dw, op, "dweight");
-  write_param(dbias, db, op, "dbias");
+  write_param(dweight, dw, op);
+  write_param(dbias, db, op);
 }
 
 }  // namespace headroom::cpu

@@ -25,6 +25,7 @@
 #include <algorithm>
 #include <type_traits>
 
+#include "kernels/contract_checks.h"
 #include "kernels/cuda/cuda_backend.h"
 #include "kernels/cuda/cuda_common.cuh"
 
@@ -174,41 +175,7 @@ __global__ void __launch_bounds__(kGnMaxThreads)
 
 // ---- host side ----
 
-struct GnGeom {
-  int64_t n = 0, c = 0, s = 0, g = 0, cg = 0;
-};
-
-GnGeom geometry(const Tensor& x, int64_t groups, const char* op) {
-  HR_CHECK(x.defined() && x.dim() == 3 && x.is_contiguous(), ValueError, op,
-           ": x must be a contiguous [N, C, S], got ", x.defined() ? describe(x) : std::string("undefined"));
-  const int64_t c = x.size(1);
-  HR_CHECK(groups > 0 && c % groups == 0, ValueError, op, ": ", c, " channels of x ", describe(x),
-           " cannot be split into ", groups, " groups");
-  return {x.size(0), c, x.size(2), groups, c / groups};
-}
-
-void check_like(const Tensor& t, const Tensor& x, const char* op, const char* what) {
-  if (!t.defined()) return;
-  HR_CHECK(t.shape() == x.shape() && t.dtype() == x.dtype() && t.is_contiguous(), ValueError, op, ": ", what,
-           " must be contiguous and match x ", describe(x), ", got ", describe(t), " with strides ",
-           shape_str(t.strides()));
-}
-
-void check_stats(const Tensor& t, const GnGeom& g, const char* op, const char* what) {
-  const Shape want{g.n, g.g};
-  HR_CHECK(t.defined() && t.dtype() == DType::f32 && t.shape() == want && t.is_contiguous(), ValueError, op, ": ",
-           what, " must be a contiguous f32 ", shape_str(want), ", got ",
-           t.defined() ? describe(t) : std::string("undefined"));
-}
-
-// A per-channel vector ([C], any float dtype and stride), when defined.
-void check_param(const Tensor& t, int64_t c, const char* op, const char* what) {
-  if (!t.defined()) return;
-  HR_CHECK(t.dim() == 1 && t.size(0) == c, ShapeError, op, ": ", what, " must have shape ", shape_str({c}),
-           ", got ", describe(t));
-  HR_CHECK(is_floating(t.dtype()), DTypeError, op, ": ", what, " must be a floating dtype (f32, f64, f16, bf16), got ",
-           describe(t));
-}
+using GnGeom = kernels::GroupNormGeometry;
 
 // t as a contiguous vector of C on the device: t itself when it already is one, else a converted
 // scratch copy (held in `keep` until the kernels reading it are queued). Null when undefined.
@@ -271,13 +238,7 @@ void group_norm_backward_impl(const KernelScope& scope, const GnGeom& g, const T
 void CudaBackend::group_norm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t groups,
                                      double eps, const Tensor& y, const Tensor& save_mean, const Tensor& save_rstd) {
   const char* op = "group_norm";
-  const GnGeom g = geometry(x, groups, op);
-  HR_CHECK(y.defined(), ValueError, op, ": y must be defined");
-  check_like(y, x, op, "y");
-  check_stats(save_mean, g, op, "save_mean");
-  check_stats(save_rstd, g, op, "save_rstd");
-  check_param(weight, g.c, op, "weight");
-  check_param(bias, g.c, op, "bias");
+  const GnGeom g = kernels::check_group_norm_forward(op, x, weight, bias, groups, y, save_mean, save_rstd);
   if (g.n * g.g == 0) return;
   HR_CHECK(g.cg * g.s > 0, ValueError, op, ": cannot normalise groups of size 0 in ", describe(x));
   KernelScope scope(x);
@@ -290,15 +251,8 @@ void CudaBackend::group_norm_backward(const Tensor& dy, const Tensor& x, const T
                                       const Tensor& save_mean, const Tensor& save_rstd, int64_t groups,
                                       const Tensor& dx, const Tensor& dweight, const Tensor& dbias) {
   const char* op = "group_norm backward";
-  const GnGeom g = geometry(x, groups, op);
-  HR_CHECK(dy.defined(), ValueError, op, ": dy must be defined");
-  check_like(dy, x, op, "dy");
-  check_like(dx, x, op, "dx");
-  check_stats(save_mean, g, op, "save_mean");
-  check_stats(save_rstd, g, op, "save_rstd");
-  check_param(weight, g.c, op, "weight");
-  check_param(dweight, g.c, op, "dweight");
-  check_param(dbias, g.c, op, "dbias");
+  const GnGeom g =
+      kernels::check_group_norm_backward(op, dy, x, weight, save_mean, save_rstd, groups, dx, dweight, dbias);
   if (g.c == 0) return;
   if (!dx.defined() && !dweight.defined() && !dbias.defined()) return;
   if (x.numel() == 0 && !dweight.defined() && !dbias.defined()) return;
