@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the GPU binaries here (no GPU needed: CUDA compiles and links on the CPU machines) and
 # stages what scripts/gpu-check.sh runs into build-gpu/stage/, small enough for the device
-# tool to carry (a few tens of MiB), so that a GPU lease is spent on running, not compiling:
+# tool to carry (16 MiB for sm_90), so that a GPU lease is spent on running, not compiling:
 #
 #   bash scripts/gpu-stage.sh                     # sm_90 (H100); HEADROOM_CUDA_ARCH=80 for an A100
 #   # then, on the GPU machine, with build-gpu/stage carried:
