@@ -174,6 +174,30 @@ inline ConvShape check_conv2d(const char* op, const Tensor& x, const Tensor& w, 
   return g;
 }
 
+// pool2d's sizes: N*C planes of H x W pooled to OH x OW.
+struct PoolShape {
+  int64_t planes, H, W, OH, OW;
+};
+
+// Checks a pooling's input and output (4-d, contiguous), its parameters (kernel, stride >= 1,
+// padding at most half the kernel) and the output's size -- or dx and dout in backward.
+inline PoolShape check_pool2d(const char* op, const Tensor& x, const Tensor& out, const Pool2dParams& p) {
+  HR_CHECK(x.dim() == 4 && out.dim() == 4, ShapeError, op, ": expected 4-d input and output, got ",
+           shape_str(x.shape()), " and ", shape_str(out.shape()));
+  HR_CHECK(x.is_contiguous() && out.is_contiguous(), ValueError, op, ": input and output must be contiguous");
+  HR_CHECK(p.kernel_h >= 1 && p.kernel_w >= 1 && p.stride_h >= 1 && p.stride_w >= 1 && p.pad_h >= 0 &&
+               p.pad_w >= 0 && 2 * p.pad_h <= p.kernel_h && 2 * p.pad_w <= p.kernel_w,
+           ValueError, op, ": bad kernel (", p.kernel_h, ", ", p.kernel_w, "), stride (", p.stride_h, ", ",
+           p.stride_w, ") or padding (", p.pad_h, ", ", p.pad_w, ")");
+  const PoolShape g{x.size(0) * x.size(1), x.size(2), x.size(3), out.size(2), out.size(3)};
+  const int64_t span_h = g.H + 2 * p.pad_h - p.kernel_h, span_w = g.W + 2 * p.pad_w - p.kernel_w;
+  const int64_t oh = span_h < 0 ? 0 : span_h / p.stride_h + 1, ow = span_w < 0 ? 0 : span_w / p.stride_w + 1;
+  HR_CHECK(out.size(0) == x.size(0) && out.size(1) == x.size(1) && g.OH == oh && g.OW == ow, ShapeError, op,
+           ": output ", shape_str(out.shape()), " does not fit input ", shape_str(x.shape()), " (expected (",
+           x.size(0), ", ", x.size(1), ", ", oh, ", ", ow, "))");
+  return g;
+}
+
 // The dtype max pooling keeps its winners in (engine/backend.h): the offset within a window
 // fits u8 when the window has at most 256 cells, else i32.
 inline DType pool_index_dtype(const Pool2dParams& p) {

@@ -24,26 +24,7 @@ namespace headroom::cpu {
 
 namespace {
 
-struct PoolGeom {
-  int64_t planes, H, W, OH, OW;
-};
-
-PoolGeom geometry(const char* op, const Tensor& x, const Tensor& out, const Pool2dParams& p) {
-  HR_CHECK(x.dim() == 4 && out.dim() == 4, ShapeError, op, ": expected 4-d input and output, got ",
-           shape_str(x.shape()), " and ", shape_str(out.shape()));
-  HR_CHECK(x.is_contiguous() && out.is_contiguous(), ValueError, op, ": input and output must be contiguous");
-  HR_CHECK(p.kernel_h >= 1 && p.kernel_w >= 1 && p.stride_h >= 1 && p.stride_w >= 1 && p.pad_h >= 0 &&
-               p.pad_w >= 0 && 2 * p.pad_h <= p.kernel_h && 2 * p.pad_w <= p.kernel_w,
-           ValueError, op, ": bad kernel (", p.kernel_h, ", ", p.kernel_w, "), stride (", p.stride_h, ", ",
-           p.stride_w, ") or padding (", p.pad_h, ", ", p.pad_w, ")");
-  PoolGeom g{x.size(0) * x.size(1), x.size(2), x.size(3), out.size(2), out.size(3)};
-  const int64_t span_h = g.H + 2 * p.pad_h - p.kernel_h, span_w = g.W + 2 * p.pad_w - p.kernel_w;
-  const int64_t oh = span_h < 0 ? 0 : span_h / p.stride_h + 1, ow = span_w < 0 ? 0 : span_w / p.stride_w + 1;
-  HR_CHECK(out.size(0) == x.size(0) && out.size(1) == x.size(1) && g.OH == oh && g.OW == ow, ShapeError, op,
-           ": output ", shape_str(out.shape()), " does not fit input ", shape_str(x.shape()), " (expected (",
-           x.size(0), ", ", x.size(1), ", ", oh, ", ", ow, "))");
-  return g;
-}
+using PoolGeom = kernels::PoolShape;  // the contract's checks and sizes (kernels/contract_checks.h)
 
 int64_t plane_grain(const PoolGeom& g, const Pool2dParams& p) {
   return std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(1, g.OH * g.OW * p.kernel_h * p.kernel_w));
@@ -159,7 +140,7 @@ void max_pool_planes(const T* px, T* po, O* pi, const PoolGeom& g, const Pool2dP
 void CpuBackend::max_pool2d_forward(const Tensor& x, const Tensor& out, const Tensor& indices,
                                     const Pool2dParams& p) {
   const char* op = "cpu max_pool2d_forward";
-  const PoolGeom g = geometry(op, x, out, p);
+  const PoolGeom g = kernels::check_pool2d(op, x, out, p);
   kernels::check_pool_indices(op, indices, out, p);
   HR_CHECK(x.dtype() == out.dtype(), DTypeError, op, ": input ", describe(x), " and output ", describe(out),
            " differ in dtype");
@@ -184,7 +165,7 @@ void CpuBackend::max_pool2d_forward(const Tensor& x, const Tensor& out, const Te
 void CpuBackend::max_pool2d_backward(const Tensor& dout, const Tensor& indices, const Tensor& dx,
                                      const Pool2dParams& p) {
   const char* op = "cpu max_pool2d_backward";
-  const PoolGeom g = geometry(op, dx, dout, p);
+  const PoolGeom g = kernels::check_pool2d(op, dx, dout, p);
   kernels::check_pool_indices(op, indices, dout, p);
   HR_CHECK(dx.dtype() == dout.dtype(), DTypeError, op, ": dout ", describe(dout), " and dx ", describe(dx),
            " differ in dtype");
@@ -230,7 +211,7 @@ void CpuBackend::max_pool2d_backward(const Tensor& dout, const Tensor& indices, 
 }
 
 void CpuBackend::avg_pool2d_forward(const Tensor& x, const Tensor& out, const Pool2dParams& p) {
-  const PoolGeom g = geometry("cpu avg_pool2d_forward", x, out, p);
+  const PoolGeom g = kernels::check_pool2d("cpu avg_pool2d_forward", x, out, p);
   HR_CHECK(x.dtype() == out.dtype(), DTypeError, "cpu avg_pool2d_forward: input ", describe(x), " and output ",
            describe(out), " differ in dtype");
   if (out.numel() == 0) return;
@@ -266,7 +247,7 @@ void CpuBackend::avg_pool2d_forward(const Tensor& x, const Tensor& out, const Po
 }
 
 void CpuBackend::avg_pool2d_backward(const Tensor& dout, const Tensor& dx, const Pool2dParams& p) {
-  const PoolGeom g = geometry("cpu avg_pool2d_backward", dx, dout, p);
+  const PoolGeom g = kernels::check_pool2d("cpu avg_pool2d_backward", dx, dout, p);
   HR_CHECK(dx.dtype() == dout.dtype(), DTypeError, "cpu avg_pool2d_backward: dout ", describe(dout), " and dx ",
            describe(dx), " differ in dtype");
   if (dx.numel() == 0) return;

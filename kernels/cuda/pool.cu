@@ -34,22 +34,11 @@ struct PoolGeom {
   bool count_include_pad;
 };
 
+// The contract's checks (kernels/contract_checks.h) and the parameters the kernels need.
 PoolGeom geometry(const char* op, const Tensor& x, const Tensor& out, const Pool2dParams& p) {
-  HR_CHECK(x.dim() == 4 && out.dim() == 4, ShapeError, op, ": expected 4-d input and output, got ",
-           shape_str(x.shape()), " and ", shape_str(out.shape()));
-  HR_CHECK(x.is_contiguous() && out.is_contiguous(), ValueError, op, ": input and output must be contiguous");
-  HR_CHECK(p.kernel_h >= 1 && p.kernel_w >= 1 && p.stride_h >= 1 && p.stride_w >= 1 && p.pad_h >= 0 &&
-               p.pad_w >= 0 && 2 * p.pad_h <= p.kernel_h && 2 * p.pad_w <= p.kernel_w,
-           ValueError, op, ": bad kernel (", p.kernel_h, ", ", p.kernel_w, "), stride (", p.stride_h, ", ",
-           p.stride_w, ") or padding (", p.pad_h, ", ", p.pad_w, ")");
-  PoolGeom g{x.size(0) * x.size(1), x.size(2), x.size(3), out.size(2), out.size(3),
-             p.kernel_h, p.kernel_w, p.stride_h, p.stride_w, p.pad_h, p.pad_w, p.count_include_pad};
-  const int64_t span_h = g.H + 2 * p.pad_h - p.kernel_h, span_w = g.W + 2 * p.pad_w - p.kernel_w;
-  const int64_t oh = span_h < 0 ? 0 : span_h / p.stride_h + 1, ow = span_w < 0 ? 0 : span_w / p.stride_w + 1;
-  HR_CHECK(out.size(0) == x.size(0) && out.size(1) == x.size(1) && g.OH == oh && g.OW == ow, ShapeError, op,
-           ": output ", shape_str(out.shape()), " does not fit input ", shape_str(x.shape()), " (expected (",
-           x.size(0), ", ", x.size(1), ", ", oh, ", ", ow, "))");
-  return g;
+  const kernels::PoolShape s = kernels::check_pool2d(op, x, out, p);
+  return {s.planes, s.H, s.W, s.OH, s.OW, p.kernel_h, p.kernel_w, p.stride_h, p.stride_w, p.pad_h, p.pad_w,
+          p.count_include_pad};
 }
 
 // Output element i -> (plane, oh, ow).
