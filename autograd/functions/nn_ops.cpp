@@ -234,6 +234,37 @@ Tensor layer_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& 
 
 // ---- batch norm ----
 
+namespace {
+
+// Records the node of a per-channel normalisation (batch_norm, group_norm): it saves x as
+// [N, C, S], the weight and the two statistics the forward kernel wrote; backward allocates dx,
+// dweight and dbias where they are wanted (the parameters' gradients in their own dtypes) and
+// lets `run` -- the backend's backward -- write them.
+template <typename Run>
+void record_channel_norm(const char* op, const Tensor& out, const Tensor& x, const Tensor& x3, const Tensor& weight,
+                         const Tensor& bias, const Tensor& stat_a, const Tensor& stat_b, Run run) {
+  const bool gx = x.requires_grad(), gw = weight.defined() && weight.requires_grad();
+  const bool gb = bias.defined() && bias.requires_grad();
+  SavedTensor sx(x3, op), sw(weight, op), sa(stat_a, op), sb(stat_b, op);
+  const Shape x_shape = x.shape();
+  const int64_t c = x3.size(1);
+  const DType wdt = weight.defined() ? weight.dtype() : x.dtype();
+  const DType bdt = bias.defined() ? bias.dtype() : x.dtype();
+  record(op, out, {x, weight, bias},
+         [sx, sw, sa, sb, x_shape, gx, gw, gb, wdt, bdt, c, run](const Tensor& g) -> std::vector<Tensor> {
+           const Tensor& xs = sx.unpack();
+           Tensor dy = as_shape(cast_raw(g, xs.dtype()), xs.shape());
+           Tensor dx = gx ? empty_like(xs) : Tensor();
+           Tensor dw = gw ? Tensor::empty({c}, xs.options().dtype(wdt)) : Tensor();
+           Tensor db = gb ? Tensor::empty({c}, xs.options().dtype(bdt)) : Tensor();
+           run(backend_for(xs.device()), dy, xs, sw.unpack(), sa.unpack(), sb.unpack(), dx, dw, db);
+           if (dx.defined()) dx = dx.as_strided(x_shape, contiguous_strides(x_shape), dx.offset());
+           return {dx, dw, db};
+         });
+}
+
+}  // namespace
+
 Tensor batch_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, const Tensor& running_mean,
                   const Tensor& running_var, bool training, double momentum, double eps) {
   const char* op = "batch_norm";
@@ -277,26 +308,13 @@ Tensor batch_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, con
   }
   Tensor out = y3.as_strided(x.shape(), contiguous_strides(x.shape()), y3.offset());
 
-  if (needs_grad({x, weight, bias})) {
-    const bool gx = x.requires_grad(), gw = weight.defined() && weight.requires_grad();
-    const bool gb = bias.defined() && bias.requires_grad();
-    SavedTensor sx(x3, op), sw(weight, op), smean(save_mean, op), sinv(save_invstd, op);
-    Shape x_shape = x.shape();
-    DType wdt = weight.defined() ? weight.dtype() : x.dtype();
-    DType bdt = bias.defined() ? bias.dtype() : x.dtype();
-    record(op, out, {x, weight, bias},
-           [sx, sw, smean, sinv, x_shape, gx, gw, gb, wdt, bdt, batch_stats, c](const Tensor& g) -> std::vector<Tensor> {
-             const Tensor& xs = sx.unpack();
-             Tensor dy = as_shape(cast_raw(g, xs.dtype()), xs.shape());
-             Tensor dx = gx ? empty_like(xs) : Tensor();
-             Tensor dw = gw ? Tensor::empty({c}, xs.options().dtype(wdt)) : Tensor();
-             Tensor db = gb ? Tensor::empty({c}, xs.options().dtype(bdt)) : Tensor();
-             backend_for(xs.device())
-                 .batch_norm_backward(dy, xs, sw.unpack(), smean.unpack(), sinv.unpack(), batch_stats, dx, dw, db);
-             if (dx.defined()) dx = dx.as_strided(x_shape, contiguous_strides(x_shape), dx.offset());
-             return {dx, dw, db};
-           });
-  }
+  if (needs_grad({x, weight, bias}))
+    record_channel_norm(op, out, x, x3, weight, bias, save_mean, save_invstd,
+                        [batch_stats](Backend& be, const Tensor& dy, const Tensor& xs, const Tensor& w,
+                                      const Tensor& mean, const Tensor& invstd, const Tensor& dx, const Tensor& dw,
+                                      const Tensor& db) {
+                          be.batch_norm_backward(dy, xs, w, mean, invstd, batch_stats, dx, dw, db);
+                        });
   return out;
 }
 
@@ -339,28 +357,14 @@ Tensor group_norm(const Tensor& x, int64_t groups, const Tensor& weight, const T
   }
   Tensor out = y3.as_strided(x.shape(), contiguous_strides(x.shape()), y3.offset());
 
-  if (needs_grad({x, weight, bias})) {
-    // Saved: x (alive anyway as the previous op's output), weight and the [N, G] statistics --
-    // never y or the normalised input.
-    const bool gx = x.requires_grad(), gw = weight.defined() && weight.requires_grad();
-    const bool gb = bias.defined() && bias.requires_grad();
-    SavedTensor sx(x3, op), sw(weight, op), smean(save_mean, op), srstd(save_rstd, op);
-    Shape x_shape = x.shape();
-    DType wdt = weight.defined() ? weight.dtype() : x.dtype();
-    DType bdt = bias.defined() ? bias.dtype() : x.dtype();
-    record(op, out, {x, weight, bias},
-           [sx, sw, smean, srstd, x_shape, gx, gw, gb, wdt, bdt, groups, c](const Tensor& g) -> std::vector<Tensor> {
-             const Tensor& xs = sx.unpack();
-             Tensor dy = as_shape(cast_raw(g, xs.dtype()), xs.shape());
-             Tensor dx = gx ? empty_like(xs) : Tensor();
-             Tensor dw = gw ? Tensor::empty({c}, xs.options().dtype(wdt)) : Tensor();
-             Tensor db = gb ? Tensor::empty({c}, xs.options().dtype(bdt)) : Tensor();
-             backend_for(xs.device())
-                 .group_norm_backward(dy, xs, sw.unpack(), smean.unpack(), srstd.unpack(), groups, dx, dw, db);
-             if (dx.defined()) dx = dx.as_strided(x_shape, contiguous_strides(x_shape), dx.offset());
-             return {dx, dw, db};
-           });
-  }
+  // Saved: x (alive anyway as the previous op's output), weight and the [N, G] statistics --
+  // never y or the normalised input.
+  if (needs_grad({x, weight, bias}))
+    record_channel_norm(op, out, x, x3, weight, bias, save_mean, save_rstd,
+                        [groups](Backend& be, const Tensor& dy, const Tensor& xs, const Tensor& w, const Tensor& mean,
+                                 const Tensor& rstd, const Tensor& dx, const Tensor& dw, const Tensor& db) {
+                          be.group_norm_backward(dy, xs, w, mean, rstd, groups, dx, dw, db);
+                        });
   return out;
 }
 
