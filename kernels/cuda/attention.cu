@@ -45,21 +45,6 @@ constexpr int kThreads = 256;
 constexpr int kMaxHeadDim = 128;
 constexpr int kMaxDimSlots = kMaxHeadDim / 16;  // dims per thread: tx + 16 c, c < 8
 
-template <typename C>
-__device__ __forceinline__ C dev_exp(C v) {
-  if constexpr (std::is_same_v<C, float>) return expf(v);
-  else return exp(v);
-}
-template <typename C>
-__device__ __forceinline__ C dev_log(C v) {
-  if constexpr (std::is_same_v<C, float>) return logf(v);
-  else return log(v);
-}
-template <typename C>
-__device__ __forceinline__ C neg_inf() {
-  return -std::numeric_limits<C>::infinity();
-}
-
 // Reductions over the 16 lanes of a half-warp (xor offsets < 16 stay inside it). Called by all
 // 32 lanes of the warp.
 template <typename C>

@@ -32,6 +32,7 @@
 
 #include <array>
 #include <cstdint>
+#include <limits>
 #include <type_traits>
 
 #include "engine/memory.h"
@@ -200,6 +201,23 @@ void launch_strided(const KernelScope& scope, const Indexer<N>& ix, int64_t n, F
   if (n == 0) return;
   strided_kernel<N><<<grid_for(n), kBlock, 0, scope.stream()>>>(ix, n, f);
   HR_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// ---- math in the accumulation type (f32: the single-precision functions; f64: the double ones) ----
+
+template <typename C>
+__device__ __forceinline__ C dev_exp(C v) {
+  if constexpr (std::is_same_v<C, float>) return expf(v);
+  else return exp(v);
+}
+template <typename C>
+__device__ __forceinline__ C dev_log(C v) {
+  if constexpr (std::is_same_v<C, float>) return logf(v);
+  else return log(v);
+}
+template <typename C>
+__device__ __forceinline__ C neg_inf() {
+  return -std::numeric_limits<C>::infinity();
 }
 
 // ---- block reductions (blockDim.x a multiple of 32, at most 1024) ----

@@ -45,21 +45,6 @@ using kernels::SoftmaxGeometry;
 
 constexpr int64_t kMaxGrid = kMaxRowGrid;
 
-template <typename C>
-__device__ __forceinline__ C dev_exp(C v) {
-  if constexpr (std::is_same_v<C, float>) return expf(v);
-  else return exp(v);
-}
-template <typename C>
-__device__ __forceinline__ C dev_log(C v) {
-  if constexpr (std::is_same_v<C, float>) return logf(v);
-  else return log(v);
-}
-template <typename C>
-__device__ __forceinline__ C neg_inf() {
-  return -std::numeric_limits<C>::infinity();
-}
-
 // Running maximum m and sum s of exp(v - m) over a stream of values (online softmax).
 template <typename C>
 struct MaxSum {
