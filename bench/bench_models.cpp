@@ -223,12 +223,7 @@ void set_step(Workload* w, const Preset& p, Device device,
   optim::BatchSplitter::Options options;
   if (p.dtype == DType::f16) {
     w->scaler = std::make_unique<optim::GradScaler>();
-    optim::GradScaler* scaler = w->scaler.get();
-    options.scale_loss = [scaler](const Tensor& loss) { return scaler->scale(loss); };
-    options.optimizer_step = [scaler](optim::Optimizer& o) {
-      scaler->step(o);
-      scaler->update();
-    };
+    options.scaler = w->scaler.get();  // scaled losses, scaler->step + update, abandon_step on failure
   }
   w->splitter = std::make_unique<optim::BatchSplitter>(*w->optimizer, p.micro_batches, w->model.get(), options);
   const bool amp = p.dtype != DType::f32;

@@ -22,10 +22,18 @@ Registry& registry() {
 }
 }  // namespace
 
-// HEADROOM_MEMORY_LIMIT applies to every device's allocator when it is made.
-void apply_env_memory_limit(CachingAllocator& a) {
+// HEADROOM_MEMORY_LIMIT and HEADROOM_FAIL_ALLOC apply to every device's allocator when it is
+// made. Both are read before anything is changed, so a bad value throws and leaves the allocator
+// as it was.
+void apply_env_settings(CachingAllocator& a) {
+  size_t limit = 0;
+  std::pair<FaultKind, int64_t> fault{FaultKind::none, 0};
   const char* env = std::getenv("HEADROOM_MEMORY_LIMIT");
-  if (env && *env) a.set_memory_limit(parse_memory_size(env, "HEADROOM_MEMORY_LIMIT"));
+  if (env && *env) limit = parse_memory_size(env, "HEADROOM_MEMORY_LIMIT");
+  const char* fail = std::getenv("HEADROOM_FAIL_ALLOC");
+  if (fail && *fail) fault = parse_fault_injection(fail, "HEADROOM_FAIL_ALLOC");
+  if (limit > 0) a.set_memory_limit(limit);
+  if (fault.first != FaultKind::none) a.inject_fault(fault.first, fault.second);
 }
 
 void* allocate_host(size_t nbytes) {
@@ -44,10 +52,12 @@ Allocator& allocator_for(Device device) {
   if (it != r.allocators.end()) return *it->second;
   if (device.is_cpu()) {
     // Never destroyed, like the registry: tensors in static storage may be freed at exit.
-    auto* a = new CachingAllocator(std::make_unique<HostMemoryBackend>());
-    apply_env_memory_limit(*a);
-    r.allocators[key] = a;
-    return *a;
+    // A bad environment value throws here, every time a cpu tensor is made, and leaks nothing.
+    auto a = std::make_unique<CachingAllocator>(std::make_unique<HostMemoryBackend>());
+    apply_env_settings(*a);
+    CachingAllocator* raw = a.release();
+    r.allocators[key] = raw;
+    return *raw;
   }
   throw DeviceError(str_cat("no allocator for device ", device.str(),
                             " (is headroom built with CUDA and is a GPU present?)"));

@@ -41,10 +41,12 @@ class Allocator {
 Allocator& allocator_for(Device device);
 void set_allocator(Device device, Allocator* allocator);
 
-// Sets the limit of a newly made device allocator from HEADROOM_MEMORY_LIMIT when that is set
-// (every device's registration calls it); throws ValueError when the text is not a size.
+// Applies HEADROOM_MEMORY_LIMIT (a size, parse_memory_size) and HEADROOM_FAIL_ALLOC (Note
+// [fault injection] in caching_allocator.h) to a newly made device allocator, when they are set
+// (every device's registration calls it); throws ValueError naming the variable when a value
+// cannot be read, and then changes nothing.
 class CachingAllocator;
-void apply_env_memory_limit(CachingAllocator& allocator);
+void apply_env_settings(CachingAllocator& allocator);
 
 // Page-locked host memory (Tensor::empty_pinned), which a GPU can copy from and to while the
 // host goes on. Registered by the CUDA side when a GPU is present; nullptr otherwise.

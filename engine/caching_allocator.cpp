@@ -1,6 +1,8 @@
 #include "engine/caching_allocator.h"
 
 #include <algorithm>
+#include <charconv>
+#include <cctype>
 #include <cmath>
 #include <cstdlib>
 #include <iomanip>
@@ -192,13 +194,42 @@ void CachingAllocator::split_block(Block* b, size_t size) {
 
 Allocation CachingAllocator::allocate(size_t nbytes) { return allocate(nbytes, current_stream(device()), current_category()); }
 
+namespace {
+thread_local const char* t_no_allocation = nullptr;
+}  // namespace
+NoAllocationScope::NoAllocationScope(const char* what) : prev_(t_no_allocation) { t_no_allocation = what; }
+NoAllocationScope::~NoAllocationScope() { t_no_allocation = prev_; }
+const char* NoAllocationScope::active() { return t_no_allocation; }
+
 Allocation CachingAllocator::allocate(size_t nbytes, Stream stream, MemoryCategory category) {
+  HR_CHECK(t_no_allocation == nullptr, Error, "CachingAllocator: ", t_no_allocation, " must not allocate, but asked ",
+           device().str(), " for ", nbytes, " bytes (", category_name(category), ")");
   std::lock_guard<std::recursive_mutex> lock(mu_);
   process_pending_events();
   HR_CHECK(nbytes <= (size_t{1} << 62), ValueError, "CachingAllocator: a request of ", nbytes,
            " bytes on ", device().str(), " is beyond any device");
   const size_t rounded = round_size(nbytes);
   const bool small = rounded <= kSmallRequest;
+  // Note [fault injection]: the allocation and limit kinds count every call.
+  bool fail_segment = false;
+  if (fault_.kind != FaultKind::none && !fault_.fired) {
+    if (fault_.kind == FaultKind::allocation || fault_.kind == FaultKind::limit) {
+      if (++fault_.seen == fault_.at) {
+        fault_.fired = true;
+        if (fault_.kind == FaultKind::allocation) {
+          ++stats_.num_allocs;
+          ++stats_.num_ooms;
+          record(TraceKind::oom, 0, static_cast<int64_t>(rounded), category, stream.id, static_cast<int64_t>(nbytes));
+          throw OutOfMemoryError(str_cat("injected failure (", fault_kind_name(fault_.kind), " #", fault_.at,
+                                         " since inject_fault or HEADROOM_FAIL_ALLOC)\n",
+                                         oom_report_locked(nbytes, rounded)),
+                                 nbytes, limit_);
+        }
+        limit_before_fault_ = limit_;
+        limit_ = static_cast<size_t>(std::max<int64_t>(stats_.reserved_bytes.current, 1));
+      }
+    }
+  }
   Pool& pool = small ? small_pool_ : large_pool_;
   Block* b = find_free_block(pool, rounded, stream.id);
   ++stats_.num_allocs;
@@ -219,6 +250,10 @@ Allocation CachingAllocator::allocate(size_t nbytes, Stream stream, MemoryCatego
     // calls this costs are paid at warm-up (replay_bench: peak reserved / peak allocated for a
     // CNN step, 1.48 without this, 1.10 with it).
     if (release_on_miss_) release_cached_segments();
+    if (fault_.kind == FaultKind::segment && !fault_.fired && ++fault_.seen == fault_.at) {
+      fault_.fired = true;
+      fail_segment = true;  // both tries below fail, as on a full device
+    }
     for (int attempt = 0; attempt < 2 && !b; ++attempt) {
       if (attempt == 1) {
         ++stats_.num_alloc_retries;
@@ -226,12 +261,19 @@ Allocation CachingAllocator::allocate(size_t nbytes, Stream stream, MemoryCatego
         process_pending_events();
         release_cached_segments();
       }
-      b = new_segment(segment_size, small, stream.id, over_limit);
+      if (!fail_segment) b = new_segment(segment_size, small, stream.id, over_limit);
     }
     if (!b) {
       ++stats_.num_ooms;
       record(TraceKind::oom, 0, static_cast<int64_t>(rounded), category, stream.id, static_cast<int64_t>(nbytes));
-      throw OutOfMemoryError(oom_report_locked(nbytes, rounded), nbytes, limit_);
+      std::string report = oom_report_locked(nbytes, rounded);
+      if (fail_segment)
+        report = str_cat("injected failure (segment request #", fault_.at, " since inject_fault or HEADROOM_FAIL_ALLOC)\n",
+                         report);
+      else if (fault_.kind == FaultKind::limit && fault_.fired)
+        report = str_cat("injected failure (the limit was lowered to the ", format_bytes(static_cast<int64_t>(limit_)),
+                         " reserved at allocation #", fault_.at, " by inject_fault or HEADROOM_FAIL_ALLOC)\n", report);
+      throw OutOfMemoryError(report, nbytes, limit_);
     }
   }
   split_block(b, rounded);
@@ -383,6 +425,64 @@ void CachingAllocator::set_release_on_miss(bool on) {
 void CachingAllocator::set_memory_limit(size_t bytes) {
   std::lock_guard<std::recursive_mutex> lock(mu_);
   limit_ = bytes;
+  // Note [memory limit]: below what is reserved, the cache goes first; live blocks stay.
+  if (bytes > 0 && static_cast<size_t>(stats_.reserved_bytes.current) > bytes) {
+    backend_->synchronize();
+    process_pending_events();
+    release_cached_segments();
+  }
+}
+
+const char* fault_kind_name(FaultKind k) {
+  switch (k) {
+    case FaultKind::none: return "none";
+    case FaultKind::allocation: return "allocation";
+    case FaultKind::segment: return "segment";
+    case FaultKind::limit: return "limit";
+  }
+  return "invalid";
+}
+
+void CachingAllocator::inject_fault(FaultKind kind, int64_t k) {
+  HR_CHECK(kind == FaultKind::none || k >= 1, ValueError, "inject_fault: the request to fail is counted from 1, got ",
+           k);
+  std::lock_guard<std::recursive_mutex> lock(mu_);
+  clear_fault();
+  fault_.kind = kind;
+  fault_.at = kind == FaultKind::none ? 0 : k;
+}
+
+void CachingAllocator::clear_fault() {
+  std::lock_guard<std::recursive_mutex> lock(mu_);
+  if (fault_.kind == FaultKind::limit && fault_.fired) limit_ = limit_before_fault_;
+  fault_ = FaultStatus{};
+}
+
+FaultStatus CachingAllocator::fault_status() const {
+  std::lock_guard<std::recursive_mutex> lock(mu_);
+  return fault_;
+}
+
+std::pair<FaultKind, int64_t> parse_fault_injection(const std::string& text, const std::string& what) {
+  FaultKind kind = FaultKind::allocation;
+  std::string number = text;
+  const size_t colon = text.find(':');
+  if (colon != std::string::npos) {
+    const std::string name = text.substr(0, colon);
+    number = text.substr(colon + 1);
+    if (name == "allocation" || name == "alloc") kind = FaultKind::allocation;
+    else if (name == "segment") kind = FaultKind::segment;
+    else if (name == "limit") kind = FaultKind::limit;
+    else
+      throw ValueError(str_cat(what, ": unknown kind '", name, "' in '", text,
+                               "' (expected k, allocation:k, segment:k or limit:k with k >= 1)"));
+  }
+  int64_t k = 0;
+  auto [end, ec] = std::from_chars(number.data(), number.data() + number.size(), k);
+  if (number.empty() || ec != std::errc() || end != number.data() + number.size() || k < 1)
+    throw ValueError(str_cat(what, ": expected k, allocation:k, segment:k or limit:k with a whole k >= 1, got '",
+                             text, "'"));
+  return {kind, k};
 }
 size_t CachingAllocator::memory_limit() const {
   std::lock_guard<std::recursive_mutex> lock(mu_);
@@ -457,8 +557,12 @@ std::string CachingAllocator::oom_report_locked(size_t bytes, size_t rounded) co
   os << "out of memory on " << device().str() << ": tried to allocate " << format_bytes(static_cast<int64_t>(bytes));
   if (rounded != bytes) os << " (" << format_bytes(static_cast<int64_t>(rounded)) << " rounded)";
   os << "\n  limit: ";
-  if (limit_ > 0) os << format_bytes(static_cast<int64_t>(limit_)) << " (set_memory_limit or HEADROOM_MEMORY_LIMIT)";
-  else os << "none set; the device itself is full";
+  if (limit_ > 0) {
+    os << format_bytes(static_cast<int64_t>(limit_)) << " (set_memory_limit or HEADROOM_MEMORY_LIMIT)";
+    if (reserved > static_cast<int64_t>(limit_)) os << ", lowered below what live blocks reserve";
+  } else {
+    os << "none set; the device itself is full";
+  }
   if (backend_->capacity() > 0) os << "; device capacity " << format_bytes(static_cast<int64_t>(backend_->capacity()));
   os << "\n  reserved by headroom: " << format_bytes(reserved) << ", in use: " << format_bytes(allocated) << "\n";
   os << "  in use by category:";
@@ -483,18 +587,32 @@ std::string CachingAllocator::oom_report_locked(size_t bytes, size_t rounded) co
   };
   const int64_t activations = share({MemoryCategory::activation, MemoryCategory::temporary});
   const int64_t model_state = share({MemoryCategory::parameter, MemoryCategory::gradient, MemoryCategory::optimizer_state});
+  // Only remedies headroom has (optim/batch_split.h, autograd/autocast.h, optim/sgd.h).
   std::vector<std::pair<int64_t, std::string>> remedies;
   remedies.emplace_back(activations,
                         "activations and temporaries hold " + format_bytes(activations) +
-                            ": use a smaller batch or split it into micro-batches (gradient accumulation), "
-                            "recompute checkpointing, or mixed precision (f16/bf16 halves activations)");
+                            ": use a smaller batch or split it into micro-batches (BatchSplitter, gradient "
+                            "accumulation), or mixed precision (autocast to f16/bf16 halves activations)");
   remedies.emplace_back(model_state,
                         "parameters, gradients and optimizer state hold " + format_bytes(model_state) +
-                            ": mixed precision, a smaller model, an optimizer with less state (SGD keeps one buffer "
-                            "per parameter, Adam two), or sharding/offloading optimizer state");
+                            ": a smaller model, or an optimizer with less state (Adam keeps two buffers per "
+                            "parameter, SGD with momentum one, plain SGD none)");
   std::stable_sort(remedies.begin(), remedies.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
+  bool any = limit > 0 && static_cast<int64_t>(rounded) > limit;
   for (const auto& [bytes_held, text] : remedies)
-    if (bytes_held > 0) os << "\n    - " << text;
+    if (bytes_held > 0) {
+      os << "\n    - " << text;
+      any = true;
+    }
+  const int64_t workspace = share({MemoryCategory::workspace, MemoryCategory::communication});
+  if (!any) {
+    if (allocated == 0)
+      os << "\n    - nothing else is in use on " << device().str() << ": this request alone is more than "
+         << (limit > 0 ? "the limit" : "the device") << " can give; shrink that tensor (a smaller batch or layer)";
+    else
+      os << "\n    - " << format_bytes(workspace) << " in use is library workspace or communication buffers; "
+         << "shrink the request (a smaller batch or layer)";
+  }
   if (cached_free > 0 && (cached_free * 4 >= reserved || largest_free < static_cast<int64_t>(rounded)))
     os << "\n    - " << format_bytes(cached_free)
        << " is cached in split segments: call empty_cache() between phases, and allocate long-lived tensors first"
@@ -503,13 +621,25 @@ std::string CachingAllocator::oom_report_locked(size_t bytes, size_t rounded) co
 }
 
 size_t parse_memory_size(const std::string& text, const std::string& what) {
-  const char* s = text.c_str();
-  char* end = nullptr;
-  double value = std::strtod(s, &end);
-  if (end == s || !(value >= 0) || !std::isfinite(value))
-    throw ValueError(str_cat(what, ": cannot read a memory size from '", text, "' (examples: 256MiB, 4GiB, 1.5GB, 1000000)"));
-  std::string unit(end);
-  unit.erase(std::remove(unit.begin(), unit.end(), ' '), unit.end());
+  const auto refuse = [&](const std::string& why) {
+    return ValueError(str_cat(what, ": ", why, " in '", text,
+                              "' (a size is a decimal number and a unit, e.g. 256MiB, 4GiB, 1.5GB, 1000000; "
+                              "'none' for no limit)"));
+  };
+  if (text == "none") return 0;
+  // The number: digits, optionally '.' and more digits; nothing else (no sign, exponent, hex).
+  size_t i = 0;
+  while (i < text.size() && std::isdigit(static_cast<unsigned char>(text[i]))) ++i;
+  const size_t int_digits = i;
+  size_t frac_digits = 0;
+  if (i < text.size() && text[i] == '.') {
+    ++i;
+    while (i < text.size() && std::isdigit(static_cast<unsigned char>(text[i]))) ++i, ++frac_digits;
+  }
+  if (int_digits + frac_digits == 0) throw refuse("no number");
+  const std::string number = text.substr(0, i);
+  std::string unit = text.substr(i);
+  if (!unit.empty() && unit.front() == ' ') unit.erase(0, 1);  // "256 MiB"
   double mult = 0;
   if (unit.empty() || unit == "B") mult = 1;
   else if (unit == "KiB" || unit == "K" || unit == "k") mult = 1024.0;
@@ -521,10 +651,11 @@ size_t parse_memory_size(const std::string& text, const std::string& what) {
   else if (unit == "GB") mult = 1e9;
   else if (unit == "TB") mult = 1e12;
   else
-    throw ValueError(str_cat(what, ": unknown unit '", unit, "' in '", text, "' (use B, KiB, MiB, GiB, KB, MB, GB)"));
-  const double bytes = value * mult;
-  if (bytes >= 9.2e18)
-    throw ValueError(str_cat(what, ": '", text, "' is more memory than can be addressed"));
+    throw refuse(str_cat("unknown unit '", unit, "' (use B, KiB, MiB, GiB, TiB, KB, MB, GB, TB)"));
+  if (int_digits > 19) throw refuse("more memory than can be addressed");
+  const double bytes = std::floor(std::strtod(number.c_str(), nullptr) * mult);
+  if (!(bytes < 9.2e18)) throw refuse("more memory than can be addressed");
+  if (bytes < 1) throw refuse("a size below one byte (a limit of nothing is no limit: use 'none')");
   return static_cast<size_t>(bytes);
 }
 

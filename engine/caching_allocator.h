@@ -14,10 +14,25 @@
 // kernels that still read the block. If other streams used it (record_stream), freeing records
 // an event on each of them, and the block waits in a pending list until all events completed.
 //
-// Note [memory limit]: reserved bytes (all segments) never exceed the device's limit (API or
-// HEADROOM_MEMORY_LIMIT), so a CPU run under 256MiB behaves like a 256 MiB GPU. When a segment
-// would cross the limit or the backend fails, the allocator frees its cached whole segments and
-// retries once; then it throws OutOfMemoryError with a report (oom_report) and changes nothing.
+// Note [memory limit]: no segment is obtained that would take reserved bytes (all segments) past
+// the device's limit (API or HEADROOM_MEMORY_LIMIT), so a CPU run under 256MiB behaves like a
+// 256 MiB GPU. When a segment would cross the limit or the backend fails, the allocator frees its
+// cached whole segments and retries once; then it throws OutOfMemoryError with a report
+// (oom_report) and changes nothing. set_memory_limit below what is reserved first releases the
+// cache; if live blocks still reserve more than the new limit, the limit holds for new segments
+// (none is obtained until reserved falls below it, as on a GPU another process has filled), and
+// reserved <= limit holds again once enough of them are freed.
+//
+// Note [fault injection]: inject_fault(kind, k) (or HEADROOM_FAIL_ALLOC=k when the allocator is
+// made) makes the k-th request from now fail as the device would: `allocation` fails the k-th
+// call to allocate (cache hit or not) with an OutOfMemoryError and changes nothing else;
+// `segment` fails the k-th request for a new segment (both tries of that allocation, as a full
+// device would, after the cache release a real failure triggers); `limit` lowers the limit to the
+// bytes reserved at the k-th allocation, so that every later segment request fails for real until
+// clear_fault() puts the old limit back. Each fires once. The failure is the real out-of-memory
+// path, so every op -- convolutions and workspaces included, which ask this allocator directly --
+// meets it; the report says the failure was injected. The sweep tests (tests/optim/oom_sweep_test)
+// fail each allocation of a training step in turn this way.
 #pragma once
 
 #include <array>
@@ -27,6 +42,7 @@
 #include <mutex>
 #include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "engine/allocator.h"
@@ -128,6 +144,21 @@ struct SegmentInfo {
   std::vector<BlockInfo> blocks;
 };
 
+// Note [fault injection].
+enum class FaultKind : uint8_t { none, allocation, segment, limit };
+const char* fault_kind_name(FaultKind k);
+
+struct FaultStatus {
+  FaultKind kind = FaultKind::none;
+  int64_t at = 0;     // the request that fails (1-based, counted from inject_fault)
+  int64_t seen = 0;   // requests of that kind counted so far
+  bool fired = false;
+};
+
+// Parses HEADROOM_FAIL_ALLOC's value: "k" or "allocation:k" (the k-th allocation), "segment:k",
+// "limit:k", with k >= 1. Throws ValueError naming `what` and the text.
+std::pair<FaultKind, int64_t> parse_fault_injection(const std::string& text, const std::string& what);
+
 class CachingAllocator final : public Allocator {
  public:
   static constexpr size_t kRound = 512;
@@ -157,9 +188,16 @@ class CachingAllocator final : public Allocator {
   // Note [release on miss] in the .cpp; on by default.
   void set_release_on_miss(bool on);
 
-  // 0 means no limit beyond the device's own memory.
+  // 0 means no limit beyond the device's own memory. Below the bytes reserved now: Note
+  // [memory limit].
   void set_memory_limit(size_t bytes);
   size_t memory_limit() const;
+
+  // Note [fault injection]: fail the k-th request of `kind` from now (k >= 1); replaces any
+  // fault armed before. clear_fault disarms it (and restores the limit a `limit` fault lowered).
+  void inject_fault(FaultKind kind, int64_t k);
+  void clear_fault();
+  FaultStatus fault_status() const;
 
   MemoryStats stats() const;
   void reset_peak_stats();
@@ -203,17 +241,38 @@ class CachingAllocator final : public Allocator {
   std::vector<Block*> pending_;  // freed, waiting for other streams' events
   MemoryStats stats_;
   size_t limit_ = 0;
+  FaultStatus fault_;
+  size_t limit_before_fault_ = 0;  // the limit a fired `limit` fault replaced
   bool trace_enabled_ = false;
   bool release_on_miss_ = true;
   std::vector<TraceEvent> trace_;
   std::chrono::steady_clock::time_point start_;
 };
 
-// Parses "256MiB", "4GiB", "1.5GB", "64KiB", "1000000" into bytes; throws ValueError naming
-// `what` (e.g. the environment variable) and the text.
+// Parses a memory size into bytes: a decimal number (digits, optionally a fraction) and an
+// optional unit -- B, KiB/K/k, MiB/M, GiB/G, TiB/T (powers of 1024), KB/kB, MB, GB, TB (powers of
+// 1000) -- e.g. "256MiB", "4GiB", "1.5GB", "1000000"; a fraction of a byte is dropped. "none"
+// gives 0 (no limit). Refused with a ValueError naming `what` (e.g. the environment variable)
+// and the text: anything else (signs, exponents, hex, inf, spaces inside the number), and sizes
+// below one byte ("0", "0.4": a limit of nothing is no limit -- write "none" for that).
 size_t parse_memory_size(const std::string& text, const std::string& what);
 // "1.50 GiB", "512.0 KiB", "37 B".
 std::string format_bytes(int64_t bytes);
+
+// Within the scope, an allocation by this thread from any CachingAllocator throws Error naming
+// `what` and the request: for a phase that promises to allocate nothing, such as an optimizer's
+// commit (Note [all-or-nothing step] in optim/optimizer.h). Nestable.
+class NoAllocationScope {
+ public:
+  explicit NoAllocationScope(const char* what);
+  ~NoAllocationScope();
+  NoAllocationScope(const NoAllocationScope&) = delete;
+  NoAllocationScope& operator=(const NoAllocationScope&) = delete;
+  static const char* active();  // the innermost scope's `what`, or nullptr
+
+ private:
+  const char* prev_;
+};
 
 // The caching allocator of a device (the one allocator_for returns).
 CachingAllocator& caching_allocator(Device device);

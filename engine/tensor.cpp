@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <iomanip>
 #include <ostream>
 #include <sstream>
@@ -55,9 +56,18 @@ void Tensor::check_dtype(DType expected, const char* what) const {
 double Tensor::item_double() const {
   HR_CHECK(numel() == 1, ShapeError, "item(): expected a tensor with one element, got shape ",
            shape_str(shape()));
-  Tensor host = empty({}, TensorOptions().dtype(DType::f64));
-  copy_tensor(host, this->as_strided({}, {}, offset()));
-  return *host.data<double>();
+  // Straight into host bytes, allocating no tensor: reading a loss or a flag cannot run out of
+  // device memory (optim/grad_scaler.cpp reads its overflow flag after the optimizer stepped).
+  alignas(8) unsigned char bytes[8] = {};
+  const size_t n = dtype_size(dtype());
+  if (device().is_cpu()) std::memcpy(bytes, raw_data(), n);
+  else backend_for(device()).copy_to_host(bytes, raw_data(), n, device(), /*non_blocking=*/false);
+  return dispatch_dtype(dtype(), [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    T v;
+    std::memcpy(&v, bytes, sizeof(T));
+    return static_cast<double>(v);
+  });
 }
 
 Tensor Tensor::as_strided(const Shape& shape, const Shape& strides, int64_t offset) const {

@@ -331,11 +331,7 @@ inline std::unique_ptr<optim::BatchSplitter> make_splitter(const TrainConfig& cf
   optim::BatchSplitter::Options options;
   options.log = &std::cout;
   if (scaler) {
-    options.scale_loss = [scaler](const Tensor& loss) { return scaler->scale(loss); };
-    options.optimizer_step = [scaler](optim::Optimizer& o) {
-      scaler->step(o);
-      scaler->update();
-    };
+    options.scaler = scaler;  // scaled losses, scaler->step + update, abandon_step on failure
   }
   return std::make_unique<optim::BatchSplitter>(optimizer, optim::parse_micro_batches(cfg.micro_batches), &model,
                                                 options);

@@ -15,7 +15,6 @@ class Adam : public Optimizer {
  public:
   Adam(std::vector<Tensor> params, double lr = 1e-3, double beta1 = 0.9, double beta2 = 0.999, double eps = 1e-8,
        double weight_decay = 0);
-  void step() override;
   size_t state_nbytes() const override;
   // Parameter i's moments (undefined before its first step) and step count.
   const Tensor& exp_avg(size_t i) const { return state_.at(i).exp_avg; }
@@ -26,14 +25,33 @@ class Adam : public Optimizer {
   Adam(std::vector<Tensor> params, double lr, double beta1, double beta2, double eps, double weight_decay,
        bool decoupled, const char* name);
 
+  void prepare_step() override;
+  void discard_step() noexcept override;
+  void commit_step() override;
+  void param_state(size_t i, std::map<std::string, Tensor>& out) const override;
+  std::vector<std::string> param_state_names() const override;
+  void set_param_state(size_t i, std::map<std::string, Tensor> state) noexcept override;
+
  private:
   struct State {
     Tensor exp_avg, exp_avg_sq;
     int64_t step = 0;
   };
+  // One parameter's part of the step being prepared.
+  struct Pending {
+    size_t index;
+    Tensor grad;       // the gradient; in the parameter's dtype for the unfused path
+    bool made_state;   // its moments were made by this step (discard_step drops them)
+    bool fused;
+  };
+  void update_unfused(const Tensor& p, const Tensor& g, State& st, double bc1, double bc2) const;
+
+  const char* name_;
   double beta1_, beta2_, eps_, weight_decay_;
   bool decoupled_;
   std::vector<State> state_;
+  std::vector<Pending> pending_;
+  UpdateWorkspace workspace_;
 };
 
 class AdamW : public Adam {

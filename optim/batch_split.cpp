@@ -45,8 +45,38 @@ BatchSplitter::BatchSplitter(Optimizer& optimizer, int64_t micro_batches, nn::Mo
 }
 
 void BatchSplitter::step_optimizer() {
-  if (options_.optimizer_step) options_.optimizer_step(optimizer_);
-  else optimizer_.step();
+  if (options_.optimizer_step) {
+    options_.optimizer_step(optimizer_);
+  } else if (options_.scaler) {
+    options_.scaler->step(optimizer_);
+    options_.scaler->update();
+  } else {
+    optimizer_.step();
+  }
+}
+
+void BatchSplitter::abandon_scaler() {
+  if (options_.scaler) options_.scaler->abandon_step();
+}
+
+BatchSplitter::Learned BatchSplitter::learned() const {
+  return {micro_batch_size_, steps_, clean_steps_, grow_wait_, ooms_recovered_, grow_attempts_, grow_failures_};
+}
+
+void BatchSplitter::restore(const Learned& l) {
+  HR_CHECK(l.micro_batch_size >= 0 && l.steps >= 0 && l.clean_steps >= 0 && l.grow_wait >= 0 &&
+               l.ooms_recovered >= 0 && l.grow_attempts >= 0 && l.grow_failures >= 0 &&
+               l.grow_failures <= l.grow_attempts,
+           ValueError, "BatchSplitter::restore: negative or inconsistent counters (micro_batch_size ",
+           l.micro_batch_size, ", steps ", l.steps, ", grow_attempts ", l.grow_attempts, ", grow_failures ",
+           l.grow_failures, ")");
+  micro_batch_size_ = l.micro_batch_size;
+  steps_ = l.steps;
+  clean_steps_ = l.clean_steps;
+  grow_wait_ = l.grow_wait;
+  ooms_recovered_ = l.ooms_recovered;
+  grow_attempts_ = l.grow_attempts;
+  grow_failures_ = l.grow_failures;
 }
 
 void BatchSplitter::drop_grads() {
@@ -79,6 +109,7 @@ SplitStepResult BatchSplitter::attempt(const Tensor& inputs, const Tensor& targe
     // by 1) for an unsplit batch so that it costs nothing and matches a plain step bit for bit.
     Tensor weighted = count == n ? loss : loss * (static_cast<double>(count) / static_cast<double>(n));
     if (options_.scale_loss) weighted = options_.scale_loss(weighted);
+    else if (options_.scaler) weighted = options_.scaler->scale(weighted);
     weighted.backward();
     ++r.micro_batches;
   }
@@ -100,28 +131,22 @@ SplitStepResult BatchSplitter::step(const Tensor& inputs, const Tensor& targets,
            " must have the same non-empty batch dim 0");
   const int64_t n = inputs.size(0);
 
-  if (!automatic_) {
-    const int64_t m = (n + micro_batches_ - 1) / micro_batches_;
-    drop_grads();
-    SplitStepResult r = attempt(inputs, targets, fn, m);
-    step_optimizer();
-    micro_batch_size_ = m;
-    ++steps_;
-    return r;
-  }
-
   CachingAllocator& allocator = caching_allocator(inputs.device());
   Generator& gen = default_generator();
-  const int64_t fitted = micro_batch_size_ == 0 ? n : std::min(micro_batch_size_, n);
-  int64_t m = fitted;
+  int64_t fitted = 0, m = 0;
   bool growing = false;
-  if (options_.grow_after > 0 && micro_batch_size_ > 0 && micro_batch_size_ < n && clean_steps_ >= grow_wait_) {
-    m = std::min(n, 2 * micro_batch_size_);
-    growing = true;
-    ++grow_attempts_;
+  if (!automatic_) {
+    fitted = m = (n + micro_batches_ - 1) / micro_batches_;
+  } else {
+    fitted = m = micro_batch_size_ == 0 ? n : std::min(micro_batch_size_, n);
+    if (options_.grow_after > 0 && micro_batch_size_ > 0 && micro_batch_size_ < n && clean_steps_ >= grow_wait_) {
+      m = std::min(n, 2 * micro_batch_size_);
+      growing = true;
+      ++grow_attempts_;
+    }
   }
 
-  // The state a failed attempt must leave as it found it.
+  // Note [all-or-nothing split step]: the state a failed attempt must leave as it found it.
   drop_grads();
   const uint64_t seed = gen.seed(), offset = gen.offset();
   std::vector<Tensor> buffers, saved_buffers;
@@ -130,6 +155,18 @@ SplitStepResult BatchSplitter::step(const Tensor& inputs, const Tensor& targets,
     buffers = model_->buffers();
     for (const Tensor& b : buffers) saved_buffers.push_back(b.clone());
   }
+  // Puts it back: drops the partial gradients, rewinds the RNG, copies the buffers back (into
+  // their own storage, so no allocation) and forgets the scaler's unscale of this step.
+  auto restore_state = [&] {
+    drop_grads();
+    gen.manual_seed(seed);
+    gen.set_offset(offset);
+    if (model_) {
+      NoGradGuard no_grad;
+      for (size_t i = 0; i < buffers.size(); ++i) copy_tensor(buffers[i], saved_buffers[i]);
+    }
+    abandon_scaler();
+  };
 
   int64_t recovered = 0;
   SplitStepResult r;
@@ -140,14 +177,18 @@ SplitStepResult BatchSplitter::step(const Tensor& inputs, const Tensor& targets,
       break;
     } catch (const OutOfMemoryError& e) {
       // attempt()'s frame is gone: the graphs and outputs it held are freed.
-      drop_grads();
-      gen.manual_seed(seed);
-      gen.set_offset(offset);
-      if (model_) {
-        NoGradGuard no_grad;
-        for (size_t i = 0; i < buffers.size(); ++i) buffers[i].copy_(saved_buffers[i]);
-      }
+      restore_state();
       allocator.empty_cache();
+      if (!automatic_) {
+        // The allocator's report stays first (what the user sees on the first line); the step's
+        // outcome goes last.
+        throw OutOfMemoryError(
+            str_cat(e.what(), "\n  BatchSplitter: the step ran as ", micro_batches_, " micro-batch",
+                    micro_batches_ == 1 ? "" : "es", " of up to ", m, " samples (batch of ", n,
+                    ") and changed nothing (parameters, optimizer state, buffers and RNG are as before it); more "
+                    "micro-batches, or automatic splitting (kAuto, --micro-batches auto), may fit"),
+            e.requested_bytes(), e.limit_bytes());
+      }
       Recovery rec;
       rec.step = steps_;
       rec.failed_size = m;
@@ -179,8 +220,8 @@ SplitStepResult BatchSplitter::step(const Tensor& inputs, const Tensor& targets,
             str_cat("BatchSplitter: out of memory even with a micro-batch of 1 sample (batch of ", n,
                     " samples on ", inputs.device().str(), ", whose inputs and targets themselves hold ",
                     format_bytes(static_cast<int64_t>(inputs.nbytes() + targets.nbytes())),
-                    "): batch splitting cannot make this step fit; use a smaller batch, a smaller model, mixed "
-                    "precision or activation checkpointing. The allocator's report for the last failure:\n",
+                    "): batch splitting cannot make this step fit; the step changed nothing. Use a smaller "
+                    "batch, a smaller model or mixed precision. The allocator's report for the last failure:\n",
                     e.what()),
             e.requested_bytes(), e.limit_bytes());
       }
@@ -190,12 +231,61 @@ SplitStepResult BatchSplitter::step(const Tensor& inputs, const Tensor& targets,
                       << format_bytes(static_cast<int64_t>(e.requested_bytes())) << "), retrying with " << next
                       << " (" << (n + next - 1) / next << " micro-batches of the batch of " << n << ")\n";
       m = next;
+    } catch (...) {
+      restore_state();
+      throw;
     }
   }
-  step_optimizer();
+
+  // The optimizer step is all-or-nothing: after an OutOfMemoryError the gradients are intact and
+  // nothing has changed, so it can be retried once the cache is empty.
+  for (int tries = 0;; ++tries) {
+    const MemoryStats before = allocator.stats();
+    try {
+      step_optimizer();
+      break;
+    } catch (const OutOfMemoryError& e) {
+      allocator.empty_cache();
+      if (tries == 0) {
+        Recovery rec;
+        rec.step = steps_;
+        rec.failed_size = rec.next_size = m;
+        rec.requested_bytes = static_cast<int64_t>(e.requested_bytes());
+        const MemoryStats after = allocator.stats();
+        rec.allocated_before = before.allocated_bytes.current;
+        rec.allocated_after = after.allocated_bytes.current;
+        rec.reserved_before = before.reserved_bytes.current;
+        rec.reserved_after = after.reserved_bytes.current;
+        rec.in_optimizer_step = true;
+        recoveries_.push_back(rec);
+        ++recovered;
+        ++ooms_recovered_;
+        if (options_.log)
+          *options_.log << "batch splitting: the optimizer step ran out of memory (asked for "
+                        << format_bytes(static_cast<int64_t>(e.requested_bytes()))
+                        << "); emptied the cache and retrying it\n";
+        continue;
+      }
+      restore_state();
+      throw OutOfMemoryError(
+          str_cat("BatchSplitter: the optimizer step ran out of memory twice, the second time after the cache was "
+                  "emptied; splitting the batch cannot shrink the optimizer's state and temporaries. The step "
+                  "changed nothing (parameters, optimizer state, buffers and RNG are as before it; the gradients "
+                  "were dropped). The report of the last failure:\n",
+                  e.what()),
+          e.requested_bytes(), e.limit_bytes());
+    } catch (...) {
+      restore_state();
+      throw;
+    }
+  }
   ++steps_;
   r.ooms_recovered = recovered;
 
+  if (!automatic_) {
+    micro_batch_size_ = m;
+    return r;
+  }
   if (m != fitted) {  // split, or grew
     if (growing && options_.log)
       *options_.log << "batch splitting: grew the micro-batch from " << fitted << " to " << m << "\n";

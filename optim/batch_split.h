@@ -8,6 +8,14 @@
 // the whole batch's mean loss -- exactly, also for an uneven last micro-batch. The optimizer
 // then steps once. (Not so for layers with batch statistics: see docs/batch-splitting.md.)
 //
+// Note [all-or-nothing split step]: a step either completes or changes nothing -- parameters,
+// optimizer state, the loss scaler, the model's buffers and the global RNG are as before it, and
+// the partial gradients are dropped -- whatever throws inside it, in both modes. An
+// OutOfMemoryError in the optimizer step (all-or-nothing itself, Note [all-or-nothing step] in
+// optimizer.h) is retried once after the allocator's cache is emptied, with the gradients kept;
+// if it fails again the step is given up: splitting the batch cannot shrink the optimizer's
+// memory.
+//
 // Note [automatic splitting]: with micro_batches = kAuto the first step tries the whole batch.
 // When an attempt throws OutOfMemoryError, the splitter releases everything it held -- the
 // partial graph and tensors are dropped as the exception unwinds, the partial gradients are
@@ -36,6 +44,7 @@
 #include <vector>
 
 #include "engine/tensor.h"
+#include "optim/grad_scaler.h"
 #include "optim/optimizer.h"
 
 namespace headroom::nn {
@@ -78,6 +87,10 @@ class BatchSplitter {
     // gradients are complete (default: optimizer.step()). One scale serves the whole step.
     std::function<Tensor(const Tensor& weighted_loss)> scale_loss;
     std::function<void(Optimizer&)> optimizer_step;
+    // A loss scaler in one line: when set, the loss is scaled by it, the optimizer steps through
+    // scaler->step then scaler->update (unless the hooks above are set), and a step given up
+    // calls scaler->abandon_step(). The scaler must outlive the splitter.
+    GradScaler* scaler = nullptr;
   };
 
   using StepFn = std::function<MicroBatchOutput(const Tensor& inputs, const Tensor& targets)>;
@@ -93,9 +106,10 @@ class BatchSplitter {
   // zero_grad, forward and backward of each micro-batch (inputs and targets split on dim 0,
   // which must have the same size N > 0), optimizer.step(). fn must return the micro-batch's
   // *mean* loss. In automatic mode an OutOfMemoryError from fn or backward is recovered from
-  // (Note [automatic splitting]); one from optimizer.step() propagates, as splitting cannot
-  // shrink the optimizer's memory. Throws ShapeError for mismatched or empty batches and
-  // ValueError for a loss that is not a scalar with history.
+  // (Note [automatic splitting]); one from optimizer.step() is retried once (Note
+  // [all-or-nothing split step]). Whatever it throws, the step has changed nothing. Throws
+  // ShapeError for mismatched or empty batches and ValueError for a loss that is not a scalar
+  // with history.
   SplitStepResult step(const Tensor& inputs, const Tensor& targets, const StepFn& fn);
 
   bool automatic() const { return automatic_; }
@@ -103,6 +117,15 @@ class BatchSplitter {
   // Automatic mode: the micro-batch size that will be tried first on the next step (0 before
   // the first step: the whole batch). Fixed mode: the size of the last step's micro-batches.
   int64_t micro_batch_size() const { return micro_batch_size_; }
+
+  // What a training checkpoint keeps of the splitter (optim/checkpoint.h): the learned size and
+  // the counters that decide growth. restore() checks the values (ValueError, nothing changed).
+  struct Learned {
+    int64_t micro_batch_size = 0, steps = 0, clean_steps = 0, grow_wait = 0;
+    int64_t ooms_recovered = 0, grow_attempts = 0, grow_failures = 0;
+  };
+  Learned learned() const;
+  void restore(const Learned& learned);
   int64_t ooms_recovered() const { return ooms_recovered_; }  // over all steps
   int64_t grow_attempts() const { return grow_attempts_; }
   int64_t grow_failures() const { return grow_failures_; }
@@ -121,6 +144,9 @@ class BatchSplitter {
     // still in use, so reserved_after <= reserved_before.
     int64_t reserved_before = 0;
     int64_t reserved_after = 0;
+    // The optimizer step ran out of memory (and was retried at the same size), rather than a
+    // micro-batch's forward or backward.
+    bool in_optimizer_step = false;
   };
   const std::vector<Recovery>& recoveries() const { return recoveries_; }
 
@@ -129,6 +155,7 @@ class BatchSplitter {
   SplitStepResult attempt(const Tensor& inputs, const Tensor& targets, const StepFn& fn, int64_t m);
   void drop_grads();
   void step_optimizer();
+  void abandon_scaler();
 
   Optimizer& optimizer_;
   nn::Module* model_;

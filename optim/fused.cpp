@@ -24,6 +24,14 @@ void bump(std::initializer_list<const Tensor*> ts) {
 }
 }  // namespace
 
+bool sgd_applies(const Tensor& p, const Tensor& g, const Tensor& buf, double momentum) {
+  return applies({&p, &g, &buf}) && (momentum == 0 || buf.defined());
+}
+
+bool adam_applies(const Tensor& p, const Tensor& g, const Tensor& m, const Tensor& v) {
+  return applies({&p, &g, &m, &v}) && m.defined() && v.defined();
+}
+
 bool sgd_update(const Tensor& p, const Tensor& g, const Tensor& buf, bool first, double lr, double momentum,
                 double weight_decay, bool nesterov) {
   if (!applies({&p, &g, &buf}) || (momentum != 0 && !buf.defined())) return false;

@@ -9,6 +9,10 @@
 
 namespace headroom::optim::detail {
 
+// Whether sgd_update / adam_update would take these tensors (the test they start with).
+bool sgd_applies(const Tensor& p, const Tensor& g, const Tensor& buf, double momentum);
+bool adam_applies(const Tensor& p, const Tensor& g, const Tensor& m, const Tensor& v);
+
 bool sgd_update(const Tensor& p, const Tensor& g, const Tensor& buf, bool first, double lr, double momentum,
                 double weight_decay, bool nesterov);
 

@@ -50,9 +50,11 @@ void GradScaler::unscale_(Optimizer& optimizer) {
            "would be divided by the scale twice");
   PerOptimizer s;
   s.optimizer = &optimizer;
-  // The gradients, grouped by device in the order first seen.
+  // First everything that allocates: dense copies of strided gradients and the flags. Nothing is
+  // written until all of it exists.
   std::vector<Device> devices;
   std::vector<std::vector<Tensor>> grads;
+  std::vector<std::pair<Tensor, Tensor>> dense;  // (parameter, its gradient made contiguous)
   {
     NoGradGuard no_grad;
     for (const Tensor& p : optimizer.params()) {
@@ -60,7 +62,7 @@ void GradScaler::unscale_(Optimizer& optimizer) {
       if (!g.defined()) continue;
       if (!g.is_contiguous()) {  // the fused pass wants dense gradients; give the parameter one
         g = g.contiguous();
-        p.set_grad(g);
+        dense.emplace_back(p, g);
       }
       size_t d = 0;
       while (d < devices.size() && !(devices[d] == g.device())) ++d;
@@ -70,13 +72,13 @@ void GradScaler::unscale_(Optimizer& optimizer) {
       }
       grads[d].push_back(g);
     }
+    for (const Device& d : devices) s.found_inf.push_back(Tensor::zeros({1}, TensorOptions().dtype(DType::f32).device(d)));
   }
+  for (const auto& [p, g] : dense) p.set_grad(g);
   const double inv_scale = 1.0 / scale_;
   for (size_t d = 0; d < devices.size(); ++d) {
-    Tensor found = Tensor::zeros({1}, TensorOptions().dtype(DType::f32).device(devices[d]));
-    backend_for(devices[d]).unscale_and_check(grads[d], inv_scale, found);
+    backend_for(devices[d]).unscale_and_check(grads[d], inv_scale, s.found_inf[d]);
     for (const Tensor& g : grads[d]) g.bump_version();  // written in place (Note [version counter])
-    s.found_inf.push_back(found);
   }
   this_step_.push_back(std::move(s));
 }
@@ -110,7 +112,7 @@ void GradScaler::update() {
            "GradScaler::update: no unscale_() or step() since the last update(), so there is no overflow check to "
            "act on");
   bool found = false;
-  for (PerOptimizer& s : this_step_) found = read_found(s) || found;
+  for (PerOptimizer& s : this_step_) found = read_found(s) || found;  // reads first, then changes
   this_step_.clear();
   if (found) {
     scale_ *= options_.backoff_factor;
@@ -119,6 +121,41 @@ void GradScaler::update() {
     scale_ = std::min(scale_ * options_.growth_factor, kF32Max);
     growth_tracker_ = 0;
   }
+}
+
+}  // namespace headroom::optim
+
+namespace headroom::optim {
+
+std::map<std::string, Tensor> GradScaler::state_dict() const {
+  return {{"scale", Tensor::scalar(scale_, DType::f64)},
+          {"growth_tracker", Tensor::scalar(static_cast<double>(growth_tracker_), DType::i64)},
+          {"skipped_steps", Tensor::scalar(static_cast<double>(skipped_steps_), DType::i64)}};
+}
+
+void GradScaler::load_state_dict(const std::map<std::string, Tensor>& state) {
+  HR_CHECK(this_step_.empty(), ValueError,
+           "GradScaler::load_state_dict: called inside a step (after unscale_ or step, before update)");
+  auto get = [&](const char* key, DType dtype) {
+    auto it = state.find(key);
+    HR_CHECK(it != state.end() && it->second.defined() && it->second.numel() == 1 && it->second.dtype() == dtype,
+             ValueError, "GradScaler::load_state_dict: no ", dtype_name(dtype), " scalar '", key, "'");
+    return it->second.item<double>();
+  };
+  const double scale = get("scale", DType::f64);
+  const double growth = get("growth_tracker", DType::i64);
+  const double skipped = get("skipped_steps", DType::i64);
+  HR_CHECK(state.size() == 3, ValueError, "GradScaler::load_state_dict: ", state.size() - 3,
+           " entries besides scale, growth_tracker and skipped_steps");
+  HR_CHECK(std::isfinite(scale) && scale > 0 && scale <= kF32Max && (options_.enabled || scale == 1.0), ValueError,
+           "GradScaler::load_state_dict: 'scale' is ", scale, ", not a positive finite f32 value",
+           options_.enabled ? "" : " (1 for a disabled scaler)");
+  HR_CHECK(growth >= 0 && growth < static_cast<double>(options_.growth_interval) && skipped >= 0, ValueError,
+           "GradScaler::load_state_dict: growth_tracker ", growth, " must be in [0, growth_interval ",
+           options_.growth_interval, ") and skipped_steps ", skipped, " >= 0");
+  scale_ = scale;
+  growth_tracker_ = static_cast<int64_t>(growth);
+  skipped_steps_ = static_cast<int64_t>(skipped);
 }
 
 }  // namespace headroom::optim

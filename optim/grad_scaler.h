@@ -22,6 +22,11 @@
 //     scaler.update();                              // adjusts S
 //   }
 //
+// Every method is all-or-nothing (Note [all-or-nothing step] in optimizer.h): unscale_ makes its
+// flags and any contiguous gradient copies before it writes a gradient, and step() and update()
+// read the flags back without allocating, so an OutOfMemoryError leaves the scaler and the
+// gradients as they were.
+//
 // unscale_ is one fused pass over all the optimizer's gradients per device
 // (Backend::unscale_and_check: divide by S and test for inf/NaN together), writing a one-element
 // flag on the device; the flag is read on the host once per step (in step(), or in update()
@@ -29,6 +34,8 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
+#include <string>
 #include <vector>
 
 #include "engine/tensor.h"
@@ -63,6 +70,18 @@ class GradScaler {
   // a clean step and grows S after growth_interval of them. Throws ValueError when no unscale_
   // or step happened since the last update().
   void update();
+
+  // Forgets this step's unscale_ records without changing S, for a step that is given up after
+  // the gradients were unscaled (BatchSplitter does this when a step fails; the caller drops the
+  // gradients, which are no longer scaled). A step() whose optimizer.step() threw keeps its
+  // record, so retrying step() does not divide the gradients by S twice.
+  void abandon_step() { this_step_.clear(); }
+
+  // For a training checkpoint (optim/checkpoint.h): "scale" (f64), "growth_tracker" and
+  // "skipped_steps" (i64) scalars. load_state_dict checks every entry first (ValueError naming
+  // it, nothing changed) and throws ValueError inside a step (after unscale_, before update()).
+  std::map<std::string, Tensor> state_dict() const;
+  void load_state_dict(const std::map<std::string, Tensor>& state);
 
   double scale() const { return scale_; }  // S now (1 when disabled)
   int64_t growth_tracker() const { return growth_tracker_; }  // clean steps since S last changed

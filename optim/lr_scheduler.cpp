@@ -21,6 +21,13 @@ void LRScheduler::step() {
   optimizer_.set_lr(last_lr_);
 }
 
+void LRScheduler::restore(int64_t step) {
+  HR_CHECK(step >= 0, ValueError, "LRScheduler::restore: step must be >= 0, got ", step);
+  step_ = step;
+  last_lr_ = lr_at(step_);
+  optimizer_.set_lr(last_lr_);
+}
+
 StepLR::StepLR(Optimizer& optimizer, int64_t step_size, double gamma)
     : LRScheduler(optimizer), step_size_(step_size), gamma_(gamma) {
   HR_CHECK(step_size > 0, ValueError, "StepLR: step_size must be positive, got ", step_size);

@@ -25,6 +25,9 @@ class LRScheduler {
   double base_lr() const { return base_lr_; }
   // The schedule itself: the lr after `step` steps.
   virtual double lr_at(int64_t step) const = 0;
+  // Resumes at `step` steps taken (a training checkpoint): sets the optimizer's lr to
+  // lr_at(step). Throws ValueError for a negative step.
+  void restore(int64_t step);
 
  protected:
   // Subclasses call this at the end of their constructor (lr_at needs their members).

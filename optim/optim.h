@@ -3,6 +3,7 @@
 
 #include "optim/adam.h"
 #include "optim/batch_split.h"
+#include "optim/checkpoint.h"
 #include "optim/clip.h"
 #include "optim/grad_scaler.h"
 #include "optim/lr_scheduler.h"

@@ -6,6 +6,7 @@
 
 #include "autograd/functions.h"
 #include "autograd/grad_mode.h"
+#include "engine/backend.h"
 #include "engine/memory.h"
 #include "optim/fused.h"
 
@@ -19,31 +20,103 @@ SGD::SGD(std::vector<Tensor> params, double lr, double momentum, double weight_d
   momentum_buffers_.resize(params_.size());
 }
 
-void SGD::step() {
-  NoGradGuard no_grad;
+// Note [all-or-nothing step] (optimizer.h): everything that allocates happens here. A new
+// momentum buffer is made empty and written whole by the commit (it takes the first direction).
+void SGD::prepare_step() {
+  pending_.clear();
+  workspace_.clear();
+  bool any_unfused = false;
   for (size_t i = 0; i < params_.size(); ++i) {
-    Tensor p = params_[i];
-    const Tensor g = p.grad();
+    reserving_ = i;
+    const Tensor& p = params_[i];
+    Tensor g = checked_grad(i, "SGD");
     if (!g.defined()) continue;
     Tensor& buf = momentum_buffers_[i];
-    const bool first = !buf.defined();
-    if (momentum_ != 0 && first) {
+    Pending pd{i, g, momentum_ != 0 && !buf.defined(), false};
+    pending_.push_back(pd);  // first = true: discard_step drops the buffer made below
+    if (pd.first) {
       CategoryScope scope(MemoryCategory::optimizer_state);
       buf = Tensor::empty(p.shape(), p.options());
     }
-    if (fused_ && detail::sgd_update(p, g, buf, first, lr_, momentum_, weight_decay_, nesterov_)) continue;
-    Tensor d = weight_decay_ != 0 ? g + p * weight_decay_ : g;
-    if (momentum_ != 0) {
-      if (first) {
-        buf.copy_(d);
-      } else {
-        buf.mul_(momentum_);
-        buf.add_(d);
+    pd.fused = fused_ && detail::sgd_applies(p, g, buf, momentum_);
+    if (!pd.fused) {
+      any_unfused = true;
+      workspace_.need(p);
+      if (g.dtype() != p.dtype()) {
+        CategoryScope scope(MemoryCategory::temporary);
+        pd.grad = Tensor::empty(p.shape(), p.options());
+        copy_tensor(pd.grad, g);
       }
-      d = nesterov_ ? d + buf * momentum_ : buf;
     }
-    p.add_(d, -lr_);
+    pending_.back() = pd;
   }
+  if (any_unfused) workspace_.reserve(/*buffers=*/2, /*scalars=*/1);
+}
+
+void SGD::discard_step() noexcept {
+  for (const Pending& pd : pending_)
+    if (pd.first) momentum_buffers_[pd.index] = Tensor();
+  pending_.clear();
+  workspace_.clear();
+}
+
+void SGD::commit_step() {
+  for (const Pending& pd : pending_) {
+    const Tensor& p = params_[pd.index];
+    const Tensor& buf = momentum_buffers_[pd.index];
+    if (pd.fused) {
+      detail::sgd_update(p, pd.grad, buf, pd.first, lr_, momentum_, weight_decay_, nesterov_);
+      continue;
+    }
+    update_unfused(p, pd.grad, buf, pd.first);
+  }
+  pending_.clear();
+  workspace_.clear();
+}
+
+// The definition of the update, in Tensor-level ops on the reserved workspace: two buffers (t1, t2)
+// and one scalar, refilled with each coefficient before its use.
+void SGD::update_unfused(const Tensor& p, const Tensor& g, const Tensor& buf, bool first) const {
+  Backend& be = backend_for(p.device());
+  const Tensor t1 = workspace_.buffer(0, p), t2 = workspace_.buffer(1, p);
+  auto s = [&](double v) { return workspace_.scalar(0, p, v); };
+  Tensor d = g;
+  if (weight_decay_ != 0) {  // d = g + weight_decay * p
+    be.binary(BinaryOp::mul, p, s(weight_decay_), t1);
+    be.binary(BinaryOp::add, g, t1, t1);
+    d = t1;
+  }
+  if (momentum_ != 0) {
+    if (first) {
+      be.copy(buf, d);
+    } else {
+      be.binary(BinaryOp::mul, buf, s(momentum_), buf);
+      be.binary(BinaryOp::add, buf, d, buf);
+    }
+    buf.bump_version();
+    if (nesterov_) {  // d = d + momentum * buf
+      be.binary(BinaryOp::mul, buf, s(momentum_), t2);
+      be.binary(BinaryOp::add, d, t2, t2);
+      d = t2;
+    } else {
+      d = buf;
+    }
+  }
+  // p -= lr * d: in place when d is a buffer; otherwise (d is g or the momentum buffer) t2 is free.
+  const Tensor step = d.is_same(t1) || d.is_same(t2) ? d : t2;
+  be.binary(BinaryOp::mul, d, s(-lr_), step);
+  be.binary(BinaryOp::add, p, step, p);
+  p.bump_version();
+}
+
+void SGD::param_state(size_t i, std::map<std::string, Tensor>& out) const {
+  if (momentum_buffers_[i].defined()) out["momentum_buffer"] = momentum_buffers_[i];
+}
+
+std::vector<std::string> SGD::param_state_names() const { return {"momentum_buffer"}; }
+
+void SGD::set_param_state(size_t i, std::map<std::string, Tensor> state) noexcept {
+  momentum_buffers_[i] = state.empty() ? Tensor() : state["momentum_buffer"];
 }
 
 size_t SGD::state_nbytes() const {

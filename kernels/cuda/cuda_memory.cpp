@@ -168,7 +168,7 @@ const bool g_registered = [] {
     // Never destroyed, like the cpu allocator: tensors in static storage may be freed at exit.
     auto* allocator = new CachingAllocator(std::move(backend));
     try {
-      apply_env_memory_limit(*allocator);
+      apply_env_settings(*allocator);
     } catch (const Error& e) {
       raw->fail_allocations_with(e.what());
     }
