@@ -76,10 +76,15 @@ int main(int argc, char** argv) {
     examples::Precision precision = examples::make_precision(cfg);
     auto splitter = examples::make_splitter(cfg, optimizer, *model, precision.scaler.get());
 
+    // --save-every / --resume: everything the rest of the run depends on (optim/checkpoint.h).
+    examples::Checkpointing checkpoints(cfg, {.model = model.get(), .optimizer = &optimizer,
+                                              .scaler = precision.scaler.get(), .splitter = splitter.get(),
+                                              .schedule = schedule.get()});
     std::vector<examples::EpochStats> history;
-    for (int64_t epoch = 0; epoch < cfg.epochs; ++epoch)
+    for (int64_t epoch = checkpoints.resume(); epoch < cfg.epochs; ++epoch)
       history.push_back(examples::train_one_epoch(*model, *splitter, schedule.get(), loader, device, epoch, cfg.epochs,
-                                                        precision.autocast));
+                                                  precision.autocast, &checkpoints));
+    if (!cfg.save_model.empty()) model->save(cfg.save_model);
 
     const double accuracy = examples::evaluate(*model, test, /*batch_size=*/500, device,
                                                  /*halve_on_oom=*/cfg.micro_batches == "auto");

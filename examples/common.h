@@ -196,6 +196,10 @@ struct TrainConfig {
   std::string memory_report;  // "" : no report
   std::string micro_batches = "1";  // a count, or "auto" (optim/batch_split.h)
   std::string precision = "f32";    // f32, f16 or bf16 (docs/mixed-precision.md)
+  int64_t save_every = 0;           // optimizer steps between training checkpoints (0: none)
+  std::string checkpoint = "checkpoint.hrck";  // where --save-every writes
+  std::string resume;               // a training checkpoint to resume from ("" : start afresh)
+  std::string save_model;           // the trained model's state dict, written at the end ("" : none)
 };
 
 inline void add_training_flags(Flags& flags, TrainConfig& cfg) {
@@ -226,6 +230,15 @@ inline void add_training_flags(Flags& flags, TrainConfig& cfg) {
             Flags::Check<std::string>([](const std::string& v) {
               return v == "f32" || v == "f16" || v == "bf16" ? std::string() : std::string("expected f32, f16 or bf16");
             }));
+  flags.add("save-every", &cfg.save_every,
+            "write a training checkpoint to --checkpoint every N optimizer steps (0: never); a killed run resumes "
+            "from it with --resume",
+            at_least<int64_t>(0));
+  flags.add("checkpoint", &cfg.checkpoint, "the training checkpoint --save-every writes");
+  flags.add("resume", &cfg.resume,
+            "resume from this training checkpoint (same flags as the run that wrote it): model, optimizer, loss "
+            "scaler, batch splitting, schedule, RNG and the position in the data");
+  flags.add("save-model", &cfg.save_model, "write the trained model's state dict here at the end");
   flags.add("micro-batches", &cfg.micro_batches,
             "run each batch as N micro-batches (gradient accumulation), or auto: split when out of memory",
             Flags::Check<std::string>([](const std::string& v) {
@@ -448,18 +461,71 @@ struct EpochStats {
   int64_t images = 0;
 };
 
+// ---- training checkpoints (optim/checkpoint.h) ----
+
+// --save-every, --checkpoint and --resume for a training loop over epochs of a BatchLoader: the
+// optim::TrainingState of the run's objects, the loop position it keeps up to date, and the
+// epoch's running sums (so a resumed epoch prints the same totals as an uninterrupted one).
+class Checkpointing {
+ public:
+  Checkpointing(const TrainConfig& cfg, optim::TrainingState state) : cfg_(cfg), state_(std::move(state)) {}
+
+  // Loads --resume, if given; returns the epoch to start at.
+  int64_t resume() {
+    if (cfg_.resume.empty()) return 0;
+    optim::load_training_checkpoint(cfg_.resume, state_);
+    resuming_ = true;
+    std::cout << "resumed from " << cfg_.resume << ": step " << state_.step << ", epoch " << state_.epoch + 1
+              << ", batch " << state_.next_batch << "\n";
+    return state_.epoch;
+  }
+  // Positions the loader at the start of `epoch`, or where the checkpoint left it.
+  void start_epoch(data::BatchLoader& loader, int64_t epoch, double& loss_sum, int64_t& correct, int64_t& seen,
+                   int64_t& batches) {
+    if (resuming_ && epoch == state_.epoch) {
+      loader.resume(epoch, state_.data_order, state_.next_batch);
+      loss_sum = state_.extra.at("loss_sum").item<double>();
+      correct = state_.extra.at("correct").item<int64_t>();
+      seen = state_.extra.at("seen").item<int64_t>();
+      batches = state_.next_batch;
+      resuming_ = false;
+      return;
+    }
+    loader.start_epoch(epoch);
+  }
+  // After each optimizer step: counts it and writes a checkpoint every --save-every steps.
+  void after_step(const data::BatchLoader& loader, int64_t epoch, double loss_sum, int64_t correct, int64_t seen) {
+    ++state_.step;
+    if (cfg_.save_every == 0 || state_.step % cfg_.save_every != 0) return;
+    state_.epoch = epoch;
+    state_.next_batch = loader.next_batch();
+    state_.data_order = loader.order();
+    state_.extra["loss_sum"] = Tensor::scalar(loss_sum, DType::f64);
+    state_.extra["correct"] = Tensor::from_vector(std::vector<int64_t>{correct}, {}, DType::i64);
+    state_.extra["seen"] = Tensor::from_vector(std::vector<int64_t>{seen}, {}, DType::i64);
+    optim::save_training_checkpoint(cfg_.checkpoint, state_);
+    std::cout << "checkpoint: step " << state_.step << " saved to " << cfg_.checkpoint << "\n" << std::flush;
+  }
+
+ private:
+  const TrainConfig& cfg_;
+  optim::TrainingState state_;
+  bool resuming_ = false;
+};
+
 // One pass over the loader: cross-entropy, backward, optimizer step per batch (through the
 // splitter, which may run a batch as micro-batches), with a progress line; a schedule, if given,
 // steps after each optimizer step. epoch is 0-based (it seeds the loader's shuffle).
 inline EpochStats train_one_epoch(nn::Module& model, optim::BatchSplitter& splitter, optim::LRScheduler* schedule,
                                   data::BatchLoader& loader, Device device, int64_t epoch, int64_t epochs,
-                                  std::optional<DType> autocast = std::nullopt) {
+                                  std::optional<DType> autocast = std::nullopt, Checkpointing* checkpoints = nullptr) {
   model.train();
-  loader.start_epoch(epoch);
-  ProgressBar progress(epoch + 1, epochs, loader.num_batches());
-  Timer timer;
   double loss_sum = 0;
   int64_t correct = 0, seen = 0, batches = 0;
+  if (checkpoints) checkpoints->start_epoch(loader, epoch, loss_sum, correct, seen, batches);
+  else loader.start_epoch(epoch);
+  ProgressBar progress(epoch + 1, epochs, loader.num_batches());
+  Timer timer;
   Tensor images, labels;
   while (loader.next(images, labels)) {
     images = images.to(device);
@@ -477,6 +543,7 @@ inline EpochStats train_one_epoch(nn::Module& model, optim::BatchSplitter& split
     correct += count_correct(step.output, labels);
     seen += b;
     ++batches;
+    if (checkpoints) checkpoints->after_step(loader, epoch, loss_sum, correct, seen);
     progress.update(batches, seen, loss_sum / static_cast<double>(seen), static_cast<double>(correct) / static_cast<double>(seen));
     // Let go of this batch before the loader makes the next, so two batches are never held.
     images = Tensor();

@@ -86,9 +86,6 @@ void save_training_checkpoint(const std::string& path, const TrainingState& stat
 void restore_training_state(const std::map<std::string, Tensor>& all, TrainingState& st, const std::string& source) {
   HR_CHECK(st.model && st.optimizer, ValueError, "load_training_checkpoint: the state needs a model and an optimizer");
   // ---- check everything; nothing changes in this half ----
-  const int64_t version = get_i64(all, "checkpoint/version", source);
-  check(version == kTrainingCheckpointVersion, source,
-        str_cat("training checkpoint version ", version, ", this build reads version ", kTrainingCheckpointVersion));
   static const std::set<std::string> kPrefixes = {"checkpoint", "model", "optim",    "scaler", "splitter",
                                                   "schedule",   "rng",   "loop",     "extra"};
   for (const auto& [k, t] : all) {
@@ -97,6 +94,9 @@ void restore_training_state(const std::map<std::string, Tensor>& all, TrainingSt
           "entry '" + k + "' belongs to no part of a training checkpoint (is this a model's state dict? load it "
                           "with Module::load)");
   }
+  const int64_t version = get_i64(all, "checkpoint/version", source);
+  check(version == kTrainingCheckpointVersion, source,
+        str_cat("training checkpoint version ", version, ", this build reads version ", kTrainingCheckpointVersion));
   const std::map<std::string, Tensor> model = part(all, "model"), optim = part(all, "optim"),
                                       scaler = part(all, "scaler"), splitter = part(all, "splitter"),
                                       extra = part(all, "extra");

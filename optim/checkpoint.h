@@ -58,8 +58,8 @@ struct TrainingState {
   int64_t step = 0;        // optimizer steps done
   int64_t epoch = 0;       // the epoch in progress (0-based)
   int64_t next_batch = 0;  // the first batch of that epoch not yet trained on
-  std::vector<int64_t> data_order;  // the epoch's sample order (empty when not shuffled)
-  std::map<std::string, Tensor> extra;  // anything else the program keeps; loaded as saved
+  std::vector<int64_t> data_order{};  // the epoch's sample order (empty when not shuffled)
+  std::map<std::string, Tensor> extra{};  // anything else the program keeps; loaded as saved
 };
 
 // Throws ValueError for a state without model or optimizer, IOError naming the file when it

@@ -81,6 +81,17 @@ void BatchLoader::start_epoch(int64_t epoch) {
   cursor_ = 0;
 }
 
+void BatchLoader::resume(int64_t epoch, const std::vector<int64_t>& order, int64_t next_batch) {
+  HR_CHECK(next_batch >= 0 && next_batch <= num_batches(), ValueError, "BatchLoader::resume: batch ", next_batch,
+           " is not within the epoch's ", num_batches(), " batches of ", batch_size_);
+  HR_CHECK(static_cast<int64_t>(order.size()) == n_, ValueError, "BatchLoader::resume: the saved order has ",
+           order.size(), " samples, the data set ", n_, " (another data set or --train-limit?)");
+  start_epoch(epoch);
+  HR_CHECK(order == order_, ValueError, "BatchLoader::resume: the saved order of epoch ", epoch,
+           " is not the one this loader makes (another seed, data set or shuffle setting?)");
+  cursor_ = next_batch * batch_size_;
+}
+
 bool BatchLoader::next(Tensor& images, Tensor& labels) {
   const int64_t remaining = n_ - cursor_;
   if (remaining <= 0 || (drop_last_ && remaining < batch_size_)) return false;

@@ -36,6 +36,13 @@ class BatchLoader {
   // Starts epoch `epoch` (0-based): reorders the samples from (seed, epoch) when shuffling,
   // and rewinds. The constructor starts epoch 0.
   void start_epoch(int64_t epoch);
+  // Resumes inside epoch `epoch` (a training checkpoint, optim/checkpoint.h): the epoch's saved
+  // sample order and the index of the next batch. The order must be a permutation of the data
+  // set's samples, and it must be the one start_epoch(epoch) makes -- otherwise the checkpoint was
+  // saved with another seed, data set or batch order, and a ValueError says so.
+  void resume(int64_t epoch, const std::vector<int64_t>& order, int64_t next_batch);
+  // The index of the next batch next() returns, within the epoch.
+  int64_t next_batch() const { return cursor_ / batch_size_; }
   // The next batch of the epoch into images/labels; false (and both left alone) at its end.
   bool next(Tensor& images, Tensor& labels);
   // The dataset indices of the current epoch, in batch order.
