@@ -599,8 +599,9 @@ std::string CachingAllocator::oom_report_locked(size_t bytes, size_t rounded) co
                             "parameter, SGD with momentum one, plain SGD none)");
   std::stable_sort(remedies.begin(), remedies.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
   bool any = limit > 0 && static_cast<int64_t>(rounded) > limit;
+  // A holder of under a tenth of what is in use is not worth shrinking when a larger one is.
   for (const auto& [bytes_held, text] : remedies)
-    if (bytes_held > 0) {
+    if (bytes_held > 0 && (!any || bytes_held * 10 >= allocated)) {
       os << "\n    - " << text;
       any = true;
     }
