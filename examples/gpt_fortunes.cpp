@@ -274,6 +274,12 @@ int main(int argc, char** argv) {
             }));
   flags.add("memory-report", &cfg.memory_report,
             "write stats.json, snapshot.json, trace.json, trace.chrome.json and timeline.html to this folder");
+  flags.add("save-every", &cfg.save_every,
+            "write a training checkpoint to --checkpoint every N steps (0: never); resume with --resume",
+            examples::at_least<int64_t>(0));
+  flags.add("checkpoint", &cfg.checkpoint, "the training checkpoint --save-every writes");
+  flags.add("resume", &cfg.resume, "resume from this training checkpoint (same flags as the run that wrote it)");
+  flags.add("save-model", &cfg.save_model, "write the trained model's state dict here at the end");
   if (auto code = flags.parse(argc, argv)) return *code;
   if (n_embd % n_head != 0) {
     std::cerr << "gpt_fortunes: --n-embd " << n_embd << " is not divisible by --n-head " << n_head << " (see --help)\n";
@@ -318,7 +324,27 @@ int main(int argc, char** argv) {
     double loss_sum = 0;
     int64_t in_interval = 0;
     double val_loss = std::nan("");
-    for (int64_t step = 1; step <= steps; ++step) {
+    // Training checkpoints (optim/checkpoint.h): the batch sampler's generator is this loop's
+    // data order, kept as its text form in the checkpoint's extra tensors.
+    optim::TrainingState ckpt{.model = model.get(), .optimizer = &optimizer, .schedule = &schedule};
+    auto text_tensor = [](const std::string& text) {
+      std::vector<uint8_t> bytes(text.begin(), text.end());
+      return Tensor::from_vector(bytes, {static_cast<int64_t>(bytes.size())}, DType::u8);
+    };
+    int64_t first_step = 1;
+    if (!cfg.resume.empty()) {
+      optim::load_training_checkpoint(cfg.resume, ckpt);
+      HR_CHECK(ckpt.extra.count("batch_rng") && ckpt.extra.count("loss_sum") && ckpt.extra.count("val_loss"),
+               ValueError, "gpt_fortunes: '", cfg.resume, "' was not written by gpt_fortunes --save-every");
+      const std::vector<uint8_t> bytes = ckpt.extra.at("batch_rng").to_vector<uint8_t>();
+      std::istringstream(std::string(bytes.begin(), bytes.end())) >> rng;
+      loss_sum = ckpt.extra.at("loss_sum").item<double>();
+      in_interval = ckpt.extra.at("in_interval").item<int64_t>();
+      val_loss = ckpt.extra.at("val_loss").item<double>();
+      first_step = ckpt.step + 1;
+      std::cout << "resumed from " << cfg.resume << " after step " << ckpt.step << "\n";
+    }
+    for (int64_t step = first_step; step <= steps; ++step) {
       Tensor x, y;
       make_batch(corpus.train, random_starts(rng, cfg.batch_size, static_cast<int64_t>(corpus.train.size()), block_size),
                  block_size, device, x, y);
@@ -348,7 +374,19 @@ int main(int argc, char** argv) {
                   << std::flush;
       }
       if (step % log_every == 0) interval.reset();  // after the evaluation, so tok/s is training only
+      if (cfg.save_every > 0 && step % cfg.save_every == 0) {
+        ckpt.step = step;
+        std::ostringstream rng_text;
+        rng_text << rng;
+        ckpt.extra["batch_rng"] = text_tensor(rng_text.str());
+        ckpt.extra["loss_sum"] = Tensor::scalar(loss_sum, DType::f64);
+        ckpt.extra["in_interval"] = Tensor::from_vector(std::vector<int64_t>{in_interval}, {}, DType::i64);
+        ckpt.extra["val_loss"] = Tensor::scalar(val_loss, DType::f64);
+        optim::save_training_checkpoint(cfg.checkpoint, ckpt);
+        std::cout << "checkpoint: step " << step << " saved to " << cfg.checkpoint << "\n" << std::flush;
+      }
     }
+    if (!cfg.save_model.empty()) model->save(cfg.save_model);
     std::cout << "training time: " << std::fixed << std::setprecision(1) << total.seconds() << " s ("
               << std::setprecision(0) << static_cast<double>(steps * tokens_per_step) / total.seconds() << " tok/s overall)\n";
     memory.print_peaks();

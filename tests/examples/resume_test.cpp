@@ -23,11 +23,13 @@ using program_runner::read_text;
 using program_runner::run_program;
 
 const std::string kMlp = std::string(HEADROOM_BINARY_DIR) + "/mlp_fashion_mnist";
+const std::string kGpt = std::string(HEADROOM_BINARY_DIR) + "/gpt_fortunes";
 
 // Runs the program with args, reads its output line by line, and kills it (SIGKILL) once `kill_after`
 // lines containing `marker` have been read (never when kill_after is 0). Returns true when it
 // ran to its end with exit code 0, false when it was killed; the output goes to *log.
-bool run_until(const std::vector<std::string>& args, const std::string& marker, int kill_after, std::string* log) {
+bool run_until(const std::string& program, const std::vector<std::string>& args, const std::string& marker,
+               int kill_after, std::string* log) {
   int fds[2];
   if (pipe(fds) != 0) {
     ADD_FAILURE() << "pipe failed";
@@ -40,10 +42,10 @@ bool run_until(const std::vector<std::string>& args, const std::string& marker, 
     close(fds[0]);
     close(fds[1]);
     std::vector<char*> argv;
-    argv.push_back(const_cast<char*>(kMlp.c_str()));
+    argv.push_back(const_cast<char*>(program.c_str()));
     for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
     argv.push_back(nullptr);
-    execv(kMlp.c_str(), argv.data());
+    execv(program.c_str(), argv.data());
     _exit(127);
   }
   close(fds[1]);
@@ -78,7 +80,7 @@ void expect_resumes_bit_identical(const std::vector<std::string>& flags, const s
   std::string log;
   std::vector<std::string> a = flags;
   a.insert(a.end(), {"--save-model", straight});
-  ASSERT_TRUE(run_until(a, "", 0, &log));
+  ASSERT_TRUE(run_until(kMlp, a, "", 0, &log));
   EXPECT_NE(log.find(straight_run_says), std::string::npos) << log;
 
   // The kills: after the 2nd checkpoint line; after the 1st of the resumed run; right after a
@@ -95,7 +97,7 @@ void expect_resumes_bit_identical(const std::vector<std::string>& flags, const s
     b.insert(b.end(), {"--save-every", "2", "--checkpoint", ckpt, "--save-model", resumed});
     if (fs::exists(ckpt)) b.insert(b.end(), {"--resume", ckpt});
     std::string run_log;
-    const bool finished = run_until(b, kills[i].marker, kills[i].after, &run_log);
+    const bool finished = run_until(kMlp, b, kills[i].marker, kills[i].after, &run_log);
     log += run_log;
     if (finished) break;
     ++killed;
@@ -118,6 +120,30 @@ TEST(ResumeExample, WithALossScalerAndAutomaticSplittingUnderALimit) {
   expect_resumes_bit_identical({"--epochs", "2", "--train-limit", "2048", "--batch-size", "512", "--precision", "f16",
                                 "--micro-batches", "auto", "--memory-limit", "10MiB"},
                                "f16_auto", "retrying with 256");
+}
+
+// gpt_fortunes keeps its own loop: its batch sampler's generator and the dropout RNG must come
+// back from the checkpoint too.
+TEST(ResumeExample, GptFortunesKilledAndResumedEndsBitIdentical) {
+  const fs::path dir = fs::temp_directory_path() / ("headroom_resume_gpt_" + std::to_string(getpid()));
+  fs::create_directories(dir);
+  const std::vector<std::string> flags = {"--steps", "24", "--batch-size", "4", "--block-size", "16", "--n-layer",
+                                          "1", "--n-embd", "32", "--n-head", "2", "--eval-every", "10",
+                                          "--sample-chars", "0"};
+  const std::string straight = (dir / "straight.hrsd").string(), resumed = (dir / "resumed.hrsd").string();
+  const std::string ckpt = (dir / "run.hrck").string();
+  std::string log;
+  std::vector<std::string> a = flags;
+  a.insert(a.end(), {"--save-model", straight});
+  ASSERT_TRUE(run_until(kGpt, a, "", 0, &log));
+  std::vector<std::string> b = flags;
+  b.insert(b.end(), {"--save-every", "5", "--checkpoint", ckpt, "--save-model", resumed});
+  ASSERT_FALSE(run_until(kGpt, b, "checkpoint: step", 2, &log));
+  b.insert(b.end(), {"--resume", ckpt});
+  ASSERT_TRUE(run_until(kGpt, b, "", 0, &log));
+  EXPECT_NE(log.find("resumed from"), std::string::npos) << log;
+  EXPECT_TRUE(read_text(straight) == read_text(resumed)) << log;
+  fs::remove_all(dir);
 }
 
 }  // namespace
