@@ -44,7 +44,10 @@ void CpuBackend::adam_update(const Tensor& p, const Tensor& g, const Tensor& m, 
     const T* gp = g.data<T>();
     T* mp = m.data<T>();
     T* vp = v.data<T>();
+    // Every coefficient folded in double, then rounded once: 1 - beta from the f32 beta would be
+    // 1 - 0.999f = 0.00099998713, and the first steps 6.7e-6 too large.
     const A b1 = static_cast<A>(beta1), b2 = static_cast<A>(beta2);
+    const A one_minus_b1 = static_cast<A>(1.0 - beta1), one_minus_b2 = static_cast<A>(1.0 - beta2);
     const A a_eps = static_cast<A>(eps);
     const A decay = decoupled ? static_cast<A>(1.0 - lr * weight_decay) : A(1);
     const A l2 = decoupled ? A(0) : static_cast<A>(weight_decay);
@@ -54,8 +57,8 @@ void CpuBackend::adam_update(const Tensor& p, const Tensor& g, const Tensor& m, 
       for (int64_t i = begin; i < end; ++i) {
         const A w = static_cast<A>(pp[i]) * decay;
         const A d = static_cast<A>(gp[i]) + l2 * w;
-        const A mi = b1 * static_cast<A>(mp[i]) + (A(1) - b1) * d;
-        const A vi = b2 * static_cast<A>(vp[i]) + (A(1) - b2) * d * d;
+        const A mi = b1 * static_cast<A>(mp[i]) + one_minus_b1 * d;
+        const A vi = b2 * static_cast<A>(vp[i]) + one_minus_b2 * d * d;
         mp[i] = static_cast<T>(mi);
         vp[i] = static_cast<T>(vi);
         pp[i] = static_cast<T>(w - step_size * mi / (std::sqrt(vi) * inv_sqrt_bc2 + a_eps));

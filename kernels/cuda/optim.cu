@@ -45,15 +45,16 @@ __global__ void sgd_kernel(T* __restrict__ p, const T* __restrict__ g, T* __rest
 
 template <typename T>
 __global__ void adam_kernel(T* __restrict__ p, const T* __restrict__ g, T* __restrict__ m, T* __restrict__ v,
-                            int64_t n, acc_type<T> beta1, acc_type<T> beta2, acc_type<T> eps, acc_type<T> decay,
-                            acc_type<T> l2, acc_type<T> step_size, acc_type<T> inv_sqrt_bc2) {
+                            int64_t n, acc_type<T> beta1, acc_type<T> one_minus_beta1, acc_type<T> beta2,
+                            acc_type<T> one_minus_beta2, acc_type<T> eps, acc_type<T> decay, acc_type<T> l2,
+                            acc_type<T> step_size, acc_type<T> inv_sqrt_bc2) {
   using A = acc_type<T>;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const A w = convert<A>(p[i]) * decay;
     const A d = convert<A>(g[i]) + l2 * w;
-    const A mi = beta1 * convert<A>(m[i]) + (A(1) - beta1) * d;
-    const A vi = beta2 * convert<A>(v[i]) + (A(1) - beta2) * d * d;
+    const A mi = beta1 * convert<A>(m[i]) + one_minus_beta1 * d;
+    const A vi = beta2 * convert<A>(v[i]) + one_minus_beta2 * d * d;
     m[i] = convert<T>(mi);
     v[i] = convert<T>(vi);
     p[i] = convert<T>(w - step_size * mi / (device_sqrt(vi) * inv_sqrt_bc2 + eps));
@@ -83,14 +84,16 @@ void adam_impl(const KernelScope& scope, const Tensor& p, const Tensor& g, const
                double bias_correction1, double bias_correction2) {
   using A = acc_type<T>;
   const int64_t n = p.numel();
-  // Folded in double, then rounded to A, as on the CPU.
+  // Folded in double, then rounded to A, as on the CPU: 1 - beta too (1 - 0.999f in f32 is
+  // 0.00099998713, which made the first steps 6.7e-6 too large).
   const A decay = decoupled ? static_cast<A>(1.0 - lr * weight_decay) : A(1);
   const A l2 = decoupled ? A(0) : static_cast<A>(weight_decay);
   const A step_size = static_cast<A>(lr / bias_correction1);
   const A inv_sqrt_bc2 = static_cast<A>(1.0 / std::sqrt(bias_correction2));
   adam_kernel<T><<<grid_for(n), kBlock, 0, scope.stream()>>>(
       device_data<T>(p), device_data<T>(g), device_data<T>(m), device_data<T>(v), n, static_cast<A>(beta1),
-      static_cast<A>(beta2), static_cast<A>(eps), decay, l2, step_size, inv_sqrt_bc2);
+      static_cast<A>(1.0 - beta1), static_cast<A>(beta2), static_cast<A>(1.0 - beta2), static_cast<A>(eps), decay, l2,
+      step_size, inv_sqrt_bc2);
   HR_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
