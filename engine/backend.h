@@ -20,6 +20,12 @@
 
 namespace headroom {
 
+// Note [statistics dtype]: what an op saves for its backward about its input -- cross-entropy's
+// and attention's log-sum-exp, layer/batch/group norm's mean and rstd -- is kept in f32 for
+// f32, f16 and bf16 data (reduced precision accumulates in f32) and in f64 for f64 data, so that
+// f64 gradients are f64-accurate and gradcheck in f64 tests the formulas, not f32 rounding.
+inline DType statistics_dtype(DType data) { return data == DType::f64 ? DType::f64 : DType::f32; }
+
 enum class UnaryOp : uint8_t {
   neg, exp, log, sqrt, abs, relu, gelu, tanh, sigmoid, sign, reciprocal, square, logical_not,
   kCount
@@ -140,14 +146,16 @@ class Backend {
   virtual void softmax_backward(const Tensor& y, const Tensor& dy, const Tensor& dx, int64_t dim,
                                 bool log) = 0;
   // logits: [N, C], target: [N] i64 (a negative target is ignored: loss 0, gradient 0);
-  // losses: [N] per-sample -log softmax(logits)[target]; lse: [N] f32 logsumexp per row.
+  // losses: [N] per-sample -log softmax(logits)[target]; lse: [N] logsumexp per row, in
+  // statistics_dtype (Note [statistics dtype]).
   // Backward: dlogits = dlosses[n] * (softmax - onehot(target)).
   virtual void cross_entropy_forward(const Tensor& logits, const Tensor& target,
                                      const Tensor& losses, const Tensor& lse) = 0;
   virtual void cross_entropy_backward(const Tensor& logits, const Tensor& target,
                                       const Tensor& lse, const Tensor& dlosses,
                                       const Tensor& dlogits) = 0;
-  // x: [M, N] normalised over N; weight, bias: [N] or undefined; mean, rstd: [M] f32.
+  // x: [M, N] normalised over N; weight, bias: [N] or undefined; mean, rstd: [M] in
+  // statistics_dtype.
   virtual void layer_norm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias,
                                   double eps, const Tensor& y, const Tensor& mean,
                                   const Tensor& rstd) = 0;
@@ -156,7 +164,7 @@ class Backend {
                                    const Tensor& mean, const Tensor& rstd, const Tensor& dx,
                                    const Tensor& dweight, const Tensor& dbias) = 0;
   // x: [N, C, S]; statistics per channel C. Training: batch statistics, saved in save_mean and
-  // save_invstd ([C] f32), and running_mean/var (if defined) updated with momentum using the
+  // save_invstd ([C] in statistics_dtype), and running_mean/var (if defined) updated with momentum using the
   // unbiased variance. Eval: running statistics, saved likewise for backward.
   virtual void batch_norm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias,
                                   const Tensor& running_mean, const Tensor& running_var,
@@ -169,7 +177,7 @@ class Backend {
   // x, y: [N, C, S] contiguous, one float dtype; C divisible by groups G; statistics per (n, g)
   // over the C/G channels of group g and all S positions of sample n. weight, bias: [C] of any
   // float dtype and stride (f32 parameters with 16-bit data under autocast) or undefined (1 and
-  // 0). save_mean, save_rstd: [N, G] contiguous f32, written for backward (rstd =
+  // 0). save_mean, save_rstd: [N, G] contiguous in statistics_dtype, written for backward (rstd =
   // 1 / sqrt(biased var + eps)). Statistics and arithmetic in f32 or wider (f64 for f64 data)
   // from 16-bit data; y in the data's dtype: y = (x - mean) * rstd * weight + bias. Written (=).
   virtual void group_norm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t groups,
@@ -185,7 +193,7 @@ class Backend {
                                    const Tensor& dx, const Tensor& dweight, const Tensor& dbias) = 0;
 
   // ---- attention (fused: memory linear in T) ----
-  // q, k, v, out: [B, H, T, D] contiguous, one float dtype; lse: [B, H, T] f32, the
+  // q, k, v, out: [B, H, T, D] contiguous, one float dtype; lse: [B, H, T] in statistics_dtype, the
   // log-sum-exp of each query's scaled scores, written for backward. out = softmax(scale q k^T
   // (+ causal mask: query t sees keys 0..t)) v, computed block by block with an online softmax
   // so that no T x T matrix is ever held.

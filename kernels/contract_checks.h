@@ -71,7 +71,7 @@ inline void check_same_layout(const char* op, const Tensor& a, const char* a_nam
 }
 
 // The cross-entropy operands' shapes and dtypes: logits a contiguous [N, C], target i64 [N], lse
-// a contiguous f32 [N]. (Whether every target is < C is checked where the targets can be read:
+// a contiguous [N] of statistics_dtype (f32; f64 for f64 logits). (Whether every target is < C is checked where the targets can be read:
 // the CPU backend per call, the autograd op before a GPU call.)
 inline void check_cross_entropy(const char* op, const Tensor& logits, const Tensor& target, const Tensor& lse) {
   HR_CHECK(logits.dim() == 2, ShapeError, op, ": logits must be [N, C], got ", describe(logits));
@@ -79,8 +79,10 @@ inline void check_cross_entropy(const char* op, const Tensor& logits, const Tens
   HR_CHECK(target.dim() == 1 && target.size(0) == n, ShapeError, op, ": target must be ", shape_str({n}),
            " for logits ", shape_str(logits.shape()), ", got ", shape_str(target.shape()));
   HR_CHECK(target.dtype() == DType::i64, DTypeError, op, ": target must be i64, got ", describe(target));
-  HR_CHECK(lse.dtype() == DType::f32 && lse.dim() == 1 && lse.size(0) == n && lse.is_contiguous(), ValueError, op,
-           ": lse must be a contiguous f32 ", shape_str({n}), ", got ", describe(lse));
+  const DType stat = statistics_dtype(logits.dtype());
+  HR_CHECK(lse.dtype() == stat && lse.dim() == 1 && lse.size(0) == n && lse.is_contiguous(), ValueError, op,
+           ": lse must be a contiguous ", dtype_name(stat), " ", shape_str({n}), " for ", dtype_name(logits.dtype()),
+           " logits, got ", describe(lse));
   HR_CHECK(logits.is_contiguous(), ValueError, op, ": logits must be contiguous, got strides ",
            shape_str(logits.strides()), " for ", describe(logits));
 }
@@ -216,7 +218,8 @@ inline void check_pool_indices(const char* op, const Tensor& indices, const Tens
 }
 
 // group_norm's operands (engine/backend.h): x a contiguous [N, C, S] whose C splits into
-// `groups`; y, dy, dx (when defined) like x; save_mean and save_rstd contiguous f32 [N, G];
+// `groups`; y, dy, dx (when defined) like x; save_mean and save_rstd contiguous [N, G] of
+// statistics_dtype (f32; f64 for f64 x);
 // weight, bias, dweight, dbias (when defined) [C] of a float dtype, any stride.
 struct GroupNormGeometry {
   int64_t n = 0, c = 0, s = 0, g = 0, cg = 0;  // cg: channels per group
@@ -245,10 +248,11 @@ inline GroupNormGeometry check_group_norm_common(const char* op, const Tensor& x
            " cannot be split into ", groups, " groups");
   const GroupNormGeometry g{x.size(0), c, x.size(2), groups, c / groups};
   const Shape want{g.n, g.g};
+  const DType stat = statistics_dtype(x.dtype());
   for (const auto& [t, what] : {std::pair{&save_mean, "save_mean"}, std::pair{&save_rstd, "save_rstd"}})
-    HR_CHECK(t->defined() && t->dtype() == DType::f32 && t->shape() == want && t->is_contiguous(), ValueError, op,
-             ": ", what, " must be a contiguous f32 ", shape_str(want), ", got ",
-             t->defined() ? describe(*t) : std::string("undefined"));
+    HR_CHECK(t->defined() && t->dtype() == stat && t->shape() == want && t->is_contiguous(), ValueError, op,
+             ": ", what, " must be a contiguous ", dtype_name(stat), " ", shape_str(want), " for ",
+             dtype_name(x.dtype()), " x, got ", t->defined() ? describe(*t) : std::string("undefined"));
   return g;
 }
 }  // namespace detail
@@ -284,7 +288,7 @@ struct AttnGeometry {
 };
 
 // Checks the attention contract: q [B, H, T, D] and every tensor in `others` of q's shape and
-// dtype, all contiguous; lse a contiguous f32 [B, H, T].
+// dtype, all contiguous; lse a contiguous [B, H, T] of statistics_dtype (f32; f64 for f64 q).
 inline AttnGeometry check_attention(const char* op, const Tensor& q,
                                     std::initializer_list<std::pair<Tensor, const char*>> others,
                                     const Tensor& lse) {
@@ -301,9 +305,10 @@ inline AttnGeometry check_attention(const char* op, const Tensor& q,
   check_4d(q, "q");
   for (const auto& [t, name] : others) check_4d(t, name);
   const Shape want{q.size(0), q.size(1), q.size(2)};
-  HR_CHECK(lse.defined() && lse.dtype() == DType::f32 && lse.shape() == want && lse.is_contiguous(), ValueError, op,
-           ": lse must be a contiguous f32 ", shape_str(want), ", got ",
-           lse.defined() ? describe(lse) : std::string("undefined"));
+  const DType stat = statistics_dtype(q.dtype());
+  HR_CHECK(lse.defined() && lse.dtype() == stat && lse.shape() == want && lse.is_contiguous(), ValueError, op,
+           ": lse must be a contiguous ", dtype_name(stat), " ", shape_str(want), " for ", dtype_name(q.dtype()),
+           " q, got ", lse.defined() ? describe(lse) : std::string("undefined"));
   return {q.size(0) * q.size(1), q.size(2), q.size(3)};
 }
 

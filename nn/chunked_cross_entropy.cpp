@@ -65,7 +65,7 @@ Tensor chunked_impl(const Tensor& h, const Tensor& weight, const Tensor& target,
   const bool grad = needs_grad({h, weight});
   Backend& be = backend_for(h.device());
   const TensorOptions i64 = TensorOptions().dtype(DType::i64).device(h.device());
-  const DType stat = h.dtype() == DType::f64 ? DType::f64 : DType::f32;
+  const DType stat = statistics_dtype(h.dtype());  // Note [statistics dtype] in engine/backend.h
 
   Tensor hc, wc, t, lse, count, out;
   {
@@ -88,7 +88,7 @@ Tensor chunked_impl(const Tensor& h, const Tensor& weight, const Tensor& target,
     count = ge(t, Tensor::scalar(0, i64)).to(stat).sum();
 
     Tensor losses = Tensor::empty({n}, hc.options());
-    lse = Tensor::empty({n}, hc.options().dtype(DType::f32));
+    lse = Tensor::empty({n}, hc.options().dtype(stat));
     if (n > 0) {
       Tensor buffer = Tensor::empty({rows * vocab}, hc.options());
       const Tensor wt = wc.as_strided({1, c, vocab}, {vocab * c, 1, c}, wc.offset());  // W^T as a view

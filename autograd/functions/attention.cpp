@@ -68,7 +68,7 @@ Tensor fused_attention(const Tensor& q, const Tensor& k, const Tensor& v, bool c
   const char* op = "scaled_dot_product_attention (fused)";
   Tensor qc = contiguous_raw(q), kc = contiguous_raw(k), vc = contiguous_raw(v);
   Tensor out = empty_like(qc);
-  Tensor lse = Tensor::empty({q.size(0), q.size(1), q.size(2)}, qc.options().dtype(DType::f32));
+  Tensor lse = Tensor::empty({q.size(0), q.size(1), q.size(2)}, qc.options().dtype(statistics_dtype(qc.dtype())));
   if (lse.numel() > 0) backend_for(q.device()).attention_forward(qc, kc, vc, out, lse, scale, causal);
   if (needs_grad({q, k, v})) {
     SavedTensor sq(qc, op), sk(kc, op), sv(vc, op), so(out, op), slse(lse, op);

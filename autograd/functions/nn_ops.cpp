@@ -4,8 +4,8 @@
 // The fused ops check their arguments here (shapes, dtypes, devices, named in the message),
 // make their operands contiguous, call one forward kernel, and save for backward only what the
 // backward kernel reads: softmax its output (not its input), cross-entropy the logits and an
-// [N] f32 logsumexp (not an [N, C] probability tensor), the norms their input and [rows] or
-// [C] f32 statistics, dropout a one-byte keep mask. Outputs are saved through a detached alias,
+// [N] logsumexp (not an [N, C] probability tensor), the norms their input and [rows] or [C]
+// statistics -- f32, f64 for f64 data (Note [statistics dtype] in engine/backend.h) -- dropout a one-byte keep mask. Outputs are saved through a detached alias,
 // so that a graph dropped before backward does not keep itself alive through its own output.
 // mse_loss and embedding are composites of ops that already have gradients.
 //
@@ -39,7 +39,7 @@ void check_reduction(const char* op, const std::string& reduction) {
 }
 
 // Float dtype that statistics and counts are kept in: f64 for f64, f32 otherwise.
-DType stat_dtype(DType d) { return d == DType::f64 ? DType::f64 : DType::f32; }
+DType stat_dtype(DType d) { return statistics_dtype(d); }
 
 Tensor softmax_impl(const Tensor& x, int64_t dim, bool log) {
   const char* op = log ? "log_softmax" : "softmax";
@@ -116,7 +116,7 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& target, const std::stri
 
   Tensor lc = contiguous_raw(logits);
   Tensor losses = Tensor::empty({n}, lc.options());
-  Tensor lse = Tensor::empty({n}, lc.options().dtype(DType::f32));
+  Tensor lse = Tensor::empty({n}, lc.options().dtype(statistics_dtype(lc.dtype())));  // Note [statistics dtype]
   if (n > 0) be.cross_entropy_forward(lc, t, losses, lse);
 
   Tensor out, count;
@@ -201,8 +201,8 @@ Tensor layer_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& 
   Tensor w1 = weight.defined() ? as_shape(weight, {n}) : Tensor();
   Tensor b1 = bias.defined() ? as_shape(bias, {n}) : Tensor();
   Tensor y2 = Tensor::empty({m, n}, x.options());
-  Tensor mean = Tensor::empty({m}, x.options().dtype(DType::f32));
-  Tensor rstd = Tensor::empty({m}, x.options().dtype(DType::f32));
+  Tensor mean = Tensor::empty({m}, x.options().dtype(statistics_dtype(x.dtype())));  // Note [statistics dtype]
+  Tensor rstd = Tensor::empty({m}, x.options().dtype(statistics_dtype(x.dtype())));
   if (m > 0) backend_for(x.device()).layer_norm_forward(x2, w1, b1, eps, y2, mean, rstd);
   Tensor out = y2.as_strided(x.shape(), contiguous_strides(x.shape()), y2.offset());
 
@@ -294,8 +294,8 @@ Tensor batch_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, con
 
   Tensor x3 = as_shape(x, {n, c, s});
   Tensor y3 = Tensor::empty({n, c, s}, x.options());
-  Tensor save_mean = Tensor::empty({c}, x.options().dtype(DType::f32));
-  Tensor save_invstd = Tensor::empty({c}, x.options().dtype(DType::f32));
+  Tensor save_mean = Tensor::empty({c}, x.options().dtype(statistics_dtype(x.dtype())));  // Note [statistics dtype]
+  Tensor save_invstd = Tensor::empty({c}, x.options().dtype(statistics_dtype(x.dtype())));
   {
     // The running statistics are buffers: updated in place, never part of the graph.
     NoGradGuard no_grad;
@@ -349,8 +349,8 @@ Tensor group_norm(const Tensor& x, int64_t groups, const Tensor& weight, const T
 
   Tensor x3 = as_shape(x, {n, c, s});
   Tensor y3 = Tensor::empty({n, c, s}, x.options());
-  Tensor save_mean = Tensor::empty({n, groups}, x.options().dtype(DType::f32));
-  Tensor save_rstd = Tensor::empty({n, groups}, x.options().dtype(DType::f32));
+  Tensor save_mean = Tensor::empty({n, groups}, x.options().dtype(statistics_dtype(x.dtype())));  // Note [statistics dtype]
+  Tensor save_rstd = Tensor::empty({n, groups}, x.options().dtype(statistics_dtype(x.dtype())));
   if (x.numel() > 0) {
     HR_CHECK(s > 0, ValueError, op, ": cannot normalise groups of size 0 in input ", shape_str(x.shape()));
     backend_for(x.device()).group_norm_forward(x3, weight, bias, groups, eps, y3, save_mean, save_rstd);

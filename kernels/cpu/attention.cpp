@@ -140,7 +140,7 @@ HR_ATTENTION_MULTIVERSION void accumulate_rows(const C* __restrict p, const C* _
 }
 
 template <typename T>
-void forward_impl(const T* q, const T* k, const T* v, T* out, float* lse, const AttnGeometry& g, double scale_d,
+void forward_impl(const T* q, const T* k, const T* v, T* out, acc_t<T>* lse, const AttnGeometry& g, double scale_d,
                   bool causal) {
   using C = acc_t<T>;
   const C scale = static_cast<C>(scale_d);
@@ -191,18 +191,18 @@ void forward_impl(const T* q, const T* k, const T* v, T* out, float* lse, const 
         }
       }
       T* o = out + base + i0 * D;
-      float* ls = lse + bh * T_ + i0;
+      C* ls = lse + bh * T_ + i0;
       for (int64_t ii = 0; ii < h; ++ii) {
         const C inv = C(1) / l[ii];
         for (int64_t c = 0; c < D; ++c) o[ii * D + c] = static_cast<T>(acc[static_cast<size_t>(ii * D + c)] * inv);
-        ls[ii] = static_cast<float>(m[ii] + std::log(l[ii]));
+        ls[ii] = m[ii] + std::log(l[ii]);
       }
     }
   });
 }
 
 template <typename T>
-void backward_impl(const T* q, const T* k, const T* v, const T* out, const T* dout, const float* lse, T* dq, T* dk,
+void backward_impl(const T* q, const T* k, const T* v, const T* out, const T* dout, const acc_t<T>* lse, T* dq, T* dk,
                    T* dv, const AttnGeometry& g, double scale_d, bool causal) {
   using C = acc_t<T>;
   const C scale = static_cast<C>(scale_d);
@@ -318,7 +318,7 @@ void CpuBackend::attention_forward(const Tensor& q, const Tensor& k, const Tenso
   if (lse.numel() == 0) return;  // (D == 0 runs through: every score 0, lse = log(keys seen))
   dispatch_float(q.dtype(), op, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    forward_impl<T>(q.data<T>(), k.data<T>(), v.data<T>(), out.data<T>(), lse.data<float>(), g, scale, causal);
+    forward_impl<T>(q.data<T>(), k.data<T>(), v.data<T>(), out.data<T>(), lse.data<acc_t<T>>(), g, scale, causal);
   });
 }
 
@@ -331,7 +331,7 @@ void CpuBackend::attention_backward(const Tensor& q, const Tensor& k, const Tens
   if (q.numel() == 0) return;
   dispatch_float(q.dtype(), op, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    backward_impl<T>(q.data<T>(), k.data<T>(), v.data<T>(), out.data<T>(), dout.data<T>(), lse.data<float>(),
+    backward_impl<T>(q.data<T>(), k.data<T>(), v.data<T>(), out.data<T>(), dout.data<T>(), lse.data<acc_t<T>>(),
                      dq.data<T>(), dk.data<T>(), dv.data<T>(), g, scale, causal);
   });
 }

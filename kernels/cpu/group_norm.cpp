@@ -5,8 +5,8 @@
 // plane of S), so the forward runs the N * G groups in parallel, each with a two-pass mean and
 // variance in double (a large mean does not cancel the digits of a small spread) and then the
 // per-channel affine y = (x - mean) * (rstd * weight[c]) + bias[c] in acc_t (f32 for 16-bit and
-// f32 data, f64 for f64). mean and rstd are rounded to the f32 [N, G] backward gets only after
-// y is written with the double values, so f64 inputs keep f64 outputs (as norm.cpp does).
+// f32 data, f64 for f64). mean and rstd are rounded to the [N, G] backward gets (f32, f64 for
+// f64 data: Note [statistics dtype]) only after y is written with the double values.
 //
 // Backward keeps nothing but x and those statistics (no normalised copy of the input): one
 // parallel pass over the N * C planes takes per-plane sums of dy and dy * xhat in double, from
@@ -64,11 +64,11 @@ void CpuBackend::group_norm_forward(const Tensor& x, const Tensor& weight, const
   const int64_t rows = g.n * g.g, m = g.cg * g.s;
   if (rows == 0) return;
   HR_CHECK(m > 0, ValueError, op, ": cannot normalise groups of size 0 in ", describe(x));
-  float* pmean = static_cast<float*>(save_mean.raw_data());
-  float* prstd = static_cast<float*>(save_rstd.raw_data());
   dispatch_float(x.dtype(), op, [&](auto tag) {
     using T = typename decltype(tag)::type;
     using C = acc_t<T>;
+    C* pmean = static_cast<C*>(save_mean.raw_data());  // f32, or f64 for f64 data (statistics_dtype)
+    C* prstd = static_cast<C*>(save_rstd.raw_data());
     const T* px = static_cast<const T*>(x.raw_data());
     T* py = static_cast<T*>(y.raw_data());
     parallel_for(rows, std::max<int64_t>(1, kParallelGrain / m), [&](int64_t b, int64_t e) {
@@ -84,8 +84,8 @@ void CpuBackend::group_norm_forward(const Tensor& x, const Tensor& weight, const
           ss += d * d;
         }
         const double rs = 1.0 / std::sqrt(ss / static_cast<double>(m) + eps);
-        pmean[r] = static_cast<float>(mu);
-        prstd[r] = static_cast<float>(rs);
+        pmean[r] = static_cast<C>(mu);
+        prstd[r] = static_cast<C>(rs);
         const C cmu = static_cast<C>(mu);
         const int64_t c0 = (r % g.g) * g.cg;
         for (int64_t k = 0; k < g.cg; ++k) {
@@ -110,8 +110,15 @@ void CpuBackend::group_norm_backward(const Tensor& dy, const Tensor& x, const Te
   const int64_t planes = g.n * g.c, m = g.cg * g.s;
   std::vector<double> dw(static_cast<size_t>(g.c), 0.0), db(static_cast<size_t>(g.c), 0.0);
   if (planes > 0 && g.s > 0 && (dx.defined() || dweight.defined() || dbias.defined())) {
-    const float* pmean = static_cast<const float*>(save_mean.raw_data());
-    const float* prstd = static_cast<const float*>(save_rstd.raw_data());
+    // The [N, G] statistics as doubles (f32, or f64 for f64 data).
+    std::vector<double> pmean(static_cast<size_t>(g.n * g.g)), prstd(pmean.size());
+    dispatch_float(save_mean.dtype(), op, [&](auto tag) {
+      using S = typename decltype(tag)::type;
+      for (size_t i = 0; i < pmean.size(); ++i) {
+        pmean[i] = static_cast<double>(static_cast<const S*>(save_mean.raw_data())[i]);
+        prstd[i] = static_cast<double>(static_cast<const S*>(save_rstd.raw_data())[i]);
+      }
+    });
     // Per-plane sums of dy and dy * xhat, [N, C] in double.
     std::vector<double> sum_dy(static_cast<size_t>(planes)), sum_dy_xhat(static_cast<size_t>(planes));
     const int64_t plane_grain = std::max<int64_t>(1, kParallelGrain / g.s);
@@ -123,7 +130,7 @@ void CpuBackend::group_norm_backward(const Tensor& dy, const Tensor& x, const Te
       parallel_for(planes, plane_grain, [&](int64_t b, int64_t e) {
         for (int64_t p = b; p < e; ++p) {
           const int64_t r = (p / g.c) * g.g + (p % g.c) / g.cg;  // the plane's (n, g)
-          const C mu = static_cast<C>(pmean[r]), rs = static_cast<C>(prstd[r]);
+          const C mu = static_cast<C>(pmean[static_cast<size_t>(r)]), rs = static_cast<C>(prstd[static_cast<size_t>(r)]);
           const T* xp = px + p * g.s;
           const T* dyp = pdy + p * g.s;
           double s = 0, sx = 0;
@@ -149,7 +156,7 @@ void CpuBackend::group_norm_backward(const Tensor& dy, const Tensor& x, const Te
           sg += w[static_cast<size_t>(c0 + k)] * sum_dy[p];
           sgx += w[static_cast<size_t>(c0 + k)] * sum_dy_xhat[p];
         }
-        const double rs = static_cast<double>(prstd[r]);
+        const double rs = static_cast<double>(prstd[static_cast<size_t>(r)]);
         k_x[static_cast<size_t>(r)] = static_cast<C>(-rs * rs * sgx / static_cast<double>(m));
         k_c[static_cast<size_t>(r)] = static_cast<C>(-rs * sg / static_cast<double>(m));
       }
@@ -157,8 +164,8 @@ void CpuBackend::group_norm_backward(const Tensor& dy, const Tensor& x, const Te
       parallel_for(planes, plane_grain, [&](int64_t b, int64_t e) {
         for (int64_t p = b; p < e; ++p) {
           const int64_t ch = p % g.c, r = (p / g.c) * g.g + ch / g.cg;
-          const C mu = static_cast<C>(pmean[r]);
-          const C kdy = static_cast<C>(static_cast<double>(prstd[r]) * w[static_cast<size_t>(ch)]);
+          const C mu = static_cast<C>(pmean[static_cast<size_t>(r)]);
+          const C kdy = static_cast<C>(static_cast<double>(prstd[static_cast<size_t>(r)]) * w[static_cast<size_t>(ch)]);
           const C kx = k_x[static_cast<size_t>(r)], kc = k_c[static_cast<size_t>(r)];
           const T* xp = px + p * g.s;
           const T* dyp = pdy + p * g.s;

@@ -3,8 +3,8 @@
 // Statistics (means, variances and the gradient sums) accumulate in double whatever the
 // storage dtype, because they run over whole rows or channels; the per-element arithmetic is
 // done in acc_t (f32 for f16/bf16/f32, f64 for f64). The forward normalises with the double
-// statistics and only then rounds them to the f32 mean/rstd that backward gets, so f64 inputs
-// keep f64 outputs (gradcheck depends on it).
+// statistics and only then rounds them to the mean/rstd that backward gets -- f32, or f64 for
+// f64 data (statistics_dtype), so f64 gradients are f64-accurate and gradcheck means what it says.
 //
 // Per-feature tensors (weight, bias, running stats, dweight, dbias) are small and may have any
 // float dtype and stride: they are read into and written from std::vector<double>, so an f16
@@ -55,10 +55,12 @@ void write_vector(const Tensor& t, const std::vector<double>& v, const char* op,
   });
 }
 
-void check_stats(const Tensor& t, int64_t n, const char* op, const char* what) {
-  HR_CHECK(t.defined() && t.dtype() == DType::f32 && t.dim() == 1 && t.size(0) == n && t.is_contiguous(),
-           ValueError, op, ": ", what, " must be a contiguous f32 ", shape_str({n}), ", got ",
-           t.defined() ? describe(t) : std::string("undefined"));
+// Statistics are f32, or f64 for f64 data (statistics_dtype in engine/backend.h).
+void check_stats(const Tensor& t, int64_t n, DType data, const char* op, const char* what) {
+  const DType want = statistics_dtype(data);
+  HR_CHECK(t.defined() && t.dtype() == want && t.dim() == 1 && t.size(0) == n && t.is_contiguous(), ValueError, op,
+           ": ", what, " must be a contiguous ", dtype_name(want), " ", shape_str({n}), " for ", dtype_name(data),
+           " data, got ", t.defined() ? describe(t) : std::string("undefined"));
 }
 
 void check_like(const Tensor& t, const Tensor& x, const char* op, const char* what, const char* x_name) {
@@ -78,18 +80,18 @@ void CpuBackend::layer_norm_forward(const Tensor& x, const Tensor& weight, const
   HR_CHECK(x.dim() == 2 && x.is_contiguous(), ValueError, op, ": x must be a contiguous [M, N], got ", describe(x));
   check_like(y, x, op, "y", "x");
   const int64_t m = x.size(0), n = x.size(1);
-  check_stats(mean, m, op, "mean");
-  check_stats(rstd, m, op, "rstd");
+  check_stats(mean, m, x.dtype(), op, "mean");
+  check_stats(rstd, m, x.dtype(), op, "rstd");
   if (m == 0) return;
   HR_CHECK(n > 0, ValueError, op, ": cannot normalise rows of size 0 in ", describe(x));
   const std::vector<double> w = read_vector(weight, n, 1.0, op, "weight");
   const std::vector<double> bv = read_vector(bias, n, 0.0, op, "bias");
   const bool affine = weight.defined() || bias.defined();
-  float* pmean = static_cast<float*>(mean.raw_data());
-  float* prstd = static_cast<float*>(rstd.raw_data());
   dispatch_float(x.dtype(), op, [&](auto tag) {
     using T = typename decltype(tag)::type;
     using C = acc_t<T>;
+    C* pmean = static_cast<C*>(mean.raw_data());
+    C* prstd = static_cast<C*>(rstd.raw_data());
     const T* px = static_cast<const T*>(x.raw_data());
     T* py = static_cast<T*>(y.raw_data());
     std::vector<C> wc(w.begin(), w.end()), bc(bv.begin(), bv.end());
@@ -106,8 +108,8 @@ void CpuBackend::layer_norm_forward(const Tensor& x, const Tensor& weight, const
           ss += d * d;
         }
         const double rs = 1.0 / std::sqrt(ss / static_cast<double>(n) + eps);
-        pmean[r] = static_cast<float>(mu);
-        prstd[r] = static_cast<float>(rs);
+        pmean[r] = static_cast<C>(mu);
+        prstd[r] = static_cast<C>(rs);
         const C cmu = static_cast<C>(mu), crs = static_cast<C>(rs);
         if (affine) {
           for (int64_t j = 0; j < n; ++j)
@@ -132,8 +134,8 @@ void CpuBackend::layer_norm_backward(const Tensor& dy, const Tensor& x, const Te
   check_like(dy, x, op, "dy", "x");
   check_like(dx, x, op, "dx", "x");
   const int64_t m = x.size(0), n = x.size(1);
-  check_stats(mean, m, op, "mean");
-  check_stats(rstd, m, op, "rstd");
+  check_stats(mean, m, x.dtype(), op, "mean");
+  check_stats(rstd, m, x.dtype(), op, "rstd");
   const std::vector<double> w = read_vector(weight, n, 1.0, op, "weight");
   const bool want_params = dweight.defined() || dbias.defined();
   std::vector<double> dw(static_cast<size_t>(n), 0.0), db(static_cast<size_t>(n), 0.0);
@@ -145,11 +147,11 @@ void CpuBackend::layer_norm_backward(const Tensor& dy, const Tensor& x, const Te
     else blocks = std::min(m, std::max<int64_t>(1, m * n / kParallelGrain));
     std::vector<double> part_w(want_params ? static_cast<size_t>(blocks * n) : 0);
     std::vector<double> part_b(want_params ? static_cast<size_t>(blocks * n) : 0);
-    const float* pmean = static_cast<const float*>(mean.raw_data());
-    const float* prstd = static_cast<const float*>(rstd.raw_data());
     dispatch_float(x.dtype(), op, [&](auto tag) {
       using T = typename decltype(tag)::type;
       using C = acc_t<T>;
+      const C* pmean = static_cast<const C*>(mean.raw_data());
+      const C* prstd = static_cast<const C*>(rstd.raw_data());
       const T* px = static_cast<const T*>(x.raw_data());
       const T* pdy = static_cast<const T*>(dy.raw_data());
       T* pdx = dx.defined() ? static_cast<T*>(dx.raw_data()) : nullptr;
@@ -225,8 +227,8 @@ void CpuBackend::batch_norm_forward(const Tensor& x, const Tensor& weight, const
   const char* op = "batch_norm";
   const BatchGeometry g = batch_geometry(x, op);
   check_like(y, x, op, "y", "x");
-  check_stats(save_mean, g.c, op, "save_mean");
-  check_stats(save_invstd, g.c, op, "save_invstd");
+  check_stats(save_mean, g.c, x.dtype(), op, "save_mean");
+  check_stats(save_invstd, g.c, x.dtype(), op, "save_invstd");
   const int64_t count = g.n * g.s;
   const std::vector<double> w = read_vector(weight, g.c, 1.0, op, "weight");
   const std::vector<double> bv = read_vector(bias, g.c, 0.0, op, "bias");
@@ -280,12 +282,15 @@ void CpuBackend::batch_norm_forward(const Tensor& x, const Tensor& weight, const
     std::vector<double> rv = read_vector(running_var, g.c, 1.0, op, "running_var");
     for (size_t ch = 0; ch < rv.size(); ++ch) invstd[ch] = 1.0 / std::sqrt(rv[ch] + eps);
   }
-  float* psm = static_cast<float*>(save_mean.raw_data());
-  float* psi = static_cast<float*>(save_invstd.raw_data());
-  for (size_t ch = 0; ch < mu.size(); ++ch) {
-    psm[ch] = static_cast<float>(mu[ch]);
-    psi[ch] = static_cast<float>(invstd[ch]);
-  }
+  dispatch_float(save_mean.dtype(), op, [&](auto tag) {  // f32, or f64 for f64 data
+    using S = typename decltype(tag)::type;
+    S* psm = static_cast<S*>(save_mean.raw_data());
+    S* psi = static_cast<S*>(save_invstd.raw_data());
+    for (size_t ch = 0; ch < mu.size(); ++ch) {
+      psm[ch] = static_cast<S>(mu[ch]);
+      psi[ch] = static_cast<S>(invstd[ch]);
+    }
+  });
   if (x.numel() == 0) return;
   dispatch_float(x.dtype(), op, [&](auto tag) {
     using T = typename decltype(tag)::type;
@@ -324,12 +329,12 @@ void CpuBackend::batch_norm_backward(const Tensor& dy, const Tensor& x, const Te
   const BatchGeometry g = batch_geometry(x, op);
   check_like(dy, x, op, "dy", "x");
   check_like(dx, x, op, "dx", "x");
-  check_stats(save_mean, g.c, op, "save_mean");
-  check_stats(save_invstd, g.c, op, "save_invstd");
+  check_stats(save_mean, g.c, x.dtype(), op, "save_mean");
+  check_stats(save_invstd, g.c, x.dtype(), op, "save_invstd");
   const int64_t count = g.n * g.s;
   const std::vector<double> w = read_vector(weight, g.c, 1.0, op, "weight");
-  const float* psm = static_cast<const float*>(save_mean.raw_data());
-  const float* psi = static_cast<const float*>(save_invstd.raw_data());
+  const std::vector<double> psm = read_vector(save_mean, g.c, 0.0, op, "save_mean");
+  const std::vector<double> psi = read_vector(save_invstd, g.c, 1.0, op, "save_invstd");
   std::vector<double> sum_dy(static_cast<size_t>(g.c), 0.0), sum_dy_xhat(static_cast<size_t>(g.c), 0.0);
   const bool need_sums = dweight.defined() || dbias.defined() || (training && dx.defined());
   if (x.numel() > 0) {

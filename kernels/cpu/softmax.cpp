@@ -7,7 +7,7 @@
 // loops vectorise. Every row subtracts its maximum before exp, so large logits stay finite.
 // f16/bf16 are read into f32 and rounded only when written; f32 computes in f32, f64 in f64.
 //
-// Cross-entropy is fused: one pass per row gives logsumexp (saved as f32 in lse) and the loss
+// Cross-entropy is fused: one pass per row gives logsumexp (saved in lse: f32, f64 for f64 logits) and the loss
 // lse - logits[target]; backward rebuilds softmax as exp(logits - lse) instead of keeping a
 // [N, C] probability tensor alive between forward and backward. A negative target is ignored
 // (loss 0, gradient 0); targets are checked before any thread starts, so that nothing is half
@@ -203,10 +203,10 @@ void CpuBackend::cross_entropy_forward(const Tensor& logits, const Tensor& targe
   if (n == 0) return;
   const int64_t* t = static_cast<const int64_t*>(target.raw_data());
   const int64_t ts = target.stride(0);
-  float* plse = static_cast<float*>(lse.raw_data());
   dispatch_float(logits.dtype(), op, [&](auto tag) {
     using T = typename decltype(tag)::type;
     using C = acc_t<T>;
+    C* plse = static_cast<C*>(lse.raw_data());  // f32, f64 for f64 (statistics_dtype)
     const T* x = static_cast<const T*>(logits.raw_data());
     T* loss = static_cast<T*>(losses.raw_data());
     parallel_for(n, std::max<int64_t>(1, kParallelGrain / c), [&](int64_t b, int64_t e) {
@@ -217,7 +217,7 @@ void CpuBackend::cross_entropy_forward(const Tensor& logits, const Tensor& targe
         C sum = 0;
         for (int64_t j = 0; j < c; ++j) sum += std::exp(static_cast<C>(xr[j]) - mx);
         const C log_sum = std::log(sum);
-        plse[r] = static_cast<float>(mx + log_sum);
+        plse[r] = mx + log_sum;
         const int64_t tr = t[r * ts];
         loss[r] = static_cast<T>(tr < 0 ? C(0) : log_sum - (static_cast<C>(xr[tr]) - mx));
       }
@@ -235,10 +235,10 @@ void CpuBackend::cross_entropy_backward(const Tensor& logits, const Tensor& targ
   if (logits.numel() == 0) return;
   const int64_t* t = static_cast<const int64_t*>(target.raw_data());
   const int64_t ts = target.stride(0), ds = dlosses.stride(0);
-  const float* plse = static_cast<const float*>(lse.raw_data());
   dispatch_float(logits.dtype(), op, [&](auto tag) {
     using T = typename decltype(tag)::type;
     using C = acc_t<T>;
+    const C* plse = static_cast<const C*>(lse.raw_data());
     const T* x = static_cast<const T*>(logits.raw_data());
     const T* dl = static_cast<const T*>(dlosses.raw_data());
     T* dx = static_cast<T*>(dlogits.raw_data());
@@ -252,7 +252,7 @@ void CpuBackend::cross_entropy_backward(const Tensor& logits, const Tensor& targ
           continue;
         }
         const C g = static_cast<C>(dl[r * ds]);
-        const C l = static_cast<C>(plse[r]);
+        const C l = plse[r];
         for (int64_t j = 0; j < c; ++j) dxr[j] = static_cast<T>(g * std::exp(static_cast<C>(xr[j]) - l));
         dxr[tr] = static_cast<T>(g * (std::exp(static_cast<C>(xr[tr]) - l) - C(1)));  // rounded once
       }

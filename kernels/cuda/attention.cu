@@ -93,7 +93,7 @@ __device__ __forceinline__ void tile_dot(const C* A, const C* B, int d, int ld, 
 template <typename T, int kB>
 __global__ void __launch_bounds__(kThreads)
     attention_forward_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
-                             T* __restrict__ out, float* __restrict__ lse, int t, int d, acc_type<T> scale,
+                             T* __restrict__ out, acc_type<T>* __restrict__ lse, int t, int d, acc_type<T> scale,
                              bool causal) {
   using C = acc_type<T>;
   constexpr int RM = kB / 16, RN = kB / 16;
@@ -196,7 +196,7 @@ __global__ void __launch_bounds__(kThreads)
       const int dd = tx + 16 * c;
       if (dd < d) o[dd] = convert<T>(acc[r][c] * inv);
     }
-    if (tx == 0) lse[bh * t + i] = static_cast<float>(m[r] + dev_log(l[r]));
+    if (tx == 0) lse[bh * t + i] = m[r] + dev_log(l[r]);  // f32, f64 for f64 (Note [statistics dtype])
   }
 }
 
@@ -250,11 +250,11 @@ __device__ __forceinline__ void probabilities_and_ds(const C* qs, const C* dos, 
 
 // Loads lse and drow of rows [i0, i0 + kB) into shared memory (0 past T).
 template <typename C, int kB>
-__device__ __forceinline__ void load_row_stats(const float* __restrict__ lse, const C* __restrict__ drow, int64_t bh,
+__device__ __forceinline__ void load_row_stats(const C* __restrict__ lse, const C* __restrict__ drow, int64_t bh,
                                                int t, int i0, C* lse_s, C* drow_s) {
   for (int r = threadIdx.x; r < kB; r += kThreads) {
     const int i = i0 + r;
-    lse_s[r] = i < t ? static_cast<C>(lse[bh * t + i]) : C(0);
+    lse_s[r] = i < t ? lse[bh * t + i] : C(0);
     drow_s[r] = i < t ? drow[bh * t + i] : C(0);
   }
 }
@@ -262,7 +262,7 @@ __device__ __forceinline__ void load_row_stats(const float* __restrict__ lse, co
 template <typename T, int kB>
 __global__ void __launch_bounds__(kThreads)
     attention_dkdv_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
-                          const T* __restrict__ dout, const float* __restrict__ lse,
+                          const T* __restrict__ dout, const acc_type<T>* __restrict__ lse,
                           const acc_type<T>* __restrict__ drow, T* __restrict__ dk, T* __restrict__ dv, int t, int d,
                           acc_type<T> scale, bool causal) {
   using C = acc_type<T>;
@@ -346,7 +346,7 @@ __global__ void __launch_bounds__(kThreads)
 template <typename T, int kB>
 __global__ void __launch_bounds__(kThreads)
     attention_dq_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
-                        const T* __restrict__ dout, const float* __restrict__ lse,
+                        const T* __restrict__ dout, const acc_type<T>* __restrict__ lse,
                         const acc_type<T>* __restrict__ drow, T* __restrict__ dq, int t, int d, acc_type<T> scale,
                         bool causal) {
   using C = acc_type<T>;
@@ -490,7 +490,7 @@ void forward_impl(const KernelScope& scope, const Tensor& q, const Tensor& k, co
   set_shared_memory(op, kernel, smem, scope, g);
   kernel<<<attention_grid(op, g, kB), kThreads, smem, scope.stream()>>>(
       device_data<const T>(q), device_data<const T>(k), device_data<const T>(v), device_data<T>(out),
-      device_data<float>(lse), static_cast<int>(g.t), static_cast<int>(g.d), static_cast<C>(scale), causal);
+      device_data<C>(lse), static_cast<int>(g.t), static_cast<int>(g.d), static_cast<C>(scale), causal);
   HR_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -532,7 +532,7 @@ void backward_impl(const KernelScope& scope, const Tensor& q, const Tensor& k, c
   set_shared_memory(op, kv_kernel, smem_kv, scope, g);
   kv_kernel<<<grid, kThreads, smem_kv, scope.stream()>>>(
       device_data<const T>(q), device_data<const T>(k), device_data<const T>(v), device_data<const T>(dout),
-      device_data<const float>(lse), device_data<const C>(drow), device_data<T>(dk), device_data<T>(dv), t, d,
+      device_data<const C>(lse), device_data<const C>(drow), device_data<T>(dk), device_data<T>(dv), t, d,
       static_cast<C>(scale), causal);
   HR_CUDA_KERNEL_LAUNCH_CHECK();
 
@@ -542,7 +542,7 @@ void backward_impl(const KernelScope& scope, const Tensor& q, const Tensor& k, c
   set_shared_memory(op, q_kernel, smem_q, scope, g);
   q_kernel<<<grid, kThreads, smem_q, scope.stream()>>>(
       device_data<const T>(q), device_data<const T>(k), device_data<const T>(v), device_data<const T>(dout),
-      device_data<const float>(lse), device_data<const C>(drow), device_data<T>(dq), t, d, static_cast<C>(scale),
+      device_data<const C>(lse), device_data<const C>(drow), device_data<T>(dq), t, d, static_cast<C>(scale),
       causal);
   HR_CUDA_KERNEL_LAUNCH_CHECK();
 }

@@ -25,8 +25,9 @@
 // type, f32 for f16/f32 data and f64 for f64 data; the own kernels take f64. Parameters of any
 // other float dtype or stride are cast into temporaries (workspace) and results cast back; an
 // undefined weight is ones, an undefined bias zeros; undefined dweight/dbias get temporaries
-// where cuDNN needs somewhere to write. save_mean/save_invstd are f32 [C] as the contract says
-// (cast from f64 temporaries for f64 data). Everything is written (=), nothing accumulated.
+// where cuDNN needs somewhere to write. save_mean/save_invstd are [C] in statistics_dtype as the
+// contract says: f32, or f64 for f64 data -- cuDNN's parameter dtype either way, so they are
+// written directly. Everything is written (=), nothing accumulated.
 //
 // Differences from the CPU: with f32 data and f64 running statistics, the cuDNN path updates
 // them through f32 (cuDNN's parameter type), so they carry f32 rounding; the own path and the
@@ -67,10 +68,13 @@ void check_like(const Tensor& t, const Tensor& x, const char* op, const char* wh
            shape_str(t.strides()));
 }
 
-void check_stats(const Tensor& t, int64_t c, const char* op, const char* what) {
-  HR_CHECK(t.defined() && t.dtype() == DType::f32 && t.dim() == 1 && t.size(0) == c && t.is_contiguous(),
-           ValueError, op, ": ", what, " must be a contiguous f32 ", shape_str({c}), ", got ",
-           t.defined() ? describe(t) : std::string("undefined"));
+// Note [statistics dtype] (engine/backend.h): f32, or f64 for f64 data -- cuDNN's own parameter
+// dtype, so the cuDNN path writes and reads them directly.
+void check_stats(const Tensor& t, int64_t c, DType data, const char* op, const char* what) {
+  const DType want = statistics_dtype(data);
+  HR_CHECK(t.defined() && t.dtype() == want && t.dim() == 1 && t.size(0) == c && t.is_contiguous(), ValueError, op,
+           ": ", what, " must be a contiguous ", dtype_name(want), " ", shape_str({c}), " for ", dtype_name(data),
+           " data, got ", t.defined() ? describe(t) : std::string("undefined"));
 }
 
 // A per-channel parameter: 1-d [C] of a float dtype, any stride, or undefined.
@@ -248,8 +252,8 @@ void CudaBackend::batch_norm_forward(const Tensor& x, const Tensor& weight, cons
   (void)cudnn_dtype(x.dtype(), op);  // a DTypeError for non-float data
   HR_CHECK(y.defined(), ValueError, op, ": y is undefined");
   check_like(y, x, op, "y");
-  check_stats(save_mean, g.c, op, "save_mean");
-  check_stats(save_invstd, g.c, op, "save_invstd");
+  check_stats(save_mean, g.c, x.dtype(), op, "save_mean");
+  check_stats(save_invstd, g.c, x.dtype(), op, "save_invstd");
   check_param(weight, g.c, op, "weight");
   check_param(bias, g.c, op, "bias");
   check_param(running_mean, g.c, op, "running_mean");
@@ -281,8 +285,8 @@ void CudaBackend::batch_norm_backward(const Tensor& dy, const Tensor& x, const T
   HR_CHECK(dy.defined(), ValueError, op, ": dy is undefined");
   check_like(dy, x, op, "dy");
   check_like(dx, x, op, "dx");
-  check_stats(save_mean, g.c, op, "save_mean");
-  check_stats(save_invstd, g.c, op, "save_invstd");
+  check_stats(save_mean, g.c, x.dtype(), op, "save_mean");
+  check_stats(save_invstd, g.c, x.dtype(), op, "save_invstd");
   check_param(weight, g.c, op, "weight");
   check_param(dweight, g.c, op, "dweight");
   check_param(dbias, g.c, op, "dbias");

@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 
 #include "engine/memory.h"
 #include "kernels/cuda/cuda_common.cuh"
@@ -62,8 +63,8 @@ constexpr int kSumBlock = 256;
 // Block (c, slice) sums its slice [begin, end) of channel c's N * S values into partial
 // [C][slices][2]. kBackward: sum(dy) and sum(dy * xhat); else sum(x - k) and sum((x - k)^2).
 template <typename T, bool kBackward>
-__global__ void __launch_bounds__(kSumBlock) bn_partial_kernel(const T* x, const T* dy, const float* mean,
-                                                               const float* invstd, int64_t channels, int64_t S,
+__global__ void __launch_bounds__(kSumBlock) bn_partial_kernel(const T* x, const T* dy, const acc_type<T>* mean,
+                                                               const acc_type<T>* invstd, int64_t channels, int64_t S,
                                                                int64_t count, int64_t per_slice, double* partial) {
   using A = acc_type<T>;
   __shared__ double shared[32];
@@ -129,7 +130,8 @@ void bn_channel_sums_impl(const KernelScope& scope, const Tensor& x, const Tenso
   const dim3 grid(static_cast<unsigned>(C), static_cast<unsigned>(slices));
   if (dy.defined()) {
     bn_partial_kernel<T, true><<<grid, kSumBlock, 0, scope.stream()>>>(
-        device_data<T>(x), device_data<T>(dy), device_data<float>(save_mean), device_data<float>(save_invstd), C, S,
+        device_data<T>(x), device_data<T>(dy), device_data<acc_type<T>>(save_mean),
+        device_data<acc_type<T>>(save_invstd), C, S,
         count, per_slice, device_data<double>(partial));
   } else {
     bn_partial_kernel<T, false><<<grid, kSumBlock, 0, scope.stream()>>>(device_data<T>(x), nullptr, nullptr, nullptr,
@@ -147,8 +149,8 @@ void bn_channel_sums_impl(const KernelScope& scope, const Tensor& x, const Tenso
 template <typename T>
 __global__ void bn_training_finalize_kernel(const T* x, const double* sums, const double* weight, const double* bias,
                                             double* running_mean, double* running_var, double momentum, double eps,
-                                            int64_t channels, int64_t S, int64_t count, float* save_mean,
-                                            float* save_invstd, double* coef) {
+                                            int64_t channels, int64_t S, int64_t count, acc_type<T>* save_mean,
+                                            acc_type<T>* save_invstd, double* coef) {
   using A = acc_type<T>;
   for (int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; c < channels;
        c += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -157,8 +159,8 @@ __global__ void bn_training_finalize_kernel(const T* x, const double* sums, cons
     const double var = fmax(sums[channels + c] / static_cast<double>(count) - shifted_mean * shifted_mean, 0.0);
     const double mean = k + shifted_mean;
     const double invstd = 1.0 / sqrt(var + eps);
-    save_mean[c] = static_cast<float>(mean);
-    save_invstd[c] = static_cast<float>(invstd);
+    save_mean[c] = static_cast<A>(mean);  // f32, or f64 for f64 data (Note [statistics dtype])
+    save_invstd[c] = static_cast<A>(invstd);
     if (running_mean != nullptr) running_mean[c] = (1 - momentum) * running_mean[c] + momentum * mean;
     if (running_var != nullptr) {
       const double bessel = static_cast<double>(count) / static_cast<double>(count - 1);
@@ -180,21 +182,21 @@ void bn_training_finalize_impl(const KernelScope& scope, const Tensor& x, const 
   bn_training_finalize_kernel<T><<<grid_for(C), kBlock, 0, scope.stream()>>>(
       device_data<T>(x), device_data<double>(sums), optional_data<double>(weight), optional_data<double>(bias),
       optional_data<double>(running_mean), optional_data<double>(running_var), momentum, eps, C, x.size(2),
-      x.size(0) * x.size(2), device_data<float>(save_mean), device_data<float>(save_invstd),
+      x.size(0) * x.size(2), device_data<acc_type<T>>(save_mean), device_data<acc_type<T>>(save_invstd),
       device_data<double>(coef));
   HR_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-template <typename P>
+template <typename P, typename S>
 __global__ void bn_eval_finalize_kernel(const P* weight, const P* bias, const P* running_mean, const P* running_var,
-                                        double eps, int64_t channels, float* save_mean, float* save_invstd,
+                                        double eps, int64_t channels, S* save_mean, S* save_invstd,
                                         double* coef) {
   for (int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; c < channels;
        c += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const double mean = static_cast<double>(running_mean[c]);
     const double invstd = 1.0 / sqrt(static_cast<double>(running_var[c]) + eps);
-    save_mean[c] = static_cast<float>(mean);
-    save_invstd[c] = static_cast<float>(invstd);
+    save_mean[c] = static_cast<S>(mean);
+    save_invstd[c] = static_cast<S>(invstd);
     if (coef != nullptr) {
       coef[c] = mean;
       coef[channels + c] = invstd * (weight != nullptr ? static_cast<double>(weight[c]) : 1.0);
@@ -209,14 +211,20 @@ void bn_eval_finalize_impl(const KernelScope& scope, const Tensor& weight, const
                            const Tensor& save_invstd, const Tensor& coef) {
   const int64_t C = running_mean.numel();
   if (C == 0) return;
-  bn_eval_finalize_kernel<P><<<grid_for(C), kBlock, 0, scope.stream()>>>(
-      optional_data<P>(weight), optional_data<P>(bias), device_data<P>(running_mean), device_data<P>(running_var), eps,
-      C, device_data<float>(save_mean), device_data<float>(save_invstd), optional_data<double>(coef));
+  auto launch = [&](auto* s_tag) {
+    using S = std::remove_pointer_t<decltype(s_tag)>;
+    bn_eval_finalize_kernel<P, S><<<grid_for(C), kBlock, 0, scope.stream()>>>(
+        optional_data<P>(weight), optional_data<P>(bias), device_data<P>(running_mean), device_data<P>(running_var),
+        eps, C, device_data<S>(save_mean), device_data<S>(save_invstd), optional_data<double>(coef));
+  };
+  if (save_mean.dtype() == DType::f64) launch(static_cast<double*>(nullptr));  // f64 data (statistics_dtype)
+  else launch(static_cast<float*>(nullptr));
   HR_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-__global__ void bn_backward_finalize_kernel(const double* sums, const double* weight, const float* save_mean,
-                                            const float* save_invstd, bool training, int64_t count,
+template <typename S>
+__global__ void bn_backward_finalize_kernel(const double* sums, const double* weight, const S* save_mean,
+                                            const S* save_invstd, bool training, int64_t count,
                                             int64_t channels, double* dweight, double* dbias, double* coef) {
   for (int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; c < channels;
        c += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -333,10 +341,15 @@ void bn_backward_finalize(const KernelScope& scope, const Tensor& sums, const Te
                           const Tensor& dweight, const Tensor& dbias, const Tensor& coef) {
   const int64_t C = save_mean.numel();
   if (C == 0) return;
-  bn_backward_finalize_kernel<<<grid_for(C), kBlock, 0, scope.stream()>>>(
-      optional_data<double>(sums), optional_data<double>(weight), device_data<float>(save_mean),
-      device_data<float>(save_invstd), training, count, C, optional_data<double>(dweight),
-      optional_data<double>(dbias), device_data<double>(coef));
+  auto launch = [&](auto* s_tag) {
+    using S = std::remove_pointer_t<decltype(s_tag)>;
+    bn_backward_finalize_kernel<S><<<grid_for(C), kBlock, 0, scope.stream()>>>(
+        optional_data<double>(sums), optional_data<double>(weight), device_data<S>(save_mean),
+        device_data<S>(save_invstd), training, count, C, optional_data<double>(dweight), optional_data<double>(dbias),
+        device_data<double>(coef));
+  };
+  if (save_mean.dtype() == DType::f64) launch(static_cast<double*>(nullptr));  // f64 data (statistics_dtype)
+  else launch(static_cast<float*>(nullptr));
   HR_CUDA_KERNEL_LAUNCH_CHECK();
 }
 

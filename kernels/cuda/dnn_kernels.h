@@ -10,7 +10,7 @@
 // in acc_type (f32 for 16-bit data, f64 for f64).
 //
 // Shapes: x, y, dy, dx contiguous [N, C, S]. Per-channel tensors are contiguous [C]:
-// save_mean/save_invstd f32; on the own path weight, bias, running stats, dweight and dbias are
+// save_mean/save_invstd in statistics_dtype (f32; f64 for f64 data); on the own path weight, bias, running stats, dweight and dbias are
 // f64 (the caller casts in and out; undefined = absent); coef and sums are f64 scratch.
 #pragma once
 

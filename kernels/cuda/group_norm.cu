@@ -81,7 +81,7 @@ __global__ void gn_param_to_acc_kernel(const void* __restrict__ src, DType dt, i
 template <typename T>
 __global__ void __launch_bounds__(kGnMaxThreads)
     gn_forward_kernel(const T* __restrict__ x, const acc_type<T>* __restrict__ w, const acc_type<T>* __restrict__ b,
-                      acc_type<T> eps, T* __restrict__ y, float* __restrict__ mean, float* __restrict__ rstd,
+                      acc_type<T> eps, T* __restrict__ y, acc_type<T>* __restrict__ mean, acc_type<T>* __restrict__ rstd,
                       int64_t rows, int64_t groups, int64_t cg, int64_t s) {
   using C = acc_type<T>;
   __shared__ C shared[32];
@@ -99,8 +99,8 @@ __global__ void __launch_bounds__(kGnMaxThreads)
     }
     const C rs = gn_rsqrt(block_sum(ss, shared) / static_cast<C>(m) + eps);
     if (threadIdx.x == 0) {
-      mean[r] = static_cast<float>(mu);
-      rstd[r] = static_cast<float>(rs);
+      mean[r] = mu;  // f32, or f64 for f64 data (Note [statistics dtype])
+      rstd[r] = rs;
     }
     const int64_t c0 = (r % groups) * cg;
     for (int64_t j = threadIdx.x; j < m; j += blockDim.x) {
@@ -116,7 +116,7 @@ __global__ void __launch_bounds__(kGnMaxThreads)
 template <typename T>
 __global__ void __launch_bounds__(kGnMaxThreads)
     gn_backward_dx_kernel(const T* __restrict__ dy, const T* __restrict__ x, const acc_type<T>* __restrict__ w,
-                          const float* __restrict__ mean, const float* __restrict__ rstd, T* __restrict__ dx,
+                          const acc_type<T>* __restrict__ mean, const acc_type<T>* __restrict__ rstd, T* __restrict__ dx,
                           int64_t rows, int64_t groups, int64_t cg, int64_t s) {
   using C = acc_type<T>;
   __shared__ C shared[32];
@@ -146,8 +146,8 @@ __global__ void __launch_bounds__(kGnMaxThreads)
 // dweight[c] = sum_(n,s) dy xhat, dbias[c] = sum_(n,s) dy: a block per channel, no atomics.
 template <typename T>
 __global__ void __launch_bounds__(kGnMaxThreads)
-    gn_backward_param_kernel(const T* __restrict__ dy, const T* __restrict__ x, const float* __restrict__ mean,
-                             const float* __restrict__ rstd, int64_t n, int64_t channels, int64_t groups, int64_t cg,
+    gn_backward_param_kernel(const T* __restrict__ dy, const T* __restrict__ x, const acc_type<T>* __restrict__ mean,
+                             const acc_type<T>* __restrict__ rstd, int64_t n, int64_t channels, int64_t groups, int64_t cg,
                              int64_t s, void* dweight, DType dw_dtype, int64_t dw_stride, void* dbias,
                              DType db_dtype, int64_t db_stride) {
   using C = acc_type<T>;
@@ -201,8 +201,8 @@ void group_norm_forward_impl(const KernelScope& scope, const GnGeom& g, const Te
   const C* b = acc_param<C>(scope, bias, g.c, keep_b);
   const int64_t rows = g.n * g.g;
   gn_forward_kernel<T><<<gn_grid(rows), gn_threads(g.cg * g.s), 0, scope.stream()>>>(
-      device_data<const T>(x), w, b, static_cast<C>(eps), device_data<T>(y), device_data<float>(save_mean),
-      device_data<float>(save_rstd), rows, g.g, g.cg, g.s);
+      device_data<const T>(x), w, b, static_cast<C>(eps), device_data<T>(y), device_data<C>(save_mean),
+      device_data<C>(save_rstd), rows, g.g, g.cg, g.s);
   HR_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -213,8 +213,8 @@ void group_norm_backward_impl(const KernelScope& scope, const GnGeom& g, const T
   using C = acc_type<T>;
   const T* pdy = device_data<const T>(dy);
   const T* px = device_data<const T>(x);
-  const float* pm = device_data<const float>(save_mean);
-  const float* pr = device_data<const float>(save_rstd);
+  const C* pm = device_data<const C>(save_mean);
+  const C* pr = device_data<const C>(save_rstd);
   if (dx.defined()) {
     Tensor keep_w;
     const C* w = acc_param<C>(scope, weight, g.c, keep_w);

@@ -81,7 +81,7 @@ template <typename T, bool kBlockRow>
 __global__ void __launch_bounds__(kMaxRowThreads)
     layer_norm_forward_rows(const T* __restrict__ x, const acc_type<T>* __restrict__ w,
                             const acc_type<T>* __restrict__ b, bool affine, acc_type<T> eps, T* __restrict__ y,
-                            float* __restrict__ mean, float* __restrict__ rstd, int64_t m, int64_t n) {
+                            acc_type<T>* __restrict__ mean, acc_type<T>* __restrict__ rstd, int64_t m, int64_t n) {
   using C = acc_type<T>;
   using R = Rows<kBlockRow>;
   __shared__ C shared[32];
@@ -99,8 +99,8 @@ __global__ void __launch_bounds__(kMaxRowThreads)
     }
     const C rs = C(1) / dev_sqrt(R::sum(ss, shared) / static_cast<C>(n) + eps);
     if (lane == 0) {
-      mean[r] = static_cast<float>(mu);
-      rstd[r] = static_cast<float>(rs);
+      mean[r] = mu;  // f32, or f64 for f64 data (Note [statistics dtype])
+      rstd[r] = rs;
     }
     if (affine) {
       for (int64_t j = lane; j < n; j += lanes)
@@ -116,8 +116,8 @@ __global__ void __launch_bounds__(kMaxRowThreads)
 template <typename T, bool kBlockRow>
 __global__ void __launch_bounds__(kMaxRowThreads)
     layer_norm_backward_dx_rows(const T* __restrict__ dy, const T* __restrict__ x,
-                                const acc_type<T>* __restrict__ w, const float* __restrict__ mean,
-                                const float* __restrict__ rstd, T* __restrict__ dx, int64_t m, int64_t n) {
+                                const acc_type<T>* __restrict__ w, const acc_type<T>* __restrict__ mean,
+                                const acc_type<T>* __restrict__ rstd, T* __restrict__ dx, int64_t m, int64_t n) {
   using C = acc_type<T>;
   using R = Rows<kBlockRow>;
   __shared__ C shared[32];
@@ -148,8 +148,8 @@ __global__ void __launch_bounds__(kMaxRowThreads)
 // columns (coalesced), threadIdx.y rows; part_w/part_b are [splits, n].
 template <typename T>
 __global__ void __launch_bounds__(kParamTileX* kParamTileY)
-    layer_norm_param_partials(const T* __restrict__ dy, const T* __restrict__ x, const float* __restrict__ mean,
-                              const float* __restrict__ rstd, acc_type<T>* __restrict__ part_w,
+    layer_norm_param_partials(const T* __restrict__ dy, const T* __restrict__ x, const acc_type<T>* __restrict__ mean,
+                              const acc_type<T>* __restrict__ rstd, acc_type<T>* __restrict__ part_w,
                               acc_type<T>* __restrict__ part_b, int64_t m, int64_t n, int64_t rows_per_split) {
   using C = acc_type<T>;
   __shared__ C sw[kParamTileX * kParamTileY], sb[kParamTileX * kParamTileY];
@@ -208,10 +208,12 @@ __global__ void layer_norm_param_finalize(const C* __restrict__ part_w, const C*
 
 // ---- host side ----
 
-void check_stats(const Tensor& t, int64_t n, const char* op, const char* what) {
-  HR_CHECK(t.defined() && t.dtype() == DType::f32 && t.dim() == 1 && t.size(0) == n && t.is_contiguous(),
-           ValueError, op, ": ", what, " must be a contiguous f32 ", shape_str({n}), ", got ",
-           t.defined() ? describe(t) : std::string("undefined"));
+// Statistics are f32, or f64 for f64 data (Note [statistics dtype] in engine/backend.h).
+void check_stats(const Tensor& t, int64_t n, DType data, const char* op, const char* what) {
+  const DType want = statistics_dtype(data);
+  HR_CHECK(t.defined() && t.dtype() == want && t.dim() == 1 && t.size(0) == n && t.is_contiguous(), ValueError, op,
+           ": ", what, " must be a contiguous ", dtype_name(want), " ", shape_str({n}), " for ", dtype_name(data),
+           " data, got ", t.defined() ? describe(t) : std::string("undefined"));
 }
 
 void check_like(const Tensor& t, const Tensor& x, const char* op, const char* what, const char* x_name) {
@@ -256,8 +258,8 @@ void layer_norm_forward_impl(const KernelScope& scope, const Tensor& x, const Te
   const bool affine = weight.defined() || bias.defined();
   const T* px = device_data<const T>(x);
   T* py = device_data<T>(y);
-  float* pm = device_data<float>(mean);
-  float* pr = device_data<float>(rstd);
+  C* pm = device_data<C>(mean);
+  C* pr = device_data<C>(rstd);
   const RowLaunch l = row_launch(m, n);
   if (l.block_rows)
     layer_norm_forward_rows<T, true><<<l.grid, l.threads, 0, scope.stream()>>>(px, w, b, affine, static_cast<C>(eps),
@@ -276,8 +278,8 @@ void layer_norm_backward_impl(const KernelScope& scope, const Tensor& dy, const 
   const int64_t m = x.size(0), n = x.size(1);
   const T* pdy = device_data<const T>(dy);
   const T* px = device_data<const T>(x);
-  const float* pm = device_data<const float>(mean);
-  const float* pr = device_data<const float>(rstd);
+  const C* pm = device_data<const C>(mean);
+  const C* pr = device_data<const C>(rstd);
   if (dx.defined() && m > 0) {
     Tensor keep_w;
     const C* w = acc_vector<C>(scope, weight, n, keep_w);
@@ -326,8 +328,8 @@ void CudaBackend::layer_norm_forward(const Tensor& x, const Tensor& weight, cons
   HR_CHECK(y.defined(), ValueError, op, ": y must be defined");
   check_like(y, x, op, "y", "x");
   const int64_t m = x.size(0), n = x.size(1);
-  check_stats(mean, m, op, "mean");
-  check_stats(rstd, m, op, "rstd");
+  check_stats(mean, m, x.dtype(), op, "mean");
+  check_stats(rstd, m, x.dtype(), op, "rstd");
   if (m == 0) return;
   HR_CHECK(n > 0, ValueError, op, ": cannot normalise rows of size 0 in ", describe(x));
   check_vector(weight, n, op, "weight");
@@ -347,8 +349,8 @@ void CudaBackend::layer_norm_backward(const Tensor& dy, const Tensor& x, const T
   check_like(dy, x, op, "dy", "x");
   check_like(dx, x, op, "dx", "x");
   const int64_t m = x.size(0), n = x.size(1);
-  check_stats(mean, m, op, "mean");
-  check_stats(rstd, m, op, "rstd");
+  check_stats(mean, m, x.dtype(), op, "mean");
+  check_stats(rstd, m, x.dtype(), op, "rstd");
   check_vector(weight, n, op, "weight");
   check_vector(dweight, n, op, "dweight");
   check_vector(dbias, n, op, "dbias");

@@ -14,7 +14,7 @@
 // f16/bf16 are read into f32 and rounded once when written; f32 computes in f32, f64 in f64.
 // Backward: softmax dx = y * (dy - sum(dy * y)); log-softmax dx = dy - exp(y) * sum(dy).
 //
-// Cross-entropy is fused: a row kernel gives logsumexp (saved as f32 in lse) and the loss
+// Cross-entropy is fused: a row kernel gives logsumexp (saved in lse: f32, f64 for f64 logits) and the loss
 // lse - logits[target] in one read of the row; backward is elementwise, rebuilding softmax as
 // exp(logits - lse), so no [N, C] probability tensor lives between forward and backward. A
 // negative target is ignored (loss 0, gradient 0). The CPU throws a ValueError for a target
@@ -316,7 +316,7 @@ void softmax_backward_impl(const KernelScope& scope, const Tensor& y, const Tens
 template <typename T, bool kBlockRow>
 __global__ void __launch_bounds__(kMaxRowThreads)
     cross_entropy_forward_rows(const T* __restrict__ x, const int64_t* __restrict__ target, int64_t ts,
-                               T* __restrict__ losses, float* __restrict__ lse, int64_t rows, int64_t c) {
+                               T* __restrict__ losses, acc_type<T>* __restrict__ lse, int64_t rows, int64_t c) {
   using C = acc_type<T>;
   using R = Rows<kBlockRow>;
   __shared__ C sm[32], ss[32];
@@ -328,7 +328,7 @@ __global__ void __launch_bounds__(kMaxRowThreads)
     st = row_max_sum<kBlockRow>(st, sm, ss);
     if (lane == 0) {
       const C log_sum = dev_log(st.s);
-      lse[r] = static_cast<float>(st.m + log_sum);
+      lse[r] = st.m + log_sum;
       const int64_t t = target[r * ts];
       // t >= c: see the top of the file.
       losses[r] = convert<T>(t < 0 || t >= c ? C(0) : log_sum - (convert<C>(xr[t]) - st.m));
@@ -339,7 +339,7 @@ __global__ void __launch_bounds__(kMaxRowThreads)
 // dlogits = dlosses[r] * (exp(logits - lse[r]) - onehot(target[r])); zero for an ignored row.
 template <typename T>
 __global__ void cross_entropy_backward_kernel(const T* __restrict__ x, const int64_t* __restrict__ target,
-                                              int64_t ts, const float* __restrict__ lse, const T* __restrict__ dl,
+                                              int64_t ts, const acc_type<T>* __restrict__ lse, const T* __restrict__ dl,
                                               int64_t ds, T* __restrict__ dx, int64_t rows, int64_t c) {
   using C = acc_type<T>;
   const int64_t total = rows * c;
@@ -352,7 +352,7 @@ __global__ void cross_entropy_backward_kernel(const T* __restrict__ x, const int
       continue;
     }
     const C g = convert<C>(dl[r * ds]);
-    const C p = dev_exp(convert<C>(x[i]) - static_cast<C>(lse[r]));
+    const C p = dev_exp(convert<C>(x[i]) - lse[r]);
     dx[i] = convert<T>(j == t ? g * (p - C(1)) : g * p);  // the target's entry rounded once
   }
 }
@@ -364,7 +364,7 @@ void cross_entropy_forward_impl(const KernelScope& scope, const Tensor& logits, 
   const T* px = device_data<const T>(logits);
   const int64_t* pt = device_data<const int64_t>(target);
   T* pl = device_data<T>(losses);
-  float* plse = device_data<float>(lse);
+  acc_type<T>* plse = device_data<acc_type<T>>(lse);  // f32, f64 for f64 (statistics_dtype)
   const RowLaunch l = row_launch(n, c);
   if (l.block_rows)
     cross_entropy_forward_rows<T, true><<<l.grid, l.threads, 0, scope.stream()>>>(px, pt, target.stride(0), pl, plse, n, c);
@@ -379,7 +379,7 @@ void cross_entropy_backward_impl(const KernelScope& scope, const Tensor& logits,
   const int64_t n = logits.size(0), c = logits.size(1);
   cross_entropy_backward_kernel<T><<<grid_for(n * c), kBlock, 0, scope.stream()>>>(
       device_data<const T>(logits), device_data<const int64_t>(target), target.stride(0),
-      device_data<const float>(lse), device_data<const T>(dlosses), dlosses.stride(0), device_data<T>(dlogits), n, c);
+      device_data<const acc_type<T>>(lse), device_data<const T>(dlosses), dlosses.stride(0), device_data<T>(dlogits), n, c);
   HR_CUDA_KERNEL_LAUNCH_CHECK();
 }
 

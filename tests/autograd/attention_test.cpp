@@ -133,10 +133,10 @@ TEST(Attention, LseIsTheLogSumExpOfEachRow) {
   const double scale = 0.5;
   Tensor q = Tensor::randn({1, 1, t, d}, DType::f64), k = Tensor::randn({1, 1, t, d}, DType::f64);
   Tensor v = Tensor::randn({1, 1, t, d}, DType::f64);
-  Tensor out = Tensor::empty({1, 1, t, d}, DType::f64), lse = Tensor::empty({1, 1, t}, DType::f32);
+  Tensor out = Tensor::empty({1, 1, t, d}, DType::f64), lse = Tensor::empty({1, 1, t}, DType::f64);  // f64 for f64
   backend_for(Device::cpu()).attention_forward(q, k, v, out, lse, scale, true);
   std::vector<double> qv = q.to_vector<double>(), kv = k.to_vector<double>();
-  std::vector<float> lv = lse.to_vector<float>();
+  std::vector<double> lv = lse.to_vector<double>();
   for (int64_t i = 0; i < t; ++i) {
     double s = 0;
     for (int64_t j = 0; j <= i; ++j) {
@@ -144,7 +144,7 @@ TEST(Attention, LseIsTheLogSumExpOfEachRow) {
       for (int64_t c = 0; c < d; ++c) dot += qv[static_cast<size_t>(i * d + c)] * kv[static_cast<size_t>(j * d + c)];
       s += std::exp(scale * dot);
     }
-    EXPECT_NEAR(lv[static_cast<size_t>(i)], std::log(s), 1e-5) << "row " << i;
+    EXPECT_NEAR(lv[static_cast<size_t>(i)], std::log(s), 1e-12) << "row " << i;
   }
 }
 

@@ -48,15 +48,13 @@ inline const std::vector<int64_t> kSizes = {1, 127, 128, 255, 256};
 struct Tol {
   double abs = 1;
   double rel = 1;
-  // The tolerance is at least this dtype's: ops whose contract keeps statistics in f32 (the
-  // logsumexp of cross_entropy, the mean and rstd of the norms: engine/backend.h) are only
-  // f32-accurate in f64.
+  // The tolerance is at least this dtype's. (Statistics saved for backward are f64 for f64
+  // data -- Note [statistics dtype] in engine/backend.h -- so no op needs f32's in f64.)
   DType at_least = DType::f64;
   // atol scales with max(largest |reference| element, this): for results that cancel to
   // values far smaller than the numbers that made them (a parameter stepped near zero).
   double scale_floor = 0;
   Tol times(double k) const { return {abs * k, rel * k, at_least, scale_floor}; }
-  Tol f32_stats() const { return {abs, rel, DType::f32, scale_floor}; }
   Tol scale_at_least(double s) const { return {abs, rel, at_least, s}; }
 };
 

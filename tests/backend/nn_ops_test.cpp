@@ -13,9 +13,8 @@
 // Tolerances: these ops reduce along that length (a max, a sum of exponentials, a mean and a
 // variance) and their backward kernels reduce again (sum of dy * y, of dy * xhat), so acc_tol of
 // the length, times a small factor where the backward formula subtracts nearly equal terms
-// (stated at each use). cross_entropy, layer_norm and batch_norm keep their statistics in f32
-// whatever the dtype (the Backend contract, engine/backend.h), so in f64 they are held to
-// f32's tolerance (Tol::f32_stats).
+// (stated at each use). Their saved statistics are f64 for f64 data (Note [statistics dtype] in
+// engine/backend.h), so f64 is held to f64's tolerance.
 #include <cmath>
 
 #include "device_test.h"
@@ -114,7 +113,7 @@ TEST_P(CrossEntropy, EveryClassCountReductionAndLayout) {
           for (size_t i = 1; i < t.size(); i += 5) t[i] = ignore;
           Tensor target = Tensor::from_vector(t, {n}, DType::i64);
           // The mean and the sum add n per-row losses; each row's gradient is a softmax row.
-          const Tol tol = acc_tol(std::max(n, c)).times(2).f32_stats();
+          const Tol tol = acc_tol(std::max(n, c)).times(2);
           check_op(str_cat("cross_entropy ", n, " x ", c, " ", reduction, " ignore_index ", ignore),
                    [reduction, ignore](const V& v) { return cross_entropy(v[0], v[1], reduction, ignore); },
                    {randn({n, c}, 2), target}, tol, tol, true,
@@ -124,7 +123,7 @@ TEST_P(CrossEntropy, EveryClassCountReductionAndLayout) {
 
   {  // transposed (non-contiguous) logits and i32 targets
     Tensor target = cast(randint({127}, 255), DType::i32);
-    const Tol tol = acc_tol(255).times(2).f32_stats();
+    const Tol tol = acc_tol(255).times(2);
     check_op("transposed logits, i32 targets", [](const V& v) { return cross_entropy(v[0].t(), v[1]); },
              {randn({255, 127}, 2), target}, tol, tol, true,
              [](const V& v) { return cross_entropy_ref(v[0].t(), cast(v[1], DType::i64), "mean", -100); });
@@ -164,7 +163,7 @@ TEST_P(LayerNorm, EveryRowLengthAffineAndLayout) {
         // dy xhat over the rows, terms of size ~1 even where xhat is 0 by symmetry (a row of
         // one element, whose f32 mean is not exactly an f64 x): scale at least sqrt(rows).
         const int64_t rows = shape_numel(c.x) / n;
-        const Tol tol = acc_tol(n).times(4).f32_stats().scale_at_least(std::sqrt(static_cast<double>(rows)));
+        const Tol tol = acc_tol(n).times(4).scale_at_least(std::sqrt(static_cast<double>(rows)));
         std::vector<Tensor> inputs = {randn(c.x, 2, 0.5)};
         if (affine >= 1) inputs.push_back(randn(c.normalized, 1, 1));
         if (affine == 1) inputs.push_back(randn(c.normalized));
@@ -181,7 +180,7 @@ TEST_P(LayerNorm, EveryRowLengthAffineAndLayout) {
       }
   }
 
-  const Tol tol = acc_tol(255).times(4).f32_stats();
+  const Tol tol = acc_tol(255).times(4);
   check_op("layer_norm of a transposed input", [](const V& v) { return layer_norm(v[0].t(), {255}, v[1], v[2]); },
            {randn({255, 17}), randn({255}), randn({255})}, tol, tol, true,
            [](const V& v) { return layer_norm_ref(v[0].t(), 1, v[1], v[2], 1e-5); });
@@ -218,7 +217,7 @@ TEST_P(BatchNorm, TrainingAndRunningStatistics) {
       // checked below).
       Tensor rm_dev = dev_in(randn({c}, 0.5)), rv_dev = dev_in(uniform({c}, 0.5, 2));
       // dx subtracts the channel means of dy and dy * xhat from dy: acc_tol(per channel) x 4.
-      const Tol tol = acc_tol(per_channel).times(4).f32_stats();
+      const Tol tol = acc_tol(per_channel).times(4);
       check_op(
           "forward and backward",
           [&](const V& v) { return batch_norm(v[0], v[1], v[2], rm_dev, rv_dev, true, momentum, eps); },
@@ -243,7 +242,7 @@ TEST_P(BatchNorm, TrainingAndRunningStatistics) {
       std::vector<int64_t> dims = {0, 2, 3};
       Tensor want_mean = ref_in(rm0) * (1 - momentum) + mean(xr, dims) * momentum;
       Tensor want_var = ref_in(rv0) * (1 - momentum) + var(xr, dims) * momentum;
-      const Tol tol = acc_tol(per_channel).f32_stats();
+      const Tol tol = acc_tol(per_channel);
       EXPECT_TRUE(close(rm, want_mean, tol));
       EXPECT_TRUE(close(rv, want_var, tol));
     }
@@ -259,7 +258,7 @@ TEST_P(BatchNorm, Evaluation) {
   const double eps = 1e-5;
   for (const Shape& xs : shapes) {
     const int64_t c = xs[1];
-    const Tol tol = acc_tol(shape_numel(xs) / c).f32_stats();
+    const Tol tol = acc_tol(shape_numel(xs) / c);
     Tensor rm = randn({c}, 0.5), rv = uniform({c}, 0.5, 2);
     Shape bshape = {1, c, 1, 1};
     check_op(str_cat("batch_norm eval ", shape_str(xs)),

@@ -138,7 +138,7 @@ TEST(NnKernels, CrossEntropyIsMinusLogSoftmaxAtTarget) {
     for (int64_t i = 0; i < n; ++i) tv[static_cast<size_t>(i)] = (i * 7 + 3) % c;
     tv[1] = -1;  // ignored
     Tensor target = Tensor::from_vector<int64_t>(tv, {n}, DType::i64);
-    Tensor losses = Tensor::empty({n}, DType::f64), lse = Tensor::empty({n}, DType::f32);
+    Tensor losses = Tensor::empty({n}, DType::f64), lse = Tensor::empty({n}, DType::f64);  // f64 statistics for f64
     cpu().cross_entropy_forward(logits, target, losses, lse);
     std::vector<double> xv = logits.to_vector<double>();
     std::vector<double> ls = ref_softmax(xv, n, c, 1, true);
@@ -149,7 +149,7 @@ TEST(NnKernels, CrossEntropyIsMinusLogSoftmaxAtTarget) {
       ref_lse[static_cast<size_t>(i)] = xv[static_cast<size_t>(i * c)] - ls[static_cast<size_t>(i * c)];
     }
     EXPECT_TRUE(all_close(losses, from_doubles(ref_loss, {n}), 1e-12, 1e-10));
-    EXPECT_TRUE(all_close(lse, from_doubles(ref_lse, {n}, DType::f32), 1e-5, 1e-6));
+    EXPECT_TRUE(all_close(lse, from_doubles(ref_lse, {n}), 1e-12, 1e-12));
     EXPECT_EQ(losses.to_vector<double>()[1], 0.0);
 
     // Backward: dlogits = dloss * (softmax - onehot), zero for the ignored row.
@@ -202,7 +202,7 @@ TEST(NnKernels, LayerNormRowsHaveMeanZeroVarianceOne) {
   for (auto [m, n] : {std::pair<int64_t, int64_t>{6, 10}, {300, 257}}) {
     Tensor x = Tensor::randn({m, n}, DType::f64) * 5.0 + 3.0;
     Tensor y = Tensor::empty({m, n}, DType::f64);
-    Tensor mean = Tensor::empty({m}), rstd = Tensor::empty({m});
+    Tensor mean = Tensor::empty({m}, DType::f64), rstd = Tensor::empty({m}, DType::f64);  // f64 statistics for f64
     cpu().layer_norm_forward(x, Tensor(), Tensor(), 0.0, y, mean, rstd);
     std::vector<double> xv = x.to_vector<double>(), yv = y.to_vector<double>();
     std::vector<double> mv = mean.to_vector<double>(), rv = rstd.to_vector<double>();
@@ -229,7 +229,7 @@ TEST(NnKernels, LayerNormAffineAndBackwardSums) {
   const int64_t m = 200, n = 300;
   Tensor x = Tensor::randn({m, n}, DType::f64);
   Tensor w = Tensor::randn({n}, DType::f64), b = Tensor::randn({n}, DType::f64);
-  Tensor y = Tensor::empty({m, n}, DType::f64), mean = Tensor::empty({m}), rstd = Tensor::empty({m});
+  Tensor y = Tensor::empty({m, n}, DType::f64), mean = Tensor::empty({m}, DType::f64), rstd = Tensor::empty({m}, DType::f64);
   const double eps = 1e-5;
   cpu().layer_norm_forward(x, w, b, eps, y, mean, rstd);
   std::vector<double> xv = x.to_vector<double>(), wv = w.to_vector<double>(), bv = b.to_vector<double>();
@@ -278,7 +278,7 @@ TEST(NnKernels, LayerNormAffineAndBackwardSums) {
       rdx[k] = (dyv[k] * wv[static_cast<size_t>(j)] - mg - xhat[k] * mgx) / std::sqrt(var + eps);
     }
   }
-  EXPECT_TRUE(all_close(dx, from_doubles(rdx, {m, n}), 1e-5, 1e-5));  // f32 mean/rstd
+  EXPECT_TRUE(all_close(dx, from_doubles(rdx, {m, n}), 1e-11, 1e-11));  // f64 mean/rstd (was 1e-5 with f32)
   // Undefined dweight/dbias are skipped; dx is unchanged by that.
   Tensor dx2 = Tensor::empty({m, n}, DType::f64);
   cpu().layer_norm_backward(dy, x, w, mean, rstd, dx2, Tensor(), Tensor());
@@ -343,7 +343,7 @@ TEST(NnKernels, BatchNormNoAffineLargeAndBackwardSums) {
   manual_seed(9);
   const int64_t n = 16, c = 8, s = 1000;  // 128k elements: the parallel paths
   Tensor x = Tensor::randn({n, c, s}, DType::f64) * 2.0 - 1.0;
-  Tensor y = Tensor::empty({n, c, s}, DType::f64), sm = Tensor::empty({c}), si = Tensor::empty({c});
+  Tensor y = Tensor::empty({n, c, s}, DType::f64), sm = Tensor::empty({c}, DType::f64), si = Tensor::empty({c}, DType::f64);
   cpu().batch_norm_forward(x, Tensor(), Tensor(), Tensor(), Tensor(), true, 0.1, 0.0, y, sm, si);
   // Per channel: mean 0 and biased variance 1.
   Tensor per_channel_mean = y.mean({0, 2});
