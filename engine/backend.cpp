@@ -1,5 +1,7 @@
 #include "engine/backend.h"
 
+#include <cmath>
+
 #include "engine/error.h"
 
 namespace headroom {
@@ -21,6 +23,22 @@ const char* reduce_op_name(ReduceOp op) {
 bool is_comparison(BinaryOp op) {
   return op == BinaryOp::eq || op == BinaryOp::ne || op == BinaryOp::lt || op == BinaryOp::le ||
          op == BinaryOp::gt || op == BinaryOp::ge;
+}
+
+// Note [optimizer step constants]: everything in double, each constant rounded once by the kernel.
+AdamStep AdamStep::make(double lr, double beta1, double beta2, double eps, double weight_decay, bool decoupled,
+                        double bias_correction1, double bias_correction2) {
+  AdamStep s;
+  s.beta1 = beta1;
+  s.one_minus_beta1 = 1.0 - beta1;
+  s.beta2 = beta2;
+  s.one_minus_beta2 = 1.0 - beta2;
+  s.eps = eps;
+  s.decay = decoupled ? 1.0 - lr * weight_decay : 1.0;
+  s.l2 = decoupled ? 0.0 : weight_decay;
+  s.step_size = lr / bias_correction1;
+  s.inv_sqrt_bc2 = 1.0 / std::sqrt(bias_correction2);
+  return s;
 }
 
 namespace {

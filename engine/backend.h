@@ -55,6 +55,24 @@ struct Conv2dParams {
   int64_t groups = 1;
 };
 
+// The constants of one Adam / AdamW step (Backend::adam_update), worked out in double on the
+// host and rounded once to the dtype the kernel computes in. Note [optimizer step constants]:
+// the kernel must not derive any of them itself -- 1 - beta2 taken in f32 from beta2 already
+// rounded to f32 is 1 - 0.999f = 0.00099998713, not 0.001, which made a fused first step 6.7e-6
+// too large against the generic path of Tensor ops (whose scalars are doubles rounded once).
+// make() is the one place they are folded.
+struct AdamStep {
+  double beta1 = 0, one_minus_beta1 = 1;  // m = beta1 m + one_minus_beta1 d
+  double beta2 = 0, one_minus_beta2 = 1;  // v = beta2 v + one_minus_beta2 d^2
+  double eps = 0;
+  double decay = 1;         // AdamW: p is first scaled by 1 - lr weight_decay (else 1)
+  double l2 = 0;            // Adam: d = g + weight_decay p (else 0)
+  double step_size = 0;     // lr / bias_correction1
+  double inv_sqrt_bc2 = 1;  // 1 / sqrt(bias_correction2)
+  static AdamStep make(double lr, double beta1, double beta2, double eps, double weight_decay, bool decoupled,
+                       double bias_correction1, double bias_correction2);
+};
+
 struct Pool2dParams {
   int64_t kernel_h = 2, kernel_w = 2;
   int64_t stride_h = 2, stride_w = 2;
@@ -205,17 +223,18 @@ class Backend {
                                   const Tensor& dv, double scale, bool causal) = 0;
 
   // ---- optimizer updates (in place; p, g and the state contiguous, one float dtype and shape) ----
-  // One pass over each parameter instead of a dozen elementwise ops and their temporaries.
+  // One pass over each parameter instead of a dozen elementwise ops and their temporaries,
+  // computing in f32 (f64 for f64). Every scalar is rounded to that dtype as given, and no
+  // arithmetic is done on the scalars in it (Note [optimizer step constants]).
   // SGD: d = g + weight_decay p; with momentum: buf = first ? d : momentum buf + d, then
   // d = nesterov ? d + momentum buf : buf (buf undefined when momentum == 0); p -= lr d.
   virtual void sgd_update(const Tensor& p, const Tensor& g, const Tensor& buf, bool first, double lr,
                           double momentum, double weight_decay, bool nesterov) = 0;
-  // Adam: decoupled (AdamW) scales p by 1 - lr weight_decay and takes d = g, else
-  // d = g + weight_decay p; m = b1 m + (1 - b1) d; v = b2 v + (1 - b2) d^2;
-  // p -= lr / bias_correction1 * m / (sqrt(v / bias_correction2) + eps).
-  virtual void adam_update(const Tensor& p, const Tensor& g, const Tensor& m, const Tensor& v, double lr,
-                           double beta1, double beta2, double eps, double weight_decay, bool decoupled,
-                           double bias_correction1, double bias_correction2) = 0;
+  // Adam / AdamW with the constants of AdamStep: w = decay p; d = g + l2 w;
+  // m = beta1 m + one_minus_beta1 d; v = beta2 v + one_minus_beta2 (d d);
+  // p = w - (m / (sqrt(v) inv_sqrt_bc2 + eps)) step_size, in the generic path's order.
+  virtual void adam_update(const Tensor& p, const Tensor& g, const Tensor& m, const Tensor& v,
+                           const AdamStep& step) = 0;
 
   // ---- mixed precision (optim/grad_scaler.h) ----
   // One pass over all of a step's gradients on this device: each g (contiguous, any float

@@ -1,3 +1,4 @@
+// optim/fused.h's updates: the checks that decide whether the fused form applies, and the call.
 #include "optim/fused.h"
 
 #include <initializer_list>
@@ -44,9 +45,11 @@ bool adam_update(const Tensor& p, const Tensor& g, const Tensor& m, const Tensor
                  double beta2, double eps, double weight_decay, bool decoupled, double bias_correction1,
                  double bias_correction2) {
   if (!applies({&p, &g, &m, &v}) || !m.defined() || !v.defined()) return false;
-  if (p.numel() > 0)
-    backend_for(p.device()).adam_update(p, g, m, v, lr, beta1, beta2, eps, weight_decay, decoupled, bias_correction1,
-                                        bias_correction2);
+  // The step's constants in double, once, for every dtype and device (Note [optimizer step
+  // constants] in engine/backend.h).
+  const AdamStep step =
+      AdamStep::make(lr, beta1, beta2, eps, weight_decay, decoupled, bias_correction1, bias_correction2);
+  if (p.numel() > 0) backend_for(p.device()).adam_update(p, g, m, v, step);
   bump({&p, &m, &v});
   return true;
 }

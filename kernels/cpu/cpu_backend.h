@@ -74,9 +74,7 @@ class CpuBackend final : public Backend {
 
   void sgd_update(const Tensor& p, const Tensor& g, const Tensor& buf, bool first, double lr, double momentum,
                   double weight_decay, bool nesterov) override;
-  void adam_update(const Tensor& p, const Tensor& g, const Tensor& m, const Tensor& v, double lr, double beta1,
-                   double beta2, double eps, double weight_decay, bool decoupled, double bias_correction1,
-                   double bias_correction2) override;
+  void adam_update(const Tensor& p, const Tensor& g, const Tensor& m, const Tensor& v, const AdamStep& step) override;
 
   void unscale_and_check(const std::vector<Tensor>& grads, double inv_scale, const Tensor& found_inf) override;
 

@@ -2,9 +2,10 @@
 //
 // One grid-stride kernel per update reads p, g and the optimizer state once and writes p and
 // the state back once (all in place, =), in the parameter's dtype, computing in f32 for f32,
-// f16 and bf16 and in f64 for f64 -- the formulas of kernels/cpu/optim.cpp, term for term, with
-// the step-wide constants (decay factor, step size, 1 / sqrt(bias_correction2)) folded on the
-// host in double exactly as the CPU folds them. An update is memory-bound (a handful of flops
+// f16 and bf16 and in f64 for f64 -- the formulas of kernels/cpu/optim.cpp, term for term. The
+// step-wide constants (1 - beta1, 1 - beta2, decay factor, step size, 1 / sqrt(bias_correction2))
+// arrive folded in double (AdamStep, Note [optimizer step constants] in engine/backend.h) and
+// are rounded once on the host, exactly as the CPU rounds them; no kernel derives one. An update is memory-bound (a handful of flops
 // per 16-20 bytes), so the kernels are plain coalesced loops; the tensors are contiguous by
 // contract, so element i of every tensor is at offset i.
 #include "kernels/cuda/cuda_backend.h"
@@ -43,21 +44,25 @@ __global__ void sgd_kernel(T* __restrict__ p, const T* __restrict__ g, T* __rest
   }
 }
 
+// AdamStep's constants rounded to A, passed by value.
+template <typename A>
+struct AdamConstants {
+  A beta1, one_minus_beta1, beta2, one_minus_beta2, eps, decay, l2, step_size, inv_sqrt_bc2;
+};
+
 template <typename T>
 __global__ void adam_kernel(T* __restrict__ p, const T* __restrict__ g, T* __restrict__ m, T* __restrict__ v,
-                            int64_t n, acc_type<T> beta1, acc_type<T> one_minus_beta1, acc_type<T> beta2,
-                            acc_type<T> one_minus_beta2, acc_type<T> eps, acc_type<T> decay, acc_type<T> l2,
-                            acc_type<T> step_size, acc_type<T> inv_sqrt_bc2) {
+                            int64_t n, AdamConstants<acc_type<T>> k) {
   using A = acc_type<T>;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const A w = convert<A>(p[i]) * decay;
-    const A d = convert<A>(g[i]) + l2 * w;
-    const A mi = beta1 * convert<A>(m[i]) + one_minus_beta1 * d;
-    const A vi = beta2 * convert<A>(v[i]) + one_minus_beta2 * d * d;
+    const A w = convert<A>(p[i]) * k.decay;
+    const A d = convert<A>(g[i]) + k.l2 * w;
+    const A mi = k.beta1 * convert<A>(m[i]) + k.one_minus_beta1 * d;
+    const A vi = k.beta2 * convert<A>(v[i]) + k.one_minus_beta2 * (d * d);
     m[i] = convert<T>(mi);
     v[i] = convert<T>(vi);
-    p[i] = convert<T>(w - step_size * mi / (device_sqrt(vi) * inv_sqrt_bc2 + eps));
+    p[i] = convert<T>(w - (mi / (device_sqrt(vi) * k.inv_sqrt_bc2 + k.eps)) * k.step_size);
   }
 }
 
@@ -80,20 +85,17 @@ void sgd_impl(const KernelScope& scope, const Tensor& p, const Tensor& g, const 
 
 template <typename T>
 void adam_impl(const KernelScope& scope, const Tensor& p, const Tensor& g, const Tensor& m, const Tensor& v,
-               double lr, double beta1, double beta2, double eps, double weight_decay, bool decoupled,
-               double bias_correction1, double bias_correction2) {
+               const AdamStep& step) {
   using A = acc_type<T>;
   const int64_t n = p.numel();
-  // Folded in double, then rounded to A, as on the CPU: 1 - beta too (1 - 0.999f in f32 is
-  // 0.00099998713, which made the first steps 6.7e-6 too large).
-  const A decay = decoupled ? static_cast<A>(1.0 - lr * weight_decay) : A(1);
-  const A l2 = decoupled ? A(0) : static_cast<A>(weight_decay);
-  const A step_size = static_cast<A>(lr / bias_correction1);
-  const A inv_sqrt_bc2 = static_cast<A>(1.0 / std::sqrt(bias_correction2));
-  adam_kernel<T><<<grid_for(n), kBlock, 0, scope.stream()>>>(
-      device_data<T>(p), device_data<T>(g), device_data<T>(m), device_data<T>(v), n, static_cast<A>(beta1),
-      static_cast<A>(1.0 - beta1), static_cast<A>(beta2), static_cast<A>(1.0 - beta2), static_cast<A>(eps), decay, l2,
-      step_size, inv_sqrt_bc2);
+  // Each constant rounded once from AdamStep's double, as on the CPU.
+  const AdamConstants<A> k{static_cast<A>(step.beta1),        static_cast<A>(step.one_minus_beta1),
+                           static_cast<A>(step.beta2),        static_cast<A>(step.one_minus_beta2),
+                           static_cast<A>(step.eps),          static_cast<A>(step.decay),
+                           static_cast<A>(step.l2),           static_cast<A>(step.step_size),
+                           static_cast<A>(step.inv_sqrt_bc2)};
+  adam_kernel<T><<<grid_for(n), kBlock, 0, scope.stream()>>>(device_data<T>(p), device_data<T>(g), device_data<T>(m),
+                                                             device_data<T>(v), n, k);
   HR_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -112,9 +114,8 @@ void CudaBackend::sgd_update(const Tensor& p, const Tensor& g, const Tensor& buf
   });
 }
 
-void CudaBackend::adam_update(const Tensor& p, const Tensor& g, const Tensor& m, const Tensor& v, double lr,
-                              double beta1, double beta2, double eps, double weight_decay, bool decoupled,
-                              double bias_correction1, double bias_correction2) {
+void CudaBackend::adam_update(const Tensor& p, const Tensor& g, const Tensor& m, const Tensor& v,
+                              const AdamStep& step) {
   const char* op = "cuda adam_update";
   HR_CHECK(p.is_contiguous(), ValueError, op, ": the parameter must be contiguous, got ", describe(p));
   check_state(op, "gradient", p, g);
@@ -123,8 +124,7 @@ void CudaBackend::adam_update(const Tensor& p, const Tensor& g, const Tensor& m,
   if (p.numel() == 0) return;
   KernelScope scope(p);
   dispatch_cuda_float(p.dtype(), op, [&](auto tag) {
-    adam_impl<typename decltype(tag)::type>(scope, p, g, m, v, lr, beta1, beta2, eps, weight_decay, decoupled,
-                                            bias_correction1, bias_correction2);
+    adam_impl<typename decltype(tag)::type>(scope, p, g, m, v, step);
   });
 }
 
