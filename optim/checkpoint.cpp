@@ -163,13 +163,23 @@ void restore_training_state(const std::map<std::string, Tensor>& all, TrainingSt
   // The scaler and the optimizer check their own entries in load_state_dict before changing
   // anything; the scaler's load cannot allocate, so it is checked first by loading it into a
   // copy of its options.
+  // Their errors gain the file's name.
+  auto named = [&](const auto& load) {
+    try {
+      load();
+    } catch (const ValueError& e) {
+      throw ValueError(source + ": " + e.what());
+    }
+  };
   if (st.scaler) {
-    GradScaler probe(st.scaler->options());
-    probe.load_state_dict(scaler);
+    named([&] {
+      GradScaler probe(st.scaler->options());
+      probe.load_state_dict(scaler);
+    });
   }
 
   // ---- restore: first the part that allocates (all-or-nothing), then in-place writes ----
-  st.optimizer->load_state_dict(optim);
+  named([&] { st.optimizer->load_state_dict(optim); });
   st.model->load_state_dict(model);
   if (st.scaler) st.scaler->load_state_dict(scaler);
   if (st.splitter) st.splitter->restore(learned);
