@@ -86,8 +86,7 @@ size_t checked_nbytes(const Shape& shape, DType dtype, const char* op) {
 }  // namespace
 
 Tensor Tensor::empty(const Shape& shape, TensorOptions opts) {
-  for (int64_t d : shape)
-    HR_CHECK(d >= 0, ShapeError, "empty: negative dimension in shape ", shape_str(shape));
+  check_shape(shape, "empty");
   auto impl = std::make_shared<TensorImpl>();
   const size_t nbytes = checked_nbytes(shape, opts.dtype_, "empty");
   impl->storage = std::make_shared<StorageImpl>(nbytes, opts.device_);
@@ -100,8 +99,7 @@ Tensor Tensor::empty(const Shape& shape, TensorOptions opts) {
 }
 
 Tensor Tensor::empty_host(const Shape& shape, DType dtype) {
-  for (int64_t d : shape)
-    HR_CHECK(d >= 0, ShapeError, "empty_host: negative dimension in shape ", shape_str(shape));
+  check_shape(shape, "empty_host");
   auto impl = std::make_shared<TensorImpl>();
   impl->storage = std::make_shared<StorageImpl>(checked_nbytes(shape, dtype, "empty_host"), HostMemoryTag{});
   impl->shape = shape;
@@ -113,8 +111,7 @@ Tensor Tensor::empty_host(const Shape& shape, DType dtype) {
 Tensor Tensor::empty_pinned(const Shape& shape, DType dtype) {
   Allocator* pinned = pinned_allocator();
   if (pinned == nullptr) return empty_host(shape, dtype);
-  for (int64_t d : shape)
-    HR_CHECK(d >= 0, ShapeError, "empty_pinned: negative dimension in shape ", shape_str(shape));
+  check_shape(shape, "empty_pinned");
   auto impl = std::make_shared<TensorImpl>();
   impl->storage = std::make_shared<StorageImpl>(checked_nbytes(shape, dtype, "empty_pinned"), *pinned);
   impl->shape = shape;
