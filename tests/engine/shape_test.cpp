@@ -1,5 +1,6 @@
-// Shape arithmetic at the edges (Note [shape arithmetic] in engine/shape.h): the inputs an
-// outside review found to overflow.
+// Shape arithmetic at the edges (Note [shape arithmetic] in engine/shape.h), views checked
+// against their storage, and arange's element count: the inputs an outside review found to
+// overflow, read outside a buffer or quietly give an empty tensor.
 #include <cmath>
 #include <limits>
 
@@ -55,6 +56,69 @@ TEST(ShapeArithmetic, ReshapeInferenceCannotOverflow) {
   EXPECT_EQ(empty.reshape({0, k2_62}).shape(), (Shape{0, k2_62}));
   EXPECT_EQ(Tensor::zeros({6}).reshape({-1, 3}).shape(), (Shape{2, 3}));
   EXPECT_EQ(Tensor::zeros({6}).view({2, -1}).shape(), (Shape{2, 3}));
+}
+
+TEST(AsStrided, ViewsInsideTheStorageWork) {
+  Tensor x = Tensor::arange(6);
+  EXPECT_EQ(x.as_strided({2}, {1}, 4).to_vector<float>(), (std::vector<float>{4, 5}));
+  EXPECT_EQ(x.as_strided({3}, {2}, 1).to_vector<float>(), (std::vector<float>{1, 3, 5}));
+  EXPECT_EQ(x.as_strided({2, 3}, {0, 1}, 3).sum().item<double>(), 24.0);  // broadcast row
+  EXPECT_EQ(x.as_strided({}, {}, 5).item<double>(), 5.0);
+  // No element is reached, so any non-negative offset will do (a slice of an empty slice).
+  EXPECT_EQ(x.as_strided({0}, {1}, 6).numel(), 0);
+  EXPECT_EQ(x.as_strided({2, 0}, {1, 1}, 100).numel(), 0);
+  // A size-1 dim never moves, whatever its stride.
+  EXPECT_EQ(x.as_strided({1, 2}, {int64_t{1} << 60, 1}, 0).sum().item<double>(), 1.0);
+}
+
+TEST(AsStrided, ANegativeOffsetIsRefusedBeforeAnyRead) {
+  // The review's case: sum() read 16 bytes before the buffer (ASan heap-buffer-overflow).
+  Tensor x = Tensor::arange(6);
+  EXPECT_THROW_WITH(x.as_strided({2}, {1}, -4).sum(), ValueError, "offset -4");
+  EXPECT_THROW_WITH(x.as_strided({0}, {1}, -1), ValueError, "offset -1");
+}
+
+TEST(AsStrided, ViewsPastTheEndNameSizesStridesOffsetAndStorage) {
+  Tensor x = Tensor::arange(6);
+  EXPECT_THROW_WITH(x.as_strided({2}, {1}, 5), ValueError, "size (2,), stride (1,), offset 5");
+  EXPECT_THROW_WITH(x.as_strided({3}, {2}, 2), ValueError, "storage of 6 f32 elements (24 bytes)");
+  EXPECT_THROW_WITH(x.as_strided({2, 4}, {3, 1}, 0), ValueError, "reaches element 6");
+  EXPECT_THROW_WITH(Tensor::arange(4, DType::f64).as_strided({5}, {1}, 0), ValueError, "4 f64 elements");
+  EXPECT_THROW_WITH(x.as_strided({2}, {-1}, 1), ValueError, "negative stride");
+  EXPECT_THROW_WITH(x.as_strided({-2}, {1}, 0), ShapeError, "(-2,)");
+  EXPECT_THROW_WITH(x.as_strided({2, 3}, {1}, 0), ShapeError, "differ in length");
+}
+
+TEST(AsStrided, OffsetAndStrideArithmeticCannotWrapAround) {
+  Tensor x = Tensor::arange(6);
+  constexpr int64_t kMax = std::numeric_limits<int64_t>::max();
+  EXPECT_THROW_WITH(x.as_strided({2}, {kMax}, 0), ValueError, "stride (9223372036854775807,)");
+  EXPECT_THROW_WITH(x.as_strided({3}, {k2_62}, 0), ValueError, "int64");
+  EXPECT_THROW_WITH(x.as_strided({2}, {1}, kMax), ValueError, "offset 9223372036854775807");
+  EXPECT_THROW_WITH(x.as_strided({3, 3}, {k2_62, k2_62}, k2_62), ValueError, "int64");
+}
+
+TEST(Arange, CountsThatDoNotFitAreRefusedByValue) {
+  EXPECT_THROW_WITH(Tensor::arange(0, 1e300), ValueError, "1e+300");
+  EXPECT_THROW_WITH(Tensor::arange(1e300), ValueError, "1e+300");
+  EXPECT_THROW_WITH(Tensor::arange(0, 1, 1e-300), ValueError, "1e-300");
+  EXPECT_THROW_WITH(Tensor::arange(-1e308, 1e308), ValueError, "-1e+308");
+}
+
+TEST(Arange, NonFiniteArgumentsAreRefusedByValue) {
+  const double inf = std::numeric_limits<double>::infinity(), nan = std::numeric_limits<double>::quiet_NaN();
+  EXPECT_THROW_WITH(Tensor::arange(0, inf), ValueError, "end inf");
+  EXPECT_THROW_WITH(Tensor::arange(-inf, 0), ValueError, "start -inf");
+  EXPECT_THROW_WITH(Tensor::arange(nan), ValueError, "nan");
+  EXPECT_THROW_WITH(Tensor::arange(0, 1, nan), ValueError, "step nan");
+  EXPECT_THROW_WITH(Tensor::arange(0, 1, 0), ValueError, "step must not be zero");
+}
+
+TEST(Arange, OrdinaryAndEmptyRangesStillWork) {
+  EXPECT_EQ(Tensor::arange(3, 0).numel(), 0);  // end before start: empty, as before
+  EXPECT_EQ(Tensor::arange(0, 3, -1).numel(), 0);
+  EXPECT_EQ(Tensor::arange(3, 0, -1).to_vector<float>(), (std::vector<float>{3, 2, 1}));
+  EXPECT_EQ(Tensor::arange(0, 1, 0.3).numel(), 4);
 }
 
 }  // namespace
