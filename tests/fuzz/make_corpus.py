@@ -1,0 +1,139 @@
+#!/usr/bin/env python3
+"""Writes the seed corpora (corpus/<target>/) and the regression inputs (regressions/<target>/)
+of the fuzz targets, so that the checked-in bytes can be made again and read as code.
+
+Seeds are small valid files of each kind plus a few damaged ones; regressions are the inputs
+that reproduced a fixed defect, one file each, named after it. Run from anywhere:
+
+    python3 tests/fuzz/make_corpus.py
+
+Formats: nn/data/idx.h (IDX, big-endian, optionally gzip) and nn/serialize.h (state dict,
+little-endian, FNV-1a 64 checksum at the end).
+"""
+import gzip
+import os
+import struct
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def write(kind, target, name, data):
+    d = os.path.join(HERE, kind, target)
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, name), "wb") as f:
+        f.write(data)
+
+
+def gz(data):
+    return gzip.compress(data, mtime=0)
+
+
+# ---- IDX ----
+
+IDX_TYPES = {"u8": (0x08, "B"), "i32": (0x0C, "i"), "f32": (0x0D, "f"), "f64": (0x0E, "d")}
+
+
+def idx(dtype, dims, values=None):
+    code, fmt = IDX_TYPES[dtype]
+    n = 1
+    for d in dims:
+        n *= d
+    if values is None:
+        values = [(i * 7) % 100 for i in range(n)]
+    head = bytes([0, 0, code, len(dims)]) + b"".join(struct.pack(">I", d) for d in dims)
+    return head + b"".join(struct.pack(">" + fmt, v) for v in values)
+
+
+def idx_corpus():
+    t = "idx"
+    write("corpus", t, "u8_1d_plain", idx("u8", [5]))
+    write("corpus", t, "u8_3d_images.gz", gz(idx("u8", [2, 4, 4])))
+    write("corpus", t, "i32_2d.gz", gz(idx("i32", [3, 2], [-70000, 0, 1, 2147483647, -2147483648, 5])))
+    write("corpus", t, "f32_2d.gz", gz(idx("f32", [2, 3], [1.5, -0.0, 3.25, 1e-20, 6.5e30, float("inf")])))
+    write("corpus", t, "f64_3d.gz", gz(idx("f64", [1, 2, 2], [0.1, -2.0, 1e300, float("nan")])))
+    write("corpus", t, "zero_dim.gz", gz(idx("u8", [0, 28, 28])))
+    write("corpus", t, "two_gzip_members.gz", gz(idx("u8", [4])[:6]) + gz(idx("u8", [4])[6:]))
+    # Damaged: cut, bad magic, bad type, wrong CRC, bytes after the data, no gzip trailer.
+    good = gz(idx("u8", [3, 5]))
+    write("corpus", t, "cut_in_half.gz", good[: len(good) // 2])
+    write("corpus", t, "bad_magic", b"\x08\x03\x08\x01\x00\x00\x00\x01\x05")
+    write("corpus", t, "i8_unsupported", bytes([0, 0, 0x09, 1, 0, 0, 0, 1, 5]))
+    bad_crc = bytearray(good)
+    bad_crc[-8] ^= 0x55
+    write("corpus", t, "bad_crc.gz", bytes(bad_crc))
+    write("corpus", t, "extra_bytes.gz", gz(idx("u8", [2]) + b"\x07"))
+    write("corpus", t, "no_trailer.gz", good[:-8])
+    write("corpus", t, "huge_claim", bytes([0, 0, 0x08, 1, 0xF0, 0, 0, 0, 1, 2, 3]))
+    # Regressions: dims whose product only looked small because one of them is 0
+    # (Note [shape arithmetic] in engine/shape.h): a ShapeError naming no file, then an
+    # overflowed stride.
+    ff = 0xFFFFFFFF
+    write("regressions", t, "zero_dim_hides_overflow_last", idx("u8", [ff, ff, 0]))
+    write("regressions", t, "zero_dim_hides_overflow_first", idx("u8", [0, ff, ff]))
+    write("regressions", t, "zero_dim_hides_overflow_middle.gz", gz(idx("f64", [ff, 0, ff])))
+
+
+# ---- state dict ----
+
+DTYPES = {"f32": (0, "f"), "f64": (1, "d"), "f16": (2, "e"), "bf16": (3, "H"), "i32": (4, "i"),
+          "i64": (5, "q"), "u8": (6, "B"), "bool": (7, "?")}
+
+
+def fnv1a64(data):
+    h = 0xCBF29CE484222325
+    for b in data:
+        h ^= b
+        h = (h * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+    return h
+
+
+def entry(name, dtype, dims, values=None, raw=None):
+    code, fmt = DTYPES[dtype]
+    n = 1
+    for d in dims:
+        n *= d
+    if raw is None:
+        if values is None:
+            values = [i % 2 if dtype == "bool" else i for i in range(n)]
+        raw = b"".join(struct.pack("<" + fmt, v) for v in values)
+    name_b = name.encode()
+    return (struct.pack("<I", len(name_b)) + name_b + bytes([code, len(dims)]) +
+            b"".join(struct.pack("<q", d) for d in dims) + struct.pack("<Q", len(raw)) + raw)
+
+
+def state_dict(entries, count=None, version=1, checksum=True):
+    body = b"HRSTDICT" + struct.pack("<I", version) + struct.pack("<Q", len(entries) if count is None else count)
+    body += b"".join(entries)
+    return body + struct.pack("<Q", fnv1a64(body) if checksum else 0)
+
+
+def state_dict_corpus():
+    t = "state_dict"
+    write("corpus", t, "empty", state_dict([]))
+    write("corpus", t, "one_f32", state_dict([entry("w", "f32", [2, 3])]))
+    write("corpus", t, "every_dtype", state_dict([entry("t_" + k, k, [3]) for k in DTYPES]))
+    write("corpus", t, "scalar_and_zero_size",
+          state_dict([entry("s", "f64", [], [2.5]), entry("z", "f32", [0, 4])]))
+    write("corpus", t, "linear_layer",
+          state_dict([entry("0.bias", "f32", [4]), entry("0.weight", "f32", [4, 3]), entry("step", "i64", [1])]))
+    # Damaged: checksum, cut, version, duplicate names, a count beyond the file, a bad dtype.
+    one = state_dict([entry("w", "f32", [2, 3])])
+    write("corpus", t, "bad_checksum", one[:-1] + bytes([one[-1] ^ 1]))
+    write("corpus", t, "cut", one[:40])
+    write("corpus", t, "version_2", state_dict([entry("w", "f32", [1])], version=2))
+    write("corpus", t, "duplicate_names", state_dict([entry("a", "u8", [1]), entry("a", "u8", [1])]))
+    write("corpus", t, "count_too_big", state_dict([entry("a", "u8", [1])], count=3))
+    bad_dtype = bytearray(state_dict([entry("a", "u8", [1])]))
+    bad_dtype[20 + 4 + 1] = 9
+    write("corpus", t, "dtype_9", bytes(bad_dtype))
+    # Regressions: a zero dim beside dims whose strides overflow (was a ShapeError naming no
+    # file), and a bool byte that is not 0 or 1 (undefined behaviour when read as a bool).
+    big = 1 << 62
+    write("regressions", t, "zero_dim_hides_overflow", state_dict([entry("e", "f32", [0, big, big], raw=b"")]))
+    write("regressions", t, "zero_dim_hides_overflow_last", state_dict([entry("e", "u8", [big, big, 0], raw=b"")]))
+    write("regressions", t, "bool_byte_2", state_dict([entry("m", "bool", [3], raw=b"\x01\x00\x02")]))
+
+
+if __name__ == "__main__":
+    idx_corpus()
+    state_dict_corpus()
