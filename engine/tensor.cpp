@@ -24,6 +24,12 @@ int64_t Tensor::size(int64_t d) const { return shape()[wrap_dim(d, dim(), "size"
 int64_t Tensor::stride(int64_t d) const { return strides()[wrap_dim(d, dim(), "stride")]; }
 int64_t Tensor::offset() const { return checked(impl_).offset; }
 int64_t Tensor::numel() const { return shape_numel(shape()); }
+size_t Tensor::nbytes() const {
+  size_t n = 0;
+  if (__builtin_mul_overflow(static_cast<size_t>(numel()), dtype_size(dtype()), &n))
+    throw ShapeError(str_cat("nbytes: ", describe(*this), " would take more bytes than a size_t can count"));
+  return n;
+}
 DType Tensor::dtype() const { return checked(impl_).dtype; }
 Device Tensor::device() const { return checked(impl_).storage->device(); }
 const Storage& Tensor::storage() const { return checked(impl_).storage; }
@@ -33,6 +39,9 @@ void Tensor::bump_version() const { storage()->bump_version(); }
 bool Tensor::is_contiguous() const {
   const auto& s = shape();
   const auto& st = strides();
+  // No elements: nothing to lay out, so any strides will do (Tensor::empty({0, 5}) is contiguous).
+  for (int64_t d : s)
+    if (d == 0) return true;
   int64_t expected = 1;
   for (size_t i = s.size(); i-- > 0;) {
     if (s[i] == 1) continue;

@@ -37,6 +37,25 @@ TEST(ShapeArithmetic, AZeroDimDoesNotHideAnOverflow) {
   EXPECT_THROW_WITH(Tensor::zeros({k2_40, 0, k2_40}), ShapeError, "int64");
 }
 
+TEST(ShapeArithmetic, AViewsByteCountCannotWrapAround) {
+  // An expanded view may hold up to 2^63 - 1 elements, and 8 bytes each do not fit a size_t.
+  Tensor big = Tensor::ones({1}, DType::f64).expand({3 * (int64_t{1} << 61)});
+  EXPECT_EQ(big.numel(), 3 * (int64_t{1} << 61));
+  EXPECT_THROW_WITH(big.nbytes(), ShapeError, "f64 (6917529027641081856,)");
+  EXPECT_THROW_WITH(big.contiguous(), ShapeError, "6917529027641081856");
+  EXPECT_THROW_WITH(Tensor::ones({1}).expand({k2_40, k2_40}), ShapeError, "(1099511627776, 1099511627776)");
+}
+
+TEST(ShapeArithmetic, TensorsWithoutElementsAreContiguous) {
+  // Found by the IDX fuzz target: a file of dims (0, 2^32-1, 0) read back as a non-contiguous tensor.
+  for (const Shape& s : {Shape{0}, Shape{0, 5}, Shape{5, 0}, Shape{0, kU32Max, 0}, Shape{3, 0, 2}}) {
+    EXPECT_TRUE(Tensor::empty(s).is_contiguous()) << shape_str(s);
+    EXPECT_TRUE(Tensor::empty_host(s, DType::u8).is_contiguous()) << shape_str(s);
+  }
+  EXPECT_TRUE(Tensor::zeros({4, 3}).slice(0, 2, 2).is_contiguous());
+  EXPECT_FALSE(Tensor::zeros({4, 3}).t().is_contiguous());
+}
+
 TEST(ShapeArithmetic, NegativeDimsAreRefusedByName) {
   EXPECT_THROW_WITH(shape_numel({2, -3}), ShapeError, "(2, -3)");
   EXPECT_THROW_WITH(contiguous_strides({-1}), ShapeError, "(-1,)");
