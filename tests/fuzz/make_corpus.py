@@ -71,6 +71,8 @@ def idx_corpus():
     write("regressions", t, "zero_dim_hides_overflow_last", idx("u8", [ff, ff, 0]))
     write("regressions", t, "zero_dim_hides_overflow_first", idx("u8", [0, ff, ff]))
     write("regressions", t, "zero_dim_hides_overflow_middle.gz", gz(idx("f64", [ff, 0, ff])))
+    # Found by fuzz_idx: an empty tensor of dims (0, 2^32-1, 0) was not contiguous.
+    write("regressions", t, "empty_tensor_is_contiguous", idx("u8", [0, ff, 0]))
 
 
 # ---- state dict ----
