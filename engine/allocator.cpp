@@ -15,6 +15,9 @@ namespace {
 struct Registry {
   std::mutex mu;
   std::map<std::pair<int, int>, Allocator*> allocators;
+  // Note [missing devices]: per device type, the count its backend reported (-1: none did).
+  int visible[kNumDeviceTypes] = {-1, -1};
+  std::string why_none[kNumDeviceTypes];
 };
 Registry& registry() {
   static Registry* r = new Registry();  // never destroyed: storages may outlive static dtors
@@ -44,6 +47,18 @@ void* allocate_host(size_t nbytes) {
 }
 void free_host(void* ptr) { std::free(ptr); }
 
+namespace {
+// Note [missing devices]: the reason for a cuda device without an allocator.
+std::string unavailable_reason_locked(Device device, int visible, const std::string& why_none) {
+  if (visible < 0)
+    return "this headroom was built without CUDA support (configure it with -DHEADROOM_CUDA=ON on a machine with "
+           "the CUDA toolkit), so only cpu devices exist";
+  if (visible == 0) return str_cat("no GPU is visible (", why_none, ")");
+  return str_cat(device.str(), " does not exist: the CUDA runtime sees ", visible, visible == 1 ? " GPU" : " GPUs",
+                 visible == 1 ? " (cuda:0)" : str_cat(" (cuda:0 to cuda:", visible - 1, ")"));
+}
+}  // namespace
+
 Allocator& allocator_for(Device device) {
   Registry& r = registry();
   std::lock_guard<std::mutex> lock(r.mu);
@@ -59,8 +74,24 @@ Allocator& allocator_for(Device device) {
     r.allocators[key] = raw;
     return *raw;
   }
-  throw DeviceError(str_cat("no allocator for device ", device.str(),
-                            " (is headroom built with CUDA and is a GPU present?)"));
+  const int t = static_cast<int>(device.type);
+  throw DeviceError(str_cat(device.str(), " is not available: ",
+                            unavailable_reason_locked(device, r.visible[t], r.why_none[t])));
+}
+
+void report_visible_devices(DeviceType type, int count, std::string why_none) {
+  Registry& r = registry();
+  std::lock_guard<std::mutex> lock(r.mu);
+  r.visible[static_cast<int>(type)] = count;
+  r.why_none[static_cast<int>(type)] = std::move(why_none);
+}
+
+std::string device_unavailable_reason(Device device) {
+  Registry& r = registry();
+  std::lock_guard<std::mutex> lock(r.mu);
+  if (device.is_cpu() || r.allocators.count(std::make_pair(static_cast<int>(device.type), device.index))) return "";
+  const int t = static_cast<int>(device.type);
+  return unavailable_reason_locked(device, r.visible[t], r.why_none[t]);
 }
 
 namespace {

@@ -7,6 +7,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
 
 #include "engine/device.h"
 #include "engine/memory.h"
@@ -37,9 +38,20 @@ class Allocator {
   virtual void record_stream(const Allocation& a, Stream stream) {}
 };
 
-// The allocator for a device; throws DeviceError when that device has none registered.
+// The allocator for a device; throws DeviceError when that device has none registered, saying
+// why (Note [missing devices]).
 Allocator& allocator_for(Device device);
 void set_allocator(Device device, Allocator* allocator);
+
+// Note [missing devices]: a program asked for cuda:0 and cannot have it -- the message must
+// say why in words a user can act on. The CUDA side, when the library loads, reports how many
+// GPUs the CUDA runtime sees and, when it sees none, what the runtime said
+// (report_visible_devices). A build without the CUDA side reports nothing, and then the reason
+// is that the build has no CUDA support. cpu devices always exist.
+void report_visible_devices(DeviceType type, int count, std::string why_none);
+// Why `device` cannot be used, e.g. "no GPU is visible (cudaGetDeviceCount failed with
+// cudaErrorNoDevice: ...)"; "" for a device that exists.
+std::string device_unavailable_reason(Device device);
 
 // Applies HEADROOM_MEMORY_LIMIT (a size, parse_memory_size) and HEADROOM_FAIL_ALLOC (Note
 // [fault injection] in caching_allocator.h) to a newly made device allocator, when they are set

@@ -2,6 +2,7 @@
 
 #include <cmath>
 
+#include "engine/allocator.h"
 #include "engine/error.h"
 
 namespace headroom {
@@ -47,11 +48,11 @@ Backend* g_backends[kNumDeviceTypes] = {nullptr, nullptr};
 
 Backend& backend_for(Device device) {
   Backend* b = g_backends[static_cast<int>(device.type)];
-  if (!b)
-    throw DeviceError(str_cat("no backend for device ", device.str(),
-                              device.is_cuda() ? " (headroom's CUDA compute backend is not built yet; only device "
-                                                 "memory exists on cuda)"
-                                               : ""));
+  if (!b) {
+    // Only a build without the CUDA side lacks a backend (Note [missing devices]).
+    const std::string why = device_unavailable_reason(device);
+    throw DeviceError(str_cat("no backend for device ", device.str(), why.empty() ? "" : ": ", why));
+  }
   return *b;
 }
 

@@ -25,6 +25,12 @@ int64_t Tensor::size(int64_t d) const { return shape()[wrap_dim(d, dim(), "size"
 int64_t Tensor::stride(int64_t d) const { return strides()[wrap_dim(d, dim(), "stride")]; }
 int64_t Tensor::offset() const { return checked(impl_).offset; }
 int64_t Tensor::numel() const { return shape_numel(shape()); }
+size_t Tensor::nbytes() const {
+  size_t n = 0;
+  if (__builtin_mul_overflow(static_cast<size_t>(numel()), dtype_size(dtype()), &n))
+    throw ShapeError(str_cat("nbytes: ", describe(*this), " would take more bytes than a size_t can count"));
+  return n;
+}
 DType Tensor::dtype() const { return checked(impl_).dtype; }
 Device Tensor::device() const { return checked(impl_).storage->device(); }
 const Storage& Tensor::storage() const { return checked(impl_).storage; }
@@ -34,6 +40,9 @@ void Tensor::bump_version() const { storage()->bump_version(); }
 bool Tensor::is_contiguous() const {
   const auto& s = shape();
   const auto& st = strides();
+  // No elements: nothing to lay out, so any strides will do (Tensor::empty({0, 5}) is contiguous).
+  for (int64_t d : s)
+    if (d == 0) return true;
   int64_t expected = 1;
   for (size_t i = s.size(); i-- > 0;) {
     if (s[i] == 1) continue;
@@ -70,9 +79,42 @@ double Tensor::item_double() const {
   });
 }
 
+// Note [views stay in their storage]: every view is checked here, once, so no kernel can be
+// handed a tensor that reaches outside its bytes. A view is valid when its shape is
+// (Note [shape arithmetic]), its offset is >= 0, every stride is >= 0 (the kernels do not walk
+// backwards), and -- when it has elements -- its last element,
+// offset + sum((size_i - 1) * stride_i), computed without overflow, lies inside the storage.
+// A view without elements reaches nothing, so its offset may point past the end (a slice of
+// an empty slice does).
+namespace {
+void check_view_in_storage(const Shape& shape, const Shape& strides, int64_t offset, DType dtype,
+                           size_t storage_nbytes) {
+  const int64_t storage_elems = static_cast<int64_t>(storage_nbytes / dtype_size(dtype));
+  const std::string storage = str_cat("storage of ", storage_elems, " ", dtype_name(dtype), " elements (",
+                                      storage_nbytes, " bytes)");
+  auto fail = [&](const std::string& why) {
+    throw ValueError(str_cat("as_strided: a view of size ", shape_str(shape), ", stride ", shape_str(strides),
+                             ", offset ", offset, " ", why));
+  };
+  if (offset < 0) fail("starts before its " + storage + " (a negative offset)");
+  for (int64_t st : strides)
+    if (st < 0) fail("has a negative stride, which headroom does not support (its " + storage + ")");
+  int64_t last = offset;
+  for (size_t i = 0; i < shape.size(); ++i) {
+    if (shape[i] == 0) return;  // no elements: nothing is reached
+    int64_t step = 0;
+    if (__builtin_mul_overflow(shape[i] - 1, strides[i], &step) || __builtin_add_overflow(last, step, &last))
+      fail("reaches past any storage: the position of its last element overflows an int64 (its " + storage + ")");
+  }
+  if (last >= storage_elems) fail(str_cat("reaches element ", last, ", past the end of its ", storage));
+}
+}  // namespace
+
 Tensor Tensor::as_strided(const Shape& shape, const Shape& strides, int64_t offset) const {
   HR_CHECK(shape.size() == strides.size(), ShapeError, "as_strided: shape ", shape_str(shape),
            " and strides ", shape_str(strides), " differ in length");
+  check_shape(shape, "as_strided");
+  check_view_in_storage(shape, strides, offset, dtype(), storage()->nbytes());
   auto impl = std::make_shared<TensorImpl>();
   impl->storage = storage();
   impl->shape = shape;
@@ -96,8 +138,7 @@ size_t checked_nbytes(const Shape& shape, DType dtype, const char* op) {
 }  // namespace
 
 Tensor Tensor::empty(const Shape& shape, TensorOptions opts) {
-  for (int64_t d : shape)
-    HR_CHECK(d >= 0, ShapeError, "empty: negative dimension in shape ", shape_str(shape));
+  check_shape(shape, "empty");
   auto impl = std::make_shared<TensorImpl>();
   const size_t nbytes = checked_nbytes(shape, opts.dtype_, "empty");
   impl->storage = std::make_shared<StorageImpl>(nbytes, opts.device_);
@@ -110,8 +151,7 @@ Tensor Tensor::empty(const Shape& shape, TensorOptions opts) {
 }
 
 Tensor Tensor::empty_host(const Shape& shape, DType dtype) {
-  for (int64_t d : shape)
-    HR_CHECK(d >= 0, ShapeError, "empty_host: negative dimension in shape ", shape_str(shape));
+  check_shape(shape, "empty_host");
   auto impl = std::make_shared<TensorImpl>();
   impl->storage = std::make_shared<StorageImpl>(checked_nbytes(shape, dtype, "empty_host"), HostMemoryTag{});
   impl->shape = shape;
@@ -123,8 +163,7 @@ Tensor Tensor::empty_host(const Shape& shape, DType dtype) {
 Tensor Tensor::empty_pinned(const Shape& shape, DType dtype) {
   Allocator* pinned = pinned_allocator();
   if (pinned == nullptr) return empty_host(shape, dtype);
-  for (int64_t d : shape)
-    HR_CHECK(d >= 0, ShapeError, "empty_pinned: negative dimension in shape ", shape_str(shape));
+  check_shape(shape, "empty_pinned");
   auto impl = std::make_shared<TensorImpl>();
   impl->storage = std::make_shared<StorageImpl>(checked_nbytes(shape, dtype, "empty_pinned"), *pinned);
   impl->shape = shape;
@@ -155,10 +194,15 @@ Tensor Tensor::scalar(double value, TensorOptions opts) { return full({}, value,
 
 Tensor Tensor::arange(double end, TensorOptions opts) { return arange(0, end, 1, opts); }
 Tensor Tensor::arange(double start, double end, double step, TensorOptions opts) {
-  HR_CHECK(step != 0, ValueError, "arange: step must not be zero");
-  double span = (end - start) / step;
-  auto n = static_cast<int64_t>(std::ceil(span));
-  if (n < 0) n = 0;
+  HR_CHECK(std::isfinite(start) && std::isfinite(end) && std::isfinite(step), ValueError, "arange(start ", start,
+           ", end ", end, ", step ", step, "): start, end and step must be finite numbers");
+  HR_CHECK(step != 0, ValueError, "arange(start ", start, ", end ", end, ", step 0): step must not be zero");
+  // The count is ceil((end - start) / step); it must fit an int64 before it is converted
+  // (converting a larger double is undefined, and gave 0 elements for arange(0, 1e300)).
+  const double count = std::ceil((end - start) / step);
+  HR_CHECK(std::isfinite(count) && count < 0x1p63, ValueError, "arange(start ", start, ", end ", end, ", step ",
+           step, "): ", count, " elements do not fit an int64 count");
+  const int64_t n = count > 0 ? static_cast<int64_t>(count) : 0;
   Tensor t = empty({n}, opts.requires_grad(false));
   if (n > 0) backend_for(t.device()).arange(t, start, step);
   if (opts.requires_grad_) t.set_requires_grad(true);

@@ -72,7 +72,8 @@ class Tensor {
   Device device() const;
   TensorOptions options() const { return TensorOptions().dtype(dtype()).device(device()); }
   bool is_contiguous() const;
-  size_t nbytes() const { return static_cast<size_t>(numel()) * dtype_size(dtype()); }
+  // numel * dtype size; throws ShapeError when that does not fit a size_t (an expanded view).
+  size_t nbytes() const;
   const Storage& storage() const;
   TensorImpl* impl() const { return impl_.get(); }
   const std::shared_ptr<TensorImpl>& impl_ptr() const { return impl_; }

@@ -19,7 +19,11 @@
 // All integers and tensor data are little-endian. Loading streams the file (tensor bytes go
 // straight into the tensors, the checksum is updated on the way), so a checkpoint never needs
 // twice its size in memory. Tensors on a GPU are copied to the host one at a time to save.
-// Saving writes "<path>.tmp" and renames it over path, so a crash never leaves half a file.
+// Saving writes "<path>.tmp", fsyncs it, renames it over path and fsyncs the folder (Note
+// [atomic save] in serialize.cpp), so a crash or a full disk never leaves half a file and a
+// failed save leaves the old file as it was. Dims must describe at most 2^56 bytes counting
+// only the non-zero dims (Note [shape arithmetic] in engine/shape.h), and bool data must be 0
+// or 1. Files and buffers are read by one implementation.
 #pragma once
 
 #include <cstddef>
@@ -36,14 +40,18 @@ inline constexpr uint32_t kSerializeVersion = 1;
 inline constexpr uint32_t kMaxNameBytes = 4096;
 inline constexpr uint32_t kMaxDims = 16;
 
-// Writes the tensors (any device, any strides) to path. Throws IOError naming the file when it
-// cannot be written.
+// Writes the tensors (any device, any strides) to path, atomically and durably. Throws IOError
+// naming the file when it cannot be written (and removes "<path>.tmp").
 void save_tensors(const std::map<std::string, Tensor>& tensors, const std::string& path);
 
 // Reads a file written by save_tensors into host tensors. Throws IOError naming the file when
 // it is missing, has the wrong magic or an unsupported version, is truncated (with the byte
 // offset and the field being read), holds implausible sizes, or fails its checksum.
 std::map<std::string, Tensor> load_tensors(const std::string& path);
+
+// The same from a state-dict file's bytes in memory; `name` stands for the file in the error
+// messages. (The fuzz target tests/fuzz/state_dict_fuzz.cpp feeds it.)
+std::map<std::string, Tensor> load_tensors_from_buffer(const void* data, size_t nbytes, const std::string& name);
 
 // FNV-1a, 64 bits: h = (h ^ byte) * 0x100000001b3, from 0xcbf29ce484222325. Pass the previous
 // result as `h` to continue over more bytes.

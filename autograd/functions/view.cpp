@@ -39,26 +39,6 @@ std::optional<Shape> view_strides(const Shape& shape, const Shape& strides, cons
   return out;
 }
 
-Shape infer_shape(const Shape& shape, int64_t numel, const char* op) {
-  Shape out = shape;
-  int64_t known = 1, infer = -1;
-  for (size_t i = 0; i < out.size(); ++i) {
-    if (out[i] == -1) {
-      HR_CHECK(infer < 0, ShapeError, op, ": more than one -1 in shape ", shape_str(shape));
-      infer = static_cast<int64_t>(i);
-    } else {
-      HR_CHECK(out[i] >= 0, ShapeError, op, ": negative size in shape ", shape_str(shape));
-      known *= out[i];
-    }
-  }
-  if (infer >= 0) {
-    HR_CHECK(known != 0 && numel % known == 0, ShapeError, op, ": cannot infer -1 in shape ", shape_str(shape),
-             " for ", numel, " elements");
-    out[static_cast<size_t>(infer)] = numel / known;
-  }
-  return out;
-}
-
 // Records a view op whose gradient is g reshaped back (reshape, squeeze, unsqueeze, flatten).
 Tensor record_reshape(const char* name, const Tensor& x, const Tensor& out) {
   if (needs_grad({x})) {

@@ -4,8 +4,8 @@
 // Registration happens while the library loads, like the cpu backend's (kernels/cpu/copy.cpp):
 // Storage finds a device's allocator through allocator_for, which knows only what was
 // registered. It must survive a machine without a driver or a GPU -- cudaGetDeviceCount
-// failing means zero devices, nothing is registered, and allocator_for(cuda:0) keeps saying
-// that headroom has no allocator for cuda:0.
+// failing means zero devices and nothing is registered; what the runtime said is reported
+// (report_visible_devices), so allocator_for(cuda:0) says that no GPU is visible and why.
 #include "kernels/cuda/cuda_memory.h"
 
 #include <map>
@@ -16,17 +16,26 @@
 
 namespace headroom {
 
-int cuda_device_count() {
-  static const int count = [] {
-    int n = 0;
-    if (cudaGetDeviceCount(&n) != cudaSuccess) {
+namespace {
+struct DeviceCount {
+  int count = 0;
+  cudaError_t error = cudaSuccess;  // what cudaGetDeviceCount said when it failed
+};
+const DeviceCount& device_count_query() {
+  static const DeviceCount result = [] {
+    DeviceCount c;
+    c.error = cudaGetDeviceCount(&c.count);
+    if (c.error != cudaSuccess) {
       (void)cudaGetLastError();  // no driver (cudaErrorInsufficientDriver) or no GPU (cudaErrorNoDevice)
-      return 0;
+      c.count = 0;
     }
-    return n;
+    return c;
   }();
-  return count;
+  return result;
 }
+}  // namespace
+
+int cuda_device_count() { return device_count_query().count; }
 
 // ---- streams (Note [cuda streams]) ----
 
@@ -162,6 +171,13 @@ void CudaMemoryBackend::synchronize() {
 
 namespace {
 const bool g_registered = [] {
+  // Note [missing devices] in engine/allocator.h: what allocator_for(cuda:N) says without one.
+  const DeviceCount& c = device_count_query();
+  report_visible_devices(DeviceType::cuda, c.count,
+                         c.error != cudaSuccess
+                             ? str_cat("cudaGetDeviceCount failed with ", cudaGetErrorName(c.error), ": ",
+                                       cudaGetErrorString(c.error))
+                             : "cudaGetDeviceCount found 0 devices; is CUDA_VISIBLE_DEVICES empty or wrong?");
   for (int i = 0; i < cuda_device_count(); ++i) {
     auto backend = std::make_unique<CudaMemoryBackend>(i);
     CudaMemoryBackend* raw = backend.get();

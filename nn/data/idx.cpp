@@ -1,13 +1,24 @@
-// IDX over gzip: a small RAII reader around zlib's gzFile that turns every failure into an
-// IOError naming the file, then the IDX header checks. The data is read in chunks into a
-// buffer that grows as bytes arrive (not allocated from the header's claim up front), so a
-// corrupt header declaring terabytes fails as a truncation, not as an allocation.
+// IDX over gzip. Reading goes through one decoder whatever the bytes come from: a ByteInput
+// (a file read in chunks, or a buffer in memory) feeds GzipDecoder, which inflates gzip members
+// with zlib or passes plain bytes through, and turns every failure into an IOError naming the
+// file. Then the IDX header checks. The data is read in chunks into a buffer that grows as
+// bytes arrive (not allocated from the header's claim up front), so a corrupt header declaring
+// terabytes fails as a truncation, not as an allocation.
+//
+// Note [gzread compatibility]: GzipDecoder reads what zlib's gzread read before it: input that
+// does not start with the gzip magic (1f 8b) is passed through as it is; gzip members that
+// follow each other are one stream (gzip -c a b); bytes after a member that are not another
+// member are ignored. It differs in one way: an input ending inside a member is reported by
+// stream_cut(), which is what the truncation messages use.
 #include "nn/data/idx.h"
 
 #include <zlib.h>
 
 #include <algorithm>
 #include <bit>
+#include <cerrno>
+#include <climits>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <limits>
@@ -19,6 +30,7 @@ namespace headroom::data {
 namespace {
 
 constexpr size_t kChunk = size_t{1} << 24;                    // 16 MiB a gzread call
+constexpr size_t kInputChunk = size_t{1} << 17;               // compressed bytes read at a time
 constexpr uint64_t kMaxDataBytes = uint64_t{1} << 40;         // no IDX file is a terabyte
 
 void check_readable(const std::string& path, const char* op) {
@@ -28,36 +40,108 @@ void check_readable(const std::string& path, const char* op) {
   HR_CHECK(!std::filesystem::is_directory(status), IOError, op, ": ", path, " is a folder, not a file");
 }
 
-class GzReader {
+// Where the (compressed) bytes come from.
+class ByteInput {
  public:
-  GzReader(const std::string& path, const char* op) : path_(path), op_(op) {
+  virtual ~ByteInput() = default;
+  // Copies up to n bytes into dst; fewer only at the end of the input.
+  virtual size_t read(uint8_t* dst, size_t n) = 0;
+  // How many bytes the decoder's input buffer needs at most (the whole input when it is small).
+  virtual size_t chunk() const { return kInputChunk; }
+};
+
+class FileInput final : public ByteInput {
+ public:
+  FileInput(const std::string& path, const char* op) : path_(path), op_(op) {
     check_readable(path, op);
-    file_ = gzopen(path.c_str(), "rb");
+    file_ = std::fopen(path.c_str(), "rb");
     HR_CHECK(file_ != nullptr, IOError, op, ": cannot open ", path, ": ", std::strerror(errno));
-    gzbuffer(file_, 1 << 17);
   }
-  ~GzReader() {
-    if (file_) gzclose_r(file_);
+  ~FileInput() override { std::fclose(file_); }
+  FileInput(const FileInput&) = delete;
+  FileInput& operator=(const FileInput&) = delete;
+  size_t read(uint8_t* dst, size_t n) override {
+    const size_t got = std::fread(dst, 1, n, file_);
+    HR_CHECK(got == n || !std::ferror(file_), IOError, op_, ": cannot read ", path_, " at byte offset ", offset_ + got,
+             ": ", std::strerror(errno));
+    offset_ += got;
+    return got;
   }
-  GzReader(const GzReader&) = delete;
-  GzReader& operator=(const GzReader&) = delete;
+
+ private:
+  std::string path_;
+  const char* op_;
+  std::FILE* file_ = nullptr;
+  uint64_t offset_ = 0;
+};
+
+class BufferInput final : public ByteInput {
+ public:
+  BufferInput(const void* data, size_t nbytes) : data_(static_cast<const uint8_t*>(data)), left_(nbytes) {}
+  size_t read(uint8_t* dst, size_t n) override {
+    n = std::min(n, left_);
+    if (n > 0) std::memcpy(dst, data_, n);
+    data_ += n;
+    left_ -= n;
+    return n;
+  }
+  size_t chunk() const override { return std::clamp<size_t>(left_, 2, kInputChunk); }
+
+ private:
+  const uint8_t* data_;
+  size_t left_;
+};
+
+// Decompressed bytes out of a ByteInput (Note [gzread compatibility]).
+class GzipDecoder {
+ public:
+  GzipDecoder(ByteInput& input, std::string name, const char* op)
+      : input_(input), name_(std::move(name)), op_(op), in_(input.chunk()) {}
+  ~GzipDecoder() {
+    if (inflating_) inflateEnd(&strm_);
+  }
+  GzipDecoder(const GzipDecoder&) = delete;
+  GzipDecoder& operator=(const GzipDecoder&) = delete;
 
   // Reads up to n bytes; fewer only at the end of the data. Throws on a corrupt stream.
   size_t read(void* dst, size_t n) {
-    size_t got = 0;
     auto* out = static_cast<uint8_t*>(dst);
-    while (got < n) {
-      unsigned ask = static_cast<unsigned>(std::min(n - got, kChunk));
-      int r = gzread(file_, out + got, ask);
-      if (r < 0) {
-        int errnum = 0;
-        std::string msg = gzerror(file_, &errnum);
-        if (msg.starts_with(path_ + ": ")) msg.erase(0, path_.size() + 2);  // zlib prefixes the path
-        throw IOError(str_cat(op_, ": ", path_, ": corrupt gzip stream (zlib: ", msg, ") after ", offset_ + got,
-                              " decompressed bytes were read"));
+    size_t got = 0;
+    while (got < n && mode_ != Mode::done) {
+      if (mode_ == Mode::look) {
+        look();
+      } else if (mode_ == Mode::plain) {
+        if (avail_ == 0 && refill() == 0) {
+          mode_ = Mode::done;
+          break;
+        }
+        const size_t k = std::min(n - got, avail_);
+        std::memcpy(out + got, next_, k);
+        next_ += k;
+        avail_ -= k;
+        got += k;
+      } else {  // Mode::gzip
+        if (avail_ == 0 && refill() == 0) {
+          cut_ = true;  // the input ended inside a member
+          mode_ = Mode::done;
+          break;
+        }
+        strm_.next_in = const_cast<Bytef*>(next_);
+        strm_.avail_in = static_cast<uInt>(avail_);
+        strm_.next_out = out + got;
+        strm_.avail_out = static_cast<uInt>(std::min<size_t>(n - got, UINT_MAX));
+        const int ret = inflate(&strm_, Z_NO_FLUSH);
+        got += static_cast<size_t>(strm_.next_out - (out + got));
+        next_ = strm_.next_in;
+        avail_ = strm_.avail_in;
+        if (ret == Z_STREAM_END) {
+          mode_ = Mode::look;  // another member may follow
+        } else if (ret == Z_MEM_ERROR) {
+          throw IOError(str_cat(op_, ": ", name_, ": out of memory while decompressing"));
+        } else if (ret != Z_OK) {  // Z_DATA_ERROR, Z_NEED_DICT; Z_BUF_ERROR (no progress) would loop forever
+          corrupt(got, ret == Z_NEED_DICT ? "a preset dictionary is needed" : strm_.msg ? strm_.msg : "no progress");
+        }
       }
-      if (r == 0) break;
-      got += static_cast<size_t>(r);
     }
     offset_ += got;
     return got;
@@ -65,18 +149,59 @@ class GzReader {
 
   // After a short read: whether the gzip stream itself was cut off (rather than a complete
   // stream whose content is short).
-  bool stream_cut() {
-    int errnum = Z_OK;
-    gzerror(file_, &errnum);
-    return errnum == Z_BUF_ERROR;
-  }
+  bool stream_cut() const { return cut_; }
   uint64_t offset() const { return offset_; }
 
  private:
-  std::string path_;
+  enum class Mode { look, plain, gzip, done };
+
+  // Moves what is left of the input to the front of the buffer and reads more after it.
+  size_t refill() {
+    if (avail_ > 0 && next_ != in_.data()) std::memmove(in_.data(), next_, avail_);
+    next_ = in_.data();
+    const size_t got = input_.read(in_.data() + avail_, in_.size() - avail_);
+    avail_ += got;
+    return got;
+  }
+
+  // At the start or after a member: gzip, plain bytes, or the end.
+  void look() {
+    while (avail_ < 2 && refill() > 0) {
+    }
+    const bool magic = avail_ >= 2 && next_[0] == 0x1f && next_[1] == 0x8b;
+    if (magic) {
+      if (!inflating_) {
+        std::memset(&strm_, 0, sizeof strm_);
+        HR_CHECK(inflateInit2(&strm_, 16 + MAX_WBITS) == Z_OK, IOError, op_, ": ", name_,
+                 ": cannot start zlib's decoder (out of memory?)");
+        inflating_ = true;
+      } else {
+        inflateReset(&strm_);
+      }
+      mode_ = Mode::gzip;
+      seen_gzip_ = true;
+    } else {
+      mode_ = seen_gzip_ || avail_ == 0 ? Mode::done : Mode::plain;  // trailing bytes after gzip: ignored
+    }
+  }
+
+  [[noreturn]] void corrupt(size_t got_now, const char* msg) const {
+    throw IOError(str_cat(op_, ": ", name_, ": corrupt gzip stream (zlib: ", msg, ") after ", offset_ + got_now,
+                          " decompressed bytes were read"));
+  }
+
+  ByteInput& input_;
+  std::string name_;
   const char* op_;
-  gzFile file_ = nullptr;
-  uint64_t offset_ = 0;  // decompressed bytes consumed
+  std::vector<uint8_t> in_;
+  const uint8_t* next_ = nullptr;
+  size_t avail_ = 0;
+  z_stream strm_{};
+  bool inflating_ = false;
+  bool seen_gzip_ = false;
+  bool cut_ = false;
+  Mode mode_ = Mode::look;
+  uint64_t offset_ = 0;  // decompressed bytes handed out
 };
 
 struct IdxType {
@@ -112,17 +237,92 @@ void swap_to_host(uint8_t* data, size_t nbytes, size_t elem) {
   for (size_t i = 0; i + elem <= nbytes; i += elem) std::reverse(data + i, data + i + elem);
 }
 
-std::string truncation_message(const std::string& path, uint64_t ran_out_at, uint64_t expected,
+std::string truncation_message(const char* op, const std::string& name, uint64_t ran_out_at, uint64_t expected,
                                const std::string& what, bool stream_cut) {
-  return str_cat("read_idx_gz: ", path, " is truncated: data ran out at byte offset ", ran_out_at, ", expected ",
-                 expected, " bytes (", what, ")",
+  return str_cat(op, ": ", name, " is truncated: data ran out at byte offset ", ran_out_at, ", expected ", expected,
+                 " bytes (", what, ")",
                  stream_cut ? "; the gzip stream itself ends early (an incomplete download?)" : "");
+}
+
+// The IDX header and data, from a decoder over a file or a buffer; `name` and `op` word the
+// errors.
+Tensor parse_idx(GzipDecoder& in, const std::string& name, const char* op) {
+  // Magic: 0x00 0x00 <type> <ndim>.
+  uint8_t magic[4];
+  size_t got = in.read(magic, 4);
+  if (got < 4) throw IOError(truncation_message(op, name, got, 4, "the 4-byte IDX magic", in.stream_cut()));
+  HR_CHECK(magic[0] == 0 && magic[1] == 0, IOError, op, ": ", name, " is not an IDX file: bad magic ",
+           hex_byte(magic[0]), " ", hex_byte(magic[1]), " ", hex_byte(magic[2]), " ", hex_byte(magic[3]),
+           " (expected two zero bytes, a type byte and a dims byte)");
+  const IdxType* type = nullptr;
+  for (const IdxType& t : kIdxTypes)
+    if (t.code == magic[2]) type = &t;
+  HR_CHECK(type != nullptr, IOError, op, ": ", name, ": unsupported IDX element type ", hex_byte(magic[2]), " (",
+           idx_type_name(magic[2]), ") at byte offset 2; supported: 0x08 u8, 0x0c i32, 0x0d f32, 0x0e f64");
+  const size_t ndim = magic[3];
+  HR_CHECK(ndim > 0, IOError, op, ": ", name, ": the header declares 0 dims (byte offset 3)");
+
+  // Dims: big-endian u32 each.
+  const uint64_t header_bytes = 4 + 4 * ndim;
+  std::vector<uint8_t> dim_bytes(4 * ndim);
+  got = in.read(dim_bytes.data(), dim_bytes.size());
+  if (got < dim_bytes.size())
+    throw IOError(truncation_message(op, name, 4 + got, header_bytes, str_cat("a header with ", ndim, " dims"),
+                                     in.stream_cut()));
+  Shape shape(ndim);
+  const size_t elem = dtype_size(type->dtype);
+  // Bytes counting only the non-zero dims (Note [shape arithmetic]), capped before they overflow.
+  uint64_t nonzero_bytes = elem;
+  bool has_zero = false;
+  for (size_t d = 0; d < ndim; ++d) {
+    shape[d] = load_be32(&dim_bytes[4 * d]);
+    if (shape[d] == 0) has_zero = true;
+    else if (nonzero_bytes > kMaxDataBytes / static_cast<uint64_t>(shape[d])) nonzero_bytes = kMaxDataBytes + 1;
+    else nonzero_bytes *= static_cast<uint64_t>(shape[d]);
+  }
+  HR_CHECK(nonzero_bytes <= kMaxDataBytes, IOError, op, ": ", name,
+           ": the dims at byte offset 4 declare an implausible size ", shape_str(shape), " of ",
+           dtype_name(type->dtype), " (over 1 TiB",
+           has_zero ? " counting the non-zero dims: a zero dim does not excuse the others" : "", ")");
+  const uint64_t data_bytes = has_zero ? 0 : nonzero_bytes;
+
+  // Data: grow the buffer as bytes arrive, so a lying header cannot make us allocate its claim.
+  std::vector<uint8_t> bytes;
+  while (bytes.size() < data_bytes) {
+    size_t old = bytes.size();
+    size_t step = std::clamp(old, size_t{1} << 20, 4 * kChunk);  // 1 MiB, doubling, at most 64 MiB
+    size_t want = static_cast<size_t>(std::min<uint64_t>(data_bytes - old, step));
+    bytes.resize(old + want);
+    got = in.read(bytes.data() + old, want);
+    bytes.resize(old + got);
+    if (got < want)
+      throw IOError(truncation_message(
+          op, name, header_bytes + bytes.size(), header_bytes + data_bytes,
+          str_cat("a ", header_bytes, "-byte header and ", data_bytes, " bytes of ", dtype_name(type->dtype), " ",
+                  shape_str(shape)),
+          in.stream_cut()));
+  }
+  // Nothing may follow; reading to the end also makes zlib verify the gzip checksum.
+  uint8_t extra[256];
+  got = in.read(extra, sizeof extra);
+  HR_CHECK(got == 0, IOError, op, ": ", name, ": unexpected bytes after the data at byte offset ",
+           header_bytes + data_bytes, ": the header declares ", shape_str(shape), " of ", dtype_name(type->dtype),
+           " but the file holds more");
+  HR_CHECK(!in.stream_cut(), IOError, op, ": ", name,
+           ": the gzip stream ends early (no gzip trailer; a truncated file?) after byte offset ",
+           header_bytes + data_bytes);
+
+  swap_to_host(bytes.data(), bytes.size(), elem);
+  Tensor out = Tensor::empty_host(shape, type->dtype);  // file data: host memory, not the device's
+  if (!bytes.empty()) std::memcpy(out.raw_data(), bytes.data(), bytes.size());
+  return out;
 }
 
 }  // namespace
 
 std::vector<uint8_t> read_gz(const std::string& path) {
-  GzReader in(path, "read_gz");
+  FileInput file(path, "read_gz");
+  GzipDecoder in(file, path, "read_gz");
   std::vector<uint8_t> bytes;
   for (;;) {
     size_t old = bytes.size();
@@ -155,71 +355,17 @@ void write_gz(const std::string& path, const std::vector<uint8_t>& bytes) {
 }
 
 Tensor read_idx_gz(const std::string& path) {
-  GzReader in(path, "read_idx_gz");
+  FileInput file(path, "read_idx_gz");
+  GzipDecoder in(file, path, "read_idx_gz");
+  return parse_idx(in, path, "read_idx_gz");
+}
 
-  // Magic: 0x00 0x00 <type> <ndim>.
-  uint8_t magic[4];
-  size_t got = in.read(magic, 4);
-  if (got < 4) throw IOError(truncation_message(path, got, 4, "the 4-byte IDX magic", in.stream_cut()));
-  HR_CHECK(magic[0] == 0 && magic[1] == 0, IOError, "read_idx_gz: ", path, " is not an IDX file: bad magic ",
-           hex_byte(magic[0]), " ", hex_byte(magic[1]), " ", hex_byte(magic[2]), " ", hex_byte(magic[3]),
-           " (expected two zero bytes, a type byte and a dims byte)");
-  const IdxType* type = nullptr;
-  for (const IdxType& t : kIdxTypes)
-    if (t.code == magic[2]) type = &t;
-  HR_CHECK(type != nullptr, IOError, "read_idx_gz: ", path, ": unsupported IDX element type ", hex_byte(magic[2]),
-           " (", idx_type_name(magic[2]), "); supported: 0x08 u8, 0x0c i32, 0x0d f32, 0x0e f64");
-  const size_t ndim = magic[3];
-  HR_CHECK(ndim > 0, IOError, "read_idx_gz: ", path, ": the header declares 0 dims");
-
-  // Dims: big-endian u32 each.
-  const uint64_t header_bytes = 4 + 4 * ndim;
-  std::vector<uint8_t> dim_bytes(4 * ndim);
-  got = in.read(dim_bytes.data(), dim_bytes.size());
-  if (got < dim_bytes.size())
-    throw IOError(truncation_message(path, 4 + got, header_bytes,
-                                     str_cat("a header with ", ndim, " dims"), in.stream_cut()));
-  Shape shape(ndim);
-  const size_t elem = dtype_size(type->dtype);
-  uint64_t data_bytes = elem;
-  for (size_t d = 0; d < ndim; ++d) {
-    shape[d] = load_be32(&dim_bytes[4 * d]);
-    if (shape[d] != 0 && data_bytes > kMaxDataBytes / static_cast<uint64_t>(shape[d])) data_bytes = kMaxDataBytes + 1;
-    else data_bytes *= static_cast<uint64_t>(shape[d]);
-  }
-  HR_CHECK(data_bytes <= kMaxDataBytes, IOError, "read_idx_gz: ", path, ": the header declares an implausible size ",
-           shape_str(shape), " of ", dtype_name(type->dtype), " (over 1 TiB)");
-
-  // Data: grow the buffer as bytes arrive, so a lying header cannot make us allocate its claim.
-  std::vector<uint8_t> bytes;
-  while (bytes.size() < data_bytes) {
-    size_t old = bytes.size();
-    size_t step = std::clamp(old, size_t{1} << 20, 4 * kChunk);  // 1 MiB, doubling, at most 64 MiB
-    size_t want = static_cast<size_t>(std::min<uint64_t>(data_bytes - old, step));
-    bytes.resize(old + want);
-    got = in.read(bytes.data() + old, want);
-    bytes.resize(old + got);
-    if (got < want)
-      throw IOError(truncation_message(
-          path, header_bytes + bytes.size(), header_bytes + data_bytes,
-          str_cat("a ", header_bytes, "-byte header and ", data_bytes, " bytes of ", dtype_name(type->dtype), " ",
-                  shape_str(shape)),
-          in.stream_cut()));
-  }
-  // Nothing may follow; reading to the end also makes zlib verify the gzip checksum.
-  uint8_t extra[256];
-  got = in.read(extra, sizeof extra);
-  HR_CHECK(got == 0, IOError, "read_idx_gz: ", path, ": unexpected bytes after the data at byte offset ",
-           header_bytes + data_bytes, ": the header declares ", shape_str(shape), " of ", dtype_name(type->dtype),
-           " but the file holds more");
-  HR_CHECK(!in.stream_cut(), IOError, "read_idx_gz: ", path,
-           ": the gzip stream ends early (no gzip trailer; a truncated file?) after byte offset ",
-           header_bytes + data_bytes);
-
-  swap_to_host(bytes.data(), bytes.size(), elem);
-  Tensor out = Tensor::empty_host(shape, type->dtype);  // file data: host memory, not the device's
-  if (!bytes.empty()) std::memcpy(out.raw_data(), bytes.data(), bytes.size());
-  return out;
+Tensor read_idx_from_buffer(const void* data, size_t nbytes, const std::string& name) {
+  HR_CHECK(data != nullptr || nbytes == 0, ValueError, "read_idx_from_buffer: ", name, ": no data but ", nbytes,
+           " bytes");
+  BufferInput buffer(data, nbytes);
+  GzipDecoder in(buffer, name, "read_idx_from_buffer");
+  return parse_idx(in, name, "read_idx_from_buffer");
 }
 
 void write_idx_gz(const std::string& path, const Tensor& t) {

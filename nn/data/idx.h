@@ -7,7 +7,12 @@
 //
 // Everything is checked, because a half-downloaded file should fail loudly, not train on
 // zeros: every error is an IOError naming the file, and for a short file the byte offset
-// where the data ran out and how many bytes the header promised.
+// where the data ran out and how many bytes the header promised. The dims must describe at
+// most 1 TiB of data counting only the non-zero dims (Note [shape arithmetic] in
+// engine/shape.h: a zero dim does not excuse the others).
+//
+// Files and buffers go through one implementation (one gzip decoder, one header parser):
+// read_idx_from_buffer is what the fuzz target (tests/fuzz/idx_fuzz.cpp) feeds.
 //
 //   Tensor images = data::read_idx_gz("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz");
 //   // u8 [10000, 28, 28]
@@ -23,6 +28,10 @@ namespace headroom::data {
 
 // The file's tensor, of the file's dims and dtype (u8, i32, f32 or f64), on the CPU.
 Tensor read_idx_gz(const std::string& path);
+
+// The same from bytes in memory (gzip-compressed or plain); `name` stands for the file in the
+// error messages.
+Tensor read_idx_from_buffer(const void* data, size_t nbytes, const std::string& name);
 
 // Writes t (u8, i32, f32 or f64, at least one dim) as a gzip-compressed IDX file.
 void write_idx_gz(const std::string& path, const Tensor& t);

@@ -61,8 +61,30 @@ TEST(CudaRegistration, OneCachingAllocatorPerVisibleGpu) {
     CachingAllocator& a = caching_allocator(Device::cuda(i));
     EXPECT_EQ(a.device(), Device::cuda(i));
   }
-  EXPECT_THROW_WITH(allocator_for(Device::cuda(n)), DeviceError, "no allocator for device " + Device::cuda(n).str());
-  if (n == 0) EXPECT_THROW_WITH(Tensor::empty({4}, Device::cuda(0)), DeviceError, "cuda:0");
+  if (n > 0) {
+    EXPECT_THROW_WITH(allocator_for(Device::cuda(n)), DeviceError,
+                      Device::cuda(n).str() + " does not exist: the CUDA runtime sees " + std::to_string(n) + " GPU");
+  } else {
+    EXPECT_THROW_WITH(Tensor::empty({4}, Device::cuda(0)), DeviceError, "cuda:0");
+  }
+}
+
+// The review's case: `--device cuda` in a CUDA build on a machine without a GPU said "no
+// allocator for device cuda:0"; it must say that no GPU is visible, and what the runtime said.
+TEST(CudaRegistration, WithoutAGpuTheMessageSaysNoGpuIsVisibleAndWhy) {
+  if (cuda_device_count() > 0) GTEST_SKIP() << "a GPU is visible here";
+  int count = 0;
+  const cudaError_t status = cudaGetDeviceCount(&count);
+  (void)cudaGetLastError();
+  const std::string why = status != cudaSuccess ? std::string(cudaGetErrorName(status)) : "found 0 devices";
+  for (int index : {0, 2}) {
+    const Device d = Device::cuda(index);
+    EXPECT_THROW_WITH(allocator_for(d), DeviceError, d.str() + " is not available: no GPU is visible");
+    EXPECT_THROW_WITH(allocator_for(d), DeviceError, why);
+    EXPECT_THROW_WITH(Tensor::zeros({2}, d), DeviceError, "no GPU is visible");
+    EXPECT_THROW_WITH(Tensor::ones({2}).to(d), DeviceError, "no GPU is visible");
+  }
+  EXPECT_NE(device_unavailable_reason(Device::cuda(0)).find("no GPU is visible"), std::string::npos);
 }
 
 TEST(CudaStreams, OnlyCudaStreamsOfExistingDevicesMap) {

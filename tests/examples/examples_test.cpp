@@ -99,6 +99,12 @@ TEST_P(Example, CudaWithoutAGpuIsAClearError) {
   EXPECT_EQ(r.exit_code, 1) << r.output;
   EXPECT_NE(r.output.find("error: "), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("cuda"), std::string::npos) << r.output;
+  // Why, in words (Note [missing devices]): not "no allocator for device cuda:0".
+#ifdef HEADROOM_WITH_CUDA
+  EXPECT_NE(r.output.find("no GPU is visible"), std::string::npos) << r.output;
+#else
+  EXPECT_NE(r.output.find("built without CUDA support"), std::string::npos) << r.output;
+#endif
 }
 
 TEST_P(Example, ShortRunPrintsAccuracyAboveChance) {

@@ -112,6 +112,52 @@ TEST_F(DataFiles, BadHeadersAreNamed) {
   EXPECT_THROW_WITH(data::read_idx_gz(p), IOError, p + ": the header declares 0 dims");
   data::write_gz(p, {0, 0, 0x08, 3, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff});
   EXPECT_THROW_WITH(data::read_idx_gz(p), IOError, "implausible size (4294967295, 4294967295, 4294967295)");
+  EXPECT_THROW_WITH(data::read_idx_gz(p), IOError, "byte offset 4");
+}
+
+TEST_F(DataFiles, AZeroDimDoesNotHideAnImplausibleSize) {
+  // The review's case: dims (2^32-1, 2^32-1, 0) gave a ShapeError from Tensor::empty_host that
+  // named no file; the header itself is what is wrong (Note [shape arithmetic]).
+  const std::string p = path("zero.gz");
+  const std::vector<std::vector<uint8_t>> headers = {
+      {0, 0, 0x08, 3, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0},
+      {0, 0, 0x08, 3, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff},
+      {0, 0, 0x0e, 3, 0, 0, 0, 0, 0x01, 0, 0, 0, 0, 0, 0x80, 0}};  // f64 (0, 2^24, 2^15): 2^42 bytes
+  for (const auto& h : headers) {
+    data::write_gz(p, h);
+    EXPECT_THROW_WITH(data::read_idx_gz(p), IOError, p + ": the dims at byte offset 4 declare an implausible size (");
+    EXPECT_THROW_WITH(data::read_idx_gz(p), IOError, "a zero dim does not excuse the others");
+  }
+  // Zero dims with plausible others: an empty tensor of that shape.
+  data::write_gz(p, {0, 0, 0x0d, 2, 0, 0, 0, 0, 0, 1, 0, 0});
+  Tensor t = data::read_idx_gz(p);
+  EXPECT_EQ(t.shape(), (Shape{0, 65536}));
+  EXPECT_EQ(t.dtype(), DType::f32);
+}
+
+TEST_F(DataFiles, BuffersAreReadLikeFiles) {
+  Tensor t = Tensor::from_vector({1.5, -2.0, 3.25, 0.0, 7.0, 8.0}, {3, 2}, DType::f32);
+  data::write_idx_gz(path("t.gz"), t);
+  const std::vector<uint8_t> gz = raw_file(path("t.gz"));
+  Tensor back = data::read_idx_from_buffer(gz.data(), gz.size(), "t in memory");
+  EXPECT_EQ(back.shape(), t.shape());
+  EXPECT_EQ(back.to_vector<float>(), t.to_vector<float>());
+  // Plain (uncompressed) bytes too, and two gzip members one after the other, as gzip -c a b.
+  const std::vector<uint8_t> plain = data::read_gz(path("t.gz"));
+  EXPECT_EQ(data::read_idx_from_buffer(plain.data(), plain.size(), "plain").to_vector<float>(), t.to_vector<float>());
+  data::write_gz(path("a.gz"), std::vector<uint8_t>(plain.begin(), plain.begin() + 13));
+  data::write_gz(path("b.gz"), std::vector<uint8_t>(plain.begin() + 13, plain.end()));
+  std::vector<uint8_t> two = raw_file(path("a.gz")), b = raw_file(path("b.gz"));
+  two.insert(two.end(), b.begin(), b.end());
+  EXPECT_EQ(data::read_idx_from_buffer(two.data(), two.size(), "two").to_vector<float>(), t.to_vector<float>());
+  write_raw(path("two.gz"), two);
+  EXPECT_EQ(data::read_idx_gz(path("two.gz")).to_vector<float>(), t.to_vector<float>());
+  // Errors name what the caller called the buffer, with the same offsets as for a file.
+  const std::vector<uint8_t> cut(gz.begin(), gz.begin() + static_cast<int64_t>(gz.size() / 2));
+  EXPECT_THROW_WITH(data::read_idx_from_buffer(cut.data(), cut.size(), "half of t"), IOError,
+                    "half of t is truncated: data ran out at byte offset ");
+  EXPECT_THROW_WITH(data::read_idx_from_buffer(nullptr, 0, "nothing"), IOError,
+                    "nothing is truncated: data ran out at byte offset 0, expected 4 bytes");
 }
 
 TEST_F(DataFiles, TruncationNamesOffsetAndExpectedBytes) {

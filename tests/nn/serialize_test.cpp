@@ -217,5 +217,90 @@ TEST_F(SerializeTest, SaveRefusesWhatTheFormatCannotHold) {
                     "/nonexistent_dir/x.hrsd");
 }
 
+TEST_F(SerializeTest, AZeroDimDoesNotHideAnImplausibleShape) {
+  // The review's case: dims (0, 2^62, 2^62) have no elements, so the element count did not
+  // overflow, but their strides would; it was a ShapeError naming no file.
+  nn::save_tensors({{"e", Tensor::zeros({0, 3, 4})}}, path_);
+  auto b = bytes();
+  const int64_t big = int64_t{1} << 62;
+  std::memcpy(b.data() + kDimsAt + 8, &big, 8);
+  std::memcpy(b.data() + kDimsAt + 16, &big, 8);
+  write_with_fixed_checksum(b);
+  EXPECT_THROW_WITH(nn::load_tensors(path_), IOError,
+                    "load_tensors: '" + path_ + "': entry 'e' has an implausible shape (0, 4611686018427387904, "
+                    "4611686018427387904) in its dims at offset 27");
+  EXPECT_THROW_WITH(nn::load_tensors(path_), IOError, "a zero dim does not excuse the others");
+  // A zero dim beside plausible ones is an empty tensor, as saved.
+  nn::save_tensors({{"e", Tensor::zeros({0, 3, 4})}}, path_);
+  EXPECT_EQ(nn::load_tensors(path_).at("e").shape(), (Shape{0, 3, 4}));
+}
+
+TEST_F(SerializeTest, BoolBytesOtherThanZeroAndOneAreRefused) {
+  nn::save_tensors({{"m", Tensor::from_vector({1, 0, 1}, {3}, DType::boolean)}}, path_);
+  auto b = bytes();
+  const size_t data_at = 20 + 4 + 1 + 1 + 1 + 8 + 8;
+  ASSERT_EQ(b[data_at + 2], 1);
+  b[data_at + 2] = 2;
+  write_with_fixed_checksum(b);
+  EXPECT_THROW_WITH(nn::load_tensors(path_), IOError,
+                    "entry 'm' holds the bool byte 0x02 at offset " + std::to_string(data_at + 2));
+}
+
+TEST_F(SerializeTest, BuffersLoadLikeFiles) {
+  nn::save_tensors({{"w", Tensor::arange(6).reshape({2, 3})}, {"n", Tensor::ones({4}, DType::i64)}}, path_);
+  const auto b = bytes();
+  auto loaded = nn::load_tensors_from_buffer(b.data(), b.size(), "in-memory checkpoint");
+  ASSERT_EQ(loaded.size(), 2u);
+  EXPECT_TRUE(all_close(loaded.at("w"), Tensor::arange(6).reshape({2, 3})));
+  EXPECT_EQ(loaded.at("n").to_vector<int64_t>(), (std::vector<int64_t>{1, 1, 1, 1}));
+  // The same checks, naming the buffer as the caller named it.
+  EXPECT_THROW_WITH(nn::load_tensors_from_buffer(b.data(), b.size() - 1, "cut"), IOError, "'cut' is truncated");
+  EXPECT_THROW_WITH(nn::load_tensors_from_buffer(nullptr, 0, "empty"), IOError,
+                    "'empty' is truncated: reading the magic bytes needs 8 bytes at offset 0");
+  auto flipped = b;
+  flipped[kDataAt] ^= 1;
+  EXPECT_THROW_WITH(nn::load_tensors_from_buffer(flipped.data(), flipped.size(), "flipped"), IOError,
+                    "checksum mismatch in 'flipped'");
+}
+
+// Note [atomic save] in serialize.cpp: a failed save leaves the old file as it was and no
+// temporary file behind, and says which file it could not write.
+TEST_F(SerializeTest, AFailedRenameLeavesNoTemporaryFile) {
+  // A folder where the file should go: the data is written, the rename over it fails.
+  std::filesystem::create_directory(path_);
+  EXPECT_THROW_WITH(nn::save_tensors({{"w", Tensor::ones({2})}}, path_), IOError, "'" + path_ + "'");
+  EXPECT_FALSE(std::filesystem::exists(path_ + ".tmp"));
+  EXPECT_TRUE(std::filesystem::is_directory(path_));
+  std::filesystem::remove(path_);
+}
+
+TEST_F(SerializeTest, AFullDiskKeepsTheOldFileAndNamesTheNewOne) {
+  if (!std::filesystem::exists("/dev/full")) GTEST_SKIP() << "no /dev/full";
+  save_small();
+  const auto before = bytes();
+  // The temporary file leads to /dev/full: every write fails with ENOSPC (at the latest at fflush).
+  std::filesystem::create_symlink("/dev/full", path_ + ".tmp");
+  EXPECT_THROW_WITH(nn::save_tensors({{"w", Tensor::ones({1000})}}, path_), IOError, "'" + path_ + "'");
+  EXPECT_FALSE(std::filesystem::exists(std::filesystem::symlink_status(path_ + ".tmp")));
+  EXPECT_EQ(bytes(), before);
+  EXPECT_NO_THROW(nn::load_tensors(path_));
+}
+
+TEST_F(SerializeTest, SavingReplacesTheFileWhole) {
+  save_small();
+  nn::save_tensors({{"v", Tensor::ones({3}, DType::f64)}}, path_);
+  auto loaded = nn::load_tensors(path_);
+  ASSERT_EQ(loaded.size(), 1u);
+  EXPECT_EQ(loaded.at("v").to_vector<double>(), (std::vector<double>{1, 1, 1}));
+  EXPECT_FALSE(std::filesystem::exists(path_ + ".tmp"));
+  // A file name without a folder saves into the current one (its folder is synced as ".").
+  const auto cwd = std::filesystem::current_path();
+  std::filesystem::current_path(std::filesystem::path(path_).parent_path());
+  const std::string bare = std::filesystem::path(path_).filename().string();
+  EXPECT_NO_THROW(nn::save_tensors({{"w", Tensor::ones({1})}}, bare));
+  std::filesystem::current_path(cwd);
+  EXPECT_EQ(nn::load_tensors(path_).count("w"), 1u);
+}
+
 }  // namespace
 }  // namespace headroom
