@@ -14,11 +14,13 @@
 
 #include "autograd/autocast.h"
 #include "autograd/autograd_meta.h"
+#include "autograd/checkpoint.h"
 #include "autograd/engine.h"
 #include "autograd/functions.h"
 #include "autograd/functions/attention.h"
 #include "autograd/gradcheck.h"
 #include "autograd/grad_mode.h"
+#include "autograd/hooks.h"
 #include "engine/backend.h"          // set_flush_denormal
 #include "engine/caching_allocator.h"  // caching_allocator(device).stats(), set_memory_limit, format_bytes
 #include "engine/device.h"

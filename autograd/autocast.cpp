@@ -104,6 +104,7 @@ Tensor cast_parameter(const Tensor& x, DType to) {
   node->next.push_back(gradient_edge(x));
   node->output_shape = out.shape();
   node->output_dtype = out.dtype();
+  node->output_device = out.device();
   AutogradMeta& meta = autograd_meta(out);
   meta.grad_fn = std::move(node);
   meta.requires_grad = true;

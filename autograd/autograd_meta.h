@@ -1,6 +1,7 @@
 // The autograd state of a tensor, hung off TensorImpl::autograd (engine/tensor.h).
 #pragma once
 
+#include <functional>
 #include <memory>
 
 #include "autograd/node.h"
@@ -13,6 +14,8 @@ struct AutogradMeta {
   Tensor grad;                                // leaves only
   std::shared_ptr<Node> grad_fn;              // non-leaves: the node that made this tensor
   std::weak_ptr<Node> grad_accumulator;       // leaves: made on first use, shared by uses
+  // Leaves: Note [post-accumulate-gradient hooks] in autograd/hooks.h.
+  std::shared_ptr<HookList<std::function<void(const Tensor&)>>> post_accumulate_hooks;
 };
 
 // The meta of t, made if absent.

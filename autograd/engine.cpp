@@ -12,6 +12,21 @@ namespace headroom {
 
 namespace {
 
+thread_local int retaining_depth = 0;  // backward passes with retain_graph running on this thread
+thread_local int backward_depth = 0;
+
+struct RetainScope {
+  bool retain;
+  explicit RetainScope(bool r) : retain(r) {
+    ++backward_depth;
+    if (retain) ++retaining_depth;
+  }
+  ~RetainScope() {
+    --backward_depth;
+    if (retain) --retaining_depth;
+  }
+};
+
 void accumulate(std::unordered_map<Node*, Tensor>& buffer, Node* node, const Tensor& g) {
   auto it = buffer.find(node);
   if (it == buffer.end() || !it->second.defined()) {
@@ -57,6 +72,7 @@ void execute(const std::vector<Tensor>& roots, const std::vector<Tensor>& grads,
   }
   // 2. Run nodes as their last gradient arrives.
   NoGradGuard no_grad;
+  RetainScope retain(retain_graph);
   CategoryScope gradients(MemoryCategory::gradient);  // what backward allocates is gradient
   std::unordered_map<Node*, Tensor> buffer;
   std::deque<std::shared_ptr<Node>> ready;
@@ -73,7 +89,7 @@ void execute(const std::vector<Tensor>& roots, const std::vector<Tensor>& grads,
       if (it != capture->end()) (*captured)[it->second] = g;
       if (dynamic_cast<AccumulateGrad*>(node.get())) continue;
     }
-    std::vector<Tensor> input_grads = node->apply(g);
+    std::vector<Tensor> input_grads = node->run(g);  // apply inside its hooks (Note [node hooks])
     if (!retain_graph) node->release_saved();
     g = Tensor();
     HR_CHECK(input_grads.empty() || input_grads.size() == node->next.size(), AutogradError, "backward of ",
@@ -98,6 +114,9 @@ void execute(const std::vector<Tensor>& roots, const std::vector<Tensor>& grads,
 }
 
 }  // namespace
+
+bool backward_retains_graph() { return retaining_depth > 0; }
+bool in_backward() { return backward_depth > 0; }
 
 void run_backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& grads, bool retain_graph) {
   execute(roots, grads, retain_graph, nullptr, nullptr);

@@ -12,6 +12,12 @@
 
 namespace headroom {
 
+// Whether a backward is running on this thread, and whether one of those running keeps the
+// graph (retain_graph): a saved-tensor hook that recomputes (autograd/checkpoint.h) then frees
+// what it gave back after one use instead of caching it for the node's lifetime.
+bool in_backward();
+bool backward_retains_graph();
+
 void run_backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& grads, bool retain_graph);
 
 // Gradients of outputs w.r.t. inputs without touching .grad (for gradcheck and tests).

@@ -23,6 +23,7 @@ void record(const char* name, const Tensor& out, const std::vector<Tensor>& inpu
   for (const auto& t : inputs) node->next.push_back(t.defined() && t.requires_grad() ? gradient_edge(t) : nullptr);
   node->output_shape = out.shape();
   node->output_dtype = out.dtype();
+  node->output_device = out.device();
   AutogradMeta& meta = autograd_meta(out);
   meta.grad_fn = std::move(node);
   meta.requires_grad = true;

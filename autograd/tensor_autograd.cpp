@@ -2,6 +2,7 @@
 #include "autograd/autograd_meta.h"
 #include "autograd/engine.h"
 #include "autograd/grad_mode.h"
+#include "autograd/hooks.h"
 
 namespace headroom {
 
@@ -22,6 +23,7 @@ std::shared_ptr<Node> gradient_edge(const Tensor& t) {
     acc = std::make_shared<AccumulateGrad>(t.impl_ptr());
     acc->output_shape = t.shape();
     acc->output_dtype = t.dtype();
+    acc->output_device = t.device();
     meta.grad_accumulator = acc;
   }
   return acc;
@@ -81,6 +83,22 @@ void Tensor::backward(const Tensor& gradient, bool retain_graph) const {
 Tensor Tensor::detach() const {
   Tensor out = as_strided(shape(), strides(), offset());
   return out;
+}
+
+}  // namespace headroom
+
+namespace headroom {
+
+HookHandle register_post_accumulate_grad_hook(const Tensor& leaf, PostAccumulateGradHook hook) {
+  HR_CHECK(hook, ValueError, "register_post_accumulate_grad_hook: the hook is empty");
+  HR_CHECK(leaf.defined() && leaf.requires_grad() && leaf.is_leaf(), AutogradError,
+           "register_post_accumulate_grad_hook needs a leaf that requires grad, got ",
+           leaf.defined() ? describe(leaf) : std::string("an undefined tensor"),
+           leaf.defined() && !leaf.is_leaf() ? str_cat(" made by ", leaf.grad_fn()->name()) : std::string());
+  AutogradMeta& meta = autograd_meta(leaf);
+  using List = HookList<PostAccumulateGradHook>;
+  if (!meta.post_accumulate_hooks) meta.post_accumulate_hooks = std::make_shared<List>();
+  return List::add(meta.post_accumulate_hooks, std::move(hook));
 }
 
 }  // namespace headroom

@@ -4,7 +4,10 @@
 // the count when it saves a tensor for backward and compares it when backward unpacks the
 // tensor; a difference means the saved values were overwritten and the gradient would be
 // wrong, so backward throws and names the op. Views share the storage, so a write through any
-// view is seen.
+// view is seen. The counter is its own small refcounted object (VersionCounter), so that what
+// outlives the storage's bytes can still ask it: a tensor saved through saved-tensor hooks
+// (Note [saved-tensor hooks] in autograd/saved_tensor.h) keeps the counter but not the storage,
+// and backward still sees a write made before the storage was freed.
 #pragma once
 
 #include <atomic>
@@ -19,6 +22,8 @@ namespace headroom {
 struct HostMemoryTag {};
 void* allocate_host(size_t nbytes);  // aligned; throws Error when the host is out of memory
 void free_host(void* ptr);
+
+using VersionCounter = std::atomic<uint64_t>;
 
 class StorageImpl {
  public:
@@ -42,8 +47,10 @@ class StorageImpl {
   void* data() const { return alloc_.ptr; }
   size_t nbytes() const { return nbytes_; }
   Device device() const { return device_; }
-  uint64_t version() const { return version_.load(std::memory_order_relaxed); }
-  void bump_version() { version_.fetch_add(1, std::memory_order_relaxed); }
+  uint64_t version() const { return version_->load(std::memory_order_relaxed); }
+  void bump_version() { version_->fetch_add(1, std::memory_order_relaxed); }
+  // The counter itself, shared (Note [version counter]).
+  const std::shared_ptr<VersionCounter>& version_counter() const { return version_; }
   MemoryCategory category() const { return allocator_ ? allocator_->category_of(alloc_) : MemoryCategory::temporary; }
   void set_category(MemoryCategory c) {
     if (allocator_) allocator_->set_category(alloc_, c);
@@ -55,11 +62,12 @@ class StorageImpl {
   Allocator* allocator() const { return allocator_; }
 
  private:
+  // First, so that a failure to make it happens before the bytes are allocated.
+  std::shared_ptr<VersionCounter> version_ = std::make_shared<VersionCounter>(0);
   Device device_;
   Allocator* allocator_;
   Allocation alloc_;
   size_t nbytes_;
-  std::atomic<uint64_t> version_{0};
 };
 
 using Storage = std::shared_ptr<StorageImpl>;

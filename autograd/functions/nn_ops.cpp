@@ -15,6 +15,7 @@
 // computing in f32, and the output keeps the input's dtype. group_norm follows the same policy.
 #include <cmath>
 
+#include "autograd/checkpoint.h"
 #include "autograd/autocast.h"
 #include "autograd/functions/internal.h"
 
@@ -289,6 +290,12 @@ Tensor batch_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, con
   HR_CHECK(eps >= 0, ValueError, op, ": eps must be non-negative, got ", eps);
   // Without running statistics, evaluation normalises with the batch's own (as PyTorch does).
   const bool batch_stats = training || !running_mean.defined();
+  // A checkpoint's re-run normalises as the forward did but leaves the running statistics as
+  // the forward left them: they are updated once per forward (Note [recompute state]).
+  const bool update_running = training && running_mean.defined() && !is_recomputing();
+  const Tensor no_stats;
+  const Tensor& run_mean = training && !update_running ? no_stats : running_mean;
+  const Tensor& run_var = training && !update_running ? no_stats : running_var;
   HR_CHECK(!batch_stats || n * s > 1, ValueError, op, ": training needs more than one value per channel, got input ",
            shape_str(x.shape()));
 
@@ -299,9 +306,9 @@ Tensor batch_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, con
   {
     // The running statistics are buffers: updated in place, never part of the graph.
     NoGradGuard no_grad;
-    backend_for(x.device()).batch_norm_forward(x3, weight, bias, running_mean, running_var, batch_stats, momentum,
-                                               eps, y3, save_mean, save_invstd);
-    if (training && running_mean.defined() && !GradMode::is_inference()) {
+    backend_for(x.device()).batch_norm_forward(x3, weight, bias, run_mean, run_var, batch_stats, momentum, eps, y3,
+                                               save_mean, save_invstd);
+    if (update_running && !GradMode::is_inference()) {
       running_mean.bump_version();
       running_var.bump_version();
     }

@@ -32,7 +32,8 @@ void GPTConfig::validate() const {
 
 std::string GPTConfig::str() const {
   return str_cat("GPT(vocab=", vocab_size, ", block=", block_size, ", layers=", n_layer, ", heads=", n_head,
-                 ", embd=", n_embd, ", ", attention_impl_name(attention), " attention)");
+                 ", embd=", n_embd, ", ", attention_impl_name(attention), " attention",
+                 checkpoint == CheckpointMode::none ? "" : str_cat(", checkpoint=", checkpoint_mode_name(checkpoint)), ")");
 }
 
 // ---- MLP and Block ----
@@ -95,7 +96,8 @@ Tensor GPT::hidden(const Tensor& idx) {
            config.block_size);
   Tensor pos = Tensor::arange(static_cast<double>(t), TensorOptions().dtype(DType::i64).device(idx.device()));
   Tensor x = drop->forward(wte->forward(idx) + wpe->forward(pos));  // [B, T, C] + [T, C]
-  return ln_f->forward(h->forward(x));
+  std::vector<std::shared_ptr<Module>> mods(blocks.begin(), blocks.end());
+  return ln_f->forward(run_checkpointed(mods, x, config.checkpoint));
 }
 
 Tensor GPT::forward(const Tensor& idx) { return linear(hidden(idx), wte->weight, Tensor()); }

@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "autograd/functions/attention.h"
+#include "nn/checkpoint.h"
 #include "nn/layers/activation.h"
 #include "nn/layers/attention.h"
 #include "nn/layers/embedding.h"
@@ -47,6 +48,8 @@ struct GPTConfig {
   AttentionImpl attention = AttentionImpl::fused;
   bool chunked_loss = true;     // loss() through chunked_cross_entropy; false: materialised logits
   int64_t loss_chunk_rows = 0;  // rows per chunk (0: nn::default_chunk_rows(vocab_size))
+  // Recompute checkpointing of the blocks in training (nn/checkpoint.h): none, block, sqrt.
+  CheckpointMode checkpoint = CheckpointMode::none;
 
   static GPTConfig gpt2_small();  // 124M parameters: 12 layers, 12 heads, 768 wide, vocab 50304
   // Throws ValueError naming the field when a size is not positive, n_embd is not divisible by
@@ -97,6 +100,8 @@ class GPT : public Module {
 
   // Switches every block's attention form.
   void set_attention(AttentionImpl impl);
+  // Switches how the blocks are checkpointed (config.checkpoint).
+  void set_checkpoint(CheckpointMode mode) { config.checkpoint = mode; }
   // The tied lm-head weight (wte.weight): [vocab, C].
   const Tensor& lm_head_weight() const { return wte->weight; }
   std::string name() const override { return config.str(); }

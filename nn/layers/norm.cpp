@@ -1,6 +1,7 @@
 // BatchNorm2d and LayerNorm: shape checks that name the layer, then the functional ops.
 #include "nn/layers/norm.h"
 
+#include "autograd/checkpoint.h"
 #include "autograd/functions.h"
 #include "autograd/grad_mode.h"
 #include "engine/memory.h"
@@ -27,7 +28,7 @@ BatchNorm2d::BatchNorm2d(int64_t c, double eps_in, double momentum_in) : channel
 Tensor BatchNorm2d::forward(const Tensor& x) {
   HR_CHECK(x.dim() == 4 && x.size(1) == channels, ShapeError, name(), ": expected input [N, ", channels,
            ", H, W], got ", shape_str(x.shape()));
-  if (is_training()) {
+  if (is_training() && !is_recomputing()) {  // counted once per forward (Note [recompute state])
     NoGradGuard no_grad;
     num_batches_tracked.add_(Tensor::scalar(1, num_batches_tracked.options()));
   }

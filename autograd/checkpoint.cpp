@@ -1,0 +1,232 @@
+#include "autograd/checkpoint.h"
+
+#include <algorithm>
+#include <any>
+#include <array>
+#include <cstring>
+#include <memory>
+#include <optional>
+
+#include "autograd/autocast.h"
+#include "autograd/engine.h"
+#include "autograd/grad_mode.h"
+#include "autograd/saved_tensor.h"
+#include "engine/memory.h"
+#include "engine/rng.h"
+
+namespace headroom {
+
+namespace {
+
+thread_local int recompute_depth = 0;
+thread_local CheckpointStats stats;
+
+// What the forward saved at one index.
+struct Entry {
+  const char* op;
+  Shape shape;
+  DType dtype;
+  Device device;
+};
+
+struct Frame;
+
+// What a SavedTensor packed inside a checkpoint holds: its index, and the tensor once recomputed
+// (or kept by a policy). Owned by the SavedTensor -- so by the node that saved it -- and freed
+// with it.
+struct Handle {
+  std::shared_ptr<Frame> frame;
+  size_t index = 0;
+  Tensor kept;        // kept by the policy: never recomputed
+  Tensor recomputed;  // filled by a re-run, until the node has used it
+};
+
+// Note [recompute state]: everything the forward ran under that the re-run must see again.
+struct Frame {
+  CheckpointFn fn;
+  bool determinism_check = true;
+  std::vector<SavedTensor> inputs;
+  std::vector<char> input_requires_grad;
+  uint64_t seed = 0, offset = 0;
+  std::array<std::pair<bool, DType>, kNumDeviceTypes> autocast{};
+  std::vector<Stream> streams;
+  std::vector<Entry> entries;
+  std::vector<std::weak_ptr<Handle>> handles;  // by index; expired once the node has run
+};
+
+// Thrown by the re-run's pack once the last tensor still needed exists; caught by recompute.
+struct StopRecompute {};
+
+int64_t bytes_of(const Tensor& t) { return static_cast<int64_t>(t.nbytes()); }
+
+std::string entry_str(const Entry& e) {
+  return str_cat("'", e.op, "' saved ", dtype_name(e.dtype), " ", shape_str(e.shape), " on ", e.device.str());
+}
+
+// Puts the forward's state back for the re-run and the caller's back after it.
+class RecomputeScope {
+ public:
+  explicit RecomputeScope(const Frame& f)
+      : seed_(default_generator().seed()), offset_(default_generator().offset()), category_(MemoryCategory::temporary) {
+    default_generator().manual_seed(f.seed);
+    default_generator().set_offset(f.offset);
+    for (int t = 0; t < kNumDeviceTypes; ++t)
+      autocast_.emplace_back(static_cast<DeviceType>(t), f.autocast[static_cast<size_t>(t)].second,
+                             f.autocast[static_cast<size_t>(t)].first);
+    for (const Stream& s : f.streams) streams_.push_back(std::make_unique<StreamGuard>(s));
+    ++recompute_depth;
+  }
+  ~RecomputeScope() {
+    --recompute_depth;
+    default_generator().manual_seed(seed_);
+    default_generator().set_offset(offset_);
+  }
+  RecomputeScope(const RecomputeScope&) = delete;
+  RecomputeScope& operator=(const RecomputeScope&) = delete;
+
+ private:
+  uint64_t seed_, offset_;
+  EnableGradGuard grad_;
+  CategoryScope category_;
+  std::vector<AutocastGuard> autocast_;
+  std::vector<std::unique_ptr<StreamGuard>> streams_;
+};
+
+void recompute(const std::shared_ptr<Frame>& frame) {
+  Frame& f = *frame;
+  // The last index whose tensor a live node still needs.
+  std::optional<size_t> last;
+  for (size_t i = 0; i < f.handles.size(); ++i)
+    if (auto h = f.handles[i].lock(); h && !h->kept.defined() && !h->recomputed.defined()) last = i;
+  if (!last) return;
+  ++stats.recomputations;
+
+  RecomputeScope scope(f);
+  std::vector<Tensor> inputs;
+  inputs.reserve(f.inputs.size());
+  for (size_t i = 0; i < f.inputs.size(); ++i) {
+    Tensor x = f.inputs[i].unpack();
+    if (x.defined()) {
+      x = x.detach();
+      if (f.input_requires_grad[i]) x.set_requires_grad(true);
+    }
+    inputs.push_back(std::move(x));
+  }
+  size_t k = 0;
+  PackHook pack = [&](const Tensor& t, const char* op) -> std::any {
+    HR_CHECK(k < f.entries.size(), AutogradError, "checkpoint: the recomputation saved more tensors than the forward (",
+             f.entries.size(), "); the ", k + 1, "th was saved by '", op,
+             "'. The checkpointed function did not run the same ops again: does it depend on a global, a flag or "
+             "the data in a way that changed since the forward?");
+    const Entry& e = f.entries[k];
+    if (f.determinism_check && (std::strcmp(op, e.op) != 0 || t.shape() != e.shape || t.dtype() != e.dtype ||
+                                t.device() != e.device)) {
+      throw AutogradError(str_cat(
+          "checkpoint: the recomputation is not what the forward computed: tensor ", k, " saved for backward was ",
+          entry_str(e), " in the forward but '", op, "' saved ", dtype_name(t.dtype()), " ", shape_str(t.shape()),
+          " on ", t.device().str(),
+          " in the recomputation. The checkpointed function must run the same ops on the same shapes both times: "
+          "does it depend on a global, a flag or the data in a way that changed since the forward?"));
+    }
+    if (auto h = f.handles[k].lock(); h && !h->kept.defined() && !h->recomputed.defined()) {
+      if (t.storage()->category() == MemoryCategory::temporary) t.storage()->set_category(MemoryCategory::activation);
+      h->recomputed = t;
+      ++stats.recomputed;
+    }
+    if (k++ == *last) throw StopRecompute{};
+    return {};
+  };
+  UnpackHook unpack = [](const std::any&) -> Tensor {
+    throw AutogradError("checkpoint: backward through the graph of a recomputation (internal error)");
+  };
+  try {
+    SavedTensorHooks hooks(std::move(pack), std::move(unpack));
+    f.fn(inputs);
+  } catch (const StopRecompute&) {
+    return;
+  }
+  throw AutogradError(str_cat("checkpoint: the recomputation saved ", k, " tensors for backward but the forward saved ",
+                              f.entries.size(), " (the next was ", entry_str(f.entries[k]),
+                              "). The checkpointed function did not run the same ops again: does it depend on a "
+                              "global, a flag or the data in a way that changed since the forward?"));
+}
+
+Tensor unpack_handle(const std::any& packed) {
+  const auto& h = std::any_cast<const std::shared_ptr<Handle>&>(packed);
+  if (h->kept.defined()) return h->kept;
+  if (!h->recomputed.defined()) recompute(h->frame);
+  HR_CHECK(h->recomputed.defined(), AutogradError, "checkpoint: the recomputation did not produce tensor ", h->index,
+           " (", entry_str(h->frame->entries[h->index]), ")");
+  // Under retain_graph the node lives on: give the tensor out once rather than hold it.
+  if (backward_retains_graph()) return std::exchange(h->recomputed, Tensor());
+  return h->recomputed;
+}
+
+std::vector<Tensor> call(const CheckpointFn& fn, const std::vector<Tensor>& inputs) {
+  std::vector<Tensor> out = fn(inputs);
+  bool any = false;
+  for (const Tensor& t : out) any = any || t.defined();
+  HR_CHECK(any, ValueError, "checkpoint: the function returned no tensor (", out.size(),
+           " outputs, none defined): a checkpointed function must return what backward flows through");
+  return out;
+}
+
+}  // namespace
+
+std::vector<Tensor> checkpoint(const CheckpointFn& fn, const std::vector<Tensor>& inputs,
+                               const CheckpointOptions& options) {
+  HR_CHECK(fn, ValueError, "checkpoint: the function is empty");
+  if (!GradMode::is_enabled()) return call(fn, inputs);
+
+  auto frame = std::make_shared<Frame>();
+  frame->fn = fn;
+  frame->determinism_check = options.determinism_check;
+  // The inputs are saved as any op saves them: under an enclosing checkpoint's hooks they are
+  // dropped and recomputed too.
+  frame->inputs.reserve(inputs.size());
+  for (const Tensor& x : inputs) {
+    frame->inputs.emplace_back(x, "checkpoint");
+    frame->input_requires_grad.push_back(x.defined() && x.requires_grad() ? 1 : 0);
+    if (x.defined() && std::none_of(frame->streams.begin(), frame->streams.end(),
+                                    [&](const Stream& s) { return s.device == x.device(); }))
+      frame->streams.push_back(current_stream(x.device()));
+  }
+  frame->seed = default_generator().seed();
+  frame->offset = default_generator().offset();
+  for (int t = 0; t < kNumDeviceTypes; ++t)
+    frame->autocast[static_cast<size_t>(t)] = {autocast_enabled(static_cast<DeviceType>(t)),
+                                               autocast_dtype(static_cast<DeviceType>(t))};
+
+  const auto keep = options.keep;
+  PackHook pack = [frame, keep](const Tensor& t, const char* op) -> std::any {
+    auto h = std::make_shared<Handle>();
+    h->frame = frame;
+    h->index = frame->entries.size();
+    frame->entries.push_back({op, t.shape(), t.dtype(), t.device()});
+    frame->handles.push_back(h);
+    if (keep && keep(op, t)) {
+      if (t.storage()->category() == MemoryCategory::temporary) t.storage()->set_category(MemoryCategory::activation);
+      h->kept = t;
+      ++stats.kept;
+      stats.kept_bytes += bytes_of(t);
+    } else {
+      ++stats.dropped;
+      stats.dropped_bytes += bytes_of(t);
+    }
+    return h;
+  };
+  std::vector<Tensor> out;
+  {
+    SavedTensorHooks hooks(std::move(pack), unpack_handle);
+    out = call(fn, inputs);
+  }
+  if (!frame->entries.empty()) ++stats.segments;
+  return out;
+}
+
+bool is_recomputing() { return recompute_depth > 0; }
+
+CheckpointStats checkpoint_stats() { return stats; }
+void reset_checkpoint_stats() { stats = {}; }
+
+}  // namespace headroom

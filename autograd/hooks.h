@@ -1,0 +1,31 @@
+// Hook points of autograd, in one include:
+//   - saved-tensor hooks: SavedTensorHooks (autograd/saved_tensor.h, Note [saved-tensor hooks]);
+//   - node pre/post hooks: Node::add_pre_hook / add_post_hook on t.grad_fn() (autograd/node.h,
+//     Note [node hooks]);
+//   - post-accumulate-gradient hooks on a leaf, below.
+//
+// Note [post-accumulate-gradient hooks]: register_post_accumulate_grad_hook(leaf, fn) calls
+// fn(leaf) in the leaf's AccumulateGrad node right after this backward's gradient was added
+// into leaf.grad(): each backward that reaches the leaf calls it once, when every gradient of
+// that backward has been summed (the engine runs a node only once all of its inputs have
+// arrived). It is the joint for work that wants a gradient as soon as it is final -- an
+// all-reduce overlapped with the rest of backward (DDP), a gradient copied to the host
+// (offload), a per-parameter optimizer step. The hook may change .grad in place or set_grad a
+// tensor of the same shape and device (anything else is a ShapeError naming the leaf); it runs
+// with grad mode off. grad() (autograd/engine.h) touches no .grad and so calls no such hook.
+#pragma once
+
+#include <functional>
+
+#include "autograd/node.h"
+#include "autograd/saved_tensor.h"
+#include "engine/tensor.h"
+
+namespace headroom {
+
+using PostAccumulateGradHook = std::function<void(const Tensor& leaf)>;
+
+// leaf must be a leaf that requires grad (AutogradError otherwise).
+HookHandle register_post_accumulate_grad_hook(const Tensor& leaf, PostAccumulateGradHook hook);
+
+}  // namespace headroom
