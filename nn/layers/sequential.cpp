@@ -19,6 +19,7 @@ std::shared_ptr<Module> Sequential::at(int64_t i) const {
 }
 
 Tensor Sequential::forward(const Tensor& x) {
+  if (checkpoint_ != CheckpointMode::none) return run_checkpointed(modules_, x, checkpoint_);
   Tensor h = x;
   for (auto& m : modules_) h = m->forward(h);
   return h;

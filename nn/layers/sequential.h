@@ -4,11 +4,17 @@
 //   auto model = std::make_shared<nn::Sequential>(std::vector<std::shared_ptr<nn::Module>>{
 //       std::make_shared<nn::Linear>(784, 256), std::make_shared<nn::ReLU>(),
 //       std::make_shared<nn::Linear>(256, 10)});
+//   model->set_checkpoint(nn::CheckpointMode::block);  // each child recomputed in backward
+//
+// With a checkpoint mode (nn/checkpoint.h) forward runs the children through
+// nn::run_checkpointed: block checkpoints each child (make the children the blocks or stages),
+// sqrt runs checkpoint_sequential over them.
 #pragma once
 
 #include <memory>
 #include <vector>
 
+#include "nn/checkpoint.h"
 #include "nn/module.h"
 
 namespace headroom::nn {
@@ -22,9 +28,12 @@ class Sequential : public Module {
   std::shared_ptr<Module> at(int64_t i) const;  // negative counts from the end
   Tensor forward(const Tensor& x) override;
   std::string name() const override;
+  void set_checkpoint(CheckpointMode mode) { checkpoint_ = mode; }
+  CheckpointMode checkpoint_mode() const { return checkpoint_; }
 
  private:
   std::vector<std::shared_ptr<Module>> modules_;
+  CheckpointMode checkpoint_ = CheckpointMode::none;
 };
 
 }  // namespace headroom::nn

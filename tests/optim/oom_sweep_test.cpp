@@ -66,13 +66,14 @@ Trainer wide_mlp(Precision precision) {
   return t;
 }
 
-Trainer cnn_group_norm(Precision precision) {
+Trainer cnn_group_norm(Precision precision, nn::CheckpointMode checkpoint = nn::CheckpointMode::none) {
   manual_seed(12);
   Trainer t;
   t.model = std::make_shared<nn::Sequential>(std::vector<std::shared_ptr<nn::Module>>{
       std::make_shared<nn::Conv2d>(1, 4, 3, 1, 1), std::make_shared<nn::GroupNorm>(2, 4),
       std::make_shared<nn::ReLU>(), std::make_shared<nn::MaxPool2d>(2), std::make_shared<nn::Flatten>(),
       std::make_shared<nn::Linear>(4 * 4 * 4, 10)});
+  std::static_pointer_cast<nn::Sequential>(t.model)->set_checkpoint(checkpoint);
   t.optimizer = std::make_unique<optim::Adam>(t.model->parameters(), 1e-3);
   add_scaler(t, precision);
   t.inputs = Tensor::randn({kBatch, 1, 8, 8});
@@ -81,12 +82,13 @@ Trainer cnn_group_norm(Precision precision) {
   return t;
 }
 
-Trainer gpt(Precision precision) {
+Trainer gpt(Precision precision, nn::CheckpointMode checkpoint = nn::CheckpointMode::none, int64_t layers = 2) {
   manual_seed(13);
   nn::GPTConfig cfg;
   cfg.vocab_size = 32;
   cfg.block_size = 8;
-  cfg.n_layer = 2;
+  cfg.n_layer = layers;
+  cfg.checkpoint = checkpoint;
   cfg.n_head = 2;
   cfg.n_embd = 16;
   cfg.dropout = 0.1;  // dropout masks must come out the same after a recovery
@@ -128,6 +130,12 @@ const std::vector<SweepCase>& cases() {
       {"gpt bf16", [] { return gpt(Precision::bf16); }, 1, kAuto},
       {"gpt bf16, 2 fixed micro-batches", [] { return gpt(Precision::bf16); }, 1, 2},
       {"gpt f16 + GradScaler, first step", [] { return gpt(Precision::f16_scaled); }, 0, kAuto},
+      // Recompute checkpointing (autograd/checkpoint.h): the re-runs in backward fail in turn too.
+      {"gpt f32, checkpoint=block", [] { return gpt(Precision::f32, nn::CheckpointMode::block); }, 1, kAuto},
+      {"gpt f32 3 layers, checkpoint=sqrt (2 segments)", [] { return gpt(Precision::f32, nn::CheckpointMode::sqrt, 3); },
+       1, kAuto},
+      {"cnn+groupnorm f16 + GradScaler, checkpoint=block",
+       [] { return cnn_group_norm(Precision::f16_scaled, nn::CheckpointMode::block); }, 1, kAuto},
   };
   return kCases;
 }
