@@ -26,10 +26,13 @@ using namespace headroom;
 
 namespace {
 
-std::shared_ptr<nn::Sequential> make_cnn(int64_t c1, bool batch_norm, bool group_norm) {
+// stage_starts: where each conv stage (conv, norm, ReLU, pool) and the head begin, the blocks
+// of --checkpoint block.
+std::shared_ptr<nn::Sequential> make_cnn(int64_t c1, bool batch_norm, bool group_norm, std::vector<int64_t>* stage_starts) {
   const int64_t c2 = 2 * c1;
   auto model = std::make_shared<nn::Sequential>();
   for (auto [in, out] : {std::pair{int64_t{1}, c1}, std::pair{c1, c2}}) {
+    stage_starts->push_back(model->size());
     model->push_back(std::make_shared<nn::Conv2d>(in, out, /*kernel=*/3, /*stride=*/1, /*padding=*/1,
                                                   /*groups=*/1, /*bias=*/!batch_norm && !group_norm));
     if (group_norm) model->push_back(std::make_shared<nn::GroupNorm>(std::gcd(out, int64_t{8}), out));
@@ -37,6 +40,7 @@ std::shared_ptr<nn::Sequential> make_cnn(int64_t c1, bool batch_norm, bool group
     model->push_back(std::make_shared<nn::ReLU>());
     model->push_back(std::make_shared<nn::MaxPool2d>(2));
   }
+  stage_starts->push_back(model->size());  // the head
   model->push_back(std::make_shared<nn::Flatten>());
   model->push_back(std::make_shared<nn::Linear>(c2 * 7 * 7, 128));
   model->push_back(std::make_shared<nn::ReLU>());
@@ -66,7 +70,9 @@ int main(int argc, char** argv) {
     manual_seed(static_cast<uint64_t>(cfg.seed));
     examples::MemoryReporting memory(cfg, device, "CNN on Fashion-MNIST");
 
-    auto model = make_cnn(channels, batch_norm, group_norm);
+    std::vector<int64_t> stages;
+    auto model = make_cnn(channels, batch_norm, group_norm, &stages);
+    model->set_checkpoint(nn::parse_checkpoint_mode(cfg.recompute, "--checkpoint"), stages);
     model->to(device);
     examples::print_model(*model);
     auto [train, test] = examples::load_data(cfg);

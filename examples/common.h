@@ -197,10 +197,26 @@ struct TrainConfig {
   std::string micro_batches = "1";  // a count, or "auto" (optim/batch_split.h)
   std::string precision = "f32";    // f32, f16 or bf16 (docs/mixed-precision.md)
   int64_t save_every = 0;           // optimizer steps between training checkpoints (0: none)
-  std::string checkpoint = "checkpoint.hrck";  // where --save-every writes
+  std::string checkpoint_file = "checkpoint.hrck";  // where --save-every writes
   std::string resume;               // a training checkpoint to resume from ("" : start afresh)
   std::string save_model;           // the trained model's state dict, written at the end ("" : none)
+  std::string recompute = "none";   // --checkpoint: none, block or sqrt (nn/checkpoint.h)
 };
+
+// --checkpoint none|block|sqrt: recompute checkpointing (nn/checkpoint.h, docs/checkpointing.md).
+inline void add_checkpoint_flag(Flags& flags, std::string& mode) {
+  flags.add("checkpoint", &mode,
+            "recompute checkpointing: none, block (each block's activations recomputed in backward) or sqrt "
+            "(checkpoint_sequential, sqrt(n) segments)",
+            Flags::Check<std::string>([](const std::string& v) {
+              try {
+                nn::parse_checkpoint_mode(v, "--checkpoint");
+                return std::string();
+              } catch (const Error& e) {
+                return std::string(e.what());
+              }
+            }));
+}
 
 inline void add_training_flags(Flags& flags, TrainConfig& cfg) {
   flags.add("epochs", &cfg.epochs, "passes over the training set", at_least<int64_t>(1));
@@ -231,14 +247,15 @@ inline void add_training_flags(Flags& flags, TrainConfig& cfg) {
               return v == "f32" || v == "f16" || v == "bf16" ? std::string() : std::string("expected f32, f16 or bf16");
             }));
   flags.add("save-every", &cfg.save_every,
-            "write a training checkpoint to --checkpoint every N optimizer steps (0: never); a killed run resumes "
+            "write a training checkpoint to --checkpoint-file every N optimizer steps (0: never); a killed run resumes "
             "from it with --resume",
             at_least<int64_t>(0));
-  flags.add("checkpoint", &cfg.checkpoint, "the training checkpoint --save-every writes");
+  flags.add("checkpoint-file", &cfg.checkpoint_file, "the training checkpoint --save-every writes");
   flags.add("resume", &cfg.resume,
             "resume from this training checkpoint (same flags as the run that wrote it): model, optimizer, loss "
             "scaler, batch splitting, schedule, RNG and the position in the data");
   flags.add("save-model", &cfg.save_model, "write the trained model's state dict here at the end");
+  add_checkpoint_flag(flags, cfg.recompute);
   flags.add("micro-batches", &cfg.micro_batches,
             "run each batch as N micro-batches (gradient accumulation), or auto: split when out of memory",
             Flags::Check<std::string>([](const std::string& v) {
@@ -503,8 +520,8 @@ class Checkpointing {
     state_.extra["loss_sum"] = Tensor::scalar(loss_sum, DType::f64);
     state_.extra["correct"] = Tensor::from_vector(std::vector<int64_t>{correct}, {}, DType::i64);
     state_.extra["seen"] = Tensor::from_vector(std::vector<int64_t>{seen}, {}, DType::i64);
-    optim::save_training_checkpoint(cfg_.checkpoint, state_);
-    std::cout << "checkpoint: step " << state_.step << " saved to " << cfg_.checkpoint << "\n" << std::flush;
+    optim::save_training_checkpoint(cfg_.checkpoint_file, state_);
+    std::cout << "checkpoint: step " << state_.step << " saved to " << cfg_.checkpoint_file << "\n" << std::flush;
   }
 
  private:

@@ -275,11 +275,12 @@ int main(int argc, char** argv) {
   flags.add("memory-report", &cfg.memory_report,
             "write stats.json, snapshot.json, trace.json, trace.chrome.json and timeline.html to this folder");
   flags.add("save-every", &cfg.save_every,
-            "write a training checkpoint to --checkpoint every N steps (0: never); resume with --resume",
+            "write a training checkpoint to --checkpoint-file every N steps (0: never); resume with --resume",
             examples::at_least<int64_t>(0));
-  flags.add("checkpoint", &cfg.checkpoint, "the training checkpoint --save-every writes");
+  flags.add("checkpoint-file", &cfg.checkpoint_file, "the training checkpoint --save-every writes");
   flags.add("resume", &cfg.resume, "resume from this training checkpoint (same flags as the run that wrote it)");
   flags.add("save-model", &cfg.save_model, "write the trained model's state dict here at the end");
+  examples::add_checkpoint_flag(flags, cfg.recompute);
   if (auto code = flags.parse(argc, argv)) return *code;
   if (n_embd % n_head != 0) {
     std::cerr << "gpt_fortunes: --n-embd " << n_embd << " is not divisible by --n-head " << n_head << " (see --help)\n";
@@ -307,6 +308,7 @@ int main(int argc, char** argv) {
     gc.n_head = n_head;
     gc.n_embd = n_embd;
     gc.attention = parse_attention_impl(attention);
+    gc.checkpoint = nn::parse_checkpoint_mode(cfg.recompute, "--checkpoint");
     auto model = std::make_shared<nn::GPT>(gc);
     model->to(device);
     std::cout << "model: " << gc.str() << ", " << model->num_parameters() << " parameters\n";
@@ -382,8 +384,8 @@ int main(int argc, char** argv) {
         ckpt.extra["loss_sum"] = Tensor::scalar(loss_sum, DType::f64);
         ckpt.extra["in_interval"] = Tensor::from_vector(std::vector<int64_t>{in_interval}, {}, DType::i64);
         ckpt.extra["val_loss"] = Tensor::scalar(val_loss, DType::f64);
-        optim::save_training_checkpoint(cfg.checkpoint, ckpt);
-        std::cout << "checkpoint: step " << step << " saved to " << cfg.checkpoint << "\n" << std::flush;
+        optim::save_training_checkpoint(cfg.checkpoint_file, ckpt);
+        std::cout << "checkpoint: step " << step << " saved to " << cfg.checkpoint_file << "\n" << std::flush;
       }
     }
     if (!cfg.save_model.empty()) model->save(cfg.save_model);

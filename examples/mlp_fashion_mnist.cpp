@@ -36,6 +36,8 @@ int main(int argc, char** argv) {
     examples::MemoryReporting memory(cfg, device, "MLP on Fashion-MNIST");
 
     auto model = make_mlp();
+    // --checkpoint block: the blocks [Flatten, Linear, ReLU], [Linear, ReLU], [Linear].
+    model->set_checkpoint(nn::parse_checkpoint_mode(cfg.recompute, "--checkpoint"), {0, 3, 5});
     model->to(device);
     examples::print_model(*model);
     auto [train, test] = examples::load_data(cfg);

@@ -2,6 +2,7 @@
 // (The data sets and batch loader are in nn/data/data.h.)
 #pragma once
 
+#include "nn/checkpoint.h"
 #include "nn/chunked_cross_entropy.h"
 #include "nn/init.h"
 #include "nn/layers/attention.h"

@@ -9,6 +9,7 @@ Sequential::Sequential(std::vector<std::shared_ptr<Module>> modules) {
 
 void Sequential::push_back(std::shared_ptr<Module> m) {
   register_module(std::to_string(modules_.size()), m);
+  if (checkpoint_ != CheckpointMode::none) blocks_.push_back(m);  // a block of its own
   modules_.push_back(std::move(m));
 }
 
@@ -18,8 +19,30 @@ std::shared_ptr<Module> Sequential::at(int64_t i) const {
   return modules_[static_cast<size_t>(i < 0 ? i + n : i)];
 }
 
+void Sequential::set_checkpoint(CheckpointMode mode, std::vector<int64_t> block_starts) {
+  const int64_t n = size();
+  for (size_t i = 0; i < block_starts.size(); ++i)
+    HR_CHECK((i == 0 ? block_starts[i] == 0 : block_starts[i] > block_starts[i - 1]) && block_starts[i] < n, ValueError,
+             "Sequential::set_checkpoint: block_starts must increase from 0 and stay below ", n,
+             " (the number of children); entry ", i, " is ", block_starts[i]);
+  std::vector<std::shared_ptr<Module>> blocks;
+  if (block_starts.empty() || mode != CheckpointMode::block) {
+    blocks = modules_;
+  } else {
+    for (size_t i = 0; i < block_starts.size(); ++i) {
+      const int64_t end = i + 1 < block_starts.size() ? block_starts[i + 1] : n;
+      // An unregistered holder: the children stay registered here, under their own names.
+      auto block = std::make_shared<Sequential>();
+      for (int64_t k = block_starts[i]; k < end; ++k) block->modules_.push_back(modules_[static_cast<size_t>(k)]);
+      blocks.push_back(block);
+    }
+  }
+  checkpoint_ = mode;
+  blocks_ = std::move(blocks);
+}
+
 Tensor Sequential::forward(const Tensor& x) {
-  if (checkpoint_ != CheckpointMode::none) return run_checkpointed(modules_, x, checkpoint_);
+  if (checkpoint_ != CheckpointMode::none) return run_checkpointed(blocks_, x, checkpoint_);
   Tensor h = x;
   for (auto& m : modules_) h = m->forward(h);
   return h;

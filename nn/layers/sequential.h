@@ -7,8 +7,9 @@
 //   model->set_checkpoint(nn::CheckpointMode::block);  // each child recomputed in backward
 //
 // With a checkpoint mode (nn/checkpoint.h) forward runs the children through
-// nn::run_checkpointed: block checkpoints each child (make the children the blocks or stages),
-// sqrt runs checkpoint_sequential over them.
+// nn::run_checkpointed: block checkpoints each block -- each child, or the runs of children
+// that begin at block_starts (a CNN's conv-norm-relu-pool stages) -- and sqrt runs
+// checkpoint_sequential over the children.
 #pragma once
 
 #include <memory>
@@ -28,12 +29,15 @@ class Sequential : public Module {
   std::shared_ptr<Module> at(int64_t i) const;  // negative counts from the end
   Tensor forward(const Tensor& x) override;
   std::string name() const override;
-  void set_checkpoint(CheckpointMode mode) { checkpoint_ = mode; }
+  // block_starts: increasing child indices, the first 0 (ValueError otherwise); empty: every
+  // child is a block.
+  void set_checkpoint(CheckpointMode mode, std::vector<int64_t> block_starts = {});
   CheckpointMode checkpoint_mode() const { return checkpoint_; }
 
  private:
   std::vector<std::shared_ptr<Module>> modules_;
   CheckpointMode checkpoint_ = CheckpointMode::none;
+  std::vector<std::shared_ptr<Module>> blocks_;  // what run_checkpointed runs
 };
 
 }  // namespace headroom::nn

@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <regex>
 #include <string>
+#include <vector>
 
 #include "nn/data/fashion_mnist.h"
 
@@ -222,3 +223,41 @@ TEST(CnnExample, ReachesTheStatedAccuracyInThreeEpochs) {
 }
 
 }  // namespace
+
+// ---- recompute checkpointing: --checkpoint none|block|sqrt ----
+
+// The activation peak the example prints ("activation 6.68 MiB;"), in MiB.
+double activation_peak_mib(const std::string& output) {
+  std::smatch m;
+  if (!std::regex_search(output, m, std::regex(R"(activation ([0-9.]+) (B|KiB|MiB);)"))) return -1;
+  const double v = std::stod(m[1].str());
+  return m[2].str() == "MiB" ? v : m[2].str() == "KiB" ? v / 1024 : v / (1024 * 1024);
+}
+
+std::vector<std::string> loss_lines(const std::string& output) {
+  std::vector<std::string> out;
+  std::regex loss(R"(loss \d+\.\d+ acc \d+\.\d+|test accuracy: \S+)");
+  for (auto it = std::sregex_iterator(output.begin(), output.end(), loss); it != std::sregex_iterator(); ++it)
+    out.push_back(it->str());
+  return out;
+}
+
+TEST(CnnExample, CheckpointBlockAndSqrtTrainIdenticallyWithLessActivationMemory) {
+  if (!fs::is_directory(headroom::data::kFashionMnistDir)) GTEST_SKIP() << "Fashion-MNIST not installed";
+  const std::string args = "--epochs 1 --train-limit 512 --batch-size 64 --seed 3 --checkpoint ";
+  RunResult none = run("cnn_fashion_mnist", args + "none", "HEADROOM_NUM_THREADS=1");
+  ASSERT_EQ(none.exit_code, 0) << none.output;
+  ASSERT_FALSE(loss_lines(none.output).empty()) << none.output;
+  for (const char* mode : {"block", "sqrt"}) {
+    RunResult r = run("cnn_fashion_mnist", args + mode, "HEADROOM_NUM_THREADS=1");
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    EXPECT_EQ(loss_lines(r.output), loss_lines(none.output)) << mode;  // BatchNorm included
+    EXPECT_LT(activation_peak_mib(r.output), 0.8 * activation_peak_mib(none.output)) << mode << "\n" << r.output;
+  }
+}
+
+TEST(MlpExample, RejectsAnUnknownCheckpointMode) {
+  RunResult r = run("mlp_fashion_mnist", "--checkpoint everything");
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find("unknown checkpointing mode 'everything'"), std::string::npos) << r.output;
+}

@@ -111,3 +111,28 @@ TEST(GptFortunes, CudaWithoutAGpuIsAClearError) {
 }
 
 }  // namespace
+
+TEST(GptFortunes, CheckpointPerBlockTrainsIdenticallyWithLessActivationMemory) {
+  if (!fs::is_directory(kFortunes)) GTEST_SKIP() << kFortunes << " not found (apt-get install fortunes)";
+  const std::string args = "--steps 20 --batch-size 8 --log-every 5 --eval-every 20 --sample-chars 0 --seed 2 --checkpoint ";
+  RunResult none = run_program(example(), args + "none");
+  RunResult block = run_program(example(), args + "block");
+  ASSERT_EQ(none.exit_code, 0) << none.output;
+  ASSERT_EQ(block.exit_code, 0) << block.output;
+  auto losses = [](const std::string& out) {
+    std::vector<std::string> v;
+    std::regex line(R"(step \d+/20 loss \d+\.\d{4}|final validation loss: \d+\.\d{4})");
+    for (auto it = std::sregex_iterator(out.begin(), out.end(), line); it != std::sregex_iterator(); ++it)
+      v.push_back(it->str());
+    return v;
+  };
+  EXPECT_EQ(losses(block.output), losses(none.output));
+  EXPECT_EQ(losses(none.output).size(), 5u) << none.output;
+  auto activation = [](const std::string& out) {
+    std::smatch m;
+    if (!std::regex_search(out, m, std::regex(R"(activation ([0-9.]+) (KiB|MiB);)"))) return -1.0;
+    return std::stod(m[1].str()) * (m[2].str() == "MiB" ? 1024.0 : 1.0);
+  };
+  EXPECT_LT(activation(block.output), 0.6 * activation(none.output)) << block.output << none.output;
+  EXPECT_NE(block.output.find("checkpoint=block"), std::string::npos) << block.output;
+}

@@ -94,7 +94,7 @@ void expect_resumes_bit_identical(const std::vector<std::string>& flags, const s
   int killed = 0;
   for (size_t i = 0; i < kills.size(); ++i) {
     std::vector<std::string> b = flags;
-    b.insert(b.end(), {"--save-every", "2", "--checkpoint", ckpt, "--save-model", resumed});
+    b.insert(b.end(), {"--save-every", "2", "--checkpoint-file", ckpt, "--save-model", resumed});
     if (fs::exists(ckpt)) b.insert(b.end(), {"--resume", ckpt});
     std::string run_log;
     const bool finished = run_until(kMlp, b, kills[i].marker, kills[i].after, &run_log);
@@ -137,7 +137,7 @@ TEST(ResumeExample, GptFortunesKilledAndResumedEndsBitIdentical) {
   a.insert(a.end(), {"--save-model", straight});
   ASSERT_TRUE(run_until(kGpt, a, "", 0, &log));
   std::vector<std::string> b = flags;
-  b.insert(b.end(), {"--save-every", "5", "--checkpoint", ckpt, "--save-model", resumed});
+  b.insert(b.end(), {"--save-every", "5", "--checkpoint-file", ckpt, "--save-model", resumed});
   ASSERT_FALSE(run_until(kGpt, b, "checkpoint: step", 2, &log));
   b.insert(b.end(), {"--resume", ckpt});
   ASSERT_TRUE(run_until(kGpt, b, "", 0, &log));
