@@ -539,6 +539,16 @@ void CachingAllocator::clear_trace() {
   trace_.clear();
 }
 
+namespace {
+thread_local unsigned remedies_used = 0;
+}
+
+RemedyUsedScope::RemedyUsedScope(std::initializer_list<Remedy> used) : prev_(remedies_used) {
+  for (Remedy r : used) remedies_used |= static_cast<unsigned>(r);
+}
+RemedyUsedScope::~RemedyUsedScope() { remedies_used = prev_; }
+bool RemedyUsedScope::used(Remedy r) { return (remedies_used & static_cast<unsigned>(r)) != 0; }
+
 std::string CachingAllocator::oom_report(size_t bytes) const {
   std::lock_guard<std::recursive_mutex> lock(mu_);
   return oom_report_locked(bytes, round_size(bytes));
@@ -587,12 +597,17 @@ std::string CachingAllocator::oom_report_locked(size_t bytes, size_t rounded) co
   };
   const int64_t activations = share({MemoryCategory::activation, MemoryCategory::temporary});
   const int64_t model_state = share({MemoryCategory::parameter, MemoryCategory::gradient, MemoryCategory::optimizer_state});
-  // Only remedies headroom has (optim/batch_split.h, autograd/autocast.h, optim/sgd.h).
+  // Only remedies headroom has (optim/batch_split.h, autograd/checkpoint.h, autograd/autocast.h,
+  // optim/sgd.h), less those in use (Note [remedies already used]).
   std::vector<std::pair<int64_t, std::string>> remedies;
-  remedies.emplace_back(activations,
-                        "activations and temporaries hold " + format_bytes(activations) +
-                            ": use a smaller batch or split it into micro-batches (BatchSplitter, gradient "
-                            "accumulation), or mixed precision (autocast to f16/bf16 halves activations)");
+  std::string act_text = "activations and temporaries hold " + format_bytes(activations) + ": ";
+  if (!RemedyUsedScope::used(Remedy::smaller_batch)) act_text += "use a smaller batch, ";
+  if (!RemedyUsedScope::used(Remedy::micro_batches))
+    act_text += "split it into micro-batches (BatchSplitter, gradient accumulation; --micro-batches), ";
+  act_text +=
+      "recompute activations in backward (checkpoint(), nn::checkpoint_sequential; --checkpoint block|sqrt in the "
+      "examples), or mixed precision (autocast to f16/bf16 halves activations)";
+  remedies.emplace_back(activations, act_text);
   remedies.emplace_back(model_state,
                         "parameters, gradients and optimizer state hold " + format_bytes(model_state) +
                             ": a smaller model, or an optimizer with less state (Adam keeps two buffers per "

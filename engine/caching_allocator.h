@@ -38,6 +38,7 @@
 #include <array>
 #include <chrono>
 #include <cstdint>
+#include <initializer_list>
 #include <memory>
 #include <mutex>
 #include <set>
@@ -276,5 +277,22 @@ class NoAllocationScope {
 
 // The caching allocator of a device (the one allocator_for returns).
 CachingAllocator& caching_allocator(Device device);
+
+// Note [remedies already used]: the out-of-memory report suggests only what headroom has, and
+// not what the failing code is already doing. Code that has used a remedy up says so with this
+// scope for the allocations it makes (thread-local, nesting): BatchSplitter running a micro-batch
+// of one sample leaves out "smaller batch" and "micro-batches".
+enum class Remedy : uint8_t { smaller_batch = 1, micro_batches = 2 };
+class RemedyUsedScope {
+ public:
+  explicit RemedyUsedScope(std::initializer_list<Remedy> used);
+  ~RemedyUsedScope();
+  RemedyUsedScope(const RemedyUsedScope&) = delete;
+  RemedyUsedScope& operator=(const RemedyUsedScope&) = delete;
+  static bool used(Remedy r);
+
+ private:
+  unsigned prev_;
+};
 
 }  // namespace headroom

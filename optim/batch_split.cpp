@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <charconv>
+#include <optional>
 #include <ostream>
 #include <vector>
 
@@ -173,7 +174,13 @@ SplitStepResult BatchSplitter::step(const Tensor& inputs, const Tensor& targets,
   for (;;) {
     const MemoryStats before = allocator.stats();
     try {
-      r = attempt(inputs, targets, fn, m);
+      {
+        // A micro-batch of one sample: the report must not suggest smaller batches or micro-batches
+        // (Note [remedies already used]).
+        std::optional<RemedyUsedScope> used;
+        if (m == 1) used.emplace(std::initializer_list<Remedy>{Remedy::smaller_batch, Remedy::micro_batches});
+        r = attempt(inputs, targets, fn, m);
+      }
       break;
     } catch (const OutOfMemoryError& e) {
       // attempt()'s frame is gone: the graphs and outputs it held are freed.
@@ -220,8 +227,9 @@ SplitStepResult BatchSplitter::step(const Tensor& inputs, const Tensor& targets,
             str_cat("BatchSplitter: out of memory even with a micro-batch of 1 sample (batch of ", n,
                     " samples on ", inputs.device().str(), ", whose inputs and targets themselves hold ",
                     format_bytes(static_cast<int64_t>(inputs.nbytes() + targets.nbytes())),
-                    "): batch splitting cannot make this step fit; the step changed nothing. Use a smaller "
-                    "batch, a smaller model or mixed precision. The allocator's report for the last failure:\n",
+                    "): batch splitting cannot make this step fit; the step changed nothing. Recompute "
+                    "activations in backward (checkpoint(); --checkpoint block|sqrt in the examples), use mixed "
+                    "precision or a smaller model. The allocator's report for the last failure:\n",
                     e.what()),
             e.requested_bytes(), e.limit_bytes());
       }

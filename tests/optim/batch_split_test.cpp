@@ -466,6 +466,18 @@ TEST(BatchSplitter, AMicroBatchOfOneThatDoesNotFitIsAClearError) {
                     "even with a micro-batch of 1 sample (batch of 256 samples on cpu, whose inputs and targets "
                     "themselves hold 34.0 KiB)");
   EXPECT_THROW_WITH(s.step(data.x[0], data.y[0], fn), OutOfMemoryError, "in use by category");  // the report
+  // Splitting is used up: neither the splitter nor the allocator's report suggests it again, and
+  // both name recompute checkpointing (Note [remedies already used]).
+  try {
+    s.step(data.x[0], data.y[0], fn);
+    ADD_FAILURE() << "no error";
+  } catch (const OutOfMemoryError& e) {
+    const std::string m = e.what();
+    EXPECT_EQ(m.find("micro-batches"), std::string::npos) << m;
+    EXPECT_EQ(m.find("smaller batch"), std::string::npos) << m;
+    EXPECT_NE(m.find("--checkpoint block|sqrt"), std::string::npos) << m;
+    EXPECT_NE(m.find("mixed precision"), std::string::npos) << m;
+  }
   EXPECT_EQ(alloc.stats().allocated_bytes.current, before);
   auto params = model->parameters();
   for (size_t i = 0; i < params.size(); ++i) {
