@@ -11,6 +11,7 @@
 #include "autograd/engine.h"
 #include "autograd/grad_mode.h"
 #include "autograd/saved_tensor.h"
+#include "engine/caching_allocator.h"
 #include "engine/memory.h"
 #include "engine/rng.h"
 
@@ -52,6 +53,29 @@ struct Frame {
   std::vector<Stream> streams;
   std::vector<Entry> entries;
   std::vector<std::weak_ptr<Handle>> handles;  // by index; expired once the node has run
+  // Note [selective checkpointing]: the op outputs kept in the forward, in order.
+  std::function<bool(const char*)> keep_output;
+  struct Kept {
+    const char* op;
+    std::vector<Tensor> tensors;
+  };
+  std::vector<Kept> kept_outputs;
+};
+
+// The checkpoint whose forward or re-run is running on this thread, innermost last: the ops of
+// Note [selective checkpointing] offer to and replay from the top one.
+struct Context {
+  Frame* frame;
+  bool replaying;
+  size_t next = 0;  // re-run: the next kept output to hand out
+};
+thread_local std::vector<Context> contexts;
+
+struct ContextScope {
+  ContextScope(Frame* f, bool replaying) { contexts.push_back({f, replaying}); }
+  ~ContextScope() { contexts.pop_back(); }
+  ContextScope(const ContextScope&) = delete;
+  ContextScope& operator=(const ContextScope&) = delete;
 };
 
 // Thrown by the re-run's pack once the last tensor still needed exists; caught by recompute.
@@ -141,6 +165,7 @@ void recompute(const std::shared_ptr<Frame>& frame) {
   };
   try {
     SavedTensorHooks hooks(std::move(pack), std::move(unpack));
+    ContextScope context(&f, true);
     f.fn(inputs);
   } catch (const StopRecompute&) {
     return;
@@ -181,6 +206,7 @@ std::vector<Tensor> checkpoint(const CheckpointFn& fn, const std::vector<Tensor>
   auto frame = std::make_shared<Frame>();
   frame->fn = fn;
   frame->determinism_check = options.determinism_check;
+  frame->keep_output = options.keep_output;
   // The inputs are saved as any op saves them: under an enclosing checkpoint's hooks they are
   // dropped and recomputed too.
   frame->inputs.reserve(inputs.size());
@@ -218,6 +244,7 @@ std::vector<Tensor> checkpoint(const CheckpointFn& fn, const std::vector<Tensor>
   std::vector<Tensor> out;
   {
     SavedTensorHooks hooks(std::move(pack), unpack_handle);
+    ContextScope context(frame.get(), false);
     out = call(fn, inputs);
   }
   if (!frame->entries.empty()) ++stats.segments;
@@ -225,6 +252,83 @@ std::vector<Tensor> checkpoint(const CheckpointFn& fn, const std::vector<Tensor>
 }
 
 bool is_recomputing() { return recompute_depth > 0; }
+
+bool selective_policy(const char* op) {
+  for (const char* kept : {"linear", "conv2d", "scaled_dot_product_attention (fused)"})
+    if (std::strcmp(op, kept) == 0) return true;
+  return false;
+}
+
+CheckpointOptions selective_checkpoint_options() {
+  CheckpointOptions o;
+  o.keep_output = selective_policy;
+  return o;
+}
+
+namespace detail {
+
+bool replay_outputs(const char* op, std::initializer_list<Tensor*> outs) {
+  if (contexts.empty()) return false;
+  Context& c = contexts.back();
+  Frame& f = *c.frame;
+  if (!c.replaying || !f.keep_output || !f.keep_output(op)) return false;
+  HR_CHECK(c.next < f.kept_outputs.size(), AutogradError, "checkpoint: the recomputation ran '", op,
+           "' more often than the forward did (it kept ", f.kept_outputs.size(),
+           " op outputs). The checkpointed function did not run the same ops again: does it depend on a global, a "
+           "flag or the data in a way that changed since the forward?");
+  const Frame::Kept& k = f.kept_outputs[c.next];
+  HR_CHECK(std::strcmp(k.op, op) == 0 && k.tensors.size() == outs.size(), AutogradError,
+           "checkpoint: the recomputation is not what the forward computed: kept op output ", c.next, " came from '",
+           k.op, "' in the forward but the recomputation ran '", op,
+           "' there. The checkpointed function must run the same ops on the same shapes both times.");
+  ++c.next;
+  size_t i = 0;
+  for (Tensor* out : outs) *out = k.tensors[i++];
+  ++stats.replayed;
+  return true;
+}
+
+void offer_outputs(const char* op, std::initializer_list<const Tensor*> outs) {
+  if (contexts.empty()) return;
+  Context& c = contexts.back();
+  Frame& f = *c.frame;
+  if (c.replaying || !f.keep_output || !f.keep_output(op)) return;
+  Frame::Kept k{op, {}};
+  int64_t bytes = 0;
+  for (const Tensor* t : outs) {
+    if (t->defined() && t->storage()->category() == MemoryCategory::temporary)
+      t->storage()->set_category(MemoryCategory::activation);
+    k.tensors.push_back(t->defined() ? t->detach() : Tensor());
+    bytes += t->defined() ? bytes_of(*t) : 0;
+  }
+  f.kept_outputs.push_back(std::move(k));
+  ++stats.kept_outputs;
+  stats.kept_output_bytes += bytes;
+  auto& per_op = stats.kept_by_op[op];
+  ++per_op.first;
+  per_op.second += bytes;
+}
+
+}  // namespace detail
+
+std::string describe(const CheckpointStats& st) {
+  std::string s = str_cat(st.segments, " segment", st.segments == 1 ? "" : "s", ": dropped ", st.dropped,
+                          " saved tensors (", format_bytes(st.dropped_bytes), ")");
+  if (st.kept > 0) s += str_cat(", kept ", st.kept, " saved tensors (", format_bytes(st.kept_bytes), ")");
+  if (st.kept_outputs > 0) {
+    s += str_cat(", kept ", st.kept_outputs, " op outputs (", format_bytes(st.kept_output_bytes), ":");
+    bool first = true;
+    for (const auto& [op, v] : st.kept_by_op) {
+      s += str_cat(first ? " " : ", ", op, " ", v.first, " x ", format_bytes(v.first ? v.second / v.first : 0));
+      first = false;
+    }
+    s += ")";
+  }
+  s += str_cat("; ", st.recomputations, " recomputation", st.recomputations == 1 ? "" : "s", " handed back ",
+               st.recomputed, " tensors");
+  if (st.replayed > 0) s += str_cat(" and skipped ", st.replayed, " kept ops");
+  return s;
+}
 
 CheckpointStats checkpoint_stats() { return stats; }
 void reset_checkpoint_stats() { stats = {}; }

@@ -41,6 +41,8 @@
 
 #include <cstdint>
 #include <functional>
+#include <initializer_list>
+#include <map>
 #include <string>
 #include <type_traits>
 #include <utility>
@@ -56,6 +58,9 @@ struct CheckpointOptions {
   // Keep a saved tensor rather than drop and recompute it; called once per tensor an op saves
   // in fn, with the op's name. Empty: drop every one.
   std::function<bool(const char* op, const Tensor& saved)> keep;
+  // Selective checkpointing (Note [selective checkpointing]): keep the outputs of the ops this
+  // says yes to, so that the re-run takes them instead of running those ops again. Empty: none.
+  std::function<bool(const char* op)> keep_output;
   // Compare what the re-run saves with what the forward saved (Note [recompute checkpointing]).
   bool determinism_check = true;
 };
@@ -88,6 +93,31 @@ auto checkpoint(Fn fn, const Ts&... inputs) {
 // True while a checkpoint re-runs its function on this thread (Note [recompute state]).
 bool is_recomputing();
 
+// Note [selective checkpointing]: a per-op policy on top of the recompute. The ops that can be
+// kept -- linear, conv2d and fused attention, where the flops are -- offer their outputs after
+// computing them inside a checkpoint's forward (detail::offer_outputs), and the checkpoint keeps
+// them when its keep_output says so. In the re-run the same ops ask first
+// (detail::replay_outputs) and, for a kept output, skip their kernel and take the kept tensor:
+// the re-run then costs only the cheap ops between them -- the norms, activations, dropout,
+// residual adds, the reshapes around attention -- while their activations are still dropped.
+// Each op still saves what it saves for backward, in the same order, so the saved-tensor indices
+// line up; a replay whose op or shapes differ from the forward's is the determinism check's
+// AutogradError. The default policy (selective_policy) keeps those three ops' outputs (Korthikanti
+// et al. 2022: keep the matmuls, recompute what is cheap to recompute); the batched matmuls of
+// naive attention are not kept -- they make the [B, H, T, T] scores, the largest and cheapest
+// tensors, exactly what recomputation should drop.
+bool selective_policy(const char* op);
+// CheckpointOptions with keep_output = selective_policy.
+CheckpointOptions selective_checkpoint_options();
+
+namespace detail {
+// In a selective re-run, fills *outs with the outputs the forward kept for this op and returns
+// true (the op then skips its kernel); false otherwise.
+bool replay_outputs(const char* op, std::initializer_list<Tensor*> outs);
+// In a selective checkpoint's forward, offers the op's outputs for keeping.
+void offer_outputs(const char* op, std::initializer_list<const Tensor*> outs);
+}  // namespace detail
+
 // What this thread's checkpoints did since the last reset, for tests and reports.
 struct CheckpointStats {
   int64_t segments = 0;           // checkpoint calls that saved something
@@ -97,7 +127,14 @@ struct CheckpointStats {
   int64_t kept_bytes = 0;
   int64_t recomputations = 0;     // re-runs of a segment's function
   int64_t recomputed = 0;         // tensors re-runs handed to backward
+  int64_t kept_outputs = 0;       // op outputs a selective policy kept (Note [selective checkpointing])
+  int64_t kept_output_bytes = 0;
+  int64_t replayed = 0;           // ops whose kernel a re-run skipped
+  std::map<std::string, std::pair<int64_t, int64_t>> kept_by_op;  // op -> (outputs, bytes)
 };
+// "4 segments: dropped 120 saved tensors (1.20 MiB), kept 8 op outputs (512.0 KiB: linear 8 x
+// 64.0 KiB) ..." -- what the policy kept and dropped, for the examples and the bench.
+std::string describe(const CheckpointStats& stats);
 CheckpointStats checkpoint_stats();
 void reset_checkpoint_stats();
 

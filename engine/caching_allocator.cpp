@@ -605,7 +605,7 @@ std::string CachingAllocator::oom_report_locked(size_t bytes, size_t rounded) co
   if (!RemedyUsedScope::used(Remedy::micro_batches))
     act_text += "split it into micro-batches (BatchSplitter, gradient accumulation; --micro-batches), ";
   act_text +=
-      "recompute activations in backward (checkpoint(), nn::checkpoint_sequential; --checkpoint block|sqrt in the "
+      "recompute activations in backward (checkpoint(), nn::checkpoint_sequential; --checkpoint block|sqrt|selective in the "
       "examples), or mixed precision (autocast to f16/bf16 halves activations)";
   remedies.emplace_back(activations, act_text);
   remedies.emplace_back(model_state,

@@ -200,14 +200,15 @@ struct TrainConfig {
   std::string checkpoint_file = "checkpoint.hrck";  // where --save-every writes
   std::string resume;               // a training checkpoint to resume from ("" : start afresh)
   std::string save_model;           // the trained model's state dict, written at the end ("" : none)
-  std::string recompute = "none";   // --checkpoint: none, block or sqrt (nn/checkpoint.h)
+  std::string recompute = "none";   // --checkpoint: none, block, sqrt or selective (nn/checkpoint.h)
 };
 
-// --checkpoint none|block|sqrt: recompute checkpointing (nn/checkpoint.h, docs/checkpointing.md).
+// --checkpoint none|block|sqrt|selective: recompute checkpointing (nn/checkpoint.h, docs/checkpointing.md).
 inline void add_checkpoint_flag(Flags& flags, std::string& mode) {
   flags.add("checkpoint", &mode,
-            "recompute checkpointing: none, block (each block's activations recomputed in backward) or sqrt "
-            "(checkpoint_sequential, sqrt(n) segments)",
+            "recompute checkpointing: none, block (each block's activations recomputed in backward), sqrt "
+            "(checkpoint_sequential, sqrt(n) segments) or selective (per block, keeping the outputs of linear, "
+            "conv2d and attention)",
             Flags::Check<std::string>([](const std::string& v) {
               try {
                 nn::parse_checkpoint_mode(v, "--checkpoint");

@@ -11,14 +11,15 @@ const char* checkpoint_mode_name(CheckpointMode mode) {
     case CheckpointMode::none: return "none";
     case CheckpointMode::block: return "block";
     case CheckpointMode::sqrt: return "sqrt";
+    case CheckpointMode::selective: return "selective";
   }
   return "?";
 }
 
 CheckpointMode parse_checkpoint_mode(std::string_view text, const char* what) {
-  for (CheckpointMode m : {CheckpointMode::none, CheckpointMode::block, CheckpointMode::sqrt})
+  for (CheckpointMode m : {CheckpointMode::none, CheckpointMode::block, CheckpointMode::sqrt, CheckpointMode::selective})
     if (text == checkpoint_mode_name(m)) return m;
-  throw ValueError(str_cat(what, ": unknown checkpointing mode '", text, "' (none, block or sqrt)"));
+  throw ValueError(str_cat(what, ": unknown checkpointing mode '", text, "' (none, block, sqrt or selective)"));
 }
 
 int64_t default_checkpoint_segments(int64_t n) {
@@ -56,9 +57,15 @@ Tensor checkpoint_sequential(const std::vector<std::shared_ptr<Module>>& modules
 Tensor run_checkpointed(const std::vector<std::shared_ptr<Module>>& modules, const Tensor& x, CheckpointMode mode) {
   switch (mode) {
     case CheckpointMode::none: break;
-    case CheckpointMode::block: {
+    case CheckpointMode::block:
+    case CheckpointMode::selective: {
+      const CheckpointOptions options =
+          mode == CheckpointMode::selective ? selective_checkpoint_options() : CheckpointOptions{};
       Tensor h = x;
-      for (const auto& m : modules) h = checkpoint([m](const Tensor& in) { return m->forward(in); }, h);
+      for (const auto& m : modules) {
+        CheckpointFn fn = [m](const std::vector<Tensor>& in) -> std::vector<Tensor> { return {m->forward(in[0])}; };
+        h = checkpoint(fn, {h}, options).front();
+      }
       return h;
     }
     case CheckpointMode::sqrt: return checkpoint_sequential(modules, x);

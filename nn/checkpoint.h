@@ -11,7 +11,10 @@
 //          every block;
 //   sqrt   checkpoint_sequential over the blocks with k = round(sqrt(n)) segments (Chen et al.
 //          2016, "Training Deep Nets with Sublinear Memory Cost"): about sqrt(n) segment inputs
-//          plus one segment's activations, so the activation peak grows as O(sqrt(n)).
+//          plus one segment's activations, so the activation peak grows as O(sqrt(n));
+//   selective  each block checkpointed with selective_policy (Note [selective checkpointing]):
+//          the outputs of linear, conv2d and fused attention are kept, the ops between them
+//          are recomputed -- less memory saved than block, for a much cheaper re-run.
 #pragma once
 
 #include <memory>
@@ -24,10 +27,10 @@
 
 namespace headroom::nn {
 
-enum class CheckpointMode : uint8_t { none, block, sqrt };
+enum class CheckpointMode : uint8_t { none, block, sqrt, selective };
 
 const char* checkpoint_mode_name(CheckpointMode mode);
-// "none", "block" or "sqrt"; anything else is a ValueError naming `what` (a flag, a field).
+// "none", "block", "sqrt" or "selective"; anything else is a ValueError naming `what` (a flag, a field).
 CheckpointMode parse_checkpoint_mode(std::string_view text, const char* what);
 
 // round(sqrt(n)), at least 1.
@@ -41,8 +44,8 @@ int64_t default_checkpoint_segments(int64_t n);
 Tensor checkpoint_sequential(const std::vector<std::shared_ptr<Module>>& modules, const Tensor& x,
                              int64_t segments = 0, const CheckpointOptions& options = {});
 
-// Runs the modules in order, each through checkpoint() (mode block), through
-// checkpoint_sequential (mode sqrt) or plainly (mode none).
+// Runs the modules in order, each through checkpoint() (mode block; with the selective policy:
+// mode selective), through checkpoint_sequential (mode sqrt) or plainly (mode none).
 Tensor run_checkpointed(const std::vector<std::shared_ptr<Module>>& modules, const Tensor& x, CheckpointMode mode);
 
 }  // namespace headroom::nn

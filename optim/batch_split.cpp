@@ -228,7 +228,7 @@ SplitStepResult BatchSplitter::step(const Tensor& inputs, const Tensor& targets,
                     " samples on ", inputs.device().str(), ", whose inputs and targets themselves hold ",
                     format_bytes(static_cast<int64_t>(inputs.nbytes() + targets.nbytes())),
                     "): batch splitting cannot make this step fit; the step changed nothing. Recompute "
-                    "activations in backward (checkpoint(); --checkpoint block|sqrt in the examples), use mixed "
+                    "activations in backward (checkpoint(); --checkpoint block|sqrt|selective in the examples), use mixed "
                     "precision or a smaller model. The allocator's report for the last failure:\n",
                     e.what()),
             e.requested_bytes(), e.limit_bytes());

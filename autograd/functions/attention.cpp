@@ -10,6 +10,7 @@
 // linear in T. Its backward recomputes the probabilities block by block inside
 // attention_backward and returns dq, dk, dv written by the kernel. out is saved through a
 // detached alias (SavedTensor), so the graph does not keep itself alive.
+#include "autograd/checkpoint.h"
 #include "autograd/functions/attention.h"
 
 #include <cmath>
@@ -67,9 +68,14 @@ Tensor naive_attention(const Tensor& q, const Tensor& k, const Tensor& v, bool c
 Tensor fused_attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal, double scale) {
   const char* op = "scaled_dot_product_attention (fused)";
   Tensor qc = contiguous_raw(q), kc = contiguous_raw(k), vc = contiguous_raw(v);
-  Tensor out = empty_like(qc);
-  Tensor lse = Tensor::empty({q.size(0), q.size(1), q.size(2)}, qc.options().dtype(statistics_dtype(qc.dtype())));
-  if (lse.numel() > 0) backend_for(q.device()).attention_forward(qc, kc, vc, out, lse, scale, causal);
+  Tensor out, lse;
+  // A selective checkpoint's re-run takes what its forward kept (Note [selective checkpointing]).
+  if (!detail::replay_outputs(op, {&out, &lse})) {
+    out = empty_like(qc);
+    lse = Tensor::empty({q.size(0), q.size(1), q.size(2)}, qc.options().dtype(statistics_dtype(qc.dtype())));
+    if (lse.numel() > 0) backend_for(q.device()).attention_forward(qc, kc, vc, out, lse, scale, causal);
+    detail::offer_outputs(op, {&out, &lse});
+  }
   if (needs_grad({q, k, v})) {
     SavedTensor sq(qc, op), sk(kc, op), sv(vc, op), so(out, op), slse(lse, op);
     record(op, out, {q, k, v}, [sq, sk, sv, so, slse, scale, causal](const Tensor& g) -> std::vector<Tensor> {

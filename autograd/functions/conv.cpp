@@ -9,6 +9,7 @@
 // 3-d inputs [C, H, W] are accepted as one image. Under autocast conv2d runs in the scope's low
 // dtype (autograd/autocast.h); pooling follows its input.
 #include "autograd/autocast.h"
+#include "autograd/checkpoint.h"
 #include "autograd/functions/internal.h"
 #include "kernels/contract_checks.h"
 
@@ -85,8 +86,13 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, const C
 
   Tensor xc = contiguous_raw(x), wc = contiguous_raw(weight);
   Tensor bc = bias.defined() ? contiguous_raw(bias) : bias;
-  Tensor out = Tensor::empty({x.size(0), O, OH, OW}, x.options());
-  backend_for(x.device()).conv2d_forward(xc, wc, bc, out, p);
+  Tensor out;
+  // A selective checkpoint's re-run takes the output its forward kept (Note [selective checkpointing]).
+  if (!detail::replay_outputs("conv2d", {&out})) {
+    out = Tensor::empty({x.size(0), O, OH, OW}, x.options());
+    backend_for(x.device()).conv2d_forward(xc, wc, bc, out, p);
+    detail::offer_outputs("conv2d", {&out});
+  }
   if (needs_grad({x, weight, bias})) {
     const bool gx = x.requires_grad(), gw = weight.requires_grad(), gb = bias.defined() && bias.requires_grad();
     SavedTensor sx(gw ? xc : Tensor(), "conv2d"), sw(gx ? wc : Tensor(), "conv2d");

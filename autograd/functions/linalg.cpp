@@ -17,6 +17,7 @@
 #include <numeric>
 
 #include "autograd/autocast.h"
+#include "autograd/checkpoint.h"
 #include "autograd/functions/internal.h"
 
 namespace headroom {
@@ -179,8 +180,11 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
 
   const int64_t rows = leading_numel(x);
   Tensor x2 = raw_reshape(x, {rows, in});
-  Tensor out2 = Tensor::empty({rows, out_features}, x.options());
-  if (out2.numel() > 0) {
+  Tensor out2;
+  // A selective checkpoint's re-run takes the output its forward kept (Note [selective checkpointing]).
+  const bool replayed = detail::replay_outputs("linear", {&out2});
+  if (!replayed) out2 = Tensor::empty({rows, out_features}, x.options());
+  if (!replayed && out2.numel() > 0) {
     Backend& be = backend_for(x.device());
     double beta = 0.0;
     if (bias.defined()) {
@@ -191,6 +195,7 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
               weight.as_strided({1, in, out_features}, {0, weight.stride(1), weight.stride(0)}, weight.offset()),
               out2.as_strided({1, rows, out_features}, {0, out_features, 1}, 0), beta);
   }
+  if (!replayed) detail::offer_outputs("linear", {&out2});
   Shape out_shape = x.shape();
   out_shape.back() = out_features;
   Tensor out = out2.as_strided(out_shape, contiguous_strides(out_shape), 0);

@@ -15,8 +15,8 @@
 // computing in f32, and the output keeps the input's dtype. group_norm follows the same policy.
 #include <cmath>
 
-#include "autograd/checkpoint.h"
 #include "autograd/autocast.h"
+#include "autograd/checkpoint.h"
 #include "autograd/functions/internal.h"
 
 namespace headroom {

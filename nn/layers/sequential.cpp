@@ -26,7 +26,7 @@ void Sequential::set_checkpoint(CheckpointMode mode, std::vector<int64_t> block_
              "Sequential::set_checkpoint: block_starts must increase from 0 and stay below ", n,
              " (the number of children); entry ", i, " is ", block_starts[i]);
   std::vector<std::shared_ptr<Module>> blocks;
-  if (block_starts.empty() || mode != CheckpointMode::block) {
+  if (block_starts.empty() || (mode != CheckpointMode::block && mode != CheckpointMode::selective)) {
     blocks = modules_;
   } else {
     for (size_t i = 0; i < block_starts.size(); ++i) {

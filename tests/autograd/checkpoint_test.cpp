@@ -69,7 +69,19 @@ TEST(Checkpoint, GptWithDropoutGivesBitIdenticalGradientsPerBlockAndSqrt) {
   EXPECT_GT(st.dropped, 0);
   EXPECT_EQ(st.recomputed, st.dropped);  // every dropped tensor was needed and recomputed once
   const Result sqrt_mode = gpt_step(nn::CheckpointMode::sqrt, 0.1);
-  for (const Result* r : {&block, &sqrt_mode}) {
+  reset_checkpoint_stats();
+  const Result selective = gpt_step(nn::CheckpointMode::selective, 0.1);
+  const CheckpointStats sel = checkpoint_stats();
+  // Per block: c_attn, c_proj, c_fc, c_proj (linear) and the fused attention kept; each re-run
+  // skipped them all (Note [selective checkpointing]).
+  EXPECT_EQ(sel.kept_by_op.at("linear").first, 4 * 4);
+  EXPECT_EQ(sel.kept_by_op.at("scaled_dot_product_attention (fused)").first, 4);
+  EXPECT_EQ(sel.replayed, sel.kept_outputs);
+  EXPECT_EQ(sel.dropped, st.dropped);  // every saved tensor is still dropped: the kept outputs stand in for them
+  const std::string text = describe(sel);
+  EXPECT_NE(text.find("4 segments"), std::string::npos) << text;
+  EXPECT_NE(text.find("linear 16 x"), std::string::npos) << text;
+  for (const Result* r : {&block, &sqrt_mode, &selective}) {
     EXPECT_EQ(r->loss, plain.loss);
     ASSERT_EQ(r->grads.size(), plain.grads.size());
     for (size_t i = 0; i < plain.grads.size(); ++i) EXPECT_EQ(r->grads[i], plain.grads[i]) << "parameter " << i;
@@ -79,14 +91,17 @@ TEST(Checkpoint, GptWithDropoutGivesBitIdenticalGradientsPerBlockAndSqrt) {
 
 TEST(Checkpoint, Bf16AutocastGivesBitIdenticalGradients) {
   const Result plain = gpt_step(nn::CheckpointMode::none, 0.1, true);
-  const Result block = gpt_step(nn::CheckpointMode::block, 0.1, true);
-  EXPECT_EQ(block.loss, plain.loss);
-  for (size_t i = 0; i < plain.grads.size(); ++i) EXPECT_EQ(block.grads[i], plain.grads[i]) << "parameter " << i;
+  for (nn::CheckpointMode mode : {nn::CheckpointMode::block, nn::CheckpointMode::selective}) {
+    const Result r = gpt_step(mode, 0.1, true);
+    EXPECT_EQ(r.loss, plain.loss);
+    for (size_t i = 0; i < plain.grads.size(); ++i)
+      EXPECT_EQ(r.grads[i], plain.grads[i]) << "parameter " << i << ", " << nn::checkpoint_mode_name(mode);
+  }
 }
 
 // A CNN with BatchNorm: gradients, running statistics and the batch counter equal with every
 // stage checkpointed (the re-run must not update the running statistics a second time).
-Result cnn_step(bool checkpointed) {
+Result cnn_step(nn::CheckpointMode mode) {
   manual_seed(5);
   auto stage = [](int64_t in, int64_t out) {
     return std::make_shared<nn::Sequential>(std::vector<std::shared_ptr<nn::Module>>{
@@ -97,7 +112,7 @@ Result cnn_step(bool checkpointed) {
   nn::Sequential model(stages);
   nn::Linear head(4 * 6 * 6, 10);
   Tensor images = Tensor::randn({4, 1, 6, 6}), labels = tokens({4}, 10, 3);
-  Tensor h = nn::run_checkpointed(stages, images, checkpointed ? nn::CheckpointMode::block : nn::CheckpointMode::none);
+  Tensor h = nn::run_checkpointed(stages, images, mode);
   Tensor loss = cross_entropy(head.forward(h.reshape({4, 4 * 6 * 6})), labels);
   loss.backward();
   Result r;
@@ -108,12 +123,15 @@ Result cnn_step(bool checkpointed) {
 }
 
 TEST(Checkpoint, CnnWithBatchNormUpdatesRunningStatisticsOnce) {
-  const Result plain = cnn_step(false);
-  const Result ckpt = cnn_step(true);
-  EXPECT_EQ(ckpt.loss, plain.loss);
-  for (size_t i = 0; i < plain.grads.size(); ++i) EXPECT_EQ(ckpt.grads[i], plain.grads[i]) << "parameter " << i;
-  ASSERT_EQ(ckpt.buffers.size(), plain.buffers.size());
-  for (size_t i = 0; i < plain.buffers.size(); ++i) EXPECT_EQ(ckpt.buffers[i], plain.buffers[i]) << "buffer " << i;
+  const Result plain = cnn_step(nn::CheckpointMode::none);
+  for (nn::CheckpointMode mode : {nn::CheckpointMode::block, nn::CheckpointMode::sqrt, nn::CheckpointMode::selective}) {
+    const Result ckpt = cnn_step(mode);
+    const char* name = nn::checkpoint_mode_name(mode);
+    EXPECT_EQ(ckpt.loss, plain.loss) << name;
+    for (size_t i = 0; i < plain.grads.size(); ++i) EXPECT_EQ(ckpt.grads[i], plain.grads[i]) << "parameter " << i << ", " << name;
+    ASSERT_EQ(ckpt.buffers.size(), plain.buffers.size());
+    for (size_t i = 0; i < plain.buffers.size(); ++i) EXPECT_EQ(ckpt.buffers[i], plain.buffers[i]) << "buffer " << i << ", " << name;
+  }
   EXPECT_EQ(plain.buffers[2], std::vector<float>{1.0f});  // num_batches_tracked: one forward
 }
 
@@ -282,6 +300,10 @@ TEST(CheckpointMemory, PerBlockHoldsTheBlockInputsPlusOneBlocksActivations) {
   const int64_t block_input = 2 * 16 * 32 * 4;  // [B, T, C] f32: 4 KiB, a multiple of the rounding
   const Peaks none2 = gpt_peaks(2, nn::CheckpointMode::none), none4 = gpt_peaks(4, nn::CheckpointMode::none);
   const Peaks blk2 = gpt_peaks(2, nn::CheckpointMode::block), blk4 = gpt_peaks(4, nn::CheckpointMode::block);
+  const Peaks sel4 = gpt_peaks(4, nn::CheckpointMode::selective);
+  // Selective keeps the linear and attention outputs: between block and none.
+  EXPECT_LT(sel4.activation_after_forward, none4.activation_after_forward);
+  EXPECT_GT(sel4.activation_after_forward, blk4.activation_after_forward);
   // After the forward: each more block costs exactly its input...
   EXPECT_EQ(blk4.activation_after_forward - blk2.activation_after_forward, 2 * block_input);
   // ... where without checkpointing it costs its whole activations.
@@ -292,10 +314,11 @@ TEST(CheckpointMemory, PerBlockHoldsTheBlockInputsPlusOneBlocksActivations) {
   EXPECT_LT(blk4.activation_peak, none4.activation_peak);
   // Recomputed tensors are activations, not gradients: backward's gradient memory is unchanged.
   EXPECT_EQ(blk4.gradient_peak, none4.gradient_peak);
-  std::printf("GPT 4 blocks (B=2, T=16, C=32, dropout 0.1), activation bytes: after forward %lld none / %lld block, "
-              "peak %lld none / %lld block; allocated peak %lld none / %lld block\n",
+  std::printf("GPT 4 blocks (B=2, T=16, C=32, dropout 0.1), activation bytes: after forward %lld none / %lld block / "
+              "%lld selective, peak %lld none / %lld block / %lld selective; allocated peak %lld none / %lld block\n",
               static_cast<long long>(none4.activation_after_forward), static_cast<long long>(blk4.activation_after_forward),
-              static_cast<long long>(none4.activation_peak), static_cast<long long>(blk4.activation_peak),
+              static_cast<long long>(sel4.activation_after_forward), static_cast<long long>(none4.activation_peak),
+              static_cast<long long>(blk4.activation_peak), static_cast<long long>(sel4.activation_peak),
               static_cast<long long>(none4.allocated_peak), static_cast<long long>(blk4.allocated_peak));
 }
 

@@ -224,7 +224,7 @@ TEST(CnnExample, ReachesTheStatedAccuracyInThreeEpochs) {
 
 }  // namespace
 
-// ---- recompute checkpointing: --checkpoint none|block|sqrt ----
+// ---- recompute checkpointing: --checkpoint none|block|sqrt|selective ----
 
 // The activation peak the example prints ("activation 6.68 MiB;"), in MiB.
 double activation_peak_mib(const std::string& output) {
