@@ -242,13 +242,13 @@ std::vector<std::string> loss_lines(const std::string& output) {
   return out;
 }
 
-TEST(CnnExample, CheckpointBlockAndSqrtTrainIdenticallyWithLessActivationMemory) {
+TEST(CnnExample, EveryCheckpointModeTrainsIdenticallyWithLessActivationMemory) {
   if (!fs::is_directory(headroom::data::kFashionMnistDir)) GTEST_SKIP() << "Fashion-MNIST not installed";
   const std::string args = "--epochs 1 --train-limit 512 --batch-size 64 --seed 3 --checkpoint ";
   RunResult none = run("cnn_fashion_mnist", args + "none", "HEADROOM_NUM_THREADS=1");
   ASSERT_EQ(none.exit_code, 0) << none.output;
   ASSERT_FALSE(loss_lines(none.output).empty()) << none.output;
-  for (const char* mode : {"block", "sqrt"}) {
+  for (const char* mode : {"block", "sqrt", "selective"}) {
     RunResult r = run("cnn_fashion_mnist", args + mode, "HEADROOM_NUM_THREADS=1");
     ASSERT_EQ(r.exit_code, 0) << r.output;
     EXPECT_EQ(loss_lines(r.output), loss_lines(none.output)) << mode;  // BatchNorm included

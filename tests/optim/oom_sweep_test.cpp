@@ -132,6 +132,7 @@ const std::vector<SweepCase>& cases() {
       {"gpt f16 + GradScaler, first step", [] { return gpt(Precision::f16_scaled); }, 0, kAuto},
       // Recompute checkpointing (autograd/checkpoint.h): the re-runs in backward fail in turn too.
       {"gpt f32, checkpoint=block", [] { return gpt(Precision::f32, nn::CheckpointMode::block); }, 1, kAuto},
+      {"gpt bf16, checkpoint=selective", [] { return gpt(Precision::bf16, nn::CheckpointMode::selective); }, 1, kAuto},
       {"gpt f32 3 layers, checkpoint=sqrt (2 segments)", [] { return gpt(Precision::f32, nn::CheckpointMode::sqrt, 3); },
        1, kAuto},
       {"cnn+groupnorm f16 + GradScaler, checkpoint=block",
