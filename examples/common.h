@@ -308,6 +308,9 @@ class MemoryReporting {
       if (s.category(cat).peak > 0) std::cout << " " << category_name(cat) << " " << format_bytes(s.category(cat).peak) << ";";
     }
     std::cout << "\n";
+    // What --checkpoint kept and dropped over the run (autograd/checkpoint.h).
+    if (const CheckpointStats c = checkpoint_stats(); c.segments > 0)
+      std::cout << "recompute checkpointing over the run: " << describe(c) << "\n";
   }
 
  private:
