@@ -59,7 +59,9 @@ TEST(HeadroomBench, ListPrintsEveryPreset) {
        {"gpt2-small-f32-naive", "gpt2-small-f32-fused", "gpt2-small-f16-naive", "gpt2-small-f16-fused",
         "gpt2-small-bf16-naive", "gpt2-small-bf16-fused", "mlp-f32", "resnet18-f32", "gpt-tiny-cpu-f32-naive",
         "gpt-tiny-cpu-f32-fused", "gpt-tiny-cpu-f16-fused", "gpt-tiny-cpu-bf16-fused", "mlp-cpu-f32",
-        "resnet18-cpu-f32"})
+        "resnet18-cpu-f32", "gpt2-small-bf16-fused-ckpt-block", "gpt2-small-bf16-fused-ckpt-sqrt",
+        "resnet18-f32-ckpt-block", "resnet18-f32-ckpt-sqrt", "gpt-tiny-cpu-f32-fused-ckpt-block",
+        "resnet18-cpu-f32-ckpt-block", "resnet18-cpu-f32-ckpt-sqrt"})
     EXPECT_TRUE(std::regex_search(r.output, std::regex(std::string("\n  ") + name + " +\\S"))) << name << " missing:\n" << r.output;
   EXPECT_NE(r.output.find("B=8 T=1024"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("784-4096-4096-4096-10, batch 4096"), std::string::npos) << r.output;
