@@ -19,9 +19,10 @@
 //       "final_loss" (null when not finite or not reached),
 //       "allocator_stats": the allocator's whole MemoryStats as engine/memory_report.h writes it
 //                          (headroom only; the peak fields above are copied from it) } ],
-//     "checkpoint_overhead": [ {   (headroom only; [] when no pair ran, see checkpoint_overheads)
+//     "checkpoint_overhead": [ {   ([] when no pair ran, see checkpoint_overheads)
 //       "preset", "base", "step_time_ratio" (ckpt / base), "activation_peak_ratio" (base / ckpt),
-//       "peak_allocated_ratio" (base / ckpt) } ] }
+//       "peak_allocated_ratio" (base / ckpt) } ] }   (PyTorch: also "mode"; its activation ratio is
+//       null, having no categories, and on the CPU its peak ratio too)
 // Numbers that were not measured (an OOM row's step time) are null.
 #pragma once
 

@@ -545,6 +545,33 @@ def fmt_rate(v: Optional[float]) -> str:
     return f"{v:.3g}"
 
 
+def _ckpt_base(name: str) -> str:
+    """Preset::checkpoint_base(): the name without its -ckpt-block / -ckpt-sqrt suffix, or ""."""
+    m = re.fullmatch(r"(.+)-ckpt-(block|sqrt)", name)
+    return m.group(1) if m else ""
+
+
+def checkpoint_overheads(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """bench_report.h's checkpoint_overheads: each -ckpt- row against its base row of the same mode,
+    both measured in this run. PyTorch has no activation category, so activation_peak_ratio is
+    null, and on the CPU (no allocator statistics) so is peak_allocated_ratio."""
+    def ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
+        return a / b if a is not None and b else None
+
+    out = []
+    for r in rows:
+        base = _ckpt_base(r["preset"])
+        if not base or r["status"] != "ok":
+            continue
+        b = next((q for q in rows if q["preset"] == base and q["mode"] == r["mode"] and q["status"] == "ok"), None)
+        if b is None:
+            continue
+        out.append(dict(preset=r["preset"], base=base, mode=r["mode"],
+                        step_time_ratio=ratio(r["step_time_ms"], b["step_time_ms"]), activation_peak_ratio=None,
+                        peak_allocated_ratio=ratio(b["peak_allocated_bytes"], r["peak_allocated_bytes"])))
+    return out
+
+
 def markdown_table(rows: List[Dict[str, Any]]) -> str:
     out = ["| preset | mode | precision | technique | status | peak allocated | peak reserved | step time | items/s | final loss |",
            "|---|---|---|---|---|---:|---:|---:|---:|---:|"]
@@ -556,6 +583,14 @@ def markdown_table(rows: List[Dict[str, Any]]) -> str:
         loss = "-" if r["final_loss"] is None else f"{r['final_loss']:.4f}"
         out.append(f"| {r['preset']} | {r['mode']} | {prec} | {r['technique']} | {status} | "
                    f"{fmt_bytes(r['peak_allocated_bytes'])} | {fmt_bytes(r['peak_reserved_bytes'])} | {step} | {ips} | {loss} |")
+    pairs = checkpoint_overheads(rows)
+    if pairs:
+        def x(v: Optional[float]) -> str:
+            return "-" if v is None else f"{v:.2f}x"
+        out += ["", "Recompute checkpointing against the same preset without it (both from this run):", "",
+                "| preset | base | mode | step time ckpt/base | peak allocated base/ckpt |", "|---|---|---|---:|---:|"]
+        out += [f"| {o['preset']} | {o['base']} | {o['mode']} | {x(o['step_time_ratio'])} | {x(o['peak_allocated_ratio'])} |"
+                for o in pairs]
     for r in rows:
         if r["status"] != "ok":
             out.append(f"\n{r['preset']} ({r['mode']}): {r['error']}")
@@ -751,7 +786,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     doc = dict(schema=SCHEMA, framework="pytorch", torch_version=torch.__version__, device=str(device),
                device_name=device_name,
                date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-               steps=args.steps, warmup_steps=args.warmup, tf32=not args.no_tf32, results=rows)
+               steps=args.steps, warmup_steps=args.warmup, tf32=not args.no_tf32, results=rows,
+               checkpoint_overhead=checkpoint_overheads(rows))
     table = markdown_table(rows)
     print(table, end="")
     os.makedirs(args.out, exist_ok=True)
