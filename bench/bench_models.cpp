@@ -11,7 +11,21 @@ namespace headroom::bench {
 std::string Preset::technique() const {
   std::string t = kind == ModelKind::gpt ? std::string(attention_impl_name(gpt.attention)) + " attention" : "none";
   if (micro_batches > 1) t = (t == "none" ? "" : t + ", ") + str_cat(micro_batches, " micro-batches");
+  if (checkpoint != nn::CheckpointMode::none) {
+    const std::string ck = checkpoint == nn::CheckpointMode::sqrt ? "checkpoint sqrt(n) segments"
+                           : kind == ModelKind::gpt              ? "checkpoint per block"
+                                                                 : "checkpoint per stage";
+    t = (t == "none" ? "" : t + ", ") + ck;
+  }
   return t;
+}
+
+std::string Preset::checkpoint_base() const {
+  if (checkpoint == nn::CheckpointMode::none) return "";
+  const std::string suffix = str_cat("-ckpt-", nn::checkpoint_mode_name(checkpoint));
+  HR_CHECK(name.size() > suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0,
+           ValueError, "preset ", name, ": a checkpointed preset's name ends in ", suffix);
+  return name.substr(0, name.size() - suffix.size());
 }
 
 std::string Preset::precision_label() const {
@@ -25,30 +39,51 @@ std::string precision_words(DType dtype) {
 }
 std::string split_words(int64_t k) { return k > 1 ? str_cat(", ", k, " micro-batches") : std::string(); }
 std::string split_suffix(int64_t k) { return k > 1 ? str_cat("-mb", k) : std::string(); }
+// `unit` is what mode block checkpoints: "block" (GPT) or "stage" (ResNet-18).
+std::string checkpoint_words(nn::CheckpointMode mode, const char* unit) {
+  switch (mode) {
+    case nn::CheckpointMode::none: break;
+    case nn::CheckpointMode::block: return str_cat(", checkpoint per ", unit);
+    case nn::CheckpointMode::sqrt: return ", checkpoint sqrt(n) segments";
+  }
+  return "";
+}
+std::string checkpoint_suffix(nn::CheckpointMode mode) {
+  return mode == nn::CheckpointMode::none ? std::string() : str_cat("-ckpt-", nn::checkpoint_mode_name(mode));
+}
 }  // namespace
 
 namespace {
 
-Preset gpt2_small(DType dtype, AttentionImpl attention, int64_t micro_batches = 1) {
+Preset gpt2_small(DType dtype, AttentionImpl attention, int64_t micro_batches = 1,
+                  nn::CheckpointMode checkpoint = nn::CheckpointMode::none) {
   Preset p;
   p.micro_batches = micro_batches;
+  p.checkpoint = checkpoint;
   p.kind = ModelKind::gpt;
   p.model = "gpt2-small";
   p.gpt = nn::GPTConfig::gpt2_small();
   p.gpt.attention = attention;
+  p.gpt.checkpoint = checkpoint;
   p.batch = 8;
   p.seq_len = 1024;
   p.token_range = 50257;
   p.dtype = dtype;
-  p.name = str_cat("gpt2-small-", dtype_name(dtype), "-", attention_impl_name(attention), split_suffix(micro_batches));
+  p.name = str_cat("gpt2-small-", dtype_name(dtype), "-", attention_impl_name(attention), split_suffix(micro_batches),
+                   checkpoint_suffix(checkpoint));
   p.description = str_cat("GPT-2 small (124M, 12x768, vocab 50304), B=8 T=1024, ", precision_words(dtype), ", ",
-                          attention_impl_name(attention), " attention", split_words(micro_batches), ", AdamW");
+                          attention_impl_name(attention), " attention", split_words(micro_batches),
+                          checkpoint_words(checkpoint, "block"), ", AdamW");
   return p;
 }
 
-Preset gpt_tiny(DType dtype, AttentionImpl attention, int64_t micro_batches = 1) {
+// Two blocks: round(sqrt(2)) = 1 segment, and checkpoint_sequential keeps its last segment, so
+// sqrt would checkpoint nothing here -- the small GPT has -ckpt-block only.
+Preset gpt_tiny(DType dtype, AttentionImpl attention, int64_t micro_batches = 1,
+                nn::CheckpointMode checkpoint = nn::CheckpointMode::none) {
   Preset p;
   p.micro_batches = micro_batches;
+  p.checkpoint = checkpoint;
   p.kind = ModelKind::gpt;
   p.model = "gpt-tiny";
   p.gpt.vocab_size = 512;
@@ -57,14 +92,17 @@ Preset gpt_tiny(DType dtype, AttentionImpl attention, int64_t micro_batches = 1)
   p.gpt.n_head = 4;
   p.gpt.n_embd = 128;
   p.gpt.attention = attention;
+  p.gpt.checkpoint = checkpoint;
   p.batch = 4;
   p.seq_len = 128;
   p.token_range = 512;
   p.dtype = dtype;
   p.cpu_sized = true;
-  p.name = str_cat("gpt-tiny-cpu-", dtype_name(dtype), "-", attention_impl_name(attention), split_suffix(micro_batches));
+  p.name = str_cat("gpt-tiny-cpu-", dtype_name(dtype), "-", attention_impl_name(attention), split_suffix(micro_batches),
+                   checkpoint_suffix(checkpoint));
   p.description = str_cat("small GPT (2x128, 4 heads, vocab 512), B=4 T=128, ", precision_words(dtype), ", ",
-                          attention_impl_name(attention), " attention", split_words(micro_batches), ", AdamW");
+                          attention_impl_name(attention), " attention", split_words(micro_batches),
+                          checkpoint_words(checkpoint, "block"), ", AdamW");
   return p;
 }
 
@@ -83,19 +121,23 @@ Preset mlp(bool small, DType dtype = DType::f32, int64_t micro_batches = 1) {
   return p;
 }
 
-Preset resnet18(bool small, DType dtype = DType::f32, int64_t micro_batches = 1) {
+Preset resnet18(bool small, DType dtype = DType::f32, int64_t micro_batches = 1,
+                nn::CheckpointMode checkpoint = nn::CheckpointMode::none) {
   Preset p;
   p.dtype = dtype;
   p.micro_batches = micro_batches;
+  p.checkpoint = checkpoint;
   p.kind = ModelKind::resnet18;
   p.model = small ? "resnet18-small" : "resnet18";
   p.base_width = small ? 16 : 64;
   p.batch = small ? 16 : 256;
   p.cpu_sized = small;
-  p.name = str_cat(small ? "resnet18-cpu-" : "resnet18-", dtype_name(dtype), split_suffix(micro_batches));
+  p.name = str_cat(small ? "resnet18-cpu-" : "resnet18-", dtype_name(dtype), split_suffix(micro_batches),
+                   checkpoint_suffix(checkpoint));
   p.description = str_cat(small ? "ResNet-18 at quarter width (16..128 channels), 3x32x32, batch 16, "
                                 : "ResNet-18 (CIFAR stem, 64..512 channels), 3x32x32, batch 256, ",
-                          precision_words(dtype), split_words(micro_batches), ", SGD momentum");
+                          precision_words(dtype), split_words(micro_batches), checkpoint_words(checkpoint, "stage"),
+                          ", SGD momentum");
   return p;
 }
 
@@ -104,16 +146,22 @@ std::vector<Preset> build_presets() {
   for (DType dt : {DType::f32, DType::f16, DType::bf16})
     for (AttentionImpl a : {AttentionImpl::naive, AttentionImpl::fused}) v.push_back(gpt2_small(dt, a));
   v.push_back(gpt2_small(DType::f16, AttentionImpl::naive, 4));  // DESIGN.md: "4 micro-batches of 2"
+  // Checkpointing against gpt2-small-bf16-fused, resnet18-f32 and their small versions.
+  v.push_back(gpt2_small(DType::bf16, AttentionImpl::fused, 1, nn::CheckpointMode::block));
+  v.push_back(gpt2_small(DType::bf16, AttentionImpl::fused, 1, nn::CheckpointMode::sqrt));
   v.push_back(mlp(false));
   v.push_back(mlp(false, DType::bf16));
   v.push_back(resnet18(false));
   v.push_back(resnet18(false, DType::bf16));
   v.push_back(resnet18(false, DType::f32, 4));
+  v.push_back(resnet18(false, DType::f32, 1, nn::CheckpointMode::block));
+  v.push_back(resnet18(false, DType::f32, 1, nn::CheckpointMode::sqrt));
   v.push_back(gpt_tiny(DType::f32, AttentionImpl::naive));
   v.push_back(gpt_tiny(DType::f32, AttentionImpl::fused));
   v.push_back(gpt_tiny(DType::f16, AttentionImpl::fused));
   v.push_back(gpt_tiny(DType::bf16, AttentionImpl::fused));
   v.push_back(gpt_tiny(DType::f32, AttentionImpl::naive, 4));
+  v.push_back(gpt_tiny(DType::f32, AttentionImpl::fused, 1, nn::CheckpointMode::block));  // no -ckpt-sqrt: see gpt_tiny
   v.push_back(mlp(true));
   v.push_back(mlp(true, DType::f16));
   v.push_back(mlp(true, DType::bf16));
@@ -121,6 +169,8 @@ std::vector<Preset> build_presets() {
   v.push_back(resnet18(true));
   v.push_back(resnet18(true, DType::bf16));
   v.push_back(resnet18(true, DType::f32, 4));
+  v.push_back(resnet18(true, DType::f32, 1, nn::CheckpointMode::block));
+  v.push_back(resnet18(true, DType::f32, 1, nn::CheckpointMode::sqrt));
   return v;
 }
 
@@ -179,7 +229,8 @@ Tensor BasicBlock::forward(const Tensor& x) {
   return relu(y + shortcut);
 }
 
-ResNet18::ResNet18(int64_t base_width, int64_t image_size, int64_t classes) {
+ResNet18::ResNet18(int64_t base_width, int64_t image_size, int64_t classes, nn::CheckpointMode mode)
+    : checkpoint(mode) {
   HR_CHECK(image_size % 8 == 0, ValueError, "ResNet18: image size ", image_size, " must be a multiple of 8");
   stem = register_module("stem", std::make_shared<nn::Conv2d>(3, base_width, 3, 1, 1, 1, false));
   stem_bn = register_module("stem_bn", std::make_shared<nn::BatchNorm2d>(base_width));
@@ -193,6 +244,7 @@ ResNet18::ResNet18(int64_t base_width, int64_t image_size, int64_t classes) {
       in = out;
     }
     stages.push_back(seq);
+    stage_modules_.push_back(seq);
   }
   fc = register_module("fc", std::make_shared<nn::Linear>(in, classes));
   pool_kernel = image_size / 8;
@@ -200,7 +252,7 @@ ResNet18::ResNet18(int64_t base_width, int64_t image_size, int64_t classes) {
 
 Tensor ResNet18::forward(const Tensor& x) {
   Tensor y = relu(stem_bn->forward(stem->forward(x)));
-  for (auto& stage : stages) y = stage->forward(y);
+  y = nn::run_checkpointed(stage_modules_, y, checkpoint);  // mode none: the stages in order
   y = avg_pool2d(y, pool_kernel);  // [N, 8w, 1, 1]
   return fc->forward(y.flatten(1));
 }
@@ -271,7 +323,7 @@ std::unique_ptr<Workload> make_workload(const Preset& p, Device device, uint64_t
         input_shape = {p.batch, p.widths.front()};
         classes = p.widths.back();
       } else {
-        model = std::make_shared<ResNet18>(p.base_width, p.image_size, p.classes);
+        model = std::make_shared<ResNet18>(p.base_width, p.image_size, p.classes, p.checkpoint);
         input_shape = {p.batch, 3, p.image_size, p.image_size};
         classes = p.classes;
       }

@@ -22,7 +22,13 @@
 // and optimizer state; matmuls and convolutions in 16 bits inside an autocast scope, each weight
 // cast once per step; f16 adds dynamic loss scaling (optim/grad_scaler.h). Technique
 // "micro-batches k" runs each step's batch as k micro-batches with gradient accumulation
-// (optim/batch_split.h) -- the same step, a smaller activation peak.
+// (optim/batch_split.h) -- the same step, a smaller activation peak. Technique "checkpoint"
+// (nn/checkpoint.h, docs/checkpointing.md) drops activations in forward and recomputes them in
+// backward: GPT per transformer block (GPTConfig::checkpoint), ResNet-18 per stage (each stage's
+// two BasicBlocks are one segment); -ckpt-sqrt runs checkpoint_sequential over those blocks
+// (round(sqrt(n)) segments, the last one kept). The same gradients, bit for bit, for one more
+// forward of the checkpointed segments; the report prints each -ckpt- preset's step time and
+// activation peak against its base preset's when both ran (checkpoint_overheads()).
 #pragma once
 
 #include <cstdint>
@@ -47,6 +53,8 @@ struct Preset {
   int64_t batch = 1;
   DType dtype = DType::f32;    // f32, or the autocast dtype (f16, bf16)
   int64_t micro_batches = 1;   // gradient accumulation over this many micro-batches
+  // Recompute checkpointing: GPT per block, ResNet-18 per stage; sqrt over those (the MLP: none).
+  nn::CheckpointMode checkpoint = nn::CheckpointMode::none;
   bool cpu_sized = false;  // one of the small presets that run in seconds on the CPU
   // GPT
   nn::GPTConfig gpt;
@@ -62,8 +70,12 @@ struct Preset {
   int64_t items_per_step() const { return kind == ModelKind::gpt ? batch * seq_len : batch; }
   const char* item_unit() const { return kind == ModelKind::gpt ? "tokens" : "images"; }
   // "naive attention" or "fused attention" for GPT, "none" for the others; then
-  // ", 4 micro-batches" when split.
+  // ", 4 micro-batches" when split, ", checkpoint per block" (GPT) / ", checkpoint per stage"
+  // (ResNet-18) / ", checkpoint sqrt(n) segments" when checkpointed.
   std::string technique() const;
+  // The preset this one is measured against: the name without its -ckpt-block / -ckpt-sqrt
+  // suffix, or "" for a preset without checkpointing.
+  std::string checkpoint_base() const;
   // "f32", "f16 autocast", "bf16 autocast".
   std::string precision_label() const;
 };
@@ -87,9 +99,13 @@ class BasicBlock : public nn::Module {
   std::shared_ptr<nn::BatchNorm2d> bn1, bn2, down_bn;
 };
 
+// `mode` runs the four stages through nn::run_checkpointed: block checkpoints each stage,
+// sqrt checkpoints the first two as one segment and keeps the last two (round(sqrt(4)) = 2).
+// The stem and the head are cheap to keep and are never recomputed.
 class ResNet18 : public nn::Module {
  public:
-  ResNet18(int64_t base_width, int64_t image_size, int64_t classes);
+  ResNet18(int64_t base_width, int64_t image_size, int64_t classes,
+           nn::CheckpointMode mode = nn::CheckpointMode::none);
   Tensor forward(const Tensor& x) override;  // [N, 3, S, S] -> [N, classes]
   std::string name() const override { return "ResNet18"; }
 
@@ -98,6 +114,10 @@ class ResNet18 : public nn::Module {
   std::vector<std::shared_ptr<nn::Sequential>> stages;  // layer1..layer4
   std::shared_ptr<nn::Linear> fc;
   int64_t pool_kernel;
+  nn::CheckpointMode checkpoint;
+
+ private:
+  std::vector<std::shared_ptr<nn::Module>> stage_modules_;  // `stages` as run_checkpointed takes them
 };
 
 // A preset built on a device: step() runs one training step (zero_grad, forward, loss,

@@ -74,6 +74,24 @@ std::string csv_field(const std::string& s) {
 
 }  // namespace
 
+// ---- checkpointing against its base ----
+
+std::vector<CheckpointOverhead> checkpoint_overheads(const std::vector<Result>& results) {
+  std::vector<CheckpointOverhead> out;
+  for (const Result& r : results) {
+    const std::string base = r.preset.checkpoint_base();
+    if (base.empty() || !r.measured) continue;
+    auto it = std::find_if(results.begin(), results.end(),
+                           [&](const Result& b) { return b.preset.name == base && b.measured; });
+    if (it == results.end()) continue;
+    auto ratio = [](double num, double den) { return den > 0 ? num / den : std::nan(""); };
+    const auto act = [](const Result& x) { return static_cast<double>(x.peak_category(MemoryCategory::activation)); };
+    out.push_back({&r, &*it, ratio(r.step_ms, it->step_ms), ratio(act(*it), act(r)),
+                   ratio(static_cast<double>(it->peak_allocated()), static_cast<double>(r.peak_allocated()))});
+  }
+  return out;
+}
+
 // ---- Markdown ----
 
 std::string markdown_table(const std::vector<Result>& results) {
@@ -99,6 +117,24 @@ std::string markdown_table(const std::vector<Result>& results) {
     os << "| " << r.preset.name << " |";
     for (MemoryCategory c : cats) os << " " << format_bytes(r.peak_category(c)) << " |";
     os << "\n";
+  }
+  const std::vector<CheckpointOverhead> pairs = checkpoint_overheads(results);
+  auto times = [](double v) { return std::isfinite(v) ? fmt("%.2fx", v) : std::string("-"); };
+  if (!pairs.empty()) {
+    os << "\nRecompute checkpointing against the same preset without it (both from this run):\n\n"
+       << "| preset | base | step time ckpt/base | activation peak base/ckpt | peak allocated base/ckpt |\n"
+       << "|---|---|---:|---:|---:|\n";
+    for (const CheckpointOverhead& o : pairs)
+      os << "| " << o.ckpt->preset.name << " | " << o.base->preset.name << " | " << times(o.step_time_ratio) << " | "
+         << times(o.activation_peak_ratio) << " | " << times(o.peak_allocated_ratio) << " |\n";
+  }
+  for (const Result& r : results) {
+    const std::string base = r.preset.checkpoint_base();
+    if (base.empty() || !r.measured ||
+        std::any_of(pairs.begin(), pairs.end(), [&](const CheckpointOverhead& o) { return o.ckpt == &r; }))
+      continue;
+    os << "\n" << r.preset.name << ": no checkpointing overhead: its base preset " << base
+       << " did not run to the end in this invocation (add it to --preset)\n";
   }
   for (const Result& r : results)
     if (r.status != "ok") os << "\n" << r.preset.name << ": " << r.error << "\n";
@@ -155,7 +191,16 @@ std::string results_json(const std::vector<Result>& results, const RunInfo& info
     }
     os << "      \"allocator_stats\": " << indented << "\n    }";
   }
-  os << "\n  ]\n}\n";
+  os << "\n  ],\n  \"checkpoint_overhead\": [";
+  const std::vector<CheckpointOverhead> pairs = checkpoint_overheads(results);
+  for (size_t i = 0; i < pairs.size(); ++i) {
+    const CheckpointOverhead& o = pairs[i];
+    os << (i ? ",\n" : "\n") << "    {\"preset\": " << json_quote(o.ckpt->preset.name)
+       << ", \"base\": " << json_quote(o.base->preset.name) << ", \"step_time_ratio\": " << json_number(o.step_time_ratio)
+       << ", \"activation_peak_ratio\": " << json_number(o.activation_peak_ratio)
+       << ", \"peak_allocated_ratio\": " << json_number(o.peak_allocated_ratio) << "}";
+  }
+  os << (pairs.empty() ? "]" : "\n  ]") << "\n}\n";
   return os.str();
 }
 

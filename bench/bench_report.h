@@ -10,14 +10,19 @@
 //       "preset", "framework", "mode" ("eager"; PyTorch: "eager" or "compile"), "model",
 //       "description", "batch", "seq_len" (0 unless GPT), "items_per_step", "item_unit"
 //       ("tokens" | "images"), "precision" ("f32" | "f16" | "bf16"), "precision_mode" ("pure" for
-//       f32, "amp" for autocast; PyTorch likewise, or "pure" with --precision-mode pure), "technique" ("naive attention" | "fused attention" | "none"),
+//       f32, "amp" for autocast; PyTorch likewise, or "pure" with --precision-mode pure), "technique" ("naive attention" | "fused attention" | "none", then ", K micro-batches",
+//       ", checkpoint per block" | ", checkpoint per stage" | ", checkpoint sqrt(n) segments"),
 //       "status" ("ok" | "oom" | "error"), "error" (message or ""), "oom_requested_bytes",
 //       "parameters", "peak_allocated_bytes", "peak_reserved_bytes",
 //       "peak_by_category": { "parameter": n, ... },
 //       "step_time_ms", "step_time_ms_min", "step_time_ms_max", "items_per_second",
 //       "final_loss" (null when not finite or not reached),
 //       "allocator_stats": the allocator's whole MemoryStats as engine/memory_report.h writes it
-//                          (headroom only; the peak fields above are copied from it) } ] }
+//                          (headroom only; the peak fields above are copied from it) } ],
+//     "checkpoint_overhead": [ {   ([] when no pair ran, see checkpoint_overheads)
+//       "preset", "base", "step_time_ratio" (ckpt / base), "activation_peak_ratio" (base / ckpt),
+//       "peak_allocated_ratio" (base / ckpt) } ] }   (PyTorch: also "mode"; its activation ratio is
+//       null, having no categories, and on the CPU its peak ratio too)
 // Numbers that were not measured (an OOM row's step time) are null.
 #pragma once
 
@@ -65,7 +70,22 @@ struct RunInfo {
   int64_t steps = 0, warmup_steps = 0;
 };
 
-// The Markdown tables: one row per configuration, then peak allocated by category.
+// What recompute checkpointing cost and bought: a -ckpt- preset against its base preset
+// (Preset::checkpoint_base(), the same configuration without checkpointing). Only pairs that
+// both ran to the end in this invocation: a ratio across runs would compare the machine's load
+// as much as the technique.
+struct CheckpointOverhead {
+  const Result* ckpt = nullptr;
+  const Result* base = nullptr;
+  double step_time_ratio = 0;        // ckpt / base: above 1 is the recomputation's time
+  double activation_peak_ratio = 0;  // base / ckpt: above 1 is the activation memory saved
+  double peak_allocated_ratio = 0;   // base / ckpt, the whole step's peak
+};
+// In the order of the checkpointed results. The pointers point into `results`.
+std::vector<CheckpointOverhead> checkpoint_overheads(const std::vector<Result>& results);
+
+// The Markdown tables: one row per configuration, then peak allocated by category, then (when a
+// -ckpt- preset ran) each checkpointed preset against its base.
 std::string markdown_table(const std::vector<Result>& results);
 std::string results_json(const std::vector<Result>& results, const RunInfo& info);
 std::string results_csv(const std::vector<Result>& results, const RunInfo& info);

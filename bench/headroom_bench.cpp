@@ -58,16 +58,23 @@ std::string device_name(Device device) {
   return device.str();
 }
 
+// The name column of --list: the longest preset name (gpt-tiny-cpu-f32-fused-ckpt-block, 33) and
+// room to spare. bench/check_presets_in_sync.py and pytorch_reference.py --list use the same width.
+constexpr int kNameWidth = 36;
+
 void print_list(std::ostream& os) {
   os << "presets (model x batch x precision x technique):\n";
-  for (const Preset& p : all_presets()) os << "  " << std::left << std::setw(28) << p.name << p.description << "\n";
+  for (const Preset& p : all_presets()) os << "  " << std::left << std::setw(kNameWidth) << p.name << p.description << "\n";
   os << "groups:\n"
-     << "  " << std::setw(28) << "cpu" << "the small presets (names with 'cpu'), seconds each on a CPU\n"
-     << "  " << std::setw(28) << "gpu" << "the reference workloads of DESIGN.md (GPT-2 small, MLP, ResNet-18)\n"
-     << "  " << std::setw(28) << "gpt2-small" << "GPT-2 small in f32, f16 and bf16, naive and fused attention\n"
-     << "  " << std::setw(28) << "all" << "every preset\n"
+     << "  " << std::setw(kNameWidth) << "cpu" << "the small presets (names with 'cpu'), seconds each on a CPU\n"
+     << "  " << std::setw(kNameWidth) << "gpu" << "the reference workloads of DESIGN.md (GPT-2 small, MLP, ResNet-18)\n"
+     << "  " << std::setw(kNameWidth) << "gpt2-small" << "GPT-2 small in f32, f16 and bf16, naive and fused attention\n"
+     << "  " << std::setw(kNameWidth) << "all" << "every preset\n"
      << "precision: f16 and bf16 are mixed precision (autocast, f32 master weights; f16 with dynamic loss\n"
-     << "scaling); -mbK presets run each batch as K micro-batches with gradient accumulation.\n";
+     << "scaling); -mbK presets run each batch as K micro-batches with gradient accumulation; -ckpt-block\n"
+     << "and -ckpt-sqrt presets recompute activations in backward (per block or stage, or sqrt(n)\n"
+     << "segments), and when their base preset (the name without the suffix) runs too, the report\n"
+     << "gives the step-time and activation-peak ratios of the two.\n";
 }
 
 // Runs one configuration; never throws for what the workload does.

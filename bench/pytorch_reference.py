@@ -27,6 +27,13 @@ Differences that are on purpose, and recorded in the JSON:
     after. Autocast is entered per micro-batch forward (PyTorch's idiom; backward outside it),
     so weights are cast once per micro-batch, where headroom casts each once per step; and the
     step's loss is summed on the device, where headroom reads each micro-batch's loss on the host.
+  * -ckpt-block / -ckpt-sqrt presets (recompute checkpointing, nn/checkpoint.h) use
+    torch.utils.checkpoint.checkpoint, non-reentrant (use_reentrant=False): GPT per block,
+    ResNet-18 per stage (its two BasicBlocks), sqrt as headroom's checkpoint_sequential (round(sqrt(n))
+    segments, the first ones one longer when n does not divide, the last not checkpointed;
+    torch's checkpoint_sequential makes the last one the longer instead, so it is not used).
+    PyTorch's re-run updates BatchNorm's running statistics a second time (headroom's does not);
+    the training step's numbers are the same either way, as train mode normalises by the batch.
 
 Needs torch (and a GPU for the reference presets); --compare needs only the standard library.
 """
@@ -65,6 +72,7 @@ class Preset:
     batch: int
     precision: str = "f32"  # "f32", or the autocast dtype "f16", "bf16"
     micro_batches: int = 1  # gradient accumulation over this many micro-batches
+    checkpoint: str = "none"  # recompute checkpointing: "none", "block" (GPT per block, ResNet per stage), "sqrt"
     attention: str = ""  # GPT: "naive" or "fused"
     cpu_sized: bool = False
     # GPT
@@ -89,10 +97,15 @@ class Preset:
         return "tokens" if self.kind == "gpt" else "images"
 
     def technique(self) -> str:
-        """Preset::technique(): "naive attention" / "fused attention" / "none", then ", K micro-batches"."""
+        """Preset::technique(): "naive attention" / "fused attention" / "none", then ", K micro-batches",
+        then ", checkpoint per block" / ", checkpoint per stage" / ", checkpoint sqrt(n) segments"."""
         t = f"{self.attention} attention" if self.kind == "gpt" else "none"
         if self.micro_batches > 1:
             t = ("" if t == "none" else t + ", ") + f"{self.micro_batches} micro-batches"
+        if self.checkpoint != "none":
+            ck = ("checkpoint sqrt(n) segments" if self.checkpoint == "sqrt"
+                  else "checkpoint per block" if self.kind == "gpt" else "checkpoint per stage")
+            t = ("" if t == "none" else t + ", ") + ck
         return t
 
 
@@ -110,22 +123,33 @@ def _split_suffix(k: int) -> str:
     return f"-mb{k}" if k > 1 else ""
 
 
-def _gpt2_small(precision: str, attention: str, micro_batches: int = 1) -> Preset:
+def _ckpt_words(mode: str, unit: str) -> str:
+    """`unit`: what mode block checkpoints, "block" (GPT) or "stage" (ResNet-18)."""
+    return {"none": "", "block": f", checkpoint per {unit}", "sqrt": ", checkpoint sqrt(n) segments"}[mode]
+
+
+def _ckpt_suffix(mode: str) -> str:
+    return "" if mode == "none" else f"-ckpt-{mode}"
+
+
+def _gpt2_small(precision: str, attention: str, micro_batches: int = 1, checkpoint: str = "none") -> Preset:
     return Preset(
-        name=f"gpt2-small-{precision}-{attention}{_split_suffix(micro_batches)}",
+        name=f"gpt2-small-{precision}-{attention}{_split_suffix(micro_batches)}{_ckpt_suffix(checkpoint)}",
         description=(f"GPT-2 small (124M, 12x768, vocab 50304), B=8 T=1024, {_precision_words(precision)}, "
-                     f"{attention} attention{_split_words(micro_batches)}, AdamW"),
-        kind="gpt", model="gpt2-small", batch=8, precision=precision, micro_batches=micro_batches,
+                     f"{attention} attention{_split_words(micro_batches)}{_ckpt_words(checkpoint, 'block')}, AdamW"),
+        kind="gpt", model="gpt2-small", batch=8, precision=precision, micro_batches=micro_batches, checkpoint=checkpoint,
         attention=attention, vocab_size=50304, block_size=1024, n_layer=12, n_head=12, n_embd=768, seq_len=1024,
         token_range=50257)
 
 
-def _gpt_tiny(precision: str, attention: str, micro_batches: int = 1) -> Preset:
+def _gpt_tiny(precision: str, attention: str, micro_batches: int = 1, checkpoint: str = "none") -> Preset:
+    # Two blocks: sqrt would be one segment, never checkpointed (the last one is kept): block only.
     return Preset(
-        name=f"gpt-tiny-cpu-{precision}-{attention}{_split_suffix(micro_batches)}",
+        name=f"gpt-tiny-cpu-{precision}-{attention}{_split_suffix(micro_batches)}{_ckpt_suffix(checkpoint)}",
         description=(f"small GPT (2x128, 4 heads, vocab 512), B=4 T=128, {_precision_words(precision)}, "
-                     f"{attention} attention{_split_words(micro_batches)}, AdamW"),
+                     f"{attention} attention{_split_words(micro_batches)}{_ckpt_words(checkpoint, 'block')}, AdamW"),
         kind="gpt", model="gpt-tiny", batch=4, precision=precision, micro_batches=micro_batches, attention=attention,
+        checkpoint=checkpoint,
         cpu_sized=True, vocab_size=512, block_size=128, n_layer=2, n_head=4, n_embd=128, seq_len=128, token_range=512)
 
 
@@ -139,30 +163,39 @@ def _mlp(small: bool, precision: str = "f32", micro_batches: int = 1) -> Preset:
         widths=[784, 512, 512, 512, 10] if small else [784, 4096, 4096, 4096, 10])
 
 
-def _resnet18(small: bool, precision: str = "f32", micro_batches: int = 1) -> Preset:
+def _resnet18(small: bool, precision: str = "f32", micro_batches: int = 1, checkpoint: str = "none") -> Preset:
     return Preset(
-        name=("resnet18-cpu-" if small else "resnet18-") + precision + _split_suffix(micro_batches),
+        name=("resnet18-cpu-" if small else "resnet18-") + precision + _split_suffix(micro_batches)
+        + _ckpt_suffix(checkpoint),
         description=(("ResNet-18 at quarter width (16..128 channels), 3x32x32, batch 16, " if small
                       else "ResNet-18 (CIFAR stem, 64..512 channels), 3x32x32, batch 256, ")
-                     + _precision_words(precision) + _split_words(micro_batches) + ", SGD momentum"),
+                     + _precision_words(precision) + _split_words(micro_batches) + _ckpt_words(checkpoint, "stage")
+                     + ", SGD momentum"),
         kind="resnet18", model="resnet18-small" if small else "resnet18", batch=16 if small else 256,
-        precision=precision, micro_batches=micro_batches, cpu_sized=small, base_width=16 if small else 64)
+        precision=precision, micro_batches=micro_batches, checkpoint=checkpoint, cpu_sized=small,
+        base_width=16 if small else 64)
 
 
 def all_presets() -> List[Preset]:
     """Every preset, GPU-sized ones first, in headroom-bench's --list order."""
     v = [_gpt2_small(p, a) for p in ("f32", "f16", "bf16") for a in ("naive", "fused")]
     v.append(_gpt2_small("f16", "naive", 4))  # DESIGN.md: "4 micro-batches of 2"
+    # Checkpointing against gpt2-small-bf16-fused, resnet18-f32 and their small versions.
+    v.append(_gpt2_small("bf16", "fused", 1, "block"))
+    v.append(_gpt2_small("bf16", "fused", 1, "sqrt"))
     v.append(_mlp(False))
     v.append(_mlp(False, "bf16"))
     v.append(_resnet18(False))
     v.append(_resnet18(False, "bf16"))
     v.append(_resnet18(False, "f32", 4))
+    v.append(_resnet18(False, "f32", 1, "block"))
+    v.append(_resnet18(False, "f32", 1, "sqrt"))
     v.append(_gpt_tiny("f32", "naive"))
     v.append(_gpt_tiny("f32", "fused"))
     v.append(_gpt_tiny("f16", "fused"))
     v.append(_gpt_tiny("bf16", "fused"))
     v.append(_gpt_tiny("f32", "naive", 4))
+    v.append(_gpt_tiny("f32", "fused", 1, "block"))  # no -ckpt-sqrt: see _gpt_tiny
     v.append(_mlp(True))
     v.append(_mlp(True, "f16"))
     v.append(_mlp(True, "bf16"))
@@ -170,6 +203,8 @@ def all_presets() -> List[Preset]:
     v.append(_resnet18(True))
     v.append(_resnet18(True, "bf16"))
     v.append(_resnet18(True, "f32", 4))
+    v.append(_resnet18(True, "f32", 1, "block"))
+    v.append(_resnet18(True, "f32", 1, "sqrt"))
     return v
 
 
@@ -197,6 +232,38 @@ def select_presets(names: List[str]) -> List[Preset]:
 def build_models(torch):  # noqa: C901 -- one closure over torch keeps the import lazy
     nn = torch.nn
     F = torch.nn.functional
+    import inspect
+    import torch.utils.checkpoint as tuc
+    # Non-reentrant where this torch has it (1.11+): it needs no input that requires grad and it
+    # is what PyTorch recommends; older versions have only the reentrant one.
+    reentrant_kw = ({"use_reentrant": False} if "use_reentrant" in inspect.signature(tuc.checkpoint).parameters
+                    else {})
+
+    def checkpoint(fn, x):
+        return tuc.checkpoint(fn, x, **reentrant_kw)
+
+    def run_checkpointed(modules, x, mode: str):
+        """nn::run_checkpointed: block checkpoints each module; sqrt is headroom's
+        checkpoint_sequential (k = round(sqrt(n)) segments, the first n % k one module longer, every
+        segment but the last checkpointed); none runs them plainly."""
+        modules = list(modules)
+        if mode == "block":
+            for m in modules:
+                x = checkpoint(m, x)
+            return x
+        if mode == "sqrt":
+            n = len(modules)
+            k = max(1, round(math.sqrt(n)))
+            begin = 0
+            for s in range(k):
+                end = begin + n // k + (1 if s < n % k else 0)
+                segment = nn.Sequential(*modules[begin:end])
+                x = checkpoint(segment, x) if s + 1 < k else segment(x)
+                begin = end
+            return x
+        for m in modules:
+            x = m(x)
+        return x
 
     class CausalSelfAttention(nn.Module):
         def __init__(self, p: Preset):
@@ -239,6 +306,7 @@ def build_models(torch):  # noqa: C901 -- one closure over torch keeps the impor
             self.wpe = nn.Embedding(p.block_size, p.n_embd)
             self.h = nn.ModuleList([Block(p) for _ in range(p.n_layer)])
             self.ln_f = nn.LayerNorm(p.n_embd)
+            self.checkpoint = p.checkpoint
             proj_std = 0.02 / math.sqrt(2 * p.n_layer)
             for name, m in self.named_modules():
                 if isinstance(m, (nn.Linear, nn.Embedding)):
@@ -250,8 +318,7 @@ def build_models(torch):  # noqa: C901 -- one closure over torch keeps the impor
             t = idx.size(1)
             pos = torch.arange(t, device=idx.device)
             x = self.wte(idx) + self.wpe(pos)
-            for blk in self.h:
-                x = blk(x)
+            x = run_checkpointed(self.h, x, self.checkpoint)
             logits = F.linear(self.ln_f(x), self.wte.weight)  # tied lm head
             return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
 
@@ -283,11 +350,15 @@ def build_models(torch):  # noqa: C901 -- one closure over torch keeps the impor
                     blocks.append(BasicBlock(cin, cout, 2 if stage > 0 and i == 0 else 1))
                     cin = cout
             self.blocks = nn.Sequential(*blocks)
+            # The stages (two blocks each) as checkpointing's blocks; a plain list, so the
+            # parameters stay registered once, under `blocks`.
+            self.stages = [nn.Sequential(*blocks[2 * i:2 * i + 2]) for i in range(4)]
+            self.checkpoint = p.checkpoint
             self.fc = nn.Linear(cin, p.classes)
             self.pool = p.image_size // 8
 
         def forward(self, x):
-            y = self.blocks(self.stem(x))
+            y = run_checkpointed(self.stages, self.stem(x), self.checkpoint)
             return self.fc(F.avg_pool2d(y, self.pool).flatten(1))
 
     def make_mlp(p: Preset):
@@ -474,6 +545,33 @@ def fmt_rate(v: Optional[float]) -> str:
     return f"{v:.3g}"
 
 
+def _ckpt_base(name: str) -> str:
+    """Preset::checkpoint_base(): the name without its -ckpt-block / -ckpt-sqrt suffix, or ""."""
+    m = re.fullmatch(r"(.+)-ckpt-(block|sqrt)", name)
+    return m.group(1) if m else ""
+
+
+def checkpoint_overheads(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """bench_report.h's checkpoint_overheads: each -ckpt- row against its base row of the same mode,
+    both measured in this run. PyTorch has no activation category, so activation_peak_ratio is
+    null, and on the CPU (no allocator statistics) so is peak_allocated_ratio."""
+    def ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
+        return a / b if a is not None and b else None
+
+    out = []
+    for r in rows:
+        base = _ckpt_base(r["preset"])
+        if not base or r["status"] != "ok":
+            continue
+        b = next((q for q in rows if q["preset"] == base and q["mode"] == r["mode"] and q["status"] == "ok"), None)
+        if b is None:
+            continue
+        out.append(dict(preset=r["preset"], base=base, mode=r["mode"],
+                        step_time_ratio=ratio(r["step_time_ms"], b["step_time_ms"]), activation_peak_ratio=None,
+                        peak_allocated_ratio=ratio(b["peak_allocated_bytes"], r["peak_allocated_bytes"])))
+    return out
+
+
 def markdown_table(rows: List[Dict[str, Any]]) -> str:
     out = ["| preset | mode | precision | technique | status | peak allocated | peak reserved | step time | items/s | final loss |",
            "|---|---|---|---|---|---:|---:|---:|---:|---:|"]
@@ -485,6 +583,14 @@ def markdown_table(rows: List[Dict[str, Any]]) -> str:
         loss = "-" if r["final_loss"] is None else f"{r['final_loss']:.4f}"
         out.append(f"| {r['preset']} | {r['mode']} | {prec} | {r['technique']} | {status} | "
                    f"{fmt_bytes(r['peak_allocated_bytes'])} | {fmt_bytes(r['peak_reserved_bytes'])} | {step} | {ips} | {loss} |")
+    pairs = checkpoint_overheads(rows)
+    if pairs:
+        def x(v: Optional[float]) -> str:
+            return "-" if v is None else f"{v:.2f}x"
+        out += ["", "Recompute checkpointing against the same preset without it (both from this run):", "",
+                "| preset | base | mode | step time ckpt/base | peak allocated base/ckpt |", "|---|---|---|---:|---:|"]
+        out += [f"| {o['preset']} | {o['base']} | {o['mode']} | {x(o['step_time_ratio'])} | {x(o['peak_allocated_ratio'])} |"
+                for o in pairs]
     for r in rows:
         if r["status"] != "ok":
             out.append(f"\n{r['preset']} ({r['mode']}): {r['error']}")
@@ -609,7 +715,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0
     if args.list:
         for p in all_presets():
-            print(f"  {p.name:<28}{p.description}")
+            print(f"  {p.name:<36}{p.description}")  # headroom-bench's kNameWidth
         print("groups: " + ", ".join(GROUPS))
         return 0
     names = [n for arg in (args.preset or ["gpu"]) for n in arg.split(",") if n]
@@ -680,7 +786,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     doc = dict(schema=SCHEMA, framework="pytorch", torch_version=torch.__version__, device=str(device),
                device_name=device_name,
                date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-               steps=args.steps, warmup_steps=args.warmup, tf32=not args.no_tf32, results=rows)
+               steps=args.steps, warmup_steps=args.warmup, tf32=not args.no_tf32, results=rows,
+               checkpoint_overhead=checkpoint_overheads(rows))
     table = markdown_table(rows)
     print(table, end="")
     os.makedirs(args.out, exist_ok=True)

@@ -59,7 +59,9 @@ TEST(HeadroomBench, ListPrintsEveryPreset) {
        {"gpt2-small-f32-naive", "gpt2-small-f32-fused", "gpt2-small-f16-naive", "gpt2-small-f16-fused",
         "gpt2-small-bf16-naive", "gpt2-small-bf16-fused", "mlp-f32", "resnet18-f32", "gpt-tiny-cpu-f32-naive",
         "gpt-tiny-cpu-f32-fused", "gpt-tiny-cpu-f16-fused", "gpt-tiny-cpu-bf16-fused", "mlp-cpu-f32",
-        "resnet18-cpu-f32"})
+        "resnet18-cpu-f32", "gpt2-small-bf16-fused-ckpt-block", "gpt2-small-bf16-fused-ckpt-sqrt",
+        "resnet18-f32-ckpt-block", "resnet18-f32-ckpt-sqrt", "gpt-tiny-cpu-f32-fused-ckpt-block",
+        "resnet18-cpu-f32-ckpt-block", "resnet18-cpu-f32-ckpt-sqrt"})
     EXPECT_TRUE(std::regex_search(r.output, std::regex(std::string("\n  ") + name + " +\\S"))) << name << " missing:\n" << r.output;
   EXPECT_NE(r.output.find("B=8 T=1024"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("784-4096-4096-4096-10, batch 4096"), std::string::npos) << r.output;
@@ -178,6 +180,54 @@ TEST(HeadroomBench, CpuPresetsReportTheAllocatorsPeaks) {
   EXPECT_EQ(count_of(svg, "<circle class=\"point\""), 2) << svg;
   EXPECT_NE(svg.find(">mlp-cpu-f32</text>"), std::string::npos);
   EXPECT_NE(svg.find(">gpt-tiny-cpu-f32-fused</text>"), std::string::npos);
+}
+
+// A -ckpt- preset is measured against its base (the name without the suffix) from the same run:
+// the JSON's checkpoint_overhead holds the ratios of the two rows' own numbers, the Markdown
+// prints them, and a checkpointed preset whose base did not run says so instead. Checkpointing
+// changes memory, not arithmetic: the losses equal the base's bit for bit (BatchNorm included).
+TEST(HeadroomBench, CheckpointPresetsReportTheirOverheadAgainstTheirBase) {
+  TempDir out("bench-ckpt");
+  RunResult r = run_program(bench(), "--preset resnet18-cpu-f32-ckpt-sqrt,resnet18-cpu-f32,resnet18-cpu-f32-ckpt-block,"
+                                     "gpt-tiny-cpu-f32-fused-ckpt-block --steps 2 --warmup 1 --out '" +
+                                         out.path.string() + "'");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const Json doc = parse_json(read_text(out.path / "results.json"));
+  const Json& results = doc["results"];
+  ASSERT_EQ(results.items.size(), 4u);
+  for (const Json& res : results.items) ASSERT_EQ(res["status"].str, "ok") << res["preset"].str << ": " << res["error"].str;
+  const Json &sqrt_row = results[0], &base = results[1], &block_row = results[2];
+  EXPECT_EQ(sqrt_row["technique"].str, "checkpoint sqrt(n) segments");
+  EXPECT_EQ(block_row["technique"].str, "checkpoint per stage");
+  EXPECT_EQ(results[3]["technique"].str, "fused attention, checkpoint per block");
+  EXPECT_EQ(block_row["final_loss"].num, base["final_loss"].num);
+  EXPECT_EQ(sqrt_row["final_loss"].num, base["final_loss"].num);
+
+  const Json& overhead = doc["checkpoint_overhead"];
+  ASSERT_EQ(overhead.items.size(), 2u) << "one pair per checkpointed preset whose base ran";
+  auto act = [](const Json& res) { return static_cast<double>(res["peak_by_category"]["activation"].as_int()); };
+  const Json* ckpts[] = {&sqrt_row, &block_row};
+  for (size_t i = 0; i < 2; ++i) {
+    const Json& o = overhead[i];
+    const Json& ck = *ckpts[i];
+    SCOPED_TRACE(ck["preset"].str);
+    EXPECT_EQ(o["preset"].str, ck["preset"].str);
+    EXPECT_EQ(o["base"].str, "resnet18-cpu-f32");
+    EXPECT_NEAR(o["step_time_ratio"].num, ck["step_time_ms"].num / base["step_time_ms"].num, 1e-6);
+    EXPECT_NEAR(o["activation_peak_ratio"].num, act(base) / act(ck), 1e-6);
+    EXPECT_NEAR(o["peak_allocated_ratio"].num,
+                static_cast<double>(base["peak_allocated_bytes"].as_int()) /
+                    static_cast<double>(ck["peak_allocated_bytes"].as_int()),
+                1e-6);
+    EXPECT_GT(o["activation_peak_ratio"].num, 1.0) << "checkpointing keeps fewer activations";
+  }
+  EXPECT_TRUE(std::regex_search(
+      r.output, std::regex(R"(\| resnet18-cpu-f32-ckpt-block \| resnet18-cpu-f32 \| [0-9.]+x \| [0-9.]+x \| [0-9.]+x \|)")))
+      << r.output;
+  EXPECT_NE(r.output.find("gpt-tiny-cpu-f32-fused-ckpt-block: no checkpointing overhead: its base preset "
+                          "gpt-tiny-cpu-f32-fused did not run"),
+            std::string::npos)
+      << r.output;
 }
 
 TEST(HeadroomBench, OutOfMemoryIsARowAndTheNextConfigurationRuns) {
