@@ -12,9 +12,10 @@ std::string Preset::technique() const {
   std::string t = kind == ModelKind::gpt ? std::string(attention_impl_name(gpt.attention)) + " attention" : "none";
   if (micro_batches > 1) t = (t == "none" ? "" : t + ", ") + str_cat(micro_batches, " micro-batches");
   if (checkpoint != nn::CheckpointMode::none) {
-    const std::string ck = checkpoint == nn::CheckpointMode::sqrt ? "checkpoint sqrt(n) segments"
-                           : kind == ModelKind::gpt              ? "checkpoint per block"
-                                                                 : "checkpoint per stage";
+    const char* unit = kind == ModelKind::gpt ? "block" : "stage";
+    const std::string ck = checkpoint == nn::CheckpointMode::sqrt        ? std::string("checkpoint sqrt(n) segments")
+                           : checkpoint == nn::CheckpointMode::selective ? str_cat("selective checkpoint per ", unit)
+                                                                         : str_cat("checkpoint per ", unit);
     t = (t == "none" ? "" : t + ", ") + ck;
   }
   return t;
@@ -45,6 +46,7 @@ std::string checkpoint_words(nn::CheckpointMode mode, const char* unit) {
     case nn::CheckpointMode::none: break;
     case nn::CheckpointMode::block: return str_cat(", checkpoint per ", unit);
     case nn::CheckpointMode::sqrt: return ", checkpoint sqrt(n) segments";
+    case nn::CheckpointMode::selective: return str_cat(", selective checkpoint per ", unit);
   }
   return "";
 }
@@ -149,6 +151,7 @@ std::vector<Preset> build_presets() {
   // Checkpointing against gpt2-small-bf16-fused, resnet18-f32 and their small versions.
   v.push_back(gpt2_small(DType::bf16, AttentionImpl::fused, 1, nn::CheckpointMode::block));
   v.push_back(gpt2_small(DType::bf16, AttentionImpl::fused, 1, nn::CheckpointMode::sqrt));
+  v.push_back(gpt2_small(DType::bf16, AttentionImpl::fused, 1, nn::CheckpointMode::selective));
   v.push_back(mlp(false));
   v.push_back(mlp(false, DType::bf16));
   v.push_back(resnet18(false));
@@ -156,12 +159,14 @@ std::vector<Preset> build_presets() {
   v.push_back(resnet18(false, DType::f32, 4));
   v.push_back(resnet18(false, DType::f32, 1, nn::CheckpointMode::block));
   v.push_back(resnet18(false, DType::f32, 1, nn::CheckpointMode::sqrt));
+  v.push_back(resnet18(false, DType::f32, 1, nn::CheckpointMode::selective));
   v.push_back(gpt_tiny(DType::f32, AttentionImpl::naive));
   v.push_back(gpt_tiny(DType::f32, AttentionImpl::fused));
   v.push_back(gpt_tiny(DType::f16, AttentionImpl::fused));
   v.push_back(gpt_tiny(DType::bf16, AttentionImpl::fused));
   v.push_back(gpt_tiny(DType::f32, AttentionImpl::naive, 4));
   v.push_back(gpt_tiny(DType::f32, AttentionImpl::fused, 1, nn::CheckpointMode::block));  // no -ckpt-sqrt: see gpt_tiny
+  v.push_back(gpt_tiny(DType::f32, AttentionImpl::fused, 1, nn::CheckpointMode::selective));
   v.push_back(mlp(true));
   v.push_back(mlp(true, DType::f16));
   v.push_back(mlp(true, DType::bf16));
@@ -171,6 +176,7 @@ std::vector<Preset> build_presets() {
   v.push_back(resnet18(true, DType::f32, 4));
   v.push_back(resnet18(true, DType::f32, 1, nn::CheckpointMode::block));
   v.push_back(resnet18(true, DType::f32, 1, nn::CheckpointMode::sqrt));
+  v.push_back(resnet18(true, DType::f32, 1, nn::CheckpointMode::selective));
   return v;
 }
 

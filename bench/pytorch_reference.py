@@ -27,6 +27,8 @@ Differences that are on purpose, and recorded in the JSON:
     after. Autocast is entered per micro-batch forward (PyTorch's idiom; backward outside it),
     so weights are cast once per micro-batch, where headroom casts each once per step; and the
     step's loss is summed on the device, where headroom reads each micro-batch's loss on the host.
+  * -ckpt-selective presets keep the outputs of mm/addmm, convolution and fused attention and
+    recompute the rest (torch 2.4+'s selective activation checkpointing; older torch refuses);
   * -ckpt-block / -ckpt-sqrt presets (recompute checkpointing, nn/checkpoint.h) use
     torch.utils.checkpoint.checkpoint, non-reentrant (use_reentrant=False): GPT per block,
     ResNet-18 per stage (its two BasicBlocks), sqrt as headroom's checkpoint_sequential (round(sqrt(n))
@@ -72,7 +74,7 @@ class Preset:
     batch: int
     precision: str = "f32"  # "f32", or the autocast dtype "f16", "bf16"
     micro_batches: int = 1  # gradient accumulation over this many micro-batches
-    checkpoint: str = "none"  # recompute checkpointing: "none", "block" (GPT per block, ResNet per stage), "sqrt"
+    checkpoint: str = "none"  # recompute checkpointing: "none", "block" (GPT per block, ResNet per stage), "sqrt", "selective"
     attention: str = ""  # GPT: "naive" or "fused"
     cpu_sized: bool = False
     # GPT
@@ -103,8 +105,10 @@ class Preset:
         if self.micro_batches > 1:
             t = ("" if t == "none" else t + ", ") + f"{self.micro_batches} micro-batches"
         if self.checkpoint != "none":
+            unit = "block" if self.kind == "gpt" else "stage"
             ck = ("checkpoint sqrt(n) segments" if self.checkpoint == "sqrt"
-                  else "checkpoint per block" if self.kind == "gpt" else "checkpoint per stage")
+                  else f"selective checkpoint per {unit}" if self.checkpoint == "selective"
+                  else f"checkpoint per {unit}")
             t = ("" if t == "none" else t + ", ") + ck
         return t
 
@@ -125,7 +129,8 @@ def _split_suffix(k: int) -> str:
 
 def _ckpt_words(mode: str, unit: str) -> str:
     """`unit`: what mode block checkpoints, "block" (GPT) or "stage" (ResNet-18)."""
-    return {"none": "", "block": f", checkpoint per {unit}", "sqrt": ", checkpoint sqrt(n) segments"}[mode]
+    return {"none": "", "block": f", checkpoint per {unit}", "sqrt": ", checkpoint sqrt(n) segments",
+            "selective": f", selective checkpoint per {unit}"}[mode]
 
 
 def _ckpt_suffix(mode: str) -> str:
@@ -183,6 +188,7 @@ def all_presets() -> List[Preset]:
     # Checkpointing against gpt2-small-bf16-fused, resnet18-f32 and their small versions.
     v.append(_gpt2_small("bf16", "fused", 1, "block"))
     v.append(_gpt2_small("bf16", "fused", 1, "sqrt"))
+    v.append(_gpt2_small("bf16", "fused", 1, "selective"))
     v.append(_mlp(False))
     v.append(_mlp(False, "bf16"))
     v.append(_resnet18(False))
@@ -190,12 +196,14 @@ def all_presets() -> List[Preset]:
     v.append(_resnet18(False, "f32", 4))
     v.append(_resnet18(False, "f32", 1, "block"))
     v.append(_resnet18(False, "f32", 1, "sqrt"))
+    v.append(_resnet18(False, "f32", 1, "selective"))
     v.append(_gpt_tiny("f32", "naive"))
     v.append(_gpt_tiny("f32", "fused"))
     v.append(_gpt_tiny("f16", "fused"))
     v.append(_gpt_tiny("bf16", "fused"))
     v.append(_gpt_tiny("f32", "naive", 4))
     v.append(_gpt_tiny("f32", "fused", 1, "block"))  # no -ckpt-sqrt: see _gpt_tiny
+    v.append(_gpt_tiny("f32", "fused", 1, "selective"))
     v.append(_mlp(True))
     v.append(_mlp(True, "f16"))
     v.append(_mlp(True, "bf16"))
@@ -205,6 +213,7 @@ def all_presets() -> List[Preset]:
     v.append(_resnet18(True, "f32", 4))
     v.append(_resnet18(True, "f32", 1, "block"))
     v.append(_resnet18(True, "f32", 1, "sqrt"))
+    v.append(_resnet18(True, "f32", 1, "selective"))
     return v
 
 
@@ -242,14 +251,35 @@ def build_models(torch):  # noqa: C901 -- one closure over torch keeps the impor
     def checkpoint(fn, x):
         return tuc.checkpoint(fn, x, **reentrant_kw)
 
+    # Selective (headroom's Note [selective checkpointing]): keep the outputs of the weight
+    # matmuls, convolutions and fused attention, recompute the rest -- PyTorch's selective
+    # activation checkpointing (torch 2.4+) with a policy over those aten ops.
+    def selective_checkpoint(fn, x):
+        if not hasattr(tuc, "create_selective_checkpoint_contexts"):
+            raise RuntimeError(f"selective checkpointing needs torch 2.4 or later (this is torch {torch.__version__})")
+        import functools
+        aten = torch.ops.aten
+        keep = {aten.mm.default, aten.addmm.default, aten.convolution.default}
+        for name in ("_scaled_dot_product_flash_attention", "_scaled_dot_product_efficient_attention",
+                     "_scaled_dot_product_cudnn_attention"):
+            if hasattr(aten, name):
+                keep.add(getattr(aten, name).default)
+
+        def policy(ctx, op, *args, **kwargs):
+            return tuc.CheckpointPolicy.MUST_SAVE if op in keep else tuc.CheckpointPolicy.PREFER_RECOMPUTE
+
+        ctx = functools.partial(tuc.create_selective_checkpoint_contexts, policy)
+        return tuc.checkpoint(fn, x, use_reentrant=False, context_fn=ctx)
+
     def run_checkpointed(modules, x, mode: str):
         """nn::run_checkpointed: block checkpoints each module; sqrt is headroom's
         checkpoint_sequential (k = round(sqrt(n)) segments, the first n % k one module longer, every
         segment but the last checkpointed); none runs them plainly."""
         modules = list(modules)
-        if mode == "block":
+        if mode in ("block", "selective"):
+            ck = checkpoint if mode == "block" else selective_checkpoint
             for m in modules:
-                x = checkpoint(m, x)
+                x = ck(m, x)
             return x
         if mode == "sqrt":
             n = len(modules)
