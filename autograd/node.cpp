@@ -25,9 +25,9 @@ std::vector<Tensor> Node::run(const Tensor& grad_output) {
     for (const NodePreHook& hook : pre_hooks_->hooks()) {
       Tensor r = hook(g);
       if (r.defined()) {
-        HR_CHECK(r.shape() == g.shape() && r.device() == g.device(), ShapeError, "pre-hook ", i, " of ", name_,
-                 " replaced the gradient of its output, ", describe(g), ", with ", describe(r),
-                 ": a hook must keep the shape and device");
+        HR_CHECK(r.shape() == g.shape() && r.device() == g.device() && r.dtype() == g.dtype(), ShapeError, "pre-hook ",
+                 i, " of ", name_, " replaced the gradient of its output, ", describe(g), ", with ", describe(r),
+                 ": a hook must keep the shape, dtype and device");
         g = r;
       }
       ++i;

@@ -13,8 +13,8 @@
 // Note [node hooks]: a node runs its pre-hooks on the gradient of its output before apply, in
 // the order they were added (each may return a replacement gradient, or an undefined tensor to
 // keep it), and its post-hooks after apply on the gradients it produced (each may return
-// replacements, one per input, or nothing to keep them). A replacement must have the shape
-// and device of what it replaces; anything else is a ShapeError naming the node and the hook,
+// replacements, one per input, or nothing to keep them). A pre-hook's replacement must have the
+// shape, dtype and device of what it replaces, a post-hook's the shape and device of its input; anything else is a ShapeError naming the node and the hook,
 // never a gradient of the wrong shape flowing on. Hooks see no grad mode and allocate as
 // gradient memory, like the node. A leaf's post-accumulate-gradient hooks (autograd/hooks.h)
 // run in its AccumulateGrad node once its .grad holds this backward's sum.

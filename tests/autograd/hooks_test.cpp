@@ -194,6 +194,9 @@ TEST(NodeHooks, AHookMayNotChangeAShape) {
   auto h = z.grad_fn()->add_pre_hook([](const Tensor&) { return Tensor::ones({4}, DType::f64); });
   EXPECT_THROW_WITH(z.sum().backward(Tensor(), true), ShapeError, "pre-hook 0 of exp");
   h.remove();
+  auto d = z.grad_fn()->add_pre_hook([](const Tensor& g) { return g.to(DType::f32); });
+  EXPECT_THROW_WITH(z.sum().backward(Tensor(), true), ShapeError, "must keep the shape, dtype and device");
+  d.remove();
   auto p = z.grad_fn()->add_post_hook(
       [](const std::vector<Tensor>&, const Tensor&) { return std::vector<Tensor>{Tensor::ones({2}, DType::f64)}; });
   EXPECT_THROW_WITH(z.sum().backward(Tensor(), true), ShapeError, "post-hook 0 of exp");
