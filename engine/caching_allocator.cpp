@@ -222,7 +222,7 @@ Allocation CachingAllocator::allocate(size_t nbytes, Stream stream, MemoryCatego
           record(TraceKind::oom, 0, static_cast<int64_t>(rounded), category, stream.id, static_cast<int64_t>(nbytes));
           throw OutOfMemoryError(str_cat("injected failure (", fault_kind_name(fault_.kind), " #", fault_.at,
                                          " since inject_fault or HEADROOM_FAIL_ALLOC)\n",
-                                         oom_report_locked(nbytes, rounded)),
+                                         oom_report_locked(nbytes, rounded, /*injected=*/true)),
                                  nbytes, limit_);
         }
         limit_before_fault_ = limit_;
@@ -266,7 +266,7 @@ Allocation CachingAllocator::allocate(size_t nbytes, Stream stream, MemoryCatego
     if (!b) {
       ++stats_.num_ooms;
       record(TraceKind::oom, 0, static_cast<int64_t>(rounded), category, stream.id, static_cast<int64_t>(nbytes));
-      std::string report = oom_report_locked(nbytes, rounded);
+      std::string report = oom_report_locked(nbytes, rounded, fail_segment);
       if (fail_segment)
         report = str_cat("injected failure (segment request #", fault_.at, " since inject_fault or HEADROOM_FAIL_ALLOC)\n",
                          report);
@@ -554,7 +554,7 @@ std::string CachingAllocator::oom_report(size_t bytes) const {
   return oom_report_locked(bytes, round_size(bytes));
 }
 
-std::string CachingAllocator::oom_report_locked(size_t bytes, size_t rounded) const {
+std::string CachingAllocator::oom_report_locked(size_t bytes, size_t rounded, bool injected) const {
   std::ostringstream os;
   const int64_t allocated = stats_.allocated_bytes.current;
   const int64_t reserved = stats_.reserved_bytes.current;
@@ -570,6 +570,8 @@ std::string CachingAllocator::oom_report_locked(size_t bytes, size_t rounded) co
   if (limit_ > 0) {
     os << format_bytes(static_cast<int64_t>(limit_)) << " (set_memory_limit or HEADROOM_MEMORY_LIMIT)";
     if (reserved > static_cast<int64_t>(limit_)) os << ", lowered below what live blocks reserve";
+  } else if (injected) {
+    os << "none set, and the device is not necessarily full: this failure was injected";
   } else {
     os << "none set; the device itself is full";
   }

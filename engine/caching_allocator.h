@@ -232,7 +232,8 @@ class CachingAllocator final : public Allocator {
   void update_inactive_split(Block* block, int sign);
   void record(TraceKind kind, uint64_t address, int64_t bytes, MemoryCategory category, int64_t stream,
               int64_t requested = 0);
-  std::string oom_report_locked(size_t bytes, size_t rounded) const;
+  // injected: the failure was injected (Note [fault injection]), so nothing may really be full.
+  std::string oom_report_locked(size_t bytes, size_t rounded, bool injected = false) const;
 
   std::unique_ptr<DeviceMemoryBackend> backend_;
   mutable std::recursive_mutex mu_;

@@ -17,6 +17,22 @@ std::unique_ptr<CachingAllocator> host_allocator() {
   return std::make_unique<CachingAllocator>(std::make_unique<HostMemoryBackend>());
 }
 
+TEST(FaultInjection, TheReportDoesNotClaimAFullDeviceForAnInjectedFailure) {
+  auto a = host_allocator();
+  for (FaultKind kind : {FaultKind::allocation, FaultKind::segment}) {
+    a->inject_fault(kind, 1);
+    try {
+      a->allocate(8 * KiB);
+      ADD_FAILURE() << "no error for " << fault_kind_name(kind);
+    } catch (const OutOfMemoryError& e) {
+      const std::string m = e.what();
+      EXPECT_NE(m.find("this failure was injected"), std::string::npos) << m;
+      EXPECT_EQ(m.find("the device itself is full"), std::string::npos) << m;
+    }
+    a->clear_fault();
+  }
+}
+
 TEST(FaultInjection, FailsTheKthAllocationOnceAndChangesNothing) {
   auto a = host_allocator();
   Allocation first = a->allocate(4 * KiB);
