@@ -14,6 +14,7 @@ struct AutogradMeta {
   Tensor grad;                                // leaves only
   std::shared_ptr<Node> grad_fn;              // non-leaves: the node that made this tensor
   std::weak_ptr<Node> grad_accumulator;       // leaves: made on first use, shared by uses
+  std::shared_ptr<Node> hooked_accumulator;   // leaves with a register_hook: kept alive for it
   // Leaves: Note [post-accumulate-gradient hooks] in autograd/hooks.h.
   std::shared_ptr<HookList<std::function<void(const Tensor&)>>> post_accumulate_hooks;
 };

@@ -2,6 +2,9 @@
 //   - saved-tensor hooks: SavedTensorHooks (autograd/saved_tensor.h, Note [saved-tensor hooks]);
 //   - node pre/post hooks: Node::add_pre_hook / add_post_hook on t.grad_fn() (autograd/node.h,
 //     Note [node hooks]);
+//   - gradient hooks on a tensor (register_hook), below: the gradient flowing into t, seen and
+//     optionally replaced -- a pre-hook of the node t's gradient goes to (its grad_fn, or a
+//     leaf's AccumulateGrad), so it runs once per backward with the summed gradient of t;
 //   - post-accumulate-gradient hooks on a leaf, below.
 //
 // Note [post-accumulate-gradient hooks]: register_post_accumulate_grad_hook(leaf, fn) calls
@@ -24,6 +27,11 @@
 namespace headroom {
 
 using PostAccumulateGradHook = std::function<void(const Tensor& leaf)>;
+
+// Calls hook(grad) with the gradient of t (summed over its uses) each backward that reaches
+// it; a defined return replaces that gradient (same shape, dtype and device; ShapeError
+// otherwise). t must require grad (AutogradError otherwise).
+HookHandle register_hook(const Tensor& t, NodePreHook hook);
 
 // leaf must be a leaf that requires grad (AutogradError otherwise).
 HookHandle register_post_accumulate_grad_hook(const Tensor& leaf, PostAccumulateGradHook hook);

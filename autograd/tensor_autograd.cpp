@@ -89,6 +89,18 @@ Tensor Tensor::detach() const {
 
 namespace headroom {
 
+HookHandle register_hook(const Tensor& t, NodePreHook hook) {
+  HR_CHECK(hook, ValueError, "register_hook: the hook is empty");
+  HR_CHECK(t.defined() && t.requires_grad(), AutogradError, "register_hook needs a tensor that requires grad, got ",
+           t.defined() ? describe(t) : std::string("an undefined tensor"));
+  // A leaf's AccumulateGrad is held weakly by the leaf: the hook keeps it alive, so that the
+  // node that carries the hook is the one later backwards use.
+  std::shared_ptr<Node> node = gradient_edge(t);
+  HookHandle h = node->add_pre_hook(std::move(hook));
+  if (t.is_leaf()) autograd_meta(t).hooked_accumulator = node;
+  return h;
+}
+
 HookHandle register_post_accumulate_grad_hook(const Tensor& leaf, PostAccumulateGradHook hook) {
   HR_CHECK(hook, ValueError, "register_post_accumulate_grad_hook: the hook is empty");
   HR_CHECK(leaf.defined() && leaf.requires_grad() && leaf.is_leaf(), AutogradError,

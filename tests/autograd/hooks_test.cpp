@@ -202,6 +202,40 @@ TEST(NodeHooks, AHookMayNotChangeAShape) {
   EXPECT_THROW_WITH(z.sum().backward(Tensor(), true), ShapeError, "post-hook 0 of exp");
 }
 
+TEST(TensorHook, SeesTheSummedGradientOfATensorAndMayReplaceIt) {
+  Tensor x = rand_f64({3});
+  Tensor y = x * 2.0;
+  std::vector<std::vector<double>> seen;
+  auto h = register_hook(y, [&](const Tensor& g) {
+    seen.push_back(values(g));
+    return g * 10.0;
+  });
+  (y * 3.0 + y).sum().backward(Tensor(), true);  // y used twice: one call, with 3 + 1
+  ASSERT_EQ(seen.size(), 1u);
+  EXPECT_EQ(seen[0], (std::vector<double>{4, 4, 4}));
+  EXPECT_EQ(values(x.grad()), (std::vector<double>{80, 80, 80}));  // 10 * 4 * 2
+
+  // On a leaf: the hook survives between backwards (its AccumulateGrad is kept for it).
+  Tensor w = rand_f64({2});
+  int calls = 0;
+  auto hw = register_hook(w, [&](const Tensor&) {
+    ++calls;
+    return Tensor();
+  });
+  (w * 2.0).sum().backward();
+  (w * 3.0).sum().backward();
+  EXPECT_EQ(calls, 2);
+  hw.remove();
+  (w * 3.0).sum().backward();
+  EXPECT_EQ(calls, 2);
+
+  h.remove();
+  auto bad = register_hook(y, [](const Tensor&) { return Tensor::ones({5}, DType::f64); });
+  EXPECT_THROW_WITH((y * 1.0).sum().backward(Tensor(), true), ShapeError, "pre-hook 0 of mul");
+  EXPECT_THROW_WITH(register_hook(rand_f64({2}, false), [](const Tensor& g) { return g; }), AutogradError,
+                    "requires grad");
+}
+
 TEST(PostAccumulateGradHook, CalledOnceWithTheFinalSumAsSoonAsItIsFinal) {
   // Two layers: w2's gradient is final before the first layer's backward runs.
   Tensor x = rand_f64({2, 3}, false);
