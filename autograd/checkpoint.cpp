@@ -32,13 +32,11 @@ struct Entry {
 
 struct Frame;
 
-// What a SavedTensor packed inside a checkpoint holds: its index, and the tensor once recomputed
-// (or kept by a policy). Owned by the SavedTensor -- so by the node that saved it -- and freed
-// with it.
+// What a SavedTensor packed inside a checkpoint holds: its index, and the tensor once recomputed.
+// Owned by the SavedTensor -- so by the node that saved it -- and freed with it.
 struct Handle {
   std::shared_ptr<Frame> frame;
   size_t index = 0;
-  Tensor kept;        // kept by the policy: never recomputed
   Tensor recomputed;  // filled by a re-run, until the node has used it
 };
 
@@ -121,7 +119,7 @@ void recompute(const std::shared_ptr<Frame>& frame) {
   // The last index whose tensor a live node still needs.
   std::optional<size_t> last;
   for (size_t i = 0; i < f.handles.size(); ++i)
-    if (auto h = f.handles[i].lock(); h && !h->kept.defined() && !h->recomputed.defined()) last = i;
+    if (auto h = f.handles[i].lock(); h && !h->recomputed.defined()) last = i;
   if (!last) return;
   ++stats.recomputations;
 
@@ -152,7 +150,7 @@ void recompute(const std::shared_ptr<Frame>& frame) {
           " in the recomputation. The checkpointed function must run the same ops on the same shapes both times: "
           "does it depend on a global, a flag or the data in a way that changed since the forward?"));
     }
-    if (auto h = f.handles[k].lock(); h && !h->kept.defined() && !h->recomputed.defined()) {
+    if (auto h = f.handles[k].lock(); h && !h->recomputed.defined()) {
       if (t.storage()->category() == MemoryCategory::temporary) t.storage()->set_category(MemoryCategory::activation);
       h->recomputed = t;
       ++stats.recomputed;
@@ -178,7 +176,6 @@ void recompute(const std::shared_ptr<Frame>& frame) {
 
 Tensor unpack_handle(const std::any& packed) {
   const auto& h = std::any_cast<const std::shared_ptr<Handle>&>(packed);
-  if (h->kept.defined()) return h->kept;
   if (!h->recomputed.defined()) recompute(h->frame);
   HR_CHECK(h->recomputed.defined(), AutogradError, "checkpoint: the recomputation did not produce tensor ", h->index,
            " (", entry_str(h->frame->entries[h->index]), ")");
@@ -223,22 +220,14 @@ std::vector<Tensor> checkpoint(const CheckpointFn& fn, const std::vector<Tensor>
     frame->autocast[static_cast<size_t>(t)] = {autocast_enabled(static_cast<DeviceType>(t)),
                                                autocast_dtype(static_cast<DeviceType>(t))};
 
-  const auto keep = options.keep;
-  PackHook pack = [frame, keep](const Tensor& t, const char* op) -> std::any {
+  PackHook pack = [frame](const Tensor& t, const char* op) -> std::any {
     auto h = std::make_shared<Handle>();
     h->frame = frame;
     h->index = frame->entries.size();
     frame->entries.push_back({op, t.shape(), t.dtype(), t.device()});
     frame->handles.push_back(h);
-    if (keep && keep(op, t)) {
-      if (t.storage()->category() == MemoryCategory::temporary) t.storage()->set_category(MemoryCategory::activation);
-      h->kept = t;
-      ++stats.kept;
-      stats.kept_bytes += bytes_of(t);
-    } else {
-      ++stats.dropped;
-      stats.dropped_bytes += bytes_of(t);
-    }
+    ++stats.dropped;
+    stats.dropped_bytes += bytes_of(t);
     return h;
   };
   std::vector<Tensor> out;
@@ -314,7 +303,6 @@ void offer_outputs(const char* op, std::initializer_list<const Tensor*> outs) {
 std::string describe(const CheckpointStats& st) {
   std::string s = str_cat(st.segments, " segment", st.segments == 1 ? "" : "s", ": dropped ", st.dropped,
                           " saved tensors (", format_bytes(st.dropped_bytes), ")");
-  if (st.kept > 0) s += str_cat(", kept ", st.kept, " saved tensors (", format_bytes(st.kept_bytes), ")");
   if (st.kept_outputs > 0) {
     s += str_cat(", kept ", st.kept_outputs, " op outputs (", format_bytes(st.kept_output_bytes), ":");
     bool first = true;

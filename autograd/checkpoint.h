@@ -32,9 +32,8 @@
 //     flag, data-dependent control flow), and its gradients would silently be wrong. A re-run
 //     that saves fewer tensors than the forward did fails the same way.
 //
-// A policy (CheckpointOptions::keep) may keep some saved tensors instead of dropping them: it
-// sees each saved tensor and the op that saved it and says keep or drop; a kept tensor is held
-// by its handle (as an activation) and never recomputed.
+// A policy (CheckpointOptions::keep_output, Note [selective checkpointing]) may keep the
+// outputs of chosen ops, so that the re-run takes them instead of running those ops again.
 //
 // Under no_grad (evaluation) checkpoint just calls fn: nothing would be saved.
 #pragma once
@@ -55,9 +54,6 @@ namespace headroom {
 using CheckpointFn = std::function<std::vector<Tensor>(const std::vector<Tensor>& inputs)>;
 
 struct CheckpointOptions {
-  // Keep a saved tensor rather than drop and recompute it; called once per tensor an op saves
-  // in fn, with the op's name. Empty: drop every one.
-  std::function<bool(const char* op, const Tensor& saved)> keep;
   // Selective checkpointing (Note [selective checkpointing]): keep the outputs of the ops this
   // says yes to, so that the re-run takes them instead of running those ops again. Empty: none.
   std::function<bool(const char* op)> keep_output;
@@ -122,9 +118,7 @@ void offer_outputs(const char* op, std::initializer_list<const Tensor*> outs);
 struct CheckpointStats {
   int64_t segments = 0;           // checkpoint calls that saved something
   int64_t dropped = 0;            // saved tensors dropped in forwards
-  int64_t kept = 0;               // saved tensors a policy kept
   int64_t dropped_bytes = 0;      // their bytes, views counted at their own size
-  int64_t kept_bytes = 0;
   int64_t recomputations = 0;     // re-runs of a segment's function
   int64_t recomputed = 0;         // tensors re-runs handed to backward
   int64_t kept_outputs = 0;       // op outputs a selective policy kept (Note [selective checkpointing])

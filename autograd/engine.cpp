@@ -13,16 +13,13 @@ namespace headroom {
 namespace {
 
 thread_local int retaining_depth = 0;  // backward passes with retain_graph running on this thread
-thread_local int backward_depth = 0;
 
 struct RetainScope {
   bool retain;
   explicit RetainScope(bool r) : retain(r) {
-    ++backward_depth;
     if (retain) ++retaining_depth;
   }
   ~RetainScope() {
-    --backward_depth;
     if (retain) --retaining_depth;
   }
 };
@@ -116,7 +113,6 @@ void execute(const std::vector<Tensor>& roots, const std::vector<Tensor>& grads,
 }  // namespace
 
 bool backward_retains_graph() { return retaining_depth > 0; }
-bool in_backward() { return backward_depth > 0; }
 
 void run_backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& grads, bool retain_graph) {
   execute(roots, grads, retain_graph, nullptr, nullptr);

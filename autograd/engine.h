@@ -12,10 +12,9 @@
 
 namespace headroom {
 
-// Whether a backward is running on this thread, and whether one of those running keeps the
-// graph (retain_graph): a saved-tensor hook that recomputes (autograd/checkpoint.h) then frees
-// what it gave back after one use instead of caching it for the node's lifetime.
-bool in_backward();
+// Whether a backward that keeps the graph (retain_graph) is running on this thread: a
+// saved-tensor hook that recomputes (autograd/checkpoint.h) then frees what it gave back after
+// one use instead of caching it for the node's lifetime.
 bool backward_retains_graph();
 
 void run_backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& grads, bool retain_graph);
