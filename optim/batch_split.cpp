@@ -20,6 +20,26 @@
 
 namespace headroom::optim {
 
+namespace {
+
+// What one recovered out-of-memory error left behind: memory before the attempt and after its
+// release (Note [automatic splitting]).
+BatchSplitter::Recovery make_recovery(int64_t step, int64_t failed_size, int64_t next_size, const OutOfMemoryError& e,
+                                      const MemoryStats& before, const MemoryStats& after) {
+  BatchSplitter::Recovery rec;
+  rec.step = step;
+  rec.failed_size = failed_size;
+  rec.next_size = next_size;
+  rec.requested_bytes = static_cast<int64_t>(e.requested_bytes());
+  rec.allocated_before = before.allocated_bytes.current;
+  rec.allocated_after = after.allocated_bytes.current;
+  rec.reserved_before = before.reserved_bytes.current;
+  rec.reserved_after = after.reserved_bytes.current;
+  return rec;
+}
+
+}  // namespace
+
 int64_t parse_micro_batches(const std::string& text, const std::string& what) {
   if (text == "auto") return BatchSplitter::kAuto;
   int64_t k = 0;
@@ -196,16 +216,7 @@ SplitStepResult BatchSplitter::step(const Tensor& inputs, const Tensor& targets,
                     "micro-batches, or automatic splitting (kAuto, --micro-batches auto), may fit"),
             e.requested_bytes(), e.limit_bytes());
       }
-      Recovery rec;
-      rec.step = steps_;
-      rec.failed_size = m;
-      rec.next_size = growing ? fitted : (m + 1) / 2;
-      rec.requested_bytes = static_cast<int64_t>(e.requested_bytes());
-      const MemoryStats after = allocator.stats();
-      rec.allocated_before = before.allocated_bytes.current;
-      rec.allocated_after = after.allocated_bytes.current;
-      rec.reserved_before = before.reserved_bytes.current;
-      rec.reserved_after = after.reserved_bytes.current;
+      Recovery rec = make_recovery(steps_, m, growing ? fitted : (m + 1) / 2, e, before, allocator.stats());
       if (growing || m > 1) {
         recoveries_.push_back(rec);
         ++recovered;
@@ -255,15 +266,7 @@ SplitStepResult BatchSplitter::step(const Tensor& inputs, const Tensor& targets,
     } catch (const OutOfMemoryError& e) {
       allocator.empty_cache();
       if (tries == 0) {
-        Recovery rec;
-        rec.step = steps_;
-        rec.failed_size = rec.next_size = m;
-        rec.requested_bytes = static_cast<int64_t>(e.requested_bytes());
-        const MemoryStats after = allocator.stats();
-        rec.allocated_before = before.allocated_bytes.current;
-        rec.allocated_after = after.allocated_bytes.current;
-        rec.reserved_before = before.reserved_bytes.current;
-        rec.reserved_after = after.reserved_bytes.current;
+        Recovery rec = make_recovery(steps_, m, m, e, before, allocator.stats());
         rec.in_optimizer_step = true;
         recoveries_.push_back(rec);
         ++recovered;
