@@ -23,6 +23,9 @@ double default_rtol(DType dtype);
 // A random f64 tensor (normal) that requires grad: the usual gradcheck input.
 Tensor rand_f64(const Shape& shape, bool requires_grad = true);
 
+// Deterministic i64 token ids in [0, vocab) (the GPT tests' inputs and targets).
+Tensor tokens(const Shape& shape, int64_t vocab, uint64_t seed);
+
 // gradcheck as an assertion.
 ::testing::AssertionResult grad_ok(const std::function<Tensor(const std::vector<Tensor>&)>& fn,
                                    const std::vector<Tensor>& inputs, const GradcheckOptions& options = {});

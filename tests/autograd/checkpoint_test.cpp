@@ -11,13 +11,9 @@
 namespace headroom {
 namespace {
 
-std::vector<float> f32_values(const Tensor& t) { return t.to(DType::f32).contiguous().to_vector<float>(); }
+using testing::tokens;
 
-Tensor tokens(const Shape& shape, int64_t vocab, uint64_t seed) {
-  std::vector<int64_t> v(static_cast<size_t>(shape_numel(shape)));
-  for (size_t i = 0; i < v.size(); ++i) v[i] = static_cast<int64_t>((i * 7919 + seed * 104729) % static_cast<uint64_t>(vocab));
-  return Tensor::from_vector(v, shape, TensorOptions().dtype(DType::i64));
-}
+std::vector<float> f32_values(const Tensor& t) { return t.to(DType::f32).contiguous().to_vector<float>(); }
 
 nn::GPTConfig tiny_gpt(int64_t layers, double dropout) {
   nn::GPTConfig cfg;

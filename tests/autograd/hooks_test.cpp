@@ -9,14 +9,9 @@ namespace headroom {
 namespace {
 
 using testing::rand_f64;
+using testing::tokens;
 
 std::vector<double> values(const Tensor& t) { return t.to(DType::f64).to_vector<double>(); }
-
-Tensor tokens(const Shape& shape, int64_t vocab, uint64_t seed) {
-  std::vector<int64_t> v(static_cast<size_t>(shape_numel(shape)));
-  for (size_t i = 0; i < v.size(); ++i) v[i] = static_cast<int64_t>((i * 7919 + seed * 104729) % static_cast<uint64_t>(vocab));
-  return Tensor::from_vector(v, shape, TensorOptions().dtype(DType::i64));
-}
 
 // A small net whose backward reads saved tensors of several ops.
 Tensor small_loss(const Tensor& x, const Tensor& w) { return (tanh(matmul(x, w)) * exp(x.sum({1}, true) * 0.1)).sum(); }
