@@ -56,6 +56,9 @@ struct Frame {
   struct Kept {
     const char* op;
     std::vector<Tensor> tensors;
+    size_t saved_before = 0;     // entries.size() when offered
+    std::vector<char> retagged;  // whether keeping it made it an activation
+    bool released = false;       // offered after the last save: no re-run reaches it
   };
   std::vector<Kept> kept_outputs;
 };
@@ -184,6 +187,34 @@ Tensor unpack_handle(const std::any& packed) {
   return h->recomputed;
 }
 
+// Note [selective checkpointing]: an output offered after the forward's last saved tensor is one
+// no re-run will ask for -- the re-run stops at that tensor's save -- so it is not kept past fn.
+// (The last linear of a GPT block: nothing after it saves anything, the block's output goes to
+// the next block, whose checkpoint keeps its own input.) This is why linear and conv2d save
+// their inputs before computing: their offer then comes after their own saves.
+void release_unneeded_outputs(Frame& f) {
+  for (auto it = f.kept_outputs.rbegin(); it != f.kept_outputs.rend() && it->saved_before == f.entries.size(); ++it) {
+    int64_t bytes = 0;
+    for (size_t i = 0; i < it->tensors.size(); ++i) {
+      const Tensor& t = it->tensors[i];
+      if (!t.defined()) continue;
+      bytes += bytes_of(t);
+      // Nothing saved it since (no save came after): it is what it was before it was kept.
+      if (it->retagged[i]) t.storage()->set_category(MemoryCategory::temporary);
+    }
+    it->tensors.clear();
+    it->released = true;
+    --stats.kept_outputs;
+    stats.kept_output_bytes -= bytes;
+    auto& per_op = stats.kept_by_op[it->op];
+    --per_op.first;
+    per_op.second -= bytes;
+    if (per_op.first == 0) stats.kept_by_op.erase(it->op);
+    ++stats.released_outputs;
+    stats.released_output_bytes += bytes;
+  }
+}
+
 std::vector<Tensor> call(const CheckpointFn& fn, const std::vector<Tensor>& inputs) {
   std::vector<Tensor> out = fn(inputs);
   bool any = false;
@@ -237,6 +268,7 @@ std::vector<Tensor> checkpoint(const CheckpointFn& fn, const std::vector<Tensor>
     out = call(fn, inputs);
   }
   if (!frame->entries.empty()) ++stats.segments;
+  release_unneeded_outputs(*frame);
   return out;
 }
 
@@ -270,6 +302,9 @@ bool replay_outputs(const char* op, std::initializer_list<Tensor*> outs) {
            "checkpoint: the recomputation is not what the forward computed: kept op output ", c.next, " came from '",
            k.op, "' in the forward but the recomputation ran '", op,
            "' there. The checkpointed function must run the same ops on the same shapes both times.");
+  // A re-run stops at the last saved tensor, before any op that offered after it.
+  HR_CHECK(!k.released, AutogradError, "checkpoint: the recomputation reached '", op,
+           "' past the last tensor the forward saved (internal error)");
   ++c.next;
   size_t i = 0;
   for (Tensor* out : outs) *out = k.tensors[i++];
@@ -282,11 +317,12 @@ void offer_outputs(const char* op, std::initializer_list<const Tensor*> outs) {
   Context& c = contexts.back();
   Frame& f = *c.frame;
   if (c.replaying || !f.keep_output || !f.keep_output(op)) return;
-  Frame::Kept k{op, {}};
+  Frame::Kept k{op, {}, f.entries.size(), {}, false};
   int64_t bytes = 0;
   for (const Tensor* t : outs) {
-    if (t->defined() && t->storage()->category() == MemoryCategory::temporary)
-      t->storage()->set_category(MemoryCategory::activation);
+    const bool retag = t->defined() && t->storage()->category() == MemoryCategory::temporary;
+    if (retag) t->storage()->set_category(MemoryCategory::activation);
+    k.retagged.push_back(retag ? 1 : 0);
     k.tensors.push_back(t->defined() ? t->detach() : Tensor());
     bytes += t->defined() ? bytes_of(*t) : 0;
   }
@@ -312,6 +348,9 @@ std::string describe(const CheckpointStats& st) {
     }
     s += ")";
   }
+  if (st.released_outputs > 0)
+    s += str_cat(", released ", st.released_outputs, " op output", st.released_outputs == 1 ? "" : "s",
+                 " no re-run needs (", format_bytes(st.released_output_bytes), ")");
   s += str_cat("; ", st.recomputations, " recomputation", st.recomputations == 1 ? "" : "s", " handed back ",
                st.recomputed, " tensors");
   if (st.replayed > 0) s += str_cat(" and skipped ", st.replayed, " kept ops");

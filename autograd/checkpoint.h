@@ -98,7 +98,10 @@ bool is_recomputing();
 // residual adds, the reshapes around attention -- while their activations are still dropped.
 // Each op still saves what it saves for backward, in the same order, so the saved-tensor indices
 // line up; a replay whose op or shapes differ from the forward's is the determinism check's
-// AutogradError. The default policy (selective_policy) keeps those three ops' outputs (Korthikanti
+// AutogradError. An output offered after the forward's last saved tensor is released when fn
+// returns: the re-run stops at that save and never reaches it (a GPT block's last linear without
+// dropout); linear and conv2d save their inputs before computing so that this can be seen. The
+// default policy (selective_policy) keeps those three ops' outputs (Korthikanti
 // et al. 2022: keep the matmuls, recompute what is cheap to recompute); the batched matmuls of
 // naive attention are not kept -- they make the [B, H, T, T] scores, the largest and cheapest
 // tensors, exactly what recomputation should drop.
@@ -123,6 +126,8 @@ struct CheckpointStats {
   int64_t recomputed = 0;         // tensors re-runs handed to backward
   int64_t kept_outputs = 0;       // op outputs a selective policy kept (Note [selective checkpointing])
   int64_t kept_output_bytes = 0;
+  int64_t released_outputs = 0;   // offered after the last saved tensor: not kept (no re-run needs them)
+  int64_t released_output_bytes = 0;
   int64_t replayed = 0;           // ops whose kernel a re-run skipped
   std::map<std::string, std::pair<int64_t, int64_t>> kept_by_op;  // op -> (outputs, bytes)
 };

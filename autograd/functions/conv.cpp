@@ -86,16 +86,19 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, const C
 
   Tensor xc = contiguous_raw(x), wc = contiguous_raw(weight);
   Tensor bc = bias.defined() ? contiguous_raw(bias) : bias;
+  const bool grad = needs_grad({x, weight, bias});
+  const bool gx = grad && x.requires_grad(), gw = grad && weight.requires_grad();
+  const bool gb = grad && bias.defined() && bias.requires_grad();
+  // Saved before the output exists, as linear does (Note [selective checkpointing]).
+  SavedTensor sx(gw ? xc : Tensor(), "conv2d"), sw(gx ? wc : Tensor(), "conv2d");
   Tensor out;
-  // A selective checkpoint's re-run takes the output its forward kept (Note [selective checkpointing]).
+  // A selective checkpoint's re-run takes the output its forward kept.
   if (!detail::replay_outputs("conv2d", {&out})) {
     out = Tensor::empty({x.size(0), O, OH, OW}, x.options());
     backend_for(x.device()).conv2d_forward(xc, wc, bc, out, p);
     detail::offer_outputs("conv2d", {&out});
   }
-  if (needs_grad({x, weight, bias})) {
-    const bool gx = x.requires_grad(), gw = weight.requires_grad(), gb = bias.defined() && bias.requires_grad();
-    SavedTensor sx(gw ? xc : Tensor(), "conv2d"), sw(gx ? wc : Tensor(), "conv2d");
+  if (grad) {
     Shape x_shape = x.shape(), w_shape = weight.shape();
     record("conv2d", out, {x, weight, bias}, [sx, sw, x_shape, w_shape, p, gx, gw, gb](const Tensor& g) -> std::vector<Tensor> {
       Tensor gc = contiguous_raw(g);

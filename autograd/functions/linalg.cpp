@@ -180,8 +180,14 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
 
   const int64_t rows = leading_numel(x);
   Tensor x2 = raw_reshape(x, {rows, in});
+  const bool grad = needs_grad({x, weight, bias});
+  const bool gx = grad && x.requires_grad(), gw = grad && weight.requires_grad();
+  const bool gb = grad && bias.defined() && bias.requires_grad();
+  // Saved before the output exists (they do not need it): a selective checkpoint then knows
+  // whether anything saved after this op needs its output (Note [selective checkpointing]).
+  SavedTensor sx(gw ? x2 : Tensor(), "linear"), sw(gx ? weight : Tensor(), "linear");
   Tensor out2;
-  // A selective checkpoint's re-run takes the output its forward kept (Note [selective checkpointing]).
+  // A selective checkpoint's re-run takes the output its forward kept.
   const bool replayed = detail::replay_outputs("linear", {&out2});
   if (!replayed) out2 = Tensor::empty({rows, out_features}, x.options());
   if (!replayed && out2.numel() > 0) {
@@ -199,9 +205,7 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
   Shape out_shape = x.shape();
   out_shape.back() = out_features;
   Tensor out = out2.as_strided(out_shape, contiguous_strides(out_shape), 0);
-  if (needs_grad({x, weight, bias})) {
-    const bool gx = x.requires_grad(), gw = weight.requires_grad(), gb = bias.defined() && bias.requires_grad();
-    SavedTensor sx(gw ? x2 : Tensor(), "linear"), sw(gx ? weight : Tensor(), "linear");
+  if (grad) {
     Shape x_shape = x.shape();
     record("linear", out, {x, weight, bias},
            [sx, sw, x_shape, rows, out_features, gx, gw, gb](const Tensor& g) -> std::vector<Tensor> {

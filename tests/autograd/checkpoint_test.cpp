@@ -85,6 +85,47 @@ TEST(Checkpoint, GptWithDropoutGivesBitIdenticalGradientsPerBlockAndSqrt) {
   }
 }
 
+
+// Without dropout nothing after a block's last linear (the MLP's c_proj) saves anything, so no
+// re-run would ask for its output: it is released when the block's forward returns instead of
+// being held until backward (Note [selective checkpointing]). With dropout its mask is saved
+// after it, and it is kept (the test above).
+TEST(Checkpoint, SelectiveReleasesOutputsNoRecomputationNeeds) {
+  const Result plain = gpt_step(nn::CheckpointMode::none, 0.0);
+  reset_checkpoint_stats();
+  const Result selective = gpt_step(nn::CheckpointMode::selective, 0.0);
+  const CheckpointStats sel = checkpoint_stats();
+  EXPECT_EQ(sel.kept_by_op.at("linear").first, 4 * 3);
+  EXPECT_EQ(sel.released_outputs, 4);
+  EXPECT_EQ(sel.released_output_bytes, 4 * (2 * 16 * 32 * 4));  // 4 x [B*T, C] f32
+  EXPECT_EQ(sel.replayed, sel.kept_outputs);
+  const std::string text = describe(sel);
+  EXPECT_NE(text.find("released 4 op outputs no re-run needs (16.0 KiB)"), std::string::npos) << text;
+  EXPECT_EQ(selective.loss, plain.loss);
+  for (size_t i = 0; i < plain.grads.size(); ++i) EXPECT_EQ(selective.grads[i], plain.grads[i]) << "parameter " << i;
+
+  // The smallest case: linear -> gelu -> linear. The first output is gelu's saved input (kept);
+  // the second is saved by nothing (released), and its memory is free once the caller drops it.
+  manual_seed(3);
+  Tensor x = Tensor::randn({8, 16}), w1 = Tensor::randn({32, 16}), w2 = Tensor::randn({16, 32});
+  w1.set_requires_grad(true);
+  w2.set_requires_grad(true);
+  auto fn = [&](const std::vector<Tensor>& in) -> std::vector<Tensor> {
+    return {linear(gelu(linear(in[0], w1, Tensor())), w2, Tensor())};
+  };
+  reset_checkpoint_stats();
+  Tensor y = checkpoint(fn, {x}, selective_checkpoint_options()).front();
+  EXPECT_EQ(checkpoint_stats().kept_outputs, 1);
+  EXPECT_EQ(checkpoint_stats().kept_output_bytes, 8 * 32 * 4);
+  EXPECT_EQ(checkpoint_stats().released_outputs, 1);
+  sum(y).backward();
+  const std::vector<float> g1 = f32_values(w1.grad()), g2 = f32_values(w2.grad());
+  w1.zero_grad();
+  w2.zero_grad();
+  sum(fn({x}).front()).backward();
+  EXPECT_EQ(f32_values(w1.grad()), g1);
+  EXPECT_EQ(f32_values(w2.grad()), g2);
+}
 TEST(Checkpoint, Bf16AutocastGivesBitIdenticalGradients) {
   const Result plain = gpt_step(nn::CheckpointMode::none, 0.1, true);
   for (nn::CheckpointMode mode : {nn::CheckpointMode::block, nn::CheckpointMode::selective}) {
