@@ -2,13 +2,14 @@
 //
 // One Backend per device kind, implemented in kernels/cpu and kernels/cuda. The functions in
 // autograd/functions compute shapes, dtypes and broadcasting, allocate outputs, and call these;
-// a backend only does the arithmetic. Contract for every method:
-//  - all tensors are on the backend's device (callers check and say which is not);
+// a backend only does the arithmetic. Contract for every op:
+//  - all tensors are on one device of the backend's kind (the op's entry point checks);
 //  - outputs are allocated by the caller with the right shape and dtype;
 //  - "written" outputs are overwritten (=); none is accumulated into unless a comment says so;
 //  - inputs may have any strides unless a comment asks for contiguous.
-// Adding an op means: a method here, two implementations, a function with its gradient in
-// autograd/functions, and tests. Note [op count] below keeps the enums and their tables in step.
+// The ops are one table (engine/op_table.h, Note [op table]); adding one means a line there, two
+// kernels, a function with its gradient in autograd/functions, and tests. Note [op count] below
+// keeps the enums and their tables in step.
 #pragma once
 
 #include <cstdint>
@@ -17,6 +18,7 @@
 #include "engine/device.h"
 #include "engine/memory.h"
 #include "engine/tensor.h"
+#include "engine/op_table.h"
 
 namespace headroom {
 
@@ -82,12 +84,14 @@ struct Pool2dParams {
 
 class Backend {
  public:
+  // `supported`: the ops this backend has kernels for (supports_op); calling another is a
+  // DeviceError that names it.
+  explicit Backend(OpSet supported = OpSet::all()) : supported_(supported) {}
   virtual ~Backend() = default;
   virtual DeviceType device_type() const = 0;
 
-  // ---- memory movement ----
-  // dst = src elementwise: same shape, any strides, dtypes may differ (a cast).
-  virtual void copy(const Tensor& dst, const Tensor& src) = 0;
+  // ======== The runtime part: host transfers, streams, events (not in the op table) ========
+
   // Contiguous bytes between this device and host memory, ordered on the device's current
   // stream. Blocking (non_blocking false): returns once the bytes have landed, whatever host
   // memory it is. non_blocking: the host memory is pinned (Tensor::empty_pinned) and the copy
@@ -97,13 +101,6 @@ class Backend {
                             bool non_blocking) = 0;
   virtual void copy_from_host(void* dst, const void* host_src, size_t nbytes, Device device,
                               bool non_blocking) = 0;
-  virtual void fill(const Tensor& out, double value) = 0;
-  // out (contiguous, 1-d) = start + i * step.
-  virtual void arange(const Tensor& out, double start, double step) = 0;
-  // out (contiguous) from Philox(seed), counters starting at offset (engine/rng.h):
-  // uniform in [0, 1), and standard normal by Box-Muller.
-  virtual void random_uniform(const Tensor& out, uint64_t seed, uint64_t offset) = 0;
-  virtual void random_normal(const Tensor& out, uint64_t seed, uint64_t offset) = 0;
 
   // ---- streams and events (engine/event.h) ----
   // The CPU runs everything in order as it is called, so these do nothing there; an event id
@@ -120,107 +117,103 @@ class Backend {
   // Milliseconds between two completed timing events.
   virtual double event_elapsed_ms(uint64_t start, uint64_t end) { return 0; }
 
+  // ======== The math: the ops of the table (engine/op_table.h, Note [op table]) ========
+  // Each is non-virtual: it checks its arguments once (devices, then the op's contract below)
+  // and calls the backend's impl_name.
+#define HEADROOM_OP_WRAPPER(name, params, args) void name params;
+  HEADROOM_OPS(HEADROOM_OP_WRAPPER)
+#undef HEADROOM_OP_WRAPPER
+
+  bool supports_op(OpId op) const { return supported_.contains(op); }
+
+  // The contracts (what each op's caller provides and its kernel does):
+  //
+  // ---- memory movement ----
+  // dst = src elementwise: same shape, any strides, dtypes may differ (a cast).
+  //   => copy
+  // out = value, any strides.
+  //   => fill
+  // out (contiguous, 1-d) = start + i * step.
+  //   => arange
+  // out (contiguous) from Philox(seed), counters starting at offset (engine/rng.h):
+  // uniform in [0, 1), and standard normal by Box-Muller.
+  //   => random_uniform, random_normal
+  //
   // ---- elementwise ----
   // Inputs are views already broadcast to out's shape (zero strides allowed) and of out's
   // dtype (for comparisons: of one common dtype, out bool). out may alias an input exactly.
-  virtual void unary(UnaryOp op, const Tensor& x, const Tensor& out) = 0;
-  virtual void binary(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& out) = 0;
+  //   => unary
+  //   => binary
   // out = cond ? a : b; cond bool, all broadcast to out's shape.
-  virtual void where(const Tensor& cond, const Tensor& a, const Tensor& b, const Tensor& out) = 0;
+  //   => where
 
   // ---- reductions ----
   // out has x's rank; a dim of out that is 1 where x's is not is reduced. argmax/argmin write
   // i64 indices along the single reduced dim; the others write x's dtype (accumulating in f32
   // or wider).
-  virtual void reduce(ReduceOp op, const Tensor& x, const Tensor& out) = 0;
+  //   => reduce
 
   // ---- linear algebra ----
   // out[b] = a[b] @ b[b] + beta * out[b]. a: [B, M, K], b: [B, K, N], any strides (a batch
   // stride of 0 broadcasts); out: [B, M, N] contiguous; one float dtype.
-  virtual void matmul(const Tensor& a, const Tensor& b, const Tensor& out, double beta) = 0;
+  //   => matmul
 
   // ---- convolution and pooling (NCHW, contiguous) ----
   // x: [N, C, H, W], w: [O, C / groups, KH, KW], bias: [O] or undefined, out: [N, O, OH, OW].
-  virtual void conv2d_forward(const Tensor& x, const Tensor& w, const Tensor& bias,
-                              const Tensor& out, const Conv2dParams& p) = 0;
-  virtual void conv2d_backward_input(const Tensor& dout, const Tensor& w, const Tensor& dx,
-                                     const Conv2dParams& p) = 0;
-  virtual void conv2d_backward_weight(const Tensor& dout, const Tensor& x, const Tensor& dw,
-                                      const Conv2dParams& p) = 0;
+  //   => conv2d_forward
+  //   => conv2d_backward_input
+  //   => conv2d_backward_weight
   // indices hold each maximum's offset within its window, kh * kernel_w + kw counted from the
   // window's corner (padding included): u8 when the window has at most 256 cells, else i32
   // (kernels/contract_checks.h pool_index_dtype) -- an eighth of an i64 plane position, and the
   // largest tensor max pooling keeps for backward under autocast. Padding never wins.
-  virtual void max_pool2d_forward(const Tensor& x, const Tensor& out, const Tensor& indices,
-                                  const Pool2dParams& p) = 0;
-  virtual void max_pool2d_backward(const Tensor& dout, const Tensor& indices, const Tensor& dx,
-                                   const Pool2dParams& p) = 0;
-  virtual void avg_pool2d_forward(const Tensor& x, const Tensor& out, const Pool2dParams& p) = 0;
-  virtual void avg_pool2d_backward(const Tensor& dout, const Tensor& dx, const Pool2dParams& p) = 0;
+  //   => max_pool2d_forward
+  //   => max_pool2d_backward
+  //   => avg_pool2d_forward
+  //   => avg_pool2d_backward
 
   // ---- normalisation and losses (contiguous) ----
   // Softmax (or log-softmax when log) along dim. Backward takes the forward's output y.
-  virtual void softmax_forward(const Tensor& x, const Tensor& y, int64_t dim, bool log) = 0;
-  virtual void softmax_backward(const Tensor& y, const Tensor& dy, const Tensor& dx, int64_t dim,
-                                bool log) = 0;
+  //   => softmax_forward
+  //   => softmax_backward
   // logits: [N, C], target: [N] i64 (a negative target is ignored: loss 0, gradient 0);
   // losses: [N] per-sample -log softmax(logits)[target]; lse: [N] logsumexp per row, in
   // statistics_dtype (Note [statistics dtype]).
   // Backward: dlogits = dlosses[n] * (softmax - onehot(target)).
-  virtual void cross_entropy_forward(const Tensor& logits, const Tensor& target,
-                                     const Tensor& losses, const Tensor& lse) = 0;
-  virtual void cross_entropy_backward(const Tensor& logits, const Tensor& target,
-                                      const Tensor& lse, const Tensor& dlosses,
-                                      const Tensor& dlogits) = 0;
+  //   => cross_entropy_forward
+  //   => cross_entropy_backward
   // x: [M, N] normalised over N; weight, bias: [N] or undefined; mean, rstd: [M] in
   // statistics_dtype.
-  virtual void layer_norm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias,
-                                  double eps, const Tensor& y, const Tensor& mean,
-                                  const Tensor& rstd) = 0;
+  //   => layer_norm_forward
   // dweight, dbias may be undefined (not needed).
-  virtual void layer_norm_backward(const Tensor& dy, const Tensor& x, const Tensor& weight,
-                                   const Tensor& mean, const Tensor& rstd, const Tensor& dx,
-                                   const Tensor& dweight, const Tensor& dbias) = 0;
+  //   => layer_norm_backward
   // x: [N, C, S]; statistics per channel C. Training: batch statistics, saved in save_mean and
   // save_invstd ([C] in statistics_dtype), and running_mean/var (if defined) updated with momentum using the
   // unbiased variance. Eval: running statistics, saved likewise for backward.
-  virtual void batch_norm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias,
-                                  const Tensor& running_mean, const Tensor& running_var,
-                                  bool training, double momentum, double eps, const Tensor& y,
-                                  const Tensor& save_mean, const Tensor& save_invstd) = 0;
-  virtual void batch_norm_backward(const Tensor& dy, const Tensor& x, const Tensor& weight,
-                                   const Tensor& save_mean, const Tensor& save_invstd,
-                                   bool training, const Tensor& dx, const Tensor& dweight,
-                                   const Tensor& dbias) = 0;
+  //   => batch_norm_forward
+  //   => batch_norm_backward
   // x, y: [N, C, S] contiguous, one float dtype; C divisible by groups G; statistics per (n, g)
   // over the C/G channels of group g and all S positions of sample n. weight, bias: [C] of any
   // float dtype and stride (f32 parameters with 16-bit data under autocast) or undefined (1 and
   // 0). save_mean, save_rstd: [N, G] contiguous in statistics_dtype, written for backward (rstd =
   // 1 / sqrt(biased var + eps)). Statistics and arithmetic in f32 or wider (f64 for f64 data)
   // from 16-bit data; y in the data's dtype: y = (x - mean) * rstd * weight + bias. Written (=).
-  virtual void group_norm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t groups,
-                                  double eps, const Tensor& y, const Tensor& save_mean,
-                                  const Tensor& save_rstd) = 0;
+  //   => group_norm_forward
   // With xhat = (x - mean) * rstd, g = dy * weight and m = C/G * S values per (n, g):
   //   dx = rstd * (g - mean_(n,g)(g) - xhat * mean_(n,g)(g * xhat))
   //   dweight[c] = sum_(n,s)(dy * xhat), dbias[c] = sum_(n,s)(dy)   (deterministic order)
   // dy, dx like x; dx, dweight, dbias (any float dtype and stride, [C]) may each be undefined
   // (not wanted); all written (=), never accumulated.
-  virtual void group_norm_backward(const Tensor& dy, const Tensor& x, const Tensor& weight,
-                                   const Tensor& save_mean, const Tensor& save_rstd, int64_t groups,
-                                   const Tensor& dx, const Tensor& dweight, const Tensor& dbias) = 0;
+  //   => group_norm_backward
 
   // ---- attention (fused: memory linear in T) ----
   // q, k, v, out: [B, H, T, D] contiguous, one float dtype; lse: [B, H, T] in statistics_dtype, the
   // log-sum-exp of each query's scaled scores, written for backward. out = softmax(scale q k^T
   // (+ causal mask: query t sees keys 0..t)) v, computed block by block with an online softmax
   // so that no T x T matrix is ever held.
-  virtual void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
-                                 const Tensor& lse, double scale, bool causal) = 0;
+  //   => attention_forward
   // Recomputes the scores block by block from q, k, v and lse; dq, dk, dv written (=).
-  virtual void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
-                                  const Tensor& dout, const Tensor& lse, const Tensor& dq, const Tensor& dk,
-                                  const Tensor& dv, double scale, bool causal) = 0;
+  //   => attention_backward
 
   // ---- optimizer updates (in place; p, g and the state contiguous, one float dtype and shape) ----
   // One pass over each parameter instead of a dozen elementwise ops and their temporaries,
@@ -228,27 +221,39 @@ class Backend {
   // arithmetic is done on the scalars in it (Note [optimizer step constants]).
   // SGD: d = g + weight_decay p; with momentum: buf = first ? d : momentum buf + d, then
   // d = nesterov ? d + momentum buf : buf (buf undefined when momentum == 0); p -= lr d.
-  virtual void sgd_update(const Tensor& p, const Tensor& g, const Tensor& buf, bool first, double lr,
-                          double momentum, double weight_decay, bool nesterov) = 0;
+  //   => sgd_update
   // Adam / AdamW with the constants of AdamStep: w = decay p; d = g + l2 w;
   // m = beta1 m + one_minus_beta1 d; v = beta2 v + one_minus_beta2 (d d);
   // p = w - (m / (sqrt(v) inv_sqrt_bc2 + eps)) step_size, in the generic path's order.
-  virtual void adam_update(const Tensor& p, const Tensor& g, const Tensor& m, const Tensor& v,
-                           const AdamStep& step) = 0;
+  //   => adam_update
 
   // ---- mixed precision (optim/grad_scaler.h) ----
   // One pass over all of a step's gradients on this device: each g (contiguous, any float
   // dtype; the list may mix dtypes) is multiplied in place by inv_scale (=), and found_inf (an
   // f32 [1] on this device) is set to 1 when any scaled element is inf or NaN. found_inf is
   // only ever set, never cleared: the caller zeroes it once per step.
-  virtual void unscale_and_check(const std::vector<Tensor>& grads, double inv_scale, const Tensor& found_inf) = 0;
+  //   => unscale_and_check
 
   // ---- indexing ----
   // out = x gathered along dim at index (i64, 1-d). Throws ValueError on an index out of range.
-  virtual void index_select(const Tensor& x, int64_t dim, const Tensor& index, const Tensor& out) = 0;
+  //   => index_select
   // out[.., index[i], ..] += src[.., i, ..] along dim (accumulates; repeated indices add up).
-  virtual void index_add(const Tensor& out, int64_t dim, const Tensor& index, const Tensor& src) = 0;
+  //   => index_add
+
+ protected:
+  // The kernels. A backend overrides those it supports (HEADROOM_OP_OVERRIDES declares them
+  // all); the defaults throw DeviceError.
+#define HEADROOM_OP_IMPL(name, params, args) virtual void impl_##name params;
+  HEADROOM_OPS(HEADROOM_OP_IMPL)
+#undef HEADROOM_OP_IMPL
+
+ private:
+  OpSet supported_;
 };
+
+// In a backend's class: declares an override of every op's kernel.
+#define HEADROOM_OP_OVERRIDE(name, params, args) void impl_##name params override;
+#define HEADROOM_OP_OVERRIDES HEADROOM_OPS(HEADROOM_OP_OVERRIDE)
 
 // Whether CPU kernels flush denormal floats to zero (Note [denormals] in kernels/cpu/denormal.h).
 // On by default; returns the previous setting.

@@ -8,6 +8,8 @@ namespace headroom {
 
 enum class DeviceType : uint8_t { cpu, cuda };
 inline constexpr int kNumDeviceTypes = 2;
+// "cpu", "cuda".
+inline const char* device_type_name(DeviceType type) { return type == DeviceType::cpu ? "cpu" : "cuda"; }
 
 struct Device {
   DeviceType type = DeviceType::cpu;

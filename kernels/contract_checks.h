@@ -1,7 +1,10 @@
-// Host-side pieces both backends share: how a strided matrix maps onto a BLAS operand, and the
-// argument checks of the conv2d, max-pooling, group-norm, softmax, cross-entropy, index and fused attention contracts (engine/backend.h). Plain C++, no device
-// code: kernels/cpu and kernels/cuda include it so that the two implementations of one op read
-// their operands the same way and refuse the same inputs with the same messages.
+// Host-side pieces both backends share: how a strided matrix maps onto a BLAS operand, the
+// argument checks of the conv2d, pooling, group-norm, softmax, cross-entropy, index and fused
+// attention contracts (engine/backend.h), and the problem sizes a kernel reads off arguments
+// that passed them. Plain C++, no device code. The checks run once, in the op's entry point
+// (engine/op_table.cpp, Note [op table]); a kernel takes only the sizes (conv_shape,
+// pool_shape, group_norm_geometry, attention_geometry), so that both backends read their
+// operands the same way and neither checks again.
 #pragma once
 
 #include <algorithm>
@@ -145,6 +148,17 @@ struct ConvShape {
   int64_t G, Cg, Og;   // groups, channels per group in and out
 };
 
+// The sizes of conv2d operands that passed check_conv2d.
+inline ConvShape conv_shape(const Tensor& x, const Tensor& w, const Tensor& out, const Conv2dParams& p) {
+  ConvShape g{};
+  g.N = x.size(0), g.C = x.size(1), g.H = x.size(2), g.W = x.size(3);
+  g.O = w.size(0), g.KH = w.size(2), g.KW = w.size(3);
+  g.OH = out.size(2), g.OW = out.size(3);
+  g.G = p.groups;
+  g.Cg = g.C / g.G, g.Og = g.O / g.G;
+  return g;
+}
+
 // Checks conv2d's operands (4-d, contiguous, one dtype, channels that fit the groups, stride,
 // padding and dilation in range, the output's size) for x, w, out -- or dx, w, dout and x, dw,
 // dout in the backward passes, which share the forward's shapes.
@@ -156,14 +170,11 @@ inline ConvShape check_conv2d(const char* op, const Tensor& x, const Tensor& w, 
            ": input, weight and output must be contiguous");
   HR_CHECK(x.dtype() == w.dtype() && x.dtype() == out.dtype(), DTypeError, op, ": dtypes differ: input ",
            describe(x), ", weight ", describe(w), ", output ", describe(out));
-  ConvShape g{};
-  g.N = x.size(0), g.C = x.size(1), g.H = x.size(2), g.W = x.size(3);
-  g.O = w.size(0), g.KH = w.size(2), g.KW = w.size(3);
-  g.OH = out.size(2), g.OW = out.size(3);
-  g.G = p.groups;
-  HR_CHECK(g.G >= 1 && g.C % g.G == 0 && g.O % g.G == 0 && w.size(1) * g.G == g.C, ShapeError, op, ": input ",
-           shape_str(x.shape()), " and weight ", shape_str(w.shape()), " do not fit groups=", g.G);
-  g.Cg = g.C / g.G, g.Og = g.O / g.G;
+  HR_CHECK(p.groups >= 1 && x.size(1) % p.groups == 0 && w.size(0) % p.groups == 0 &&
+               w.size(1) * p.groups == x.size(1),
+           ShapeError, op, ": input ", shape_str(x.shape()), " and weight ", shape_str(w.shape()),
+           " do not fit groups=", p.groups);
+  const ConvShape g = conv_shape(x, w, out, p);
   HR_CHECK(p.stride_h >= 1 && p.stride_w >= 1 && p.dilation_h >= 1 && p.dilation_w >= 1 && p.pad_h >= 0 &&
                p.pad_w >= 0,
            ValueError, op, ": bad stride, padding or dilation");
@@ -181,6 +192,11 @@ struct PoolShape {
   int64_t planes, H, W, OH, OW;
 };
 
+// The sizes of pooling operands that passed check_pool2d (x and out, or dx and dout).
+inline PoolShape pool_shape(const Tensor& x, const Tensor& out) {
+  return {x.size(0) * x.size(1), x.size(2), x.size(3), out.size(2), out.size(3)};
+}
+
 // Checks a pooling's input and output (4-d, contiguous), its parameters (kernel, stride >= 1,
 // padding at most half the kernel) and the output's size -- or dx and dout in backward.
 inline PoolShape check_pool2d(const char* op, const Tensor& x, const Tensor& out, const Pool2dParams& p) {
@@ -191,7 +207,8 @@ inline PoolShape check_pool2d(const char* op, const Tensor& x, const Tensor& out
                p.pad_w >= 0 && 2 * p.pad_h <= p.kernel_h && 2 * p.pad_w <= p.kernel_w,
            ValueError, op, ": bad kernel (", p.kernel_h, ", ", p.kernel_w, "), stride (", p.stride_h, ", ",
            p.stride_w, ") or padding (", p.pad_h, ", ", p.pad_w, ")");
-  const PoolShape g{x.size(0) * x.size(1), x.size(2), x.size(3), out.size(2), out.size(3)};
+  HR_CHECK(x.dtype() == out.dtype(), DTypeError, op, ": ", describe(x), " and ", describe(out), " differ in dtype");
+  const PoolShape g = pool_shape(x, out);
   const int64_t span_h = g.H + 2 * p.pad_h - p.kernel_h, span_w = g.W + 2 * p.pad_w - p.kernel_w;
   const int64_t oh = span_h < 0 ? 0 : span_h / p.stride_h + 1, ow = span_w < 0 ? 0 : span_w / p.stride_w + 1;
   HR_CHECK(out.size(0) == x.size(0) && out.size(1) == x.size(1) && g.OH == oh && g.OW == ow, ShapeError, op,
@@ -224,6 +241,11 @@ inline void check_pool_indices(const char* op, const Tensor& indices, const Tens
 struct GroupNormGeometry {
   int64_t n = 0, c = 0, s = 0, g = 0, cg = 0;  // cg: channels per group
 };
+
+// The sizes of group_norm operands that passed the checks below.
+inline GroupNormGeometry group_norm_geometry(const Tensor& x, int64_t groups) {
+  return {x.size(0), x.size(1), x.size(2), groups, x.size(1) / groups};
+}
 
 namespace detail {
 inline void check_like_x(const char* op, const Tensor& t, const Tensor& x, const char* what) {
@@ -286,6 +308,9 @@ inline GroupNormGeometry check_group_norm_backward(const char* op, const Tensor&
 struct AttnGeometry {
   int64_t bh = 0, t = 0, d = 0;
 };
+
+// The size of attention operands that passed check_attention.
+inline AttnGeometry attention_geometry(const Tensor& q) { return {q.size(0) * q.size(1), q.size(2), q.size(3)}; }
 
 // Checks the attention contract: q [B, H, T, D] and every tensor in `others` of q's shape and
 // dtype, all contiguous; lse a contiguous [B, H, T] of statistics_dtype (f32; f64 for f64 q).

@@ -14,15 +14,9 @@
 
 namespace headroom::cpu {
 
-void CpuBackend::unscale_and_check(const std::vector<Tensor>& grads, double inv_scale, const Tensor& found_inf) {
+void CpuBackend::impl_unscale_and_check(const std::vector<Tensor>& grads, double inv_scale, const Tensor& found_inf) {
   const char* op = "unscale_and_check";
-  HR_CHECK(found_inf.defined() && found_inf.dtype() == DType::f32 && found_inf.numel() == 1, ValueError, op,
-           ": found_inf must be an f32 tensor of one element, got ",
-           found_inf.defined() ? describe(found_inf) : std::string("undefined"));
-  for (size_t i = 0; i < grads.size(); ++i)
-    HR_CHECK(grads[i].defined() && grads[i].is_contiguous() && is_floating(grads[i].dtype()), ValueError, op,
-             ": gradient ", i, " must be a contiguous float tensor, got ",
-             grads[i].defined() ? describe(grads[i]) : std::string("undefined"));
+  // The arguments are checked by Backend::unscale_and_check (Note [op table]).
   std::atomic<bool> found{false};
   for (const Tensor& g : grads) {
     if (g.numel() == 0) continue;

@@ -42,7 +42,7 @@ constexpr int64_t kBlockQ = 64;
 constexpr int64_t kBlockK = 64;
 
 using kernels::AttnGeometry;
-using kernels::check_attention;
+using kernels::attention_geometry;
 
 // Maps unit u of n_bh * n_blocks to (b*h, block), zig-zagging the blocks of each (b*h) so that
 // neighbouring units alternate cheap and expensive blocks.
@@ -311,10 +311,10 @@ void backward_impl(const T* q, const T* k, const T* v, const T* out, const T* do
 
 }  // namespace
 
-void CpuBackend::attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
+void CpuBackend::impl_attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
                                    const Tensor& lse, double scale, bool causal) {
   const char* op = "attention_forward";
-  const AttnGeometry g = check_attention(op, q, {{k, "k"}, {v, "v"}, {out, "out"}}, lse);
+  const AttnGeometry g = attention_geometry(q);  // checked by Backend::attention_forward
   if (lse.numel() == 0) return;  // (D == 0 runs through: every score 0, lse = log(keys seen))
   dispatch_float(q.dtype(), op, [&](auto tag) {
     using T = typename decltype(tag)::type;
@@ -322,12 +322,11 @@ void CpuBackend::attention_forward(const Tensor& q, const Tensor& k, const Tenso
   });
 }
 
-void CpuBackend::attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
+void CpuBackend::impl_attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
                                     const Tensor& dout, const Tensor& lse, const Tensor& dq, const Tensor& dk,
                                     const Tensor& dv, double scale, bool causal) {
   const char* op = "attention_backward";
-  const AttnGeometry g = check_attention(
-      op, q, {{k, "k"}, {v, "v"}, {out, "out"}, {dout, "dout"}, {dq, "dq"}, {dk, "dk"}, {dv, "dv"}}, lse);
+  const AttnGeometry g = attention_geometry(q);  // checked by Backend::attention_backward
   if (q.numel() == 0) return;
   dispatch_float(q.dtype(), op, [&](auto tag) {
     using T = typename decltype(tag)::type;

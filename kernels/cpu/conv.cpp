@@ -36,7 +36,7 @@ struct ConvGeom : kernels::ConvShape {
 
 ConvGeom geometry(const char* op, const Tensor& x, const Tensor& w, const Tensor& out, const Conv2dParams& p) {
   ConvGeom g{};
-  static_cast<kernels::ConvShape&>(g) = kernels::check_conv2d(op, x, w, out, p);
+  static_cast<kernels::ConvShape&>(g) = kernels::conv_shape(x, w, out, p);  // checked by Backend
   g.sh = p.stride_h, g.sw = p.stride_w, g.ph = p.pad_h, g.pw = p.pad_w, g.dh = p.dilation_h, g.dw = p.dilation_w;
   g.CKK = g.Cg * g.KH * g.KW;
   g.OHW = g.OH * g.OW;
@@ -245,7 +245,7 @@ Tensor empty_f32(const Tensor& like) {
 
 }  // namespace
 
-void CpuBackend::conv2d_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& out,
+void CpuBackend::impl_conv2d_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& out,
                                 const Conv2dParams& p) {
   const ConvGeom g = geometry("cpu conv2d_forward", x, w, out, p);
   HR_CHECK(!bias.defined() || (bias.dim() == 1 && bias.size(0) == g.O && bias.dtype() == out.dtype()), ShapeError,
@@ -263,7 +263,7 @@ void CpuBackend::conv2d_forward(const Tensor& x, const Tensor& w, const Tensor& 
   });
 }
 
-void CpuBackend::conv2d_backward_input(const Tensor& dout, const Tensor& w, const Tensor& dx,
+void CpuBackend::impl_conv2d_backward_input(const Tensor& dout, const Tensor& w, const Tensor& dx,
                                        const Conv2dParams& p) {
   const ConvGeom g = geometry("cpu conv2d_backward_input", dx, w, dout, p);
   if (dx.numel() == 0) return;
@@ -283,7 +283,7 @@ void CpuBackend::conv2d_backward_input(const Tensor& dout, const Tensor& w, cons
   });
 }
 
-void CpuBackend::conv2d_backward_weight(const Tensor& dout, const Tensor& x, const Tensor& dw,
+void CpuBackend::impl_conv2d_backward_weight(const Tensor& dout, const Tensor& x, const Tensor& dw,
                                         const Conv2dParams& p) {
   const ConvGeom g = geometry("cpu conv2d_backward_weight", x, dw, dout, p);
   if (dw.numel() == 0) return;

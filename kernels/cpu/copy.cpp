@@ -21,7 +21,7 @@ inline To convert(From v) {
 }
 }  // namespace
 
-void CpuBackend::copy(const Tensor& dst, const Tensor& src) {
+void CpuBackend::impl_copy(const Tensor& dst, const Tensor& src) {
   if (dst.dtype() == src.dtype() && dst.is_contiguous() && src.is_contiguous()) {
     std::memcpy(dst.raw_data(), src.raw_data(), dst.nbytes());
     return;
@@ -51,7 +51,7 @@ void CpuBackend::copy_from_host(void* dst, const void* host_src, size_t nbytes, 
   std::memcpy(dst, host_src, nbytes);
 }
 
-void CpuBackend::fill(const Tensor& out, double value) {
+void CpuBackend::impl_fill(const Tensor& out, double value) {
   StridedLayout<1> layout({&out});
   dispatch_dtype(out.dtype(), [&](auto tag) {
     using T = typename decltype(tag)::type;
@@ -65,7 +65,7 @@ void CpuBackend::fill(const Tensor& out, double value) {
   });
 }
 
-void CpuBackend::arange(const Tensor& out, double start, double step) {
+void CpuBackend::impl_arange(const Tensor& out, double start, double step) {
   dispatch_dtype(out.dtype(), [&](auto tag) {
     using T = typename decltype(tag)::type;
     T* p = static_cast<T*>(out.raw_data());
@@ -73,7 +73,7 @@ void CpuBackend::arange(const Tensor& out, double start, double step) {
   });
 }
 
-void CpuBackend::random_uniform(const Tensor& out, uint64_t seed, uint64_t offset) {
+void CpuBackend::impl_random_uniform(const Tensor& out, uint64_t seed, uint64_t offset) {
   dispatch_float(out.dtype(), "rand", [&](auto tag) {
     using T = typename decltype(tag)::type;
     T* p = static_cast<T*>(out.raw_data());
@@ -83,7 +83,7 @@ void CpuBackend::random_uniform(const Tensor& out, uint64_t seed, uint64_t offse
   });
 }
 
-void CpuBackend::random_normal(const Tensor& out, uint64_t seed, uint64_t offset) {
+void CpuBackend::impl_random_normal(const Tensor& out, uint64_t seed, uint64_t offset) {
   dispatch_float(out.dtype(), "randn", [&](auto tag) {
     using T = typename decltype(tag)::type;
     T* p = static_cast<T*>(out.raw_data());

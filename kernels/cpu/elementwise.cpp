@@ -132,9 +132,7 @@ void with_binary_op(BinaryOp op, F&& f) {
 
 }  // namespace
 
-void CpuBackend::unary(UnaryOp op, const Tensor& x, const Tensor& out) {
-  HR_CHECK(x.dtype() == out.dtype(), DTypeError, "unary ", unary_op_name(op), ": input is ",
-           dtype_name(x.dtype()), " but output is ", dtype_name(out.dtype()));
+void CpuBackend::impl_unary(UnaryOp op, const Tensor& x, const Tensor& out) {
   StridedLayout<2> layout({&out, &x});
   dispatch_dtype(x.dtype(), [&](auto tag) {
     using T = typename decltype(tag)::type;
@@ -164,13 +162,8 @@ void CpuBackend::unary(UnaryOp op, const Tensor& x, const Tensor& out) {
   });
 }
 
-void CpuBackend::binary(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& out) {
-  HR_CHECK(a.dtype() == b.dtype(), DTypeError, "binary ", binary_op_name(op), ": operands are ",
-           dtype_name(a.dtype()), " and ", dtype_name(b.dtype()));
+void CpuBackend::impl_binary(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& out) {
   StridedLayout<3> layout({&out, &a, &b});
-  HR_CHECK(is_comparison(op) ? out.dtype() == DType::boolean : out.dtype() == a.dtype(), DTypeError, "binary ",
-           binary_op_name(op), ": output dtype ", dtype_name(out.dtype()), " does not fit inputs of ",
-           dtype_name(a.dtype()));
   dispatch_dtype(a.dtype(), [&](auto tag) {
     using T = typename decltype(tag)::type;
     using C = acc_t<T>;
@@ -207,11 +200,7 @@ void CpuBackend::binary(BinaryOp op, const Tensor& a, const Tensor& b, const Ten
   });
 }
 
-void CpuBackend::where(const Tensor& cond, const Tensor& a, const Tensor& b, const Tensor& out) {
-  HR_CHECK(cond.dtype() == DType::boolean, DTypeError, "where: condition must be bool, got ",
-           dtype_name(cond.dtype()));
-  HR_CHECK(a.dtype() == out.dtype() && b.dtype() == out.dtype(), DTypeError, "where: operands are ",
-           dtype_name(a.dtype()), " and ", dtype_name(b.dtype()), ", output ", dtype_name(out.dtype()));
+void CpuBackend::impl_where(const Tensor& cond, const Tensor& a, const Tensor& b, const Tensor& out) {
   StridedLayout<4> layout({&out, &cond, &a, &b});
   dispatch_dtype(out.dtype(), [&](auto tag) {
     using T = typename decltype(tag)::type;

@@ -55,10 +55,10 @@ void write_param(const Tensor& t, const std::vector<double>& v, const char* op) 
 
 }  // namespace
 
-void CpuBackend::group_norm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t groups,
+void CpuBackend::impl_group_norm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t groups,
                                     double eps, const Tensor& y, const Tensor& save_mean, const Tensor& save_rstd) {
   const char* op = "group_norm";
-  const GroupNormGeometry g = kernels::check_group_norm_forward(op, x, weight, bias, groups, y, save_mean, save_rstd);
+  const GroupNormGeometry g = kernels::group_norm_geometry(x, groups);  // checked by Backend::group_norm_forward
   const std::vector<double> w = read_param(weight, g.c, 1.0, op);
   const std::vector<double> bv = read_param(bias, g.c, 0.0, op);
   const int64_t rows = g.n * g.g, m = g.cg * g.s;
@@ -100,12 +100,11 @@ void CpuBackend::group_norm_forward(const Tensor& x, const Tensor& weight, const
   });
 }
 
-void CpuBackend::group_norm_backward(const Tensor& dy, const Tensor& x, const Tensor& weight, const Tensor& save_mean,
+void CpuBackend::impl_group_norm_backward(const Tensor& dy, const Tensor& x, const Tensor& weight, const Tensor& save_mean,
                                      const Tensor& save_rstd, int64_t groups, const Tensor& dx, const Tensor& dweight,
                                      const Tensor& dbias) {
   const char* op = "group_norm backward";
-  const GroupNormGeometry g =
-      kernels::check_group_norm_backward(op, dy, x, weight, save_mean, save_rstd, groups, dx, dweight, dbias);
+  const GroupNormGeometry g = kernels::group_norm_geometry(x, groups);  // checked by Backend::group_norm_backward
   const std::vector<double> w = read_param(weight, g.c, 1.0, op);
   const int64_t planes = g.n * g.c, m = g.cg * g.s;
   std::vector<double> dw(static_cast<size_t>(g.c), 0.0), db(static_cast<size_t>(g.c), 0.0);

@@ -186,9 +186,9 @@ void scatter_add(const Tensor& out, int64_t dim, const std::vector<int64_t>& idx
 
 }  // namespace
 
-void CpuBackend::index_select(const Tensor& x, int64_t dim, const Tensor& index, const Tensor& out) {
+void CpuBackend::impl_index_select(const Tensor& x, int64_t dim, const Tensor& index, const Tensor& out) {
   const char* op = "index_select";
-  const int64_t d = kernels::check_index_select(op, x, dim, index, out);
+  const int64_t d = wrap_dim(dim, x.dim(), op);  // checked by Backend::index_select
   const std::vector<int64_t> idx = checked_index(op, index, x.size(d), d, x);
   if (out.numel() == 0) return;
   switch (dtype_size(x.dtype())) {
@@ -200,9 +200,9 @@ void CpuBackend::index_select(const Tensor& x, int64_t dim, const Tensor& index,
   }
 }
 
-void CpuBackend::index_add(const Tensor& out, int64_t dim, const Tensor& index, const Tensor& src) {
+void CpuBackend::impl_index_add(const Tensor& out, int64_t dim, const Tensor& index, const Tensor& src) {
   const char* op = "index_add";
-  const int64_t d = kernels::check_index_add(op, out, dim, index, src);
+  const int64_t d = wrap_dim(dim, out.dim(), op);  // checked by Backend::index_add
   const std::vector<int64_t> idx = checked_index(op, index, out.size(d), d, out);
   if (src.numel() == 0) return;
   dispatch_dtype(out.dtype(), [&](auto tag) {

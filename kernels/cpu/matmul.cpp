@@ -118,18 +118,9 @@ void matmul_blas(Backend& be, Tensor a, Tensor b, const Tensor& out, T beta) {
 
 }  // namespace
 
-void CpuBackend::matmul(const Tensor& a, const Tensor& b, const Tensor& out, double beta) {
-  HR_CHECK(a.dim() == 3 && b.dim() == 3 && out.dim() == 3, ShapeError,
-           "cpu matmul: expected 3-d [B, M, K] @ [B, K, N] -> [B, M, N], got ", shape_str(a.shape()), " @ ",
-           shape_str(b.shape()), " -> ", shape_str(out.shape()));
-  const int64_t B = out.size(0), M = out.size(1), N = out.size(2);
-  HR_CHECK(a.size(0) == B && b.size(0) == B && a.size(1) == M && b.size(2) == N && a.size(2) == b.size(1),
-           ShapeError, "cpu matmul: cannot multiply ", shape_str(a.shape()), " by ", shape_str(b.shape()),
-           " into ", shape_str(out.shape()));
-  HR_CHECK(a.dtype() == out.dtype() && b.dtype() == out.dtype(), DTypeError, "cpu matmul: dtypes differ: ",
-           describe(a), " @ ", describe(b), " -> ", describe(out));
-  HR_CHECK(out.is_contiguous(), ValueError, "cpu matmul: output must be contiguous, got strides ",
-           shape_str(out.strides()));
+void CpuBackend::impl_matmul(const Tensor& a, const Tensor& b, const Tensor& out, double beta) {
+  // Shapes, dtypes and the output's layout are checked by Backend::matmul (Note [op table]).
+  const int64_t B = out.size(0);
   dispatch_float(out.dtype(), "cpu matmul", [&](auto tag) {
     using T = typename decltype(tag)::type;
     if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) {

@@ -74,7 +74,7 @@ void check_like(const Tensor& t, const Tensor& x, const char* op, const char* wh
 
 // ---- layer norm ----
 
-void CpuBackend::layer_norm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps,
+void CpuBackend::impl_layer_norm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps,
                                     const Tensor& y, const Tensor& mean, const Tensor& rstd) {
   const char* op = "layer_norm";
   HR_CHECK(x.dim() == 2 && x.is_contiguous(), ValueError, op, ": x must be a contiguous [M, N], got ", describe(x));
@@ -126,7 +126,7 @@ void CpuBackend::layer_norm_forward(const Tensor& x, const Tensor& weight, const
 // With xhat = (x - mean) * rstd and g = dy * weight:
 //   dx = rstd * (g - mean_j(g) - xhat * mean_j(g * xhat))
 //   dweight = sum_rows(dy * xhat), dbias = sum_rows(dy)
-void CpuBackend::layer_norm_backward(const Tensor& dy, const Tensor& x, const Tensor& weight, const Tensor& mean,
+void CpuBackend::impl_layer_norm_backward(const Tensor& dy, const Tensor& x, const Tensor& weight, const Tensor& mean,
                                      const Tensor& rstd, const Tensor& dx, const Tensor& dweight,
                                      const Tensor& dbias) {
   const char* op = "layer_norm backward";
@@ -220,7 +220,7 @@ BatchGeometry batch_geometry(const Tensor& x, const char* op) {
 
 }  // namespace
 
-void CpuBackend::batch_norm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias,
+void CpuBackend::impl_batch_norm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias,
                                     const Tensor& running_mean, const Tensor& running_var, bool training,
                                     double momentum, double eps, const Tensor& y, const Tensor& save_mean,
                                     const Tensor& save_invstd) {
@@ -322,7 +322,7 @@ void CpuBackend::batch_norm_forward(const Tensor& x, const Tensor& weight, const
 //   dbias = sum(dy), dweight = sum(dy * xhat)
 //   training: dx = weight * invstd * (dy - dbias / count - xhat * dweight / count)
 //   eval:     dx = weight * invstd * dy (the statistics are constants)
-void CpuBackend::batch_norm_backward(const Tensor& dy, const Tensor& x, const Tensor& weight, const Tensor& save_mean,
+void CpuBackend::impl_batch_norm_backward(const Tensor& dy, const Tensor& x, const Tensor& weight, const Tensor& save_mean,
                                      const Tensor& save_invstd, bool training, const Tensor& dx,
                                      const Tensor& dweight, const Tensor& dbias) {
   const char* op = "batch_norm backward";

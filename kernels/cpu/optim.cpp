@@ -14,7 +14,7 @@
 
 namespace headroom::cpu {
 
-void CpuBackend::sgd_update(const Tensor& p, const Tensor& g, const Tensor& buf, bool first, double lr,
+void CpuBackend::impl_sgd_update(const Tensor& p, const Tensor& g, const Tensor& buf, bool first, double lr,
                             double momentum, double weight_decay, bool nesterov) {
   dispatch_float(p.dtype(), "sgd_update", [&](auto tag) {
     using T = typename decltype(tag)::type;
@@ -38,7 +38,7 @@ void CpuBackend::sgd_update(const Tensor& p, const Tensor& g, const Tensor& buf,
   });
 }
 
-void CpuBackend::adam_update(const Tensor& p, const Tensor& g, const Tensor& m, const Tensor& v,
+void CpuBackend::impl_adam_update(const Tensor& p, const Tensor& g, const Tensor& m, const Tensor& v,
                              const AdamStep& step) {
   dispatch_float(p.dtype(), "adam_update", [&](auto tag) {
     using T = typename decltype(tag)::type;

@@ -137,13 +137,10 @@ void max_pool_planes(const T* px, T* po, O* pi, const PoolGeom& g, const Pool2dP
 
 }  // namespace
 
-void CpuBackend::max_pool2d_forward(const Tensor& x, const Tensor& out, const Tensor& indices,
+void CpuBackend::impl_max_pool2d_forward(const Tensor& x, const Tensor& out, const Tensor& indices,
                                     const Pool2dParams& p) {
   const char* op = "cpu max_pool2d_forward";
-  const PoolGeom g = kernels::check_pool2d(op, x, out, p);
-  kernels::check_pool_indices(op, indices, out, p);
-  HR_CHECK(x.dtype() == out.dtype(), DTypeError, op, ": input ", describe(x), " and output ", describe(out),
-           " differ in dtype");
+  const PoolGeom g = kernels::pool_shape(x, out);  // checked by Backend::max_pool2d_forward
   if (out.numel() == 0) return;
   dispatch_float(x.dtype(), op, [&](auto tag) {
     using T = typename decltype(tag)::type;
@@ -162,13 +159,10 @@ void CpuBackend::max_pool2d_forward(const Tensor& x, const Tensor& out, const Te
   });
 }
 
-void CpuBackend::max_pool2d_backward(const Tensor& dout, const Tensor& indices, const Tensor& dx,
+void CpuBackend::impl_max_pool2d_backward(const Tensor& dout, const Tensor& indices, const Tensor& dx,
                                      const Pool2dParams& p) {
   const char* op = "cpu max_pool2d_backward";
-  const PoolGeom g = kernels::check_pool2d(op, dx, dout, p);
-  kernels::check_pool_indices(op, indices, dout, p);
-  HR_CHECK(dx.dtype() == dout.dtype(), DTypeError, op, ": dout ", describe(dout), " and dx ", describe(dx),
-           " differ in dtype");
+  const PoolGeom g = kernels::pool_shape(dx, dout);  // checked by Backend::max_pool2d_backward
   if (dx.numel() == 0) return;
   const int64_t HW = g.H * g.W, OHW = g.OH * g.OW, cells = p.kernel_h * p.kernel_w;
   std::atomic<bool> bad_found{false};
@@ -210,10 +204,8 @@ void CpuBackend::max_pool2d_backward(const Tensor& dout, const Tensor& indices, 
            " window (padding or outside it) in the ", g.H, "x", g.W, " plane");
 }
 
-void CpuBackend::avg_pool2d_forward(const Tensor& x, const Tensor& out, const Pool2dParams& p) {
-  const PoolGeom g = kernels::check_pool2d("cpu avg_pool2d_forward", x, out, p);
-  HR_CHECK(x.dtype() == out.dtype(), DTypeError, "cpu avg_pool2d_forward: input ", describe(x), " and output ",
-           describe(out), " differ in dtype");
+void CpuBackend::impl_avg_pool2d_forward(const Tensor& x, const Tensor& out, const Pool2dParams& p) {
+  const PoolGeom g = kernels::pool_shape(x, out);  // checked by Backend::avg_pool2d_forward
   if (out.numel() == 0) return;
   dispatch_float(x.dtype(), "cpu avg_pool2d_forward", [&](auto tag) {
     using T = typename decltype(tag)::type;
@@ -246,10 +238,8 @@ void CpuBackend::avg_pool2d_forward(const Tensor& x, const Tensor& out, const Po
   });
 }
 
-void CpuBackend::avg_pool2d_backward(const Tensor& dout, const Tensor& dx, const Pool2dParams& p) {
-  const PoolGeom g = kernels::check_pool2d("cpu avg_pool2d_backward", dx, dout, p);
-  HR_CHECK(dx.dtype() == dout.dtype(), DTypeError, "cpu avg_pool2d_backward: dout ", describe(dout), " and dx ",
-           describe(dx), " differ in dtype");
+void CpuBackend::impl_avg_pool2d_backward(const Tensor& dout, const Tensor& dx, const Pool2dParams& p) {
+  const PoolGeom g = kernels::pool_shape(dx, dout);  // checked by Backend::avg_pool2d_backward
   if (dx.numel() == 0) return;
   dispatch_float(dx.dtype(), "cpu avg_pool2d_backward", [&](auto tag) {
     using T = typename decltype(tag)::type;

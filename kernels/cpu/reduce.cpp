@@ -70,7 +70,7 @@ struct Accum {
 
 }  // namespace
 
-void CpuBackend::reduce(ReduceOp op, const Tensor& x, const Tensor& out) {
+void CpuBackend::impl_reduce(ReduceOp op, const Tensor& x, const Tensor& out) {
   const Shape& xs = x.shape();
   const Shape& os = out.shape();
   HR_CHECK(xs.size() == os.size(), ShapeError, "reduce ", reduce_op_name(op), ": input ", shape_str(xs),

@@ -23,10 +23,6 @@ namespace headroom::cpu {
 
 namespace {
 
-using kernels::check_cross_entropy;
-using kernels::check_cross_entropy_grads;
-using kernels::check_cross_entropy_losses;
-using kernels::check_same_layout;
 using kernels::softmax_geometry;
 using kernels::SoftmaxGeometry;
 
@@ -169,10 +165,9 @@ void check_targets(const char* op, const Tensor& logits, const Tensor& target) {
 
 }  // namespace
 
-void CpuBackend::softmax_forward(const Tensor& x, const Tensor& y, int64_t dim, bool log) {
+void CpuBackend::impl_softmax_forward(const Tensor& x, const Tensor& y, int64_t dim, bool log) {
   const char* op = log ? "log_softmax" : "softmax";
-  check_same_layout(op, x, "input", y, "output");
-  if (x.numel() == 0) return;
+  if (x.numel() == 0) return;  // (the layout is checked by Backend::softmax_forward)
   const SoftmaxGeometry g = softmax_geometry(x.shape(), x.dim() == 0 ? 0 : wrap_dim(dim, x.dim(), op));
   dispatch_float(x.dtype(), op, [&](auto tag) {
     using T = typename decltype(tag)::type;
@@ -180,11 +175,9 @@ void CpuBackend::softmax_forward(const Tensor& x, const Tensor& y, int64_t dim, 
   });
 }
 
-void CpuBackend::softmax_backward(const Tensor& y, const Tensor& dy, const Tensor& dx, int64_t dim, bool log) {
+void CpuBackend::impl_softmax_backward(const Tensor& y, const Tensor& dy, const Tensor& dx, int64_t dim, bool log) {
   const char* op = log ? "log_softmax backward" : "softmax backward";
-  check_same_layout(op, y, "output", dy, "output gradient");
-  check_same_layout(op, y, "output", dx, "input gradient");
-  if (y.numel() == 0) return;
+  if (y.numel() == 0) return;  // (the layout is checked by Backend::softmax_backward)
   const SoftmaxGeometry g = softmax_geometry(y.shape(), y.dim() == 0 ? 0 : wrap_dim(dim, y.dim(), op));
   dispatch_float(y.dtype(), op, [&](auto tag) {
     using T = typename decltype(tag)::type;
@@ -193,12 +186,10 @@ void CpuBackend::softmax_backward(const Tensor& y, const Tensor& dy, const Tenso
   });
 }
 
-void CpuBackend::cross_entropy_forward(const Tensor& logits, const Tensor& target, const Tensor& losses,
+void CpuBackend::impl_cross_entropy_forward(const Tensor& logits, const Tensor& target, const Tensor& losses,
                                        const Tensor& lse) {
   const char* op = "cross_entropy";
-  check_cross_entropy(op, logits, target, lse);
-  check_targets(op, logits, target);
-  check_cross_entropy_losses(op, logits, losses);
+  check_targets(op, logits, target);  // the values; the rest is checked by Backend::cross_entropy_forward
   const int64_t n = logits.size(0), c = logits.size(1);
   if (n == 0) return;
   const int64_t* t = static_cast<const int64_t*>(target.raw_data());
@@ -225,12 +216,10 @@ void CpuBackend::cross_entropy_forward(const Tensor& logits, const Tensor& targe
   });
 }
 
-void CpuBackend::cross_entropy_backward(const Tensor& logits, const Tensor& target, const Tensor& lse,
+void CpuBackend::impl_cross_entropy_backward(const Tensor& logits, const Tensor& target, const Tensor& lse,
                                         const Tensor& dlosses, const Tensor& dlogits) {
   const char* op = "cross_entropy backward";
-  check_cross_entropy(op, logits, target, lse);
-  check_targets(op, logits, target);
-  check_cross_entropy_grads(op, logits, dlosses, dlogits);
+  check_targets(op, logits, target);  // the values; the rest is checked by Backend::cross_entropy_backward
   const int64_t n = logits.size(0), c = logits.size(1);
   if (logits.numel() == 0) return;
   const int64_t* t = static_cast<const int64_t*>(target.raw_data());

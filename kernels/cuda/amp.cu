@@ -90,18 +90,13 @@ void unscale_impl(const KernelScope& scope, const std::vector<const Tensor*>& gr
 
 }  // namespace
 
-void CudaBackend::unscale_and_check(const std::vector<Tensor>& grads, double inv_scale, const Tensor& found_inf) {
+void CudaBackend::impl_unscale_and_check(const std::vector<Tensor>& grads, double inv_scale, const Tensor& found_inf) {
   const char* op = "cuda unscale_and_check";
-  HR_CHECK(found_inf.defined() && found_inf.dtype() == DType::f32 && found_inf.numel() == 1, ValueError, op,
-           ": found_inf must be an f32 tensor of one element, got ",
-           found_inf.defined() ? describe(found_inf) : std::string("undefined"));
+  // The arguments (and that all are on one device) are checked by Backend::unscale_and_check.
   // Grouped by dtype, order kept: one multi-tensor launch sequence per dtype present.
   std::vector<const Tensor*> by_dtype[4];
   for (size_t i = 0; i < grads.size(); ++i) {
     const Tensor& g = grads[i];
-    HR_CHECK(g.defined() && g.is_contiguous() && is_floating(g.dtype()) && g.device() == found_inf.device(),
-             ValueError, op, ": gradient ", i, " must be a contiguous float tensor on ", found_inf.device().str(),
-             ", got ", g.defined() ? describe(g) : std::string("undefined"));
     HR_CHECK(g.numel() / kChunk < (int64_t{1} << 31), ValueError, op, ": gradient ", i, " ", describe(g),
              " is too large");
     if (g.numel() == 0) continue;

@@ -422,10 +422,10 @@ __global__ void __launch_bounds__(kThreads)
 
 using kernels::AttnGeometry;
 
-// The contract's checks (kernels/contract_checks.h), then the limits of this kernel.
+// The contract's sizes (checked by Backend, Note [op table]), then the limits of this kernel.
 AttnGeometry check_attention(const char* op, const Tensor& q,
                              std::initializer_list<std::pair<Tensor, const char*>> others, const Tensor& lse) {
-  const AttnGeometry g = kernels::check_attention(op, q, others, lse);
+  const AttnGeometry g = kernels::attention_geometry(q);  // the contract is checked by Backend
   HR_CHECK(g.d <= kMaxHeadDim, ValueError, op, ": the cuda kernel supports head dims up to ", kMaxHeadDim,
            ", got D = ", g.d, " for q ", shape_str(q.shape()));
   HR_CHECK(g.bh <= std::numeric_limits<int32_t>::max() && g.t <= std::numeric_limits<int32_t>::max() / 2 &&
@@ -549,7 +549,7 @@ void backward_impl(const KernelScope& scope, const Tensor& q, const Tensor& k, c
 
 }  // namespace
 
-void CudaBackend::attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
+void CudaBackend::impl_attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
                                     const Tensor& lse, double scale, bool causal) {
   const char* op = "attention_forward";
   const AttnGeometry g = check_attention(op, q, {{k, "k"}, {v, "v"}, {out, "out"}}, lse);
@@ -560,7 +560,7 @@ void CudaBackend::attention_forward(const Tensor& q, const Tensor& k, const Tens
   });
 }
 
-void CudaBackend::attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
+void CudaBackend::impl_attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
                                      const Tensor& dout, const Tensor& lse, const Tensor& dq, const Tensor& dk,
                                      const Tensor& dv, double scale, bool causal) {
   const char* op = "attention_backward";

@@ -243,7 +243,7 @@ void backward_own(Backend& be, const KernelScope& scope, const BnGeom& g, const 
 
 }  // namespace
 
-void CudaBackend::batch_norm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias,
+void CudaBackend::impl_batch_norm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias,
                                      const Tensor& running_mean, const Tensor& running_var, bool training,
                                      double momentum, double eps, const Tensor& y, const Tensor& save_mean,
                                      const Tensor& save_invstd) {
@@ -276,7 +276,7 @@ void CudaBackend::batch_norm_forward(const Tensor& x, const Tensor& weight, cons
   }
 }
 
-void CudaBackend::batch_norm_backward(const Tensor& dy, const Tensor& x, const Tensor& weight,
+void CudaBackend::impl_batch_norm_backward(const Tensor& dy, const Tensor& x, const Tensor& weight,
                                       const Tensor& save_mean, const Tensor& save_invstd, bool training,
                                       const Tensor& dx, const Tensor& dweight, const Tensor& dbias) {
   const char* op = "cuda batch_norm backward";

@@ -62,10 +62,10 @@ struct ConvGeom : kernels::ConvShape {
 
 bool fits_int(int64_t v) { return v >= 0 && v <= INT_MAX; }
 
-// The contract's checks (kernels/contract_checks.h), plus cuDNN's 32-bit limits.
+// The contract's sizes (checked by Backend, Note [op table]), plus cuDNN's 32-bit limits.
 ConvGeom geometry(const char* op, const Tensor& x, const Tensor& w, const Tensor& out, const Conv2dParams& p) {
   ConvGeom g{};
-  static_cast<kernels::ConvShape&>(g) = kernels::check_conv2d(op, x, w, out, p);
+  static_cast<kernels::ConvShape&>(g) = kernels::conv_shape(x, w, out, p);  // checked by Backend
   g.p = p;
   HR_CHECK(fits_int(p.stride_h) && fits_int(p.stride_w) && fits_int(p.pad_h) && fits_int(p.pad_w) &&
                fits_int(p.dilation_h) && fits_int(p.dilation_w) && fits_int(g.G),
@@ -376,7 +376,7 @@ void clear_conv_algorithm_cache() {
   cache.map.clear();
 }
 
-void CudaBackend::conv2d_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& out,
+void CudaBackend::impl_conv2d_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& out,
                                  const Conv2dParams& p) {
   const char* op = "cuda conv2d_forward";
   const ConvGeom g = geometry(op, x, w, out, p);
@@ -402,7 +402,7 @@ void CudaBackend::conv2d_forward(const Tensor& x, const Tensor& w, const Tensor&
   if (bias.defined()) add_channel_bias(scope, out, bias);
 }
 
-void CudaBackend::conv2d_backward_input(const Tensor& dout, const Tensor& w, const Tensor& dx,
+void CudaBackend::impl_conv2d_backward_input(const Tensor& dout, const Tensor& w, const Tensor& dx,
                                         const Conv2dParams& p) {
   const char* op = "cuda conv2d_backward_input";
   const ConvGeom g = geometry(op, dx, w, dout, p);
@@ -425,7 +425,7 @@ void CudaBackend::conv2d_backward_input(const Tensor& dout, const Tensor& w, con
   }
 }
 
-void CudaBackend::conv2d_backward_weight(const Tensor& dout, const Tensor& x, const Tensor& dw,
+void CudaBackend::impl_conv2d_backward_weight(const Tensor& dout, const Tensor& x, const Tensor& dw,
                                          const Conv2dParams& p) {
   const char* op = "cuda conv2d_backward_weight";
   const ConvGeom g = geometry(op, x, dw, dout, p);

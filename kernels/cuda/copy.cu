@@ -189,17 +189,10 @@ void random_launch(const KernelScope& scope, const Tensor& out, uint64_t seed, u
   HR_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-void check_dense_output(const char* op, const Tensor& out) {
-  HR_CHECK(out.is_contiguous(), ValueError, op, ": the output must be contiguous; got shape ",
-           shape_str(out.shape()), " with strides ", shape_str(out.strides()), " (", dtype_name(out.dtype()),
-           ", cuda)");
-}
 
 }  // namespace
 
-void CudaBackend::copy(const Tensor& dst, const Tensor& src) {
-  HR_CHECK(dst.shape() == src.shape(), ShapeError, "copy: destination shape ", shape_str(dst.shape()),
-           " differs from source shape ", shape_str(src.shape()));
+void CudaBackend::impl_copy(const Tensor& dst, const Tensor& src) {
   if (dst.numel() == 0) return;
   KernelScope scope(dst, dst.dtype() == src.dtype() ? "copy" : "cast");
   if (dst.dtype() == src.dtype()) {
@@ -238,7 +231,7 @@ void CudaBackend::copy_from_host(void* dst, const void* host_src, size_t nbytes,
   if (!non_blocking) HR_CUDA_CHECK(cudaStreamSynchronize(scope.stream()));
 }
 
-void CudaBackend::fill(const Tensor& out, double value) {
+void CudaBackend::impl_fill(const Tensor& out, double value) {
   if (out.numel() == 0) return;
   KernelScope scope(out);
   // The value in out's dtype, converted on the host exactly as the CPU converts it.
@@ -267,25 +260,22 @@ void CudaBackend::fill(const Tensor& out, double value) {
   });
 }
 
-void CudaBackend::arange(const Tensor& out, double start, double step) {
+void CudaBackend::impl_arange(const Tensor& out, double start, double step) {
   if (out.numel() == 0) return;
-  check_dense_output("arange", out);
   KernelScope scope(out);
   dispatch_cuda(out.dtype(), [&](auto tag) { arange_launch<typename decltype(tag)::type>(scope, out, start, step); });
 }
 
-void CudaBackend::random_uniform(const Tensor& out, uint64_t seed, uint64_t offset) {
+void CudaBackend::impl_random_uniform(const Tensor& out, uint64_t seed, uint64_t offset) {
   if (out.numel() == 0) return;
-  check_dense_output("rand", out);
   KernelScope scope(out);
   dispatch_cuda_float(out.dtype(), "rand", [&](auto tag) {
     random_launch<typename decltype(tag)::type>(scope, out, seed, offset, /*normal=*/false);
   });
 }
 
-void CudaBackend::random_normal(const Tensor& out, uint64_t seed, uint64_t offset) {
+void CudaBackend::impl_random_normal(const Tensor& out, uint64_t seed, uint64_t offset) {
   if (out.numel() == 0) return;
-  check_dense_output("randn", out);
   KernelScope scope(out);
   dispatch_cuda_float(out.dtype(), "randn", [&](auto tag) {
     random_launch<typename decltype(tag)::type>(scope, out, seed, offset, /*normal=*/true);

@@ -19,10 +19,6 @@ namespace headroom::cuda {
 
 namespace {
 
-void check_same_shape(const char* op, const Tensor& out, const Tensor& in, const char* what) {
-  HR_CHECK(in.shape() == out.shape(), ShapeError, op, ": ", what, " has shape ", shape_str(in.shape()),
-           " but the output has ", shape_str(out.shape()), " (inputs come broadcast to the output's shape)");
-}
 
 // ---- unary ----
 
@@ -118,36 +114,19 @@ void where_launch(const KernelScope& scope, const Tensor& cond, const Tensor& a,
 
 }  // namespace
 
-void CudaBackend::unary(UnaryOp op, const Tensor& x, const Tensor& out) {
-  HR_CHECK(x.dtype() == out.dtype(), DTypeError, "unary ", unary_op_name(op), ": input is ", dtype_name(x.dtype()),
-           " but output is ", dtype_name(out.dtype()));
-  check_same_shape(unary_op_name(op), out, x, "the input");
+void CudaBackend::impl_unary(UnaryOp op, const Tensor& x, const Tensor& out) {
   if (out.numel() == 0) return;
   KernelScope scope(out, profile_name("unary", unary_op_name(op)));
   dispatch_cuda(x.dtype(), [&](auto tag) { unary_typed<typename decltype(tag)::type>(scope, op, x, out); });
 }
 
-void CudaBackend::binary(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& out) {
-  HR_CHECK(a.dtype() == b.dtype(), DTypeError, "binary ", binary_op_name(op), ": operands are ",
-           dtype_name(a.dtype()), " and ", dtype_name(b.dtype()));
-  HR_CHECK(is_comparison(op) ? out.dtype() == DType::boolean : out.dtype() == a.dtype(), DTypeError, "binary ",
-           binary_op_name(op), ": output dtype ", dtype_name(out.dtype()), " does not fit inputs of ",
-           dtype_name(a.dtype()));
-  check_same_shape(binary_op_name(op), out, a, "the first operand");
-  check_same_shape(binary_op_name(op), out, b, "the second operand");
+void CudaBackend::impl_binary(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& out) {
   if (out.numel() == 0) return;
   KernelScope scope(out, profile_name("binary", binary_op_name(op)));
   dispatch_cuda(a.dtype(), [&](auto tag) { binary_typed<typename decltype(tag)::type>(scope, op, a, b, out); });
 }
 
-void CudaBackend::where(const Tensor& cond, const Tensor& a, const Tensor& b, const Tensor& out) {
-  HR_CHECK(cond.dtype() == DType::boolean, DTypeError, "where: condition must be bool, got ",
-           dtype_name(cond.dtype()));
-  HR_CHECK(a.dtype() == out.dtype() && b.dtype() == out.dtype(), DTypeError, "where: operands are ",
-           dtype_name(a.dtype()), " and ", dtype_name(b.dtype()), ", output ", dtype_name(out.dtype()));
-  check_same_shape("where", out, cond, "the condition");
-  check_same_shape("where", out, a, "the first operand");
-  check_same_shape("where", out, b, "the second operand");
+void CudaBackend::impl_where(const Tensor& cond, const Tensor& a, const Tensor& b, const Tensor& out) {
   if (out.numel() == 0) return;
   KernelScope scope(out);
   dispatch_bits(dtype_size(out.dtype()),

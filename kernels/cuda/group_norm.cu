@@ -235,10 +235,10 @@ void group_norm_backward_impl(const KernelScope& scope, const GnGeom& g, const T
 
 }  // namespace
 
-void CudaBackend::group_norm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t groups,
+void CudaBackend::impl_group_norm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t groups,
                                      double eps, const Tensor& y, const Tensor& save_mean, const Tensor& save_rstd) {
   const char* op = "group_norm";
-  const GnGeom g = kernels::check_group_norm_forward(op, x, weight, bias, groups, y, save_mean, save_rstd);
+  const GnGeom g = kernels::group_norm_geometry(x, groups);  // checked by Backend::group_norm_forward
   if (g.n * g.g == 0) return;
   HR_CHECK(g.cg * g.s > 0, ValueError, op, ": cannot normalise groups of size 0 in ", describe(x));
   KernelScope scope(x);
@@ -247,12 +247,11 @@ void CudaBackend::group_norm_forward(const Tensor& x, const Tensor& weight, cons
   });
 }
 
-void CudaBackend::group_norm_backward(const Tensor& dy, const Tensor& x, const Tensor& weight,
+void CudaBackend::impl_group_norm_backward(const Tensor& dy, const Tensor& x, const Tensor& weight,
                                       const Tensor& save_mean, const Tensor& save_rstd, int64_t groups,
                                       const Tensor& dx, const Tensor& dweight, const Tensor& dbias) {
   const char* op = "group_norm backward";
-  const GnGeom g =
-      kernels::check_group_norm_backward(op, dy, x, weight, save_mean, save_rstd, groups, dx, dweight, dbias);
+  const GnGeom g = kernels::group_norm_geometry(x, groups);  // checked by Backend::group_norm_backward
   if (g.c == 0) return;
   if (!dx.defined() && !dweight.defined() && !dbias.defined()) return;
   if (x.numel() == 0 && !dweight.defined() && !dbias.defined()) return;

@@ -274,9 +274,9 @@ void scatter_add_impl(const KernelScope& scope, const Tensor& out, int64_t dim, 
 
 }  // namespace
 
-void CudaBackend::index_select(const Tensor& x, int64_t dim, const Tensor& index, const Tensor& out) {
+void CudaBackend::impl_index_select(const Tensor& x, int64_t dim, const Tensor& index, const Tensor& out) {
   const char* op = "index_select";
-  const int64_t d = kernels::check_index_select(op, x, dim, index, out);
+  const int64_t d = wrap_dim(dim, x.dim(), op);  // checked by Backend::index_select
   KernelScope scope(x);
   check_index(scope, op, index, x.size(d), d, x);
   if (out.numel() == 0) return;
@@ -289,9 +289,9 @@ void CudaBackend::index_select(const Tensor& x, int64_t dim, const Tensor& index
   }
 }
 
-void CudaBackend::index_add(const Tensor& out, int64_t dim, const Tensor& index, const Tensor& src) {
+void CudaBackend::impl_index_add(const Tensor& out, int64_t dim, const Tensor& index, const Tensor& src) {
   const char* op = "index_add";
-  const int64_t d = kernels::check_index_add(op, out, dim, index, src);
+  const int64_t d = wrap_dim(dim, out.dim(), op);  // checked by Backend::index_add
   KernelScope scope(out);
   check_index(scope, op, index, out.size(d), d, out);
   if (src.numel() == 0) return;

@@ -321,7 +321,7 @@ void layer_norm_backward_impl(const KernelScope& scope, const Tensor& dy, const 
 
 }  // namespace
 
-void CudaBackend::layer_norm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps,
+void CudaBackend::impl_layer_norm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps,
                                      const Tensor& y, const Tensor& mean, const Tensor& rstd) {
   const char* op = "layer_norm";
   HR_CHECK(x.dim() == 2 && x.is_contiguous(), ValueError, op, ": x must be a contiguous [M, N], got ", describe(x));
@@ -340,7 +340,7 @@ void CudaBackend::layer_norm_forward(const Tensor& x, const Tensor& weight, cons
   });
 }
 
-void CudaBackend::layer_norm_backward(const Tensor& dy, const Tensor& x, const Tensor& weight, const Tensor& mean,
+void CudaBackend::impl_layer_norm_backward(const Tensor& dy, const Tensor& x, const Tensor& weight, const Tensor& mean,
                                       const Tensor& rstd, const Tensor& dx, const Tensor& dweight,
                                       const Tensor& dbias) {
   const char* op = "layer_norm backward";

@@ -109,18 +109,9 @@ void scale_output(const Tensor& out, double beta) {
 
 }  // namespace
 
-void CudaBackend::matmul(const Tensor& a, const Tensor& b, const Tensor& out, double beta) {
-  HR_CHECK(a.dim() == 3 && b.dim() == 3 && out.dim() == 3, ShapeError,
-           "cuda matmul: expected 3-d [B, M, K] @ [B, K, N] -> [B, M, N], got ", shape_str(a.shape()), " @ ",
-           shape_str(b.shape()), " -> ", shape_str(out.shape()));
+void CudaBackend::impl_matmul(const Tensor& a, const Tensor& b, const Tensor& out, double beta) {
+  // Shapes, dtypes and the output's layout are checked by Backend::matmul (Note [op table]).
   const int64_t B = out.size(0), M = out.size(1), N = out.size(2), K = a.size(2);
-  HR_CHECK(a.size(0) == B && b.size(0) == B && a.size(1) == M && b.size(2) == N && K == b.size(1), ShapeError,
-           "cuda matmul: cannot multiply ", shape_str(a.shape()), " by ", shape_str(b.shape()), " into ",
-           shape_str(out.shape()));
-  HR_CHECK(a.dtype() == out.dtype() && b.dtype() == out.dtype(), DTypeError, "cuda matmul: dtypes differ: ",
-           describe(a), " @ ", describe(b), " -> ", describe(out));
-  HR_CHECK(out.is_contiguous(), ValueError, "cuda matmul: output must be contiguous, got strides ",
-           shape_str(out.strides()));
   const BlasTypes types = blas_types(out.dtype());
   if (B == 0 || M == 0 || N == 0) return;
   KernelScope scope(out);

@@ -66,11 +66,6 @@ __global__ void adam_kernel(T* __restrict__ p, const T* __restrict__ g, T* __res
   }
 }
 
-// Every state tensor must match the parameter: same dtype and element count, contiguous.
-void check_state(const char* op, const char* name, const Tensor& p, const Tensor& t) {
-  HR_CHECK(t.dtype() == p.dtype() && t.numel() == p.numel() && t.is_contiguous() && t.device() == p.device(),
-           ValueError, op, ": ", name, " ", describe(t), " must be contiguous and match the parameter ", describe(p));
-}
 
 template <typename T>
 void sgd_impl(const KernelScope& scope, const Tensor& p, const Tensor& g, const Tensor& buf, bool first, double lr,
@@ -101,12 +96,10 @@ void adam_impl(const KernelScope& scope, const Tensor& p, const Tensor& g, const
 
 }  // namespace
 
-void CudaBackend::sgd_update(const Tensor& p, const Tensor& g, const Tensor& buf, bool first, double lr,
+void CudaBackend::impl_sgd_update(const Tensor& p, const Tensor& g, const Tensor& buf, bool first, double lr,
                              double momentum, double weight_decay, bool nesterov) {
   const char* op = "cuda sgd_update";
-  HR_CHECK(p.is_contiguous(), ValueError, op, ": the parameter must be contiguous, got ", describe(p));
-  check_state(op, "gradient", p, g);
-  if (buf.defined()) check_state(op, "momentum buffer", p, buf);
+  // The arguments are checked by Backend::sgd_update (Note [op table]).
   if (p.numel() == 0) return;
   KernelScope scope(p);
   dispatch_cuda_float(p.dtype(), op, [&](auto tag) {
@@ -114,13 +107,10 @@ void CudaBackend::sgd_update(const Tensor& p, const Tensor& g, const Tensor& buf
   });
 }
 
-void CudaBackend::adam_update(const Tensor& p, const Tensor& g, const Tensor& m, const Tensor& v,
+void CudaBackend::impl_adam_update(const Tensor& p, const Tensor& g, const Tensor& m, const Tensor& v,
                               const AdamStep& step) {
   const char* op = "cuda adam_update";
-  HR_CHECK(p.is_contiguous(), ValueError, op, ": the parameter must be contiguous, got ", describe(p));
-  check_state(op, "gradient", p, g);
-  check_state(op, "first moment", p, m);
-  check_state(op, "second moment", p, v);
+  // The arguments are checked by Backend::adam_update (Note [op table]).
   if (p.numel() == 0) return;
   KernelScope scope(p);
   dispatch_cuda_float(p.dtype(), op, [&](auto tag) {

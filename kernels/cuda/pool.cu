@@ -34,9 +34,9 @@ struct PoolGeom {
   bool count_include_pad;
 };
 
-// The contract's checks (kernels/contract_checks.h) and the parameters the kernels need.
+// The contract's sizes (checked by Backend, Note [op table]) and the parameters the kernels need.
 PoolGeom geometry(const char* op, const Tensor& x, const Tensor& out, const Pool2dParams& p) {
-  const kernels::PoolShape s = kernels::check_pool2d(op, x, out, p);
+  const kernels::PoolShape s = kernels::pool_shape(x, out);
   return {s.planes, s.H, s.W, s.OH, s.OW, p.kernel_h, p.kernel_w, p.stride_h, p.stride_w, p.pad_h, p.pad_w,
           p.count_include_pad};
 }
@@ -211,13 +211,10 @@ void avg_pool_backward_impl(const KernelScope& scope, const Tensor& dout, const 
 
 }  // namespace
 
-void CudaBackend::max_pool2d_forward(const Tensor& x, const Tensor& out, const Tensor& indices,
+void CudaBackend::impl_max_pool2d_forward(const Tensor& x, const Tensor& out, const Tensor& indices,
                                      const Pool2dParams& p) {
   const char* op = "cuda max_pool2d_forward";
   const PoolGeom g = geometry(op, x, out, p);
-  kernels::check_pool_indices(op, indices, out, p);
-  HR_CHECK(x.dtype() == out.dtype(), DTypeError, op, ": input ", describe(x), " and output ", describe(out),
-           " differ in dtype");
   if (out.numel() == 0) return;
   KernelScope scope(x);
   dispatch_cuda_float(x.dtype(), op, [&](auto tag) {
@@ -225,13 +222,10 @@ void CudaBackend::max_pool2d_forward(const Tensor& x, const Tensor& out, const T
   });
 }
 
-void CudaBackend::max_pool2d_backward(const Tensor& dout, const Tensor& indices, const Tensor& dx,
+void CudaBackend::impl_max_pool2d_backward(const Tensor& dout, const Tensor& indices, const Tensor& dx,
                                       const Pool2dParams& p) {
   const char* op = "cuda max_pool2d_backward";
   const PoolGeom g = geometry(op, dx, dout, p);
-  kernels::check_pool_indices(op, indices, dout, p);
-  HR_CHECK(dx.dtype() == dout.dtype(), DTypeError, op, ": dout ", describe(dout), " and dx ", describe(dx),
-           " differ in dtype");
   if (dx.numel() == 0) return;
   KernelScope scope(dx);
   dispatch_cuda_float(dx.dtype(), op, [&](auto tag) {
@@ -239,11 +233,9 @@ void CudaBackend::max_pool2d_backward(const Tensor& dout, const Tensor& indices,
   });
 }
 
-void CudaBackend::avg_pool2d_forward(const Tensor& x, const Tensor& out, const Pool2dParams& p) {
+void CudaBackend::impl_avg_pool2d_forward(const Tensor& x, const Tensor& out, const Pool2dParams& p) {
   const char* op = "cuda avg_pool2d_forward";
   const PoolGeom g = geometry(op, x, out, p);
-  HR_CHECK(x.dtype() == out.dtype(), DTypeError, op, ": input ", describe(x), " and output ", describe(out),
-           " differ in dtype");
   if (out.numel() == 0) return;
   KernelScope scope(x);
   dispatch_cuda_float(x.dtype(), op, [&](auto tag) {
@@ -251,11 +243,9 @@ void CudaBackend::avg_pool2d_forward(const Tensor& x, const Tensor& out, const P
   });
 }
 
-void CudaBackend::avg_pool2d_backward(const Tensor& dout, const Tensor& dx, const Pool2dParams& p) {
+void CudaBackend::impl_avg_pool2d_backward(const Tensor& dout, const Tensor& dx, const Pool2dParams& p) {
   const char* op = "cuda avg_pool2d_backward";
   const PoolGeom g = geometry(op, dx, dout, p);
-  HR_CHECK(dx.dtype() == dout.dtype(), DTypeError, op, ": dout ", describe(dout), " and dx ", describe(dx),
-           " differ in dtype");
   if (dx.numel() == 0) return;
   KernelScope scope(dx);
   dispatch_cuda_float(dx.dtype(), op, [&](auto tag) {

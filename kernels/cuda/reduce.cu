@@ -366,7 +366,7 @@ void reduce_impl(const KernelScope& scope, ReduceOp op, const Tensor& x, const T
 
 }  // namespace
 
-void CudaBackend::reduce(ReduceOp op, const Tensor& x, const Tensor& out) {
+void CudaBackend::impl_reduce(ReduceOp op, const Tensor& x, const Tensor& out) {
   const char* name = reduce_op_name(op);
   const Shape& xs = x.shape();
   const Shape& os = out.shape();

@@ -36,10 +36,6 @@ namespace headroom::cuda {
 
 namespace {
 
-using kernels::check_cross_entropy;
-using kernels::check_cross_entropy_grads;
-using kernels::check_cross_entropy_losses;
-using kernels::check_same_layout;
 using kernels::softmax_geometry;
 using kernels::SoftmaxGeometry;
 
@@ -385,9 +381,8 @@ void cross_entropy_backward_impl(const KernelScope& scope, const Tensor& logits,
 
 }  // namespace
 
-void CudaBackend::softmax_forward(const Tensor& x, const Tensor& y, int64_t dim, bool log) {
+void CudaBackend::impl_softmax_forward(const Tensor& x, const Tensor& y, int64_t dim, bool log) {
   const char* op = log ? "log_softmax" : "softmax";
-  check_same_layout(op, x, "input", y, "output");
   if (x.numel() == 0) return;
   const SoftmaxGeometry g = softmax_geometry(x.shape(), x.dim() == 0 ? 0 : wrap_dim(dim, x.dim(), op));
   KernelScope scope(x);
@@ -396,10 +391,8 @@ void CudaBackend::softmax_forward(const Tensor& x, const Tensor& y, int64_t dim,
   });
 }
 
-void CudaBackend::softmax_backward(const Tensor& y, const Tensor& dy, const Tensor& dx, int64_t dim, bool log) {
+void CudaBackend::impl_softmax_backward(const Tensor& y, const Tensor& dy, const Tensor& dx, int64_t dim, bool log) {
   const char* op = log ? "log_softmax backward" : "softmax backward";
-  check_same_layout(op, y, "output", dy, "output gradient");
-  check_same_layout(op, y, "output", dx, "input gradient");
   if (y.numel() == 0) return;
   const SoftmaxGeometry g = softmax_geometry(y.shape(), y.dim() == 0 ? 0 : wrap_dim(dim, y.dim(), op));
   KernelScope scope(y);
@@ -408,11 +401,9 @@ void CudaBackend::softmax_backward(const Tensor& y, const Tensor& dy, const Tens
   });
 }
 
-void CudaBackend::cross_entropy_forward(const Tensor& logits, const Tensor& target, const Tensor& losses,
+void CudaBackend::impl_cross_entropy_forward(const Tensor& logits, const Tensor& target, const Tensor& losses,
                                         const Tensor& lse) {
   const char* op = "cross_entropy";
-  check_cross_entropy(op, logits, target, lse);
-  check_cross_entropy_losses(op, logits, losses);
   if (logits.size(0) == 0) return;
   KernelScope scope(logits);
   dispatch_cuda_float(logits.dtype(), op, [&](auto tag) {
@@ -420,11 +411,9 @@ void CudaBackend::cross_entropy_forward(const Tensor& logits, const Tensor& targ
   });
 }
 
-void CudaBackend::cross_entropy_backward(const Tensor& logits, const Tensor& target, const Tensor& lse,
+void CudaBackend::impl_cross_entropy_backward(const Tensor& logits, const Tensor& target, const Tensor& lse,
                                          const Tensor& dlosses, const Tensor& dlogits) {
   const char* op = "cross_entropy backward";
-  check_cross_entropy(op, logits, target, lse);
-  check_cross_entropy_grads(op, logits, dlosses, dlogits);
   if (logits.numel() == 0) return;
   KernelScope scope(logits);
   dispatch_cuda_float(logits.dtype(), op, [&](auto tag) {
