@@ -222,6 +222,107 @@ struct OpContract<OpId::matmul> {
   }
 };
 
+// ---- layer norm and batch norm ----
+// Statistics are f32, or f64 for f64 data (Note [statistics dtype]).
+void check_stats(const char* op, const Tensor& t, int64_t n, DType data, const char* what) {
+  const DType want = statistics_dtype(data);
+  HR_CHECK(t.defined() && t.dtype() == want && t.dim() == 1 && t.size(0) == n && t.is_contiguous(), ValueError, op,
+           ": ", what, " must be a contiguous ", dtype_name(want), " ", shape_str({n}), " for ", dtype_name(data),
+           " data, got ", t.defined() ? describe(t) : std::string("undefined"));
+}
+// y, dy, dx: x's shape and dtype, contiguous; `required` ones must be defined.
+void check_like(const char* op, const Tensor& t, const Tensor& x, const char* what, bool required) {
+  HR_CHECK(t.defined() || !required, ValueError, op, ": ", what, " must be defined");
+  if (!t.defined()) return;
+  HR_CHECK(t.shape() == x.shape() && t.dtype() == x.dtype() && t.is_contiguous(), ValueError, op, ": ", what,
+           " must be contiguous and match x ", describe(x), ", got ", describe(t), " with strides ",
+           shape_str(t.strides()));
+}
+// A per-feature parameter or its gradient: 1-d [n] of a float dtype, any stride, or undefined.
+void check_vector(const char* op, const Tensor& t, int64_t n, const char* what) {
+  if (!t.defined()) return;
+  HR_CHECK(t.dim() == 1 && t.size(0) == n, ShapeError, op, ": ", what, " must have shape ", shape_str({n}), ", got ",
+           describe(t));
+  HR_CHECK(is_floating(t.dtype()), DTypeError, op, ": ", what, " must be a floating dtype (f32, f64, f16, bf16), got ",
+           describe(t));
+}
+void check_data(const char* op, const Tensor& x, int64_t dims, const char* layout) {
+  HR_CHECK(x.defined() && x.dim() == dims && x.is_contiguous(), ValueError, op, ": x must be a contiguous ", layout,
+           ", got ", x.defined() ? describe(x) : std::string("undefined"));
+  HR_CHECK(is_floating(x.dtype()), DTypeError, op, ": x must be a floating dtype, got ", describe(x));
+}
+
+template <>
+struct OpContract<OpId::layer_norm_forward> {
+  static void check(const Tensor& x, const Tensor& weight, const Tensor& bias, double, const Tensor& y,
+                    const Tensor& mean, const Tensor& rstd) {
+    const char* op = "layer_norm";
+    check_data(op, x, 2, "[M, N]");
+    check_like(op, y, x, "y", true);
+    const int64_t m = x.size(0), n = x.size(1);
+    check_stats(op, mean, m, x.dtype(), "mean");
+    check_stats(op, rstd, m, x.dtype(), "rstd");
+    HR_CHECK(m == 0 || n > 0, ValueError, op, ": cannot normalise rows of size 0 in ", describe(x));
+    check_vector(op, weight, n, "weight");
+    check_vector(op, bias, n, "bias");
+  }
+};
+template <>
+struct OpContract<OpId::layer_norm_backward> {
+  static void check(const Tensor& dy, const Tensor& x, const Tensor& weight, const Tensor& mean, const Tensor& rstd,
+                    const Tensor& dx, const Tensor& dweight, const Tensor& dbias) {
+    const char* op = "layer_norm backward";
+    check_data(op, x, 2, "[M, N]");
+    check_like(op, dy, x, "dy", true);
+    check_like(op, dx, x, "dx", false);
+    const int64_t m = x.size(0), n = x.size(1);
+    check_stats(op, mean, m, x.dtype(), "mean");
+    check_stats(op, rstd, m, x.dtype(), "rstd");
+    check_vector(op, weight, n, "weight");
+    check_vector(op, dweight, n, "dweight");
+    check_vector(op, dbias, n, "dbias");
+  }
+};
+template <>
+struct OpContract<OpId::batch_norm_forward> {
+  static void check(const Tensor& x, const Tensor& weight, const Tensor& bias, const Tensor& running_mean,
+                    const Tensor& running_var, bool training, double, double, const Tensor& y,
+                    const Tensor& save_mean, const Tensor& save_invstd) {
+    const char* op = "batch_norm";
+    check_data(op, x, 3, "[N, C, S]");
+    const int64_t c = x.size(1);
+    check_like(op, y, x, "y", true);
+    check_stats(op, save_mean, c, x.dtype(), "save_mean");
+    check_stats(op, save_invstd, c, x.dtype(), "save_invstd");
+    check_vector(op, weight, c, "weight");
+    check_vector(op, bias, c, "bias");
+    check_vector(op, running_mean, c, "running_mean");
+    check_vector(op, running_var, c, "running_var");
+    if (training)
+      HR_CHECK(c == 0 || x.size(0) * x.size(2) > 1, ValueError, op,
+               ": training needs more than one value per channel, got input ", shape_str(x.shape()));
+    else
+      HR_CHECK(running_mean.defined() && running_var.defined(), ValueError, op,
+               ": evaluation mode needs running_mean and running_var");
+  }
+};
+template <>
+struct OpContract<OpId::batch_norm_backward> {
+  static void check(const Tensor& dy, const Tensor& x, const Tensor& weight, const Tensor& save_mean,
+                    const Tensor& save_invstd, bool, const Tensor& dx, const Tensor& dweight, const Tensor& dbias) {
+    const char* op = "batch_norm backward";
+    check_data(op, x, 3, "[N, C, S]");
+    const int64_t c = x.size(1);
+    check_like(op, dy, x, "dy", true);
+    check_like(op, dx, x, "dx", false);
+    check_stats(op, save_mean, c, x.dtype(), "save_mean");
+    check_stats(op, save_invstd, c, x.dtype(), "save_invstd");
+    check_vector(op, weight, c, "weight");
+    check_vector(op, dweight, c, "dweight");
+    check_vector(op, dbias, c, "dbias");
+  }
+};
+
 // ---- optimizer updates and mixed precision ----
 // Every state tensor must match the parameter: same dtype and element count, contiguous.
 void check_state(const char* op, const char* name, const Tensor& p, const Tensor& t) {

@@ -55,21 +55,6 @@ void write_vector(const Tensor& t, const std::vector<double>& v, const char* op,
   });
 }
 
-// Statistics are f32, or f64 for f64 data (statistics_dtype in engine/backend.h).
-void check_stats(const Tensor& t, int64_t n, DType data, const char* op, const char* what) {
-  const DType want = statistics_dtype(data);
-  HR_CHECK(t.defined() && t.dtype() == want && t.dim() == 1 && t.size(0) == n && t.is_contiguous(), ValueError, op,
-           ": ", what, " must be a contiguous ", dtype_name(want), " ", shape_str({n}), " for ", dtype_name(data),
-           " data, got ", t.defined() ? describe(t) : std::string("undefined"));
-}
-
-void check_like(const Tensor& t, const Tensor& x, const char* op, const char* what, const char* x_name) {
-  if (!t.defined()) return;
-  HR_CHECK(t.shape() == x.shape() && t.dtype() == x.dtype() && t.is_contiguous(), ValueError, op, ": ", what,
-           " must be contiguous and match ", x_name, " ", describe(x), ", got ", describe(t), " with strides ",
-           shape_str(t.strides()));
-}
-
 }  // namespace
 
 // ---- layer norm ----
@@ -77,13 +62,9 @@ void check_like(const Tensor& t, const Tensor& x, const char* op, const char* wh
 void CpuBackend::impl_layer_norm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps,
                                     const Tensor& y, const Tensor& mean, const Tensor& rstd) {
   const char* op = "layer_norm";
-  HR_CHECK(x.dim() == 2 && x.is_contiguous(), ValueError, op, ": x must be a contiguous [M, N], got ", describe(x));
-  check_like(y, x, op, "y", "x");
+  // The arguments are checked by Backend::layer_norm_forward (Note [op table]).
   const int64_t m = x.size(0), n = x.size(1);
-  check_stats(mean, m, x.dtype(), op, "mean");
-  check_stats(rstd, m, x.dtype(), op, "rstd");
   if (m == 0) return;
-  HR_CHECK(n > 0, ValueError, op, ": cannot normalise rows of size 0 in ", describe(x));
   const std::vector<double> w = read_vector(weight, n, 1.0, op, "weight");
   const std::vector<double> bv = read_vector(bias, n, 0.0, op, "bias");
   const bool affine = weight.defined() || bias.defined();
@@ -130,12 +111,8 @@ void CpuBackend::impl_layer_norm_backward(const Tensor& dy, const Tensor& x, con
                                      const Tensor& rstd, const Tensor& dx, const Tensor& dweight,
                                      const Tensor& dbias) {
   const char* op = "layer_norm backward";
-  HR_CHECK(x.dim() == 2 && x.is_contiguous(), ValueError, op, ": x must be a contiguous [M, N], got ", describe(x));
-  check_like(dy, x, op, "dy", "x");
-  check_like(dx, x, op, "dx", "x");
+  // The arguments are checked by Backend::layer_norm_backward (Note [op table]).
   const int64_t m = x.size(0), n = x.size(1);
-  check_stats(mean, m, x.dtype(), op, "mean");
-  check_stats(rstd, m, x.dtype(), op, "rstd");
   const std::vector<double> w = read_vector(weight, n, 1.0, op, "weight");
   const bool want_params = dweight.defined() || dbias.defined();
   std::vector<double> dw(static_cast<size_t>(n), 0.0), db(static_cast<size_t>(n), 0.0);
@@ -212,11 +189,8 @@ struct BatchGeometry {
   int64_t n = 0, c = 0, s = 0;
 };
 
-BatchGeometry batch_geometry(const Tensor& x, const char* op) {
-  HR_CHECK(x.dim() == 3 && x.is_contiguous(), ValueError, op, ": x must be a contiguous [N, C, S], got ",
-           describe(x));
-  return {x.size(0), x.size(1), x.size(2)};
-}
+// The sizes of an x that passed the batch_norm contract (Note [op table]).
+BatchGeometry batch_geometry(const Tensor& x) { return {x.size(0), x.size(1), x.size(2)}; }
 
 }  // namespace
 
@@ -225,17 +199,12 @@ void CpuBackend::impl_batch_norm_forward(const Tensor& x, const Tensor& weight, 
                                     double momentum, double eps, const Tensor& y, const Tensor& save_mean,
                                     const Tensor& save_invstd) {
   const char* op = "batch_norm";
-  const BatchGeometry g = batch_geometry(x, op);
-  check_like(y, x, op, "y", "x");
-  check_stats(save_mean, g.c, x.dtype(), op, "save_mean");
-  check_stats(save_invstd, g.c, x.dtype(), op, "save_invstd");
+  const BatchGeometry g = batch_geometry(x);
   const int64_t count = g.n * g.s;
   const std::vector<double> w = read_vector(weight, g.c, 1.0, op, "weight");
   const std::vector<double> bv = read_vector(bias, g.c, 0.0, op, "bias");
   std::vector<double> mu(static_cast<size_t>(g.c)), invstd(static_cast<size_t>(g.c));
   if (training) {
-    HR_CHECK(count > 1, ValueError, op, ": training needs more than one value per channel, got input ",
-             shape_str(x.shape()));
     std::vector<double> var_biased(static_cast<size_t>(g.c));
     dispatch_float(x.dtype(), op, [&](auto tag) {
       using T = typename decltype(tag)::type;
@@ -276,8 +245,6 @@ void CpuBackend::impl_batch_norm_forward(const Tensor& x, const Tensor& weight, 
       write_vector(running_var, rv, op, "running_var");
     }
   } else {
-    HR_CHECK(running_mean.defined() && running_var.defined(), ValueError, op,
-             ": evaluation mode needs running_mean and running_var");
     mu = read_vector(running_mean, g.c, 0.0, op, "running_mean");
     std::vector<double> rv = read_vector(running_var, g.c, 1.0, op, "running_var");
     for (size_t ch = 0; ch < rv.size(); ++ch) invstd[ch] = 1.0 / std::sqrt(rv[ch] + eps);
@@ -326,11 +293,7 @@ void CpuBackend::impl_batch_norm_backward(const Tensor& dy, const Tensor& x, con
                                      const Tensor& save_invstd, bool training, const Tensor& dx,
                                      const Tensor& dweight, const Tensor& dbias) {
   const char* op = "batch_norm backward";
-  const BatchGeometry g = batch_geometry(x, op);
-  check_like(dy, x, op, "dy", "x");
-  check_like(dx, x, op, "dx", "x");
-  check_stats(save_mean, g.c, x.dtype(), op, "save_mean");
-  check_stats(save_invstd, g.c, x.dtype(), op, "save_invstd");
+  const BatchGeometry g = batch_geometry(x);
   const int64_t count = g.n * g.s;
   const std::vector<double> w = read_vector(weight, g.c, 1.0, op, "weight");
   const std::vector<double> psm = read_vector(save_mean, g.c, 0.0, op, "save_mean");

@@ -55,35 +55,8 @@ struct BnGeom {
   int64_t n = 0, c = 0, s = 0;
 };
 
-BnGeom geometry(const Tensor& x, const char* op) {
-  HR_CHECK(x.defined() && x.dim() == 3 && x.is_contiguous(), ValueError, op,
-           ": x must be a contiguous [N, C, S], got ", x.defined() ? describe(x) : std::string("undefined"));
-  return {x.size(0), x.size(1), x.size(2)};
-}
-
-void check_like(const Tensor& t, const Tensor& x, const char* op, const char* what) {
-  if (!t.defined()) return;
-  HR_CHECK(t.shape() == x.shape() && t.dtype() == x.dtype() && t.is_contiguous(), ValueError, op, ": ", what,
-           " must be contiguous and match x ", describe(x), ", got ", describe(t), " with strides ",
-           shape_str(t.strides()));
-}
-
-// Note [statistics dtype] (engine/backend.h): f32, or f64 for f64 data -- cuDNN's own parameter
-// dtype, so the cuDNN path writes and reads them directly.
-void check_stats(const Tensor& t, int64_t c, DType data, const char* op, const char* what) {
-  const DType want = statistics_dtype(data);
-  HR_CHECK(t.defined() && t.dtype() == want && t.dim() == 1 && t.size(0) == c && t.is_contiguous(), ValueError, op,
-           ": ", what, " must be a contiguous ", dtype_name(want), " ", shape_str({c}), " for ", dtype_name(data),
-           " data, got ", t.defined() ? describe(t) : std::string("undefined"));
-}
-
-// A per-channel parameter: 1-d [C] of a float dtype, any stride, or undefined.
-void check_param(const Tensor& t, int64_t c, const char* op, const char* what) {
-  if (!t.defined()) return;
-  HR_CHECK(t.dim() == 1 && t.size(0) == c, ShapeError, op, ": ", what, " must have shape ", shape_str({c}),
-           ", got ", describe(t));
-  HR_CHECK(is_floating(t.dtype()), DTypeError, op, ": ", what, " must be a float tensor, got ", describe(t));
-}
+// The sizes of an x that passed the batch_norm contract (Note [op table]).
+BnGeom geometry(const Tensor& x, const char* op) { return {x.size(0), x.size(1), x.size(2)}; }
 
 Tensor scratch(int64_t n, DType dtype, Device device) {
   CategoryScope workspace(MemoryCategory::workspace);
@@ -250,21 +223,7 @@ void CudaBackend::impl_batch_norm_forward(const Tensor& x, const Tensor& weight,
   const char* op = "cuda batch_norm";
   const BnGeom g = geometry(x, op);
   (void)cudnn_dtype(x.dtype(), op);  // a DTypeError for non-float data
-  HR_CHECK(y.defined(), ValueError, op, ": y is undefined");
-  check_like(y, x, op, "y");
-  check_stats(save_mean, g.c, x.dtype(), op, "save_mean");
-  check_stats(save_invstd, g.c, x.dtype(), op, "save_invstd");
-  check_param(weight, g.c, op, "weight");
-  check_param(bias, g.c, op, "bias");
-  check_param(running_mean, g.c, op, "running_mean");
-  check_param(running_var, g.c, op, "running_var");
-  if (training) {
-    HR_CHECK(g.n * g.s > 1, ValueError, op, ": training needs more than one value per channel, got input ",
-             shape_str(x.shape()));
-  } else {
-    HR_CHECK(running_mean.defined() && running_var.defined(), ValueError, op,
-             ": evaluation mode needs running_mean and running_var");
-  }
+  // The rest of the contract is checked by Backend::batch_norm_forward (Note [op table]).
   if (g.c == 0) return;
   KernelScope scope(x);
   if (cudnn_takes(x, g, training, eps)) {
@@ -282,14 +241,7 @@ void CudaBackend::impl_batch_norm_backward(const Tensor& dy, const Tensor& x, co
   const char* op = "cuda batch_norm backward";
   const BnGeom g = geometry(x, op);
   (void)cudnn_dtype(x.dtype(), op);
-  HR_CHECK(dy.defined(), ValueError, op, ": dy is undefined");
-  check_like(dy, x, op, "dy");
-  check_like(dx, x, op, "dx");
-  check_stats(save_mean, g.c, x.dtype(), op, "save_mean");
-  check_stats(save_invstd, g.c, x.dtype(), op, "save_invstd");
-  check_param(weight, g.c, op, "weight");
-  check_param(dweight, g.c, op, "dweight");
-  check_param(dbias, g.c, op, "dbias");
+  // The rest of the contract is checked by Backend::batch_norm_backward (Note [op table]).
   if (g.c == 0) return;
   if (!dx.defined() && !dweight.defined() && !dbias.defined()) return;
   if (x.numel() == 0) {  // no values: the parameter gradients are empty sums

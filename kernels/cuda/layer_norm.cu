@@ -208,30 +208,6 @@ __global__ void layer_norm_param_finalize(const C* __restrict__ part_w, const C*
 
 // ---- host side ----
 
-// Statistics are f32, or f64 for f64 data (Note [statistics dtype] in engine/backend.h).
-void check_stats(const Tensor& t, int64_t n, DType data, const char* op, const char* what) {
-  const DType want = statistics_dtype(data);
-  HR_CHECK(t.defined() && t.dtype() == want && t.dim() == 1 && t.size(0) == n && t.is_contiguous(), ValueError, op,
-           ": ", what, " must be a contiguous ", dtype_name(want), " ", shape_str({n}), " for ", dtype_name(data),
-           " data, got ", t.defined() ? describe(t) : std::string("undefined"));
-}
-
-void check_like(const Tensor& t, const Tensor& x, const char* op, const char* what, const char* x_name) {
-  if (!t.defined()) return;
-  HR_CHECK(t.shape() == x.shape() && t.dtype() == x.dtype() && t.is_contiguous(), ValueError, op, ": ", what,
-           " must be contiguous and match ", x_name, " ", describe(x), ", got ", describe(t), " with strides ",
-           shape_str(t.strides()));
-}
-
-// A per-feature vector ([n], any float dtype and stride), when defined.
-void check_vector(const Tensor& t, int64_t n, const char* op, const char* what) {
-  if (!t.defined()) return;
-  HR_CHECK(t.dim() == 1 && t.size(0) == n, ShapeError, op, ": ", what, " must have shape ", shape_str({n}),
-           ", got ", describe(t));
-  HR_CHECK(is_floating(t.dtype()), DTypeError, op, ": ", what, " must be a floating dtype (f32, f64, f16, bf16), got ",
-           describe(t));
-}
-
 // t as a contiguous vector of C on the device: t itself when it already is one, else a
 // converted scratch copy (held in `keep` until the kernels using it are queued). Null when t
 // is undefined.
@@ -324,16 +300,8 @@ void layer_norm_backward_impl(const KernelScope& scope, const Tensor& dy, const 
 void CudaBackend::impl_layer_norm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps,
                                      const Tensor& y, const Tensor& mean, const Tensor& rstd) {
   const char* op = "layer_norm";
-  HR_CHECK(x.dim() == 2 && x.is_contiguous(), ValueError, op, ": x must be a contiguous [M, N], got ", describe(x));
-  HR_CHECK(y.defined(), ValueError, op, ": y must be defined");
-  check_like(y, x, op, "y", "x");
-  const int64_t m = x.size(0), n = x.size(1);
-  check_stats(mean, m, x.dtype(), op, "mean");
-  check_stats(rstd, m, x.dtype(), op, "rstd");
-  if (m == 0) return;
-  HR_CHECK(n > 0, ValueError, op, ": cannot normalise rows of size 0 in ", describe(x));
-  check_vector(weight, n, op, "weight");
-  check_vector(bias, n, op, "bias");
+  // The arguments are checked by Backend::layer_norm_forward (Note [op table]).
+  if (x.size(0) == 0) return;
   KernelScope scope(x);
   dispatch_cuda_float(x.dtype(), op, [&](auto tag) {
     layer_norm_forward_impl<typename decltype(tag)::type>(scope, x, weight, bias, eps, y, mean, rstd);
@@ -344,17 +312,8 @@ void CudaBackend::impl_layer_norm_backward(const Tensor& dy, const Tensor& x, co
                                       const Tensor& rstd, const Tensor& dx, const Tensor& dweight,
                                       const Tensor& dbias) {
   const char* op = "layer_norm backward";
-  HR_CHECK(x.dim() == 2 && x.is_contiguous(), ValueError, op, ": x must be a contiguous [M, N], got ", describe(x));
-  HR_CHECK(dy.defined(), ValueError, op, ": dy must be defined");
-  check_like(dy, x, op, "dy", "x");
-  check_like(dx, x, op, "dx", "x");
-  const int64_t m = x.size(0), n = x.size(1);
-  check_stats(mean, m, x.dtype(), op, "mean");
-  check_stats(rstd, m, x.dtype(), op, "rstd");
-  check_vector(weight, n, op, "weight");
-  check_vector(dweight, n, op, "dweight");
-  check_vector(dbias, n, op, "dbias");
-  if (n == 0) return;  // nothing to write: dx is empty, and so are dweight and dbias
+  // The arguments are checked by Backend::layer_norm_backward (Note [op table]).
+  if (x.size(1) == 0) return;  // nothing to write: dx is empty, and so are dweight and dbias
   KernelScope scope(x);
   dispatch_cuda_float(x.dtype(), op, [&](auto tag) {
     layer_norm_backward_impl<typename decltype(tag)::type>(scope, dy, x, weight, mean, rstd, dx, dweight, dbias);
