@@ -26,11 +26,6 @@
 #include "bench/bench_report.h"
 #include "examples/common.h"
 #include "kernels/cpu/strided.h"
-#ifdef HEADROOM_WITH_CUDA
-#include <cuda_runtime_api.h>
-
-#include "kernels/cuda/op_profile.h"
-#endif
 
 using namespace headroom;
 using namespace headroom::bench;
@@ -50,12 +45,7 @@ std::string utc_now() {
 
 std::string device_name(Device device) {
   if (device.is_cpu()) return str_cat("cpu, ", cpu::num_threads(), " threads");
-#ifdef HEADROOM_WITH_CUDA
-  cudaDeviceProp prop{};
-  if (cudaGetDeviceProperties(&prop, device.index) == cudaSuccess)
-    return str_cat(prop.name, ", ", prop.totalGlobalMem >> 20, " MiB");
-#endif
-  return device.str();
+  return backend_for(device).device_description(device);
 }
 
 // The name column of --list: the longest preset name (gpt-tiny-cpu-f32-fused-ckpt-block, 33) and
@@ -116,21 +106,18 @@ Result run_preset(const Preset& p, Device device, int64_t steps, int64_t warmup,
     r.items_per_second = total_ms > 0 ? static_cast<double>(p.items_per_step() * steps) / (total_ms / 1000.0) : 0;
     r.final_loss = loss.item<double>();
     r.measured = true;
-#ifdef HEADROOM_WITH_CUDA
     if (profile && device.is_cuda()) {  // one more step, after the peaks were read
+      Backend& be = backend_for(device);
       Event start(true), stop(true);
-      cuda::start_op_profile();
+      be.start_op_profile();
       start.record(device);
       (void)w->step();
       stop.record(device);
-      const std::vector<cuda::OpTime> ops = cuda::stop_op_profile();
+      const std::vector<OpTime> ops = be.stop_op_profile();
       stop.synchronize();
       r.profile_step_ms = start.elapsed_ms(stop);
-      for (const cuda::OpTime& op : ops) r.profile.push_back({op.name, op.calls, op.ms});
+      for (const OpTime& op : ops) r.profile.push_back({op.name, op.calls, op.ms});
     }
-#else
-    (void)profile;
-#endif
   } catch (const OutOfMemoryError& e) {
     r.stats = alloc.stats();
     r.status = "oom";

@@ -1,5 +1,8 @@
 #include "engine/allocator.h"
 
+#include "engine/backend.h"
+
+#include <algorithm>
 #include <atomic>
 #include <cstdlib>
 #include <map>
@@ -18,6 +21,7 @@ struct Registry {
   // Note [missing devices]: per device type, the count its backend reported (-1: none did).
   int visible[kNumDeviceTypes] = {-1, -1};
   std::string why_none[kNumDeviceTypes];
+  std::string unloadable[kNumDeviceTypes];  // Note [loadable backends]: why the backend did not load
 };
 Registry& registry() {
   static Registry* r = new Registry();  // never destroyed: storages may outlive static dtors
@@ -49,7 +53,9 @@ void free_host(void* ptr) { std::free(ptr); }
 
 namespace {
 // Note [missing devices]: the reason for a cuda device without an allocator.
-std::string unavailable_reason_locked(Device device, int visible, const std::string& why_none) {
+std::string unavailable_reason_locked(Device device, int visible, const std::string& why_none,
+                                      const std::string& unloadable) {
+  if (visible < 0 && !unloadable.empty()) return unloadable;
   if (visible < 0)
     return "this headroom was built without CUDA support (configure it with -DHEADROOM_CUDA=ON on a machine with "
            "the CUDA toolkit), so only cpu devices exist";
@@ -61,10 +67,20 @@ std::string unavailable_reason_locked(Device device, int visible, const std::str
 
 Allocator& allocator_for(Device device) {
   Registry& r = registry();
-  std::lock_guard<std::mutex> lock(r.mu);
+  std::unique_lock<std::mutex> lock(r.mu);
   auto key = std::make_pair(static_cast<int>(device.type), device.index);
   auto it = r.allocators.find(key);
   if (it != r.allocators.end()) return *it->second;
+  if (!device.is_cpu() && r.visible[static_cast<int>(device.type)] < 0 &&
+      r.unloadable[static_cast<int>(device.type)].empty()) {
+    // Not loaded yet (Note [loadable backends]): load it without the lock -- its registrations
+    // take it -- and look again.
+    lock.unlock();
+    load_device_backend(device.type);
+    lock.lock();
+    it = r.allocators.find(key);
+    if (it != r.allocators.end()) return *it->second;
+  }
   if (device.is_cpu()) {
     // Never destroyed, like the registry: tensors in static storage may be freed at exit.
     // A bad environment value throws here, every time a cpu tensor is made, and leaks nothing.
@@ -76,7 +92,7 @@ Allocator& allocator_for(Device device) {
   }
   const int t = static_cast<int>(device.type);
   throw DeviceError(str_cat(device.str(), " is not available: ",
-                            unavailable_reason_locked(device, r.visible[t], r.why_none[t])));
+                            unavailable_reason_locked(device, r.visible[t], r.why_none[t], r.unloadable[t])));
 }
 
 void report_visible_devices(DeviceType type, int count, std::string why_none) {
@@ -86,12 +102,27 @@ void report_visible_devices(DeviceType type, int count, std::string why_none) {
   r.why_none[static_cast<int>(type)] = std::move(why_none);
 }
 
+void report_backend_unloadable(DeviceType type, std::string why) {
+  Registry& r = registry();
+  std::lock_guard<std::mutex> lock(r.mu);
+  r.unloadable[static_cast<int>(type)] = std::move(why);
+}
+
 std::string device_unavailable_reason(Device device) {
+  if (!device.is_cpu()) load_device_backend(device.type);
   Registry& r = registry();
   std::lock_guard<std::mutex> lock(r.mu);
   if (device.is_cpu() || r.allocators.count(std::make_pair(static_cast<int>(device.type), device.index))) return "";
   const int t = static_cast<int>(device.type);
-  return unavailable_reason_locked(device, r.visible[t], r.why_none[t]);
+  return unavailable_reason_locked(device, r.visible[t], r.why_none[t], r.unloadable[t]);
+}
+
+int device_count(DeviceType type) {
+  if (type == DeviceType::cpu) return 1;
+  load_device_backend(type);
+  Registry& r = registry();
+  std::lock_guard<std::mutex> lock(r.mu);
+  return std::max(0, r.visible[static_cast<int>(type)]);
 }
 
 namespace {

@@ -49,6 +49,11 @@ void set_allocator(Device device, Allocator* allocator);
 // (report_visible_devices). A build without the CUDA side reports nothing, and then the reason
 // is that the build has no CUDA support. cpu devices always exist.
 void report_visible_devices(DeviceType type, int count, std::string why_none);
+// The build has the backend of `type` but it could not be loaded (Note [loadable backends]).
+void report_backend_unloadable(DeviceType type, std::string why);
+// How many devices of a kind this process can use: 1 cpu; the GPUs the CUDA runtime sees (0
+// without one, without the runtime, or in a build without CUDA). Loads the CUDA backend.
+int device_count(DeviceType type);
 // Why `device` cannot be used, e.g. "no GPU is visible (cudaGetDeviceCount failed with
 // cudaErrorNoDevice: ...)"; "" for a device that exists.
 std::string device_unavailable_reason(Device device);

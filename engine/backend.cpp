@@ -1,6 +1,10 @@
 #include "engine/backend.h"
 
+#include <dlfcn.h>
+
 #include <cmath>
+#include <cstdlib>
+#include <mutex>
 
 #include "engine/allocator.h"
 #include "engine/error.h"
@@ -48,6 +52,10 @@ Backend* g_backends[kNumDeviceTypes] = {nullptr, nullptr};
 
 Backend& backend_for(Device device) {
   Backend* b = g_backends[static_cast<int>(device.type)];
+  if (!b && !device.is_cpu()) {
+    load_device_backend(device.type);  // Note [loadable backends]
+    b = g_backends[static_cast<int>(device.type)];
+  }
   if (!b) {
     // Only a build without the CUDA side lacks a backend (Note [missing devices]).
     const std::string why = device_unavailable_reason(device);
@@ -57,5 +65,54 @@ Backend& backend_for(Device device) {
 }
 
 void register_backend(DeviceType type, Backend* backend) { g_backends[static_cast<int>(type)] = backend; }
+
+void Backend::start_op_profile() {
+  throw DeviceError(str_cat("the ", device_type_name(device_type()), " backend has no op profile"));
+}
+std::vector<OpTime> Backend::stop_op_profile() {
+  throw DeviceError(str_cat("the ", device_type_name(device_type()), " backend has no op profile"));
+}
+
+// ---- Note [loadable backends] ----
+
+namespace detail {
+std::string load_backend_library(const std::string& path) {
+  // Never closed: its registrations and the objects it made live as long as the process.
+  if (dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL) != nullptr) return "";
+  const char* why = dlerror();
+  return why ? why : "dlopen failed";
+}
+}  // namespace detail
+
+#ifdef HEADROOM_CUDA_BACKEND
+namespace {
+// The directory this library was loaded from ("" when it cannot be told): the CUDA backend is
+// built beside it.
+std::string own_directory() {
+  Dl_info info{};
+  if (dladdr(reinterpret_cast<void*>(&load_device_backend), &info) == 0 || info.dli_fname == nullptr) return "";
+  const std::string file = info.dli_fname;
+  const size_t slash = file.rfind('/');
+  return slash == std::string::npos ? "" : file.substr(0, slash + 1);
+}
+}  // namespace
+#endif
+
+void load_device_backend(DeviceType type) {
+#ifdef HEADROOM_CUDA_BACKEND
+  if (type != DeviceType::cuda) return;
+  static std::once_flag once;
+  std::call_once(once, [] {
+    const char* env = std::getenv("HEADROOM_CUDA_LIBRARY");
+    const std::string path = env && *env ? std::string(env) : own_directory() + HEADROOM_CUDA_BACKEND;
+    const std::string why = detail::load_backend_library(path);
+    if (!why.empty())
+      report_backend_unloadable(DeviceType::cuda, str_cat("this build's CUDA backend (", path,
+                                                          ") could not be loaded: ", why));
+  });
+#else
+  (void)type;  // a build without the CUDA side: nothing to load (Note [missing devices])
+#endif
+}
 
 }  // namespace headroom

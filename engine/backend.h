@@ -82,6 +82,13 @@ struct Pool2dParams {
   bool count_include_pad = true;  // average pooling: divide by the full window
 };
 
+// One op's device time in a profiled step (Backend::stop_op_profile).
+struct OpTime {
+  std::string name;
+  int64_t calls = 0;
+  double ms = 0;  // summed device time between each call's two events
+};
+
 class Backend {
  public:
   // `supported`: the ops this backend has kernels for (supports_op); calling another is a
@@ -116,6 +123,15 @@ class Backend {
   virtual bool event_query(uint64_t event) { return true; }  // completed?
   // Milliseconds between two completed timing events.
   virtual double event_elapsed_ms(uint64_t start, uint64_t end) { return 0; }
+
+  // ---- about the device, and profiling ----
+  // "cpu"; "NVIDIA H200, 143771 MiB".
+  virtual std::string device_description(Device device) { return device.str(); }
+  // Device time by op (the CUDA backend: Note [op profile] in kernels/cuda/op_profile.h):
+  // start, run a step, stop (which waits for the step) and read the ops, most time first.
+  // Backends without one throw DeviceError.
+  virtual void start_op_profile();
+  virtual std::vector<OpTime> stop_op_profile();
 
   // ======== The math: the ops of the table (engine/op_table.h, Note [op table]) ========
   // Each is non-virtual: it checks its arguments once (devices, then the op's contract below)
@@ -261,8 +277,24 @@ bool set_flush_denormal(bool on);
 bool flush_denormal();
 
 // The backend of a device kind; throws DeviceError when none is registered (a CUDA op in a
-// build without CUDA).
+// build without CUDA, or where the CUDA backend cannot be loaded).
 Backend& backend_for(Device device);
 void register_backend(DeviceType type, Backend* backend);
+
+// Note [loadable backends]: the CUDA backend is its own shared library, libheadroom_cuda.so,
+// beside libheadroom.so. Nothing loads it until a cuda device is first used -- a cuda tensor or
+// allocator, backend_for(cuda), device_count(cuda), Tensor::empty_pinned -- so that a CPU run
+// maps no CUDA library (cudart, cuBLAS, cuDNN: about 200 MiB resident, and their start-up
+// time) and a CUDA build runs unchanged, on the CPU, where the CUDA runtime is not installed.
+// Loading runs the library's registrations (its backend, one allocator per visible GPU, the
+// pinned-memory allocator, how many GPUs the runtime sees); when it fails, the reason -- the
+// loader's own message, e.g. "libcudart.so.13: cannot open shared object file" -- is what
+// using a cuda device then says (Note [missing devices]). HEADROOM_CUDA_LIBRARY names another
+// file to load. A program linked with libheadroom_cuda.so (the cuda tests) has it from the start.
+void load_device_backend(DeviceType type);
+namespace detail {
+// dlopen's message for `path`, or "" once it is loaded.
+std::string load_backend_library(const std::string& path);
+}  // namespace detail
 
 }  // namespace headroom

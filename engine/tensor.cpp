@@ -161,6 +161,7 @@ Tensor Tensor::empty_host(const Shape& shape, DType dtype) {
 }
 
 Tensor Tensor::empty_pinned(const Shape& shape, DType dtype) {
+  load_device_backend(DeviceType::cuda);  // pinned memory is the CUDA side's (Note [loadable backends])
   Allocator* pinned = pinned_allocator();
   if (pinned == nullptr) return empty_host(shape, dtype);
   check_shape(shape, "empty_pinned");

@@ -2,7 +2,10 @@
 // cuda_common.cuh).
 #include "kernels/cuda/cuda_backend.h"
 
+#include <cuda_runtime_api.h>
+
 #include "kernels/cuda/cuda_scope.h"
+#include "kernels/cuda/op_profile.h"
 
 namespace headroom::cuda {
 
@@ -17,6 +20,15 @@ KernelScope::KernelScope(Device device, const char* name)
     : device_(device), guard_(cuda_index(device)), stream_(stream_for(device)) {
   profile_open(name);
 }
+
+std::string CudaBackend::device_description(Device device) {
+  cudaDeviceProp prop{};
+  if (cudaGetDeviceProperties(&prop, device.index) == cudaSuccess)
+    return str_cat(prop.name, ", ", prop.totalGlobalMem >> 20, " MiB");
+  return device.str();
+}
+void CudaBackend::start_op_profile() { cuda::start_op_profile(); }
+std::vector<OpTime> CudaBackend::stop_op_profile() { return cuda::stop_op_profile(); }
 
 CudaBackend& cuda_backend() {
   static CudaBackend* backend = new CudaBackend();  // never destroyed, like the allocators

@@ -48,6 +48,11 @@ class CudaBackend final : public Backend {
   bool event_query(uint64_t event) override;
   double event_elapsed_ms(uint64_t start, uint64_t end) override;
 
+  // cuda_backend.cpp: the card's name and memory; op_profile.cpp's profile.
+  std::string device_description(Device device) override;
+  void start_op_profile() override;
+  std::vector<OpTime> stop_op_profile() override;
+
  protected:
   // A kernel for every op of the table (engine/op_table.h); Backend::name checks, then calls it.
   HEADROOM_OP_OVERRIDES

@@ -19,13 +19,11 @@
 #include <string>
 #include <vector>
 
+#include "engine/backend.h"
+
 namespace headroom::cuda {
 
-struct OpTime {
-  std::string name;
-  int64_t calls = 0;
-  double ms = 0;  // summed GPU time between each call's two events
-};
+using OpTime = headroom::OpTime;  // engine/backend.h
 
 // Starts recording (clearing an earlier profile). Process-wide; ops on any thread and device.
 void start_op_profile();

@@ -2,6 +2,8 @@
 // common forward-and-backward check (device_test.h says why it is shaped so).
 #include "device_test.h"
 
+#include "engine/allocator.h"
+
 #include <algorithm>
 #include <array>
 #include <cmath>
@@ -9,9 +11,6 @@
 #include <cstdlib>
 #include <span>
 
-#ifdef HEADROOM_WITH_CUDA
-#include "kernels/cuda/cuda_memory.h"
-#endif
 
 #ifndef HEADROOM_TEST_DEVICE
 #error "HEADROOM_TEST_DEVICE must be defined (\"cpu\" or \"cuda\"): see tests/CMakeLists.txt"
@@ -24,7 +23,7 @@ Device test_device() { return Device::parse(HEADROOM_TEST_DEVICE); }
 void DeviceTest::SetUp() {
   if (device().is_cuda()) {
 #ifdef HEADROOM_WITH_CUDA
-    if (!cuda_available()) GTEST_SKIP() << "no CUDA device (cuda_device_count() == 0): this test needs a GPU";
+    if (device_count(DeviceType::cuda) == 0) GTEST_SKIP() << "no CUDA device (device_count(cuda) == 0): this test needs a GPU";
 #else
     GTEST_SKIP() << "built without CUDA (HEADROOM_WITH_CUDA undefined)";
 #endif

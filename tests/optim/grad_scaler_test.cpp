@@ -9,12 +9,10 @@
 #include <limits>
 
 #include "autograd/autocast.h"
+#include "engine/allocator.h"
 #include "optim/grad_scaler.h"
 #include "optim/optim.h"
 #include "test_util.h"
-#ifdef HEADROOM_WITH_CUDA
-#include "kernels/cuda/cuda_memory.h"
-#endif
 
 namespace headroom::testing {
 namespace {
@@ -108,7 +106,7 @@ TEST(UnscaleAndCheck, CpuDividesEveryGradientAndFlagsNonFinite) { check_unscale(
 
 TEST(UnscaleAndCheck, CudaMatchesTheDefinition) {
 #ifdef HEADROOM_WITH_CUDA
-  if (!cuda_available()) GTEST_SKIP() << "no CUDA device";
+  if (device_count(DeviceType::cuda) == 0) GTEST_SKIP() << "no CUDA device";
   check_unscale(Device::cuda(0));
 #else
   GTEST_SKIP() << "built without CUDA";
