@@ -1,6 +1,7 @@
 #include "engine/allocator.h"
 
 #include "engine/backend.h"
+#include "engine/meta.h"
 
 #include <algorithm>
 #include <atomic>
@@ -66,6 +67,7 @@ std::string unavailable_reason_locked(Device device, int visible, const std::str
 }  // namespace
 
 Allocator& allocator_for(Device device) {
+  if (Allocator* meta = detail::meta_allocator_for(device)) return *meta;  // Note [meta execution]
   Registry& r = registry();
   std::unique_lock<std::mutex> lock(r.mu);
   auto key = std::make_pair(static_cast<int>(device.type), device.index);

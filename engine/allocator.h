@@ -36,6 +36,8 @@ class Allocator {
   // The allocation is also used by work queued on `stream` (Note [stream reuse] in
   // caching_allocator.h): it is not handed out again until that work has finished.
   virtual void record_stream(const Allocation& a, Stream stream) {}
+  // Hands out address ranges without memory (Note [meta execution] in engine/meta.h).
+  virtual bool is_meta() const { return false; }
 };
 
 // The allocator for a device; throws DeviceError when that device has none registered, saying

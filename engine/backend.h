@@ -92,8 +92,11 @@ struct OpTime {
 class Backend {
  public:
   // `supported`: the ops this backend has kernels for (supports_op); calling another is a
-  // DeviceError that names it.
-  explicit Backend(OpSet supported = OpSet::all()) : supported_(supported) {}
+  // DeviceError that names it. `meta_kernels`: the kernels that run inside a MetaScope, up to
+  // the scratch memory they take from the allocator and no further (Note [meta execution] in
+  // engine/meta.h); every other kernel is skipped there.
+  explicit Backend(OpSet supported = OpSet::all(), OpSet meta_kernels = {})
+      : supported_(supported), meta_kernels_(meta_kernels) {}
   virtual ~Backend() = default;
   virtual DeviceType device_type() const = 0;
 
@@ -141,6 +144,7 @@ class Backend {
 #undef HEADROOM_OP_WRAPPER
 
   bool supports_op(OpId op) const { return supported_.contains(op); }
+  bool runs_under_meta(OpId op) const { return meta_kernels_.contains(op); }
 
   // The contracts (what each op's caller provides and its kernel does):
   //
@@ -265,6 +269,7 @@ class Backend {
 
  private:
   OpSet supported_;
+  OpSet meta_kernels_;
 };
 
 // In a backend's class: declares an override of every op's kernel.

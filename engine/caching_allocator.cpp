@@ -98,6 +98,7 @@ CachingAllocator::~CachingAllocator() {
 }
 
 Device CachingAllocator::device() const { return backend_->device(); }
+bool CachingAllocator::is_meta() const { return backend_->is_meta(); }
 
 size_t CachingAllocator::bytes_in_use() const {
   std::lock_guard<std::recursive_mutex> lock(mu_);

@@ -71,6 +71,8 @@ class DeviceMemoryBackend {
   virtual void release_event(uint64_t event) {}
   // Waits for all work on the device (before segments go back to the backend).
   virtual void synchronize() {}
+  // Address ranges without memory (Note [meta execution] in engine/meta.h).
+  virtual bool is_meta() const { return false; }
 };
 
 // Aligned (512 B) host memory.
@@ -173,6 +175,7 @@ class CachingAllocator final : public Allocator {
   Allocation allocate(size_t nbytes) override;
   void deallocate(const Allocation& a) override;
   Device device() const override;
+  bool is_meta() const override;
   size_t bytes_in_use() const override;
   size_t peak_bytes_in_use() const override;
   void reset_peak() override { reset_peak_stats(); }

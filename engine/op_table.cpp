@@ -7,6 +7,7 @@
 #include <set>
 
 #include "engine/backend.h"
+#include "engine/meta.h"
 #include "kernels/contract_checks.h"
 
 namespace headroom {
@@ -497,6 +498,7 @@ struct OpContract<OpId::index_add> {
     headroom::detail::check_devices(#name, device_type(), #args, HEADROOM_EXPAND args);  \
     OpContract<OpId::name>::check(HEADROOM_EXPAND args);                                 \
     if (!supported_.contains(OpId::name)) throw_unsupported(OpId::name, device_type()); \
+    if (meta_active() && !meta_kernels_.contains(OpId::name)) return;                    \
     impl_##name args;                                                                    \
   }                                                                                      \
   void Backend::impl_##name params { throw_unsupported(OpId::name, device_type()); }

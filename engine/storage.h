@@ -29,10 +29,11 @@ class StorageImpl {
  public:
   StorageImpl(size_t nbytes, Device device)
       : device_(device), allocator_(&allocator_for(device)), alloc_(allocator_->allocate(nbytes)),
-        nbytes_(nbytes) {}
+        nbytes_(nbytes), meta_(allocator_->is_meta()) {}
   // From a given allocator (the pinned host allocator): its device's memory.
   StorageImpl(size_t nbytes, Allocator& allocator)
-      : device_(allocator.device()), allocator_(&allocator), alloc_(allocator.allocate(nbytes)), nbytes_(nbytes) {}
+      : device_(allocator.device()), allocator_(&allocator), alloc_(allocator.allocate(nbytes)), nbytes_(nbytes),
+        meta_(allocator.is_meta()) {}
   // Host memory outside every device's allocator (Tensor::empty_host): not counted in any
   // allocator's stats or limit.
   StorageImpl(size_t nbytes, HostMemoryTag)
@@ -45,6 +46,8 @@ class StorageImpl {
   StorageImpl& operator=(const StorageImpl&) = delete;
 
   void* data() const { return alloc_.ptr; }
+  // An address range without memory (Note [meta execution] in engine/meta.h).
+  bool is_meta() const { return meta_; }
   size_t nbytes() const { return nbytes_; }
   Device device() const { return device_; }
   uint64_t version() const { return version_->load(std::memory_order_relaxed); }
@@ -68,6 +71,7 @@ class StorageImpl {
   Allocator* allocator_;
   Allocation alloc_;
   size_t nbytes_;
+  bool meta_ = false;
 };
 
 using Storage = std::shared_ptr<StorageImpl>;

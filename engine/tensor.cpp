@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "engine/backend.h"
+#include "engine/meta.h"
 #include "engine/rng.h"
 
 namespace headroom {
@@ -54,8 +55,15 @@ bool Tensor::is_contiguous() const {
 
 void* Tensor::raw_data() const {
   const auto& impl = checked(impl_);
+  // Note [meta execution]: inside a MetaScope the address is handed out (a kernel that takes
+  // scratch computes its pointers) but never read; outside, there is nothing at it.
+  if (impl.storage->is_meta() && !meta_active())
+    throw DeviceError(str_cat("a meta tensor ", shape_str(impl.shape), " ", dtype_name(impl.dtype),
+                              " (made inside a MetaScope) has no data to read or write"));
   return static_cast<char*>(impl.storage->data()) + impl.offset * static_cast<int64_t>(dtype_size(impl.dtype));
 }
+
+bool Tensor::is_meta() const { return defined() && impl_->storage && impl_->storage->is_meta(); }
 
 void Tensor::check_dtype(DType expected, const char* what) const {
   HR_CHECK(dtype() == expected, DTypeError, what, ": tensor is ", dtype_name(dtype()),
@@ -67,6 +75,7 @@ double Tensor::item_double() const {
            shape_str(shape()));
   // Straight into host bytes, allocating no tensor: reading a loss or a flag cannot run out of
   // device memory (optim/grad_scaler.cpp reads its overflow flag after the optimizer stepped).
+  if (is_meta()) return 0;  // Note [meta execution]: no data, reads are zeros
   alignas(8) unsigned char bytes[8] = {};
   const size_t n = dtype_size(dtype());
   if (device().is_cpu()) std::memcpy(bytes, raw_data(), n);
@@ -254,7 +263,11 @@ void copy_tensor(const Tensor& dst, const Tensor& src, bool non_blocking) {
     backend_for(src.device()).copy(packed, src);
   }
   Tensor landing = dst.is_contiguous() ? dst : Tensor::empty(dst.shape(), dst.options());
-  if (dst.device().is_cpu()) {
+  if (landing.is_meta() || packed.is_meta()) {
+    // Note [meta execution]: the same blocks, no bytes moved.
+    if (!dst.device().is_cpu() && !src.device().is_cpu())
+      (void)Tensor::empty(src.shape(), TensorOptions().dtype(dst.dtype()));
+  } else if (dst.device().is_cpu()) {
     // Asynchronous only into the caller's own pinned tensor: a landing buffer copied on below
     // would have to wait anyway.
     const bool async = non_blocking && landing.is_same(dst) && dst.is_pinned();

@@ -81,6 +81,8 @@ class Tensor {
 
   // Pointer to the first element (storage + offset). data<T>() checks that T is the dtype.
   void* raw_data() const;
+  // Shapes and allocator blocks, no data (Note [meta execution] in engine/meta.h).
+  bool is_meta() const;
   template <typename T> T* data() const {
     check_dtype(dtype_of<T>(), "data<T>()");
     return static_cast<T*>(raw_data());
@@ -218,8 +220,10 @@ Tensor Tensor::from_vector(const std::vector<T>& values, const Shape& shape, Ten
   HR_CHECK(static_cast<int64_t>(values.size()) == shape_numel(shape), ShapeError,
            "from_vector: ", values.size(), " values do not fill shape ", shape_str(shape));
   Tensor host = empty(shape, TensorOptions().dtype(dtype_of<T>()));
-  T* dst = host.data<T>();
-  for (size_t i = 0; i < values.size(); ++i) dst[i] = values[i];
+  if (!host.is_meta()) {  // Note [meta execution]: no bytes to write
+    T* dst = host.data<T>();
+    for (size_t i = 0; i < values.size(); ++i) dst[i] = values[i];
+  }
   if (opts.dtype_ == dtype_of<T>() && opts.device_.is_cpu()) {
     if (opts.requires_grad_) host.set_requires_grad(true);
     return host;
@@ -234,6 +238,7 @@ template <typename T>
 std::vector<T> Tensor::to_vector() const {
   Tensor host = empty(shape(), TensorOptions().dtype(dtype_of<T>()));
   copy_tensor(host, *this);
+  if (host.is_meta()) return std::vector<T>(static_cast<size_t>(numel()), T(0));  // Note [meta execution]
   const T* p = host.data<T>();
   return std::vector<T>(p, p + numel());
 }

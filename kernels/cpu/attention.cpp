@@ -31,6 +31,7 @@
 #include <vector>
 
 #include "kernels/contract_checks.h"
+#include "engine/meta.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cpu/strided.h"
 
@@ -215,6 +216,7 @@ void backward_impl(const T* q, const T* k, const T* v, const T* out, const T* do
     CategoryScope scratch(MemoryCategory::workspace);
     drow_t = Tensor::empty({g.bh * T_}, TensorOptions().dtype(dtype_of<C>()));
   }
+  if (meta_active()) return;  // Note [meta execution]: the scratch is what it takes
   C* drow = drow_t.data<C>();
   parallel_for(g.bh * T_, unit_grain(D), [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {

@@ -18,6 +18,7 @@
 
 #include "engine/caching_allocator.h"
 #include "kernels/contract_checks.h"
+#include "engine/meta.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cpu/gemm.h"
 #include "kernels/cpu/strided.h"
@@ -152,6 +153,10 @@ void gather_group(const T* dout, const ConvGeom& g, int64_t n0, int64_t nc, int6
 
 template <typename T>
 void forward_impl(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& out, const ConvGeom& g) {
+  const int64_t chunk = chunk_images(g, sizeof(T), x.device());
+  Tensor col_t = scratch(g.CKK * chunk * g.OHW, x.dtype(), x.device());
+  Tensor stage_t = scratch(g.Og * chunk * g.OHW, x.dtype(), x.device());
+  if (meta_active()) return;  // Note [meta execution]: the scratch is what it takes
   const T* px = static_cast<const T*>(x.raw_data());
   const T* pw = static_cast<const T*>(w.raw_data());
   T* po = static_cast<T*>(out.raw_data());
@@ -160,9 +165,6 @@ void forward_impl(const Tensor& x, const Tensor& w, const Tensor& bias, const Te
     const T* pb = static_cast<const T*>(bias.raw_data());
     for (int64_t o = 0; o < g.O; ++o) b[static_cast<size_t>(o)] = pb[o * bias.stride(0)];
   }
-  const int64_t chunk = chunk_images(g, sizeof(T), x.device());
-  Tensor col_t = scratch(g.CKK * chunk * g.OHW, x.dtype(), x.device());
-  Tensor stage_t = scratch(g.Og * chunk * g.OHW, x.dtype(), x.device());
   T* col = static_cast<T*>(col_t.raw_data());
   T* stage = static_cast<T*>(stage_t.raw_data());
   for (int64_t n0 = 0; n0 < g.N; n0 += chunk) {
@@ -193,6 +195,7 @@ void backward_input_impl(const Tensor& dout, const Tensor& w, const Tensor& dx, 
   const int64_t chunk = chunk_images(g, sizeof(T), dx.device());
   Tensor col_t = scratch(g.CKK * chunk * g.OHW, dout.dtype(), dout.device());
   Tensor stage_t = scratch(g.Og * chunk * g.OHW, dout.dtype(), dout.device());
+  if (meta_active()) return;  // Note [meta execution]
   T* dcol = static_cast<T*>(col_t.raw_data());
   T* stage = static_cast<T*>(stage_t.raw_data());
   for (int64_t n0 = 0; n0 < g.N; n0 += chunk) {
@@ -211,12 +214,13 @@ void backward_weight_impl(const Tensor& dout, const Tensor& x, const Tensor& dw,
   const T* px = static_cast<const T*>(x.raw_data());
   T* pw = static_cast<T*>(dw.raw_data());
   if (g.N == 0 || g.OHW == 0) {
-    std::fill(pw, pw + dw.numel(), T(0));
+    if (!meta_active()) std::fill(pw, pw + dw.numel(), T(0));
     return;
   }
   const int64_t chunk = chunk_images(g, sizeof(T), x.device());
   Tensor col_t = scratch(g.CKK * chunk * g.OHW, x.dtype(), x.device());
   Tensor stage_t = scratch(g.Og * chunk * g.OHW, x.dtype(), x.device());
+  if (meta_active()) return;  // Note [meta execution]
   T* col = static_cast<T*>(col_t.raw_data());
   T* stage = static_cast<T*>(stage_t.raw_data());
   for (int64_t n0 = 0; n0 < g.N; n0 += chunk) {

@@ -11,6 +11,10 @@ namespace headroom::cpu {
 
 class CpuBackend final : public Backend {
  public:
+  // Inside a MetaScope the kernels that take scratch memory run up to it (Note [meta execution]).
+  CpuBackend()
+      : Backend(OpSet::all(), OpSet{OpId::matmul, OpId::conv2d_forward, OpId::conv2d_backward_input,
+                                    OpId::conv2d_backward_weight, OpId::attention_backward}) {}
   DeviceType device_type() const override { return DeviceType::cpu; }
 
   void copy_to_host(void* host_dst, const void* src, size_t nbytes, Device device, bool non_blocking) override;

@@ -14,6 +14,7 @@
 #include <cstring>
 
 #include "kernels/contract_checks.h"
+#include "engine/meta.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cpu/gemm.h"
 
@@ -86,6 +87,7 @@ void matmul_blas(Backend& be, Tensor a, Tensor b, const Tensor& out, T beta) {
   if (B == 0 || M == 0 || N == 0) return;
   T* pc = static_cast<T*>(out.raw_data());
   if (K == 0) {  // an empty sum: out = beta * out
+    if (meta_active()) return;
     for (int64_t i = 0; i < B * M * N; ++i) pc[i] = beta == T(0) ? T(0) : beta * pc[i];
     return;
   }
@@ -101,6 +103,7 @@ void matmul_blas(Backend& be, Tensor a, Tensor b, const Tensor& out, T beta) {
     b = rebroadcast_batch(b, B);
     lb = blas_layout(K, N, b.stride(1), b.stride(2));
   }
+  if (meta_active()) return;  // Note [meta execution]: the copies above were its scratch
   const T* pa = static_cast<const T*>(a.raw_data());
   const T* pb = static_cast<const T*>(b.raw_data());
   const int64_t sa = B == 1 ? 0 : a.stride(0), sb = B == 1 ? 0 : b.stride(0);

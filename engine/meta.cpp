@@ -1,0 +1,75 @@
+#include "engine/meta.h"
+
+#include <map>
+#include <memory>
+
+#include "engine/error.h"
+
+namespace headroom {
+
+namespace {
+
+// Address ranges, never touched (Note [meta execution]). They start high in the address space
+// and are not mapped, so that a kernel that wrongly ran would fault rather than read.
+class MetaMemoryBackend final : public DeviceMemoryBackend {
+ public:
+  explicit MetaMemoryBackend(Device device) : device_(device) {}
+  Device device() const override { return device_; }
+  void* raw_alloc(size_t nbytes) override {
+    const uintptr_t p = next_;
+    next_ += (nbytes + kAlign - 1) / kAlign * kAlign + kAlign;  // a gap between segments
+    return reinterpret_cast<void*>(p);
+  }
+  void raw_free(void*, size_t) override {}
+  // The device's: cudaMalloc hands out 2 MiB pages (kernels/cuda/cuda_memory.h), host memory
+  // the caching allocator's 512 B rounding.
+  size_t granularity() const override { return device_.is_cuda() ? size_t{2} << 20 : 512; }
+  bool is_meta() const override { return true; }
+
+ private:
+  static constexpr uintptr_t kAlign = 4096;
+  Device device_;
+  uintptr_t next_ = uintptr_t{0x7e00} << 32;
+};
+
+}  // namespace
+
+struct MetaScope::State {
+  std::map<std::pair<int, int>, CachingAllocator*> allocators;  // never destroyed
+  CachingAllocator& get(Device device) {
+    auto key = std::make_pair(static_cast<int>(device.type), device.index);
+    auto it = allocators.find(key);
+    if (it != allocators.end()) return *it->second;
+    auto* a = new CachingAllocator(std::make_unique<MetaMemoryBackend>(device));
+    allocators[key] = a;
+    return *a;
+  }
+};
+
+namespace {
+thread_local MetaScope::State* g_active = nullptr;
+}  // namespace
+
+MetaScope::MetaScope() : state_(new State) {
+  if (g_active) {
+    delete state_;
+    throw ValueError("MetaScope: a MetaScope is already open on this thread (they do not nest)");
+  }
+  g_active = state_;
+}
+
+MetaScope::~MetaScope() {
+  g_active = nullptr;
+  // The allocators stay (a meta tensor may outlive the scope and be freed later); the map goes.
+  delete state_;
+}
+
+CachingAllocator& MetaScope::allocator(Device device) { return state_->get(device); }
+
+bool meta_active() { return g_active != nullptr; }
+
+namespace detail {
+Allocator* meta_allocator_for(Device device) { return g_active ? &g_active->get(device) : nullptr; }
+}  // namespace detail
+
+}  // namespace headroom
