@@ -428,4 +428,36 @@ std::string profile_tables(const std::vector<Result>& results, size_t top) {
   return os.str();
 }
 
+std::string prediction_table(const std::vector<Result>& results, bool* all_exact) {
+  *all_exact = true;
+  std::ostringstream os;
+  bool any = false;
+  for (const Result& r : results) {
+    if (!r.predicted) continue;
+    if (!any) {
+      os << "\nPredicted (meta execution, Note [meta execution]) against measured:\n\n"
+         << "| preset | peak allocated predicted | measured | categories | peak reserved predicted | measured | "
+            "prediction took |\n|---|---:|---:|---|---:|---:|---:|\n";
+      any = true;
+    }
+    if (r.predict_status != "ok" || !r.measured) {
+      os << "| " << r.preset.name << " | " << (r.predict_status != "ok" ? r.predict_status : "-") << " | "
+         << (r.measured ? format_bytes(r.peak_allocated()) : r.status) << " | - | - | - | - |\n";
+      if (r.predict_status != r.status) *all_exact = false;
+      continue;
+    }
+    const int64_t pa = r.predicted_stats.allocated_bytes.peak, ma = r.peak_allocated();
+    const int64_t pr = r.predicted_stats.reserved_bytes.peak, mr = r.peak_reserved();
+    int differing = 0;
+    for (size_t c = 0; c < kNumMemoryCategories; ++c)
+      differing += r.predicted_stats.category_bytes[c].peak != r.stats.category_bytes[c].peak ? 1 : 0;
+    const bool reserved_close = std::llabs(pr - mr) <= mr / 50;
+    if (pa != ma || differing > 0 || !reserved_close) *all_exact = false;
+    os << "| " << r.preset.name << " | " << pa << " B | " << (pa == ma ? "= " : "") << ma << " B | "
+       << (differing == 0 ? "all equal" : str_cat(differing, " differ")) << " | " << format_bytes(pr) << " | "
+       << format_bytes(mr) << " | " << std::fixed << std::setprecision(3) << r.predict_seconds << " s |\n";
+  }
+  return os.str();
+}
+
 }  // namespace headroom::bench

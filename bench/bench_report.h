@@ -57,6 +57,12 @@ struct Result {
   // --profile (cuda): one extra step's GPU time by op, and that step's time between events.
   std::vector<OpProfileRow> profile;
   double profile_step_ms = 0;
+  // --predict: the same run inside a MetaScope first (Note [meta execution]): its allocator's
+  // stats, how long the prediction took, and its status ("ok", "oom", "error: ...").
+  bool predicted = false;
+  std::string predict_status;
+  MemoryStats predicted_stats;
+  double predict_seconds = 0;
 
   int64_t peak_allocated() const { return stats.allocated_bytes.peak; }
   int64_t peak_reserved() const { return stats.reserved_bytes.peak; }
@@ -69,6 +75,11 @@ struct RunInfo {
   std::string date;         // ISO 8601, UTC
   int64_t steps = 0, warmup_steps = 0;
 };
+
+// --predict: predicted against measured peak allocated (to the byte, and per category) and
+// peak reserved, one row per preset that both predicted and ran; `all_exact` false when any
+// allocated peak differs or a reserved peak is off by more than 2%.
+std::string prediction_table(const std::vector<Result>& results, bool* all_exact);
 
 // What recompute checkpointing cost and bought: a -ckpt- preset against its base preset
 // (Preset::checkpoint_base(), the same configuration without checkpointing). Only pairs that

@@ -23,6 +23,7 @@
 #include <filesystem>
 
 #include "bench/bench_models.h"
+#include "engine/meta.h"
 #include "bench/bench_report.h"
 #include "examples/common.h"
 #include "kernels/cpu/strided.h"
@@ -65,6 +66,30 @@ void print_list(std::ostream& os) {
      << "and -ckpt-sqrt presets recompute activations in backward (per block or stage, or sqrt(n)\n"
      << "segments), and when their base preset (the name without the suffix) runs too, the report\n"
      << "gives the step-time and activation-peak ratios of the two.\n";
+}
+
+// The same run as run_preset inside a MetaScope (Note [meta execution]): the allocator's stats
+// it would end with, without computing anything. Never throws for what the workload does.
+void predict_preset(const Preset& p, Device device, int64_t steps, int64_t warmup, uint64_t seed, Result& r) {
+  r.predicted = true;
+  examples::Timer t;
+  try {
+    MetaScope meta;
+    CachingAllocator& alloc = meta.allocator(device);
+    if (size_t limit = caching_allocator(device).memory_limit()) alloc.set_memory_limit(limit);
+    manual_seed(seed);
+    std::unique_ptr<Workload> w = make_workload(p, device, seed);
+    for (int64_t i = 0; i < warmup; ++i) (void)w->step().item<double>();
+    alloc.reset_peak_stats();
+    for (int64_t i = 0; i < steps; ++i) (void)w->step();
+    r.predicted_stats = alloc.stats();
+    r.predict_status = "ok";
+  } catch (const OutOfMemoryError&) {
+    r.predict_status = "oom";
+  } catch (const std::exception& e) {
+    r.predict_status = str_cat("error: ", first_line(e.what()));
+  }
+  r.predict_seconds = t.seconds();
 }
 
 // Runs one configuration; never throws for what the workload does.
@@ -139,7 +164,7 @@ int main(int argc, char** argv) {
   std::vector<std::string> preset_names;
   std::string preset_arg;  // the last --preset; every one is collected into preset_names by its check
   int64_t steps = 10, warmup = 2, seed = 1;
-  bool profile = false;
+  bool profile = false, predict = false;
   std::string device_arg = "cpu", out_dir = "headroom-bench-results", memory_limit;
 
   examples::Flags flags("headroom-bench",
@@ -163,6 +188,9 @@ int main(int argc, char** argv) {
   flags.add("device", &device_arg, "cpu or cuda[:N]", examples::device_name());
   flags.add("out", &out_dir, "folder for results.json, results.csv, results.md and memory_vs_throughput.svg");
   flags.add("seed", &seed, "seed of weights and synthetic data", examples::at_least<int64_t>(0));
+  flags.add("predict", &predict,
+            "first predict each configuration's memory by meta execution (docs/planning.md) and report it against "
+            "the measurement; exit status 3 when a prediction is off");
   flags.add("profile", &profile, "cuda: after the timed steps, one more with GPU time by op (kernels/cuda/op_profile.h)");
   flags.add("memory-limit", &memory_limit, "cap on the device's memory, e.g. 24GiB (default: HEADROOM_MEMORY_LIMIT)",
             examples::Flags::Check<std::string>([](const std::string& v) {
@@ -213,7 +241,13 @@ int main(int argc, char** argv) {
       const Preset& p = presets[i];
       std::cerr << "[" << i + 1 << "/" << presets.size() << "] " << p.name << ": " << p.description << "\n" << std::flush;
       examples::Timer t;
+      Result predicted;
+      if (predict) predict_preset(p, device, steps, warmup, static_cast<uint64_t>(seed), predicted);
       Result r = run_preset(p, device, steps, warmup, static_cast<uint64_t>(seed), profile);
+      r.predicted = predicted.predicted;
+      r.predict_status = predicted.predict_status;
+      r.predicted_stats = predicted.predicted_stats;
+      r.predict_seconds = predicted.predict_seconds;
       if (r.measured)
         std::cerr << "  peak allocated " << format_bytes(r.peak_allocated()) << ", reserved "
                   << format_bytes(r.peak_reserved()) << ", " << std::fixed << std::setprecision(2) << r.step_ms
@@ -226,7 +260,9 @@ int main(int argc, char** argv) {
       results.push_back(std::move(r));
     }
 
-    const std::string table = markdown_table(results) + profile_tables(results);
+    bool predictions_exact = true;
+    const std::string table = markdown_table(results) + profile_tables(results) +
+                              (predict ? prediction_table(results, &predictions_exact) : std::string());
     std::cout << table << std::flush;
     namespace fs = std::filesystem;
     const fs::path dir(out_dir);
@@ -235,6 +271,11 @@ int main(int argc, char** argv) {
     write_text_file((dir / "results.md").string(), table);
     write_text_file((dir / "memory_vs_throughput.svg").string(), memory_throughput_svg(results, info));
     std::cerr << "wrote " << (dir / "results.json").string() << ", results.csv, results.md and memory_vs_throughput.svg\n";
-    return failed ? 1 : 0;
+    if (failed) return 1;
+    if (!predictions_exact) {
+      std::cerr << "headroom-bench: a prediction differs from its measurement (table above)\n";
+      return 3;
+    }
+    return 0;
   });
 }

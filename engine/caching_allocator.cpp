@@ -15,6 +15,7 @@ namespace headroom {
 struct CachingAllocator::Segment {
   char* ptr = nullptr;
   size_t size = 0;
+  uint64_t serial = 0;  // the order segments were obtained in (Note [placement order])
   int64_t stream = 0;
   bool small = false;
   Block* head = nullptr;
@@ -42,9 +43,18 @@ size_t CachingAllocator::round_size(size_t nbytes) {
   return nbytes <= kRound ? kRound : (nbytes + kRound - 1) / kRound * kRound;
 }
 
+// Note [placement order]: among free blocks of one size, the one in the oldest segment wins, and
+// within a segment the one at the lower offset -- never the lower address across segments. The
+// host and cudaMalloc hand out addresses in an order nobody chooses, and a placement that
+// depended on them would make reserved bytes (fragmentation) differ from run to run and from
+// what meta execution predicts over its own address ranges (Note [meta execution]).
 bool CachingAllocator::BlockLess::operator()(const Block* a, const Block* b) const {
   if (a->stream != b->stream) return a->stream < b->stream;
   if (a->size != b->size) return a->size < b->size;
+  if (a->segment != b->segment) {
+    if (!a->segment || !b->segment) return !a->segment;  // a search key (no segment) comes first
+    return a->segment->serial < b->segment->serial;
+  }
   return a->ptr < b->ptr;
 }
 
@@ -159,6 +169,7 @@ CachingAllocator::Block* CachingAllocator::new_segment(size_t size, bool small, 
   auto seg = std::make_unique<Segment>();
   seg->ptr = static_cast<char*>(p);
   seg->size = size;
+  seg->serial = next_segment_serial_++;
   seg->stream = stream;
   seg->small = small;
   auto* b = new Block();

@@ -243,6 +243,7 @@ class CachingAllocator final : public Allocator {
   Pool small_pool_;
   Pool large_pool_;
   std::vector<std::unique_ptr<Segment>> segments_;
+  uint64_t next_segment_serial_ = 0;
   std::vector<Block*> pending_;  // freed, waiting for other streams' events
   MemoryStats stats_;
   size_t limit_ = 0;

@@ -343,3 +343,44 @@ TEST(CachingAllocator, TensorsAreCategorisedByAutograd) {
 
 }  // namespace
 }  // namespace headroom
+
+namespace headroom {
+namespace {
+
+// Address ranges going up or down (never touched): the raw backend's order of addresses.
+class OrderedAddresses : public DeviceMemoryBackend {
+ public:
+  explicit OrderedAddresses(bool downwards) : down_(downwards) {}
+  Device device() const override { return Device::cpu(); }
+  void* raw_alloc(size_t n) override {
+    const uintptr_t step = (n + 4095) / 4096 * 4096 + 4096;
+    next_ = down_ ? next_ - step : next_ + step;
+    return reinterpret_cast<void*>(down_ ? next_ : next_ - step);
+  }
+  void raw_free(void*, size_t) override {}
+
+ private:
+  bool down_;
+  uintptr_t next_ = uintptr_t{1} << 44;
+};
+
+// Note [placement order]: among equal free blocks the oldest segment's wins, whatever addresses
+// the backend gave; so placement and reserved bytes do not depend on them.
+TEST(CachingAllocator, PlacementFollowsSegmentOrderNotAddresses) {
+  for (bool down : {false, true}) {
+    CachingAllocator a(std::make_unique<OrderedAddresses>(down));
+    Allocation first = a.allocate(3 * MiB), second = a.allocate(3 * MiB);
+    a.deallocate(second);
+    a.deallocate(first);
+    Allocation again = a.allocate(1536 * KiB);  // fits either free 3 MiB block
+    EXPECT_EQ(again.ptr, first.ptr) << (down ? "addresses going down" : "addresses going up");
+    Allocation other = a.allocate(2 * MiB);  // the remainder (1.5 MiB) is too small: the second segment
+    EXPECT_EQ(other.ptr, second.ptr);
+    EXPECT_EQ(a.stats().reserved_bytes.peak, static_cast<int64_t>(6 * MiB));
+    a.deallocate(again);
+    a.deallocate(other);
+  }
+}
+
+}  // namespace
+}  // namespace headroom
