@@ -144,7 +144,6 @@ class Backend {
 #undef HEADROOM_OP_WRAPPER
 
   bool supports_op(OpId op) const { return supported_.contains(op); }
-  bool runs_under_meta(OpId op) const { return meta_kernels_.contains(op); }
 
   // The contracts (what each op's caller provides and its kernel does):
   //

@@ -4,7 +4,7 @@
 
 #include <cstring>
 #include <mutex>
-#include <set>
+#include <map>
 
 #include "engine/backend.h"
 #include "engine/meta.h"
@@ -231,21 +231,11 @@ void check_stats(const char* op, const Tensor& t, int64_t n, DType data, const c
            ": ", what, " must be a contiguous ", dtype_name(want), " ", shape_str({n}), " for ", dtype_name(data),
            " data, got ", t.defined() ? describe(t) : std::string("undefined"));
 }
-// y, dy, dx: x's shape and dtype, contiguous; `required` ones must be defined.
+// y, dy, dx: x's shape and dtype, contiguous (kernels::detail::check_like_x); `required` ones
+// must be defined.
 void check_like(const char* op, const Tensor& t, const Tensor& x, const char* what, bool required) {
   HR_CHECK(t.defined() || !required, ValueError, op, ": ", what, " must be defined");
-  if (!t.defined()) return;
-  HR_CHECK(t.shape() == x.shape() && t.dtype() == x.dtype() && t.is_contiguous(), ValueError, op, ": ", what,
-           " must be contiguous and match x ", describe(x), ", got ", describe(t), " with strides ",
-           shape_str(t.strides()));
-}
-// A per-feature parameter or its gradient: 1-d [n] of a float dtype, any stride, or undefined.
-void check_vector(const char* op, const Tensor& t, int64_t n, const char* what) {
-  if (!t.defined()) return;
-  HR_CHECK(t.dim() == 1 && t.size(0) == n, ShapeError, op, ": ", what, " must have shape ", shape_str({n}), ", got ",
-           describe(t));
-  HR_CHECK(is_floating(t.dtype()), DTypeError, op, ": ", what, " must be a floating dtype (f32, f64, f16, bf16), got ",
-           describe(t));
+  kernels::detail::check_like_x(op, t, x, what);
 }
 void check_data(const char* op, const Tensor& x, int64_t dims, const char* layout) {
   HR_CHECK(x.defined() && x.dim() == dims && x.is_contiguous(), ValueError, op, ": x must be a contiguous ", layout,
@@ -264,8 +254,8 @@ struct OpContract<OpId::layer_norm_forward> {
     check_stats(op, mean, m, x.dtype(), "mean");
     check_stats(op, rstd, m, x.dtype(), "rstd");
     HR_CHECK(m == 0 || n > 0, ValueError, op, ": cannot normalise rows of size 0 in ", describe(x));
-    check_vector(op, weight, n, "weight");
-    check_vector(op, bias, n, "bias");
+    kernels::detail::check_channel_vector(op, weight, n, "weight");
+    kernels::detail::check_channel_vector(op, bias, n, "bias");
   }
 };
 template <>
@@ -279,9 +269,9 @@ struct OpContract<OpId::layer_norm_backward> {
     const int64_t m = x.size(0), n = x.size(1);
     check_stats(op, mean, m, x.dtype(), "mean");
     check_stats(op, rstd, m, x.dtype(), "rstd");
-    check_vector(op, weight, n, "weight");
-    check_vector(op, dweight, n, "dweight");
-    check_vector(op, dbias, n, "dbias");
+    kernels::detail::check_channel_vector(op, weight, n, "weight");
+    kernels::detail::check_channel_vector(op, dweight, n, "dweight");
+    kernels::detail::check_channel_vector(op, dbias, n, "dbias");
   }
 };
 template <>
@@ -295,10 +285,10 @@ struct OpContract<OpId::batch_norm_forward> {
     check_like(op, y, x, "y", true);
     check_stats(op, save_mean, c, x.dtype(), "save_mean");
     check_stats(op, save_invstd, c, x.dtype(), "save_invstd");
-    check_vector(op, weight, c, "weight");
-    check_vector(op, bias, c, "bias");
-    check_vector(op, running_mean, c, "running_mean");
-    check_vector(op, running_var, c, "running_var");
+    kernels::detail::check_channel_vector(op, weight, c, "weight");
+    kernels::detail::check_channel_vector(op, bias, c, "bias");
+    kernels::detail::check_channel_vector(op, running_mean, c, "running_mean");
+    kernels::detail::check_channel_vector(op, running_var, c, "running_var");
     if (training)
       HR_CHECK(c == 0 || x.size(0) * x.size(2) > 1, ValueError, op,
                ": training needs more than one value per channel, got input ", shape_str(x.shape()));
@@ -318,9 +308,9 @@ struct OpContract<OpId::batch_norm_backward> {
     check_like(op, dx, x, "dx", false);
     check_stats(op, save_mean, c, x.dtype(), "save_mean");
     check_stats(op, save_invstd, c, x.dtype(), "save_invstd");
-    check_vector(op, weight, c, "weight");
-    check_vector(op, dweight, c, "dweight");
-    check_vector(op, dbias, c, "dbias");
+    kernels::detail::check_channel_vector(op, weight, c, "weight");
+    kernels::detail::check_channel_vector(op, dweight, c, "dweight");
+    kernels::detail::check_channel_vector(op, dbias, c, "dbias");
   }
 };
 

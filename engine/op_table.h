@@ -24,11 +24,8 @@
 #include <bitset>
 #include <cstdint>
 #include <functional>
-#include <map>
-#include <memory>
 #include <string>
 #include <string_view>
-#include <tuple>
 #include <type_traits>
 #include <vector>
 
@@ -133,7 +130,6 @@ class OpSet {
     return s;
   }
   bool contains(OpId op) const { return bits_.test(static_cast<size_t>(op)); }
-  size_t size() const { return bits_.count(); }
 
  private:
   std::bitset<kNumOps> bits_;
