@@ -36,6 +36,7 @@ class MetaMemoryBackend final : public DeviceMemoryBackend {
 
 struct MetaScope::State {
   std::map<std::pair<int, int>, CachingAllocator*> allocators;  // never destroyed
+  std::map<std::string, Tensor> slots;                           // freed with the scope
   CachingAllocator& get(Device device) {
     auto key = std::make_pair(static_cast<int>(device.type), device.index);
     auto it = allocators.find(key);
@@ -59,6 +60,7 @@ MetaScope::MetaScope() : state_(new State) {
 }
 
 MetaScope::~MetaScope() {
+  state_->slots.clear();  // back to the meta allocators they came from
   g_active = nullptr;
   // The allocators stay (a meta tensor may outlive the scope and be freed later); the map goes.
   delete state_;
@@ -70,6 +72,7 @@ bool meta_active() { return g_active != nullptr; }
 
 namespace detail {
 Allocator* meta_allocator_for(Device device) { return g_active ? &g_active->get(device) : nullptr; }
+Tensor* meta_scope_slot(const std::string& key) { return g_active ? &g_active->slots[key] : nullptr; }
 }  // namespace detail
 
 }  // namespace headroom

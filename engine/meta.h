@@ -32,6 +32,9 @@
 
 #include "engine/caching_allocator.h"
 #include "engine/device.h"
+#include "engine/tensor.h"
+
+#include <string>
 
 namespace headroom {
 
@@ -57,6 +60,9 @@ bool meta_active();
 namespace detail {
 // The meta allocator for `device` when a MetaScope is open on this thread; nullptr otherwise.
 Allocator* meta_allocator_for(Device device);
+// A tensor slot that lives as long as the open MetaScope, for what a backend allocates once and
+// keeps (the cuBLAS workspace: kernels/cuda/cuda_libs.cpp); nullptr when none is open.
+Tensor* meta_scope_slot(const std::string& key);
 }  // namespace detail
 
 }  // namespace headroom

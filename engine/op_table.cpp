@@ -2,12 +2,14 @@
 // points of Backend, and the registry of ops added at run time.
 #include "engine/op_table.h"
 
+#include <algorithm>
 #include <cstring>
 #include <mutex>
 #include <map>
 
 #include "engine/backend.h"
 #include "engine/meta.h"
+#include "engine/op_cost.h"
 #include "kernels/contract_checks.h"
 
 namespace headroom {
@@ -480,17 +482,171 @@ struct OpContract<OpId::index_add> {
   }
 };
 
+// ---- Note [op costs]: what each call costs, from its arguments' shapes ----
+
+// The default: an elementwise op -- one operation per element of its largest tensor, every
+// tensor read or written once; the dtype of the first defined tensor; the UnaryOp/BinaryOp/
+// ReduceOp as the variant.
+struct CostSum {
+  OpCost cost;
+  DType dtype = DType::f32;
+  bool have_dtype = false;
+  void tensor(const Tensor& t) {
+    if (!t.defined()) return;
+    if (!have_dtype) {
+      dtype = t.dtype();
+      have_dtype = true;
+    }
+    cost.bytes += static_cast<double>(t.nbytes());
+    cost.flops = std::max(cost.flops, static_cast<double>(t.numel()));
+  }
+  void arg(const Tensor& t) { tensor(t); }
+  void arg(const std::vector<Tensor>& ts) {
+    for (const Tensor& t : ts) tensor(t);
+  }
+  void arg(UnaryOp op) { cost.variant = static_cast<int>(op); }
+  void arg(BinaryOp op) { cost.variant = static_cast<int>(op); }
+  void arg(ReduceOp op) { cost.variant = static_cast<int>(op); }
+  template <typename T>
+  void arg(const T&) {}
+};
+template <typename... A>
+CostSum elementwise_cost(const A&... args) {
+  CostSum c;
+  (c.arg(args), ...);
+  return c;
+}
+
+template <OpId Op>
+struct OpCostOf {
+  template <typename... A>
+  static OpCost of(const A&... args) {
+    return elementwise_cost(args...).cost;
+  }
+};
+
+double conv_flops(const Tensor& out_like, const Tensor& w, const Conv2dParams& p) {
+  // out_like: [N, Cout, Ho, Wo]; w: [Cout, Cin/groups, kh, kw]
+  (void)p;
+  return 2.0 * static_cast<double>(out_like.numel()) * static_cast<double>(w.size(1) * w.size(2) * w.size(3));
+}
+double attention_flops(const Tensor& q, const Tensor& k, bool causal) {
+  const double f = 4.0 * static_cast<double>(q.size(0) * q.size(1)) * static_cast<double>(q.size(2)) *
+                   static_cast<double>(k.size(2)) * static_cast<double>(q.size(3));
+  return causal ? f / 2 : f;
+}
+
+template <>
+struct OpCostOf<OpId::matmul> {
+  static OpCost of(const Tensor& a, const Tensor& b, const Tensor& out, double beta) {
+    OpCost c = elementwise_cost(a, b, out).cost;
+    c.flops = 2.0 * static_cast<double>(out.numel()) * static_cast<double>(a.size(2));
+    if (beta != 0) c.bytes += static_cast<double>(out.nbytes());  // out is read too
+    return c;
+  }
+};
+template <>
+struct OpCostOf<OpId::conv2d_forward> {
+  static OpCost of(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& out, const Conv2dParams& p) {
+    OpCost c = elementwise_cost(x, w, bias, out).cost;
+    c.flops = conv_flops(out, w, p);
+    return c;
+  }
+};
+template <>
+struct OpCostOf<OpId::conv2d_backward_input> {
+  static OpCost of(const Tensor& dout, const Tensor& w, const Tensor& dx, const Conv2dParams& p) {
+    OpCost c = elementwise_cost(dout, w, dx).cost;
+    c.flops = conv_flops(dout, w, p);
+    return c;
+  }
+};
+template <>
+struct OpCostOf<OpId::conv2d_backward_weight> {
+  static OpCost of(const Tensor& dout, const Tensor& x, const Tensor& dw, const Conv2dParams& p) {
+    OpCost c = elementwise_cost(dout, x, dw).cost;
+    c.flops = conv_flops(dout, dw, p);
+    return c;
+  }
+};
+template <>
+struct OpCostOf<OpId::attention_forward> {
+  static OpCost of(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& lse, double,
+                   bool causal) {
+    OpCost c = elementwise_cost(q, k, v, out, lse).cost;
+    c.flops = attention_flops(q, k, causal);
+    return c;
+  }
+};
+template <>
+struct OpCostOf<OpId::attention_backward> {
+  static OpCost of(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& dout,
+                   const Tensor& lse, const Tensor& dq, const Tensor& dk, const Tensor& dv, double, bool causal) {
+    OpCost c = elementwise_cost(q, k, v, out, dout, lse, dq, dk, dv).cost;
+    c.flops = 2.5 * attention_flops(q, k, causal);  // the forward's scores again, then four products
+    return c;
+  }
+};
+template <>
+struct OpCostOf<OpId::softmax_forward> {
+  static OpCost of(const Tensor& x, const Tensor& y, int64_t, bool log) {
+    OpCost c = elementwise_cost(x, y).cost;
+    c.variant = log ? 1 : 0;
+    return c;
+  }
+};
+template <>
+struct OpCostOf<OpId::softmax_backward> {
+  static OpCost of(const Tensor& y, const Tensor& dy, const Tensor& dx, int64_t, bool log) {
+    OpCost c = elementwise_cost(y, dy, dx).cost;
+    c.variant = log ? 1 : 0;
+    return c;
+  }
+};
+template <>
+struct OpCostOf<OpId::index_select> {  // reads the rows it gathers, not the whole table
+  static OpCost of(const Tensor& x, int64_t, const Tensor& index, const Tensor& out) {
+    (void)x;
+    OpCost c = elementwise_cost(index, out).cost;
+    c.bytes += static_cast<double>(out.nbytes());
+    return c;
+  }
+};
+template <>
+struct OpCostOf<OpId::index_add> {  // reads and writes the rows it adds to
+  static OpCost of(const Tensor& out, int64_t, const Tensor& index, const Tensor& src) {
+    (void)out;
+    OpCost c = elementwise_cost(index, src).cost;
+    c.bytes += 2.0 * static_cast<double>(src.nbytes());
+    return c;
+  }
+};
+
+template <typename... A>
+DType first_dtype(const A&... args) {
+  CostSum c;
+  (c.arg(args), ...);
+  return c.dtype;
+}
+
 }  // namespace
 
 // ---- Backend's entry points and default kernels ----
-#define HEADROOM_OP_DEFINE(name, params, args)                                           \
-  void Backend::name params {                                                            \
-    headroom::detail::check_devices(#name, device_type(), #args, HEADROOM_EXPAND args);  \
-    OpContract<OpId::name>::check(HEADROOM_EXPAND args);                                 \
-    if (!supported_.contains(OpId::name)) throw_unsupported(OpId::name, device_type()); \
-    if (meta_active() && !meta_kernels_.contains(OpId::name)) return;                    \
-    impl_##name args;                                                                    \
-  }                                                                                      \
+#define HEADROOM_OP_DEFINE(name, params, args)                                                                   \
+  void Backend::name params {                                                                                    \
+    headroom::detail::check_devices(#name, device_type(), #args, HEADROOM_EXPAND args);                          \
+    OpContract<OpId::name>::check(HEADROOM_EXPAND args);                                                         \
+    if (!supported_.contains(OpId::name)) throw_unsupported(OpId::name, device_type());                         \
+    if (OpRecorder* rec = headroom::detail::active_op_recorder()) [[unlikely]] { /* Note [op costs] */           \
+      headroom::detail::RecordedCall call(*rec, OpId::name, device_type(), first_dtype(HEADROOM_EXPAND args),    \
+                                          OpCostOf<OpId::name>::of(HEADROOM_EXPAND args));                       \
+      if (meta_active() && !meta_kernels_.contains(OpId::name)) return;                                          \
+      impl_##name args;                                                                                          \
+      return;                                                                                                    \
+    }                                                                                                            \
+    if (meta_active() && !meta_kernels_.contains(OpId::name)) return;                                            \
+    impl_##name args;                                                                                            \
+  }                                                                                                              \
   void Backend::impl_##name params { throw_unsupported(OpId::name, device_type()); }
 HEADROOM_OPS(HEADROOM_OP_DEFINE)
 #undef HEADROOM_OP_DEFINE

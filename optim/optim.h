@@ -8,4 +8,5 @@
 #include "optim/grad_scaler.h"
 #include "optim/lr_scheduler.h"
 #include "optim/optimizer.h"
+#include "optim/plan.h"
 #include "optim/sgd.h"

@@ -32,6 +32,7 @@
 #include <limits>
 #include <type_traits>
 
+#include "engine/meta.h"
 #include "kernels/contract_checks.h"
 #include "kernels/cuda/attention_tc.h"
 #include "kernels/cuda/cuda_backend.h"
@@ -567,6 +568,12 @@ void CudaBackend::impl_attention_backward(const Tensor& q, const Tensor& k, cons
   const AttnGeometry g = check_attention(
       op, q, {{k, "k"}, {v, "v"}, {out, "out"}, {dout, "dout"}, {dq, "dq"}, {dk, "dk"}, {dv, "dv"}}, lse);
   if (q.numel() == 0) return;
+  if (meta_active()) {  // Note [meta execution]: backward_impl's scratch (drow), and no kernel
+    CategoryScope scratch(MemoryCategory::workspace);
+    const Tensor drow = Tensor::empty({g.bh * g.t}, TensorOptions().dtype(q.dtype() == DType::f64 ? DType::f64 : DType::f32)
+                                                        .device(q.device()));
+    return;
+  }
   KernelScope scope(q);
   dispatch_cuda_float(q.dtype(), op, [&](auto tag) {
     backward_impl<typename decltype(tag)::type>(scope, q, k, v, out, dout, lse, dq, dk, dv, g, scale, causal);

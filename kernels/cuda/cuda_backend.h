@@ -32,6 +32,9 @@ namespace headroom::cuda {
 
 class CudaBackend final : public Backend {
  public:
+  // Under meta execution (engine/meta.h) matmul runs to its operand copies and the cuBLAS
+  // workspace, attention backward to its scratch; the other kernels are skipped.
+  CudaBackend() : Backend(OpSet::all(), OpSet{OpId::matmul, OpId::attention_backward}) {}
   DeviceType device_type() const override { return DeviceType::cuda; }
 
   void copy_to_host(void* host_dst, const void* src, size_t nbytes, Device device, bool non_blocking) override;

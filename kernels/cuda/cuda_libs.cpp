@@ -2,6 +2,8 @@
 // (cuda_libs.h).
 #include "kernels/cuda/cuda_libs.h"
 
+#include "engine/meta.h"
+
 #include <atomic>
 #include <unordered_map>
 
@@ -47,9 +49,12 @@ ThreadHandles& handles_for(Device device) {
 }
 
 size_t cublas_workspace_bytes(Device device) {
-  // cuBLAS's own guidance: 32 MiB on Hopper, 4 MiB before it.
-  int major = 0;
-  HR_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device.index));
+  // cuBLAS's own guidance: 32 MiB on Hopper, 4 MiB before it. Under meta execution without this
+  // GPU here, the GPU planned for is a Hopper (docs/planning.md).
+  int major = 9;
+  int count = 0;
+  if (!meta_active() || (cudaGetDeviceCount(&count) == cudaSuccess && device.index < count))
+    HR_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device.index));
   return major >= 9 ? (size_t{32} << 20) : (size_t{4} << 20);
 }
 
@@ -79,6 +84,13 @@ cudnnHandle_t cudnn_handle(Device device, cudaStream_t stream) {
   if (h.cudnn == nullptr) HR_CUDNN_CHECK(cudnnCreate(&h.cudnn));
   HR_CUDNN_CHECK(cudnnSetStream(h.cudnn, stream));
   return h.cudnn;
+}
+
+void meta_cublas_workspace(Device device) {
+  // Note [meta execution]: the workspace cublas_handle gives a thread's first gemm on a stream,
+  // once per scope (one stream: the planner's steps run on the current one).
+  Tensor* slot = detail::meta_scope_slot(str_cat("cublas workspace ", device.str()));
+  if (slot && !slot->defined()) *slot = workspace(device, cublas_workspace_bytes(device));
 }
 
 bool set_allow_tf32(bool allow) { return g_allow_tf32.exchange(allow); }

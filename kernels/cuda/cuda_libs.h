@@ -49,6 +49,8 @@ bool allow_tf32();
 // A scratch buffer from the device's caching allocator, tagged workspace, on the current
 // stream; freed (returned to the cache) with the Tensor.
 Tensor workspace(Device device, size_t nbytes);
+// Under a MetaScope: the cuBLAS workspace a real run would hold from its first gemm on.
+void meta_cublas_workspace(Device device);
 
 }  // namespace cuda
 }  // namespace headroom

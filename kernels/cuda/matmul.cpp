@@ -27,6 +27,7 @@
 #include "kernels/contract_checks.h"
 #include "kernels/cuda/cuda_backend.h"
 #include "kernels/cuda/cuda_libs.h"
+#include "engine/meta.h"
 #include "kernels/cuda/cuda_scope.h"
 
 namespace headroom::cuda {
@@ -114,6 +115,14 @@ void CudaBackend::impl_matmul(const Tensor& a, const Tensor& b, const Tensor& ou
   const int64_t B = out.size(0), M = out.size(1), N = out.size(2), K = a.size(2);
   const BlasTypes types = blas_types(out.dtype());
   if (B == 0 || M == 0 || N == 0) return;
+  if (meta_active()) {  // Note [meta execution]: the allocations below, in their order, and no gemm
+    if (K == 0) return;
+    BlasLayout la, lb;
+    const Tensor ta = blas_operand(a, B, la);
+    const Tensor tb = blas_operand(b, B, lb);
+    meta_cublas_workspace(out.device());
+    return;
+  }
   KernelScope scope(out);
   if (K == 0) {  // an empty sum: out = beta * out (cuBLAS is not asked about k = 0)
     scale_output(out, beta);

@@ -1,0 +1,386 @@
+// headroom-plan: which mix of memory techniques is fastest for a budget, predicted before
+// anything runs (optim/plan.h, docs/planning.md).
+//
+//   headroom-plan --preset gpt-tiny-cpu-f32-fused --budget 12MiB              # here, calibrated
+//   headroom-plan --preset gpt-tiny-cpu-f32-fused --budget 12MiB --verify     # and checked for real
+//   headroom-plan --preset gpt2-small-bf16-fused --device cuda --gpu h200 --budget 16GiB --capacity
+//
+// The preset names the model and the batch (--batch overrides it); its own precision,
+// attention, checkpointing and micro-batches are what the planner varies: every mix of
+// precision (f32, f16, bf16), attention (naive, fused; GPT only), checkpoint (none, block, sqrt,
+// selective; not the MLP, which has no blocks) and micro-batches (1, 2, 4, ... dividing the
+// batch). Each mix runs two steps under meta execution against the target device's allocator
+// with the budget as its limit: fits or not, peak allocated and reserved by category. Its step
+// time comes from the cost model: on the cpu fitted to a short measured run of one mix per
+// precision and attention (--no-calibrate: none, mixes ordered by flops); on cuda the roofline of
+// the --gpu datasheet, scaled to a measured run when a GPU is here. --capacity: the largest
+// batch each mix runs as one micro-batch in the budget. --verify: the chosen mix and two others
+// run for real; predicted against measured peak and step time.
+//
+// Output: Markdown on stdout; plan.json, plan.md and plan.svg (predicted peak reserved against
+// predicted step time, the budget drawn) in --out. Exit codes: 0 when a mix fits, 4 when none
+// does, 3 when --verify measured a peak other than predicted (allocated to the byte, reserved
+// within 2%) or a verified mix ran out of memory, 1 for a failure, 2 for a bad command line.
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+
+#include "bench/bench_models.h"
+#include "bench/bench_report.h"
+#include "examples/common.h"
+#include "optim/plan.h"
+
+using namespace headroom;
+using namespace headroom::bench;
+
+namespace {
+
+std::string first_line(const std::string& s) { return s.substr(0, s.find('\n')); }
+
+Preset with_mix(const Preset& base, const optim::Mix& mix, int64_t batch) {
+  Preset p = base;
+  p.batch = batch;
+  p.dtype = mix.precision;
+  p.micro_batches = mix.micro_batches;
+  p.checkpoint = mix.checkpoint;
+  if (p.kind == ModelKind::gpt) {
+    p.gpt.attention = mix.attention;
+    p.gpt.checkpoint = mix.checkpoint;
+  }
+  p.name = str_cat(base.model, " B=", batch, " ", mix.str(base.kind == ModelKind::gpt));
+  return p;
+}
+
+std::string json_string(const std::string& s) {
+  std::string out = "\"";
+  for (char c : s) {
+    if (c == '"' || c == '\\') out += '\\';
+    out += c;
+  }
+  return out + "\"";
+}
+std::string num(double v) {
+  if (!std::isfinite(v)) return "null";
+  std::ostringstream os;
+  os << std::setprecision(9) << v;
+  return os.str();
+}
+
+std::string ms_text(double seconds) {
+  std::ostringstream os;
+  os << std::fixed << std::setprecision(seconds * 1e3 >= 100 ? 0 : 2) << seconds * 1e3 << " ms";
+  return os.str();
+}
+
+struct Verified {
+  optim::Mix mix;
+  int64_t predicted_allocated = 0, predicted_reserved = 0;
+  double predicted_seconds = 0;
+  int64_t measured_allocated = 0, measured_reserved = 0;
+  double measured_seconds = 0;
+  std::string status = "ok";
+};
+
+// Runs one mix for real: the predicted steps, whose peaks are compared, then `steps` timed ones.
+Verified verify_mix(const optim::StepFactory& make, const optim::MixPrediction& m, const optim::PlanOptions& opt,
+                    size_t budget, int steps) {
+  Verified v;
+  v.mix = m.mix;
+  v.predicted_allocated = m.peak_allocated();
+  v.predicted_reserved = m.peak_reserved();
+  v.predicted_seconds = m.seconds;
+  CachingAllocator& alloc = caching_allocator(opt.device);
+  const size_t old_limit = alloc.memory_limit();
+  alloc.empty_cache();
+  alloc.reset_peak_stats();
+  alloc.set_memory_limit(budget);
+  try {
+    std::function<void()> step = make(m.mix, opt.batch);
+    for (int i = 0; i < opt.steps; ++i) step();
+    synchronize(opt.device);
+    const MemoryStats s = alloc.stats();
+    v.measured_allocated = s.allocated_bytes.peak;
+    v.measured_reserved = s.reserved_bytes.peak;
+    std::vector<double> times;  // the median step: a step the machine interrupted does not move it
+    for (int i = 0; i < steps; ++i) {
+      Event begin(true), end(true);
+      begin.record(opt.device);
+      step();
+      end.record(opt.device);
+      end.synchronize();
+      times.push_back(begin.elapsed_ms(end) / 1000.0);
+    }
+    std::sort(times.begin(), times.end());
+    v.measured_seconds = times.size() % 2 ? times[times.size() / 2]
+                                          : (times[times.size() / 2 - 1] + times[times.size() / 2]) / 2;
+  } catch (const OutOfMemoryError& e) {
+    v.status = str_cat("oom: ", first_line(e.what()));
+  }
+  alloc.set_memory_limit(old_limit);
+  alloc.empty_cache();
+  return v;
+}
+
+std::string plan_svg(const optim::Plan& p, bool with_attention, const std::string& title) {
+  const double W = 760, H = 460, left = 80, right = 20, top = 40, bottom = 60;
+  double tmax = 0, mmax = static_cast<double>(p.budget);
+  for (const auto& m : p.mixes)
+    if (m.fits()) {
+      tmax = std::max(tmax, m.seconds > 0 ? m.seconds : m.flops);
+      mmax = std::max(mmax, static_cast<double>(m.peak_reserved()));
+    }
+  if (tmax <= 0) tmax = 1;
+  if (mmax <= 0) mmax = 1;
+  tmax *= 1.08;
+  mmax *= 1.12;
+  auto x = [&](double t) { return left + (W - left - right) * t / tmax; };
+  auto y = [&](double b) { return H - bottom - (H - top - bottom) * b / mmax; };
+  const bool timed = p.mixes.empty() || p.mixes.front().seconds > 0;
+  std::ostringstream os;
+  os << std::fixed << std::setprecision(1);
+  os << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" << W << "\" height=\"" << H
+     << "\" font-family=\"sans-serif\" font-size=\"11\">\n"
+     << "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
+     << "<text x=\"" << left << "\" y=\"22\" font-size=\"14\">" << title << "</text>\n"
+     << "<line x1=\"" << left << "\" y1=\"" << H - bottom << "\" x2=\"" << W - right << "\" y2=\"" << H - bottom
+     << "\" stroke=\"black\"/>\n"
+     << "<line x1=\"" << left << "\" y1=\"" << top << "\" x2=\"" << left << "\" y2=\"" << H - bottom
+     << "\" stroke=\"black\"/>\n"
+     << "<text x=\"" << (left + W - right) / 2 << "\" y=\"" << H - 20 << "\" text-anchor=\"middle\">"
+     << (timed ? "predicted step time (ms)" : "predicted flops per step") << "</text>\n"
+     << "<text x=\"18\" y=\"" << (top + H - bottom) / 2 << "\" transform=\"rotate(-90 18 " << (top + H - bottom) / 2
+     << ")\" text-anchor=\"middle\">predicted peak reserved (MiB)</text>\n";
+  for (int i = 0; i <= 4; ++i) {
+    const double t = tmax * i / 4, b = mmax * i / 4;
+    os << "<text x=\"" << x(t) << "\" y=\"" << H - bottom + 16 << "\" text-anchor=\"middle\">"
+       << (timed ? num(std::round(t * 1e5) / 100) : num(std::round(t / 1e6) * 1e6)) << "</text>\n"
+       << "<text x=\"" << left - 6 << "\" y=\"" << y(b) + 4 << "\" text-anchor=\"end\">"
+       << num(std::round(b / 1048576.0 * 10) / 10) << "</text>\n";
+  }
+  if (p.budget > 0)
+    os << "<line x1=\"" << left << "\" y1=\"" << y(static_cast<double>(p.budget)) << "\" x2=\"" << W - right
+       << "\" y2=\"" << y(static_cast<double>(p.budget)) << "\" stroke=\"#c00\" stroke-dasharray=\"6 4\"/>\n"
+       << "<text x=\"" << W - right - 4 << "\" y=\"" << y(static_cast<double>(p.budget)) - 5
+       << "\" text-anchor=\"end\" fill=\"#c00\">budget " << format_bytes(static_cast<int64_t>(p.budget)) << "</text>\n";
+  for (size_t i = 0; i < p.mixes.size(); ++i) {
+    const auto& m = p.mixes[i];
+    if (!m.fits()) continue;
+    const double cx = x(timed ? m.seconds : m.flops), cy = y(static_cast<double>(m.peak_reserved()));
+    const bool chosen = static_cast<int>(i) == p.chosen;
+    os << "<circle cx=\"" << cx << "\" cy=\"" << cy << "\" r=\"" << (chosen ? 6 : 3.5) << "\" fill=\""
+       << (chosen ? "#0a0" : "#36c") << "\"><title>" << m.mix.str(with_attention) << "</title></circle>\n";
+    if (chosen)
+      os << "<text x=\"" << cx + 8 << "\" y=\"" << cy - 8 << "\">chosen: " << m.mix.str(with_attention) << "</text>\n";
+  }
+  os << "</svg>\n";
+  return os.str();
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string preset_name, device_arg = "cpu", gpu = "h100", budget_arg, out_dir = "headroom-plan-results";
+  int64_t batch = 0, seed = 1, max_batch = 1024, verify_steps = 5;
+  bool capacity_mode = false, verify = false, no_calibrate = false;
+
+  examples::Flags flags("headroom-plan",
+                        "Predicts, for a model and a memory budget, every mix of precision, attention, checkpointing "
+                        "and micro-batches -- fits or not, peak memory, step time -- and chooses the fastest that "
+                        "fits.");
+  flags.add("preset", &preset_name, "the model and batch (headroom-bench --list); its techniques are varied");
+  flags.add("batch", &batch, "items per step (0: the preset's)", examples::at_least<int64_t>(0));
+  flags.add("device", &device_arg, "the device planned for: cpu or cuda[:N] (predicted on any machine)",
+            examples::device_name());
+  flags.add("gpu", &gpu, "cuda: the datasheet rates, h100 or h200",
+            examples::Flags::Check<std::string>([](const std::string& v) {
+              return optim::datasheet_rates(v) ? std::string() : std::string("expected h100 or h200");
+            }));
+  flags.add("budget", &budget_arg, "the memory there is, e.g. 256MiB or 16GiB",
+            examples::Flags::Check<std::string>([](const std::string& v) {
+              try {
+                parse_memory_size(v, "--budget");
+                return std::string();
+              } catch (const Error& e) {
+                return std::string(e.what());
+              }
+            }));
+  flags.add("capacity", &capacity_mode, "print the largest batch each mix runs as one micro-batch in the budget");
+  flags.add("max-batch", &max_batch, "--capacity: the largest batch tried", examples::at_least<int64_t>(1));
+  flags.add("verify", &verify, "run the chosen mix and two others for real: predicted against measured");
+  flags.add("verify-steps", &verify_steps, "--verify: timed steps per mix", examples::at_least<int64_t>(1));
+  flags.add("no-calibrate", &no_calibrate, "no measured run: the cpu orders mixes by flops, cuda uses the datasheet");
+  flags.add("seed", &seed, "seed of weights and synthetic data", examples::at_least<int64_t>(0));
+  flags.add("out", &out_dir, "folder for plan.json, plan.md and plan.svg");
+  if (auto code = flags.parse(argc, argv)) return *code;
+  if (preset_name.empty() || budget_arg.empty()) {
+    std::cerr << "headroom-plan: --preset and --budget are required (headroom-plan --help)\n";
+    return 2;
+  }
+  Preset base;
+  try {
+    std::vector<Preset> ps = select_presets({preset_name});
+    if (ps.size() != 1) throw ValueError(str_cat("'", preset_name, "' is a group; give one preset"));
+    base = ps.front();
+  } catch (const ValueError& e) {
+    std::cerr << "headroom-plan: " << e.what() << "\n";
+    return 2;
+  }
+  const size_t budget = parse_memory_size(budget_arg, "--budget");
+  if (batch == 0) batch = base.batch;
+
+  return examples::run_reporting_errors([&]() -> int {
+    const Device device = Device::parse(device_arg);
+    const bool runnable = device.is_cpu() || device_count(DeviceType::cuda) > device.index;
+    if (verify && !runnable)
+      throw DeviceError(str_cat("headroom-plan: --verify runs mixes for real, and ", device.str(), " is not here"));
+    const bool gpt = base.kind == ModelKind::gpt;
+
+    optim::StepFactory make = [&](const optim::Mix& mix, int64_t b) -> std::function<void()> {
+      const Preset p = with_mix(base, mix, b);
+      manual_seed(static_cast<uint64_t>(seed));
+      std::shared_ptr<Workload> w = make_workload(p, device, static_cast<uint64_t>(seed));
+      return [w] { (void)w->step(); };
+    };
+    optim::PlanSpace space = optim::PlanSpace::for_batch(batch);
+    space.has_attention = gpt;
+    if (base.kind == ModelKind::mlp) space.checkpoints = {nn::CheckpointMode::none};
+    optim::PlanOptions opt;
+    opt.device = device;
+    opt.batch = batch;
+    opt.gpu = gpu;
+    opt.calibrate = !no_calibrate && runnable;
+
+    std::ostringstream md;
+    md << "# headroom-plan: " << base.model << ", batch " << batch << ", " << device.str()
+       << (device.is_cuda() ? str_cat(" (", gpu, ")") : std::string()) << ", budget " << format_bytes(static_cast<int64_t>(budget))
+       << "\n\n";
+    examples::Timer timer;
+    const optim::Plan p = optim::plan(make, budget, space, opt);
+    double predict_seconds = 0;
+    for (const auto& m : p.mixes) predict_seconds += m.predict_wall_seconds;
+    md << p.table(gpt);
+    md << std::fixed << std::setprecision(2) << "\n" << p.mixes.size() << " mixes predicted in " << predict_seconds
+       << " s";
+    if (!p.calibrated_on.empty()) {
+      md << "; calibrated on";
+      for (const auto& m : p.calibrated_on) md << " [" << m.str(gpt) << "]";
+    }
+    md << " (" << timer.seconds() << " s in all)\n";
+
+    // --capacity: the largest batch of each mix as one micro-batch.
+    std::vector<std::pair<optim::Mix, int64_t>> capacities;
+    if (capacity_mode) {
+      optim::PlanSpace cs = space;
+      cs.micro_batches = {1};
+      md << "\n## Capacity: largest batch as one micro-batch in " << format_bytes(static_cast<int64_t>(budget))
+         << "\n\n| mix | largest batch | " << base.item_unit() << " per step |\n|---|---:|---:|\n";
+      for (const optim::Mix& mix : cs.mixes()) {
+        const int64_t c = optim::capacity(make, mix, budget, opt, max_batch);
+        capacities.emplace_back(mix, c);
+        md << "| " << mix.str(gpt) << " | " << (c >= max_batch ? str_cat(">= ", c) : std::to_string(c)) << " | "
+           << (gpt ? c * base.seq_len : c) << " |\n";
+      }
+    }
+
+    // --verify: the chosen mix, the slowest that fits and the one in the middle, for real.
+    std::vector<Verified> verified;
+    bool memory_mismatch = false;  // a verified peak allocated off by a byte, or reserved by more than 2%
+    if (verify && p.choice()) {
+      std::vector<size_t> fitting;
+      for (size_t i = 0; i < p.mixes.size(); ++i)
+        if (p.mixes[i].fits()) fitting.push_back(i);
+      std::vector<size_t> picks{fitting.front()};
+      if (fitting.size() > 2) picks.push_back(fitting[fitting.size() / 2]);
+      if (fitting.size() > 1) picks.push_back(fitting.back());
+      for (size_t i : picks) {
+        std::cerr << "verifying " << p.mixes[i].mix.str(gpt) << "\n" << std::flush;
+        verified.push_back(verify_mix(make, p.mixes[i], opt, budget, static_cast<int>(verify_steps)));
+      }
+      md << "\n## Verified: predicted against measured (median of " << verify_steps << " timed steps each)\n\n"
+         << "| mix | peak allocated predicted | measured | peak reserved predicted | measured | step predicted | "
+            "measured | error |\n|---|---:|---:|---:|---:|---:|---:|---:|\n";
+      for (const Verified& v : verified) {
+        md << "| " << v.mix.str(gpt) << " | " << format_bytes(v.predicted_allocated) << " | ";
+        if (v.status != "ok") {
+          md << v.status << " | | | | | |\n";
+          continue;
+        }
+        md << format_bytes(v.measured_allocated) << " | " << format_bytes(v.predicted_reserved) << " | "
+           << format_bytes(v.measured_reserved) << " | " << ms_text(v.predicted_seconds) << " | "
+           << ms_text(v.measured_seconds) << " | ";
+        if (v.predicted_seconds > 0)
+          md << std::showpos << std::setprecision(0) << 100 * (v.predicted_seconds / v.measured_seconds - 1)
+             << std::noshowpos << "% |\n";
+        else
+          md << "- |\n";
+      }
+      int pairs = 0, ordered = 0;
+      for (size_t i = 0; i < verified.size(); ++i)
+        for (size_t j = i + 1; j < verified.size(); ++j) {
+          if (verified[i].status != "ok" || verified[j].status != "ok") continue;
+          ++pairs;
+          const bool pred = verified[i].predicted_seconds < verified[j].predicted_seconds;
+          const bool meas = verified[i].measured_seconds < verified[j].measured_seconds;
+          ordered += pred == meas;
+        }
+      md << "\nranking: " << ordered << " of " << pairs << " pairs in the measured order\n";
+      for (const Verified& v : verified)
+        if (v.status != "ok" || v.measured_allocated != v.predicted_allocated ||
+            std::abs(static_cast<double>(v.measured_reserved - v.predicted_reserved)) >
+                0.02 * static_cast<double>(v.measured_reserved))
+          memory_mismatch = true;
+    }
+
+    const std::string text = md.str();
+    std::cout << text << std::flush;
+    namespace fs = std::filesystem;
+    fs::create_directories(out_dir);
+    const fs::path dir(out_dir);
+    write_text_file((dir / "plan.md").string(), text);
+    std::ostringstream js;
+    js << "{\n  \"model\": " << json_string(base.model) << ",\n  \"batch\": " << batch << ",\n  \"device\": "
+       << json_string(device.str()) << ",\n  \"gpu\": " << json_string(device.is_cuda() ? gpu : "")
+       << ",\n  \"budget_bytes\": " << budget << ",\n  \"cost_model\": " << json_string(p.cost_model)
+       << ",\n  \"chosen\": " << (p.choice() ? json_string(p.choice()->mix.str(gpt)) : "null") << ",\n  \"mixes\": [";
+    for (size_t i = 0; i < p.mixes.size(); ++i) {
+      const auto& m = p.mixes[i];
+      js << (i ? "," : "") << "\n    {\"mix\": " << json_string(m.mix.str(gpt)) << ", \"precision\": \""
+         << dtype_name(m.mix.precision) << "\", \"attention\": \"" << attention_impl_name(m.mix.attention)
+         << "\", \"checkpoint\": \"" << nn::checkpoint_mode_name(m.mix.checkpoint)
+         << "\", \"micro_batches\": " << m.mix.micro_batches << ", \"status\": " << json_string(m.status)
+         << ", \"fits\": " << (m.fits() ? "true" : "false") << ", \"peak_allocated_bytes\": " << m.peak_allocated()
+         << ", \"peak_reserved_bytes\": " << m.peak_reserved() << ", \"peak_by_category\": {";
+      for (int c = 0; c < kNumMemoryCategories; ++c)
+        js << (c ? ", " : "") << "\"" << category_name(static_cast<MemoryCategory>(c))
+           << "\": " << m.stats.category(static_cast<MemoryCategory>(c)).peak;
+      js << "}, \"predicted_step_seconds\": " << num(m.seconds) << ", \"ops\": " << m.ops << ", \"flops\": "
+         << num(m.flops) << ", \"bytes\": " << num(m.bytes) << "}";
+    }
+    js << "\n  ],\n  \"capacity\": [";
+    for (size_t i = 0; i < capacities.size(); ++i)
+      js << (i ? "," : "") << "\n    {\"mix\": " << json_string(capacities[i].first.str(gpt))
+         << ", \"largest_batch\": " << capacities[i].second << "}";
+    js << "\n  ],\n  \"verified\": [";
+    for (size_t i = 0; i < verified.size(); ++i) {
+      const Verified& v = verified[i];
+      js << (i ? "," : "") << "\n    {\"mix\": " << json_string(v.mix.str(gpt)) << ", \"status\": "
+         << json_string(v.status) << ", \"predicted_peak_allocated_bytes\": " << v.predicted_allocated
+         << ", \"measured_peak_allocated_bytes\": " << v.measured_allocated
+         << ", \"predicted_peak_reserved_bytes\": " << v.predicted_reserved
+         << ", \"measured_peak_reserved_bytes\": " << v.measured_reserved
+         << ", \"predicted_step_seconds\": " << num(v.predicted_seconds)
+         << ", \"measured_step_seconds\": " << num(v.measured_seconds) << "}";
+    }
+    js << "\n  ]\n}\n";
+    write_text_file((dir / "plan.json").string(), js.str());
+    write_text_file((dir / "plan.svg").string(),
+                    plan_svg(p, gpt, str_cat(base.model, " B=", batch, " on ", device.str(), ": predicted memory against time")));
+    std::cerr << "wrote " << (dir / "plan.json").string() << ", plan.md and plan.svg\n";
+    if (memory_mismatch) {
+      std::cerr << "headroom-plan: a verified mix's memory differs from its prediction (table above)\n";
+      return 3;
+    }
+    return p.choice() ? 0 : 4;
+  });
+}

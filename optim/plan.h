@@ -1,0 +1,200 @@
+// The planner: which mix of memory techniques is fastest for the memory there is, decided before
+// the first step (docs/planning.md).
+//
+//   optim::StepFactory make = [&](const optim::Mix& mix, int64_t batch) {
+//     auto w = std::make_shared<MyTraining>(mix, batch, device);   // model, optimizer, batch
+//     return [w] { w->step(); };                                   // one training step
+//   };
+//   optim::PlanOptions opt;
+//   opt.device = Device::cpu();
+//   opt.batch = 64;
+//   opt.cost = optim::calibrate(make, {optim::Mix{}}, opt);         // a short measured run
+//   optim::Plan p = optim::plan(make, parse_memory_size("256MiB", "budget"), optim::PlanSpace::for_batch(64), opt);
+//   if (const optim::MixPrediction* c = p.choice()) ... c->mix
+//
+// Note [planning]: every mix of the space (precision x attention x checkpoint x micro-batches)
+// is built by the caller's factory and run for `steps` steps inside a MetaScope (Note [meta
+// execution]) whose allocator stands in for the target device with the budget as its limit: a
+// mix fits when those steps end without an out-of-memory error, and its predicted peaks are the
+// meta allocator's, from the first step on (the first step also allocates the optimizer state).
+// The last of those steps runs under an OpRecorder (Note [op costs]); its records, priced by a
+// CostModel, are the mix's predicted step time. The mixes are sorted by that time, and the choice
+// is the fastest that fits. What shapes decide is exact; the time is a model, as good as its
+// calibration.
+//
+// Note [cost model]: a step's time is the sum over its ops of each op's time plus the framework's
+// time between ops. Calibrated (fit_cpu, from the records of real steps timed op by op), each
+// class of op -- (op, dtype, variant) -- gets a curve of time against work (the flops of a
+// matmul, convolution or attention, the bytes of anything else): the median time of its calls at
+// each amount of work seen, interpolated in log-log between them (a small gemm does fewer flops
+// per second than a big one, so no single rate fits both), in proportion above the largest, and
+// the smallest's time below it. The time the steps took beyond their ops is spread over the ops
+// as a per-op overhead. The calibration runs each precision and attention unsplit and split as
+// far as the space splits it, so the split mixes' ops fall between sizes it saw. A class it never
+// saw is priced by the same op in another dtype, or at the rate of its kind (compute or memory). Uncalibrated on a GPU, each op takes the roofline
+// of a datasheet, max(flops / peak rate of its dtype, bytes / memory bandwidth): a lower bound;
+// calibrated by real steps on that GPU (fit_scaled), the roofline is scaled by measured over
+// predicted.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <optional>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "autograd/functions/attention.h"
+#include "engine/caching_allocator.h"
+#include "engine/device.h"
+#include "engine/dtype.h"
+#include "engine/op_cost.h"
+#include "nn/checkpoint.h"
+
+namespace headroom::optim {
+
+// One choice of the techniques the planner weighs.
+struct Mix {
+  DType precision = DType::f32;  // f32, or the autocast dtype (f16 with loss scaling, bf16)
+  AttentionImpl attention = AttentionImpl::fused;  // for models with attention
+  nn::CheckpointMode checkpoint = nn::CheckpointMode::none;
+  int64_t micro_batches = 1;  // gradient accumulation over this many micro-batches
+
+  // "bf16 fused ckpt-block mb2"; without the attention for a space that has none.
+  std::string str(bool with_attention = true) const;
+  bool operator==(const Mix& o) const {
+    return precision == o.precision && attention == o.attention && checkpoint == o.checkpoint &&
+           micro_batches == o.micro_batches;
+  }
+};
+
+// The choices to enumerate. An empty list means "the default of Mix" for that technique.
+struct PlanSpace {
+  std::vector<DType> precisions{DType::f32, DType::f16, DType::bf16};
+  std::vector<AttentionImpl> attentions{AttentionImpl::naive, AttentionImpl::fused};
+  std::vector<nn::CheckpointMode> checkpoints{nn::CheckpointMode::none, nn::CheckpointMode::block,
+                                              nn::CheckpointMode::sqrt, nn::CheckpointMode::selective};
+  std::vector<int64_t> micro_batches{1};
+  bool has_attention = true;  // false: the attention list is ignored (and left out of names)
+
+  // The default space for a batch of `batch`: micro-batch counts 1, 2, 4, ... up to `batch`,
+  // those that divide it (BatchSplitter splits unevenly too, but even splits compare cleanly).
+  static PlanSpace for_batch(int64_t batch);
+  std::vector<Mix> mixes() const;
+};
+
+// Builds one mix's training for a batch of `batch` items and returns a function that runs one
+// step (zero_grad, forward, loss, backward, optimizer step). Called inside a MetaScope to
+// predict, outside to calibrate and verify; what it makes must come from the allocator of the
+// device being planned for.
+using StepFactory = std::function<std::function<void()>(const Mix& mix, int64_t batch)>;
+
+// Peak rates of one device, for the roofline.
+struct DeviceRates {
+  std::string name;                  // "H100 SXM (datasheet)"
+  double matmul_flops_16 = 0;        // f16/bf16 dense tensor-core FLOP/s
+  double matmul_flops_32 = 0;        // f32 FLOP/s of matmuls (no TF32: the CUDA cores)
+  double vector_flops = 0;           // f32 FLOP/s of everything else
+  double bytes_per_second = 0;       // memory bandwidth
+};
+// The datasheet rates of "h100" or "h200" (SXM parts); nullptr for another name.
+const DeviceRates* datasheet_rates(const std::string& kind);
+
+class CostModel {
+ public:
+  // Roofline over `rates` (Note [cost model]).
+  static CostModel roofline(const DeviceRates& rates);
+  // Per-class fit to timed records of real steps on the CPU: `runs` holds each step's records
+  // (OpRecorder with time_ops) and the step's measured wall time.
+  static CostModel fit_cpu(const std::vector<std::pair<std::vector<OpRecord>, double>>& runs);
+  // The roofline scaled to measured steps on a GPU (their records need no times).
+  static CostModel fit_scaled(const DeviceRates& rates, const std::vector<std::pair<std::vector<OpRecord>, double>>& runs);
+
+  double predict_seconds(const std::vector<OpRecord>& ops) const;
+  bool calibrated() const { return calibrated_; }
+  // One line: how it was made ("fitted to 3 timed steps: 14 op classes, 2.1 us overhead per op").
+  const std::string& description() const { return description_; }
+
+ private:
+  // Seconds against work for one class of op, from the calls timed.
+  struct Curve {
+    std::vector<std::pair<double, double>> points;  // (work, median seconds), by work
+    double at(double work) const;
+  };
+  using Key = std::tuple<int, int, int>;  // op, dtype, variant
+  double op_seconds(const OpRecord& r) const;
+  double roofline_seconds(const OpRecord& r) const;
+
+  bool calibrated_ = false;
+  bool fitted_ = false;  // per-class curves (the CPU); else the roofline times scale_
+  DeviceRates rates_;
+  double scale_ = 1;
+  std::map<Key, Curve> fits_;
+  std::map<int, Curve> by_op_;             // per op over its dtypes and variants: for a class never seen
+  double compute_rate_ = 0, memory_rate_ = 0;  // seconds per flop / byte over everything: an op never seen
+  double framework_per_op_ = 0;
+  std::string description_;
+};
+
+// Whether the op's work is its flops (matmul, convolution, attention) rather than its bytes.
+bool is_compute_op(OpId op);
+
+struct PlanOptions {
+  Device device = Device::cpu();  // the device planned for: its allocator's rules, its rates
+  int64_t batch = 1;              // items per step, split by a mix's micro-batches
+  int steps = 2;                  // steps predicted: the first allocates the optimizer state
+  std::optional<CostModel> cost;  // none: the roofline of datasheet_rates(gpu) on cuda; on the cpu, no time
+  std::string gpu = "h100";       // the datasheet for cuda when `cost` is not given
+  // plan() without `cost`: first calibrate on the device at hand, with one mix per precision and
+  // attention -- the fitting one with the fewest micro-batches and the least recompute -- run
+  // for real (`calibrate_warmup` + `calibrate_steps` steps each).
+  bool calibrate = false;
+  int calibrate_warmup = 1, calibrate_steps = 3;
+};
+
+struct MixPrediction {
+  Mix mix;
+  int64_t batch = 0;
+  std::string status;  // "ok", "oom" (does not fit the budget) or "error: ..."
+  MemoryStats stats;   // the meta allocator's, from the first step on
+  double seconds = 0;  // predicted step time (0 without a cost model)
+  int64_t ops = 0;     // backend ops in one step
+  double flops = 0, bytes = 0;
+  double predict_wall_seconds = 0;  // how long predicting took
+  std::vector<OpRecord> records;    // the ops of the predicted step, with their costs
+  bool fits() const { return status == "ok"; }
+  int64_t peak_allocated() const { return stats.allocated_bytes.peak; }
+  int64_t peak_reserved() const { return stats.reserved_bytes.peak; }
+};
+
+// One mix's prediction (Note [planning]); budget 0: no limit.
+MixPrediction predict_mix(const StepFactory& make_step, const Mix& mix, size_t budget, const PlanOptions& options);
+
+struct Plan {
+  size_t budget = 0;
+  Device device;
+  std::string cost_model;              // CostModel::description()
+  std::vector<Mix> calibrated_on;      // the mixes run for real to calibrate (PlanOptions::calibrate)
+  std::vector<MixPrediction> mixes;    // by predicted time (ties: by predicted peak reserved)
+  int chosen = -1;                     // index into mixes of the fastest that fits; -1: none fits
+  const MixPrediction* choice() const { return chosen >= 0 ? &mixes[static_cast<size_t>(chosen)] : nullptr; }
+  // Markdown: a row per mix (fits, predicted peak allocated/reserved, activations, time), the
+  // choice marked; then one line naming it, or saying that nothing fits.
+  std::string table(bool with_attention = true) const;
+};
+
+Plan plan(const StepFactory& make_step, size_t budget, const PlanSpace& space, const PlanOptions& options);
+
+// The largest batch (up to max_batch) that `mix` runs in `budget` as it is (its micro-batches
+// included), by meta execution: doubling, then bisecting. 0 when not even one item fits.
+int64_t capacity(const StepFactory& make_step, const Mix& mix, size_t budget, const PlanOptions& options,
+                 int64_t max_batch);
+
+// A short measured run for the cost model: each mix runs `warmup` untimed and `steps` timed
+// steps on options.device, op by op on the CPU. Mixes that run out of memory are skipped;
+// ValueError when none ran.
+CostModel calibrate(const StepFactory& make_step, const std::vector<Mix>& mixes, const PlanOptions& options,
+                    int warmup = 1, int steps = 3);
+
+}  // namespace headroom::optim
