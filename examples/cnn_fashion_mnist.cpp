@@ -67,6 +67,19 @@ int main(int argc, char** argv) {
 
   return examples::run_reporting_errors([&] {
     const Device device = Device::parse(cfg.device);
+    // --memory-budget 256MiB --plan: precision, checkpointing and micro-batches chosen before the
+    // first step (optim/plan.h).
+    optim::PlanSpace space = optim::PlanSpace::for_batch(cfg.batch_size);
+    space.has_attention = false;
+    const auto planned = examples::plan_techniques(
+        cfg, device,
+        examples::image_classifier_step(device, cfg.lr, [channels, batch_norm, group_norm](nn::CheckpointMode mode) {
+          std::vector<int64_t> s;
+          auto m = make_cnn(channels, batch_norm, group_norm, &s);
+          m->set_checkpoint(mode, s);
+          return std::shared_ptr<nn::Module>(m);
+        }),
+        space);
     manual_seed(static_cast<uint64_t>(cfg.seed));
     examples::MemoryReporting memory(cfg, device, "CNN on Fashion-MNIST");
 
@@ -93,8 +106,9 @@ int main(int argc, char** argv) {
     if (!cfg.save_model.empty()) model->save(cfg.save_model);
 
     const double accuracy = examples::evaluate(*model, test, /*batch_size=*/500, device,
-                                                 /*halve_on_oom=*/cfg.micro_batches == "auto");
+                                                 /*halve_on_oom=*/cfg.micro_batches == "auto" || cfg.plan);
     memory.print_peaks();
+    examples::print_plan_check(planned, device);
     examples::print_batch_splitting(cfg, *splitter);
     examples::print_precision(cfg, precision);
     examples::print_results(history, accuracy);

@@ -201,6 +201,8 @@ struct TrainConfig {
   std::string resume;               // a training checkpoint to resume from ("" : start afresh)
   std::string save_model;           // the trained model's state dict, written at the end ("" : none)
   std::string recompute = "none";   // --checkpoint: none, block, sqrt or selective (nn/checkpoint.h)
+  std::string memory_budget;        // --memory-budget: the run's memory ("" : none)
+  bool plan = false;                // --plan: choose the techniques for the budget (optim/plan.h)
 };
 
 // --checkpoint none|block|sqrt|selective: recompute checkpointing (nn/checkpoint.h, docs/checkpointing.md).
@@ -217,6 +219,24 @@ inline void add_checkpoint_flag(Flags& flags, std::string& mode) {
                 return std::string(e.what());
               }
             }));
+}
+
+// --memory-budget SIZE and --plan (optim/plan.h, docs/planning.md).
+inline void add_plan_flags(Flags& flags, TrainConfig& cfg) {
+  flags.add("memory-budget", &cfg.memory_budget,
+            "the memory this run may use, e.g. 256MiB: the device allocator's limit (unless --memory-limit says "
+            "otherwise) and, with --plan, what the planner fits",
+            Flags::Check<std::string>([](const std::string& v) {
+              try {
+                parse_memory_size(v, "--memory-budget");
+                return std::string();
+              } catch (const Error& e) {
+                return std::string(e.what());
+              }
+            }));
+  flags.add("plan", &cfg.plan,
+            "before the first step, choose the fastest mix of precision, checkpointing and micro-batches that fits "
+            "--memory-budget (predicted by meta execution, timed by a short calibration run); overrides those flags");
 }
 
 inline void add_training_flags(Flags& flags, TrainConfig& cfg) {
@@ -257,6 +277,7 @@ inline void add_training_flags(Flags& flags, TrainConfig& cfg) {
             "scaler, batch splitting, schedule, RNG and the position in the data");
   flags.add("save-model", &cfg.save_model, "write the trained model's state dict here at the end");
   add_checkpoint_flag(flags, cfg.recompute);
+  add_plan_flags(flags, cfg);
   flags.add("micro-batches", &cfg.micro_batches,
             "run each batch as N micro-batches (gradient accumulation), or auto: split when out of memory",
             Flags::Check<std::string>([](const std::string& v) {
@@ -386,12 +407,27 @@ inline void print_batch_splitting(const TrainConfig& cfg, const optim::BatchSpli
 }
 
 // Runs a program body, turning an escaping exception into "error: <message>" and exit code 1.
+// What an out-of-memory error's report gains when the program registered its training step
+// (plan_techniques does): a line from meta execution. Returns "" when it has nothing to say.
+inline std::function<std::string()>& oom_remedy_line() {
+  static std::function<std::string()> line;
+  return line;
+}
+
 inline int run_reporting_errors(const std::function<int()>& body) {
   try {
     return body();
   } catch (const std::exception& e) {
     std::cout.flush();
     std::cerr << "error: " << e.what() << "\n";
+    if (dynamic_cast<const OutOfMemoryError*>(&e) && oom_remedy_line()) {
+      try {
+        const std::string line = oom_remedy_line()();
+        if (!line.empty()) std::cerr << line << "\n";
+      } catch (const std::exception& inner) {
+        std::cerr << "  (meta execution could not predict a remedy: " << inner.what() << ")\n";
+      }
+    }
     return 1;
   }
 }
@@ -610,6 +646,141 @@ inline double evaluate(nn::Module& model, const data::Dataset& dataset, int64_t 
   }
   model.train(was_training);
   return seen ? static_cast<double>(correct) / static_cast<double>(seen) : 0;
+}
+
+// ---- planning (optim/plan.h, docs/planning.md) ----
+
+// --memory-budget / --plan, before anything is built: with --plan, predicts every mix of `space`
+// for a batch of cfg.batch_size (make_step builds one, as the training loop will run it), prints
+// the fastest that fit, and sets cfg.precision, cfg.recompute and cfg.micro_batches (and
+// *attention, when given) to the choice. The budget becomes the allocator's limit unless
+// --memory-limit was given. Returns the choice's prediction, for the comparison at the end
+// (print_plan_check). ValueError when no mix fits, naming the one that comes closest.
+inline std::optional<optim::MixPrediction> plan_techniques(TrainConfig& cfg, Device device,
+                                                          const optim::StepFactory& make_step, optim::PlanSpace space,
+                                                          std::string* attention = nullptr) {
+  // An out-of-memory error later in the run: the mix of `space` with the fewest flops that fits
+  // the allocator's limit, predicted for the batch that failed (Note [planning]).
+  oom_remedy_line() = [make_step, space, device, &cfg, attention]() -> std::string {
+    const size_t limit = caching_allocator(device).memory_limit();
+    if (limit == 0 || cfg.micro_batches == "auto") return "";  // no budget to fit; auto splitting already reacted
+    const DType precision = cfg.precision == "f16" ? DType::f16 : cfg.precision == "bf16" ? DType::bf16 : DType::f32;
+    optim::Mix current{precision, attention ? parse_attention_impl(*attention) : optim::Mix{}.attention,
+                       nn::parse_checkpoint_mode(cfg.recompute, "--checkpoint"),
+                       optim::parse_micro_batches(cfg.micro_batches, "--micro-batches")};
+    optim::PlanOptions options;
+    options.device = device;
+    options.batch = cfg.batch_size;
+    const optim::Plan p = optim::plan(make_step, limit, space, options);
+    for (const auto& m : p.mixes) {
+      if (!m.fits()) break;
+      if (m.mix == current) continue;
+      // Only the flags this program has: the techniques its space varies.
+      const optim::Mix& x = m.mix;
+      std::string flags;
+      if (space.precisions.size() > 1) flags += str_cat(" --precision ", dtype_name(x.precision));
+      if (attention && space.attentions.size() > 1) flags += str_cat(" --attention ", attention_impl_name(x.attention));
+      if (space.checkpoints.size() > 1) flags += str_cat(" --checkpoint ", nn::checkpoint_mode_name(x.checkpoint));
+      if (space.micro_batches.size() > 1) flags += str_cat(" --micro-batches ", x.micro_batches);
+      return str_cat("  predicted by meta execution: the mix with the fewest flops that fits ",
+                     format_bytes(static_cast<int64_t>(limit)), " is", flags, ", peaking at ",
+                     format_bytes(m.peak_allocated()), " allocated, ", format_bytes(m.peak_reserved()),
+                     " reserved (or --memory-budget with --plan, to choose the fastest that fits)");
+    }
+    return str_cat("  predicted by meta execution: none of the ", p.mixes.size(), " mixes this program can run fits ",
+                   format_bytes(static_cast<int64_t>(limit)), " at a batch of ", cfg.batch_size);
+  };
+  if (cfg.plan && cfg.memory_budget.empty()) throw ValueError("--plan needs --memory-budget (the memory to plan for)");
+  if (cfg.memory_budget.empty()) return std::nullopt;
+  const size_t budget = parse_memory_size(cfg.memory_budget, "--memory-budget");
+  if (cfg.memory_limit.empty()) cfg.memory_limit = cfg.memory_budget;
+  if (!cfg.plan) return std::nullopt;
+  optim::PlanOptions options;
+  options.device = device;
+  options.batch = cfg.batch_size;
+  options.calibrate = true;
+  caching_allocator(device).set_memory_limit(budget);  // the calibration runs in the budget too
+  Timer timer;
+  const optim::Plan p = optim::plan(make_step, budget, space, options);
+  const bool with_attention = attention != nullptr;
+  int fitting = 0;
+  for (const auto& m : p.mixes) fitting += m.fits();
+  std::cout << "plan: " << p.mixes.size() << " mixes for a batch of " << cfg.batch_size << " in "
+            << format_bytes(static_cast<int64_t>(budget)) << " on " << device.str() << ", " << fitting << " fit ("
+            << std::fixed << std::setprecision(1) << timer.seconds() << " s; cost model " << p.cost_model << ")\n";
+  const optim::MixPrediction* choice = p.choice();
+  if (!choice) {
+    const optim::MixPrediction* least = nullptr;
+    for (const auto& m : p.mixes)
+      if (!least || m.peak_reserved() < least->peak_reserved()) least = &m;
+    throw ValueError(str_cat("--plan: none of the ", p.mixes.size(), " mixes planned fits ", format_bytes(static_cast<int64_t>(budget)),
+                             " for a batch of ", cfg.batch_size, least ? str_cat(" (", least->mix.str(with_attention),
+                             " had reached ", format_bytes(least->peak_reserved()), " reserved when it ran out)") : ""));
+  }
+  for (size_t i = 0, shown = 0; i < p.mixes.size() && shown < 5; ++i) {
+    const auto& m = p.mixes[i];
+    if (!m.fits()) continue;
+    ++shown;
+    std::cout << (static_cast<int>(i) == p.chosen ? "  * " : "    ") << std::left << std::setw(28)
+              << m.mix.str(with_attention) << std::right << " peak reserved " << std::setw(10)
+              << format_bytes(m.peak_reserved()) << ", " << std::setprecision(2) << m.seconds * 1e3 << " ms/step\n";
+  }
+  cfg.precision = dtype_name(choice->mix.precision);
+  cfg.recompute = nn::checkpoint_mode_name(choice->mix.checkpoint);
+  cfg.micro_batches = std::to_string(choice->mix.micro_batches);
+  if (attention) *attention = attention_impl_name(choice->mix.attention);
+  std::cout << "plan: chose " << choice->mix.str(with_attention) << "\n" << std::flush;
+  return *choice;
+}
+
+// "plan check: predicted peak allocated X, reserved Y; measured over the run: ..." -- the run's
+// measured peaks cover evaluation too, which the plan's training steps do not.
+inline void print_plan_check(const std::optional<optim::MixPrediction>& chosen, Device device) {
+  if (!chosen) return;
+  const MemoryStats s = caching_allocator(device).stats();
+  std::cout << "plan check: predicted peak allocated " << format_bytes(chosen->peak_allocated()) << ", reserved "
+            << format_bytes(chosen->peak_reserved()) << "; measured over the run " << format_bytes(s.allocated_bytes.peak)
+            << ", " << format_bytes(s.reserved_bytes.peak) << "\n";
+}
+
+// The training step of an image classifier (Adam, cross-entropy, the logits kept for accuracy)
+// as train_one_epoch runs it, for the planner: make_model(mode) builds the model with `mode`'s
+// checkpointing; the batch is [batch, 1, 28, 28] images and their labels.
+inline optim::StepFactory image_classifier_step(
+    Device device, double lr, std::function<std::shared_ptr<nn::Module>(nn::CheckpointMode)> make_model) {
+  return [device, lr, make_model](const optim::Mix& mix, int64_t batch) -> std::function<void()> {
+    struct Training {
+      std::shared_ptr<nn::Module> model;
+      std::unique_ptr<optim::Adam> optimizer;
+      std::unique_ptr<optim::GradScaler> scaler;
+      std::unique_ptr<optim::BatchSplitter> splitter;
+      Tensor images, labels;
+    };
+    auto t = std::make_shared<Training>();
+    t->model = make_model(mix.checkpoint);
+    t->model->to(device);
+    t->model->train();
+    t->optimizer = std::make_unique<optim::Adam>(t->model->parameters(), lr);
+    optim::BatchSplitter::Options options;
+    if (mix.precision == DType::f16) {
+      t->scaler = std::make_unique<optim::GradScaler>();
+      options.scaler = t->scaler.get();
+    }
+    t->splitter = std::make_unique<optim::BatchSplitter>(*t->optimizer, mix.micro_batches, t->model.get(), options);
+    t->images = Tensor::zeros({batch, 1, 28, 28}, TensorOptions().device(device));
+    t->labels = Tensor::zeros({batch}, TensorOptions().dtype(DType::i64).device(device));
+    const bool amp = mix.precision != DType::f32;
+    const DType low = amp ? mix.precision : DType::f16;
+    return [t, device, amp, low] {
+      AutocastCacheScope step_cache;
+      optim::SplitStepResult step = t->splitter->step(t->images, t->labels, [&](const Tensor& x, const Tensor& y) {
+        AutocastGuard guard(device, low, amp);
+        Tensor logits = (*t->model)(x);
+        return optim::MicroBatchOutput{cross_entropy(logits, y), logits};
+      });
+      (void)count_correct(step.output, t->labels);
+    };
+  };
 }
 
 // ---- reporting ----

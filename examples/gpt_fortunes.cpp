@@ -281,6 +281,7 @@ int main(int argc, char** argv) {
   flags.add("resume", &cfg.resume, "resume from this training checkpoint (same flags as the run that wrote it)");
   flags.add("save-model", &cfg.save_model, "write the trained model's state dict here at the end");
   examples::add_checkpoint_flag(flags, cfg.recompute);
+  examples::add_plan_flags(flags, cfg);  // --plan varies --attention and --checkpoint (no precision or splitting here)
   if (auto code = flags.parse(argc, argv)) return *code;
   if (n_embd % n_head != 0) {
     std::cerr << "gpt_fortunes: --n-embd " << n_embd << " is not divisible by --n-head " << n_head << " (see --help)\n";
@@ -300,13 +301,40 @@ int main(int argc, char** argv) {
     HR_CHECK(static_cast<int64_t>(corpus.val.size()) > block_size + 1, ValueError, "gpt_fortunes: --block-size ",
              block_size, " is longer than the validation text");
 
-    examples::MemoryReporting memory(cfg, device, "GPT on fortunes");
     nn::GPTConfig gc;
     gc.vocab_size = vocab;
     gc.block_size = block_size;
     gc.n_layer = n_layer;
     gc.n_head = n_head;
     gc.n_embd = n_embd;
+    // --memory-budget 64MiB --plan: attention and checkpointing chosen before the first step
+    // (optim/plan.h), for the training step below.
+    optim::PlanSpace space = optim::PlanSpace::for_batch(1);
+    space.precisions = {DType::f32};
+    const auto planned = examples::plan_techniques(
+        cfg, device,
+        // By value: the out-of-memory report calls this after the body's locals are gone.
+        [gc, device, block_size, lr = cfg.lr](const optim::Mix& mix, int64_t batch) -> std::function<void()> {
+          nn::GPTConfig c = gc;
+          c.attention = mix.attention;
+          c.checkpoint = mix.checkpoint;
+          auto m = std::make_shared<nn::GPT>(c);
+          m->to(device);
+          auto opt = std::make_shared<optim::AdamW>(m->parameters(), lr, 0.9, 0.99, 1e-8, 0.1);
+          const TensorOptions idx = TensorOptions().dtype(DType::i64).device(device);
+          Tensor x = Tensor::zeros({batch, block_size}, idx), y = Tensor::zeros({batch, block_size}, idx);
+          return [m, opt, x, y] {
+            opt->zero_grad();
+            Tensor loss = m->loss(x, y);
+            loss.backward();
+            optim::clip_grad_norm_(m->parameters(), 1.0);
+            opt->step();
+            (void)loss.item<double>();
+          };
+        },
+        space, &attention);
+    manual_seed(static_cast<uint64_t>(cfg.seed));
+    examples::MemoryReporting memory(cfg, device, "GPT on fortunes");
     gc.attention = parse_attention_impl(attention);
     gc.checkpoint = nn::parse_checkpoint_mode(cfg.recompute, "--checkpoint");
     auto model = std::make_shared<nn::GPT>(gc);
@@ -392,6 +420,7 @@ int main(int argc, char** argv) {
     std::cout << "training time: " << std::fixed << std::setprecision(1) << total.seconds() << " s ("
               << std::setprecision(0) << static_cast<double>(steps * tokens_per_step) / total.seconds() << " tok/s overall)\n";
     memory.print_peaks();
+    examples::print_plan_check(planned, device);
 
     if (sample_chars > 0) {
       // Start where a fortune starts: after a "%" line.

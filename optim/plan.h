@@ -25,7 +25,7 @@
 // Note [cost model]: a step's time is the sum over its ops of each op's time plus the framework's
 // time between ops. Calibrated (fit_cpu, from the records of real steps timed op by op), each
 // class of op -- (op, dtype, variant) -- gets a curve of time against work (the flops of a
-// matmul, convolution or attention, the bytes of anything else): the median time of its calls at
+// matmul, convolution or attention, the bytes of anything else): the mean time of its calls at
 // each amount of work seen, interpolated in log-log between them (a small gemm does fewer flops
 // per second than a big one, so no single rate fits both), in proportion above the largest, and
 // the smallest's time below it. The time the steps took beyond their ops is spread over the ops
@@ -119,7 +119,7 @@ class CostModel {
  private:
   // Seconds against work for one class of op, from the calls timed.
   struct Curve {
-    std::vector<std::pair<double, double>> points;  // (work, median seconds), by work
+    std::vector<std::pair<double, double>> points;  // (work, mean seconds), by work
     double at(double work) const;
   };
   using Key = std::tuple<int, int, int>;  // op, dtype, variant
@@ -147,7 +147,7 @@ struct PlanOptions {
   std::optional<CostModel> cost;  // none: the roofline of datasheet_rates(gpu) on cuda; on the cpu, no time
   std::string gpu = "h100";       // the datasheet for cuda when `cost` is not given
   // plan() without `cost`: first calibrate on the device at hand, with one mix per precision and
-  // attention -- the fitting one with the fewest micro-batches and the least recompute -- run
+  // attention -- the fitting one with the least recompute, then the fewest micro-batches -- run
   // for real (`calibrate_warmup` + `calibrate_steps` steps each).
   bool calibrate = false;
   int calibrate_warmup = 1, calibrate_steps = 3;
