@@ -17,6 +17,8 @@ struct AutogradMeta {
   std::shared_ptr<Node> hooked_accumulator;   // leaves with a register_hook: kept alive for it
   // Leaves: Note [post-accumulate-gradient hooks] in autograd/hooks.h.
   std::shared_ptr<HookList<std::function<void(const Tensor&)>>> post_accumulate_hooks;
+  // Leaves: Note [gradient slots] in autograd/hooks.h (empty: .grad gets memory of its own).
+  std::function<Tensor(const Tensor&)> grad_slot;
 };
 
 // The meta of t, made if absent.

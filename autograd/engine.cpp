@@ -1,5 +1,6 @@
 #include "autograd/engine.h"
 
+#include <atomic>
 #include <deque>
 #include <unordered_map>
 
@@ -13,6 +14,34 @@ namespace headroom {
 namespace {
 
 thread_local int retaining_depth = 0;  // backward passes with retain_graph running on this thread
+// The callback lists of the backwards running on this thread, innermost last (Note [backward
+// callbacks]); a backward run by grad() has none.
+struct CallbackScope;
+thread_local std::vector<CallbackScope*> callback_stack;
+std::atomic<uint64_t> next_backward_id{1};
+
+struct CallbackScope {
+  std::vector<std::function<void()>> callbacks;
+  bool active;
+  uint64_t id = 0;
+  explicit CallbackScope(bool on) : active(on) {
+    if (active) {
+      id = next_backward_id.fetch_add(1);
+      callback_stack.push_back(this);
+    }
+  }
+  ~CallbackScope() {
+    if (active) callback_stack.pop_back();
+  }
+  // Runs them in order; a callback may queue another, which runs after it.
+  void run() {
+    for (size_t i = 0; i < callbacks.size(); ++i) {
+      std::function<void()> fn = std::move(callbacks[i]);
+      fn();
+    }
+    callbacks.clear();
+  }
+};
 
 struct RetainScope {
   bool retain;
@@ -71,6 +100,7 @@ void execute(const std::vector<Tensor>& roots, const std::vector<Tensor>& grads,
   NoGradGuard no_grad;
   RetainScope retain(retain_graph);
   CategoryScope gradients(MemoryCategory::gradient);  // what backward allocates is gradient
+  CallbackScope callbacks(capture == nullptr);
   std::unordered_map<Node*, Tensor> buffer;
   std::deque<std::shared_ptr<Node>> ready;
   for (size_t i = 0; i < roots.size(); ++i) accumulate(buffer, root_nodes[i].get(), grads[i]);
@@ -108,11 +138,23 @@ void execute(const std::vector<Tensor>& roots, const std::vector<Tensor>& grads,
       }
     }
   }
+  callbacks.run();
 }
 
 }  // namespace
 
 bool backward_retains_graph() { return retaining_depth > 0; }
+
+void queue_backward_callback(std::function<void()> fn) {
+  HR_CHECK(fn, ValueError, "queue_backward_callback: the callback is empty");
+  HR_CHECK(!callback_stack.empty(), AutogradError,
+           "queue_backward_callback: no backward is running on this thread (call it from a hook)");
+  callback_stack.back()->callbacks.push_back(std::move(fn));
+}
+
+bool backward_running() { return !callback_stack.empty(); }
+
+uint64_t current_backward_id() { return callback_stack.empty() ? 0 : callback_stack.back()->id; }
 
 void run_backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& grads, bool retain_graph) {
   execute(roots, grads, retain_graph, nullptr, nullptr);

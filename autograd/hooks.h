@@ -5,7 +5,9 @@
 //   - gradient hooks on a tensor (register_hook), below: the gradient flowing into t, seen and
 //     optionally replaced -- a pre-hook of the node t's gradient goes to (its grad_fn, or a
 //     leaf's AccumulateGrad), so it runs once per backward with the summed gradient of t;
-//   - post-accumulate-gradient hooks on a leaf, below.
+//   - post-accumulate-gradient hooks on a leaf, below;
+//   - gradient slots on a leaf (where its .grad lives), below;
+//   - callbacks at the end of a backward (queue_backward_callback, autograd/engine.h).
 //
 // Note [post-accumulate-gradient hooks]: register_post_accumulate_grad_hook(leaf, fn) calls
 // fn(leaf) in the leaf's AccumulateGrad node right after this backward's gradient was added
@@ -16,6 +18,15 @@
 // (offload), a per-parameter optimizer step. The hook may change .grad in place or set_grad a
 // tensor of the same shape and device (anything else is a ShapeError naming the leaf); it runs
 // with grad mode off. grad() (autograd/engine.h) touches no .grad and so calls no such hook.
+//
+// Note [gradient slots]: set_grad_slot(leaf, slot) decides where the leaf's gradient lives.
+// When a backward reaches the leaf and its .grad is undefined (the first backward, or after
+// zero_grad), AccumulateGrad calls slot(leaf) for the tensor to hold it -- the leaf's shape,
+// dtype and device, or a ShapeError naming the leaf -- writes this backward's gradient into it
+// and makes it .grad; later backwards add into it in place, as always. No other memory is
+// allocated for the gradient. It is how DistributedDataParallel makes each gradient a view into
+// its communication bucket (nn/parallel/ddp.h), and the joint for gradients kept in any flat
+// buffer (sharded or offloaded). An empty slot restores the default (memory of its own).
 #pragma once
 
 #include <functional>
@@ -35,5 +46,9 @@ HookHandle register_hook(const Tensor& t, NodePreHook hook);
 
 // leaf must be a leaf that requires grad (AutogradError otherwise).
 HookHandle register_post_accumulate_grad_hook(const Tensor& leaf, PostAccumulateGradHook hook);
+
+using GradSlot = std::function<Tensor(const Tensor& leaf)>;
+// Note [gradient slots]. leaf must be a leaf that requires grad (AutogradError otherwise).
+void set_grad_slot(const Tensor& leaf, GradSlot slot);
 
 }  // namespace headroom

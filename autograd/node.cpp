@@ -72,7 +72,17 @@ std::vector<Tensor> AccumulateGrad::apply(const Tensor& grad_output) {
   NoGradGuard no_grad;
   if (!meta.grad.defined()) {
     // Own the memory: the incoming gradient may be a view of, or shared with, another buffer.
-    Tensor g = Tensor::empty(leaf.shape(), leaf.options());
+    // A slot gives the memory instead (Note [gradient slots]).
+    Tensor g;
+    if (meta.grad_slot) {
+      g = meta.grad_slot(leaf);
+      HR_CHECK(g.defined() && g.shape() == leaf.shape() && g.dtype() == leaf.dtype() && g.device() == leaf.device(),
+               ShapeError, "the gradient slot of a leaf ", describe(leaf), " gave ",
+               g.defined() ? describe(g) : std::string("an undefined tensor"),
+               ": a slot must give the leaf's shape, dtype and device");
+    } else {
+      g = Tensor::empty(leaf.shape(), leaf.options());
+    }
     copy_tensor(g, grad_output.dtype() == leaf.dtype() ? grad_output : grad_output.to(leaf.dtype()));
     meta.grad = g;
   } else {

@@ -113,4 +113,11 @@ HookHandle register_post_accumulate_grad_hook(const Tensor& leaf, PostAccumulate
   return List::add(meta.post_accumulate_hooks, std::move(hook));
 }
 
+void set_grad_slot(const Tensor& leaf, GradSlot slot) {
+  HR_CHECK(leaf.defined() && leaf.requires_grad() && leaf.is_leaf(), AutogradError,
+           "set_grad_slot needs a leaf that requires grad, got ",
+           leaf.defined() ? describe(leaf) : std::string("an undefined tensor"));
+  autograd_meta(leaf).grad_slot = std::move(slot);
+}
+
 }  // namespace headroom

@@ -17,6 +17,7 @@
 #include "engine/error.h"
 #include "engine/rng.h"
 #include "nn/module.h"
+#include "nn/parallel/ddp.h"
 
 namespace headroom::optim {
 
@@ -101,6 +102,7 @@ void BatchSplitter::restore(const Learned& l) {
 }
 
 void BatchSplitter::drop_grads() {
+  if (options_.ddp) options_.ddp->abandon_sync();
   optimizer_.zero_grad();
   if (model_) model_->zero_grad();
 }
@@ -115,6 +117,9 @@ SplitStepResult BatchSplitter::attempt(const Tensor& inputs, const Tensor& targe
     const int64_t end = std::min(n, start + m);
     const int64_t count = end - start;
     Tensor loss;
+    // Note [no_sync]: the gradients of all but the last micro-batch stay on this rank.
+    std::optional<nn::DistributedDataParallel::NoSync> local;
+    if (options_.ddp && end < n) local.emplace(*options_.ddp);
     {
       MicroBatchOutput out = count == n ? fn(inputs, targets) : fn(inputs.slice(0, start, end), targets.slice(0, start, end));
       loss = std::move(out.loss);

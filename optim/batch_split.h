@@ -49,6 +49,7 @@
 
 namespace headroom::nn {
 class Module;
+class DistributedDataParallel;
 }
 
 namespace headroom::optim {
@@ -91,6 +92,10 @@ class BatchSplitter {
     // scaler->step then scaler->update (unless the hooks above are set), and a step given up
     // calls scaler->abandon_step(). The scaler must outlive the splitter.
     GradScaler* scaler = nullptr;
+    // Data parallelism (nn/parallel/ddp.h): every micro-batch but the last runs under
+    // ddp->no_sync(), so a split step all-reduces each bucket once (Note [no_sync]); a failed
+    // attempt abandons the sync it started (Note [abandoned sync]). Must outlive the splitter.
+    nn::DistributedDataParallel* ddp = nullptr;
   };
 
   using StepFn = std::function<MicroBatchOutput(const Tensor& inputs, const Tensor& targets)>;
