@@ -63,14 +63,22 @@ double Work::seconds() const {
 }
 
 void Work::finish(const std::string& error, double seconds) {
-  std::vector<Tensor> release;
+  {
+    // The tensors go first, outside the lock (a free takes the allocator's): whoever waits for
+    // this Work sees their memory already back, so its figures do not depend on when this
+    // thread gets to run.
+    std::vector<Tensor> release;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (done_) return;
+      release.swap(keep_alive);
+    }
+  }
   {
     std::lock_guard<std::mutex> lock(mutex_);
-    if (done_) return;
     done_ = true;
     error_ = error;
     seconds_ = seconds;
-    release.swap(keep_alive);  // freed outside the lock (a free may take the allocator's)
   }
   done_cv_.notify_all();
 }
@@ -166,8 +174,15 @@ WorkPtr ProcessGroup::launch(const Op& op, int64_t payload_bytes) {
              " must hold ", size_, " chunks of the ", op.kind == OpKind::reduce_scatter ? "output" : "input", "'s ",
              small, " elements (", small * size_, "), got ", big, " (output ", shape_str(op.a.shape()), ", input ",
              shape_str(op.b.shape()), ", ", size_, " ranks)");
-    HR_CHECK(op.a.storage().get() != op.b.storage().get(), ValueError, name,
-             ": output and input share their storage; give the output a buffer of its own");
+  }
+  Op checked = op;
+  if ((op.kind == OpKind::reduce_scatter || op.kind == OpKind::all_gather) &&
+      op.a.storage().get() == op.b.storage().get()) {
+    // The one overlap allowed: all_gather whose input is this rank's chunk of the output.
+    checked.in_place = op.kind == OpKind::all_gather && op.b.offset() == op.a.offset() + rank_ * op.b.numel();
+    HR_CHECK(checked.in_place, ValueError, name, ": output and input share their storage",
+             op.kind == OpKind::all_gather ? " but the input is not this rank's chunk of the output" : "",
+             "; give the output a buffer of its own");
   }
   if (op.kind == OpKind::broadcast) check_peer(op.peer, "broadcast root");
   if (op.kind == OpKind::send || op.kind == OpKind::recv) {
@@ -208,7 +223,7 @@ WorkPtr ProcessGroup::launch(const Op& op, int64_t payload_bytes) {
     work->finish();
     return work;
   }
-  start(op, work);
+  start(checked, work);
   return work;
 }
 
@@ -255,7 +270,7 @@ void MetaGroup::start(const Op& op, const WorkPtr& work) {
   // scatter or gather moves this rank's chunk. With peers that do not exist (size > 1) no data
   // moves: the group is for prediction, whose tensors are meta (handled before start).
   if (size() == 1) {
-    if (op.kind == OpKind::reduce_scatter || op.kind == OpKind::all_gather) {
+    if ((op.kind == OpKind::reduce_scatter || op.kind == OpKind::all_gather) && !op.in_place) {
       Tensor out = op.a;
       out.copy_(op.b.reshape(op.a.shape()));
     }

@@ -124,7 +124,8 @@ class ProcessGroup {
   // rank r's output (output.numel() * size() == input.numel()).
   WorkPtr reduce_scatter(const Tensor& output, const Tensor& input, ReduceOp op = ReduceOp::sum);
   // all_gather: rank r's input lands in chunk r of every rank's output
-  // (output.numel() == size() * input.numel()).
+  // (output.numel() == size() * input.numel()). In place when input is output's own chunk
+  // (output.slice(0, rank * n, (rank + 1) * n) of a flat output): nothing is copied for it.
   WorkPtr all_gather(const Tensor& output, const Tensor& input);
   // broadcast: t on every rank becomes root's t.
   WorkPtr broadcast(const Tensor& t, int root = 0);
@@ -155,6 +156,7 @@ class ProcessGroup {
     ReduceOp reduce = ReduceOp::sum;
     int peer = -1;     // root, dst or src
     int tag = 0;
+    bool in_place = false;  // all_gather: b is a's chunk rank()
   };
   virtual void start(const Op& op, const WorkPtr& work) = 0;
   // A transport marks the group broken after a failure it cannot recover from.

@@ -162,6 +162,25 @@ Tensor carry_autograd(const Tensor& from, Tensor to, const std::function<Tensor(
 }
 }  // namespace
 
+void Module::rebind_parameters(const std::function<Tensor(const std::string&, const Tensor&)>& make) {
+  std::vector<Tensor*> slots;
+  std::unordered_map<const TensorImpl*, std::pair<Tensor, Tensor>> done;  // old -> (old, new)
+  for_each_tensor("", [&](const std::string& name, Tensor& t, bool is_param) {
+    if (!is_param) return;
+    slots.push_back(&t);
+    if (done.count(t.impl())) return;
+    Tensor fresh = make(name, t);
+    HR_CHECK(fresh.defined() && fresh.shape() == t.shape() && fresh.dtype() == t.dtype() && fresh.device() == t.device(),
+             ShapeError, "rebind_parameters: parameter ", name, " is ", shape_str(t.shape()), " ", dtype_name(t.dtype()),
+             " on ", t.device().str(), " but its replacement is ",
+             fresh.defined() ? str_cat(shape_str(fresh.shape()), " ", dtype_name(fresh.dtype()), " on ", fresh.device().str())
+                             : std::string("undefined"));
+    if (t.requires_grad()) fresh.set_requires_grad(true);
+    done.emplace(t.impl(), std::make_pair(t, fresh));
+  });
+  for (Tensor* slot : slots) *slot = done.at(slot->impl()).second;
+}
+
 void Module::to(Device device) {
   NoGradGuard no_grad;
   CategoryScope scope(MemoryCategory::parameter);

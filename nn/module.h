@@ -78,6 +78,13 @@ class Module {
   void to(DType dtype);
   // Drops every parameter's .grad (frees the memory, as PyTorch's set_to_none).
   void zero_grad();
+  // Replaces every parameter by make(name, parameter): a tensor of the same shape, dtype and
+  // device holding its values -- e.g. a view into one flat buffer of all parameters
+  // (DistributedDataParallel's ZeRO stages do this). Tied parameters stay tied; requires_grad
+  // carries over, .grad does not; buffers are untouched. Everything is made and checked before
+  // anything is replaced (ShapeError naming the parameter otherwise). An optimizer made before
+  // holds the old tensors.
+  void rebind_parameters(const std::function<Tensor(const std::string& name, const Tensor& parameter)>& make);
 
   // Parameters and buffers by dotted name, detached (same storage, no history).
   std::map<std::string, Tensor> state_dict() const;

@@ -17,4 +17,5 @@
 #include "nn/layers/sequential.h"
 #include "nn/losses.h"
 #include "nn/module.h"
+#include "nn/parallel/ddp.h"
 #include "nn/serialize.h"

@@ -87,6 +87,7 @@ bool GradScaler::read_found(PerOptimizer& s) {
   if (!s.read) {
     s.found = false;
     for (const Tensor& f : s.found_inf) s.found = s.found || f.item<float>() != 0.0f;  // the host read
+    s.found = s.optimizer->on_any_rank(s.found);  // a sharded optimizer saw only its shard
     s.read = true;
   }
   return s.found;

@@ -10,3 +10,4 @@
 #include "optim/optimizer.h"
 #include "optim/plan.h"
 #include "optim/sgd.h"
+#include "optim/zero.h"

@@ -68,7 +68,13 @@ class Optimizer {
   std::map<std::string, Tensor> state_dict() const;
   void load_state_dict(const std::map<std::string, Tensor>& state);
 
+  // Whether `local` holds on any of the ranks this optimizer's parameters are spread over: the
+  // flag itself for an optimizer that sees every gradient; a sharded one (optim/zero.h) asks
+  // its peers. GradScaler agrees on an overflow through it.
+  virtual bool on_any_rank(bool local) const { return local; }
+
  protected:
+  friend class ZeroRedundancyOptimizer;  // runs an inner optimizer's phases
   // Note [all-or-nothing step]: the two phases, and the undo of the first. prepare_step may
   // throw; discard_step must not; commit_step must not allocate.
   virtual void prepare_step() = 0;

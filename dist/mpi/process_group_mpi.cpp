@@ -219,7 +219,7 @@ class MpiGroup final : public ProcessGroup {
   void post_item(Item item, std::vector<Posted>& posted) {
     const std::string broken = broken_reason();
     if (!broken.empty()) {
-      item.work->finish(str_cat(item.work->description(), " on rank ", rank(), ": this mpi group is broken: ", broken));
+      finish(item, str_cat(item.work->description(), " on rank ", rank(), ": this mpi group is broken: ", broken));
       return;
     }
     Posted p;
@@ -233,7 +233,7 @@ class MpiGroup final : public ProcessGroup {
       error = e.what();
     }
     if (!error.empty()) {
-      item.work->finish(str_cat(item.work->description(), " on rank ", rank(), " of ", size(), ": ", error));
+      finish(item, str_cat(item.work->description(), " on rank ", rank(), " of ", size(), ": ", error));
       return;
     }
     {
@@ -243,6 +243,14 @@ class MpiGroup final : public ProcessGroup {
     }
     p.item = std::move(item);
     posted.push_back(std::move(p));
+  }
+
+  // Drops this thread's references to the operation's tensors, then finishes its Work: a waiter
+  // woken by it finds their memory already released (Work::finish).
+  static void finish(Item& item, const std::string& error, double seconds = 0) {
+    item.op.a = Tensor();
+    item.op.b = Tensor();
+    item.work->finish(error, seconds);
   }
 
   // Tests one posted operation: true once it has finished, successfully or not.
@@ -279,8 +287,8 @@ class MpiGroup final : public ProcessGroup {
       last_ = item.work->description();
       ++completed_;
     }
-    item.work->finish(error.empty() ? "" : str_cat(item.work->description(), " on rank ", rank(), " of ", size(), ": ", error),
-                      seconds);
+    finish(item, error.empty() ? "" : str_cat(item.work->description(), " on rank ", rank(), " of ", size(), ": ", error),
+           seconds);
     return true;
   }
 
@@ -297,6 +305,7 @@ class MpiGroup final : public ProcessGroup {
         checked_count(op.a, what);
         const int n = checked_count(op.b, what);
         const MPI_Datatype t = mpi_type(op.a.dtype());
+        if (op.in_place) return MPI_Iallgather(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, op.a.raw_data(), n, t, comm_, request);
         return MPI_Iallgather(op.b.raw_data(), n, t, op.a.raw_data(), n, t, comm_, request);
       }
       case OpKind::broadcast:

@@ -25,6 +25,8 @@ DistributedDataParallel::DistributedDataParallel(std::shared_ptr<Module> module,
   HR_CHECK(options_.bucket_cap_bytes > 0 && options_.first_bucket_cap_bytes > 0, ValueError,
            "DistributedDataParallel: bucket caps must be positive, got ", options_.bucket_cap_bytes, " and ",
            options_.first_bucket_cap_bytes, " bytes");
+  HR_CHECK(options_.zero_stage >= 0 && options_.zero_stage <= 2, ValueError,
+           "DistributedDataParallel: zero_stage must be 0, 1 or 2, got ", options_.zero_stage);
   register_module("module", module_);
   params_ = module_->parameters();
   HR_CHECK(!params_.empty(), ValueError, "DistributedDataParallel: the module has no parameters");
@@ -87,6 +89,7 @@ void DistributedDataParallel::layout_buckets() {
   where_.assign(params_.size(), {0, 0});
   CategoryScope category(MemoryCategory::gradient);  // the buckets are the gradients' memory
   NoGradGuard no_grad;
+  const int64_t ranks = group_.size(), me = group_.rank();
   for (size_t b = 0; b < groups.size(); ++b) {
     Bucket bucket;
     int64_t offset = 0;
@@ -96,15 +99,46 @@ void DistributedDataParallel::layout_buckets() {
       bucket.offsets.push_back(offset);
       offset += params_[k].numel();
     }
-    const Tensor& first = params_[groups[b].front()];
-    bucket.flat = Tensor::zeros({offset}, first.options());
+    bucket.numel = offset;
+    bucket.padded = sharded() ? (offset + ranks - 1) / ranks * ranks : offset;
+    const TensorOptions options = params_[groups[b].front()].options();
+    if (options_.zero_stage < 2) bucket.flat = Tensor::zeros({bucket.padded}, options);
+    if (sharded()) {
+      // Note [ZeRO stages]: the parameters' values move into one flat buffer, and this rank's
+      // chunk of it gets a gradient of its own.
+      const int64_t chunk = bucket.padded / ranks;
+      {
+        CategoryScope params(MemoryCategory::parameter);
+        bucket.params_flat = Tensor::zeros({bucket.padded}, options);
+      }
+      for (size_t i = 0; i < bucket.params.size(); ++i) {
+        const Tensor& p = params_[bucket.params[i]];
+        bucket.params_flat.slice(0, bucket.offsets[i], bucket.offsets[i] + p.numel()).copy_(p.detach().reshape({p.numel()}));
+      }
+      bucket.shard_grad = Tensor::zeros({chunk}, options);
+      bucket.shard_param = bucket.params_flat.slice(0, me * chunk, (me + 1) * chunk);
+      bucket.shard_param.set_requires_grad(true);
+      bucket.shard_param.set_grad(bucket.shard_grad);
+    }
     buckets_.push_back(std::move(bucket));
+  }
+  if (sharded()) {
+    // The module's parameters become views into the flat buffers (tied ones stay tied).
+    std::map<const TensorImpl*, size_t> index;
+    for (size_t k = 0; k < params_.size(); ++k) index[params_[k].impl()] = k;
+    module_->rebind_parameters([&](const std::string&, const Tensor& p) {
+      const size_t k = index.at(p.impl());
+      const auto [b, i] = where_[k];
+      const int64_t begin = buckets_[b].offsets[i];
+      return buckets_[b].params_flat.slice(0, begin, begin + p.numel()).view(p.shape());
+    });
+    params_ = module_->parameters();
   }
   // Each gradient lives in its bucket (Note [gradient slots]); a gradient already there (the
   // module trained before it was wrapped) is moved in.
   for (size_t k = 0; k < params_.size(); ++k) {
-    Tensor view = bucket_view(k);
-    if (params_[k].grad().defined()) {
+    if (!sharded() && params_[k].grad().defined()) {
+      Tensor view = bucket_view(k);
       view.copy_(params_[k].grad());
       params_[k].set_grad(view);
     }
@@ -114,8 +148,30 @@ void DistributedDataParallel::layout_buckets() {
   final_.assign(params_.size(), 0);
 }
 
-Tensor DistributedDataParallel::bucket_view(size_t param) const {
+int64_t DistributedDataParallel::held_bucket_bytes() const {
+  int64_t n = 0;
+  for (const Bucket& b : buckets_)
+    if (b.flat.defined()) n += static_cast<int64_t>(b.flat.nbytes());
+  return n;
+}
+
+void DistributedDataParallel::ensure_bucket(size_t b) {
+  Bucket& bucket = buckets_[b];
+  if (bucket.flat.defined()) return;
+  struct Peak {
+    DistributedDataParallel& d;
+    ~Peak() { d.last_.bucket_bytes_peak = std::max(d.last_.bucket_bytes_peak, d.held_bucket_bytes()); }
+  } peak{*this};
+  CategoryScope category(MemoryCategory::gradient);
+  NoGradGuard no_grad;
+  bucket.flat = Tensor::empty({bucket.padded}, params_[bucket.params.front()].options());
+  // What no gradient writes -- the padding -- must be zero for the reduce-scatter.
+  if (bucket.padded > bucket.numel) bucket.flat.slice(0, bucket.numel, bucket.padded).zero_();
+}
+
+Tensor DistributedDataParallel::bucket_view(size_t param) {
   const auto [b, i] = where_[param];
+  ensure_bucket(b);
   const Bucket& bucket = buckets_[b];
   const int64_t begin = bucket.offsets[i];
   return bucket.flat.slice(0, begin, begin + params_[param].numel()).view(params_[param].shape());
@@ -147,6 +203,7 @@ void DistributedDataParallel::start_cycle(uint64_t backward) {
     b.work.reset();
   }
   last_ = DDPSyncStats{};
+  last_.bucket_bytes_peak = held_bucket_bytes();
   queue_backward_callback([this] { finish_cycle(); });
 }
 
@@ -167,6 +224,17 @@ void DistributedDataParallel::on_gradient_final(size_t param) {
   }
   Bucket& bucket = buckets_[where_[param].first];
   if (--bucket.pending == 0) launch_ready();
+  if (options_.zero_stage == 2) release_reduced();
+}
+
+void DistributedDataParallel::release_reduced() {
+  for (size_t b = 0; b < next_launch_; ++b) {
+    Bucket& bucket = buckets_[b];
+    // A failed one may still be written by the transport: only a finished, successful one goes.
+    if (!bucket.flat.defined() || !bucket.work || !bucket.work->is_done() || bucket.work->failed()) continue;
+    for (size_t k : bucket.params) params_[k].zero_grad();
+    bucket.flat = Tensor();
+  }
 }
 
 void DistributedDataParallel::launch_ready() {
@@ -177,6 +245,7 @@ void DistributedDataParallel::launch_ready() {
 }
 
 void DistributedDataParallel::launch(size_t b) {
+  ensure_bucket(b);
   Bucket& bucket = buckets_[b];
   // Parameters this backward did not reach: zero here, and that is their gradient.
   NoGradGuard no_grad;
@@ -192,7 +261,8 @@ void DistributedDataParallel::launch(size_t b) {
       params_[k].set_grad(view);
     }  // else: accumulated under no_sync and not reached now; its sum is in the bucket already
   }
-  bucket.work = group_.all_reduce(bucket.flat, dist::ReduceOp::average);
+  bucket.work = sharded() ? group_.reduce_scatter(bucket.shard_grad, bucket.flat, dist::ReduceOp::average)
+                          : group_.all_reduce(bucket.flat, dist::ReduceOp::average);
   ++all_reduces_;
   ++last_.buckets;
   last_.bytes += static_cast<int64_t>(bucket.flat.nbytes());
@@ -212,7 +282,31 @@ void DistributedDataParallel::finish_cycle() {
   for (Bucket& bucket : buckets_) bucket.work->wait();
   last_.exposed_seconds = now_seconds() - begin;
   for (Bucket& bucket : buckets_) last_.communication_seconds += bucket.work->seconds();
+  if (sharded()) {
+    // Note [ZeRO stages]: the shards hold the gradients that count; the parameters' own are
+    // this rank's unreduced ones, so they go (stage 2 frees their buffers too).
+    for (const Tensor& p : params_) p.zero_grad();
+    for (Bucket& bucket : buckets_) {
+      bucket.shard_param.set_grad(bucket.shard_grad);  // again, after an optimizer's zero_grad
+      if (options_.zero_stage == 2) bucket.flat = Tensor();
+    }
+  }
   ++syncs_;
+}
+
+std::vector<Tensor> DistributedDataParallel::shard_parameters() const {
+  HR_CHECK(sharded(), ValueError, "DistributedDataParallel::shard_parameters: no ZeRO stage (DDPOptions::zero_stage)");
+  std::vector<Tensor> out;
+  for (const Bucket& b : buckets_) out.push_back(b.shard_param);
+  return out;
+}
+
+void DistributedDataParallel::gather_parameters() {
+  HR_CHECK(sharded(), ValueError, "DistributedDataParallel::gather_parameters: no ZeRO stage (DDPOptions::zero_stage)");
+  NoGradGuard no_grad;
+  std::vector<dist::WorkPtr> works;
+  for (Bucket& b : buckets_) works.push_back(group_.all_gather(b.params_flat, b.shard_param.detach()));
+  for (auto& w : works) w->wait();
 }
 
 void DistributedDataParallel::abandon_sync() noexcept {
@@ -220,7 +314,10 @@ void DistributedDataParallel::abandon_sync() noexcept {
   in_cycle_ = false;
   try {
     for (size_t b = next_launch_; b < buckets_.size(); ++b) {
-      buckets_[b].work = group_.all_reduce(buckets_[b].flat, dist::ReduceOp::average);
+      ensure_bucket(b);
+      Bucket& bucket = buckets_[b];
+      bucket.work = sharded() ? group_.reduce_scatter(bucket.shard_grad, bucket.flat, dist::ReduceOp::average)
+                              : group_.all_reduce(bucket.flat, dist::ReduceOp::average);
       ++all_reduces_;
     }
     next_launch_ = buckets_.size();

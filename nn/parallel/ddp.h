@@ -39,6 +39,29 @@
 // started yet -- their contents are garbage, the step must be discarded -- and waits, so that
 // every rank's sequence of collectives stays aligned; the next backward does it by itself if
 // nobody did. Gradients after an abandoned sync are not the average of anything: drop them.
+//
+// Note [ZeRO stages]: with DDPOptions::zero_stage 1 or 2 the wrapper also shards what the
+// optimizer keeps (Rajbhandari et al., "ZeRO", SC 2020). Each bucket is padded to a multiple of
+// the world size N and cut into N equal chunks; rank r owns chunk r of every bucket (the last
+// chunks hold the padding, so uneven sizes cost at most N-1 elements a bucket). The parameters
+// become views into one flat buffer per bucket (Module::rebind_parameters), so that the
+// all-gather writes straight into them. A bucket's gradient is reduce-scattered instead of
+// all-reduced: rank r receives the average of its chunk only, into a shard gradient of its own.
+// An optimizer made over shard_parameters() -- optim::ZeroRedundancyOptimizer wraps any
+// headroom optimizer so -- keeps state for 1/N of the parameters, updates its chunk, and
+// gather_parameters() all-gathers the chunks back into every rank's parameters.
+//   - stage 1: the full gradient buckets stay allocated (they are the memory backward writes
+//     into, reused every step); only the optimizer state is divided by N.
+//   - stage 2: a bucket's full gradient buffer is allocated when its first gradient arrives
+//     and freed as soon as its reduce-scatter has finished, during backward; what stays is the
+//     shard: gradients divided by N too. Under no_sync the buffers live until the step's last
+//     micro-batch has reduced them.
+// Per parameter, training in f32 with AdamW (headroom's parameters are its master weights, so
+// the 2 + 2 + K bytes of the paper's mixed precision, K = 12, are 4 + 4 + 8 here: parameter,
+// gradient, two moments), a rank holds 4 + 4 + 8/N bytes at stage 1 and 4 + (4 + 8)/N at stage
+// 2, plus the stage-2 buckets in flight. After a synchronised backward the parameters' own .grad
+// are undefined: the gradients that count are the shards' (clip them with
+// ZeroRedundancyOptimizer::clip_grad_norm_, which takes the norm over every rank).
 #pragma once
 
 #include <cstdint>
@@ -58,6 +81,8 @@ struct DDPOptions {
   // Rank 0's buffers (BatchNorm statistics) are broadcast to every rank before each forward(),
   // as PyTorch does; off: only at construction.
   bool broadcast_buffers = true;
+  // Note [ZeRO stages]: 0 (plain DDP), 1 (optimizer state sharded) or 2 (gradients too).
+  int zero_stage = 0;
 };
 
 // What the last synchronised backward cost (Note [overlapped all-reduce]).
@@ -67,6 +92,9 @@ struct DDPSyncStats {
   int64_t started_in_backward = 0;    // buckets started by the hooks, before backward's end
   double communication_seconds = 0;   // the all-reduces' own time (Work::seconds), summed
   double exposed_seconds = 0;         // what backward's end waited for them
+  // The most bytes of full gradient buckets held at once (stage 2 allocates and frees them
+  // during backward; otherwise they are always all there).
+  int64_t bucket_bytes_peak = 0;
   // The share of the communication time that overlapped backward's compute.
   double hidden_fraction() const {
     return communication_seconds > 0 ? std::max(0.0, 1.0 - exposed_seconds / communication_seconds) : 0.0;
@@ -76,11 +104,16 @@ struct DDPSyncStats {
 class DistributedDataParallel final : public Module {
  public:
   struct Bucket {
-    Tensor flat;                     // the gradients of its parameters, back to back
+    Tensor flat;                     // the gradients of its parameters, back to back (stage 2: only while in use)
     std::vector<size_t> params;      // indices into parameters(), in the bucket's order
     std::vector<int64_t> offsets;    // element offset of each in flat
+    int64_t numel = 0;               // the parameters' elements
+    int64_t padded = 0;              // flat's elements: numel, rounded up to a multiple of N under ZeRO
     int64_t pending = 0;             // gradients of this backward not final yet
-    dist::WorkPtr work;              // the all-reduce of this backward, once started
+    dist::WorkPtr work;              // the all-reduce (reduce-scatter) of this backward, once started
+    // Note [ZeRO stages]: the parameters' flat buffer, this rank's chunk of it (what the
+    // optimizer updates) and the chunk's averaged gradient.
+    Tensor params_flat, shard_param, shard_grad;
   };
 
   // Broadcasts rank 0's parameters and buffers to every rank (a collective: every rank
@@ -123,6 +156,12 @@ class DistributedDataParallel final : public Module {
   bool sync_in_progress() const { return in_cycle_; }
 
   const std::vector<Bucket>& buckets() const { return buckets_; }
+  int zero_stage() const { return options_.zero_stage; }
+  // Note [ZeRO stages]: this rank's chunk of each bucket's parameters (leaves whose .grad is the
+  // chunk's averaged gradient after a synchronised backward), for the optimizer.
+  std::vector<Tensor> shard_parameters() const;
+  // Every rank's updated chunks into every rank's parameters (a collective).
+  void gather_parameters();
   const DDPSyncStats& last_sync() const { return last_; }
   int64_t syncs() const { return syncs_; }                  // synchronised backwards so far
   int64_t bucket_all_reduces() const { return all_reduces_; }  // bucket all-reduces started so far
@@ -135,7 +174,11 @@ class DistributedDataParallel final : public Module {
   void launch_ready();
   void launch(size_t bucket);
   void finish_cycle();
-  Tensor bucket_view(size_t param) const;
+  Tensor bucket_view(size_t param);       // the parameter's gradient in its bucket (allocated at stage 2)
+  void ensure_bucket(size_t bucket);
+  void release_reduced();                 // stage 2: free the buckets whose reduce-scatter is done
+  int64_t held_bucket_bytes() const;
+  bool sharded() const { return options_.zero_stage > 0; }
 
   std::shared_ptr<Module> module_;
   dist::ProcessGroup& group_;

@@ -77,6 +77,16 @@ TEST(ProcessGroup, AllGatherPlacesEachRanksChunk) {
     for (int64_t i = 0; i < k; ++i) EXPECT_EQ(out[static_cast<size_t>(p * k + i)], p * 10.0 + static_cast<double>(i));
 }
 
+TEST(ProcessGroup, AllGatherInPlaceFromTheRanksOwnChunk) {
+  const int n = pg().size(), r = pg().rank();
+  Tensor flat = Tensor::full({4 * n}, -1);
+  flat.slice(0, 4 * r, 4 * r + 4).fill_(r);
+  pg().all_gather(flat, flat.slice(0, 4 * r, 4 * r + 4))->wait();
+  std::vector<double> out = values(flat);
+  for (int p = 0; p < n; ++p)
+    for (int i = 0; i < 4; ++i) EXPECT_EQ(out[static_cast<size_t>(4 * p + i)], p);
+}
+
 TEST(ProcessGroup, BroadcastFromTheLastRank) {
   const int n = pg().size(), r = pg().rank();
   Tensor t = Tensor::full({4, 2}, r == n - 1 ? 42 : -1);
@@ -131,8 +141,8 @@ TEST(ProcessGroup, BadArgumentsAreRefusedBeforeAnythingMoves) {
   EXPECT_THROW(pg().recv(m, -1), ValueError);
   EXPECT_THROW(pg().reduce_scatter(Tensor::zeros({5}), Tensor::zeros({5 * n + 1})), ShapeError);
   EXPECT_THROW(pg().all_gather(Tensor::zeros({5 * n}, DType::f64), Tensor::zeros({5})), DTypeError);
-  Tensor flat = Tensor::zeros({2 * n});
-  EXPECT_THROW(pg().all_gather(flat, flat.slice(0, 0, 2)), ValueError);     // output and input overlap
+  Tensor big = Tensor::zeros({2 * n + 1});
+  EXPECT_THROW(pg().all_gather(big.slice(0, 0, 2 * n), big.slice(0, 1, 3)), ValueError);  // overlap, not its own chunk
   try {
     pg().reduce_scatter(Tensor::zeros({5}), Tensor::zeros({5 * n + 1}));
   } catch (const ShapeError& e) {
