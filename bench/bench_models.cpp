@@ -18,6 +18,11 @@ std::string Preset::technique() const {
                                                                          : str_cat("checkpoint per ", unit);
     t = (t == "none" ? "" : t + ", ") + ck;
   }
+  if (ddp) {
+    const std::string d = zero_stage > 0 ? str_cat("ZeRO-", zero_stage, " over the ranks")
+                                         : str_cat("DDP over the ranks, ", bucket_cap_mib, " MiB buckets");
+    t = (t == "none" ? "" : t + ", ") + d;
+  }
   return t;
 }
 
@@ -52,6 +57,21 @@ std::string checkpoint_words(nn::CheckpointMode mode, const char* unit) {
 }
 std::string checkpoint_suffix(nn::CheckpointMode mode) {
   return mode == nn::CheckpointMode::none ? std::string() : str_cat("-ckpt-", nn::checkpoint_mode_name(mode));
+}
+// A data-parallel version of `base`: "-ddp" (25 MiB buckets), "-ddp-b<MiB>" (another bucket
+// size), "-zero1" / "-zero2".
+Preset data_parallel(Preset p, int zero_stage, int64_t bucket_cap_mib = 25) {
+  p.ddp = true;
+  p.zero_stage = zero_stage;
+  p.bucket_cap_mib = bucket_cap_mib;
+  if (zero_stage > 0) {
+    p.name += str_cat("-zero", zero_stage);
+    p.description += str_cat(", ZeRO-", zero_stage, " over the ranks");
+  } else {
+    p.name += bucket_cap_mib == 25 ? std::string("-ddp") : str_cat("-ddp-b", bucket_cap_mib);
+    p.description += str_cat(", DDP over the ranks (", bucket_cap_mib, " MiB buckets)");
+  }
+  return p;
 }
 }  // namespace
 
@@ -160,6 +180,19 @@ std::vector<Preset> build_presets() {
   v.push_back(resnet18(false, DType::f32, 1, nn::CheckpointMode::block));
   v.push_back(resnet18(false, DType::f32, 1, nn::CheckpointMode::sqrt));
   v.push_back(resnet18(false, DType::f32, 1, nn::CheckpointMode::selective));
+  // Data parallelism: GPT-2 small under DDP and both ZeRO stages; the bucket-size sweep on the
+  // MLP (151 MiB of gradients: 151 buckets of 1 MiB .. 2 of 100 MiB).
+  v.push_back(data_parallel(gpt2_small(DType::bf16, AttentionImpl::fused), 0));
+  v.push_back(data_parallel(gpt2_small(DType::bf16, AttentionImpl::fused), 1));
+  v.push_back(data_parallel(gpt2_small(DType::bf16, AttentionImpl::fused), 2));
+  for (int64_t cap : {1, 5, 25, 100}) {
+    Preset m = data_parallel(mlp(false), 0, cap);
+    if (cap == 25) {  // the sweep names every size
+      m.name += "-b25";
+      m.description = mlp(false).description + ", DDP over the ranks (25 MiB buckets)";
+    }
+    v.push_back(m);
+  }
   v.push_back(gpt_tiny(DType::f32, AttentionImpl::naive));
   v.push_back(gpt_tiny(DType::f32, AttentionImpl::fused));
   v.push_back(gpt_tiny(DType::f16, AttentionImpl::fused));
@@ -167,6 +200,9 @@ std::vector<Preset> build_presets() {
   v.push_back(gpt_tiny(DType::f32, AttentionImpl::naive, 4));
   v.push_back(gpt_tiny(DType::f32, AttentionImpl::fused, 1, nn::CheckpointMode::block));  // no -ckpt-sqrt: see gpt_tiny
   v.push_back(gpt_tiny(DType::f32, AttentionImpl::fused, 1, nn::CheckpointMode::selective));
+  v.push_back(data_parallel(gpt_tiny(DType::f32, AttentionImpl::fused), 0));
+  v.push_back(data_parallel(gpt_tiny(DType::f32, AttentionImpl::fused), 1));
+  v.push_back(data_parallel(gpt_tiny(DType::f32, AttentionImpl::fused), 2));
   v.push_back(mlp(true));
   v.push_back(mlp(true, DType::f16));
   v.push_back(mlp(true, DType::bf16));
@@ -283,7 +319,10 @@ void set_step(Workload* w, const Preset& p, Device device,
     w->scaler = std::make_unique<optim::GradScaler>();
     options.scaler = w->scaler.get();  // scaled losses, scaler->step + update, abandon_step on failure
   }
-  w->splitter = std::make_unique<optim::BatchSplitter>(*w->optimizer, p.micro_batches, w->model.get(), options);
+  options.ddp = w->ddp.get();  // a split step communicates once
+  w->splitter = std::make_unique<optim::BatchSplitter>(*w->optimizer, p.micro_batches,
+                                                       w->ddp ? static_cast<nn::Module*>(w->ddp.get()) : w->model.get(),
+                                                       options);
   const bool amp = p.dtype != DType::f32;
   const DType low = amp ? p.dtype : DType::bf16;
   w->step = [w, device, amp, low, loss_of = std::move(loss_of)] {
@@ -298,7 +337,31 @@ void set_step(Workload* w, const Preset& p, Device device,
 
 }  // namespace
 
-std::unique_ptr<Workload> make_workload(const Preset& p, Device device, uint64_t seed) {
+namespace {
+// Data-parallel presets: the model wrapped, the optimizer over the ranks' shards under ZeRO,
+// and this rank's rows of the batch (Preset::ddp).
+void distribute(Workload* w, const Preset& p, dist::ProcessGroup* group,
+                const std::function<std::unique_ptr<optim::Optimizer>(std::vector<Tensor>)>& make_optimizer) {
+  if (!p.ddp) {
+    w->optimizer = make_optimizer(w->model->parameters());
+    return;
+  }
+  dist::ProcessGroup& g = group ? *group : dist::world();
+  HR_CHECK(p.batch % g.size() == 0, ValueError, "preset ", p.name, ": the batch of ", p.batch,
+           " does not divide among ", g.size(), " ranks");
+  nn::DDPOptions o;
+  o.zero_stage = p.zero_stage;
+  o.bucket_cap_bytes = static_cast<size_t>(p.bucket_cap_mib) << 20;
+  w->ddp = std::make_shared<nn::DistributedDataParallel>(w->model, g, o);
+  if (p.zero_stage > 0) w->optimizer = std::make_unique<optim::ZeroRedundancyOptimizer>(*w->ddp, make_optimizer);
+  else w->optimizer = make_optimizer(w->ddp->parameters());
+  const int64_t share = p.batch / g.size(), first = g.rank() * share;
+  w->input = w->input.slice(0, first, first + share).contiguous();
+  w->target = w->target.slice(0, first, first + share).contiguous();
+}
+}  // namespace
+
+std::unique_ptr<Workload> make_workload(const Preset& p, Device device, uint64_t seed, dist::ProcessGroup* group) {
   auto w = std::make_unique<Workload>();
   std::mt19937_64 rng(seed);
   Workload* wp = w.get();
@@ -307,9 +370,11 @@ std::unique_ptr<Workload> make_workload(const Preset& p, Device device, uint64_t
       auto model = std::make_shared<nn::GPT>(p.gpt);
       model->to(device);
       w->model = model;
-      w->optimizer = std::make_unique<optim::AdamW>(model->parameters(), 6e-4, 0.9, 0.95, 1e-8, 0.1);
       w->input = random_labels(p.batch * p.seq_len, p.token_range, rng, {p.batch, p.seq_len}, device);
       w->target = random_labels(p.batch * p.seq_len, p.token_range, rng, {p.batch, p.seq_len}, device);
+      distribute(wp, p, group, [](std::vector<Tensor> ps) {
+        return std::make_unique<optim::AdamW>(std::move(ps), 6e-4, 0.9, 0.95, 1e-8, 0.1);
+      });
       nn::GPT* m = model.get();
       set_step(wp, p, device, [m](const Tensor& x, const Tensor& y) { return m->loss(x, y); });
       break;
@@ -335,13 +400,13 @@ std::unique_ptr<Workload> make_workload(const Preset& p, Device device, uint64_t
       }
       model->to(device);
       w->model = model;
-      w->optimizer = std::make_unique<optim::SGD>(model->parameters(), 0.01, 0.9);
       // N(0, 1) images from the host generator (independent of the model's init).
       std::normal_distribution<float> normal(0.0f, 1.0f);
       std::vector<float> pixels(static_cast<size_t>(shape_numel(input_shape)));
       for (auto& v : pixels) v = normal(rng);
       w->input = Tensor::from_vector(pixels, input_shape).to(device);
       w->target = random_labels(p.batch, classes, rng, {p.batch}, device);
+      distribute(wp, p, group, [](std::vector<Tensor> ps) { return std::make_unique<optim::SGD>(std::move(ps), 0.01, 0.9); });
       nn::Module* m = model.get();
       set_step(wp, p, device, [m](const Tensor& x, const Tensor& y) { return cross_entropy(m->forward(x), y); });
       break;

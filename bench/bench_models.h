@@ -55,6 +55,11 @@ struct Preset {
   int64_t micro_batches = 1;   // gradient accumulation over this many micro-batches
   // Recompute checkpointing: GPT per block, ResNet-18 per stage; sqrt over those (the MLP: none).
   nn::CheckpointMode checkpoint = nn::CheckpointMode::none;
+  // Data parallelism (nn/parallel/ddp.h): the batch is the global one, each of the world's N
+  // ranks (mpirun -np N headroom-bench ...; alone, N = 1) runs batch / N of it.
+  bool ddp = false;
+  int zero_stage = 0;            // with ddp: ZeRO stage 1 or 2 (optim/zero.h)
+  int64_t bucket_cap_mib = 25;   // with ddp: DDPOptions::bucket_cap_bytes
   bool cpu_sized = false;  // one of the small presets that run in seconds on the CPU
   // GPT
   nn::GPTConfig gpt;
@@ -124,6 +129,7 @@ class ResNet18 : public nn::Module {
 // backward, optimizer step) on the fixed batch and returns the loss, detached.
 struct Workload {
   std::shared_ptr<nn::Module> model;
+  std::shared_ptr<nn::DistributedDataParallel> ddp;  // data-parallel presets
   std::unique_ptr<optim::Optimizer> optimizer;
   std::unique_ptr<optim::GradScaler> scaler;       // f16 only
   std::unique_ptr<optim::BatchSplitter> splitter;  // runs every step (one micro-batch: the plain step)
@@ -134,6 +140,9 @@ struct Workload {
 
 // Builds the model (initialised from the global generator: manual_seed first) in f32, moves it to
 // `device`, makes the optimizer, the scaler for f16, the splitter and the batch (from `seed`).
-std::unique_ptr<Workload> make_workload(const Preset& preset, Device device, uint64_t seed);
+// A data-parallel preset runs over `group` (dist::world() when null), on this rank's share of
+// the batch; ValueError when the batch does not divide among the ranks.
+std::unique_ptr<Workload> make_workload(const Preset& preset, Device device, uint64_t seed,
+                                        dist::ProcessGroup* group = nullptr);
 
 }  // namespace headroom::bench

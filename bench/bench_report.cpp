@@ -138,6 +138,22 @@ std::string markdown_table(const std::vector<Result>& results) {
   }
   for (const Result& r : results)
     if (r.status != "ok") os << "\n" << r.preset.name << ": " << r.error << "\n";
+  bool any_parallel = false;
+  for (const Result& r : results) any_parallel = any_parallel || (r.preset.ddp && r.measured);
+  if (any_parallel) {
+    os << "\nData parallelism (per step, means over the timed steps; bytes are rank 0's peaks, one rank's share):\n\n"
+       << "| preset | ranks | buckets | reduced | communication | exposed | hidden behind backward | parameter | gradient "
+          "| optimizer_state |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
+    for (const Result& r : results) {
+      if (!r.preset.ddp || !r.measured) continue;
+      os << "| " << r.preset.name << " | " << r.world_size << " | " << r.buckets << " | "
+         << format_bytes(r.communication_bytes) << " | " << fmt("%.2f ms", r.communication_ms) << " | "
+         << fmt("%.2f ms", r.exposed_ms) << " | " << fmt("%.0f%%", 100 * r.hidden_fraction()) << " | "
+         << format_bytes(r.peak_category(MemoryCategory::parameter)) << " | "
+         << format_bytes(r.peak_category(MemoryCategory::gradient)) << " | "
+         << format_bytes(r.peak_category(MemoryCategory::optimizer_state)) << " |\n";
+    }
+  }
   return os.str();
 }
 
@@ -181,6 +197,15 @@ std::string results_json(const std::vector<Result>& results, const RunInfo& info
        << "      \"step_time_ms_max\": " << json_number(r.step_ms_max, r.measured) << ",\n"
        << "      \"items_per_second\": " << json_number(r.items_per_second, r.measured) << ",\n"
        << "      \"final_loss\": " << json_number(r.final_loss, r.measured) << ",\n";
+    if (p.ddp)
+      os << "      \"data_parallel\": {\"world_size\": " << r.world_size << ", \"zero_stage\": " << p.zero_stage
+         << ", \"bucket_cap_mib\": " << p.bucket_cap_mib << ", \"buckets\": " << r.buckets
+         << ", \"communication_bytes\": " << r.communication_bytes
+         << ", \"communication_ms\": " << json_number(r.communication_ms, r.measured)
+         << ", \"exposed_ms\": " << json_number(r.exposed_ms, r.measured)
+         << ", \"hidden_fraction\": " << json_number(r.hidden_fraction(), r.measured) << "},\n";
+    else
+      os << "      \"data_parallel\": null,\n";
     // The library's own serialisation of the same stats, indented into place.
     std::string stats = memory_stats_json(r.stats);
     while (!stats.empty() && (stats.back() == '\n' || stats.back() == ' ')) stats.pop_back();

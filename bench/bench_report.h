@@ -19,6 +19,9 @@
 //       "final_loss" (null when not finite or not reached),
 //       "allocator_stats": the allocator's whole MemoryStats as engine/memory_report.h writes it
 //                          (headroom only; the peak fields above are copied from it) } ],
+//       "data_parallel": null, or for a data-parallel preset { "world_size", "zero_stage",
+//         "bucket_cap_mib", "buckets", "communication_bytes", "communication_ms", "exposed_ms",
+//         "hidden_fraction" } (per step; the peaks above are rank 0's) } ],
 //     "checkpoint_overhead": [ {   ([] when no pair ran, see checkpoint_overheads)
 //       "preset", "base", "step_time_ratio" (ckpt / base), "activation_peak_ratio" (base / ckpt),
 //       "peak_allocated_ratio" (base / ckpt) } ] }   (PyTorch: also "mode"; its activation ratio is
@@ -26,6 +29,7 @@
 // Numbers that were not measured (an OOM row's step time) are null.
 #pragma once
 
+#include <algorithm>
 #include <array>
 #include <cstdint>
 #include <string>
@@ -63,6 +67,14 @@ struct Result {
   std::string predict_status;
   MemoryStats predicted_stats;
   double predict_seconds = 0;
+  // Data-parallel presets (Preset::ddp): the ranks, and per timed step (means) the time the
+  // buckets' all-reduces (reduce-scatters) took and the part of it backward's end waited for
+  // (nn::DDPSyncStats). stats above are this rank's (rank 0's) allocator: the bytes per rank.
+  int world_size = 1;
+  int64_t buckets = 0;
+  int64_t communication_bytes = 0;  // gradient bytes reduced per step
+  double communication_ms = 0, exposed_ms = 0;
+  double hidden_fraction() const { return communication_ms > 0 ? std::max(0.0, 1.0 - exposed_ms / communication_ms) : 0.0; }
 
   int64_t peak_allocated() const { return stats.allocated_bytes.peak; }
   int64_t peak_reserved() const { return stats.reserved_bytes.peak; }

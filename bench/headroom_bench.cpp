@@ -116,6 +116,16 @@ Result run_preset(const Preset& p, Device device, int64_t steps, int64_t warmup,
       loss = w->step();
       marks.emplace_back(true);
       marks.back().record(device);
+      if (w->ddp) {  // what this step's synchronisation cost (Note [overlapped all-reduce])
+        const nn::DDPSyncStats& s = w->ddp->last_sync();
+        r.communication_ms += s.communication_seconds * 1e3 / static_cast<double>(steps);
+        r.exposed_ms += s.exposed_seconds * 1e3 / static_cast<double>(steps);
+        r.communication_bytes = s.bytes;
+      }
+    }
+    if (w->ddp) {
+      r.world_size = w->ddp->group().size();
+      r.buckets = static_cast<int64_t>(w->ddp->buckets().size());
     }
     marks.back().synchronize();
     r.stats = alloc.stats();
@@ -130,6 +140,11 @@ Result run_preset(const Preset& p, Device device, int64_t steps, int64_t warmup,
     }
     r.items_per_second = total_ms > 0 ? static_cast<double>(p.items_per_step() * steps) / (total_ms / 1000.0) : 0;
     r.final_loss = loss.item<double>();
+    if (w->ddp) {  // each rank's loss is its share's: the batch's is their mean (equal shares)
+      Tensor l = Tensor::full({1}, r.final_loss, DType::f64);
+      w->ddp->group().all_reduce(l, dist::ReduceOp::average)->wait();
+      r.final_loss = l.item<double>();
+    }
     r.measured = true;
     if (profile && device.is_cuda()) {  // one more step, after the peaks were read
       Backend& be = backend_for(device);
@@ -226,11 +241,20 @@ int main(int argc, char** argv) {
       throw DeviceError(str_cat("headroom-bench: device ", device.str(), " cannot be used: ", first_line(e.what())));
     }
     if (!memory_limit.empty()) caching_allocator(device).set_memory_limit(parse_memory_size(memory_limit, "--memory-limit"));
-    std::filesystem::create_directories(out_dir);
+    // Data-parallel presets run over mpirun's ranks (alone: one rank); every rank runs every
+    // preset in the same order, and rank 0 alone prints and writes the results.
+    bool any_parallel = false;
+    for (const Preset& p : presets) any_parallel = any_parallel || p.ddp;
+    const bool writer = !any_parallel || dist::world().rank() == 0;
+    if (!writer) {
+      std::cout.setstate(std::ios::failbit);
+      std::cerr.setstate(std::ios::failbit);
+    }
+    if (writer) std::filesystem::create_directories(out_dir);
 
     RunInfo info;
     info.device = device.str();
-    info.device_name = device_name(device);
+    info.device_name = device_name(device) + (any_parallel ? str_cat(", ", dist::world().size(), " ranks (", dist::world().backend_name(), ")") : std::string());
     info.date = utc_now();
     info.steps = steps;
     info.warmup_steps = warmup;
@@ -264,6 +288,7 @@ int main(int argc, char** argv) {
     const std::string table = markdown_table(results) + profile_tables(results) +
                               (predict ? prediction_table(results, &predictions_exact) : std::string());
     std::cout << table << std::flush;
+    if (!writer) return failed ? 1 : 0;
     namespace fs = std::filesystem;
     const fs::path dir(out_dir);
     write_text_file((dir / "results.json").string(), results_json(results, info));

@@ -22,6 +22,10 @@ Differences that are on purpose, and recorded in the JSON:
     textbook softmax(q k^T) v with the [T, T] scores materialised.
   * PyTorch's loss materialises the [B*T, vocab] logits (headroom's GPT uses a chunked loss).
   * PyTorch has no memory categories: "peak_by_category" is empty.
+  * -ddp / -ddp-bK / -zero1 / -zero2 presets (data parallelism, nn/parallel/ddp.h) run under the
+    same launcher as headroom-bench (mpirun -np N; torchrun works too) with DDP
+    (gradient_as_bucket_view, bucket_cap_mb), ZeroRedundancyOptimizer, and FSDP SHARD_GRAD_OP for
+    stage 2 (which torch 1.13 runs on GPUs only); gloo on the CPU, NCCL on GPUs. Rank 0 writes.
   * -mbK presets (K micro-batches, gradient accumulation) follow optim/batch_split.h: each
     micro-batch's mean loss weighted by n_i / N, one zero_grad before and one optimizer step
     after. Autocast is entered per micro-batch forward (PyTorch's idiom; backward outside it),
@@ -77,6 +81,11 @@ class Preset:
     checkpoint: str = "none"  # recompute checkpointing: "none", "block" (GPT per block, ResNet per stage), "sqrt", "selective"
     attention: str = ""  # GPT: "naive" or "fused"
     cpu_sized: bool = False
+    # Data parallelism (Preset::ddp): the batch is the global one; each of the launcher's N ranks
+    # (mpirun -np N / torchrun) runs batch / N of it.
+    ddp: bool = False
+    zero_stage: int = 0
+    bucket_cap_mib: int = 25
     # GPT
     vocab_size: int = 0
     block_size: int = 0
@@ -110,6 +119,10 @@ class Preset:
                   else f"selective checkpoint per {unit}" if self.checkpoint == "selective"
                   else f"checkpoint per {unit}")
             t = ("" if t == "none" else t + ", ") + ck
+        if self.ddp:
+            d = (f"ZeRO-{self.zero_stage} over the ranks" if self.zero_stage > 0
+                 else f"DDP over the ranks, {self.bucket_cap_mib} MiB buckets")
+            t = ("" if t == "none" else t + ", ") + d
         return t
 
 
@@ -181,6 +194,18 @@ def _resnet18(small: bool, precision: str = "f32", micro_batches: int = 1, check
         base_width=16 if small else 64)
 
 
+def _data_parallel(p: Preset, zero_stage: int, bucket_cap_mib: int = 25) -> Preset:
+    """bench_models.cpp's data_parallel(): "-ddp" / "-ddp-b<MiB>" / "-zero1" / "-zero2"."""
+    p.ddp, p.zero_stage, p.bucket_cap_mib = True, zero_stage, bucket_cap_mib
+    if zero_stage > 0:
+        p.name += f"-zero{zero_stage}"
+        p.description += f", ZeRO-{zero_stage} over the ranks"
+    else:
+        p.name += "-ddp" if bucket_cap_mib == 25 else f"-ddp-b{bucket_cap_mib}"
+        p.description += f", DDP over the ranks ({bucket_cap_mib} MiB buckets)"
+    return p
+
+
 def all_presets() -> List[Preset]:
     """Every preset, GPU-sized ones first, in headroom-bench's --list order."""
     v = [_gpt2_small(p, a) for p in ("f32", "f16", "bf16") for a in ("naive", "fused")]
@@ -197,6 +222,13 @@ def all_presets() -> List[Preset]:
     v.append(_resnet18(False, "f32", 1, "block"))
     v.append(_resnet18(False, "f32", 1, "sqrt"))
     v.append(_resnet18(False, "f32", 1, "selective"))
+    # Data parallelism: GPT-2 small under DDP and both ZeRO stages; the bucket-size sweep on the MLP.
+    v.extend(_data_parallel(_gpt2_small("bf16", "fused"), z) for z in (0, 1, 2))
+    for cap in (1, 5, 25, 100):
+        m = _data_parallel(_mlp(False), 0, cap)
+        if cap == 25:  # the sweep names every size
+            m.name += "-b25"
+        v.append(m)
     v.append(_gpt_tiny("f32", "naive"))
     v.append(_gpt_tiny("f32", "fused"))
     v.append(_gpt_tiny("f16", "fused"))
@@ -204,6 +236,7 @@ def all_presets() -> List[Preset]:
     v.append(_gpt_tiny("f32", "naive", 4))
     v.append(_gpt_tiny("f32", "fused", 1, "block"))  # no -ckpt-sqrt: see _gpt_tiny
     v.append(_gpt_tiny("f32", "fused", 1, "selective"))
+    v.extend(_data_parallel(_gpt_tiny("f32", "fused"), z) for z in (0, 1, 2))
     v.append(_mlp(True))
     v.append(_mlp(True, "f16"))
     v.append(_mlp(True, "bf16"))
@@ -413,6 +446,23 @@ def _oom_requested(message: str) -> int:
     return int(float(m.group(1)) * scale)
 
 
+def _world(torch, device):
+    """The launcher's process group for data-parallel presets (mpirun: OMPI_COMM_WORLD_*; torchrun:
+    RANK / WORLD_SIZE), made once: NCCL for cuda, gloo for the CPU. Alone: a world of one."""
+    import torch.distributed as tdist
+    if not tdist.is_initialized():
+        rank = int(os.environ.get("OMPI_COMM_WORLD_RANK", os.environ.get("RANK", "0")))
+        size = int(os.environ.get("OMPI_COMM_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", "29511")
+        tdist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=size)
+    return tdist
+
+
+def _rank() -> int:
+    return int(os.environ.get("OMPI_COMM_WORLD_RANK", os.environ.get("RANK", "0")))
+
+
 def run_preset(torch, models, p: Preset, mode: str, args) -> Dict[str, Any]:
     GPT, ResNet18, make_mlp = models
     device = torch.device(args.device)
@@ -451,17 +501,42 @@ def run_preset(torch, models, p: Preset, mode: str, args) -> Dict[str, Any]:
         model = model.to(device)
         row["parameters"] = sum(t.numel() for t in model.parameters())
         if p.kind == "gpt":
-            opt = torch.optim.AdamW(model.parameters(), lr=6e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
+            opt_class, opt_args = torch.optim.AdamW, dict(lr=6e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
             g = torch.Generator().manual_seed(args.seed)
             x = torch.randint(0, p.token_range, (p.batch, p.seq_len), generator=g).to(device)
             y = torch.randint(0, p.token_range, (p.batch, p.seq_len), generator=g).to(device)
         else:
-            opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+            opt_class, opt_args = torch.optim.SGD, dict(lr=0.01, momentum=0.9)
             shape = (p.batch, p.widths[0]) if p.kind == "mlp" else (p.batch, 3, p.image_size, p.image_size)
             classes = p.widths[-1] if p.kind == "mlp" else p.classes
             g = torch.Generator().manual_seed(args.seed)
             x = torch.randn(shape, generator=g).to(dtype if not amp else torch.float32).to(device)
             y = torch.randint(0, classes, (p.batch,), generator=g).to(device)
+        if p.ddp:
+            # headroom's DistributedDataParallel, ZeroRedundancyOptimizer (stage 1) and stage 2 are
+            # PyTorch's DDP (gradient_as_bucket_view, as headroom's buckets are the gradients),
+            # ZeroRedundancyOptimizer, and FSDP with SHARD_GRAD_OP (parameters kept whole, gradients
+            # and optimizer state sharded). Each rank takes its rows of the batch.
+            tdist = _world(torch, device)
+            size, rank = tdist.get_world_size(), tdist.get_rank()
+            if p.batch % size:
+                raise ValueError(f"the batch of {p.batch} does not divide among {size} ranks")
+            share = p.batch // size
+            x, y = x[rank * share:(rank + 1) * share].contiguous(), y[rank * share:(rank + 1) * share].contiguous()
+            ids = [device.index or 0] if device.type == "cuda" else None
+            if p.zero_stage == 2:
+                from torch.distributed.fsdp import FullyShardedDataParallel, ShardingStrategy
+                model = FullyShardedDataParallel(model, sharding_strategy=ShardingStrategy.SHARD_GRAD_OP,
+                                                 device_id=device if device.type == "cuda" else None)
+            else:
+                model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids, bucket_cap_mb=p.bucket_cap_mib,
+                                                                  gradient_as_bucket_view=True)
+            row["data_parallel"] = dict(world_size=size, zero_stage=p.zero_stage, bucket_cap_mib=p.bucket_cap_mib)
+        if p.ddp and p.zero_stage == 1:
+            from torch.distributed.optim import ZeroRedundancyOptimizer
+            opt = ZeroRedundancyOptimizer(model.parameters(), optimizer_class=opt_class, **opt_args)
+        else:
+            opt = opt_class(model.parameters(), **opt_args)
         state.update(model=model, opt=opt, x=x, y=y)
         scaler = None
         if amp and p.precision == "f16":  # f16 autocast needs loss scaling; bf16 has f32's range
@@ -537,6 +612,10 @@ def run_preset(torch, models, p: Preset, mode: str, args) -> Dict[str, Any]:
         row.update(step_time_ms=total_ms / args.steps, step_time_ms_min=min(times), step_time_ms_max=max(times),
                    items_per_second=p.items_per_step() * args.steps / (total_ms / 1000.0) if total_ms > 0 else None)
         final = float(loss.item())
+        if p.ddp:  # each rank's loss is its share's: the batch's is their mean
+            t = torch.tensor([final], dtype=torch.float64, device=device)
+            _world(torch, device).all_reduce(t)
+            final = float(t.item()) / _world(torch, device).get_world_size()
         row["final_loss"] = final if math.isfinite(final) else None
     except torch.cuda.OutOfMemoryError as e:  # a row, not the end of the run
         row.update(status="oom", error=str(e).splitlines()[0] if str(e) else "out of memory",
@@ -818,6 +897,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
                steps=args.steps, warmup_steps=args.warmup, tf32=not args.no_tf32, results=rows,
                checkpoint_overhead=checkpoint_overheads(rows))
+    if _rank() != 0:  # data-parallel presets under a launcher: rank 0 reports
+        return 1 if any(r["status"] == "error" for r in rows) else 0
     table = markdown_table(rows)
     print(table, end="")
     os.makedirs(args.out, exist_ok=True)

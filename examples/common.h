@@ -32,6 +32,7 @@
 #include "nn/data/data.h"
 #include "nn/nn.h"
 #include "optim/batch_split.h"
+#include "dist/process_group.h"
 #include "optim/optim.h"
 
 namespace headroom::examples {
@@ -203,7 +204,30 @@ struct TrainConfig {
   std::string recompute = "none";   // --checkpoint: none, block, sqrt or selective (nn/checkpoint.h)
   std::string memory_budget;        // --memory-budget: the run's memory ("" : none)
   bool plan = false;                // --plan: choose the techniques for the budget (optim/plan.h)
+  bool ddp = false;                 // --ddp: data parallel over mpirun's ranks (nn/parallel/ddp.h)
+  int64_t zero = 0;                 // --zero 1|2: ZeRO stage (implies --ddp; optim/zero.h)
+  std::string bucket_cap = "25MiB"; // --bucket-cap: DDP's gradient bucket size
 };
+
+// --ddp, --zero, --bucket-cap (docs/distributed.md).
+inline void add_distributed_flags(Flags& flags, TrainConfig& cfg) {
+  flags.add("ddp", &cfg.ddp,
+            "data parallel over the ranks of mpirun (mpirun -np N ...): each rank trains on 1/N of every batch, "
+            "gradients averaged in buckets overlapped with backward; rank 0 prints");
+  flags.add("zero", &cfg.zero, "ZeRO stage with --ddp: 1 shards the optimizer state over the ranks, 2 the gradients too",
+            Flags::Check<int64_t>([](const int64_t& v) {
+              return v >= 0 && v <= 2 ? std::string() : str_cat("must be 0, 1 or 2, got ", v);
+            }));
+  flags.add("bucket-cap", &cfg.bucket_cap, "--ddp: the size of a gradient bucket (the first is 1 MiB)",
+            Flags::Check<std::string>([](const std::string& v) {
+              try {
+                parse_memory_size(v, "--bucket-cap");
+                return std::string();
+              } catch (const Error& e) {
+                return std::string(e.what());
+              }
+            }));
+}
 
 // --checkpoint none|block|sqrt|selective: recompute checkpointing (nn/checkpoint.h, docs/checkpointing.md).
 inline void add_checkpoint_flag(Flags& flags, std::string& mode) {
@@ -278,6 +302,7 @@ inline void add_training_flags(Flags& flags, TrainConfig& cfg) {
   flags.add("save-model", &cfg.save_model, "write the trained model's state dict here at the end");
   add_checkpoint_flag(flags, cfg.recompute);
   add_plan_flags(flags, cfg);
+  add_distributed_flags(flags, cfg);
   flags.add("micro-batches", &cfg.micro_batches,
             "run each batch as N micro-batches (gradient accumulation), or auto: split when out of memory",
             Flags::Check<std::string>([](const std::string& v) {
@@ -375,6 +400,109 @@ inline void print_precision(const TrainConfig& cfg, const Precision& p) {
   std::cout << "\n";
 }
 
+// ---- data parallelism (nn/parallel/ddp.h, optim/zero.h, docs/distributed.md) ----
+
+// With --ddp (or --zero): the world of mpirun's ranks (dist::init; alone, one rank), the model
+// wrapped in DistributedDataParallel, the optimizer sharded under ZeRO, each rank's share of a
+// batch, and sums over the ranks for what rank 0 prints. Every rank runs the same program on the
+// same data order and takes rows [r*B/N, (r+1)*B/N) of each batch, so N ranks train as one
+// process on the whole batch would (docs/distributed.md). Only rank 0 writes to stdout.
+class DataParallel {
+ public:
+  DataParallel(TrainConfig& cfg, const std::string& program) {
+    if (cfg.zero > 0) cfg.ddp = true;
+    if (!cfg.ddp) return;
+    group_ = &dist::init();
+    HR_CHECK(cfg.batch_size % group_->size() == 0, ValueError, program, ": --batch-size ", cfg.batch_size,
+             " does not divide among ", group_->size(), " ranks (each rank takes an equal share)");
+    HR_CHECK(cfg.save_every == 0 && cfg.resume.empty(), ValueError, program,
+             ": --save-every and --resume are not supported with --ddp yet");
+    HR_CHECK(!cfg.plan, ValueError, program, ": --plan is not supported with --ddp yet (headroom-plan --world-size "
+             "predicts per-rank memory)");
+    if (group_->rank() != 0) std::cout.setstate(std::ios::failbit);  // rank 0 prints
+    options_.zero_stage = static_cast<int>(cfg.zero);
+    options_.bucket_cap_bytes = parse_memory_size(cfg.bucket_cap, "--bucket-cap");
+  }
+  bool on() const { return group_ != nullptr; }
+  int rank() const { return group_ ? group_->rank() : 0; }
+  int size() const { return group_ ? group_->size() : 1; }
+  nn::DistributedDataParallel* ddp() const { return ddp_.get(); }
+
+  // The module to train: model itself, or its DistributedDataParallel (a collective: rank 0's
+  // parameters are broadcast).
+  std::shared_ptr<nn::Module> wrap(std::shared_ptr<nn::Module> model) {
+    if (!on()) return model;
+    ddp_ = std::make_shared<nn::DistributedDataParallel>(model, *group_, options_);
+    std::cout << "data parallel: " << size() << (size() == 1 ? " rank" : " ranks") << " (" << group_->backend_name()
+              << "), " << ddp_->buckets().size() << (ddp_->buckets().size() == 1 ? " gradient bucket" : " gradient buckets")
+              << (options_.zero_stage ? str_cat(", ZeRO stage ", options_.zero_stage) : std::string()) << "\n";
+    return ddp_;
+  }
+  // The optimizer over the trained module's parameters, or ZeRO's over this rank's shard.
+  std::unique_ptr<optim::Optimizer> make_optimizer(
+      const std::function<std::unique_ptr<optim::Optimizer>(std::vector<Tensor>)>& make, nn::Module& trained) {
+    if (ddp_ && options_.zero_stage > 0) return std::make_unique<optim::ZeroRedundancyOptimizer>(*ddp_, make);
+    return make(trained.parameters());
+  }
+  // Clipping by the global norm: over every rank's shard under ZeRO.
+  double clip_grad_norm_(optim::Optimizer& optimizer, const std::vector<Tensor>& params, double max_norm) {
+    if (auto* z = dynamic_cast<optim::ZeroRedundancyOptimizer*>(&optimizer)) return z->clip_grad_norm_(max_norm);
+    return optim::clip_grad_norm_(params, max_norm);
+  }
+  // This rank's rows of a batch.
+  Tensor shard(const Tensor& batch) const {
+    if (!on() || size() == 1) return batch;
+    const int64_t n = batch.size(0);
+    return batch.slice(0, rank() * n / size(), (rank() + 1) * n / size());
+  }
+  // Sums over the ranks (one all-reduce).
+  std::vector<double> sum(std::vector<double> values) const {
+    if (!on() || size() == 1) return values;
+    Tensor t = Tensor::from_vector(values, {static_cast<int64_t>(values.size())}, DType::f64);
+    group_->all_reduce(t)->wait();
+    return t.to_vector<double>();
+  }
+  // Every rank's peak memory by category, gathered on rank 0 and printed there (a collective).
+  void print_per_rank_memory(Device device) const {
+    if (!on()) return;
+    const MemoryStats s = caching_allocator(device).stats();
+    std::vector<double> mine{static_cast<double>(s.allocated_bytes.peak), static_cast<double>(s.reserved_bytes.peak)};
+    for (int c = 0; c < kNumMemoryCategories; ++c)
+      mine.push_back(static_cast<double>(s.category(static_cast<MemoryCategory>(c)).peak));
+    const int64_t k = static_cast<int64_t>(mine.size());
+    Tensor all = Tensor::zeros({size(), k}, DType::f64);
+    group_->all_gather(all, Tensor::from_vector(mine, {k}, DType::f64))->wait();
+    const std::vector<double> v = all.to_vector<double>();
+    std::cout << "per-rank peak memory (" << device.str() << "):\n  rank  allocated   reserved";
+    for (int c = 0; c < kNumMemoryCategories; ++c) std::cout << "  " << category_name(static_cast<MemoryCategory>(c));
+    std::cout << "\n";
+    for (int r = 0; r < size(); ++r) {
+      std::cout << "  " << std::setw(4) << r;
+      for (int64_t j = 0; j < k; ++j) {
+        const std::string name = j < 2 ? "reserved" : category_name(static_cast<MemoryCategory>(j - 2));
+        std::cout << "  " << std::setw(static_cast<int>(std::max<size_t>(9, name.size())))
+                  << format_bytes(static_cast<int64_t>(v[static_cast<size_t>(r * k + j)]));
+      }
+      std::cout << "\n";
+    }
+  }
+  // "communication: 2 buckets all-reduced per step, 3.10 MiB; last step 4.2 ms of it, 71% hidden behind backward"
+  void print_communication() const {
+    if (!ddp_) return;
+    const nn::DDPSyncStats& s = ddp_->last_sync();
+    std::cout << "communication: " << s.buckets << (s.buckets == 1 ? " bucket" : " buckets")
+              << (options_.zero_stage ? " reduce-scattered" : " all-reduced")
+              << " per step (" << format_bytes(s.bytes) << "); last step " << std::fixed << std::setprecision(1)
+              << s.communication_seconds * 1e3 << " ms of it, " << std::setprecision(0) << s.hidden_fraction() * 100
+              << "% hidden behind backward\n";
+  }
+
+ private:
+  dist::ProcessGroup* group_ = nullptr;
+  nn::DDPOptions options_;
+  std::shared_ptr<nn::DistributedDataParallel> ddp_;
+};
+
 // ---- batch splitting ----
 
 // The step runner for --micro-batches: every training step goes through it (one micro-batch is
@@ -382,9 +510,11 @@ inline void print_precision(const TrainConfig& cfg, const Precision& p) {
 // micro-batch's loss is scaled by the step's one scale and the optimizer step goes through the
 // scaler (skipped on inf/NaN, then the scale is updated).
 inline std::unique_ptr<optim::BatchSplitter> make_splitter(const TrainConfig& cfg, optim::Optimizer& optimizer,
-                                                           nn::Module& model, optim::GradScaler* scaler = nullptr) {
+                                                           nn::Module& model, optim::GradScaler* scaler = nullptr,
+                                                           nn::DistributedDataParallel* ddp = nullptr) {
   optim::BatchSplitter::Options options;
   options.log = &std::cout;
+  options.ddp = ddp;  // one all-reduce per bucket per step, however many micro-batches
   if (scaler) {
     options.scaler = scaler;  // scaled losses, scaler->step + update, abandon_step on failure
   }
@@ -575,7 +705,8 @@ class Checkpointing {
 // steps after each optimizer step. epoch is 0-based (it seeds the loader's shuffle).
 inline EpochStats train_one_epoch(nn::Module& model, optim::BatchSplitter& splitter, optim::LRScheduler* schedule,
                                   data::BatchLoader& loader, Device device, int64_t epoch, int64_t epochs,
-                                  std::optional<DType> autocast = std::nullopt, Checkpointing* checkpoints = nullptr) {
+                                  std::optional<DType> autocast = std::nullopt, Checkpointing* checkpoints = nullptr,
+                                  const DataParallel* parallel = nullptr) {
   model.train();
   double loss_sum = 0;
   int64_t correct = 0, seen = 0, batches = 0;
@@ -585,6 +716,10 @@ inline EpochStats train_one_epoch(nn::Module& model, optim::BatchSplitter& split
   Timer timer;
   Tensor images, labels;
   while (loader.next(images, labels)) {
+    if (parallel) {  // this rank's share of the batch
+      images = parallel->shard(images);
+      labels = parallel->shard(labels);
+    }
     images = images.to(device);
     labels = labels.to(device);
     AutocastCacheScope step_cache;  // each weight cast to 16 bits once per step, over all micro-batches
@@ -595,9 +730,17 @@ inline EpochStats train_one_epoch(nn::Module& model, optim::BatchSplitter& split
     });
     if (schedule) schedule->step();
 
-    const int64_t b = labels.size(0);
-    loss_sum += step.loss * static_cast<double>(b);
-    correct += count_correct(step.output, labels);
+    int64_t b = labels.size(0);
+    double step_loss = step.loss * static_cast<double>(b);
+    int64_t step_correct = count_correct(step.output, labels);
+    if (parallel && parallel->on()) {  // what every rank did this step
+      const std::vector<double> all = parallel->sum({step_loss, static_cast<double>(step_correct), static_cast<double>(b)});
+      step_loss = all[0];
+      step_correct = static_cast<int64_t>(all[1]);
+      b = static_cast<int64_t>(all[2]);
+    }
+    loss_sum += step_loss;
+    correct += step_correct;
     seen += b;
     ++batches;
     if (checkpoints) checkpoints->after_step(loader, epoch, loss_sum, correct, seen);

@@ -282,6 +282,7 @@ int main(int argc, char** argv) {
   flags.add("save-model", &cfg.save_model, "write the trained model's state dict here at the end");
   examples::add_checkpoint_flag(flags, cfg.recompute);
   examples::add_plan_flags(flags, cfg);  // --plan varies --attention and --checkpoint (no precision or splitting here)
+  examples::add_distributed_flags(flags, cfg);  // --ddp, --zero: under mpirun
   if (auto code = flags.parse(argc, argv)) return *code;
   if (n_embd % n_head != 0) {
     std::cerr << "gpt_fortunes: --n-embd " << n_embd << " is not divisible by --n-head " << n_head << " (see --help)\n";
@@ -301,6 +302,7 @@ int main(int argc, char** argv) {
     HR_CHECK(static_cast<int64_t>(corpus.val.size()) > block_size + 1, ValueError, "gpt_fortunes: --block-size ",
              block_size, " is longer than the validation text");
 
+    examples::DataParallel parallel(cfg, "gpt_fortunes");  // --ddp, --zero: under mpirun
     nn::GPTConfig gc;
     gc.vocab_size = vocab;
     gc.block_size = block_size;
@@ -341,7 +343,15 @@ int main(int argc, char** argv) {
     model->to(device);
     std::cout << "model: " << gc.str() << ", " << model->num_parameters() << " parameters\n";
 
-    optim::AdamW optimizer(model->parameters(), cfg.lr, 0.9, 0.99, 1e-8, /*weight_decay=*/0.1);
+    // --ddp: every rank draws the same windows and trains on its share of them (the hooks of the
+    // DistributedDataParallel average the gradients; GPT::loss is called on the model itself).
+    std::shared_ptr<nn::Module> trained = parallel.wrap(model);
+    auto optimizer_ptr = parallel.make_optimizer(
+        [&](std::vector<Tensor> ps) {
+          return std::make_unique<optim::AdamW>(std::move(ps), cfg.lr, 0.9, 0.99, 1e-8, /*weight_decay=*/0.1);
+        },
+        *trained);
+    optim::Optimizer& optimizer = *optimizer_ptr;
     const int64_t warmup = std::min<int64_t>(50, steps / 10);
     optim::CosineWithWarmup schedule(optimizer, warmup, steps, cfg.lr / 10);
     std::mt19937_64 rng(static_cast<uint64_t>(cfg.seed));
@@ -379,12 +389,12 @@ int main(int argc, char** argv) {
       make_batch(corpus.train, random_starts(rng, cfg.batch_size, static_cast<int64_t>(corpus.train.size()), block_size),
                  block_size, device, x, y);
       optimizer.zero_grad();
-      Tensor loss = model->loss(x, y);
+      Tensor loss = model->loss(parallel.shard(x), parallel.shard(y));
       loss.backward();
-      optim::clip_grad_norm_(model->parameters(), 1.0);
+      parallel.clip_grad_norm_(optimizer, model->parameters(), 1.0);
       optimizer.step();
       schedule.step();
-      loss_sum += loss.item<double>();
+      loss_sum += parallel.sum({loss.item<double>()})[0] / parallel.size();  // every rank's share is equal
       ++in_interval;
       if (step % log_every == 0 || step == steps) {
         const double secs = interval.seconds();
@@ -420,6 +430,8 @@ int main(int argc, char** argv) {
     std::cout << "training time: " << std::fixed << std::setprecision(1) << total.seconds() << " s ("
               << std::setprecision(0) << static_cast<double>(steps * tokens_per_step) / total.seconds() << " tok/s overall)\n";
     memory.print_peaks();
+    parallel.print_per_rank_memory(device);
+    parallel.print_communication();
     examples::print_plan_check(planned, device);
 
     if (sample_chars > 0) {

@@ -32,6 +32,7 @@ int main(int argc, char** argv) {
 
   return examples::run_reporting_errors([&] {
     const Device device = Device::parse(cfg.device);
+    examples::DataParallel parallel(cfg, "mlp_fashion_mnist");  // --ddp, --zero: under mpirun
     // --memory-budget 256MiB --plan: precision, checkpointing and micro-batches chosen before the
     // first step (optim/plan.h).
     optim::PlanSpace space = optim::PlanSpace::for_batch(cfg.batch_size);
@@ -51,25 +52,30 @@ int main(int argc, char** argv) {
     model->to(device);
     examples::print_model(*model);
     auto [train, test] = examples::load_data(cfg);
-    optim::Adam optimizer(model->parameters(), cfg.lr);
-    data::BatchLoader loader(train, cfg.batch_size, /*shuffle=*/true, static_cast<uint64_t>(cfg.seed));
-    auto schedule = examples::make_schedule(cfg, optimizer, loader.num_batches());
+    std::shared_ptr<nn::Module> trained = parallel.wrap(model);  // the model, or its DistributedDataParallel
+    auto optimizer = parallel.make_optimizer(
+        [&](std::vector<Tensor> ps) { return std::make_unique<optim::Adam>(std::move(ps), cfg.lr); }, *trained);
+    data::BatchLoader loader(train, cfg.batch_size, /*shuffle=*/true, static_cast<uint64_t>(cfg.seed),
+                             /*drop_last=*/parallel.on());
+    auto schedule = examples::make_schedule(cfg, *optimizer, loader.num_batches());
     examples::Precision precision = examples::make_precision(cfg);
-    auto splitter = examples::make_splitter(cfg, optimizer, *model, precision.scaler.get());
+    auto splitter = examples::make_splitter(cfg, *optimizer, *trained, precision.scaler.get(), parallel.ddp());
 
     // --save-every / --resume: everything the rest of the run depends on (optim/checkpoint.h).
-    examples::Checkpointing checkpoints(cfg, {.model = model.get(), .optimizer = &optimizer,
+    examples::Checkpointing checkpoints(cfg, {.model = model.get(), .optimizer = optimizer.get(),
                                               .scaler = precision.scaler.get(), .splitter = splitter.get(),
                                               .schedule = schedule.get()});
     std::vector<examples::EpochStats> history;
     for (int64_t epoch = checkpoints.resume(); epoch < cfg.epochs; ++epoch)
-      history.push_back(examples::train_one_epoch(*model, *splitter, schedule.get(), loader, device, epoch, cfg.epochs,
-                                                  precision.autocast, &checkpoints));
+      history.push_back(examples::train_one_epoch(*trained, *splitter, schedule.get(), loader, device, epoch, cfg.epochs,
+                                                  precision.autocast, &checkpoints, &parallel));
     if (!cfg.save_model.empty()) model->save(cfg.save_model);
 
     const double accuracy = examples::evaluate(*model, test, /*batch_size=*/1000, device,
                                                  /*halve_on_oom=*/cfg.micro_batches == "auto" || cfg.plan);
     memory.print_peaks();
+    parallel.print_per_rank_memory(device);
+    parallel.print_communication();
     examples::print_plan_check(planned, device);
     examples::print_batch_splitting(cfg, *splitter);
     examples::print_precision(cfg, precision);
