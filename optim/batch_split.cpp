@@ -64,6 +64,10 @@ BatchSplitter::BatchSplitter(Optimizer& optimizer, int64_t micro_batches, nn::Mo
   HR_CHECK(options_.grow_after >= 0, ValueError, "BatchSplitter: grow_after must be >= 0, got ",
            options_.grow_after);
   grow_wait_ = options_.grow_after;
+  // Note [agreed failure]: the optimizer commits on every rank or on none.
+  if (nn::DistributedDataParallel* ddp = options_.ddp)
+    optimizer_.set_step_agreement(
+        [ddp](bool prepared) { return ddp->reduce_scalar(prepared ? 1.0 : 0.0, dist::ReduceOp::min) != 0.0; });
 }
 
 void BatchSplitter::step_optimizer() {
@@ -196,15 +200,48 @@ SplitStepResult BatchSplitter::step(const Tensor& inputs, const Tensor& targets,
 
   int64_t recovered = 0;
   SplitStepResult r;
+  nn::DistributedDataParallel* ddp = options_.ddp;
   for (;;) {
     const MemoryStats before = allocator.stats();
     try {
-      {
+      // Note [agreed failure] (nn/parallel/ddp.h): 0 ok, 1 out of memory, 2 another error --
+      // the ranks' maximum decides what every rank does with this attempt.
+      int status = 0;
+      std::optional<OutOfMemoryError> own;
+      try {
+        if (ddp) ddp->begin_attempt();
         // A micro-batch of one sample: the report must not suggest smaller batches or micro-batches
         // (Note [remedies already used]).
         std::optional<RemedyUsedScope> used;
         if (m == 1) used.emplace(std::initializer_list<Remedy>{Remedy::smaller_batch, Remedy::micro_batches});
         r = attempt(inputs, targets, fn, m);
+      } catch (const OutOfMemoryError& e) {
+        if (!ddp) throw;
+        status = 1;
+        own.emplace(e);
+      } catch (...) {
+        if (ddp) {
+          ddp->fail_sync();
+          (void)ddp->reduce_scalar(2, dist::ReduceOp::max);
+        }
+        throw;
+      }
+      if (ddp) {
+        if (status != 0) {
+          r = {};
+          ddp->fail_sync();
+        }
+        const int all = static_cast<int>(ddp->reduce_scalar(status, dist::ReduceOp::max));
+        if (all == 2) {
+          r = {};
+          throw Error("BatchSplitter: another rank's attempt at this step failed with an error that is not an "
+                      "out-of-memory error (its own message says which); this rank's attempt was discarded");
+        }
+        if (all == 1 && own) throw *own;
+        if (all == 1)
+          throw OutOfMemoryError(str_cat("out of memory on another rank: it ran out in this attempt at micro-batches "
+                                         "of ", m, " samples, so every rank discards it (Note [agreed failure])"),
+                                 0, 0);
       }
       break;
     } catch (const OutOfMemoryError& e) {

@@ -93,8 +93,10 @@ class BatchSplitter {
     // calls scaler->abandon_step(). The scaler must outlive the splitter.
     GradScaler* scaler = nullptr;
     // Data parallelism (nn/parallel/ddp.h): every micro-batch but the last runs under
-    // ddp->no_sync(), so a split step all-reduces each bucket once (Note [no_sync]); a failed
-    // attempt abandons the sync it started (Note [abandoned sync]). Must outlive the splitter.
+    // ddp->no_sync(), so a split step all-reduces each bucket once (Note [no_sync]); every
+    // attempt, and the optimizer's step, ends in an agreement of the ranks, so that an
+    // out-of-memory error on one rank is retried (or refused) by all of them (Note [agreed
+    // failure]; the splitter sets the optimizer's step agreement). Must outlive the splitter.
     nn::DistributedDataParallel* ddp = nullptr;
   };
 

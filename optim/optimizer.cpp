@@ -35,6 +35,7 @@ void Optimizer::step() {
     prepare_step();
   } catch (const OutOfMemoryError& e) {
     discard_step();
+    if (step_agreement_) step_agreement_(false);  // the peers learn that this rank cannot commit
     const Tensor& p = params_[std::min(reserving_, params_.size() - 1)];
     throw OutOfMemoryError(str_cat(e.what(), "\n  optimizer step: this was while reserving state and temporaries for "
                                    "parameter ", reserving_, " of ", params_.size(), " (", describe(p),
@@ -43,7 +44,16 @@ void Optimizer::step() {
                            e.requested_bytes(), e.limit_bytes());
   } catch (...) {
     discard_step();
+    if (step_agreement_) step_agreement_(false);
     throw;
+  }
+  // Note [agreed failure]: commit only when every rank prepared.
+  if (step_agreement_ && !step_agreement_(true)) {
+    discard_step();
+    throw OutOfMemoryError("optimizer step: another rank ran out of memory while preparing its step, so none "
+                           "committed; nothing was updated here either (parameters, optimizer state and step counts "
+                           "are as before the step), so it can be retried",
+                           0, 0);
   }
   NoAllocationScope no_allocation("an optimizer's commit phase (Note [all-or-nothing step])");
   commit_step();

@@ -27,6 +27,7 @@
 #include <cstdint>
 #include <map>
 #include <string>
+#include <functional>
 #include <vector>
 
 #include "engine/tensor.h"
@@ -72,6 +73,11 @@ class Optimizer {
   // flag itself for an optimizer that sees every gradient; a sharded one (optim/zero.h) asks
   // its peers. GradScaler agrees on an overflow through it.
   virtual bool on_any_rank(bool local) const { return local; }
+  // Note [agreed failure] (nn/parallel/ddp.h): called by step() between its two phases with
+  // whether this rank's prepare_step succeeded; returns whether every rank's did. When not, a
+  // rank that prepared discards and throws OutOfMemoryError too, so that no rank commits alone.
+  // Empty (the default): no agreement.
+  void set_step_agreement(std::function<bool(bool prepared)> agree) { step_agreement_ = std::move(agree); }
 
  protected:
   friend class ZeroRedundancyOptimizer;  // runs an inner optimizer's phases
@@ -97,6 +103,7 @@ class Optimizer {
   std::vector<Tensor> params_;
   double lr_;
   bool fused_ = true;
+  std::function<bool(bool)> step_agreement_;
 };
 
 // The temporaries of the unfused update (the Tensor-op path), reserved in prepare_step so that

@@ -28,21 +28,17 @@ ZeroRedundancyOptimizer::ZeroRedundancyOptimizer(nn::DistributedDataParallel& dd
     HR_CHECK(inner_->params()[i].is_same(params_[i]), ValueError, "ZeroRedundancyOptimizer: the inner optimizer's ",
              "parameter ", i, " is not the shard it was given");
   set_lr(inner_->lr());
+  // The commit all-gathers: no rank may commit while another discards (Note [agreed failure]).
+  set_step_agreement([this](bool prepared) { return on_any_rank(!prepared) == false; });
 }
 
 bool ZeroRedundancyOptimizer::on_any_rank(bool local) const {
-  dist::ProcessGroup& g = ddp_.group();
-  if (g.size() == 1) return local;
-  Tensor flag = Tensor::full({1}, local ? 1.0 : 0.0);
-  g.all_reduce(flag, dist::ReduceOp::max)->wait();
-  return flag.item<float>() != 0.0f;
+  return ddp_.reduce_scalar(local ? 1.0 : 0.0, dist::ReduceOp::max) != 0.0;
 }
 
 double ZeroRedundancyOptimizer::grad_norm() const {
   const double local = optim::grad_norm(params_);
-  Tensor sq = Tensor::full({1}, local * local, DType::f64);
-  ddp_.group().all_reduce(sq, dist::ReduceOp::sum)->wait();
-  return std::sqrt(sq.item<double>());
+  return std::sqrt(ddp_.reduce_scalar(local * local, dist::ReduceOp::sum));
 }
 
 double ZeroRedundancyOptimizer::clip_grad_norm_(double max_norm) {

@@ -47,6 +47,8 @@ DistributedDataParallel::DistributedDataParallel(std::shared_ptr<Module> module,
     for (auto& w : works) w->wait();
   }
   layout_buckets();
+  CategoryScope communication(MemoryCategory::communication);
+  scalar_ = Tensor::zeros({1}, TensorOptions().dtype(DType::f64).device(params_.front().device()));
 }
 
 DistributedDataParallel::~DistributedDataParallel() {
@@ -323,9 +325,39 @@ void DistributedDataParallel::abandon_sync() noexcept {
     next_launch_ = buckets_.size();
     for (Bucket& bucket : buckets_)
       if (bucket.work) bucket.work->wait();
+    if (options_.zero_stage == 2)  // what the garbage went through goes, as after a real sync
+      for (Bucket& bucket : buckets_) {
+        for (size_t k : bucket.params) params_[k].zero_grad();
+        bucket.flat = Tensor();
+      }
   } catch (const std::exception&) {
-    // A broken group: nothing more can be sent; the next collective reports it.
+    // A broken group (or no memory for a stage-2 bucket): nothing more can be sent; the next
+    // collective reports it.
   }
+}
+
+}  // namespace headroom::nn
+
+namespace headroom::nn {
+
+void DistributedDataParallel::fail_sync() noexcept {
+  if (in_cycle_) {
+    abandon_sync();
+    return;
+  }
+  if (syncs_ != attempt_syncs_) return;  // this attempt's synchronisation completed already
+  // Nothing started yet: the peers will run every bucket's collective of this attempt.
+  in_cycle_ = true;
+  next_launch_ = 0;
+  abandon_sync();
+}
+
+double DistributedDataParallel::reduce_scalar(double value, dist::ReduceOp op) {
+  if (group_.size() == 1) return value;
+  NoGradGuard no_grad;
+  scalar_.fill_(value);
+  group_.all_reduce(scalar_, op)->wait();
+  return scalar_.item<double>();
 }
 
 }  // namespace headroom::nn

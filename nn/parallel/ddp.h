@@ -40,6 +40,15 @@
 // every rank's sequence of collectives stays aligned; the next backward does it by itself if
 // nobody did. Gradients after an abandoned sync are not the average of anything: drop them.
 //
+// Note [agreed failure]: an out-of-memory error on one rank must not leave the others waiting
+// in a collective, or stepping while it retries. BatchSplitter (given the wrapper) ends every
+// attempt with an agreement -- a max over the ranks of each rank's status: ok, out of memory,
+// other error -- after the failing rank completed its share of the attempt's collectives
+// (fail_sync). Then every rank does the same: all keep the attempt, all retry it with smaller
+// micro-batches (automatic splitting), or all fail with an OutOfMemoryError that says another
+// rank ran out. The optimizer step agrees the same way between its two phases (Optimizer::
+// set_step_agreement): all commit, or none. Parameters stay identical on every rank.
+//
 // Note [ZeRO stages]: with DDPOptions::zero_stage 1 or 2 the wrapper also shards what the
 // optimizer keeps (Rajbhandari et al., "ZeRO", SC 2020). Each bucket is padded to a multiple of
 // the world size N and cut into N equal chunks; rank r owns chunk r of every bucket (the last
@@ -155,6 +164,18 @@ class DistributedDataParallel final : public Module {
   void abandon_sync() noexcept;
   bool sync_in_progress() const { return in_cycle_; }
 
+  // Note [agreed failure]: for a step that may fail on one rank and not on another (BatchSplitter
+  // uses these). begin_attempt() marks the start of an attempt that ends in one synchronised
+  // backward; after a failure, fail_sync() starts whatever collectives of that synchronisation
+  // this rank has not (all of them when it failed before its last backward began) -- with
+  // garbage, the attempt is discarded -- so the peers' collectives complete and every rank's
+  // sequence stays aligned. reduce_scalar() is a one-number all-reduce through a buffer made at
+  // construction (tagged communication), so agreeing allocates nothing, even right after an
+  // out-of-memory error.
+  void begin_attempt() { attempt_syncs_ = syncs_; }
+  void fail_sync() noexcept;
+  double reduce_scalar(double value, dist::ReduceOp op);
+
   const std::vector<Bucket>& buckets() const { return buckets_; }
   int zero_stage() const { return options_.zero_stage; }
   // Note [ZeRO stages]: this rank's chunk of each bucket's parameters (leaves whose .grad is the
@@ -194,6 +215,8 @@ class DistributedDataParallel final : public Module {
   size_t next_launch_ = 0;
   DDPSyncStats last_;
   int64_t syncs_ = 0, all_reduces_ = 0;
+  int64_t attempt_syncs_ = 0;
+  Tensor scalar_;  // reduce_scalar's buffer
 };
 
 }  // namespace headroom::nn
