@@ -12,14 +12,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 build=${HEADROOM_GPU_BUILD_DIR:-build-gpu}
 stage=build-gpu/stage
-targets="headroom headroom_cuda test_cuda test_backend_cuda headroom_bench attention_bench allocator_bench mlp_fashion_mnist cnn_fashion_mnist"
+targets="headroom headroom_cuda headroom_nccl headroom_mpi test_cuda test_backend_cuda headroom_bench attention_bench allocator_bench mlp_fashion_mnist cnn_fashion_mnist"
 cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DHEADROOM_CUDA=ON \
   -DCMAKE_CUDA_ARCHITECTURES="${HEADROOM_CUDA_ARCH:-90}" >/dev/null
 # shellcheck disable=SC2086
 cmake --build "$build" -j"$(nproc)" --target $targets
 rm -rf "$stage"
 mkdir -p "$stage"
-cp -L "$build/libheadroom.so" "$build/libheadroom_cuda.so" "$stage/"  # the core loads the second beside it
+# The core loads the CUDA backend and the transports beside it (Note [loadable backends],
+# Note [loadable transports]); NCCL's tests (test_cuda Nccl.*) need libheadroom_nccl.so.
+cp -L "$build/libheadroom.so" "$build/libheadroom_cuda.so" "$build/libheadroom_nccl.so" "$build/libheadroom_mpi.so" \
+  "$stage/"
 for f in tests/test_cuda tests/test_backend_cuda bench/headroom-bench bench/attention-bench bench/allocator_bench \
          mlp_fashion_mnist cnn_fashion_mnist; do
   cp "$build/$f" "$stage/"

@@ -10,6 +10,9 @@
 // sqrt(v) + eps, which does not amplify a relative error of the gradient by more than about 2).
 #include <gtest/gtest.h>
 
+#include <chrono>
+#include <cstdlib>
+
 #include "autograd/autocast.h"
 #include "dist/process_group.h"
 #include "nn/nn.h"
@@ -246,6 +249,37 @@ TEST(DDP, GptWithCheckpointingAndAutocastEqualsOneProcess) {
             << (amp ? "bf16 " : "f32 ") << nn::checkpoint_mode_name(mode) << ", parameter " << i;
       EXPECT_EQ(ddp.syncs(), 3);
     }
+  }
+}
+
+}  // namespace
+}  // namespace headroom
+
+namespace headroom {
+namespace {
+
+// A rank that exits in the middle of a step (HEADROOM_TEST_PEER=exit; run by ctest's
+// ddp_timeout_exit under mpirun with 2 ranks, mpirun's own abort switched off): the other
+// rank's backward ends in the timeout's CommunicationError naming the bucket's all-reduce, this
+// rank and the peer -- it does not hang.
+TEST(DDPFailure, APeerThatExitsMidStepIsATimeoutNotAHang) {
+  const char* mode = std::getenv("HEADROOM_TEST_PEER");
+  if (!mode || pg().size() < 2) GTEST_SKIP() << "run by ctest's ddp_timeout_exit (mpirun -np 2)";
+  auto model = make_mlp(3);
+  nn::DistributedDataParallel ddp(model, pg());
+  auto [x, y] = global_batch(0);
+  Tensor loss = cross_entropy(ddp(my_share(x)), my_share(y));
+  if (pg().rank() == pg().size() - 1) std::_Exit(3);  // dies after its forward
+  pg().set_timeout(std::chrono::milliseconds(1500));
+  try {
+    loss.backward();
+    ADD_FAILURE() << "backward finished without its peer";
+  } catch (const dist::CommunicationError& e) {
+    const std::string what = e.what();
+    std::cout << "rank " << pg().rank() << " got: " << what << "\n";
+    EXPECT_NE(what.find("all_reduce #"), std::string::npos) << what;
+    EXPECT_NE(what.find(str_cat("on rank ", pg().rank(), " of ", pg().size())), std::string::npos) << what;
+    EXPECT_NE(what.find(str_cat("rank ", pg().size() - 1, " did not answer")), std::string::npos) << what;
   }
 }
 
