@@ -474,12 +474,18 @@ std::string prediction_table(const std::vector<Result>& results, bool* all_exact
     const int64_t pa = r.predicted_stats.allocated_bytes.peak, ma = r.peak_allocated();
     const int64_t pr = r.predicted_stats.reserved_bytes.peak, mr = r.peak_reserved();
     int differing = 0;
-    for (size_t c = 0; c < kNumMemoryCategories; ++c)
-      differing += r.predicted_stats.category_bytes[c].peak != r.stats.category_bytes[c].peak ? 1 : 0;
+    std::string which;  // "communication 0 B predicted, 512 B measured"
+    for (size_t c = 0; c < kNumMemoryCategories; ++c) {
+      const int64_t p = r.predicted_stats.category_bytes[c].peak, m = r.stats.category_bytes[c].peak;
+      if (p == m) continue;
+      ++differing;
+      which += str_cat(which.empty() ? ": " : "; ", category_name(static_cast<MemoryCategory>(c)), " ", p,
+                       " B predicted, ", m, " B measured");
+    }
     const bool reserved_close = std::llabs(pr - mr) <= mr / 50;
     if (pa != ma || differing > 0 || !reserved_close) *all_exact = false;
     os << "| " << r.preset.name << " | " << pa << " B | " << (pa == ma ? "= " : "") << ma << " B | "
-       << (differing == 0 ? "all equal" : str_cat(differing, " differ")) << " | " << format_bytes(pr) << " | "
+       << (differing == 0 ? "all equal" : str_cat(differing, " differ", which)) << " | " << format_bytes(pr) << " | "
        << format_bytes(mr) << " | " << std::fixed << std::setprecision(3) << r.predict_seconds << " s |\n";
   }
   return os.str();

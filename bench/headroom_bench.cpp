@@ -113,6 +113,7 @@ Result run_preset(const Preset& p, Device device, int64_t steps, int64_t warmup,
     marks.back().record(device);
     Tensor loss;
     for (int64_t i = 0; i < steps; ++i) {
+      loss = Tensor();  // the last step's loss is not held through this one (the prediction holds none)
       loss = w->step();
       marks.emplace_back(true);
       marks.back().record(device);

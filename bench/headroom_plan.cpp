@@ -27,6 +27,7 @@
 #include <fstream>
 
 #include "bench/bench_models.h"
+#include "engine/meta.h"
 #include "bench/bench_report.h"
 #include "examples/common.h"
 #include "optim/plan.h"
@@ -44,6 +45,8 @@ Preset with_mix(const Preset& base, const optim::Mix& mix, int64_t batch) {
   p.dtype = mix.precision;
   p.micro_batches = mix.micro_batches;
   p.checkpoint = mix.checkpoint;
+  p.ddp = mix.world_size > 1 || mix.zero_stage > 0;
+  p.zero_stage = mix.zero_stage;
   if (p.kind == ModelKind::gpt) {
     p.gpt.attention = mix.attention;
     p.gpt.checkpoint = mix.checkpoint;
@@ -179,8 +182,41 @@ std::string plan_svg(const optim::Plan& p, bool with_attention, const std::strin
 
 }  // namespace
 
+// "1,2,4" -> {1, 2, 4}; what_is_ok checks each value (ValueError naming the flag otherwise).
+std::vector<int> int_list(const std::string& text, const std::string& flag, int lo, int hi) {
+  std::vector<int> out;
+  std::stringstream ss(text);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    size_t used = 0;
+    int v = 0;
+    try {
+      v = std::stoi(item, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    HR_CHECK(used == item.size() && !item.empty() && v >= lo && v <= hi, ValueError, flag, ": '", item,
+             "' is not a whole number from ", lo, " to ", hi);
+    out.push_back(v);
+  }
+  HR_CHECK(!out.empty(), ValueError, flag, ": expected a comma-separated list, got '", text, "'");
+  return out;
+}
+
+// A mix as six numbers, and back: --verify under mpirun takes rank 0's picks (every rank must
+// run the same mixes, in the same order: their collectives pair up).
+std::vector<int64_t> encode(const optim::Mix& m) {
+  return {static_cast<int64_t>(m.precision), static_cast<int64_t>(m.attention), static_cast<int64_t>(m.checkpoint),
+          m.micro_batches, m.world_size, m.zero_stage};
+}
+bool same(const optim::Mix& m, const std::vector<int64_t>& v, size_t at) {
+  const std::vector<int64_t> e = encode(m);
+  return std::equal(e.begin(), e.end(), v.begin() + static_cast<std::ptrdiff_t>(at));
+}
+
 int main(int argc, char** argv) {
   std::string preset_name, device_arg = "cpu", gpu = "h100", budget_arg, out_dir = "headroom-plan-results";
+  std::string world_sizes_arg = "1", zero_arg = "0";
   int64_t batch = 0, seed = 1, max_batch = 1024, verify_steps = 5;
   bool capacity_mode = false, verify = false, no_calibrate = false;
 
@@ -205,6 +241,10 @@ int main(int argc, char** argv) {
                 return std::string(e.what());
               }
             }));
+  flags.add("world-size", &world_sizes_arg,
+            "data parallelism: the rank counts to plan for, e.g. 1,2,8 (each rank takes batch / N; the memory "
+            "predicted is one rank's)");
+  flags.add("zero", &zero_arg, "with more than one rank: the ZeRO stages to plan for, e.g. 0,1,2");
   flags.add("capacity", &capacity_mode, "print the largest batch each mix runs as one micro-batch in the budget");
   flags.add("max-batch", &max_batch, "--capacity: the largest batch tried", examples::at_least<int64_t>(1));
   flags.add("verify", &verify, "run the chosen mix and two others for real: predicted against measured");
@@ -236,13 +276,34 @@ int main(int argc, char** argv) {
       throw DeviceError(str_cat("headroom-plan: --verify runs mixes for real, and ", device.str(), " is not here"));
     const bool gpt = base.kind == ModelKind::gpt;
 
+    const std::vector<int> world_sizes = int_list(world_sizes_arg, "--world-size", 1, 1 << 20);
+    const std::vector<int> zero_stages = int_list(zero_arg, "--zero", 0, 2);
+    // Under mpirun, rank 0 prints and writes; every rank plans and verifies alike.
+    dist::ProcessGroup* world = nullptr;
+    for (int w : world_sizes) if (w > 1) world = &dist::world();
+    if (!world && std::getenv("OMPI_COMM_WORLD_SIZE")) world = &dist::world();
+    const bool writer = !world || world->rank() == 0;
+    if (!writer) std::cout.setstate(std::ios::failbit);
+
+    // A data-parallel mix runs over the world when it is that big and the step is real, else as
+    // rank 0 of a MetaGroup of its size (Note [meta groups]): inside a MetaScope nothing moves
+    // either way; for real (calibration), compute without communication.
     optim::StepFactory make = [&](const optim::Mix& mix, int64_t b) -> std::function<void()> {
       const Preset p = with_mix(base, mix, b);
+      std::shared_ptr<dist::ProcessGroup> group;
+      if (p.ddp) {
+        if (!meta_active() && world && world->size() == mix.world_size)
+          group = std::shared_ptr<dist::ProcessGroup>(world, [](dist::ProcessGroup*) {});
+        else
+          group = std::make_shared<dist::MetaGroup>(0, mix.world_size, device.type);
+      }
       manual_seed(static_cast<uint64_t>(seed));
-      std::shared_ptr<Workload> w = make_workload(p, device, static_cast<uint64_t>(seed));
-      return [w] { (void)w->step(); };
+      std::shared_ptr<Workload> w = make_workload(p, device, static_cast<uint64_t>(seed), group.get());
+      return [w, group] { (void)w->step(); };
     };
     optim::PlanSpace space = optim::PlanSpace::for_batch(batch);
+    space.world_sizes = world_sizes;
+    space.zero_stages = zero_stages;
     space.has_attention = gpt;
     if (base.kind == ModelKind::mlp) space.checkpoints = {nn::CheckpointMode::none};
     optim::PlanOptions opt;
@@ -260,6 +321,10 @@ int main(int argc, char** argv) {
     double predict_seconds = 0;
     for (const auto& m : p.mixes) predict_seconds += m.predict_wall_seconds;
     md << p.table(gpt);
+    if (std::any_of(world_sizes.begin(), world_sizes.end(), [](int w) { return w > 1; }))
+      md << "\nMixes with xN run on N ranks, each on batch / N: their memory is one rank's (Note [meta groups]); their "
+            "time is one rank's compute, without the communication (not priced yet; docs/distributed.md measures "
+            "how much of it backward hides).\n";
     md << std::fixed << std::setprecision(2) << "\n" << p.mixes.size() << " mixes predicted in " << predict_seconds
        << " s";
     if (!p.calibrated_on.empty()) {
@@ -273,10 +338,13 @@ int main(int argc, char** argv) {
     if (capacity_mode) {
       optim::PlanSpace cs = space;
       cs.micro_batches = {1};
+      cs.batch = 0;
+      // Per rank: a data-parallel mix's batch is N times what each rank runs.
+      optim::StepFactory per_rank = [&](const optim::Mix& mix, int64_t b) { return make(mix, b * mix.world_size); };
       md << "\n## Capacity: largest batch as one micro-batch in " << format_bytes(static_cast<int64_t>(budget))
-         << "\n\n| mix | largest batch | " << base.item_unit() << " per step |\n|---|---:|---:|\n";
+         << " (per rank)\n\n| mix | largest batch per rank | " << base.item_unit() << " per rank and step |\n|---|---:|---:|\n";
       for (const optim::Mix& mix : cs.mixes()) {
-        const int64_t c = optim::capacity(make, mix, budget, opt, max_batch);
+        const int64_t c = optim::capacity(per_rank, mix, budget, opt, max_batch);
         capacities.emplace_back(mix, c);
         md << "| " << mix.str(gpt) << " | " << (c >= max_batch ? str_cat(">= ", c) : std::to_string(c)) << " | "
            << (gpt ? c * base.seq_len : c) << " |\n";
@@ -287,12 +355,43 @@ int main(int argc, char** argv) {
     std::vector<Verified> verified;
     bool memory_mismatch = false;  // a verified peak allocated off by a byte, or reserved by more than 2%
     if (verify && p.choice()) {
+      // What can run here for real: one rank, or exactly the world's size.
+      const int here = world ? world->size() : 1;
       std::vector<size_t> fitting;
       for (size_t i = 0; i < p.mixes.size(); ++i)
-        if (p.mixes[i].fits()) fitting.push_back(i);
-      std::vector<size_t> picks{fitting.front()};
+        if (p.mixes[i].fits() && (p.mixes[i].mix.world_size == 1 || p.mixes[i].mix.world_size == here))
+          fitting.push_back(i);
+      std::vector<size_t> picks;
+      if (!fitting.empty()) picks.push_back(fitting.front());
       if (fitting.size() > 2) picks.push_back(fitting[fitting.size() / 2]);
       if (fitting.size() > 1) picks.push_back(fitting.back());
+      // Under mpirun, also the fastest of each ZeRO stage over the whole world: one rank's
+      // predicted memory checked against that rank's allocator.
+      if (here > 1)
+        for (int z : zero_stages)
+          for (size_t i : fitting)
+            if (p.mixes[i].mix.world_size == here && p.mixes[i].mix.zero_stage == z) {
+              if (std::find(picks.begin(), picks.end(), i) == picks.end()) picks.push_back(i);
+              break;
+            }
+      if (world && world->size() > 1) {  // rank 0's picks, on every rank
+        std::vector<int64_t> codes(1 + 6 * 8, 0);
+        codes[0] = static_cast<int64_t>(std::min<size_t>(picks.size(), 8));
+        for (size_t k = 0; k < picks.size() && k < 8; ++k) {
+          const std::vector<int64_t> e = encode(p.mixes[picks[k]].mix);
+          std::copy(e.begin(), e.end(), codes.begin() + static_cast<std::ptrdiff_t>(1 + 6 * k));
+        }
+        Tensor t = Tensor::from_vector(codes, {static_cast<int64_t>(codes.size())}, DType::i64);
+        world->broadcast(t, 0)->wait();
+        codes = t.to_vector<int64_t>();
+        picks.clear();
+        for (int64_t k = 0; k < codes[0]; ++k)
+          for (size_t i = 0; i < p.mixes.size(); ++i)
+            if (same(p.mixes[i].mix, codes, static_cast<size_t>(1 + 6 * k))) {
+              picks.push_back(i);
+              break;
+            }
+      }
       for (size_t i : picks) {
         std::cerr << "verifying " << p.mixes[i].mix.str(gpt) << "\n" << std::flush;
         verified.push_back(verify_mix(make, p.mixes[i], opt, budget, static_cast<int>(verify_steps)));
@@ -325,15 +424,22 @@ int main(int argc, char** argv) {
           ordered += pred == meas;
         }
       md << "\nranking: " << ordered << " of " << pairs << " pairs in the measured order\n";
-      for (const Verified& v : verified)
-        if (v.status != "ok" || v.measured_allocated != v.predicted_allocated ||
-            std::abs(static_cast<double>(v.measured_reserved - v.predicted_reserved)) >
-                0.02 * static_cast<double>(v.measured_reserved))
-          memory_mismatch = true;
+      for (const Verified& v : verified) {
+        // ZeRO-2 among several ranks: the prediction keeps the gradient buckets to backward's
+        // end (Note [ZeRO stages]), an upper bound a real run may stay under.
+        const bool bound = v.mix.zero_stage == 2 && v.mix.world_size > 1;
+        const bool allocated_ok = bound ? v.measured_allocated <= v.predicted_allocated
+                                        : v.measured_allocated == v.predicted_allocated;
+        const bool reserved_ok = (bound && v.measured_reserved <= v.predicted_reserved) ||
+                                 std::abs(static_cast<double>(v.measured_reserved - v.predicted_reserved)) <=
+                                     0.02 * static_cast<double>(v.measured_reserved);
+        if (v.status != "ok" || !allocated_ok || !reserved_ok) memory_mismatch = true;
+      }
     }
 
     const std::string text = md.str();
     std::cout << text << std::flush;
+    if (!writer) return memory_mismatch ? 3 : (p.choice() ? 0 : 4);
     namespace fs = std::filesystem;
     fs::create_directories(out_dir);
     const fs::path dir(out_dir);
@@ -348,7 +454,8 @@ int main(int argc, char** argv) {
       js << (i ? "," : "") << "\n    {\"mix\": " << json_string(m.mix.str(gpt)) << ", \"precision\": \""
          << dtype_name(m.mix.precision) << "\", \"attention\": \"" << attention_impl_name(m.mix.attention)
          << "\", \"checkpoint\": \"" << nn::checkpoint_mode_name(m.mix.checkpoint)
-         << "\", \"micro_batches\": " << m.mix.micro_batches << ", \"status\": " << json_string(m.status)
+         << "\", \"micro_batches\": " << m.mix.micro_batches << ", \"world_size\": " << m.mix.world_size
+         << ", \"zero_stage\": " << m.mix.zero_stage << ", \"status\": " << json_string(m.status)
          << ", \"fits\": " << (m.fits() ? "true" : "false") << ", \"peak_allocated_bytes\": " << m.peak_allocated()
          << ", \"peak_reserved_bytes\": " << m.peak_reserved() << ", \"peak_by_category\": {";
       for (int c = 0; c < kNumMemoryCategories; ++c)

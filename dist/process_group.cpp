@@ -263,7 +263,7 @@ WorkPtr ProcessGroup::recv(const Tensor& t, int src, int tag) {
 
 // ---- MetaGroup (Note [meta groups]) ----
 
-MetaGroup::MetaGroup(int rank, int size) : ProcessGroup(rank, size) {}
+MetaGroup::MetaGroup(int rank, int size, DeviceType type) : ProcessGroup(rank, size), type_(type) {}
 
 void MetaGroup::start(const Op& op, const WorkPtr& work) {
   // One rank alone: a reduction over one rank is the tensor itself (average included), a

@@ -182,11 +182,16 @@ class ProcessGroup {
 // local group is.
 class MetaGroup final : public ProcessGroup {
  public:
-  MetaGroup(int rank, int size);
+  // `type`: the device type whose tensors it takes (a prediction for cuda: DeviceType::cuda).
+  MetaGroup(int rank, int size, DeviceType type = DeviceType::cpu);
   std::string backend_name() const override { return "meta"; }
+  DeviceType device_type() const override { return type_; }
 
  protected:
   void start(const Op& op, const WorkPtr& work) override;
+
+ private:
+  DeviceType type_;
 };
 
 // ---- the world (Note [loadable transports]) ----

@@ -39,12 +39,15 @@ std::string Mix::str(bool with_attention) const {
   if (with_attention) s += str_cat(" ", attention_impl_name(attention));
   s += str_cat(" ckpt-", nn::checkpoint_mode_name(checkpoint));
   s += str_cat(" mb", micro_batches);
+  if (world_size > 1) s += str_cat(" x", world_size);
+  if (zero_stage > 0) s += str_cat(" zero", zero_stage);
   return s;
 }
 
 PlanSpace PlanSpace::for_batch(int64_t batch) {
   HR_CHECK(batch >= 1, ValueError, "PlanSpace::for_batch: the batch must be at least 1, got ", batch);
   PlanSpace s;
+  s.batch = batch;
   s.micro_batches.clear();
   for (int64_t k = 1; k <= batch; k *= 2)
     if (batch % k == 0) s.micro_batches.push_back(k);
@@ -58,11 +61,27 @@ std::vector<Mix> PlanSpace::mixes() const {
   const std::vector<nn::CheckpointMode> cs = checkpoints.empty() ? std::vector<nn::CheckpointMode>{Mix{}.checkpoint}
                                                                  : checkpoints;
   const std::vector<int64_t> ms = micro_batches.empty() ? std::vector<int64_t>{1} : micro_batches;
+  const std::vector<int> ws = world_sizes.empty() ? std::vector<int>{1} : world_sizes;
+  const std::vector<int> zs = zero_stages.empty() ? std::vector<int>{0} : zero_stages;
   std::vector<Mix> out;
-  for (DType p : ps)
-    for (AttentionImpl a : as)
-      for (nn::CheckpointMode c : cs)
-        for (int64_t m : ms) out.push_back(Mix{p, a, c, m});
+  for (int w : ws) {
+    HR_CHECK(w >= 1, ValueError, "PlanSpace: a world size must be at least 1, got ", w);
+    if (batch > 0 && batch % w != 0) continue;  // every rank takes an equal share
+    for (int z : zs) {
+      HR_CHECK(z >= 0 && z <= 2, ValueError, "PlanSpace: a ZeRO stage is 0, 1 or 2, got ", z);
+      if (z > 0 && w == 1) continue;  // sharding over one rank divides nothing
+      for (DType p : ps)
+        for (AttentionImpl a : as)
+          for (nn::CheckpointMode c : cs)
+            for (int64_t m : ms) {
+              if (batch > 0 && m > batch / w) continue;  // a micro-batch holds one item at least
+              Mix mix{p, a, c, m};
+              mix.world_size = w;
+              mix.zero_stage = z;
+              out.push_back(mix);
+            }
+    }
+  }
   return out;
 }
 
@@ -332,16 +351,15 @@ Plan plan(const StepFactory& make_step, size_t budget, const PlanSpace& space, c
   std::optional<CostModel> cost = default_cost(options);
   for (const Mix& mix : space.mixes()) p.mixes.push_back(predict_with(make_step, mix, options.batch, budget, options, cost));
   if (!cost && options.calibrate) {
-    // One mix per (precision, attention): the fitting one with the least recompute, then the
-    // fewest micro-batches (Note [cost model]) -- the fastest mixes are those, so the fits are
-    // made where the choice will be.
+    // One mix per (precision, attention): the fitting one with the fewest ranks (one alone runs
+    // without peers), then the least recompute, then the fewest micro-batches (Note [cost
+    // model]) -- the fastest mixes are those, so the fits are made where the choice will be.
     std::map<std::pair<int, int>, const MixPrediction*> pick;
+    auto order = [](const Mix& x) { return std::make_tuple(x.world_size, recompute_rank(x.checkpoint), x.zero_stage, x.micro_batches); };
     for (const MixPrediction& m : p.mixes) {
       if (!m.fits()) continue;
       const MixPrediction*& best = pick[{static_cast<int>(m.mix.precision), static_cast<int>(m.mix.attention)}];
-      if (!best || std::make_pair(recompute_rank(m.mix.checkpoint), m.mix.micro_batches) <
-                       std::make_pair(recompute_rank(best->mix.checkpoint), best->mix.micro_batches))
-        best = &m;
+      if (!best || order(m.mix) < order(best->mix)) best = &m;
     }
     // And the same mix split as far as the space splits it, when that fits: the fits then see
     // every op at two sizes, as the split mixes will run them.
@@ -350,7 +368,8 @@ Plan plan(const StepFactory& make_step, size_t budget, const PlanSpace& space, c
       const MixPrediction* split = nullptr;
       for (const MixPrediction& o : p.mixes)
         if (o.fits() && o.mix.precision == m->mix.precision && o.mix.attention == m->mix.attention &&
-            o.mix.checkpoint == m->mix.checkpoint && o.mix.micro_batches > m->mix.micro_batches &&
+            o.mix.checkpoint == m->mix.checkpoint && o.mix.world_size == m->mix.world_size &&
+            o.mix.zero_stage == m->mix.zero_stage && o.mix.micro_batches > m->mix.micro_batches &&
             (!split || o.mix.micro_batches > split->mix.micro_batches))
           split = &o;
       if (split) p.calibrated_on.push_back(split->mix);

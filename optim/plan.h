@@ -22,6 +22,12 @@
 // is the fastest that fits. What shapes decide is exact; the time is a model, as good as its
 // calibration.
 //
+// Data parallelism joins as two more dimensions (Mix::world_size, Mix::zero_stage): the
+// factory builds one rank's step of a world of that size -- DistributedDataParallel over a
+// MetaGroup (Note [meta groups]) with the rank's share of the batch -- so the memory predicted
+// is one rank's, as exact as the rest. Its time is that rank's compute: the communication is not
+// priced yet (docs/distributed.md measures how much of it backward hides).
+//
 // Note [cost model]: a step's time is the sum over its ops of each op's time plus the framework's
 // time between ops. Calibrated (fit_cpu, from the records of real steps timed op by op), each
 // class of op -- (op, dtype, variant) -- gets a curve of time against work (the flops of a
@@ -59,13 +65,19 @@ struct Mix {
   DType precision = DType::f32;  // f32, or the autocast dtype (f16 with loss scaling, bf16)
   AttentionImpl attention = AttentionImpl::fused;  // for models with attention
   nn::CheckpointMode checkpoint = nn::CheckpointMode::none;
-  int64_t micro_batches = 1;  // gradient accumulation over this many micro-batches
+  int64_t micro_batches = 1;  // gradient accumulation over this many micro-batches (of a rank's share)
+  // Data parallelism (docs/distributed.md): the batch spread over world_size ranks, each
+  // running batch / world_size of it under DistributedDataParallel (world_size 1: no wrapper),
+  // with ZeRO stage 0, 1 or 2. What is predicted is one rank's memory (Note [meta groups]).
+  int world_size = 1;
+  int zero_stage = 0;
 
-  // "bf16 fused ckpt-block mb2"; without the attention for a space that has none.
+  // "bf16 fused ckpt-block mb2", then " x4" (4 ranks) and " zero1"; without the attention for a
+  // space that has none.
   std::string str(bool with_attention = true) const;
   bool operator==(const Mix& o) const {
     return precision == o.precision && attention == o.attention && checkpoint == o.checkpoint &&
-           micro_batches == o.micro_batches;
+           micro_batches == o.micro_batches && world_size == o.world_size && zero_stage == o.zero_stage;
   }
 };
 
@@ -76,7 +88,12 @@ struct PlanSpace {
   std::vector<nn::CheckpointMode> checkpoints{nn::CheckpointMode::none, nn::CheckpointMode::block,
                                               nn::CheckpointMode::sqrt, nn::CheckpointMode::selective};
   std::vector<int64_t> micro_batches{1};
+  std::vector<int> world_sizes{1};
+  std::vector<int> zero_stages{0};  // stages above 0 only with more than one rank
   bool has_attention = true;  // false: the attention list is ignored (and left out of names)
+  // The global batch (for_batch sets it): a world size that does not divide it, and micro-batch
+  // counts larger than a rank's share, are left out. 0: nothing left out.
+  int64_t batch = 0;
 
   // The default space for a batch of `batch`: micro-batch counts 1, 2, 4, ... up to `batch`,
   // those that divide it (BatchSplitter splits unevenly too, but even splits compare cleanly).

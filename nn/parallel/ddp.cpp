@@ -230,6 +230,10 @@ void DistributedDataParallel::on_gradient_final(size_t param) {
 }
 
 void DistributedDataParallel::release_reduced() {
+  // Predicting among several ranks (Note [meta groups]), nothing has really been reduced: the
+  // buckets stay until backward's end, the most a real run can hold (an upper bound for the
+  // gradient peak; a real run frees each when its reduce-scatter ends, which depends on the peers).
+  if (scalar_.is_meta() && group_.size() > 1) return;
   for (size_t b = 0; b < next_launch_; ++b) {
     Bucket& bucket = buckets_[b];
     // A failed one may still be written by the transport: only a finished, successful one goes.
@@ -353,7 +357,8 @@ void DistributedDataParallel::fail_sync() noexcept {
 }
 
 double DistributedDataParallel::reduce_scalar(double value, dist::ReduceOp op) {
-  if (group_.size() == 1) return value;
+  // Alone, or predicting (Note [meta groups]: every rank is taken to do as this one does).
+  if (group_.size() == 1 || scalar_.is_meta()) return value;
   NoGradGuard no_grad;
   scalar_.fill_(value);
   group_.all_reduce(scalar_, op)->wait();

@@ -63,7 +63,8 @@
 //     into, reused every step); only the optimizer state is divided by N.
 //   - stage 2: a bucket's full gradient buffer is allocated when its first gradient arrives
 //     and freed as soon as its reduce-scatter has finished, during backward; what stays is the
-//     shard: gradients divided by N too. Under no_sync the buffers live until the step's last
+//     shard: gradients divided by N too. When that is depends on the peers, so a prediction
+//     among several ranks (Note [meta groups]) keeps them to backward's end: an upper bound. Under no_sync the buffers live until the step's last
 //     micro-batch has reduced them.
 // Per parameter, training in f32 with AdamW (headroom's parameters are its master weights, so
 // the 2 + 2 + K bytes of the paper's mixed precision, K = 12, are 4 + 4 + 8 here: parameter,

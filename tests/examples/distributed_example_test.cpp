@@ -43,7 +43,7 @@ bool have_data() { return std::filesystem::is_directory(headroom::data::kFashion
 TEST(DistributedExample, CnnWithDdpTrainsAsOneProcessOnTheWholeBatch) {
   REQUIRE_MPI();
   if (!have_data()) GTEST_SKIP() << "Fashion-MNIST not installed";
-  const std::string args = "--epochs 1 --train-limit 2048 --group-norm";
+  const std::string args = "--epochs 1 --train-limit 1024 --group-norm";
   RunResult one = run_program(binary("cnn_fashion_mnist"), args);
   ASSERT_EQ(one.exit_code, 0) << one.output;
   RunResult two = mpirun(2, "cnn_fashion_mnist", args + " --ddp");
@@ -64,7 +64,7 @@ TEST(DistributedExample, CnnWithDdpTrainsAsOneProcessOnTheWholeBatch) {
 TEST(DistributedExample, CnnWithZero2OnThreeRanksTrainsAsOneProcess) {
   REQUIRE_MPI();
   if (!have_data()) GTEST_SKIP() << "Fashion-MNIST not installed";
-  const std::string args = "--epochs 1 --train-limit 1536 --group-norm --batch-size 96";
+  const std::string args = "--epochs 1 --train-limit 768 --group-norm --batch-size 96";
   RunResult one = run_program(binary("cnn_fashion_mnist"), args);
   ASSERT_EQ(one.exit_code, 0) << one.output;
   RunResult three = mpirun(3, "cnn_fashion_mnist", args + " --zero 2 --bucket-cap 256KiB");

@@ -270,7 +270,7 @@ TEST(DDPFailure, APeerThatExitsMidStepIsATimeoutNotAHang) {
   auto [x, y] = global_batch(0);
   Tensor loss = cross_entropy(ddp(my_share(x)), my_share(y));
   if (pg().rank() == pg().size() - 1) std::_Exit(3);  // dies after its forward
-  pg().set_timeout(std::chrono::milliseconds(1500));
+  pg().set_timeout(std::chrono::milliseconds(600));
   try {
     loss.backward();
     ADD_FAILURE() << "backward finished without its peer";
