@@ -12,6 +12,7 @@
 
 #include <chrono>
 #include <cstdlib>
+#include <limits>
 
 #include "autograd/autocast.h"
 #include "dist/process_group.h"
@@ -205,6 +206,36 @@ TEST(DDP, ParametersAndBuffersStartAsRankZeros) {
   for (const Tensor& p : ddp.parameters()) EXPECT_TRUE(same_on_every_rank(p));
   EXPECT_EQ(model->buffers()[0].sum().item<double>(), 0.0);
   EXPECT_NE(ddp.name().find(str_cat("rank ", pg().rank(), " of ", pg().size())), std::string::npos) << ddp.name();
+}
+
+TEST(DDP, AnOverflowOnOneRankSkipsTheStepOnEveryRank) {
+  // f16 autocast and dynamic loss scaling: one inf in rank 0's gradients reaches every rank
+  // through the all-reduce (inf + x = inf), so every rank's GradScaler skips the step and halves
+  // the scale -- the overflow flag agreed without a collective of its own.
+  auto model = make_mlp(12);
+  nn::DistributedDataParallel ddp(model, pg());
+  optim::AdamW opt(ddp.parameters(), 0.01);
+  optim::GradScaler scaler;
+  const Tensor w = model->parameters()[0];
+  HookHandle h = register_hook(w, [&](const Tensor& g) -> Tensor {
+    if (pg().rank() != 0) return {};
+    Tensor bad = g.clone();
+    bad.reshape({bad.numel()}).slice(0, 3, 4).fill_(std::numeric_limits<double>::infinity());
+    return bad;
+  });
+  auto [x, y] = global_batch(5);
+  const Tensor before = w.clone();
+  {
+    AutocastGuard amp(Device::cpu(), DType::f16);
+    scaler.scale(cross_entropy(ddp(my_share(x)), my_share(y))).backward();
+  }
+  EXPECT_FALSE(scaler.step(opt));
+  scaler.update();
+  EXPECT_EQ(scaler.skipped_steps(), 1);
+  EXPECT_EQ(scaler.scale(), 32768.0);
+  EXPECT_TRUE(all_close(model->parameters()[0], before, 0, 0));
+  EXPECT_TRUE(same_on_every_rank(model->parameters()[0]));
+  h.remove();
 }
 
 TEST(DDP, GptWithCheckpointingAndAutocastEqualsOneProcess) {
