@@ -3,8 +3,6 @@
 // the world's loading (Note [loadable transports]).
 #include "dist/process_group.h"
 
-#include <dlfcn.h>
-
 #include <cstdlib>
 #include <map>
 
@@ -306,21 +304,13 @@ bool under_launcher() {
   return false;
 }
 
-std::string own_directory() {
-  Dl_info info{};
-  if (dladdr(reinterpret_cast<void*>(&under_launcher), &info) == 0 || info.dli_fname == nullptr) return "";
-  const std::string file = info.dli_fname;
-  const size_t slash = file.rfind('/');
-  return slash == std::string::npos ? "" : file.substr(0, slash + 1);
-}
-
-// Loads a transport library; "" once loaded, else the loader's reason.
+// Loads a transport library (beside libheadroom.so, or env_var's path); "" once loaded, else
+// the path and the loader's reason.
 std::string load_library(const char* env_var, const char* file) {
   const char* env = std::getenv(env_var);
-  const std::string path = env && *env ? std::string(env) : own_directory() + file;
-  if (dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL) != nullptr) return "";
-  const char* why = dlerror();
-  return str_cat(path, ": ", why ? why : "dlopen failed");
+  const std::string path = env && *env ? std::string(env) : ::headroom::detail::library_directory() + file;
+  const std::string why = ::headroom::detail::load_backend_library(path);
+  return why.empty() ? why : str_cat(path, ": ", why);
 }
 
 void finalize_at_exit() { finalize(); }

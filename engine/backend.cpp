@@ -82,21 +82,15 @@ std::string load_backend_library(const std::string& path) {
   const char* why = dlerror();
   return why ? why : "dlopen failed";
 }
-}  // namespace detail
 
-#ifdef HEADROOM_CUDA_BACKEND
-namespace {
-// The directory this library was loaded from ("" when it cannot be told): the CUDA backend is
-// built beside it.
-std::string own_directory() {
+std::string library_directory() {
   Dl_info info{};
-  if (dladdr(reinterpret_cast<void*>(&load_device_backend), &info) == 0 || info.dli_fname == nullptr) return "";
+  if (dladdr(reinterpret_cast<void*>(&load_backend_library), &info) == 0 || info.dli_fname == nullptr) return "";
   const std::string file = info.dli_fname;
   const size_t slash = file.rfind('/');
   return slash == std::string::npos ? "" : file.substr(0, slash + 1);
 }
-}  // namespace
-#endif
+}  // namespace detail
 
 void load_device_backend(DeviceType type) {
 #ifdef HEADROOM_CUDA_BACKEND
@@ -104,7 +98,7 @@ void load_device_backend(DeviceType type) {
   static std::once_flag once;
   std::call_once(once, [] {
     const char* env = std::getenv("HEADROOM_CUDA_LIBRARY");
-    const std::string path = env && *env ? std::string(env) : own_directory() + HEADROOM_CUDA_BACKEND;
+    const std::string path = env && *env ? std::string(env) : detail::library_directory() + HEADROOM_CUDA_BACKEND;
     const std::string why = detail::load_backend_library(path);
     if (!why.empty())
       report_backend_unloadable(DeviceType::cuda, str_cat("this build's CUDA backend (", path,

@@ -299,6 +299,9 @@ void load_device_backend(DeviceType type);
 namespace detail {
 // dlopen's message for `path`, or "" once it is loaded.
 std::string load_backend_library(const std::string& path);
+// The folder libheadroom.so was loaded from, with a trailing '/' ("" when it cannot be told):
+// the loadable libraries are built beside it.
+std::string library_directory();
 }  // namespace detail
 
 }  // namespace headroom

@@ -137,7 +137,10 @@ class NcclGroup final : public ProcessGroup {
                                     stream_));
         break;
       case OpKind::barrier: {
-        if (!barrier_.defined()) barrier_ = Tensor::zeros({1}, TensorOptions().device(device_));
+        if (!barrier_.defined()) {
+          CategoryScope communication(MemoryCategory::communication);
+          barrier_ = Tensor::zeros({1}, TensorOptions().device(device_));
+        }
         HR_NCCL_CHECK(ncclAllReduce(barrier_.raw_data(), barrier_.raw_data(), 1, ncclFloat32, ncclSum, comm_, stream_));
         break;
       }

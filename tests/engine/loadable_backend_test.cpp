@@ -1,4 +1,6 @@
-// Note [loadable backends] (engine/backend.h): a CPU run maps no CUDA library and starts small;
+// Note [loadable backends] (engine/backend.h): a CPU run maps no CUDA library and starts small,
+// and one that is alone (not under mpirun) maps no MPI or NCCL library even when it trains
+// through dist::init() and a DistributedDataParallel (Note [loadable transports]);
 // using a cuda device loads the CUDA backend; a backend that cannot be loaded is an error that
 // says why, and the CPU goes on. Each check runs in a fresh copy of this program (a "probe":
 // the same binary, one test selected, HEADROOM_PROBE set), so that what other tests loaded
@@ -11,6 +13,7 @@
 #include <string>
 
 #include "engine/allocator.h"
+#include "dist/process_group.h"
 #include "engine/backend.h"
 #include "nn/nn.h"
 #include "optim/optim.h"
@@ -41,7 +44,8 @@ std::string mapped_libraries() {
   std::ifstream maps("/proc/self/maps");
   std::string line, out;
   while (std::getline(maps, line))
-    for (const char* lib : {"libcudart", "libcublas", "libcudnn", "libheadroom_cuda", "libcuda.so"})
+    for (const char* lib : {"libcudart", "libcublas", "libcudnn", "libheadroom_cuda", "libcuda.so", "libmpi",
+                            "libheadroom_mpi", "libnccl", "libheadroom_nccl"})
       if (line.find(lib) != std::string::npos) out += line.substr(line.rfind(' ') + 1) + "\n";
   return out;
 }
@@ -60,8 +64,9 @@ TEST(LoadableBackendProbe, TrainOnTheCpu) {
   if (!probing()) GTEST_SKIP() << "a probe, run by LoadableBackend tests";
   std::printf("PROBE resident before work: %lld KiB\n", static_cast<long long>(resident_kib()));
   manual_seed(1);
-  nn::Sequential net({std::make_shared<nn::Linear>(16, 32), std::make_shared<nn::ReLU>(),
-                      std::make_shared<nn::Linear>(32, 4)});
+  auto model = std::make_shared<nn::Sequential>(std::vector<std::shared_ptr<nn::Module>>{
+      std::make_shared<nn::Linear>(16, 32), std::make_shared<nn::ReLU>(), std::make_shared<nn::Linear>(32, 4)});
+  nn::DistributedDataParallel net(model, dist::init());  // alone: a world of one, no MPI
   optim::SGD opt(net.parameters(), 0.1);
   for (int step = 0; step < 2; ++step) {
     Tensor loss = cross_entropy(net.forward(Tensor::randn({8, 16})), testing::tokens({8}, 4, 1));

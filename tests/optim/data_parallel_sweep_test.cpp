@@ -15,6 +15,7 @@
 #include "dist/process_group.h"
 #include "nn/nn.h"
 #include "optim/optim.h"
+#include "data_parallel_util.h"
 #include "sweep_harness.h"
 #include "test_util.h"
 
@@ -23,7 +24,7 @@ namespace {
 
 using headroom::testing::StateSnapshot;
 
-dist::ProcessGroup& pg() { return dist::world(); }
+using headroom::testing::pg;
 
 struct DPTrainer {
   std::shared_ptr<nn::Module> model;

@@ -10,6 +10,7 @@
 #include "dist/process_group.h"
 #include "nn/nn.h"
 #include "optim/optim.h"
+#include "data_parallel_util.h"
 #include "test_util.h"
 
 namespace headroom {
@@ -17,27 +18,13 @@ namespace {
 
 using headroom::testing::all_close;
 
-dist::ProcessGroup& pg() { return dist::world(); }
+using headroom::testing::my_share;
+using headroom::testing::pg;
 
-std::shared_ptr<nn::Sequential> make_mlp(uint64_t seed) {
-  manual_seed(seed);
-  return std::make_shared<nn::Sequential>(std::vector<std::shared_ptr<nn::Module>>{
-      std::make_shared<nn::Linear>(12, 33), std::make_shared<nn::ReLU>(), std::make_shared<nn::Linear>(33, 25),
-      std::make_shared<nn::ReLU>(), std::make_shared<nn::Linear>(25, 5)});
-}
-
+// Widths 33 and 25: buckets that do not divide among 2 or 3 ranks (uneven shards).
+std::shared_ptr<nn::Sequential> make_mlp(uint64_t seed) { return headroom::testing::make_mlp(seed, 33, 25); }
 std::pair<Tensor, Tensor> global_batch(int64_t step, int64_t per_rank = 4) {
-  manual_seed(2000 + static_cast<uint64_t>(step));
-  const int64_t n = per_rank * pg().size();
-  Tensor x = Tensor::randn({n, 12});
-  std::vector<int64_t> y(static_cast<size_t>(n));
-  for (int64_t i = 0; i < n; ++i) y[static_cast<size_t>(i)] = (i * 3 + step) % 5;
-  return {x, Tensor::from_vector(y, {n}, DType::i64)};
-}
-
-Tensor my_share(const Tensor& t) {
-  const int64_t per = t.size(0) / pg().size();
-  return t.slice(0, pg().rank() * per, (pg().rank() + 1) * per).contiguous();
+  return headroom::testing::global_batch(step, per_rank, 2000);
 }
 
 nn::DDPOptions zero(int stage) {

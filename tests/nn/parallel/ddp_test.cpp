@@ -19,6 +19,7 @@
 #include "nn/nn.h"
 #include "nn/parallel/ddp.h"
 #include "optim/optim.h"
+#include "data_parallel_util.h"
 #include "test_util.h"
 
 namespace headroom {
@@ -26,39 +27,11 @@ namespace {
 
 using headroom::testing::all_close;
 
-dist::ProcessGroup& pg() { return dist::world(); }
-
-std::shared_ptr<nn::Sequential> make_mlp(uint64_t seed) {
-  manual_seed(seed);
-  return std::make_shared<nn::Sequential>(std::vector<std::shared_ptr<nn::Module>>{
-      std::make_shared<nn::Linear>(12, 32), std::make_shared<nn::ReLU>(), std::make_shared<nn::Linear>(32, 24),
-      std::make_shared<nn::ReLU>(), std::make_shared<nn::Linear>(24, 5)});
-}
-
-// The whole batch of step `step`: 4 samples per rank, the same on every rank.
-std::pair<Tensor, Tensor> global_batch(int64_t step, int64_t per_rank = 4) {
-  manual_seed(1000 + static_cast<uint64_t>(step));
-  const int64_t n = per_rank * pg().size();
-  Tensor x = Tensor::randn({n, 12});
-  std::vector<int64_t> y(static_cast<size_t>(n));
-  for (int64_t i = 0; i < n; ++i) y[static_cast<size_t>(i)] = (i * 7 + step) % 5;
-  return {x, Tensor::from_vector(y, {n}, DType::i64)};
-}
-
-Tensor my_share(const Tensor& t) {
-  const int64_t per = t.size(0) / pg().size();
-  return t.slice(0, pg().rank() * per, (pg().rank() + 1) * per).contiguous();
-}
-
-// Every rank's copy of t is the same (all_gather and compare with rank 0's).
-::testing::AssertionResult same_on_every_rank(const Tensor& t) {
-  Tensor flat = t.detach().contiguous().reshape({t.numel()}).to(DType::f64);
-  Tensor all = Tensor::zeros({pg().size(), t.numel()}, DType::f64);
-  pg().all_gather(all, flat)->wait();
-  for (int r = 1; r < pg().size(); ++r)
-    if (!all_close(all.select(0, r), all.select(0, 0), 0, 0)) return ::testing::AssertionFailure() << "rank " << r << " differs";
-  return ::testing::AssertionSuccess();
-}
+using headroom::testing::global_batch;
+using headroom::testing::make_mlp;
+using headroom::testing::my_share;
+using headroom::testing::pg;
+using headroom::testing::same_on_every_rank;
 
 TEST(DDP, FiveStepsEqualOneProcessOnTheWholeBatch) {
   for (int opt_kind = 0; opt_kind < 2; ++opt_kind) {
@@ -242,11 +215,12 @@ TEST(DDP, GptWithCheckpointingAndAutocastEqualsOneProcess) {
   nn::GPTConfig cfg;
   cfg.vocab_size = 17;
   cfg.block_size = 8;
-  cfg.n_layer = 2;
+  cfg.n_layer = 4;  // sqrt: round(sqrt(4)) = 2 segments, the first checkpointed
   cfg.n_head = 2;
   cfg.n_embd = 16;
   for (bool amp : {false, true}) {
-    for (nn::CheckpointMode mode : {nn::CheckpointMode::none, nn::CheckpointMode::block, nn::CheckpointMode::selective}) {
+    for (nn::CheckpointMode mode : {nn::CheckpointMode::none, nn::CheckpointMode::block, nn::CheckpointMode::sqrt,
+                                    nn::CheckpointMode::selective}) {
       cfg.checkpoint = mode;
       manual_seed(4);
       auto reference = std::make_shared<nn::GPT>(cfg);
