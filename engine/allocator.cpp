@@ -16,6 +16,22 @@
 namespace headroom {
 
 namespace {
+// Note [cpu devices]: HEADROOM_CPU_DEVICES, else 8; read once.
+int cpu_device_count() {
+  static const int count = [] {
+    const char* v = std::getenv("HEADROOM_CPU_DEVICES");
+    if (!v || !*v) return 8;
+    char* end = nullptr;
+    const long n = std::strtol(v, &end, 10);
+    HR_CHECK(end && *end == '\0' && n >= 1 && n <= 1024, ValueError, "HEADROOM_CPU_DEVICES='", v,
+             "' is not a number of cpu devices from 1 to 1024");
+    return static_cast<int>(n);
+  }();
+  return count;
+}
+}  // namespace
+
+namespace {
 struct Registry {
   std::mutex mu;
   std::map<std::pair<int, int>, Allocator*> allocators;
@@ -33,11 +49,43 @@ Registry& registry() {
 // HEADROOM_MEMORY_LIMIT and HEADROOM_FAIL_ALLOC apply to every device's allocator when it is
 // made. Both are read before anything is changed, so a bad value throws and leaves the allocator
 // as it was.
-void apply_env_settings(CachingAllocator& a) {
+size_t memory_limit_from_env(const char* text, Device device) {
+  const std::string all(text);
+  size_t fallback = 0, mine = 0;
+  bool have_mine = false, have_fallback = false;
+  size_t start = 0;
+  for (;;) {
+    const size_t comma = all.find(',', start);
+    const std::string item = all.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+    const size_t eq = item.find('=');
+    if (eq == std::string::npos) {
+      HR_CHECK(!have_fallback, ValueError, "HEADROOM_MEMORY_LIMIT='", all, "': more than one limit for every device");
+      fallback = parse_memory_size(item, "HEADROOM_MEMORY_LIMIT");
+      have_fallback = true;
+    } else {
+      Device d;
+      try {
+        d = Device::parse(item.substr(0, eq));
+      } catch (const DeviceError& e) {
+        throw ValueError(str_cat("HEADROOM_MEMORY_LIMIT='", all, "': '", item, "' names no device: ", e.what()));
+      }
+      const size_t limit = parse_memory_size(item.substr(eq + 1), str_cat("HEADROOM_MEMORY_LIMIT (", d.str(), ")"));
+      if (d == device) {
+        mine = limit;
+        have_mine = true;
+      }
+    }
+    if (comma == std::string::npos) break;
+    start = comma + 1;
+  }
+  return have_mine ? mine : fallback;
+}
+
+void apply_env_settings(CachingAllocator& a, Device device) {
   size_t limit = 0;
   std::pair<FaultKind, int64_t> fault{FaultKind::none, 0};
   const char* env = std::getenv("HEADROOM_MEMORY_LIMIT");
-  if (env && *env) limit = parse_memory_size(env, "HEADROOM_MEMORY_LIMIT");
+  if (env && *env) limit = memory_limit_from_env(env, device);
   const char* fail = std::getenv("HEADROOM_FAIL_ALLOC");
   if (fail && *fail) fault = parse_fault_injection(fail, "HEADROOM_FAIL_ALLOC");
   if (limit > 0) a.set_memory_limit(limit);
@@ -84,10 +132,14 @@ Allocator& allocator_for(Device device) {
     if (it != r.allocators.end()) return *it->second;
   }
   if (device.is_cpu()) {
+    // Note [cpu devices]: each index its own allocator, up to the count.
+    const int count = cpu_device_count();
+    HR_CHECK(device.index >= 0 && device.index < count, DeviceError, device.str(), " does not exist: there are ", count,
+             " cpu devices (cpu:0 to cpu:", count - 1, "; HEADROOM_CPU_DEVICES sets how many)");
     // Never destroyed, like the registry: tensors in static storage may be freed at exit.
     // A bad environment value throws here, every time a cpu tensor is made, and leaks nothing.
-    auto a = std::make_unique<CachingAllocator>(std::make_unique<HostMemoryBackend>());
-    apply_env_settings(*a);
+    auto a = std::make_unique<CachingAllocator>(std::make_unique<HostMemoryBackend>(device));
+    apply_env_settings(*a, device);
     CachingAllocator* raw = a.release();
     r.allocators[key] = raw;
     return *raw;
@@ -114,13 +166,17 @@ std::string device_unavailable_reason(Device device) {
   if (!device.is_cpu()) load_device_backend(device.type);
   Registry& r = registry();
   std::lock_guard<std::mutex> lock(r.mu);
-  if (device.is_cpu() || r.allocators.count(std::make_pair(static_cast<int>(device.type), device.index))) return "";
+  if (device.is_cpu())
+    return device.index >= 0 && device.index < cpu_device_count()
+               ? ""
+               : str_cat(device.str(), " does not exist: there are ", cpu_device_count(), " cpu devices");
+  if (r.allocators.count(std::make_pair(static_cast<int>(device.type), device.index))) return "";
   const int t = static_cast<int>(device.type);
   return unavailable_reason_locked(device, r.visible[t], r.why_none[t], r.unloadable[t]);
 }
 
 int device_count(DeviceType type) {
-  if (type == DeviceType::cpu) return 1;
+  if (type == DeviceType::cpu) return cpu_device_count();
   load_device_backend(type);
   Registry& r = registry();
   std::lock_guard<std::mutex> lock(r.mu);

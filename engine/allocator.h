@@ -53,19 +53,24 @@ void set_allocator(Device device, Allocator* allocator);
 void report_visible_devices(DeviceType type, int count, std::string why_none);
 // The build has the backend of `type` but it could not be loaded (Note [loadable backends]).
 void report_backend_unloadable(DeviceType type, std::string why);
-// How many devices of a kind this process can use: 1 cpu; the GPUs the CUDA runtime sees (0
-// without one, without the runtime, or in a build without CUDA). Loads the CUDA backend.
+// How many devices of a kind this process can use: the cpu devices (Note [cpu devices]: 8, or
+// HEADROOM_CPU_DEVICES); the GPUs the CUDA runtime sees (0 without one, without the runtime, or
+// in a build without CUDA). Loads the CUDA backend.
 int device_count(DeviceType type);
 // Why `device` cannot be used, e.g. "no GPU is visible (cudaGetDeviceCount failed with
 // cudaErrorNoDevice: ...)"; "" for a device that exists.
 std::string device_unavailable_reason(Device device);
 
-// Applies HEADROOM_MEMORY_LIMIT (a size, parse_memory_size) and HEADROOM_FAIL_ALLOC (Note
-// [fault injection] in caching_allocator.h) to a newly made device allocator, when they are set
-// (every device's registration calls it); throws ValueError naming the variable when a value
-// cannot be read, and then changes nothing.
+// Applies HEADROOM_MEMORY_LIMIT and HEADROOM_FAIL_ALLOC (Note [fault injection] in
+// caching_allocator.h) to the newly made allocator of `device`, when they are set (every
+// device's registration calls it); throws ValueError naming the variable when a value cannot be
+// read, and then changes nothing. HEADROOM_MEMORY_LIMIT is a size for every device ("256MiB",
+// parse_memory_size), or a list of them per device with an optional default first:
+// "cpu:0=256MiB,cpu:1=128MiB" or "1GiB,cuda:1=40GiB".
 class CachingAllocator;
-void apply_env_settings(CachingAllocator& allocator);
+void apply_env_settings(CachingAllocator& allocator, Device device);
+// HEADROOM_MEMORY_LIMIT's limit for `device` (0: none), read as above.
+size_t memory_limit_from_env(const char* text, Device device);
 
 // Page-locked host memory (Tensor::empty_pinned), which a GPU can copy from and to while the
 // host goes on. Registered by the CUDA side when a GPU is present; nullptr otherwise.

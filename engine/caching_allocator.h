@@ -75,12 +75,16 @@ class DeviceMemoryBackend {
   virtual bool is_meta() const { return false; }
 };
 
-// Aligned (512 B) host memory.
+// Aligned (512 B) host memory, for one of the cpu devices (Note [cpu devices]).
 class HostMemoryBackend : public DeviceMemoryBackend {
  public:
-  Device device() const override { return Device::cpu(); }
+  explicit HostMemoryBackend(Device device = Device::cpu()) : device_(device) {}
+  Device device() const override { return device_; }
   void* raw_alloc(size_t nbytes) override;
   void raw_free(void* ptr, size_t nbytes) override;
+
+ private:
+  Device device_;
 };
 
 // Current, peak and cumulative counts of one quantity (bytes or blocks).

@@ -184,7 +184,7 @@ const bool g_registered = [] {
     // Never destroyed, like the cpu allocator: tensors in static storage may be freed at exit.
     auto* allocator = new CachingAllocator(std::move(backend));
     try {
-      apply_env_settings(*allocator);
+      apply_env_settings(*allocator, Device::cuda(i));
     } catch (const Error& e) {
       raw->fail_allocations_with(e.what());
     }

@@ -11,7 +11,7 @@ TEST(Device, ParsesCpuCudaAndCudaN) {
   EXPECT_EQ(Device::parse("cuda"), Device::cuda(0));
   EXPECT_EQ(Device::parse("cuda:3"), Device::cuda(3));
   EXPECT_THROW_WITH(Device::parse("cuda:"), DeviceError, "'cuda:'");
-  EXPECT_THROW_WITH(Device::parse("cuda:-1"), DeviceError, "expected cpu, cuda or cuda:N");
+  EXPECT_THROW_WITH(Device::parse("cuda:-1"), DeviceError, "expected cpu, cpu:N, cuda or cuda:N");
   EXPECT_THROW_WITH(Device::parse("gpu"), DeviceError, "'gpu'");
 }
 
@@ -33,6 +33,61 @@ TEST(Device, CudaInABuildWithoutCudaSaysSo) {
 TEST(Device, CpuDevicesAreAlwaysAvailable) {
   EXPECT_EQ(device_unavailable_reason(Device::cpu()), "");
   EXPECT_EQ(allocator_for(Device::cpu()).device(), Device::cpu());
+}
+
+// Note [cpu devices]: cpu:0..cpu:7 by default, each its own allocator, limit and statistics.
+TEST(Device, SeveralCpuDevicesAreSeparateDevices) {
+  EXPECT_EQ(Device::parse("cpu:3"), Device::cpu(3));
+  EXPECT_EQ(Device::parse("cpu:0"), Device::cpu());
+  EXPECT_EQ(Device::cpu(2).str(), "cpu:2");
+  EXPECT_EQ(Device::cpu(0).str(), "cpu");
+  EXPECT_THROW_WITH(Device::parse("cpu:x"), DeviceError, "'cpu:x'");
+  EXPECT_EQ(device_count(DeviceType::cpu), 8);
+  EXPECT_THROW_WITH(Tensor::zeros({2}, Device::cpu(8)), DeviceError, "cpu:8 does not exist: there are 8 cpu devices");
+  EXPECT_NE(device_unavailable_reason(Device::cpu(9)), "");
+
+  CachingAllocator& a0 = caching_allocator(Device::cpu(0));
+  CachingAllocator& a1 = caching_allocator(Device::cpu(1));
+  EXPECT_NE(&a0, &a1);
+  EXPECT_EQ(a1.device(), Device::cpu(1));
+  const int64_t before0 = a0.stats().allocated_bytes.current, before1 = a1.stats().allocated_bytes.current;
+  Tensor x = Tensor::ones({1000}, Device::cpu(1));
+  EXPECT_EQ(x.device(), Device::cpu(1));
+  EXPECT_EQ(a1.stats().allocated_bytes.current - before1, 4096);
+  EXPECT_EQ(a0.stats().allocated_bytes.current, before0);
+  // A copy to another cpu device is counted there; the source stays counted where it is.
+  Tensor y = x.to(Device::cpu(2));
+  EXPECT_EQ(y.device(), Device::cpu(2));
+  EXPECT_EQ(caching_allocator(Device::cpu(2)).stats().allocated_bytes.current, 4096);
+  EXPECT_EQ(sum(y).item<double>(), 1000.0);
+  // An op that mixes devices names both.
+  EXPECT_THROW_WITH(x + y, DeviceError, "on different devices");
+  EXPECT_THROW_WITH(x + y, DeviceError, "cpu:2");
+  // Each its own limit.
+  a1.set_memory_limit(1 << 20);
+  EXPECT_THROW_WITH(Tensor::zeros({1 << 20}, Device::cpu(1)), OutOfMemoryError, "out of memory on cpu:1");
+  (void)Tensor::zeros({1 << 20}, Device::cpu(3));  // another device: no limit
+  a1.set_memory_limit(0);
+}
+
+TEST(Device, CopiesBetweenCpuDevicesAreDifferentiable) {
+  Tensor w = Tensor::full({3}, 2.0, Device::cpu(1)).set_requires_grad(true);
+  Tensor on2 = (w * 3.0).to(Device::cpu(2));
+  sum(on2 * on2).backward();  // d/dw sum((3w)^2) = 18 w
+  ASSERT_TRUE(w.grad().defined());
+  EXPECT_EQ(w.grad().device(), Device::cpu(1));
+  EXPECT_EQ(w.grad().to_vector<float>(), std::vector<float>(3, 36.0f));
+}
+
+TEST(Device, MemoryLimitPerDeviceFromTheEnvironment) {
+  EXPECT_EQ(memory_limit_from_env("256MiB", Device::cpu(3)), size_t{256} << 20);
+  EXPECT_EQ(memory_limit_from_env("cpu:0=256MiB,cpu:1=128MiB", Device::cpu(1)), size_t{128} << 20);
+  EXPECT_EQ(memory_limit_from_env("cpu:0=256MiB,cpu:1=128MiB", Device::cpu(2)), size_t{0});
+  EXPECT_EQ(memory_limit_from_env("1GiB,cpu:1=128MiB", Device::cpu(2)), size_t{1} << 30);
+  EXPECT_EQ(memory_limit_from_env("1GiB,cuda:1=40GiB", Device::cuda(1)), size_t{40} << 30);
+  EXPECT_THROW_WITH(memory_limit_from_env("gpu:1=1GiB", Device::cpu()), ValueError, "'gpu:1=1GiB' names no device");
+  EXPECT_THROW_WITH(memory_limit_from_env("cpu:1=lots", Device::cpu()), ValueError, "HEADROOM_MEMORY_LIMIT (cpu:1)");
+  EXPECT_THROW_WITH(memory_limit_from_env("1GiB,2GiB", Device::cpu()), ValueError, "more than one limit");
 }
 
 }  // namespace
