@@ -146,10 +146,7 @@ class ProcessGroup {
   // Waits for every operation started so far (a local fence, not a barrier).
   void synchronize();
 
- protected:
-  ProcessGroup(int rank, int size);
-  // The transport's part: start the operation described by `work` (already numbered, checked,
-  // and holding its tensors in keep_alive) and finish it later, on any thread.
+  // One operation as a transport receives it (already numbered and checked).
   struct Op {
     OpKind kind;
     Tensor a, b;       // all_reduce/broadcast/send/recv: a; reduce_scatter/all_gather: a = output, b = input
@@ -158,6 +155,11 @@ class ProcessGroup {
     int tag = 0;
     bool in_place = false;  // all_gather: b is a's chunk rank()
   };
+
+ protected:
+  ProcessGroup(int rank, int size);
+  // The transport's part: start the operation described by `work` (already numbered, checked,
+  // and holding its tensors in keep_alive) and finish it later, on any thread.
   virtual void start(const Op& op, const WorkPtr& work) = 0;
   // A transport marks the group broken after a failure it cannot recover from.
   void set_broken(const std::string& why);
