@@ -62,6 +62,14 @@ Pipeline::Pipeline(std::vector<PipelineStage> stages, PipelineOptions options)
   }
 }
 
+Pipeline::Pipeline(PipelineStage stage, dist::ProcessGroup& group, PipelineOptions options)
+    : Pipeline(std::vector<PipelineStage>{std::move(stage)}, std::move(options)) {
+  group_ = &group;
+  HR_CHECK(stages_[0].device.type == group.device_type(), DeviceError, "Pipeline: stage ", group.rank(), " runs on ",
+           stages_[0].device.str(), " but its process group (", group.backend_name(), ") moves ",
+           device_type_name(group.device_type()), " tensors");
+}
+
 std::vector<Tensor> Pipeline::parameters() const {
   std::vector<Tensor> out;
   for (const auto& s : stages_)
@@ -113,6 +121,35 @@ class Channel {
   bool closed_ = false;
 };
 
+// Note [pipeline across processes]: a forward message is a header -- dtype and shape, 10 int64s
+// -- then the tensor, both with tag 0; a backward message is the gradient alone (its shape is the
+// output's, which the receiver holds), tag 1.
+constexpr int kForwardTag = 0, kBackwardTag = 1;
+constexpr int64_t kHeaderLength = 10;
+
+void send_activation(dist::ProcessGroup& g, const Tensor& y, int dst, std::vector<dist::WorkPtr>& sends) {
+  HR_CHECK(y.dim() <= kHeaderLength - 2, ShapeError, "Pipeline: an activation of ", y.dim(),
+           " dims cannot cross processes (at most ", kHeaderLength - 2, ")");
+  std::vector<int64_t> header(static_cast<size_t>(kHeaderLength), 0);
+  header[0] = static_cast<int64_t>(y.dtype());
+  header[1] = y.dim();
+  for (int64_t d = 0; d < y.dim(); ++d) header[static_cast<size_t>(d + 2)] = y.size(d);
+  sends.push_back(g.send(Tensor::from_vector(header, {kHeaderLength}, DType::i64).to(y.device()), dst, kForwardTag));
+  sends.push_back(g.send(y.contiguous(), dst, kForwardTag));
+}
+
+Tensor receive_activation(dist::ProcessGroup& g, int src, Device device) {
+  Tensor header = Tensor::empty({kHeaderLength}, TensorOptions().dtype(DType::i64).device(device));
+  g.recv(header, src, kForwardTag)->wait();
+  const std::vector<int64_t> h = header.to(Device::cpu()).to_vector<int64_t>();
+  HR_CHECK(h[1] >= 0 && h[1] <= kHeaderLength - 2, dist::CommunicationError, "Pipeline: a malformed activation header from rank ",
+           src, " (", h[1], " dims)");
+  Shape shape(h.begin() + 2, h.begin() + 2 + h[1]);
+  Tensor x = Tensor::empty(shape, TensorOptions().dtype(static_cast<DType>(h[0])).device(device));
+  g.recv(x, src, kForwardTag)->wait();
+  return x;
+}
+
 double now_seconds() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
@@ -130,7 +167,13 @@ double Pipeline::run(const Tensor& inputs, const Tensor& targets, int64_t micro_
   const int64_t n = inputs.size(0);
   const int64_t size = (n + std::min(micro_batches, n) - 1) / std::min(micro_batches, n);
   const int64_t m = (n + size - 1) / size;  // micro-batches actually made (ceil(N / size))
-  const int64_t stages = static_cast<int64_t>(stages_.size());
+  // Across processes this process runs stage `first` of `stages` (Note [pipeline across
+  // processes]); in one, every stage.
+  const int64_t stages = group_ ? group_->size() : static_cast<int64_t>(stages_.size());
+  const int64_t first = group_ ? group_->rank() : 0;
+  const int64_t last = group_ ? first : stages - 1;
+  auto stage_of = [&](int64_t k) -> const PipelineStage& { return stages_[static_cast<size_t>(k - first)]; };
+  std::vector<dist::WorkPtr> sends;  // across processes: waited for at the end of the step
 
   std::vector<Channel> forward(static_cast<size_t>(std::max<int64_t>(stages - 1, 0)));
   std::vector<Channel> backward(forward.size());
@@ -138,7 +181,7 @@ double Pipeline::run(const Tensor& inputs, const Tensor& targets, int64_t micro_
   std::exception_ptr failure;
   double loss_sum = 0;
   stats_ = PipelineStats{};
-  stats_.busy_seconds.assign(stages_.size(), 0.0);
+  stats_.busy_seconds.assign(stages_.size(), 0.0);  // the stages this process runs
   stats_.most_in_flight.assign(stages_.size(), 0);
 
   auto fail = [&](std::exception_ptr e) {
@@ -158,22 +201,26 @@ double Pipeline::run(const Tensor& inputs, const Tensor& targets, int64_t micro_
     std::vector<Tensor> input, output;  // per micro-batch, held from its forward to its backward
     int64_t in_flight = 0;
   };
-  std::vector<StageRun> runs(stages_.size());
-  for (int64_t k = 0; k < stages; ++k) {
-    runs[static_cast<size_t>(k)].order = stage_order(options_.schedule, k, stages, m);
-    runs[static_cast<size_t>(k)].input.resize(static_cast<size_t>(m));
-    runs[static_cast<size_t>(k)].output.resize(static_cast<size_t>(m));
+  std::vector<StageRun> runs(stages_.size());  // runs[k - first]
+  for (int64_t k = first; k <= last; ++k) {
+    StageRun& r = runs[static_cast<size_t>(k - first)];
+    r.order = stage_order(options_.schedule, k, stages, m);
+    r.input.resize(static_cast<size_t>(m));
+    r.output.resize(static_cast<size_t>(m));
   }
 
   auto step_once = [&](int64_t k, bool wait) -> bool {
-    StageRun& r = runs[static_cast<size_t>(k)];
-    const PipelineStage& st = stages_[static_cast<size_t>(k)];
+    const size_t at = static_cast<size_t>(k - first);
+    StageRun& r = runs[at];
+    const PipelineStage& st = stage_of(k);
     const int64_t op = r.order[r.at];
     const int64_t i = (op > 0 ? op : -op) - 1;
     const int64_t begin = i * size, end = std::min(n, begin + size);
     if (op > 0) {
       if (!wait && k > 0 && !forward[static_cast<size_t>(k - 1)].ready()) return false;
-      Tensor x = k == 0 ? inputs.slice(0, begin, end).to(st.device) : forward[static_cast<size_t>(k - 1)].take();
+      Tensor x = k == 0   ? inputs.slice(0, begin, end).to(st.device)
+                 : group_ ? receive_activation(*group_, static_cast<int>(k - 1), st.device)
+                          : forward[static_cast<size_t>(k - 1)].take();
       const double t0 = now_seconds();
       Tensor in = x;
       if (k > 0) in.set_requires_grad(true);  // a received copy: the cut of this stage's graph
@@ -193,16 +240,24 @@ double Pipeline::run(const Tensor& inputs, const Tensor& targets, int64_t micro_
         r.output[static_cast<size_t>(i)] = weighted;
       } else {
         NoGradGuard no_grad;
-        forward[static_cast<size_t>(k)].put(y.detach().to(stages_[static_cast<size_t>(k + 1)].device));
+        if (group_) send_activation(*group_, y.detach(), static_cast<int>(k + 1), sends);
+        else forward[static_cast<size_t>(k)].put(y.detach().to(stage_of(k + 1).device));
         r.output[static_cast<size_t>(i)] = y;
       }
       if (k > 0) r.input[static_cast<size_t>(i)] = in;
       r.in_flight += 1;
-      stats_.most_in_flight[static_cast<size_t>(k)] = std::max(stats_.most_in_flight[static_cast<size_t>(k)], r.in_flight);
-      stats_.busy_seconds[static_cast<size_t>(k)] += now_seconds() - t0;
+      stats_.most_in_flight[at] = std::max(stats_.most_in_flight[at], r.in_flight);
+      stats_.busy_seconds[at] += now_seconds() - t0;
     } else {
       if (!wait && k < stages - 1 && !backward[static_cast<size_t>(k)].ready()) return false;
-      Tensor g = k < stages - 1 ? backward[static_cast<size_t>(k)].take() : Tensor();
+      Tensor g;
+      if (k < stages - 1 && group_) {
+        const Tensor& y = r.output[static_cast<size_t>(i)];
+        g = Tensor::empty(y.shape(), TensorOptions().dtype(y.dtype()).device(st.device));
+        group_->recv(g, static_cast<int>(k + 1), kBackwardTag)->wait();
+      } else if (k < stages - 1) {
+        g = backward[static_cast<size_t>(k)].take();
+      }
       const double t0 = now_seconds();
       Tensor out = std::move(r.output[static_cast<size_t>(i)]);
       r.output[static_cast<size_t>(i)] = Tensor();
@@ -214,10 +269,11 @@ double Pipeline::run(const Tensor& inputs, const Tensor& targets, int64_t micro_
         Tensor dx = in.grad();
         HR_CHECK(dx.defined(), AutogradError, "Pipeline: stage ", k, "'s output does not depend on its input");
         NoGradGuard no_grad;
-        backward[static_cast<size_t>(k - 1)].put(dx.to(stages_[static_cast<size_t>(k - 1)].device));
+        if (group_) sends.push_back(group_->send(dx.contiguous(), static_cast<int>(k - 1), kBackwardTag));
+        else backward[static_cast<size_t>(k - 1)].put(dx.to(stage_of(k - 1).device));
       }
       r.in_flight -= 1;
-      stats_.busy_seconds[static_cast<size_t>(k)] += now_seconds() - t0;
+      stats_.busy_seconds[at] += now_seconds() - t0;
     }
     ++r.at;
     return true;
@@ -226,7 +282,24 @@ double Pipeline::run(const Tensor& inputs, const Tensor& targets, int64_t micro_
   const double start = now_seconds();
   // Threads do not see this thread's MetaScope (Note [meta execution]): a prediction runs the
   // schedule cooperatively here instead.
-  if (options_.concurrent && stages > 1 && !meta_active()) {
+  if (group_) {
+    // One stage here, on this thread; a failure leaves the neighbours waiting until the group's
+    // timeout names this rank (Note [pipeline across processes]).
+    StageRun& r = runs[0];
+    try {
+      while (r.at < r.order.size()) step_once(first, true);
+      for (auto& w : sends) w->wait();
+    } catch (...) {
+      r.input.clear();
+      r.output.clear();
+      throw;
+    }
+    sends.clear();
+    // The batch's loss, known to the last stage, for every rank.
+    Tensor l = Tensor::full({1}, first == stages - 1 ? loss_sum : 0.0, TensorOptions().dtype(DType::f64).device(stages_[0].device));
+    group_->broadcast(l, static_cast<int>(stages - 1))->wait();
+    loss_sum = l.to(Device::cpu()).item<double>();
+  } else if (options_.concurrent && stages > 1 && !meta_active()) {
     std::vector<std::thread> threads;
     for (int64_t k = 0; k < stages; ++k)
       threads.emplace_back([&, k] {

@@ -31,6 +31,14 @@
 // and the gradients accumulate in .grad to the whole batch's. The idle time of a stage -- the
 // bubble -- is (K-1)/(M+K-1) of the step for either schedule when the stages cost the same.
 //
+// Note [pipeline across processes]: given a process group, each process runs one stage -- rank
+// r stage r -- and the channels become the group's send/recv (MPI for cpu stages, NCCL for
+// cuda): an activation goes as a header (dtype and shape) and the tensor, a gradient as the
+// tensor alone (the sender's output shape). Sends do not wait; the step waits for them at its
+// end. The schedule is the same, and so are the gradients. A stage that fails here cannot close
+// its neighbours' channels: they wait until the group's timeout (HEADROOM_DIST_TIMEOUT) ends
+// their step with an error naming this rank.
+//
 // Note [pipeline failure]: an exception in one stage (out of memory on its device) closes every
 // channel, so the other stages stop waiting and end; run() rethrows the first exception. The
 // gradients of that step are partial: drop them (zero_grad).
@@ -42,6 +50,7 @@
 #include <string>
 #include <vector>
 
+#include "dist/process_group.h"
 #include "engine/device.h"
 #include "engine/dtype.h"
 #include "nn/module.h"
@@ -69,7 +78,7 @@ struct PipelineOptions {
 // What the last run() did, per stage.
 struct PipelineStats {
   double seconds = 0;                  // the step's wall time
-  std::vector<double> busy_seconds;    // each stage's time in its forwards and backwards
+  std::vector<double> busy_seconds;    // each (local) stage's time in its forwards and backwards
   std::vector<int64_t> most_in_flight;  // micro-batches whose activations a stage held at once
   // Idle share of the step over all stages: 1 - sum(busy) / (K * seconds).
   double bubble_fraction() const;
@@ -82,17 +91,22 @@ class Pipeline {
   // Throws ValueError for no stages or a stage without a module; DeviceError when a stage's
   // parameters are not on its device.
   Pipeline(std::vector<PipelineStage> stages, PipelineOptions options = {});
+  // Across processes (Note [pipeline across processes]): this process runs stage group.rank() of
+  // group.size(), on stage.device (of the group's device type: cpu over MPI, cuda over NCCL).
+  Pipeline(PipelineStage stage, dist::ProcessGroup& group, PipelineOptions options = {});
 
   // Forward and backward of every micro-batch (inputs and targets split on dim 0 into
   // `micro_batches` parts of ceil(N / M) rows, the last smaller), under the schedule. The
   // gradients accumulate into the stages' parameters; returns the batch's mean loss. Inputs
   // and targets may be on any device: micro-batch i's inputs are copied to stage 0's device,
-  // its targets to the last stage's.
+  // its targets to the last stage's. Across processes every rank calls run() with tensors of
+  // the same batch size (stage 0 reads the inputs, the last stage the targets) and every rank
+  // gets the loss.
   double run(const Tensor& inputs, const Tensor& targets, int64_t micro_batches, const LossFn& loss_fn);
 
-  std::vector<Tensor> parameters() const;
-  size_t num_stages() const { return stages_.size(); }
-  const PipelineStage& stage(size_t k) const { return stages_[k]; }
+  std::vector<Tensor> parameters() const;  // this process's stages'
+  size_t num_stages() const { return group_ ? static_cast<size_t>(group_->size()) : stages_.size(); }
+  const PipelineStage& stage(size_t k) const { return stages_[k]; }  // k-th of this process's
   const PipelineStats& last_stats() const { return stats_; }
   const PipelineOptions& options() const { return options_; }
 
@@ -103,6 +117,7 @@ class Pipeline {
   std::vector<PipelineStage> stages_;
   PipelineOptions options_;
   PipelineStats stats_;
+  dist::ProcessGroup* group_ = nullptr;  // across processes
 };
 
 }  // namespace headroom::nn
