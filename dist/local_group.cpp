@@ -99,6 +99,7 @@ class LocalGroup final : public ProcessGroup {
   LocalGroup(int rank, std::shared_ptr<Hub> hub)
       : ProcessGroup(rank, static_cast<int>(hub->devices.size())), hub_(std::move(hub)) {}
   std::string backend_name() const override { return "local"; }
+  Device device() const { return hub_->devices[static_cast<size_t>(rank())]; }
   void break_group(const std::string& why) {
     set_broken(why);
     hub_->break_with(why);
@@ -224,13 +225,16 @@ std::vector<std::unique_ptr<ProcessGroup>> make_local_groups(const std::vector<D
   return groups;
 }
 
-void run_on_devices(const std::vector<Device>& devices, const std::function<void(int rank, ProcessGroup& group)>& fn) {
-  auto groups = make_local_groups(devices);
+void run_on_groups(const std::vector<std::unique_ptr<ProcessGroup>>& groups,
+                   const std::function<void(int rank, ProcessGroup& group)>& fn) {
   std::mutex mutex;
   std::exception_ptr first;
   std::vector<std::thread> threads;
-  for (size_t r = 0; r < devices.size(); ++r)
-    threads.emplace_back([&, r] {
+  for (size_t r = 0; r < groups.size(); ++r) {
+    auto* local = dynamic_cast<LocalGroup*>(groups[r].get());
+    HR_CHECK(local, ValueError, "run_on_groups: group ", r, " is a ", groups[r]->backend_name(),
+             " group, not one of make_local_groups'");
+    threads.emplace_back([&, r, local] {
       try {
         fn(static_cast<int>(r), *groups[r]);
       } catch (const std::exception& e) {
@@ -238,11 +242,16 @@ void run_on_devices(const std::vector<Device>& devices, const std::function<void
           std::lock_guard<std::mutex> lock(mutex);
           if (!first) first = std::current_exception();
         }
-        static_cast<LocalGroup&>(*groups[r]).break_group(str_cat("rank ", r, " (", devices[r].str(), ") failed: ", e.what()));
+        local->break_group(str_cat("rank ", r, " (", local->device().str(), ") failed: ", e.what()));
       }
     });
+  }
   for (auto& t : threads) t.join();
   if (first) std::rethrow_exception(first);
+}
+
+void run_on_devices(const std::vector<Device>& devices, const std::function<void(int rank, ProcessGroup& group)>& fn) {
+  run_on_groups(make_local_groups(devices), fn);
 }
 
 }  // namespace headroom::dist

@@ -35,5 +35,9 @@ std::vector<std::unique_ptr<ProcessGroup>> make_local_groups(const std::vector<D
 // and waits for all. When a rank throws, the group breaks so that no other rank waits for it,
 // and the first exception is rethrown once every thread has ended.
 void run_on_devices(const std::vector<Device>& devices, const std::function<void(int rank, ProcessGroup& group)>& fn);
+// The same over groups that outlive one call (modules keep a reference to their group): one
+// thread per rank each call. A failure breaks the groups for good; make new ones to go on.
+void run_on_groups(const std::vector<std::unique_ptr<ProcessGroup>>& groups,
+                   const std::function<void(int rank, ProcessGroup& group)>& fn);
 
 }  // namespace headroom::dist
