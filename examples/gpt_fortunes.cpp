@@ -5,6 +5,8 @@
 //   ./gpt_fortunes                              # defaults: 3 layers, 4 heads, 96 wide, T=64
 //   ./gpt_fortunes --steps 2000 --n-layer 4 --n-embd 128   # longer and bigger: better fortunes
 //   ./gpt_fortunes --attention naive --memory-report report   # the textbook attention, traced
+//   ./gpt_fortunes --pipeline 3 --schedule 1f1b --micro-batches 4   # stages on cpu:0..cpu:2
+//   ./gpt_fortunes --tensor-parallel 2                        # each block split over cpu:0, cpu:1
 //
 // Data: every plain-text fortune file in /usr/share/games/fortunes (the files without an
 // extension; the .dat indexes and the .u8 links are skipped), decoded as UTF-8, with the
@@ -24,12 +26,23 @@
 // per step but takes twice as long a step. Printed: a line every --log-every steps (mean
 // training loss since the last line, tokens/s), the validation loss every --eval-every steps,
 // the peak memory by category, a sample, and last exactly one "final validation loss: X.XXXX".
+//
+// Model parallelism (docs/model-parallel.md) runs on devices 0..N-1 of --device's kind (cpu:N
+// devices in one process: HEADROOM_CPU_DEVICES, limits per device with HEADROOM_MEMORY_LIMIT):
+// --pipeline K cuts the blocks into K stages (nn::GPTStage, the tied head copied to the last
+// stage) run by nn::Pipeline over --micro-batches M with --schedule gpipe|1f1b; --tensor-parallel
+// T splits every block's matrices over T devices (nn::TensorParallelGPT), one thread each. The
+// same seed gives the same model and batches as the one-device run, so the losses compare.
+// Validation and the sample run on a whole GPT on device 0, loaded from the parts; the end
+// prints each device's peak memory (and the pipeline's bubble).
 #include <filesystem>
 #include <fstream>
 #include <random>
 #include <set>
 
+#include "dist/local_group.h"
 #include "examples/common.h"
+#include "nn/parallel/gpt_parallel.h"
 
 using namespace headroom;
 
@@ -210,10 +223,9 @@ std::vector<int64_t> random_starts(std::mt19937_64& rng, int64_t count, int64_t 
 
 // Mean loss over `batches` batches of validation windows, the same windows every call (evenly
 // spaced through the held-out text), in eval mode without history.
-double validation_loss(nn::GPT& model, const std::vector<int64_t>& val, int64_t batches, int64_t b, int64_t t,
-                       Device device) {
-  const bool was_training = model.is_training();
-  model.eval();
+// `loss_of` is the model's mean loss on a batch (the model in eval mode where it has dropout).
+double validation_loss(const std::function<double(const Tensor&, const Tensor&)>& loss_of, const std::vector<int64_t>& val,
+                       int64_t batches, int64_t b, int64_t t, Device device) {
   NoGradGuard no_grad;
   const int64_t windows = batches * b;
   const int64_t span = static_cast<int64_t>(val.size()) - t - 1;
@@ -223,9 +235,8 @@ double validation_loss(nn::GPT& model, const std::vector<int64_t>& val, int64_t 
     for (int64_t r = 0; r < b; ++r) starts[static_cast<size_t>(r)] = span * (k * b + r) / windows;
     Tensor x, y;
     make_batch(val, starts, t, device, x, y);
-    sum += model.loss(x, y).item<double>();
+    sum += loss_of(x, y);
   }
-  model.train(was_training);
   return sum / static_cast<double>(batches);
 }
 
@@ -283,7 +294,43 @@ int main(int argc, char** argv) {
   examples::add_checkpoint_flag(flags, cfg.recompute);
   examples::add_plan_flags(flags, cfg);  // --plan varies --attention and --checkpoint (no precision or splitting here)
   examples::add_distributed_flags(flags, cfg);  // --ddp, --zero: under mpirun
+  int64_t pipeline = 1, tensor_parallel = 1, micro_batches = 1;
+  std::string pipeline_schedule = "1f1b";
+  flags.add("pipeline", &pipeline,
+            "cut the blocks into K pipeline stages on devices 0..K-1 of --device's kind (cpu:0..cpu:K-1)",
+            examples::at_least<int64_t>(1));
+  flags.add("schedule", &pipeline_schedule, "--pipeline's schedule: gpipe or 1f1b",
+            examples::Flags::Check<std::string>([](const std::string& v) {
+              return v == "gpipe" || v == "1f1b" ? std::string() : std::string("expected gpipe or 1f1b");
+            }));
+  flags.add("micro-batches", &micro_batches,
+            "split each batch into M micro-batches: the pipeline's with --pipeline, else gradient accumulation",
+            examples::at_least<int64_t>(1));
+  flags.add("tensor-parallel", &tensor_parallel,
+            "split every block's matrices over T devices 0..T-1 of --device's kind, one thread each",
+            examples::at_least<int64_t>(1));
   if (auto code = flags.parse(argc, argv)) return *code;
+  const bool model_parallel = pipeline > 1 || tensor_parallel > 1;
+  {
+    std::string refused;
+    const char* no = " are not supported together";
+    if (pipeline > 1 && tensor_parallel > 1) refused = str_cat("--pipeline and --tensor-parallel", no);
+    else if (model_parallel && (cfg.ddp || cfg.zero > 0)) refused = str_cat("--ddp or --zero and --pipeline or --tensor-parallel", no);
+    else if (model_parallel && (cfg.save_every > 0 || !cfg.resume.empty()))
+      refused = str_cat("--save-every or --resume and --pipeline or --tensor-parallel", no);
+    else if (model_parallel && (cfg.plan || !cfg.memory_report.empty()))
+      refused = str_cat("--plan or --memory-report (they plan and trace one device) and --pipeline or --tensor-parallel", no);
+    else if (micro_batches > 1 && pipeline == 1 && (cfg.ddp || cfg.zero > 0 || tensor_parallel > 1 || cfg.plan))
+      refused = str_cat("--micro-batches without --pipeline and --ddp, --zero, --tensor-parallel or --plan", no);
+    else if (tensor_parallel > 1 && n_head % tensor_parallel != 0)
+      refused = str_cat("--tensor-parallel ", tensor_parallel, ": the ", n_head, " heads do not divide among the devices");
+    else if (pipeline > n_layer)
+      refused = str_cat("--pipeline ", pipeline, ": more stages than the ", n_layer, " blocks (each stage needs one)");
+    if (!refused.empty()) {
+      std::cerr << "gpt_fortunes: " << refused << " (see --help)\n";
+      return 2;
+    }
+  }
   if (n_embd % n_head != 0) {
     std::cerr << "gpt_fortunes: --n-embd " << n_embd << " is not divisible by --n-head " << n_head << " (see --help)\n";
     return 2;
@@ -343,17 +390,136 @@ int main(int argc, char** argv) {
     model->to(device);
     std::cout << "model: " << gc.str() << ", " << model->num_parameters() << " parameters\n";
 
+    auto make_adamw = [&](std::vector<Tensor> ps) -> std::unique_ptr<optim::Optimizer> {
+      return std::make_unique<optim::AdamW>(std::move(ps), cfg.lr, 0.9, 0.99, 1e-8, /*weight_decay=*/0.1);
+    };
+    const int64_t warmup = std::min<int64_t>(50, steps / 10);
+    // Model parallelism: the devices, the parts of the model, and an optimizer per part.
+    std::vector<Device> devices;
+    std::vector<std::shared_ptr<nn::GPTStage>> stages;
+    std::unique_ptr<nn::Pipeline> pipe;
+    std::vector<std::unique_ptr<dist::ProcessGroup>> groups;
+    std::vector<std::shared_ptr<nn::TensorParallelGPT>> ranks;
+    std::vector<std::unique_ptr<optim::Optimizer>> rank_optimizers;
+    std::vector<std::unique_ptr<optim::CosineWithWarmup>> rank_schedules;
+    std::shared_ptr<nn::GPT> eval_model = model_parallel ? nullptr : model;  // the sample, --save-model: a whole GPT
+    std::unique_ptr<optim::Optimizer> optimizer_ptr;
+    if (model_parallel) {
+      const int64_t n = std::max(pipeline, tensor_parallel);
+      HR_CHECK(device_count(device.type) >= n, ValueError, "gpt_fortunes: ", n, " devices asked for, but ",
+               device_type_name(device.type), " has ", device_count(device.type),
+               device.is_cpu() ? " (more cpu devices: HEADROOM_CPU_DEVICES=N, up to 8)" : "");
+      for (int64_t k = 0; k < n; ++k)
+        devices.push_back(device.is_cpu() ? Device::cpu(static_cast<int>(k)) : Device::cuda(static_cast<int>(k)));
+      if (!cfg.memory_limit.empty())
+        for (const Device& d : devices) caching_allocator(d).set_memory_limit(parse_memory_size(cfg.memory_limit, "--memory-limit"));
+      if (pipeline > 1) {
+        stages = nn::GPTStage::split(*model, devices);
+        nn::PipelineOptions po;
+        po.schedule = nn::parse_pipeline_schedule(pipeline_schedule, "--schedule");
+        pipe = std::make_unique<nn::Pipeline>(nn::GPTStage::pipeline_stages(stages), po);
+        optimizer_ptr = make_adamw(pipe->parameters());
+        std::cout << "pipeline: " << pipeline << " stages (";
+        for (size_t k = 0; k < stages.size(); ++k)
+          std::cout << (k ? ", " : "") << stages[k]->name() << " on " << devices[k].str();
+        std::cout << "), " << micro_batches << " micro-batches, " << pipeline_schedule << "\n";
+      } else {
+        groups = dist::make_local_groups(devices);
+        for (int64_t r = 0; r < tensor_parallel; ++r) {
+          ranks.push_back(nn::TensorParallelGPT::from(*model, *groups[static_cast<size_t>(r)], devices[static_cast<size_t>(r)]));
+          rank_optimizers.push_back(make_adamw(ranks.back()->parameters()));
+          if (r > 0)  // rank 0's is `schedule`, below
+            rank_schedules.push_back(
+                std::make_unique<optim::CosineWithWarmup>(*rank_optimizers.back(), warmup, steps, cfg.lr / 10));
+        }
+        std::cout << "tensor parallel: every block split over " << tensor_parallel << " devices (" << devices[0].str()
+                  << ".." << devices.back().str() << "), " << ranks[0]->num_parameters() << " parameters on each\n";
+        model.reset();  // the ranks hold their own copies
+      }
+      for (const Device& d : devices) caching_allocator(d).reset_peak_stats();  // the peaks are the parts'
+    }
     // --ddp: every rank draws the same windows and trains on its share of them (the hooks of the
     // DistributedDataParallel average the gradients; GPT::loss is called on the model itself).
-    std::shared_ptr<nn::Module> trained = parallel.wrap(model);
-    auto optimizer_ptr = parallel.make_optimizer(
-        [&](std::vector<Tensor> ps) {
-          return std::make_unique<optim::AdamW>(std::move(ps), cfg.lr, 0.9, 0.99, 1e-8, /*weight_decay=*/0.1);
-        },
-        *trained);
-    optim::Optimizer& optimizer = *optimizer_ptr;
-    const int64_t warmup = std::min<int64_t>(50, steps / 10);
+    std::shared_ptr<nn::Module> trained = model_parallel ? nullptr : parallel.wrap(model);
+    if (!model_parallel) optimizer_ptr = parallel.make_optimizer(make_adamw, *trained);
+    optim::Optimizer& optimizer = tensor_parallel > 1 ? *rank_optimizers[0] : *optimizer_ptr;
     optim::CosineWithWarmup schedule(optimizer, warmup, steps, cfg.lr / 10);
+    // After training: the parts' values joined into a whole GPT on device 0, for the sample and
+    // --save-model (made only then, so that the peaks per device are the training's).
+    bool joined = !model_parallel;
+    auto join_parts = [&] {
+      if (joined) return;
+      joined = true;
+      manual_seed(static_cast<uint64_t>(cfg.seed));
+      eval_model = std::make_shared<nn::GPT>(gc);
+      eval_model->to(devices[0]);
+      if (pipeline > 1) eval_model->load_state_dict(nn::GPTStage::state_dict_on(stages, devices[0]));
+      else eval_model->load_state_dict(nn::TensorParallelGPT::unsplit_state_dict(ranks, devices[0]));
+    };
+    // The validation loss of a batch, through the parts: the stages in turn, or every rank.
+    auto eval_loss = [&](const Tensor& x, const Tensor& y) -> double {
+      if (pipeline > 1) {
+        Tensor h = x;
+        for (const auto& st : stages) h = st->forward(h.to(st->device));
+        return stages.back()->loss(h, y.to(stages.back()->device)).item<double>();
+      }
+      if (tensor_parallel > 1) {
+        std::vector<double> losses(ranks.size());
+        dist::run_on_groups(groups, [&](int r, dist::ProcessGroup&) {
+          NoGradGuard no_grad;  // a thread of its own: grad mode is per thread
+          const Device d = devices[static_cast<size_t>(r)];
+          losses[static_cast<size_t>(r)] = ranks[static_cast<size_t>(r)]->loss(x.to(d), y.to(d)).item<double>();
+        });
+        return losses[0];
+      }
+      model->eval();
+      const double l = model->loss(x, y).item<double>();
+      model->train();
+      return l;
+    };
+    // One training step on the batch; returns its mean loss (over the ranks under --ddp).
+    auto train_step = [&](const Tensor& x, const Tensor& y) -> double {
+      if (pipeline > 1) {
+        optimizer.zero_grad();
+        const double loss = pipe->run(x, y, micro_batches, nn::GPTStage::loss_fn(stages));
+        nn::GPTStage::tie_gradients(stages);
+        nn::GPTStage::clip_grad_norm_(stages, 1.0);
+        optimizer.step();
+        schedule.step();
+        return loss;
+      }
+      if (tensor_parallel > 1) {
+        std::vector<double> losses(ranks.size());
+        dist::run_on_groups(groups, [&](int r, dist::ProcessGroup& g) {
+          const Device d = devices[static_cast<size_t>(r)];
+          optim::Optimizer& o = *rank_optimizers[static_cast<size_t>(r)];
+          o.zero_grad();
+          Tensor loss = ranks[static_cast<size_t>(r)]->loss(x.to(d), y.to(d));
+          loss.backward();
+          ranks[static_cast<size_t>(r)]->clip_grad_norm_(1.0, g);
+          o.step();
+          if (r > 0) rank_schedules[static_cast<size_t>(r - 1)]->step();
+          losses[static_cast<size_t>(r)] = loss.item<double>();
+        });
+        schedule.step();  // rank 0's
+        return losses[0];
+      }
+      optimizer.zero_grad();
+      double loss_value = 0;
+      const int64_t b = x.size(0), m = std::min(micro_batches, b);
+      for (int64_t i = 0; i < m; ++i) {  // --micro-batches: gradient accumulation
+        const int64_t begin = i * b / m, end = (i + 1) * b / m;
+        Tensor loss = model->loss(parallel.shard(m == 1 ? x : x.slice(0, begin, end)),
+                                  parallel.shard(m == 1 ? y : y.slice(0, begin, end)));
+        if (m > 1) loss = loss * (static_cast<double>(end - begin) / static_cast<double>(b));
+        loss.backward();
+        loss_value += loss.item<double>();
+      }
+      parallel.clip_grad_norm_(optimizer, model->parameters(), 1.0);
+      optimizer.step();
+      schedule.step();
+      return parallel.sum({loss_value})[0] / parallel.size();  // every rank's share is equal
+    };
     std::mt19937_64 rng(static_cast<uint64_t>(cfg.seed));
     const int64_t tokens_per_step = cfg.batch_size * block_size;
     std::cout << "training: " << steps << " steps of " << cfg.batch_size << " x " << block_size << " = "
@@ -388,13 +554,7 @@ int main(int argc, char** argv) {
       Tensor x, y;
       make_batch(corpus.train, random_starts(rng, cfg.batch_size, static_cast<int64_t>(corpus.train.size()), block_size),
                  block_size, device, x, y);
-      optimizer.zero_grad();
-      Tensor loss = model->loss(parallel.shard(x), parallel.shard(y));
-      loss.backward();
-      parallel.clip_grad_norm_(optimizer, model->parameters(), 1.0);
-      optimizer.step();
-      schedule.step();
-      loss_sum += parallel.sum({loss.item<double>()})[0] / parallel.size();  // every rank's share is equal
+      loss_sum += train_step(x, y);
       ++in_interval;
       if (step % log_every == 0 || step == steps) {
         const double secs = interval.seconds();
@@ -408,7 +568,7 @@ int main(int argc, char** argv) {
       }
       if (step % eval_every == 0 || step == steps) {
         examples::Timer eval_timer;
-        val_loss = validation_loss(*model, corpus.val, eval_batches, cfg.batch_size, block_size, device);
+        val_loss = validation_loss(eval_loss, corpus.val, eval_batches, cfg.batch_size, block_size, device);
         std::cout << "step " << step << ": validation loss " << std::fixed << std::setprecision(4) << val_loss << " ("
                   << std::setprecision(1) << eval_timer.seconds() << " s)\n"
                   << std::flush;
@@ -426,20 +586,47 @@ int main(int argc, char** argv) {
         std::cout << "checkpoint: step " << step << " saved to " << cfg.checkpoint_file << "\n" << std::flush;
       }
     }
-    if (!cfg.save_model.empty()) model->save(cfg.save_model);
+    if (!cfg.save_model.empty()) {
+      join_parts();
+      eval_model->save(cfg.save_model);
+    }
     std::cout << "training time: " << std::fixed << std::setprecision(1) << total.seconds() << " s ("
               << std::setprecision(0) << static_cast<double>(steps * tokens_per_step) / total.seconds() << " tok/s overall)\n";
-    memory.print_peaks();
+    if (model_parallel) {
+      // Each device's own allocator: what the split put where.
+      std::cout << "peak memory per device:\n";
+      for (const Device& d : devices) {
+        const MemoryStats st = caching_allocator(d).stats();
+        std::cout << "  " << d.str() << ": allocated " << format_bytes(st.allocated_bytes.peak) << " (parameter "
+                  << format_bytes(st.category(MemoryCategory::parameter).peak) << ", gradient "
+                  << format_bytes(st.category(MemoryCategory::gradient).peak) << ", optimizer state "
+                  << format_bytes(st.category(MemoryCategory::optimizer_state).peak) << ", activation "
+                  << format_bytes(st.category(MemoryCategory::activation).peak) << "), reserved "
+                  << format_bytes(st.reserved_bytes.peak) << "\n";
+      }
+      if (pipe) {
+        const nn::PipelineStats& ps = pipe->last_stats();
+        std::cout << "pipeline, last step: bubble " << std::setprecision(1) << 100 * ps.bubble_fraction()
+                  << "% of the stages' time (GPipe's (K-1)/(M+K-1) = " << std::setprecision(1)
+                  << 100.0 * static_cast<double>(pipeline - 1) / static_cast<double>(micro_batches + pipeline - 1)
+                  << "% for stages of equal cost), micro-batches in flight per stage:";
+        for (int64_t f : ps.most_in_flight) std::cout << " " << f;
+        std::cout << "\n";
+      }
+    } else {
+      memory.print_peaks();
+    }
     parallel.print_per_rank_memory(device);
     parallel.print_communication();
-    examples::print_plan_check(planned, device);
+    if (!model_parallel) examples::print_plan_check(planned, device);
 
     if (sample_chars > 0) {
+      join_parts();
       // Start where a fortune starts: after a "%" line.
       const auto pct = std::lower_bound(corpus.vocab.begin(), corpus.vocab.end(), U'%') - corpus.vocab.begin();
       const auto nl = std::lower_bound(corpus.vocab.begin(), corpus.vocab.end(), U'\n') - corpus.vocab.begin();
       Tensor prompt = Tensor::from_vector(std::vector<int64_t>{pct, nl}, {1, 2}, DType::i64).to(device);
-      Tensor out = model->generate(prompt, sample_chars, temperature, top_k);
+      Tensor out = eval_model->generate(prompt.to(eval_model->wte->weight.device()), sample_chars, temperature, top_k);
       std::vector<int64_t> tokens = out.to(Device::cpu()).to_vector<int64_t>();
       tokens.erase(tokens.begin(), tokens.begin() + 2);
       std::cout << "sample (" << sample_chars << " characters, temperature " << std::setprecision(2) << temperature
