@@ -1,11 +1,15 @@
 // In-process groups (Note [in-process groups] in dist/local_group.h).
 #include "dist/local_group.h"
 
+#include "autograd/grad_mode.h"
+#include "engine/meta.h"
+
 #include <condition_variable>
 #include <cstring>
 #include <exception>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <thread>
 
@@ -140,6 +144,11 @@ class LocalGroup final : public ProcessGroup {
     } catch (const std::exception& e) {
       error = e.what();
     }
+    // The ranks' tensors are let go before any rank is told it is done, so that each tensor is
+    // freed by its own rank (when its Work goes), at the same point of its thread's work every
+    // run: a device's peaks do not depend on which thread finished the collective.
+    ready.ops.clear();
+    ready.owned.clear();
     for (auto& w : ready.works) w->finish(error.empty() ? "" : str_cat(w->description(), ": ", error));
   }
 
@@ -159,6 +168,9 @@ class LocalGroup final : public ProcessGroup {
                " but rank ", r, " called ", what(o), ": the ranks must call the same collectives in the same order");
     }
     const int n = size();
+    // Note [meta execution]: under a MetaScope the ranks' tensors have blocks and no bytes; the
+    // collective is matched and checked, and moves nothing.
+    if ((first.a.defined() && first.a.is_meta()) || (first.b.defined() && first.b.is_meta())) return;
     switch (first.kind) {
       case OpKind::all_reduce: {
         std::vector<const void*> in;
@@ -230,12 +242,17 @@ void run_on_groups(const std::vector<std::unique_ptr<ProcessGroup>>& groups,
   std::mutex mutex;
   std::exception_ptr first;
   std::vector<std::thread> threads;
+  MetaScope::State* meta = MetaScope::current();  // Note [meta in worker threads]
+  const bool grad = GradMode::is_enabled();
   for (size_t r = 0; r < groups.size(); ++r) {
     auto* local = dynamic_cast<LocalGroup*>(groups[r].get());
     HR_CHECK(local, ValueError, "run_on_groups: group ", r, " is a ", groups[r]->backend_name(),
              " group, not one of make_local_groups'");
     threads.emplace_back([&, r, local] {
       try {
+        MetaScope::Join join(meta);
+        std::optional<NoGradGuard> no_grad;  // the caller's grad mode, on every rank's thread
+        if (!grad) no_grad.emplace();
         fn(static_cast<int>(r), *groups[r]);
       } catch (const std::exception& e) {
         {

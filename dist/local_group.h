@@ -31,7 +31,8 @@ namespace headroom::dist {
 // device, or a device listed twice.
 std::vector<std::unique_ptr<ProcessGroup>> make_local_groups(const std::vector<Device>& devices);
 
-// Runs fn(rank, group) on one thread per device (rank r's thread on devices[r], grad mode on),
+// Runs fn(rank, group) on one thread per device (rank r's thread on devices[r], in the caller's
+// grad mode and MetaScope: Note [meta in worker threads]),
 // and waits for all. When a rank throws, the group breaks so that no other rank waits for it,
 // and the first exception is rethrown once every thread has ended.
 void run_on_devices(const std::vector<Device>& devices, const std::function<void(int rank, ProcessGroup& group)>& fn);

@@ -2,6 +2,7 @@
 
 #include <map>
 #include <memory>
+#include <mutex>
 
 #include "engine/error.h"
 
@@ -35,9 +36,11 @@ class MetaMemoryBackend final : public DeviceMemoryBackend {
 }  // namespace
 
 struct MetaScope::State {
+  std::mutex mutex;  // worker threads share the scope (Note [meta in worker threads])
   std::map<std::pair<int, int>, CachingAllocator*> allocators;  // never destroyed
   std::map<std::string, Tensor> slots;                           // freed with the scope
   CachingAllocator& get(Device device) {
+    std::lock_guard<std::mutex> lock(mutex);
     auto key = std::make_pair(static_cast<int>(device.type), device.index);
     auto it = allocators.find(key);
     if (it != allocators.end()) return *it->second;
@@ -70,9 +73,23 @@ CachingAllocator& MetaScope::allocator(Device device) { return state_->get(devic
 
 bool meta_active() { return g_active != nullptr; }
 
+MetaScope::State* MetaScope::current() { return g_active; }
+
+MetaScope::Join::Join(State* state) : prev_(g_active) {
+  HR_CHECK(!g_active || g_active == state, ValueError,
+           "MetaScope::Join: this thread is already in another MetaScope");
+  g_active = state;
+}
+
+MetaScope::Join::~Join() { g_active = prev_; }
+
 namespace detail {
 Allocator* meta_allocator_for(Device device) { return g_active ? &g_active->get(device) : nullptr; }
-Tensor* meta_scope_slot(const std::string& key) { return g_active ? &g_active->slots[key] : nullptr; }
+Tensor* meta_scope_slot(const std::string& key) {
+  if (!g_active) return nullptr;
+  std::lock_guard<std::mutex> lock(g_active->mutex);
+  return &g_active->slots[key];
+}
 }  // namespace detail
 
 }  // namespace headroom

@@ -50,6 +50,23 @@ class MetaScope {
   // prediction; set_memory_limit on it asks whether the step fits a budget.
   CachingAllocator& allocator(Device device);
 
+  // Note [meta in worker threads]: a runner that works on threads of its own -- pipeline stages,
+  // tensor-parallel ranks, DataParallel's replicas -- takes the caller's scope (current(), null
+  // when none is open) and each of its threads joins it for the work (Join), so the threads'
+  // tensors are meta too and their blocks land in the scope's allocators, one per device.
+  // Allocators are thread-safe; per device the order of allocations is the thread's own.
+  static State* current();
+  class Join {
+   public:
+    explicit Join(State* state);  // null: nothing to join
+    ~Join();
+    Join(const Join&) = delete;
+    Join& operator=(const Join&) = delete;
+
+   private:
+    State* prev_;
+  };
+
  private:
   State* state_;
 };

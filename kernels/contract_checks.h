@@ -307,10 +307,13 @@ inline GroupNormGeometry check_group_norm_backward(const char* op, const Tensor&
 // Fused attention's problem size: B*H independent heads of T positions and head dim D.
 struct AttnGeometry {
   int64_t bh = 0, t = 0, d = 0;
+  Device device = Device::cpu();  // q's: where a kernel's scratch goes
 };
 
 // The size of attention operands that passed check_attention.
-inline AttnGeometry attention_geometry(const Tensor& q) { return {q.size(0) * q.size(1), q.size(2), q.size(3)}; }
+inline AttnGeometry attention_geometry(const Tensor& q) {
+  return {q.size(0) * q.size(1), q.size(2), q.size(3), q.device()};
+}
 
 // Checks the attention contract: q [B, H, T, D] and every tensor in `others` of q's shape and
 // dtype, all contiguous; lse a contiguous [B, H, T] of statistics_dtype (f32; f64 for f64 q).
@@ -334,7 +337,7 @@ inline AttnGeometry check_attention(const char* op, const Tensor& q,
   HR_CHECK(lse.defined() && lse.dtype() == stat && lse.shape() == want && lse.is_contiguous(), ValueError, op,
            ": lse must be a contiguous ", dtype_name(stat), " ", shape_str(want), " for ", dtype_name(q.dtype()),
            " q, got ", lse.defined() ? describe(lse) : std::string("undefined"));
-  return {q.size(0) * q.size(1), q.size(2), q.size(3)};
+  return {q.size(0) * q.size(1), q.size(2), q.size(3), q.device()};
 }
 
 }  // namespace headroom::kernels

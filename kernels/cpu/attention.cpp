@@ -214,7 +214,7 @@ void backward_impl(const T* q, const T* k, const T* v, const T* out, const T* do
   Tensor drow_t;
   {
     CategoryScope scratch(MemoryCategory::workspace);
-    drow_t = Tensor::empty({g.bh * T_}, TensorOptions().dtype(dtype_of<C>()));
+    drow_t = Tensor::empty({g.bh * T_}, TensorOptions().dtype(dtype_of<C>()).device(g.device));
   }
   if (meta_active()) return;  // Note [meta execution]: the scratch is what it takes
   C* drow = drow_t.data<C>();

@@ -10,6 +10,7 @@
 #include "autograd/functions.h"
 #include "autograd/grad_mode.h"
 #include "autograd/hooks.h"
+#include "engine/meta.h"
 #include "engine/shape.h"
 
 namespace headroom::nn {
@@ -70,8 +71,10 @@ Tensor DataParallel::forward(const Tensor& x) {
   std::mutex mutex;
   std::exception_ptr failure;
   const bool grad = GradMode::is_enabled();
+  MetaScope::State* meta = MetaScope::current();  // Note [meta in worker threads]
   auto run = [&](int64_t k) {
     try {
+      MetaScope::Join join(meta);
       const int64_t begin = k * n / parts, end = (k + 1) * n / parts;
       std::optional<NoGradGuard> no_grad;
       if (!grad) no_grad.emplace();
