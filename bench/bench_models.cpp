@@ -3,13 +3,25 @@
 #include "bench/bench_models.h"
 
 #include <algorithm>
+#include <chrono>
 #include <random>
 #include <set>
+#include <thread>
+
+#include "dist/local_group.h"
+#include "engine/meta.h"
+#include "nn/parallel/data_parallel.h"
+#include "nn/parallel/gpt_parallel.h"
 
 namespace headroom::bench {
 
 std::string Preset::technique() const {
   std::string t = kind == ModelKind::gpt ? std::string(attention_impl_name(gpt.attention)) + " attention" : "none";
+  if (pipeline_stages > 1)
+    t = (t == "none" ? "" : t + ", ") +
+        str_cat(pipeline_stages, "-stage pipeline (", nn::pipeline_schedule_name(schedule), ")");
+  if (tensor_parallel > 1) t = (t == "none" ? "" : t + ", ") + str_cat("tensor parallel over ", tensor_parallel, " devices");
+  if (replicas > 1) t = (t == "none" ? "" : t + ", ") + str_cat("DataParallel over ", replicas, " devices");
   if (micro_batches > 1) t = (t == "none" ? "" : t + ", ") + str_cat(micro_batches, " micro-batches");
   if (checkpoint != nn::CheckpointMode::none) {
     const char* unit = kind == ModelKind::gpt ? "block" : "stage";
@@ -32,6 +44,12 @@ std::string Preset::checkpoint_base() const {
   HR_CHECK(name.size() > suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0,
            ValueError, "preset ", name, ": a checkpointed preset's name ends in ", suffix);
   return name.substr(0, name.size() - suffix.size());
+}
+
+double Preset::ideal_bubble() const {
+  if (pipeline_stages <= 1) return 0;
+  const auto k = static_cast<double>(pipeline_stages), m = static_cast<double>(std::min(micro_batches, batch));
+  return (k - 1) / (m + k - 1);
 }
 
 std::string Preset::precision_label() const {
@@ -163,6 +181,72 @@ Preset resnet18(bool small, DType dtype = DType::f32, int64_t micro_batches = 1,
   return p;
 }
 
+// Several devices (docs/model-parallel.md). A 4-block GPT (so that 4 stages have a block each)
+// as one device, cut into pipeline stages, or split by tensor parallelism.
+Preset gpt_deep(int64_t stages = 1, nn::PipelineSchedule schedule = nn::PipelineSchedule::one_f_one_b,
+                int64_t micro_batches = 1, int64_t tensor_parallel = 1) {
+  Preset p;
+  p.kind = ModelKind::gpt;
+  p.model = "gpt-4l";
+  p.gpt.vocab_size = 512;
+  p.gpt.block_size = 128;
+  p.gpt.n_layer = 4;
+  p.gpt.n_head = 4;
+  p.gpt.n_embd = 128;
+  p.gpt.attention = AttentionImpl::fused;
+  p.batch = 8;
+  p.seq_len = 128;
+  p.token_range = 512;
+  p.cpu_sized = true;
+  p.pipeline_stages = stages;
+  p.schedule = schedule;
+  p.micro_batches = micro_batches;
+  p.tensor_parallel = tensor_parallel;
+  p.name = "gpt-4l-cpu-f32-fused";
+  p.description = "small GPT (4x128, 4 heads, vocab 512), B=8 T=128, f32, fused attention";
+  if (stages > 1) {
+    p.name += str_cat("-pp", stages, "-", nn::pipeline_schedule_name(schedule), "-mb", micro_batches);
+    p.description += str_cat(", ", stages, "-stage pipeline (", nn::pipeline_schedule_name(schedule), ") on ", stages,
+                             " devices, ", micro_batches, " micro-batches");
+  }
+  if (tensor_parallel > 1) {
+    p.name += str_cat("-tp", tensor_parallel);
+    p.description += str_cat(", tensor parallel over ", tensor_parallel, " devices");
+  }
+  p.description += ", AdamW";
+  return p;
+}
+
+// The MLP's batch split over replicas on devices 0..R-1 (nn::DataParallel), its gradients summed
+// on the first.
+Preset mlp_data_parallel(int64_t replicas) {
+  Preset p = mlp(true);
+  p.replicas = replicas;
+  p.name += str_cat("-dp", replicas);
+  p.description = str_cat("MLP 784-512-512-512-10, batch 256, f32, DataParallel over ", replicas,
+                          " devices, SGD momentum");
+  return p;
+}
+
+// K stages of a fixed cost (ModelKind::timed_stages): the bubble of a schedule, measured.
+Preset timed_stages(int64_t stages, nn::PipelineSchedule schedule, int64_t micro_batches) {
+  Preset p;
+  p.kind = ModelKind::timed_stages;
+  p.model = "timed-stages";
+  p.batch = 32;
+  p.widths = {32, 32};
+  p.stage_ms_per_row = 0.5;
+  p.pipeline_stages = stages;
+  p.schedule = schedule;
+  p.micro_batches = micro_batches;
+  p.cpu_sized = true;
+  p.name = str_cat("stages-cpu-pp", stages, "-", nn::pipeline_schedule_name(schedule), "-mb", micro_batches);
+  p.description = str_cat(stages, " stages of fixed cost (Linear 32x32 + a wait of 0.5 ms per row forward, 1 ",
+                          "backward), batch 32, f32, ", nn::pipeline_schedule_name(schedule), ", ", micro_batches,
+                          " micro-batches, SGD");
+  return p;
+}
+
 std::vector<Preset> build_presets() {
   std::vector<Preset> v;
   for (DType dt : {DType::f32, DType::f16, DType::bf16})
@@ -214,6 +298,19 @@ std::vector<Preset> build_presets() {
   v.push_back(resnet18(true, DType::f32, 1, nn::CheckpointMode::block));
   v.push_back(resnet18(true, DType::f32, 1, nn::CheckpointMode::sqrt));
   v.push_back(resnet18(true, DType::f32, 1, nn::CheckpointMode::selective));
+  // Several devices in one process: the 4-block GPT whole, in pipeline stages and split by
+  // tensor parallelism; the MLP under DataParallel; the bubble of K = 4 stages of equal cost
+  // for M = 1, 4, 16 (issue 15's table in bench/RESULTS.md).
+  v.push_back(gpt_deep());
+  v.push_back(gpt_deep(2, nn::PipelineSchedule::one_f_one_b, 4));
+  v.push_back(gpt_deep(4, nn::PipelineSchedule::gpipe, 8));
+  v.push_back(gpt_deep(4, nn::PipelineSchedule::one_f_one_b, 8));
+  v.push_back(gpt_deep(1, nn::PipelineSchedule::one_f_one_b, 1, 2));
+  v.push_back(gpt_deep(1, nn::PipelineSchedule::one_f_one_b, 1, 4));
+  v.push_back(mlp_data_parallel(2));
+  v.push_back(mlp_data_parallel(4));
+  for (int64_t m : {1, 4, 16}) v.push_back(timed_stages(4, nn::PipelineSchedule::gpipe, m));
+  for (int64_t m : {4, 16}) v.push_back(timed_stages(4, nn::PipelineSchedule::one_f_one_b, m));
   return v;
 }
 
@@ -362,10 +459,179 @@ void distribute(Workload* w, const Preset& p, dist::ProcessGroup* group,
 }
 }  // namespace
 
+std::vector<Device> preset_devices(const Preset& p, Device device) {
+  if (!p.several_devices()) return {device};
+  const int n = static_cast<int>(p.device_count());
+  const int have = headroom::device_count(device.type);
+  HR_CHECK(have >= n, DeviceError, "preset ", p.name, " runs on ", n, " ", device_type_name(device.type),
+           " devices, but there are ", have, device.is_cpu() ? " (HEADROOM_CPU_DEVICES=N makes up to 8)" : "");
+  std::vector<Device> out;
+  for (int k = 0; k < n; ++k) out.push_back(device.is_cpu() ? Device::cpu(k) : Device::cuda(k));
+  return out;
+}
+
+namespace {
+
+// A stage of fixed cost (ModelKind::timed_stages): waits ms_per_row per row in forward and twice
+// that in backward, as a device's kernels would, without using the host's cores. Under a
+// MetaScope it does not wait.
+class FixedCost final : public nn::Module {
+ public:
+  explicit FixedCost(double ms_per_row) : ms_per_row_(ms_per_row) {}
+  Tensor forward(const Tensor& x) override {
+    const double ms = ms_per_row_ * static_cast<double>(x.size(0));
+    wait(ms);
+    Tensor y = x * 1.0;  // a node, for the backward wait
+    if (y.requires_grad())
+      register_hook(y, [ms](const Tensor&) -> Tensor {
+        wait(2 * ms);
+        return Tensor();
+      });
+    return y;
+  }
+  std::string name() const override { return "FixedCost"; }
+
+ private:
+  static void wait(double ms) {
+    if (!meta_active()) std::this_thread::sleep_for(std::chrono::duration<double, std::milli>(ms));
+  }
+  double ms_per_row_;
+};
+
+// Several devices in one process: the pipeline, tensor-parallel and DataParallel workloads (f32;
+// Preset::several_devices).
+void build_several_devices(Workload* w, const Preset& p, std::mt19937_64& rng) {
+  const std::vector<Device>& devs = w->devices;
+  const Device first = devs.front(), last = devs.back();
+  if (p.kind == ModelKind::gpt && p.pipeline_stages > 1) {
+    auto model = std::make_shared<nn::GPT>(p.gpt);
+    model->to(first);
+    w->parameters = model->num_parameters();
+    auto stages = nn::GPTStage::split(*model, devs);
+    nn::PipelineOptions o;
+    o.schedule = p.schedule;
+    w->pipeline = std::make_shared<nn::Pipeline>(nn::GPTStage::pipeline_stages(stages), o);
+    w->model = model;
+    w->optimizer = std::make_unique<optim::AdamW>(w->pipeline->parameters(), 6e-4, 0.9, 0.95, 1e-8, 0.1);
+    w->input = random_labels(p.batch * p.seq_len, p.token_range, rng, {p.batch, p.seq_len}, first);
+    w->target = random_labels(p.batch * p.seq_len, p.token_range, rng, {p.batch, p.seq_len}, last);
+    const int64_t m = p.micro_batches;
+    w->step = [w, stages, m] {
+      w->optimizer->zero_grad();
+      const double loss = w->pipeline->run(w->input, w->target, m, nn::GPTStage::loss_fn(stages));
+      nn::GPTStage::tie_gradients(stages);
+      w->optimizer->step();
+      return Tensor::scalar(loss);
+    };
+    return;
+  }
+  if (p.kind == ModelKind::gpt && p.tensor_parallel > 1) {
+    auto groups = std::make_shared<std::vector<std::unique_ptr<dist::ProcessGroup>>>(dist::make_local_groups(devs));
+    auto ranks = std::make_shared<std::vector<std::shared_ptr<nn::TensorParallelGPT>>>();
+    auto opts = std::make_shared<std::vector<std::unique_ptr<optim::Optimizer>>>();
+    auto inputs = std::make_shared<std::vector<std::pair<Tensor, Tensor>>>();
+    {
+      nn::GPT full(p.gpt);  // on the host, gone once split
+      w->parameters = full.num_parameters();
+      for (size_t r = 0; r < devs.size(); ++r) {
+        ranks->push_back(nn::TensorParallelGPT::from(full, *(*groups)[r], devs[r]));
+        opts->push_back(std::make_unique<optim::AdamW>(ranks->back()->parameters(), 6e-4, 0.9, 0.95, 1e-8, 0.1));
+      }
+    }
+    w->input = random_labels(p.batch * p.seq_len, p.token_range, rng, {p.batch, p.seq_len}, first);
+    w->target = random_labels(p.batch * p.seq_len, p.token_range, rng, {p.batch, p.seq_len}, first);
+    for (const Device& d : devs) inputs->emplace_back(w->input.to(d), w->target.to(d));  // every rank the batch
+    w->model = ranks->front();
+    w->keep = {groups, ranks, opts, inputs};
+    w->step = [groups, ranks, opts, inputs] {
+      std::vector<double> losses(ranks->size());
+      dist::run_on_groups(*groups, [&](int r, dist::ProcessGroup&) {
+        const size_t i = static_cast<size_t>(r);
+        (*opts)[i]->zero_grad();
+        Tensor loss = (*ranks)[i]->loss((*inputs)[i].first, (*inputs)[i].second);
+        loss.backward();
+        (*opts)[i]->step();
+        losses[i] = loss.item<double>();
+      });
+      return Tensor::scalar(losses[0]);
+    };
+    return;
+  }
+  if (p.kind == ModelKind::mlp && p.replicas > 1) {
+    auto make = [widths = p.widths]() -> std::shared_ptr<nn::Module> {
+      auto seq = std::make_shared<nn::Sequential>();
+      for (size_t i = 0; i + 1 < widths.size(); ++i) {
+        seq->push_back(std::make_shared<nn::Linear>(widths[i], widths[i + 1]));
+        if (i + 2 < widths.size()) seq->push_back(std::make_shared<nn::ReLU>());
+      }
+      return seq;
+    };
+    auto master = make();
+    master->to(first);
+    auto dp = std::make_shared<nn::DataParallel>(master, devs, make);
+    w->model = dp;
+    w->optimizer = std::make_unique<optim::SGD>(dp->parameters(), 0.01, 0.9);
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    std::vector<float> pixels(static_cast<size_t>(p.batch * p.widths.front()));
+    for (auto& v : pixels) v = normal(rng);
+    w->input = Tensor::from_vector(pixels, {p.batch, p.widths.front()}).to(first);
+    w->target = random_labels(p.batch, p.widths.back(), rng, {p.batch}, first);
+    w->step = [w, dp] {
+      w->optimizer->zero_grad();
+      Tensor loss = cross_entropy((*dp)(w->input), w->target);
+      loss.backward();
+      w->optimizer->step();
+      return loss.detach();
+    };
+    return;
+  }
+  if (p.kind == ModelKind::timed_stages) {
+    std::vector<nn::PipelineStage> stages;
+    const int64_t width = p.widths.front();
+    for (const Device& d : devs) {
+      auto part = std::make_shared<nn::Sequential>(std::vector<std::shared_ptr<nn::Module>>{
+          std::make_shared<nn::Linear>(width, width), std::make_shared<FixedCost>(p.stage_ms_per_row)});
+      part->to(d);
+      stages.push_back({part, d});
+    }
+    nn::PipelineOptions o;
+    o.schedule = p.schedule;
+    w->pipeline = std::make_shared<nn::Pipeline>(stages, o);
+    w->model = stages.front().module;
+    w->parameters = 0;
+    for (const auto& st : stages) w->parameters += st.module->num_parameters();
+    w->optimizer = std::make_unique<optim::SGD>(w->pipeline->parameters(), 0.01, 0.9);
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    std::vector<float> rows(static_cast<size_t>(p.batch * width));
+    for (auto& v : rows) v = normal(rng);
+    w->input = Tensor::from_vector(rows, {p.batch, width}).to(first);
+    w->target = random_labels(p.batch, width, rng, {p.batch}, last);
+    const int64_t m = p.micro_batches;
+    w->step = [w, m] {
+      w->optimizer->zero_grad();
+      const double loss = w->pipeline->run(w->input, w->target, m,
+                                           [](const Tensor& out, const Tensor& t) { return cross_entropy(out, t); });
+      w->optimizer->step();
+      return Tensor::scalar(loss);
+    };
+    return;
+  }
+  HR_CHECK(false, ValueError, "preset ", p.name, ": no several-device workload for this model");
+}
+
+}  // namespace
+
 std::unique_ptr<Workload> make_workload(const Preset& p, Device device, uint64_t seed, dist::ProcessGroup* group) {
   auto w = std::make_unique<Workload>();
   std::mt19937_64 rng(seed);
   Workload* wp = w.get();
+  if (p.several_devices() || p.kind == ModelKind::timed_stages) {
+    HR_CHECK(p.dtype == DType::f32 && !p.ddp, ValueError, "preset ", p.name, ": several devices run in f32, without --ddp");
+    w->devices = preset_devices(p, device);
+    build_several_devices(wp, p, rng);
+    if (w->parameters == 0) w->parameters = w->model->num_parameters();
+    return w;
+  }
   switch (p.kind) {
     case ModelKind::gpt: {
       auto model = std::make_shared<nn::GPT>(p.gpt);
@@ -380,6 +646,7 @@ std::unique_ptr<Workload> make_workload(const Preset& p, Device device, uint64_t
       set_step(wp, p, device, [m](const Tensor& x, const Tensor& y) { return m->loss(x, y); });
       break;
     }
+    case ModelKind::timed_stages: break;  // above
     case ModelKind::mlp:
     case ModelKind::resnet18: {
       std::shared_ptr<nn::Module> model;

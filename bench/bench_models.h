@@ -31,6 +31,7 @@
 // activation peak against its base preset's when both ran (checkpoint_overheads()).
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -39,11 +40,14 @@
 
 #include "headroom.h"
 #include "nn/nn.h"
+#include "nn/parallel/pipeline.h"
 #include "optim/optim.h"
 
 namespace headroom::bench {
 
-enum class ModelKind : uint8_t { gpt, mlp, resnet18 };
+// timed_stages: K stages of a fixed cost -- each waits a set time per row in forward and twice
+// that in backward (a device's kernel time, not the host's cores) -- for the pipeline's bubble.
+enum class ModelKind : uint8_t { gpt, mlp, resnet18, timed_stages };
 
 struct Preset {
   std::string name;
@@ -60,6 +64,13 @@ struct Preset {
   bool ddp = false;
   int zero_stage = 0;            // with ddp: ZeRO stage 1 or 2 (optim/zero.h)
   int64_t bucket_cap_mib = 25;   // with ddp: DDPOptions::bucket_cap_bytes
+  // Several devices in one process (docs/model-parallel.md): devices 0..N-1 of the bench's
+  // device kind (cpu:0..cpu:N-1 on the CPU), f32.
+  int64_t pipeline_stages = 1;  // > 1: nn::Pipeline over this many stages, micro_batches its M
+  nn::PipelineSchedule schedule = nn::PipelineSchedule::one_f_one_b;
+  int64_t tensor_parallel = 1;  // > 1: every GPT block split over this many devices
+  int64_t replicas = 1;         // > 1: nn::DataParallel over this many devices
+  double stage_ms_per_row = 0;  // timed_stages: each stage's forward wait per row (backward: twice)
   bool cpu_sized = false;  // one of the small presets that run in seconds on the CPU
   // GPT
   nn::GPTConfig gpt;
@@ -73,7 +84,14 @@ struct Preset {
   int64_t classes = 10;
 
   int64_t items_per_step() const { return kind == ModelKind::gpt ? batch * seq_len : batch; }
-  const char* item_unit() const { return kind == ModelKind::gpt ? "tokens" : "images"; }
+  const char* item_unit() const {
+    return kind == ModelKind::gpt ? "tokens" : kind == ModelKind::timed_stages ? "rows" : "images";
+  }
+  // How many devices the preset runs on (1, or its stages, ranks or replicas).
+  int64_t device_count() const { return std::max({pipeline_stages, tensor_parallel, replicas}); }
+  bool several_devices() const { return device_count() > 1; }
+  // GPipe's idle share for equal stages, (K-1)/(M+K-1) (1F1B's is the same); 0 without stages.
+  double ideal_bubble() const;
   // "naive attention" or "fused attention" for GPT, "none" for the others; then
   // ", 4 micro-batches" when split, ", checkpoint per block" (GPT) / ", checkpoint per stage"
   // (ResNet-18) / ", checkpoint sqrt(n) segments" when checkpointed.
@@ -128,6 +146,9 @@ class ResNet18 : public nn::Module {
 // A preset built on a device: step() runs one training step (zero_grad, forward, loss,
 // backward, optimizer step) on the fixed batch and returns the loss, detached.
 struct Workload {
+  std::vector<Device> devices;                      // several-device presets: devices 0..N-1
+  std::shared_ptr<nn::Pipeline> pipeline;           // pipeline presets (its last_stats: the bubble)
+  std::vector<std::shared_ptr<void>> keep;          // what the step needs kept alive
   std::shared_ptr<nn::Module> model;
   std::shared_ptr<nn::DistributedDataParallel> ddp;  // data-parallel presets
   std::unique_ptr<optim::Optimizer> optimizer;
@@ -138,8 +159,12 @@ struct Workload {
   std::function<Tensor()> step;
 };
 
+// The devices a preset runs on: `device` alone, or devices 0..N-1 of its kind (DeviceError when
+// there are fewer, naming HEADROOM_CPU_DEVICES on the CPU).
+std::vector<Device> preset_devices(const Preset& preset, Device device);
+
 // Builds the model (initialised from the global generator: manual_seed first) in f32, moves it to
-// `device`, makes the optimizer, the scaler for f16, the splitter and the batch (from `seed`).
+// `device` (a several-device preset: splits it over preset_devices), makes the optimizer, the scaler for f16, the splitter and the batch (from `seed`).
 // A data-parallel preset runs over `group` (dist::world() when null), on this rank's share of
 // the batch; ValueError when the batch does not divide among the ranks.
 std::unique_ptr<Workload> make_workload(const Preset& preset, Device device, uint64_t seed,

@@ -3,6 +3,9 @@
 // engine/memory_report.h, so a preset name or an error message cannot break the JSON or SVG).
 #include "bench/bench_report.h"
 
+#include <limits>
+#include <tuple>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdarg>
@@ -154,6 +157,30 @@ std::string markdown_table(const std::vector<Result>& results) {
          << format_bytes(r.peak_category(MemoryCategory::optimizer_state)) << " |\n";
     }
   }
+  bool any_devices = false;
+  for (const Result& r : results) any_devices = any_devices || !r.device_stats.empty();
+  if (any_devices) {
+    os << "\nSeveral devices (each device's own allocator; the bubble is the stages' idle share of the timed steps, "
+          "against (K-1)/(M+K-1)):\n\n"
+       << "| preset | devices | peak allocated per device | largest / smallest | bubble | ideal bubble | items/s |\n"
+       << "|---|---:|---|---:|---:|---:|---:|\n";
+    for (const Result& r : results) {
+      if (r.device_stats.empty()) continue;
+      std::string per;
+      int64_t most = 0, least = std::numeric_limits<int64_t>::max();
+      for (const auto& [d, st] : r.device_stats) {
+        per += (per.empty() ? "" : ", ") + d.str() + " " + format_bytes(st.allocated_bytes.peak);
+        most = std::max(most, st.allocated_bytes.peak);
+        least = std::min(least, st.allocated_bytes.peak);
+      }
+      const bool stages = r.preset.pipeline_stages > 1;
+      os << "| " << r.preset.name << " | " << r.device_stats.size() << " | " << per << " | "
+         << (least > 0 ? fmt("%.2fx", static_cast<double>(most) / static_cast<double>(least)) : std::string("-")) << " | "
+         << (stages && r.measured ? fmt("%.1f%%", 100 * r.bubble_fraction) : std::string("-")) << " | "
+         << (stages ? fmt("%.1f%%", 100 * r.preset.ideal_bubble()) : std::string("-")) << " | "
+         << (r.measured ? fmt("%.0f", r.items_per_second) + " " + r.preset.item_unit() + "/s" : std::string("-")) << " |\n";
+    }
+  }
   return os.str();
 }
 
@@ -206,6 +233,26 @@ std::string results_json(const std::vector<Result>& results, const RunInfo& info
          << ", \"hidden_fraction\": " << json_number(r.hidden_fraction(), r.measured) << "},\n";
     else
       os << "      \"data_parallel\": null,\n";
+    if (!r.device_stats.empty()) {
+      const bool stages = p.pipeline_stages > 1;
+      os << "      \"several_devices\": {\"pipeline_stages\": " << p.pipeline_stages << ", \"schedule\": "
+         << (stages ? json_quote(nn::pipeline_schedule_name(p.schedule)) : std::string("null"))
+         << ", \"micro_batches\": " << p.micro_batches << ", \"tensor_parallel\": " << p.tensor_parallel
+         << ", \"replicas\": " << p.replicas << ", \"bubble_fraction\": " << json_number(r.bubble_fraction, stages && r.measured)
+         << ", \"ideal_bubble\": " << json_number(p.ideal_bubble(), stages) << ", \"devices\": [";
+      for (size_t k = 0; k < r.device_stats.size(); ++k) {
+        const auto& [d, st] = r.device_stats[k];
+        os << (k ? ", " : "") << "{\"device\": " << json_quote(d.str()) << ", \"peak_allocated_bytes\": "
+           << st.allocated_bytes.peak << ", \"peak_reserved_bytes\": " << st.reserved_bytes.peak << ", \"peak_by_category\": {";
+        for (int c = 0; c < kNumMemoryCategories; ++c)
+          os << (c ? ", " : "") << json_quote(category_name(static_cast<MemoryCategory>(c))) << ": "
+             << st.category(static_cast<MemoryCategory>(c)).peak;
+        os << "}}";
+      }
+      os << "]},\n";
+    } else {
+      os << "      \"several_devices\": null,\n";
+    }
     // The library's own serialisation of the same stats, indented into place.
     std::string stats = memory_stats_json(r.stats);
     while (!stats.empty() && (stats.back() == '\n' || stats.back() == ' ')) stats.pop_back();
@@ -471,22 +518,43 @@ std::string prediction_table(const std::vector<Result>& results, bool* all_exact
       if (r.predict_status != r.status) *all_exact = false;
       continue;
     }
-    const int64_t pa = r.predicted_stats.allocated_bytes.peak, ma = r.peak_allocated();
-    const int64_t pr = r.predicted_stats.reserved_bytes.peak, mr = r.peak_reserved();
-    int differing = 0;
-    std::string which;  // "communication 0 B predicted, 512 B measured"
-    for (size_t c = 0; c < kNumMemoryCategories; ++c) {
-      const int64_t p = r.predicted_stats.category_bytes[c].peak, m = r.stats.category_bytes[c].peak;
-      if (p == m) continue;
-      ++differing;
-      which += str_cat(which.empty() ? ": " : "; ", category_name(static_cast<MemoryCategory>(c)), " ", p,
-                       " B predicted, ", m, " B measured");
+    // One row, or one per device. A pipeline's stages run on threads of their own, and the
+    // copies between stages land when the threads' timing decides (Note [meta in worker
+    // threads]): its rows are held to 5% of the allocated peak or 64 KiB, whichever is more
+    // (what a few activations in flight between stages hold); the others to the byte.
+    std::vector<std::tuple<std::string, const MemoryStats*, const MemoryStats*>> rows;
+    if (r.device_stats.empty() || r.device_stats.size() != r.predicted_device_stats.size())
+      rows.emplace_back(r.preset.name, &r.predicted_stats, &r.stats);
+    else
+      for (size_t k = 0; k < r.device_stats.size(); ++k)
+        rows.emplace_back(r.preset.name + " @ " + r.device_stats[k].first.str(), &r.predicted_device_stats[k].second,
+                          &r.device_stats[k].second);
+    const bool threaded_stages = r.preset.pipeline_stages > 1;
+    for (const auto& [label, predicted, measured] : rows) {
+      const int64_t pa = predicted->allocated_bytes.peak, ma = measured->allocated_bytes.peak;
+      const int64_t pr = predicted->reserved_bytes.peak, mr = measured->reserved_bytes.peak;
+      int differing = 0;
+      std::string which;  // "communication 0 B predicted, 512 B measured"
+      for (size_t c = 0; c < kNumMemoryCategories; ++c) {
+        const int64_t p = predicted->category_bytes[c].peak, m = measured->category_bytes[c].peak;
+        if (p == m) continue;
+        ++differing;
+        which += str_cat(which.empty() ? ": " : "; ", category_name(static_cast<MemoryCategory>(c)), " ", p,
+                         " B predicted, ", m, " B measured");
+      }
+      if (threaded_stages) {
+        if (std::llabs(pa - ma) > std::max<int64_t>(ma / 20, 64 << 10)) *all_exact = false;
+      } else {
+        const bool reserved_close = std::llabs(pr - mr) <= mr / 50;
+        if (pa != ma || differing > 0 || !reserved_close) *all_exact = false;
+      }
+      os << "| " << label << " | " << pa << " B | " << (pa == ma ? "= " : "") << ma << " B"
+         << (threaded_stages && pa != ma ? fmt(" (%+.1f%%, stages on threads: 5%% or 64 KiB allowed)",
+                                               100.0 * static_cast<double>(pa - ma) / static_cast<double>(ma))
+                                         : std::string())
+         << " | " << (differing == 0 ? "all equal" : str_cat(differing, " differ", which)) << " | " << format_bytes(pr)
+         << " | " << format_bytes(mr) << " | " << std::fixed << std::setprecision(3) << r.predict_seconds << " s |\n";
     }
-    const bool reserved_close = std::llabs(pr - mr) <= mr / 50;
-    if (pa != ma || differing > 0 || !reserved_close) *all_exact = false;
-    os << "| " << r.preset.name << " | " << pa << " B | " << (pa == ma ? "= " : "") << ma << " B | "
-       << (differing == 0 ? "all equal" : str_cat(differing, " differ", which)) << " | " << format_bytes(pr) << " | "
-       << format_bytes(mr) << " | " << std::fixed << std::setprecision(3) << r.predict_seconds << " s |\n";
   }
   return os.str();
 }

@@ -21,7 +21,12 @@
 //                          (headroom only; the peak fields above are copied from it) } ],
 //       "data_parallel": null, or for a data-parallel preset { "world_size", "zero_stage",
 //         "bucket_cap_mib", "buckets", "communication_bytes", "communication_ms", "exposed_ms",
-//         "hidden_fraction" } (per step; the peaks above are rank 0's) } ],
+//         "hidden_fraction" } (per step; the peaks above are rank 0's),
+//       "several_devices": null, or for a preset on several devices of one process { "pipeline_stages",
+//         "schedule" ("gpipe" | "1f1b" | null), "micro_batches", "tensor_parallel", "replicas",
+//         "bubble_fraction" (measured; null without stages), "ideal_bubble" ((K-1)/(M+K-1)),
+//         "devices": [ { "device", "peak_allocated_bytes", "peak_reserved_bytes",
+//         "peak_by_category" } ] } (the peaks above are the first device's) } ],
 //     "checkpoint_overhead": [ {   ([] when no pair ran, see checkpoint_overheads)
 //       "preset", "base", "step_time_ratio" (ckpt / base), "activation_peak_ratio" (base / ckpt),
 //       "peak_allocated_ratio" (base / ckpt) } ] }   (PyTorch: also "mode"; its activation ratio is
@@ -75,6 +80,12 @@ struct Result {
   int64_t communication_bytes = 0;  // gradient bytes reduced per step
   double communication_ms = 0, exposed_ms = 0;
   double hidden_fraction() const { return communication_ms > 0 ? std::max(0.0, 1.0 - exposed_ms / communication_ms) : 0.0; }
+
+  // Several devices in one process (Preset::several_devices): each device's allocator stats in
+  // device order (`stats` above is the first's), predicted likewise under --predict; and the
+  // pipeline's idle share of the timed steps (mean of nn::PipelineStats::bubble_fraction).
+  std::vector<std::pair<Device, MemoryStats>> device_stats, predicted_device_stats;
+  double bubble_fraction = 0;
 
   int64_t peak_allocated() const { return stats.allocated_bytes.peak; }
   int64_t peak_reserved() const { return stats.reserved_bytes.peak; }

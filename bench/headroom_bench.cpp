@@ -65,7 +65,9 @@ void print_list(std::ostream& os) {
      << "scaling); -mbK presets run each batch as K micro-batches with gradient accumulation; -ckpt-block\n"
      << "and -ckpt-sqrt presets recompute activations in backward (per block or stage, or sqrt(n)\n"
      << "segments), and when their base preset (the name without the suffix) runs too, the report\n"
-     << "gives the step-time and activation-peak ratios of the two.\n";
+     << "gives the step-time and activation-peak ratios of the two. -ppK-SCHEDULE-mbM, -tpT and -dpR presets\n"
+     << "run on devices 0..N-1 of --device's kind (cpu:0..cpu:N-1 here): pipeline stages, tensor parallelism\n"
+     << "and DataParallel (docs/model-parallel.md); the report gives each device's peak and the bubble.\n";
 }
 
 // The same run as run_preset inside a MetaScope (Note [meta execution]): the allocator's stats
@@ -74,15 +76,18 @@ void predict_preset(const Preset& p, Device device, int64_t steps, int64_t warmu
   r.predicted = true;
   examples::Timer t;
   try {
+    const std::vector<Device> devices = preset_devices(p, device);
     MetaScope meta;
-    CachingAllocator& alloc = meta.allocator(device);
-    if (size_t limit = caching_allocator(device).memory_limit()) alloc.set_memory_limit(limit);
+    for (const Device& d : devices)
+      if (size_t limit = caching_allocator(d).memory_limit()) meta.allocator(d).set_memory_limit(limit);
     manual_seed(seed);
     std::unique_ptr<Workload> w = make_workload(p, device, seed);
     for (int64_t i = 0; i < warmup; ++i) (void)w->step().item<double>();
-    alloc.reset_peak_stats();
+    for (const Device& d : devices) meta.allocator(d).reset_peak_stats();
     for (int64_t i = 0; i < steps; ++i) (void)w->step();
-    r.predicted_stats = alloc.stats();
+    r.predicted_stats = meta.allocator(devices.front()).stats();
+    if (p.several_devices())
+      for (const Device& d : devices) r.predicted_device_stats.emplace_back(d, meta.allocator(d).stats());
     r.predict_status = "ok";
   } catch (const OutOfMemoryError&) {
     r.predict_status = "oom";
@@ -96,27 +101,41 @@ void predict_preset(const Preset& p, Device device, int64_t steps, int64_t warmu
 Result run_preset(const Preset& p, Device device, int64_t steps, int64_t warmup, uint64_t seed, bool profile) {
   Result r;
   r.preset = p;
-  CachingAllocator& alloc = caching_allocator(device);
-  alloc.empty_cache();  // the previous configuration's cached segments are not this one's
-  alloc.reset_peak_stats();
+  std::vector<Device> devices{device};
+  try {
+    devices = preset_devices(p, device);
+  } catch (const std::exception& e) {
+    r.status = "error";
+    r.error = first_line(e.what());
+    return r;
+  }
+  CachingAllocator& alloc = caching_allocator(devices.front());
+  for (const Device& d : devices) {
+    caching_allocator(d).empty_cache();  // the previous configuration's cached segments are not this one's
+    caching_allocator(d).reset_peak_stats();
+  }
   try {
     manual_seed(seed);
     std::unique_ptr<Workload> w = make_workload(p, device, seed);
     r.parameters = w->parameters;
     for (int64_t i = 0; i < warmup; ++i) (void)w->step().item<double>();
-    synchronize(device);
-    alloc.reset_peak_stats();
+    for (const Device& d : devices) {
+      synchronize(d);
+      caching_allocator(d).reset_peak_stats();
+    }
 
     std::vector<Event> marks;
     marks.reserve(static_cast<size_t>(steps + 1));
     marks.emplace_back(true);
-    marks.back().record(device);
+    marks.back().record(devices.front());
     Tensor loss;
     for (int64_t i = 0; i < steps; ++i) {
       loss = Tensor();  // the last step's loss is not held through this one (the prediction holds none)
       loss = w->step();
+      for (size_t k = 1; k < devices.size(); ++k) synchronize(devices[k]);  // the step ends on every device
       marks.emplace_back(true);
-      marks.back().record(device);
+      marks.back().record(devices.front());
+      if (w->pipeline) r.bubble_fraction += w->pipeline->last_stats().bubble_fraction() / static_cast<double>(steps);
       if (w->ddp) {  // what this step's synchronisation cost (Note [overlapped all-reduce])
         const nn::DDPSyncStats& s = w->ddp->last_sync();
         r.communication_ms += s.communication_seconds * 1e3 / static_cast<double>(steps);
@@ -130,6 +149,8 @@ Result run_preset(const Preset& p, Device device, int64_t steps, int64_t warmup,
     }
     marks.back().synchronize();
     r.stats = alloc.stats();
+    if (p.several_devices())
+      for (const Device& d : devices) r.device_stats.emplace_back(d, caching_allocator(d).stats());
 
     const double total_ms = marks.front().elapsed_ms(marks.back());
     r.step_ms = total_ms / static_cast<double>(steps);
@@ -169,7 +190,9 @@ Result run_preset(const Preset& p, Device device, int64_t steps, int64_t warmup,
     r.status = "error";
     r.error = first_line(e.what());
   }
-  alloc.empty_cache();
+  if (r.status != "ok" && p.several_devices())
+    for (const Device& d : devices) r.device_stats.emplace_back(d, caching_allocator(d).stats());
+  for (const Device& d : devices) caching_allocator(d).empty_cache();
   return r;
 }
 

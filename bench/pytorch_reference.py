@@ -73,7 +73,7 @@ SCHEMA = 1
 class Preset:
     name: str
     description: str
-    kind: str  # "gpt", "mlp", "resnet18"
+    kind: str  # "gpt", "mlp", "resnet18", "timed_stages"
     model: str
     batch: int
     precision: str = "f32"  # "f32", or the autocast dtype "f16", "bf16"
@@ -86,6 +86,14 @@ class Preset:
     ddp: bool = False
     zero_stage: int = 0
     bucket_cap_mib: int = 25
+    # Several devices in one process (bench_models.h): headroom's pipeline, tensor-parallel and
+    # DataParallel presets on cpu:0..N-1. Listed so that the two tables stay one; not run here
+    # (not_mirrored says why).
+    not_mirrored: str = ""
+    pipeline_stages: int = 1
+    schedule: str = "1f1b"
+    tensor_parallel: int = 1
+    replicas: int = 1
     # GPT
     vocab_size: int = 0
     block_size: int = 0
@@ -105,12 +113,18 @@ class Preset:
         return self.batch * self.seq_len if self.kind == "gpt" else self.batch
 
     def item_unit(self) -> str:
-        return "tokens" if self.kind == "gpt" else "images"
+        return "tokens" if self.kind == "gpt" else "rows" if self.kind == "timed_stages" else "images"
 
     def technique(self) -> str:
         """Preset::technique(): "naive attention" / "fused attention" / "none", then ", K micro-batches",
         then ", checkpoint per block" / ", checkpoint per stage" / ", checkpoint sqrt(n) segments"."""
         t = f"{self.attention} attention" if self.kind == "gpt" else "none"
+        if self.pipeline_stages > 1:
+            t = ("" if t == "none" else t + ", ") + f"{self.pipeline_stages}-stage pipeline ({self.schedule})"
+        if self.tensor_parallel > 1:
+            t = ("" if t == "none" else t + ", ") + f"tensor parallel over {self.tensor_parallel} devices"
+        if self.replicas > 1:
+            t = ("" if t == "none" else t + ", ") + f"DataParallel over {self.replicas} devices"
         if self.micro_batches > 1:
             t = ("" if t == "none" else t + ", ") + f"{self.micro_batches} micro-batches"
         if self.checkpoint != "none":
@@ -206,6 +220,46 @@ def _data_parallel(p: Preset, zero_stage: int, bucket_cap_mib: int = 25) -> Pres
     return p
 
 
+_NOT_MIRRORED = ("several devices of one process (headroom's cpu:N devices): PyTorch has no separate cpu "
+                 "devices with their own allocators to place stages, shards or replicas on")
+
+
+def _gpt_deep(stages: int = 1, schedule: str = "1f1b", micro_batches: int = 1, tensor_parallel: int = 1) -> Preset:
+    """bench_models.cpp's gpt_deep(): the 4-block GPT whole, in pipeline stages or tensor parallel."""
+    name = "gpt-4l-cpu-f32-fused"
+    desc = "small GPT (4x128, 4 heads, vocab 512), B=8 T=128, f32, fused attention"
+    if stages > 1:
+        name += f"-pp{stages}-{schedule}-mb{micro_batches}"
+        desc += f", {stages}-stage pipeline ({schedule}) on {stages} devices, {micro_batches} micro-batches"
+    if tensor_parallel > 1:
+        name += f"-tp{tensor_parallel}"
+        desc += f", tensor parallel over {tensor_parallel} devices"
+    return Preset(name=name, description=desc + ", AdamW", kind="gpt", model="gpt-4l", batch=8, attention="fused",
+                  micro_batches=micro_batches, pipeline_stages=stages, schedule=schedule,
+                  tensor_parallel=tensor_parallel, cpu_sized=True, vocab_size=512, block_size=128, n_layer=4, n_head=4, n_embd=128, seq_len=128,
+                  token_range=512, not_mirrored=_NOT_MIRRORED if stages > 1 or tensor_parallel > 1 else "")
+
+
+def _mlp_data_parallel(replicas: int) -> Preset:
+    p = _mlp(True)
+    p.name += f"-dp{replicas}"
+    p.replicas = replicas
+    p.description = f"MLP 784-512-512-512-10, batch 256, f32, DataParallel over {replicas} devices, SGD momentum"
+    p.not_mirrored = ("nn.DataParallel replicates over GPUs only (on the CPU it runs the module as it is): "
+                      + _NOT_MIRRORED)
+    return p
+
+
+def _timed_stages(stages: int, schedule: str, micro_batches: int) -> Preset:
+    return Preset(
+        name=f"stages-cpu-pp{stages}-{schedule}-mb{micro_batches}",
+        description=(f"{stages} stages of fixed cost (Linear 32x32 + a wait of 0.5 ms per row forward, 1 backward), "
+                     f"batch 32, f32, {schedule}, {micro_batches} micro-batches, SGD"),
+        kind="timed_stages", model="timed-stages", batch=32, micro_batches=micro_batches, cpu_sized=True,
+        pipeline_stages=stages, schedule=schedule,
+        widths=[32, 32], not_mirrored=_NOT_MIRRORED)
+
+
 def all_presets() -> List[Preset]:
     """Every preset, GPU-sized ones first, in headroom-bench's --list order."""
     v = [_gpt2_small(p, a) for p in ("f32", "f16", "bf16") for a in ("naive", "fused")]
@@ -247,6 +301,17 @@ def all_presets() -> List[Preset]:
     v.append(_resnet18(True, "f32", 1, "block"))
     v.append(_resnet18(True, "f32", 1, "sqrt"))
     v.append(_resnet18(True, "f32", 1, "selective"))
+    # Several devices in one process (listed, not run here: Preset.not_mirrored).
+    v.append(_gpt_deep())
+    v.append(_gpt_deep(2, "1f1b", 4))
+    v.append(_gpt_deep(4, "gpipe", 8))
+    v.append(_gpt_deep(4, "1f1b", 8))
+    v.append(_gpt_deep(1, "1f1b", 1, 2))
+    v.append(_gpt_deep(1, "1f1b", 1, 4))
+    v.append(_mlp_data_parallel(2))
+    v.append(_mlp_data_parallel(4))
+    v.extend(_timed_stages(4, "gpipe", m) for m in (1, 4, 16))
+    v.extend(_timed_stages(4, "1f1b", m) for m in (4, 16))
     return v
 
 
@@ -488,6 +553,9 @@ def run_preset(torch, models, p: Preset, mode: str, args) -> Dict[str, Any]:
     if cuda:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
+    if p.not_mirrored:
+        row.update(status="skipped", error=f"not mirrored: {p.not_mirrored}")
+        return row
     try:
         torch.manual_seed(args.seed)
         if p.kind == "gpt":
