@@ -9,11 +9,14 @@
 // 1e-6 absolute).
 #include <gtest/gtest.h>
 
+#include <array>
+#include <map>
 #include <mutex>
 
 #include "dist/local_group.h"
 #include "nn/nn.h"
 #include "nn/parallel/tensor_parallel.h"
+#include "optim/optim.h"
 #include "test_util.h"
 
 namespace headroom {
@@ -168,6 +171,59 @@ TEST(TensorParallel, GptBlockOverTDevicesEqualsTheUnsplitBlock) {
     });
     for (const auto& f : failures) ADD_FAILURE() << f;
   }
+}
+
+}  // namespace
+}  // namespace headroom
+
+namespace headroom {
+namespace {
+
+// Issue 15: tensor parallelism divides each block's parameter, gradient and optimizer bytes by
+// T -- measured by each device's allocator. The LayerNorms stay whole on every rank (R below);
+// everything else is a 1/T shard. No biases, so that every shard is a multiple of the
+// allocator's 512 B rounding and the division is exact.
+TEST(TensorParallel, EachDeviceHoldsOneTthOfABlocksParametersGradientsAndOptimizerState) {
+  nn::GPTConfig cfg;
+  cfg.n_embd = 64;
+  cfg.n_head = 4;
+  cfg.block_size = 8;
+  cfg.bias = false;
+  manual_seed(5);
+  nn::Block full(cfg);
+  const Tensor x = Tensor::randn({2, 8, 64});
+  // The LayerNorms' four [64] f32 tensors, 256 B each, rounded to 512 B by the allocator.
+  const int64_t replicated = 4 * 512;
+  std::map<int, std::array<int64_t, 3>> whole;  // T -> parameter, gradient, optimizer_state on rank 0
+  for (int T : {1, 2, 4}) {
+    for (int r = 0; r < T; ++r) caching_allocator(Device::cpu(r)).empty_cache();
+    std::vector<std::array<int64_t, 3>> per(static_cast<size_t>(T));
+    dist::run_on_devices(devices(T), [&](int r, dist::ProcessGroup& g) {
+      const Device d = Device::cpu(r);
+      CachingAllocator& a = caching_allocator(d);
+      const auto before = a.stats();
+      auto blk = nn::TensorParallelBlock::from(full, g, d);
+      optim::Adam opt(blk->parameters(), 1e-3);
+      Tensor y = blk->forward(x.to(d));
+      sum(y * y).backward();
+      opt.step();
+      const auto after = a.stats();
+      auto grew = [&](MemoryCategory c) { return after.category(c).current - before.category(c).current; };
+      per[static_cast<size_t>(r)] = {grew(MemoryCategory::parameter), grew(MemoryCategory::gradient),
+                                     grew(MemoryCategory::optimizer_state)};
+    });
+    for (int r = 0; r < T; ++r) {
+      EXPECT_EQ(per[static_cast<size_t>(r)], per[0]) << "T=" << T << " rank " << r;
+    }
+    whole[T] = per[0];
+  }
+  EXPECT_EQ(whole[1][0], 12 * 64 * 64 * 4 + replicated);  // c_attn, c_proj, c_fc, mlp's c_proj: 12 C^2 floats
+  const char* names[] = {"parameter", "gradient", "optimizer_state"};
+  for (int T : {2, 4})
+    for (size_t c = 0; c < 3; ++c) {
+      const int64_t rep = c == 2 ? 2 * replicated : replicated;  // Adam: two moments
+      EXPECT_EQ((whole[T][c] - rep) * T, whole[1][c] - rep) << names[c] << ", T=" << T;
+    }
 }
 
 }  // namespace
