@@ -3,6 +3,7 @@
 
 #include "autograd/grad_mode.h"
 #include "engine/meta.h"
+#include "engine/op_cost.h"
 
 #include <condition_variable>
 #include <cstring>
@@ -243,6 +244,7 @@ void run_on_groups(const std::vector<std::unique_ptr<ProcessGroup>>& groups,
   std::exception_ptr first;
   std::vector<std::thread> threads;
   MetaScope::State* meta = MetaScope::current();  // Note [meta in worker threads]
+  OpRecorder* recorder = OpRecorder::current();
   const bool grad = GradMode::is_enabled();
   for (size_t r = 0; r < groups.size(); ++r) {
     auto* local = dynamic_cast<LocalGroup*>(groups[r].get());
@@ -251,6 +253,7 @@ void run_on_groups(const std::vector<std::unique_ptr<ProcessGroup>>& groups,
     threads.emplace_back([&, r, local] {
       try {
         MetaScope::Join join(meta);
+        OpRecorder::Join record(recorder);
         std::optional<NoGradGuard> no_grad;  // the caller's grad mode, on every rank's thread
         if (!grad) no_grad.emplace();
         fn(static_cast<int>(r), *groups[r]);

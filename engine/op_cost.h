@@ -22,6 +22,7 @@
 
 #include <cstdint>
 #include <exception>
+#include <mutex>
 #include <vector>
 
 #include "engine/device.h"
@@ -39,12 +40,15 @@ struct OpCost {
 struct OpRecord {
   OpId op = OpId::copy;
   DeviceType device = DeviceType::cpu;
+  int device_index = 0;  // of the op's first defined tensor argument (cpu:N, cuda:N)
   DType dtype = DType::f32;  // of the op's first defined tensor argument
   OpCost cost;
   double seconds = 0;  // host time of the call (time_ops), else 0
 };
 
-// Records every op this thread calls while it lives. One per thread at a time (ValueError).
+// Records every op this thread calls while it lives -- and the threads that join it (Join:
+// Note [meta in worker threads] in engine/meta.h, for a pipeline's stages or tensor-parallel
+// ranks). One per thread at a time (ValueError).
 class OpRecorder {
  public:
   explicit OpRecorder(bool time_ops = false);
@@ -52,19 +56,32 @@ class OpRecorder {
   OpRecorder(const OpRecorder&) = delete;
   OpRecorder& operator=(const OpRecorder&) = delete;
 
+  // Read once the threads that joined are done.
   const std::vector<OpRecord>& records() const { return records_; }
   void clear() { records_.clear(); }
   bool times_ops() const { return time_ops_; }
 
+  // The recorder this thread records into (nullptr: none); a worker thread joins its caller's.
+  static OpRecorder* current();
+  class Join {
+   public:
+    explicit Join(OpRecorder* recorder);  // null: nothing to join
+    ~Join();
+    Join(const Join&) = delete;
+    Join& operator=(const Join&) = delete;
+
+   private:
+    OpRecorder* prev_;
+    bool joined_;
+  };
+
   // Called by Backend's entry points (Note [op costs]); not for users.
-  void enter(OpId op, DeviceType device, DType dtype, const OpCost& cost);
+  void enter(OpId op, Device device, DType dtype, const OpCost& cost);
   void leave(bool completed);
 
  private:
   bool time_ops_;
-  int depth_ = 0;
-  OpRecord current_;
-  int64_t start_ns_ = 0;
+  std::mutex mutex_;  // records_, appended to by every thread that joined
   std::vector<OpRecord> records_;
 };
 
@@ -75,7 +92,7 @@ OpRecorder* active_op_recorder();
 // Closes the recorder's record of one call when the call returns or throws.
 class RecordedCall {
  public:
-  RecordedCall(OpRecorder& rec, OpId op, DeviceType device, DType dtype, const OpCost& cost)
+  RecordedCall(OpRecorder& rec, OpId op, Device device, DType dtype, const OpCost& cost)
       : rec_(rec), exceptions_(std::uncaught_exceptions()) {
     rec_.enter(op, device, dtype, cost);
   }

@@ -490,11 +490,13 @@ struct OpContract<OpId::index_add> {
 struct CostSum {
   OpCost cost;
   DType dtype = DType::f32;
+  Device device = Device::cpu();
   bool have_dtype = false;
   void tensor(const Tensor& t) {
     if (!t.defined()) return;
     if (!have_dtype) {
       dtype = t.dtype();
+      device = t.device();
       have_dtype = true;
     }
     cost.bytes += static_cast<double>(t.nbytes());
@@ -622,11 +624,13 @@ struct OpCostOf<OpId::index_add> {  // reads and writes the rows it adds to
   }
 };
 
+// The dtype and device of the first defined tensor argument (the device's index for the record;
+// its type is the backend's).
 template <typename... A>
-DType first_dtype(const A&... args) {
+std::pair<DType, Device> first_tensor(DeviceType type, const A&... args) {
   CostSum c;
   (c.arg(args), ...);
-  return c.dtype;
+  return {c.dtype, c.have_dtype ? c.device : Device{type, 0}};
 }
 
 }  // namespace
@@ -638,7 +642,8 @@ DType first_dtype(const A&... args) {
     OpContract<OpId::name>::check(HEADROOM_EXPAND args);                                                         \
     if (!supported_.contains(OpId::name)) throw_unsupported(OpId::name, device_type());                         \
     if (OpRecorder* rec = headroom::detail::active_op_recorder()) [[unlikely]] { /* Note [op costs] */           \
-      headroom::detail::RecordedCall call(*rec, OpId::name, device_type(), first_dtype(HEADROOM_EXPAND args),    \
+      const auto [dtype_, device_] = first_tensor(device_type(), HEADROOM_EXPAND args);                         \
+      headroom::detail::RecordedCall call(*rec, OpId::name, device_, dtype_,                                     \
                                           OpCostOf<OpId::name>::of(HEADROOM_EXPAND args));                       \
       if (meta_active() && !meta_kernels_.contains(OpId::name)) return;                                          \
       impl_##name args;                                                                                          \

@@ -11,6 +11,7 @@
 #include "autograd/grad_mode.h"
 #include "autograd/hooks.h"
 #include "engine/meta.h"
+#include "engine/op_cost.h"
 #include "engine/shape.h"
 
 namespace headroom::nn {
@@ -72,9 +73,11 @@ Tensor DataParallel::forward(const Tensor& x) {
   std::exception_ptr failure;
   const bool grad = GradMode::is_enabled();
   MetaScope::State* meta = MetaScope::current();  // Note [meta in worker threads]
+  OpRecorder* recorder = OpRecorder::current();
   auto run = [&](int64_t k) {
     try {
       MetaScope::Join join(meta);
+      OpRecorder::Join record(recorder);
       const int64_t begin = k * n / parts, end = (k + 1) * n / parts;
       std::optional<NoGradGuard> no_grad;
       if (!grad) no_grad.emplace();

@@ -13,6 +13,7 @@
 #include "autograd/functions.h"
 #include "autograd/grad_mode.h"
 #include "engine/meta.h"
+#include "engine/op_cost.h"
 #include "engine/shape.h"
 
 namespace headroom::nn {
@@ -301,8 +302,10 @@ double Pipeline::run(const Tensor& inputs, const Tensor& targets, int64_t micro_
     loss_sum = l.to(Device::cpu()).item<double>();
   } else if (options_.concurrent && stages > 1 && !meta_active()) {
     std::vector<std::thread> threads;
+    OpRecorder* recorder = OpRecorder::current();  // the stages' ops are the step's (Note [op costs])
     for (int64_t k = 0; k < stages; ++k)
       threads.emplace_back([&, k] {
+        OpRecorder::Join record(recorder);
         try {
           while (runs[static_cast<size_t>(k)].at < runs[static_cast<size_t>(k)].order.size()) step_once(k, true);
         } catch (const Aborted&) {

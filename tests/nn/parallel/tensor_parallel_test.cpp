@@ -196,22 +196,30 @@ TEST(TensorParallel, EachDeviceHoldsOneTthOfABlocksParametersGradientsAndOptimiz
   const int64_t replicated = 4 * 512;
   std::map<int, std::array<int64_t, 3>> whole;  // T -> parameter, gradient, optimizer_state on rank 0
   for (int T : {1, 2, 4}) {
-    for (int r = 0; r < T; ++r) caching_allocator(Device::cpu(r)).empty_cache();
-    std::vector<std::array<int64_t, 3>> per(static_cast<size_t>(T));
+    // Measured from here, once every rank is done: a rank's shards are cut from the whole block
+    // on cpu:0, so cpu:0 sees the others' passing copies while they run.
+    std::vector<MemoryStats> before;
+    for (int r = 0; r < T; ++r) before.push_back(caching_allocator(Device::cpu(r)).stats());
+    std::vector<std::shared_ptr<nn::TensorParallelBlock>> blocks(static_cast<size_t>(T));
+    std::vector<std::unique_ptr<optim::Adam>> opts(static_cast<size_t>(T));
     dist::run_on_devices(devices(T), [&](int r, dist::ProcessGroup& g) {
       const Device d = Device::cpu(r);
-      CachingAllocator& a = caching_allocator(d);
-      const auto before = a.stats();
-      auto blk = nn::TensorParallelBlock::from(full, g, d);
-      optim::Adam opt(blk->parameters(), 1e-3);
+      auto& blk = blocks[static_cast<size_t>(r)];
+      blk = nn::TensorParallelBlock::from(full, g, d);
+      opts[static_cast<size_t>(r)] = std::make_unique<optim::Adam>(blk->parameters(), 1e-3);
       Tensor y = blk->forward(x.to(d));
       sum(y * y).backward();
-      opt.step();
-      const auto after = a.stats();
-      auto grew = [&](MemoryCategory c) { return after.category(c).current - before.category(c).current; };
+      opts[static_cast<size_t>(r)]->step();
+    });
+    std::vector<std::array<int64_t, 3>> per(static_cast<size_t>(T));
+    for (int r = 0; r < T; ++r) {
+      const MemoryStats after = caching_allocator(Device::cpu(r)).stats();
+      auto grew = [&](MemoryCategory c) {
+        return after.category(c).current - before[static_cast<size_t>(r)].category(c).current;
+      };
       per[static_cast<size_t>(r)] = {grew(MemoryCategory::parameter), grew(MemoryCategory::gradient),
                                      grew(MemoryCategory::optimizer_state)};
-    });
+    }
     for (int r = 0; r < T; ++r) {
       EXPECT_EQ(per[static_cast<size_t>(r)], per[0]) << "T=" << T << " rank " << r;
     }
