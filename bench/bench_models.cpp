@@ -463,7 +463,9 @@ std::vector<Device> preset_devices(const Preset& p, Device device) {
   if (!p.several_devices()) return {device};
   const int n = static_cast<int>(p.device_count());
   const int have = headroom::device_count(device.type);
-  HR_CHECK(have >= n, DeviceError, "preset ", p.name, " runs on ", n, " ", device_type_name(device.type),
+  // A prediction (Note [meta execution]) needs no device to exist: devices 0..N-1 stand for the
+  // target's.
+  HR_CHECK(have >= n || meta_active(), DeviceError, "preset ", p.name, " runs on ", n, " ", device_type_name(device.type),
            " devices, but there are ", have, device.is_cpu() ? " (HEADROOM_CPU_DEVICES=N makes up to 8)" : "");
   std::vector<Device> out;
   for (int k = 0; k < n; ++k) out.push_back(device.is_cpu() ? Device::cpu(k) : Device::cuda(k));
@@ -510,6 +512,11 @@ void build_several_devices(Workload* w, const Preset& p, std::mt19937_64& rng) {
     auto stages = nn::GPTStage::split(*model, devs);
     nn::PipelineOptions o;
     o.schedule = p.schedule;
+    if (p.dtype != DType::f32) o.autocast = p.dtype;
+    if (p.dtype == DType::f16) {  // one scaler over every stage's gradients
+      w->scaler = std::make_unique<optim::GradScaler>();
+      o.scale_loss = [w](const Tensor& loss) { return w->scaler->scale(loss); };
+    }
     w->pipeline = std::make_shared<nn::Pipeline>(nn::GPTStage::pipeline_stages(stages), o);
     w->model = model;
     w->optimizer = std::make_unique<optim::AdamW>(w->pipeline->parameters(), 6e-4, 0.9, 0.95, 1e-8, 0.1);
@@ -520,12 +527,20 @@ void build_several_devices(Workload* w, const Preset& p, std::mt19937_64& rng) {
       w->optimizer->zero_grad();
       const double loss = w->pipeline->run(w->input, w->target, m, nn::GPTStage::loss_fn(stages));
       nn::GPTStage::tie_gradients(stages);
-      w->optimizer->step();
+      if (w->scaler) {
+        w->scaler->step(*w->optimizer);
+        w->scaler->update();
+      } else {
+        w->optimizer->step();
+      }
       return Tensor::scalar(loss);
     };
     return;
   }
   if (p.kind == ModelKind::gpt && p.tensor_parallel > 1) {
+    HR_CHECK(p.dtype != DType::f16, ValueError, "preset ", p.name,
+             ": f16 with tensor parallelism is not built (its ranks would have to agree on skipping a step); "
+             "bf16 or f32");
     auto groups = std::make_shared<std::vector<std::unique_ptr<dist::ProcessGroup>>>(dist::make_local_groups(devs));
     auto ranks = std::make_shared<std::vector<std::shared_ptr<nn::TensorParallelGPT>>>();
     auto opts = std::make_shared<std::vector<std::unique_ptr<optim::Optimizer>>>();
@@ -543,20 +558,34 @@ void build_several_devices(Workload* w, const Preset& p, std::mt19937_64& rng) {
     for (const Device& d : devs) inputs->emplace_back(w->input.to(d), w->target.to(d));  // every rank the batch
     w->model = ranks->front();
     w->keep = {groups, ranks, opts, inputs};
-    w->step = [groups, ranks, opts, inputs] {
+    const DType low = p.dtype;
+    const int64_t m = std::min(p.micro_batches, p.batch);  // gradient accumulation, as BatchSplitter's
+    w->step = [groups, ranks, opts, inputs, low, devs, m] {
       std::vector<double> losses(ranks->size());
       dist::run_on_groups(*groups, [&](int r, dist::ProcessGroup&) {
         const size_t i = static_cast<size_t>(r);
         (*opts)[i]->zero_grad();
-        Tensor loss = (*ranks)[i]->loss((*inputs)[i].first, (*inputs)[i].second);
-        loss.backward();
+        const Tensor& x = (*inputs)[i].first;
+        const Tensor& y = (*inputs)[i].second;
+        const int64_t n = x.size(0);
+        for (int64_t k = 0; k < m; ++k) {
+          const int64_t begin = k * n / m, end = (k + 1) * n / m;
+          Tensor loss;
+          {
+            AutocastGuard amp(devs[i], low == DType::f32 ? DType::bf16 : low, low != DType::f32);
+            loss = (*ranks)[i]->loss(m == 1 ? x : x.slice(0, begin, end), m == 1 ? y : y.slice(0, begin, end));
+          }
+          losses[i] += loss.item<double>() * static_cast<double>(end - begin) / static_cast<double>(n);
+          if (m > 1) loss = loss * (static_cast<double>(end - begin) / static_cast<double>(n));
+          loss.backward();
+        }
         (*opts)[i]->step();
-        losses[i] = loss.item<double>();
       });
       return Tensor::scalar(losses[0]);
     };
     return;
   }
+  HR_CHECK(p.dtype == DType::f32, ValueError, "preset ", p.name, ": this several-device workload runs in f32");
   if (p.kind == ModelKind::mlp && p.replicas > 1) {
     auto make = [widths = p.widths]() -> std::shared_ptr<nn::Module> {
       auto seq = std::make_shared<nn::Sequential>();
@@ -626,7 +655,7 @@ std::unique_ptr<Workload> make_workload(const Preset& p, Device device, uint64_t
   std::mt19937_64 rng(seed);
   Workload* wp = w.get();
   if (p.several_devices() || p.kind == ModelKind::timed_stages) {
-    HR_CHECK(p.dtype == DType::f32 && !p.ddp, ValueError, "preset ", p.name, ": several devices run in f32, without --ddp");
+    HR_CHECK(!p.ddp, ValueError, "preset ", p.name, ": several devices of one process run as one rank");
     w->devices = preset_devices(p, device);
     build_several_devices(wp, p, rng);
     if (w->parameters == 0) w->parameters = w->model->num_parameters();

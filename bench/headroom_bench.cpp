@@ -26,7 +26,6 @@
 #include "engine/meta.h"
 #include "bench/bench_report.h"
 #include "examples/common.h"
-#include "kernels/cpu/strided.h"
 
 using namespace headroom;
 using namespace headroom::bench;
@@ -45,8 +44,9 @@ std::string utc_now() {
 }
 
 std::string device_name(Device device) {
-  if (device.is_cpu()) return str_cat("cpu, ", cpu::num_threads(), " threads");
-  return backend_for(device).device_description(device);
+  const DeviceProperties p = device_properties(device);
+  if (device.is_cpu()) return str_cat("cpu, ", p.threads_per_op, " threads");
+  return str_cat(p.name, ", ", p.total_memory >> 20, " MiB");
 }
 
 // The name column of --list: the longest preset name (gpt-tiny-cpu-f32-fused-ckpt-block, 33) and

@@ -47,6 +47,10 @@ Preset with_mix(const Preset& base, const optim::Mix& mix, int64_t batch) {
   p.checkpoint = mix.checkpoint;
   p.ddp = mix.world_size > 1 || mix.zero_stage > 0;
   p.zero_stage = mix.zero_stage;
+  p.pipeline_stages = mix.pipeline_stages;
+  p.schedule = mix.one_f_one_b ? nn::PipelineSchedule::one_f_one_b : nn::PipelineSchedule::gpipe;
+  p.tensor_parallel = mix.tensor_parallel;
+  p.replicas = 1;
   if (p.kind == ModelKind::gpt) {
     p.gpt.attention = mix.attention;
     p.gpt.checkpoint = mix.checkpoint;
@@ -93,16 +97,27 @@ Verified verify_mix(const optim::StepFactory& make, const optim::MixPrediction& 
   v.predicted_allocated = m.peak_allocated();
   v.predicted_reserved = m.peak_reserved();
   v.predicted_seconds = m.seconds;
-  CachingAllocator& alloc = caching_allocator(opt.device);
-  const size_t old_limit = alloc.memory_limit();
-  alloc.empty_cache();
-  alloc.reset_peak_stats();
-  alloc.set_memory_limit(budget);
+  // Several devices: each has the budget, and the fullest one is compared (as predicted).
+  std::vector<Device> devices{opt.device};
+  for (int k = 1; k < m.mix.device_count(); ++k) devices.push_back(Device{opt.device.type, k});
+  if (m.mix.device_count() > 1) devices.front() = Device{opt.device.type, 0};
+  std::vector<size_t> old_limits;
+  for (const Device& d : devices) {
+    CachingAllocator& a = caching_allocator(d);
+    old_limits.push_back(a.memory_limit());
+    a.empty_cache();
+    a.reset_peak_stats();
+    a.set_memory_limit(budget);
+  }
   try {
     std::function<void()> step = make(m.mix, opt.batch);
     for (int i = 0; i < opt.steps; ++i) step();
-    synchronize(opt.device);
-    const MemoryStats s = alloc.stats();
+    MemoryStats s;
+    for (const Device& d : devices) {
+      synchronize(d);
+      const MemoryStats st = caching_allocator(d).stats();
+      if (st.reserved_bytes.peak > s.reserved_bytes.peak || s.reserved_bytes.peak == 0) s = st;
+    }
     v.measured_allocated = s.allocated_bytes.peak;
     v.measured_reserved = s.reserved_bytes.peak;
     std::vector<double> times;  // the median step: a step the machine interrupted does not move it
@@ -120,8 +135,10 @@ Verified verify_mix(const optim::StepFactory& make, const optim::MixPrediction& 
   } catch (const OutOfMemoryError& e) {
     v.status = str_cat("oom: ", first_line(e.what()));
   }
-  alloc.set_memory_limit(old_limit);
-  alloc.empty_cache();
+  for (size_t k = 0; k < devices.size(); ++k) {
+    caching_allocator(devices[k]).set_memory_limit(old_limits[k]);
+    caching_allocator(devices[k]).empty_cache();
+  }
   return v;
 }
 
@@ -203,11 +220,12 @@ std::vector<int> int_list(const std::string& text, const std::string& flag, int 
   return out;
 }
 
-// A mix as six numbers, and back: --verify under mpirun takes rank 0's picks (every rank must
+// A mix as nine numbers, and back: --verify under mpirun takes rank 0's picks (every rank must
 // run the same mixes, in the same order: their collectives pair up).
+constexpr size_t kMixCode = 9;
 std::vector<int64_t> encode(const optim::Mix& m) {
   return {static_cast<int64_t>(m.precision), static_cast<int64_t>(m.attention), static_cast<int64_t>(m.checkpoint),
-          m.micro_batches, m.world_size, m.zero_stage};
+          m.micro_batches, m.world_size, m.zero_stage, m.pipeline_stages, m.one_f_one_b ? 1 : 0, m.tensor_parallel};
 }
 bool same(const optim::Mix& m, const std::vector<int64_t>& v, size_t at) {
   const std::vector<int64_t> e = encode(m);
@@ -216,7 +234,7 @@ bool same(const optim::Mix& m, const std::vector<int64_t>& v, size_t at) {
 
 int main(int argc, char** argv) {
   std::string preset_name, device_arg = "cpu", gpu = "h100", budget_arg, out_dir = "headroom-plan-results";
-  std::string world_sizes_arg = "1", zero_arg = "0";
+  std::string world_sizes_arg = "1", zero_arg = "0", pipeline_arg = "1", schedule_arg = "1f1b", tensor_parallel_arg = "1";
   int64_t batch = 0, seed = 1, max_batch = 1024, verify_steps = 5;
   bool capacity_mode = false, verify = false, no_calibrate = false;
 
@@ -245,6 +263,18 @@ int main(int argc, char** argv) {
             "data parallelism: the rank counts to plan for, e.g. 1,2,8 (each rank takes batch / N; the memory "
             "predicted is one rank's)");
   flags.add("zero", &zero_arg, "with more than one rank: the ZeRO stages to plan for, e.g. 0,1,2");
+  flags.add("pipeline", &pipeline_arg,
+            "pipeline stages to plan for on devices 0..K-1 of --device's kind, e.g. 1,2,4 (GPT presets; a pipeline's "
+            "micro-batches are its M); every device's memory is predicted, each must fit --budget");
+  flags.add("schedule", &schedule_arg, "--pipeline's schedules: 1f1b, gpipe or both (1f1b,gpipe)",
+            examples::Flags::Check<std::string>([](const std::string& v) {
+              return v == "1f1b" || v == "gpipe" || v == "1f1b,gpipe" || v == "gpipe,1f1b"
+                         ? std::string()
+                         : std::string("expected 1f1b, gpipe or 1f1b,gpipe");
+            }));
+  flags.add("tensor-parallel", &tensor_parallel_arg,
+            "tensor-parallel degrees to plan for on devices 0..T-1, e.g. 1,2,4 (GPT presets); each device must fit "
+            "--budget");
   flags.add("capacity", &capacity_mode, "print the largest batch each mix runs as one micro-batch in the budget");
   flags.add("max-batch", &max_batch, "--capacity: the largest batch tried", examples::at_least<int64_t>(1));
   flags.add("verify", &verify, "run the chosen mix and two others for real: predicted against measured");
@@ -278,6 +308,12 @@ int main(int argc, char** argv) {
 
     const std::vector<int> world_sizes = int_list(world_sizes_arg, "--world-size", 1, 1 << 20);
     const std::vector<int> zero_stages = int_list(zero_arg, "--zero", 0, 2);
+    const std::vector<int> pipeline_stages = int_list(pipeline_arg, "--pipeline", 1, 8);
+    const std::vector<int> tensor_parallel = int_list(tensor_parallel_arg, "--tensor-parallel", 1, 8);
+    const bool several = std::any_of(pipeline_stages.begin(), pipeline_stages.end(), [](int k) { return k > 1; }) ||
+                         std::any_of(tensor_parallel.begin(), tensor_parallel.end(), [](int t) { return t > 1; });
+    HR_CHECK(!several || gpt, ValueError, "headroom-plan: --pipeline and --tensor-parallel plan GPT presets (",
+             base.name, " is not one)");
     // Under mpirun, rank 0 prints and writes; every rank plans and verifies alike.
     dist::ProcessGroup* world = nullptr;
     for (int w : world_sizes) if (w > 1) world = &dist::world();
@@ -304,6 +340,11 @@ int main(int argc, char** argv) {
     optim::PlanSpace space = optim::PlanSpace::for_batch(batch);
     space.world_sizes = world_sizes;
     space.zero_stages = zero_stages;
+    space.pipeline_stages = pipeline_stages;
+    space.tensor_parallel = tensor_parallel;
+    space.schedules.clear();
+    if (schedule_arg.find("1f1b") != std::string::npos) space.schedules.push_back(true);
+    if (schedule_arg.find("gpipe") != std::string::npos) space.schedules.push_back(false);
     space.has_attention = gpt;
     if (base.kind == ModelKind::mlp) space.checkpoints = {nn::CheckpointMode::none};
     optim::PlanOptions opt;
@@ -311,6 +352,10 @@ int main(int argc, char** argv) {
     opt.batch = batch;
     opt.gpu = gpu;
     opt.calibrate = !no_calibrate && runnable;
+    if (device.is_cpu()) {  // the cpu devices share the host's cores
+      const DeviceProperties props = device_properties(device);
+      opt.concurrent_devices = std::max(1, props.compute_units / std::max(1, props.threads_per_op));
+    }
 
     std::ostringstream md;
     md << "# headroom-plan: " << base.model << ", batch " << batch << ", " << device.str()
@@ -325,6 +370,16 @@ int main(int argc, char** argv) {
       md << "\nMixes with xN run on N ranks, each on batch / N: their memory is one rank's (Note [meta groups]); their "
             "time is one rank's compute, without the communication (not priced yet; docs/distributed.md measures "
             "how much of it backward hides).\n";
+    if (several)
+      md << "\nMixes with ppK run in K pipeline stages, with tpT over T devices (devices 0..N-1 of " << device.str()
+         << "'s kind, docs/model-parallel.md): every device's memory is predicted and must fit the budget, and the "
+            "peaks shown are the fullest device's. Their time is priced per device -- the slowest rank, or the "
+            "pipeline's fill, drain and slowest stage (Note [planning]) -- without the copies between devices"
+         << (opt.concurrent_devices > 0
+                 ? str_cat("; the cpu devices share the host's cores, so no more than ", opt.concurrent_devices,
+                           " compute at once")
+                 : std::string())
+         << ".\n";
     md << std::fixed << std::setprecision(2) << "\n" << p.mixes.size() << " mixes predicted in " << predict_seconds
        << " s";
     if (!p.calibrated_on.empty()) {
@@ -374,12 +429,22 @@ int main(int argc, char** argv) {
               if (std::find(picks.begin(), picks.end(), i) == picks.end()) picks.push_back(i);
               break;
             }
+      // And the fastest pipeline and the fastest tensor-parallel mix: every device's predicted
+      // peak checked against its own allocator (the fullest's compared).
+      for (int kind = 0; kind < 2; ++kind)
+        for (size_t i : fitting) {
+          const optim::Mix& m = p.mixes[i].mix;
+          if ((kind == 0 ? m.pipeline_stages : m.tensor_parallel) > 1) {
+            if (std::find(picks.begin(), picks.end(), i) == picks.end()) picks.push_back(i);
+            break;
+          }
+        }
       if (world && world->size() > 1) {  // rank 0's picks, on every rank
-        std::vector<int64_t> codes(1 + 6 * 8, 0);
+        std::vector<int64_t> codes(1 + kMixCode * 8, 0);
         codes[0] = static_cast<int64_t>(std::min<size_t>(picks.size(), 8));
         for (size_t k = 0; k < picks.size() && k < 8; ++k) {
           const std::vector<int64_t> e = encode(p.mixes[picks[k]].mix);
-          std::copy(e.begin(), e.end(), codes.begin() + static_cast<std::ptrdiff_t>(1 + 6 * k));
+          std::copy(e.begin(), e.end(), codes.begin() + static_cast<std::ptrdiff_t>(1 + kMixCode * k));
         }
         Tensor t = Tensor::from_vector(codes, {static_cast<int64_t>(codes.size())}, DType::i64);
         world->broadcast(t, 0)->wait();
@@ -387,7 +452,7 @@ int main(int argc, char** argv) {
         picks.clear();
         for (int64_t k = 0; k < codes[0]; ++k)
           for (size_t i = 0; i < p.mixes.size(); ++i)
-            if (same(p.mixes[i].mix, codes, static_cast<size_t>(1 + 6 * k))) {
+            if (same(p.mixes[i].mix, codes, static_cast<size_t>(1 + kMixCode * k))) {
               picks.push_back(i);
               break;
             }
@@ -428,8 +493,14 @@ int main(int argc, char** argv) {
         // ZeRO-2 among several ranks: the prediction keeps the gradient buckets to backward's
         // end (Note [ZeRO stages]), an upper bound a real run may stay under.
         const bool bound = v.mix.zero_stage == 2 && v.mix.world_size > 1;
-        const bool allocated_ok = bound ? v.measured_allocated <= v.predicted_allocated
-                                        : v.measured_allocated == v.predicted_allocated;
+        // A pipeline's stages run on threads: their copies between devices land when the
+        // threads' timing decides (Note [meta in worker threads]): 5% or 64 KiB.
+        const bool threaded = v.mix.pipeline_stages > 1;
+        const bool allocated_ok =
+            bound      ? v.measured_allocated <= v.predicted_allocated
+            : threaded ? std::llabs(v.measured_allocated - v.predicted_allocated) <=
+                             std::max<int64_t>(v.measured_allocated / 20, 64 << 10)
+                       : v.measured_allocated == v.predicted_allocated;
         const bool reserved_ok = (bound && v.measured_reserved <= v.predicted_reserved) ||
                                  std::abs(static_cast<double>(v.measured_reserved - v.predicted_reserved)) <=
                                      0.02 * static_cast<double>(v.measured_reserved);
@@ -455,7 +526,15 @@ int main(int argc, char** argv) {
          << dtype_name(m.mix.precision) << "\", \"attention\": \"" << attention_impl_name(m.mix.attention)
          << "\", \"checkpoint\": \"" << nn::checkpoint_mode_name(m.mix.checkpoint)
          << "\", \"micro_batches\": " << m.mix.micro_batches << ", \"world_size\": " << m.mix.world_size
-         << ", \"zero_stage\": " << m.mix.zero_stage << ", \"status\": " << json_string(m.status)
+         << ", \"zero_stage\": " << m.mix.zero_stage << ", \"pipeline_stages\": " << m.mix.pipeline_stages
+         << ", \"schedule\": " << (m.mix.pipeline_stages > 1 ? (m.mix.one_f_one_b ? "\"1f1b\"" : "\"gpipe\"") : "null")
+         << ", \"tensor_parallel\": " << m.mix.tensor_parallel;
+      js << ", \"devices\": [";
+      for (size_t k = 0; k < m.device_stats.size(); ++k)
+        js << (k ? ", " : "") << "{\"device\": " << json_string(m.device_stats[k].first.str())
+           << ", \"peak_allocated_bytes\": " << m.device_stats[k].second.allocated_bytes.peak
+           << ", \"peak_reserved_bytes\": " << m.device_stats[k].second.reserved_bytes.peak << "}";
+      js << "], \"status\": " << json_string(m.status)
          << ", \"fits\": " << (m.fits() ? "true" : "false") << ", \"peak_allocated_bytes\": " << m.peak_allocated()
          << ", \"peak_reserved_bytes\": " << m.peak_reserved() << ", \"peak_by_category\": {";
       for (int c = 0; c < kNumMemoryCategories; ++c)

@@ -66,6 +66,18 @@ Backend& backend_for(Device device) {
 
 void register_backend(DeviceType type, Backend* backend) { g_backends[static_cast<int>(type)] = backend; }
 
+DeviceProperties Backend::properties(Device device) {
+  DeviceProperties p;
+  p.name = device_description(device);
+  return p;
+}
+
+DeviceProperties device_properties(Device device) {
+  const std::string why = device_unavailable_reason(device);
+  HR_CHECK(why.empty(), DeviceError, "device_properties: ", why);
+  return backend_for(device).properties(device);
+}
+
 void Backend::start_op_profile() {
   throw DeviceError(str_cat("the ", device_type_name(device_type()), " backend has no op profile"));
 }

@@ -89,6 +89,18 @@ struct OpTime {
   double ms = 0;  // summed device time between each call's two events
 };
 
+// What a device is (device_properties): for the reports, and for the planner's sense of how many
+// devices compute at once (headroom-bench and headroom-plan ask here, not the kernels).
+struct DeviceProperties {
+  std::string name;           // "cpu", "NVIDIA H200"
+  int64_t total_memory = 0;   // bytes: the GPU's; for the cpu devices, the host's, which they share
+  int compute_units = 0;      // the host's cores, or the GPU's streaming multiprocessors
+  int threads_per_op = 1;     // cpu: the threads one op spreads over (HEADROOM_NUM_THREADS); cuda: 1
+  int capability = 0;         // cuda: the compute capability, 90 for sm_90; 0 on the cpu
+};
+// Loads the device's backend; DeviceError for a device that does not exist.
+DeviceProperties device_properties(Device device);
+
 class Backend {
  public:
   // `supported`: the ops this backend has kernels for (supports_op); calling another is a
@@ -127,9 +139,19 @@ class Backend {
   // Milliseconds between two completed timing events.
   virtual double event_elapsed_ms(uint64_t start, uint64_t end) { return 0; }
 
+  // Contiguous bytes from one device of this backend's type to another, without passing
+  // through the host (CUDA: a peer copy; the driver stages it where the GPUs cannot reach each
+  // other). Ordered after the work that produced src and before later work on dst; returns once
+  // the bytes have landed. false: this backend has no such copy (the caller goes through the host).
+  virtual bool copy_between_devices(void* dst, Device dst_device, const void* src, Device src_device, size_t nbytes) {
+    return false;
+  }
+
   // ---- about the device, and profiling ----
   // "cpu"; "NVIDIA H200, 143771 MiB".
   virtual std::string device_description(Device device) { return device.str(); }
+  // What device_properties() returns for this backend's devices.
+  virtual DeviceProperties properties(Device device);
   // Device time by op (the CUDA backend: Note [op profile] in kernels/cuda/op_profile.h):
   // start, run a step, stop (which waits for the step) and read the ops, most time first.
   // Backends without one throw DeviceError.

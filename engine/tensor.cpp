@@ -277,7 +277,10 @@ void copy_tensor(const Tensor& dst, const Tensor& src, bool non_blocking) {
     const bool async = non_blocking && packed.is_same(src) && src.is_pinned();
     backend_for(dst.device()).copy_from_host(landing.raw_data(), packed.raw_data(), packed.nbytes(), dst.device(), async);
     if (async) src.record_stream(current_stream(dst.device()));
-  } else {
+  } else if (dst.device().type != src.device().type ||
+             !backend_for(dst.device())
+                  .copy_between_devices(landing.raw_data(), dst.device(), packed.raw_data(), src.device(), packed.nbytes())) {
+    // Two devices with no direct copy between them (Note [peer copies]): through the host.
     Tensor host = Tensor::empty(src.shape(), TensorOptions().dtype(dst.dtype()));
     backend_for(src.device()).copy_to_host(host.raw_data(), packed.raw_data(), packed.nbytes(), src.device(), false);
     backend_for(dst.device()).copy_from_host(landing.raw_data(), host.raw_data(), host.nbytes(), dst.device(), false);

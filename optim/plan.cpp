@@ -41,6 +41,8 @@ std::string Mix::str(bool with_attention) const {
   s += str_cat(" mb", micro_batches);
   if (world_size > 1) s += str_cat(" x", world_size);
   if (zero_stage > 0) s += str_cat(" zero", zero_stage);
+  if (pipeline_stages > 1) s += str_cat(" pp", pipeline_stages, one_f_one_b ? "-1f1b" : "-gpipe");
+  if (tensor_parallel > 1) s += str_cat(" tp", tensor_parallel);
   return s;
 }
 
@@ -63,8 +65,27 @@ std::vector<Mix> PlanSpace::mixes() const {
   const std::vector<int64_t> ms = micro_batches.empty() ? std::vector<int64_t>{1} : micro_batches;
   const std::vector<int> ws = world_sizes.empty() ? std::vector<int>{1} : world_sizes;
   const std::vector<int> zs = zero_stages.empty() ? std::vector<int>{0} : zero_stages;
+  const std::vector<int> pps = pipeline_stages.empty() ? std::vector<int>{1} : pipeline_stages;
+  const std::vector<bool> scheds = schedules.empty() ? std::vector<bool>{true} : schedules;
+  const std::vector<int> tps = tensor_parallel.empty() ? std::vector<int>{1} : tensor_parallel;
+  struct Split {
+    int stages, tp;
+    bool one_f_one_b;
+  };
+  std::vector<Split> splits;
+  for (int k : pps)
+    for (int t : tps) {
+      HR_CHECK(k >= 1 && t >= 1, ValueError, "PlanSpace: pipeline stages and tensor-parallel devices are at least 1");
+      if (k > 1 && t > 1) continue;  // not together
+      if (k > 1)
+        for (bool f : scheds) splits.push_back({k, t, f});
+      else
+        splits.push_back({k, t, true});
+    }
   std::vector<Mix> out;
+  for (const Split& sp : splits)
   for (int w : ws) {
+    if ((sp.stages > 1 || sp.tp > 1) && w > 1) continue;  // several devices of one process, one rank
     HR_CHECK(w >= 1, ValueError, "PlanSpace: a world size must be at least 1, got ", w);
     if (batch > 0 && batch % w != 0) continue;  // every rank takes an equal share
     for (int z : zs) {
@@ -78,6 +99,9 @@ std::vector<Mix> PlanSpace::mixes() const {
               Mix mix{p, a, c, m};
               mix.world_size = w;
               mix.zero_stage = z;
+              mix.pipeline_stages = sp.stages;
+              mix.one_f_one_b = sp.one_f_one_b;
+              mix.tensor_parallel = sp.tp;
               out.push_back(mix);
             }
     }
@@ -250,6 +274,25 @@ std::optional<CostModel> default_cost(const PlanOptions& options) {
   return std::nullopt;
 }
 
+// A step's time from its ops (Note [planning]): one device's sum; several devices priced apart.
+double step_seconds(const CostModel& cost, const Mix& mix, const std::vector<OpRecord>& records, int concurrent) {
+  if (mix.device_count() == 1) return cost.predict_seconds(records);
+  std::map<int, std::vector<OpRecord>> per;
+  for (const OpRecord& r : records) per[r.device_index].push_back(r);
+  double most = 0, total = 0;
+  for (const auto& [d, ops] : per) {
+    const double t = cost.predict_seconds(ops);
+    most = std::max(most, t);
+    total += t;
+  }
+  const auto m = static_cast<double>(mix.micro_batches);
+  // Tensor parallel: the slowest rank; a pipeline: fill, drain and the slowest stage.
+  const double apart = mix.pipeline_stages <= 1 ? most : total / m + (m - 1) * most / m;
+  // Devices that share fewer cores than they are take at least their summed time over those.
+  if (concurrent > 0 && concurrent < mix.device_count()) return std::max(apart, total / concurrent);
+  return apart;
+}
+
 MixPrediction predict_with(const StepFactory& make_step, const Mix& mix, int64_t batch, size_t budget,
                            const PlanOptions& options, const std::optional<CostModel>& cost) {
   HR_CHECK(options.steps >= 1, ValueError, "plan: steps must be at least 1, got ", options.steps);
@@ -257,12 +300,15 @@ MixPrediction predict_with(const StepFactory& make_step, const Mix& mix, int64_t
   r.mix = mix;
   r.batch = batch;
   const double start = wall_seconds();
-  CachingAllocator* alloc = nullptr;
+  std::vector<std::pair<Device, CachingAllocator*>> allocs;  // the mix's devices
   std::vector<OpRecord> records;
   try {
     MetaScope meta;
-    alloc = &meta.allocator(options.device);
-    if (budget > 0) alloc->set_memory_limit(budget);
+    for (int k = 0; k < mix.device_count(); ++k) {
+      const Device d = mix.device_count() == 1 ? options.device : Device{options.device.type, k};
+      allocs.emplace_back(d, &meta.allocator(d));
+      if (budget > 0) allocs.back().second->set_memory_limit(budget);
+    }
     std::function<void()> step = make_step(mix, batch);
     for (int i = 0; i + 1 < options.steps; ++i) step();
     {
@@ -276,14 +322,21 @@ MixPrediction predict_with(const StepFactory& make_step, const Mix& mix, int64_t
   } catch (const std::exception& e) {
     r.status = str_cat("error: ", first_line(e.what()));
   }
-  if (alloc) r.stats = alloc->stats();  // the meta allocators outlive their scope
+  // The meta allocators outlive their scope. Several devices: each one's, and the fullest's as the mix's.
+  for (const auto& [d, a] : allocs) {
+    const MemoryStats st = a->stats();
+    if (allocs.size() > 1) r.device_stats.emplace_back(d, st);
+    if (r.stats.reserved_bytes.peak < st.reserved_bytes.peak ||
+        (d == allocs.front().first && r.stats.reserved_bytes.peak == 0))
+      r.stats = st;
+  }
   r.ops = static_cast<int64_t>(records.size());
   r.records = records;
   for (const OpRecord& op : records) {
     r.flops += op.cost.flops;
     r.bytes += op.cost.bytes;
   }
-  if (cost && r.fits()) r.seconds = cost->predict_seconds(records);
+  if (cost && r.fits()) r.seconds = step_seconds(*cost, mix, records, options.concurrent_devices);
   r.predict_wall_seconds = wall_seconds() - start;
   return r;
 }
@@ -357,7 +410,8 @@ Plan plan(const StepFactory& make_step, size_t budget, const PlanSpace& space, c
     std::map<std::pair<int, int>, const MixPrediction*> pick;
     auto order = [](const Mix& x) { return std::make_tuple(x.world_size, recompute_rank(x.checkpoint), x.zero_stage, x.micro_batches); };
     for (const MixPrediction& m : p.mixes) {
-      if (!m.fits()) continue;
+      // Only one device's steps: a step's wall time is then the sum of its ops and the framework's.
+      if (!m.fits() || m.mix.device_count() > 1) continue;
       const MixPrediction*& best = pick[{static_cast<int>(m.mix.precision), static_cast<int>(m.mix.attention)}];
       if (!best || order(m.mix) < order(best->mix)) best = &m;
     }
@@ -369,7 +423,8 @@ Plan plan(const StepFactory& make_step, size_t budget, const PlanSpace& space, c
       for (const MixPrediction& o : p.mixes)
         if (o.fits() && o.mix.precision == m->mix.precision && o.mix.attention == m->mix.attention &&
             o.mix.checkpoint == m->mix.checkpoint && o.mix.world_size == m->mix.world_size &&
-            o.mix.zero_stage == m->mix.zero_stage && o.mix.micro_batches > m->mix.micro_batches &&
+            o.mix.zero_stage == m->mix.zero_stage && o.mix.device_count() == 1 &&
+            o.mix.micro_batches > m->mix.micro_batches &&
             (!split || o.mix.micro_batches > split->mix.micro_batches))
           split = &o;
       if (split) p.calibrated_on.push_back(split->mix);
@@ -377,7 +432,7 @@ Plan plan(const StepFactory& make_step, size_t budget, const PlanSpace& space, c
     if (!p.calibrated_on.empty()) {
       cost = calibrate(make_step, p.calibrated_on, options, options.calibrate_warmup, options.calibrate_steps);
       for (MixPrediction& m : p.mixes)
-        if (m.fits()) m.seconds = cost->predict_seconds(m.records);
+        if (m.fits()) m.seconds = step_seconds(*cost, m.mix, m.records, options.concurrent_devices);
     }
   }
   p.cost_model = cost ? cost->description() : "none (ordered by predicted flops)";

@@ -22,6 +22,15 @@
 // is the fastest that fits. What shapes decide is exact; the time is a model, as good as its
 // calibration.
 //
+// Several devices of one process join as Mix::pipeline_stages and Mix::tensor_parallel: the
+// factory builds the step on devices 0..N-1, each device's meta allocator has the budget as its
+// limit, and the prediction keeps every device's stats (the one with the highest reserved peak
+// as the mix's). Their time is priced per device (OpRecord::device_index): tensor parallelism
+// takes the slowest rank's ops; a pipeline of K stages over M micro-batches takes the pipeline's
+// time, the fill and drain through every stage once plus M-1 micro-batches of the slowest,
+// sum_k(t_k/M) + (M-1) max_k(t_k/M), which is (M+K-1)/M of a stage's time when they are equal.
+// Communication between devices is not priced.
+//
 // Data parallelism joins as two more dimensions (Mix::world_size, Mix::zero_stage): the
 // factory builds one rank's step of a world of that size -- DistributedDataParallel over a
 // MetaGroup (Note [meta groups]) with the rank's share of the batch -- so the memory predicted
@@ -71,13 +80,22 @@ struct Mix {
   // with ZeRO stage 0, 1 or 2. What is predicted is one rank's memory (Note [meta groups]).
   int world_size = 1;
   int zero_stage = 0;
+  // Several devices of one process (docs/model-parallel.md), devices 0..N-1 of the planned
+  // device's kind: the model cut into pipeline_stages stages (micro_batches is then the
+  // pipeline's M; one_f_one_b or GPipe), or its blocks split over tensor_parallel devices.
+  // What is predicted is every device's memory; a mix fits when each device fits the budget.
+  int pipeline_stages = 1;
+  bool one_f_one_b = true;
+  int tensor_parallel = 1;
 
-  // "bf16 fused ckpt-block mb2", then " x4" (4 ranks) and " zero1"; without the attention for a
-  // space that has none.
+  int device_count() const { return pipeline_stages > tensor_parallel ? pipeline_stages : tensor_parallel; }
+  // "bf16 fused ckpt-block mb2", then " x4" (4 ranks) and " zero1", " pp4-1f1b" or " tp2";
+  // without the attention for a space that has none.
   std::string str(bool with_attention = true) const;
   bool operator==(const Mix& o) const {
     return precision == o.precision && attention == o.attention && checkpoint == o.checkpoint &&
-           micro_batches == o.micro_batches && world_size == o.world_size && zero_stage == o.zero_stage;
+           micro_batches == o.micro_batches && world_size == o.world_size && zero_stage == o.zero_stage &&
+           pipeline_stages == o.pipeline_stages && one_f_one_b == o.one_f_one_b && tensor_parallel == o.tensor_parallel;
   }
 };
 
@@ -90,6 +108,12 @@ struct PlanSpace {
   std::vector<int64_t> micro_batches{1};
   std::vector<int> world_sizes{1};
   std::vector<int> zero_stages{0};  // stages above 0 only with more than one rank
+  // Pipeline stages and tensor-parallel degrees (1: none); with stages, the schedules (true:
+  // 1F1B, false: GPipe). Combined with one rank only, and not with each other; a pipeline's
+  // micro-batch counts are its M.
+  std::vector<int> pipeline_stages{1};
+  std::vector<bool> schedules{true};
+  std::vector<int> tensor_parallel{1};
   bool has_attention = true;  // false: the attention list is ignored (and left out of names)
   // The global batch (for_batch sets it): a world size that does not divide it, and micro-batch
   // counts larger than a rank's share, are left out. 0: nothing left out.
@@ -163,6 +187,10 @@ struct PlanOptions {
   int steps = 2;                  // steps predicted: the first allocates the optimizer state
   std::optional<CostModel> cost;  // none: the roofline of datasheet_rates(gpu) on cuda; on the cpu, no time
   std::string gpu = "h100";       // the datasheet for cuda when `cost` is not given
+  // How many devices compute at once (Mix::device_count): 0, all of a mix's (GPUs); on the cpu
+  // devices, which share the host's cores, cores / threads per op (device_properties). A mix on
+  // more devices than that takes at least its devices' summed time over this many.
+  int concurrent_devices = 0;
   // plan() without `cost`: first calibrate on the device at hand, with one mix per precision and
   // attention -- the fitting one with the least recompute, then the fewest micro-batches -- run
   // for real (`calibrate_warmup` + `calibrate_steps` steps each).
@@ -174,7 +202,8 @@ struct MixPrediction {
   Mix mix;
   int64_t batch = 0;
   std::string status;  // "ok", "oom" (does not fit the budget) or "error: ..."
-  MemoryStats stats;   // the meta allocator's, from the first step on
+  MemoryStats stats;   // the meta allocator's, from the first step on (several devices: the fullest's)
+  std::vector<std::pair<Device, MemoryStats>> device_stats;  // several devices: each one's
   double seconds = 0;  // predicted step time (0 without a cost model)
   int64_t ops = 0;     // backend ops in one step
   double flops = 0, bytes = 0;

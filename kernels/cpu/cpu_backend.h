@@ -19,6 +19,7 @@ class CpuBackend final : public Backend {
 
   void copy_to_host(void* host_dst, const void* src, size_t nbytes, Device device, bool non_blocking) override;
   void copy_from_host(void* dst, const void* host_src, size_t nbytes, Device device, bool non_blocking) override;
+  DeviceProperties properties(Device device) override;
 
  protected:
   // A kernel for every op of the table (engine/op_table.h); Backend::name checks, then calls it.

@@ -6,6 +6,10 @@
 // 3-5x slower. OMP_WAIT_POLICY=passive fixes it but is read before our code runs. This pool's
 // workers sleep on a condition variable between jobs, costing a few microseconds to wake, which
 // parallel_for's grain sizes (tens of thousands of elements) amortise.
+#include <unistd.h>
+
+#include "kernels/cpu/cpu_backend.h"
+
 #include <atomic>
 #include <condition_variable>
 #include <cstdlib>
@@ -173,3 +177,18 @@ bool set_flush_denormal(bool on) { return cpu::g_flush_denormal.exchange(on); }
 bool flush_denormal() { return cpu::g_flush_denormal.load(std::memory_order_relaxed); }
 
 }  // namespace headroom
+
+namespace headroom::cpu {
+
+DeviceProperties CpuBackend::properties(Device device) {
+  DeviceProperties p;
+  p.name = device.str();
+  const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+  p.total_memory = pages > 0 && page > 0 ? static_cast<int64_t>(pages) * page : 0;
+  const unsigned hw = std::thread::hardware_concurrency();
+  p.compute_units = hw == 0 ? 1 : static_cast<int>(hw);
+  p.threads_per_op = num_threads();
+  return p;
+}
+
+}  // namespace headroom::cpu

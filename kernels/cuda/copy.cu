@@ -15,6 +15,8 @@
 // stream; only a blocking host transfer waits for it.
 #include <cmath>
 #include <cstring>
+#include <mutex>
+#include <set>
 
 #include "kernels/cuda/cuda_backend.h"
 #include "kernels/cuda/cuda_common.cuh"
@@ -219,6 +221,39 @@ void CudaBackend::copy_to_host(void* host_dst, const void* src, size_t nbytes, D
   // the copy is only queued, so wait for the stream (the host's thread, not the GPU, waits).
   // non_blocking: the caller waits for the stream or an event on it before reading.
   if (!non_blocking) HR_CUDA_CHECK(cudaStreamSynchronize(scope.stream()));
+}
+
+// Note [peer copies]: between two GPUs the bytes go GPU to GPU (cudaMemcpyPeerAsync) -- over
+// NVLink or PCIe directly where the pair has peer access (enabled once per pair, from the
+// destination's side), staged by the driver where it has not -- never through a host tensor.
+// The source's stream is drained first (the kernels that produce src are on it), the copy is
+// queued on the destination's stream (ordered before the work that reads dst), and the host
+// waits for it, so src may be freed on return, as copy_tensor's other paths allow.
+bool CudaBackend::copy_between_devices(void* dst, Device dst_device, const void* src, Device src_device, size_t nbytes) {
+  if (nbytes == 0) return true;
+  static std::mutex mutex;
+  static std::set<std::pair<int, int>> tried;  // (dst, src) pairs whose peer access was looked at
+  {
+    std::lock_guard<std::mutex> lock(mutex);
+    if (tried.insert({dst_device.index, src_device.index}).second) {
+      int can = 0;
+      HR_CUDA_CHECK(cudaDeviceCanAccessPeer(&can, dst_device.index, src_device.index));
+      if (can) {
+        CudaDeviceGuard guard(dst_device.index);
+        const cudaError_t e = cudaDeviceEnablePeerAccess(src_device.index, 0);
+        if (e == cudaErrorPeerAccessAlreadyEnabled) (void)cudaGetLastError();  // clears it
+        else HR_CUDA_CHECK(e);
+      }
+    }
+  }
+  {
+    KernelScope from(src_device);
+    HR_CUDA_CHECK(cudaStreamSynchronize(from.stream()));
+  }
+  KernelScope to(dst_device);
+  HR_CUDA_CHECK(cudaMemcpyPeerAsync(dst, dst_device.index, src, src_device.index, nbytes, to.stream()));
+  HR_CUDA_CHECK(cudaStreamSynchronize(to.stream()));
+  return true;
 }
 
 void CudaBackend::copy_from_host(void* dst, const void* host_src, size_t nbytes, Device device, bool non_blocking) {

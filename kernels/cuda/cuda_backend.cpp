@@ -27,6 +27,17 @@ std::string CudaBackend::device_description(Device device) {
     return str_cat(prop.name, ", ", prop.totalGlobalMem >> 20, " MiB");
   return device.str();
 }
+DeviceProperties CudaBackend::properties(Device device) {
+  DeviceProperties p;
+  cudaDeviceProp prop{};
+  HR_CUDA_CHECK(cudaGetDeviceProperties(&prop, device.index));
+  p.name = prop.name;
+  p.total_memory = static_cast<int64_t>(prop.totalGlobalMem);
+  p.compute_units = prop.multiProcessorCount;
+  p.capability = prop.major * 10 + prop.minor;
+  return p;
+}
+
 void CudaBackend::start_op_profile() { cuda::start_op_profile(); }
 std::vector<OpTime> CudaBackend::stop_op_profile() { return cuda::stop_op_profile(); }
 

@@ -53,6 +53,8 @@ class CudaBackend final : public Backend {
 
   // cuda_backend.cpp: the card's name and memory; op_profile.cpp's profile.
   std::string device_description(Device device) override;
+  DeviceProperties properties(Device device) override;
+  bool copy_between_devices(void* dst, Device dst_device, const void* src, Device src_device, size_t nbytes) override;
   void start_op_profile() override;
   std::vector<OpTime> stop_op_profile() override;
 

@@ -92,3 +92,24 @@ TEST(Device, MemoryLimitPerDeviceFromTheEnvironment) {
 
 }  // namespace
 }  // namespace headroom
+
+namespace headroom {
+namespace {
+
+// device_properties (engine/backend.h): what headroom-bench and headroom-plan ask instead of the
+// kernels. The cpu devices share the host: the same cores and memory on each.
+TEST(DeviceProperties, CpuDevicesDescribeTheHost) {
+  const DeviceProperties p0 = device_properties(Device::cpu(0)), p3 = device_properties(Device::cpu(3));
+  EXPECT_EQ(p0.name, "cpu");
+  EXPECT_EQ(p3.name, "cpu:3");
+  EXPECT_GE(p0.compute_units, 1);
+  EXPECT_GE(p0.threads_per_op, 1);
+  EXPECT_GT(p0.total_memory, int64_t{1} << 20);
+  EXPECT_EQ(p0.total_memory, p3.total_memory);
+  EXPECT_EQ(p0.compute_units, p3.compute_units);
+  EXPECT_EQ(p0.capability, 0);
+  EXPECT_THROW_WITH(device_properties(Device::cpu(8)), DeviceError, "cpu:8 does not exist");
+}
+
+}  // namespace
+}  // namespace headroom
