@@ -109,6 +109,16 @@ class LocalGroup final : public ProcessGroup {
     set_broken(why);
     hub_->break_with(why);
   }
+  int64_t next_collective() const { return next_number(); }
+  // Once every rank's thread has ended (run_on_groups): working again, numbered from `next`.
+  void mend_after_failure(int64_t next) {
+    {
+      std::lock_guard<std::mutex> lock(hub_->mutex);
+      hub_->broken.clear();
+      hub_->pending.clear();
+    }
+    mend(next);
+  }
 
  protected:
   void start(const Op& op, const WorkPtr& work) override {
@@ -267,7 +277,14 @@ void run_on_groups(const std::vector<std::unique_ptr<ProcessGroup>>& groups,
     });
   }
   for (auto& t : threads) t.join();
-  if (first) std::rethrow_exception(first);
+  if (first) {
+    // Every rank has stopped: the groups are mended for the next call, each rank's collectives
+    // numbered from one past the furthest any rank got (Note [in-process groups]).
+    int64_t next = 0;
+    for (const auto& g : groups) next = std::max(next, static_cast<LocalGroup&>(*g).next_collective());
+    for (const auto& g : groups) static_cast<LocalGroup&>(*g).mend_after_failure(next);
+    std::rethrow_exception(first);
+  }
 }
 
 void run_on_devices(const std::vector<Device>& devices, const std::function<void(int rank, ProcessGroup& group)>& fn) {

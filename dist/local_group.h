@@ -15,7 +15,8 @@
 // until then. The ranks' tensors are on cpu devices, whose memory is the host's, so the hub
 // reads and writes them directly; cuda devices are not supported yet (a DeviceError says so).
 // A rank whose thread throws breaks the hub: every pending and later collective fails with a
-// CommunicationError naming that rank, instead of waiting for it. send/recv are not supported
+// CommunicationError naming that rank, instead of waiting for it; run_on_groups mends the groups
+// once every rank's thread has ended. send/recv are not supported
 // (the pipeline has its own channels).
 #pragma once
 
@@ -37,7 +38,9 @@ std::vector<std::unique_ptr<ProcessGroup>> make_local_groups(const std::vector<D
 // and the first exception is rethrown once every thread has ended.
 void run_on_devices(const std::vector<Device>& devices, const std::function<void(int rank, ProcessGroup& group)>& fn);
 // The same over groups that outlive one call (modules keep a reference to their group): one
-// thread per rank each call. A failure breaks the groups for good; make new ones to go on.
+// thread per rank each call. A rank that throws breaks the groups for that call, so no other
+// rank waits for it; once every thread has ended they are mended, and the next call works
+// (the failed call's collectives are dropped; the first exception is rethrown).
 void run_on_groups(const std::vector<std::unique_ptr<ProcessGroup>>& groups,
                    const std::function<void(int rank, ProcessGroup& group)>& fn);
 

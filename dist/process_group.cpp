@@ -95,6 +95,31 @@ void ProcessGroup::set_timeout(std::chrono::milliseconds timeout) {
   timeout_ = timeout;
 }
 
+void ProcessGroup::mend(int64_t next_number) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  broken_.clear();
+  next_number_ = next_number;
+}
+
+int64_t ProcessGroup::next_number() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return next_number_;
+}
+
+std::function<bool(bool prepared)> step_agreement(ProcessGroup& group, Device device) {
+  Tensor flag;
+  {
+    CategoryScope communication(MemoryCategory::communication);
+    flag = Tensor::zeros({1}, TensorOptions().dtype(DType::f64).device(device));
+  }
+  return [&group, flag](bool prepared) {
+    Tensor f = flag;
+    f.fill_(prepared ? 1.0 : 0.0);
+    group.all_reduce(f, ReduceOp::min)->wait();
+    return f.item<double>() != 0.0;
+  };
+}
+
 std::string ProcessGroup::broken_reason() const {
   std::lock_guard<std::mutex> lock(mutex_);
   return broken_;

@@ -163,6 +163,11 @@ class ProcessGroup {
   virtual void start(const Op& op, const WorkPtr& work) = 0;
   // A transport marks the group broken after a failure it cannot recover from.
   void set_broken(const std::string& why);
+  // An in-process group mended once every rank's thread has ended (Note [in-process groups]):
+  // working again, its next collective numbered `next_number` on every rank. The number of the
+  // next operation this rank would start.
+  void mend(int64_t next_number);
+  int64_t next_number() const;
 
  private:
   WorkPtr launch(const Op& op, int64_t payload_bytes);
@@ -195,6 +200,12 @@ class MetaGroup final : public ProcessGroup {
  private:
   DeviceType type_;
 };
+
+// Note [agreed failure] for any group: a function for Optimizer::set_step_agreement that tells
+// every rank whether every rank prepared its step (a min over the ranks), with its one-element
+// buffer made here, on `device`, tagged communication -- so agreeing allocates nothing, even
+// right after an out-of-memory error. Every rank of the group must step its optimizer together.
+std::function<bool(bool prepared)> step_agreement(ProcessGroup& group, Device device);
 
 // ---- the world (Note [loadable transports]) ----
 

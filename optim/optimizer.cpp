@@ -28,6 +28,16 @@ Optimizer::Optimizer(std::vector<Tensor> params, double lr) : params_(std::move(
   }
 }
 
+// A failed prepare tells the peers (Note [agreed failure]); a group that cannot be told (it broke
+// with this failure) must not hide the failure itself, which is rethrown.
+void Optimizer::tell_peers_not_prepared() noexcept {
+  if (!step_agreement_) return;
+  try {
+    step_agreement_(false);
+  } catch (...) {
+  }
+}
+
 void Optimizer::step() {
   NoGradGuard no_grad;
   reserving_ = 0;
@@ -35,7 +45,7 @@ void Optimizer::step() {
     prepare_step();
   } catch (const OutOfMemoryError& e) {
     discard_step();
-    if (step_agreement_) step_agreement_(false);  // the peers learn that this rank cannot commit
+    tell_peers_not_prepared();  // the peers learn that this rank cannot commit
     const Tensor& p = params_[std::min(reserving_, params_.size() - 1)];
     throw OutOfMemoryError(str_cat(e.what(), "\n  optimizer step: this was while reserving state and temporaries for "
                                    "parameter ", reserving_, " of ", params_.size(), " (", describe(p),
@@ -44,11 +54,21 @@ void Optimizer::step() {
                            e.requested_bytes(), e.limit_bytes());
   } catch (...) {
     discard_step();
-    if (step_agreement_) step_agreement_(false);
+    tell_peers_not_prepared();
     throw;
   }
-  // Note [agreed failure]: commit only when every rank prepared.
-  if (step_agreement_ && !step_agreement_(true)) {
+  // Note [agreed failure]: commit only when every rank prepared. An agreement that fails (a
+  // broken group) commits nothing either.
+  bool agreed = true;
+  if (step_agreement_) {
+    try {
+      agreed = step_agreement_(true);
+    } catch (...) {
+      discard_step();
+      throw;
+    }
+  }
+  if (!agreed) {
     discard_step();
     throw OutOfMemoryError("optimizer step: another rank ran out of memory while preparing its step, so none "
                            "committed; nothing was updated here either (parameters, optimizer state and step counts "

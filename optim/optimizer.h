@@ -104,6 +104,9 @@ class Optimizer {
   double lr_;
   bool fused_ = true;
   std::function<bool(bool)> step_agreement_;
+
+ private:
+  void tell_peers_not_prepared() noexcept;
 };
 
 // The temporaries of the unfused update (the Tensor-op path), reserved in prepare_step so that
