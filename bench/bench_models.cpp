@@ -551,6 +551,7 @@ void build_several_devices(Workload* w, const Preset& p, std::mt19937_64& rng) {
       for (size_t r = 0; r < devs.size(); ++r) {
         ranks->push_back(nn::TensorParallelGPT::from(full, *(*groups)[r], devs[r]));
         opts->push_back(std::make_unique<optim::AdamW>(ranks->back()->parameters(), 6e-4, 0.9, 0.95, 1e-8, 0.1));
+        opts->back()->set_step_agreement(dist::step_agreement(*(*groups)[r], devs[r]));  // Note [agreed failure]
       }
     }
     w->input = random_labels(p.batch * p.seq_len, p.token_range, rng, {p.batch, p.seq_len}, first);

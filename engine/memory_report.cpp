@@ -725,4 +725,39 @@ void write_memory_report(const std::string& dir, Device device, const std::strin
   write_file(d / "timeline.html", memory_timeline_html(trace, stats, device, title));
 }
 
+void write_memory_report(const std::string& dir, const std::vector<Device>& devices, const std::string& title) {
+  HR_CHECK(!devices.empty(), ValueError, "write_memory_report: no devices");
+  namespace fs = std::filesystem;
+  std::ostringstream rows;
+  int64_t most = 0, least = -1;
+  std::vector<MemoryCategory> cats;
+  for (int c = 0; c < kNumMemoryCategories; ++c) cats.push_back(static_cast<MemoryCategory>(c));
+  for (const Device& d : devices) {
+    std::string folder = d.str();
+    for (char& ch : folder)
+      if (ch == ':') ch = '_';
+    write_memory_report((fs::path(dir) / folder).string(), d, str_cat(title, " (", d.str(), ")"));
+    const MemoryStats st = caching_allocator(d).stats();
+    most = std::max(most, st.allocated_bytes.peak);
+    least = least < 0 ? st.allocated_bytes.peak : std::min(least, st.allocated_bytes.peak);
+    rows << "<tr><td><a href=\"" << html_escape(folder) << "/timeline.html\">" << html_escape(d.str()) << "</a></td><td>"
+         << html_escape(format_bytes(st.allocated_bytes.peak)) << "</td><td>" << html_escape(format_bytes(st.reserved_bytes.peak))
+         << "</td>";
+    for (MemoryCategory c : cats) rows << "<td>" << html_escape(format_bytes(st.category(c).peak)) << "</td>";
+    rows << "</tr>\n";
+  }
+  std::ostringstream html;
+  html << "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>" << html_escape(title)
+       << "</title>\n<style>body{font-family:sans-serif;margin:24px}table{border-collapse:collapse}"
+          "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}td:first-child{text-align:left}</style>"
+          "</head><body>\n<h1>"
+       << html_escape(title) << "</h1>\n<p>" << devices.size()
+       << " devices, each with its own allocator. Largest peak allocated over the smallest: "
+       << (least > 0 ? str_cat(static_cast<double>(most) / static_cast<double>(least)) : std::string("-"))
+       << ".</p>\n<table>\n<tr><th>device</th><th>peak allocated</th><th>peak reserved</th>";
+  for (MemoryCategory c : cats) html << "<th>" << html_escape(category_name(c)) << "</th>";
+  html << "</tr>\n" << rows.str() << "</table>\n</body></html>\n";
+  write_file(fs::path(dir) / "index.html", html.str());
+}
+
 }  // namespace headroom

@@ -76,4 +76,10 @@ std::string memory_timeline_html(const std::vector<TraceEvent>& events, const Me
 // called on that allocator.
 void write_memory_report(const std::string& dir, Device device, const std::string& title);
 
+// Several devices (a model placed over cpu:0..N-1 or GPUs): each device's five files in a folder
+// of its own under `dir` ("cpu", "cpu_1", "cuda_0": the device's name with ':' as '_'), and
+// `dir`/index.html, one row per device -- peak allocated and reserved, each category's peak, a
+// link to its timeline -- with the largest peak over the smallest. The same errors.
+void write_memory_report(const std::string& dir, const std::vector<Device>& devices, const std::string& title);
+
 }  // namespace headroom

@@ -41,6 +41,7 @@
 #include <set>
 
 #include "dist/local_group.h"
+#include "engine/memory_report.h"
 #include "examples/common.h"
 #include "nn/parallel/gpt_parallel.h"
 
@@ -318,8 +319,9 @@ int main(int argc, char** argv) {
     else if (model_parallel && (cfg.ddp || cfg.zero > 0)) refused = str_cat("--ddp or --zero and --pipeline or --tensor-parallel", no);
     else if (model_parallel && (cfg.save_every > 0 || !cfg.resume.empty()))
       refused = str_cat("--save-every or --resume and --pipeline or --tensor-parallel", no);
-    else if (model_parallel && (cfg.plan || !cfg.memory_report.empty()))
-      refused = str_cat("--plan or --memory-report (they plan and trace one device) and --pipeline or --tensor-parallel", no);
+    else if (model_parallel && cfg.plan)
+      refused = str_cat("--plan (it plans one device; headroom-plan --pipeline/--tensor-parallel plans several) and "
+                        "--pipeline or --tensor-parallel", no);
     else if (micro_batches > 1 && pipeline == 1 && (cfg.ddp || cfg.zero > 0 || tensor_parallel > 1 || cfg.plan))
       refused = str_cat("--micro-batches without --pipeline and --ddp, --zero, --tensor-parallel or --plan", no);
     else if (tensor_parallel > 1 && n_head % tensor_parallel != 0)
@@ -383,7 +385,10 @@ int main(int argc, char** argv) {
         },
         space, &attention);
     manual_seed(static_cast<uint64_t>(cfg.seed));
-    examples::MemoryReporting memory(cfg, device, "GPT on fortunes");
+    // Several devices write their report at the end, a folder per device (below).
+    examples::TrainConfig one_device = cfg;
+    if (model_parallel) one_device.memory_report.clear();
+    examples::MemoryReporting memory(one_device, device, "GPT on fortunes");
     gc.attention = parse_attention_impl(attention);
     gc.checkpoint = nn::parse_checkpoint_mode(cfg.recompute, "--checkpoint");
     auto model = std::make_shared<nn::GPT>(gc);
@@ -428,6 +433,9 @@ int main(int argc, char** argv) {
         for (int64_t r = 0; r < tensor_parallel; ++r) {
           ranks.push_back(nn::TensorParallelGPT::from(*model, *groups[static_cast<size_t>(r)], devices[static_cast<size_t>(r)]));
           rank_optimizers.push_back(make_adamw(ranks.back()->parameters()));
+          // Note [agreed failure]: every rank commits its step, or none.
+          rank_optimizers.back()->set_step_agreement(
+              dist::step_agreement(*groups[static_cast<size_t>(r)], devices[static_cast<size_t>(r)]));
           if (r > 0)  // rank 0's is `schedule`, below
             rank_schedules.push_back(
                 std::make_unique<optim::CosineWithWarmup>(*rank_optimizers.back(), warmup, steps, cfg.lr / 10));
@@ -436,7 +444,13 @@ int main(int argc, char** argv) {
                   << ".." << devices.back().str() << "), " << ranks[0]->num_parameters() << " parameters on each\n";
         model.reset();  // the ranks hold their own copies
       }
-      for (const Device& d : devices) caching_allocator(d).reset_peak_stats();  // the peaks are the parts'
+      for (const Device& d : devices) {
+        caching_allocator(d).reset_peak_stats();  // the peaks are the parts'
+        if (!cfg.memory_report.empty()) {
+          caching_allocator(d).clear_trace();
+          caching_allocator(d).set_trace_enabled(true);
+        }
+      }
     }
     // --ddp: every rank draws the same windows and trains on its share of them (the hooks of the
     // DistributedDataParallel average the gradients; GPT::loss is called on the model itself).
@@ -603,6 +617,12 @@ int main(int argc, char** argv) {
                   << format_bytes(st.category(MemoryCategory::optimizer_state).peak) << ", activation "
                   << format_bytes(st.category(MemoryCategory::activation).peak) << "), reserved "
                   << format_bytes(st.reserved_bytes.peak) << "\n";
+      }
+      if (!cfg.memory_report.empty()) {
+        write_memory_report(cfg.memory_report, devices,
+                            str_cat("GPT on fortunes, ", pipeline > 1 ? str_cat(pipeline, " pipeline stages")
+                                                                      : str_cat("tensor parallel over ", tensor_parallel)));
+        std::cout << "memory report: " << cfg.memory_report << "/index.html (a folder per device)\n";
       }
       if (pipe) {
         const nn::PipelineStats& ps = pipe->last_stats();

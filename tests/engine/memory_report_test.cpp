@@ -625,6 +625,26 @@ TEST(MemoryReport, WritesAllFilesForTheDeviceAllocator) {
   EXPECT_THROW_WITH(write_memory_report(bad, Device::cpu(), "x"), IOError, bad);
 }
 
+// Several devices: a folder of files per device and an index with a row for each.
+TEST(MemoryReport, SeveralDevicesEachTheirOwnFilesAndARowInTheIndex) {
+  TempDir tmp;
+  const std::vector<Device> devices{Device::cpu(0), Device::cpu(2)};
+  Tensor keep0 = Tensor::zeros({64, 64}, Device::cpu(0));
+  Tensor keep2 = Tensor::zeros({256, 64}, Device::cpu(2));
+  const fs::path dir = tmp.path / "several";
+  write_memory_report(dir.string(), devices, "placed model");
+  for (const char* folder : {"cpu", "cpu_2"})
+    for (const char* name : {"stats.json", "snapshot.json", "trace.json", "trace.chrome.json", "timeline.html"})
+      EXPECT_FALSE(read_file(dir / folder / name).empty()) << folder << "/" << name;
+  const Json stats2 = parse_json(read_file(dir / "cpu_2" / "stats.json"));
+  EXPECT_GE(stats2["allocated_bytes"]["peak"].as_int(), 256 * 64 * 4);
+  const std::string index = read_file(dir / "index.html");
+  EXPECT_NE(index.find("href=\"cpu/timeline.html\""), std::string::npos);
+  EXPECT_NE(index.find("href=\"cpu_2/timeline.html\""), std::string::npos);
+  EXPECT_NE(index.find("2 devices"), std::string::npos);
+  EXPECT_THROW_WITH(write_memory_report(dir.string(), std::vector<Device>{}, "x"), ValueError, "no devices");
+}
+
 // Runs a command, returns its exit status and standard output.
 std::pair<int, std::string> run_command(const std::string& cmd) {
   std::string out;

@@ -3,6 +3,8 @@
 // run, so every printed loss agrees with it (to 2e-4: the split adds the same f32 terms in
 // another order, and the 4-decimal print can round either way); the end prints each device's
 // peak memory and the pipeline's bubble; what cannot run is a clear error.
+#include <filesystem>
+#include <fstream>
 #include <regex>
 
 #include "program_runner.h"
@@ -43,6 +45,21 @@ TEST(ModelParallelExample, PipelineAndTensorParallelTrainAsOneDevice) {
     if (split.find("pipeline") != std::string::npos)
       EXPECT_TRUE(std::regex_search(r.output, std::regex(R"(bubble [0-9.]+% of the stages' time)"))) << r.output;
   }
+}
+
+TEST(ModelParallelExample, TheMemoryReportHasEveryDevice) {
+  if (!std::filesystem::is_directory("/usr/share/games/fortunes")) GTEST_SKIP() << "fortunes not installed";
+  const std::string dir = ::testing::TempDir() + "/mp-report";
+  std::filesystem::remove_all(dir);
+  RunResult r = run_program(gpt(), "--pipeline 3 --micro-batches 2 --steps 2 --eval-every 2 --eval-batches 1 "
+                                   "--sample-chars 0 --memory-report " + dir);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  for (const char* folder : {"cpu", "cpu_1", "cpu_2"})
+    EXPECT_TRUE(std::filesystem::file_size(dir + "/" + folder + "/timeline.html") > 0) << folder;
+  std::ifstream in(dir + "/index.html");
+  const std::string index((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  EXPECT_NE(index.find("3 devices"), std::string::npos) << index;
+  EXPECT_NE(index.find("cpu_2/timeline.html"), std::string::npos) << index;
 }
 
 TEST(ModelParallelExample, WhatCannotRunIsAClearError) {
