@@ -116,6 +116,9 @@ std::function<bool(bool prepared)> step_agreement(ProcessGroup& group, Device de
     Tensor f = flag;
     f.fill_(prepared ? 1.0 : 0.0);
     group.all_reduce(f, ReduceOp::min)->wait();
+    // Note [meta execution]: a prediction's flag holds no value (it reads as 0); what is
+    // predicted is the step every rank prepared.
+    if (f.is_meta()) return prepared;
     return f.item<double>() != 0.0;
   };
 }

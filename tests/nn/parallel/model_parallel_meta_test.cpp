@@ -69,6 +69,8 @@ std::vector<MemoryStats> run(const std::string& kind, int n, bool meta) {
       for (int r = 0; r < n; ++r) {
         ranks.push_back(nn::TensorParallelGPT::from(model, *groups[static_cast<size_t>(r)], Device::cpu(r)));
         opts.push_back(std::make_unique<optim::AdamW>(ranks.back()->parameters(), 1e-3));
+        // Agreeing under meta agrees (no values to read): the prediction is of the step that commits.
+        opts.back()->set_step_agreement(dist::step_agreement(*groups[static_cast<size_t>(r)], Device::cpu(r)));
       }
       for (int s = 0; s < 2; ++s)
         dist::run_on_groups(groups, [&](int r, dist::ProcessGroup&) {
