@@ -4,13 +4,16 @@
 //   headroom-plan --preset gpt-tiny-cpu-f32-fused --budget 12MiB              # here, calibrated
 //   headroom-plan --preset gpt-tiny-cpu-f32-fused --budget 12MiB --verify     # and checked for real
 //   headroom-plan --preset gpt2-small-bf16-fused --device cuda --gpu h200 --budget 16GiB --capacity
+//   headroom-plan --preset gpt-4l-cpu-f32-fused --budget 16MiB --pipeline 1,2,4 --tensor-parallel 1,2
 //
 // The preset names the model and the batch (--batch overrides it); its own precision,
 // attention, checkpointing and micro-batches are what the planner varies: every mix of
 // precision (f32, f16, bf16), attention (naive, fused; GPT only), checkpoint (none, block, sqrt,
 // selective; not the MLP, which has no blocks) and micro-batches (1, 2, 4, ... dividing the
-// batch). Each mix runs two steps under meta execution against the target device's allocator
-// with the budget as its limit: fits or not, peak allocated and reserved by category. Its step
+// batch), and with --world-size/--zero, --pipeline/--schedule and --tensor-parallel the ranks,
+// stages and splits (docs/planning.md). Each mix runs two steps under meta execution against
+// the target device's allocator (every device's, for several) with the budget as its limit:
+// fits or not, peak allocated and reserved by category. Its step
 // time comes from the cost model: on the cpu fitted to a short measured run of one mix per
 // precision and attention (--no-calibrate: none, mixes ordered by flops); on cuda the roofline of
 // the --gpu datasheet, scaled to a measured run when a GPU is here. --capacity: the largest

@@ -3,6 +3,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <vector>
 
 #include "engine/error.h"
 
@@ -35,6 +36,17 @@ class MetaMemoryBackend final : public DeviceMemoryBackend {
 
 }  // namespace
 
+namespace {
+// Every meta allocator ever made, for good (Note [meta execution]: a meta tensor may outlive its
+// scope, and callers read a scope's stats after it closed). Held here so that they stay
+// reachable -- kept on purpose, not leaked.
+std::vector<std::unique_ptr<CachingAllocator>>& all_meta_allocators() {
+  static auto* all = new std::vector<std::unique_ptr<CachingAllocator>>();
+  return *all;
+}
+std::mutex g_all_meta_mutex;
+}  // namespace
+
 struct MetaScope::State {
   std::mutex mutex;  // worker threads share the scope (Note [meta in worker threads])
   std::map<std::pair<int, int>, CachingAllocator*> allocators;  // never destroyed
@@ -45,6 +57,10 @@ struct MetaScope::State {
     auto it = allocators.find(key);
     if (it != allocators.end()) return *it->second;
     auto* a = new CachingAllocator(std::make_unique<MetaMemoryBackend>(device));
+    {
+      std::lock_guard<std::mutex> all_lock(g_all_meta_mutex);
+      all_meta_allocators().emplace_back(a);
+    }
     allocators[key] = a;
     return *a;
   }
