@@ -1,6 +1,7 @@
 #include "autograd/function.h"
 
 #include "autograd/functions.h"
+#include "engine/allocator.h"
 
 namespace headroom {
 
@@ -27,6 +28,9 @@ void record(const char* name, const Tensor& out, const std::vector<Tensor>& inpu
   AutogradMeta& meta = autograd_meta(out);
   meta.grad_fn = std::move(node);
   meta.requires_grad = true;
+  // Note [allocation sites]: a leak check names what grows by the op that made it.
+  if (allocation_sites_wanted() && out.storage() && out.storage()->allocator())
+    out.storage()->allocator()->set_site(out.storage()->allocation(), name);
 }
 
 void record(const char* name, const Tensor& out, std::initializer_list<Tensor> inputs, BackwardFn fn) {

@@ -28,6 +28,14 @@ Tensor log(const Tensor& x);
 Tensor sqrt(const Tensor& x);
 Tensor abs(const Tensor& x);
 Tensor relu(const Tensor& x);
+// Note [differentiable in-place]: relu(x) written into x, differentiable. Its backward needs
+// only the output (out > 0 where x > 0), so nothing more is saved and no second tensor is
+// allocated: the bytes of relu's input are saved (nn::ReLU(true)). x's history is continued:
+// x becomes the output of a "relu_" node whose input edge is x's old one. The version check
+// holds: an op that saved x before (it needs the values relu_ overwrote) fails in backward,
+// naming it. AutogradError for a leaf that requires grad (its gradient would have nowhere to
+// go) and for a view (a view taken of the same storage would not follow the new history).
+Tensor& relu_(Tensor& x);
 Tensor gelu(const Tensor& x);  // tanh form: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
 Tensor tanh(const Tensor& x);
 Tensor sigmoid(const Tensor& x);

@@ -185,7 +185,10 @@ int device_count(DeviceType type) {
 
 namespace {
 std::atomic<Allocator*> g_pinned_allocator{nullptr};
+std::atomic<int> g_site_wanters{0};
 }  // namespace
+bool allocation_sites_wanted() { return g_site_wanters.load(std::memory_order_relaxed) > 0; }
+void set_allocation_sites_wanted(bool on) { g_site_wanters.fetch_add(on ? 1 : -1); }
 Allocator* pinned_allocator() { return g_pinned_allocator.load(); }
 void set_pinned_allocator(Allocator* allocator) { g_pinned_allocator.store(allocator); }
 

@@ -33,6 +33,10 @@ class Allocator {
   // Retags a live allocation (e.g. a tensor saved for backward becomes an activation).
   virtual void set_category(const Allocation& a, MemoryCategory category) {}
   virtual MemoryCategory category_of(const Allocation& a) const { return MemoryCategory::temporary; }
+  // Note [allocation sites]: names the op whose output the allocation holds (a string that
+  // lives for the program, an autograd node's name), for the leak check. Kept only while an
+  // allocator records sites.
+  virtual void set_site(const Allocation& a, const char* site) {}
   // The allocation is also used by work queued on `stream` (Note [stream reuse] in
   // caching_allocator.h): it is not handed out again until that work has finished.
   virtual void record_stream(const Allocation& a, Stream stream) {}
@@ -71,6 +75,12 @@ class CachingAllocator;
 void apply_env_settings(CachingAllocator& allocator, Device device);
 // HEADROOM_MEMORY_LIMIT's limit for `device` (0: none), read as above.
 size_t memory_limit_from_env(const char* text, Device device);
+
+// Note [allocation sites]: whether some allocator records allocation sites now (a LeakCheck is
+// open): autograd tags each op's output with the op's name only then, so the check costs
+// nothing when off.
+bool allocation_sites_wanted();
+void set_allocation_sites_wanted(bool on);  // counted: every on is matched by an off
 
 // Page-locked host memory (Tensor::empty_pinned), which a GPU can copy from and to while the
 // host goes on. Registered by the CUDA side when a GPU is present; nullptr otherwise.

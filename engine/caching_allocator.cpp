@@ -29,6 +29,8 @@ struct CachingAllocator::Block {
   bool allocated = false;
   bool pending = false;  // freed, waiting for events on other streams
   MemoryCategory category = MemoryCategory::temporary;
+  uint64_t serial = 0;         // this allocation's number (Note [allocation sites])
+  const char* site = nullptr;  // the op whose output it holds, while sites are recorded
   Segment* segment = nullptr;
   Block* prev = nullptr;
   Block* next = nullptr;
@@ -292,6 +294,8 @@ Allocation CachingAllocator::allocate(size_t nbytes, Stream stream, MemoryCatego
   b->allocated = true;
   b->requested = nbytes;
   b->category = category;
+  b->serial = next_serial_++;
+  b->site = nullptr;
   b->stream_uses.clear();
   const auto size = static_cast<int64_t>(b->size);
   stats_.allocated_bytes.add(size);
@@ -515,6 +519,29 @@ void CachingAllocator::reset_peak_stats() {
   for (auto& s : stats_.category_bytes) s.reset_peak();
 }
 
+void CachingAllocator::set_site(const Allocation& a, const char* site) {
+  if (!a.context) return;
+  std::lock_guard<std::recursive_mutex> lock(mu_);
+  if (!record_sites_) return;
+  auto* b = static_cast<Block*>(a.context);
+  if (b->allocated && b->site == nullptr) b->site = site;  // the first op to produce it
+}
+
+void CachingAllocator::set_site_recording(bool on) {
+  std::lock_guard<std::recursive_mutex> lock(mu_);
+  record_sites_ = on;
+}
+
+bool CachingAllocator::site_recording() const {
+  std::lock_guard<std::recursive_mutex> lock(mu_);
+  return record_sites_;
+}
+
+uint64_t CachingAllocator::next_serial() const {
+  std::lock_guard<std::recursive_mutex> lock(mu_);
+  return next_serial_;
+}
+
 std::vector<SegmentInfo> CachingAllocator::snapshot() const {
   std::lock_guard<std::recursive_mutex> lock(mu_);
   std::vector<SegmentInfo> out;
@@ -531,6 +558,10 @@ std::vector<SegmentInfo> CachingAllocator::snapshot() const {
       bi.requested = b->allocated ? static_cast<int64_t>(b->requested) : 0;
       bi.state = b->allocated ? "allocated" : (b->pending ? "pending_free" : "free");
       bi.category = b->category;
+      if (b->allocated) {
+        bi.serial = b->serial;
+        bi.site = b->site;
+      }
       si.blocks.push_back(bi);
     }
     out.push_back(std::move(si));

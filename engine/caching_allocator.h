@@ -141,6 +141,8 @@ struct BlockInfo {
   int64_t requested = 0;
   std::string state;  // "allocated", "free", "pending_free"
   MemoryCategory category = MemoryCategory::temporary;
+  uint64_t serial = 0;        // allocated blocks: the allocation's number in this allocator (from 1)
+  const char* site = nullptr;  // Note [allocation sites]: the op whose output it holds, when recorded
 };
 
 struct SegmentInfo {
@@ -190,6 +192,14 @@ class CachingAllocator final : public Allocator {
   // Moves a live block to another category (autograd tags saved tensors as activations).
   void set_category(const Allocation& a, MemoryCategory category) override;
   MemoryCategory category_of(const Allocation& a) const override;
+  // Note [allocation sites]: while recording (set_site_recording), set_site keeps the op's name
+  // on the block, and snapshot() gives it back; a new allocation starts without one.
+  void set_site(const Allocation& a, const char* site) override;
+  void set_site_recording(bool on);
+  bool site_recording() const;
+  // The number the next allocation will get (BlockInfo::serial): allocations made since a moment
+  // are those numbered from what this said then.
+  uint64_t next_serial() const;
 
   // Returns every cached segment that is wholly free to the backend.
   void empty_cache();
@@ -254,6 +264,8 @@ class CachingAllocator final : public Allocator {
   FaultStatus fault_;
   size_t limit_before_fault_ = 0;  // the limit a fired `limit` fault replaced
   bool trace_enabled_ = false;
+  bool record_sites_ = false;     // Note [allocation sites]
+  uint64_t next_serial_ = 1;
   bool release_on_miss_ = true;
   std::vector<TraceEvent> trace_;
   std::chrono::steady_clock::time_point start_;

@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "engine/caching_allocator.h"
+#include "engine/leak_check.h"
 #include "engine/memory_report.h"
 #include "headroom.h"
 #include "nn/data/data.h"
@@ -207,7 +208,42 @@ struct TrainConfig {
   bool ddp = false;                 // --ddp: data parallel over mpirun's ranks (nn/parallel/ddp.h)
   int64_t zero = 0;                 // --zero 1|2: ZeRO stage (implies --ddp; optim/zero.h)
   std::string bucket_cap = "25MiB"; // --bucket-cap: DDP's gradient bucket size
+  bool leak_check = false;          // --leak-check: engine/leak_check.h at every step boundary
 };
+
+// --leak-check (engine/leak_check.h, Note [leak check]): a LeakCheck on the run's device, a
+// boundary after every optimizer step, the report printed the first time memory grows.
+class LeakChecking {
+ public:
+  LeakChecking(bool on, Device device) {
+    if (on) check_.emplace(device);
+  }
+  void step() {
+    if (!check_) return;
+    ++steps_;
+    const LeakReport r = check_->step();
+    if (r.leaking && !reported_) {
+      std::cout << "\n" << r.str() << std::flush;
+      reported_ = true;
+    }
+  }
+  // "leak check: no growth over 600 steps" (nothing when off, or once a leak was reported).
+  void print_summary() const {
+    if (check_ && !reported_) std::cout << "leak check: no growth over " << steps_ << " steps\n";
+  }
+  bool on() const { return check_.has_value(); }
+
+ private:
+  std::optional<LeakCheck> check_;
+  int64_t steps_ = 0;
+  bool reported_ = false;
+};
+
+inline void add_leak_check_flag(Flags& flags, bool& on) {
+  flags.add("leak-check", &on,
+            "check at every step boundary that memory does not grow, and name what grows by the op that made it "
+            "(docs/leak-check.md)");
+}
 
 // --ddp, --zero, --bucket-cap (docs/distributed.md).
 inline void add_distributed_flags(Flags& flags, TrainConfig& cfg) {
@@ -303,6 +339,7 @@ inline void add_training_flags(Flags& flags, TrainConfig& cfg) {
   add_checkpoint_flag(flags, cfg.recompute);
   add_plan_flags(flags, cfg);
   add_distributed_flags(flags, cfg);
+  add_leak_check_flag(flags, cfg.leak_check);
   flags.add("micro-batches", &cfg.micro_batches,
             "run each batch as N micro-batches (gradient accumulation), or auto: split when out of memory",
             Flags::Check<std::string>([](const std::string& v) {
@@ -706,7 +743,7 @@ class Checkpointing {
 inline EpochStats train_one_epoch(nn::Module& model, optim::BatchSplitter& splitter, optim::LRScheduler* schedule,
                                   data::BatchLoader& loader, Device device, int64_t epoch, int64_t epochs,
                                   std::optional<DType> autocast = std::nullopt, Checkpointing* checkpoints = nullptr,
-                                  const DataParallel* parallel = nullptr) {
+                                  const DataParallel* parallel = nullptr, LeakChecking* leaks = nullptr) {
   model.train();
   double loss_sum = 0;
   int64_t correct = 0, seen = 0, batches = 0;
@@ -748,6 +785,8 @@ inline EpochStats train_one_epoch(nn::Module& model, optim::BatchSplitter& split
     // Let go of this batch before the loader makes the next, so two batches are never held.
     images = Tensor();
     labels = Tensor();
+    step.output = Tensor();
+    if (leaks) leaks->step();  // a step boundary: nothing of the step is held here
   }
   EpochStats stats;
   stats.images = seen;

@@ -295,6 +295,7 @@ int main(int argc, char** argv) {
   examples::add_checkpoint_flag(flags, cfg.recompute);
   examples::add_plan_flags(flags, cfg);  // --plan varies --attention and --checkpoint (no precision or splitting here)
   examples::add_distributed_flags(flags, cfg);  // --ddp, --zero: under mpirun
+  examples::add_leak_check_flag(flags, cfg.leak_check);
   int64_t pipeline = 1, tensor_parallel = 1, micro_batches = 1;
   std::string pipeline_schedule = "1f1b";
   flags.add("pipeline", &pipeline,
@@ -319,6 +320,8 @@ int main(int argc, char** argv) {
     else if (model_parallel && (cfg.ddp || cfg.zero > 0)) refused = str_cat("--ddp or --zero and --pipeline or --tensor-parallel", no);
     else if (model_parallel && (cfg.save_every > 0 || !cfg.resume.empty()))
       refused = str_cat("--save-every or --resume and --pipeline or --tensor-parallel", no);
+    else if (model_parallel && cfg.leak_check)
+      refused = str_cat("--leak-check (it watches one device) and --pipeline or --tensor-parallel", no);
     else if (model_parallel && cfg.plan)
       refused = str_cat("--plan (it plans one device; headroom-plan --pipeline/--tensor-parallel plans several) and "
                         "--pipeline or --tensor-parallel", no);
@@ -540,6 +543,7 @@ int main(int argc, char** argv) {
               << tokens_per_step << " tokens, AdamW lr " << std::defaultfloat << cfg.lr << ", " << attention << " attention on "
               << device.str() << "\n";
 
+    examples::LeakChecking leaks(cfg.leak_check && !model_parallel, device);  // --leak-check (one device)
     examples::Timer total, interval;
     double loss_sum = 0;
     int64_t in_interval = 0;
@@ -570,6 +574,9 @@ int main(int argc, char** argv) {
                  block_size, device, x, y);
       loss_sum += train_step(x, y);
       ++in_interval;
+      x = Tensor();
+      y = Tensor();
+      leaks.step();  // a step boundary: the batch and the step's graph are gone
       if (step % log_every == 0 || step == steps) {
         const double secs = interval.seconds();
         std::cout << "step " << step << "/" << steps << " loss " << std::fixed << std::setprecision(4) << loss_sum / static_cast<double>(in_interval)
@@ -636,6 +643,7 @@ int main(int argc, char** argv) {
     } else {
       memory.print_peaks();
     }
+    leaks.print_summary();
     parallel.print_per_rank_memory(device);
     parallel.print_communication();
     if (!model_parallel) examples::print_plan_check(planned, device);

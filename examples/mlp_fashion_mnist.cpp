@@ -65,15 +65,17 @@ int main(int argc, char** argv) {
     examples::Checkpointing checkpoints(cfg, {.model = model.get(), .optimizer = optimizer.get(),
                                               .scaler = precision.scaler.get(), .splitter = splitter.get(),
                                               .schedule = schedule.get()});
+    examples::LeakChecking leaks(cfg.leak_check, device);  // --leak-check
     std::vector<examples::EpochStats> history;
     for (int64_t epoch = checkpoints.resume(); epoch < cfg.epochs; ++epoch)
       history.push_back(examples::train_one_epoch(*trained, *splitter, schedule.get(), loader, device, epoch, cfg.epochs,
-                                                  precision.autocast, &checkpoints, &parallel));
+                                                  precision.autocast, &checkpoints, &parallel, &leaks));
     if (!cfg.save_model.empty()) model->save(cfg.save_model);
 
     const double accuracy = examples::evaluate(*model, test, /*batch_size=*/1000, device,
                                                  /*halve_on_oom=*/cfg.micro_batches == "auto" || cfg.plan);
     memory.print_peaks();
+    leaks.print_summary();
     parallel.print_per_rank_memory(device);
     parallel.print_communication();
     examples::print_plan_check(planned, device);

@@ -267,6 +267,33 @@ Tensor abs(const Tensor& x) {
   return out;
 }
 
+Tensor& relu_(Tensor& x) {
+  HR_CHECK(x.defined(), ValueError, "relu_: the tensor is undefined");
+  const bool grad = GradMode::is_enabled() && x.requires_grad();
+  if (grad) {
+    HR_CHECK(!x.is_leaf(), AutogradError, "relu_: in place on a leaf that requires grad (", describe(x),
+             "); its gradient would have nowhere to go: use relu(x)");
+    HR_CHECK(x.offset() == 0 && x.is_contiguous() &&
+                 static_cast<size_t>(x.numel()) * dtype_size(x.dtype()) == x.storage()->nbytes(),
+             AutogradError, "relu_: ", describe(x),
+             " is a view of a larger storage; in place on a view that requires grad is not supported: use relu(x)");
+  }
+  {
+    NoGradGuard no_grad;
+    if (x.numel() > 0) backend_for(x.device()).unary(UnaryOp::relu, x, x);
+  }
+  x.bump_version();
+  if (grad) {
+    SavedTensor so(x, "relu_");  // the output, at its new version
+    // Note [differentiable in-place]: the node's input edge is x's history before this op,
+    // taken before x becomes the node's output.
+    record("relu_", x, {x}, [so](const Tensor& g) -> std::vector<Tensor> {
+      return {binary_raw(BinaryOp::relu_backward, g, so.unpack())};
+    });
+  }
+  return x;
+}
+
 Tensor relu(const Tensor& x) {
   Tensor out = unary_raw(UnaryOp::relu, x);
   if (needs_grad({x})) {

@@ -5,7 +5,11 @@
 
 namespace headroom::nn {
 
-Tensor ReLU::forward(const Tensor& x) { return relu(x); }
+Tensor ReLU::forward(const Tensor& x) {
+  if (!inplace) return relu(x);
+  Tensor y = x;  // the same tensor: relu_ continues its history
+  return relu_(y);
+}
 
 Tensor GELU::forward(const Tensor& x) { return gelu(x); }
 

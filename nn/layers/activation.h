@@ -8,8 +8,13 @@ namespace headroom::nn {
 
 class ReLU : public Module {
  public:
+  // inplace: relu_ on the input (Note [differentiable in-place]), which saves the bytes of a
+  // second tensor; the input must not be needed afterwards (a later use sees the new values,
+  // and an op that saved it fails in backward, by the version check).
+  explicit ReLU(bool inplace = false) : inplace(inplace) {}
   Tensor forward(const Tensor& x) override;
-  std::string name() const override { return "ReLU()"; }
+  std::string name() const override { return inplace ? "ReLU(inplace)" : "ReLU()"; }
+  bool inplace;
 };
 
 // The tanh approximation, as in GPT-2: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).

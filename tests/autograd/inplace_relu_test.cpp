@@ -1,0 +1,98 @@
+// Differentiable in-place ReLU (Note [differentiable in-place], autograd/functions.h): the same
+// gradients as relu, bit for bit; the bytes of relu's input saved (the forward peak falls by one
+// activation); the version check intact (an op that saved the overwritten tensor fails in
+// backward, naming it); leaves and views refused.
+#include <gtest/gtest.h>
+
+#include "autograd/functions.h"
+#include "nn/nn.h"
+#include "test_util.h"
+
+namespace headroom {
+namespace {
+
+using headroom::testing::all_close;
+
+std::shared_ptr<nn::Sequential> net(bool inplace) {
+  manual_seed(17);
+  return std::make_shared<nn::Sequential>(std::vector<std::shared_ptr<nn::Module>>{
+      std::make_shared<nn::Conv2d>(3, 8, 3, 1, 1), std::make_shared<nn::BatchNorm2d>(8),
+      std::make_shared<nn::ReLU>(inplace), std::make_shared<nn::Conv2d>(8, 8, 3, 1, 1),
+      std::make_shared<nn::BatchNorm2d>(8), std::make_shared<nn::ReLU>(inplace)});
+}
+
+TEST(InplaceRelu, TheGradientsOfReluBitForBit) {
+  manual_seed(2);
+  const Tensor x = Tensor::randn({4, 3, 12, 12});
+  auto a = net(false), b = net(true);
+  sum(square((*a)(x))).backward();
+  sum(square((*b)(x))).backward();
+  const auto pa = a->parameters(), pb = b->parameters();
+  ASSERT_EQ(pa.size(), pb.size());
+  for (size_t i = 0; i < pa.size(); ++i) EXPECT_TRUE(all_close(pa[i].grad(), pb[i].grad(), 0, 0)) << "parameter " << i;
+  EXPECT_EQ(b->at(2)->name(), "ReLU(inplace)");
+}
+
+TEST(InplaceRelu, ItSavesTheBytesOfReluInput) {
+  // Conv, BatchNorm, ReLU twice: each in-place ReLU allocates no output -- the forward allocates
+  // two activations fewer in all.
+  {
+    manual_seed(2);
+    const Tensor x = Tensor::randn({8, 3, 16, 16});
+    const int64_t one = 8 * 8 * 16 * 16 * 4;  // a [8, 8, 16, 16] f32 activation
+    int64_t allocated[2] = {0, 0};
+    for (int inplace = 0; inplace < 2; ++inplace) {
+      auto m = net(inplace == 1);
+      CachingAllocator& a = caching_allocator(Device::cpu());
+      const int64_t before = a.stats().allocated_bytes.allocated;
+      Tensor y = (*m)(x);
+      allocated[inplace] = a.stats().allocated_bytes.allocated - before;
+      sum(y).backward();
+    }
+    EXPECT_EQ(allocated[0] - allocated[1], 2 * one);
+  }
+  // Where ReLU is the forward's peak (a wide hidden layer: its input and output both alive as it
+  // runs out of place), the peak falls by nearly that activation.
+  {
+    manual_seed(3);
+    const Tensor x = Tensor::randn({64, 32});
+    int64_t peak[2] = {0, 0};
+    for (int inplace = 0; inplace < 2; ++inplace) {
+      manual_seed(5);
+      nn::Sequential m(std::vector<std::shared_ptr<nn::Module>>{std::make_shared<nn::Linear>(32, 4096),
+                                                                std::make_shared<nn::ReLU>(inplace == 1),
+                                                                std::make_shared<nn::Linear>(4096, 4)});
+      CachingAllocator& a = caching_allocator(Device::cpu());
+      a.empty_cache();
+      const int64_t base = a.stats().allocated_bytes.current;
+      a.reset_peak_stats();
+      Tensor y = m(x);
+      peak[inplace] = a.stats().allocated_bytes.peak - base;
+      sum(y).backward();
+    }
+    const int64_t hidden = 64 * 4096 * 4, out = 64 * 4 * 4;
+    EXPECT_EQ(peak[0], 2 * hidden);     // ReLU's input and output
+    EXPECT_EQ(peak[1], hidden + out);   // one hidden activation, then the small output beside it
+  }
+}
+
+TEST(InplaceRelu, TheVersionCheckHolds) {
+  Tensor w = Tensor::randn({5}).set_requires_grad(true);
+  Tensor y = exp(w);  // exp saves its output: relu_ overwrites what exp's backward needs
+  relu_(y);
+  EXPECT_THROW_WITH(sum(y).backward(), AutogradError, "exp");
+  // A leaf that requires grad, and a view, are refused.
+  EXPECT_THROW_WITH(relu_(w), AutogradError, "leaf that requires grad");
+  Tensor z = w * 2.0;
+  Tensor v = z.slice(0, 1, 3);
+  EXPECT_THROW_WITH(relu_(v), AutogradError, "view");
+  // Without grad it is an in-place op like any other, and bumps the version.
+  Tensor plain = Tensor::from_vector({-1.0, 2.0, -3.0}, {3});
+  const auto before = plain.version();
+  relu_(plain);
+  EXPECT_EQ(plain.to_vector<float>(), (std::vector<float>{0.0f, 2.0f, 0.0f}));
+  EXPECT_GT(plain.version(), before);
+}
+
+}  // namespace
+}  // namespace headroom
