@@ -30,6 +30,7 @@ std::string Preset::technique() const {
                                                                          : str_cat("checkpoint per ", unit);
     t = (t == "none" ? "" : t + ", ") + ck;
   }
+  if (inplace_relu) t = (t == "none" ? "" : t + ", ") + "ReLU in place";
   if (ddp) {
     const std::string d = zero_stage > 0 ? str_cat("ZeRO-", zero_stage, " over the ranks")
                                          : str_cat("DDP over the ranks, ", bucket_cap_mib, " MiB buckets");
@@ -181,6 +182,14 @@ Preset resnet18(bool small, DType dtype = DType::f32, int64_t micro_batches = 1,
   return p;
 }
 
+// In-place ReLU (Note [differentiable in-place]): "-inplace", the same model otherwise.
+Preset inplace(Preset p) {
+  p.inplace_relu = true;
+  p.name += "-inplace";
+  p.description += ", ReLU in place";
+  return p;
+}
+
 // Several devices (docs/model-parallel.md). A 4-block GPT (so that 4 stages have a block each)
 // as one device, cut into pipeline stages, or split by tensor parallelism.
 Preset gpt_deep(int64_t stages = 1, nn::PipelineSchedule schedule = nn::PipelineSchedule::one_f_one_b,
@@ -264,6 +273,7 @@ std::vector<Preset> build_presets() {
   v.push_back(resnet18(false, DType::f32, 1, nn::CheckpointMode::block));
   v.push_back(resnet18(false, DType::f32, 1, nn::CheckpointMode::sqrt));
   v.push_back(resnet18(false, DType::f32, 1, nn::CheckpointMode::selective));
+  v.push_back(inplace(resnet18(false)));  // against resnet18-f32
   // Data parallelism: GPT-2 small under DDP and both ZeRO stages; the bucket-size sweep on the
   // MLP (140 MiB of gradients; a parameter is never split between buckets, so its two 64 MiB
   // matrices are a bucket each below 64 MiB: 6 buckets at 1 and 5 MiB, 5 at 25, 3 at 100).
@@ -298,6 +308,7 @@ std::vector<Preset> build_presets() {
   v.push_back(resnet18(true, DType::f32, 1, nn::CheckpointMode::block));
   v.push_back(resnet18(true, DType::f32, 1, nn::CheckpointMode::sqrt));
   v.push_back(resnet18(true, DType::f32, 1, nn::CheckpointMode::selective));
+  v.push_back(inplace(resnet18(true)));  // against resnet18-cpu-f32
   // Several devices in one process: the 4-block GPT whole, in pipeline stages and split by
   // tensor parallelism; the MLP under DataParallel; the bubble of K = 4 stages of equal cost
   // for M = 1, 4, 16 (issue 15's table in bench/RESULTS.md).
@@ -351,7 +362,8 @@ std::vector<Preset> select_presets(const std::vector<std::string>& names) {
 
 // ---- ResNet-18 ----
 
-BasicBlock::BasicBlock(int64_t in_channels, int64_t out_channels, int64_t stride) {
+BasicBlock::BasicBlock(int64_t in_channels, int64_t out_channels, int64_t stride, bool inplace)
+    : inplace_relu(inplace) {
   conv1 = register_module("conv1", std::make_shared<nn::Conv2d>(in_channels, out_channels, 3, stride, 1, 1, false));
   bn1 = register_module("bn1", std::make_shared<nn::BatchNorm2d>(out_channels));
   conv2 = register_module("conv2", std::make_shared<nn::Conv2d>(out_channels, out_channels, 3, 1, 1, 1, false));
@@ -363,14 +375,17 @@ BasicBlock::BasicBlock(int64_t in_channels, int64_t out_channels, int64_t stride
 }
 
 Tensor BasicBlock::forward(const Tensor& x) {
-  Tensor y = relu(bn1->forward(conv1->forward(x)));
+  // In place (Note [differentiable in-place]): BatchNorm saves its input, not its output, and the
+  // sum is saved by nothing, so both ReLUs may overwrite what they read.
+  auto act = [this](Tensor t) { return inplace_relu ? relu_(t) : relu(t); };
+  Tensor y = act(bn1->forward(conv1->forward(x)));
   y = bn2->forward(conv2->forward(y));
   Tensor shortcut = down_conv ? down_bn->forward(down_conv->forward(x)) : x;
-  return relu(y + shortcut);
+  return act(y + shortcut);
 }
 
-ResNet18::ResNet18(int64_t base_width, int64_t image_size, int64_t classes, nn::CheckpointMode mode)
-    : checkpoint(mode) {
+ResNet18::ResNet18(int64_t base_width, int64_t image_size, int64_t classes, nn::CheckpointMode mode, bool inplace)
+    : checkpoint(mode), inplace_relu(inplace) {
   HR_CHECK(image_size % 8 == 0, ValueError, "ResNet18: image size ", image_size, " must be a multiple of 8");
   stem = register_module("stem", std::make_shared<nn::Conv2d>(3, base_width, 3, 1, 1, 1, false));
   stem_bn = register_module("stem_bn", std::make_shared<nn::BatchNorm2d>(base_width));
@@ -380,7 +395,7 @@ ResNet18::ResNet18(int64_t base_width, int64_t image_size, int64_t classes, nn::
     auto seq = register_module(str_cat("layer", stage + 1), std::make_shared<nn::Sequential>());
     for (int64_t i = 0; i < 2; ++i) {
       const int64_t stride = (stage > 0 && i == 0) ? 2 : 1;
-      seq->push_back(std::make_shared<BasicBlock>(in, out, stride));
+      seq->push_back(std::make_shared<BasicBlock>(in, out, stride, inplace));
       in = out;
     }
     stages.push_back(seq);
@@ -391,7 +406,8 @@ ResNet18::ResNet18(int64_t base_width, int64_t image_size, int64_t classes, nn::
 }
 
 Tensor ResNet18::forward(const Tensor& x) {
-  Tensor y = relu(stem_bn->forward(stem->forward(x)));
+  Tensor y = stem_bn->forward(stem->forward(x));
+  y = inplace_relu ? relu_(y) : relu(y);
   y = nn::run_checkpointed(stage_modules_, y, checkpoint);  // mode none: the stages in order
   y = avg_pool2d(y, pool_kernel);  // [N, 8w, 1, 1]
   return fc->forward(y.flatten(1));
@@ -692,7 +708,7 @@ std::unique_ptr<Workload> make_workload(const Preset& p, Device device, uint64_t
         input_shape = {p.batch, p.widths.front()};
         classes = p.widths.back();
       } else {
-        model = std::make_shared<ResNet18>(p.base_width, p.image_size, p.classes, p.checkpoint);
+        model = std::make_shared<ResNet18>(p.base_width, p.image_size, p.classes, p.checkpoint, p.inplace_relu);
         input_shape = {p.batch, 3, p.image_size, p.image_size};
         classes = p.classes;
       }

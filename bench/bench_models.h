@@ -71,6 +71,7 @@ struct Preset {
   int64_t tensor_parallel = 1;  // > 1: every GPT block split over this many devices
   int64_t replicas = 1;         // > 1: nn::DataParallel over this many devices
   double stage_ms_per_row = 0;  // timed_stages: each stage's forward wait per row (backward: twice)
+  bool inplace_relu = false;    // ResNet-18: relu_ after each BatchNorm and residual add
   bool cpu_sized = false;  // one of the small presets that run in seconds on the CPU
   // GPT
   nn::GPTConfig gpt;
@@ -114,12 +115,13 @@ std::vector<Preset> select_presets(const std::vector<std::string>& names);
 // A compact ResNet-18 for small images (CIFAR layout), from nn layers.
 class BasicBlock : public nn::Module {
  public:
-  BasicBlock(int64_t in_channels, int64_t out_channels, int64_t stride);
+  BasicBlock(int64_t in_channels, int64_t out_channels, int64_t stride, bool inplace_relu = false);
   Tensor forward(const Tensor& x) override;
   std::string name() const override { return "BasicBlock"; }
 
   std::shared_ptr<nn::Conv2d> conv1, conv2, down_conv;  // down_conv: only when the shape changes
   std::shared_ptr<nn::BatchNorm2d> bn1, bn2, down_bn;
+  bool inplace_relu = false;
 };
 
 // `mode` runs the four stages through nn::run_checkpointed: block checkpoints each stage,
@@ -128,7 +130,7 @@ class BasicBlock : public nn::Module {
 class ResNet18 : public nn::Module {
  public:
   ResNet18(int64_t base_width, int64_t image_size, int64_t classes,
-           nn::CheckpointMode mode = nn::CheckpointMode::none);
+           nn::CheckpointMode mode = nn::CheckpointMode::none, bool inplace_relu = false);
   Tensor forward(const Tensor& x) override;  // [N, 3, S, S] -> [N, classes]
   std::string name() const override { return "ResNet18"; }
 
@@ -138,6 +140,7 @@ class ResNet18 : public nn::Module {
   std::shared_ptr<nn::Linear> fc;
   int64_t pool_kernel;
   nn::CheckpointMode checkpoint;
+  bool inplace_relu = false;
 
  private:
   std::vector<std::shared_ptr<nn::Module>> stage_modules_;  // `stages` as run_checkpointed takes them

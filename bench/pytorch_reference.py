@@ -90,6 +90,7 @@ class Preset:
     # DataParallel presets on cpu:0..N-1. Listed so that the two tables stay one; not run here
     # (not_mirrored says why).
     not_mirrored: str = ""
+    inplace_relu: bool = False  # ResNet-18: F.relu(..., inplace=True)
     pipeline_stages: int = 1
     schedule: str = "1f1b"
     tensor_parallel: int = 1
@@ -133,6 +134,8 @@ class Preset:
                   else f"selective checkpoint per {unit}" if self.checkpoint == "selective"
                   else f"checkpoint per {unit}")
             t = ("" if t == "none" else t + ", ") + ck
+        if self.inplace_relu:
+            t = ("" if t == "none" else t + ", ") + "ReLU in place"
         if self.ddp:
             d = (f"ZeRO-{self.zero_stage} over the ranks" if self.zero_stage > 0
                  else f"DDP over the ranks, {self.bucket_cap_mib} MiB buckets")
@@ -208,6 +211,14 @@ def _resnet18(small: bool, precision: str = "f32", micro_batches: int = 1, check
         base_width=16 if small else 64)
 
 
+def _inplace(p: Preset) -> Preset:
+    """bench_models.cpp's inplace(): "-inplace", ReLU in place."""
+    p.inplace_relu = True
+    p.name += "-inplace"
+    p.description += ", ReLU in place"
+    return p
+
+
 def _data_parallel(p: Preset, zero_stage: int, bucket_cap_mib: int = 25) -> Preset:
     """bench_models.cpp's data_parallel(): "-ddp" / "-ddp-b<MiB>" / "-zero1" / "-zero2"."""
     p.ddp, p.zero_stage, p.bucket_cap_mib = True, zero_stage, bucket_cap_mib
@@ -276,6 +287,7 @@ def all_presets() -> List[Preset]:
     v.append(_resnet18(False, "f32", 1, "block"))
     v.append(_resnet18(False, "f32", 1, "sqrt"))
     v.append(_resnet18(False, "f32", 1, "selective"))
+    v.append(_inplace(_resnet18(False)))  # against resnet18-f32
     # Data parallelism: GPT-2 small under DDP and both ZeRO stages; the bucket-size sweep on the MLP.
     v.extend(_data_parallel(_gpt2_small("bf16", "fused"), z) for z in (0, 1, 2))
     for cap in (1, 5, 25, 100):
@@ -301,6 +313,7 @@ def all_presets() -> List[Preset]:
     v.append(_resnet18(True, "f32", 1, "block"))
     v.append(_resnet18(True, "f32", 1, "sqrt"))
     v.append(_resnet18(True, "f32", 1, "selective"))
+    v.append(_inplace(_resnet18(True)))  # against resnet18-cpu-f32
     # Several devices in one process (listed, not run here: Preset.not_mirrored).
     v.append(_gpt_deep())
     v.append(_gpt_deep(2, "1f1b", 4))
@@ -451,8 +464,9 @@ def build_models(torch):  # noqa: C901 -- one closure over torch keeps the impor
             return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
 
     class BasicBlock(nn.Module):
-        def __init__(self, cin: int, cout: int, stride: int):
+        def __init__(self, cin: int, cout: int, stride: int, inplace: bool = False):
             super().__init__()
+            self.inplace = inplace  # -inplace presets: F.relu(..., inplace=True), as headroom's relu_
             self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
             self.bn1 = nn.BatchNorm2d(cout)
             self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
@@ -462,20 +476,21 @@ def build_models(torch):  # noqa: C901 -- one closure over torch keeps the impor
                 self.down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, 0, bias=False), nn.BatchNorm2d(cout))
 
         def forward(self, x):
-            y = F.relu(self.bn1(self.conv1(x)))
+            y = F.relu(self.bn1(self.conv1(x)), inplace=self.inplace)
             y = self.bn2(self.conv2(y))
-            return F.relu(y + (self.down(x) if self.down is not None else x))
+            return F.relu(y + (self.down(x) if self.down is not None else x), inplace=self.inplace)
 
     class ResNet18(nn.Module):
         def __init__(self, p: Preset):
             super().__init__()
             w = p.base_width
-            self.stem = nn.Sequential(nn.Conv2d(3, w, 3, 1, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU())
+            self.stem = nn.Sequential(nn.Conv2d(3, w, 3, 1, 1, bias=False), nn.BatchNorm2d(w),
+                                      nn.ReLU(inplace=p.inplace_relu))
             blocks, cin = [], w
             for stage in range(4):
                 cout = w << stage
                 for i in range(2):
-                    blocks.append(BasicBlock(cin, cout, 2 if stage > 0 and i == 0 else 1))
+                    blocks.append(BasicBlock(cin, cout, 2 if stage > 0 and i == 0 else 1, p.inplace_relu))
                     cin = cout
             self.blocks = nn.Sequential(*blocks)
             # The stages (two blocks each) as checkpointing's blocks; a plain list, so the

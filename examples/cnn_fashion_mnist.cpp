@@ -28,7 +28,8 @@ namespace {
 
 // stage_starts: where each conv stage (conv, norm, ReLU, pool) and the head begin, the blocks
 // of --checkpoint block.
-std::shared_ptr<nn::Sequential> make_cnn(int64_t c1, bool batch_norm, bool group_norm, std::vector<int64_t>* stage_starts) {
+std::shared_ptr<nn::Sequential> make_cnn(int64_t c1, bool batch_norm, bool group_norm, std::vector<int64_t>* stage_starts,
+                                         bool inplace_relu = false) {
   const int64_t c2 = 2 * c1;
   auto model = std::make_shared<nn::Sequential>();
   for (auto [in, out] : {std::pair{int64_t{1}, c1}, std::pair{c1, c2}}) {
@@ -37,13 +38,13 @@ std::shared_ptr<nn::Sequential> make_cnn(int64_t c1, bool batch_norm, bool group
                                                   /*groups=*/1, /*bias=*/!batch_norm && !group_norm));
     if (group_norm) model->push_back(std::make_shared<nn::GroupNorm>(std::gcd(out, int64_t{8}), out));
     else if (batch_norm) model->push_back(std::make_shared<nn::BatchNorm2d>(out));
-    model->push_back(std::make_shared<nn::ReLU>());
+    model->push_back(std::make_shared<nn::ReLU>(inplace_relu));
     model->push_back(std::make_shared<nn::MaxPool2d>(2));
   }
   stage_starts->push_back(model->size());  // the head
   model->push_back(std::make_shared<nn::Flatten>());
   model->push_back(std::make_shared<nn::Linear>(c2 * 7 * 7, 128));
-  model->push_back(std::make_shared<nn::ReLU>());
+  model->push_back(std::make_shared<nn::ReLU>(inplace_relu));
   model->push_back(std::make_shared<nn::Linear>(128, 10));
   return model;
 }
@@ -57,12 +58,15 @@ int main(int argc, char** argv) {
   int64_t channels = 16;
   bool batch_norm = true;
   bool group_norm = false;
+  bool inplace_relu = false;
   examples::Flags flags("cnn_fashion_mnist", "Trains a two-conv-layer CNN on Fashion-MNIST with Adam.");
   examples::add_training_flags(flags, cfg);
   flags.add("channels", &channels, "channels of the first conv (the second has twice as many)",
             examples::at_least<int64_t>(1));
   flags.add("batch-norm", &batch_norm, "BatchNorm2d after each conv (--batch-norm=false: none)");
   flags.add("group-norm", &group_norm, "GroupNorm (8 groups) after each conv instead of BatchNorm2d");
+  flags.add("inplace-relu", &inplace_relu,
+            "ReLU in place (relu_: its input's bytes saved, the same gradients; docs/leak-check.md)");
   if (auto code = flags.parse(argc, argv)) return *code;
 
   return examples::run_reporting_errors([&] {
@@ -85,7 +89,7 @@ int main(int argc, char** argv) {
     examples::MemoryReporting memory(cfg, device, "CNN on Fashion-MNIST");
 
     std::vector<int64_t> stages;
-    auto model = make_cnn(channels, batch_norm, group_norm, &stages);
+    auto model = make_cnn(channels, batch_norm, group_norm, &stages, inplace_relu);
     model->set_checkpoint(nn::parse_checkpoint_mode(cfg.recompute, "--checkpoint"), stages);
     model->to(device);
     examples::print_model(*model);
