@@ -36,6 +36,9 @@ Tensor relu(const Tensor& x);
 // naming it. AutogradError for a leaf that requires grad (its gradient would have nowhere to
 // go) and for a view (a view taken of the same storage would not follow the new history).
 Tensor& relu_(Tensor& x);
+// The same for tanh and sigmoid, whose backward also needs only the output: 1 - y^2, y (1 - y).
+Tensor& tanh_(Tensor& x);
+Tensor& sigmoid_(Tensor& x);
 Tensor gelu(const Tensor& x);  // tanh form: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
 Tensor tanh(const Tensor& x);
 Tensor sigmoid(const Tensor& x);

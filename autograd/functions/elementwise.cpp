@@ -1,5 +1,6 @@
 // Elementwise ops and their gradients. Under autocast (autograd/autocast.h) exp, log and pow
 // upcast 16-bit inputs to f32; the others follow their inputs.
+#include <functional>
 #include <cmath>
 
 #include "autograd/autocast.h"
@@ -267,31 +268,51 @@ Tensor abs(const Tensor& x) {
   return out;
 }
 
-Tensor& relu_(Tensor& x) {
-  HR_CHECK(x.defined(), ValueError, "relu_: the tensor is undefined");
-  const bool grad = GradMode::is_enabled() && x.requires_grad();
-  if (grad) {
-    HR_CHECK(!x.is_leaf(), AutogradError, "relu_: in place on a leaf that requires grad (", describe(x),
-             "); its gradient would have nowhere to go: use relu(x)");
+namespace {
+// Note [differentiable in-place]: op(x) written into x, for an activation whose backward needs
+// only its output: grad(g, y) with y the output.
+Tensor& activation_in_place(Tensor& x, UnaryOp op, const char* name,
+                            std::function<Tensor(const Tensor& g, const Tensor& y)> grad) {
+  HR_CHECK(x.defined(), ValueError, name, ": the tensor is undefined");
+  const bool needs = GradMode::is_enabled() && x.requires_grad();
+  if (needs) {
+    HR_CHECK(!x.is_leaf(), AutogradError, name, ": in place on a leaf that requires grad (", describe(x),
+             "); its gradient would have nowhere to go: use the out-of-place form");
     HR_CHECK(x.offset() == 0 && x.is_contiguous() &&
                  static_cast<size_t>(x.numel()) * dtype_size(x.dtype()) == x.storage()->nbytes(),
-             AutogradError, "relu_: ", describe(x),
-             " is a view of a larger storage; in place on a view that requires grad is not supported: use relu(x)");
+             AutogradError, name, ": ", describe(x),
+             " is a view of a larger storage; in place on a view that requires grad is not supported: use the "
+             "out-of-place form");
   }
   {
     NoGradGuard no_grad;
-    if (x.numel() > 0) backend_for(x.device()).unary(UnaryOp::relu, x, x);
+    if (x.numel() > 0) backend_for(x.device()).unary(op, x, x);
   }
   x.bump_version();
-  if (grad) {
-    SavedTensor so(x, "relu_");  // the output, at its new version
-    // Note [differentiable in-place]: the node's input edge is x's history before this op,
-    // taken before x becomes the node's output.
-    record("relu_", x, {x}, [so](const Tensor& g) -> std::vector<Tensor> {
-      return {binary_raw(BinaryOp::relu_backward, g, so.unpack())};
+  if (needs) {
+    SavedTensor so(x, name);  // the output, at its new version
+    // The node's input edge is x's history before this op, taken before x becomes its output.
+    record(name, x, {x}, [so, grad = std::move(grad)](const Tensor& g) -> std::vector<Tensor> {
+      return {grad(g, so.unpack())};
     });
   }
   return x;
+}
+}  // namespace
+
+Tensor& relu_(Tensor& x) {
+  return activation_in_place(x, UnaryOp::relu, "relu_",
+                             [](const Tensor& g, const Tensor& y) { return binary_raw(BinaryOp::relu_backward, g, y); });
+}
+
+Tensor& tanh_(Tensor& x) {
+  return activation_in_place(x, UnaryOp::tanh, "tanh_",
+                             [](const Tensor& g, const Tensor& y) { return g * (1.0 - y * y); });
+}
+
+Tensor& sigmoid_(Tensor& x) {
+  return activation_in_place(x, UnaryOp::sigmoid, "sigmoid_",
+                             [](const Tensor& g, const Tensor& y) { return g * y * (1.0 - y); });
 }
 
 Tensor relu(const Tensor& x) {

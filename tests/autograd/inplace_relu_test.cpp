@@ -94,5 +94,28 @@ TEST(InplaceRelu, TheVersionCheckHolds) {
   EXPECT_GT(plain.version(), before);
 }
 
+// tanh_ and sigmoid_: the same pattern -- bit-identical gradients, one tensor fewer.
+TEST(InplaceActivation, TanhAndSigmoidGiveTheOutOfPlaceGradients) {
+  for (int which = 0; which < 2; ++which) {
+    manual_seed(6);
+    Tensor w = Tensor::randn({16, 32}).set_requires_grad(true);
+    const Tensor x = Tensor::randn({8, 16});
+    Tensor a = matmul(x, w);
+    Tensor ya = which == 0 ? tanh(a) : sigmoid(a);
+    sum(square(ya)).backward();
+    const Tensor want = w.grad().clone();
+    w.zero_grad();
+    CachingAllocator& alloc = caching_allocator(Device::cpu());
+    const int64_t before = alloc.stats().allocated_bytes.allocated;
+    Tensor b = matmul(x, w);
+    Tensor& yb = which == 0 ? tanh_(b) : sigmoid_(b);
+    const int64_t forward = alloc.stats().allocated_bytes.allocated - before;
+    sum(square(yb)).backward();
+    EXPECT_TRUE(all_close(w.grad(), want, 0, 0)) << (which == 0 ? "tanh_" : "sigmoid_");
+    EXPECT_EQ(yb.grad_fn()->name(), which == 0 ? "tanh_" : "sigmoid_");
+    EXPECT_EQ(forward, 8 * 32 * 4) << "the matmul's output only";
+  }
+}
+
 }  // namespace
 }  // namespace headroom
