@@ -194,19 +194,10 @@ Preset inplace(Preset p) {
 // as one device, cut into pipeline stages, or split by tensor parallelism.
 Preset gpt_deep(int64_t stages = 1, nn::PipelineSchedule schedule = nn::PipelineSchedule::one_f_one_b,
                 int64_t micro_batches = 1, int64_t tensor_parallel = 1) {
-  Preset p;
-  p.kind = ModelKind::gpt;
+  Preset p = gpt_tiny(DType::f32, AttentionImpl::fused);  // gpt-tiny with 4 blocks and a batch of 8
   p.model = "gpt-4l";
-  p.gpt.vocab_size = 512;
-  p.gpt.block_size = 128;
   p.gpt.n_layer = 4;
-  p.gpt.n_head = 4;
-  p.gpt.n_embd = 128;
-  p.gpt.attention = AttentionImpl::fused;
   p.batch = 8;
-  p.seq_len = 128;
-  p.token_range = 512;
-  p.cpu_sized = true;
   p.pipeline_stages = stages;
   p.schedule = schedule;
   p.micro_batches = micro_batches;

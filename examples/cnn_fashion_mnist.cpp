@@ -68,6 +68,13 @@ int main(int argc, char** argv) {
   flags.add("inplace-relu", &inplace_relu,
             "ReLU in place (relu_: its input's bytes saved, the same gradients; docs/leak-check.md)");
   if (auto code = flags.parse(argc, argv)) return *code;
+  // Selective checkpointing keeps the linear layer's output for its re-run, and a ReLU in place
+  // would overwrite it (the version check would stop backward, naming linear).
+  if (inplace_relu && cfg.recompute == "selective") {
+    std::cerr << "cnn_fashion_mnist: --inplace-relu and --checkpoint selective are not supported together (selective "
+                 "keeps the outputs ReLU would overwrite; see --help)\n";
+    return 2;
+  }
 
   return examples::run_reporting_errors([&] {
     const Device device = Device::parse(cfg.device);
@@ -76,11 +83,13 @@ int main(int argc, char** argv) {
     // first step (optim/plan.h).
     optim::PlanSpace space = optim::PlanSpace::for_batch(cfg.batch_size);
     space.has_attention = false;
+    if (inplace_relu)  // as above: no selective checkpointing with ReLU in place
+      space.checkpoints = {nn::CheckpointMode::none, nn::CheckpointMode::block, nn::CheckpointMode::sqrt};
     const auto planned = examples::plan_techniques(
         cfg, device,
-        examples::image_classifier_step(device, cfg.lr, [channels, batch_norm, group_norm](nn::CheckpointMode mode) {
+        examples::image_classifier_step(device, cfg.lr, [channels, batch_norm, group_norm, inplace_relu](nn::CheckpointMode mode) {
           std::vector<int64_t> s;
-          auto m = make_cnn(channels, batch_norm, group_norm, &s);
+          auto m = make_cnn(channels, batch_norm, group_norm, &s, inplace_relu);
           m->set_checkpoint(mode, s);
           return std::shared_ptr<nn::Module>(m);
         }),

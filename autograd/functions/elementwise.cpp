@@ -274,6 +274,9 @@ namespace {
 Tensor& activation_in_place(Tensor& x, UnaryOp op, const char* name,
                             std::function<Tensor(const Tensor& g, const Tensor& y)> grad) {
   HR_CHECK(x.defined(), ValueError, name, ": the tensor is undefined");
+  for (int64_t d = 0; d < x.dim(); ++d)  // one element read and written through several indices
+    HR_CHECK(x.stride(d) != 0 || x.size(d) <= 1, ValueError, name, ": ", describe(x), " is expanded (stride 0 in dim ",
+             d, "), so one element would be computed on more than once; clone() it first");
   const bool needs = GradMode::is_enabled() && x.requires_grad();
   if (needs) {
     HR_CHECK(!x.is_leaf(), AutogradError, name, ": in place on a leaf that requires grad (", describe(x),

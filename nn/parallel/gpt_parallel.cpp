@@ -24,13 +24,13 @@ Tensor gpt_loss(const GPTConfig& config, const Tensor& hidden, const Tensor& hea
   return cross_entropy(linear(rows, head, Tensor()), t);
 }
 
-Tensor embed(const Embedding& wte, const Embedding& wpe, const GPTConfig& config, const Tensor& idx, const char* who) {
+Tensor embed(Embedding& wte, Embedding& wpe, const GPTConfig& config, const Tensor& idx, const char* who) {
   HR_CHECK(idx.dim() == 2 && !is_floating(idx.dtype()), ShapeError, who, ": the first stage takes [B, T] integer tokens, got ",
            shape_str(idx.shape()), " ", dtype_name(idx.dtype()));
   HR_CHECK(idx.size(1) <= config.block_size, ValueError, who, ": sequence of ", idx.size(1),
            " tokens is longer than block_size ", config.block_size);
   Tensor pos = Tensor::arange(static_cast<double>(idx.size(1)), TensorOptions().dtype(DType::i64).device(idx.device()));
-  return const_cast<Embedding&>(wte).forward(idx) + const_cast<Embedding&>(wpe).forward(pos);
+  return wte.forward(idx) + wpe.forward(pos);
 }
 // The stage's blocks under their index in the whole model ("h.2", "h.3"), so that a stage's
 // parameter names are the unsplit GPT's.
@@ -223,7 +223,6 @@ std::map<std::string, Tensor> TensorParallelGPT::unsplit_state_dict(
   HR_CHECK(!ranks.empty(), ValueError, "TensorParallelGPT::unsplit_state_dict: no ranks");
   NoGradGuard no_grad;
   const TensorParallelGPT& r0 = *ranks[0];
-  const int64_t c = r0.config.n_embd;
   auto here = [&](const Tensor& t) { return t.to(device); };
   auto joined = [&](auto get, int64_t dim) {
     std::vector<Tensor> parts;
@@ -258,7 +257,6 @@ std::map<std::string, Tensor> TensorParallelGPT::unsplit_state_dict(
     out[b + "mlp.c_proj.weight"] = joined([i](const TensorParallelGPT& r) { return r.blocks[i]->mlp->proj->weight; }, 1);
     if (r0.blocks[i]->mlp->proj->bias.defined()) out[b + "mlp.c_proj.bias"] = here(r0.blocks[i]->mlp->proj->bias).clone();
   }
-  (void)c;
   return out;
 }
 

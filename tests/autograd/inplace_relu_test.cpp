@@ -86,6 +86,18 @@ TEST(InplaceRelu, TheVersionCheckHolds) {
   Tensor z = w * 2.0;
   Tensor v = z.slice(0, 1, 3);
   EXPECT_THROW_WITH(relu_(v), AutogradError, "view");
+  // A ReLU in place that begins a recomputed block overwrites the input the block's re-run
+  // starts from: refused in backward, naming checkpoint (inside a block it is fine: the sweep).
+  {
+    manual_seed(1);
+    nn::Sequential m(std::vector<std::shared_ptr<nn::Module>>{std::make_shared<nn::Linear>(4, 4),
+                                                              std::make_shared<nn::ReLU>(true)});
+    m.set_checkpoint(nn::CheckpointMode::block);
+    EXPECT_THROW_WITH(sum(m(Tensor::randn({2, 4}))).backward(), AutogradError, "checkpoint");
+  }
+  // An expanded tensor would be computed on more than once per element (tanh(tanh(x))).
+  Tensor wide = Tensor::from_vector({0.5}, {1}).expand({4});
+  EXPECT_THROW_WITH(tanh_(wide), ValueError, "expanded");
   // Without grad it is an in-place op like any other, and bumps the version.
   Tensor plain = Tensor::from_vector({-1.0, 2.0, -3.0}, {3});
   const auto before = plain.version();

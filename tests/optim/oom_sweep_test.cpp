@@ -66,14 +66,19 @@ Trainer wide_mlp(Precision precision) {
   return t;
 }
 
-Trainer cnn_group_norm(Precision precision, nn::CheckpointMode checkpoint = nn::CheckpointMode::none) {
+Trainer cnn_group_norm(Precision precision, nn::CheckpointMode checkpoint = nn::CheckpointMode::none,
+                       bool inplace_relu = false) {
   manual_seed(12);
   Trainer t;
   t.model = std::make_shared<nn::Sequential>(std::vector<std::shared_ptr<nn::Module>>{
       std::make_shared<nn::Conv2d>(1, 4, 3, 1, 1), std::make_shared<nn::GroupNorm>(2, 4),
-      std::make_shared<nn::ReLU>(), std::make_shared<nn::MaxPool2d>(2), std::make_shared<nn::Flatten>(),
+      std::make_shared<nn::ReLU>(inplace_relu), std::make_shared<nn::MaxPool2d>(2), std::make_shared<nn::Flatten>(),
       std::make_shared<nn::Linear>(4 * 4 * 4, 10)});
-  std::static_pointer_cast<nn::Sequential>(t.model)->set_checkpoint(checkpoint);
+  // In-place ReLU recomputed: conv, norm, ReLU and pool one block (as the CNN example's stages),
+  // since a ReLU that began a block would overwrite the input the block's re-run starts from
+  // (the version check refuses that, naming checkpoint).
+  if (inplace_relu) std::static_pointer_cast<nn::Sequential>(t.model)->set_checkpoint(checkpoint, {0, 4});
+  else std::static_pointer_cast<nn::Sequential>(t.model)->set_checkpoint(checkpoint);
   t.optimizer = std::make_unique<optim::Adam>(t.model->parameters(), 1e-3);
   add_scaler(t, precision);
   t.inputs = Tensor::randn({kBatch, 1, 8, 8});
@@ -137,6 +142,11 @@ const std::vector<SweepCase>& cases() {
        1, kAuto},
       {"cnn+groupnorm f16 + GradScaler, checkpoint=block",
        [] { return cnn_group_norm(Precision::f16_scaled, nn::CheckpointMode::block); }, 1, kAuto},
+      // In-place ReLU (Note [differentiable in-place]), plain and inside recomputed blocks.
+      {"cnn+groupnorm f32, ReLU in place",
+       [] { return cnn_group_norm(Precision::f32, nn::CheckpointMode::none, true); }, 1, kAuto},
+      {"cnn+groupnorm f32, ReLU in place, checkpoint=block",
+       [] { return cnn_group_norm(Precision::f32, nn::CheckpointMode::block, true); }, 1, kAuto},
   };
   return kCases;
 }
