@@ -1,6 +1,7 @@
 #include "autograd/function.h"
 
 #include "autograd/functions.h"
+#include "autograd/hooks.h"
 #include "engine/allocator.h"
 
 namespace headroom {
@@ -26,8 +27,9 @@ void record(const char* name, const Tensor& out, const std::vector<Tensor>& inpu
   node->output_dtype = out.dtype();
   node->output_device = out.device();
   AutogradMeta& meta = autograd_meta(out);
-  meta.grad_fn = std::move(node);
+  meta.grad_fn = node;
   meta.requires_grad = true;
+  OnNodeRecorded::notify(node);
   // Note [allocation sites]: a leak check names what grows by the op that made it.
   if (allocation_sites_wanted() && out.storage() && out.storage()->allocator())
     out.storage()->allocator()->set_site(out.storage()->allocation(), name);
@@ -35,6 +37,26 @@ void record(const char* name, const Tensor& out, const std::vector<Tensor>& inpu
 
 void record(const char* name, const Tensor& out, std::initializer_list<Tensor> inputs, BackwardFn fn) {
   record(name, out, std::vector<Tensor>(inputs), std::move(fn));
+}
+
+namespace {
+std::vector<const NodeRecordedHook*>& node_recorded_hooks() {
+  thread_local std::vector<const NodeRecordedHook*> hooks;
+  return hooks;
+}
+}  // namespace
+
+OnNodeRecorded::OnNodeRecorded(NodeRecordedHook fn) : fn_(std::move(fn)) {
+  HR_CHECK(fn_, ValueError, "OnNodeRecorded: the hook is empty");
+  node_recorded_hooks().push_back(&fn_);
+}
+OnNodeRecorded::~OnNodeRecorded() { std::erase(node_recorded_hooks(), &fn_); }
+
+void OnNodeRecorded::notify(const std::shared_ptr<Node>& node) {
+  auto& hooks = node_recorded_hooks();
+  if (hooks.empty()) return;
+  const std::vector<const NodeRecordedHook*> now = hooks;  // a hook may open or close a scope
+  for (const NodeRecordedHook* h : now) (*h)(node);
 }
 
 Tensor sum_to(const Tensor& grad, const Shape& shape) {

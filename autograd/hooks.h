@@ -7,7 +7,15 @@
 //     leaf's AccumulateGrad), so it runs once per backward with the summed gradient of t;
 //   - post-accumulate-gradient hooks on a leaf, below;
 //   - gradient slots on a leaf (where its .grad lives), below;
-//   - callbacks at the end of a backward (queue_backward_callback, autograd/engine.h).
+//   - callbacks at the end of a backward (queue_backward_callback, autograd/engine.h);
+//   - node-recorded hooks, below: every node an op records, as it is recorded.
+//
+// Note [node-recorded hooks]: within an OnNodeRecorded scope, fn(node) is called for every node
+// an op records on this thread (after the node became its output's grad_fn), outermost scope
+// first. It is the joint for work that wants to attach itself to the graph as forward builds it
+// without the op's help -- activation offload (autograd/offload.h) puts a pre-hook on each node
+// that saved an offloaded tensor, so that backward prefetches ahead of that node. Scopes nest
+// and are thread-local, like saved-tensor hooks; fn must not record nodes itself.
 //
 // Note [post-accumulate-gradient hooks]: register_post_accumulate_grad_hook(leaf, fn) calls
 // fn(leaf) in the leaf's AccumulateGrad node right after this backward's gradient was added
@@ -46,6 +54,21 @@ HookHandle register_hook(const Tensor& t, NodePreHook hook);
 
 // leaf must be a leaf that requires grad (AutogradError otherwise).
 HookHandle register_post_accumulate_grad_hook(const Tensor& leaf, PostAccumulateGradHook hook);
+
+using NodeRecordedHook = std::function<void(const std::shared_ptr<Node>& node)>;
+// Note [node-recorded hooks].
+class OnNodeRecorded {
+ public:
+  explicit OnNodeRecorded(NodeRecordedHook fn);
+  ~OnNodeRecorded();
+  OnNodeRecorded(const OnNodeRecorded&) = delete;
+  OnNodeRecorded& operator=(const OnNodeRecorded&) = delete;
+  // Calls the active scopes' hooks with `node` (what record() does).
+  static void notify(const std::shared_ptr<Node>& node);
+
+ private:
+  NodeRecordedHook fn_;
+};
 
 using GradSlot = std::function<Tensor(const Tensor& leaf)>;
 // Note [gradient slots]. leaf must be a leaf that requires grad (AutogradError otherwise).

@@ -189,8 +189,36 @@ std::atomic<int> g_site_wanters{0};
 }  // namespace
 bool allocation_sites_wanted() { return g_site_wanters.load(std::memory_order_relaxed) > 0; }
 void set_allocation_sites_wanted(bool on) { g_site_wanters.fetch_add(on ? 1 : -1); }
-Allocator* pinned_allocator() { return g_pinned_allocator.load(); }
-void set_pinned_allocator(Allocator* allocator) { g_pinned_allocator.store(allocator); }
+
+namespace {
+std::atomic<std::unique_ptr<DeviceMemoryBackend> (*)()> g_pinned_factory{nullptr};
+std::once_flag g_host_pool_once;
+}  // namespace
+
+void set_pinned_backend_factory(std::unique_ptr<DeviceMemoryBackend> (*factory)()) { g_pinned_factory.store(factory); }
+
+CachingAllocator& host_pool() {
+  std::call_once(g_host_pool_once, [] {
+    // Note [loadable backends]: the CUDA side registers the page-locked backend when it loads.
+    load_device_backend(DeviceType::cuda);
+    std::unique_ptr<DeviceMemoryBackend> backend;
+    if (auto factory = g_pinned_factory.load()) backend = factory();
+    if (!backend) backend = std::make_unique<HostPoolMemoryBackend>();
+    // Never destroyed, like the device allocators.
+    auto pool = std::make_unique<CachingAllocator>(std::move(backend));
+    const char* env = std::getenv("HEADROOM_HOST_MEMORY_LIMIT");
+    if (env && *env) pool->set_memory_limit(parse_memory_size(env, "HEADROOM_HOST_MEMORY_LIMIT"));
+    g_pinned_allocator.store(pool.release());
+  });
+  return *static_cast<CachingAllocator*>(g_pinned_allocator.load());
+}
+
+CachingAllocator* host_pool_if_made() { return static_cast<CachingAllocator*>(g_pinned_allocator.load()); }
+
+Allocator* pinned_allocator() {
+  if (CachingAllocator* meta = detail::meta_host_pool()) return meta;  // Note [meta execution]
+  return &host_pool();
+}
 
 void set_allocator(Device device, Allocator* allocator) {
   Registry& r = registry();

@@ -7,6 +7,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <string>
 
 #include "engine/device.h"
@@ -82,9 +83,25 @@ size_t memory_limit_from_env(const char* text, Device device);
 bool allocation_sites_wanted();
 void set_allocation_sites_wanted(bool on);  // counted: every on is matched by an off
 
-// Page-locked host memory (Tensor::empty_pinned), which a GPU can copy from and to while the
-// host goes on. Registered by the CUDA side when a GPU is present; nullptr otherwise.
+// Note [host pool]: the pinned host pool is where offloaded tensors live (activations, optimizer
+// state, streamed parameters: autograd/offload.h, optim/offload.h, nn/offload.h) and where
+// Tensor::empty_pinned takes its memory. It is a CachingAllocator like a device's -- its own
+// statistics by category, limit (set_memory_limit, or HEADROOM_HOST_MEMORY_LIMIT=SIZE), fault
+// injection, trace, snapshot and out-of-memory report (whose remedies are about offloading
+// less) -- over page-locked memory (cudaHostAlloc) when a GPU is present, and over ordinary
+// aligned host memory otherwise. So on a machine without a GPU the bytes offload moves leave a
+// device's allocator and arrive here, counted on both sides, and a limit on the pool behaves as
+// the host's page-locked memory would. Its tensors are cpu tensors (device cpu:0); is_pinned()
+// says a tensor's storage is in the pool. Each block is reused only after the GPU copies queued
+// on it finished (record_stream with GPU streams, Note [stream reuse]).
+// The CUDA side, when the library loads with a GPU present, registers the page-locked backend
+// (set_pinned_backend_factory); the pool is made at its first use, after the CUDA side loaded.
+CachingAllocator& host_pool();
+// The pool if it has been made, else nullptr (for reports that must not make it).
+CachingAllocator* host_pool_if_made();
+class DeviceMemoryBackend;
+void set_pinned_backend_factory(std::unique_ptr<DeviceMemoryBackend> (*factory)());
+// The host pool as an Allocator (Tensor::empty_pinned's).
 Allocator* pinned_allocator();
-void set_pinned_allocator(Allocator* allocator);
 
 }  // namespace headroom

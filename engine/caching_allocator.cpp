@@ -34,7 +34,9 @@ struct CachingAllocator::Block {
   Segment* segment = nullptr;
   Block* prev = nullptr;
   Block* next = nullptr;
-  std::vector<int64_t> stream_uses;
+  // Streams other than its own it was used on; for the pinned host pool these are GPU streams
+  // (Note [host pool]), so the device is kept with the id.
+  std::vector<Stream> stream_uses;
   std::vector<uint64_t> events;
 
   bool is_split() const { return prev != nullptr || next != nullptr; }
@@ -111,6 +113,8 @@ CachingAllocator::~CachingAllocator() {
 
 Device CachingAllocator::device() const { return backend_->device(); }
 bool CachingAllocator::is_meta() const { return backend_->is_meta(); }
+bool CachingAllocator::is_host_pool() const { return backend_->is_host_pool(); }
+std::string CachingAllocator::name() const { return is_host_pool() ? "the pinned host pool" : device().str(); }
 
 size_t CachingAllocator::bytes_in_use() const {
   std::lock_guard<std::recursive_mutex> lock(mu_);
@@ -322,7 +326,7 @@ void CachingAllocator::deallocate(const Allocation& a) {
   record(TraceKind::free, reinterpret_cast<uint64_t>(b->ptr), size, b->category, b->stream);
   if (!b->stream_uses.empty()) {
     // Note [stream reuse]: wait for the other streams before anyone reuses this block.
-    for (int64_t s : b->stream_uses) b->events.push_back(backend_->record_event({device(), s}));
+    for (const Stream& s : b->stream_uses) b->events.push_back(backend_->record_event(s));
     b->pending = true;
     pending_.push_back(b);
     return;
@@ -405,9 +409,9 @@ void CachingAllocator::record_stream(const Allocation& a, Stream stream) {
   if (!a.context) return;
   std::lock_guard<std::recursive_mutex> lock(mu_);
   auto* b = static_cast<Block*>(a.context);
-  if (stream.id == b->stream) return;
-  if (std::find(b->stream_uses.begin(), b->stream_uses.end(), stream.id) == b->stream_uses.end())
-    b->stream_uses.push_back(stream.id);
+  if (stream == Stream{device(), b->stream}) return;
+  if (std::find(b->stream_uses.begin(), b->stream_uses.end(), stream) == b->stream_uses.end())
+    b->stream_uses.push_back(stream);
 }
 
 void CachingAllocator::set_category(const Allocation& a, MemoryCategory category) {
@@ -597,6 +601,39 @@ std::string CachingAllocator::oom_report(size_t bytes) const {
   return oom_report_locked(bytes, round_size(bytes));
 }
 
+// Note [host pool] (engine/allocator.h): what fills the pinned host pool is what offload put
+// there, so its remedies are about offloading less -- each names what headroom has.
+void CachingAllocator::host_pool_remedies(std::ostream& os, int64_t allocated, int64_t limit, int64_t rounded) const {
+  bool any = false;
+  if (limit > 0) {
+    os << "\n    - raise the pool's limit (HEADROOM_HOST_MEMORY_LIMIT, or host_pool().set_memory_limit)";
+    any = true;
+  }
+  const int64_t activations = stats_.category(MemoryCategory::activation).current;
+  const int64_t state = stats_.category(MemoryCategory::optimizer_state).current +
+                        stats_.category(MemoryCategory::gradient).current;
+  const int64_t parameters = stats_.category(MemoryCategory::parameter).current;
+  if (activations > 0) {
+    os << "\n    - offloaded activations hold " << format_bytes(activations)
+       << ": offload fewer (a larger ActivationOffloadOptions::min_bytes), or recompute them instead (checkpoint())";
+    any = true;
+  }
+  if (state > 0) {
+    os << "\n    - offloaded optimizer state, master weights and gradients hold " << format_bytes(state)
+       << ": keep the state on the device (optim::AdamW), or shard it over ranks (ZeRO, optim/zero.h)";
+    any = true;
+  }
+  if (parameters > 0) {
+    os << "\n    - streamed parameters hold " << format_bytes(parameters)
+       << ": a smaller model, or parameters kept on the device (no nn::ParameterStreamer)";
+    any = true;
+  }
+  if (!any)
+    os << "\n    - " << (allocated == 0 ? "nothing else is in the pool: this request alone is more than the host gives"
+                                          : "shrink the request")
+       << " (" << format_bytes(rounded) << ")";
+}
+
 std::string CachingAllocator::oom_report_locked(size_t bytes, size_t rounded, bool injected) const {
   std::ostringstream os;
   const int64_t allocated = stats_.allocated_bytes.current;
@@ -607,16 +644,19 @@ std::string CachingAllocator::oom_report_locked(size_t bytes, size_t rounded, bo
       cached_free += static_cast<int64_t>(b->size);
       largest_free = std::max(largest_free, static_cast<int64_t>(b->size));
     }
-  os << "out of memory on " << device().str() << ": tried to allocate " << format_bytes(static_cast<int64_t>(bytes));
+  const bool host = is_host_pool();
+  os << "out of memory " << (host ? "in " : "on ") << name() << ": tried to allocate "
+     << format_bytes(static_cast<int64_t>(bytes));
   if (rounded != bytes) os << " (" << format_bytes(static_cast<int64_t>(rounded)) << " rounded)";
   os << "\n  limit: ";
   if (limit_ > 0) {
-    os << format_bytes(static_cast<int64_t>(limit_)) << " (set_memory_limit or HEADROOM_MEMORY_LIMIT)";
+    os << format_bytes(static_cast<int64_t>(limit_))
+       << (host ? " (set_memory_limit or HEADROOM_HOST_MEMORY_LIMIT)" : " (set_memory_limit or HEADROOM_MEMORY_LIMIT)");
     if (reserved > static_cast<int64_t>(limit_)) os << ", lowered below what live blocks reserve";
   } else if (injected) {
-    os << "none set, and the device is not necessarily full: this failure was injected";
+    os << "none set, and " << (host ? "the host" : "the device") << " is not necessarily full: this failure was injected";
   } else {
-    os << "none set; the device itself is full";
+    os << (host ? "none set; the host refused more page-locked memory" : "none set; the device itself is full");
   }
   if (backend_->capacity() > 0) os << "; device capacity " << format_bytes(static_cast<int64_t>(backend_->capacity()));
   os << "\n  reserved by headroom: " << format_bytes(reserved) << ", in use: " << format_bytes(allocated) << "\n";
@@ -630,8 +670,19 @@ std::string CachingAllocator::oom_report_locked(size_t bytes, size_t rounded, bo
   os << "\n  cached but free: " << format_bytes(cached_free) << ", largest free block: " << format_bytes(largest_free);
   if (cached_free >= static_cast<int64_t>(rounded) && largest_free < static_cast<int64_t>(rounded))
     os << " (fragmented: enough free bytes in total, but no block that large)";
+  if (!is_host_pool())
+    if (const CachingAllocator* pool = host_pool_if_made(); pool != nullptr && pool != this) {
+      const MemoryStats ps = pool->stats();
+      if (ps.allocated_bytes.current > 0)
+        os << "\n  pinned host pool (offloaded tensors, not counted above): " << format_bytes(ps.allocated_bytes.current)
+           << " in use, " << format_bytes(ps.reserved_bytes.current) << " reserved";
+    }
   os << "\n  what may help:";
   const int64_t limit = static_cast<int64_t>(limit_);
+  if (host) {
+    host_pool_remedies(os, allocated, limit, static_cast<int64_t>(rounded));
+    return os.str();
+  }
   if (limit > 0 && static_cast<int64_t>(rounded) > limit)
     os << "\n    - this single request is larger than the whole limit: shrink that tensor (a smaller batch or layer)";
   // Remedies by what holds the memory, the largest holder first.
@@ -651,12 +702,16 @@ std::string CachingAllocator::oom_report_locked(size_t bytes, size_t rounded, bo
     act_text += "split it into micro-batches (BatchSplitter, gradient accumulation; --micro-batches), ";
   act_text +=
       "recompute activations in backward (checkpoint(), nn::checkpoint_sequential; --checkpoint block|sqrt|selective in the "
-      "examples), or mixed precision (autocast to f16/bf16 halves activations)";
+      "examples), mixed precision (autocast to f16/bf16 halves activations), or offload saved activations to the "
+      "pinned host pool (ActivationOffload; --offload activations)";
   remedies.emplace_back(activations, act_text);
-  remedies.emplace_back(model_state,
-                        "parameters, gradients and optimizer state hold " + format_bytes(model_state) +
-                            ": a smaller model, or an optimizer with less state (Adam keeps two buffers per "
-                            "parameter, SGD with momentum one, plain SGD none)");
+  const int64_t optimizer_state = stats_.category(MemoryCategory::optimizer_state).current;
+  std::string state_text = "parameters, gradients and optimizer state hold " + format_bytes(model_state) +
+                           ": a smaller model, or an optimizer with less state (Adam keeps two buffers per "
+                           "parameter, SGD with momentum one, plain SGD none)";
+  if (optimizer_state > 0)
+    state_text += ", or Adam's state kept on the host (optim::OffloadedAdamW; --offload optimizer)";
+  remedies.emplace_back(model_state, state_text);
   std::stable_sort(remedies.begin(), remedies.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
   bool any = limit > 0 && static_cast<int64_t>(rounded) > limit;
   // A holder of under a tenth of what is in use is not worth shrinking when a larger one is.

@@ -39,6 +39,7 @@
 #include <chrono>
 #include <cstdint>
 #include <initializer_list>
+#include <iosfwd>
 #include <memory>
 #include <mutex>
 #include <set>
@@ -73,6 +74,8 @@ class DeviceMemoryBackend {
   virtual void synchronize() {}
   // Address ranges without memory (Note [meta execution] in engine/meta.h).
   virtual bool is_meta() const { return false; }
+  // The memory of the pinned host pool (Note [host pool] in engine/allocator.h), not of a device.
+  virtual bool is_host_pool() const { return false; }
 };
 
 // Aligned (512 B) host memory, for one of the cpu devices (Note [cpu devices]).
@@ -85,6 +88,19 @@ class HostMemoryBackend : public DeviceMemoryBackend {
 
  private:
   Device device_;
+};
+
+// The pinned host pool's memory on a machine without a GPU (Note [host pool] in
+// engine/allocator.h): aligned host memory, labelled as the pool's.
+class HostPoolMemoryBackend final : public DeviceMemoryBackend {
+ public:
+  Device device() const override { return Device::cpu(); }
+  void* raw_alloc(size_t nbytes) override { return host_.raw_alloc(nbytes); }
+  void raw_free(void* ptr, size_t nbytes) override { host_.raw_free(ptr, nbytes); }
+  bool is_host_pool() const override { return true; }
+
+ private:
+  HostMemoryBackend host_;
 };
 
 // Current, peak and cumulative counts of one quantity (bytes or blocks).
@@ -182,6 +198,10 @@ class CachingAllocator final : public Allocator {
   void deallocate(const Allocation& a) override;
   Device device() const override;
   bool is_meta() const override;
+  // Whether this is the pinned host pool (Note [host pool] in engine/allocator.h); its name in
+  // reports: "the pinned host pool", or the device ("cpu:1", "cuda:0").
+  bool is_host_pool() const;
+  std::string name() const;
   size_t bytes_in_use() const override;
   size_t peak_bytes_in_use() const override;
   void reset_peak() override { reset_peak_stats(); }
@@ -251,6 +271,7 @@ class CachingAllocator final : public Allocator {
               int64_t requested = 0);
   // injected: the failure was injected (Note [fault injection]), so nothing may really be full.
   std::string oom_report_locked(size_t bytes, size_t rounded, bool injected = false) const;
+  void host_pool_remedies(std::ostream& os, int64_t allocated, int64_t limit, int64_t rounded) const;
 
   std::unique_ptr<DeviceMemoryBackend> backend_;
   mutable std::recursive_mutex mu_;

@@ -706,14 +706,28 @@ void write_file(const std::filesystem::path& path, const std::string& text) {
 }
 }  // namespace
 
+namespace {
+// The pinned host pool, when something was ever allocated from it (Note [host pool]).
+CachingAllocator* used_host_pool() {
+  CachingAllocator* pool = host_pool_if_made();
+  return pool != nullptr && pool->stats().num_allocs > 0 ? pool : nullptr;
+}
+}  // namespace
+
 void write_memory_report(const std::string& dir, Device device, const std::string& title) {
+  write_memory_report(dir, caching_allocator(device), title);
+  if (CachingAllocator* pool = used_host_pool())
+    write_memory_report((std::filesystem::path(dir) / "host_pool").string(), *pool, str_cat(title, " (pinned host pool)"));
+}
+
+void write_memory_report(const std::string& dir, CachingAllocator& alloc, const std::string& title) {
   namespace fs = std::filesystem;
   std::error_code ec;
   fs::create_directories(dir, ec);
   if (ec || !fs::is_directory(dir))
     throw IOError(str_cat("write_memory_report: cannot create the directory ", dir, ": ",
                           ec ? ec.message() : "a file of that name exists"));
-  CachingAllocator& alloc = caching_allocator(device);
+  const Device device = alloc.device();
   const MemoryStats stats = alloc.stats();
   const std::vector<SegmentInfo> snapshot = alloc.snapshot();
   const std::vector<TraceEvent> trace = alloc.trace();
@@ -732,20 +746,27 @@ void write_memory_report(const std::string& dir, const std::vector<Device>& devi
   int64_t most = 0, least = -1;
   std::vector<MemoryCategory> cats;
   for (int c = 0; c < kNumMemoryCategories; ++c) cats.push_back(static_cast<MemoryCategory>(c));
-  for (const Device& d : devices) {
-    std::string folder = d.str();
-    for (char& ch : folder)
-      if (ch == ':') ch = '_';
-    write_memory_report((fs::path(dir) / folder).string(), d, str_cat(title, " (", d.str(), ")"));
-    const MemoryStats st = caching_allocator(d).stats();
-    most = std::max(most, st.allocated_bytes.peak);
-    least = least < 0 ? st.allocated_bytes.peak : std::min(least, st.allocated_bytes.peak);
-    rows << "<tr><td><a href=\"" << html_escape(folder) << "/timeline.html\">" << html_escape(d.str()) << "</a></td><td>"
+  auto row = [&](const std::string& folder, const std::string& name, CachingAllocator& a, bool device) {
+    write_memory_report((fs::path(dir) / folder).string(), a, str_cat(title, " (", name, ")"));
+    const MemoryStats st = a.stats();
+    if (device) {
+      most = std::max(most, st.allocated_bytes.peak);
+      least = least < 0 ? st.allocated_bytes.peak : std::min(least, st.allocated_bytes.peak);
+    }
+    rows << "<tr><td><a href=\"" << html_escape(folder) << "/timeline.html\">" << html_escape(name) << "</a></td><td>"
          << html_escape(format_bytes(st.allocated_bytes.peak)) << "</td><td>" << html_escape(format_bytes(st.reserved_bytes.peak))
          << "</td>";
     for (MemoryCategory c : cats) rows << "<td>" << html_escape(format_bytes(st.category(c).peak)) << "</td>";
     rows << "</tr>\n";
+  };
+  for (const Device& d : devices) {
+    std::string folder = d.str();
+    for (char& ch : folder)
+      if (ch == ':') ch = '_';
+    row(folder, d.str(), caching_allocator(d), true);
   }
+  // The pinned host pool (Note [host pool]) when offload used it: not a device, so not in the ratio.
+  if (CachingAllocator* pool = used_host_pool()) row("host_pool", "pinned host pool", *pool, false);
   std::ostringstream html;
   html << "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>" << html_escape(title)
        << "</title>\n<style>body{font-family:sans-serif;margin:24px}table{border-collapse:collapse}"

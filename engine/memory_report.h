@@ -74,12 +74,17 @@ std::string memory_timeline_html(const std::vector<TraceEvent>& events, const Me
 // caching allocator of `device` into `dir` (created if needed); throws IOError naming the path
 // that could not be created or written. The trace is empty unless set_trace_enabled(true) was
 // called on that allocator.
+// When the pinned host pool (Note [host pool] in engine/allocator.h) was used, its five files
+// go to `dir`/host_pool as well.
 void write_memory_report(const std::string& dir, Device device, const std::string& title);
+// The five files of one allocator (a device's, the host pool, a meta scope's).
+void write_memory_report(const std::string& dir, CachingAllocator& allocator, const std::string& title);
 
 // Several devices (a model placed over cpu:0..N-1 or GPUs): each device's five files in a folder
 // of its own under `dir` ("cpu", "cpu_1", "cuda_0": the device's name with ':' as '_'), and
 // `dir`/index.html, one row per device -- peak allocated and reserved, each category's peak, a
-// link to its timeline -- with the largest peak over the smallest. The same errors.
+// link to its timeline -- with the largest peak over the smallest, and a row for the pinned host
+// pool (folder host_pool) when it was used. The same errors.
 void write_memory_report(const std::string& dir, const std::vector<Device>& devices, const std::string& title);
 
 }  // namespace headroom

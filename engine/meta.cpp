@@ -15,7 +15,7 @@ namespace {
 // and are not mapped, so that a kernel that wrongly ran would fault rather than read.
 class MetaMemoryBackend final : public DeviceMemoryBackend {
  public:
-  explicit MetaMemoryBackend(Device device) : device_(device) {}
+  explicit MetaMemoryBackend(Device device, bool host_pool = false) : device_(device), host_pool_(host_pool) {}
   Device device() const override { return device_; }
   void* raw_alloc(size_t nbytes) override {
     const uintptr_t p = next_;
@@ -27,10 +27,12 @@ class MetaMemoryBackend final : public DeviceMemoryBackend {
   // the caching allocator's 512 B rounding.
   size_t granularity() const override { return device_.is_cuda() ? size_t{2} << 20 : 512; }
   bool is_meta() const override { return true; }
+  bool is_host_pool() const override { return host_pool_; }
 
  private:
   static constexpr uintptr_t kAlign = 4096;
   Device device_;
+  bool host_pool_;
   uintptr_t next_ = uintptr_t{0x7e00} << 32;
 };
 
@@ -51,12 +53,13 @@ struct MetaScope::State {
   std::mutex mutex;  // worker threads share the scope (Note [meta in worker threads])
   std::map<std::pair<int, int>, CachingAllocator*> allocators;  // never destroyed
   std::map<std::string, Tensor> slots;                           // freed with the scope
-  CachingAllocator& get(Device device) {
+  // The pinned host pool's stand-in (Note [host pool] in engine/allocator.h) under key (-1, 0).
+  CachingAllocator& get(Device device, bool host_pool = false) {
     std::lock_guard<std::mutex> lock(mutex);
-    auto key = std::make_pair(static_cast<int>(device.type), device.index);
+    auto key = host_pool ? std::make_pair(-1, 0) : std::make_pair(static_cast<int>(device.type), device.index);
     auto it = allocators.find(key);
     if (it != allocators.end()) return *it->second;
-    auto* a = new CachingAllocator(std::make_unique<MetaMemoryBackend>(device));
+    auto* a = new CachingAllocator(std::make_unique<MetaMemoryBackend>(device, host_pool));
     {
       std::lock_guard<std::mutex> all_lock(g_all_meta_mutex);
       all_meta_allocators().emplace_back(a);
@@ -86,6 +89,7 @@ MetaScope::~MetaScope() {
 }
 
 CachingAllocator& MetaScope::allocator(Device device) { return state_->get(device); }
+CachingAllocator& MetaScope::host_pool() { return state_->get(Device::cpu(), /*host_pool=*/true); }
 
 bool meta_active() { return g_active != nullptr; }
 
@@ -101,6 +105,7 @@ MetaScope::Join::~Join() { g_active = prev_; }
 
 namespace detail {
 Allocator* meta_allocator_for(Device device) { return g_active ? &g_active->get(device) : nullptr; }
+CachingAllocator* meta_host_pool() { return g_active ? &g_active->get(Device::cpu(), true) : nullptr; }
 Tensor* meta_scope_slot(const std::string& key) {
   if (!g_active) return nullptr;
   std::lock_guard<std::mutex> lock(g_active->mutex);

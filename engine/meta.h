@@ -49,6 +49,9 @@ class MetaScope {
   // The allocator standing in for `device` in this scope (made on first use): its stats are the
   // prediction; set_memory_limit on it asks whether the step fits a budget.
   CachingAllocator& allocator(Device device);
+  // The pinned host pool's stand-in (Note [host pool] in engine/allocator.h): what offload puts
+  // on the host in this scope.
+  CachingAllocator& host_pool();
 
   // Note [meta in worker threads]: a runner that works on threads of its own -- pipeline stages,
   // tensor-parallel ranks, DataParallel's replicas -- takes the caller's scope (current(), null
@@ -77,6 +80,7 @@ bool meta_active();
 namespace detail {
 // The meta allocator for `device` when a MetaScope is open on this thread; nullptr otherwise.
 Allocator* meta_allocator_for(Device device);
+CachingAllocator* meta_host_pool();  // the scope's host pool, nullptr when none is open
 // A tensor slot that lives as long as the open MetaScope, for what a backend allocates once and
 // keeps (the cuBLAS workspace: kernels/cuda/cuda_libs.cpp); nullptr when none is open.
 Tensor* meta_scope_slot(const std::string& key);

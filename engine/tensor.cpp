@@ -1,5 +1,7 @@
 #include "engine/tensor.h"
 
+#include "engine/caching_allocator.h"
+
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -170,10 +172,8 @@ Tensor Tensor::empty_host(const Shape& shape, DType dtype) {
 }
 
 Tensor Tensor::empty_pinned(const Shape& shape, DType dtype) {
-  load_device_backend(DeviceType::cuda);  // pinned memory is the CUDA side's (Note [loadable backends])
-  Allocator* pinned = pinned_allocator();
-  if (pinned == nullptr) return empty_host(shape, dtype);
   check_shape(shape, "empty_pinned");
+  Allocator* pinned = pinned_allocator();  // Note [host pool]
   auto impl = std::make_shared<TensorImpl>();
   impl->storage = std::make_shared<StorageImpl>(checked_nbytes(shape, dtype, "empty_pinned"), *pinned);
   impl->shape = shape;
@@ -183,8 +183,11 @@ Tensor Tensor::empty_pinned(const Shape& shape, DType dtype) {
 }
 
 bool Tensor::is_pinned() const {
-  const Allocator* pinned = pinned_allocator();
-  return pinned != nullptr && storage()->allocator() == pinned;
+  const Allocator* a = storage()->allocator();
+  if (a == nullptr) return false;
+  if (a == host_pool_if_made()) return true;
+  const auto* caching = dynamic_cast<const CachingAllocator*>(a);  // a meta scope's stand-in
+  return caching != nullptr && caching->is_meta() && caching->is_host_pool();
 }
 
 void Tensor::record_stream(Stream stream) const {

@@ -105,10 +105,10 @@ class Tensor {
   // count in no memory statistics and no limit. For data sets and staging buffers -- what a GPU
   // run keeps on the host -- so that a CPU run under HEADROOM_MEMORY_LIMIT emulates the device.
   static Tensor empty_host(const Shape& shape, DType dtype);
-  // A CPU tensor in page-locked (pinned) host memory, from which a GPU copies asynchronously
-  // (to(device, true)). Pinned memory is a scarce OS resource and is cached by its own
-  // allocator (kernels/cuda/pinned_memory.cpp). Without a GPU it is plain host memory
-  // (empty_host), so code written for both runs everywhere; is_pinned() says which.
+  // A CPU tensor in the pinned host pool (Note [host pool] in engine/allocator.h): page-locked
+  // memory, from which a GPU copies asynchronously (to(device, true)), when a GPU is present;
+  // ordinary host memory counted by the pool otherwise, so code written for both runs
+  // everywhere and its bytes are counted either way. Tagged with the current MemoryCategory.
   static Tensor empty_pinned(const Shape& shape, DType dtype);
   static Tensor zeros(const Shape& shape, TensorOptions opts = {});
   static Tensor ones(const Shape& shape, TensorOptions opts = {});
@@ -162,7 +162,7 @@ class Tensor {
   // writing the pinned source. Otherwise the same as to(device).
   Tensor to(Device device, bool non_blocking) const;
   Tensor to(DType dtype) const;
-  bool is_pinned() const;  // storage in page-locked host memory (empty_pinned)
+  bool is_pinned() const;  // storage in the pinned host pool (empty_pinned)
   // The storage is also used by work queued on `stream`: the allocator will not hand its memory
   // out again before that work is done (Note [stream reuse] in caching_allocator.h).
   void record_stream(Stream stream) const;

@@ -105,7 +105,7 @@ int main(int argc, char** argv) {
     auto [train, test] = examples::load_data(cfg);
     std::shared_ptr<nn::Module> trained = parallel.wrap(model);  // the model, or its DistributedDataParallel
     auto optimizer = parallel.make_optimizer(
-        [&](std::vector<Tensor> ps) { return std::make_unique<optim::Adam>(std::move(ps), cfg.lr); }, *trained);
+        [&](std::vector<Tensor> ps) { return examples::make_adam(cfg, std::move(ps), cfg.lr); }, *trained);
     // With --ddp every rank walks the same order and keeps its share; a short last batch is dropped.
     data::BatchLoader loader(train, cfg.batch_size, /*shuffle=*/true, static_cast<uint64_t>(cfg.seed),
                              /*drop_last=*/parallel.on());
@@ -121,7 +121,8 @@ int main(int argc, char** argv) {
     std::vector<examples::EpochStats> history;
     for (int64_t epoch = checkpoints.resume(); epoch < cfg.epochs; ++epoch)
       history.push_back(examples::train_one_epoch(*trained, *splitter, schedule.get(), loader, device, epoch, cfg.epochs,
-                                                  precision.autocast, &checkpoints, &parallel, &leaks));
+                                                  precision.autocast, &checkpoints, &parallel, &leaks,
+                                                  examples::activation_offload(cfg)));
     if (!cfg.save_model.empty()) model->save(cfg.save_model);
 
     const double accuracy = examples::evaluate(*model, test, /*batch_size=*/500, device,

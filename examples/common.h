@@ -209,7 +209,46 @@ struct TrainConfig {
   int64_t zero = 0;                 // --zero 1|2: ZeRO stage (implies --ddp; optim/zero.h)
   std::string bucket_cap = "25MiB"; // --bucket-cap: DDP's gradient bucket size
   bool leak_check = false;          // --leak-check: engine/leak_check.h at every step boundary
+  std::string offload = "none";     // --offload: none, activations, optimizer or all (docs/offload.md)
+  std::string offload_min = "1MiB"; // --offload-min: saved tensors smaller than this stay on the device
 };
+
+// --offload (docs/offload.md): activations through ActivationOffload around each forward,
+// Adam's state on the host through OffloadedAdam.
+inline bool offload_activations(const TrainConfig& cfg) { return cfg.offload == "activations" || cfg.offload == "all"; }
+inline bool offload_optimizer(const TrainConfig& cfg) { return cfg.offload == "optimizer" || cfg.offload == "all"; }
+inline std::optional<ActivationOffloadOptions> activation_offload(const TrainConfig& cfg) {
+  if (!offload_activations(cfg)) return std::nullopt;
+  ActivationOffloadOptions o;
+  o.min_bytes = parse_memory_size(cfg.offload_min, "--offload-min");
+  return o;
+}
+// Adam over `params`, its state on the host under --offload optimizer|all.
+inline std::unique_ptr<optim::Optimizer> make_adam(const TrainConfig& cfg, std::vector<Tensor> params, double lr) {
+  if (offload_optimizer(cfg)) return std::make_unique<optim::OffloadedAdam>(std::move(params), lr);
+  return std::make_unique<optim::Adam>(std::move(params), lr);
+}
+
+inline void add_offload_flags(Flags& flags, TrainConfig& cfg) {
+  flags.add("offload", &cfg.offload,
+            "offload to the pinned host pool: none, activations (saved tensors of --offload-min or more, brought "
+            "back ahead of use in backward), optimizer (Adam's moments and master weights, updated on the host) or "
+            "all (docs/offload.md)",
+            Flags::Check<std::string>([](const std::string& v) {
+              return v == "none" || v == "activations" || v == "optimizer" || v == "all"
+                         ? std::string()
+                         : std::string("expected none, activations, optimizer or all");
+            }));
+  flags.add("offload-min", &cfg.offload_min, "with --offload activations|all: the smallest saved tensor offloaded",
+            Flags::Check<std::string>([](const std::string& v) {
+              try {
+                (void)parse_memory_size(v, "--offload-min");
+                return std::string();
+              } catch (const Error& e) {
+                return std::string(e.what());
+              }
+            }));
+}
 
 // --leak-check (engine/leak_check.h, Note [leak check]): a LeakCheck on the run's device, a
 // boundary after every optimizer step, the report printed the first time memory grows.
@@ -340,6 +379,7 @@ inline void add_training_flags(Flags& flags, TrainConfig& cfg) {
   add_plan_flags(flags, cfg);
   add_distributed_flags(flags, cfg);
   add_leak_check_flag(flags, cfg.leak_check);
+  add_offload_flags(flags, cfg);
   flags.add("micro-batches", &cfg.micro_batches,
             "run each batch as N micro-batches (gradient accumulation), or auto: split when out of memory",
             Flags::Check<std::string>([](const std::string& v) {
@@ -365,8 +405,10 @@ class MemoryReporting {
     if (!dir_.empty()) {
       allocator_.clear_trace();
       allocator_.set_trace_enabled(true);
+      if (cfg.offload != "none") host_pool().set_trace_enabled(true);  // its report goes to DIR/host_pool
     }
     allocator_.reset_peak_stats();
+    if (cfg.offload != "none") host_pool().reset_peak_stats();
   }
   ~MemoryReporting() {
     if (dir_.empty()) return;
@@ -391,6 +433,17 @@ class MemoryReporting {
       if (s.category(cat).peak > 0) std::cout << " " << category_name(cat) << " " << format_bytes(s.category(cat).peak) << ";";
     }
     std::cout << "\n";
+    // What --offload put on the host (Note [host pool]).
+    if (const CachingAllocator* pool = host_pool_if_made(); pool && pool->stats().allocated_bytes.peak > 0) {
+      const MemoryStats p = pool->stats();
+      std::cout << "peak in the pinned host pool: allocated " << format_bytes(p.allocated_bytes.peak) << ", reserved "
+                << format_bytes(p.reserved_bytes.peak) << "\n  by category:";
+      for (int c = 0; c < kNumMemoryCategories; ++c) {
+        auto cat = static_cast<MemoryCategory>(c);
+        if (p.category(cat).peak > 0) std::cout << " " << category_name(cat) << " " << format_bytes(p.category(cat).peak) << ";";
+      }
+      std::cout << "\n";
+    }
     // What --checkpoint kept and dropped over the run (autograd/checkpoint.h).
     if (const CheckpointStats c = checkpoint_stats(); c.segments > 0)
       std::cout << "recompute checkpointing over the run: " << describe(c) << "\n";
@@ -448,6 +501,7 @@ class DataParallel {
  public:
   DataParallel(TrainConfig& cfg, const std::string& program) {
     if (cfg.zero > 0) cfg.ddp = true;
+    offload_optimizer_ = offload_optimizer(cfg);
     if (!cfg.ddp) return;
     group_ = &dist::init();
     HR_CHECK(cfg.batch_size % group_->size() == 0, ValueError, program, ": --batch-size ", cfg.batch_size,
@@ -478,6 +532,9 @@ class DataParallel {
   // The optimizer over the trained module's parameters, or ZeRO's over this rank's shard.
   std::unique_ptr<optim::Optimizer> make_optimizer(
       const std::function<std::unique_ptr<optim::Optimizer>(std::vector<Tensor>)>& make, nn::Module& trained) {
+    if (ddp_ && options_.zero_stage > 0 && offload_optimizer_)
+      throw ValueError("--offload optimizer|all with --zero: the sharded optimizer keeps its shard on the device; "
+                       "use one of them");
     if (ddp_ && options_.zero_stage > 0) return std::make_unique<optim::ZeroRedundancyOptimizer>(*ddp_, make);
     return make(trained.parameters());
   }
@@ -537,6 +594,7 @@ class DataParallel {
  private:
   dist::ProcessGroup* group_ = nullptr;
   nn::DDPOptions options_;
+  bool offload_optimizer_ = false;
   std::shared_ptr<nn::DistributedDataParallel> ddp_;
 };
 
@@ -743,7 +801,8 @@ class Checkpointing {
 inline EpochStats train_one_epoch(nn::Module& model, optim::BatchSplitter& splitter, optim::LRScheduler* schedule,
                                   data::BatchLoader& loader, Device device, int64_t epoch, int64_t epochs,
                                   std::optional<DType> autocast = std::nullopt, Checkpointing* checkpoints = nullptr,
-                                  const DataParallel* parallel = nullptr, LeakChecking* leaks = nullptr) {
+                                  const DataParallel* parallel = nullptr, LeakChecking* leaks = nullptr,
+                                  std::optional<ActivationOffloadOptions> offload = std::nullopt) {
   model.train();
   double loss_sum = 0;
   int64_t correct = 0, seen = 0, batches = 0;
@@ -762,6 +821,8 @@ inline EpochStats train_one_epoch(nn::Module& model, optim::BatchSplitter& split
     AutocastCacheScope step_cache;  // each weight cast to 16 bits once per step, over all micro-batches
     optim::SplitStepResult step = splitter.step(images, labels, [&](const Tensor& x, const Tensor& y) {
       AutocastGuard amp(device, autocast.value_or(DType::f16), autocast.has_value());  // forward only
+      std::optional<ActivationOffload> offloaded;  // --offload activations: what forward saves goes to the host
+      if (offload) offloaded.emplace(*offload);
       Tensor logits = model(x);
       return optim::MicroBatchOutput{cross_entropy(logits, y), logits};
     });
@@ -873,6 +934,9 @@ inline std::optional<optim::MixPrediction> plan_techniques(TrainConfig& cfg, Dev
                    format_bytes(static_cast<int64_t>(limit)), " at a batch of ", cfg.batch_size);
   };
   if (cfg.plan && cfg.memory_budget.empty()) throw ValueError("--plan needs --memory-budget (the memory to plan for)");
+  if (cfg.plan && cfg.offload != "none")
+    throw ValueError("--plan chooses among precision, checkpointing and micro-batches here; run it without --offload "
+                     "(headroom-plan --offload predicts offload's memory and transfer time: docs/offload.md)");
   if (cfg.memory_budget.empty()) return std::nullopt;
   const size_t budget = parse_memory_size(cfg.memory_budget, "--memory-budget");
   if (cfg.memory_limit.empty()) cfg.memory_limit = cfg.memory_budget;

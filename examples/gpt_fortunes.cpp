@@ -296,6 +296,7 @@ int main(int argc, char** argv) {
   examples::add_plan_flags(flags, cfg);  // --plan varies --attention and --checkpoint (no precision or splitting here)
   examples::add_distributed_flags(flags, cfg);  // --ddp, --zero: under mpirun
   examples::add_leak_check_flag(flags, cfg.leak_check);
+  examples::add_offload_flags(flags, cfg);  // --offload activations|optimizer|all (one device)
   int64_t pipeline = 1, tensor_parallel = 1, micro_batches = 1;
   std::string pipeline_schedule = "1f1b";
   flags.add("pipeline", &pipeline,
@@ -322,6 +323,8 @@ int main(int argc, char** argv) {
       refused = str_cat("--save-every or --resume and --pipeline or --tensor-parallel", no);
     else if (model_parallel && cfg.leak_check)
       refused = str_cat("--leak-check (it watches one device) and --pipeline or --tensor-parallel", no);
+    else if (model_parallel && cfg.offload != "none")
+      refused = str_cat("--offload and --pipeline or --tensor-parallel", no);
     else if (model_parallel && cfg.plan)
       refused = str_cat("--plan (it plans one device; headroom-plan --pipeline/--tensor-parallel plans several) and "
                         "--pipeline or --tensor-parallel", no);
@@ -399,8 +402,11 @@ int main(int argc, char** argv) {
     std::cout << "model: " << gc.str() << ", " << model->num_parameters() << " parameters\n";
 
     auto make_adamw = [&](std::vector<Tensor> ps) -> std::unique_ptr<optim::Optimizer> {
+      if (examples::offload_optimizer(cfg))  // --offload optimizer|all: the state on the host
+        return std::make_unique<optim::OffloadedAdamW>(std::move(ps), cfg.lr, 0.9, 0.99, 1e-8, /*weight_decay=*/0.1);
       return std::make_unique<optim::AdamW>(std::move(ps), cfg.lr, 0.9, 0.99, 1e-8, /*weight_decay=*/0.1);
     };
+    const std::optional<ActivationOffloadOptions> offload = examples::activation_offload(cfg);
     const int64_t warmup = std::min<int64_t>(50, steps / 10);
     // Model parallelism: the devices, the parts of the model, and an optimizer per part.
     std::vector<Device> devices;
@@ -526,8 +532,13 @@ int main(int argc, char** argv) {
       const int64_t b = x.size(0), m = std::min(micro_batches, b);
       for (int64_t i = 0; i < m; ++i) {  // --micro-batches: gradient accumulation
         const int64_t begin = i * b / m, end = (i + 1) * b / m;
-        Tensor loss = model->loss(parallel.shard(m == 1 ? x : x.slice(0, begin, end)),
-                                  parallel.shard(m == 1 ? y : y.slice(0, begin, end)));
+        Tensor loss;
+        {
+          std::optional<ActivationOffload> offloaded;  // --offload activations|all
+          if (offload) offloaded.emplace(*offload);
+          loss = model->loss(parallel.shard(m == 1 ? x : x.slice(0, begin, end)),
+                             parallel.shard(m == 1 ? y : y.slice(0, begin, end)));
+        }
         if (m > 1) loss = loss * (static_cast<double>(end - begin) / static_cast<double>(b));
         loss.backward();
         loss_value += loss.item<double>();

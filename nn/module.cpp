@@ -181,6 +181,17 @@ void Module::rebind_parameters(const std::function<Tensor(const std::string&, co
   for (Tensor* slot : slots) *slot = done.at(slot->impl()).second;
 }
 
+void Module::place_tensors(const std::function<Tensor(const Tensor&)>& place) {
+  replace_tensors([&](const Tensor& t) -> Tensor {
+    Tensor placed = place(t);
+    HR_CHECK(placed.defined() && placed.shape() == t.shape() && placed.dtype() == t.dtype(), ShapeError,
+             "place_tensors: a ", shape_str(t.shape()), " ", dtype_name(t.dtype()), " tensor was replaced by ",
+             placed.defined() ? str_cat(shape_str(placed.shape()), " ", dtype_name(placed.dtype())) : std::string("nothing"));
+    if (t.requires_grad() && !placed.requires_grad()) placed.set_requires_grad(true);
+    return placed;
+  });
+}
+
 void Module::to(Device device) {
   NoGradGuard no_grad;
   CategoryScope scope(MemoryCategory::parameter);

@@ -86,6 +86,13 @@ class Module {
   // holds the old tensors.
   void rebind_parameters(const std::function<Tensor(const std::string& name, const Tensor& parameter)>& make);
 
+  // Replaces every parameter and buffer by place(tensor): the same shape and dtype, on any device
+  // or allocator (a device copy, a copy in the pinned host pool). Tied tensors stay tied;
+  // requires_grad carries over, .grad does not. Everything is made and checked before anything is
+  // replaced (ShapeError naming the tensor otherwise). nn::ParameterStreamer (nn/offload.h) moves
+  // layers between the host pool and a device with it.
+  void place_tensors(const std::function<Tensor(const Tensor&)>& place);
+
   // Parameters and buffers by dotted name, detached (same storage, no history).
   std::map<std::string, Tensor> state_dict() const;
   // Copies each entry into the existing tensor (under NoGradGuard, so identity is kept and

@@ -17,5 +17,6 @@
 #include "nn/layers/sequential.h"
 #include "nn/losses.h"
 #include "nn/module.h"
+#include "nn/offload.h"
 #include "nn/parallel/ddp.h"
 #include "nn/serialize.h"

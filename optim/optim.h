@@ -7,6 +7,7 @@
 #include "optim/clip.h"
 #include "optim/grad_scaler.h"
 #include "optim/lr_scheduler.h"
+#include "optim/offload.h"
 #include "optim/optimizer.h"
 #include "optim/plan.h"
 #include "optim/sgd.h"

@@ -93,6 +93,7 @@ Tensor Optimizer::checked_grad(size_t i, const char* optimizer) const {
 }
 
 void Optimizer::zero_grad() {
+  drop_gradient_copies();
   for (const auto& p : params_) p.zero_grad();
 }
 
@@ -143,8 +144,9 @@ void Optimizer::load_state_dict(const std::map<std::string, Tensor>& state) {
         loaded[i][n] = *t;
         continue;
       }
-      HR_CHECK(t->shape() == p.shape() && t->dtype() == p.dtype(), ValueError, "Optimizer::load_state_dict: '", key,
-               "' is ", describe(*t), " but parameter ", i, " is ", describe(p));
+      HR_CHECK(t->shape() == p.shape() && t->dtype() == state_dtype(i), ValueError, "Optimizer::load_state_dict: '",
+               key, "' is ", describe(*t), " but parameter ", i, " is ", describe(p),
+               state_dtype(i) == p.dtype() ? "" : str_cat(" (its state is ", dtype_name(state_dtype(i)), ")"));
       loaded[i][n] = *t;
     }
   }
@@ -166,7 +168,7 @@ void Optimizer::load_state_dict(const std::map<std::string, Tensor>& state) {
           t = Tensor::scalar(static_cast<double>(t.item<int64_t>()), DType::i64);
           continue;
         }
-        Tensor copy = Tensor::empty(t.shape(), params_[i].options());
+        Tensor copy = make_state_tensor(i, t.shape());
         copy_tensor(copy, t);
         t = copy;
       }

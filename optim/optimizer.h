@@ -47,7 +47,8 @@ class Optimizer {
   // not match its parameter, OutOfMemoryError when its state or temporaries do not fit; either
   // way nothing has changed.
   void step();
-  // Drops every parameter's .grad (frees it; the next backward writes a fresh one).
+  // Drops every parameter's .grad (frees it; the next backward writes a fresh one), and any
+  // copy of the gradients the optimizer keeps (OffloadedAdam's host buffers).
   void zero_grad();
   double lr() const { return lr_; }
   void set_lr(double lr);
@@ -93,6 +94,14 @@ class Optimizer {
   // Replaces parameter i's state with `state` (names from param_state_names(), already checked
   // and on the parameter's device), or clears it when `state` is empty. Must not throw.
   virtual void set_param_state(size_t i, std::map<std::string, Tensor> state) noexcept = 0;
+  // zero_grad's share for an optimizer that keeps gradients of its own (default: none).
+  virtual void drop_gradient_copies() noexcept {}
+  // Where load_state_dict puts parameter i's state tensors, and in which dtype: the parameter's
+  // device and dtype by default; the host pool and f32 for offloaded state (optim/offload.h).
+  virtual DType state_dtype(size_t i) const { return params_[i].dtype(); }
+  virtual Tensor make_state_tensor(size_t i, const Shape& shape) const {
+    return Tensor::empty(shape, params_[i].options());
+  }
 
   // For prepare_step: the gradient of parameter i, checked against it (same shape and device;
   // a float dtype), or undefined when it has none.

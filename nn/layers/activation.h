@@ -11,7 +11,7 @@ class ReLU : public Module {
   // inplace: relu_ on the input (Note [differentiable in-place]), which saves the bytes of a
   // second tensor; the input must not be needed afterwards (a later use sees the new values,
   // and an op that saved it fails in backward, by the version check).
-  explicit ReLU(bool inplace = false) : inplace(inplace) {}
+  explicit ReLU(bool in_place = false) : inplace(in_place) {}
   Tensor forward(const Tensor& x) override;
   std::string name() const override { return inplace ? "ReLU(inplace)" : "ReLU()"; }
   bool inplace;

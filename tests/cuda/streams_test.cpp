@@ -42,7 +42,8 @@ TEST(CudaStreams, NonBlockingRoundTripThroughPinnedMemory) {
 
 TEST(CudaStreams, PinnedBlockIsNotReusedBeforeItsCopyFinished) {
   SKIP_WITHOUT_GPU();
-  cuda::PinnedHostAllocator pinned;  // a private one: its counters are this test's own
+  // A private pool over the page-locked backend: its counters are this test's own.
+  CachingAllocator pinned(std::make_unique<cuda::PinnedMemoryBackend>());
   const size_t n = size_t{64} << 20;
   Allocation a = pinned.allocate(n);
   Tensor dev = Tensor::empty({static_cast<int64_t>(n)}, TensorOptions().dtype(DType::u8).device(kGpu));

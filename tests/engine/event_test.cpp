@@ -3,6 +3,7 @@
 // read the host clock. The GPU side is tests/cuda/streams_test.cpp.
 #include <thread>
 
+#include "engine/caching_allocator.h"
 #include "engine/event.h"
 #include "test_util.h"
 
@@ -49,16 +50,55 @@ TEST(Event, SynchronizeOnTheCpuReturns) {
   synchronize(kCpu0);
 }
 
-TEST(PinnedMemory, WithoutAGpuItIsPlainHostMemory) {
-  Tensor t = Tensor::empty_pinned({3, 4}, DType::f32);
-  EXPECT_EQ(t.shape(), (Shape{3, 4}));
-  EXPECT_TRUE(t.device().is_cpu());
-#ifndef HEADROOM_WITH_CUDA
-  EXPECT_FALSE(t.is_pinned());
-#endif
-  // Not counted by the cpu device's allocator, pinned or not.
+TEST(PinnedMemory, ComesFromTheHostPoolAndIsCountedThere) {
+  CachingAllocator& pool = host_pool();
+  const MemoryStats before = pool.stats();
+  const MemoryStats cpu_before = caching_allocator(Device::cpu()).stats();
+  {
+    Tensor t = Tensor::empty_pinned({3, 4}, DType::f32);
+    EXPECT_EQ(t.shape(), (Shape{3, 4}));
+    EXPECT_TRUE(t.device().is_cpu());
+    EXPECT_TRUE(t.is_pinned());
+    EXPECT_EQ(pool.stats().allocated_bytes.current, before.allocated_bytes.current + 512);
+    // Not the cpu device's memory.
+    EXPECT_EQ(caching_allocator(Device::cpu()).stats().allocated_bytes.current, cpu_before.allocated_bytes.current);
+  }
+  EXPECT_EQ(pool.stats().allocated_bytes.current, before.allocated_bytes.current);
+  EXPECT_TRUE(pool.is_host_pool());
+  EXPECT_FALSE(caching_allocator(Device::cpu()).is_host_pool());
   EXPECT_FALSE(Tensor::zeros({2}).is_pinned());
+  EXPECT_FALSE(Tensor::empty_host({2}, DType::f32).is_pinned());
   EXPECT_THROW_WITH(Tensor::empty_pinned({-1}, DType::f32), ShapeError, "negative");
+}
+
+TEST(PinnedMemory, TheHostPoolHasItsOwnLimitAndReport) {
+  CachingAllocator& pool = host_pool();
+  const size_t old_limit = pool.memory_limit();
+  pool.empty_cache();
+  pool.set_memory_limit(static_cast<size_t>(pool.stats().reserved_bytes.current) + (4 << 20));
+  Tensor kept;
+  {
+    CategoryScope scope(MemoryCategory::activation);
+    kept = Tensor::empty_pinned({1 << 19}, DType::f32);  // 2 MiB
+  }
+  try {
+    Tensor too_much = Tensor::empty_pinned({1 << 20}, DType::f32);  // 4 MiB more
+    pool.set_memory_limit(old_limit);
+    FAIL() << "no OutOfMemoryError";
+  } catch (const OutOfMemoryError& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("out of memory in the pinned host pool"), std::string::npos) << what;
+    EXPECT_NE(what.find("HEADROOM_HOST_MEMORY_LIMIT"), std::string::npos) << what;
+    EXPECT_NE(what.find("offloaded activations hold 2.00 MiB"), std::string::npos) << what;
+    // The device's remedies are not the pool's.
+    EXPECT_EQ(what.find("micro-batches"), std::string::npos) << what;
+  }
+  pool.set_memory_limit(old_limit);
+  // The cpu device's own report mentions the pool while it holds something.
+  const std::string device_report = caching_allocator(Device::cpu()).oom_report(1 << 20);
+  EXPECT_NE(device_report.find("pinned host pool (offloaded tensors, not counted above): 2.00 MiB in use"),
+            std::string::npos)
+      << device_report;
 }
 
 TEST(PinnedMemory, NonBlockingToOnTheCpuIsAPlainCopy) {

@@ -6,6 +6,7 @@
 #include <iostream>
 
 #include "autograd/autocast.h"
+#include "autograd/offload.h"
 #include "nn/nn.h"
 #include "optim/optim.h"
 #include "sweep_harness.h"
@@ -117,6 +118,27 @@ Trainer gpt(Precision precision, nn::CheckpointMode checkpoint = nn::CheckpointM
   return t;
 }
 
+// Offload (Note [activation offload], Note [optimizer offload]): saved activations to the host
+// pool, and/or Adam's state kept there.
+Trainer offloaded(Trainer t, bool activations, bool optimizer_state) {
+  if (optimizer_state) {
+    auto* adam = dynamic_cast<optim::Adam*>(t.optimizer.get());
+    const bool decoupled = dynamic_cast<optim::AdamW*>(t.optimizer.get()) != nullptr;
+    if (adam == nullptr) throw ValueError("offloaded(): the case's optimizer is not Adam");
+    std::unique_ptr<optim::Optimizer> host;
+    if (decoupled) host = std::make_unique<optim::OffloadedAdamW>(t.model->parameters(), adam->lr());
+    else host = std::make_unique<optim::OffloadedAdam>(t.model->parameters(), adam->lr());
+    t.optimizer = std::move(host);
+  }
+  if (activations) {
+    t.fn = [inner = t.fn](const Tensor& x, const Tensor& y) -> optim::MicroBatchOutput {
+      ActivationOffload offload({.min_bytes = 0, .segment_bytes = 0});
+      return inner(x, y);
+    };
+  }
+  return t;
+}
+
 const std::vector<SweepCase>& cases() {
   constexpr int64_t kAuto = optim::BatchSplitter::kAuto;
   static const std::vector<SweepCase> kCases = {
@@ -147,6 +169,19 @@ const std::vector<SweepCase>& cases() {
        [] { return cnn_group_norm(Precision::f32, nn::CheckpointMode::none, true); }, 1, kAuto},
       {"cnn+groupnorm f32, ReLU in place, checkpoint=block",
        [] { return cnn_group_norm(Precision::f32, nn::CheckpointMode::block, true); }, 1, kAuto},
+      // Offload, its copies to and from the host pool failed in turn too.
+      {"cnn+groupnorm f32, activations offloaded",
+       [] { return offloaded(cnn_group_norm(Precision::f32), true, false); }, 1, kAuto},
+      {"cnn+groupnorm f32, activations offloaded, host pool failing",
+       [] { return offloaded(cnn_group_norm(Precision::f32), true, false); }, 1, kAuto, true},
+      {"gpt f32, checkpoint=block, checkpoints offloaded, host pool failing",
+       [] { return offloaded(gpt(Precision::f32, nn::CheckpointMode::block), true, false); }, 1, kAuto, true},
+      {"wide mlp f32, Adam state offloaded, first step",
+       [] { return offloaded(wide_mlp(Precision::f32), false, true); }, 0, kAuto},
+      {"wide mlp f32, Adam state offloaded, first step, host pool failing",
+       [] { return offloaded(wide_mlp(Precision::f32), false, true); }, 0, kAuto, true},
+      {"gpt bf16, activations and AdamW state offloaded, host pool failing",
+       [] { return offloaded(gpt(Precision::bf16), true, true); }, 1, kAuto, true},
   };
   return kCases;
 }

@@ -97,6 +97,9 @@ struct SweepCase {
   // The splitter of the step under test: kAuto recovers by splitting; a fixed count refuses an
   // out-of-memory error in forward or backward (and recovers one in the optimizer step).
   int64_t micro_batches = optim::BatchSplitter::kAuto;
+  // Fail the pinned host pool's requests (Note [host pool]: offloaded activations and optimizer
+  // state) instead of the device's.
+  bool host_pool = false;
 };
 
 struct SweepCounts {
@@ -114,7 +117,17 @@ struct SweepCounts {
 
 // The sweep of one case and one fault kind: every stride-th request of the clean step's count.
 inline SweepCounts sweep(const SweepCase& c, FaultKind kind, int64_t stride = 1) {
-  CachingAllocator& a = caching_allocator(Device::cpu());
+  // Faults go to `a`; bytes are counted on the device and the host pool together (what an
+  // offloaded step leaves behind may be on either side).
+  CachingAllocator& device = caching_allocator(Device::cpu());
+  CachingAllocator& pool = headroom::host_pool();
+  CachingAllocator& a = c.host_pool ? pool : device;
+  struct Both {
+    CachingAllocator &device, &pool;
+    int64_t allocated() const {
+      return device.stats().allocated_bytes.current + pool.stats().allocated_bytes.current;
+    }
+  } both{device, pool};
   SweepCounts counts;
   auto fail = [&](const std::string& what) {
     if (counts.failures.size() < 8) counts.failures.push_back(c.name + " (" + fault_kind_name(kind) + "): " + what);
@@ -126,11 +139,12 @@ inline SweepCounts sweep(const SweepCase& c, FaultKind kind, int64_t stride = 1)
     for (int w = 0; w < c.warm_steps; ++w) t->step(*s);
     t->optimizer->zero_grad();
     t->model->zero_grad();
-    a.empty_cache();
+    device.empty_cache();
+    pool.empty_cache();
     return std::make_pair(std::move(t), std::move(s));
   };
   const int64_t n = c.make().inputs.size(0);
-  const int64_t baseline = a.stats().allocated_bytes.current;
+  const int64_t baseline = both.allocated();
 
   // The clean run: the state before and after, and how many requests the step makes.
   StateSnapshot before;
@@ -146,7 +160,7 @@ inline SweepCounts sweep(const SweepCase& c, FaultKind kind, int64_t stride = 1)
                                           : st1.num_allocs - st0.num_allocs;
     const int64_t m = r.micro_batch_size;
     r = {};
-    reference[m] = {t->snapshot(), a.stats().allocated_bytes.current};
+    reference[m] = {t->snapshot(), both.allocated()};
   }
   // The clean run of micro-batches of m samples after the same warm-up (fixed split).
   auto reference_for = [&](int64_t m) -> const std::pair<StateSnapshot, int64_t>& {
@@ -158,7 +172,7 @@ inline SweepCounts sweep(const SweepCase& c, FaultKind kind, int64_t stride = 1)
     optim::SplitStepResult r = t->step(*fixed);
     if (r.micro_batch_size != m) fail("no fixed split gives micro-batches of " + std::to_string(m));
     r = {};
-    return reference[m] = {t->snapshot(), a.stats().allocated_bytes.current};
+    return reference[m] = {t->snapshot(), both.allocated()};
   };
 
   for (int64_t k = 1; k <= requests; k += stride) {
@@ -169,7 +183,7 @@ inline SweepCounts sweep(const SweepCase& c, FaultKind kind, int64_t stride = 1)
     bool recovered = false;
     {
       auto [t, s] = prepared();
-      allocated_before = a.stats().allocated_bytes.current;
+      allocated_before = both.allocated();
       a.inject_fault(kind, k);
       try {
         optim::SplitStepResult r = t->step(*s);
@@ -186,9 +200,9 @@ inline SweepCounts sweep(const SweepCase& c, FaultKind kind, int64_t stride = 1)
       a.clear_fault();
       if (!fired) fail(at + ": the fault never fired (the step made fewer requests than the clean run)");
       after = t->snapshot();
-      allocated_after = a.stats().allocated_bytes.current;
+      allocated_after = both.allocated();
     }
-    const int64_t leaked = a.stats().allocated_bytes.current - baseline;
+    const int64_t leaked = both.allocated() - baseline;
     if (leaked != 0) {
       counts.leaked_bytes += leaked;
       fail(at + ": " + std::to_string(leaked) + " bytes still allocated after the run");
