@@ -4,6 +4,7 @@
 
 #include "nn/checkpoint.h"
 #include "nn/chunked_cross_entropy.h"
+#include "nn/distill.h"
 #include "nn/init.h"
 #include "nn/layers/attention.h"
 #include "nn/layers/activation.h"
@@ -14,8 +15,10 @@
 #include "nn/layers/linear.h"
 #include "nn/layers/norm.h"
 #include "nn/layers/pooling.h"
+#include "nn/layers/separable.h"
 #include "nn/layers/sequential.h"
 #include "nn/losses.h"
 #include "nn/module.h"
 #include "nn/parallel/ddp.h"
+#include "nn/prune.h"
 #include "nn/serialize.h"
