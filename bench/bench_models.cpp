@@ -4,9 +4,11 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <random>
 #include <set>
 #include <thread>
+#include <tuple>
 
 #include "dist/local_group.h"
 #include "engine/meta.h"
@@ -31,6 +33,8 @@ std::string Preset::technique() const {
     t = (t == "none" ? "" : t + ", ") + ck;
   }
   if (inplace_relu) t = (t == "none" ? "" : t + ", ") + "ReLU in place";
+  if (prune_channels > 0)
+    t = (t == "none" ? "" : t + ", ") + str_cat(static_cast<int>(std::lround(prune_channels * 100)), "% of channels pruned");
   if (ddp) {
     const std::string d = zero_stage > 0 ? str_cat("ZeRO-", zero_stage, " over the ranks")
                                          : str_cat("DDP over the ranks, ", bucket_cap_mib, " MiB buckets");
@@ -182,6 +186,66 @@ Preset resnet18(bool small, DType dtype = DType::f32, int64_t micro_batches = 1,
   return p;
 }
 
+// Smaller models (docs/smaller-models.md): the Fashion-MNIST CNN whole and with half its channels
+// pruned, and the MobileNet-style net of depthwise-separable blocks; CPU-sized.
+Preset fashion_cnn(bool mobilenet, double prune_channels = 0) {
+  Preset p;
+  p.kind = ModelKind::cnn;
+  p.model = mobilenet ? "mobilenet-small" : prune_channels > 0 ? "cnn-small-pruned" : "cnn-small";
+  p.base_width = 16;
+  p.image_size = 28;
+  p.classes = 10;
+  p.batch = 128;
+  p.prune_channels = prune_channels;
+  p.cpu_sized = true;
+  const int pct = static_cast<int>(std::lround(prune_channels * 100));
+  p.name = str_cat(mobilenet ? "mobilenet-cpu-f32" : "cnn-cpu-f32", prune_channels > 0 ? str_cat("-prune", pct) : "");
+  p.description = mobilenet ? std::string("MobileNet-style (conv 16, 4 depthwise-separable blocks to 64, global pool), ")
+                  : prune_channels > 0
+                      ? str_cat("Fashion-MNIST CNN with ", pct, "% of channels pruned by L1 (8, 16, linear 784-128), ")
+                      : std::string("Fashion-MNIST CNN (conv 16, 32, BatchNorm, linear 1568-128-10), ");
+  p.description += "1x28x28, batch 128, f32, SGD momentum";
+  return p;
+}
+
+// The CNN (or MobileNet) of a ModelKind::cnn preset, its conv stages as checkpoint blocks.
+std::shared_ptr<nn::Sequential> make_fashion_model(const Preset& p) {
+  const int64_t c = p.base_width;
+  auto m = std::make_shared<nn::Sequential>();
+  std::vector<int64_t> starts;
+  if (p.model == "mobilenet-small") {
+    starts.push_back(m->size());
+    m->push_back(std::make_shared<nn::Conv2d>(1, c, 3, 1, 1, 1, false));
+    m->push_back(std::make_shared<nn::BatchNorm2d>(c));
+    m->push_back(std::make_shared<nn::ReLU>());
+    for (auto [in, out, stride] : std::vector<std::tuple<int64_t, int64_t, int64_t>>{
+             {c, 2 * c, 2}, {2 * c, 2 * c, 1}, {2 * c, 4 * c, 2}, {4 * c, 4 * c, 1}}) {
+      starts.push_back(m->size());
+      m->push_back(std::make_shared<nn::DepthwiseSeparableConv2d>(in, out, stride));
+    }
+    starts.push_back(m->size());
+    m->push_back(std::make_shared<nn::AvgPool2d>(p.image_size / 4));
+    m->push_back(std::make_shared<nn::Flatten>());
+    m->push_back(std::make_shared<nn::Linear>(4 * c, p.classes));
+  } else {
+    for (auto [in, out] : {std::pair{int64_t{1}, c}, std::pair{c, 2 * c}}) {
+      starts.push_back(m->size());
+      m->push_back(std::make_shared<nn::Conv2d>(in, out, 3, 1, 1, 1, false));
+      m->push_back(std::make_shared<nn::BatchNorm2d>(out));
+      m->push_back(std::make_shared<nn::ReLU>());
+      m->push_back(std::make_shared<nn::MaxPool2d>(2));
+    }
+    starts.push_back(m->size());
+    m->push_back(std::make_shared<nn::Flatten>());
+    m->push_back(std::make_shared<nn::Linear>(2 * c * (p.image_size / 4) * (p.image_size / 4), 128));
+    m->push_back(std::make_shared<nn::ReLU>());
+    m->push_back(std::make_shared<nn::Linear>(128, p.classes));
+    if (p.prune_channels > 0) nn::prune_channels(*m, p.prune_channels);
+  }
+  m->set_checkpoint(p.checkpoint, starts);
+  return m;
+}
+
 // In-place ReLU (Note [differentiable in-place]): "-inplace", the same model otherwise.
 Preset inplace(Preset p) {
   p.inplace_relu = true;
@@ -300,6 +364,10 @@ std::vector<Preset> build_presets() {
   v.push_back(resnet18(true, DType::f32, 1, nn::CheckpointMode::sqrt));
   v.push_back(resnet18(true, DType::f32, 1, nn::CheckpointMode::selective));
   v.push_back(inplace(resnet18(true)));  // against resnet18-cpu-f32
+  // Smaller models (docs/smaller-models.md): the pruned CNN and the separable net against the CNN.
+  v.push_back(fashion_cnn(false));
+  v.push_back(fashion_cnn(false, 0.5));
+  v.push_back(fashion_cnn(true));
   // Several devices in one process: the 4-block GPT whole, in pipeline stages and split by
   // tensor parallelism; the MLP under DataParallel; the bubble of K = 4 stages of equal cost
   // for M = 1, 4, 16 (issue 15's table in bench/RESULTS.md).
@@ -685,7 +753,8 @@ std::unique_ptr<Workload> make_workload(const Preset& p, Device device, uint64_t
     }
     case ModelKind::timed_stages: break;  // above
     case ModelKind::mlp:
-    case ModelKind::resnet18: {
+    case ModelKind::resnet18:
+    case ModelKind::cnn: {
       std::shared_ptr<nn::Module> model;
       Shape input_shape;
       int64_t classes = 10;
@@ -698,6 +767,10 @@ std::unique_ptr<Workload> make_workload(const Preset& p, Device device, uint64_t
         model = seq;
         input_shape = {p.batch, p.widths.front()};
         classes = p.widths.back();
+      } else if (p.kind == ModelKind::cnn) {
+        model = make_fashion_model(p);
+        input_shape = {p.batch, 1, p.image_size, p.image_size};
+        classes = p.classes;
       } else {
         model = std::make_shared<ResNet18>(p.base_width, p.image_size, p.classes, p.checkpoint, p.inplace_relu);
         input_shape = {p.batch, 3, p.image_size, p.image_size};

@@ -14,6 +14,13 @@
 //   ResNet-18  CIFAR-style: a 3x3 stem without max-pool, four stages of two BasicBlocks
 //            (64, 128, 256, 512 channels; stride 2 from the second stage), global average
 //            pooling, Linear to 10 classes; SGD lr 0.01 with momentum 0.9.
+//   CNN      cnn_fashion_mnist's CNN (docs/smaller-models.md) on 1x28x28: conv 1->16 and 16->32
+//            (3x3, BatchNorm, ReLU, max-pool 2), Linear 1568->128->10; "cnn-small-pruned" is it after
+//            nn::prune_channels (the fraction of Preset::prune_channels, chosen by L1 norm on the
+//            freshly initialised filters: the shapes are what matter to memory and time).
+//   MobileNet  the separable net of cnn_fashion_mnist --model mobilenet: conv 1->16, four
+//            depthwise-separable blocks (16->32 s2, 32->32, 32->64 s2, 64->64), global average
+//            pooling, Linear 64->10. Both SGD lr 0.01 with momentum 0.9.
 // Inputs are random (tokens, N(0,1) images, labels) and fixed for the run: the benchmark
 // measures a training step, not a data pipeline, and a fixed batch makes the loss fall, which
 // shows the step really trains.
@@ -47,13 +54,15 @@ namespace headroom::bench {
 
 // timed_stages: K stages of a fixed cost -- each waits a set time per row in forward and twice
 // that in backward (a device's kernel time, not the host's cores) -- for the pipeline's bubble.
-enum class ModelKind : uint8_t { gpt, mlp, resnet18, timed_stages };
+enum class ModelKind : uint8_t { gpt, mlp, resnet18, timed_stages, cnn };
 
 struct Preset {
   std::string name;
   std::string description;  // one line, for --list
   ModelKind kind = ModelKind::gpt;
-  std::string model;  // "gpt2-small", "gpt-tiny", "mlp", "mlp-small", "resnet18", "resnet18-small"
+  // "gpt2-small", "gpt-tiny", "mlp", "mlp-small", "resnet18", "resnet18-small", "cnn-small",
+  // "cnn-small-pruned", "mobilenet-small"
+  std::string model;
   int64_t batch = 1;
   DType dtype = DType::f32;    // f32, or the autocast dtype (f16, bf16)
   int64_t micro_batches = 1;   // gradient accumulation over this many micro-batches
@@ -79,10 +88,11 @@ struct Preset {
   int64_t token_range = 0;  // tokens are drawn from [0, token_range)
   // MLP: in, hidden..., out
   std::vector<int64_t> widths;
-  // ResNet-18
+  // ResNet-18; the CNN and MobileNet (ModelKind::cnn) use base_width, image_size and classes too
   int64_t base_width = 64;  // channels of the stem and the first stage
   int64_t image_size = 32;
   int64_t classes = 10;
+  double prune_channels = 0;  // CNN: this fraction of each conv's output channels removed (nn/prune.h)
 
   int64_t items_per_step() const { return kind == ModelKind::gpt ? batch * seq_len : batch; }
   const char* item_unit() const {

@@ -357,6 +357,7 @@ const char* model_colour(ModelKind k) {
     case ModelKind::gpt: return "#1f77b4";
     case ModelKind::mlp: return "#ff7f0e";
     case ModelKind::resnet18: return "#2ca02c";
+    case ModelKind::cnn: return "#9467bd";
   }
   return "#444";
 }

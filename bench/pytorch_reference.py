@@ -73,7 +73,7 @@ SCHEMA = 1
 class Preset:
     name: str
     description: str
-    kind: str  # "gpt", "mlp", "resnet18", "timed_stages"
+    kind: str  # "gpt", "mlp", "resnet18", "timed_stages", "cnn" (the Fashion-MNIST CNN and MobileNet)
     model: str
     batch: int
     precision: str = "f32"  # "f32", or the autocast dtype "f16", "bf16"
@@ -109,6 +109,7 @@ class Preset:
     base_width: int = 64
     image_size: int = 32
     classes: int = 10
+    prune_channels: float = 0.0  # CNN: this fraction of each conv's output channels removed
 
     def items_per_step(self) -> int:
         return self.batch * self.seq_len if self.kind == "gpt" else self.batch
@@ -136,6 +137,8 @@ class Preset:
             t = ("" if t == "none" else t + ", ") + ck
         if self.inplace_relu:
             t = ("" if t == "none" else t + ", ") + "ReLU in place"
+        if self.prune_channels > 0:
+            t = ("" if t == "none" else t + ", ") + f"{round(self.prune_channels * 100)}% of channels pruned"
         if self.ddp:
             d = (f"ZeRO-{self.zero_stage} over the ranks" if self.zero_stage > 0
                  else f"DDP over the ranks, {self.bucket_cap_mib} MiB buckets")
@@ -217,6 +220,22 @@ def _inplace(p: Preset) -> Preset:
     p.name += "-inplace"
     p.description += ", ReLU in place"
     return p
+
+
+def _fashion_cnn(mobilenet: bool, prune_channels: float = 0.0) -> Preset:
+    """bench_models.cpp's fashion_cnn(): the CNN, the CNN with channels pruned, the MobileNet-style net."""
+    pct = round(prune_channels * 100)
+    if mobilenet:
+        desc = "MobileNet-style (conv 16, 4 depthwise-separable blocks to 64, global pool), "
+    elif prune_channels > 0:
+        desc = f"Fashion-MNIST CNN with {pct}% of channels pruned by L1 (8, 16, linear 784-128), "
+    else:
+        desc = "Fashion-MNIST CNN (conv 16, 32, BatchNorm, linear 1568-128-10), "
+    return Preset(
+        name=("mobilenet-cpu-f32" if mobilenet else "cnn-cpu-f32") + (f"-prune{pct}" if prune_channels > 0 else ""),
+        description=desc + "1x28x28, batch 128, f32, SGD momentum",
+        kind="cnn", model="mobilenet-small" if mobilenet else "cnn-small-pruned" if prune_channels > 0 else "cnn-small",
+        batch=128, cpu_sized=True, base_width=16, image_size=28, classes=10, prune_channels=prune_channels)
 
 
 def _data_parallel(p: Preset, zero_stage: int, bucket_cap_mib: int = 25) -> Preset:
@@ -314,6 +333,10 @@ def all_presets() -> List[Preset]:
     v.append(_resnet18(True, "f32", 1, "sqrt"))
     v.append(_resnet18(True, "f32", 1, "selective"))
     v.append(_inplace(_resnet18(True)))  # against resnet18-cpu-f32
+    # Smaller models (docs/smaller-models.md): the pruned CNN and the separable net against the CNN.
+    v.append(_fashion_cnn(False))
+    v.append(_fashion_cnn(False, 0.5))
+    v.append(_fashion_cnn(True))
     # Several devices in one process (listed, not run here: Preset.not_mirrored).
     v.append(_gpt_deep())
     v.append(_gpt_deep(2, "1f1b", 4))
@@ -512,7 +535,28 @@ def build_models(torch):  # noqa: C901 -- one closure over torch keeps the impor
                 layers.append(nn.ReLU())
         return nn.Sequential(*layers)
 
-    return GPT, ResNet18, make_mlp
+    def make_fashion_cnn(p: Preset):
+        """bench_models.cpp's make_fashion_model(). The pruned CNN is built at its pruned widths
+        (c - floor(f * c) channels a conv): which channels survive does not change memory or time."""
+        c = p.base_width
+        if p.model == "mobilenet-small":
+            def separable(cin: int, cout: int, stride: int):
+                return [nn.Conv2d(cin, cin, 3, stride, 1, groups=cin, bias=False), nn.BatchNorm2d(cin), nn.ReLU(),
+                        nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
+            layers = [nn.Conv2d(1, c, 3, 1, 1, bias=False), nn.BatchNorm2d(c), nn.ReLU()]
+            for cin, cout, stride in ((c, 2 * c, 2), (2 * c, 2 * c, 1), (2 * c, 4 * c, 2), (4 * c, 4 * c, 1)):
+                layers += separable(cin, cout, stride)
+            layers += [nn.AvgPool2d(p.image_size // 4), nn.Flatten(), nn.Linear(4 * c, p.classes)]
+            return nn.Sequential(*layers)
+        c1 = c - int(p.prune_channels * c)
+        c2 = 2 * c - int(p.prune_channels * 2 * c)
+        side = p.image_size // 4
+        return nn.Sequential(
+            nn.Conv2d(1, c1, 3, 1, 1, bias=False), nn.BatchNorm2d(c1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(c1, c2, 3, 1, 1, bias=False), nn.BatchNorm2d(c2), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Flatten(), nn.Linear(c2 * side * side, 128), nn.ReLU(), nn.Linear(128, p.classes))
+
+    return GPT, ResNet18, make_mlp, make_fashion_cnn
 
 
 # ---- running ----
@@ -544,7 +588,7 @@ def _rank() -> int:
 
 
 def run_preset(torch, models, p: Preset, mode: str, args) -> Dict[str, Any]:
-    GPT, ResNet18, make_mlp = models
+    GPT, ResNet18, make_mlp, make_fashion_cnn = models
     device = torch.device(args.device)
     cuda = device.type == "cuda"
     dtype = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}[p.precision]
@@ -577,6 +621,8 @@ def run_preset(torch, models, p: Preset, mode: str, args) -> Dict[str, Any]:
             model = GPT(p)
         elif p.kind == "mlp":
             model = make_mlp(p)
+        elif p.kind == "cnn":
+            model = make_fashion_cnn(p)
         else:
             model = ResNet18(p)
         if p.precision != "f32" and not amp:
@@ -590,7 +636,8 @@ def run_preset(torch, models, p: Preset, mode: str, args) -> Dict[str, Any]:
             y = torch.randint(0, p.token_range, (p.batch, p.seq_len), generator=g).to(device)
         else:
             opt_class, opt_args = torch.optim.SGD, dict(lr=0.01, momentum=0.9)
-            shape = (p.batch, p.widths[0]) if p.kind == "mlp" else (p.batch, 3, p.image_size, p.image_size)
+            shape = ((p.batch, p.widths[0]) if p.kind == "mlp" else (p.batch, 1, p.image_size, p.image_size)
+                     if p.kind == "cnn" else (p.batch, 3, p.image_size, p.image_size))
             classes = p.widths[-1] if p.kind == "mlp" else p.classes
             g = torch.Generator().manual_seed(args.seed)
             x = torch.randn(shape, generator=g).to(dtype if not amp else torch.float32).to(device)

@@ -797,11 +797,13 @@ class Checkpointing {
 
 // One pass over the loader: cross-entropy, backward, optimizer step per batch (through the
 // splitter, which may run a batch as micro-batches), with a progress line; a schedule, if given,
-// steps after each optimizer step. epoch is 0-based (it seeds the loader's shuffle).
+// steps after each optimizer step. epoch is 0-based (it seeds the loader's shuffle). after_step,
+// if given, runs after every optimizer step (e.g. nn::MagnitudePruner::apply, nn/prune.h).
 inline EpochStats train_one_epoch(nn::Module& model, optim::BatchSplitter& splitter, optim::LRScheduler* schedule,
                                   data::BatchLoader& loader, Device device, int64_t epoch, int64_t epochs,
                                   std::optional<DType> autocast = std::nullopt, Checkpointing* checkpoints = nullptr,
                                   const DataParallel* parallel = nullptr, LeakChecking* leaks = nullptr,
+                                  const std::function<void()>& after_step = {},
                                   std::optional<ActivationOffloadOptions> offload = std::nullopt) {
   model.train();
   double loss_sum = 0;
@@ -827,6 +829,7 @@ inline EpochStats train_one_epoch(nn::Module& model, optim::BatchSplitter& split
       return optim::MicroBatchOutput{cross_entropy(logits, y), logits};
     });
     if (schedule) schedule->step();
+    if (after_step) after_step();
 
     int64_t b = labels.size(0);
     double step_loss = step.loss * static_cast<double>(b);

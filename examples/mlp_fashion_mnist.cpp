@@ -69,7 +69,7 @@ int main(int argc, char** argv) {
     std::vector<examples::EpochStats> history;
     for (int64_t epoch = checkpoints.resume(); epoch < cfg.epochs; ++epoch)
       history.push_back(examples::train_one_epoch(*trained, *splitter, schedule.get(), loader, device, epoch, cfg.epochs,
-                                                  precision.autocast, &checkpoints, &parallel, &leaks,
+                                                  precision.autocast, &checkpoints, &parallel, &leaks, {},
                                                   examples::activation_offload(cfg)));
     if (!cfg.save_model.empty()) model->save(cfg.save_model);
 
