@@ -5,13 +5,16 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <optional>
 #include <random>
 #include <set>
 #include <thread>
 #include <tuple>
 
+#include "autograd/offload.h"
 #include "dist/local_group.h"
 #include "engine/meta.h"
+#include "optim/offload.h"
 #include "nn/parallel/data_parallel.h"
 #include "nn/parallel/gpt_parallel.h"
 
@@ -33,6 +36,8 @@ std::string Preset::technique() const {
     t = (t == "none" ? "" : t + ", ") + ck;
   }
   if (inplace_relu) t = (t == "none" ? "" : t + ", ") + "ReLU in place";
+  if (offload_activations) t = (t == "none" ? "" : t + ", ") + "activations offloaded";
+  if (offload_optimizer) t = (t == "none" ? "" : t + ", ") + "AdamW state offloaded";
   if (prune_channels > 0)
     t = (t == "none" ? "" : t + ", ") + str_cat(static_cast<int>(std::lround(prune_channels * 100)), "% of channels pruned");
   if (ddp) {
@@ -254,6 +259,17 @@ Preset inplace(Preset p) {
   return p;
 }
 
+// Offload (docs/offload.md): "-offload" (saved activations to the host), "-offload-opt"
+// (AdamW's moments and master weights on the host, the update there).
+Preset offloaded(Preset p, bool activations, bool optimizer) {
+  p.offload_activations = activations;
+  p.offload_optimizer = optimizer;
+  p.name += activations && optimizer ? "-offload-all" : activations ? "-offload" : "-offload-opt";
+  if (activations) p.description += ", activations offloaded to the host";
+  if (optimizer) p.description += ", AdamW state on the host";
+  return p;
+}
+
 // Several devices (docs/model-parallel.md). A 4-block GPT (so that 4 stages have a block each)
 // as one device, cut into pipeline stages, or split by tensor parallelism.
 Preset gpt_deep(int64_t stages = 1, nn::PipelineSchedule schedule = nn::PipelineSchedule::one_f_one_b,
@@ -320,6 +336,8 @@ std::vector<Preset> build_presets() {
   v.push_back(gpt2_small(DType::bf16, AttentionImpl::fused, 1, nn::CheckpointMode::block));
   v.push_back(gpt2_small(DType::bf16, AttentionImpl::fused, 1, nn::CheckpointMode::sqrt));
   v.push_back(gpt2_small(DType::bf16, AttentionImpl::fused, 1, nn::CheckpointMode::selective));
+  v.push_back(offloaded(gpt2_small(DType::bf16, AttentionImpl::fused), true, false));
+  v.push_back(offloaded(gpt2_small(DType::bf16, AttentionImpl::fused), false, true));
   v.push_back(mlp(false));
   v.push_back(mlp(false, DType::bf16));
   v.push_back(resnet18(false));
@@ -350,6 +368,9 @@ std::vector<Preset> build_presets() {
   v.push_back(gpt_tiny(DType::f32, AttentionImpl::naive, 4));
   v.push_back(gpt_tiny(DType::f32, AttentionImpl::fused, 1, nn::CheckpointMode::block));  // no -ckpt-sqrt: see gpt_tiny
   v.push_back(gpt_tiny(DType::f32, AttentionImpl::fused, 1, nn::CheckpointMode::selective));
+  // Naive attention: Debian's PyTorch 1.13 (the CPU reference here) has no fused attention.
+  v.push_back(offloaded(gpt_tiny(DType::f32, AttentionImpl::naive), true, false));
+  v.push_back(offloaded(gpt_tiny(DType::f32, AttentionImpl::naive), false, true));
   v.push_back(data_parallel(gpt_tiny(DType::f32, AttentionImpl::fused), 0));
   v.push_back(data_parallel(gpt_tiny(DType::f32, AttentionImpl::fused), 1));
   v.push_back(data_parallel(gpt_tiny(DType::f32, AttentionImpl::fused), 2));
@@ -498,10 +519,13 @@ void set_step(Workload* w, const Preset& p, Device device,
                                                        options);
   const bool amp = p.dtype != DType::f32;
   const DType low = amp ? p.dtype : DType::bf16;
-  w->step = [w, device, amp, low, loss_of = std::move(loss_of)] {
+  const bool offload = p.offload_activations;
+  w->step = [w, device, amp, low, offload, loss_of = std::move(loss_of)] {
     AutocastCacheScope cache;
     optim::SplitStepResult r = w->splitter->step(w->input, w->target, [&](const Tensor& x, const Tensor& y) {
       AutocastGuard guard(device, low, amp);
+      std::optional<ActivationOffload> offloaded;  // Preset::offload_activations
+      if (offload) offloaded.emplace(ActivationOffloadOptions{.min_bytes = 64 << 10});
       return optim::MicroBatchOutput{loss_of(x, y)};
     });
     return Tensor::scalar(r.loss);
@@ -744,7 +768,8 @@ std::unique_ptr<Workload> make_workload(const Preset& p, Device device, uint64_t
       w->model = model;
       w->input = random_labels(p.batch * p.seq_len, p.token_range, rng, {p.batch, p.seq_len}, device);
       w->target = random_labels(p.batch * p.seq_len, p.token_range, rng, {p.batch, p.seq_len}, device);
-      distribute(wp, p, group, [](std::vector<Tensor> ps) {
+      distribute(wp, p, group, [offload = p.offload_optimizer](std::vector<Tensor> ps) -> std::unique_ptr<optim::Optimizer> {
+        if (offload) return std::make_unique<optim::OffloadedAdamW>(std::move(ps), 6e-4, 0.9, 0.95, 1e-8, 0.1);
         return std::make_unique<optim::AdamW>(std::move(ps), 6e-4, 0.9, 0.95, 1e-8, 0.1);
       });
       nn::GPT* m = model.get();

@@ -81,6 +81,10 @@ struct Preset {
   int64_t replicas = 1;         // > 1: nn::DataParallel over this many devices
   double stage_ms_per_row = 0;  // timed_stages: each stage's forward wait per row (backward: twice)
   bool inplace_relu = false;    // ResNet-18: relu_ after each BatchNorm and residual add
+  // Offload (docs/offload.md): saved activations of 64 KiB or more to the pinned host pool
+  // (ActivationOffload), Adam's state on the host (OffloadedAdamW; GPT presets only).
+  bool offload_activations = false;
+  bool offload_optimizer = false;
   bool cpu_sized = false;  // one of the small presets that run in seconds on the CPU
   // GPT
   nn::GPTConfig gpt;

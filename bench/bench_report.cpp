@@ -121,6 +121,20 @@ std::string markdown_table(const std::vector<Result>& results) {
     for (MemoryCategory c : cats) os << " " << format_bytes(r.peak_category(c)) << " |";
     os << "\n";
   }
+  // Offload presets: what the pinned host pool held (Note [host pool]).
+  if (std::any_of(results.begin(), results.end(),
+                  [](const Result& r) { return r.preset.offload_activations || r.preset.offload_optimizer; })) {
+    os << "\nPinned host pool (offload presets; the device's peaks are above):\n\n"
+       << "| preset | host peak allocated | activation | gradient | optimizer_state |\n|---|---:|---:|---:|---:|\n";
+    for (const Result& r : results) {
+      if (!r.preset.offload_activations && !r.preset.offload_optimizer) continue;
+      const MemoryStats& h = r.host_stats;
+      os << "| " << r.preset.name << " | " << format_bytes(h.allocated_bytes.peak) << " | "
+         << format_bytes(h.category(MemoryCategory::activation).peak) << " | "
+         << format_bytes(h.category(MemoryCategory::gradient).peak) << " | "
+         << format_bytes(h.category(MemoryCategory::optimizer_state).peak) << " |\n";
+    }
+  }
   const std::vector<CheckpointOverhead> pairs = checkpoint_overheads(results);
   auto times = [](double v) { return std::isfinite(v) ? fmt("%.2fx", v) : std::string("-"); };
   if (!pairs.empty()) {
@@ -252,6 +266,17 @@ std::string results_json(const std::vector<Result>& results, const RunInfo& info
       os << "]},\n";
     } else {
       os << "      \"several_devices\": null,\n";
+    }
+    if (p.offload_activations || p.offload_optimizer) {
+      const MemoryStats& h = r.host_stats;
+      os << "      \"host_pool\": {\"peak_allocated_bytes\": " << h.allocated_bytes.peak
+         << ", \"peak_reserved_bytes\": " << h.reserved_bytes.peak << ", \"peak_by_category\": {";
+      for (int c = 0; c < kNumMemoryCategories; ++c)
+        os << (c ? ", " : "") << json_quote(category_name(static_cast<MemoryCategory>(c))) << ": "
+           << h.category(static_cast<MemoryCategory>(c)).peak;
+      os << "}},\n";
+    } else {
+      os << "      \"host_pool\": null,\n";
     }
     // The library's own serialisation of the same stats, indented into place.
     std::string stats = memory_stats_json(r.stats);

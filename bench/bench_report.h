@@ -26,7 +26,9 @@
 //         "schedule" ("gpipe" | "1f1b" | null), "micro_batches", "tensor_parallel", "replicas",
 //         "bubble_fraction" (measured; null without stages), "ideal_bubble" ((K-1)/(M+K-1)),
 //         "devices": [ { "device", "peak_allocated_bytes", "peak_reserved_bytes",
-//         "peak_by_category" } ] } (the peaks above are the first device's) } ],
+//         "peak_by_category" } ] } (the peaks above are the first device's),
+//       "host_pool": null, or for an offload preset the pinned host pool's { "peak_allocated_bytes",
+//         "peak_reserved_bytes", "peak_by_category" } over the timed steps } ],
 //     "checkpoint_overhead": [ {   ([] when no pair ran, see checkpoint_overheads)
 //       "preset", "base", "step_time_ratio" (ckpt / base), "activation_peak_ratio" (base / ckpt),
 //       "peak_allocated_ratio" (base / ckpt) } ] }   (PyTorch: also "mode"; its activation ratio is
@@ -86,6 +88,9 @@ struct Result {
   // pipeline's idle share of the timed steps (mean of nn::PipelineStats::bubble_fraction).
   std::vector<std::pair<Device, MemoryStats>> device_stats, predicted_device_stats;
   double bubble_fraction = 0;
+  // Offload presets (Preset::offload_*): the pinned host pool's stats over the timed steps
+  // (Note [host pool]); all zero otherwise.
+  MemoryStats host_stats;
 
   int64_t peak_allocated() const { return stats.allocated_bytes.peak; }
   int64_t peak_reserved() const { return stats.reserved_bytes.peak; }

@@ -123,6 +123,8 @@ Result run_preset(const Preset& p, Device device, int64_t steps, int64_t warmup,
       synchronize(d);
       caching_allocator(d).reset_peak_stats();
     }
+    const bool offload = p.offload_activations || p.offload_optimizer;
+    if (offload) host_pool().reset_peak_stats();  // Note [host pool]: what the timed steps keep there
 
     std::vector<Event> marks;
     marks.reserve(static_cast<size_t>(steps + 1));
@@ -149,6 +151,7 @@ Result run_preset(const Preset& p, Device device, int64_t steps, int64_t warmup,
     }
     marks.back().synchronize();
     r.stats = alloc.stats();
+    if (offload) r.host_stats = host_pool().stats();
     if (p.several_devices())
       for (const Device& d : devices) r.device_stats.emplace_back(d, caching_allocator(d).stats());
 

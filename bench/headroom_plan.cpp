@@ -54,6 +54,8 @@ Preset with_mix(const Preset& base, const optim::Mix& mix, int64_t batch) {
   p.schedule = mix.one_f_one_b ? nn::PipelineSchedule::one_f_one_b : nn::PipelineSchedule::gpipe;
   p.tensor_parallel = mix.tensor_parallel;
   p.replicas = 1;
+  p.offload_activations = mix.offload_activations;
+  p.offload_optimizer = mix.offload_optimizer;
   if (p.kind == ModelKind::gpt) {
     p.gpt.attention = mix.attention;
     p.gpt.checkpoint = mix.checkpoint;
@@ -223,12 +225,23 @@ std::vector<int> int_list(const std::string& text, const std::string& flag, int 
   return out;
 }
 
-// A mix as nine numbers, and back: --verify under mpirun takes rank 0's picks (every rank must
+// "activations,optimizer" -> {"activations", "optimizer"}; "" -> {}.
+std::vector<std::string> split_list(const std::string& text) {
+  std::vector<std::string> out;
+  std::stringstream ss(text);
+  std::string item;
+  while (std::getline(ss, item, ','))
+    if (!item.empty()) out.push_back(item);
+  return out;
+}
+
+// A mix as eleven numbers, and back: --verify under mpirun takes rank 0's picks (every rank must
 // run the same mixes, in the same order: their collectives pair up).
-constexpr size_t kMixCode = 9;
+constexpr size_t kMixCode = 11;
 std::vector<int64_t> encode(const optim::Mix& m) {
   return {static_cast<int64_t>(m.precision), static_cast<int64_t>(m.attention), static_cast<int64_t>(m.checkpoint),
-          m.micro_batches, m.world_size, m.zero_stage, m.pipeline_stages, m.one_f_one_b ? 1 : 0, m.tensor_parallel};
+          m.micro_batches, m.world_size, m.zero_stage, m.pipeline_stages, m.one_f_one_b ? 1 : 0, m.tensor_parallel,
+          m.offload_activations ? 1 : 0, m.offload_optimizer ? 1 : 0};
 }
 bool same(const optim::Mix& m, const std::vector<int64_t>& v, size_t at) {
   const std::vector<int64_t> e = encode(m);
@@ -238,6 +251,7 @@ bool same(const optim::Mix& m, const std::vector<int64_t>& v, size_t at) {
 int main(int argc, char** argv) {
   std::string preset_name, device_arg = "cpu", gpu = "h100", budget_arg, out_dir = "headroom-plan-results";
   std::string world_sizes_arg = "1", zero_arg = "0", pipeline_arg = "1", schedule_arg = "1f1b", tensor_parallel_arg = "1";
+  std::string offload_arg;
   int64_t batch = 0, seed = 1, max_batch = 1024, verify_steps = 5;
   bool capacity_mode = false, verify = false, no_calibrate = false;
 
@@ -278,6 +292,9 @@ int main(int argc, char** argv) {
   flags.add("tensor-parallel", &tensor_parallel_arg,
             "tensor-parallel degrees to plan for on devices 0..T-1, e.g. 1,2,4 (GPT presets); each device must fit "
             "--budget");
+  flags.add("offload", &offload_arg,
+            "also plan offload to the pinned host pool (docs/offload.md): activations, optimizer (GPT presets: "
+            "AdamW's state) or both (activations,optimizer); each mix with and without it");
   flags.add("capacity", &capacity_mode, "print the largest batch each mix runs as one micro-batch in the budget");
   flags.add("max-batch", &max_batch, "--capacity: the largest batch tried", examples::at_least<int64_t>(1));
   flags.add("verify", &verify, "run the chosen mix and two others for real: predicted against measured");
@@ -349,6 +366,14 @@ int main(int argc, char** argv) {
     if (schedule_arg.find("1f1b") != std::string::npos) space.schedules.push_back(true);
     if (schedule_arg.find("gpipe") != std::string::npos) space.schedules.push_back(false);
     space.has_attention = gpt;
+    // --offload: each mix with and without (Note [planning offload]).
+    for (const std::string& what : split_list(offload_arg)) {
+      if (what == "activations") space.offload_activations = {false, true};
+      else if (what == "optimizer") space.offload_optimizer = {false, true};
+      else throw ValueError(str_cat("headroom-plan: --offload takes activations, optimizer or both, got '", what, "'"));
+    }
+    HR_CHECK(space.offload_optimizer.size() == 1 || gpt, ValueError, "headroom-plan: --offload optimizer offloads "
+             "AdamW's state, and ", base.name, " trains with SGD (GPT presets use AdamW)");
     if (base.kind == ModelKind::mlp) space.checkpoints = {nn::CheckpointMode::none};
     optim::PlanOptions opt;
     opt.device = device;

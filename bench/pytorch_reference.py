@@ -91,6 +91,10 @@ class Preset:
     # (not_mirrored says why).
     not_mirrored: str = ""
     inplace_relu: bool = False  # ResNet-18: F.relu(..., inplace=True)
+    # Offload (bench_models.h): saved activations through torch.autograd.graph.save_on_cpu
+    # (pinned on a GPU; on the CPU it moves nothing); the optimizer's state is not mirrored.
+    offload_activations: bool = False
+    offload_optimizer: bool = False
     pipeline_stages: int = 1
     schedule: str = "1f1b"
     tensor_parallel: int = 1
@@ -137,6 +141,10 @@ class Preset:
             t = ("" if t == "none" else t + ", ") + ck
         if self.inplace_relu:
             t = ("" if t == "none" else t + ", ") + "ReLU in place"
+        if self.offload_activations:
+            t = ("" if t == "none" else t + ", ") + "activations offloaded"
+        if self.offload_optimizer:
+            t = ("" if t == "none" else t + ", ") + "AdamW state offloaded"
         if self.prune_channels > 0:
             t = ("" if t == "none" else t + ", ") + f"{round(self.prune_channels * 100)}% of channels pruned"
         if self.ddp:
@@ -222,6 +230,20 @@ def _inplace(p: Preset) -> Preset:
     return p
 
 
+def _offloaded(p: Preset, activations: bool, optimizer: bool) -> Preset:
+    """bench_models.cpp's offloaded(): "-offload" / "-offload-opt" / "-offload-all"."""
+    p.offload_activations = activations
+    p.offload_optimizer = optimizer
+    p.name += "-offload-all" if activations and optimizer else "-offload" if activations else "-offload-opt"
+    if activations:
+        p.description += ", activations offloaded to the host"
+    if optimizer:
+        p.description += ", AdamW state on the host"
+        p.not_mirrored = ("PyTorch has no optimizer-state offload of its own (DeepSpeed's ZeRO-Offload is "
+                          "outside it)")
+    return p
+
+
 def _fashion_cnn(mobilenet: bool, prune_channels: float = 0.0) -> Preset:
     """bench_models.cpp's fashion_cnn(): the CNN, the CNN with channels pruned, the MobileNet-style net."""
     pct = round(prune_channels * 100)
@@ -298,6 +320,8 @@ def all_presets() -> List[Preset]:
     v.append(_gpt2_small("bf16", "fused", 1, "block"))
     v.append(_gpt2_small("bf16", "fused", 1, "sqrt"))
     v.append(_gpt2_small("bf16", "fused", 1, "selective"))
+    v.append(_offloaded(_gpt2_small("bf16", "fused"), True, False))
+    v.append(_offloaded(_gpt2_small("bf16", "fused"), False, True))
     v.append(_mlp(False))
     v.append(_mlp(False, "bf16"))
     v.append(_resnet18(False))
@@ -321,6 +345,8 @@ def all_presets() -> List[Preset]:
     v.append(_gpt_tiny("f32", "naive", 4))
     v.append(_gpt_tiny("f32", "fused", 1, "block"))  # no -ckpt-sqrt: see _gpt_tiny
     v.append(_gpt_tiny("f32", "fused", 1, "selective"))
+    v.append(_offloaded(_gpt_tiny("f32", "naive"), True, False))
+    v.append(_offloaded(_gpt_tiny("f32", "naive"), False, True))
     v.extend(_data_parallel(_gpt_tiny("f32", "fused"), z) for z in (0, 1, 2))
     v.append(_mlp(True))
     v.append(_mlp(True, "f16"))
@@ -698,7 +724,9 @@ def run_preset(torch, models, p: Preset, mode: str, args) -> Dict[str, Any]:
             opt.zero_grad(set_to_none=True)  # once per step, before the first micro-batch
             loss_sum = None
             for xb, yb in chunks:
-                with torch.autocast(device.type, dtype=dtype) if amp else contextlib.nullcontext():
+                offload = (torch.autograd.graph.save_on_cpu(pin_memory=cuda) if p.offload_activations
+                           else contextlib.nullcontext())
+                with torch.autocast(device.type, dtype=dtype) if amp else contextlib.nullcontext(), offload:
                     loss = fwd(model, xb, yb)  # the micro-batch's mean loss; backward outside autocast
                 count = xb.size(0)
                 weighted = loss if count == n else loss * (count / n)

@@ -43,6 +43,8 @@ std::string Mix::str(bool with_attention) const {
   if (zero_stage > 0) s += str_cat(" zero", zero_stage);
   if (pipeline_stages > 1) s += str_cat(" pp", pipeline_stages, one_f_one_b ? "-1f1b" : "-gpipe");
   if (tensor_parallel > 1) s += str_cat(" tp", tensor_parallel);
+  if (offload_activations) s += " offload-act";
+  if (offload_optimizer) s += " offload-opt";
   return s;
 }
 
@@ -68,6 +70,8 @@ std::vector<Mix> PlanSpace::mixes() const {
   const std::vector<int> pps = pipeline_stages.empty() ? std::vector<int>{1} : pipeline_stages;
   const std::vector<bool> scheds = schedules.empty() ? std::vector<bool>{true} : schedules;
   const std::vector<int> tps = tensor_parallel.empty() ? std::vector<int>{1} : tensor_parallel;
+  const std::vector<bool> oas = offload_activations.empty() ? std::vector<bool>{false} : offload_activations;
+  const std::vector<bool> oos = offload_optimizer.empty() ? std::vector<bool>{false} : offload_optimizer;
   struct Split {
     int stages, tp;
     bool one_f_one_b;
@@ -96,13 +100,20 @@ std::vector<Mix> PlanSpace::mixes() const {
           for (nn::CheckpointMode c : cs)
             for (int64_t m : ms) {
               if (batch > 0 && m > batch / w) continue;  // a micro-batch holds one item at least
-              Mix mix{p, a, c, m};
-              mix.world_size = w;
-              mix.zero_stage = z;
-              mix.pipeline_stages = sp.stages;
-              mix.one_f_one_b = sp.one_f_one_b;
-              mix.tensor_parallel = sp.tp;
-              out.push_back(mix);
+              for (bool oa : oas)
+                for (bool oo : oos) {
+                  // Offload: one device, one rank (Note [planning offload]).
+                  if ((oa || oo) && (w > 1 || sp.stages > 1 || sp.tp > 1)) continue;
+                  Mix mix{p, a, c, m};
+                  mix.world_size = w;
+                  mix.zero_stage = z;
+                  mix.pipeline_stages = sp.stages;
+                  mix.one_f_one_b = sp.one_f_one_b;
+                  mix.tensor_parallel = sp.tp;
+                  mix.offload_activations = oa;
+                  mix.offload_optimizer = oo;
+                  out.push_back(mix);
+                }
             }
     }
   }
@@ -114,8 +125,9 @@ std::vector<Mix> PlanSpace::mixes() const {
 const DeviceRates* datasheet_rates(const std::string& kind) {
   // NVIDIA's H100 and H200 Tensor Core GPU datasheets, SXM parts, dense (no sparsity): bf16/f16
   // tensor cores 989 TFLOP/s, fp32 67 TFLOP/s; HBM3 3.35 TB/s (H100 80GB), HBM3e 4.8 TB/s (H200).
-  static const DeviceRates h100{"H100 SXM (datasheet)", 989e12, 67e12, 67e12, 3.35e12};
-  static const DeviceRates h200{"H200 SXM (datasheet)", 989e12, 67e12, 67e12, 4.8e12};
+  // Both: PCIe Gen5 x16, 128 GB/s both ways together, so 64 GB/s each way to the host.
+  static const DeviceRates h100{"H100 SXM (datasheet)", 989e12, 67e12, 67e12, 3.35e12, 64e9};
+  static const DeviceRates h200{"H200 SXM (datasheet)", 989e12, 67e12, 67e12, 4.8e12, 64e9};
   if (kind == "h100") return &h100;
   if (kind == "h200") return &h200;
   return nullptr;
@@ -275,7 +287,15 @@ std::optional<CostModel> default_cost(const PlanOptions& options) {
 }
 
 // A step's time from its ops (Note [planning]): one device's sum; several devices priced apart.
-double step_seconds(const CostModel& cost, const Mix& mix, const std::vector<OpRecord>& records, int concurrent) {
+double step_seconds(const CostModel& cost, const Mix& mix, const std::vector<OpRecord>& all_records, int concurrent) {
+  // Note [planning offload]: a GPU step's ops on host tensors (the offloaded optimizer's update)
+  // are the host's work, priced by add_offload_seconds.
+  std::vector<OpRecord> device_records;
+  const bool gpu = std::any_of(all_records.begin(), all_records.end(), [](const OpRecord& r) { return r.device == DeviceType::cuda; });
+  if (gpu)
+    for (const OpRecord& r : all_records)
+      if (r.device == DeviceType::cuda) device_records.push_back(r);
+  const std::vector<OpRecord>& records = gpu ? device_records : all_records;
   if (mix.device_count() == 1) return cost.predict_seconds(records);
   std::map<int, std::vector<OpRecord>> per;
   for (const OpRecord& r : records) per[r.device_index].push_back(r);
@@ -293,6 +313,41 @@ double step_seconds(const CostModel& cost, const Mix& mix, const std::vector<OpR
   return apart;
 }
 
+// Note [planning offload]: on a GPU, the host link's and the host's share of an offloaded step.
+// r.seconds holds the device's compute (the host's ops were left out of it by step_seconds).
+void add_offload_seconds(MixPrediction& r, const PlanOptions& options) {
+  if (!options.device.is_cuda() || (!r.mix.offload_activations && !r.mix.offload_optimizer)) return;
+  const DeviceRates* rates = datasheet_rates(options.gpu);
+  const double link = rates && rates->host_link_bytes_per_second > 0 ? rates->host_link_bytes_per_second : 0;
+  if (link <= 0) return;
+  double host_bytes = 0;
+  for (const OpRecord& op : r.records)
+    if (op.device == DeviceType::cpu) host_bytes += op.cost.bytes;
+  const double compute = r.seconds;
+  double hidden = 0, exposed = 0;
+  // Down and up, each way at the link's rate; the parameters' way back waits for the update.
+  const double moved = static_cast<double>(r.host_transfer_bytes) / link;
+  if (r.mix.offload_optimizer) {
+    double rate = options.host_update_bytes_per_second;
+    if (rate <= 0) {
+      static const double measured = measure_host_update_rate();
+      rate = measured;
+    }
+    r.host_update_seconds = host_bytes / rate;
+    // The parameters come back after the update (one of the four tensors an update reads): those
+    // bytes are exposed; the rest moved during forward and backward, hidden behind compute.
+    int64_t grad_bytes = 0;
+    for (const OpRecord& op : r.records)
+      if (op.device == DeviceType::cpu && op.op == OpId::adam_update) grad_bytes += static_cast<int64_t>(op.cost.bytes / 4);
+    exposed += static_cast<double>(grad_bytes) / link;
+    hidden += moved - static_cast<double>(grad_bytes) / link;
+  } else {
+    hidden += moved;
+  }
+  r.transfer_seconds = std::max(0.0, hidden - compute) + exposed;
+  r.seconds = compute + r.transfer_seconds + r.host_update_seconds;
+}
+
 MixPrediction predict_with(const StepFactory& make_step, const Mix& mix, int64_t batch, size_t budget,
                            const PlanOptions& options, const std::optional<CostModel>& cost) {
   HR_CHECK(options.steps >= 1, ValueError, "plan: steps must be at least 1, got ", options.steps);
@@ -302,8 +357,11 @@ MixPrediction predict_with(const StepFactory& make_step, const Mix& mix, int64_t
   const double start = wall_seconds();
   std::vector<std::pair<Device, CachingAllocator*>> allocs;  // the mix's devices
   std::vector<OpRecord> records;
+  CachingAllocator* host = nullptr;  // the scope's host pool (Note [planning offload])
+  MemoryStats host_before_last;
   try {
     MetaScope meta;
+    host = &meta.host_pool();
     for (int k = 0; k < mix.device_count(); ++k) {
       const Device d = mix.device_count() == 1 ? options.device : Device{options.device.type, k};
       allocs.emplace_back(d, &meta.allocator(d));
@@ -312,6 +370,7 @@ MixPrediction predict_with(const StepFactory& make_step, const Mix& mix, int64_t
     std::function<void()> step = make_step(mix, batch);
     for (int i = 0; i + 1 < options.steps; ++i) step();
     {
+      host_before_last = host->stats();
       OpRecorder rec(false);
       step();
       records = rec.records();
@@ -330,13 +389,25 @@ MixPrediction predict_with(const StepFactory& make_step, const Mix& mix, int64_t
         (d == allocs.front().first && r.stats.reserved_bytes.peak == 0))
       r.stats = st;
   }
+  if (host != nullptr) {
+    r.host_stats = host->stats();
+    // What the predicted step moved to the host: activations down (and as much back up), the
+    // gradients down (and as many parameter bytes back up).
+    auto taken = [&](MemoryCategory c) {
+      return r.host_stats.category(c).allocated - host_before_last.category(c).allocated;
+    };
+    if (r.fits()) r.host_transfer_bytes = 2 * (taken(MemoryCategory::activation) + taken(MemoryCategory::gradient));
+  }
   r.ops = static_cast<int64_t>(records.size());
   r.records = records;
   for (const OpRecord& op : records) {
     r.flops += op.cost.flops;
     r.bytes += op.cost.bytes;
   }
-  if (cost && r.fits()) r.seconds = step_seconds(*cost, mix, records, options.concurrent_devices);
+  if (cost && r.fits()) {
+    r.seconds = step_seconds(*cost, mix, records, options.concurrent_devices);
+    add_offload_seconds(r, options);
+  }
   r.predict_wall_seconds = wall_seconds() - start;
   return r;
 }
@@ -358,6 +429,23 @@ void measure_steps(const StepFactory& make_step, const Mix& mix, const PlanOptio
   }
 }
 }  // namespace
+
+double measure_host_update_rate(int64_t elements) {
+  HR_CHECK(elements >= 1024, ValueError, "measure_host_update_rate: at least 1024 elements, got ", elements);
+  const Device host = Device::cpu();
+  Tensor p = Tensor::zeros({elements}, TensorOptions().device(host)), g = Tensor::ones({elements}),
+         m = Tensor::zeros({elements}), v = Tensor::zeros({elements});
+  const AdamStep step = AdamStep::make(1e-3, 0.9, 0.999, 1e-8, 0.0, true, 0.1, 0.001);
+  Backend& be = backend_for(host);
+  be.adam_update(p, g, m, v, step);  // warm: pages touched, threads up
+  double best = 1e30;
+  for (int i = 0; i < 3; ++i) {
+    const double t0 = wall_seconds();
+    be.adam_update(p, g, m, v, step);
+    best = std::min(best, wall_seconds() - t0);
+  }
+  return 4.0 * 4.0 * static_cast<double>(elements) / std::max(best, 1e-9);
+}
 
 MixPrediction predict_mix(const StepFactory& make_step, const Mix& mix, size_t budget, const PlanOptions& options) {
   return predict_with(make_step, mix, options.batch, budget, options, default_cost(options));
@@ -473,18 +561,32 @@ int64_t capacity(const StepFactory& make_step, const Mix& mix, size_t budget, co
 
 std::string Plan::table(bool with_attention) const {
   std::ostringstream os;
+  // Offload (Note [planning offload]): the host pool's peak and, on a GPU, what the transfers and
+  // the host's update add to the step.
+  const bool offload = std::any_of(mixes.begin(), mixes.end(), [](const MixPrediction& m) {
+    return m.mix.offload_activations || m.mix.offload_optimizer;
+  });
   os << "| | mix | fits " << (budget ? format_bytes(static_cast<int64_t>(budget)) : std::string("(no budget)"))
-     << " | peak allocated | peak reserved | activations | predicted step |\n|---|---|---|---:|---:|---:|---:|\n";
+     << " | peak allocated | peak reserved | activations | predicted step |"
+     << (offload ? " host pool peak | transfers + host update |" : "") << "\n|---|---|---|---:|---:|---:|---:|"
+     << (offload ? "---:|---:|" : "") << "\n";
   for (size_t i = 0; i < mixes.size(); ++i) {
     const MixPrediction& m = mixes[i];
     os << "| " << (static_cast<int>(i) == chosen ? "**chosen**" : "") << " | " << m.mix.str(with_attention) << " | "
        << (m.fits() ? "yes" : m.status == "oom" ? "no" : m.status) << " | ";
-    if (m.fits())
+    if (m.fits()) {
       os << format_bytes(m.peak_allocated()) << " | " << format_bytes(m.peak_reserved()) << " | "
          << format_bytes(m.stats.category(MemoryCategory::activation).peak) << " | "
-         << (m.seconds > 0 ? format_seconds(m.seconds) : std::string("-")) << " |\n";
-    else
-      os << "- | - | - | - |\n";
+         << (m.seconds > 0 ? format_seconds(m.seconds) : std::string("-")) << " |";
+      if (offload)
+        os << " " << format_bytes(m.host_stats.allocated_bytes.peak) << " | "
+           << (m.transfer_seconds + m.host_update_seconds > 0 ? format_seconds(m.transfer_seconds + m.host_update_seconds)
+                                                               : std::string("-"))
+           << " |";
+      os << "\n";
+    } else {
+      os << "- | - | - | - |" << (offload ? " - | - |" : "") << "\n";
+    }
   }
   os << "\ncost model: " << cost_model << "\n";
   if (const MixPrediction* c = choice())

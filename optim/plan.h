@@ -37,6 +37,21 @@
 // is one rank's, as exact as the rest. Its time is that rank's compute: the communication is not
 // priced yet (docs/distributed.md measures how much of it backward hides).
 //
+// Note [planning offload]: offload is two more dimensions (Mix::offload_activations,
+// Mix::offload_optimizer), one device and one rank. Meta execution predicts both sides exactly:
+// the device's allocator and the scope's stand-in for the pinned host pool (MetaScope::host_pool),
+// whose stats the prediction keeps (the budget is the device's; the host pool has none). On a
+// GPU the copies are transfers over the host link, not ops, so their time is added from the
+// bytes the host pool took in the predicted step and DeviceRates::host_link_bytes_per_second:
+//   - activations go down as they are saved and come back ahead of use on a side stream, so they
+//     cost only what compute cannot hide: max(0, 2 x bytes / link - the step's compute);
+//   - Adam's state: the gradients go down during backward (hidden like the activations), the
+//     update runs on the host (the ops recorded on host tensors, priced at the host's measured
+//     update rate) and the parameters come back before the next forward: update + parameter
+//     bytes / link are added in full.
+// On the cpu devices the copies are ordinary copy ops of the step and the host's update its own
+// adam_update ops: the cost model prices them like any op.
+//
 // Note [cost model]: a step's time is the sum over its ops of each op's time plus the framework's
 // time between ops. Calibrated (fit_cpu, from the records of real steps timed op by op), each
 // class of op -- (op, dtype, variant) -- gets a curve of time against work (the flops of a
@@ -87,15 +102,20 @@ struct Mix {
   int pipeline_stages = 1;
   bool one_f_one_b = true;
   int tensor_parallel = 1;
+  // Offload to the pinned host pool (docs/offload.md), one device and one rank: saved
+  // activations (ActivationOffload) and Adam's state (OffloadedAdam). Note [planning offload].
+  bool offload_activations = false;
+  bool offload_optimizer = false;
 
   int device_count() const { return pipeline_stages > tensor_parallel ? pipeline_stages : tensor_parallel; }
-  // "bf16 fused ckpt-block mb2", then " x4" (4 ranks) and " zero1", " pp4-1f1b" or " tp2";
-  // without the attention for a space that has none.
+  // "bf16 fused ckpt-block mb2", then " x4" (4 ranks) and " zero1", " pp4-1f1b" or " tp2", and
+  // " offload-act", " offload-opt"; without the attention for a space that has none.
   std::string str(bool with_attention = true) const;
   bool operator==(const Mix& o) const {
     return precision == o.precision && attention == o.attention && checkpoint == o.checkpoint &&
            micro_batches == o.micro_batches && world_size == o.world_size && zero_stage == o.zero_stage &&
-           pipeline_stages == o.pipeline_stages && one_f_one_b == o.one_f_one_b && tensor_parallel == o.tensor_parallel;
+           pipeline_stages == o.pipeline_stages && one_f_one_b == o.one_f_one_b && tensor_parallel == o.tensor_parallel &&
+           offload_activations == o.offload_activations && offload_optimizer == o.offload_optimizer;
   }
 };
 
@@ -114,6 +134,9 @@ struct PlanSpace {
   std::vector<int> pipeline_stages{1};
   std::vector<bool> schedules{true};
   std::vector<int> tensor_parallel{1};
+  // Offload (one device, one rank only): {false} plans without it, {false, true} with and without.
+  std::vector<bool> offload_activations{false};
+  std::vector<bool> offload_optimizer{false};
   bool has_attention = true;  // false: the attention list is ignored (and left out of names)
   // The global batch (for_batch sets it): a world size that does not divide it, and micro-batch
   // counts larger than a rank's share, are left out. 0: nothing left out.
@@ -138,6 +161,7 @@ struct DeviceRates {
   double matmul_flops_32 = 0;        // f32 FLOP/s of matmuls (no TF32: the CUDA cores)
   double vector_flops = 0;           // f32 FLOP/s of everything else
   double bytes_per_second = 0;       // memory bandwidth
+  double host_link_bytes_per_second = 0;  // to and from the host, each way (PCIe)
 };
 // The datasheet rates of "h100" or "h200" (SXM parts); nullptr for another name.
 const DeviceRates* datasheet_rates(const std::string& kind);
@@ -196,7 +220,15 @@ struct PlanOptions {
   // for real (`calibrate_warmup` + `calibrate_steps` steps each).
   bool calibrate = false;
   int calibrate_warmup = 1, calibrate_steps = 3;
+  // Note [planning offload]: the host's rate for the offloaded optimizer's update, in bytes of
+  // parameters, gradients and state read and written per second; 0: measured on this host
+  // (measure_host_update_rate) the first time a mix with an offloaded optimizer is priced.
+  double host_update_bytes_per_second = 0;
 };
+
+// Times the host's Adam update (Note [vectorised adam]) over `elements` f32 parameters: bytes
+// of parameters, gradients and both moments read and written per second.
+double measure_host_update_rate(int64_t elements = int64_t{1} << 22);
 
 struct MixPrediction {
   Mix mix;
@@ -209,6 +241,12 @@ struct MixPrediction {
   double flops = 0, bytes = 0;
   double predict_wall_seconds = 0;  // how long predicting took
   std::vector<OpRecord> records;    // the ops of the predicted step, with their costs
+  // Offload (Note [planning offload]): the pinned host pool's stats in the prediction, the bytes
+  // a step moves to and from the host, and the seconds those moves and the host's update add to
+  // the step (on a GPU; on the cpu devices the copies are ops the cost model prices).
+  MemoryStats host_stats;
+  int64_t host_transfer_bytes = 0;
+  double transfer_seconds = 0, host_update_seconds = 0;
   bool fits() const { return status == "ok"; }
   int64_t peak_allocated() const { return stats.allocated_bytes.peak; }
   int64_t peak_reserved() const { return stats.reserved_bytes.peak; }

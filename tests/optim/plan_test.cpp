@@ -3,8 +3,10 @@
 // runs: the chosen mix runs in the budget with the peaks predicted, a mix it says does not fit
 // runs out of memory under that budget, and capacity's batch is the largest that fits.
 #include <cstdio>
+#include <optional>
 
 #include "autograd/autocast.h"
+#include "autograd/offload.h"
 #include "engine/backend.h"
 #include "engine/meta.h"
 #include "engine/op_cost.h"
@@ -292,6 +294,113 @@ TEST(Plan, SpaceEnumeratesEveryCombination) {
   EXPECT_EQ((optim::Mix{DType::bf16, AttentionImpl::fused, nn::CheckpointMode::block, 2}).str(),
             "bf16 fused ckpt-block mb2");
   EXPECT_THROW(optim::PlanSpace::for_batch(0), ValueError);
+}
+
+// Offload (Note [planning offload]): an MLP whose step offloads what the mix says.
+optim::StepFactory offload_factory(Device device) {
+  return [device](const optim::Mix& mix, int64_t batch) -> std::function<void()> {
+    manual_seed(3);
+    auto model = std::make_shared<nn::Sequential>();
+    for (int i = 0; i < 4; ++i) {
+      model->push_back(std::make_shared<nn::Linear>(256, 256));
+      model->push_back(std::make_shared<nn::ReLU>());
+    }
+    model->push_back(std::make_shared<nn::Linear>(256, 10));
+    model->to(device);
+    std::shared_ptr<optim::Optimizer> opt;
+    if (mix.offload_optimizer) opt = std::make_shared<optim::OffloadedAdamW>(model->parameters(), 1e-3);
+    else opt = std::make_shared<optim::AdamW>(model->parameters(), 1e-3);
+    Tensor x = Tensor::randn({batch, 256}, TensorOptions().device(device));
+    const bool offload = mix.offload_activations;
+    return [model, opt, x, offload] {
+      opt->zero_grad();
+      Tensor loss;
+      {
+        std::optional<ActivationOffload> o;
+        if (offload) o.emplace(ActivationOffloadOptions{.min_bytes = 0, .segment_bytes = 0});
+        loss = model->forward(x).pow(2.0).mean();
+      }
+      loss.backward();
+      opt->step();
+    };
+  };
+}
+
+TEST(Plan, OffloadIsPredictedOnBothSidesAndMatchesARealRun) {
+  const Device dev = Device::cpu(6);
+  const optim::StepFactory make = offload_factory(dev);
+  optim::PlanOptions o;
+  o.device = dev;
+  o.batch = 256;
+  optim::Mix plain, act, opt;
+  act.offload_activations = true;
+  opt.offload_optimizer = true;
+  const optim::MixPrediction p0 = optim::predict_mix(make, plain, 0, o), pa = optim::predict_mix(make, act, 0, o),
+                             po = optim::predict_mix(make, opt, 0, o);
+  ASSERT_TRUE(p0.fits() && pa.fits() && po.fits()) << p0.status << pa.status << po.status;
+  // Activations: the device keeps none above the threshold; the host pool took them.
+  EXPECT_LT(pa.stats.category(MemoryCategory::activation).peak * 2, p0.stats.category(MemoryCategory::activation).peak);
+  EXPECT_GE(pa.host_stats.category(MemoryCategory::activation).peak, 5 * 256 * 256 * 4);
+  EXPECT_GT(pa.host_transfer_bytes, 0);
+  EXPECT_EQ(p0.host_stats.allocated_bytes.peak, 0);
+  // Adam's state: none on the device; moments and masters on the host.
+  EXPECT_EQ(po.stats.category(MemoryCategory::optimizer_state).peak, 0);
+  EXPECT_GT(p0.stats.category(MemoryCategory::optimizer_state).peak, 0);
+  EXPECT_EQ(po.host_stats.category(MemoryCategory::optimizer_state).peak,
+            3 * p0.stats.category(MemoryCategory::optimizer_state).peak / 2);
+  EXPECT_EQ((optim::Mix{DType::f32, AttentionImpl::fused, nn::CheckpointMode::none, 1, 1, 0, 1, true, 1, true, true}).str(false),
+            "f32 ckpt-none mb1 offload-act offload-opt");
+  // The prediction is the real run's, byte for byte, on the device.
+  CachingAllocator& a = caching_allocator(dev);
+  a.empty_cache();
+  a.reset_peak_stats();
+  {
+    std::function<void()> step = make(act, 256);
+    step();
+    step();
+  }
+  EXPECT_EQ(a.stats().allocated_bytes.peak, pa.peak_allocated());
+  // Offload joins only one-device, one-rank mixes.
+  optim::PlanSpace s = optim::PlanSpace::for_batch(4);
+  s.has_attention = false;
+  s.precisions = {DType::f32};
+  s.checkpoints = {nn::CheckpointMode::none};
+  s.micro_batches = {1};
+  s.world_sizes = {1, 2};
+  s.offload_activations = {false, true};
+  s.offload_optimizer = {false, true};
+  EXPECT_EQ(s.mixes().size(), 4u + 1u);
+}
+
+TEST(Plan, OffloadOnAGpuPaysForWhatComputeCannotHide) {
+  try {
+    const optim::StepFactory make = offload_factory(Device::cuda(0));
+    optim::PlanOptions o;
+    o.device = Device::cuda(0);
+    o.batch = 4096;
+    o.cost = optim::CostModel::roofline(*optim::datasheet_rates("h100"));
+    o.host_update_bytes_per_second = 1e10;  // not measured here: a round number
+    optim::Mix act, opt;
+    act.offload_activations = true;
+    opt.offload_optimizer = true;
+    const optim::MixPrediction plain = optim::predict_mix(make, optim::Mix{}, 0, o);
+    const optim::MixPrediction pa = optim::predict_mix(make, act, 0, o);
+    const optim::MixPrediction po = optim::predict_mix(make, opt, 0, o);
+    ASSERT_TRUE(plain.fits() && pa.fits() && po.fits());
+    const double link = optim::datasheet_rates("h100")->host_link_bytes_per_second;
+    EXPECT_EQ(pa.host_update_seconds, 0);
+    const double compute = pa.seconds - pa.transfer_seconds;
+    EXPECT_NEAR(pa.transfer_seconds, std::max(0.0, static_cast<double>(pa.host_transfer_bytes) / link - compute), 1e-12);
+    EXPECT_GT(pa.transfer_seconds, 0);  // 4096 x 256 f32 activations move slower than a roofline computes them
+    // The optimizer's update is the host's, at its rate: 4 tensors of 4 bytes per parameter.
+    int64_t params = 0;
+    for (int i = 0; i < 4; ++i) params += 256 * 256 + 256;
+    params += 256 * 10 + 10;
+    EXPECT_NEAR(po.host_update_seconds, 16.0 * static_cast<double>(params) / 1e10, 1e-9);
+    EXPECT_GT(po.seconds, plain.seconds);
+  } catch (const DeviceError& e) {
+    GTEST_SKIP() << "no CUDA backend in this build: " << e.what();
+  }
 }
 
 // Under meta, a cuda matmul takes the cuBLAS workspace once, as the first real gemm would
