@@ -32,15 +32,15 @@ class Allocator {
   virtual size_t peak_bytes_in_use() const = 0;
   virtual void reset_peak() = 0;
   // Retags a live allocation (e.g. a tensor saved for backward becomes an activation).
-  virtual void set_category(const Allocation& a, MemoryCategory category) {}
-  virtual MemoryCategory category_of(const Allocation& a) const { return MemoryCategory::temporary; }
+  virtual void set_category(const Allocation& /*a*/, MemoryCategory /*category*/) {}
+  virtual MemoryCategory category_of(const Allocation& /*a*/) const { return MemoryCategory::temporary; }
   // Note [allocation sites]: names the op whose output the allocation holds (a string that
   // lives for the program, an autograd node's name), for the leak check. Kept only while an
   // allocator records sites.
-  virtual void set_site(const Allocation& a, const char* site) {}
+  virtual void set_site(const Allocation& /*a*/, const char* /*site*/) {}
   // The allocation is also used by work queued on `stream` (Note [stream reuse] in
   // caching_allocator.h): it is not handed out again until that work has finished.
-  virtual void record_stream(const Allocation& a, Stream stream) {}
+  virtual void record_stream(const Allocation& /*a*/, Stream /*stream*/) {}
   // Hands out address ranges without memory (Note [meta execution] in engine/meta.h).
   virtual bool is_meta() const { return false; }
 };

@@ -127,23 +127,24 @@ class Backend {
   // ---- streams and events (engine/event.h) ----
   // The CPU runs everything in order as it is called, so these do nothing there; an event id
   // is the backend's own handle (0 on the CPU).
-  virtual void synchronize(Stream stream) {}  // waits for the work queued on stream
-  virtual void synchronize_device(Device device) {}  // waits for all work on the device
-  virtual uint64_t event_create(Device device, bool timing) { return 0; }
-  virtual void event_destroy(Device device, uint64_t event) {}
-  virtual void event_record(uint64_t event, Stream stream) {}
+  virtual void synchronize(Stream /*stream*/) {}  // waits for the work queued on stream
+  virtual void synchronize_device(Device /*device*/) {}  // waits for all work on the device
+  virtual uint64_t event_create(Device /*device*/, bool /*timing*/) { return 0; }
+  virtual void event_destroy(Device /*device*/, uint64_t /*event*/) {}
+  virtual void event_record(uint64_t /*event*/, Stream /*stream*/) {}
   // Work queued on `stream` after this waits for the event (the host does not wait).
-  virtual void event_wait(uint64_t event, Stream stream) {}
-  virtual void event_synchronize(uint64_t event) {}  // the host waits for the event
-  virtual bool event_query(uint64_t event) { return true; }  // completed?
+  virtual void event_wait(uint64_t /*event*/, Stream /*stream*/) {}
+  virtual void event_synchronize(uint64_t /*event*/) {}  // the host waits for the event
+  virtual bool event_query(uint64_t /*event*/) { return true; }  // completed?
   // Milliseconds between two completed timing events.
-  virtual double event_elapsed_ms(uint64_t start, uint64_t end) { return 0; }
+  virtual double event_elapsed_ms(uint64_t /*start*/, uint64_t /*end*/) { return 0; }
 
   // Contiguous bytes from one device of this backend's type to another, without passing
   // through the host (CUDA: a peer copy; the driver stages it where the GPUs cannot reach each
   // other). Ordered after the work that produced src and before later work on dst; returns once
   // the bytes have landed. false: this backend has no such copy (the caller goes through the host).
-  virtual bool copy_between_devices(void* dst, Device dst_device, const void* src, Device src_device, size_t nbytes) {
+  virtual bool copy_between_devices(void* /*dst*/, Device /*dst_device*/, const void* /*src*/,
+                                    Device /*src_device*/, size_t /*nbytes*/) {
     return false;
   }
 

@@ -67,9 +67,9 @@ class DeviceMemoryBackend {
   // are rounded to it so that reserved bytes are what the device really gives up.
   virtual size_t granularity() const { return 512; }
   // An event marking the work queued on `stream` so far; whether it has completed.
-  virtual uint64_t record_event(Stream stream) { return 0; }
-  virtual bool event_done(uint64_t event) { return true; }
-  virtual void release_event(uint64_t event) {}
+  virtual uint64_t record_event(Stream /*stream*/) { return 0; }
+  virtual bool event_done(uint64_t /*event*/) { return true; }
+  virtual void release_event(uint64_t /*event*/) {}
   // Waits for all work on the device (before segments go back to the backend).
   virtual void synchronize() {}
   // Address ranges without memory (Note [meta execution] in engine/meta.h).
