@@ -42,6 +42,10 @@ Tensor& sigmoid_(Tensor& x);
 Tensor gelu(const Tensor& x);  // tanh form: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
 Tensor tanh(const Tensor& x);
 Tensor sigmoid(const Tensor& x);
+// Composites of the ops above (their gradients follow from those):
+Tensor silu(const Tensor& x);                                  // x sigmoid(x)
+Tensor leaky_relu(const Tensor& x, double negative_slope = 0.01);  // x > 0 ? x : slope x
+Tensor elu(const Tensor& x, double alpha = 1.0);               // x > 0 ? x : alpha (exp(x) - 1)
 Tensor square(const Tensor& x);
 Tensor clamp(const Tensor& x, double lo, double hi);
 // Comparisons: bool results, no gradient.
@@ -83,6 +87,11 @@ Tensor argmax(const Tensor& x, int64_t dim, bool keepdim = false);  // i64, no g
 Tensor argmin(const Tensor& x, int64_t dim, bool keepdim = false);
 // Variance with Bessel's correction by default (correction = 1).
 Tensor var(const Tensor& x, const std::vector<int64_t>& dims = {}, int64_t correction = 1, bool keepdim = false);
+// The p-norm over dims (all when empty), as torch.linalg.vector_norm: (sum |x|^p)^(1/p);
+// p = +inf: amax |x|, p = -inf: amin |x|. p > 0 or +-inf (ValueError otherwise); floating x
+// (DTypeError otherwise); 16-bit x is summed in f32 and the result rounded back. A composite:
+// the gradient is zero where the norm is zero (PyTorch's subgradient), not NaN.
+Tensor norm(const Tensor& x, double p = 2.0, const std::vector<int64_t>& dims = {}, bool keepdim = false);
 
 // ---- shape and views (functions/view.cpp) ----
 Tensor reshape(const Tensor& x, const Shape& shape);  // one dim may be -1

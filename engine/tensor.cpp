@@ -8,6 +8,7 @@
 #include <iomanip>
 #include <ostream>
 #include <sstream>
+#include <utility>
 
 #include "engine/backend.h"
 #include "engine/meta.h"
@@ -72,23 +73,31 @@ void Tensor::check_dtype(DType expected, const char* what) const {
            ", asked for ", dtype_name(expected));
 }
 
-double Tensor::item_double() const {
-  HR_CHECK(numel() == 1, ShapeError, "item(): expected a tensor with one element, got shape ",
-           shape_str(shape()));
-  // Straight into host bytes, allocating no tensor: reading a loss or a flag cannot run out of
-  // device memory (optim/grad_scaler.cpp reads its overflow flag after the optimizer stepped).
-  if (is_meta()) return 0;  // Note [meta execution]: no data, reads are zeros
+namespace {
+// The one element's bytes, read straight into host memory, allocating no tensor: reading a loss
+// or a flag cannot run out of device memory (optim/grad_scaler.cpp reads its overflow flag after
+// the optimizer stepped). Zeros for a meta tensor (Note [meta execution]: no data).
+template <typename R>
+R read_item(const Tensor& t) {
+  HR_CHECK(t.numel() == 1, ShapeError, "item(): expected a tensor with one element, got shape ",
+           shape_str(t.shape()));
+  if (t.is_meta()) return R(0);
   alignas(8) unsigned char bytes[8] = {};
-  const size_t n = dtype_size(dtype());
-  if (device().is_cpu()) std::memcpy(bytes, raw_data(), n);
-  else backend_for(device()).copy_to_host(bytes, raw_data(), n, device(), /*non_blocking=*/false);
-  return dispatch_dtype(dtype(), [&](auto tag) {
+  const size_t n = dtype_size(t.dtype());
+  if (t.device().is_cpu()) std::memcpy(bytes, t.raw_data(), n);
+  else backend_for(t.device()).copy_to_host(bytes, t.raw_data(), n, t.device(), /*non_blocking=*/false);
+  return dispatch_dtype(t.dtype(), [&](auto tag) {
     using T = typename decltype(tag)::type;
     T v;
     std::memcpy(&v, bytes, sizeof(T));
-    return static_cast<double>(v);
+    if constexpr (std::is_integral_v<T>) return static_cast<R>(v);  // i64 stays exact
+    else return static_cast<R>(static_cast<double>(v));
   });
 }
+}  // namespace
+
+double Tensor::item_double() const { return read_item<double>(*this); }
+int64_t Tensor::item_int64() const { return read_item<int64_t>(*this); }
 
 // Note [views stay in their storage]: every view is checked here, once, so no kernel can be
 // handed a tensor that reaches outside its bytes. A view is valid when its shape is
@@ -247,6 +256,56 @@ Tensor Tensor::randn(const Shape& shape, TensorOptions opts) {
 Tensor Tensor::from_vector(std::initializer_list<double> values, const Shape& shape, TensorOptions opts) {
   return from_vector(std::vector<double>(values), shape, opts);
 }
+
+namespace detail {
+
+namespace {
+// The range of an integer dtype, as [lo, hi].
+std::pair<int64_t, int64_t> integer_range(DType dtype) {
+  switch (dtype) {
+    case DType::i32: return {INT32_MIN, INT32_MAX};
+    case DType::u8: return {0, 255};
+    default: return {INT64_MIN, INT64_MAX};
+  }
+}
+// v round-trips through a float type F (its range checked before the cast back, which is UB
+// out of range). 2^63 is exact in every floating type; the i64 range is [-2^63, 2^63).
+template <typename F> bool integer_round_trips(int64_t v, F f) {
+  const double d = static_cast<double>(f);
+  return d >= -9223372036854775808.0 && d < 9223372036854775808.0 && static_cast<int64_t>(d) == v;
+}
+}  // namespace
+
+void check_exact_integer(int64_t v, DType dtype, size_t index) {
+  bool exact = true;
+  switch (dtype) {
+    case DType::f64: exact = integer_round_trips(v, static_cast<double>(v)); break;
+    case DType::f32: exact = integer_round_trips(v, static_cast<float>(v)); break;
+    case DType::f16: exact = integer_round_trips(v, static_cast<float>(v)) &&
+                             integer_round_trips(v, static_cast<float>(Half(static_cast<float>(v)))); break;
+    case DType::bf16: exact = integer_round_trips(v, static_cast<float>(v)) &&
+                              integer_round_trips(v, static_cast<float>(BFloat16(static_cast<float>(v)))); break;
+    case DType::boolean: break;
+    default: {
+      auto [lo, hi] = integer_range(dtype);
+      exact = v >= lo && v <= hi;
+    }
+  }
+  HR_CHECK(exact, DTypeError, "from_vector: value ", v, " at index ", index, " is not exactly representable in ",
+           dtype_name(dtype), is_floating(dtype) ? " (it would be rounded)" : " (out of range)");
+}
+
+void check_exact_floating(double v, DType dtype, size_t index) {
+  if (is_floating(dtype) || dtype == DType::boolean) return;
+  auto [lo, hi] = integer_range(dtype);
+  // hi + 1 is a power of two (exact as a double); lo is -2^k or 0.
+  const bool exact = std::isfinite(v) && std::trunc(v) == v && v >= static_cast<double>(lo) &&
+                     v < static_cast<double>(hi) + 1.0;
+  HR_CHECK(exact, DTypeError, "from_vector: value ", v, " at index ", index, " is not exactly representable in ",
+           dtype_name(dtype), std::isfinite(v) && std::trunc(v) == v ? " (out of range)" : " (not an integer)");
+}
+
+}  // namespace detail
 
 // ---- copies ----
 

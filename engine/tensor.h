@@ -15,11 +15,13 @@
 //   loss.backward();                 // w.grad() now holds dloss/dw
 #pragma once
 
+#include <concepts>
 #include <cstdint>
 #include <initializer_list>
 #include <iosfwd>
 #include <memory>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "engine/device.h"
@@ -87,9 +89,14 @@ class Tensor {
     check_dtype(dtype_of<T>(), "data<T>()");
     return static_cast<T*>(raw_data());
   }
-  // The single element of a one-element tensor, converted to T (copied from the device).
-  template <typename T> T item() const { return static_cast<T>(item_double()); }
+  // The single element of a one-element tensor, converted to T (copied from the device). An
+  // integer T reads an integer tensor through int64_t, so i64 values past 2^53 stay exact.
+  template <typename T> T item() const {
+    if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>) return static_cast<T>(item_int64());
+    else return static_cast<T>(item_double());
+  }
   double item_double() const;
+  int64_t item_int64() const;  // a floating value converted as static_cast<int64_t> would
   // All elements in row-major order, converted to T (copied from the device).
   template <typename T> std::vector<T> to_vector() const;
 
@@ -119,10 +126,22 @@ class Tensor {
   // Uniform in [0, 1) and standard normal, from the global Philox generator (engine/rng.h).
   static Tensor rand(const Shape& shape, TensorOptions opts = {});
   static Tensor randn(const Shape& shape, TensorOptions opts = {});
-  // Values given row-major, converted to opts' dtype.
+  // Values given row-major, converted to opts' dtype. Integers stay exact: DTypeError when a
+  // value would change on the way -- a fraction or an out-of-range value for an integer dtype,
+  // an integer that a floating dtype would round (2^53 + 1 in f64, 2^24 + 1 in f32). Floating
+  // values into a floating dtype round as usual; a bool dtype takes any value (nonzero: true).
   template <typename T>
   static Tensor from_vector(const std::vector<T>& values, const Shape& shape, TensorOptions opts = {});
   static Tensor from_vector(std::initializer_list<double> values, const Shape& shape, TensorOptions opts = {});
+  // A list of integers of one type is read as integers, never through double:
+  //   Tensor::from_vector({1, 2, 3}, {3}, DType::i64)
+  //   Tensor::from_vector({9007199254740993, 9007199254740995}, {2}, DType::i64)  // exact
+  // A list that mixes types ({1, 2.5}, or a long 1L << 60 beside an int 1) takes the double
+  // overload, where a value a double cannot hold is a compile error (narrowing); for such
+  // integers write std::vector<int64_t>{...}.
+  template <std::integral T>
+    requires(!std::same_as<T, bool>)
+  static Tensor from_vector(std::initializer_list<T> values, const Shape& shape, TensorOptions opts = {});
 
   // A view of the same storage with other metadata. No autograd: for kernels and for the
   // differentiable view functions, which record their own gradient.
@@ -175,6 +194,11 @@ class Tensor {
   Tensor max(int64_t dim, bool keepdim = false) const;
   Tensor argmax(int64_t dim, bool keepdim = false) const;
   Tensor var(const std::vector<int64_t>& dims, int64_t correction = 1, bool keepdim = false) const;
+  // The p-norm (torch.linalg.vector_norm): (sum |x|^p)^(1/p) over all elements, or over dims;
+  // p = inf: max |x|, p = -inf: min |x|. p must be > 0 or +-inf; floating tensors only.
+  //   x.norm()  x.norm(1)  x.norm(INFINITY, {1}, true)
+  Tensor norm(double p = 2.0) const;
+  Tensor norm(double p, const std::vector<int64_t>& dims, bool keepdim = false) const;
 
   Tensor neg() const;
   Tensor exp() const;
@@ -214,17 +238,32 @@ std::string describe(const Tensor& t);
 // the device's current stream without waiting (Tensor::to(Device, bool)).
 void copy_tensor(const Tensor& dst, const Tensor& src, bool non_blocking = false);
 
+namespace detail {
+// Throw DTypeError naming the value and its index when it would not survive conversion to
+// dtype (Tensor::from_vector).
+void check_exact_integer(int64_t value, DType dtype, size_t index);
+void check_exact_floating(double value, DType dtype, size_t index);
+}  // namespace detail
+
 // ---- template definitions ----
 template <typename T>
 Tensor Tensor::from_vector(const std::vector<T>& values, const Shape& shape, TensorOptions opts) {
   HR_CHECK(static_cast<int64_t>(values.size()) == shape_numel(shape), ShapeError,
            "from_vector: ", values.size(), " values do not fill shape ", shape_str(shape));
+  if (opts.dtype_ != dtype_of<T>() && opts.dtype_ != DType::boolean) {
+    if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>) {
+      for (size_t i = 0; i < values.size(); ++i) detail::check_exact_integer(static_cast<int64_t>(values[i]), opts.dtype_, i);
+    } else if constexpr (!std::is_same_v<T, bool>) {
+      if (!is_floating(opts.dtype_))
+        for (size_t i = 0; i < values.size(); ++i) detail::check_exact_floating(static_cast<double>(values[i]), opts.dtype_, i);
+    }
+  }
   Tensor host = empty(shape, TensorOptions().dtype(dtype_of<T>()));
   if (!host.is_meta()) {  // Note [meta execution]: no bytes to write
     T* dst = host.data<T>();
     for (size_t i = 0; i < values.size(); ++i) dst[i] = values[i];
   }
-  if (opts.dtype_ == dtype_of<T>() && opts.device_.is_cpu()) {
+  if (opts.dtype_ == dtype_of<T>() && opts.device_ == host.device()) {
     if (opts.requires_grad_) host.set_requires_grad(true);
     return host;
   }
@@ -232,6 +271,20 @@ Tensor Tensor::from_vector(const std::vector<T>& values, const Shape& shape, Ten
   copy_tensor(out, host);
   if (opts.requires_grad_) out.set_requires_grad(true);
   return out;
+}
+
+template <std::integral T>
+  requires(!std::same_as<T, bool>)
+Tensor Tensor::from_vector(std::initializer_list<T> values, const Shape& shape, TensorOptions opts) {
+  std::vector<int64_t> v;
+  v.reserve(values.size());
+  for (T x : values) {
+    if constexpr (std::is_unsigned_v<T>)
+      HR_CHECK(static_cast<uint64_t>(x) <= static_cast<uint64_t>(INT64_MAX), DTypeError, "from_vector: value ",
+               static_cast<uint64_t>(x), " at index ", v.size(), " does not fit i64");
+    v.push_back(static_cast<int64_t>(x));
+  }
+  return from_vector(v, shape, opts);
 }
 
 template <typename T>

@@ -15,6 +15,22 @@
 
 namespace headroom::nn {
 
+TensorOptions LayerOptions::tensor_options(const char* layer) const {
+  HR_CHECK(is_floating(dtype), DTypeError, layer, ": parameters need a floating dtype, got ", dtype_name(dtype));
+  return TensorOptions().dtype(dtype).device(device);
+}
+
+// Note [several inputs] in module.h.
+Tensor Module::forward(const Tensor&) {
+  throw ValueError(str_cat(name(), ": forward takes several inputs; call it as m(a, b, ...) or forward({a, b, ...})"));
+}
+
+Tensor Module::forward(const std::vector<Tensor>& inputs) {
+  HR_CHECK(inputs.size() == 1, ValueError, name(), ": forward takes one input, got ", inputs.size(),
+           " (override forward(const std::vector<Tensor>&) for a module with several)");
+  return forward(inputs[0]);
+}
+
 // ---- registration ----
 
 void Module::check_new_name(const std::string& name, const char* what) const {

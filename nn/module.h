@@ -28,6 +28,7 @@
 // MemoryCategory::parameter (buffers too: they are model state, not activations).
 #pragma once
 
+#include <concepts>
 #include <cstdint>
 #include <deque>
 #include <functional>
@@ -41,6 +42,25 @@
 
 namespace headroom::nn {
 
+// Note [several inputs]
+// A module whose forward takes several tensors (a bilinear layer, attention with a separate
+// key) overrides forward(const std::vector<Tensor>&). The defaults cover each other:
+// forward({x}) calls forward(x), so one-input modules and Sequential accept a one-element list;
+// forward(x) of a module that overrides only the list form throws ValueError naming the
+// module, and so does forward(list) with other than one tensor on a one-input module.
+
+// The dtype and device a layer's parameters and buffers are made in (PyTorch's dtype= and
+// device= arguments): they are created there directly, with no f32 copy on cpu:0 first.
+//   nn::Linear fc(784, 256, nn::LayerOptions{.dtype = DType::bf16, .device = Device::cpu(1)});
+// dtype must be floating; integer buffers (BatchNorm2d's num_batches_tracked) keep their dtype
+// and follow the device.
+struct LayerOptions {
+  DType dtype = DType::f32;
+  Device device = Device::cpu();
+  // The TensorOptions for a floating parameter; DTypeError naming `layer` for a non-float dtype.
+  TensorOptions tensor_options(const char* layer) const;
+};
+
 class Module {
  public:
   virtual ~Module() = default;
@@ -49,8 +69,18 @@ class Module {
   Module(Module&&) = delete;
   Module& operator=(Module&&) = delete;
 
-  virtual Tensor forward(const Tensor& x) = 0;
+  // One input: override forward(const Tensor&). Several: override
+  // forward(const std::vector<Tensor>&), and add `using Module::forward;` so that the derived
+  // class still shows both (Note [several inputs]). Called as m(x), m(a, b, ...) or m({a, b}).
+  virtual Tensor forward(const Tensor& x);
+  virtual Tensor forward(const std::vector<Tensor>& inputs);
   Tensor operator()(const Tensor& x) { return forward(x); }
+  Tensor operator()(const std::vector<Tensor>& inputs) { return forward(inputs); }
+  template <typename... Rest>
+    requires(sizeof...(Rest) > 0 && (std::convertible_to<const Rest&, const Tensor&> && ...))
+  Tensor operator()(const Tensor& first, const Rest&... rest) {
+    return forward(std::vector<Tensor>{first, rest...});
+  }
 
   // Depth-first in registration order: own tensors first, then each child's with its name as a
   // prefix ("0.weight", "fc1.bias"). A tensor registered under two names (tied weights) is

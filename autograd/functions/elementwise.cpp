@@ -2,6 +2,7 @@
 // upcast 16-bit inputs to f32; the others follow their inputs.
 #include <functional>
 #include <cmath>
+#include <limits>
 
 #include "autograd/autocast.h"
 #include "autograd/functions/internal.h"
@@ -373,6 +374,19 @@ Tensor square(const Tensor& x) {
     record("square", out, {x}, [sx](const Tensor& g) -> std::vector<Tensor> { return {g * (2.0 * sx.unpack())}; });
   }
   return out;
+}
+
+Tensor silu(const Tensor& x) { return x * sigmoid(x); }
+
+Tensor leaky_relu(const Tensor& x, double negative_slope) {
+  return where(gt(x, scalar_like(x, 0.0)), x, x * negative_slope);
+}
+
+Tensor elu(const Tensor& x, double alpha) {
+  // exp of the clamped input: exp(x) of a large positive x would be inf, and where's zero
+  // gradient times exp's inf would make the gradient NaN.
+  Tensor negative = (exp(clamp(x, -std::numeric_limits<double>::infinity(), 0.0)) - 1.0) * alpha;
+  return where(gt(x, scalar_like(x, 0.0)), x, negative);
 }
 
 Tensor clamp(const Tensor& x, double lo, double hi) {

@@ -2,6 +2,7 @@
 // inputs run in f32; amax/amin follow their input (exact in any dtype).
 #include <algorithm>
 #include <cmath>
+#include <limits>
 
 #include "autograd/autocast.h"
 #include "autograd/functions/internal.h"
@@ -142,6 +143,29 @@ Tensor var(const Tensor& x, const std::vector<int64_t>& dims_in, int64_t correct
     return cast(var(cast(x, DType::f32), dims, correction, keepdim), x.dtype());
   Tensor centered = x - mean(x, dims, true);
   return sum(centered * centered, dims, keepdim) / static_cast<double>(count - correction);
+}
+
+Tensor norm(const Tensor& x, double p, const std::vector<int64_t>& dims_in, bool keepdim) {
+  HR_CHECK(is_floating(x.dtype()), DTypeError, "norm: expected a floating tensor, got ", describe(x));
+  HR_CHECK(p > 0 || p == -std::numeric_limits<double>::infinity(), ValueError,
+           "norm: p must be > 0, inf or -inf, got ", p);
+  std::vector<int64_t> dims = reduction_dims(x, dims_in, "norm");  // range and duplicates
+  if (x.dtype() == DType::f16 || x.dtype() == DType::bf16)  // sums of 16-bit squares overflow
+    return cast(norm(cast(x, DType::f32), p, dims, keepdim), x.dtype());
+  if (std::isinf(p)) return p > 0 ? amax(abs(x), dims, keepdim) : amin(abs(x), dims, keepdim);
+  if (p == 1) return sum(abs(x), dims, keepdim);
+  Tensor s = sum(p == 2 ? square(x) : pow(abs(x), p), dims, keepdim);
+  // s^(1/p) has an infinite derivative at s = 0: take the root of 1 there and select 0, so
+  // that the gradient is 0 (where() sends none to the unselected branch), not 0 * inf = NaN.
+  Tensor zero = eq(s, scalar_like(s, 0.0));
+  Tensor safe = where(zero, scalar_like(s, 1.0), s);
+  Tensor root = p == 2 ? sqrt(safe) : pow(safe, 1.0 / p);
+  return where(zero, scalar_like(s, 0.0), root);
+}
+
+Tensor Tensor::norm(double p) const { return headroom::norm(*this, p); }
+Tensor Tensor::norm(double p, const std::vector<int64_t>& dims, bool keepdim) const {
+  return headroom::norm(*this, p, dims, keepdim);
 }
 
 Tensor Tensor::sum() const { return headroom::sum(*this); }

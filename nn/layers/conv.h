@@ -9,7 +9,7 @@ namespace headroom::nn {
 class Conv2d : public Module {
  public:
   Conv2d(int64_t in_channels, int64_t out_channels, int64_t kernel, int64_t stride = 1, int64_t padding = 0,
-         int64_t groups = 1, bool bias = true);
+         int64_t groups = 1, bool bias = true, LayerOptions options = {});
   Tensor forward(const Tensor& x) override;  // [N, in, H, W] -> [N, out, OH, OW]
   std::string name() const override;
 

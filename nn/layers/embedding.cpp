@@ -7,10 +7,11 @@
 
 namespace headroom::nn {
 
-Embedding::Embedding(int64_t num, int64_t dim) : num_embeddings(num), embedding_dim(dim) {
+Embedding::Embedding(int64_t num, int64_t dim, LayerOptions options) : num_embeddings(num), embedding_dim(dim) {
   HR_CHECK(num > 0 && dim > 0, ValueError, "Embedding: sizes must be positive, got num=", num, ", dim=", dim);
+  const TensorOptions opts = options.tensor_options("Embedding");
   CategoryScope scope(MemoryCategory::parameter);
-  weight = Tensor::empty({num, dim});
+  weight = Tensor::empty({num, dim}, opts);
   init::normal_(weight, 0.0, 1.0);
   register_parameter("weight", &weight);
 }

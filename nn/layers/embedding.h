@@ -8,7 +8,7 @@ namespace headroom::nn {
 
 class Embedding : public Module {
  public:
-  Embedding(int64_t num_embeddings, int64_t embedding_dim);
+  Embedding(int64_t num_embeddings, int64_t embedding_dim, LayerOptions options = {});
   Tensor forward(const Tensor& indices) override;  // integer [...] -> [..., dim]
   std::string name() const override;
 

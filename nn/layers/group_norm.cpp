@@ -11,14 +11,16 @@ Tensor group_norm(const Tensor& x, int64_t groups, const Tensor& weight, const T
   return ::headroom::group_norm(x, groups, weight, bias, eps);  // the checks are there
 }
 
-GroupNorm::GroupNorm(int64_t g, int64_t c, double eps_in, bool affine) : groups(g), channels(c), eps(eps_in) {
+GroupNorm::GroupNorm(int64_t g, int64_t c, double eps_in, bool affine, LayerOptions options)
+    : groups(g), channels(c), eps(eps_in) {
   HR_CHECK(g > 0 && c > 0 && c % g == 0, ValueError, "GroupNorm: channels (", c,
            ") must be a positive multiple of groups (", g, ")");
   HR_CHECK(eps > 0, ValueError, "GroupNorm: eps must be positive, got ", eps);
+  const TensorOptions opts = options.tensor_options("GroupNorm");
   if (!affine) return;
   CategoryScope scope(MemoryCategory::parameter);
-  weight = Tensor::ones({c});
-  bias = Tensor::zeros({c});
+  weight = Tensor::ones({c}, opts);
+  bias = Tensor::zeros({c}, opts);
   register_parameter("weight", &weight);
   register_parameter("bias", &bias);
 }

@@ -25,7 +25,7 @@ Tensor group_norm(const Tensor& x, int64_t groups, const Tensor& weight, const T
 
 class GroupNorm : public Module {
  public:
-  GroupNorm(int64_t groups, int64_t channels, double eps = 1e-5, bool affine = true);
+  GroupNorm(int64_t groups, int64_t channels, double eps = 1e-5, bool affine = true, LayerOptions options = {});
   Tensor forward(const Tensor& x) override;  // x: [N, C, *]
   std::string name() const override;
 

@@ -9,15 +9,16 @@
 
 namespace headroom::nn {
 
-Linear::Linear(int64_t in, int64_t out, bool with_bias) : in_features(in), out_features(out) {
+Linear::Linear(int64_t in, int64_t out, bool with_bias, LayerOptions options) : in_features(in), out_features(out) {
   HR_CHECK(in > 0 && out > 0, ValueError, "Linear: feature counts must be positive, got in=", in, ", out=", out);
+  const TensorOptions opts = options.tensor_options("Linear");
   CategoryScope scope(MemoryCategory::parameter);
   const double bound = 1.0 / std::sqrt(static_cast<double>(in));
-  weight = Tensor::empty({out, in});
+  weight = Tensor::empty({out, in}, opts);
   init::uniform_(weight, -bound, bound);
   register_parameter("weight", &weight);
   if (with_bias) {
-    bias = Tensor::empty({out});
+    bias = Tensor::empty({out}, opts);
     init::uniform_(bias, -bound, bound);
     register_parameter("bias", &bias);
   }

@@ -8,7 +8,9 @@ namespace headroom::nn {
 
 class Linear : public Module {
  public:
-  Linear(int64_t in_features, int64_t out_features, bool bias = true);
+  // options: the parameters' dtype and device (made there directly, see LayerOptions).
+  Linear(int64_t in_features, int64_t out_features, bool bias = true, LayerOptions options = {});
+  Linear(int64_t in, int64_t out, LayerOptions options) : Linear(in, out, true, options) {}
   Tensor forward(const Tensor& x) override;  // x: [..., in] -> [..., out]
   std::string name() const override;
 

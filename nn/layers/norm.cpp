@@ -8,16 +8,18 @@
 
 namespace headroom::nn {
 
-BatchNorm2d::BatchNorm2d(int64_t c, double eps_in, double momentum_in) : channels(c), eps(eps_in), momentum(momentum_in) {
+BatchNorm2d::BatchNorm2d(int64_t c, double eps_in, double momentum_in, LayerOptions options)
+    : channels(c), eps(eps_in), momentum(momentum_in) {
   HR_CHECK(c > 0, ValueError, "BatchNorm2d: channels must be positive, got ", c);
   HR_CHECK(eps > 0, ValueError, "BatchNorm2d: eps must be positive, got ", eps);
   HR_CHECK(momentum >= 0 && momentum <= 1, ValueError, "BatchNorm2d: momentum must be in [0, 1], got ", momentum);
+  const TensorOptions opts = options.tensor_options("BatchNorm2d");
   CategoryScope scope(MemoryCategory::parameter);
-  weight = Tensor::ones({c});
-  bias = Tensor::zeros({c});
-  running_mean = Tensor::zeros({c});
-  running_var = Tensor::ones({c});
-  num_batches_tracked = Tensor::zeros({}, DType::i64);
+  weight = Tensor::ones({c}, opts);
+  bias = Tensor::zeros({c}, opts);
+  running_mean = Tensor::zeros({c}, opts);
+  running_var = Tensor::ones({c}, opts);
+  num_batches_tracked = Tensor::zeros({}, TensorOptions().dtype(DType::i64).device(options.device));
   register_parameter("weight", &weight);
   register_parameter("bias", &bias);
   register_buffer("running_mean", &running_mean);
@@ -37,14 +39,16 @@ Tensor BatchNorm2d::forward(const Tensor& x) {
 
 std::string BatchNorm2d::name() const { return str_cat("BatchNorm2d(", channels, ")"); }
 
-LayerNorm::LayerNorm(Shape shape, double eps_in) : normalized_shape(std::move(shape)), eps(eps_in) {
+LayerNorm::LayerNorm(Shape shape, double eps_in, LayerOptions options)
+    : normalized_shape(std::move(shape)), eps(eps_in) {
   HR_CHECK(!normalized_shape.empty(), ValueError, "LayerNorm: normalized_shape must have at least one dim");
   for (int64_t d : normalized_shape)
     HR_CHECK(d > 0, ValueError, "LayerNorm: invalid normalized_shape ", shape_str(normalized_shape));
   HR_CHECK(eps > 0, ValueError, "LayerNorm: eps must be positive, got ", eps);
+  const TensorOptions opts = options.tensor_options("LayerNorm");
   CategoryScope scope(MemoryCategory::parameter);
-  weight = Tensor::ones(normalized_shape);
-  bias = Tensor::zeros(normalized_shape);
+  weight = Tensor::ones(normalized_shape, opts);
+  bias = Tensor::zeros(normalized_shape, opts);
   register_parameter("weight", &weight);
   register_parameter("bias", &bias);
 }

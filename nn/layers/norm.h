@@ -14,7 +14,7 @@ namespace headroom::nn {
 
 class BatchNorm2d : public Module {
  public:
-  explicit BatchNorm2d(int64_t channels, double eps = 1e-5, double momentum = 0.1);
+  explicit BatchNorm2d(int64_t channels, double eps = 1e-5, double momentum = 0.1, LayerOptions options = {});
   Tensor forward(const Tensor& x) override;  // x: [N, C, H, W]
   std::string name() const override;
 
@@ -27,7 +27,7 @@ class BatchNorm2d : public Module {
 
 class LayerNorm : public Module {
  public:
-  explicit LayerNorm(Shape normalized_shape, double eps = 1e-5);
+  explicit LayerNorm(Shape normalized_shape, double eps = 1e-5, LayerOptions options = {});
   Tensor forward(const Tensor& x) override;  // x: [..., *normalized_shape]
   std::string name() const override;
 
