@@ -384,6 +384,9 @@ TEST(Plan, OffloadOnAGpuPaysForWhatComputeCannotHide) {
     act.offload_activations = true;
     opt.offload_optimizer = true;
     const optim::MixPrediction plain = optim::predict_mix(make, optim::Mix{}, 0, o);
+    // A build without the CUDA side: the planner reports it as the mix's status.
+    if (!plain.fits() && plain.status.find("without CUDA") != std::string::npos)
+      GTEST_SKIP() << "no CUDA backend in this build: " << plain.status;
     const optim::MixPrediction pa = optim::predict_mix(make, act, 0, o);
     const optim::MixPrediction po = optim::predict_mix(make, opt, 0, o);
     ASSERT_TRUE(plain.fits() && pa.fits() && po.fits());
