@@ -1,8 +1,8 @@
-// The CPU backend: every Backend op on host memory. One op family a file in this folder
-// (copy.cpp, elementwise.cpp, reduce.cpp, matmul.cpp, conv.cpp, pool.cpp, softmax.cpp,
-// norm.cpp, index.cpp, optim.cpp, amp.cpp). f16 and bf16 are converted to f32 per element,
-// computed, and rounded back; reductions accumulate in f32 (f64 for f64). Large loops are split over
-// the cores by parallel_for (parallel.cpp); matmul goes through OpenBLAS.
+// The CPU backend: every Backend op on host memory, one op family a file in this folder, each
+// file named for its family (conv.cpp, attention.cpp, optim.cpp, ...). f16 and bf16 are
+// converted to f32 per element, computed, and rounded back; reductions accumulate in f32 (f64
+// for f64). Large loops are split over the cores by parallel_for (parallel.cpp); matmul and
+// convolution go through OpenBLAS.
 #pragma once
 
 #include "engine/backend.h"

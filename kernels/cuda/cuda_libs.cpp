@@ -34,7 +34,6 @@ std::atomic<bool> g_allow_tf32{false};
 // the CUDA runtime's own teardown, and a thread's handles are few.
 struct ThreadHandles {
   cublasHandle_t cublas = nullptr;
-  cublasLtHandle_t cublaslt = nullptr;
   cudnnHandle_t cudnn = nullptr;
   // cuBLAS forgets its workspace when its stream changes, so one workspace per stream.
   std::unordered_map<cudaStream_t, Tensor*> cublas_workspaces;
@@ -69,13 +68,6 @@ cublasHandle_t cublas_handle(Device device, cudaStream_t stream) {
   if (ws == nullptr) ws = new Tensor(workspace(device, cublas_workspace_bytes(device)));
   HR_CUBLAS_CHECK(cublasSetWorkspace(h.cublas, ws->raw_data(), ws->nbytes()));
   return h.cublas;
-}
-
-cublasLtHandle_t cublaslt_handle(Device device) {
-  CudaDeviceGuard guard(device.index);
-  ThreadHandles& h = handles_for(device);
-  if (h.cublaslt == nullptr) HR_CUBLAS_CHECK(cublasLtCreate(&h.cublaslt));
-  return h.cublaslt;
 }
 
 cudnnHandle_t cudnn_handle(Device device, cudaStream_t stream) {

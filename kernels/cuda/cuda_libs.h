@@ -12,7 +12,6 @@
 // its bytes then show up in headroom's memory figures (DESIGN.md "Memory").
 #pragma once
 
-#include <cublasLt.h>
 #include <cublas_v2.h>
 #include <cudnn.h>
 #include <cuda_runtime_api.h>
@@ -37,7 +36,6 @@ namespace cuda {
 
 // The handles of the calling thread for `device`, bound to `stream`.
 cublasHandle_t cublas_handle(Device device, cudaStream_t stream);
-cublasLtHandle_t cublaslt_handle(Device device);
 cudnnHandle_t cudnn_handle(Device device, cudaStream_t stream);
 
 // Whether f32 matmuls and convolutions may use TF32 tensor cores (10-bit mantissa inputs, f32
