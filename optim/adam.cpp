@@ -20,12 +20,28 @@ Adam::Adam(std::vector<Tensor> params, double lr, double beta1, double beta2, do
            bool decoupled, const char* name)
     : Optimizer(std::move(params), lr), name_(name), beta1_(beta1), beta2_(beta2), eps_(eps), weight_decay_(weight_decay),
       decoupled_(decoupled) {
+  detail::check_adam_hyperparameters(name, beta1, beta2, eps, weight_decay);
+  state_.resize(params_.size());
+}
+
+namespace detail {
+void check_adam_hyperparameters(const char* name, double beta1, double beta2, double eps, double weight_decay) {
   HR_CHECK(beta1 >= 0 && beta1 < 1 && beta2 >= 0 && beta2 < 1, ValueError, name,
            ": betas must be in [0, 1), got (", beta1, ", ", beta2, ")");
   HR_CHECK(eps >= 0, ValueError, name, ": eps must be >= 0, got ", eps);
   HR_CHECK(weight_decay >= 0, ValueError, name, ": weight_decay must be >= 0, got ", weight_decay);
-  state_.resize(params_.size());
 }
+
+void adam_state_entries(const Tensor& exp_avg, const Tensor& exp_avg_sq, int64_t step,
+                        std::map<std::string, Tensor>& out) {
+  if (!exp_avg.defined()) return;
+  out["exp_avg"] = exp_avg;
+  out["exp_avg_sq"] = exp_avg_sq;
+  out["step"] = Tensor::scalar(static_cast<double>(step), DType::i64);
+}
+
+std::vector<std::string> adam_state_names() { return {"exp_avg", "exp_avg_sq", "step"}; }
+}  // namespace detail
 
 // Note [all-or-nothing step] (optimizer.h): everything that allocates happens here.
 void Adam::prepare_step() {
@@ -127,14 +143,10 @@ void Adam::update_unfused(const Tensor& p, const Tensor& g, State& st, double bc
 }
 
 void Adam::param_state(size_t i, std::map<std::string, Tensor>& out) const {
-  const State& st = state_[i];
-  if (!st.exp_avg.defined()) return;
-  out["exp_avg"] = st.exp_avg;
-  out["exp_avg_sq"] = st.exp_avg_sq;
-  out["step"] = Tensor::scalar(static_cast<double>(st.step), DType::i64);
+  detail::adam_state_entries(state_[i].exp_avg, state_[i].exp_avg_sq, state_[i].step, out);
 }
 
-std::vector<std::string> Adam::param_state_names() const { return {"exp_avg", "exp_avg_sq", "step"}; }
+std::vector<std::string> Adam::param_state_names() const { return detail::adam_state_names(); }
 
 void Adam::set_param_state(size_t i, std::map<std::string, Tensor> state) noexcept {
   if (state.empty()) {

@@ -54,6 +54,16 @@ class Adam : public Optimizer {
   UpdateWorkspace workspace_;
 };
 
+namespace detail {
+// Shared with OffloadedAdam (optim/offload.h), whose checkpoints are Adam's.
+void check_adam_hyperparameters(const char* name, double beta1, double beta2, double eps, double weight_decay);
+// A parameter's Adam state as state_dict entries: "exp_avg", "exp_avg_sq" and "step" (an i64
+// scalar); nothing before its first step (exp_avg undefined).
+void adam_state_entries(const Tensor& exp_avg, const Tensor& exp_avg_sq, int64_t step,
+                        std::map<std::string, Tensor>& out);
+std::vector<std::string> adam_state_names();
+}  // namespace detail
+
 class AdamW : public Adam {
  public:
   AdamW(std::vector<Tensor> params, double lr = 1e-3, double beta1 = 0.9, double beta2 = 0.999, double eps = 1e-8,

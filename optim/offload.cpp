@@ -10,6 +10,7 @@
 #include "engine/backend.h"
 #include "engine/caching_allocator.h"
 #include "engine/memory.h"
+#include "optim/adam.h"
 #include "optim/fused.h"
 
 namespace headroom::optim {
@@ -34,10 +35,7 @@ OffloadedAdam::OffloadedAdam(std::vector<Tensor> params, double lr, double beta1
                              double weight_decay, bool decoupled, const char* name)
     : Optimizer(std::move(params), lr), name_(name), beta1_(beta1), beta2_(beta2), eps_(eps),
       weight_decay_(weight_decay), decoupled_(decoupled) {
-  HR_CHECK(beta1 >= 0 && beta1 < 1 && beta2 >= 0 && beta2 < 1, ValueError, name,
-           ": betas must be in [0, 1), got (", beta1, ", ", beta2, ")");
-  HR_CHECK(eps >= 0, ValueError, name, ": eps must be >= 0, got ", eps);
-  HR_CHECK(weight_decay >= 0, ValueError, name, ": weight_decay must be >= 0, got ", weight_decay);
+  detail::check_adam_hyperparameters(name, beta1, beta2, eps, weight_decay);
   state_.resize(params_.size());
   // Gradients down as soon as backward has finished each (Note [optimizer offload]).
   for (size_t i = 0; i < params_.size(); ++i)
@@ -197,14 +195,10 @@ void OffloadedAdam::commit_step() {
 }
 
 void OffloadedAdam::param_state(size_t i, std::map<std::string, Tensor>& out) const {
-  const State& st = state_[i];
-  if (!st.exp_avg.defined()) return;
-  out["exp_avg"] = st.exp_avg;
-  out["exp_avg_sq"] = st.exp_avg_sq;
-  out["step"] = Tensor::scalar(static_cast<double>(st.step), DType::i64);
+  detail::adam_state_entries(state_[i].exp_avg, state_[i].exp_avg_sq, state_[i].step, out);
 }
 
-std::vector<std::string> OffloadedAdam::param_state_names() const { return {"exp_avg", "exp_avg_sq", "step"}; }
+std::vector<std::string> OffloadedAdam::param_state_names() const { return detail::adam_state_names(); }
 
 void OffloadedAdam::set_param_state(size_t i, std::map<std::string, Tensor> state) noexcept {
   State& st = state_[i];
