@@ -741,6 +741,15 @@ struct EpochStats {
   double accuracy = 0;  // training accuracy, measured on the fly (the model changes as it goes)
   double seconds = 0;
   int64_t images = 0;
+  // From an epoch's sums: `seen` samples, their summed loss and the correct predictions.
+  static EpochStats of(int64_t seen, double loss_sum, int64_t correct, double seconds) {
+    EpochStats s;
+    s.images = seen;
+    s.loss = seen ? loss_sum / static_cast<double>(seen) : 0;
+    s.accuracy = seen ? static_cast<double>(correct) / static_cast<double>(seen) : 0;
+    s.seconds = seconds;
+    return s;
+  }
 };
 
 // ---- training checkpoints (optim/checkpoint.h) ----
@@ -852,12 +861,8 @@ inline EpochStats train_one_epoch(nn::Module& model, optim::BatchSplitter& split
     step.output = Tensor();
     if (leaks) leaks->step();  // a step boundary: nothing of the step is held here
   }
-  EpochStats stats;
-  stats.images = seen;
-  stats.loss = seen ? loss_sum / static_cast<double>(seen) : 0;
-  stats.accuracy = seen ? static_cast<double>(correct) / static_cast<double>(seen) : 0;
+  EpochStats stats = EpochStats::of(seen, loss_sum, correct, timer.seconds());
   progress.finish(batches, seen, stats.loss, stats.accuracy);
-  stats.seconds = timer.seconds();
   return stats;
 }
 

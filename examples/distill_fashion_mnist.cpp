@@ -60,12 +60,8 @@ examples::EpochStats student_epoch(nn::Module& student, nn::Module* teacher, con
     ++batches;
     progress.update(batches, seen, loss_sum / static_cast<double>(seen), static_cast<double>(correct) / static_cast<double>(seen));
   }
-  examples::EpochStats s;
-  s.images = seen;
-  s.loss = seen ? loss_sum / static_cast<double>(seen) : 0;
-  s.accuracy = seen ? static_cast<double>(correct) / static_cast<double>(seen) : 0;
+  examples::EpochStats s = examples::EpochStats::of(seen, loss_sum, correct, timer.seconds());
   progress.finish(batches, seen, s.loss, s.accuracy);
-  s.seconds = timer.seconds();
   return s;
 }
 

@@ -70,6 +70,51 @@ TEST(ParameterStreamer, RunsAModelLargerThanTheDeviceBitIdentically) {
   a.set_memory_limit(0);
 }
 
+// Every allocation of a streamed forward failed in turn (Note [fault injection]): an
+// OutOfMemoryError, nothing left on the device, every layer back on the host, and the next
+// forward gives the same output. The same for the host pool while the streamer is made: the
+// model is left as it was.
+TEST(ParameterStreamer, EveryAllocationFailedInTurnLeavesNothingBehind) {
+  manual_seed(5);
+  const Tensor x = Tensor::randn({4, kWidth});
+  NoGradGuard no_grad;
+  const Device dev = Device::cpu(2);
+  CachingAllocator& a = caching_allocator(dev);
+  CachingAllocator& pool = host_pool();
+
+  auto model = layers(Device::cpu(3));
+  const int64_t pool_before = pool.stats().allocated_bytes.current;
+  int64_t pool_requests = 0;
+  {
+    const int64_t n0 = pool.stats().num_allocs;
+    nn::ParameterStreamer probe(layers(Device::cpu(3)), dev);
+    pool_requests = pool.stats().num_allocs - n0;
+  }
+  ASSERT_GT(pool_requests, 0);
+  for (int64_t k = 1; k <= pool_requests; ++k) {
+    pool.inject_fault(FaultKind::allocation, k);
+    EXPECT_THROW(nn::ParameterStreamer(model, dev), OutOfMemoryError) << "host pool allocation " << k;
+    pool.clear_fault();
+    EXPECT_EQ(pool.stats().allocated_bytes.current, pool_before) << "host pool allocation " << k;
+    for (auto& l : model)
+      for (const Tensor& p : l->parameters()) EXPECT_EQ(p.device(), Device::cpu(3)) << "host pool allocation " << k;
+  }
+
+  nn::ParameterStreamer streamer(model, dev, /*prefetch=*/1);
+  const int64_t device_before = a.stats().allocated_bytes.current;
+  const int64_t n0 = a.stats().num_allocs;
+  const std::vector<uint32_t> expected = bits(streamer.forward(x));
+  const int64_t requests = a.stats().num_allocs - n0;
+  ASSERT_GT(requests, 0);
+  for (int64_t k = 1; k <= requests; ++k) {
+    a.inject_fault(FaultKind::allocation, k);
+    EXPECT_THROW((void)streamer.forward(x), OutOfMemoryError) << "device allocation " << k;
+    a.clear_fault();
+    EXPECT_EQ(a.stats().allocated_bytes.current, device_before) << "device allocation " << k;
+    EXPECT_EQ(bits(streamer.forward(x)), expected) << "after device allocation " << k;
+  }
+}
+
 TEST(ParameterStreamer, IsForInferenceAndChecksItsArguments) {
   auto model = layers(Device::cpu(3));
   nn::ParameterStreamer streamer(model, Device::cpu(2), 0);
