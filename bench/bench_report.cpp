@@ -237,7 +237,9 @@ std::string results_json(const std::vector<Result>& results, const RunInfo& info
        << "      \"step_time_ms_min\": " << json_number(r.step_ms_min, r.measured) << ",\n"
        << "      \"step_time_ms_max\": " << json_number(r.step_ms_max, r.measured) << ",\n"
        << "      \"items_per_second\": " << json_number(r.items_per_second, r.measured) << ",\n"
-       << "      \"final_loss\": " << json_number(r.final_loss, r.measured) << ",\n";
+       << "      \"final_loss\": " << json_number(r.final_loss, r.measured) << ",\n"
+       << "      \"start_rss_bytes\": " << (r.start_rss_bytes >= 0 ? std::to_string(r.start_rss_bytes) : "null") << ",\n"
+       << "      \"peak_rss_bytes\": " << (r.peak_rss_bytes >= 0 ? std::to_string(r.peak_rss_bytes) : "null") << ",\n";
     if (p.ddp)
       os << "      \"data_parallel\": {\"world_size\": " << r.world_size << ", \"zero_stage\": " << p.zero_stage
          << ", \"bucket_cap_mib\": " << p.bucket_cap_mib << ", \"buckets\": " << r.buckets
@@ -383,6 +385,7 @@ const char* model_colour(ModelKind k) {
     case ModelKind::mlp: return "#ff7f0e";
     case ModelKind::resnet18: return "#2ca02c";
     case ModelKind::cnn: return "#9467bd";
+    case ModelKind::timed_stages: return "#8c564b";
   }
   return "#444";
 }
@@ -524,6 +527,33 @@ std::string profile_tables(const std::vector<Result>& results, size_t top) {
        << "% |\n";
   }
   return os.str();
+}
+
+namespace {
+
+// A "Name:   123 kB" field of /proc/self/status, in bytes; -1 when absent.
+int64_t proc_status_kib_field(const char* name) {
+  std::ifstream in("/proc/self/status");
+  const std::string key = std::string(name) + ":";
+  for (std::string line; std::getline(in, line);) {
+    if (line.compare(0, key.size(), key) != 0) continue;
+    std::istringstream fields(line.substr(key.size()));
+    int64_t kib = -1;
+    if (fields >> kib) return kib * 1024;
+  }
+  return -1;
+}
+
+}  // namespace
+
+int64_t process_rss_bytes() { return proc_status_kib_field("VmRSS"); }
+int64_t process_peak_rss_bytes() { return proc_status_kib_field("VmHWM"); }
+
+bool reset_process_peak_rss() {
+  std::ofstream out("/proc/self/clear_refs");
+  out << "5";  // Linux: reset the peak resident set size to the current one
+  out.flush();
+  return static_cast<bool>(out);
 }
 
 std::string prediction_table(const std::vector<Result>& results, bool* all_exact) {

@@ -28,7 +28,11 @@
 //         "devices": [ { "device", "peak_allocated_bytes", "peak_reserved_bytes",
 //         "peak_by_category" } ] } (the peaks above are the first device's),
 //       "host_pool": null, or for an offload preset the pinned host pool's { "peak_allocated_bytes",
-//         "peak_reserved_bytes", "peak_by_category" } over the timed steps } ],
+//         "peak_reserved_bytes", "peak_by_category" } over the timed steps,
+//       "peak_rss_bytes", "start_rss_bytes": the process's resident-memory high-water mark over
+//         the configuration (warm-up and timed steps; reset when it starts) and its resident
+//         memory when it started -- the operating system's measure, the same for both engines
+//         and the only one PyTorch has on the CPU (null where /proc does not tell) } ],
 //     "checkpoint_overhead": [ {   ([] when no pair ran, see checkpoint_overheads)
 //       "preset", "base", "step_time_ratio" (ckpt / base), "activation_peak_ratio" (base / ckpt),
 //       "peak_allocated_ratio" (base / ckpt) } ] }   (PyTorch: also "mode"; its activation ratio is
@@ -91,11 +95,23 @@ struct Result {
   // Offload presets (Preset::offload_*): the pinned host pool's stats over the timed steps
   // (Note [host pool]); all zero otherwise.
   MemoryStats host_stats;
+  // The operating system's view (ProcessMemory): resident bytes when the configuration started
+  // and their high-water mark over it; -1 where /proc does not tell.
+  int64_t start_rss_bytes = -1, peak_rss_bytes = -1;
 
   int64_t peak_allocated() const { return stats.allocated_bytes.peak; }
   int64_t peak_reserved() const { return stats.reserved_bytes.peak; }
   int64_t peak_category(MemoryCategory c) const { return stats.category(c).peak; }
 };
+
+// The process's resident memory as Linux reports it (/proc/self/status VmRSS and VmHWM). The
+// high-water mark can be reset (writing 5 to /proc/self/clear_refs), so each configuration gets
+// its own peak. This counts everything the process holds -- libraries, the allocator's cache,
+// the heap -- so it is the measure to compare with another framework's process, not a
+// replacement for the allocator's categories. Returns -1 where the file or field is missing.
+int64_t process_rss_bytes();
+int64_t process_peak_rss_bytes();
+bool reset_process_peak_rss();
 
 struct RunInfo {
   std::string device;       // "cpu", "cuda:0"

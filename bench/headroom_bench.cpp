@@ -114,6 +114,8 @@ Result run_preset(const Preset& p, Device device, int64_t steps, int64_t warmup,
     caching_allocator(d).empty_cache();  // the previous configuration's cached segments are not this one's
     caching_allocator(d).reset_peak_stats();
   }
+  reset_process_peak_rss();  // the OS's measure of this configuration alone
+  r.start_rss_bytes = process_rss_bytes();
   try {
     manual_seed(seed);
     std::unique_ptr<Workload> w = make_workload(p, device, seed);
@@ -193,6 +195,7 @@ Result run_preset(const Preset& p, Device device, int64_t steps, int64_t warmup,
     r.status = "error";
     r.error = first_line(e.what());
   }
+  r.peak_rss_bytes = process_peak_rss_bytes();
   if (r.status != "ok" && p.several_devices())
     for (const Device& d : devices) r.device_stats.emplace_back(d, caching_allocator(d).stats());
   for (const Device& d : devices) caching_allocator(d).empty_cache();

@@ -47,6 +47,7 @@ Needs torch (and a GPU for the reference presets); --compare needs only the stan
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import contextlib
 import datetime
 import gc
@@ -613,6 +614,38 @@ def _rank() -> int:
     return int(os.environ.get("OMPI_COMM_WORLD_RANK", os.environ.get("RANK", "0")))
 
 
+def _proc_status_bytes(field_name: str) -> Optional[int]:
+    """A "Name:   123 kB" field of /proc/self/status in bytes (None where Linux does not tell)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field_name + ":"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _cpu_autocast_takes_f16(torch) -> bool:
+    """torch 1.13's CPU autocast refuses float16 (\"AutocastCPU only support Bfloat16\")."""
+    try:
+        with torch.autocast("cpu", dtype=torch.float16):
+            pass
+        return True
+    except RuntimeError:
+        return False
+
+
+def _reset_peak_rss() -> None:
+    """Resets the process's resident-memory high-water mark (VmHWM) to its current size, as
+    headroom-bench does per configuration, so each row's peak is its own."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
 def run_preset(torch, models, p: Preset, mode: str, args) -> Dict[str, Any]:
     GPT, ResNet18, make_mlp, make_fashion_cnn = models
     device = torch.device(args.device)
@@ -630,6 +663,16 @@ def run_preset(torch, models, p: Preset, mode: str, args) -> Dict[str, Any]:
         # PyTorch keeps no allocator statistics for host memory: null (not measured) on the CPU.
         peak_allocated_bytes=0 if cuda else None, peak_reserved_bytes=0 if cuda else None, peak_by_category={}, step_time_ms=None, step_time_ms_min=None, step_time_ms_max=None,
         items_per_second=None, final_loss=None)
+    # Closest forms where this torch lacks what the preset uses (Debian's torch 1.13 on the CPU):
+    # recorded in "closest_form" and the tables, never silently.
+    closest: List[str] = []
+    if p.attention == "fused" and not hasattr(torch.nn.functional, "scaled_dot_product_attention"):
+        p = dataclasses.replace(p, attention="naive")
+        closest.append("naive attention (this torch has no scaled_dot_product_attention)")
+    if not cuda and amp and p.precision == "f16" and not _cpu_autocast_takes_f16(torch):
+        dtype = torch.bfloat16
+        closest.append("bf16 autocast, no loss scaling (this torch's CPU autocast takes bf16 only)")
+    row["closest_form"] = "; ".join(closest)
     state: Dict[str, Any] = {}
     # The previous configuration's tensors are gone once its call returned; return its cached
     # blocks too, so this one's reserved memory is its own, and start its peaks from here (an
@@ -638,6 +681,11 @@ def run_preset(torch, models, p: Preset, mode: str, args) -> Dict[str, Any]:
     if cuda:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
+    # The operating system's measure, the same as headroom-bench's start_rss_bytes/peak_rss_bytes
+    # (bench_report.h): on the CPU the only peak PyTorch has.
+    _reset_peak_rss()
+    row["start_rss_bytes"] = _proc_status_bytes("VmRSS")
+    row["peak_rss_bytes"] = None
     if p.not_mirrored:
         row.update(status="skipped", error=f"not mirrored: {p.not_mirrored}")
         return row
@@ -695,7 +743,7 @@ def run_preset(torch, models, p: Preset, mode: str, args) -> Dict[str, Any]:
             opt = opt_class(model.parameters(), **opt_args)
         state.update(model=model, opt=opt, x=x, y=y)
         scaler = None
-        if amp and p.precision == "f16":  # f16 autocast needs loss scaling; bf16 has f32's range
+        if amp and dtype == torch.float16:  # f16 autocast needs loss scaling; bf16 has f32's range
             scaler = torch.amp.GradScaler(device.type) if hasattr(torch.amp, "GradScaler") else torch.cuda.amp.GradScaler()
 
         def forward_loss(m, xb, yb):
@@ -784,6 +832,7 @@ def run_preset(torch, models, p: Preset, mode: str, args) -> Dict[str, Any]:
     except Exception as e:  # noqa: BLE001 -- a failing configuration (e.g. compile) is reported, others go on
         row.update(status="error", error=f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
     finally:
+        row["peak_rss_bytes"] = _proc_status_bytes("VmHWM")
         state.clear()
         if mode == "compile" and hasattr(torch, "_dynamo"):
             torch._dynamo.reset()

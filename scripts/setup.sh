@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(g++ cmake ninja-build pkg-config libgtest-dev libbenchmark-dev libopenblas-dev zlib1g-dev
-          dataset-fashion-mnist fortunes libopenmpi-dev openmpi-bin)
+          dataset-fashion-mnist fortunes libopenmpi-dev openmpi-bin
+          python3-torch)  # the CPU reference beside headroom (bench/cpu_side_by_side.py)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -12,7 +12,11 @@
 // the gemm produces [Og, nc*OHW]: a cheap strided copy (which also adds the bias) moves it.
 // im2col and col2im run under parallel_for (col2im one (image, channel) plane per task, so no two
 // threads add into the same element); the gemms run outside any parallel region.
-// f16 and bf16 are converted to f32 tensors first and the results rounded back.
+// Note [16-bit convolution]: f16 and bf16 compute in f32, but only the weight (and bias, and
+// the weight gradient's sum) get f32 tensors: activations and their gradients are converted as
+// im2col, gather_group and col2im read them, and the output is rounded as it is written. An f32
+// copy of x, dout and dx per call was workspace the size of three activations (and a pass over
+// each) that an autocast ResNet-18 step paid in every convolution.
 #include <algorithm>
 #include <cstring>
 
@@ -53,9 +57,10 @@ inline void valid_range(int64_t offset, int64_t stride, int64_t size, int64_t ou
   hi = std::max(hi, lo);
 }
 
-// col [CKK, nc*OHW] from images [n0, n0 + nc) of x, channels of `group`.
-template <typename T>
-void im2col(const T* x, const ConvGeom& g, int64_t n0, int64_t nc, int64_t group, T* col) {
+// col [CKK, nc*OHW] from images [n0, n0 + nc) of x, channels of `group`; T is x's dtype, A the
+// one the gemm computes in (f32 for f16/bf16 data, converted here as the patches are laid out).
+template <typename T, typename A>
+void im2col(const T* x, const ConvGeom& g, int64_t n0, int64_t nc, int64_t group, A* col) {
   const int64_t cols = nc * g.OHW;
   parallel_for(g.CKK * nc, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(g.OHW, 1)),
                [&](int64_t begin, int64_t end) {
@@ -63,52 +68,59 @@ void im2col(const T* x, const ConvGeom& g, int64_t n0, int64_t nc, int64_t group
       const int64_t r = t / nc, i = t % nc;
       const int64_t c = r / (g.KH * g.KW), kh = (r / g.KW) % g.KH, kw = r % g.KW;
       const T* plane = x + ((n0 + i) * g.C + group * g.Cg + c) * g.H * g.W;
-      T* dst = col + r * cols + i * g.OHW;
+      A* dst = col + r * cols + i * g.OHW;
       const int64_t off_w = kw * g.dw - g.pw;
       int64_t lo, hi;
       valid_range(off_w, g.sw, g.W, g.OW, lo, hi);
       for (int64_t oh = 0; oh < g.OH; ++oh) {
-        T* d = dst + oh * g.OW;
+        A* d = dst + oh * g.OW;
         const int64_t ih = oh * g.sh - g.ph + kh * g.dh;
         if (ih < 0 || ih >= g.H) {
-          std::fill(d, d + g.OW, T(0));
+          std::fill(d, d + g.OW, A(0));
           continue;
         }
-        const T* s = plane + ih * g.W;  // input column of ow: off_w + ow * sw
-        std::fill(d, d + lo, T(0));
-        if (g.sw == 1) {
-          if (hi > lo) std::memcpy(d + lo, s + off_w + lo, static_cast<size_t>(hi - lo) * sizeof(T));
+        const T* __restrict s = plane + ih * g.W;  // input column of ow: off_w + ow * sw
+        A* __restrict dr = d;
+        for (int64_t ow = 0; ow < lo; ++ow) dr[ow] = A(0);
+        if (g.sw == 1) {  // a short row: an inline loop, not a memcpy call per row
+          for (int64_t ow = lo; ow < hi; ++ow) dr[ow] = static_cast<A>(s[off_w + ow]);
         } else {
-          for (int64_t ow = lo; ow < hi; ++ow) d[ow] = s[off_w + ow * g.sw];
+          for (int64_t ow = lo; ow < hi; ++ow) dr[ow] = static_cast<A>(s[off_w + ow * g.sw]);
         }
-        std::fill(d + hi, d + g.OW, T(0));
+        for (int64_t ow = hi; ow < g.OW; ++ow) dr[ow] = A(0);
       }
     }
   });
 }
 
 // dx planes of images [n0, n0 + nc), channels of `group` = the sum of their dcol entries.
-// Each task owns one (image, channel) plane: it zeroes it, then adds every kernel offset.
-template <typename T>
-void col2im(const T* dcol, const ConvGeom& g, int64_t n0, int64_t nc, int64_t group, T* dx) {
+// Each task owns one (image, channel) plane: it zeroes it, then adds every kernel offset. For
+// 16-bit dx the plane is summed in an A buffer of the task's own and rounded once at the end.
+template <typename T, typename A>
+void col2im(const A* dcol, const ConvGeom& g, int64_t n0, int64_t nc, int64_t group, T* dx) {
   const int64_t cols = nc * g.OHW;
   parallel_for(nc * g.Cg, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(g.KH * g.KW * g.OHW, 1)),
                [&](int64_t begin, int64_t end) {
+    std::vector<A> own;
+    if constexpr (!std::is_same_v<T, A>) own.resize(static_cast<size_t>(g.H * g.W));
     for (int64_t t = begin; t < end; ++t) {
       const int64_t i = t / g.Cg, c = t % g.Cg;
-      T* plane = dx + ((n0 + i) * g.C + group * g.Cg + c) * g.H * g.W;
-      std::fill(plane, plane + g.H * g.W, T(0));
+      T* out_plane = dx + ((n0 + i) * g.C + group * g.Cg + c) * g.H * g.W;
+      A* plane;
+      if constexpr (std::is_same_v<T, A>) plane = out_plane;
+      else plane = own.data();
+      std::fill(plane, plane + g.H * g.W, A(0));
       for (int64_t kh = 0; kh < g.KH; ++kh)
         for (int64_t kw = 0; kw < g.KW; ++kw) {
-          const T* src = dcol + ((c * g.KH + kh) * g.KW + kw) * cols + i * g.OHW;
+          const A* src = dcol + ((c * g.KH + kh) * g.KW + kw) * cols + i * g.OHW;
           const int64_t off_w = kw * g.dw - g.pw;
           int64_t lo, hi;
           valid_range(off_w, g.sw, g.W, g.OW, lo, hi);
           for (int64_t oh = 0; oh < g.OH; ++oh) {
             const int64_t ih = oh * g.sh - g.ph + kh * g.dh;
             if (ih < 0 || ih >= g.H) continue;
-            T* d = plane + ih * g.W;  // input column of ow: off_w + ow * sw
-            const T* s = src + oh * g.OW;
+            A* __restrict d = plane + ih * g.W;  // input column of ow: off_w + ow * sw
+            const A* __restrict s = src + oh * g.OW;
             if (g.sw == 1) {
               for (int64_t ow = lo; ow < hi; ++ow) d[off_w + ow] += s[ow];
             } else {
@@ -116,6 +128,8 @@ void col2im(const T* dcol, const ConvGeom& g, int64_t n0, int64_t nc, int64_t gr
             }
           }
         }
+      if constexpr (!std::is_same_v<T, A>)
+        for (int64_t k = 0; k < g.H * g.W; ++k) out_plane[k] = static_cast<T>(plane[k]);
     }
   });
 }
@@ -137,104 +151,119 @@ Tensor scratch(int64_t n, DType dtype, Device device) {
   return Tensor::empty({std::max<int64_t>(n, 1)}, TensorOptions().dtype(dtype).device(device));
 }
 
-// stage [Og, nc*OHW] <- dout[n0 .. n0+nc, group's channels] (the gemm operand layout).
-template <typename T>
-void gather_group(const T* dout, const ConvGeom& g, int64_t n0, int64_t nc, int64_t group, T* stage) {
+// stage [Og, nc*OHW] <- dout[n0 .. n0+nc, group's channels] (the gemm operand layout), in A.
+template <typename T, typename A>
+void gather_group(const T* dout, const ConvGeom& g, int64_t n0, int64_t nc, int64_t group, A* stage) {
   const int64_t cols = nc * g.OHW;
   parallel_for(nc * g.Og, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(g.OHW, 1)),
                [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
       const int64_t i = t / g.Og, o = t % g.Og;
-      std::memcpy(stage + o * cols + i * g.OHW, dout + ((n0 + i) * g.O + group * g.Og + o) * g.OHW,
-                  static_cast<size_t>(g.OHW) * sizeof(T));
+      const T* src = dout + ((n0 + i) * g.O + group * g.Og + o) * g.OHW;
+      A* dst = stage + o * cols + i * g.OHW;
+      if constexpr (std::is_same_v<T, A>) {
+        std::memcpy(dst, src, static_cast<size_t>(g.OHW) * sizeof(T));
+      } else {
+        for (int64_t k = 0; k < g.OHW; ++k) dst[k] = static_cast<A>(src[k]);
+      }
     }
   });
 }
 
-template <typename T>
+constexpr DType compute_dtype(bool is_double) { return is_double ? DType::f64 : DType::f32; }
+
+// T: the dtype of x, dout, dx and out; A: the gemm's (f32, or f64 for f64 data). w and bias are
+// A tensors (the caller converts a 16-bit weight: it is small); 16-bit activations are read and
+// written in place, converted where im2col, gather_group, col2im and the output copy touch them,
+// so no f32 copy of an activation is made (Note [16-bit convolution]).
+template <typename T, typename A>
 void forward_impl(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& out, const ConvGeom& g) {
-  const int64_t chunk = chunk_images(g, sizeof(T), x.device());
-  Tensor col_t = scratch(g.CKK * chunk * g.OHW, x.dtype(), x.device());
-  Tensor stage_t = scratch(g.Og * chunk * g.OHW, x.dtype(), x.device());
+  constexpr DType kA = compute_dtype(std::is_same_v<A, double>);
+  const int64_t chunk = chunk_images(g, sizeof(A), x.device());
+  Tensor col_t = scratch(g.CKK * chunk * g.OHW, kA, x.device());
+  Tensor stage_t = scratch(g.Og * chunk * g.OHW, kA, x.device());
   if (meta_active()) return;  // Note [meta execution]: the scratch is what it takes
   const T* px = static_cast<const T*>(x.raw_data());
-  const T* pw = static_cast<const T*>(w.raw_data());
+  const A* pw = static_cast<const A*>(w.raw_data());
   T* po = static_cast<T*>(out.raw_data());
-  std::vector<T> b(static_cast<size_t>(g.O), T(0));
+  std::vector<A> b(static_cast<size_t>(g.O), A(0));
   if (bias.defined()) {
-    const T* pb = static_cast<const T*>(bias.raw_data());
+    const A* pb = static_cast<const A*>(bias.raw_data());
     for (int64_t o = 0; o < g.O; ++o) b[static_cast<size_t>(o)] = pb[o * bias.stride(0)];
   }
-  T* col = static_cast<T*>(col_t.raw_data());
-  T* stage = static_cast<T*>(stage_t.raw_data());
+  A* col = static_cast<A*>(col_t.raw_data());
+  A* stage = static_cast<A*>(stage_t.raw_data());
   for (int64_t n0 = 0; n0 < g.N; n0 += chunk) {
     const int64_t nc = std::min(chunk, g.N - n0), cols = nc * g.OHW;
     for (int64_t group = 0; group < g.G; ++group) {
       im2col(px, g, n0, nc, group, col);
-      gemm<T>(false, false, g.Og, cols, g.CKK, pw + group * g.Og * g.CKK, g.CKK, col, cols, T(0), stage, cols);
+      gemm<A>(false, false, g.Og, cols, g.CKK, pw + group * g.Og * g.CKK, g.CKK, col, cols, A(0), stage, cols);
       // out[n0 + i, group * Og + o, :] = stage[o, i * OHW :] + bias
       parallel_for(nc * g.Og, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(g.OHW, 1)),
                    [&](int64_t begin, int64_t end) {
         for (int64_t t = begin; t < end; ++t) {
           const int64_t i = t / g.Og, o = t % g.Og;
-          const T bo = b[static_cast<size_t>(group * g.Og + o)];
-          const T* s = stage + o * cols + i * g.OHW;
-          T* d = po + ((n0 + i) * g.O + group * g.Og + o) * g.OHW;
-          for (int64_t k = 0; k < g.OHW; ++k) d[k] = s[k] + bo;
+          const A bo = b[static_cast<size_t>(group * g.Og + o)];
+          const A* __restrict s = stage + o * cols + i * g.OHW;
+          T* __restrict d = po + ((n0 + i) * g.O + group * g.Og + o) * g.OHW;
+          for (int64_t k = 0; k < g.OHW; ++k) d[k] = static_cast<T>(s[k] + bo);
         }
       });
     }
   }
 }
 
-template <typename T>
+template <typename T, typename A>
 void backward_input_impl(const Tensor& dout, const Tensor& w, const Tensor& dx, const ConvGeom& g) {
+  constexpr DType kA = compute_dtype(std::is_same_v<A, double>);
   const T* pd = static_cast<const T*>(dout.raw_data());
-  const T* pw = static_cast<const T*>(w.raw_data());
+  const A* pw = static_cast<const A*>(w.raw_data());
   T* px = static_cast<T*>(dx.raw_data());
-  const int64_t chunk = chunk_images(g, sizeof(T), dx.device());
-  Tensor col_t = scratch(g.CKK * chunk * g.OHW, dout.dtype(), dout.device());
-  Tensor stage_t = scratch(g.Og * chunk * g.OHW, dout.dtype(), dout.device());
+  const int64_t chunk = chunk_images(g, sizeof(A), dx.device());
+  Tensor col_t = scratch(g.CKK * chunk * g.OHW, kA, dout.device());
+  Tensor stage_t = scratch(g.Og * chunk * g.OHW, kA, dout.device());
   if (meta_active()) return;  // Note [meta execution]
-  T* dcol = static_cast<T*>(col_t.raw_data());
-  T* stage = static_cast<T*>(stage_t.raw_data());
+  A* dcol = static_cast<A*>(col_t.raw_data());
+  A* stage = static_cast<A*>(stage_t.raw_data());
   for (int64_t n0 = 0; n0 < g.N; n0 += chunk) {
     const int64_t nc = std::min(chunk, g.N - n0), cols = nc * g.OHW;
     for (int64_t group = 0; group < g.G; ++group) {
       gather_group(pd, g, n0, nc, group, stage);
-      gemm<T>(true, false, g.CKK, cols, g.Og, pw + group * g.Og * g.CKK, g.CKK, stage, cols, T(0), dcol, cols);
+      gemm<A>(true, false, g.CKK, cols, g.Og, pw + group * g.Og * g.CKK, g.CKK, stage, cols, A(0), dcol, cols);
       col2im(dcol, g, n0, nc, group, px);
     }
   }
 }
 
-template <typename T>
+// dw (an A tensor) = the sum over every chunk of images.
+template <typename T, typename A>
 void backward_weight_impl(const Tensor& dout, const Tensor& x, const Tensor& dw, const ConvGeom& g) {
+  constexpr DType kA = compute_dtype(std::is_same_v<A, double>);
   const T* pd = static_cast<const T*>(dout.raw_data());
   const T* px = static_cast<const T*>(x.raw_data());
-  T* pw = static_cast<T*>(dw.raw_data());
+  A* pw = static_cast<A*>(dw.raw_data());
   if (g.N == 0 || g.OHW == 0) {
-    if (!meta_active()) std::fill(pw, pw + dw.numel(), T(0));
+    if (!meta_active()) std::fill(pw, pw + dw.numel(), A(0));
     return;
   }
-  const int64_t chunk = chunk_images(g, sizeof(T), x.device());
-  Tensor col_t = scratch(g.CKK * chunk * g.OHW, x.dtype(), x.device());
-  Tensor stage_t = scratch(g.Og * chunk * g.OHW, x.dtype(), x.device());
+  const int64_t chunk = chunk_images(g, sizeof(A), x.device());
+  Tensor col_t = scratch(g.CKK * chunk * g.OHW, kA, x.device());
+  Tensor stage_t = scratch(g.Og * chunk * g.OHW, kA, x.device());
   if (meta_active()) return;  // Note [meta execution]
-  T* col = static_cast<T*>(col_t.raw_data());
-  T* stage = static_cast<T*>(stage_t.raw_data());
+  A* col = static_cast<A*>(col_t.raw_data());
+  A* stage = static_cast<A*>(stage_t.raw_data());
   for (int64_t n0 = 0; n0 < g.N; n0 += chunk) {
     const int64_t nc = std::min(chunk, g.N - n0), cols = nc * g.OHW;
     for (int64_t group = 0; group < g.G; ++group) {
       im2col(px, g, n0, nc, group, col);
       gather_group(pd, g, n0, nc, group, stage);
-      gemm<T>(false, true, g.Og, g.CKK, cols, stage, cols, col, cols, n0 == 0 ? T(0) : T(1),
+      gemm<A>(false, true, g.Og, g.CKK, cols, stage, cols, col, cols, n0 == 0 ? A(0) : A(1),
               pw + group * g.Og * g.CKK, g.CKK);
     }
   }
 }
 
-// f16/bf16: the same computation on f32 copies, rounded back into `result`.
+// f16/bf16 weights and biases: f32 copies (small beside the activations).
 Tensor to_f32(Backend& be, const Tensor& t) {
   if (!t.defined()) return t;
   CategoryScope workspace(MemoryCategory::workspace);
@@ -258,11 +287,9 @@ void CpuBackend::impl_conv2d_forward(const Tensor& x, const Tensor& w, const Ten
   dispatch_float(out.dtype(), "cpu conv2d_forward", [&](auto tag) {
     using T = typename decltype(tag)::type;
     if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) {
-      forward_impl<T>(x, w, bias, out, g);
-    } else {
-      Tensor out32 = empty_f32(out);
-      forward_impl<float>(to_f32(*this, x), to_f32(*this, w), to_f32(*this, bias), out32, g);
-      copy(out, out32);
+      forward_impl<T, T>(x, w, bias, out, g);
+    } else {  // Note [16-bit convolution]: only the weight and bias get f32 copies
+      forward_impl<T, float>(x, to_f32(*this, w), to_f32(*this, bias), out, g);
     }
   });
 }
@@ -278,11 +305,9 @@ void CpuBackend::impl_conv2d_backward_input(const Tensor& dout, const Tensor& w,
   dispatch_float(dx.dtype(), "cpu conv2d_backward_input", [&](auto tag) {
     using T = typename decltype(tag)::type;
     if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) {
-      backward_input_impl<T>(dout, w, dx, g);
+      backward_input_impl<T, T>(dout, w, dx, g);
     } else {
-      Tensor dx32 = empty_f32(dx);
-      backward_input_impl<float>(to_f32(*this, dout), to_f32(*this, w), dx32, g);
-      copy(dx, dx32);
+      backward_input_impl<T, float>(dout, to_f32(*this, w), dx, g);
     }
   });
 }
@@ -294,10 +319,10 @@ void CpuBackend::impl_conv2d_backward_weight(const Tensor& dout, const Tensor& x
   dispatch_float(dw.dtype(), "cpu conv2d_backward_weight", [&](auto tag) {
     using T = typename decltype(tag)::type;
     if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) {
-      backward_weight_impl<T>(dout, x, dw, g);
+      backward_weight_impl<T, T>(dout, x, dw, g);
     } else {
-      Tensor dw32 = empty_f32(dw);
-      backward_weight_impl<float>(to_f32(*this, dout), to_f32(*this, x), dw32, g);
+      Tensor dw32 = empty_f32(dw);  // summed over chunks in f32, rounded once
+      backward_weight_impl<T, float>(dout, x, dw32, g);
       copy(dw, dw32);
     }
   });

@@ -194,6 +194,68 @@ BatchGeometry batch_geometry(const Tensor& x) { return {x.size(0), x.size(1), x.
 
 }  // namespace
 
+namespace {
+
+// Note [batch-norm sums]: the per-channel sums run over N * S values in f64. One accumulator is
+// a chain of dependent adds (four cycles each, no vectorisation: the compiler may not reorder
+// them), which made the statistics about 5% of a ResNet-18 step on the CPU. Eight independent
+// accumulators, combined in a fixed order at the end, vectorise and keep the result the same
+// from run to run and at every thread count (each channel is summed by one thread).
+constexpr int kLanes = 8;
+
+inline double combine(const double (&a)[kLanes], double tail) {
+  return (((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]))) + tail;
+}
+
+// sum of x, and sum of (x - m)^2
+template <typename T, typename C>
+void plane_moments(const T* __restrict x, int64_t n, double m, double* sum, double* sq, bool want_sq) {
+  double a[kLanes] = {};
+  int64_t k = 0;
+  if (!want_sq) {
+    for (; k + kLanes <= n; k += kLanes)
+      for (int j = 0; j < kLanes; ++j) a[j] += static_cast<double>(static_cast<C>(x[k + j]));
+    double t = 0;
+    for (; k < n; ++k) t += static_cast<double>(static_cast<C>(x[k]));
+    *sum += combine(a, t);
+    return;
+  }
+  for (; k + kLanes <= n; k += kLanes)
+    for (int j = 0; j < kLanes; ++j) {
+      const double d = static_cast<double>(static_cast<C>(x[k + j])) - m;
+      a[j] += d * d;
+    }
+  double t = 0;
+  for (; k < n; ++k) {
+    const double d = static_cast<double>(static_cast<C>(x[k])) - m;
+    t += d * d;
+  }
+  *sq += combine(a, t);
+}
+
+// sum of dy, and sum of dy * (x - m) * is (computed in C, summed in f64)
+template <typename T, typename C>
+void plane_grad_sums(const T* __restrict dy, const T* __restrict x, int64_t n, C m, C is, double* s, double* sx) {
+  double a[kLanes] = {}, b[kLanes] = {};
+  int64_t k = 0;
+  for (; k + kLanes <= n; k += kLanes)
+    for (int j = 0; j < kLanes; ++j) {
+      const C d = static_cast<C>(dy[k + j]);
+      a[j] += static_cast<double>(d);
+      b[j] += static_cast<double>(d * (static_cast<C>(x[k + j]) - m) * is);
+    }
+  double ta = 0, tb = 0;
+  for (; k < n; ++k) {
+    const C d = static_cast<C>(dy[k]);
+    ta += static_cast<double>(d);
+    tb += static_cast<double>(d * (static_cast<C>(x[k]) - m) * is);
+  }
+  *s += combine(a, ta);
+  *sx += combine(b, tb);
+}
+
+}  // namespace
+
 void CpuBackend::impl_batch_norm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias,
                                     const Tensor& running_mean, const Tensor& running_var, bool training,
                                     double momentum, double eps, const Tensor& y, const Tensor& save_mean,
@@ -212,20 +274,10 @@ void CpuBackend::impl_batch_norm_forward(const Tensor& x, const Tensor& weight, 
       const T* px = static_cast<const T*>(x.raw_data());
       parallel_for(g.c, std::max<int64_t>(1, kParallelGrain / count), [&](int64_t b, int64_t e) {
         for (int64_t ch = b; ch < e; ++ch) {
-          double s = 0;
-          for (int64_t i = 0; i < g.n; ++i) {
-            const T* plane = px + (i * g.c + ch) * g.s;
-            for (int64_t k = 0; k < g.s; ++k) s += static_cast<double>(static_cast<C>(plane[k]));
-          }
+          double s = 0, ss = 0;  // Note [batch-norm sums]
+          for (int64_t i = 0; i < g.n; ++i) plane_moments<T, C>(px + (i * g.c + ch) * g.s, g.s, 0, &s, nullptr, false);
           const double m = s / static_cast<double>(count);
-          double ss = 0;
-          for (int64_t i = 0; i < g.n; ++i) {
-            const T* plane = px + (i * g.c + ch) * g.s;
-            for (int64_t k = 0; k < g.s; ++k) {
-              const double d = static_cast<double>(static_cast<C>(plane[k])) - m;
-              ss += d * d;
-            }
-          }
+          for (int64_t i = 0; i < g.n; ++i) plane_moments<T, C>(px + (i * g.c + ch) * g.s, g.s, m, nullptr, &ss, true);
           mu[static_cast<size_t>(ch)] = m;
           var_biased[static_cast<size_t>(ch)] = ss / static_cast<double>(count);
         }
@@ -278,8 +330,8 @@ void CpuBackend::impl_batch_norm_forward(const Tensor& x, const Tensor& weight, 
         const auto ch = static_cast<size_t>(p % g.c);
         const T* xp = px + p * g.s;
         T* yp = py + p * g.s;
-        for (int64_t k = 0; k < g.s; ++k)
-          yp[k] = static_cast<T>((static_cast<C>(xp[k]) - cmu[ch]) * scale[ch] + shift[ch]);
+        const C mc = cmu[ch], sc = scale[ch], sh = shift[ch];
+        for (int64_t k = 0; k < g.s; ++k) yp[k] = static_cast<T>((static_cast<C>(xp[k]) - mc) * sc + sh);
       }
     });
   });
@@ -310,14 +362,10 @@ void CpuBackend::impl_batch_norm_backward(const Tensor& dy, const Tensor& x, con
         parallel_for(g.c, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(count, 1)), [&](int64_t b, int64_t e) {
           for (int64_t ch = b; ch < e; ++ch) {
             const C m = static_cast<C>(psm[ch]), is = static_cast<C>(psi[ch]);
-            double s = 0, sx = 0;
+            double s = 0, sx = 0;  // Note [batch-norm sums]
             for (int64_t i = 0; i < g.n; ++i) {
               const int64_t base = (i * g.c + ch) * g.s;
-              for (int64_t k = 0; k < g.s; ++k) {
-                const C d = static_cast<C>(pdy[base + k]);
-                s += static_cast<double>(d);
-                sx += static_cast<double>(d * (static_cast<C>(px[base + k]) - m) * is);
-              }
+              plane_grad_sums<T, C>(pdy + base, px + base, g.s, m, is, &s, &sx);
             }
             sum_dy[static_cast<size_t>(ch)] = s;
             sum_dy_xhat[static_cast<size_t>(ch)] = sx;
@@ -349,9 +397,9 @@ void CpuBackend::impl_batch_norm_backward(const Tensor& dy, const Tensor& x, con
           const T* xp = px + p * g.s;
           const T* dyp = pdy + p * g.s;
           T* dxp = pdx + p * g.s;
+          const C kd = k_dy[ch], kx = k_xhat[ch], kc = k_const[ch], mc = cm[ch];
           for (int64_t k = 0; k < g.s; ++k)
-            dxp[k] = static_cast<T>(k_dy[ch] * static_cast<C>(dyp[k]) + k_xhat[ch] * (static_cast<C>(xp[k]) - cm[ch]) +
-                                    k_const[ch]);
+            dxp[k] = static_cast<T>(kd * static_cast<C>(dyp[k]) + kx * (static_cast<C>(xp[k]) - mc) + kc);
         }
       });
     });

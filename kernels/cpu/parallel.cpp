@@ -1,16 +1,17 @@
-// The CPU backend's thread pool.
+// The CPU backend's thread pool, the one set of worker threads of the CPU backend: elementwise
+// loops, im2col, and (since OpenBLAS runs single-threaded, Note [one set of threads] in gemm.h)
+// the blocks of every large gemm.
 //
 // Why not OpenMP: after each parallel loop, libgomp's workers spin for milliseconds waiting for
-// the next one. OpenBLAS runs its own threads, so a gemm right after an elementwise loop found
-// the second core busy spinning, and under any other load (two ctest jobs, a compiler) steps got
-// 3-5x slower. OMP_WAIT_POLICY=passive fixes it but is read before our code runs. This pool's
-// workers sleep on a condition variable between jobs, costing a few microseconds to wake, which
-// parallel_for's grain sizes (tens of thousands of elements) amortise.
+// the next one, and under any other load (two ctest jobs, a compiler) steps got 3-5x slower.
+// OMP_WAIT_POLICY=passive fixes it but is read before our code runs. This pool's workers poll for
+// at most 50 microseconds after a job (Note [pool wake-up]) and then sleep on a condition variable.
 #include <unistd.h>
 
 #include "kernels/cpu/cpu_backend.h"
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdlib>
 #include <exception>
@@ -24,6 +25,7 @@
 // OpenBLAS internals (weak: absent from other BLAS builds); see Note [denormals].
 extern "C" int blas_thread_shutdown_(void) __attribute__((weak));
 extern "C" int blas_thread_init(void) __attribute__((weak));
+extern "C" void openblas_set_num_threads(int) __attribute__((weak));
 
 namespace headroom::cpu {
 
@@ -38,6 +40,12 @@ int env_threads(const char* name) {
   return n > 0 ? n : 0;
 }
 
+// Note [pool wake-up]: a worker that finishes a job polls for the next one for a short while
+// (kSpinNanos) before it sleeps on the condition variable, and the caller polls for the workers'
+// chunks before it sleeps on its own. A training step is a chain of loops a few tens of
+// microseconds apart; sleeping between each cost a futex wake and a context switch on both sides
+// (about 11% of ResNet-18's step at 2 threads went to the condition variables' wake and wait).
+// The poll is bounded, so an idle pool sleeps and a loaded machine gets its cores back.
 class ThreadPool {
  public:
   explicit ThreadPool(int threads) {
@@ -46,7 +54,7 @@ class ThreadPool {
   ~ThreadPool() {
     {
       std::lock_guard<std::mutex> lock(mu_);
-      stop_ = true;
+      stop_.store(true);
     }
     wake_.notify_all();
     for (auto& w : workers_) w.join();
@@ -63,10 +71,10 @@ class ThreadPool {
       std::lock_guard<std::mutex> lock(mu_);
       job_ = &job;
       chunks_ = chunks;
-      remaining_ = chunks - 1;
-      ++generation_;
+      remaining_.store(chunks - 1, std::memory_order_relaxed);
+      generation_.fetch_add(1, std::memory_order_release);
     }
-    wake_.notify_all();
+    wake_.notify_all();  // no system call when every worker is still polling
     t_in_pool = true;
     std::exception_ptr mine;
     try {
@@ -75,8 +83,11 @@ class ThreadPool {
       mine = std::current_exception();
     }
     t_in_pool = false;
-    std::unique_lock<std::mutex> lock(mu_);
-    done_.wait(lock, [this] { return remaining_ == 0; });
+    if (!spin_until([this] { return remaining_.load(std::memory_order_acquire) == 0; })) {
+      std::unique_lock<std::mutex> lock(mu_);
+      done_.wait(lock, [this] { return remaining_.load(std::memory_order_acquire) == 0; });
+    }
+    std::lock_guard<std::mutex> lock(mu_);
     job_ = nullptr;
     std::exception_ptr error = mine ? mine : error_;
     error_ = nullptr;
@@ -85,16 +96,42 @@ class ThreadPool {
   }
 
  private:
+  static constexpr int64_t kSpinNanos = 50'000;
+
+  // Polls pred for up to kSpinNanos; true when it held.
+  template <typename Pred>
+  static bool spin_until(Pred pred) {
+    const auto until = std::chrono::steady_clock::now() + std::chrono::nanoseconds(kSpinNanos);
+    for (int i = 0;; ++i) {
+      if (pred()) return true;
+      cpu_relax();
+      if ((i & 63) == 63 && std::chrono::steady_clock::now() > until) return pred();
+    }
+  }
+  static void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    asm volatile("yield");
+#endif
+  }
+
   void work(int index) {
     t_in_pool = true;
     uint64_t seen = 0;
     for (;;) {
+      auto ready = [&] {
+        return stop_.load(std::memory_order_acquire) || generation_.load(std::memory_order_acquire) != seen;
+      };
+      if (!spin_until(ready)) {
+        std::unique_lock<std::mutex> lock(mu_);
+        wake_.wait(lock, ready);
+      }
+      if (stop_.load(std::memory_order_acquire)) return;
       const std::function<void(int)>* job = nullptr;
       {
-        std::unique_lock<std::mutex> lock(mu_);
-        wake_.wait(lock, [&] { return stop_ || generation_ != seen; });
-        if (stop_) return;
-        seen = generation_;
+        std::lock_guard<std::mutex> lock(mu_);  // job_ and chunks_ as of this generation
+        seen = generation_.load(std::memory_order_relaxed);
         if (index >= chunks_) continue;
         job = job_;
       }
@@ -105,10 +142,13 @@ class ThreadPool {
       } catch (...) {
         error = std::current_exception();
       }
-      {
+      if (error) {
         std::lock_guard<std::mutex> lock(mu_);
-        if (error && !error_) error_ = error;
-        if (--remaining_ == 0) done_.notify_one();
+        if (!error_) error_ = error;
+      }
+      if (remaining_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+        std::lock_guard<std::mutex> lock(mu_);  // the caller may be between its check and its wait
+        done_.notify_one();
       }
     }
   }
@@ -119,9 +159,9 @@ class ThreadPool {
   std::condition_variable wake_, done_;
   const std::function<void(int)>* job_ = nullptr;
   int chunks_ = 0;
-  int remaining_ = 0;
-  uint64_t generation_ = 0;
-  bool stop_ = false;
+  std::atomic<int> remaining_{0};
+  std::atomic<uint64_t> generation_{0};
+  std::atomic<bool> stop_{false};
   std::exception_ptr error_;
 };
 
@@ -135,12 +175,15 @@ std::atomic<bool> g_flush_denormal{true};
 
 // Restarts OpenBLAS's worker threads from a thread that flushes denormals, so that they
 // inherit its floating-point mode.
+// Then keeps OpenBLAS on the calling thread: gemm.h splits large gemms over this pool instead
+// (Note [one set of threads]).
 [[maybe_unused]] const bool g_blas_threads_restarted = [] {
   if (blas_thread_shutdown_ && blas_thread_init) {
     DenormalGuard flush;
     blas_thread_shutdown_();
     blas_thread_init();
   }
+  if (openblas_set_num_threads) openblas_set_num_threads(1);
   return true;
 }();
 
