@@ -115,16 +115,6 @@ Tensor cast_parameter(const Tensor& x, DType to) {
 
 const char* autocast_op_name(AutocastOp op) { return kPolicy.at(static_cast<size_t>(op)).name; }
 
-const char* cast_policy_name(CastPolicy policy) {
-  switch (policy) {
-    case CastPolicy::low: return "low";
-    case CastPolicy::f32: return "f32";
-    case CastPolicy::f32_params: return "f32_params";
-    case CastPolicy::promote: return "promote";
-  }
-  return "?";
-}
-
 CastPolicy autocast_policy(AutocastOp op) { return kPolicy.at(static_cast<size_t>(op)).policy; }
 
 AutocastGuard::AutocastGuard(DeviceType type, DType dtype, bool enabled) : type_(type) {

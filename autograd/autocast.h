@@ -71,7 +71,6 @@ enum class CastPolicy : uint8_t { low, f32, f32_params, promote };
 // Note [op count]: a new AutocastOp does not build until the table in autocast.cpp knows it.
 static_assert(static_cast<int>(AutocastOp::kCount) == 15, "update the policy table in autocast.cpp");
 const char* autocast_op_name(AutocastOp op);
-const char* cast_policy_name(CastPolicy policy);
 CastPolicy autocast_policy(AutocastOp op);
 
 class AutocastGuard {

@@ -57,7 +57,8 @@ Backend& backend_for(Device device) {
     b = g_backends[static_cast<int>(device.type)];
   }
   if (!b) {
-    // Only a build without the CUDA side lacks a backend (Note [missing devices]).
+    // Only a build without the CUDA side, or one whose CUDA library could not be loaded, lacks a
+    // backend (Note [missing devices]).
     const std::string why = device_unavailable_reason(device);
     throw DeviceError(str_cat("no backend for device ", device.str(), why.empty() ? "" : ": ", why));
   }

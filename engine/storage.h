@@ -58,10 +58,8 @@ class StorageImpl {
   void set_category(MemoryCategory c) {
     if (allocator_) allocator_->set_category(alloc_, c);
   }
-  // False for host memory outside the allocators (Tensor::empty_host).
-  bool managed() const { return allocator_ != nullptr; }
   const Allocation& allocation() const { return alloc_; }
-  // nullptr for host memory outside the allocators.
+  // nullptr for host memory outside the allocators (Tensor::empty_host).
   Allocator* allocator() const { return allocator_; }
 
  private:

@@ -212,49 +212,22 @@ int main(int argc, char** argv) {
     if (!load_model.empty()) model->load(load_model);
     model->to(device);
     examples::print_model(*model);
-    auto [train, test] = examples::load_data(cfg);
-    std::shared_ptr<nn::Module> trained = parallel.wrap(model);  // the model, or its DistributedDataParallel
-    auto optimizer = parallel.make_optimizer(
-        [&](std::vector<Tensor> ps) { return examples::make_adam(cfg, std::move(ps), cfg.lr); }, *trained);
-    // With --ddp every rank walks the same order and keeps its share; a short last batch is dropped.
-    data::BatchLoader loader(train, cfg.batch_size, /*shuffle=*/true, static_cast<uint64_t>(cfg.seed),
-                             /*drop_last=*/parallel.on());
-    auto schedule = examples::make_schedule(cfg, *optimizer, loader.num_batches());
-    examples::Precision precision = examples::make_precision(cfg);
-    auto splitter = examples::make_splitter(cfg, *optimizer, *trained, precision.scaler.get(), parallel.ddp());
-
-    // --save-every / --resume: everything the rest of the run depends on (optim/checkpoint.h).
-    examples::Checkpointing checkpoints(cfg, {.model = model.get(), .optimizer = optimizer.get(),
-                                              .scaler = precision.scaler.get(), .splitter = splitter.get(),
-                                              .schedule = schedule.get()});
-    examples::LeakChecking leaks(cfg.leak_check, device);  // --leak-check
-    std::vector<examples::EpochStats> history;
-    const int64_t train_epochs = load_model.empty() ? cfg.epochs : 0;  // --load-model: trained already
-    for (int64_t epoch = checkpoints.resume(); epoch < train_epochs; ++epoch)
-      history.push_back(examples::train_one_epoch(*trained, *splitter, schedule.get(), loader, device, epoch, cfg.epochs,
-                                                  precision.autocast, &checkpoints, &parallel, &leaks, {},
-                                                  examples::activation_offload(cfg)));
+    // The data, Adam, the loader, --precision, --micro-batches, --save-every / --resume, --leak-check.
+    examples::ClassifierTraining run(cfg, device, model, parallel);
+    run.train(load_model.empty() ? cfg.epochs : 0);  // --load-model: trained already
     if (!cfg.save_model.empty() && !pruning.on()) model->save(cfg.save_model);  // pruning: the pruned one, below
 
-    double accuracy = examples::evaluate(*model, test, /*batch_size=*/500, device,
-                                           /*halve_on_oom=*/cfg.micro_batches == "auto" || cfg.plan);
+    double accuracy = run.evaluate(*model, /*batch_size=*/500);
     if (pruning.on()) {
       // The peaks so far are training's; pruning measures a step of each model, which resets them,
       // so the peaks printed at the end are those of fine-tuning.
       std::cout << "before pruning, ";
       memory.print_peaks();
-      accuracy = prune_and_fine_tune(*model, pruning, cfg, device, train, test, accuracy, history);
+      accuracy = prune_and_fine_tune(*model, pruning, cfg, device, run.data.train, run.data.test, accuracy, run.history);
       if (!cfg.save_model.empty()) model->save(cfg.save_model);  // the pruned model (it loads into itself only)
       std::cout << "after pruning (fine-tuning), ";
     }
-    memory.print_peaks();
-    leaks.print_summary();
-    parallel.print_per_rank_memory(device);
-    parallel.print_communication();
-    examples::print_plan_check(planned, device);
-    examples::print_batch_splitting(cfg, *splitter);
-    examples::print_precision(cfg, precision);
-    examples::print_results(history, accuracy);
+    run.print_report(memory, planned, accuracy);
     return 0;
   });
 }

@@ -173,15 +173,24 @@ Flags::Check<T> at_least(T lo) {
 inline Flags::Check<double> positive() {
   return [](const double& v) { return v > 0 ? std::string() : std::string("must be positive"); };
 }
-inline Flags::Check<std::string> device_name() {
-  return [](const std::string& v) {
+// A value that parse(value) takes without throwing; else what it threw says what is wrong.
+inline Flags::Check<std::string> parsed_by(std::function<void(const std::string&)> parse) {
+  return [parse = std::move(parse)](const std::string& v) {
     try {
-      Device::parse(v);
+      parse(v);
       return std::string();
     } catch (const Error& e) {
       return std::string(e.what());
     }
   };
+}
+inline Flags::Check<std::string> device_name() {
+  return parsed_by([](const std::string& v) { (void)Device::parse(v); });
+}
+
+// A memory size such as 256MiB (parse_memory_size), for --flag.
+inline Flags::Check<std::string> memory_size(const std::string& flag) {
+  return parsed_by([flag](const std::string& v) { (void)parse_memory_size(v, flag); });
 }
 
 // The flags every training example takes, with each example's own defaults.
@@ -240,14 +249,7 @@ inline void add_offload_flags(Flags& flags, TrainConfig& cfg) {
                          : std::string("expected none, activations, optimizer or all");
             }));
   flags.add("offload-min", &cfg.offload_min, "with --offload activations|all: the smallest saved tensor offloaded",
-            Flags::Check<std::string>([](const std::string& v) {
-              try {
-                (void)parse_memory_size(v, "--offload-min");
-                return std::string();
-              } catch (const Error& e) {
-                return std::string(e.what());
-              }
-            }));
+            memory_size("--offload-min"));
 }
 
 // --leak-check (engine/leak_check.h, Note [leak check]): a LeakCheck on the run's device, a
@@ -294,14 +296,7 @@ inline void add_distributed_flags(Flags& flags, TrainConfig& cfg) {
               return v >= 0 && v <= 2 ? std::string() : str_cat("must be 0, 1 or 2, got ", v);
             }));
   flags.add("bucket-cap", &cfg.bucket_cap, "--ddp: the size of a gradient bucket (the first is 1 MiB)",
-            Flags::Check<std::string>([](const std::string& v) {
-              try {
-                parse_memory_size(v, "--bucket-cap");
-                return std::string();
-              } catch (const Error& e) {
-                return std::string(e.what());
-              }
-            }));
+            memory_size("--bucket-cap"));
 }
 
 // --checkpoint none|block|sqrt|selective: recompute checkpointing (nn/checkpoint.h, docs/checkpointing.md).
@@ -310,14 +305,7 @@ inline void add_checkpoint_flag(Flags& flags, std::string& mode) {
             "recompute checkpointing: none, block (each block's activations recomputed in backward), sqrt "
             "(checkpoint_sequential, sqrt(n) segments) or selective (per block, keeping the outputs of linear, "
             "conv2d and attention)",
-            Flags::Check<std::string>([](const std::string& v) {
-              try {
-                nn::parse_checkpoint_mode(v, "--checkpoint");
-                return std::string();
-              } catch (const Error& e) {
-                return std::string(e.what());
-              }
-            }));
+            parsed_by([](const std::string& v) { (void)nn::parse_checkpoint_mode(v, "--checkpoint"); }));
 }
 
 // --memory-budget SIZE and --plan (optim/plan.h, docs/planning.md).
@@ -325,40 +313,25 @@ inline void add_plan_flags(Flags& flags, TrainConfig& cfg) {
   flags.add("memory-budget", &cfg.memory_budget,
             "the memory this run may use, e.g. 256MiB: the device allocator's limit (unless --memory-limit says "
             "otherwise) and, with --plan, what the planner fits",
-            Flags::Check<std::string>([](const std::string& v) {
-              try {
-                parse_memory_size(v, "--memory-budget");
-                return std::string();
-              } catch (const Error& e) {
-                return std::string(e.what());
-              }
-            }));
+            memory_size("--memory-budget"));
   flags.add("plan", &cfg.plan,
             "before the first step, choose the fastest mix of precision, checkpointing and micro-batches that fits "
             "--memory-budget (predicted by meta execution, timed by a short calibration run); overrides those flags");
 }
 
-inline void add_training_flags(Flags& flags, TrainConfig& cfg) {
-  flags.add("epochs", &cfg.epochs, "passes over the training set", at_least<int64_t>(1));
-  flags.add("batch-size", &cfg.batch_size, "images per step", at_least<int64_t>(1));
-  flags.add("lr", &cfg.lr, "learning rate", positive());
-  flags.add("seed", &cfg.seed, "seed of weight init and shuffling", at_least<int64_t>(0));
-  flags.add("device", &cfg.device, "cpu or cuda[:N]", device_name());
-  flags.add("data-dir", &cfg.data_dir, "folder of the Fashion-MNIST IDX .gz files");
-  flags.add("train-limit", &cfg.train_limit, "use only the first N training images (0: all)", at_least<int64_t>(0));
-  flags.add("lr-schedule", &cfg.lr_schedule, "cosine (decay to 0 over the run, per step) or constant",
-            Flags::Check<std::string>([](const std::string& v) {
-              return v == "cosine" || v == "constant" ? std::string() : std::string("expected cosine or constant");
-            }));
+inline Flags::Check<std::string> lr_schedule_name() {
+  return [](const std::string& v) {
+    return v == "cosine" || v == "constant" ? std::string() : std::string("expected cosine or constant");
+  };
+}
+
+// The training flags of every example that trains, whatever it trains on: the memory limit and
+// report, --precision, training checkpoints, --checkpoint, planning, data parallelism, the leak
+// check, offload and --micro-batches. (Its length, batch, learning rate, seed, device and data
+// each program adds itself, with its own words: add_training_flags for Fashion-MNIST.)
+inline void add_common_training_flags(Flags& flags, TrainConfig& cfg) {
   flags.add("memory-limit", &cfg.memory_limit, "cap on the device's memory, e.g. 256MiB (default: HEADROOM_MEMORY_LIMIT)",
-            Flags::Check<std::string>([](const std::string& v) {
-              try {
-                parse_memory_size(v, "--memory-limit");
-                return std::string();
-              } catch (const Error& e) {
-                return std::string(e.what());
-              }
-            }));
+            memory_size("--memory-limit"));
   flags.add("memory-report", &cfg.memory_report,
             "write stats.json, snapshot.json, trace.json, trace.chrome.json and timeline.html to this folder");
   flags.add("precision", &cfg.precision,
@@ -382,14 +355,22 @@ inline void add_training_flags(Flags& flags, TrainConfig& cfg) {
   add_offload_flags(flags, cfg);
   flags.add("micro-batches", &cfg.micro_batches,
             "run each batch as N micro-batches (gradient accumulation), or auto: split when out of memory",
-            Flags::Check<std::string>([](const std::string& v) {
-              try {
-                optim::parse_micro_batches(v, "--micro-batches");
-                return std::string();
-              } catch (const Error& e) {
-                return std::string(e.what());
-              }
-            }));
+            parsed_by([](const std::string& v) { (void)optim::parse_micro_batches(v, "--micro-batches"); }));
+}
+
+// The flags of the Fashion-MNIST programs: the run's length, batch, rate, seed, device and data,
+// then the common ones.
+inline void add_training_flags(Flags& flags, TrainConfig& cfg) {
+  flags.add("epochs", &cfg.epochs, "passes over the training set", at_least<int64_t>(1));
+  flags.add("batch-size", &cfg.batch_size, "images per step", at_least<int64_t>(1));
+  flags.add("lr", &cfg.lr, "learning rate", positive());
+  flags.add("seed", &cfg.seed, "seed of weight init and shuffling", at_least<int64_t>(0));
+  flags.add("device", &cfg.device, "cpu or cuda[:N]", device_name());
+  flags.add("data-dir", &cfg.data_dir, "folder of the Fashion-MNIST IDX .gz files");
+  flags.add("train-limit", &cfg.train_limit, "use only the first N training images (0: all)", at_least<int64_t>(0));
+  flags.add("lr-schedule", &cfg.lr_schedule, "cosine (decay to 0 over the run, per step) or constant",
+            lr_schedule_name());
+  add_common_training_flags(flags, cfg);
 }
 
 // ---- memory ----
@@ -1058,5 +1039,80 @@ inline void print_results(const std::vector<EpochStats>& history, double test_ac
             << " img/s)\n"
             << std::setprecision(4) << "test accuracy: " << test_accuracy << "\n";
 }
+
+// ---- a classifier's training run ----
+
+// The training of a Fashion-MNIST classifier as the examples run it, built in this order: the
+// data, the module trained (the model, or its DistributedDataParallel under --ddp), Adam (or
+// ZeRO's shard of it), the shuffled loader, the --lr-schedule, --precision, the splitter of
+// --micro-batches, --save-every / --resume (optim/checkpoint.h) and --leak-check. train() runs
+// the epochs, evaluate() measures test accuracy, print_report() prints the closing lines.
+class ClassifierTraining {
+ public:
+  ClassifierTraining(const TrainConfig& cfg, Device device, const std::shared_ptr<nn::Module>& model,
+                     DataParallel& parallel)
+      : data(load_data(cfg)),
+        trained(parallel.wrap(model)),
+        optimizer(parallel.make_optimizer(
+            [&cfg](std::vector<Tensor> ps) { return make_adam(cfg, std::move(ps), cfg.lr); }, *trained)),
+        // With --ddp every rank walks the same order and keeps its share; a short last batch is dropped.
+        loader(data.train, cfg.batch_size, /*shuffle=*/true, static_cast<uint64_t>(cfg.seed),
+               /*drop_last=*/parallel.on()),
+        schedule(make_schedule(cfg, *optimizer, loader.num_batches())),
+        precision(make_precision(cfg)),
+        splitter(make_splitter(cfg, *optimizer, *trained, precision.scaler.get(), parallel.ddp())),
+        checkpoints(cfg, {.model = model.get(), .optimizer = optimizer.get(), .scaler = precision.scaler.get(),
+                          .splitter = splitter.get(), .schedule = schedule.get()}),
+        leaks(cfg.leak_check, device),
+        cfg_(cfg),
+        device_(device),
+        parallel_(parallel) {}
+  ClassifierTraining(const ClassifierTraining&) = delete;
+  ClassifierTraining& operator=(const ClassifierTraining&) = delete;
+
+  // The epochs from where --resume left off (or the first) up to `until` (of cfg.epochs), each
+  // one's figures appended to `history`.
+  void train(int64_t until) {
+    for (int64_t epoch = checkpoints.resume(); epoch < until; ++epoch)
+      history.push_back(train_one_epoch(*trained, *splitter, schedule.get(), loader, device_, epoch, cfg_.epochs,
+                                        precision.autocast, &checkpoints, &parallel_, &leaks, {},
+                                        activation_offload(cfg_)));
+  }
+  // Test accuracy; under --micro-batches auto or --plan a batch that runs out of memory is halved.
+  double evaluate(nn::Module& model, int64_t batch_size) const {
+    return examples::evaluate(model, data.test, batch_size, device_,
+                              /*halve_on_oom=*/cfg_.micro_batches == "auto" || cfg_.plan);
+  }
+  // The closing lines: peak memory, leak check, the ranks' memory and communication, the plan's
+  // prediction against the run, batch splitting, precision, and last the time per epoch and
+  // "test accuracy: 0.XXXX".
+  void print_report(const MemoryReporting& memory, const std::optional<optim::MixPrediction>& planned,
+                    double accuracy) const {
+    memory.print_peaks();
+    leaks.print_summary();
+    parallel_.print_per_rank_memory(device_);
+    parallel_.print_communication();
+    print_plan_check(planned, device_);
+    print_batch_splitting(cfg_, *splitter);
+    print_precision(cfg_, precision);
+    print_results(history, accuracy);
+  }
+
+  FashionMnistSplits data;
+  std::shared_ptr<nn::Module> trained;
+  std::unique_ptr<optim::Optimizer> optimizer;
+  data::BatchLoader loader;
+  std::unique_ptr<optim::LRScheduler> schedule;
+  Precision precision;
+  std::unique_ptr<optim::BatchSplitter> splitter;
+  Checkpointing checkpoints;
+  LeakChecking leaks;
+  std::vector<EpochStats> history;
+
+ private:
+  const TrainConfig& cfg_;
+  Device device_;
+  DataParallel& parallel_;
+};
 
 }  // namespace headroom::examples

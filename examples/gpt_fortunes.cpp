@@ -5,6 +5,7 @@
 //   ./gpt_fortunes                              # defaults: 3 layers, 4 heads, 96 wide, T=64
 //   ./gpt_fortunes --steps 2000 --n-layer 4 --n-embd 128   # longer and bigger: better fortunes
 //   ./gpt_fortunes --attention naive --memory-report report   # the textbook attention, traced
+//   ./gpt_fortunes --precision bf16 --micro-batches 2 --memory-limit 64MiB   # the common training flags
 //   ./gpt_fortunes --pipeline 3 --schedule 1f1b --micro-batches 4   # stages on cpu:0..cpu:2
 //   ./gpt_fortunes --tensor-parallel 2                        # each block split over cpu:0, cpu:1
 //
@@ -19,7 +20,10 @@
 //
 // Training: random windows of block_size characters, AdamW (betas 0.9/0.99, weight decay 0.1
 // on everything -- the model is small), a short linear warm-up and a cosine decay to lr/10 over
-// the run, gradient clipping at 1. The default size is chosen for a 2-core CPU: 3 layers of
+// the run (--lr-schedule constant: lr throughout), gradient clipping at 1. The training flags of
+// the Fashion-MNIST examples (examples/common.h) apply as there: each step runs through a
+// BatchSplitter (--micro-batches N|auto), its forward under autocast with --precision bf16|f16
+// (f16's losses scaled), and so on. The default size is chosen for a 2-core CPU: 3 layers of
 // width 96 (about 0.35 M parameters), 2048 tokens a step, lr 6e-3 -- measured there, the
 // validation loss goes from ln(vocab) ~ 4.65 through the unigram (~3.2) and bigram (~2.5)
 // plateaus to about 2.1 in 600 steps (2-2.5 minutes); a 4-layer, 128-wide model learns the same
@@ -241,6 +245,49 @@ double validation_loss(const std::function<double(const Tensor&, const Tensor&)>
   return sum / static_cast<double>(batches);
 }
 
+// ---- the training step on one device ----
+
+// The step's BatchSplitter (--micro-batches N|auto): with a loss scaler (--precision f16) each
+// micro-batch's loss is scaled; before the optimizer steps, clip(optimizer, max_norm) clips the
+// gradients to a global norm of max_norm -- 1, or S under f16, whose gradients are S times the
+// true ones (clipping before unscale_, so a retried optimizer step clips again harmlessly).
+std::unique_ptr<optim::BatchSplitter> make_step_splitter(optim::Optimizer& optimizer, int64_t micro_batches,
+                                                         nn::Module& model, optim::GradScaler* scaler,
+                                                         nn::DistributedDataParallel* ddp, std::ostream* log,
+                                                         std::function<void(optim::Optimizer&, double)> clip) {
+  optim::BatchSplitter::Options options;
+  options.log = log;
+  options.ddp = ddp;
+  options.scaler = scaler;
+  options.optimizer_step = [scaler, clip = std::move(clip)](optim::Optimizer& o) {
+    clip(o, scaler ? scaler->scale() : 1.0);
+    if (!scaler) {
+      o.step();
+      return;
+    }
+    scaler->step(o);  // skipped when a gradient is inf or NaN
+    scaler->update();
+  };
+  return std::make_unique<optim::BatchSplitter>(optimizer, micro_batches, &model, options);
+}
+
+// One optimizer step on the batch (x, y) through `splitter`: each micro-batch's forward under
+// autocast (if given) and, with `offload`, with what it saves for backward on the host. Returns
+// the batch's mean loss. The planner predicts this step, and the training loop runs it.
+double one_device_step(nn::GPT& model, optim::BatchSplitter& splitter, const Tensor& x, const Tensor& y, Device device,
+                       std::optional<DType> autocast, const std::optional<ActivationOffloadOptions>& offload) {
+  AutocastCacheScope step_cache;  // each weight cast to 16 bits once per step, over all micro-batches
+  return splitter
+      .step(x, y,
+            [&](const Tensor& xi, const Tensor& yi) {
+              AutocastGuard amp(device, autocast.value_or(DType::f16), autocast.has_value());  // forward only
+              std::optional<ActivationOffload> offloaded;  // --offload activations|all
+              if (offload) offloaded.emplace(*offload);
+              return optim::MicroBatchOutput{model.loss(xi, yi)};
+            })
+      .loss;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -275,45 +322,29 @@ int main(int argc, char** argv) {
   flags.add("sample-chars", &sample_chars, "characters to generate at the end (0: no sample)", examples::at_least<int64_t>(0));
   flags.add("temperature", &temperature, "sampling temperature", examples::positive());
   flags.add("top-k", &top_k, "sample among the k most likely characters (0: all)", examples::at_least<int64_t>(0));
-  flags.add("memory-limit", &cfg.memory_limit, "cap on the device's memory, e.g. 256MiB (default: HEADROOM_MEMORY_LIMIT)",
-            examples::Flags::Check<std::string>([](const std::string& v) {
-              try {
-                parse_memory_size(v, "--memory-limit");
-                return std::string();
-              } catch (const Error& e) {
-                return std::string(e.what());
-              }
-            }));
-  flags.add("memory-report", &cfg.memory_report,
-            "write stats.json, snapshot.json, trace.json, trace.chrome.json and timeline.html to this folder");
-  flags.add("save-every", &cfg.save_every,
-            "write a training checkpoint to --checkpoint-file every N steps (0: never); resume with --resume",
-            examples::at_least<int64_t>(0));
-  flags.add("checkpoint-file", &cfg.checkpoint_file, "the training checkpoint --save-every writes");
-  flags.add("resume", &cfg.resume, "resume from this training checkpoint (same flags as the run that wrote it)");
-  flags.add("save-model", &cfg.save_model, "write the trained model's state dict here at the end");
-  examples::add_checkpoint_flag(flags, cfg.recompute);
-  examples::add_plan_flags(flags, cfg);  // --plan varies --attention and --checkpoint (no precision or splitting here)
-  examples::add_distributed_flags(flags, cfg);  // --ddp, --zero: under mpirun
-  examples::add_leak_check_flag(flags, cfg.leak_check);
-  examples::add_offload_flags(flags, cfg);  // --offload activations|optimizer|all (one device)
-  int64_t pipeline = 1, tensor_parallel = 1, micro_batches = 1;
+  flags.add("lr-schedule", &cfg.lr_schedule,
+            "cosine (a short linear warm-up, then decay to lr/10 over the run, per step) or constant",
+            examples::lr_schedule_name());
+  // --memory-limit, --memory-report, --precision, --save-every, --resume, --save-model, --checkpoint,
+  // --memory-budget, --plan, --ddp, --zero, --leak-check, --offload and --micro-batches, as the
+  // Fashion-MNIST examples take them (examples/common.h).
+  examples::add_common_training_flags(flags, cfg);
+  int64_t pipeline = 1, tensor_parallel = 1;
   std::string pipeline_schedule = "1f1b";
   flags.add("pipeline", &pipeline,
-            "cut the blocks into K pipeline stages on devices 0..K-1 of --device's kind (cpu:0..cpu:K-1)",
+            "cut the blocks into K pipeline stages on devices 0..K-1 of --device's kind (cpu:0..cpu:K-1), each batch "
+            "run as --micro-batches M micro-batches",
             examples::at_least<int64_t>(1));
   flags.add("schedule", &pipeline_schedule, "--pipeline's schedule: gpipe or 1f1b",
             examples::Flags::Check<std::string>([](const std::string& v) {
               return v == "gpipe" || v == "1f1b" ? std::string() : std::string("expected gpipe or 1f1b");
             }));
-  flags.add("micro-batches", &micro_batches,
-            "split each batch into M micro-batches: the pipeline's with --pipeline, else gradient accumulation",
-            examples::at_least<int64_t>(1));
   flags.add("tensor-parallel", &tensor_parallel,
             "split every block's matrices over T devices 0..T-1 of --device's kind, one thread each",
             examples::at_least<int64_t>(1));
   if (auto code = flags.parse(argc, argv)) return *code;
   const bool model_parallel = pipeline > 1 || tensor_parallel > 1;
+  const int64_t micro_batches = optim::parse_micro_batches(cfg.micro_batches, "--micro-batches");  // kAuto: auto
   {
     std::string refused;
     const char* no = " are not supported together";
@@ -328,8 +359,15 @@ int main(int argc, char** argv) {
     else if (model_parallel && cfg.plan)
       refused = str_cat("--plan (it plans one device; headroom-plan --pipeline/--tensor-parallel plans several) and "
                         "--pipeline or --tensor-parallel", no);
-    else if (micro_batches > 1 && pipeline == 1 && (cfg.ddp || cfg.zero > 0 || tensor_parallel > 1 || cfg.plan))
-      refused = str_cat("--micro-batches without --pipeline and --ddp, --zero, --tensor-parallel or --plan", no);
+    else if (model_parallel && cfg.precision != "f32")
+      refused = str_cat("--precision ", cfg.precision, " and --pipeline or --tensor-parallel", no);
+    else if (pipeline > 1 && micro_batches == optim::BatchSplitter::kAuto)
+      refused = str_cat("--micro-batches auto (--pipeline takes a count) and --pipeline", no);
+    else if (tensor_parallel > 1 && micro_batches != 1)
+      refused = str_cat("--micro-batches and --tensor-parallel", no);
+    else if (cfg.plan && (cfg.precision != "f32" || micro_batches != 1))
+      refused = str_cat("--plan (it chooses --attention and --checkpoint here, in f32 and without splitting) and "
+                        "--precision or --micro-batches", no);
     else if (tensor_parallel > 1 && n_head % tensor_parallel != 0)
       refused = str_cat("--tensor-parallel ", tensor_parallel, ": the ", n_head, " heads do not divide among the devices");
     else if (pipeline > n_layer)
@@ -372,21 +410,29 @@ int main(int argc, char** argv) {
         cfg, device,
         // By value: the out-of-memory report calls this after the body's locals are gone.
         [gc, device, block_size, lr = cfg.lr](const optim::Mix& mix, int64_t batch) -> std::function<void()> {
+          struct Training {
+            std::shared_ptr<nn::GPT> model;
+            std::unique_ptr<optim::AdamW> optimizer;
+            std::unique_ptr<optim::BatchSplitter> splitter;
+            Tensor x, y;
+          };
+          auto t = std::make_shared<Training>();
           nn::GPTConfig c = gc;
           c.attention = mix.attention;
           c.checkpoint = mix.checkpoint;
-          auto m = std::make_shared<nn::GPT>(c);
-          m->to(device);
-          auto opt = std::make_shared<optim::AdamW>(m->parameters(), lr, 0.9, 0.99, 1e-8, 0.1);
+          t->model = std::make_shared<nn::GPT>(c);
+          t->model->to(device);
+          t->optimizer = std::make_unique<optim::AdamW>(t->model->parameters(), lr, 0.9, 0.99, 1e-8, 0.1);
+          nn::GPT* m = t->model.get();
+          t->splitter = make_step_splitter(*t->optimizer, mix.micro_batches, *m, nullptr, nullptr, nullptr,
+                                           [m](optim::Optimizer&, double max_norm) {
+                                             optim::clip_grad_norm_(m->parameters(), max_norm);
+                                           });
           const TensorOptions idx = TensorOptions().dtype(DType::i64).device(device);
-          Tensor x = Tensor::zeros({batch, block_size}, idx), y = Tensor::zeros({batch, block_size}, idx);
-          return [m, opt, x, y] {
-            opt->zero_grad();
-            Tensor loss = m->loss(x, y);
-            loss.backward();
-            optim::clip_grad_norm_(m->parameters(), 1.0);
-            opt->step();
-            (void)loss.item<double>();
+          t->x = Tensor::zeros({batch, block_size}, idx);
+          t->y = Tensor::zeros({batch, block_size}, idx);
+          return [t, device] {
+            (void)one_device_step(*t->model, *t->splitter, t->x, t->y, device, std::nullopt, std::nullopt);
           };
         },
         space, &attention);
@@ -407,7 +453,10 @@ int main(int argc, char** argv) {
       return std::make_unique<optim::AdamW>(std::move(ps), cfg.lr, 0.9, 0.99, 1e-8, /*weight_decay=*/0.1);
     };
     const std::optional<ActivationOffloadOptions> offload = examples::activation_offload(cfg);
-    const int64_t warmup = std::min<int64_t>(50, steps / 10);
+    // --lr-schedule constant: no warm-up, and a cosine from lr to lr, which stays lr.
+    const bool constant_lr = cfg.lr_schedule == "constant";
+    const int64_t warmup = constant_lr ? 0 : std::min<int64_t>(50, steps / 10);
+    const double final_lr = constant_lr ? cfg.lr : cfg.lr / 10;
     // Model parallelism: the devices, the parts of the model, and an optimizer per part.
     std::vector<Device> devices;
     std::vector<std::shared_ptr<nn::GPTStage>> stages;
@@ -447,7 +496,7 @@ int main(int argc, char** argv) {
               dist::step_agreement(*groups[static_cast<size_t>(r)], devices[static_cast<size_t>(r)]));
           if (r > 0)  // rank 0's is `schedule`, below
             rank_schedules.push_back(
-                std::make_unique<optim::CosineWithWarmup>(*rank_optimizers.back(), warmup, steps, cfg.lr / 10));
+                std::make_unique<optim::CosineWithWarmup>(*rank_optimizers.back(), warmup, steps, final_lr));
         }
         std::cout << "tensor parallel: every block split over " << tensor_parallel << " devices (" << devices[0].str()
                   << ".." << devices.back().str() << "), " << ranks[0]->num_parameters() << " parameters on each\n";
@@ -466,7 +515,16 @@ int main(int argc, char** argv) {
     std::shared_ptr<nn::Module> trained = model_parallel ? nullptr : parallel.wrap(model);
     if (!model_parallel) optimizer_ptr = parallel.make_optimizer(make_adamw, *trained);
     optim::Optimizer& optimizer = tensor_parallel > 1 ? *rank_optimizers[0] : *optimizer_ptr;
-    optim::CosineWithWarmup schedule(optimizer, warmup, steps, cfg.lr / 10);
+    optim::CosineWithWarmup schedule(optimizer, warmup, steps, final_lr);
+    // One device: every step through a BatchSplitter (--micro-batches), the forward under
+    // autocast (--precision), f16's losses scaled.
+    examples::Precision precision = examples::make_precision(cfg);
+    std::unique_ptr<optim::BatchSplitter> splitter;
+    if (!model_parallel)
+      splitter = make_step_splitter(optimizer, micro_batches, *trained, precision.scaler.get(), parallel.ddp(), &std::cout,
+                                    [&](optim::Optimizer& o, double max_norm) {
+                                      parallel.clip_grad_norm_(o, model->parameters(), max_norm);
+                                    });
     // After training: the parts' values joined into a whole GPT on device 0, for the sample and
     // --save-model (made only then, so that the peaks per device are the training's).
     bool joined = !model_parallel;
@@ -527,26 +585,10 @@ int main(int argc, char** argv) {
         schedule.step();  // rank 0's
         return losses[0];
       }
-      optimizer.zero_grad();
-      double loss_value = 0;
-      const int64_t b = x.size(0), m = std::min(micro_batches, b);
-      for (int64_t i = 0; i < m; ++i) {  // --micro-batches: gradient accumulation
-        const int64_t begin = i * b / m, end = (i + 1) * b / m;
-        Tensor loss;
-        {
-          std::optional<ActivationOffload> offloaded;  // --offload activations|all
-          if (offload) offloaded.emplace(*offload);
-          loss = model->loss(parallel.shard(m == 1 ? x : x.slice(0, begin, end)),
-                             parallel.shard(m == 1 ? y : y.slice(0, begin, end)));
-        }
-        if (m > 1) loss = loss * (static_cast<double>(end - begin) / static_cast<double>(b));
-        loss.backward();
-        loss_value += loss.item<double>();
-      }
-      parallel.clip_grad_norm_(optimizer, model->parameters(), 1.0);
-      optimizer.step();
+      const double loss = one_device_step(*model, *splitter, parallel.shard(x), parallel.shard(y), device,
+                                          precision.autocast, offload);
       schedule.step();
-      return parallel.sum({loss_value})[0] / parallel.size();  // every rank's share is equal
+      return parallel.sum({loss})[0] / parallel.size();  // every rank's share is equal
     };
     std::mt19937_64 rng(static_cast<uint64_t>(cfg.seed));
     const int64_t tokens_per_step = cfg.batch_size * block_size;
@@ -561,7 +603,8 @@ int main(int argc, char** argv) {
     double val_loss = std::nan("");
     // Training checkpoints (optim/checkpoint.h): the batch sampler's generator is this loop's
     // data order, kept as its text form in the checkpoint's extra tensors.
-    optim::TrainingState ckpt{.model = model.get(), .optimizer = &optimizer, .schedule = &schedule};
+    optim::TrainingState ckpt{.model = model.get(), .optimizer = &optimizer, .scaler = precision.scaler.get(),
+                              .splitter = splitter.get(), .schedule = &schedule};
     auto text_tensor = [](const std::string& text) {
       std::vector<uint8_t> bytes(text.begin(), text.end());
       return Tensor::from_vector(bytes, {static_cast<int64_t>(bytes.size())}, DType::u8);
@@ -658,6 +701,8 @@ int main(int argc, char** argv) {
     parallel.print_per_rank_memory(device);
     parallel.print_communication();
     if (!model_parallel) examples::print_plan_check(planned, device);
+    if (splitter) examples::print_batch_splitting(cfg, *splitter);
+    examples::print_precision(cfg, precision);
 
     if (sample_chars > 0) {
       join_parts();

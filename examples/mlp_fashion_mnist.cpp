@@ -51,38 +51,13 @@ int main(int argc, char** argv) {
     model->set_checkpoint(nn::parse_checkpoint_mode(cfg.recompute, "--checkpoint"), {0, 3, 5});
     model->to(device);
     examples::print_model(*model);
-    auto [train, test] = examples::load_data(cfg);
-    std::shared_ptr<nn::Module> trained = parallel.wrap(model);  // the model, or its DistributedDataParallel
-    auto optimizer = parallel.make_optimizer(
-        [&](std::vector<Tensor> ps) { return examples::make_adam(cfg, std::move(ps), cfg.lr); }, *trained);
-    data::BatchLoader loader(train, cfg.batch_size, /*shuffle=*/true, static_cast<uint64_t>(cfg.seed),
-                             /*drop_last=*/parallel.on());
-    auto schedule = examples::make_schedule(cfg, *optimizer, loader.num_batches());
-    examples::Precision precision = examples::make_precision(cfg);
-    auto splitter = examples::make_splitter(cfg, *optimizer, *trained, precision.scaler.get(), parallel.ddp());
-
-    // --save-every / --resume: everything the rest of the run depends on (optim/checkpoint.h).
-    examples::Checkpointing checkpoints(cfg, {.model = model.get(), .optimizer = optimizer.get(),
-                                              .scaler = precision.scaler.get(), .splitter = splitter.get(),
-                                              .schedule = schedule.get()});
-    examples::LeakChecking leaks(cfg.leak_check, device);  // --leak-check
-    std::vector<examples::EpochStats> history;
-    for (int64_t epoch = checkpoints.resume(); epoch < cfg.epochs; ++epoch)
-      history.push_back(examples::train_one_epoch(*trained, *splitter, schedule.get(), loader, device, epoch, cfg.epochs,
-                                                  precision.autocast, &checkpoints, &parallel, &leaks, {},
-                                                  examples::activation_offload(cfg)));
+    // The data, Adam, the loader, --precision, --micro-batches, --save-every / --resume, --leak-check.
+    examples::ClassifierTraining run(cfg, device, model, parallel);
+    run.train(cfg.epochs);
     if (!cfg.save_model.empty()) model->save(cfg.save_model);
 
-    const double accuracy = examples::evaluate(*model, test, /*batch_size=*/1000, device,
-                                                 /*halve_on_oom=*/cfg.micro_batches == "auto" || cfg.plan);
-    memory.print_peaks();
-    leaks.print_summary();
-    parallel.print_per_rank_memory(device);
-    parallel.print_communication();
-    examples::print_plan_check(planned, device);
-    examples::print_batch_splitting(cfg, *splitter);
-    examples::print_precision(cfg, precision);
-    examples::print_results(history, accuracy);
+    const double accuracy = run.evaluate(*model, /*batch_size=*/1000);
+    run.print_report(memory, planned, accuracy);
     return 0;
   });
 }

@@ -41,7 +41,7 @@ TEST(HeadroomH, TheReadmesMemorySnippetsCompileThroughHeadroomHAlone) {
   allocator.set_memory_limit(old_limit);
 
   Tensor host = Tensor::empty_host({4}, DType::u8);  // data sets: outside the allocator
-  EXPECT_FALSE(host.storage()->managed());
+  EXPECT_EQ(host.storage()->allocator(), nullptr);
   Tensor pinned = Tensor::empty_pinned({4}, DType::f32);
   EXPECT_EQ(pinned.to(device, /*non_blocking=*/true).numel(), 4);
   const bool was = set_flush_denormal(false);

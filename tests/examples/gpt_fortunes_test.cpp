@@ -1,6 +1,7 @@
 // End-to-end tests of examples/gpt_fortunes: the package hint when the fortunes are missing,
-// exit 2 for a bad command line, and a short real training run whose loss falls well below
-// where it starts and which prints a sample and exactly one final line.
+// exit 2 for a bad command line, a short real training run whose loss falls well below where
+// it starts and which prints a sample and exactly one final line, and the training flags it
+// shares with the Fashion-MNIST examples (--precision, --micro-batches, --memory-limit, ...).
 //
 // The short run is 100 steps of 16 x 64 characters (about 15 s on one core). Measured on the
 // 2-core machine with seeds 1, 2, 3: final validation losses 2.86, 3.18, 3.16 (from ln(105) =
@@ -48,7 +49,10 @@ TEST(GptFortunes, HelpListsTheFlags) {
   RunResult r = run_program(example(), "--help");
   EXPECT_EQ(r.exit_code, 0) << r.output;
   for (const char* flag : {"--device", "--steps", "--batch-size", "--block-size", "--n-layer", "--n-head", "--n-embd",
-                           "--lr", "--attention", "--seed", "--memory-limit", "--memory-report", "--eval-every"})
+                           "--lr", "--attention", "--seed", "--memory-limit", "--memory-report", "--eval-every",
+                           // The training flags it shares with the Fashion-MNIST examples (examples/common.h).
+                           "--lr-schedule", "--precision", "--micro-batches", "--save-every", "--resume",
+                           "--checkpoint", "--memory-budget", "--plan", "--ddp", "--leak-check", "--offload"})
     EXPECT_NE(r.output.find(flag), std::string::npos) << flag << " missing from\n" << r.output;
 }
 
@@ -93,6 +97,43 @@ TEST(GptFortunes, ShortRunLearnsAndPrintsASample) {
       << r.output;
   EXPECT_GE(m[1].str().size(), 120u) << m[1].str();
   EXPECT_EQ(r.output.find('\r'), std::string::npos);
+}
+
+// The training flags of the Fashion-MNIST examples, through the same parser: bf16 autocast, each
+// batch of 8 run as 2 micro-batches of 4, under a memory limit; then f16 with its loss scaler
+// and automatic splitting. A few steps of a small model each.
+TEST(GptFortunes, TakesTheCommonTrainingFlags) {
+  if (!fs::is_directory(kFortunes)) GTEST_SKIP() << kFortunes << " not found (apt-get install fortunes)";
+  const std::string small = "--steps 4 --batch-size 8 --block-size 32 --n-layer 1 --n-embd 32 --n-head 2 "
+                            "--log-every 2 --eval-every 4 --eval-batches 1 --sample-chars 0 ";
+  RunResult r = run_program(example(), small + "--precision bf16 --micro-batches 2 --memory-limit 64MiB");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("(limit 64.00 MiB)"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("precision: bf16 autocast, f32 master weights\n"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("batch splitting (2): micro-batches of 4 samples (2 per batch of 8), 0 out-of-memory"),
+            std::string::npos)
+      << r.output;
+  EXPECT_EQ(count_of(r.output, "final validation loss:"), 1) << r.output;
+
+  r = run_program(example(), small + "--precision f16 --micro-batches auto --lr-schedule constant");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("precision: f16 autocast, f32 master weights, loss scale "), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("batch splitting (auto): "), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find(" lr 6.00e-03 "), std::string::npos) << r.output;  // constant: lr throughout
+  EXPECT_EQ(count_of(r.output, "final validation loss:"), 1) << r.output;
+}
+
+TEST(GptFortunes, CommonTrainingFlagsItCannotHonourExitWith2) {
+  RunResult r = run_program(example(), "--pipeline 2 --precision bf16");
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find("--precision bf16 and --pipeline or --tensor-parallel are not supported"), std::string::npos)
+      << r.output;
+  r = run_program(example(), "--pipeline 2 --micro-batches auto");
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find("--micro-batches auto"), std::string::npos) << r.output;
+  r = run_program(example(), "--micro-batches none");
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find("--micro-batches"), std::string::npos) << r.output;
 }
 
 TEST(GptFortunes, CudaWithoutAGpuIsAClearError) {
