@@ -10,7 +10,7 @@ twice (bench/bench_models.cpp and pytorch_reference.py); this test keeps the cop
     check_presets_in_sync.py HEADROOM_BENCH PYTORCH_REFERENCE_PY
 
 It compares, and prints every difference it finds (exit 1), or one line saying they agree (exit 0):
-  * the preset lines of both --list outputs (two spaces, the name padded to 36, the description):
+  * the preset lines of both --list outputs (two spaces, the name padded to 40, the description):
     the same presets, the same descriptions, the same order;
   * the group names (headroom-bench's "groups:" section and the script's GROUPS);
   * what each group selects in the script (select_presets) against the rule headroom-bench
@@ -28,7 +28,7 @@ import subprocess
 import sys
 from typing import Dict, List, Tuple
 
-NAME_WIDTH = 36  # kNameWidth in headroom_bench.cpp's print_list, {name:<36} in the script
+NAME_WIDTH = 40  # kNameWidth in headroom_bench.cpp's print_list, {name:<40} in the script
 
 # Runs the script's main() with `import torch` failing, whether or not torch is installed.
 _NO_TORCH = ("import runpy, sys; sys.modules['torch'] = None; sys.argv = [sys.argv[1]] + sys.argv[2:]; "
@@ -122,7 +122,7 @@ def check(bench: str, script: str) -> List[str]:
     expected = [line_of(p.name, p.description) for p in py_presets]
     if py_lines != expected:
         problems.append("pytorch_reference.py --list does not print all_presets() as "
-                        "'  {name:<36}{description}' lines")
+                        "'  {name:<40}{description}' lines")
     for name in sorted({n for n in names if names.count(n) > 1}):
         problems.append(f"pytorch_reference.py defines preset {name} more than once")
 

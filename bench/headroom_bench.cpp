@@ -51,7 +51,7 @@ std::string device_name(Device device) {
 
 // The name column of --list: the longest preset name (gpt-tiny-cpu-f32-fused-ckpt-block, 33) and
 // room to spare. bench/check_presets_in_sync.py and pytorch_reference.py --list use the same width.
-constexpr int kNameWidth = 36;
+constexpr int kNameWidth = 40;
 
 void print_list(std::ostream& os) {
   os << "presets (model x batch x precision x technique):\n";

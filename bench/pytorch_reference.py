@@ -729,10 +729,20 @@ def run_preset(torch, models, p: Preset, mode: str, args) -> Dict[str, Any]:
             x, y = x[rank * share:(rank + 1) * share].contiguous(), y[rank * share:(rank + 1) * share].contiguous()
             ids = [device.index or 0] if device.type == "cuda" else None
             if p.zero_stage == 2:
-                from torch.distributed.fsdp import FullyShardedDataParallel, ShardingStrategy
+                try:
+                    from torch.distributed.fsdp import FullyShardedDataParallel, ShardingStrategy
+                except Exception as e:  # torch 1.13's FSDP fails to import on Python 3.11 (dataclass defaults)
+                    raise RuntimeError(f"torch {torch.__version__}'s FSDP does not import on Python "
+                                       f"{sys.version_info.major}.{sys.version_info.minor}: {e}") from e
                 model = FullyShardedDataParallel(model, sharding_strategy=ShardingStrategy.SHARD_GRAD_OP,
                                                  device_id=device if device.type == "cuda" else None)
             else:
+                # The causal masks are bool buffers, which gloo cannot broadcast ("Invalid scalar
+                # type"); every rank builds the same ones, so DDP may leave them alone.
+                bool_buffers = [n for n, b in model.named_buffers() if b.dtype == torch.bool]
+                if bool_buffers:
+                    torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+                        model, bool_buffers)
                 model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids, bucket_cap_mb=p.bucket_cap_mib,
                                                                   gradient_as_bucket_view=True)
             row["data_parallel"] = dict(world_size=size, zero_stage=p.zero_stage, bucket_cap_mib=p.bucket_cap_mib)
@@ -1031,7 +1041,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0
     if args.list:
         for p in all_presets():
-            print(f"  {p.name:<36}{p.description}")  # headroom-bench's kNameWidth
+            print(f"  {p.name:<40}{p.description}")  # headroom-bench's kNameWidth
         print("groups: " + ", ".join(GROUPS))
         return 0
     names = [n for arg in (args.preset or ["gpu"]) for n in arg.split(",") if n]

@@ -29,7 +29,8 @@ constexpr double kGeluCoeff = 0.044715;
 // r^7 (relative error below 1e-8 there), 2^n through the exponent bits. Clamped to
 // [-87, 88], where 2^n stays a normal float; NaN stays NaN.
 __attribute__((always_inline)) inline float exp_f32(float x) {
-  x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+  x = x < -87.0f ? -87.0f : x;  // two selects, not a nested one: GCC turns each into a blend
+  x = x > 88.0f ? 88.0f : x;
   constexpr float kShift = 12582912.0f;  // 1.5 * 2^23: adding and subtracting it rounds to an integer
   const float n = (x * 1.44269504088896341f + kShift) - kShift;
   float r = x - n * 0.693145751953125f;   // ln 2, high bits (exact product for |n| < 2^9)

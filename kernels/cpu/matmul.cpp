@@ -115,8 +115,13 @@ void matmul_blas(Backend& be, Tensor a, Tensor b, const Tensor& out, T beta) {
       return;
     }
   }
-  for (int64_t i = 0; i < B; ++i)
-    gemm<T>(la.trans, lb.trans, M, N, K, pa + i * sa, la.ld, pb + i * sb, lb.ld, beta, pc + i * M * N, N);
+  // A batch of gemms (attention's per-head products): whole gemms per thread, each serial inside
+  // the pool (Note [one set of threads]); at least kGemmParallelFlops of work a thread.
+  const int64_t grain = std::max<int64_t>(1, kGemmParallelFlops / std::max<int64_t>(1, M * N * K));
+  parallel_for(B, grain, [&](int64_t b0, int64_t b1) {
+    for (int64_t i = b0; i < b1; ++i)
+      gemm<T>(la.trans, lb.trans, M, N, K, pa + i * sa, la.ld, pb + i * sb, lb.ld, beta, pc + i * M * N, N);
+  });
 }
 
 }  // namespace
