@@ -29,7 +29,7 @@
 #include "engine/error.h"
 #include "engine/event.h"
 #include "engine/memory.h"
-#include "engine/memory_report.h"  // write_memory_report (--memory-report)
+#include "report/memory_report.h"  // write_memory_report (--memory-report)
 #include "engine/rng.h"
 #include "engine/shape.h"
 #include "engine/tensor.h"

@@ -1,6 +1,6 @@
 // The writers of bench_report.h. Everything is built as text with snprintf: the formats are
 // small and fixed, and no library is needed (strings go through json_quote / html_escape from
-// engine/memory_report.h, so a preset name or an error message cannot break the JSON or SVG).
+// report/memory_report.h, so a preset name or an error message cannot break the JSON or SVG).
 #include "bench/bench_report.h"
 
 #include <limits>
@@ -15,7 +15,7 @@
 #include <sstream>
 
 #include "engine/error.h"
-#include "engine/memory_report.h"
+#include "report/memory_report.h"
 
 namespace headroom::bench {
 

@@ -17,7 +17,7 @@
 //       "peak_by_category": { "parameter": n, ... },
 //       "step_time_ms", "step_time_ms_min", "step_time_ms_max", "items_per_second",
 //       "final_loss" (null when not finite or not reached),
-//       "allocator_stats": the allocator's whole MemoryStats as engine/memory_report.h writes it
+//       "allocator_stats": the allocator's whole MemoryStats as report/memory_report.h writes it
 //                          (headroom only; the peak fields above are copied from it) } ],
 //       "data_parallel": null, or for a data-parallel preset { "world_size", "zero_stage",
 //         "bucket_cap_mib", "buckets", "communication_bytes", "communication_ms", "exposed_ms",

@@ -13,7 +13,7 @@
 
 #include "autograd/grad_mode.h"
 #include "engine/caching_allocator.h"
-#include "engine/memory_report.h"
+#include "report/memory_report.h"
 #include "headroom.h"
 
 using namespace headroom;

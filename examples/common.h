@@ -28,7 +28,7 @@
 
 #include "engine/caching_allocator.h"
 #include "engine/leak_check.h"
-#include "engine/memory_report.h"
+#include "report/memory_report.h"
 #include "headroom.h"
 #include "nn/data/data.h"
 #include "nn/nn.h"

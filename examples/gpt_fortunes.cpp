@@ -45,7 +45,7 @@
 #include <set>
 
 #include "dist/local_group.h"
-#include "engine/memory_report.h"
+#include "report/memory_report.h"
 #include "examples/common.h"
 #include "nn/parallel/gpt_parallel.h"
 
@@ -564,7 +564,7 @@ int main(int argc, char** argv) {
         optimizer.zero_grad();
         const double loss = pipe->run(x, y, micro_batches, nn::GPTStage::loss_fn(stages));
         nn::GPTStage::tie_gradients(stages);
-        nn::GPTStage::clip_grad_norm_(stages, 1.0);
+        optim::clip_grad_norm_(stages, 1.0);
         optimizer.step();
         schedule.step();
         return loss;
@@ -577,7 +577,7 @@ int main(int argc, char** argv) {
           o.zero_grad();
           Tensor loss = ranks[static_cast<size_t>(r)]->loss(x.to(d), y.to(d));
           loss.backward();
-          ranks[static_cast<size_t>(r)]->clip_grad_norm_(1.0, g);
+          optim::clip_grad_norm_(*ranks[static_cast<size_t>(r)], 1.0, g);
           o.step();
           if (r > 0) rank_schedules[static_cast<size_t>(r - 1)]->step();
           losses[static_cast<size_t>(r)] = loss.item<double>();

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Writes a memory report and renders its timeline: the visual check of engine/memory_report.
+# Writes a memory report and renders its timeline: the visual check of report/memory_report.
 #   1. installs Chromium (Debian package) if it is missing, to render HTML without a display;
-#   2. builds memory_report_demo and test_engine;
+#   2. builds memory_report_demo and test_report;
 #   3. runs memory_report_demo (a short traced MLP run) which writes stats.json, snapshot.json,
 #      trace.json, trace.chrome.json and timeline.html, and checks that the JSON files parse;
 #   4. runs the MemoryReport tests (they render a timeline in headless Chromium too);
@@ -24,7 +24,7 @@ if [ ! -x "$CHROMIUM" ]; then
 fi
 
 cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release ${HEADROOM_CMAKE_ARGS:-} >/dev/null
-cmake --build "$BUILD" --target memory_report_demo test_engine
+cmake --build "$BUILD" --target memory_report_demo test_report
 
 rm -rf "$OUT"
 "$BUILD/bench/memory_report_demo" "$OUT"
@@ -34,7 +34,7 @@ for f in stats.json snapshot.json trace.json trace.chrome.json; do
   fi
 done
 
-"$BUILD/tests/test_engine" --gtest_filter='MemoryReport.*' --gtest_brief=1
+"$BUILD/tests/test_report" --gtest_filter='MemoryReport.*' --gtest_brief=1
 
 # A fresh profile directory per run: Chromium will not share one between processes.
 profile=$(mktemp -d)

@@ -7,7 +7,9 @@ cd "$(dirname "$0")/.."
 # half the nvcc time of the default "80;90", which keeps the whole run under 15 minutes on the
 # 2-core machine. HEADROOM_CMAKE_ARGS set by the caller wins.
 HEADROOM_CMAKE_ARGS="${HEADROOM_CMAKE_ARGS:--DCMAKE_CUDA_ARCHITECTURES=90}" bash scripts/setup.sh
-(cd build && ctest -j"$(nproc)" --output-on-failure --timeout 900)
+# HEADROOM_REQUIRE_CHROMIUM=1: the timeline's browser test fails instead of skipping when
+# Chromium is missing (setup.sh installs it), so a broken install cannot pass unnoticed.
+(cd build && HEADROOM_REQUIRE_CHROMIUM=1 ctest -j"$(nproc)" --output-on-failure --timeout 900)
 # The sanitizers' CI share: the library, test_engine, test_autograd, test_nn and the fuzz
 # replays under ASan + UBSan (docs/sanitizers.md; the whole suite: bash scripts/sanitize.sh).
 bash scripts/sanitize.sh --ci-subset

@@ -14,8 +14,8 @@
 # (Sanitizer log_path files are not used: GCC's UBSan, linked with ASan, ignores log_path.)
 #
 # Usage: scripts/sanitize.sh [--ci-subset] [--no-tsan]
-#   --ci-subset  the fast share for CI: build-asan-ci/ with only the library, test_engine, test_autograd,
-#                test_nn and the fuzz replays (ASan + UBSan, -O0), run those; no TSan
+#   --ci-subset  the fast share for CI: build-asan-ci/ with only the library, test_engine,
+#                test_report, test_autograd, test_nn and the fuzz replays (ASan + UBSan, -O0), run those; no TSan
 #                (2 min 49 s from scratch on the 2-core machine: build 138 s, 261 tests 31 s;
 #                scripts/run-tests.sh runs it after ctest; docs/sanitizers.md)
 #   --no-tsan    leave out part 2
@@ -66,7 +66,7 @@ collect_report_lines() {
 # ---- 1. ASan + UBSan -------------------------------------------------------------------------
 if [ "$mode" = ci ]; then
   build=build-asan-ci
-  targets=(headroom test_engine test_autograd test_nn)
+  targets=(headroom test_engine test_report test_autograd test_nn)
   for f in tests/fuzz/*_fuzz.cpp; do n=$(basename "$f" .cpp); targets+=("fuzz_replay_${n%_fuzz}"); done
 else
   build=build-asan

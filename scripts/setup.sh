@@ -5,9 +5,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# chromium and fonts-dejavu-core: the memory timeline's test renders the page in headless
+# Chromium (tests/report/memory_report_test.cpp; without recommends there may be no font to draw
+# its text with). They add about 350 MB and half a minute to a fresh install.
 packages=(g++ cmake ninja-build pkg-config libgtest-dev libbenchmark-dev libopenblas-dev zlib1g-dev
-          dataset-fashion-mnist fortunes libopenmpi-dev openmpi-bin
-          python3-torch)  # the CPU reference beside headroom (bench/cpu_side_by_side.py)
+          dataset-fashion-mnist fortunes libopenmpi-dev openmpi-bin chromium fonts-dejavu-core
+          python3-torch clang-format)
+# python3-torch: Debian's PyTorch 1.13, the CPU reference beside headroom (bench/cpu_side_by_side.py).
+# clang-format: the ctest `format` checks that the code follows .clang-format.
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

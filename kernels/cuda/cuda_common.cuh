@@ -37,7 +37,7 @@
 
 #include "engine/memory.h"
 #include "engine/tensor.h"
-#include "kernels/cpu/strided.h"
+#include "kernels/strided_layout.h"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/cuda_memory.h"
 #include "kernels/cuda/cuda_scope.h"
@@ -159,7 +159,7 @@ struct Indexer {
 // kMaxDims dims after merging.
 template <int N>
 Indexer<N> make_indexer(const std::array<const Tensor*, N>& ts) {
-  const cpu::StridedLayout<N> layout(ts);
+  const kernels::StridedLayout<N> layout(ts);
   Indexer<N> ix;
   HR_CHECK(layout.shape.size() <= static_cast<size_t>(kMaxDims), ShapeError, "cuda kernels take at most ",
            kMaxDims, " dims after merging contiguous ones; got ", shape_str(ts[0]->shape()));

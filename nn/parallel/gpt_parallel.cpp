@@ -5,9 +5,6 @@
 #include "autograd/grad_mode.h"
 #include "nn/chunked_cross_entropy.h"
 #include "nn/checkpoint.h"
-#include "optim/clip.h"
-
-#include <cmath>
 
 namespace headroom::nn {
 
@@ -109,24 +106,6 @@ void GPTStage::tie_gradients(const std::vector<std::shared_ptr<GPTStage>>& stage
   b.set_grad(sum_last);
 }
 
-double GPTStage::clip_grad_norm_(const std::vector<std::shared_ptr<GPTStage>>& stages, double max_norm) {
-  std::vector<Tensor> once, all;
-  for (const auto& st : stages)
-    for (const Tensor& p : st->parameters()) {
-      all.push_back(p);
-      if (!(st->head.defined() && p.is_same(st->head))) once.push_back(p);
-    }
-  const double norm = optim::grad_norm(once);
-  if (!std::isfinite(norm)) return norm;
-  const double coef = max_norm / (norm + 1e-6);  // as optim::clip_grad_norm_
-  if (coef < 1.0) {
-    NoGradGuard no_grad;
-    for (const Tensor& p : all)
-      if (Tensor g = p.grad(); g.defined()) g.mul_(coef);
-  }
-  return norm;
-}
-
 std::map<std::string, Tensor> GPTStage::state_dict_on(const std::vector<std::shared_ptr<GPTStage>>& stages, Device device) {
   std::map<std::string, Tensor> out;
   NoGradGuard no_grad;
@@ -183,39 +162,6 @@ Tensor TensorParallelGPT::hidden(const Tensor& idx) {
   Tensor h = embed(*wte, *wpe, config, idx, "TensorParallelGPT");
   std::vector<std::shared_ptr<Module>> mods(blocks.begin(), blocks.end());
   return ln_f->forward(run_checkpointed(mods, h, config.checkpoint));
-}
-
-double TensorParallelGPT::clip_grad_norm_(double max_norm, dist::ProcessGroup& group) {
-  std::vector<Tensor> sharded, replicated;
-  for (const auto& b : blocks) {
-    for (const Tensor& p : b->attn->parameters()) sharded.push_back(p);
-    for (const Tensor& p : b->mlp->parameters()) sharded.push_back(p);
-  }
-  // The row-parallel layers' biases are whole on every rank: replicated, not sharded.
-  std::vector<Tensor> sharded_only;
-  for (const Tensor& p : sharded) {
-    bool whole = false;
-    for (const auto& b : blocks) whole = whole || p.is_same(b->attn->c_proj->bias) || p.is_same(b->mlp->proj->bias);
-    (whole ? replicated : sharded_only).push_back(p);
-  }
-  for (const Tensor& p : parameters()) {
-    bool listed = false;
-    for (const Tensor& q : sharded) listed = listed || p.is_same(q);
-    if (!listed) replicated.push_back(p);
-  }
-  const double shard = optim::grad_norm(sharded_only);
-  const double whole = optim::grad_norm(replicated);
-  Tensor sq = Tensor::full({1}, shard * shard, TensorOptions().dtype(DType::f64).device(wte->weight.device()));
-  group.all_reduce(sq)->wait();
-  const double norm = std::sqrt(sq.to(Device::cpu()).item<double>() + whole * whole);
-  if (!std::isfinite(norm)) return norm;
-  const double coef = max_norm / (norm + 1e-6);
-  if (coef < 1.0) {
-    NoGradGuard no_grad;
-    for (const Tensor& p : parameters())
-      if (Tensor g = p.grad(); g.defined()) g.mul_(coef);
-  }
-  return norm;
 }
 
 std::map<std::string, Tensor> TensorParallelGPT::unsplit_state_dict(

@@ -42,9 +42,8 @@ class GPTStage final : public Module {
   static Pipeline::LossFn loss_fn(const std::vector<std::shared_ptr<GPTStage>>& stages);
   // Note [tied weights across stages]. A no-op for one stage.
   static void tie_gradients(const std::vector<std::shared_ptr<GPTStage>>& stages);
-  // After tie_gradients: clips to max_norm by the unsplit model's global norm (the tied weight
-  // counted once) and returns that norm, like optim::clip_grad_norm_ on the whole GPT.
-  static double clip_grad_norm_(const std::vector<std::shared_ptr<GPTStage>>& stages, double max_norm);
+  // Clipping the stages by the unsplit model's norm (after tie_gradients) is optim's:
+  // optim::clip_grad_norm_(stages, max_norm) in optim/clip.h.
   // The unsplit model's state dict, every tensor copied to `device` (the tied head left out):
   // for evaluating or sampling with a whole GPT on one device (GPT::load_state_dict).
   static std::map<std::string, Tensor> state_dict_on(const std::vector<std::shared_ptr<GPTStage>>& stages, Device device);
@@ -76,10 +75,8 @@ class TensorParallelGPT final : public Module {
   Tensor forward(const Tensor& idx) override { return hidden(idx); }
   Tensor loss(const Tensor& idx, const Tensor& targets);
   std::string name() const override { return "TensorParallelGPT"; }
-  // Collective (every rank calls it): clips to max_norm by the unsplit model's global norm --
-  // the shards' squares summed over the ranks, the replicated parameters counted once -- and
-  // returns that norm.
-  double clip_grad_norm_(double max_norm, dist::ProcessGroup& group);
+  // Clipping by the unsplit model's norm, collectively, is optim's:
+  // optim::clip_grad_norm_(model, max_norm, group) in optim/clip.h.
   // Every rank's part, in rank order, joined back into the unsplit model's state dict on
   // `device` (in one process, where all ranks' modules are at hand).
   static std::map<std::string, Tensor> unsplit_state_dict(const std::vector<std::shared_ptr<TensorParallelGPT>>& ranks,

@@ -4,7 +4,7 @@
 // ("H x V y"), one path per category drawn from the top of the stack down, so each path only
 // needs its upper edge and a trace of millions of events stays a page of a few hundred KiB
 // after downsample_timeline.
-#include "engine/memory_report.h"
+#include "report/memory_report.h"
 
 #include <algorithm>
 #include <cerrno>
@@ -512,6 +512,14 @@ std::string step_path(const Plot& plot, const std::vector<TimelinePoint>& pts, V
 
 }  // namespace
 
+// Note [timeline hooks]: the page carries, besides what a reader sees, stable names for the
+// parts a test (or a tool scraping the page) looks for, so that a change of wording or layout
+// does not hide a missing part: each category's area is <path class="area NAME"
+// data-category="NAME">, drawn only for a category that held memory; each legend entry is
+// <li class="used|unused" data-category="NAME" data-peak-bytes="N">; the peak of allocated is
+// <g id="peak" data-bytes="N" data-time-ns="T"> (T since the first event) holding the text
+// #peak-label. tests/report/memory_report_test.cpp reads them from the page as Chromium
+// rendered it (TimelineRendersInHeadlessChromium).
 std::string memory_timeline_html(const std::vector<TraceEvent>& events, const MemoryStats& stats, Device device,
                                  const std::string& title) {
   const std::vector<TimelinePoint> pts = downsample_timeline(events);
@@ -585,7 +593,8 @@ std::string memory_timeline_html(const std::vector<TraceEvent>& events, const Me
         for (int k = 0; k <= c; ++k) s += p.category[static_cast<size_t>(k)];
         return s;
       };
-      svg += str_cat("<path class=\"area ", category_name(category_at(c)), "\" fill=\"",
+      svg += str_cat("<path class=\"area ", category_name(category_at(c)), "\" data-category=\"",
+                     category_name(category_at(c)), "\" fill=\"",
                      kCategoryColour[static_cast<size_t>(c)], "\" d=\"", step_path(plot, pts, cumulative, true),
                      "\"><title>", category_name(category_at(c)), "</title></path>\n");
     }
@@ -606,7 +615,8 @@ std::string memory_timeline_html(const std::vector<TraceEvent>& events, const Me
     const TimelinePoint& pk = pts[peak_i];
     const double px = plot.x(pk.time_ns), py = plot.y(static_cast<double>(pk.allocated));
     const bool right_side = px > plot.left + 0.65 * plot.pw();
-    svg += str_cat("<g class=\"peak\">\n<line x1=\"", plot.left, "\" x2=\"", plot.left + plot.pw(), "\" y1=\"",
+    svg += str_cat("<g class=\"peak\" id=\"peak\" data-bytes=\"", pk.allocated, "\" data-time-ns=\"",
+                   pk.time_ns - plot.t0, "\">\n<line x1=\"", plot.left, "\" x2=\"", plot.left + plot.pw(), "\" y1=\"",
                    fixed(py, 1), "\" y2=\"", fixed(py, 1), "\" stroke=\"#c00\" stroke-dasharray=\"3 3\"/>\n",
                    "<circle cx=\"", fixed(px, 1), "\" cy=\"", fixed(py, 1), "\" r=\"4\" fill=\"#c00\"/>\n",
                    "<text id=\"peak-label\" x=\"", fixed(right_side ? px - 8 : px + 8, 1), "\" y=\"",
@@ -621,7 +631,9 @@ std::string memory_timeline_html(const std::vector<TraceEvent>& events, const Me
   std::string legend = "<ul class=\"legend\">\n";
   for (int c = 0; c < kNumMemoryCategories; ++c) {
     const auto i = static_cast<size_t>(c);
-    legend += str_cat("<li class=\"", cat_peak[i] == 0 ? "unused" : "used", "\"><span class=\"swatch\" style=\"background:",
+    legend += str_cat("<li class=\"", cat_peak[i] == 0 ? "unused" : "used", "\" data-category=\"",
+                      category_name(category_at(c)), "\" data-peak-bytes=\"", cat_peak[i],
+                      "\"><span class=\"swatch\" style=\"background:",
                       kCategoryColour[i], "\"></span>", category_name(category_at(c)), " <b>peak ",
                       html_escape(format_bytes(cat_peak[i])), "</b></li>\n");
   }

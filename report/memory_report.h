@@ -66,7 +66,8 @@ std::vector<TimelinePoint> downsample_timeline(const std::vector<TraceEvent>& ev
 
 // A self-contained HTML page: memory over time stacked by category, the reserved line, the
 // peak of allocated marked with its value and time, a legend with each category's peak in the
-// trace, and a table of `stats`.
+// trace, and a table of `stats`. The categories' areas and legend entries and the peak marker
+// have stable ids, classes and data- attributes (Note [timeline hooks] in memory_report.cpp).
 std::string memory_timeline_html(const std::vector<TraceEvent>& events, const MemoryStats& stats, Device device,
                                  const std::string& title);
 
