@@ -42,8 +42,9 @@ TEST(ModelParallelExample, PipelineAndTensorParallelTrainAsOneDevice) {
     for (size_t i = 0; i < want.size(); ++i) EXPECT_NEAR(got[i], want[i], 2e-4) << split << ", loss " << i << "\n" << r.output;
     EXPECT_NE(r.output.find("peak memory per device:"), std::string::npos) << r.output;
     EXPECT_NE(r.output.find("  cpu:1: allocated"), std::string::npos) << r.output;
-    if (split.find("pipeline") != std::string::npos)
+    if (split.find("pipeline") != std::string::npos) {
       EXPECT_TRUE(std::regex_search(r.output, std::regex(R"(bubble [0-9.]+% of the stages' time)"))) << r.output;
+    }
   }
 }
 

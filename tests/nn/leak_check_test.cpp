@@ -100,7 +100,9 @@ TEST(LeakCheck, SitesAreRecordedOnlyWhileACheckIsOpen) {
   EXPECT_FALSE(a.site_recording());
   for (const SegmentInfo& s : a.snapshot())
     for (const BlockInfo& b : s.blocks)
-      if (b.address == reinterpret_cast<uint64_t>(off.raw_data())) EXPECT_EQ(b.site, nullptr);
+      if (b.address == reinterpret_cast<uint64_t>(off.raw_data())) {
+        EXPECT_EQ(b.site, nullptr);
+      }
   EXPECT_THROW_WITH(LeakCheck(Device::cpu(), LeakCheckOptions{0, 0, 1}), ValueError, "patience >= 1");
 }
 
