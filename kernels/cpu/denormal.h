@@ -3,8 +3,8 @@
 // the Fashion-MNIST MLP went from 1.1 s to 3.3 s per epoch by its third epoch. Like most
 // engines' fast modes, the CPU backend therefore flushes denormals to zero (the FTZ and DAZ
 // bits of MXCSR) while its kernels run: DenormalGuard sets them for one kernel on the calling
-// thread and restores the caller's mode after; the pool's workers keep them set. OpenBLAS's own
-// threads are restarted once, from a flushing thread, so they inherit the mode.
+// thread and restores the caller's mode after; the pool's workers keep them set. OpenBLAS runs
+// on the calling thread, its own workers stopped (Note [one set of threads]), so it runs flushed.
 // set_flush_denormal(false) restores IEEE gradual underflow for kernels started afterwards.
 #pragma once
 

@@ -24,7 +24,6 @@
 
 // OpenBLAS internals (weak: absent from other BLAS builds); see Note [denormals].
 extern "C" int blas_thread_shutdown_(void) __attribute__((weak));
-extern "C" int blas_thread_init(void) __attribute__((weak));
 extern "C" void openblas_set_num_threads(int) __attribute__((weak));
 
 namespace headroom::cpu {
@@ -173,17 +172,15 @@ ThreadPool& pool() {
 
 std::atomic<bool> g_flush_denormal{true};
 
-// Restarts OpenBLAS's worker threads from a thread that flushes denormals, so that they
-// inherit its floating-point mode.
-// Then keeps OpenBLAS on the calling thread: gemm.h splits large gemms over this pool instead
-// (Note [one set of threads]).
-[[maybe_unused]] const bool g_blas_threads_restarted = [] {
-  if (blas_thread_shutdown_ && blas_thread_init) {
-    DenormalGuard flush;
-    blas_thread_shutdown_();
-    blas_thread_init();
-  }
+// Keeps OpenBLAS on the calling thread and stops its workers: gemm.h splits large gemms over
+// this pool instead (Note [one set of threads]). Set to one thread, OpenBLAS never hands work to
+// a worker, but the workers it started when it loaded still woke and polled (sched_yield), about
+// 8% of a core through a whole single-threaded MLP run; shut down, none is left to inherit a
+// floating-point mode either (Note [denormals]). Where the BLAS is not OpenBLAS (the weak
+// symbols are absent), nothing changes.
+[[maybe_unused]] const bool g_blas_threads_stopped = [] {
   if (openblas_set_num_threads) openblas_set_num_threads(1);
+  if (blas_thread_shutdown_) blas_thread_shutdown_();
   return true;
 }();
 
