@@ -22,7 +22,7 @@
 #include "autograd/grad_mode.h"
 #include "autograd/hooks.h"
 #include "autograd/offload.h"
-#include "engine/backend.h"          // set_flush_denormal
+#include "engine/backend.h"            // set_flush_denormal
 #include "engine/caching_allocator.h"  // caching_allocator(device).stats(), set_memory_limit, format_bytes
 #include "engine/device.h"
 #include "engine/dtype.h"

@@ -49,7 +49,6 @@ constexpr bool table_in_enum_order() {
 }
 static_assert(table_in_enum_order(), "kPolicy must list the AutocastOps in enum order");
 
-
 struct TypeState {
   bool enabled = false;
   DType dtype = DType::f16;

@@ -62,8 +62,21 @@
 namespace headroom {
 
 enum class AutocastOp : uint8_t {
-  matmul, linear, conv2d,
-  softmax, log_softmax, layer_norm, batch_norm, group_norm, sum, mean, cross_entropy, mse_loss, exp, log, pow,
+  matmul,
+  linear,
+  conv2d,
+  softmax,
+  log_softmax,
+  layer_norm,
+  batch_norm,
+  group_norm,
+  sum,
+  mean,
+  cross_entropy,
+  mse_loss,
+  exp,
+  log,
+  pow,
   kCount
 };
 enum class CastPolicy : uint8_t { low, f32, f32_params, promote };

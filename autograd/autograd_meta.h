@@ -11,10 +11,10 @@ namespace headroom {
 
 struct AutogradMeta {
   bool requires_grad = false;
-  Tensor grad;                                // leaves only
-  std::shared_ptr<Node> grad_fn;              // non-leaves: the node that made this tensor
-  std::weak_ptr<Node> grad_accumulator;       // leaves: made on first use, shared by uses
-  std::shared_ptr<Node> hooked_accumulator;   // leaves with a register_hook: kept alive for it
+  Tensor grad;                               // leaves only
+  std::shared_ptr<Node> grad_fn;             // non-leaves: the node that made this tensor
+  std::weak_ptr<Node> grad_accumulator;      // leaves: made on first use, shared by uses
+  std::shared_ptr<Node> hooked_accumulator;  // leaves with a register_hook: kept alive for it
   // Leaves: Note [post-accumulate-gradient hooks] in autograd/hooks.h.
   std::shared_ptr<HookList<std::function<void(const Tensor&)>>> post_accumulate_hooks;
   // Leaves: Note [gradient slots] in autograd/hooks.h (empty: .grad gets memory of its own).

@@ -144,8 +144,8 @@ void recompute(const std::shared_ptr<Frame>& frame) {
              "'. The checkpointed function did not run the same ops again: does it depend on a global, a flag or "
              "the data in a way that changed since the forward?");
     const Entry& e = f.entries[k];
-    if (f.determinism_check && (std::strcmp(op, e.op) != 0 || t.shape() != e.shape || t.dtype() != e.dtype ||
-                                t.device() != e.device)) {
+    if (f.determinism_check &&
+        (std::strcmp(op, e.op) != 0 || t.shape() != e.shape || t.dtype() != e.dtype || t.device() != e.device)) {
       throw AutogradError(str_cat(
           "checkpoint: the recomputation is not what the forward computed: tensor ", k, " saved for backward was ",
           entry_str(e), " in the forward but '", op, "' saved ", dtype_name(t.dtype()), " ", shape_str(t.shape()),

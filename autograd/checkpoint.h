@@ -70,16 +70,18 @@ std::vector<Tensor> checkpoint(const CheckpointFn& fn, const std::vector<Tensor>
 // does this. fn is copied into the checkpoint and called again in backward: what it captures by
 // reference (the modules, usually) must outlive backward.
 template <typename Fn, typename... Ts>
-  requires(sizeof...(Ts) > 0 && (std::is_same_v<std::remove_cvref_t<Ts>, Tensor> && ...))
-auto checkpoint(Fn fn, const Ts&... inputs) {
+requires(sizeof...(Ts) > 0 &&
+         (std::is_same_v<std::remove_cvref_t<Ts>, Tensor> && ...)) auto checkpoint(Fn fn, const Ts&... inputs) {
   using R = std::invoke_result_t<Fn&, const Ts&...>;
   constexpr bool many = std::is_convertible_v<R, std::vector<Tensor>>;
-  static_assert(many || std::is_convertible_v<R, Tensor>, "checkpoint: fn must return a Tensor or a std::vector<Tensor>");
+  static_assert(many || std::is_convertible_v<R, Tensor>,
+                "checkpoint: fn must return a Tensor or a std::vector<Tensor>");
   CheckpointFn wrapped = [fn = std::move(fn)](const std::vector<Tensor>& in) mutable -> std::vector<Tensor> {
-    return [&]<size_t... I>(std::index_sequence<I...>) -> std::vector<Tensor> {
+    return [&]<size_t... I>(std::index_sequence<I...>)->std::vector<Tensor> {
       if constexpr (many) return fn(in[I]...);
       else return {Tensor(fn(in[I]...))};
-    }(std::index_sequence_for<Ts...>{});
+    }
+    (std::index_sequence_for<Ts...>{});
   };
   std::vector<Tensor> out = checkpoint(wrapped, std::vector<Tensor>{inputs...});
   if constexpr (many) return out;
@@ -119,16 +121,16 @@ void offer_outputs(const char* op, std::initializer_list<const Tensor*> outs);
 
 // What this thread's checkpoints did since the last reset, for tests and reports.
 struct CheckpointStats {
-  int64_t segments = 0;           // checkpoint calls that saved something
-  int64_t dropped = 0;            // saved tensors dropped in forwards
-  int64_t dropped_bytes = 0;      // their bytes, views counted at their own size
-  int64_t recomputations = 0;     // re-runs of a segment's function
-  int64_t recomputed = 0;         // tensors re-runs handed to backward
-  int64_t kept_outputs = 0;       // op outputs a selective policy kept (Note [selective checkpointing])
+  int64_t segments = 0;        // checkpoint calls that saved something
+  int64_t dropped = 0;         // saved tensors dropped in forwards
+  int64_t dropped_bytes = 0;   // their bytes, views counted at their own size
+  int64_t recomputations = 0;  // re-runs of a segment's function
+  int64_t recomputed = 0;      // tensors re-runs handed to backward
+  int64_t kept_outputs = 0;    // op outputs a selective policy kept (Note [selective checkpointing])
   int64_t kept_output_bytes = 0;
-  int64_t released_outputs = 0;   // offered after the last saved tensor: not kept (no re-run needs them)
+  int64_t released_outputs = 0;  // offered after the last saved tensor: not kept (no re-run needs them)
   int64_t released_output_bytes = 0;
-  int64_t replayed = 0;           // ops whose kernel a re-run skipped
+  int64_t replayed = 0;                                           // ops whose kernel a re-run skipped
   std::map<std::string, std::pair<int64_t, int64_t>> kept_by_op;  // op -> (outputs, bytes)
 };
 // "4 segments: dropped 120 saved tensors (1.20 MiB), kept 8 op outputs (512.0 KiB: linear 8 x

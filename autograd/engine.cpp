@@ -66,8 +66,8 @@ void accumulate(std::unordered_map<Node*, Tensor>& buffer, Node* node, const Ten
 // AccumulateGrad runs (.grad stays untouched).
 void execute(const std::vector<Tensor>& roots, const std::vector<Tensor>& grads, bool retain_graph,
              const std::unordered_map<Node*, size_t>* capture, std::vector<Tensor>* captured) {
-  HR_CHECK(roots.size() == grads.size(), ValueError, "backward: ", roots.size(), " outputs but ",
-           grads.size(), " gradients");
+  HR_CHECK(roots.size() == grads.size(), ValueError, "backward: ", roots.size(), " outputs but ", grads.size(),
+           " gradients");
   // 1. Count, for every reachable node, the edges that point at it.
   std::unordered_map<Node*, int> deps;
   std::vector<Node*> stack;
@@ -76,8 +76,8 @@ void execute(const std::vector<Tensor>& roots, const std::vector<Tensor>& grads,
   for (size_t i = 0; i < roots.size(); ++i) {
     auto node = gradient_edge(roots[i]);
     HR_CHECK(node, AutogradError, "backward: output ", i, " (", describe(roots[i]), ") does not require grad");
-    HR_CHECK(grads[i].shape() == roots[i].shape(), ShapeError, "backward: gradient shape ",
-             shape_str(grads[i].shape()), " differs from output shape ", shape_str(roots[i].shape()));
+    HR_CHECK(grads[i].shape() == roots[i].shape(), ShapeError, "backward: gradient shape ", shape_str(grads[i].shape()),
+             " differs from output shape ", shape_str(roots[i].shape()));
     root_nodes.push_back(node);
     if (!seen[node.get()]) {
       seen[node.get()] = true;

@@ -43,9 +43,9 @@ Tensor gelu(const Tensor& x);  // tanh form: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.0
 Tensor tanh(const Tensor& x);
 Tensor sigmoid(const Tensor& x);
 // Composites of the ops above (their gradients follow from those):
-Tensor silu(const Tensor& x);                                  // x sigmoid(x)
+Tensor silu(const Tensor& x);                                      // x sigmoid(x)
 Tensor leaky_relu(const Tensor& x, double negative_slope = 0.01);  // x > 0 ? x : slope x
-Tensor elu(const Tensor& x, double alpha = 1.0);               // x > 0 ? x : alpha (exp(x) - 1)
+Tensor elu(const Tensor& x, double alpha = 1.0);                   // x > 0 ? x : alpha (exp(x) - 1)
 Tensor square(const Tensor& x);
 Tensor clamp(const Tensor& x, double lo, double hi);
 // Comparisons: bool results, no gradient.
@@ -115,8 +115,8 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias);
 
 // ---- convolution and pooling (functions/conv.cpp) ----
 // x: [N, C, H, W]; weight: [O, C / groups, KH, KW]; bias: [O] or undefined.
-Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t stride = 1,
-              int64_t padding = 0, int64_t groups = 1, int64_t dilation = 1);
+Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t stride = 1, int64_t padding = 0,
+              int64_t groups = 1, int64_t dilation = 1);
 Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv2dParams& p);
 Tensor max_pool2d(const Tensor& x, int64_t kernel, int64_t stride = -1, int64_t padding = 0);
 Tensor avg_pool2d(const Tensor& x, int64_t kernel, int64_t stride = -1, int64_t padding = 0,
@@ -132,8 +132,8 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& target, const std::stri
                      int64_t ignore_index = -100);
 Tensor mse_loss(const Tensor& input, const Tensor& target, const std::string& reduction = "mean");
 // Normalises over the trailing dims given by normalized_shape.
-Tensor layer_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& weight,
-                  const Tensor& bias, double eps = 1e-5);
+Tensor layer_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& weight, const Tensor& bias,
+                  double eps = 1e-5);
 // x: [N, C, ...]. running_mean/var are updated in place in training (they may be undefined).
 Tensor batch_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, const Tensor& running_mean,
                   const Tensor& running_var, bool training, double momentum = 0.1, double eps = 1e-5);

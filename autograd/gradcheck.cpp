@@ -27,8 +27,8 @@ GradcheckResult gradcheck(const std::function<Tensor(const std::vector<Tensor>&)
   std::vector<size_t> wrt_index;
   for (size_t i = 0; i < inputs.size(); ++i) {
     if (!inputs[i].defined() || !inputs[i].requires_grad()) continue;
-    HR_CHECK(inputs[i].dtype() == DType::f64 && inputs[i].device().is_cpu(), DTypeError,
-             "gradcheck: input ", i, " must be an f64 cpu tensor, got ", describe(inputs[i]));
+    HR_CHECK(inputs[i].dtype() == DType::f64 && inputs[i].device().is_cpu(), DTypeError, "gradcheck: input ", i,
+             " must be an f64 cpu tensor, got ", describe(inputs[i]));
     wrt.push_back(inputs[i]);
     wrt_index.push_back(i);
   }

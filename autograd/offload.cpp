@@ -22,8 +22,8 @@ struct Entry {
   size_t nbytes = 0;
   std::shared_ptr<VersionCounter> counter;  // keeps the dedup key's address unique while we live
   int64_t segment = 0;
-  Storage device_copy;                      // while fetched
-  std::unique_ptr<Event> ready;             // GPU: the copy back is done
+  Storage device_copy;           // while fetched
+  std::unique_ptr<Event> ready;  // GPU: the copy back is done
   bool gpu = false;
 };
 
@@ -54,8 +54,8 @@ struct ActivationOffload::State : std::enable_shared_from_this<ActivationOffload
   ActivationOffloadStats stats;
   std::unordered_map<const VersionCounter*, std::weak_ptr<Entry>> by_storage;
   std::vector<std::vector<std::weak_ptr<Entry>>> segments{1};
-  size_t open_bytes = 0;             // offloaded bytes in the open (last) segment
-  int64_t pending_segment = -1;      // the newest segment packed since the last node was recorded
+  size_t open_bytes = 0;         // offloaded bytes in the open (last) segment
+  int64_t pending_segment = -1;  // the newest segment packed since the last node was recorded
 
   std::any pack(const Tensor& t);
   Tensor unpack(const Handle& h);

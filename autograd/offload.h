@@ -64,13 +64,13 @@ struct ActivationOffloadOptions {
 };
 
 struct ActivationOffloadStats {
-  int64_t tensors = 0;          // saved tensors packed to the host
-  int64_t storages = 0;         // distinct storages copied (tensors - storages were shared)
-  int64_t bytes = 0;            // bytes copied to the host
-  int64_t kept_on_device = 0;   // saved tensors below min_bytes, parameters or host tensors
+  int64_t tensors = 0;         // saved tensors packed to the host
+  int64_t storages = 0;        // distinct storages copied (tensors - storages were shared)
+  int64_t bytes = 0;           // bytes copied to the host
+  int64_t kept_on_device = 0;  // saved tensors below min_bytes, parameters or host tensors
   int64_t segments = 0;
-  int64_t prefetched = 0;       // storages brought back ahead of their use
-  int64_t fetched_at_use = 0;   // storages brought back at their unpack
+  int64_t prefetched = 0;      // storages brought back ahead of their use
+  int64_t fetched_at_use = 0;  // storages brought back at their unpack
 };
 
 class ActivationOffload {

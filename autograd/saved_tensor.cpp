@@ -96,12 +96,14 @@ Tensor SavedTensor::unpack() const {
   const Packed& p = *packed_;
   const uint64_t now = p.counter->load(std::memory_order_relaxed);
   if (now != version_)
-    throw AutogradError(version_error(
-        op_, str_cat(dtype_name(p.dtype), " ", shape_str(p.shape), " on ", p.device.str(), ", packed by a saved-tensor hook"),
-        now, version_));
+    throw AutogradError(version_error(op_,
+                                      str_cat(dtype_name(p.dtype), " ", shape_str(p.shape), " on ", p.device.str(),
+                                              ", packed by a saved-tensor hook"),
+                                      now, version_));
   Tensor t = (*p.unpack)(p.value);
-  HR_CHECK(t.defined(), AutogradError, "the unpack hook returned an undefined tensor for a tensor saved for the backward of ",
-           op_, " (", dtype_name(p.dtype), " ", shape_str(p.shape), " on ", p.device.str(), ")");
+  HR_CHECK(t.defined(), AutogradError,
+           "the unpack hook returned an undefined tensor for a tensor saved for the backward of ", op_, " (",
+           dtype_name(p.dtype), " ", shape_str(p.shape), " on ", p.device.str(), ")");
   HR_CHECK(t.shape() == p.shape && t.dtype() == p.dtype && t.device() == p.device, AutogradError,
            "the unpack hook returned ", describe(t), " for a tensor saved for the backward of ", op_, " as ",
            dtype_name(p.dtype), " ", shape_str(p.shape), " on ", p.device.str(),

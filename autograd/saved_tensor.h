@@ -66,8 +66,8 @@ class SavedTensor {
 
  private:
   struct Packed;
-  Tensor tensor_;                          // without hooks
-  std::shared_ptr<const Packed> packed_;   // with hooks
+  Tensor tensor_;                         // without hooks
+  std::shared_ptr<const Packed> packed_;  // with hooks
   const char* op_ = "";
   uint64_t version_ = 0;
   bool defined_ = false;

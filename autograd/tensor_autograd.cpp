@@ -35,11 +35,10 @@ bool Tensor::requires_grad() const {
 
 Tensor& Tensor::set_requires_grad(bool requires_grad) {
   AutogradMeta& meta = autograd_meta(*this);
-  HR_CHECK(!meta.grad_fn || requires_grad, AutogradError,
-           "set_requires_grad(false) on a non-leaf tensor (made by ", meta.grad_fn->name(),
-           "): use detach() instead");
-  HR_CHECK(!requires_grad || is_floating(dtype()), DTypeError,
-           "only floating tensors can require grad, this one is ", dtype_name(dtype()));
+  HR_CHECK(!meta.grad_fn || requires_grad, AutogradError, "set_requires_grad(false) on a non-leaf tensor (made by ",
+           meta.grad_fn->name(), "): use detach() instead");
+  HR_CHECK(!requires_grad || is_floating(dtype()), DTypeError, "only floating tensors can require grad, this one is ",
+           dtype_name(dtype()));
   meta.requires_grad = requires_grad;
   return *this;
 }
@@ -68,8 +67,7 @@ std::shared_ptr<Node> Tensor::grad_fn() const {
 }
 
 void Tensor::backward(const Tensor& gradient, bool retain_graph) const {
-  HR_CHECK(requires_grad(), AutogradError,
-           "backward() on a tensor that does not require grad (", describe(*this),
+  HR_CHECK(requires_grad(), AutogradError, "backward() on a tensor that does not require grad (", describe(*this),
            "): no input of the ops that made it requires grad, or it was made under no_grad");
   Tensor g = gradient;
   if (!g.defined()) {

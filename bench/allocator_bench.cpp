@@ -148,7 +148,8 @@ void cuda_caching_pair(benchmark::State& state) {
 
 const bool g_cuda_registered = [] {
   if (cuda_device_count() == 0) {
-    std::fprintf(stderr, "allocator_bench: no CUDA device, so the cuda_malloc_free and cuda_caching_pair rows are left out\n");
+    std::fprintf(stderr,
+                 "allocator_bench: no CUDA device, so the cuda_malloc_free and cuda_caching_pair rows are left out\n");
     return false;
   }
   benchmark::RegisterBenchmark("cuda_malloc_free", cuda_malloc_free)->Apply(size_args);

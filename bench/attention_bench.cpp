@@ -37,7 +37,8 @@ struct AttnShape {
   int64_t b, h, t, d;
   bool causal;
   double forward_flops() const {
-    return 4.0 * static_cast<double>(b * h * d) * static_cast<double>(t) * static_cast<double>(t) * (causal ? 0.5 : 1.0);
+    return 4.0 * static_cast<double>(b * h * d) * static_cast<double>(t) * static_cast<double>(t) *
+           (causal ? 0.5 : 1.0);
   }
 };
 
@@ -126,8 +127,9 @@ int main(int argc, char** argv) {
       rows.push_back(measure("fused, CUDA cores", AttentionImpl::fused, shape, dtype, device, iters, warmup));
       cuda::set_attention_tensor_cores(true);
       if (tc) rows.push_back(measure("fused, tensor cores", AttentionImpl::fused, shape, dtype, device, iters, warmup));
-      else std::cout << "(the tensor-core kernels do not take " << dtype_name(dtype) << " with D = " << head_dim
-                     << " on " << device.str() << ")\n";
+      else
+        std::cout << "(the tensor-core kernels do not take " << dtype_name(dtype) << " with D = " << head_dim << " on "
+                  << device.str() << ")\n";
       cuda::set_attention_tensor_cores(previous);
     } else
 #endif
@@ -140,8 +142,7 @@ int main(int argc, char** argv) {
     std::cout << std::fixed << std::setprecision(3);
     for (const Row& r : rows)
       std::cout << "| " << r.form << " | " << r.status << " | " << r.fwd_ms << " ms | " << r.step_ms << " ms | "
-                << r.tflops << " | " << format_bytes(r.peak_bytes)
-                << " |\n";
+                << r.tflops << " | " << format_bytes(r.peak_bytes) << " |\n";
     return 0;
   });
 }

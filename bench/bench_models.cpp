@@ -25,7 +25,8 @@ std::string Preset::technique() const {
   if (pipeline_stages > 1)
     t = (t == "none" ? "" : t + ", ") +
         str_cat(pipeline_stages, "-stage pipeline (", nn::pipeline_schedule_name(schedule), ")");
-  if (tensor_parallel > 1) t = (t == "none" ? "" : t + ", ") + str_cat("tensor parallel over ", tensor_parallel, " devices");
+  if (tensor_parallel > 1)
+    t = (t == "none" ? "" : t + ", ") + str_cat("tensor parallel over ", tensor_parallel, " devices");
   if (replicas > 1) t = (t == "none" ? "" : t + ", ") + str_cat("DataParallel over ", replicas, " devices");
   if (micro_batches > 1) t = (t == "none" ? "" : t + ", ") + str_cat(micro_batches, " micro-batches");
   if (checkpoint != nn::CheckpointMode::none) {
@@ -39,7 +40,8 @@ std::string Preset::technique() const {
   if (offload_activations) t = (t == "none" ? "" : t + ", ") + "activations offloaded";
   if (offload_optimizer) t = (t == "none" ? "" : t + ", ") + "AdamW state offloaded";
   if (prune_channels > 0)
-    t = (t == "none" ? "" : t + ", ") + str_cat(static_cast<int>(std::lround(prune_channels * 100)), "% of channels pruned");
+    t = (t == "none" ? "" : t + ", ") +
+        str_cat(static_cast<int>(std::lround(prune_channels * 100)), "% of channels pruned");
   if (ddp) {
     const std::string d = zero_stage > 0 ? str_cat("ZeRO-", zero_stage, " over the ranks")
                                          : str_cat("DDP over the ranks, ", bucket_cap_mib, " MiB buckets");
@@ -205,7 +207,8 @@ Preset fashion_cnn(bool mobilenet, double prune_channels = 0) {
   p.cpu_sized = true;
   const int pct = static_cast<int>(std::lround(prune_channels * 100));
   p.name = str_cat(mobilenet ? "mobilenet-cpu-f32" : "cnn-cpu-f32", prune_channels > 0 ? str_cat("-prune", pct) : "");
-  p.description = mobilenet ? std::string("MobileNet-style (conv 16, 4 depthwise-separable blocks to 64, global pool), ")
+  p.description = mobilenet
+                      ? std::string("MobileNet-style (conv 16, 4 depthwise-separable blocks to 64, global pool), ")
                   : prune_channels > 0
                       ? str_cat("Fashion-MNIST CNN with ", pct, "% of channels pruned by L1 (8, 16, linear 784-128), ")
                       : std::string("Fashion-MNIST CNN (conv 16, 32, BatchNorm, linear 1568-128-10), ");
@@ -303,8 +306,8 @@ Preset mlp_data_parallel(int64_t replicas) {
   Preset p = mlp(true);
   p.replicas = replicas;
   p.name += str_cat("-dp", replicas);
-  p.description = str_cat("MLP 784-512-512-512-10, batch 256, f32, DataParallel over ", replicas,
-                          " devices, SGD momentum");
+  p.description =
+      str_cat("MLP 784-512-512-512-10, batch 256, f32, DataParallel over ", replicas, " devices, SGD momentum");
   return p;
 }
 
@@ -449,7 +452,8 @@ BasicBlock::BasicBlock(int64_t in_channels, int64_t out_channels, int64_t stride
   conv2 = register_module("conv2", std::make_shared<nn::Conv2d>(out_channels, out_channels, 3, 1, 1, 1, false));
   bn2 = register_module("bn2", std::make_shared<nn::BatchNorm2d>(out_channels));
   if (stride != 1 || in_channels != out_channels) {
-    down_conv = register_module("down_conv", std::make_shared<nn::Conv2d>(in_channels, out_channels, 1, stride, 0, 1, false));
+    down_conv =
+        register_module("down_conv", std::make_shared<nn::Conv2d>(in_channels, out_channels, 1, stride, 0, 1, false));
     down_bn = register_module("down_bn", std::make_shared<nn::BatchNorm2d>(out_channels));
   }
 }
@@ -489,7 +493,7 @@ Tensor ResNet18::forward(const Tensor& x) {
   Tensor y = stem_bn->forward(stem->forward(x));
   y = inplace_relu ? relu_(y) : relu(y);
   y = nn::run_checkpointed(stage_modules_, y, checkpoint);  // mode none: the stages in order
-  y = avg_pool2d(y, pool_kernel);  // [N, 8w, 1, 1]
+  y = avg_pool2d(y, pool_kernel);                           // [N, 8w, 1, 1]
   return fc->forward(y.flatten(1));
 }
 
@@ -514,9 +518,8 @@ void set_step(Workload* w, const Preset& p, Device device,
     options.scaler = w->scaler.get();  // scaled losses, scaler->step + update, abandon_step on failure
   }
   options.ddp = w->ddp.get();  // a split step communicates once
-  w->splitter = std::make_unique<optim::BatchSplitter>(*w->optimizer, p.micro_batches,
-                                                       w->ddp ? static_cast<nn::Module*>(w->ddp.get()) : w->model.get(),
-                                                       options);
+  w->splitter = std::make_unique<optim::BatchSplitter>(
+      *w->optimizer, p.micro_batches, w->ddp ? static_cast<nn::Module*>(w->ddp.get()) : w->model.get(), options);
   const bool amp = p.dtype != DType::f32;
   const DType low = amp ? p.dtype : DType::bf16;
   const bool offload = p.offload_activations;
@@ -564,8 +567,9 @@ std::vector<Device> preset_devices(const Preset& p, Device device) {
   const int have = headroom::device_count(device.type);
   // A prediction (Note [meta execution]) needs no device to exist: devices 0..N-1 stand for the
   // target's.
-  HR_CHECK(have >= n || meta_active(), DeviceError, "preset ", p.name, " runs on ", n, " ", device_type_name(device.type),
-           " devices, but there are ", have, device.is_cpu() ? " (HEADROOM_CPU_DEVICES=N makes up to 8)" : "");
+  HR_CHECK(have >= n || meta_active(), DeviceError, "preset ", p.name, " runs on ", n, " ",
+           device_type_name(device.type), " devices, but there are ", have,
+           device.is_cpu() ? " (HEADROOM_CPU_DEVICES=N makes up to 8)" : "");
   std::vector<Device> out;
   for (int k = 0; k < n; ++k) out.push_back(device.is_cpu() ? Device::cpu(k) : Device::cuda(k));
   return out;
@@ -768,10 +772,12 @@ std::unique_ptr<Workload> make_workload(const Preset& p, Device device, uint64_t
       w->model = model;
       w->input = random_labels(p.batch * p.seq_len, p.token_range, rng, {p.batch, p.seq_len}, device);
       w->target = random_labels(p.batch * p.seq_len, p.token_range, rng, {p.batch, p.seq_len}, device);
-      distribute(wp, p, group, [offload = p.offload_optimizer](std::vector<Tensor> ps) -> std::unique_ptr<optim::Optimizer> {
-        if (offload) return std::make_unique<optim::OffloadedAdamW>(std::move(ps), 6e-4, 0.9, 0.95, 1e-8, 0.1);
-        return std::make_unique<optim::AdamW>(std::move(ps), 6e-4, 0.9, 0.95, 1e-8, 0.1);
-      });
+      distribute(wp, p, group,
+                 [offload = p.offload_optimizer](std::vector<Tensor> ps) -> std::unique_ptr<optim::Optimizer> {
+                   if (offload)
+                     return std::make_unique<optim::OffloadedAdamW>(std::move(ps), 6e-4, 0.9, 0.95, 1e-8, 0.1);
+                   return std::make_unique<optim::AdamW>(std::move(ps), 6e-4, 0.9, 0.95, 1e-8, 0.1);
+                 });
       nn::GPT* m = model.get();
       set_step(wp, p, device, [m](const Tensor& x, const Tensor& y) { return m->loss(x, y); });
       break;
@@ -809,7 +815,8 @@ std::unique_ptr<Workload> make_workload(const Preset& p, Device device, uint64_t
       for (auto& v : pixels) v = normal(rng);
       w->input = Tensor::from_vector(pixels, input_shape).to(device);
       w->target = random_labels(p.batch, classes, rng, {p.batch}, device);
-      distribute(wp, p, group, [](std::vector<Tensor> ps) { return std::make_unique<optim::SGD>(std::move(ps), 0.01, 0.9); });
+      distribute(wp, p, group,
+                 [](std::vector<Tensor> ps) { return std::make_unique<optim::SGD>(std::move(ps), 0.01, 0.9); });
       nn::Module* m = model.get();
       set_step(wp, p, device, [m](const Tensor& x, const Tensor& y) { return cross_entropy(m->forward(x), y); });
       break;

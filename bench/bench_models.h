@@ -64,15 +64,15 @@ struct Preset {
   // "cnn-small-pruned", "mobilenet-small"
   std::string model;
   int64_t batch = 1;
-  DType dtype = DType::f32;    // f32, or the autocast dtype (f16, bf16)
-  int64_t micro_batches = 1;   // gradient accumulation over this many micro-batches
+  DType dtype = DType::f32;   // f32, or the autocast dtype (f16, bf16)
+  int64_t micro_batches = 1;  // gradient accumulation over this many micro-batches
   // Recompute checkpointing: GPT per block, ResNet-18 per stage; sqrt over those (the MLP: none).
   nn::CheckpointMode checkpoint = nn::CheckpointMode::none;
   // Data parallelism (nn/parallel/ddp.h): the batch is the global one, each of the world's N
   // ranks (mpirun -np N headroom-bench ...; alone, N = 1) runs batch / N of it.
   bool ddp = false;
-  int zero_stage = 0;            // with ddp: ZeRO stage 1 or 2 (optim/zero.h)
-  int64_t bucket_cap_mib = 25;   // with ddp: DDPOptions::bucket_cap_bytes
+  int zero_stage = 0;           // with ddp: ZeRO stage 1 or 2 (optim/zero.h)
+  int64_t bucket_cap_mib = 25;  // with ddp: DDPOptions::bucket_cap_bytes
   // Several devices in one process (docs/model-parallel.md): devices 0..N-1 of the bench's
   // device kind (cpu:0..cpu:N-1 on the CPU), f32.
   int64_t pipeline_stages = 1;  // > 1: nn::Pipeline over this many stages, micro_batches its M
@@ -143,8 +143,8 @@ class BasicBlock : public nn::Module {
 // The stem and the head are cheap to keep and are never recomputed.
 class ResNet18 : public nn::Module {
  public:
-  ResNet18(int64_t base_width, int64_t image_size, int64_t classes,
-           nn::CheckpointMode mode = nn::CheckpointMode::none, bool inplace_relu = false);
+  ResNet18(int64_t base_width, int64_t image_size, int64_t classes, nn::CheckpointMode mode = nn::CheckpointMode::none,
+           bool inplace_relu = false);
   Tensor forward(const Tensor& x) override;  // [N, 3, S, S] -> [N, classes]
   std::string name() const override { return "ResNet18"; }
 
@@ -163,9 +163,9 @@ class ResNet18 : public nn::Module {
 // A preset built on a device: step() runs one training step (zero_grad, forward, loss,
 // backward, optimizer step) on the fixed batch and returns the loss, detached.
 struct Workload {
-  std::vector<Device> devices;                      // several-device presets: devices 0..N-1
-  std::shared_ptr<nn::Pipeline> pipeline;           // pipeline presets (its last_stats: the bubble)
-  std::vector<std::shared_ptr<void>> keep;          // what the step needs kept alive
+  std::vector<Device> devices;              // several-device presets: devices 0..N-1
+  std::shared_ptr<nn::Pipeline> pipeline;   // pipeline presets (its last_stats: the bubble)
+  std::vector<std::shared_ptr<void>> keep;  // what the step needs kept alive
   std::shared_ptr<nn::Module> model;
   std::shared_ptr<nn::DistributedDataParallel> ddp;  // data-parallel presets
   std::unique_ptr<optim::Optimizer> optimizer;

@@ -43,7 +43,9 @@ std::string short_count(double v) {
   return fmt("%.3g", v);
 }
 
-std::string step_time(double ms) { return ms >= 100 ? fmt("%.0f ms", ms) : ms >= 10 ? fmt("%.1f ms", ms) : fmt("%.2f ms", ms); }
+std::string step_time(double ms) {
+  return ms >= 100 ? fmt("%.0f ms", ms) : ms >= 10 ? fmt("%.1f ms", ms) : fmt("%.2f ms", ms);
+}
 
 // Categories that held memory in any result (so an all-zero column is left out).
 std::vector<MemoryCategory> used_categories(const std::vector<Result>& results) {
@@ -99,16 +101,17 @@ std::vector<CheckpointOverhead> checkpoint_overheads(const std::vector<Result>& 
 
 std::string markdown_table(const std::vector<Result>& results) {
   std::ostringstream os;
-  os << "| preset | precision | technique | status | peak allocated | peak reserved | step time | items/s | final loss |\n"
+  os << "| preset | precision | technique | status | peak allocated | peak reserved | step time | items/s | final loss "
+        "|\n"
      << "|---|---|---|---|---:|---:|---:|---:|---:|\n";
   for (const Result& r : results) {
     os << "| " << r.preset.name << " | " << r.preset.precision_label() << " | " << r.preset.technique() << " | "
-       << status_text(r) << " | " << format_bytes(r.peak_allocated()) << " | " << format_bytes(r.peak_reserved()) << " | ";
+       << status_text(r) << " | " << format_bytes(r.peak_allocated()) << " | " << format_bytes(r.peak_reserved())
+       << " | ";
     if (r.measured)
       os << step_time(r.step_ms) << " | " << fmt("%.0f", r.items_per_second) << " " << r.preset.item_unit() << "/s | "
          << (std::isfinite(r.final_loss) ? fmt("%.4f", r.final_loss) : "nan") << " |\n";
-    else
-      os << "- | - | - |\n";
+    else os << "- | - | - |\n";
   }
   const std::vector<MemoryCategory> cats = used_categories(results);
   os << "\nPeak allocated by category (each category's own peak; they need not coincide):\n\n| preset |";
@@ -150,7 +153,8 @@ std::string markdown_table(const std::vector<Result>& results) {
     if (base.empty() || !r.measured ||
         std::any_of(pairs.begin(), pairs.end(), [&](const CheckpointOverhead& o) { return o.ckpt == &r; }))
       continue;
-    os << "\n" << r.preset.name << ": no checkpointing overhead: its base preset " << base
+    os << "\n"
+       << r.preset.name << ": no checkpointing overhead: its base preset " << base
        << " did not run to the end in this invocation (add it to --preset)\n";
   }
   for (const Result& r : results)
@@ -159,7 +163,8 @@ std::string markdown_table(const std::vector<Result>& results) {
   for (const Result& r : results) any_parallel = any_parallel || (r.preset.ddp && r.measured);
   if (any_parallel) {
     os << "\nData parallelism (per step, means over the timed steps; bytes are rank 0's peaks, one rank's share):\n\n"
-       << "| preset | ranks | buckets | reduced | communication | exposed | hidden behind backward | parameter | gradient "
+       << "| preset | ranks | buckets | reduced | communication | exposed | hidden behind backward | parameter | "
+          "gradient "
           "| optimizer_state |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
     for (const Result& r : results) {
       if (!r.preset.ddp || !r.measured) continue;
@@ -189,10 +194,11 @@ std::string markdown_table(const std::vector<Result>& results) {
       }
       const bool stages = r.preset.pipeline_stages > 1;
       os << "| " << r.preset.name << " | " << r.device_stats.size() << " | " << per << " | "
-         << (least > 0 ? fmt("%.2fx", static_cast<double>(most) / static_cast<double>(least)) : std::string("-")) << " | "
-         << (stages && r.measured ? fmt("%.1f%%", 100 * r.bubble_fraction) : std::string("-")) << " | "
+         << (least > 0 ? fmt("%.2fx", static_cast<double>(most) / static_cast<double>(least)) : std::string("-"))
+         << " | " << (stages && r.measured ? fmt("%.1f%%", 100 * r.bubble_fraction) : std::string("-")) << " | "
          << (stages ? fmt("%.1f%%", 100 * r.preset.ideal_bubble()) : std::string("-")) << " | "
-         << (r.measured ? fmt("%.0f", r.items_per_second) + " " + r.preset.item_unit() + "/s" : std::string("-")) << " |\n";
+         << (r.measured ? fmt("%.0f", r.items_per_second) + " " + r.preset.item_unit() + "/s" : std::string("-"))
+         << " |\n";
     }
   }
   return os.str();
@@ -238,7 +244,8 @@ std::string results_json(const std::vector<Result>& results, const RunInfo& info
        << "      \"step_time_ms_max\": " << json_number(r.step_ms_max, r.measured) << ",\n"
        << "      \"items_per_second\": " << json_number(r.items_per_second, r.measured) << ",\n"
        << "      \"final_loss\": " << json_number(r.final_loss, r.measured) << ",\n"
-       << "      \"start_rss_bytes\": " << (r.start_rss_bytes >= 0 ? std::to_string(r.start_rss_bytes) : "null") << ",\n"
+       << "      \"start_rss_bytes\": " << (r.start_rss_bytes >= 0 ? std::to_string(r.start_rss_bytes) : "null")
+       << ",\n"
        << "      \"peak_rss_bytes\": " << (r.peak_rss_bytes >= 0 ? std::to_string(r.peak_rss_bytes) : "null") << ",\n";
     if (p.ddp)
       os << "      \"data_parallel\": {\"world_size\": " << r.world_size << ", \"zero_stage\": " << p.zero_stage
@@ -247,19 +254,20 @@ std::string results_json(const std::vector<Result>& results, const RunInfo& info
          << ", \"communication_ms\": " << json_number(r.communication_ms, r.measured)
          << ", \"exposed_ms\": " << json_number(r.exposed_ms, r.measured)
          << ", \"hidden_fraction\": " << json_number(r.hidden_fraction(), r.measured) << "},\n";
-    else
-      os << "      \"data_parallel\": null,\n";
+    else os << "      \"data_parallel\": null,\n";
     if (!r.device_stats.empty()) {
       const bool stages = p.pipeline_stages > 1;
-      os << "      \"several_devices\": {\"pipeline_stages\": " << p.pipeline_stages << ", \"schedule\": "
-         << (stages ? json_quote(nn::pipeline_schedule_name(p.schedule)) : std::string("null"))
+      os << "      \"several_devices\": {\"pipeline_stages\": " << p.pipeline_stages
+         << ", \"schedule\": " << (stages ? json_quote(nn::pipeline_schedule_name(p.schedule)) : std::string("null"))
          << ", \"micro_batches\": " << p.micro_batches << ", \"tensor_parallel\": " << p.tensor_parallel
-         << ", \"replicas\": " << p.replicas << ", \"bubble_fraction\": " << json_number(r.bubble_fraction, stages && r.measured)
+         << ", \"replicas\": " << p.replicas
+         << ", \"bubble_fraction\": " << json_number(r.bubble_fraction, stages && r.measured)
          << ", \"ideal_bubble\": " << json_number(p.ideal_bubble(), stages) << ", \"devices\": [";
       for (size_t k = 0; k < r.device_stats.size(); ++k) {
         const auto& [d, st] = r.device_stats[k];
-        os << (k ? ", " : "") << "{\"device\": " << json_quote(d.str()) << ", \"peak_allocated_bytes\": "
-           << st.allocated_bytes.peak << ", \"peak_reserved_bytes\": " << st.reserved_bytes.peak << ", \"peak_by_category\": {";
+        os << (k ? ", " : "") << "{\"device\": " << json_quote(d.str())
+           << ", \"peak_allocated_bytes\": " << st.allocated_bytes.peak
+           << ", \"peak_reserved_bytes\": " << st.reserved_bytes.peak << ", \"peak_by_category\": {";
         for (int c = 0; c < kNumMemoryCategories; ++c)
           os << (c ? ", " : "") << json_quote(category_name(static_cast<MemoryCategory>(c))) << ": "
              << st.category(static_cast<MemoryCategory>(c)).peak;
@@ -295,7 +303,8 @@ std::string results_json(const std::vector<Result>& results, const RunInfo& info
   for (size_t i = 0; i < pairs.size(); ++i) {
     const CheckpointOverhead& o = pairs[i];
     os << (i ? ",\n" : "\n") << "    {\"preset\": " << json_quote(o.ckpt->preset.name)
-       << ", \"base\": " << json_quote(o.base->preset.name) << ", \"step_time_ratio\": " << json_number(o.step_time_ratio)
+       << ", \"base\": " << json_quote(o.base->preset.name)
+       << ", \"step_time_ratio\": " << json_number(o.step_time_ratio)
        << ", \"activation_peak_ratio\": " << json_number(o.activation_peak_ratio)
        << ", \"peak_allocated_ratio\": " << json_number(o.peak_allocated_ratio) << "}";
   }
@@ -309,15 +318,16 @@ std::string results_csv(const std::vector<Result>& results, const RunInfo& info)
   std::ostringstream os;
   os << "preset,framework,mode,device,model,batch,seq_len,items_per_step,item_unit,precision,precision_mode,technique,"
         "status,parameters,peak_allocated_bytes,peak_reserved_bytes";
-  for (int c = 0; c < kNumMemoryCategories; ++c) os << ",peak_" << category_name(static_cast<MemoryCategory>(c)) << "_bytes";
+  for (int c = 0; c < kNumMemoryCategories; ++c)
+    os << ",peak_" << category_name(static_cast<MemoryCategory>(c)) << "_bytes";
   os << ",step_time_ms,step_time_ms_min,step_time_ms_max,items_per_second,final_loss,oom_requested_bytes,error\n";
   auto num = [](double v, bool valid) { return valid && std::isfinite(v) ? fmt("%.9g", v) : std::string(); };
   for (const Result& r : results) {
     const Preset& p = r.preset;
-    os << csv_field(p.name) << ",headroom,eager," << csv_field(info.device) << "," << csv_field(p.model) << "," << p.batch
-       << "," << p.seq_len << "," << p.items_per_step() << "," << p.item_unit() << "," << dtype_name(p.dtype)
-       << "," << (p.dtype == DType::f32 ? "pure" : "amp") << "," << csv_field(p.technique()) << "," << r.status << "," << r.parameters << "," << r.peak_allocated()
-       << "," << r.peak_reserved();
+    os << csv_field(p.name) << ",headroom,eager," << csv_field(info.device) << "," << csv_field(p.model) << ","
+       << p.batch << "," << p.seq_len << "," << p.items_per_step() << "," << p.item_unit() << "," << dtype_name(p.dtype)
+       << "," << (p.dtype == DType::f32 ? "pure" : "amp") << "," << csv_field(p.technique()) << "," << r.status << ","
+       << r.parameters << "," << r.peak_allocated() << "," << r.peak_reserved();
     for (int c = 0; c < kNumMemoryCategories; ++c) os << "," << r.peak_category(static_cast<MemoryCategory>(c));
     os << "," << num(r.step_ms, r.measured) << "," << num(r.step_ms_min, r.measured) << ","
        << num(r.step_ms_max, r.measured) << "," << num(r.items_per_second, r.measured) << ","
@@ -400,14 +410,17 @@ std::string memory_throughput_svg(const std::vector<Result>& results, const RunI
   const double x0 = kLeft, x1 = kW - kRight, y0 = kTop + kPlotH, y1 = kTop;
 
   std::ostringstream os;
-  os << fmt("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%.0f\" height=\"%.0f\" viewBox=\"0 0 %.0f %.0f\" "
-            "font-family=\"sans-serif\" font-size=\"12\">\n",
-            kW, height, kW, height);
+  os << fmt(
+      "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%.0f\" height=\"%.0f\" viewBox=\"0 0 %.0f %.0f\" "
+      "font-family=\"sans-serif\" font-size=\"12\">\n",
+      kW, height, kW, height);
   os << fmt("<rect x=\"0\" y=\"0\" width=\"%.0f\" height=\"%.0f\" fill=\"white\"/>\n", kW, height);
-  os << "<text x=\"" << kLeft << "\" y=\"24\" font-size=\"15\" font-weight=\"bold\">headroom-bench: peak memory against "
+  os << "<text x=\"" << kLeft
+     << "\" y=\"24\" font-size=\"15\" font-weight=\"bold\">headroom-bench: peak memory against "
      << "throughput</text>\n";
-  os << "<text x=\"" << kLeft << "\" y=\"42\" fill=\"#555\">" << html_escape(info.device + " (" + info.device_name + "), ")
-     << info.steps << " timed steps, " << html_escape(info.date) << "</text>\n";
+  os << "<text x=\"" << kLeft << "\" y=\"42\" fill=\"#555\">"
+     << html_escape(info.device + " (" + info.device_name + "), ") << info.steps << " timed steps, "
+     << html_escape(info.date) << "</text>\n";
 
   if (points.empty()) {
     os << fmt("<text x=\"%.0f\" y=\"%.0f\">no configuration completed</text>\n", x0, (y0 + y1) / 2);
@@ -422,8 +435,10 @@ std::string memory_throughput_svg(const std::vector<Result>& results, const RunI
     auto py = [&](double v) { return y0 - ay.frac(v) * (y0 - y1); };
     // Grid and ticks.
     os << "<g stroke=\"#ddd\">\n";
-    for (double t : ax.ticks) os << fmt("<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\"/>\n", px(t), y0, px(t), y1);
-    for (double t : ay.ticks) os << fmt("<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\"/>\n", x0, py(t), x1, py(t));
+    for (double t : ax.ticks)
+      os << fmt("<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\"/>\n", px(t), y0, px(t), y1);
+    for (double t : ay.ticks)
+      os << fmt("<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\"/>\n", x0, py(t), x1, py(t));
     os << "</g>\n<g fill=\"#333\">\n";
     for (double t : ax.ticks)
       os << fmt("<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\">", px(t), y0 + 16) << short_count(t) << "</text>\n";
@@ -480,8 +495,9 @@ std::string memory_throughput_svg(const std::vector<Result>& results, const RunI
   os << "</g>\n";
   for (const Result* r : failed) {
     y += 18;
-    const std::string what = r->status == "oom" ? "out of memory (asked for " + format_bytes(r->oom_requested_bytes) + ")"
-                                                : "error: " + r->error;
+    const std::string what = r->status == "oom"
+                                 ? "out of memory (asked for " + format_bytes(r->oom_requested_bytes) + ")"
+                                 : "error: " + r->error;
     os << fmt("<text class=\"failed\" x=\"%.0f\" y=\"%.0f\" fill=\"#b00\">", x0, y)
        << html_escape(r->preset.name + ": " + what) << "</text>\n";
   }
@@ -522,9 +538,8 @@ std::string profile_tables(const std::vector<Result>& results, size_t top) {
     if (rest_calls > 0)
       os << "| (" << r.profile.size() - top << " other ops) | " << rest_calls << " | " << std::setprecision(3)
          << rest_ms << " | " << std::setprecision(1) << share(rest_ms) << "% |\n";
-    os << "| (not in any op: the GPU waiting for the host) | | " << std::setprecision(3)
-       << std::max(0.0, step - ops_ms) << " | " << std::setprecision(1) << share(std::max(0.0, step - ops_ms))
-       << "% |\n";
+    os << "| (not in any op: the GPU waiting for the host) | | " << std::setprecision(3) << std::max(0.0, step - ops_ms)
+       << " | " << std::setprecision(1) << share(std::max(0.0, step - ops_ms)) << "% |\n";
   }
   return os.str();
 }

@@ -85,7 +85,9 @@ struct Result {
   int64_t buckets = 0;
   int64_t communication_bytes = 0;  // gradient bytes reduced per step
   double communication_ms = 0, exposed_ms = 0;
-  double hidden_fraction() const { return communication_ms > 0 ? std::max(0.0, 1.0 - exposed_ms / communication_ms) : 0.0; }
+  double hidden_fraction() const {
+    return communication_ms > 0 ? std::max(0.0, 1.0 - exposed_ms / communication_ms) : 0.0;
+  }
 
   // Several devices in one process (Preset::several_devices): each device's allocator stats in
   // device order (`stats` above is the first's), predicted likewise under --predict; and the

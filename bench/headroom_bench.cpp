@@ -55,12 +55,17 @@ constexpr int kNameWidth = 40;
 
 void print_list(std::ostream& os) {
   os << "presets (model x batch x precision x technique):\n";
-  for (const Preset& p : all_presets()) os << "  " << std::left << std::setw(kNameWidth) << p.name << p.description << "\n";
+  for (const Preset& p : all_presets())
+    os << "  " << std::left << std::setw(kNameWidth) << p.name << p.description << "\n";
   os << "groups:\n"
-     << "  " << std::setw(kNameWidth) << "cpu" << "the small presets (names with 'cpu'), seconds each on a CPU\n"
-     << "  " << std::setw(kNameWidth) << "gpu" << "the reference workloads of DESIGN.md (GPT-2 small, MLP, ResNet-18)\n"
-     << "  " << std::setw(kNameWidth) << "gpt2-small" << "GPT-2 small in f32, f16 and bf16, naive and fused attention\n"
-     << "  " << std::setw(kNameWidth) << "all" << "every preset\n"
+     << "  " << std::setw(kNameWidth) << "cpu"
+     << "the small presets (names with 'cpu'), seconds each on a CPU\n"
+     << "  " << std::setw(kNameWidth) << "gpu"
+     << "the reference workloads of DESIGN.md (GPT-2 small, MLP, ResNet-18)\n"
+     << "  " << std::setw(kNameWidth) << "gpt2-small"
+     << "GPT-2 small in f32, f16 and bf16, naive and fused attention\n"
+     << "  " << std::setw(kNameWidth) << "all"
+     << "every preset\n"
      << "precision: f16 and bf16 are mixed precision (autocast, f32 master weights; f16 with dynamic loss\n"
      << "scaling); -mbK presets run each batch as K micro-batches with gradient accumulation; -ckpt-block\n"
      << "and -ckpt-sqrt presets recompute activations in backward (per block or stage, or sqrt(n)\n"
@@ -236,7 +241,8 @@ int main(int argc, char** argv) {
   flags.add("predict", &predict,
             "first predict each configuration's memory by meta execution (docs/planning.md) and report it against "
             "the measurement; exit status 3 when a prediction is off");
-  flags.add("profile", &profile, "cuda: after the timed steps, one more with GPU time by op (kernels/cuda/op_profile.h)");
+  flags.add("profile", &profile,
+            "cuda: after the timed steps, one more with GPU time by op (kernels/cuda/op_profile.h)");
   flags.add("memory-limit", &memory_limit, "cap on the device's memory, e.g. 24GiB (default: HEADROOM_MEMORY_LIMIT)",
             examples::Flags::Check<std::string>([](const std::string& v) {
               try {
@@ -270,7 +276,8 @@ int main(int argc, char** argv) {
     } catch (const std::exception& e) {
       throw DeviceError(str_cat("headroom-bench: device ", device.str(), " cannot be used: ", first_line(e.what())));
     }
-    if (!memory_limit.empty()) caching_allocator(device).set_memory_limit(parse_memory_size(memory_limit, "--memory-limit"));
+    if (!memory_limit.empty())
+      caching_allocator(device).set_memory_limit(parse_memory_size(memory_limit, "--memory-limit"));
     // Data-parallel presets run over mpirun's ranks (alone: one rank); every rank runs every
     // preset in the same order, and rank 0 alone prints and writes the results.
     bool any_parallel = false;
@@ -284,7 +291,9 @@ int main(int argc, char** argv) {
 
     RunInfo info;
     info.device = device.str();
-    info.device_name = device_name(device) + (any_parallel ? str_cat(", ", dist::world().size(), " ranks (", dist::world().backend_name(), ")") : std::string());
+    info.device_name = device_name(device) + (any_parallel ? str_cat(", ", dist::world().size(), " ranks (",
+                                                                     dist::world().backend_name(), ")")
+                                                           : std::string());
     info.date = utc_now();
     info.steps = steps;
     info.warmup_steps = warmup;
@@ -293,7 +302,8 @@ int main(int argc, char** argv) {
     bool failed = false;
     for (size_t i = 0; i < presets.size(); ++i) {
       const Preset& p = presets[i];
-      std::cerr << "[" << i + 1 << "/" << presets.size() << "] " << p.name << ": " << p.description << "\n" << std::flush;
+      std::cerr << "[" << i + 1 << "/" << presets.size() << "] " << p.name << ": " << p.description << "\n"
+                << std::flush;
       examples::Timer t;
       Result predicted;
       if (predict) predict_preset(p, device, steps, warmup, static_cast<uint64_t>(seed), predicted);
@@ -307,8 +317,7 @@ int main(int argc, char** argv) {
                   << format_bytes(r.peak_reserved()) << ", " << std::fixed << std::setprecision(2) << r.step_ms
                   << " ms/step, " << std::setprecision(0) << r.items_per_second << " " << p.item_unit() << "/s, loss "
                   << std::setprecision(4) << r.final_loss;
-      else
-        std::cerr << "  " << (r.status == "oom" ? "out of memory: " : "error: ") << r.error;
+      else std::cerr << "  " << (r.status == "oom" ? "out of memory: " : "error: ") << r.error;
       std::cerr << " (" << std::fixed << std::setprecision(1) << t.seconds() << " s)\n" << std::flush;
       failed = failed || r.status == "error";
       results.push_back(std::move(r));
@@ -325,7 +334,8 @@ int main(int argc, char** argv) {
     write_text_file((dir / "results.csv").string(), results_csv(results, info));
     write_text_file((dir / "results.md").string(), table);
     write_text_file((dir / "memory_vs_throughput.svg").string(), memory_throughput_svg(results, info));
-    std::cerr << "wrote " << (dir / "results.json").string() << ", results.csv, results.md and memory_vs_throughput.svg\n";
+    std::cerr << "wrote " << (dir / "results.json").string()
+              << ", results.csv, results.md and memory_vs_throughput.svg\n";
     if (failed) return 1;
     if (!predictions_exact) {
       std::cerr << "headroom-bench: a prediction differs from its measurement (table above)\n";

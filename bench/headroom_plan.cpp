@@ -135,8 +135,8 @@ Verified verify_mix(const optim::StepFactory& make, const optim::MixPrediction& 
       times.push_back(begin.elapsed_ms(end) / 1000.0);
     }
     std::sort(times.begin(), times.end());
-    v.measured_seconds = times.size() % 2 ? times[times.size() / 2]
-                                          : (times[times.size() / 2 - 1] + times[times.size() / 2]) / 2;
+    v.measured_seconds =
+        times.size() % 2 ? times[times.size() / 2] : (times[times.size() / 2 - 1] + times[times.size() / 2]) / 2;
   } catch (const OutOfMemoryError& e) {
     v.status = str_cat("oom: ", first_line(e.what()));
   }
@@ -239,9 +239,17 @@ std::vector<std::string> split_list(const std::string& text) {
 // run the same mixes, in the same order: their collectives pair up).
 constexpr size_t kMixCode = 11;
 std::vector<int64_t> encode(const optim::Mix& m) {
-  return {static_cast<int64_t>(m.precision), static_cast<int64_t>(m.attention), static_cast<int64_t>(m.checkpoint),
-          m.micro_batches, m.world_size, m.zero_stage, m.pipeline_stages, m.one_f_one_b ? 1 : 0, m.tensor_parallel,
-          m.offload_activations ? 1 : 0, m.offload_optimizer ? 1 : 0};
+  return {static_cast<int64_t>(m.precision),
+          static_cast<int64_t>(m.attention),
+          static_cast<int64_t>(m.checkpoint),
+          m.micro_batches,
+          m.world_size,
+          m.zero_stage,
+          m.pipeline_stages,
+          m.one_f_one_b ? 1 : 0,
+          m.tensor_parallel,
+          m.offload_activations ? 1 : 0,
+          m.offload_optimizer ? 1 : 0};
 }
 bool same(const optim::Mix& m, const std::vector<int64_t>& v, size_t at) {
   const std::vector<int64_t> e = encode(m);
@@ -250,7 +258,8 @@ bool same(const optim::Mix& m, const std::vector<int64_t>& v, size_t at) {
 
 int main(int argc, char** argv) {
   std::string preset_name, device_arg = "cpu", gpu = "h100", budget_arg, out_dir = "headroom-plan-results";
-  std::string world_sizes_arg = "1", zero_arg = "0", pipeline_arg = "1", schedule_arg = "1f1b", tensor_parallel_arg = "1";
+  std::string world_sizes_arg = "1", zero_arg = "0", pipeline_arg = "1", schedule_arg = "1f1b",
+              tensor_parallel_arg = "1";
   std::string offload_arg;
   int64_t batch = 0, seed = 1, max_batch = 1024, verify_steps = 5;
   bool capacity_mode = false, verify = false, no_calibrate = false;
@@ -336,7 +345,8 @@ int main(int argc, char** argv) {
              base.name, " is not one)");
     // Under mpirun, rank 0 prints and writes; every rank plans and verifies alike.
     dist::ProcessGroup* world = nullptr;
-    for (int w : world_sizes) if (w > 1) world = &dist::world();
+    for (int w : world_sizes)
+      if (w > 1) world = &dist::world();
     if (!world && std::getenv("OMPI_COMM_WORLD_SIZE")) world = &dist::world();
     const bool writer = !world || world->rank() == 0;
     if (!writer) std::cout.setstate(std::ios::failbit);
@@ -350,8 +360,7 @@ int main(int argc, char** argv) {
       if (p.ddp) {
         if (!meta_active() && world && world->size() == mix.world_size)
           group = std::shared_ptr<dist::ProcessGroup>(world, [](dist::ProcessGroup*) {});
-        else
-          group = std::make_shared<dist::MetaGroup>(0, mix.world_size, device.type);
+        else group = std::make_shared<dist::MetaGroup>(0, mix.world_size, device.type);
       }
       manual_seed(static_cast<uint64_t>(seed));
       std::shared_ptr<Workload> w = make_workload(p, device, static_cast<uint64_t>(seed), group.get());
@@ -372,8 +381,10 @@ int main(int argc, char** argv) {
       else if (what == "optimizer") space.offload_optimizer = {false, true};
       else throw ValueError(str_cat("headroom-plan: --offload takes activations, optimizer or both, got '", what, "'"));
     }
-    HR_CHECK(space.offload_optimizer.size() == 1 || gpt, ValueError, "headroom-plan: --offload optimizer offloads "
-             "AdamW's state, and ", base.name, " trains with SGD (GPT presets use AdamW)");
+    HR_CHECK(space.offload_optimizer.size() == 1 || gpt, ValueError,
+             "headroom-plan: --offload optimizer offloads "
+             "AdamW's state, and ",
+             base.name, " trains with SGD (GPT presets use AdamW)");
     if (base.kind == ModelKind::mlp) space.checkpoints = {nn::CheckpointMode::none};
     optim::PlanOptions opt;
     opt.device = device;
@@ -387,8 +398,8 @@ int main(int argc, char** argv) {
 
     std::ostringstream md;
     md << "# headroom-plan: " << base.model << ", batch " << batch << ", " << device.str()
-       << (device.is_cuda() ? str_cat(" (", gpu, ")") : std::string()) << ", budget " << format_bytes(static_cast<int64_t>(budget))
-       << "\n\n";
+       << (device.is_cuda() ? str_cat(" (", gpu, ")") : std::string()) << ", budget "
+       << format_bytes(static_cast<int64_t>(budget)) << "\n\n";
     examples::Timer timer;
     const optim::Plan p = optim::plan(make, budget, space, opt);
     double predict_seconds = 0;
@@ -403,13 +414,12 @@ int main(int argc, char** argv) {
          << "'s kind, docs/model-parallel.md): every device's memory is predicted and must fit the budget, and the "
             "peaks shown are the fullest device's. Their time is priced per device -- the slowest rank, or the "
             "pipeline's fill, drain and slowest stage (Note [planning]) -- without the copies between devices"
-         << (opt.concurrent_devices > 0
-                 ? str_cat("; the cpu devices share the host's cores, so no more than ", opt.concurrent_devices,
-                           " compute at once")
-                 : std::string())
+         << (opt.concurrent_devices > 0 ? str_cat("; the cpu devices share the host's cores, so no more than ",
+                                                  opt.concurrent_devices, " compute at once")
+                                        : std::string())
          << ".\n";
-    md << std::fixed << std::setprecision(2) << "\n" << p.mixes.size() << " mixes predicted in " << predict_seconds
-       << " s";
+    md << std::fixed << std::setprecision(2) << "\n"
+       << p.mixes.size() << " mixes predicted in " << predict_seconds << " s";
     if (!p.calibrated_on.empty()) {
       md << "; calibrated on";
       for (const auto& m : p.calibrated_on) md << " [" << m.str(gpt) << "]";
@@ -425,7 +435,8 @@ int main(int argc, char** argv) {
       // Per rank: a data-parallel mix's batch is N times what each rank runs.
       optim::StepFactory per_rank = [&](const optim::Mix& mix, int64_t b) { return make(mix, b * mix.world_size); };
       md << "\n## Capacity: largest batch as one micro-batch in " << format_bytes(static_cast<int64_t>(budget))
-         << " (per rank)\n\n| mix | largest batch per rank | " << base.item_unit() << " per rank and step |\n|---|---:|---:|\n";
+         << " (per rank)\n\n| mix | largest batch per rank | " << base.item_unit()
+         << " per rank and step |\n|---|---:|---:|\n";
       for (const optim::Mix& mix : cs.mixes()) {
         const int64_t c = optim::capacity(per_rank, mix, budget, opt, max_batch);
         capacities.emplace_back(mix, c);
@@ -504,8 +515,7 @@ int main(int argc, char** argv) {
         if (v.predicted_seconds > 0)
           md << std::showpos << std::setprecision(0) << 100 * (v.predicted_seconds / v.measured_seconds - 1)
              << std::noshowpos << "% |\n";
-        else
-          md << "- |\n";
+        else md << "- |\n";
       }
       int pairs = 0, ordered = 0;
       for (size_t i = 0; i < verified.size(); ++i)
@@ -524,11 +534,10 @@ int main(int argc, char** argv) {
         // A pipeline's stages run on threads: their copies between devices land when the
         // threads' timing decides (Note [meta in worker threads]): 5% or 64 KiB.
         const bool threaded = v.mix.pipeline_stages > 1;
-        const bool allocated_ok =
-            bound      ? v.measured_allocated <= v.predicted_allocated
-            : threaded ? std::llabs(v.measured_allocated - v.predicted_allocated) <=
-                             std::max<int64_t>(v.measured_allocated / 20, 64 << 10)
-                       : v.measured_allocated == v.predicted_allocated;
+        const bool allocated_ok = bound      ? v.measured_allocated <= v.predicted_allocated
+                                  : threaded ? std::llabs(v.measured_allocated - v.predicted_allocated) <=
+                                                   std::max<int64_t>(v.measured_allocated / 20, 64 << 10)
+                                             : v.measured_allocated == v.predicted_allocated;
         // The threaded pipeline's segments likewise: within 5% or one 2 MiB segment.
         const double reserved_off = std::abs(static_cast<double>(v.measured_reserved - v.predicted_reserved));
         const bool reserved_ok =
@@ -547,9 +556,10 @@ int main(int argc, char** argv) {
     const fs::path dir(out_dir);
     write_text_file((dir / "plan.md").string(), text);
     std::ostringstream js;
-    js << "{\n  \"model\": " << json_string(base.model) << ",\n  \"batch\": " << batch << ",\n  \"device\": "
-       << json_string(device.str()) << ",\n  \"gpu\": " << json_string(device.is_cuda() ? gpu : "")
-       << ",\n  \"budget_bytes\": " << budget << ",\n  \"cost_model\": " << json_string(p.cost_model)
+    js << "{\n  \"model\": " << json_string(base.model) << ",\n  \"batch\": " << batch
+       << ",\n  \"device\": " << json_string(device.str())
+       << ",\n  \"gpu\": " << json_string(device.is_cuda() ? gpu : "") << ",\n  \"budget_bytes\": " << budget
+       << ",\n  \"cost_model\": " << json_string(p.cost_model)
        << ",\n  \"chosen\": " << (p.choice() ? json_string(p.choice()->mix.str(gpt)) : "null") << ",\n  \"mixes\": [";
     for (size_t i = 0; i < p.mixes.size(); ++i) {
       const auto& m = p.mixes[i];
@@ -565,14 +575,14 @@ int main(int argc, char** argv) {
         js << (k ? ", " : "") << "{\"device\": " << json_string(m.device_stats[k].first.str())
            << ", \"peak_allocated_bytes\": " << m.device_stats[k].second.allocated_bytes.peak
            << ", \"peak_reserved_bytes\": " << m.device_stats[k].second.reserved_bytes.peak << "}";
-      js << "], \"status\": " << json_string(m.status)
-         << ", \"fits\": " << (m.fits() ? "true" : "false") << ", \"peak_allocated_bytes\": " << m.peak_allocated()
-         << ", \"peak_reserved_bytes\": " << m.peak_reserved() << ", \"peak_by_category\": {";
+      js << "], \"status\": " << json_string(m.status) << ", \"fits\": " << (m.fits() ? "true" : "false")
+         << ", \"peak_allocated_bytes\": " << m.peak_allocated() << ", \"peak_reserved_bytes\": " << m.peak_reserved()
+         << ", \"peak_by_category\": {";
       for (int c = 0; c < kNumMemoryCategories; ++c)
         js << (c ? ", " : "") << "\"" << category_name(static_cast<MemoryCategory>(c))
            << "\": " << m.stats.category(static_cast<MemoryCategory>(c)).peak;
-      js << "}, \"predicted_step_seconds\": " << num(m.seconds) << ", \"ops\": " << m.ops << ", \"flops\": "
-         << num(m.flops) << ", \"bytes\": " << num(m.bytes) << "}";
+      js << "}, \"predicted_step_seconds\": " << num(m.seconds) << ", \"ops\": " << m.ops
+         << ", \"flops\": " << num(m.flops) << ", \"bytes\": " << num(m.bytes) << "}";
     }
     js << "\n  ],\n  \"capacity\": [";
     for (size_t i = 0; i < capacities.size(); ++i)
@@ -581,8 +591,9 @@ int main(int argc, char** argv) {
     js << "\n  ],\n  \"verified\": [";
     for (size_t i = 0; i < verified.size(); ++i) {
       const Verified& v = verified[i];
-      js << (i ? "," : "") << "\n    {\"mix\": " << json_string(v.mix.str(gpt)) << ", \"status\": "
-         << json_string(v.status) << ", \"predicted_peak_allocated_bytes\": " << v.predicted_allocated
+      js << (i ? "," : "") << "\n    {\"mix\": " << json_string(v.mix.str(gpt))
+         << ", \"status\": " << json_string(v.status)
+         << ", \"predicted_peak_allocated_bytes\": " << v.predicted_allocated
          << ", \"measured_peak_allocated_bytes\": " << v.measured_allocated
          << ", \"predicted_peak_reserved_bytes\": " << v.predicted_reserved
          << ", \"measured_peak_reserved_bytes\": " << v.measured_reserved
@@ -591,8 +602,9 @@ int main(int argc, char** argv) {
     }
     js << "\n  ]\n}\n";
     write_text_file((dir / "plan.json").string(), js.str());
-    write_text_file((dir / "plan.svg").string(),
-                    plan_svg(p, gpt, str_cat(base.model, " B=", batch, " on ", device.str(), ": predicted memory against time")));
+    write_text_file(
+        (dir / "plan.svg").string(),
+        plan_svg(p, gpt, str_cat(base.model, " B=", batch, " on ", device.str(), ": predicted memory against time")));
     std::cerr << "wrote " << (dir / "plan.json").string() << ", plan.md and plan.svg\n";
     if (memory_mismatch) {
       std::cerr << "headroom-plan: a verified mix's memory differs from its prediction (table above)\n";

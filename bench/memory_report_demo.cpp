@@ -20,7 +20,8 @@ using namespace headroom;
 
 int main(int argc, char** argv) {
   if (argc < 2 || argc > 3) {
-    std::fprintf(stderr, "usage: %s DIR [steps]\n  writes a memory report of a small traced MLP run into DIR\n", argv[0]);
+    std::fprintf(stderr, "usage: %s DIR [steps]\n  writes a memory report of a small traced MLP run into DIR\n",
+                 argv[0]);
     return 2;
   }
   const std::string dir = argv[1];
@@ -37,7 +38,8 @@ int main(int argc, char** argv) {
     std::vector<Tensor> weights, velocity;
     {
       CategoryScope scope(MemoryCategory::parameter);
-      for (int64_t l = 0; l < depth; ++l) weights.push_back(mul(Tensor::randn({width, width}), Tensor::scalar(0.04)).set_requires_grad());
+      for (int64_t l = 0; l < depth; ++l)
+        weights.push_back(mul(Tensor::randn({width, width}), Tensor::scalar(0.04)).set_requires_grad());
     }
     {
       CategoryScope scope(MemoryCategory::optimizer_state);

@@ -32,7 +32,8 @@ std::shared_ptr<nn::Sequential> make_cnn() {
       std::make_shared<nn::ReLU>(), std::make_shared<nn::MaxPool2d>(2),
       std::make_shared<nn::Conv2d>(16, 32, 3, 1, 1, 1, false), std::make_shared<nn::BatchNorm2d>(32),
       std::make_shared<nn::ReLU>(), std::make_shared<nn::MaxPool2d>(2), std::make_shared<nn::Flatten>(),
-      std::make_shared<nn::Linear>(32 * 7 * 7, 128), std::make_shared<nn::ReLU>(), std::make_shared<nn::Linear>(128, 10)});
+      std::make_shared<nn::Linear>(32 * 7 * 7, 128), std::make_shared<nn::ReLU>(),
+      std::make_shared<nn::Linear>(128, 10)});
 }
 
 struct ReplayResult {
@@ -66,7 +67,8 @@ ReplayResult replay(const std::vector<TraceEvent>& trace) {
                     format_bytes(alloc.stats().reserved_bytes.current).c_str());
         for (const auto& seg : alloc.snapshot()) {
           std::printf("  segment %s%s:", format_bytes(seg.size).c_str(), seg.small_pool ? " (small)" : "");
-          for (const auto& b : seg.blocks) std::printf(" %s%s", b.state == "free" ? "FREE " : "", format_bytes(b.size).c_str());
+          for (const auto& b : seg.blocks)
+            std::printf(" %s%s", b.state == "free" ? "FREE " : "", format_bytes(b.size).c_str());
           std::printf("\n");
         }
       }
@@ -125,14 +127,16 @@ int main(int argc, char** argv) {
 
   if (g_verbose)
     for (const TraceEvent& e : trace)
-      std::printf("%-13s %10lld %-16s alloc %s reserved %s\n", trace_kind_name(e.kind), static_cast<long long>(e.requested ? e.requested : e.bytes),
-                  category_name(e.category), format_bytes(e.allocated_after).c_str(), format_bytes(e.reserved_after).c_str());
+      std::printf("%-13s %10lld %-16s alloc %s reserved %s\n", trace_kind_name(e.kind),
+                  static_cast<long long>(e.requested ? e.requested : e.bytes), category_name(e.category),
+                  format_bytes(e.allocated_after).c_str(), format_bytes(e.reserved_after).c_str());
   ReplayResult r = replay(trace);
   const double ratio = static_cast<double>(r.peak_reserved) / static_cast<double>(r.peak_allocated);
   std::printf("replay of one CNN training step (batch %lld): %lld allocations, %lld segments\n",
               static_cast<long long>(batch), static_cast<long long>(r.allocs), static_cast<long long>(r.device_allocs));
   std::printf("| peak allocated | peak reserved | reserved / allocated |\n|---|---|---|\n");
-  std::printf("| %s | %s | %.3f |\n", format_bytes(r.peak_allocated).c_str(), format_bytes(r.peak_reserved).c_str(), ratio);
+  std::printf("| %s | %s | %.3f |\n", format_bytes(r.peak_allocated).c_str(), format_bytes(r.peak_reserved).c_str(),
+              ratio);
   std::printf("target: <= 1.10 -> %s\n", ratio <= 1.10 ? "met" : "NOT met");
   return 0;
 }

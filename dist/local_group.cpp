@@ -69,7 +69,6 @@ void reduce(DType d, const std::vector<const void*>& inputs, int64_t n, ReduceOp
   throw DTypeError(str_cat("in-process group: no reduction for ", dtype_name(d)));
 }
 
-
 // What the ranks of one in-process group share.
 struct Hub {
   explicit Hub(std::vector<Device> d) : devices(std::move(d)) {}
@@ -125,8 +124,8 @@ class LocalGroup final : public ProcessGroup {
     const Device mine = hub_->devices[static_cast<size_t>(rank())];
     for (const Tensor* t : {&op.a, &op.b})
       if (t->defined())
-        HR_CHECK(t->device() == mine, DeviceError, work->description(), ": rank ", rank(), " of this in-process group is ",
-                 mine.str(), " but its tensor is on ", t->device().str());
+        HR_CHECK(t->device() == mine, DeviceError, work->description(), ": rank ", rank(),
+                 " of this in-process group is ", mine.str(), " but its tensor is on ", t->device().str());
     HR_CHECK(op.kind != OpKind::send && op.kind != OpKind::recv, CommunicationError, work->description(),
              ": an in-process group has no send/recv (the pipeline passes tensors through its own channels)");
     Hub::Pending ready;
@@ -167,8 +166,9 @@ class LocalGroup final : public ProcessGroup {
   void execute(Hub::Pending& p) {
     const Op& first = *p.ops[0];
     auto what = [](const Op& o) {
-      return o.a.defined() ? str_cat(op_kind_name(o.kind), " (", dtype_name(o.a.dtype()), ", ", o.a.numel(), " elements)")
-                           : std::string(op_kind_name(o.kind));
+      return o.a.defined()
+                 ? str_cat(op_kind_name(o.kind), " (", dtype_name(o.a.dtype()), ", ", o.a.numel(), " elements)")
+                 : std::string(op_kind_name(o.kind));
     };
     for (int r = 1; r < size(); ++r) {
       const Op& o = *p.ops[static_cast<size_t>(r)];
@@ -221,7 +221,8 @@ class LocalGroup final : public ProcessGroup {
       case OpKind::broadcast: {
         const Op& root = *p.ops[static_cast<size_t>(first.peer)];
         for (int r = 0; r < n; ++r)
-          if (r != first.peer) std::memcpy(p.ops[static_cast<size_t>(r)]->a.raw_data(), root.a.raw_data(), root.a.nbytes());
+          if (r != first.peer)
+            std::memcpy(p.ops[static_cast<size_t>(r)]->a.raw_data(), root.a.raw_data(), root.a.nbytes());
         return;
       }
       case OpKind::barrier: return;

@@ -187,11 +187,11 @@ WorkPtr ProcessGroup::launch(const Op& op, int64_t payload_bytes) {
              "communicated (use u8)");
   }
   if (op.kind == OpKind::all_reduce || op.kind == OpKind::reduce_scatter)
-    HR_CHECK(op.reduce != ReduceOp::average || is_floating(op.a.dtype()), DTypeError, name,
-             ": average of ", dtype_name(op.a.dtype()), " tensors (sum, then divide in a floating dtype)");
+    HR_CHECK(op.reduce != ReduceOp::average || is_floating(op.a.dtype()), DTypeError, name, ": average of ",
+             dtype_name(op.a.dtype()), " tensors (sum, then divide in a floating dtype)");
   if (op.kind == OpKind::reduce_scatter || op.kind == OpKind::all_gather) {
-    HR_CHECK(op.a.dtype() == op.b.dtype(), DTypeError, name, ": output is ", dtype_name(op.a.dtype()),
-             " but input is ", dtype_name(op.b.dtype()));
+    HR_CHECK(op.a.dtype() == op.b.dtype(), DTypeError, name, ": output is ", dtype_name(op.a.dtype()), " but input is ",
+             dtype_name(op.b.dtype()));
     HR_CHECK(op.a.device() == op.b.device(), DeviceError, name, ": output is on ", op.a.device().str(),
              " but input is on ", op.b.device().str());
     const int64_t big = op.kind == OpKind::reduce_scatter ? op.b.numel() : op.a.numel();
@@ -213,8 +213,8 @@ WorkPtr ProcessGroup::launch(const Op& op, int64_t payload_bytes) {
   if (op.kind == OpKind::broadcast) check_peer(op.peer, "broadcast root");
   if (op.kind == OpKind::send || op.kind == OpKind::recv) {
     check_peer(op.peer, op.kind == OpKind::send ? "send: destination" : "recv: source");
-    HR_CHECK(op.peer != rank_, ValueError, name, ": rank ", rank_, " cannot ", name, op.kind == OpKind::send ? " to" : " from",
-             " itself");
+    HR_CHECK(op.peer != rank_, ValueError, name, ": rank ", rank_, " cannot ", name,
+             op.kind == OpKind::send ? " to" : " from", " itself");
     HR_CHECK(op.tag >= 0, ValueError, name, ": the tag must be >= 0, got ", op.tag);
   }
 
@@ -222,7 +222,8 @@ WorkPtr ProcessGroup::launch(const Op& op, int64_t payload_bytes) {
   {
     std::lock_guard<std::mutex> lock(mutex_);
     if (!broken_.empty())
-      throw CommunicationError(str_cat(name, " on rank ", rank_, ": this ", backend_name(), " group is broken: ", broken_));
+      throw CommunicationError(
+          str_cat(name, " on rank ", rank_, ": this ", backend_name(), " group is broken: ", broken_));
     const int64_t number = next_number_++;
     std::string what = str_cat(name, " #", number);
     if (op.kind != OpKind::barrier) what += str_cat(" (", describe_tensor(op.b.defined() ? op.b : op.a), ")");
@@ -258,7 +259,8 @@ WorkPtr ProcessGroup::all_reduce(const Tensor& t, ReduceOp op) {
 }
 
 WorkPtr ProcessGroup::reduce_scatter(const Tensor& output, const Tensor& input, ReduceOp op) {
-  return launch(Op{OpKind::reduce_scatter, output, input, op}, input.defined() ? static_cast<int64_t>(input.nbytes()) : 0);
+  return launch(Op{OpKind::reduce_scatter, output, input, op},
+                input.defined() ? static_cast<int64_t>(input.nbytes()) : 0);
 }
 
 WorkPtr ProcessGroup::all_gather(const Tensor& output, const Tensor& input) {
@@ -304,7 +306,8 @@ void MetaGroup::start(const Op& op, const WorkPtr& work) {
     return;
   }
   HR_CHECK(op.kind != OpKind::send && op.kind != OpKind::recv, CommunicationError, work->description(),
-           ": a meta group of ", size(), " ranks has no peer to ", op_kind_name(op.kind), op.kind == OpKind::send ? " to" : " from");
+           ": a meta group of ", size(), " ranks has no peer to ", op_kind_name(op.kind),
+           op.kind == OpKind::send ? " to" : " from");
   work->finish();
 }
 

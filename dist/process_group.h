@@ -72,7 +72,7 @@ class Work {
   bool failed() const;
 
   OpKind kind() const { return kind_; }
-  int64_t number() const { return number_; }       // its place in the group's order (1, 2, ...)
+  int64_t number() const { return number_; }                       // its place in the group's order (1, 2, ...)
   const std::string& description() const { return description_; }  // "all_reduce #3 (f32, 1024 elements)"
   // Seconds from when the transport started it to when it finished (0 before): the time
   // spent communicating, which an overlapped operation hides behind compute.
@@ -97,10 +97,10 @@ using WorkPtr = std::shared_ptr<Work>;
 
 // Counters of one group, for benchmarks and tests.
 struct CommunicationStats {
-  int64_t operations = 0;          // operations started, every kind
+  int64_t operations = 0;  // operations started, every kind
   int64_t all_reduces = 0, reduce_scatters = 0, all_gathers = 0, broadcasts = 0;
-  int64_t bytes = 0;               // payload bytes handed to the transport (this rank's side)
-  double seconds = 0;              // time the transport spent on them (Work::seconds, summed)
+  int64_t bytes = 0;   // payload bytes handed to the transport (this rank's side)
+  double seconds = 0;  // time the transport spent on them (Work::seconds, summed)
 };
 
 class ProcessGroup {
@@ -149,9 +149,9 @@ class ProcessGroup {
   // One operation as a transport receives it (already numbered and checked).
   struct Op {
     OpKind kind;
-    Tensor a, b;       // all_reduce/broadcast/send/recv: a; reduce_scatter/all_gather: a = output, b = input
+    Tensor a, b;  // all_reduce/broadcast/send/recv: a; reduce_scatter/all_gather: a = output, b = input
     ReduceOp reduce = ReduceOp::sum;
-    int peer = -1;     // root, dst or src
+    int peer = -1;  // root, dst or src
     int tag = 0;
     bool in_place = false;  // all_gather: b is a's chunk rank()
   };

@@ -12,12 +12,12 @@
 namespace headroom {
 
 const char* unary_op_name(UnaryOp op) {
-  static const char* names[] = {"neg",  "exp",  "log",     "sqrt", "abs",        "relu",  "gelu",
+  static const char* names[] = {"neg",  "exp",     "log",  "sqrt",       "abs",    "relu",       "gelu",
                                 "tanh", "sigmoid", "sign", "reciprocal", "square", "logical_not"};
   return names[static_cast<int>(op)];
 }
 const char* binary_op_name(BinaryOp op) {
-  static const char* names[] = {"add", "sub", "mul", "div", "pow", "maximum", "minimum", "eq",
+  static const char* names[] = {"add", "sub", "mul", "div", "pow", "maximum",       "minimum",      "eq",
                                 "ne",  "lt",  "le",  "gt",  "ge",  "relu_backward", "gelu_backward"};
   return names[static_cast<int>(op)];
 }
@@ -26,8 +26,8 @@ const char* reduce_op_name(ReduceOp op) {
   return names[static_cast<int>(op)];
 }
 bool is_comparison(BinaryOp op) {
-  return op == BinaryOp::eq || op == BinaryOp::ne || op == BinaryOp::lt || op == BinaryOp::le ||
-         op == BinaryOp::gt || op == BinaryOp::ge;
+  return op == BinaryOp::eq || op == BinaryOp::ne || op == BinaryOp::lt || op == BinaryOp::le || op == BinaryOp::gt ||
+         op == BinaryOp::ge;
 }
 
 // Note [optimizer step constants]: everything in double, each constant rounded once by the kernel.
@@ -114,8 +114,8 @@ void load_device_backend(DeviceType type) {
     const std::string path = env && *env ? std::string(env) : detail::library_directory() + HEADROOM_CUDA_BACKEND;
     const std::string why = detail::load_backend_library(path);
     if (!why.empty())
-      report_backend_unloadable(DeviceType::cuda, str_cat("this build's CUDA backend (", path,
-                                                          ") could not be loaded: ", why));
+      report_backend_unloadable(DeviceType::cuda,
+                                str_cat("this build's CUDA backend (", path, ") could not be loaded: ", why));
   });
 #else
   (void)type;  // a build without the CUDA side: nothing to load (Note [missing devices])

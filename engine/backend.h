@@ -29,14 +29,37 @@ namespace headroom {
 inline DType statistics_dtype(DType data) { return data == DType::f64 ? DType::f64 : DType::f32; }
 
 enum class UnaryOp : uint8_t {
-  neg, exp, log, sqrt, abs, relu, gelu, tanh, sigmoid, sign, reciprocal, square, logical_not,
+  neg,
+  exp,
+  log,
+  sqrt,
+  abs,
+  relu,
+  gelu,
+  tanh,
+  sigmoid,
+  sign,
+  reciprocal,
+  square,
+  logical_not,
   kCount
 };
 enum class BinaryOp : uint8_t {
-  add, sub, mul, div, pow, maximum, minimum,
-  eq, ne, lt, le, gt, ge,  // comparisons write a bool output
-  relu_backward,           // a = grad, b = x: grad where x > 0, else 0
-  gelu_backward,           // a = grad, b = x: grad * d gelu(x) / dx (tanh form)
+  add,
+  sub,
+  mul,
+  div,
+  pow,
+  maximum,
+  minimum,
+  eq,
+  ne,
+  lt,
+  le,
+  gt,
+  ge,             // comparisons write a bool output
+  relu_backward,  // a = grad, b = x: grad where x > 0, else 0
+  gelu_backward,  // a = grad, b = x: grad * d gelu(x) / dx (tanh form)
   kCount
 };
 enum class ReduceOp : uint8_t { sum, mean, max, min, argmax, argmin, kCount };
@@ -92,11 +115,11 @@ struct OpTime {
 // What a device is (device_properties): for the reports, and for the planner's sense of how many
 // devices compute at once (headroom-bench and headroom-plan ask here, not the kernels).
 struct DeviceProperties {
-  std::string name;           // "cpu", "NVIDIA H200"
-  int64_t total_memory = 0;   // bytes: the GPU's; for the cpu devices, the host's, which they share
-  int compute_units = 0;      // the host's cores, or the GPU's streaming multiprocessors
-  int threads_per_op = 1;     // cpu: the threads one op spreads over (HEADROOM_NUM_THREADS); cuda: 1
-  int capability = 0;         // cuda: the compute capability, 90 for sm_90; 0 on the cpu
+  std::string name;          // "cpu", "NVIDIA H200"
+  int64_t total_memory = 0;  // bytes: the GPU's; for the cpu devices, the host's, which they share
+  int compute_units = 0;     // the host's cores, or the GPU's streaming multiprocessors
+  int threads_per_op = 1;    // cpu: the threads one op spreads over (HEADROOM_NUM_THREADS); cuda: 1
+  int capability = 0;        // cuda: the compute capability, 90 for sm_90; 0 on the cpu
 };
 // Loads the device's backend; DeviceError for a device that does not exist.
 DeviceProperties device_properties(Device device);
@@ -119,22 +142,20 @@ class Backend {
   // memory it is. non_blocking: the host memory is pinned (Tensor::empty_pinned) and the copy
   // may still be running when this returns; the caller waits for the stream (or an event
   // recorded on it) before touching the host side. The CPU always copies at once.
-  virtual void copy_to_host(void* host_dst, const void* src, size_t nbytes, Device device,
-                            bool non_blocking) = 0;
-  virtual void copy_from_host(void* dst, const void* host_src, size_t nbytes, Device device,
-                              bool non_blocking) = 0;
+  virtual void copy_to_host(void* host_dst, const void* src, size_t nbytes, Device device, bool non_blocking) = 0;
+  virtual void copy_from_host(void* dst, const void* host_src, size_t nbytes, Device device, bool non_blocking) = 0;
 
   // ---- streams and events (engine/event.h) ----
   // The CPU runs everything in order as it is called, so these do nothing there; an event id
   // is the backend's own handle (0 on the CPU).
-  virtual void synchronize(Stream /*stream*/) {}  // waits for the work queued on stream
+  virtual void synchronize(Stream /*stream*/) {}         // waits for the work queued on stream
   virtual void synchronize_device(Device /*device*/) {}  // waits for all work on the device
   virtual uint64_t event_create(Device /*device*/, bool /*timing*/) { return 0; }
   virtual void event_destroy(Device /*device*/, uint64_t /*event*/) {}
   virtual void event_record(uint64_t /*event*/, Stream /*stream*/) {}
   // Work queued on `stream` after this waits for the event (the host does not wait).
   virtual void event_wait(uint64_t /*event*/, Stream /*stream*/) {}
-  virtual void event_synchronize(uint64_t /*event*/) {}  // the host waits for the event
+  virtual void event_synchronize(uint64_t /*event*/) {}          // the host waits for the event
   virtual bool event_query(uint64_t /*event*/) { return true; }  // completed?
   // Milliseconds between two completed timing events.
   virtual double event_elapsed_ms(uint64_t /*start*/, uint64_t /*end*/) { return 0; }
@@ -143,8 +164,8 @@ class Backend {
   // through the host (CUDA: a peer copy; the driver stages it where the GPUs cannot reach each
   // other). Ordered after the work that produced src and before later work on dst; returns once
   // the bytes have landed. false: this backend has no such copy (the caller goes through the host).
-  virtual bool copy_between_devices(void* /*dst*/, Device /*dst_device*/, const void* /*src*/,
-                                    Device /*src_device*/, size_t /*nbytes*/) {
+  virtual bool copy_between_devices(void* /*dst*/, Device /*dst_device*/, const void* /*src*/, Device /*src_device*/,
+                                    size_t /*nbytes*/) {
     return false;
   }
 

@@ -125,7 +125,9 @@ size_t CachingAllocator::peak_bytes_in_use() const {
   return static_cast<size_t>(stats_.allocated_bytes.peak);
 }
 
-CachingAllocator::Pool& CachingAllocator::pool_of(const Block* b) { return b->segment->small ? small_pool_ : large_pool_; }
+CachingAllocator::Pool& CachingAllocator::pool_of(const Block* b) {
+  return b->segment->small ? small_pool_ : large_pool_;
+}
 
 void CachingAllocator::update_inactive_split(Block* b, int sign) {
   if (!b->is_free() || !b->is_split()) return;
@@ -151,7 +153,8 @@ void CachingAllocator::record(TraceKind kind, uint64_t address, int64_t bytes, M
   e.stream = stream;
   e.allocated_after = stats_.allocated_bytes.current;
   e.reserved_after = stats_.reserved_bytes.current;
-  for (int c = 0; c < kNumMemoryCategories; ++c) e.category_after[static_cast<size_t>(c)] = stats_.category_bytes[static_cast<size_t>(c)].current;
+  for (int c = 0; c < kNumMemoryCategories; ++c)
+    e.category_after[static_cast<size_t>(c)] = stats_.category_bytes[static_cast<size_t>(c)].current;
   trace_.push_back(e);
 }
 
@@ -188,7 +191,8 @@ CachingAllocator::Block* CachingAllocator::new_segment(size_t size, bool small, 
   stats_.reserved_bytes.add(static_cast<int64_t>(size));
   stats_.segment.add(1);
   ++stats_.num_device_alloc;
-  record(TraceKind::segment_alloc, reinterpret_cast<uint64_t>(p), static_cast<int64_t>(size), current_category(), stream);
+  record(TraceKind::segment_alloc, reinterpret_cast<uint64_t>(p), static_cast<int64_t>(size), current_category(),
+         stream);
   return b;
 }
 
@@ -210,7 +214,9 @@ void CachingAllocator::split_block(Block* b, size_t size) {
   update_inactive_split(rest, +1);
 }
 
-Allocation CachingAllocator::allocate(size_t nbytes) { return allocate(nbytes, current_stream(device()), current_category()); }
+Allocation CachingAllocator::allocate(size_t nbytes) {
+  return allocate(nbytes, current_stream(device()), current_category());
+}
 
 namespace {
 thread_local const char* t_no_allocation = nullptr;
@@ -224,8 +230,8 @@ Allocation CachingAllocator::allocate(size_t nbytes, Stream stream, MemoryCatego
            device().str(), " for ", nbytes, " bytes (", category_name(category), ")");
   std::lock_guard<std::recursive_mutex> lock(mu_);
   process_pending_events();
-  HR_CHECK(nbytes <= (size_t{1} << 62), ValueError, "CachingAllocator: a request of ", nbytes,
-           " bytes on ", device().str(), " is beyond any device");
+  HR_CHECK(nbytes <= (size_t{1} << 62), ValueError, "CachingAllocator: a request of ", nbytes, " bytes on ",
+           device().str(), " is beyond any device");
   const size_t rounded = round_size(nbytes);
   const bool small = rounded <= kSmallRequest;
   // Note [fault injection]: the allocation and limit kinds count every call.
@@ -286,8 +292,8 @@ Allocation CachingAllocator::allocate(size_t nbytes, Stream stream, MemoryCatego
       record(TraceKind::oom, 0, static_cast<int64_t>(rounded), category, stream.id, static_cast<int64_t>(nbytes));
       std::string report = oom_report_locked(nbytes, rounded, fail_segment);
       if (fail_segment)
-        report = str_cat("injected failure (segment request #", fault_.at, " since inject_fault or HEADROOM_FAIL_ALLOC)\n",
-                         report);
+        report = str_cat("injected failure (segment request #", fault_.at,
+                         " since inject_fault or HEADROOM_FAIL_ALLOC)\n", report);
       else if (fault_.kind == FaultKind::limit && fault_.fired)
         report = str_cat("injected failure (the limit was lowered to the ", format_bytes(static_cast<int64_t>(limit_)),
                          " reserved at allocation #", fault_.at, " by inject_fault or HEADROOM_FAIL_ALLOC)\n", report);
@@ -500,8 +506,8 @@ std::pair<FaultKind, int64_t> parse_fault_injection(const std::string& text, con
   int64_t k = 0;
   auto [end, ec] = std::from_chars(number.data(), number.data() + number.size(), k);
   if (number.empty() || ec != std::errc() || end != number.data() + number.size() || k < 1)
-    throw ValueError(str_cat(what, ": expected k, allocation:k, segment:k or limit:k with a whole k >= 1, got '",
-                             text, "'"));
+    throw ValueError(
+        str_cat(what, ": expected k, allocation:k, segment:k or limit:k with a whole k >= 1, got '", text, "'"));
   return {kind, k};
 }
 size_t CachingAllocator::memory_limit() const {
@@ -516,9 +522,9 @@ MemoryStats CachingAllocator::stats() const {
 
 void CachingAllocator::reset_peak_stats() {
   std::lock_guard<std::recursive_mutex> lock(mu_);
-  for (Stat* s : {&stats_.allocated_bytes, &stats_.requested_bytes, &stats_.reserved_bytes, &stats_.active_bytes,
-                  &stats_.inactive_split_bytes, &stats_.allocation, &stats_.segment, &stats_.active,
-                  &stats_.inactive_split})
+  for (Stat* s :
+       {&stats_.allocated_bytes, &stats_.requested_bytes, &stats_.reserved_bytes, &stats_.active_bytes,
+        &stats_.inactive_split_bytes, &stats_.allocation, &stats_.segment, &stats_.active, &stats_.inactive_split})
     s->reset_peak();
   for (auto& s : stats_.category_bytes) s.reset_peak();
 }
@@ -610,8 +616,8 @@ void CachingAllocator::host_pool_remedies(std::ostream& os, int64_t allocated, i
     any = true;
   }
   const int64_t activations = stats_.category(MemoryCategory::activation).current;
-  const int64_t state = stats_.category(MemoryCategory::optimizer_state).current +
-                        stats_.category(MemoryCategory::gradient).current;
+  const int64_t state =
+      stats_.category(MemoryCategory::optimizer_state).current + stats_.category(MemoryCategory::gradient).current;
   const int64_t parameters = stats_.category(MemoryCategory::parameter).current;
   if (activations > 0) {
     os << "\n    - offloaded activations hold " << format_bytes(activations)
@@ -629,8 +635,9 @@ void CachingAllocator::host_pool_remedies(std::ostream& os, int64_t allocated, i
     any = true;
   }
   if (!any)
-    os << "\n    - " << (allocated == 0 ? "nothing else is in the pool: this request alone is more than the host gives"
-                                          : "shrink the request")
+    os << "\n    - "
+       << (allocated == 0 ? "nothing else is in the pool: this request alone is more than the host gives"
+                          : "shrink the request")
        << " (" << format_bytes(rounded) << ")";
 }
 
@@ -654,7 +661,8 @@ std::string CachingAllocator::oom_report_locked(size_t bytes, size_t rounded, bo
        << (host ? " (set_memory_limit or HEADROOM_HOST_MEMORY_LIMIT)" : " (set_memory_limit or HEADROOM_MEMORY_LIMIT)");
     if (reserved > static_cast<int64_t>(limit_)) os << ", lowered below what live blocks reserve";
   } else if (injected) {
-    os << "none set, and " << (host ? "the host" : "the device") << " is not necessarily full: this failure was injected";
+    os << "none set, and " << (host ? "the host" : "the device")
+       << " is not necessarily full: this failure was injected";
   } else {
     os << (host ? "none set; the host refused more page-locked memory" : "none set; the device itself is full");
   }
@@ -664,8 +672,11 @@ std::string CachingAllocator::oom_report_locked(size_t bytes, size_t rounded, bo
   for (int c = 0; c < kNumMemoryCategories; ++c) {
     auto cat = static_cast<MemoryCategory>(c);
     int64_t v = stats_.category(cat).current;
-    os << "\n    " << std::left << std::setw(16) << category_name(cat) << std::right << std::setw(12) << format_bytes(v);
-    if (allocated > 0) os << "  (" << std::fixed << std::setprecision(1) << 100.0 * static_cast<double>(v) / static_cast<double>(allocated) << "%)";
+    os << "\n    " << std::left << std::setw(16) << category_name(cat) << std::right << std::setw(12)
+       << format_bytes(v);
+    if (allocated > 0)
+      os << "  (" << std::fixed << std::setprecision(1)
+         << 100.0 * static_cast<double>(v) / static_cast<double>(allocated) << "%)";
   }
   os << "\n  cached but free: " << format_bytes(cached_free) << ", largest free block: " << format_bytes(largest_free);
   if (cached_free >= static_cast<int64_t>(rounded) && largest_free < static_cast<int64_t>(rounded))
@@ -674,8 +685,9 @@ std::string CachingAllocator::oom_report_locked(size_t bytes, size_t rounded, bo
     if (const CachingAllocator* pool = host_pool_if_made(); pool != nullptr && pool != this) {
       const MemoryStats ps = pool->stats();
       if (ps.allocated_bytes.current > 0)
-        os << "\n  pinned host pool (offloaded tensors, not counted above): " << format_bytes(ps.allocated_bytes.current)
-           << " in use, " << format_bytes(ps.reserved_bytes.current) << " reserved";
+        os << "\n  pinned host pool (offloaded tensors, not counted above): "
+           << format_bytes(ps.allocated_bytes.current) << " in use, " << format_bytes(ps.reserved_bytes.current)
+           << " reserved";
     }
   os << "\n  what may help:";
   const int64_t limit = static_cast<int64_t>(limit_);
@@ -692,7 +704,8 @@ std::string CachingAllocator::oom_report_locked(size_t bytes, size_t rounded, bo
     return v;
   };
   const int64_t activations = share({MemoryCategory::activation, MemoryCategory::temporary});
-  const int64_t model_state = share({MemoryCategory::parameter, MemoryCategory::gradient, MemoryCategory::optimizer_state});
+  const int64_t model_state =
+      share({MemoryCategory::parameter, MemoryCategory::gradient, MemoryCategory::optimizer_state});
   // Only remedies headroom has (optim/batch_split.h, autograd/checkpoint.h, autograd/autocast.h,
   // optim/sgd.h), less those in use (Note [remedies already used]).
   std::vector<std::pair<int64_t, std::string>> remedies;
@@ -701,7 +714,8 @@ std::string CachingAllocator::oom_report_locked(size_t bytes, size_t rounded, bo
   if (!RemedyUsedScope::used(Remedy::micro_batches))
     act_text += "split it into micro-batches (BatchSplitter, gradient accumulation; --micro-batches), ";
   act_text +=
-      "recompute activations in backward (checkpoint(), nn::checkpoint_sequential; --checkpoint block|sqrt|selective in the "
+      "recompute activations in backward (checkpoint(), nn::checkpoint_sequential; --checkpoint block|sqrt|selective "
+      "in the "
       "examples), mixed precision (autocast to f16/bf16 halves activations), or offload saved activations to the "
       "pinned host pool (ActivationOffload; --offload activations)";
   remedies.emplace_back(activations, act_text);
@@ -766,8 +780,7 @@ size_t parse_memory_size(const std::string& text, const std::string& what) {
   else if (unit == "MB") mult = 1e6;
   else if (unit == "GB") mult = 1e9;
   else if (unit == "TB") mult = 1e12;
-  else
-    throw refuse(str_cat("unknown unit '", unit, "' (use B, KiB, MiB, GiB, TiB, KB, MB, GB, TB)"));
+  else throw refuse(str_cat("unknown unit '", unit, "' (use B, KiB, MiB, GiB, TiB, KB, MB, GB, TB)"));
   if (int_digits > 19) throw refuse("more memory than can be addressed");
   const double bytes = std::floor(std::strtod(number.c_str(), nullptr) * mult);
   if (!(bytes < 9.2e18)) throw refuse("more memory than can be addressed");

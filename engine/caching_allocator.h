@@ -157,7 +157,7 @@ struct BlockInfo {
   int64_t requested = 0;
   std::string state;  // "allocated", "free", "pending_free"
   MemoryCategory category = MemoryCategory::temporary;
-  uint64_t serial = 0;        // allocated blocks: the allocation's number in this allocator (from 1)
+  uint64_t serial = 0;         // allocated blocks: the allocation's number in this allocator (from 1)
   const char* site = nullptr;  // Note [allocation sites]: the op whose output it holds, when recorded
 };
 
@@ -175,8 +175,8 @@ const char* fault_kind_name(FaultKind k);
 
 struct FaultStatus {
   FaultKind kind = FaultKind::none;
-  int64_t at = 0;     // the request that fails (1-based, counted from inject_fault)
-  int64_t seen = 0;   // requests of that kind counted so far
+  int64_t at = 0;    // the request that fails (1-based, counted from inject_fault)
+  int64_t seen = 0;  // requests of that kind counted so far
   bool fired = false;
 };
 
@@ -187,8 +187,8 @@ std::pair<FaultKind, int64_t> parse_fault_injection(const std::string& text, con
 class CachingAllocator final : public Allocator {
  public:
   static constexpr size_t kRound = 512;
-  static constexpr size_t kSmallRequest = 1 << 20;   // requests up to this go to the small pool
-  static constexpr size_t kSmallSegment = 2 << 20;   // small-pool segments
+  static constexpr size_t kSmallRequest = 1 << 20;  // requests up to this go to the small pool
+  static constexpr size_t kSmallSegment = 2 << 20;  // small-pool segments
 
   explicit CachingAllocator(std::unique_ptr<DeviceMemoryBackend> backend);
   ~CachingAllocator() override;
@@ -285,7 +285,7 @@ class CachingAllocator final : public Allocator {
   FaultStatus fault_;
   size_t limit_before_fault_ = 0;  // the limit a fired `limit` fault replaced
   bool trace_enabled_ = false;
-  bool record_sites_ = false;     // Note [allocation sites]
+  bool record_sites_ = false;  // Note [allocation sites]
   uint64_t next_serial_ = 1;
   bool release_on_miss_ = true;
   std::vector<TraceEvent> trace_;

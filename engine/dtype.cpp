@@ -42,9 +42,7 @@ DType dtype_from_name(const std::string& name) {
   throw DTypeError(str_cat("unknown dtype '", name, "' (expected f32, f64, f16, bf16, i32, i64, u8 or bool)"));
 }
 
-bool is_floating(DType d) {
-  return d == DType::f32 || d == DType::f64 || d == DType::f16 || d == DType::bf16;
-}
+bool is_floating(DType d) { return d == DType::f32 || d == DType::f64 || d == DType::f16 || d == DType::bf16; }
 bool is_integral(DType d) { return !is_floating(d); }
 
 namespace {

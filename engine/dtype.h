@@ -54,7 +54,7 @@ inline uint32_t select_bits(bool c, uint32_t a, uint32_t b) {
 struct Half {
   uint16_t bits = 0;
   Half() = default;
-  Half(float f) : bits(from_float(f)) {}  // NOLINT: implicit like a builtin float type
+  Half(float f) : bits(from_float(f)) {}             // NOLINT: implicit like a builtin float type
   operator float() const { return to_float(bits); }  // NOLINT
 
   static uint16_t from_float(float f) {
@@ -86,8 +86,8 @@ struct Half {
 #else
     const uint32_t em = (static_cast<uint32_t>(h) & 0x7fffu) << 13;  // exponent and mantissa in f32 place
     const uint32_t exp = em & 0x0f800000u;
-    const uint32_t normal = em + 0x38000000u;        // rebias: (127-15)<<23
-    const uint32_t inf_nan = em + 0x70000000u;       // exponent 31 -> 255, mantissa (NaN payload) kept
+    const uint32_t normal = em + 0x38000000u;   // rebias: (127-15)<<23
+    const uint32_t inf_nan = em + 0x70000000u;  // exponent 31 -> 255, mantissa (NaN payload) kept
     // Subnormal: 2^-14 * (1 + m/1024) - 2^-14 = m * 2^-24, exact in f32 (zero gives +0).
     const uint32_t sub = std::bit_cast<uint32_t>(std::bit_cast<float>(em + 0x38800000u) - 6.103515625e-05f);
     uint32_t out = detail::select_bits(exp == 0, sub, normal);
@@ -102,7 +102,7 @@ struct BFloat16 {
   uint16_t bits = 0;
   BFloat16() = default;
   BFloat16(float f) : bits(from_float(f)) {}  // NOLINT
-  operator float() const {                     // NOLINT
+  operator float() const {                    // NOLINT
     uint32_t u = static_cast<uint32_t>(bits) << 16;
     float f;
     std::memcpy(&f, &u, 4);
@@ -118,22 +118,60 @@ struct BFloat16 {
 };
 
 // The type a kernel computes in for a storage type: f32 for the 16-bit floats.
-template <typename T> struct AccType { using type = T; };
-template <> struct AccType<Half> { using type = float; };
-template <> struct AccType<BFloat16> { using type = float; };
-template <typename T> using acc_t = typename AccType<T>::type;
+template <typename T>
+struct AccType {
+  using type = T;
+};
+template <>
+struct AccType<Half> {
+  using type = float;
+};
+template <>
+struct AccType<BFloat16> {
+  using type = float;
+};
+template <typename T>
+using acc_t = typename AccType<T>::type;
 
-template <typename T> constexpr DType dtype_of();
-template <> constexpr DType dtype_of<float>() { return DType::f32; }
-template <> constexpr DType dtype_of<double>() { return DType::f64; }
-template <> constexpr DType dtype_of<Half>() { return DType::f16; }
-template <> constexpr DType dtype_of<BFloat16>() { return DType::bf16; }
-template <> constexpr DType dtype_of<int32_t>() { return DType::i32; }
-template <> constexpr DType dtype_of<int64_t>() { return DType::i64; }
-template <> constexpr DType dtype_of<uint8_t>() { return DType::u8; }
-template <> constexpr DType dtype_of<bool>() { return DType::boolean; }
+template <typename T>
+constexpr DType dtype_of();
+template <>
+constexpr DType dtype_of<float>() {
+  return DType::f32;
+}
+template <>
+constexpr DType dtype_of<double>() {
+  return DType::f64;
+}
+template <>
+constexpr DType dtype_of<Half>() {
+  return DType::f16;
+}
+template <>
+constexpr DType dtype_of<BFloat16>() {
+  return DType::bf16;
+}
+template <>
+constexpr DType dtype_of<int32_t>() {
+  return DType::i32;
+}
+template <>
+constexpr DType dtype_of<int64_t>() {
+  return DType::i64;
+}
+template <>
+constexpr DType dtype_of<uint8_t>() {
+  return DType::u8;
+}
+template <>
+constexpr DType dtype_of<bool>() {
+  return DType::boolean;
+}
 
-template <typename T> struct TypeTag { using type = T; };
+template <typename T>
+struct TypeTag {
+  using type = T;
+};
 
 // dispatch_dtype(d, [&](auto tag) { using T = typename decltype(tag)::type; ... });
 template <typename F>

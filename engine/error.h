@@ -78,7 +78,7 @@ std::string str_cat(const Args&... args) {
 }  // namespace headroom
 
 // HR_CHECK(cond, ErrorType, message parts...): throws ErrorType(str_cat(parts...)) when cond fails.
-#define HR_CHECK(cond, ErrorType, ...)                           \
-  do {                                                           \
+#define HR_CHECK(cond, ErrorType, ...)                              \
+  do {                                                              \
     if (!(cond)) throw ErrorType(::headroom::str_cat(__VA_ARGS__)); \
   } while (0)

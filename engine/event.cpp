@@ -11,7 +11,10 @@ namespace headroom {
 Event::~Event() { release(); }
 
 Event::Event(Event&& other) noexcept
-    : timing_(other.timing_), recorded_(other.recorded_), device_(other.device_), handle_(other.handle_),
+    : timing_(other.timing_),
+      recorded_(other.recorded_),
+      device_(other.device_),
+      handle_(other.handle_),
       host_time_(other.host_time_) {
   other.handle_ = 0;
   other.recorded_ = false;
@@ -58,8 +61,8 @@ void Event::record(Stream stream) {
 
 void Event::wait(Stream stream) const {
   if (!recorded_ || device_.is_cpu()) return;
-  HR_CHECK(stream.device == device_, DeviceError, "Event: recorded on ", device_.str(),
-           "; a stream of ", stream.device.str(), " cannot wait for it");
+  HR_CHECK(stream.device == device_, DeviceError, "Event: recorded on ", device_.str(), "; a stream of ",
+           stream.device.str(), " cannot wait for it");
   backend_for(device_).event_wait(handle_, stream);
 }
 
@@ -67,17 +70,14 @@ void Event::synchronize() const {
   if (recorded_ && !device_.is_cpu()) backend_for(device_).event_synchronize(handle_);
 }
 
-bool Event::query() const {
-  return !recorded_ || device_.is_cpu() || backend_for(device_).event_query(handle_);
-}
+bool Event::query() const { return !recorded_ || device_.is_cpu() || backend_for(device_).event_query(handle_); }
 
 double Event::elapsed_ms(const Event& end) const {
   HR_CHECK(timing_ && end.timing_, ValueError, "Event::elapsed_ms: both events must be made with Event(true)");
   HR_CHECK(recorded_ && end.recorded_, ValueError, "Event::elapsed_ms: both events must be recorded first");
   HR_CHECK(device_ == end.device_, DeviceError, "Event::elapsed_ms: events on ", device_.str(), " and ",
            end.device_.str());
-  if (device_.is_cpu())
-    return std::chrono::duration<double, std::milli>(end.host_time_ - host_time_).count();
+  if (device_.is_cpu()) return std::chrono::duration<double, std::milli>(end.host_time_ - host_time_).count();
   return backend_for(device_).event_elapsed_ms(handle_, end.handle_);
 }
 

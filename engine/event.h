@@ -53,7 +53,7 @@ class Event {
   bool timing_;
   bool recorded_ = false;
   Device device_ = Device::cpu();
-  uint64_t handle_ = 0;                            // the backend's event (cuda), 0 on the cpu
+  uint64_t handle_ = 0;                              // the backend's event (cuda), 0 on the cpu
   std::chrono::steady_clock::time_point host_time_;  // cpu timing
 };
 

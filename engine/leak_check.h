@@ -35,24 +35,24 @@
 namespace headroom {
 
 struct LeakCheckOptions {
-  int warmup_steps = 2;         // boundaries not judged at the start
-  int patience = 3;             // growing steps in a row that make a leak
-  int64_t min_growth_bytes = 1; // a step that grows less is not growing
+  int warmup_steps = 2;          // boundaries not judged at the start
+  int patience = 3;              // growing steps in a row that make a leak
+  int64_t min_growth_bytes = 1;  // a step that grows less is not growing
 };
 
 struct LeakGroup {
   MemoryCategory category = MemoryCategory::temporary;
-  std::string site;       // the op, or "(no autograd op)" for a block no op named
+  std::string site;  // the op, or "(no autograd op)" for a block no op named
   int64_t bytes = 0;
   int64_t blocks = 0;
 };
 
 struct LeakReport {
   bool leaking = false;
-  int64_t step = 0;            // boundaries seen so far
-  int growing_steps = 0;       // the run of growing steps that ends here
-  int64_t growth_bytes = 0;    // allocated bytes now minus at the run's start
-  int64_t allocated_bytes = 0; // now
+  int64_t step = 0;               // boundaries seen so far
+  int growing_steps = 0;          // the run of growing steps that ends here
+  int64_t growth_bytes = 0;       // allocated bytes now minus at the run's start
+  int64_t allocated_bytes = 0;    // now
   std::vector<LeakGroup> groups;  // when leaking: what the run's steps left alive, most bytes first
   // "leak check: memory grew 3 steps in a row, by 3.00 MiB (now 12.40 MiB) on cpu; still alive
   // from those steps: activation 3.00 MiB in 96 blocks from linear; ..." -- or "" when not leaking.

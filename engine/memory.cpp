@@ -5,7 +5,7 @@
 namespace headroom {
 
 const char* category_name(MemoryCategory c) {
-  static const char* names[] = {"parameter", "gradient", "optimizer_state", "activation",
+  static const char* names[] = {"parameter", "gradient",  "optimizer_state", "activation",
                                 "temporary", "workspace", "communication"};
   int i = static_cast<int>(c);
   return i >= 0 && i < kNumMemoryCategories ? names[i] : "invalid";
@@ -27,7 +27,9 @@ Stream current_stream(Device device) {
   return {device, it == t_streams.end() ? 0 : it->second};
 }
 
-StreamGuard::StreamGuard(Stream stream) : prev_(current_stream(stream.device)) { t_streams[key(stream.device)] = stream.id; }
+StreamGuard::StreamGuard(Stream stream) : prev_(current_stream(stream.device)) {
+  t_streams[key(stream.device)] = stream.id;
+}
 StreamGuard::~StreamGuard() { t_streams[key(prev_.device)] = prev_.id; }
 
 }  // namespace headroom

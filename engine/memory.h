@@ -15,7 +15,14 @@
 namespace headroom {
 
 enum class MemoryCategory : uint8_t {
-  parameter, gradient, optimizer_state, activation, temporary, workspace, communication, kCount
+  parameter,
+  gradient,
+  optimizer_state,
+  activation,
+  temporary,
+  workspace,
+  communication,
+  kCount
 };
 inline constexpr int kNumMemoryCategories = static_cast<int>(MemoryCategory::kCount);
 static_assert(kNumMemoryCategories == 7, "update category_name");

@@ -52,7 +52,7 @@ std::mutex g_all_meta_mutex;
 struct MetaScope::State {
   std::mutex mutex;  // worker threads share the scope (Note [meta in worker threads])
   std::map<std::pair<int, int>, CachingAllocator*> allocators;  // never destroyed
-  std::map<std::string, Tensor> slots;                           // freed with the scope
+  std::map<std::string, Tensor> slots;                          // freed with the scope
   // The pinned host pool's stand-in (Note [host pool] in engine/allocator.h) under key (-1, 0).
   CachingAllocator& get(Device device, bool host_pool = false) {
     std::lock_guard<std::mutex> lock(mutex);
@@ -96,8 +96,7 @@ bool meta_active() { return g_active != nullptr; }
 MetaScope::State* MetaScope::current() { return g_active; }
 
 MetaScope::Join::Join(State* state) : prev_(g_active) {
-  HR_CHECK(!g_active || g_active == state, ValueError,
-           "MetaScope::Join: this thread is already in another MetaScope");
+  HR_CHECK(!g_active || g_active == state, ValueError, "MetaScope::Join: this thread is already in another MetaScope");
   g_active = state;
 }
 

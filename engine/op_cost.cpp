@@ -34,7 +34,8 @@ OpRecorder* OpRecorder::current() { return g_recorder; }
 
 OpRecorder::Join::Join(OpRecorder* recorder) : prev_(g_recorder), joined_(recorder != nullptr) {
   if (!joined_) return;
-  HR_CHECK(!g_recorder || g_recorder == recorder, ValueError, "OpRecorder::Join: this thread records into another recorder");
+  HR_CHECK(!g_recorder || g_recorder == recorder, ValueError,
+           "OpRecorder::Join: this thread records into another recorder");
   g_recorder = recorder;
 }
 

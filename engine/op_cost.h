@@ -40,7 +40,7 @@ struct OpCost {
 struct OpRecord {
   OpId op = OpId::copy;
   DeviceType device = DeviceType::cpu;
-  int device_index = 0;  // of the op's first defined tensor argument (cpu:N, cuda:N)
+  int device_index = 0;      // of the op's first defined tensor argument (cpu:N, cuda:N)
   DType dtype = DType::f32;  // of the op's first defined tensor argument
   OpCost cost;
   double seconds = 0;  // host time of the call (time_ops), else 0

@@ -87,13 +87,13 @@ bool supports_op(std::string_view name, DeviceType type) {
 
 namespace detail {
 
-void throw_device_mismatch(const char* op, DeviceType type, const char* arg_list, int first_index,
-                           const Tensor* first, int index, int element, const Tensor& t) {
+void throw_device_mismatch(const char* op, DeviceType type, const char* arg_list, int first_index, const Tensor* first,
+                           int index, int element, const Tensor& t) {
   std::string name = arg_name(arg_list, index);
   if (element >= 0) name = str_cat(name, "[", element, "]");
   if (!first)
-    throw DeviceError(str_cat(op, ": ", name, " is on ", t.device().str(), " but this is the ",
-                              device_type_name(type), " backend"));
+    throw DeviceError(
+        str_cat(op, ": ", name, " is on ", t.device().str(), " but this is the ", device_type_name(type), " backend"));
   throw DeviceError(str_cat(op, ": ", name, " is on ", t.device().str(), " but ", arg_name(arg_list, first_index),
                             " is on ", first->device().str(), " (all tensors of one op must be on one device)"));
 }
@@ -214,8 +214,8 @@ struct OpContract<OpId::matmul> {
              "matmul: expected 3-d [B, M, K] @ [B, K, N] -> [B, M, N], got ", shape_str(a.shape()), " @ ",
              shape_str(b.shape()), " -> ", shape_str(out.shape()));
     const int64_t B = out.size(0), M = out.size(1), N = out.size(2);
-    HR_CHECK(a.size(0) == B && b.size(0) == B && a.size(1) == M && b.size(2) == N && a.size(2) == b.size(1),
-             ShapeError, "matmul: cannot multiply ", shape_str(a.shape()), " by ", shape_str(b.shape()), " into ",
+    HR_CHECK(a.size(0) == B && b.size(0) == B && a.size(1) == M && b.size(2) == N && a.size(2) == b.size(1), ShapeError,
+             "matmul: cannot multiply ", shape_str(a.shape()), " by ", shape_str(b.shape()), " into ",
              shape_str(out.shape()));
     HR_CHECK(a.dtype() == out.dtype() && b.dtype() == out.dtype(), DTypeError, "matmul: dtypes differ: ", describe(a),
              " @ ", describe(b), " -> ", describe(out));
@@ -279,8 +279,8 @@ struct OpContract<OpId::layer_norm_backward> {
 template <>
 struct OpContract<OpId::batch_norm_forward> {
   static void check(const Tensor& x, const Tensor& weight, const Tensor& bias, const Tensor& running_mean,
-                    const Tensor& running_var, bool training, double, double, const Tensor& y,
-                    const Tensor& save_mean, const Tensor& save_invstd) {
+                    const Tensor& running_var, bool training, double, double, const Tensor& y, const Tensor& save_mean,
+                    const Tensor& save_invstd) {
     const char* op = "batch_norm";
     check_data(op, x, 3, "[N, C, S]");
     const int64_t c = x.size(1);
@@ -330,13 +330,11 @@ void check_parameter(const char* op, const Tensor& p) {
 }
 template <>
 struct OpContract<OpId::sgd_update> {
-  static void check(const Tensor& p, const Tensor& g, const Tensor& buf, bool, double, double momentum, double,
-                    bool) {
+  static void check(const Tensor& p, const Tensor& g, const Tensor& buf, bool, double, double momentum, double, bool) {
     check_parameter("sgd_update", p);
     check_state("sgd_update", "gradient", p, g);
     if (buf.defined()) check_state("sgd_update", "momentum buffer", p, buf);
-    HR_CHECK(momentum == 0 || buf.defined(), ValueError, "sgd_update: momentum ", momentum,
-             " needs a momentum buffer");
+    HR_CHECK(momentum == 0 || buf.defined(), ValueError, "sgd_update: momentum ", momentum, " needs a momentum buffer");
   }
 };
 template <>
@@ -440,8 +438,8 @@ struct OpContract<OpId::cross_entropy_backward> {
 };
 template <>
 struct OpContract<OpId::group_norm_forward> {
-  static void check(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t groups, double,
-                    const Tensor& y, const Tensor& save_mean, const Tensor& save_rstd) {
+  static void check(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t groups, double, const Tensor& y,
+                    const Tensor& save_mean, const Tensor& save_rstd) {
     check_group_norm_forward("group_norm", x, weight, bias, groups, y, save_mean, save_rstd);
   }
 };
@@ -450,8 +448,7 @@ struct OpContract<OpId::group_norm_backward> {
   static void check(const Tensor& dy, const Tensor& x, const Tensor& weight, const Tensor& save_mean,
                     const Tensor& save_rstd, int64_t groups, const Tensor& dx, const Tensor& dweight,
                     const Tensor& dbias) {
-    check_group_norm_backward("group_norm backward", dy, x, weight, save_mean, save_rstd, groups, dx, dweight,
-                              dbias);
+    check_group_norm_backward("group_norm backward", dy, x, weight, save_mean, save_rstd, groups, dx, dweight, dbias);
   }
 };
 template <>
@@ -636,22 +633,22 @@ std::pair<DType, Device> first_tensor(DeviceType type, const A&... args) {
 }  // namespace
 
 // ---- Backend's entry points and default kernels ----
-#define HEADROOM_OP_DEFINE(name, params, args)                                                                   \
-  void Backend::name params {                                                                                    \
-    headroom::detail::check_devices(#name, device_type(), #args, HEADROOM_EXPAND args);                          \
-    OpContract<OpId::name>::check(HEADROOM_EXPAND args);                                                         \
-    if (!supported_.contains(OpId::name)) throw_unsupported(OpId::name, device_type());                         \
-    if (OpRecorder* rec = headroom::detail::active_op_recorder()) [[unlikely]] { /* Note [op costs] */           \
-      const auto [dtype_, device_] = first_tensor(device_type(), HEADROOM_EXPAND args);                         \
-      headroom::detail::RecordedCall call(*rec, OpId::name, device_, dtype_,                                     \
-                                          OpCostOf<OpId::name>::of(HEADROOM_EXPAND args));                       \
-      if (meta_active() && !meta_kernels_.contains(OpId::name)) return;                                          \
-      impl_##name args;                                                                                          \
-      return;                                                                                                    \
-    }                                                                                                            \
-    if (meta_active() && !meta_kernels_.contains(OpId::name)) return;                                            \
-    impl_##name args;                                                                                            \
-  }                                                                                                              \
+#define HEADROOM_OP_DEFINE(name, params, args)                                                         \
+  void Backend::name params {                                                                          \
+    headroom::detail::check_devices(#name, device_type(), #args, HEADROOM_EXPAND args);                \
+    OpContract<OpId::name>::check(HEADROOM_EXPAND args);                                               \
+    if (!supported_.contains(OpId::name)) throw_unsupported(OpId::name, device_type());                \
+    if (OpRecorder* rec = headroom::detail::active_op_recorder()) [[unlikely]] { /* Note [op costs] */ \
+      const auto [dtype_, device_] = first_tensor(device_type(), HEADROOM_EXPAND args);                \
+      headroom::detail::RecordedCall call(*rec, OpId::name, device_, dtype_,                           \
+                                          OpCostOf<OpId::name>::of(HEADROOM_EXPAND args));             \
+      if (meta_active() && !meta_kernels_.contains(OpId::name)) return;                                \
+      impl_##name args;                                                                                \
+      return;                                                                                          \
+    }                                                                                                  \
+    if (meta_active() && !meta_kernels_.contains(OpId::name)) return;                                  \
+    impl_##name args;                                                                                  \
+  }                                                                                                    \
   void Backend::impl_##name params { throw_unsupported(OpId::name, device_type()); }
 HEADROOM_OPS(HEADROOM_OP_DEFINE)
 #undef HEADROOM_OP_DEFINE

@@ -241,7 +241,8 @@ class CustomOp {
   std::string registered() const {
     std::string s;
     for (int t = 0; t < kNumDeviceTypes; ++t)
-      if (kernels_[static_cast<size_t>(t)]) s += str_cat(s.empty() ? "" : ", ", device_type_name(static_cast<DeviceType>(t)));
+      if (kernels_[static_cast<size_t>(t)])
+        s += str_cat(s.empty() ? "" : ", ", device_type_name(static_cast<DeviceType>(t)));
     return s.empty() ? "none" : s;
   }
 

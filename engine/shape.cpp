@@ -25,8 +25,7 @@ int64_t nonzero_dims_product(const Shape& shape) {
 
 void check_shape(const Shape& shape, const char* op) {
   if (nonzero_dims_product(shape) >= 0) return;
-  for (int64_t d : shape)
-    HR_CHECK(d >= 0, ShapeError, op, ": negative dimension in shape ", shape_str(shape));
+  for (int64_t d : shape) HR_CHECK(d >= 0, ShapeError, op, ": negative dimension in shape ", shape_str(shape));
   throw ShapeError(str_cat(op, ": shape ", shape_str(shape),
                            " is too large: the product of its non-zero dims does not fit in an int64",
                            " (a zero dim does not excuse the others: their strides would overflow)"));
@@ -72,8 +71,8 @@ Shape infer_shape(const Shape& shape, int64_t numel, const char* op) {
     bool has_zero = false;
     for (size_t i = 0; i < out.size(); ++i)
       if (out[i] == 0) has_zero = true;
-    HR_CHECK(!has_zero && numel % known == 0, ShapeError, op, ": cannot infer -1 in shape ", shape_str(shape),
-             " for ", numel, " elements");
+    HR_CHECK(!has_zero && numel % known == 0, ShapeError, op, ": cannot infer -1 in shape ", shape_str(shape), " for ",
+             numel, " elements");
     out[static_cast<size_t>(infer)] = numel / known;
   }
   return out;
@@ -86,8 +85,8 @@ Shape broadcast_shapes(const Shape& a, const Shape& b, const char* op) {
     int64_t da = i < n - a.size() ? 1 : a[i - (n - a.size())];
     int64_t db = i < n - b.size() ? 1 : b[i - (n - b.size())];
     if (da != db && da != 1 && db != 1)
-      throw ShapeError(str_cat(op, ": cannot broadcast shapes ", shape_str(a), " and ", shape_str(b),
-                           " (dim ", i, ": ", da, " vs ", db, ")"));
+      throw ShapeError(str_cat(op, ": cannot broadcast shapes ", shape_str(a), " and ", shape_str(b), " (dim ", i, ": ",
+                               da, " vs ", db, ")"));
     out[i] = da == 1 ? db : da;
   }
   return out;
@@ -96,8 +95,8 @@ Shape broadcast_shapes(const Shape& a, const Shape& b, const char* op) {
 int64_t wrap_dim(int64_t dim, int64_t ndim, const char* op) {
   int64_t lo = ndim == 0 ? -1 : -ndim, hi = ndim == 0 ? 0 : ndim - 1;
   if (dim < lo || dim > hi)
-    throw ValueError(str_cat(op, ": dim ", dim, " is out of range for a tensor with ", ndim,
-                         " dims (expected ", lo, " to ", hi, ")"));
+    throw ValueError(str_cat(op, ": dim ", dim, " is out of range for a tensor with ", ndim, " dims (expected ", lo,
+                             " to ", hi, ")"));
   if (dim < 0) dim += ndim == 0 ? 1 : ndim;
   return dim;
 }

@@ -28,11 +28,17 @@ using VersionCounter = std::atomic<uint64_t>;
 class StorageImpl {
  public:
   StorageImpl(size_t nbytes, Device device)
-      : device_(device), allocator_(&allocator_for(device)), alloc_(allocator_->allocate(nbytes)),
-        nbytes_(nbytes), meta_(allocator_->is_meta()) {}
+      : device_(device),
+        allocator_(&allocator_for(device)),
+        alloc_(allocator_->allocate(nbytes)),
+        nbytes_(nbytes),
+        meta_(allocator_->is_meta()) {}
   // From a given allocator (the pinned host allocator): its device's memory.
   StorageImpl(size_t nbytes, Allocator& allocator)
-      : device_(allocator.device()), allocator_(&allocator), alloc_(allocator.allocate(nbytes)), nbytes_(nbytes),
+      : device_(allocator.device()),
+        allocator_(&allocator),
+        alloc_(allocator.allocate(nbytes)),
+        nbytes_(nbytes),
         meta_(allocator.is_meta()) {}
   // Host memory outside every device's allocator (Tensor::empty_host): not counted in any
   // allocator's stats or limit.

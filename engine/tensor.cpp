@@ -69,8 +69,8 @@ void* Tensor::raw_data() const {
 bool Tensor::is_meta() const { return defined() && impl_->storage && impl_->storage->is_meta(); }
 
 void Tensor::check_dtype(DType expected, const char* what) const {
-  HR_CHECK(dtype() == expected, DTypeError, what, ": tensor is ", dtype_name(dtype()),
-           ", asked for ", dtype_name(expected));
+  HR_CHECK(dtype() == expected, DTypeError, what, ": tensor is ", dtype_name(dtype()), ", asked for ",
+           dtype_name(expected));
 }
 
 namespace {
@@ -79,8 +79,7 @@ namespace {
 // the optimizer stepped). Zeros for a meta tensor (Note [meta execution]: no data).
 template <typename R>
 R read_item(const Tensor& t) {
-  HR_CHECK(t.numel() == 1, ShapeError, "item(): expected a tensor with one element, got shape ",
-           shape_str(t.shape()));
+  HR_CHECK(t.numel() == 1, ShapeError, "item(): expected a tensor with one element, got shape ", shape_str(t.shape()));
   if (t.is_meta()) return R(0);
   alignas(8) unsigned char bytes[8] = {};
   const size_t n = dtype_size(t.dtype());
@@ -110,8 +109,8 @@ namespace {
 void check_view_in_storage(const Shape& shape, const Shape& strides, int64_t offset, DType dtype,
                            size_t storage_nbytes) {
   const int64_t storage_elems = static_cast<int64_t>(storage_nbytes / dtype_size(dtype));
-  const std::string storage = str_cat("storage of ", storage_elems, " ", dtype_name(dtype), " elements (",
-                                      storage_nbytes, " bytes)");
+  const std::string storage =
+      str_cat("storage of ", storage_elems, " ", dtype_name(dtype), " elements (", storage_nbytes, " bytes)");
   auto fail = [&](const std::string& why) {
     throw ValueError(str_cat("as_strided: a view of size ", shape_str(shape), ", stride ", shape_str(strides),
                              ", offset ", offset, " ", why));
@@ -131,8 +130,8 @@ void check_view_in_storage(const Shape& shape, const Shape& strides, int64_t off
 }  // namespace
 
 Tensor Tensor::as_strided(const Shape& shape, const Shape& strides, int64_t offset) const {
-  HR_CHECK(shape.size() == strides.size(), ShapeError, "as_strided: shape ", shape_str(shape),
-           " and strides ", shape_str(strides), " differ in length");
+  HR_CHECK(shape.size() == strides.size(), ShapeError, "as_strided: shape ", shape_str(shape), " and strides ",
+           shape_str(strides), " differ in length");
   check_shape(shape, "as_strided");
   check_view_in_storage(shape, strides, offset, dtype(), storage()->nbytes());
   auto impl = std::make_shared<TensorImpl>();
@@ -222,8 +221,8 @@ Tensor Tensor::arange(double start, double end, double step, TensorOptions opts)
   // The count is ceil((end - start) / step); it must fit an int64 before it is converted
   // (converting a larger double is undefined, and gave 0 elements for arange(0, 1e300)).
   const double count = std::ceil((end - start) / step);
-  HR_CHECK(std::isfinite(count) && count < 0x1p63, ValueError, "arange(start ", start, ", end ", end, ", step ",
-           step, "): ", count, " elements do not fit an int64 count");
+  HR_CHECK(std::isfinite(count) && count < 0x1p63, ValueError, "arange(start ", start, ", end ", end, ", step ", step,
+           "): ", count, " elements do not fit an int64 count");
   const int64_t n = count > 0 ? static_cast<int64_t>(count) : 0;
   Tensor t = empty({n}, opts.requires_grad(false));
   if (n > 0) backend_for(t.device()).arange(t, start, step);
@@ -232,8 +231,7 @@ Tensor Tensor::arange(double start, double end, double step, TensorOptions opts)
 }
 
 Tensor Tensor::rand(const Shape& shape, TensorOptions opts) {
-  HR_CHECK(is_floating(opts.dtype_), DTypeError, "rand: expected a floating dtype, got ",
-           dtype_name(opts.dtype_));
+  HR_CHECK(is_floating(opts.dtype_), DTypeError, "rand: expected a floating dtype, got ", dtype_name(opts.dtype_));
   Tensor t = empty(shape, opts.requires_grad(false));
   auto& gen = default_generator();
   uint64_t offset = gen.advance(static_cast<uint64_t>(t.numel()));
@@ -243,8 +241,7 @@ Tensor Tensor::rand(const Shape& shape, TensorOptions opts) {
 }
 
 Tensor Tensor::randn(const Shape& shape, TensorOptions opts) {
-  HR_CHECK(is_floating(opts.dtype_), DTypeError, "randn: expected a floating dtype, got ",
-           dtype_name(opts.dtype_));
+  HR_CHECK(is_floating(opts.dtype_), DTypeError, "randn: expected a floating dtype, got ", dtype_name(opts.dtype_));
   Tensor t = empty(shape, opts.requires_grad(false));
   auto& gen = default_generator();
   uint64_t offset = gen.advance(2 * static_cast<uint64_t>(t.numel()));
@@ -270,7 +267,8 @@ std::pair<int64_t, int64_t> integer_range(DType dtype) {
 }
 // v round-trips through a float type F (its range checked before the cast back, which is UB
 // out of range). 2^63 is exact in every floating type; the i64 range is [-2^63, 2^63).
-template <typename F> bool integer_round_trips(int64_t v, F f) {
+template <typename F>
+bool integer_round_trips(int64_t v, F f) {
   const double d = static_cast<double>(f);
   return d >= -9223372036854775808.0 && d < 9223372036854775808.0 && static_cast<int64_t>(d) == v;
 }
@@ -281,10 +279,14 @@ void check_exact_integer(int64_t v, DType dtype, size_t index) {
   switch (dtype) {
     case DType::f64: exact = integer_round_trips(v, static_cast<double>(v)); break;
     case DType::f32: exact = integer_round_trips(v, static_cast<float>(v)); break;
-    case DType::f16: exact = integer_round_trips(v, static_cast<float>(v)) &&
-                             integer_round_trips(v, static_cast<float>(Half(static_cast<float>(v)))); break;
-    case DType::bf16: exact = integer_round_trips(v, static_cast<float>(v)) &&
-                              integer_round_trips(v, static_cast<float>(BFloat16(static_cast<float>(v)))); break;
+    case DType::f16:
+      exact = integer_round_trips(v, static_cast<float>(v)) &&
+              integer_round_trips(v, static_cast<float>(Half(static_cast<float>(v))));
+      break;
+    case DType::bf16:
+      exact = integer_round_trips(v, static_cast<float>(v)) &&
+              integer_round_trips(v, static_cast<float>(BFloat16(static_cast<float>(v))));
+      break;
     case DType::boolean: break;
     default: {
       auto [lo, hi] = integer_range(dtype);
@@ -299,8 +301,8 @@ void check_exact_floating(double v, DType dtype, size_t index) {
   if (is_floating(dtype) || dtype == DType::boolean) return;
   auto [lo, hi] = integer_range(dtype);
   // hi + 1 is a power of two (exact as a double); lo is -2^k or 0.
-  const bool exact = std::isfinite(v) && std::trunc(v) == v && v >= static_cast<double>(lo) &&
-                     v < static_cast<double>(hi) + 1.0;
+  const bool exact =
+      std::isfinite(v) && std::trunc(v) == v && v >= static_cast<double>(lo) && v < static_cast<double>(hi) + 1.0;
   HR_CHECK(exact, DTypeError, "from_vector: value ", v, " at index ", index, " is not exactly representable in ",
            dtype_name(dtype), std::isfinite(v) && std::trunc(v) == v ? " (out of range)" : " (not an integer)");
 }
@@ -337,11 +339,13 @@ void copy_tensor(const Tensor& dst, const Tensor& src, bool non_blocking) {
     if (async) dst.record_stream(current_stream(src.device()));
   } else if (src.device().is_cpu()) {
     const bool async = non_blocking && packed.is_same(src) && src.is_pinned();
-    backend_for(dst.device()).copy_from_host(landing.raw_data(), packed.raw_data(), packed.nbytes(), dst.device(), async);
+    backend_for(dst.device())
+        .copy_from_host(landing.raw_data(), packed.raw_data(), packed.nbytes(), dst.device(), async);
     if (async) src.record_stream(current_stream(dst.device()));
   } else if (dst.device().type != src.device().type ||
              !backend_for(dst.device())
-                  .copy_between_devices(landing.raw_data(), dst.device(), packed.raw_data(), src.device(), packed.nbytes())) {
+                  .copy_between_devices(landing.raw_data(), dst.device(), packed.raw_data(), src.device(),
+                                        packed.nbytes())) {
     // Two devices with no direct copy between them (Note [peer copies]): through the host.
     Tensor host = Tensor::empty(src.shape(), TensorOptions().dtype(dst.dtype()));
     backend_for(src.device()).copy_to_host(host.raw_data(), packed.raw_data(), packed.nbytes(), src.device(), false);
@@ -358,8 +362,8 @@ std::string describe(const Tensor& t) {
 }
 
 namespace {
-void print_values(std::ostream& os, const std::vector<double>& v, const Shape& shape, size_t dim,
-                  int64_t base, bool floating, int indent) {
+void print_values(std::ostream& os, const std::vector<double>& v, const Shape& shape, size_t dim, int64_t base,
+                  bool floating, int indent) {
   int64_t n = shape[dim];
   int64_t inner = 1;
   for (size_t d = dim + 1; d < shape.size(); ++d) inner *= shape[d];

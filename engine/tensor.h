@@ -42,9 +42,21 @@ struct TensorOptions {
   TensorOptions() = default;
   TensorOptions(DType d) : dtype_(d) {}    // NOLINT: Tensor::zeros({2}, DType::f16)
   TensorOptions(Device d) : device_(d) {}  // NOLINT
-  TensorOptions dtype(DType d) const { auto o = *this; o.dtype_ = d; return o; }
-  TensorOptions device(Device d) const { auto o = *this; o.device_ = d; return o; }
-  TensorOptions requires_grad(bool r) const { auto o = *this; o.requires_grad_ = r; return o; }
+  TensorOptions dtype(DType d) const {
+    auto o = *this;
+    o.dtype_ = d;
+    return o;
+  }
+  TensorOptions device(Device d) const {
+    auto o = *this;
+    o.device_ = d;
+    return o;
+  }
+  TensorOptions requires_grad(bool r) const {
+    auto o = *this;
+    o.requires_grad_ = r;
+    return o;
+  }
 };
 
 struct TensorImpl {
@@ -85,20 +97,23 @@ class Tensor {
   void* raw_data() const;
   // Shapes and allocator blocks, no data (Note [meta execution] in engine/meta.h).
   bool is_meta() const;
-  template <typename T> T* data() const {
+  template <typename T>
+  T* data() const {
     check_dtype(dtype_of<T>(), "data<T>()");
     return static_cast<T*>(raw_data());
   }
   // The single element of a one-element tensor, converted to T (copied from the device). An
   // integer T reads an integer tensor through int64_t, so i64 values past 2^53 stay exact.
-  template <typename T> T item() const {
+  template <typename T>
+  T item() const {
     if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>) return static_cast<T>(item_int64());
     else return static_cast<T>(item_double());
   }
   double item_double() const;
   int64_t item_int64() const;  // a floating value converted as static_cast<int64_t> would
   // All elements in row-major order, converted to T (copied from the device).
-  template <typename T> std::vector<T> to_vector() const;
+  template <typename T>
+  std::vector<T> to_vector() const;
 
   // The storage's version counter (Note [version counter] in storage.h).
   uint64_t version() const;
@@ -140,8 +155,8 @@ class Tensor {
   // overload, where a value a double cannot hold is a compile error (narrowing); for such
   // integers write std::vector<int64_t>{...}.
   template <std::integral T>
-    requires(!std::same_as<T, bool>)
-  static Tensor from_vector(std::initializer_list<T> values, const Shape& shape, TensorOptions opts = {});
+  requires(!std::same_as<T, bool>) static Tensor
+      from_vector(std::initializer_list<T> values, const Shape& shape, TensorOptions opts = {});
 
   // A view of the same storage with other metadata. No autograd: for kernels and for the
   // differentiable view functions, which record their own gradient.
@@ -215,7 +230,7 @@ class Tensor {
   // under NoGradGuard (an optimizer step); elsewhere they throw.
   Tensor& fill_(double value);
   Tensor& zero_() { return fill_(0.0); }
-  Tensor& copy_(const Tensor& src);  // src broadcast to this shape, cast to this dtype
+  Tensor& copy_(const Tensor& src);                       // src broadcast to this shape, cast to this dtype
   Tensor& add_(const Tensor& other, double alpha = 1.0);  // this += alpha * other
   Tensor& sub_(const Tensor& other) { return add_(other, -1.0); }
   Tensor& mul_(const Tensor& other);
@@ -248,14 +263,16 @@ void check_exact_floating(double value, DType dtype, size_t index);
 // ---- template definitions ----
 template <typename T>
 Tensor Tensor::from_vector(const std::vector<T>& values, const Shape& shape, TensorOptions opts) {
-  HR_CHECK(static_cast<int64_t>(values.size()) == shape_numel(shape), ShapeError,
-           "from_vector: ", values.size(), " values do not fill shape ", shape_str(shape));
+  HR_CHECK(static_cast<int64_t>(values.size()) == shape_numel(shape), ShapeError, "from_vector: ", values.size(),
+           " values do not fill shape ", shape_str(shape));
   if (opts.dtype_ != dtype_of<T>() && opts.dtype_ != DType::boolean) {
     if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>) {
-      for (size_t i = 0; i < values.size(); ++i) detail::check_exact_integer(static_cast<int64_t>(values[i]), opts.dtype_, i);
+      for (size_t i = 0; i < values.size(); ++i)
+        detail::check_exact_integer(static_cast<int64_t>(values[i]), opts.dtype_, i);
     } else if constexpr (!std::is_same_v<T, bool>) {
       if (!is_floating(opts.dtype_))
-        for (size_t i = 0; i < values.size(); ++i) detail::check_exact_floating(static_cast<double>(values[i]), opts.dtype_, i);
+        for (size_t i = 0; i < values.size(); ++i)
+          detail::check_exact_floating(static_cast<double>(values[i]), opts.dtype_, i);
     }
   }
   Tensor host = empty(shape, TensorOptions().dtype(dtype_of<T>()));
@@ -274,8 +291,8 @@ Tensor Tensor::from_vector(const std::vector<T>& values, const Shape& shape, Ten
 }
 
 template <std::integral T>
-  requires(!std::same_as<T, bool>)
-Tensor Tensor::from_vector(std::initializer_list<T> values, const Shape& shape, TensorOptions opts) {
+requires(!std::same_as<T, bool>) Tensor Tensor::from_vector(std::initializer_list<T> values, const Shape& shape,
+                                                            TensorOptions opts) {
   std::vector<int64_t> v;
   v.reserve(values.size());
   for (T x : values) {

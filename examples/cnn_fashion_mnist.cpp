@@ -32,8 +32,8 @@ namespace {
 
 // stage_starts: where each conv stage (conv, norm, ReLU, pool) and the head begin, the blocks
 // of --checkpoint block.
-std::shared_ptr<nn::Sequential> make_cnn(int64_t c1, bool batch_norm, bool group_norm, std::vector<int64_t>* stage_starts,
-                                         bool inplace_relu = false) {
+std::shared_ptr<nn::Sequential> make_cnn(int64_t c1, bool batch_norm, bool group_norm,
+                                         std::vector<int64_t>* stage_starts, bool inplace_relu = false) {
   const int64_t c2 = 2 * c1;
   auto model = std::make_shared<nn::Sequential>();
   for (auto [in, out] : {std::pair{int64_t{1}, c1}, std::pair{c1, c2}}) {
@@ -93,7 +93,9 @@ double prune_and_fine_tune(nn::Sequential& model, const Pruning& p, const exampl
             << (pruner ? str_cat(" (", pruner->pruned(), " of them held at 0)") : std::string())
             << "; activation peak of a training step (batch " << cfg.batch_size << ") " << format_bytes(peak_before)
             << " -> " << format_bytes(peak_after) << std::fixed << std::setprecision(1) << " ("
-            << (peak_before > 0 ? 100.0 * static_cast<double>(peak_after - peak_before) / static_cast<double>(peak_before) : 0.0)
+            << (peak_before > 0
+                    ? 100.0 * static_cast<double>(peak_after - peak_before) / static_cast<double>(peak_before)
+                    : 0.0)
             << "%)\n"
             << std::setprecision(4) << "accuracy before pruning: " << accuracy_before
             << ", after pruning (before fine-tuning): " << accuracy_pruned << "\n";
@@ -107,8 +109,8 @@ double prune_and_fine_tune(nn::Sequential& model, const Pruning& p, const exampl
   auto splitter = examples::make_splitter(cfg, adam, model, precision.scaler.get());
   std::function<void()> after_step;
   if (pruner) after_step = [&pruner] { pruner->apply(); };
-  std::cout << "fine-tuning: " << p.fine_tune_epochs << (p.fine_tune_epochs == 1 ? " epoch" : " epochs")
-            << ", Adam lr " << std::defaultfloat << p.fine_tune_lr << " (cosine)\n";
+  std::cout << "fine-tuning: " << p.fine_tune_epochs << (p.fine_tune_epochs == 1 ? " epoch" : " epochs") << ", Adam lr "
+            << std::defaultfloat << p.fine_tune_lr << " (cosine)\n";
   for (int64_t e = 0; e < p.fine_tune_epochs; ++e)
     history.push_back(examples::train_one_epoch(model, *splitter, &schedule, loader, device, e, p.fine_tune_epochs,
                                                 precision.autocast, nullptr, nullptr, nullptr, after_step,
@@ -147,9 +149,8 @@ int main(int argc, char** argv) {
             examples::Flags::Check<std::string>([](const std::string& v) {
               return v == "cnn" || v == "mobilenet" ? std::string() : std::string("expected cnn or mobilenet");
             }));
-  auto fraction = examples::Flags::Check<double>([](const double& v) {
-    return v >= 0 && v < 1 ? std::string() : std::string("must be in [0, 1)");
-  });
+  auto fraction = examples::Flags::Check<double>(
+      [](const double& v) { return v >= 0 && v < 1 ? std::string() : std::string("must be in [0, 1)"); });
   flags.add("prune-channels", &pruning.channels,
             "after training, remove this fraction of each conv's output channels (smallest L1 norm) with the matching "
             "BatchNorm entries and next-layer inputs, then fine-tune",
@@ -194,13 +195,15 @@ int main(int argc, char** argv) {
       space.checkpoints = {nn::CheckpointMode::none, nn::CheckpointMode::block, nn::CheckpointMode::sqrt};
     const auto planned = examples::plan_techniques(
         cfg, device,
-        examples::image_classifier_step(device, cfg.lr, [channels, batch_norm, group_norm, inplace_relu, model_kind](nn::CheckpointMode mode) {
-          std::vector<int64_t> s;
-          auto m = model_kind == "mobilenet" ? examples::make_fashion_mobilenet(channels, &s)
-                                             : make_cnn(channels, batch_norm, group_norm, &s, inplace_relu);
-          m->set_checkpoint(mode, s);
-          return std::shared_ptr<nn::Module>(m);
-        }),
+        examples::image_classifier_step(
+            device, cfg.lr,
+            [channels, batch_norm, group_norm, inplace_relu, model_kind](nn::CheckpointMode mode) {
+              std::vector<int64_t> s;
+              auto m = model_kind == "mobilenet" ? examples::make_fashion_mobilenet(channels, &s)
+                                                 : make_cnn(channels, batch_norm, group_norm, &s, inplace_relu);
+              m->set_checkpoint(mode, s);
+              return std::shared_ptr<nn::Module>(m);
+            }),
         space);
     manual_seed(static_cast<uint64_t>(cfg.seed));
     examples::MemoryReporting memory(cfg, device, "CNN on Fashion-MNIST");
@@ -214,7 +217,7 @@ int main(int argc, char** argv) {
     examples::print_model(*model);
     // The data, Adam, the loader, --precision, --micro-batches, --save-every / --resume, --leak-check.
     examples::ClassifierTraining run(cfg, device, model, parallel);
-    run.train(load_model.empty() ? cfg.epochs : 0);  // --load-model: trained already
+    run.train(load_model.empty() ? cfg.epochs : 0);                             // --load-model: trained already
     if (!cfg.save_model.empty() && !pruning.on()) model->save(cfg.save_model);  // pruning: the pruned one, below
 
     double accuracy = run.evaluate(*model, /*batch_size=*/500);
@@ -223,7 +226,8 @@ int main(int argc, char** argv) {
       // so the peaks printed at the end are those of fine-tuning.
       std::cout << "before pruning, ";
       memory.print_peaks();
-      accuracy = prune_and_fine_tune(*model, pruning, cfg, device, run.data.train, run.data.test, accuracy, run.history);
+      accuracy =
+          prune_and_fine_tune(*model, pruning, cfg, device, run.data.train, run.data.test, accuracy, run.history);
       if (!cfg.save_model.empty()) model->save(cfg.save_model);  // the pruned model (it loads into itself only)
       std::cout << "after pruning (fine-tuning), ";
     }

@@ -112,7 +112,8 @@ class Flags {
       std::string left = "  --" + f.name + (f.is_bool ? "" : " VALUE");
       os << std::left << std::setw(26) << left << f.help << " (default: " << f.default_text << ")\n";
     }
-    os << std::left << std::setw(26) << "  --help" << "print this and exit\n";
+    os << std::left << std::setw(26) << "  --help"
+       << "print this and exit\n";
     return os.str();
   }
 
@@ -201,25 +202,25 @@ struct TrainConfig {
   int64_t seed = 1;
   std::string device = "cpu";
   std::string data_dir = data::kFashionMnistDir;
-  int64_t train_limit = 0;  // 0: all training images
-  std::string lr_schedule = "cosine";  // or "constant"
-  std::string memory_limit;   // "" : HEADROOM_MEMORY_LIMIT or none
-  std::string memory_report;  // "" : no report
-  std::string micro_batches = "1";  // a count, or "auto" (optim/batch_split.h)
-  std::string precision = "f32";    // f32, f16 or bf16 (docs/mixed-precision.md)
-  int64_t save_every = 0;           // optimizer steps between training checkpoints (0: none)
+  int64_t train_limit = 0;                          // 0: all training images
+  std::string lr_schedule = "cosine";               // or "constant"
+  std::string memory_limit;                         // "" : HEADROOM_MEMORY_LIMIT or none
+  std::string memory_report;                        // "" : no report
+  std::string micro_batches = "1";                  // a count, or "auto" (optim/batch_split.h)
+  std::string precision = "f32";                    // f32, f16 or bf16 (docs/mixed-precision.md)
+  int64_t save_every = 0;                           // optimizer steps between training checkpoints (0: none)
   std::string checkpoint_file = "checkpoint.hrck";  // where --save-every writes
-  std::string resume;               // a training checkpoint to resume from ("" : start afresh)
-  std::string save_model;           // the trained model's state dict, written at the end ("" : none)
-  std::string recompute = "none";   // --checkpoint: none, block, sqrt or selective (nn/checkpoint.h)
-  std::string memory_budget;        // --memory-budget: the run's memory ("" : none)
-  bool plan = false;                // --plan: choose the techniques for the budget (optim/plan.h)
-  bool ddp = false;                 // --ddp: data parallel over mpirun's ranks (nn/parallel/ddp.h)
-  int64_t zero = 0;                 // --zero 1|2: ZeRO stage (implies --ddp; optim/zero.h)
-  std::string bucket_cap = "25MiB"; // --bucket-cap: DDP's gradient bucket size
-  bool leak_check = false;          // --leak-check: engine/leak_check.h at every step boundary
-  std::string offload = "none";     // --offload: none, activations, optimizer or all (docs/offload.md)
-  std::string offload_min = "1MiB"; // --offload-min: saved tensors smaller than this stay on the device
+  std::string resume;                               // a training checkpoint to resume from ("" : start afresh)
+  std::string save_model;                           // the trained model's state dict, written at the end ("" : none)
+  std::string recompute = "none";                   // --checkpoint: none, block, sqrt or selective (nn/checkpoint.h)
+  std::string memory_budget;                        // --memory-budget: the run's memory ("" : none)
+  bool plan = false;                                // --plan: choose the techniques for the budget (optim/plan.h)
+  bool ddp = false;                                 // --ddp: data parallel over mpirun's ranks (nn/parallel/ddp.h)
+  int64_t zero = 0;                                 // --zero 1|2: ZeRO stage (implies --ddp; optim/zero.h)
+  std::string bucket_cap = "25MiB";                 // --bucket-cap: DDP's gradient bucket size
+  bool leak_check = false;                          // --leak-check: engine/leak_check.h at every step boundary
+  std::string offload = "none";                     // --offload: none, activations, optimizer or all (docs/offload.md)
+  std::string offload_min = "1MiB";                 // --offload-min: saved tensors smaller than this stay on the device
 };
 
 // --offload (docs/offload.md): activations through ActivationOffload around each forward,
@@ -291,7 +292,8 @@ inline void add_distributed_flags(Flags& flags, TrainConfig& cfg) {
   flags.add("ddp", &cfg.ddp,
             "data parallel over the ranks of mpirun (mpirun -np N ...): each rank trains on 1/N of every batch, "
             "gradients averaged in buckets overlapped with backward; rank 0 prints");
-  flags.add("zero", &cfg.zero, "ZeRO stage with --ddp: 1 shards the optimizer state over the ranks, 2 the gradients too",
+  flags.add("zero", &cfg.zero,
+            "ZeRO stage with --ddp: 1 shards the optimizer state over the ranks, 2 the gradients too",
             Flags::Check<int64_t>([](const int64_t& v) {
               return v >= 0 && v <= 2 ? std::string() : str_cat("must be 0, 1 or 2, got ", v);
             }));
@@ -330,8 +332,8 @@ inline Flags::Check<std::string> lr_schedule_name() {
 // check, offload and --micro-batches. (Its length, batch, learning rate, seed, device and data
 // each program adds itself, with its own words: add_training_flags for Fashion-MNIST.)
 inline void add_common_training_flags(Flags& flags, TrainConfig& cfg) {
-  flags.add("memory-limit", &cfg.memory_limit, "cap on the device's memory, e.g. 256MiB (default: HEADROOM_MEMORY_LIMIT)",
-            memory_size("--memory-limit"));
+  flags.add("memory-limit", &cfg.memory_limit,
+            "cap on the device's memory, e.g. 256MiB (default: HEADROOM_MEMORY_LIMIT)", memory_size("--memory-limit"));
   flags.add("memory-report", &cfg.memory_report,
             "write stats.json, snapshot.json, trace.json, trace.chrome.json and timeline.html to this folder");
   flags.add("precision", &cfg.precision,
@@ -407,11 +409,13 @@ class MemoryReporting {
     MemoryStats s = allocator_.stats();
     std::cout << "peak memory on " << device_.str() << ": allocated " << format_bytes(s.allocated_bytes.peak)
               << ", reserved " << format_bytes(s.reserved_bytes.peak);
-    if (size_t limit = allocator_.memory_limit()) std::cout << " (limit " << format_bytes(static_cast<int64_t>(limit)) << ")";
+    if (size_t limit = allocator_.memory_limit())
+      std::cout << " (limit " << format_bytes(static_cast<int64_t>(limit)) << ")";
     std::cout << "\n  by category:";
     for (int c = 0; c < kNumMemoryCategories; ++c) {
       auto cat = static_cast<MemoryCategory>(c);
-      if (s.category(cat).peak > 0) std::cout << " " << category_name(cat) << " " << format_bytes(s.category(cat).peak) << ";";
+      if (s.category(cat).peak > 0)
+        std::cout << " " << category_name(cat) << " " << format_bytes(s.category(cat).peak) << ";";
     }
     std::cout << "\n";
     // What --offload put on the host (Note [host pool]).
@@ -421,7 +425,8 @@ class MemoryReporting {
                 << format_bytes(p.reserved_bytes.peak) << "\n  by category:";
       for (int c = 0; c < kNumMemoryCategories; ++c) {
         auto cat = static_cast<MemoryCategory>(c);
-        if (p.category(cat).peak > 0) std::cout << " " << category_name(cat) << " " << format_bytes(p.category(cat).peak) << ";";
+        if (p.category(cat).peak > 0)
+          std::cout << " " << category_name(cat) << " " << format_bytes(p.category(cat).peak) << ";";
       }
       std::cout << "\n";
     }
@@ -489,7 +494,8 @@ class DataParallel {
              " does not divide among ", group_->size(), " ranks (each rank takes an equal share)");
     HR_CHECK(cfg.save_every == 0 && cfg.resume.empty(), ValueError, program,
              ": --save-every and --resume are not supported with --ddp yet");
-    HR_CHECK(!cfg.plan, ValueError, program, ": --plan is not supported with --ddp yet (headroom-plan --world-size "
+    HR_CHECK(!cfg.plan, ValueError, program,
+             ": --plan is not supported with --ddp yet (headroom-plan --world-size "
              "predicts per-rank memory)");
     if (group_->rank() != 0) std::cout.setstate(std::ios::failbit);  // rank 0 prints
     options_.zero_stage = static_cast<int>(cfg.zero);
@@ -506,7 +512,8 @@ class DataParallel {
     if (!on()) return model;
     ddp_ = std::make_shared<nn::DistributedDataParallel>(model, *group_, options_);
     std::cout << "data parallel: " << size() << (size() == 1 ? " rank" : " ranks") << " (" << group_->backend_name()
-              << "), " << ddp_->buckets().size() << (ddp_->buckets().size() == 1 ? " gradient bucket" : " gradient buckets")
+              << "), " << ddp_->buckets().size()
+              << (ddp_->buckets().size() == 1 ? " gradient bucket" : " gradient buckets")
               << (options_.zero_stage ? str_cat(", ZeRO stage ", options_.zero_stage) : std::string()) << "\n";
     return ddp_;
   }
@@ -514,8 +521,9 @@ class DataParallel {
   std::unique_ptr<optim::Optimizer> make_optimizer(
       const std::function<std::unique_ptr<optim::Optimizer>(std::vector<Tensor>)>& make, nn::Module& trained) {
     if (ddp_ && options_.zero_stage > 0 && offload_optimizer_)
-      throw ValueError("--offload optimizer|all with --zero: the sharded optimizer keeps its shard on the device; "
-                       "use one of them");
+      throw ValueError(
+          "--offload optimizer|all with --zero: the sharded optimizer keeps its shard on the device; "
+          "use one of them");
     if (ddp_ && options_.zero_stage > 0) return std::make_unique<optim::ZeroRedundancyOptimizer>(*ddp_, make);
     return make(trained.parameters());
   }
@@ -566,10 +574,9 @@ class DataParallel {
     if (!ddp_) return;
     const nn::DDPSyncStats& s = ddp_->last_sync();
     std::cout << "communication: " << s.buckets << (s.buckets == 1 ? " bucket" : " buckets")
-              << (options_.zero_stage ? " reduce-scattered" : " all-reduced")
-              << " per step (" << format_bytes(s.bytes) << "); last step " << std::fixed << std::setprecision(1)
-              << s.communication_seconds * 1e3 << " ms of it, " << std::setprecision(0) << s.hidden_fraction() * 100
-              << "% hidden behind backward\n";
+              << (options_.zero_stage ? " reduce-scattered" : " all-reduced") << " per step (" << format_bytes(s.bytes)
+              << "); last step " << std::fixed << std::setprecision(1) << s.communication_seconds * 1e3 << " ms of it, "
+              << std::setprecision(0) << s.hidden_fraction() * 100 << "% hidden behind backward\n";
   }
 
  private:
@@ -608,8 +615,8 @@ inline void print_batch_splitting(const TrainConfig& cfg, const optim::BatchSpli
   const int64_t m = k > 0 ? (cfg.batch_size + k - 1) / k
                           : (splitter.micro_batch_size() > 0 ? splitter.micro_batch_size() : cfg.batch_size);
   std::cout << "batch splitting (" << cfg.micro_batches << "): micro-batches of " << m << " samples ("
-            << (cfg.batch_size + m - 1) / m << " per batch of " << cfg.batch_size << "), "
-            << splitter.ooms_recovered() << " out-of-memory errors recovered\n";
+            << (cfg.batch_size + m - 1) / m << " per batch of " << cfg.batch_size << "), " << splitter.ooms_recovered()
+            << " out-of-memory errors recovered\n";
 }
 
 // Runs a program body, turning an escaping exception into "error: <message>" and exit code 1.
@@ -666,8 +673,8 @@ class ProgressBar {
     std::cout << "\r" << line(batches_done, images_done, mean_loss, accuracy) << std::flush;
   }
   void finish(int64_t batches_done, int64_t images_done, double mean_loss, double accuracy) {
-    std::cout << (live_ ? "\r" : "") << line(batches_done, images_done, mean_loss, accuracy) << " "
-              << std::fixed << std::setprecision(1) << timer_.seconds() << " s\n"
+    std::cout << (live_ ? "\r" : "") << line(batches_done, images_done, mean_loss, accuracy) << " " << std::fixed
+              << std::setprecision(1) << timer_.seconds() << " s\n"
               << std::flush;
   }
 
@@ -680,8 +687,8 @@ class ProgressBar {
     if (filled < kWidth) bar[static_cast<size_t>(filled)] = '>';
     const double secs = timer_.seconds();
     std::ostringstream os;
-    os << "epoch " << epoch_ << "/" << epochs_ << " [" << bar << "] " << done << "/" << total_ << std::fixed
-       << " loss " << std::setprecision(4) << loss << " acc " << acc << " " << std::setprecision(0)
+    os << "epoch " << epoch_ << "/" << epochs_ << " [" << bar << "] " << done << "/" << total_ << std::fixed << " loss "
+       << std::setprecision(4) << loss << " acc " << acc << " " << std::setprecision(0)
        << (secs > 0 ? static_cast<double>(images) / secs : 0.0) << " img/s";
     return os.str();
   }
@@ -702,8 +709,8 @@ inline FashionMnistSplits load_data(const TrainConfig& cfg) {
   Timer t;
   FashionMnistSplits s{data::load_fashion_mnist(cfg.data_dir, true), data::load_fashion_mnist(cfg.data_dir, false)};
   if (cfg.train_limit > 0 && cfg.train_limit < s.train.size()) s.train = data::subset(s.train, 0, cfg.train_limit);
-  std::cout << "data: " << s.train.size() << " training and " << s.test.size() << " test images from "
-            << cfg.data_dir << " (" << std::fixed << std::setprecision(1) << t.seconds() << " s)\n";
+  std::cout << "data: " << s.train.size() << " training and " << s.test.size() << " test images from " << cfg.data_dir
+            << " (" << std::fixed << std::setprecision(1) << t.seconds() << " s)\n";
   return s;
 }
 
@@ -825,7 +832,8 @@ inline EpochStats train_one_epoch(nn::Module& model, optim::BatchSplitter& split
     double step_loss = step.loss * static_cast<double>(b);
     int64_t step_correct = count_correct(step.output, labels);
     if (parallel && parallel->on()) {  // what every rank did this step
-      const std::vector<double> all = parallel->sum({step_loss, static_cast<double>(step_correct), static_cast<double>(b)});
+      const std::vector<double> all =
+          parallel->sum({step_loss, static_cast<double>(step_correct), static_cast<double>(b)});
       step_loss = all[0];
       step_correct = static_cast<int64_t>(all[1]);
       b = static_cast<int64_t>(all[2]);
@@ -835,7 +843,8 @@ inline EpochStats train_one_epoch(nn::Module& model, optim::BatchSplitter& split
     seen += b;
     ++batches;
     if (checkpoints) checkpoints->after_step(loader, epoch, loss_sum, correct, seen);
-    progress.update(batches, seen, loss_sum / static_cast<double>(seen), static_cast<double>(correct) / static_cast<double>(seen));
+    progress.update(batches, seen, loss_sum / static_cast<double>(seen),
+                    static_cast<double>(correct) / static_cast<double>(seen));
     // Let go of this batch before the loader makes the next, so two batches are never held.
     images = Tensor();
     labels = Tensor();
@@ -889,8 +898,8 @@ inline double evaluate(nn::Module& model, const data::Dataset& dataset, int64_t 
 // --memory-limit was given. Returns the choice's prediction, for the comparison at the end
 // (print_plan_check). ValueError when no mix fits, naming the one that comes closest.
 inline std::optional<optim::MixPrediction> plan_techniques(TrainConfig& cfg, Device device,
-                                                          const optim::StepFactory& make_step, optim::PlanSpace space,
-                                                          std::string* attention = nullptr) {
+                                                           const optim::StepFactory& make_step, optim::PlanSpace space,
+                                                           std::string* attention = nullptr) {
   // An out-of-memory error later in the run: the mix of `space` with the fewest flops that fits
   // the allocator's limit, predicted for the batch that failed (Note [planning]).
   oom_remedy_line() = [make_step, space, device, &cfg, attention]() -> std::string {
@@ -924,8 +933,9 @@ inline std::optional<optim::MixPrediction> plan_techniques(TrainConfig& cfg, Dev
   };
   if (cfg.plan && cfg.memory_budget.empty()) throw ValueError("--plan needs --memory-budget (the memory to plan for)");
   if (cfg.plan && cfg.offload != "none")
-    throw ValueError("--plan chooses among precision, checkpointing and micro-batches here; run it without --offload "
-                     "(headroom-plan --offload predicts offload's memory and transfer time: docs/offload.md)");
+    throw ValueError(
+        "--plan chooses among precision, checkpointing and micro-batches here; run it without --offload "
+        "(headroom-plan --offload predicts offload's memory and transfer time: docs/offload.md)");
   if (cfg.memory_budget.empty()) return std::nullopt;
   const size_t budget = parse_memory_size(cfg.memory_budget, "--memory-budget");
   if (cfg.memory_limit.empty()) cfg.memory_limit = cfg.memory_budget;
@@ -948,9 +958,11 @@ inline std::optional<optim::MixPrediction> plan_techniques(TrainConfig& cfg, Dev
     const optim::MixPrediction* least = nullptr;
     for (const auto& m : p.mixes)
       if (!least || m.peak_reserved() < least->peak_reserved()) least = &m;
-    throw ValueError(str_cat("--plan: none of the ", p.mixes.size(), " mixes planned fits ", format_bytes(static_cast<int64_t>(budget)),
-                             " for a batch of ", cfg.batch_size, least ? str_cat(" (", least->mix.str(with_attention),
-                             " had reached ", format_bytes(least->peak_reserved()), " reserved when it ran out)") : ""));
+    throw ValueError(str_cat("--plan: none of the ", p.mixes.size(), " mixes planned fits ",
+                             format_bytes(static_cast<int64_t>(budget)), " for a batch of ", cfg.batch_size,
+                             least ? str_cat(" (", least->mix.str(with_attention), " had reached ",
+                                             format_bytes(least->peak_reserved()), " reserved when it ran out)")
+                                   : ""));
   }
   for (size_t i = 0, shown = 0; i < p.mixes.size() && shown < 5; ++i) {
     const auto& m = p.mixes[i];
@@ -974,8 +986,8 @@ inline void print_plan_check(const std::optional<optim::MixPrediction>& chosen, 
   if (!chosen) return;
   const MemoryStats s = caching_allocator(device).stats();
   std::cout << "plan check: predicted peak allocated " << format_bytes(chosen->peak_allocated()) << ", reserved "
-            << format_bytes(chosen->peak_reserved()) << "; measured over the run " << format_bytes(s.allocated_bytes.peak)
-            << ", " << format_bytes(s.reserved_bytes.peak) << "\n";
+            << format_bytes(chosen->peak_reserved()) << "; measured over the run "
+            << format_bytes(s.allocated_bytes.peak) << ", " << format_bytes(s.reserved_bytes.peak) << "\n";
 }
 
 // The training step of an image classifier (Adam, cross-entropy, the logits kept for accuracy)
@@ -1034,9 +1046,9 @@ inline void print_results(const std::vector<EpochStats>& history, double test_ac
     images += s.images;
   }
   const double n = static_cast<double>(std::max<size_t>(history.size(), 1));
-  std::cout << std::fixed << std::setprecision(2) << "time per epoch: " << secs / n << " s (mean of "
-            << history.size() << (history.size() == 1 ? " epoch, " : " epochs, ") << std::setprecision(0) << (secs > 0 ? static_cast<double>(images) / secs : 0.0)
-            << " img/s)\n"
+  std::cout << std::fixed << std::setprecision(2) << "time per epoch: " << secs / n << " s (mean of " << history.size()
+            << (history.size() == 1 ? " epoch, " : " epochs, ") << std::setprecision(0)
+            << (secs > 0 ? static_cast<double>(images) / secs : 0.0) << " img/s)\n"
             << std::setprecision(4) << "test accuracy: " << test_accuracy << "\n";
 }
 
@@ -1061,8 +1073,11 @@ class ClassifierTraining {
         schedule(make_schedule(cfg, *optimizer, loader.num_batches())),
         precision(make_precision(cfg)),
         splitter(make_splitter(cfg, *optimizer, *trained, precision.scaler.get(), parallel.ddp())),
-        checkpoints(cfg, {.model = model.get(), .optimizer = optimizer.get(), .scaler = precision.scaler.get(),
-                          .splitter = splitter.get(), .schedule = schedule.get()}),
+        checkpoints(cfg, {.model = model.get(),
+                          .optimizer = optimizer.get(),
+                          .scaler = precision.scaler.get(),
+                          .splitter = splitter.get(),
+                          .schedule = schedule.get()}),
         leaks(cfg.leak_check, device),
         cfg_(cfg),
         device_(device),

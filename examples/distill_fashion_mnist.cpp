@@ -58,7 +58,8 @@ examples::EpochStats student_epoch(nn::Module& student, nn::Module* teacher, con
     correct += examples::count_correct(logits, labels);
     seen += b;
     ++batches;
-    progress.update(batches, seen, loss_sum / static_cast<double>(seen), static_cast<double>(correct) / static_cast<double>(seen));
+    progress.update(batches, seen, loss_sum / static_cast<double>(seen),
+                    static_cast<double>(correct) / static_cast<double>(seen));
   }
   examples::EpochStats s = examples::EpochStats::of(seen, loss_sum, correct, timer.seconds());
   progress.finish(batches, seen, s.loss, s.accuracy);
@@ -117,7 +118,8 @@ int main(int argc, char** argv) {
   flags.add("teacher-model", &teacher_model,
             "the teacher's state dict, from cnn_fashion_mnist --save-model (with --channels = --teacher-channels); "
             "without it the teacher is trained first");
-  flags.add("teacher-channels", &teacher_channels, "the teacher CNN's first conv width", examples::at_least<int64_t>(1));
+  flags.add("teacher-channels", &teacher_channels, "the teacher CNN's first conv width",
+            examples::at_least<int64_t>(1));
   flags.add("teacher-epochs", &teacher_epochs, "epochs to train the teacher when --teacher-model is not given",
             examples::at_least<int64_t>(1));
   flags.add("student-channels", &student_channels, "the student CNN's first conv width (the second is twice it)",
@@ -125,13 +127,13 @@ int main(int argc, char** argv) {
   flags.add("student-hidden", &student_hidden, "the student's hidden linear width", examples::at_least<int64_t>(1));
   flags.add("temperature", &d.temperature, "softmax temperature T of the soft targets", examples::positive());
   flags.add("alpha", &d.alpha, "weight of the soft (teacher) term; 1 - alpha weighs the labels' cross-entropy",
-            examples::Flags::Check<double>([](const double& v) {
-              return v >= 0 && v <= 1 ? std::string() : std::string("must be in [0, 1]");
-            }));
+            examples::Flags::Check<double>(
+                [](const double& v) { return v >= 0 && v <= 1 ? std::string() : std::string("must be in [0, 1]"); }));
   flags.add("students", &students, "both (distilled and labels-only, compared), distilled, or labels",
             examples::Flags::Check<std::string>([](const std::string& v) {
-              return v == "both" || v == "distilled" || v == "labels" ? std::string()
-                                                                       : std::string("expected both, distilled or labels");
+              return v == "both" || v == "distilled" || v == "labels"
+                         ? std::string()
+                         : std::string("expected both, distilled or labels");
             }));
   if (auto code = flags.parse(argc, argv)) return *code;
 
@@ -162,8 +164,8 @@ int main(int argc, char** argv) {
     const bool with_teacher = students != "labels";
     if (with_teacher) {
       teacher->eval();
-      std::cout << std::fixed << std::setprecision(4)
-                << "teacher: test accuracy " << examples::evaluate(*teacher, data.test, 500, device) << "\n";
+      std::cout << std::fixed << std::setprecision(4) << "teacher: test accuracy "
+                << examples::evaluate(*teacher, data.test, 500, device) << "\n";
     }
 
     std::optional<StudentRun> labels_only, distilled;
@@ -185,8 +187,8 @@ int main(int argc, char** argv) {
       std::cout << "distilled:   test accuracy " << distilled->accuracy << ", activation peak while training "
                 << format_bytes(distilled->activation_peak) << " (the teacher's forward saved nothing)\n";
     if (labels_only && distilled)
-      std::cout << std::showpos << std::setprecision(2) << "distillation gain: "
-                << 100.0 * (distilled->accuracy - labels_only->accuracy) << " points\n"
+      std::cout << std::showpos << std::setprecision(2)
+                << "distillation gain: " << 100.0 * (distilled->accuracy - labels_only->accuracy) << " points\n"
                 << std::noshowpos;
     examples::print_results(last.history, last.accuracy);
     return 0;

@@ -121,8 +121,8 @@ std::vector<char32_t> clean(const std::vector<char32_t>& text) {
 }
 
 struct Corpus {
-  std::vector<char32_t> vocab;          // sorted; token i is vocab[i]
-  std::vector<int64_t> train, val;      // tokens
+  std::vector<char32_t> vocab;      // sorted; token i is vocab[i]
+  std::vector<int64_t> train, val;  // tokens
   int64_t files = 0, entries = 0, val_entries = 0;
 };
 
@@ -153,7 +153,8 @@ Corpus load_fortunes(const std::string& dir) {
     std::vector<char32_t> entry;
     size_t line_start = 0;
     auto finish_entry = [&] {
-      bool blank = std::all_of(entry.begin(), entry.end(), [](char32_t ch) { return ch == U'\n' || ch == U' ' || ch == U'\t'; });
+      bool blank =
+          std::all_of(entry.begin(), entry.end(), [](char32_t ch) { return ch == U'\n' || ch == U' ' || ch == U'\t'; });
       if (!blank) {
         (c.entries % 20 == 19 ? val_entries : train_entries).push_back(entry);
         ++c.entries;
@@ -229,8 +230,8 @@ std::vector<int64_t> random_starts(std::mt19937_64& rng, int64_t count, int64_t 
 // Mean loss over `batches` batches of validation windows, the same windows every call (evenly
 // spaced through the held-out text), in eval mode without history.
 // `loss_of` is the model's mean loss on a batch (the model in eval mode where it has dropout).
-double validation_loss(const std::function<double(const Tensor&, const Tensor&)>& loss_of, const std::vector<int64_t>& val,
-                       int64_t batches, int64_t b, int64_t t, Device device) {
+double validation_loss(const std::function<double(const Tensor&, const Tensor&)>& loss_of,
+                       const std::vector<int64_t>& val, int64_t batches, int64_t b, int64_t t, Device device) {
   NoGradGuard no_grad;
   const int64_t windows = batches * b;
   const int64_t span = static_cast<int64_t>(val.size()) - t - 1;
@@ -316,10 +317,12 @@ int main(int argc, char** argv) {
   flags.add("seed", &cfg.seed, "seed of weight init, batches and sampling", examples::at_least<int64_t>(0));
   flags.add("device", &cfg.device, "cpu or cuda[:N]", examples::device_name());
   flags.add("data-dir", &data_dir, "folder of the fortune files (Debian package fortunes)");
-  flags.add("eval-every", &eval_every, "validation loss every N steps (and at the end)", examples::at_least<int64_t>(1));
+  flags.add("eval-every", &eval_every, "validation loss every N steps (and at the end)",
+            examples::at_least<int64_t>(1));
   flags.add("eval-batches", &eval_batches, "batches per validation loss", examples::at_least<int64_t>(1));
   flags.add("log-every", &log_every, "a training-loss line every N steps", examples::at_least<int64_t>(1));
-  flags.add("sample-chars", &sample_chars, "characters to generate at the end (0: no sample)", examples::at_least<int64_t>(0));
+  flags.add("sample-chars", &sample_chars, "characters to generate at the end (0: no sample)",
+            examples::at_least<int64_t>(0));
   flags.add("temperature", &temperature, "sampling temperature", examples::positive());
   flags.add("top-k", &top_k, "sample among the k most likely characters (0: all)", examples::at_least<int64_t>(0));
   flags.add("lr-schedule", &cfg.lr_schedule,
@@ -349,7 +352,8 @@ int main(int argc, char** argv) {
     std::string refused;
     const char* no = " are not supported together";
     if (pipeline > 1 && tensor_parallel > 1) refused = str_cat("--pipeline and --tensor-parallel", no);
-    else if (model_parallel && (cfg.ddp || cfg.zero > 0)) refused = str_cat("--ddp or --zero and --pipeline or --tensor-parallel", no);
+    else if (model_parallel && (cfg.ddp || cfg.zero > 0))
+      refused = str_cat("--ddp or --zero and --pipeline or --tensor-parallel", no);
     else if (model_parallel && (cfg.save_every > 0 || !cfg.resume.empty()))
       refused = str_cat("--save-every or --resume and --pipeline or --tensor-parallel", no);
     else if (model_parallel && cfg.leak_check)
@@ -357,19 +361,23 @@ int main(int argc, char** argv) {
     else if (model_parallel && cfg.offload != "none")
       refused = str_cat("--offload and --pipeline or --tensor-parallel", no);
     else if (model_parallel && cfg.plan)
-      refused = str_cat("--plan (it plans one device; headroom-plan --pipeline/--tensor-parallel plans several) and "
-                        "--pipeline or --tensor-parallel", no);
+      refused = str_cat(
+          "--plan (it plans one device; headroom-plan --pipeline/--tensor-parallel plans several) and "
+          "--pipeline or --tensor-parallel",
+          no);
     else if (model_parallel && cfg.precision != "f32")
       refused = str_cat("--precision ", cfg.precision, " and --pipeline or --tensor-parallel", no);
     else if (pipeline > 1 && micro_batches == optim::BatchSplitter::kAuto)
       refused = str_cat("--micro-batches auto (--pipeline takes a count) and --pipeline", no);
-    else if (tensor_parallel > 1 && micro_batches != 1)
-      refused = str_cat("--micro-batches and --tensor-parallel", no);
+    else if (tensor_parallel > 1 && micro_batches != 1) refused = str_cat("--micro-batches and --tensor-parallel", no);
     else if (cfg.plan && (cfg.precision != "f32" || micro_batches != 1))
-      refused = str_cat("--plan (it chooses --attention and --checkpoint here, in f32 and without splitting) and "
-                        "--precision or --micro-batches", no);
+      refused = str_cat(
+          "--plan (it chooses --attention and --checkpoint here, in f32 and without splitting) and "
+          "--precision or --micro-batches",
+          no);
     else if (tensor_parallel > 1 && n_head % tensor_parallel != 0)
-      refused = str_cat("--tensor-parallel ", tensor_parallel, ": the ", n_head, " heads do not divide among the devices");
+      refused =
+          str_cat("--tensor-parallel ", tensor_parallel, ": the ", n_head, " heads do not divide among the devices");
     else if (pipeline > n_layer)
       refused = str_cat("--pipeline ", pipeline, ": more stages than the ", n_layer, " blocks (each stage needs one)");
     if (!refused.empty()) {
@@ -424,10 +432,9 @@ int main(int argc, char** argv) {
           t->model->to(device);
           t->optimizer = std::make_unique<optim::AdamW>(t->model->parameters(), lr, 0.9, 0.99, 1e-8, 0.1);
           nn::GPT* m = t->model.get();
-          t->splitter = make_step_splitter(*t->optimizer, mix.micro_batches, *m, nullptr, nullptr, nullptr,
-                                           [m](optim::Optimizer&, double max_norm) {
-                                             optim::clip_grad_norm_(m->parameters(), max_norm);
-                                           });
+          t->splitter = make_step_splitter(
+              *t->optimizer, mix.micro_batches, *m, nullptr, nullptr, nullptr,
+              [m](optim::Optimizer&, double max_norm) { optim::clip_grad_norm_(m->parameters(), max_norm); });
           const TensorOptions idx = TensorOptions().dtype(DType::i64).device(device);
           t->x = Tensor::zeros({batch, block_size}, idx);
           t->y = Tensor::zeros({batch, block_size}, idx);
@@ -475,7 +482,8 @@ int main(int argc, char** argv) {
       for (int64_t k = 0; k < n; ++k)
         devices.push_back(device.is_cpu() ? Device::cpu(static_cast<int>(k)) : Device::cuda(static_cast<int>(k)));
       if (!cfg.memory_limit.empty())
-        for (const Device& d : devices) caching_allocator(d).set_memory_limit(parse_memory_size(cfg.memory_limit, "--memory-limit"));
+        for (const Device& d : devices)
+          caching_allocator(d).set_memory_limit(parse_memory_size(cfg.memory_limit, "--memory-limit"));
       if (pipeline > 1) {
         stages = nn::GPTStage::split(*model, devices);
         nn::PipelineOptions po;
@@ -489,7 +497,8 @@ int main(int argc, char** argv) {
       } else {
         groups = dist::make_local_groups(devices);
         for (int64_t r = 0; r < tensor_parallel; ++r) {
-          ranks.push_back(nn::TensorParallelGPT::from(*model, *groups[static_cast<size_t>(r)], devices[static_cast<size_t>(r)]));
+          ranks.push_back(
+              nn::TensorParallelGPT::from(*model, *groups[static_cast<size_t>(r)], devices[static_cast<size_t>(r)]));
           rank_optimizers.push_back(make_adamw(ranks.back()->parameters()));
           // Note [agreed failure]: every rank commits its step, or none.
           rank_optimizers.back()->set_step_agreement(
@@ -521,10 +530,9 @@ int main(int argc, char** argv) {
     examples::Precision precision = examples::make_precision(cfg);
     std::unique_ptr<optim::BatchSplitter> splitter;
     if (!model_parallel)
-      splitter = make_step_splitter(optimizer, micro_batches, *trained, precision.scaler.get(), parallel.ddp(), &std::cout,
-                                    [&](optim::Optimizer& o, double max_norm) {
-                                      parallel.clip_grad_norm_(o, model->parameters(), max_norm);
-                                    });
+      splitter = make_step_splitter(
+          optimizer, micro_batches, *trained, precision.scaler.get(), parallel.ddp(), &std::cout,
+          [&](optim::Optimizer& o, double max_norm) { parallel.clip_grad_norm_(o, model->parameters(), max_norm); });
     // After training: the parts' values joined into a whole GPT on device 0, for the sample and
     // --save-model (made only then, so that the peaks per device are the training's).
     bool joined = !model_parallel;
@@ -585,16 +593,16 @@ int main(int argc, char** argv) {
         schedule.step();  // rank 0's
         return losses[0];
       }
-      const double loss = one_device_step(*model, *splitter, parallel.shard(x), parallel.shard(y), device,
-                                          precision.autocast, offload);
+      const double loss =
+          one_device_step(*model, *splitter, parallel.shard(x), parallel.shard(y), device, precision.autocast, offload);
       schedule.step();
       return parallel.sum({loss})[0] / parallel.size();  // every rank's share is equal
     };
     std::mt19937_64 rng(static_cast<uint64_t>(cfg.seed));
     const int64_t tokens_per_step = cfg.batch_size * block_size;
     std::cout << "training: " << steps << " steps of " << cfg.batch_size << " x " << block_size << " = "
-              << tokens_per_step << " tokens, AdamW lr " << std::defaultfloat << cfg.lr << ", " << attention << " attention on "
-              << device.str() << "\n";
+              << tokens_per_step << " tokens, AdamW lr " << std::defaultfloat << cfg.lr << ", " << attention
+              << " attention on " << device.str() << "\n";
 
     examples::LeakChecking leaks(cfg.leak_check && !model_parallel, device);  // --leak-check (one device)
     examples::Timer total, interval;
@@ -603,8 +611,11 @@ int main(int argc, char** argv) {
     double val_loss = std::nan("");
     // Training checkpoints (optim/checkpoint.h): the batch sampler's generator is this loop's
     // data order, kept as its text form in the checkpoint's extra tensors.
-    optim::TrainingState ckpt{.model = model.get(), .optimizer = &optimizer, .scaler = precision.scaler.get(),
-                              .splitter = splitter.get(), .schedule = &schedule};
+    optim::TrainingState ckpt{.model = model.get(),
+                              .optimizer = &optimizer,
+                              .scaler = precision.scaler.get(),
+                              .splitter = splitter.get(),
+                              .schedule = &schedule};
     auto text_tensor = [](const std::string& text) {
       std::vector<uint8_t> bytes(text.begin(), text.end());
       return Tensor::from_vector(bytes, {static_cast<int64_t>(bytes.size())}, DType::u8);
@@ -624,8 +635,9 @@ int main(int argc, char** argv) {
     }
     for (int64_t step = first_step; step <= steps; ++step) {
       Tensor x, y;
-      make_batch(corpus.train, random_starts(rng, cfg.batch_size, static_cast<int64_t>(corpus.train.size()), block_size),
-                 block_size, device, x, y);
+      make_batch(corpus.train,
+                 random_starts(rng, cfg.batch_size, static_cast<int64_t>(corpus.train.size()), block_size), block_size,
+                 device, x, y);
       loss_sum += train_step(x, y);
       ++in_interval;
       x = Tensor();
@@ -633,10 +645,10 @@ int main(int argc, char** argv) {
       leaks.step();  // a step boundary: the batch and the step's graph are gone
       if (step % log_every == 0 || step == steps) {
         const double secs = interval.seconds();
-        std::cout << "step " << step << "/" << steps << " loss " << std::fixed << std::setprecision(4) << loss_sum / static_cast<double>(in_interval)
-                  << " lr " << std::scientific << std::setprecision(2) << schedule.last_lr() << std::fixed << " "
-                  << std::setprecision(0) << (secs > 0 ? static_cast<double>(in_interval * tokens_per_step) / secs : 0.0)
-                  << " tok/s\n"
+        std::cout << "step " << step << "/" << steps << " loss " << std::fixed << std::setprecision(4)
+                  << loss_sum / static_cast<double>(in_interval) << " lr " << std::scientific << std::setprecision(2)
+                  << schedule.last_lr() << std::fixed << " " << std::setprecision(0)
+                  << (secs > 0 ? static_cast<double>(in_interval * tokens_per_step) / secs : 0.0) << " tok/s\n"
                   << std::flush;
         loss_sum = 0;
         in_interval = 0;
@@ -666,7 +678,8 @@ int main(int argc, char** argv) {
       eval_model->save(cfg.save_model);
     }
     std::cout << "training time: " << std::fixed << std::setprecision(1) << total.seconds() << " s ("
-              << std::setprecision(0) << static_cast<double>(steps * tokens_per_step) / total.seconds() << " tok/s overall)\n";
+              << std::setprecision(0) << static_cast<double>(steps * tokens_per_step) / total.seconds()
+              << " tok/s overall)\n";
     if (model_parallel) {
       // Each device's own allocator: what the split put where.
       std::cout << "peak memory per device:\n";
@@ -680,9 +693,10 @@ int main(int argc, char** argv) {
                   << format_bytes(st.reserved_bytes.peak) << "\n";
       }
       if (!cfg.memory_report.empty()) {
-        write_memory_report(cfg.memory_report, devices,
-                            str_cat("GPT on fortunes, ", pipeline > 1 ? str_cat(pipeline, " pipeline stages")
-                                                                      : str_cat("tensor parallel over ", tensor_parallel)));
+        write_memory_report(
+            cfg.memory_report, devices,
+            str_cat("GPT on fortunes, ", pipeline > 1 ? str_cat(pipeline, " pipeline stages")
+                                                      : str_cat("tensor parallel over ", tensor_parallel)));
         std::cout << "memory report: " << cfg.memory_report << "/index.html (a folder per device)\n";
       }
       if (pipe) {

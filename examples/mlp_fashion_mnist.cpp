@@ -15,10 +15,9 @@ namespace {
 
 std::shared_ptr<nn::Sequential> make_mlp() {
   return std::make_shared<nn::Sequential>(std::vector<std::shared_ptr<nn::Module>>{
-      std::make_shared<nn::Flatten>(),                                           // [N, 1, 28, 28] -> [N, 784]
-      std::make_shared<nn::Linear>(784, 256), std::make_shared<nn::ReLU>(),
-      std::make_shared<nn::Linear>(256, 128), std::make_shared<nn::ReLU>(),
-      std::make_shared<nn::Linear>(128, 10)});                                   // logits
+      std::make_shared<nn::Flatten>(),  // [N, 1, 28, 28] -> [N, 784]
+      std::make_shared<nn::Linear>(784, 256), std::make_shared<nn::ReLU>(), std::make_shared<nn::Linear>(256, 128),
+      std::make_shared<nn::ReLU>(), std::make_shared<nn::Linear>(128, 10)});  // logits
 }
 
 }  // namespace
@@ -37,12 +36,15 @@ int main(int argc, char** argv) {
     // first step (optim/plan.h).
     optim::PlanSpace space = optim::PlanSpace::for_batch(cfg.batch_size);
     space.has_attention = false;
-    const auto planned = examples::plan_techniques(
-        cfg, device, examples::image_classifier_step(device, cfg.lr, [](nn::CheckpointMode mode) {
-          auto m = make_mlp();
-          m->set_checkpoint(mode, {0, 3, 5});
-          return std::shared_ptr<nn::Module>(m);
-        }), space);
+    const auto planned =
+        examples::plan_techniques(cfg, device,
+                                  examples::image_classifier_step(device, cfg.lr,
+                                                                  [](nn::CheckpointMode mode) {
+                                                                    auto m = make_mlp();
+                                                                    m->set_checkpoint(mode, {0, 3, 5});
+                                                                    return std::shared_ptr<nn::Module>(m);
+                                                                  }),
+                                  space);
     manual_seed(static_cast<uint64_t>(cfg.seed));
     examples::MemoryReporting memory(cfg, device, "MLP on Fashion-MNIST");
 

@@ -66,11 +66,11 @@ inline void check_same_layout(const char* op, const Tensor& a, const char* a_nam
                               const char* b_name) {
   HR_CHECK(a.shape() == b.shape(), ShapeError, op, ": ", a_name, " ", shape_str(a.shape()), " and ", b_name, " ",
            shape_str(b.shape()), " differ in shape");
-  HR_CHECK(a.dtype() == b.dtype(), DTypeError, op, ": ", a_name, " is ", dtype_name(a.dtype()), " but ", b_name,
-           " is ", dtype_name(b.dtype()));
-  HR_CHECK(a.is_contiguous() && b.is_contiguous(), ValueError, op, ": expected contiguous tensors, got ", a_name,
-           " ", describe(a), " with strides ", shape_str(a.strides()), " and ", b_name, " ", describe(b),
-           " with strides ", shape_str(b.strides()));
+  HR_CHECK(a.dtype() == b.dtype(), DTypeError, op, ": ", a_name, " is ", dtype_name(a.dtype()), " but ", b_name, " is ",
+           dtype_name(b.dtype()));
+  HR_CHECK(a.is_contiguous() && b.is_contiguous(), ValueError, op, ": expected contiguous tensors, got ", a_name, " ",
+           describe(a), " with strides ", shape_str(a.strides()), " and ", b_name, " ", describe(b), " with strides ",
+           shape_str(b.strides()));
 }
 
 // The cross-entropy operands' shapes and dtypes: logits a contiguous [N, C], target i64 [N], lse
@@ -124,18 +124,16 @@ inline int64_t check_index_select(const char* op, const Tensor& x, int64_t dim, 
 
 // index_add(out, dim, index, src): src is out with dim's size replaced by the index count, of
 // out's dtype, not bool. Returns the wrapped dim.
-inline int64_t check_index_add(const char* op, const Tensor& out, int64_t dim, const Tensor& index,
-                               const Tensor& src) {
+inline int64_t check_index_add(const char* op, const Tensor& out, int64_t dim, const Tensor& index, const Tensor& src) {
   const int64_t d = wrap_dim(dim, out.dim(), op);
   Shape expected = out.shape();
   expected[static_cast<size_t>(d)] = index.numel();
   HR_CHECK(src.shape() == expected, ShapeError, op, ": source ", shape_str(src.shape()), " does not fit destination ",
            shape_str(out.shape()), " indexed along dim ", d, " by ", index.numel(), " indices (expected ",
            shape_str(expected), ")");
-  HR_CHECK(src.dtype() == out.dtype(), DTypeError, op, ": source is ", dtype_name(src.dtype()),
-           " but destination is ", dtype_name(out.dtype()));
-  HR_CHECK(out.dtype() != DType::boolean, DTypeError, op, ": bool tensors cannot be accumulated, got ",
-           describe(out));
+  HR_CHECK(src.dtype() == out.dtype(), DTypeError, op, ": source is ", dtype_name(src.dtype()), " but destination is ",
+           dtype_name(out.dtype()));
+  HR_CHECK(out.dtype() != DType::boolean, DTypeError, op, ": bool tensors cannot be accumulated, got ", describe(out));
   return d;
 }
 
@@ -168,22 +166,20 @@ inline ConvShape check_conv2d(const char* op, const Tensor& x, const Tensor& w, 
            shape_str(x.shape()), ", weight ", shape_str(w.shape()), " and output ", shape_str(out.shape()));
   HR_CHECK(x.is_contiguous() && w.is_contiguous() && out.is_contiguous(), ValueError, op,
            ": input, weight and output must be contiguous");
-  HR_CHECK(x.dtype() == w.dtype() && x.dtype() == out.dtype(), DTypeError, op, ": dtypes differ: input ",
-           describe(x), ", weight ", describe(w), ", output ", describe(out));
-  HR_CHECK(p.groups >= 1 && x.size(1) % p.groups == 0 && w.size(0) % p.groups == 0 &&
-               w.size(1) * p.groups == x.size(1),
+  HR_CHECK(x.dtype() == w.dtype() && x.dtype() == out.dtype(), DTypeError, op, ": dtypes differ: input ", describe(x),
+           ", weight ", describe(w), ", output ", describe(out));
+  HR_CHECK(p.groups >= 1 && x.size(1) % p.groups == 0 && w.size(0) % p.groups == 0 && w.size(1) * p.groups == x.size(1),
            ShapeError, op, ": input ", shape_str(x.shape()), " and weight ", shape_str(w.shape()),
            " do not fit groups=", p.groups);
   const ConvShape g = conv_shape(x, w, out, p);
-  HR_CHECK(p.stride_h >= 1 && p.stride_w >= 1 && p.dilation_h >= 1 && p.dilation_w >= 1 && p.pad_h >= 0 &&
-               p.pad_w >= 0,
+  HR_CHECK(p.stride_h >= 1 && p.stride_w >= 1 && p.dilation_h >= 1 && p.dilation_w >= 1 && p.pad_h >= 0 && p.pad_w >= 0,
            ValueError, op, ": bad stride, padding or dilation");
   const int64_t span_h = g.H + 2 * p.pad_h - p.dilation_h * (g.KH - 1) - 1;
   const int64_t span_w = g.W + 2 * p.pad_w - p.dilation_w * (g.KW - 1) - 1;
   const int64_t oh = span_h < 0 ? 0 : span_h / p.stride_h + 1, ow = span_w < 0 ? 0 : span_w / p.stride_w + 1;
   HR_CHECK(out.size(0) == g.N && out.size(1) == g.O && g.OH == oh && g.OW == ow, ShapeError, op, ": output ",
-           shape_str(out.shape()), " does not fit input ", shape_str(x.shape()), " and weight ",
-           shape_str(w.shape()), " (expected (", g.N, ", ", g.O, ", ", oh, ", ", ow, "))");
+           shape_str(out.shape()), " does not fit input ", shape_str(x.shape()), " and weight ", shape_str(w.shape()),
+           " (expected (", g.N, ", ", g.O, ", ", oh, ", ", ow, "))");
   return g;
 }
 
@@ -203,25 +199,23 @@ inline PoolShape check_pool2d(const char* op, const Tensor& x, const Tensor& out
   HR_CHECK(x.dim() == 4 && out.dim() == 4, ShapeError, op, ": expected 4-d input and output, got ",
            shape_str(x.shape()), " and ", shape_str(out.shape()));
   HR_CHECK(x.is_contiguous() && out.is_contiguous(), ValueError, op, ": input and output must be contiguous");
-  HR_CHECK(p.kernel_h >= 1 && p.kernel_w >= 1 && p.stride_h >= 1 && p.stride_w >= 1 && p.pad_h >= 0 &&
-               p.pad_w >= 0 && 2 * p.pad_h <= p.kernel_h && 2 * p.pad_w <= p.kernel_w,
-           ValueError, op, ": bad kernel (", p.kernel_h, ", ", p.kernel_w, "), stride (", p.stride_h, ", ",
-           p.stride_w, ") or padding (", p.pad_h, ", ", p.pad_w, ")");
+  HR_CHECK(p.kernel_h >= 1 && p.kernel_w >= 1 && p.stride_h >= 1 && p.stride_w >= 1 && p.pad_h >= 0 && p.pad_w >= 0 &&
+               2 * p.pad_h <= p.kernel_h && 2 * p.pad_w <= p.kernel_w,
+           ValueError, op, ": bad kernel (", p.kernel_h, ", ", p.kernel_w, "), stride (", p.stride_h, ", ", p.stride_w,
+           ") or padding (", p.pad_h, ", ", p.pad_w, ")");
   HR_CHECK(x.dtype() == out.dtype(), DTypeError, op, ": ", describe(x), " and ", describe(out), " differ in dtype");
   const PoolShape g = pool_shape(x, out);
   const int64_t span_h = g.H + 2 * p.pad_h - p.kernel_h, span_w = g.W + 2 * p.pad_w - p.kernel_w;
   const int64_t oh = span_h < 0 ? 0 : span_h / p.stride_h + 1, ow = span_w < 0 ? 0 : span_w / p.stride_w + 1;
   HR_CHECK(out.size(0) == x.size(0) && out.size(1) == x.size(1) && g.OH == oh && g.OW == ow, ShapeError, op,
-           ": output ", shape_str(out.shape()), " does not fit input ", shape_str(x.shape()), " (expected (",
-           x.size(0), ", ", x.size(1), ", ", oh, ", ", ow, "))");
+           ": output ", shape_str(out.shape()), " does not fit input ", shape_str(x.shape()), " (expected (", x.size(0),
+           ", ", x.size(1), ", ", oh, ", ", ow, "))");
   return g;
 }
 
 // The dtype max pooling keeps its winners in (engine/backend.h): the offset within a window
 // fits u8 when the window has at most 256 cells, else i32.
-inline DType pool_index_dtype(const Pool2dParams& p) {
-  return p.kernel_h * p.kernel_w <= 256 ? DType::u8 : DType::i32;
-}
+inline DType pool_index_dtype(const Pool2dParams& p) { return p.kernel_h * p.kernel_w <= 256 ? DType::u8 : DType::i32; }
 
 // Max pooling's indices: contiguous, of the pooled output's shape, u8 (windows of at most 256
 // cells) or i32.
@@ -256,15 +250,15 @@ inline void check_like_x(const char* op, const Tensor& t, const Tensor& x, const
 }
 inline void check_channel_vector(const char* op, const Tensor& t, int64_t c, const char* what) {
   if (!t.defined()) return;
-  HR_CHECK(t.dim() == 1 && t.size(0) == c, ShapeError, op, ": ", what, " must have shape ", shape_str({c}),
-           ", got ", describe(t));
+  HR_CHECK(t.dim() == 1 && t.size(0) == c, ShapeError, op, ": ", what, " must have shape ", shape_str({c}), ", got ",
+           describe(t));
   HR_CHECK(is_floating(t.dtype()), DTypeError, op, ": ", what, " must be a floating dtype (f32, f64, f16, bf16), got ",
            describe(t));
 }
 inline GroupNormGeometry check_group_norm_common(const char* op, const Tensor& x, int64_t groups,
                                                  const Tensor& save_mean, const Tensor& save_rstd) {
-  HR_CHECK(x.defined() && x.dim() == 3 && x.is_contiguous(), ValueError, op,
-           ": x must be a contiguous [N, C, S], got ", x.defined() ? describe(x) : std::string("undefined"));
+  HR_CHECK(x.defined() && x.dim() == 3 && x.is_contiguous(), ValueError, op, ": x must be a contiguous [N, C, S], got ",
+           x.defined() ? describe(x) : std::string("undefined"));
   const int64_t c = x.size(1);
   HR_CHECK(groups > 0 && c % groups == 0, ValueError, op, ": ", c, " channels of x ", describe(x),
            " cannot be split into ", groups, " groups");
@@ -272,9 +266,9 @@ inline GroupNormGeometry check_group_norm_common(const char* op, const Tensor& x
   const Shape want{g.n, g.g};
   const DType stat = statistics_dtype(x.dtype());
   for (const auto& [t, what] : {std::pair{&save_mean, "save_mean"}, std::pair{&save_rstd, "save_rstd"}})
-    HR_CHECK(t->defined() && t->dtype() == stat && t->shape() == want && t->is_contiguous(), ValueError, op,
-             ": ", what, " must be a contiguous ", dtype_name(stat), " ", shape_str(want), " for ",
-             dtype_name(x.dtype()), " x, got ", t->defined() ? describe(*t) : std::string("undefined"));
+    HR_CHECK(t->defined() && t->dtype() == stat && t->shape() == want && t->is_contiguous(), ValueError, op, ": ", what,
+             " must be a contiguous ", dtype_name(stat), " ", shape_str(want), " for ", dtype_name(x.dtype()),
+             " x, got ", t->defined() ? describe(*t) : std::string("undefined"));
   return g;
 }
 }  // namespace detail
@@ -318,8 +312,7 @@ inline AttnGeometry attention_geometry(const Tensor& q) {
 // Checks the attention contract: q [B, H, T, D] and every tensor in `others` of q's shape and
 // dtype, all contiguous; lse a contiguous [B, H, T] of statistics_dtype (f32; f64 for f64 q).
 inline AttnGeometry check_attention(const char* op, const Tensor& q,
-                                    std::initializer_list<std::pair<Tensor, const char*>> others,
-                                    const Tensor& lse) {
+                                    std::initializer_list<std::pair<Tensor, const char*>> others, const Tensor& lse) {
   HR_CHECK(q.dim() == 4, ShapeError, op, ": q must be [B, H, T, D], got ", describe(q));
   auto check_4d = [&](const Tensor& t, const char* name) {
     HR_CHECK(t.defined(), ValueError, op, ": ", name, " is undefined");
@@ -327,8 +320,8 @@ inline AttnGeometry check_attention(const char* op, const Tensor& q,
              shape_str(q.shape()), " (all of q, k, v, out must be [B, H, T, D])");
     HR_CHECK(t.dtype() == q.dtype(), DTypeError, op, ": ", name, " is ", dtype_name(t.dtype()), " but q is ",
              dtype_name(q.dtype()));
-    HR_CHECK(t.is_contiguous(), ValueError, op, ": ", name, " must be contiguous, got ", describe(t),
-             " with strides ", shape_str(t.strides()));
+    HR_CHECK(t.is_contiguous(), ValueError, op, ": ", name, " must be contiguous, got ", describe(t), " with strides ",
+             shape_str(t.strides()));
   };
   check_4d(q, "q");
   for (const auto& [t, name] : others) check_4d(t, name);

@@ -17,7 +17,8 @@ const char* checkpoint_mode_name(CheckpointMode mode) {
 }
 
 CheckpointMode parse_checkpoint_mode(std::string_view text, const char* what) {
-  for (CheckpointMode m : {CheckpointMode::none, CheckpointMode::block, CheckpointMode::sqrt, CheckpointMode::selective})
+  for (CheckpointMode m :
+       {CheckpointMode::none, CheckpointMode::block, CheckpointMode::sqrt, CheckpointMode::selective})
     if (text == checkpoint_mode_name(m)) return m;
   throw ValueError(str_cat(what, ": unknown checkpointing mode '", text, "' (none, block, sqrt or selective)"));
 }

@@ -41,8 +41,8 @@ int64_t default_checkpoint_segments(int64_t n);
 // last segment's activations are needed first in backward, so recomputing them would only cost
 // time (PyTorch's checkpoint_sequential does the same). segments = 0 picks
 // default_checkpoint_segments(n); segments must be in [0, n] (ValueError otherwise).
-Tensor checkpoint_sequential(const std::vector<std::shared_ptr<Module>>& modules, const Tensor& x,
-                             int64_t segments = 0, const CheckpointOptions& options = {});
+Tensor checkpoint_sequential(const std::vector<std::shared_ptr<Module>>& modules, const Tensor& x, int64_t segments = 0,
+                             const CheckpointOptions& options = {});
 
 // Runs the modules in order, each through checkpoint() (mode block; with the selective policy:
 // mode selective), through checkpoint_sequential (mode sqrt) or plainly (mode none).

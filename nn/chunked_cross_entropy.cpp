@@ -50,7 +50,8 @@ Tensor slice_1d(const Tensor& v, int64_t r0, int64_t n) { return v.as_strided({n
 }  // namespace
 
 int64_t default_chunk_rows(int64_t vocab_size, int64_t element_size) {
-  return std::max<int64_t>(1, kDefaultChunkBytes / (std::max<int64_t>(vocab_size, 1) * std::max<int64_t>(element_size, 1)));
+  return std::max<int64_t>(
+      1, kDefaultChunkBytes / (std::max<int64_t>(vocab_size, 1) * std::max<int64_t>(element_size, 1)));
 }
 
 namespace {
@@ -61,7 +62,9 @@ Tensor chunked_impl(const Tensor& h, const Tensor& weight, const Tensor& target,
                     int64_t ignore_index, DType loss_dtype) {
   const char* op = "chunked_cross_entropy";
   const int64_t n = h.size(0), c = h.size(1), vocab = weight.size(0);
-  const int64_t rows = std::min(std::max<int64_t>(n, 1), chunk_rows > 0 ? chunk_rows : default_chunk_rows(vocab, static_cast<int64_t>(dtype_size(h.dtype()))));
+  const int64_t rows =
+      std::min(std::max<int64_t>(n, 1),
+               chunk_rows > 0 ? chunk_rows : default_chunk_rows(vocab, static_cast<int64_t>(dtype_size(h.dtype()))));
   const bool grad = needs_grad({h, weight});
   Backend& be = backend_for(h.device());
   const TensorOptions i64 = TensorOptions().dtype(DType::i64).device(h.device());
@@ -154,15 +157,16 @@ Tensor chunked_impl(const Tensor& h, const Tensor& weight, const Tensor& target,
 Tensor chunked_cross_entropy(const Tensor& h, const Tensor& weight, const Tensor& target, int64_t chunk_rows,
                              int64_t ignore_index) {
   const char* op = "chunked_cross_entropy";
-  HR_CHECK(h.defined() && weight.defined() && target.defined(), ValueError, op, ": h, weight and target must be defined");
+  HR_CHECK(h.defined() && weight.defined() && target.defined(), ValueError, op,
+           ": h, weight and target must be defined");
   HR_CHECK(h.dim() == 2, ShapeError, op, ": h must be [N, C], got ", describe(h));
   HR_CHECK(weight.dim() == 2, ShapeError, op, ": weight must be [V, C], got ", describe(weight));
   HR_CHECK(is_floating(h.dtype()), DTypeError, op, ": h must be a float tensor, got ", describe(h));
   HR_CHECK(is_floating(weight.dtype()), DTypeError, op, ": weight must be a float tensor, got ", describe(weight));
   // Under autocast f32, f16 and bf16 mix (both are cast to the scope's dtype); f64 never does.
   const bool amp = autocast_enabled(h.device().type) && h.dtype() != DType::f64 && weight.dtype() != DType::f64;
-  HR_CHECK(amp || weight.dtype() == h.dtype(), DTypeError, op, ": weight is ", dtype_name(weight.dtype()),
-           " but h is ", dtype_name(h.dtype()), " (cast one of them)");
+  HR_CHECK(amp || weight.dtype() == h.dtype(), DTypeError, op, ": weight is ", dtype_name(weight.dtype()), " but h is ",
+           dtype_name(h.dtype()), " (cast one of them)");
   HR_CHECK(weight.size(1) == h.size(1), ShapeError, op, ": h ", shape_str(h.shape()), " has ", h.size(1),
            " features but weight ", shape_str(weight.shape()), " has ", weight.size(1));
   HR_CHECK(target.dim() == 1 && target.size(0) == h.size(0), ShapeError, op, ": target must be [", h.size(0),

@@ -186,11 +186,13 @@ void Module::rebind_parameters(const std::function<Tensor(const std::string&, co
     slots.push_back(&t);
     if (done.count(t.impl())) return;
     Tensor fresh = make(name, t);
-    HR_CHECK(fresh.defined() && fresh.shape() == t.shape() && fresh.dtype() == t.dtype() && fresh.device() == t.device(),
-             ShapeError, "rebind_parameters: parameter ", name, " is ", shape_str(t.shape()), " ", dtype_name(t.dtype()),
-             " on ", t.device().str(), " but its replacement is ",
-             fresh.defined() ? str_cat(shape_str(fresh.shape()), " ", dtype_name(fresh.dtype()), " on ", fresh.device().str())
-                             : std::string("undefined"));
+    HR_CHECK(
+        fresh.defined() && fresh.shape() == t.shape() && fresh.dtype() == t.dtype() && fresh.device() == t.device(),
+        ShapeError, "rebind_parameters: parameter ", name, " is ", shape_str(t.shape()), " ", dtype_name(t.dtype()),
+        " on ", t.device().str(), " but its replacement is ",
+        fresh.defined()
+            ? str_cat(shape_str(fresh.shape()), " ", dtype_name(fresh.dtype()), " on ", fresh.device().str())
+            : std::string("undefined"));
     if (t.requires_grad()) fresh.set_requires_grad(true);
     done.emplace(t.impl(), std::make_pair(t, fresh));
   });
@@ -202,7 +204,8 @@ void Module::place_tensors(const std::function<Tensor(const Tensor&)>& place) {
     Tensor placed = place(t);
     HR_CHECK(placed.defined() && placed.shape() == t.shape() && placed.dtype() == t.dtype(), ShapeError,
              "place_tensors: a ", shape_str(t.shape()), " ", dtype_name(t.dtype()), " tensor was replaced by ",
-             placed.defined() ? str_cat(shape_str(placed.shape()), " ", dtype_name(placed.dtype())) : std::string("nothing"));
+             placed.defined() ? str_cat(shape_str(placed.shape()), " ", dtype_name(placed.dtype()))
+                              : std::string("nothing"));
     if (t.requires_grad() && !placed.requires_grad()) placed.set_requires_grad(true);
     return placed;
   });

@@ -77,8 +77,8 @@ class Module {
   Tensor operator()(const Tensor& x) { return forward(x); }
   Tensor operator()(const std::vector<Tensor>& inputs) { return forward(inputs); }
   template <typename... Rest>
-    requires(sizeof...(Rest) > 0 && (std::convertible_to<const Rest&, const Tensor&> && ...))
-  Tensor operator()(const Tensor& first, const Rest&... rest) {
+  requires(sizeof...(Rest) > 0 && (std::convertible_to<const Rest&, const Tensor&> && ...)) Tensor operator()(
+      const Tensor& first, const Rest&... rest) {
     return forward(std::vector<Tensor>{first, rest...});
   }
 

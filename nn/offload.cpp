@@ -62,7 +62,8 @@ void ParameterStreamer::fetch(Layer& layer, bool ahead) {
   copies.reserve(layer.host.size());
   {
     CategoryScope as_parameter(MemoryCategory::parameter);
-    for (const Tensor& h : layer.host) copies.push_back(Tensor::empty(h.shape(), TensorOptions().dtype(h.dtype()).device(device_)));
+    for (const Tensor& h : layer.host)
+      copies.push_back(Tensor::empty(h.shape(), TensorOptions().dtype(h.dtype()).device(device_)));
   }
   int64_t bytes = 0;
   if (device_.is_cuda()) {

@@ -28,9 +28,9 @@
 namespace headroom::nn {
 
 struct ParameterStreamerStats {
-  int64_t layers_fetched = 0;   // layer copies made on the device, over every forward
+  int64_t layers_fetched = 0;  // layer copies made on the device, over every forward
   int64_t bytes_fetched = 0;
-  int64_t fetched_ahead = 0;    // of those, started before the layer's turn (prefetch)
+  int64_t fetched_ahead = 0;  // of those, started before the layer's turn (prefetch)
 };
 
 class ParameterStreamer {
@@ -52,7 +52,7 @@ class ParameterStreamer {
  private:
   struct Layer {
     std::shared_ptr<Module> module;
-    std::vector<Tensor> host;    // its tensors in the host pool, in the module's order
+    std::vector<Tensor> host;  // its tensors in the host pool, in the module's order
     bool on_device = false;
     std::unique_ptr<Event> ready;  // GPU: its copies are done
   };

@@ -60,8 +60,7 @@ MagnitudePruner::MagnitudePruner(Module& model, double fraction) : model_(&model
   if (dynamic_cast<Conv2d*>(&model) || dynamic_cast<Linear*>(&model)) add("weight");
   for (const auto& [path, m] : model.named_modules())
     if (dynamic_cast<Conv2d*>(m.get()) || dynamic_cast<Linear*>(m.get())) add(path + ".weight");
-  HR_CHECK(!weights.empty(), ValueError, "MagnitudePruner: ", model.name(),
-           " has no Conv2d or Linear weight to prune");
+  HR_CHECK(!weights.empty(), ValueError, "MagnitudePruner: ", model.name(), " has no Conv2d or Linear weight to prune");
   NoGradGuard no_grad;
   for (const std::string& name : weights) {
     Masked m;
@@ -85,8 +84,8 @@ Tensor MagnitudePruner::weight(const Masked& m) const {
     if (name == m.name) found = t;
   HR_CHECK(found.defined(), ValueError, "MagnitudePruner: the model has no parameter '", m.name,
            "' any more (was it replaced after the pruner was made?)");
-  HR_CHECK(!m.mask.defined() || found.shape() == m.mask.shape(), ShapeError, "MagnitudePruner: '", m.name,
-           "' is ", shape_str(found.shape()), " but its mask is ", shape_str(m.mask.shape()),
+  HR_CHECK(!m.mask.defined() || found.shape() == m.mask.shape(), ShapeError, "MagnitudePruner: '", m.name, "' is ",
+           shape_str(found.shape()), " but its mask is ", shape_str(m.mask.shape()),
            " (make the pruner after prune_channels and to())");
   return found;
 }
@@ -183,9 +182,9 @@ std::vector<PrunedChannels> prune_channels(Sequential& model, double fraction) {
         plan.next_conv = next;
         break;
       } else if (auto lin = std::dynamic_pointer_cast<Linear>(m); lin && flattened) {
-        HR_CHECK(lin->in_features % conv->out_channels == 0, ValueError, "prune_channels: ",
-                 describe_module(model, j), " takes ", lin->in_features, " features, not a multiple of the ",
-                 conv->out_channels, " channels of conv ", describe_module(model, i));
+        HR_CHECK(lin->in_features % conv->out_channels == 0, ValueError, "prune_channels: ", describe_module(model, j),
+                 " takes ", lin->in_features, " features, not a multiple of the ", conv->out_channels,
+                 " channels of conv ", describe_module(model, i));
         plan.next_linear = lin;
         plan.positions = lin->in_features / conv->out_channels;
         break;
@@ -225,7 +224,8 @@ std::vector<PrunedChannels> prune_channels(Sequential& model, double fraction) {
   std::vector<PrunedChannels> report;
   for (ChannelPlan& p : plans) {
     const int64_t keep = static_cast<int64_t>(p.kept.size());
-    const Tensor index = Tensor::from_vector(p.kept, {keep}, TensorOptions().dtype(DType::i64).device(p.conv->weight.device()));
+    const Tensor index =
+        Tensor::from_vector(p.kept, {keep}, TensorOptions().dtype(DType::i64).device(p.conv->weight.device()));
     report.push_back({std::to_string(p.conv_index), p.conv->out_channels, keep, p.kept});
     replace(p.conv->weight, select_channels(p.conv->weight, 0, index));
     if (p.conv->bias.defined()) replace(p.conv->bias, select_channels(p.conv->bias, 0, index));
@@ -243,7 +243,8 @@ std::vector<PrunedChannels> prune_channels(Sequential& model, double fraction) {
     } else {
       Tensor& w = p.next_linear->weight;  // [out, C * positions], channel-major
       const int64_t out = w.size(0), channels = w.size(1) / p.positions;
-      Tensor cut = select_channels(w.reshape({out, channels, p.positions}), 1, index).reshape({out, keep * p.positions});
+      Tensor cut =
+          select_channels(w.reshape({out, channels, p.positions}), 1, index).reshape({out, keep * p.positions});
       replace(w, cut);
       p.next_linear->in_features = keep * p.positions;
     }

@@ -73,7 +73,7 @@ class MagnitudePruner {
 
 // What prune_channels did to one convolution.
 struct PrunedChannels {
-  std::string layer;          // the conv's name in the Sequential ("0", "4")
+  std::string layer;  // the conv's name in the Sequential ("0", "4")
   int64_t before = 0, after = 0;
   std::vector<int64_t> kept;  // the channels kept, ascending, as indices of the unpruned conv
 };

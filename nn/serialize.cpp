@@ -78,7 +78,10 @@ class Writer {
     hash_ = fnv1a64(p, n, hash_);
     pos_ += n;
   }
-  template <typename T> void put(T v) { write(&v, sizeof v); }
+  template <typename T>
+  void put(T v) {
+    write(&v, sizeof v);
+  }
   // The checksum, then everything onto the disk before the rename.
   void finish() {
     uint64_t h = hash_;
@@ -93,8 +96,8 @@ class Writer {
 
  private:
   [[noreturn]] void fail(const char* doing) const {
-    throw IOError(str_cat("save_tensors: ", doing, " '", tmp_, "' (to save '", path_, "') failed at byte ", pos_,
-                          ": ", std::strerror(errno)));
+    throw IOError(str_cat("save_tensors: ", doing, " '", tmp_, "' (to save '", path_, "') failed at byte ", pos_, ": ",
+                          std::strerror(errno)));
   }
 
   std::string tmp_, path_;
@@ -168,12 +171,12 @@ class Reader {
   }
   void read(void* dst, uint64_t n, const std::string& what, bool hashed = true) {
     need(n, what);
-    HR_CHECK(source_.read(dst, n), IOError, op_, ": reading ", what, " from '", name_, "' at offset ", pos_,
-             " failed");
+    HR_CHECK(source_.read(dst, n), IOError, op_, ": reading ", what, " from '", name_, "' at offset ", pos_, " failed");
     if (hashed) hash_ = fnv1a64(dst, n, hash_);
     pos_ += n;
   }
-  template <typename T> T get(const std::string& what) {
+  template <typename T>
+  T get(const std::string& what) {
     T v;
     read(&v, sizeof v, what);
     return v;
@@ -235,8 +238,8 @@ std::map<std::string, Tensor> load_from(Reader& r, const char* op, const std::st
     bool has_zero = false;
     for (int d = 0; d < ndim; ++d) {
       shape[d] = r.get<int64_t>(str_cat("dim ", d, " of ", what));
-      HR_CHECK(shape[d] >= 0, IOError, op, ": '", path, "': ", what, " has a negative dim ", shape[d],
-               " at offset ", r.pos() - 8);
+      HR_CHECK(shape[d] >= 0, IOError, op, ": '", path, "': ", what, " has a negative dim ", shape[d], " at offset ",
+               r.pos() - 8);
       if (shape[d] == 0) has_zero = true;
       else if (nonzero_bytes > kMaxTensorBytes / static_cast<uint64_t>(shape[d])) nonzero_bytes = kMaxTensorBytes + 1;
       else nonzero_bytes *= static_cast<uint64_t>(shape[d]);
@@ -270,8 +273,8 @@ std::map<std::string, Tensor> load_from(Reader& r, const char* op, const std::st
   r.read(&stored, sizeof stored, "the checksum", /*hashed=*/false);
   HR_CHECK(r.remaining() == 0, IOError, op, ": '", path, "' has ", r.remaining(),
            " unexpected bytes after the checksum at offset ", r.pos() - 8);
-  HR_CHECK(stored == computed, IOError, op, ": checksum mismatch in '", path, "': the file is corrupt (stored ",
-           stored, ", computed ", computed, ")");
+  HR_CHECK(stored == computed, IOError, op, ": checksum mismatch in '", path, "': the file is corrupt (stored ", stored,
+           ", computed ", computed, ")");
   return out;
 }
 
@@ -333,8 +336,8 @@ std::map<std::string, Tensor> load_tensors(const std::string& path) {
 }
 
 std::map<std::string, Tensor> load_tensors_from_buffer(const void* data, size_t nbytes, const std::string& name) {
-  HR_CHECK(data != nullptr || nbytes == 0, ValueError, "load_tensors_from_buffer: '", name, "': no data but ",
-           nbytes, " bytes");
+  HR_CHECK(data != nullptr || nbytes == 0, ValueError, "load_tensors_from_buffer: '", name, "': no data but ", nbytes,
+           " bytes");
   BufferSource source(data);
   Reader r(source, "load_tensors", name, nbytes);
   return load_from(r, "load_tensors", name);

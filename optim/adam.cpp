@@ -18,7 +18,12 @@ Adam::Adam(std::vector<Tensor> params, double lr, double beta1, double beta2, do
 
 Adam::Adam(std::vector<Tensor> params, double lr, double beta1, double beta2, double eps, double weight_decay,
            bool decoupled, const char* name)
-    : Optimizer(std::move(params), lr), name_(name), beta1_(beta1), beta2_(beta2), eps_(eps), weight_decay_(weight_decay),
+    : Optimizer(std::move(params), lr),
+      name_(name),
+      beta1_(beta1),
+      beta2_(beta2),
+      eps_(eps),
+      weight_decay_(weight_decay),
       decoupled_(decoupled) {
   detail::check_adam_hyperparameters(name, beta1, beta2, eps, weight_decay);
   state_.resize(params_.size());
@@ -26,8 +31,8 @@ Adam::Adam(std::vector<Tensor> params, double lr, double beta1, double beta2, do
 
 namespace detail {
 void check_adam_hyperparameters(const char* name, double beta1, double beta2, double eps, double weight_decay) {
-  HR_CHECK(beta1 >= 0 && beta1 < 1 && beta2 >= 0 && beta2 < 1, ValueError, name,
-           ": betas must be in [0, 1), got (", beta1, ", ", beta2, ")");
+  HR_CHECK(beta1 >= 0 && beta1 < 1 && beta2 >= 0 && beta2 < 1, ValueError, name, ": betas must be in [0, 1), got (",
+           beta1, ", ", beta2, ")");
   HR_CHECK(eps >= 0, ValueError, name, ": eps must be >= 0, got ", eps);
   HR_CHECK(weight_decay >= 0, ValueError, name, ": weight_decay must be >= 0, got ", weight_decay);
 }
@@ -96,8 +101,8 @@ void Adam::commit_step() {
     const double bias_correction1 = 1.0 - std::pow(beta1_, t);
     const double bias_correction2 = 1.0 - std::pow(beta2_, t);
     if (pd.fused) {
-      detail::adam_update(p, pd.grad, st.exp_avg, st.exp_avg_sq, lr_, beta1_, beta2_, eps_, weight_decay_,
-                          decoupled_, bias_correction1, bias_correction2);
+      detail::adam_update(p, pd.grad, st.exp_avg, st.exp_avg_sq, lr_, beta1_, beta2_, eps_, weight_decay_, decoupled_,
+                          bias_correction1, bias_correction2);
       continue;
     }
     update_unfused(p, pd.grad, st, bias_correction1, bias_correction2);

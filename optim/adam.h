@@ -40,8 +40,8 @@ class Adam : public Optimizer {
   // One parameter's part of the step being prepared.
   struct Pending {
     size_t index;
-    Tensor grad;       // the gradient; in the parameter's dtype for the unfused path
-    bool made_state;   // its moments were made by this step (discard_step drops them)
+    Tensor grad;      // the gradient; in the parameter's dtype for the unfused path
+    bool made_state;  // its moments were made by this step (discard_step drops them)
     bool fused;
   };
   void update_unfused(const Tensor& p, const Tensor& g, State& st, double bc1, double bc2) const;

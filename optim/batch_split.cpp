@@ -61,8 +61,7 @@ BatchSplitter::BatchSplitter(Optimizer& optimizer, int64_t micro_batches, nn::Mo
       automatic_(micro_batches == kAuto) {
   HR_CHECK(micro_batches >= 0, ValueError, "BatchSplitter: micro_batches must be >= 1 or kAuto (0), got ",
            micro_batches);
-  HR_CHECK(options_.grow_after >= 0, ValueError, "BatchSplitter: grow_after must be >= 0, got ",
-           options_.grow_after);
+  HR_CHECK(options_.grow_after >= 0, ValueError, "BatchSplitter: grow_after must be >= 0, got ", options_.grow_after);
   grow_wait_ = options_.grow_after;
   // Note [agreed failure]: the optimizer commits on every rank or on none.
   if (nn::DistributedDataParallel* ddp = options_.ddp)
@@ -90,9 +89,8 @@ BatchSplitter::Learned BatchSplitter::learned() const {
 }
 
 void BatchSplitter::restore(const Learned& l) {
-  HR_CHECK(l.micro_batch_size >= 0 && l.steps >= 0 && l.clean_steps >= 0 && l.grow_wait >= 0 &&
-               l.ooms_recovered >= 0 && l.grow_attempts >= 0 && l.grow_failures >= 0 &&
-               l.grow_failures <= l.grow_attempts,
+  HR_CHECK(l.micro_batch_size >= 0 && l.steps >= 0 && l.clean_steps >= 0 && l.grow_wait >= 0 && l.ooms_recovered >= 0 &&
+               l.grow_attempts >= 0 && l.grow_failures >= 0 && l.grow_failures <= l.grow_attempts,
            ValueError, "BatchSplitter::restore: negative or inconsistent counters (micro_batch_size ",
            l.micro_batch_size, ", steps ", l.steps, ", grow_attempts ", l.grow_attempts, ", grow_failures ",
            l.grow_failures, ")");
@@ -125,7 +123,8 @@ SplitStepResult BatchSplitter::attempt(const Tensor& inputs, const Tensor& targe
     std::optional<nn::DistributedDataParallel::NoSync> local;
     if (options_.ddp && end < n) local.emplace(*options_.ddp);
     {
-      MicroBatchOutput out = count == n ? fn(inputs, targets) : fn(inputs.slice(0, start, end), targets.slice(0, start, end));
+      MicroBatchOutput out =
+          count == n ? fn(inputs, targets) : fn(inputs.slice(0, start, end), targets.slice(0, start, end));
       loss = std::move(out.loss);
       if (out.output.defined()) outputs.push_back(out.output.detach());
     }
@@ -156,8 +155,8 @@ SplitStepResult BatchSplitter::step(const Tensor& inputs, const Tensor& targets,
            "BatchSplitter::step: inputs and targets must be tensors with a batch dim, got ",
            inputs.defined() ? shape_str(inputs.shape()) : std::string("undefined"), " and ",
            targets.defined() ? shape_str(targets.shape()) : std::string("undefined"));
-  HR_CHECK(inputs.size(0) == targets.size(0) && inputs.size(0) > 0, ShapeError,
-           "BatchSplitter::step: inputs ", shape_str(inputs.shape()), " and targets ", shape_str(targets.shape()),
+  HR_CHECK(inputs.size(0) == targets.size(0) && inputs.size(0) > 0, ShapeError, "BatchSplitter::step: inputs ",
+           shape_str(inputs.shape()), " and targets ", shape_str(targets.shape()),
            " must have the same non-empty batch dim 0");
   const int64_t n = inputs.size(0);
 
@@ -234,13 +233,15 @@ SplitStepResult BatchSplitter::step(const Tensor& inputs, const Tensor& targets,
         const int all = static_cast<int>(ddp->reduce_scalar(status, dist::ReduceOp::max));
         if (all == 2) {
           r = {};
-          throw Error("BatchSplitter: another rank's attempt at this step failed with an error that is not an "
-                      "out-of-memory error (its own message says which); this rank's attempt was discarded");
+          throw Error(
+              "BatchSplitter: another rank's attempt at this step failed with an error that is not an "
+              "out-of-memory error (its own message says which); this rank's attempt was discarded");
         }
         if (all == 1 && own) throw *own;
         if (all == 1)
           throw OutOfMemoryError(str_cat("out of memory on another rank: it ran out in this attempt at micro-batches "
-                                         "of ", m, " samples, so every rank discards it (Note [agreed failure])"),
+                                         "of ",
+                                         m, " samples, so every rank discards it (Note [agreed failure])"),
                                  0, 0);
       }
       break;
@@ -277,20 +278,21 @@ SplitStepResult BatchSplitter::step(const Tensor& inputs, const Tensor& targets,
       }
       if (m == 1) {
         throw OutOfMemoryError(
-            str_cat("BatchSplitter: out of memory even with a micro-batch of 1 sample (batch of ", n,
-                    " samples on ", inputs.device().str(), ", whose inputs and targets themselves hold ",
-                    format_bytes(static_cast<int64_t>(inputs.nbytes() + targets.nbytes())),
-                    "): batch splitting cannot make this step fit; the step changed nothing. Recompute "
-                    "activations in backward (checkpoint(); --checkpoint block|sqrt|selective in the examples), use mixed "
-                    "precision or a smaller model. The allocator's report for the last failure:\n",
-                    e.what()),
+            str_cat(
+                "BatchSplitter: out of memory even with a micro-batch of 1 sample (batch of ", n, " samples on ",
+                inputs.device().str(), ", whose inputs and targets themselves hold ",
+                format_bytes(static_cast<int64_t>(inputs.nbytes() + targets.nbytes())),
+                "): batch splitting cannot make this step fit; the step changed nothing. Recompute "
+                "activations in backward (checkpoint(); --checkpoint block|sqrt|selective in the examples), use mixed "
+                "precision or a smaller model. The allocator's report for the last failure:\n",
+                e.what()),
             e.requested_bytes(), e.limit_bytes());
       }
       const int64_t next = rec.next_size;
       if (options_.log)
         *options_.log << "batch splitting: micro-batch of " << m << " ran out of memory (asked for "
-                      << format_bytes(static_cast<int64_t>(e.requested_bytes())) << "), retrying with " << next
-                      << " (" << (n + next - 1) / next << " micro-batches of the batch of " << n << ")\n";
+                      << format_bytes(static_cast<int64_t>(e.requested_bytes())) << "), retrying with " << next << " ("
+                      << (n + next - 1) / next << " micro-batches of the batch of " << n << ")\n";
       m = next;
     } catch (...) {
       restore_state();

@@ -50,7 +50,7 @@
 namespace headroom::nn {
 class Module;
 class DistributedDataParallel;
-}
+}  // namespace headroom::nn
 
 namespace headroom::optim {
 
@@ -63,8 +63,8 @@ struct MicroBatchOutput {
 };
 
 struct SplitStepResult {
-  double loss = 0;            // the whole batch's mean loss (micro-batch losses weighted by n_i / N)
-  Tensor output;              // outputs of all micro-batches concatenated on dim 0, detached; or undefined
+  double loss = 0;               // the whole batch's mean loss (micro-batch losses weighted by n_i / N)
+  Tensor output;                 // outputs of all micro-batches concatenated on dim 0, detached; or undefined
   int64_t micro_batch_size = 0;  // of the attempt that succeeded (the last micro-batch may be smaller)
   int64_t micro_batches = 0;
   int64_t ooms_recovered = 0;  // out-of-memory errors recovered from during this step
@@ -172,8 +172,8 @@ class BatchSplitter {
   int64_t micro_batch_size_ = 0;
   int64_t ooms_recovered_ = 0;
   int64_t steps_ = 0;
-  int64_t clean_steps_ = 0;       // steps at the current size without an OOM
-  int64_t grow_wait_ = 0;         // clean steps needed before the next growth attempt
+  int64_t clean_steps_ = 0;  // steps at the current size without an OOM
+  int64_t grow_wait_ = 0;    // clean steps needed before the next growth attempt
   int64_t grow_attempts_ = 0;
   int64_t grow_failures_ = 0;
   std::vector<Recovery> recoveries_;

@@ -86,13 +86,14 @@ void save_training_checkpoint(const std::string& path, const TrainingState& stat
 void restore_training_state(const std::map<std::string, Tensor>& all, TrainingState& st, const std::string& source) {
   HR_CHECK(st.model && st.optimizer, ValueError, "load_training_checkpoint: the state needs a model and an optimizer");
   // ---- check everything; nothing changes in this half ----
-  static const std::set<std::string> kPrefixes = {"checkpoint", "model", "optim",    "scaler", "splitter",
-                                                  "schedule",   "rng",   "loop",     "extra"};
+  static const std::set<std::string> kPrefixes = {"checkpoint", "model", "optim", "scaler", "splitter",
+                                                  "schedule",   "rng",   "loop",  "extra"};
   for (const auto& [k, t] : all) {
     const size_t slash = k.find('/');
     check(slash != std::string::npos && kPrefixes.count(k.substr(0, slash)), source,
-          "entry '" + k + "' belongs to no part of a training checkpoint (is this a model's state dict? load it "
-                          "with Module::load)");
+          "entry '" + k +
+              "' belongs to no part of a training checkpoint (is this a model's state dict? load it "
+              "with Module::load)");
   }
   const int64_t version = get_i64(all, "checkpoint/version", source);
   check(version == kTrainingCheckpointVersion, source,

@@ -55,10 +55,10 @@ struct TrainingState {
   LRScheduler* schedule = nullptr;
   bool rng = true;  // the global generator (engine/rng.h)
   // The loop's position, kept by the caller: set before saving, read after loading.
-  int64_t step = 0;        // optimizer steps done
-  int64_t epoch = 0;       // the epoch in progress (0-based)
-  int64_t next_batch = 0;  // the first batch of that epoch not yet trained on
-  std::vector<int64_t> data_order{};  // the epoch's sample order (empty when not shuffled)
+  int64_t step = 0;                       // optimizer steps done
+  int64_t epoch = 0;                      // the epoch in progress (0-based)
+  int64_t next_batch = 0;                 // the first batch of that epoch not yet trained on
+  std::vector<int64_t> data_order{};      // the epoch's sample order (empty when not shuffled)
   std::map<std::string, Tensor> extra{};  // anything else the program keeps; loaded as saved
 };
 

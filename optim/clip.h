@@ -21,7 +21,7 @@ class ProcessGroup;
 namespace headroom::nn {
 class GPTStage;
 class TensorParallelGPT;
-}
+}  // namespace headroom::nn
 
 namespace headroom::optim {
 

@@ -72,7 +72,8 @@ void GradScaler::unscale_(Optimizer& optimizer) {
       }
       grads[d].push_back(g);
     }
-    for (const Device& d : devices) s.found_inf.push_back(Tensor::zeros({1}, TensorOptions().dtype(DType::f32).device(d)));
+    for (const Device& d : devices)
+      s.found_inf.push_back(Tensor::zeros({1}, TensorOptions().dtype(DType::f32).device(d)));
   }
   for (const auto& [p, g] : dense) p.set_grad(g);
   const double inv_scale = 1.0 / scale_;

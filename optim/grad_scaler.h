@@ -83,7 +83,7 @@ class GradScaler {
   std::map<std::string, Tensor> state_dict() const;
   void load_state_dict(const std::map<std::string, Tensor>& state);
 
-  double scale() const { return scale_; }  // S now (1 when disabled)
+  double scale() const { return scale_; }                     // S now (1 when disabled)
   int64_t growth_tracker() const { return growth_tracker_; }  // clean steps since S last changed
   int64_t skipped_steps() const { return skipped_steps_; }    // steps skipped for inf/NaN so far
   bool enabled() const { return options_.enabled; }

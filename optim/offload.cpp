@@ -33,8 +33,13 @@ OffloadedAdam::OffloadedAdam(std::vector<Tensor> params, double lr, double beta1
 
 OffloadedAdam::OffloadedAdam(std::vector<Tensor> params, double lr, double beta1, double beta2, double eps,
                              double weight_decay, bool decoupled, const char* name)
-    : Optimizer(std::move(params), lr), name_(name), beta1_(beta1), beta2_(beta2), eps_(eps),
-      weight_decay_(weight_decay), decoupled_(decoupled) {
+    : Optimizer(std::move(params), lr),
+      name_(name),
+      beta1_(beta1),
+      beta2_(beta2),
+      eps_(eps),
+      weight_decay_(weight_decay),
+      decoupled_(decoupled) {
   detail::check_adam_hyperparameters(name, beta1, beta2, eps, weight_decay);
   state_.resize(params_.size());
   // Gradients down as soon as backward has finished each (Note [optimizer offload]).
@@ -156,9 +161,9 @@ void OffloadedAdam::commit_step() {
     st.step += 1;
     const auto t = static_cast<double>(st.step);
     const Tensor& g = st.grad_host.dtype() == DType::f32 ? st.grad_host : st.grad_f32;
-    const bool done = detail::adam_update(st.master, g, st.exp_avg, st.exp_avg_sq, lr_, beta1_, beta2_, eps_,
-                                          weight_decay_, decoupled_, 1.0 - std::pow(beta1_, t),
-                                          1.0 - std::pow(beta2_, t));
+    const bool done =
+        detail::adam_update(st.master, g, st.exp_avg, st.exp_avg_sq, lr_, beta1_, beta2_, eps_, weight_decay_,
+                            decoupled_, 1.0 - std::pow(beta1_, t), 1.0 - std::pow(beta2_, t));
     HR_CHECK(done, Error, name_, ": the host update did not apply to parameter ", i, " (", describe(st.master), ")");
   }
   // Parameters up: on a GPU on the side stream, after what the compute stream queued so far.

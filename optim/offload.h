@@ -80,7 +80,7 @@ class OffloadedAdam : public Optimizer {
     // that a new gradient whose storage took the old one's address is not mistaken for it.
     std::weak_ptr<VersionCounter> staged_counter;
     uint64_t staged_version = 0;
-    std::unique_ptr<Event> staged;       // GPU: the copy down has finished
+    std::unique_ptr<Event> staged;  // GPU: the copy down has finished
   };
   struct Made {  // what prepare_step made for one parameter (discard_step drops it)
     size_t index;

@@ -19,8 +19,8 @@ Optimizer::Optimizer(std::vector<Tensor> params, double lr) : params_(std::move(
   for (size_t i = 0; i < params_.size(); ++i) {
     const Tensor& p = params_[i];
     HR_CHECK(p.defined(), ValueError, "Optimizer: parameter ", i, " is undefined");
-    HR_CHECK(is_floating(p.dtype()), ValueError, "Optimizer: parameter ", i, " is not a floating tensor: ",
-             describe(p));
+    HR_CHECK(is_floating(p.dtype()), ValueError, "Optimizer: parameter ", i,
+             " is not a floating tensor: ", describe(p));
     HR_CHECK(p.is_leaf(), ValueError, "Optimizer: parameter ", i, " (", describe(p),
              ") is the result of an op, not a leaf; optimize the leaf it came from");
     HR_CHECK(seen.insert(p.impl()).second, ValueError, "Optimizer: parameter ", i, " (", describe(p),
@@ -47,8 +47,10 @@ void Optimizer::step() {
     discard_step();
     tell_peers_not_prepared();  // the peers learn that this rank cannot commit
     const Tensor& p = params_[std::min(reserving_, params_.size() - 1)];
-    throw OutOfMemoryError(str_cat(e.what(), "\n  optimizer step: this was while reserving state and temporaries for "
-                                   "parameter ", reserving_, " of ", params_.size(), " (", describe(p),
+    throw OutOfMemoryError(str_cat(e.what(),
+                                   "\n  optimizer step: this was while reserving state and temporaries for "
+                                   "parameter ",
+                                   reserving_, " of ", params_.size(), " (", describe(p),
                                    "); nothing was updated -- parameters, optimizer state and step counts are as "
                                    "before the step, so it can be retried"),
                            e.requested_bytes(), e.limit_bytes());
@@ -70,10 +72,11 @@ void Optimizer::step() {
   }
   if (!agreed) {
     discard_step();
-    throw OutOfMemoryError("optimizer step: another rank ran out of memory while preparing its step, so none "
-                           "committed; nothing was updated here either (parameters, optimizer state and step counts "
-                           "are as before the step), so it can be retried",
-                           0, 0);
+    throw OutOfMemoryError(
+        "optimizer step: another rank ran out of memory while preparing its step, so none "
+        "committed; nothing was updated here either (parameters, optimizer state and step counts "
+        "are as before the step), so it can be retried",
+        0, 0);
   }
   NoAllocationScope no_allocation("an optimizer's commit phase (Note [all-or-nothing step])");
   commit_step();
@@ -150,14 +153,15 @@ void Optimizer::load_state_dict(const std::map<std::string, Tensor>& state) {
       loaded[i][n] = *t;
     }
   }
-  HR_CHECK(known == state.size(), ValueError, "Optimizer::load_state_dict: ", state.size() - known,
-           " entries name no state of this optimizer (", params_.size(), " parameters, state ",
-           [&] {
-             std::string s;
-             for (const auto& n : names) s += (s.empty() ? "" : ", ") + n;
-             return s;
-           }(),
-           "); was it saved from another model or optimizer?");
+  HR_CHECK(
+      known == state.size(), ValueError, "Optimizer::load_state_dict: ", state.size() - known,
+      " entries name no state of this optimizer (", params_.size(), " parameters, state ",
+      [&] {
+        std::string s;
+        for (const auto& n : names) s += (s.empty() ? "" : ", ") + n;
+        return s;
+      }(),
+      "); was it saved from another model or optimizer?");
   // Then copy to the parameters' devices (may run out of memory: nothing is replaced yet).
   {
     NoGradGuard no_grad;

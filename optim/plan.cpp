@@ -62,8 +62,8 @@ std::vector<Mix> PlanSpace::mixes() const {
   const std::vector<DType> ps = precisions.empty() ? std::vector<DType>{Mix{}.precision} : precisions;
   std::vector<AttentionImpl> as = attentions.empty() ? std::vector<AttentionImpl>{Mix{}.attention} : attentions;
   if (!has_attention) as = {Mix{}.attention};
-  const std::vector<nn::CheckpointMode> cs = checkpoints.empty() ? std::vector<nn::CheckpointMode>{Mix{}.checkpoint}
-                                                                 : checkpoints;
+  const std::vector<nn::CheckpointMode> cs =
+      checkpoints.empty() ? std::vector<nn::CheckpointMode>{Mix{}.checkpoint} : checkpoints;
   const std::vector<int64_t> ms = micro_batches.empty() ? std::vector<int64_t>{1} : micro_batches;
   const std::vector<int> ws = world_sizes.empty() ? std::vector<int>{1} : world_sizes;
   const std::vector<int> zs = zero_stages.empty() ? std::vector<int>{0} : zero_stages;
@@ -83,40 +83,39 @@ std::vector<Mix> PlanSpace::mixes() const {
       if (k > 1 && t > 1) continue;  // not together
       if (k > 1)
         for (bool f : scheds) splits.push_back({k, t, f});
-      else
-        splits.push_back({k, t, true});
+      else splits.push_back({k, t, true});
     }
   std::vector<Mix> out;
   for (const Split& sp : splits)
-  for (int w : ws) {
-    if ((sp.stages > 1 || sp.tp > 1) && w > 1) continue;  // several devices of one process, one rank
-    HR_CHECK(w >= 1, ValueError, "PlanSpace: a world size must be at least 1, got ", w);
-    if (batch > 0 && batch % w != 0) continue;  // every rank takes an equal share
-    for (int z : zs) {
-      HR_CHECK(z >= 0 && z <= 2, ValueError, "PlanSpace: a ZeRO stage is 0, 1 or 2, got ", z);
-      if (z > 0 && w == 1) continue;  // sharding over one rank divides nothing
-      for (DType p : ps)
-        for (AttentionImpl a : as)
-          for (nn::CheckpointMode c : cs)
-            for (int64_t m : ms) {
-              if (batch > 0 && m > batch / w) continue;  // a micro-batch holds one item at least
-              for (bool oa : oas)
-                for (bool oo : oos) {
-                  // Offload: one device, one rank (Note [planning offload]).
-                  if ((oa || oo) && (w > 1 || sp.stages > 1 || sp.tp > 1)) continue;
-                  Mix mix{p, a, c, m};
-                  mix.world_size = w;
-                  mix.zero_stage = z;
-                  mix.pipeline_stages = sp.stages;
-                  mix.one_f_one_b = sp.one_f_one_b;
-                  mix.tensor_parallel = sp.tp;
-                  mix.offload_activations = oa;
-                  mix.offload_optimizer = oo;
-                  out.push_back(mix);
-                }
-            }
+    for (int w : ws) {
+      if ((sp.stages > 1 || sp.tp > 1) && w > 1) continue;  // several devices of one process, one rank
+      HR_CHECK(w >= 1, ValueError, "PlanSpace: a world size must be at least 1, got ", w);
+      if (batch > 0 && batch % w != 0) continue;  // every rank takes an equal share
+      for (int z : zs) {
+        HR_CHECK(z >= 0 && z <= 2, ValueError, "PlanSpace: a ZeRO stage is 0, 1 or 2, got ", z);
+        if (z > 0 && w == 1) continue;  // sharding over one rank divides nothing
+        for (DType p : ps)
+          for (AttentionImpl a : as)
+            for (nn::CheckpointMode c : cs)
+              for (int64_t m : ms) {
+                if (batch > 0 && m > batch / w) continue;  // a micro-batch holds one item at least
+                for (bool oa : oas)
+                  for (bool oo : oos) {
+                    // Offload: one device, one rank (Note [planning offload]).
+                    if ((oa || oo) && (w > 1 || sp.stages > 1 || sp.tp > 1)) continue;
+                    Mix mix{p, a, c, m};
+                    mix.world_size = w;
+                    mix.zero_stage = z;
+                    mix.pipeline_stages = sp.stages;
+                    mix.one_f_one_b = sp.one_f_one_b;
+                    mix.tensor_parallel = sp.tp;
+                    mix.offload_activations = oa;
+                    mix.offload_optimizer = oo;
+                    out.push_back(mix);
+                  }
+              }
+      }
     }
-  }
   return out;
 }
 
@@ -154,8 +153,8 @@ CostModel CostModel::roofline(const DeviceRates& rates) {
 
 double CostModel::roofline_seconds(const OpRecord& r) const {
   const bool half = r.dtype == DType::f16 || r.dtype == DType::bf16;
-  const double flop_rate = is_compute_op(r.op) ? (half ? rates_.matmul_flops_16 : rates_.matmul_flops_32)
-                                               : rates_.vector_flops;
+  const double flop_rate =
+      is_compute_op(r.op) ? (half ? rates_.matmul_flops_16 : rates_.matmul_flops_32) : rates_.vector_flops;
   const double t_flops = flop_rate > 0 ? r.cost.flops / flop_rate : 0;
   const double t_bytes = rates_.bytes_per_second > 0 ? r.cost.bytes / rates_.bytes_per_second : 0;
   return std::max(t_flops, t_bytes);
@@ -291,7 +290,8 @@ double step_seconds(const CostModel& cost, const Mix& mix, const std::vector<OpR
   // Note [planning offload]: a GPU step's ops on host tensors (the offloaded optimizer's update)
   // are the host's work, priced by add_offload_seconds.
   std::vector<OpRecord> device_records;
-  const bool gpu = std::any_of(all_records.begin(), all_records.end(), [](const OpRecord& r) { return r.device == DeviceType::cuda; });
+  const bool gpu = std::any_of(all_records.begin(), all_records.end(),
+                               [](const OpRecord& r) { return r.device == DeviceType::cuda; });
   if (gpu)
     for (const OpRecord& r : all_records)
       if (r.device == DeviceType::cuda) device_records.push_back(r);
@@ -338,7 +338,8 @@ void add_offload_seconds(MixPrediction& r, const PlanOptions& options) {
     // bytes are exposed; the rest moved during forward and backward, hidden behind compute.
     int64_t grad_bytes = 0;
     for (const OpRecord& op : r.records)
-      if (op.device == DeviceType::cpu && op.op == OpId::adam_update) grad_bytes += static_cast<int64_t>(op.cost.bytes / 4);
+      if (op.device == DeviceType::cpu && op.op == OpId::adam_update)
+        grad_bytes += static_cast<int64_t>(op.cost.bytes / 4);
     exposed += static_cast<double>(grad_bytes) / link;
     hidden += moved - static_cast<double>(grad_bytes) / link;
   } else {
@@ -451,8 +452,8 @@ MixPrediction predict_mix(const StepFactory& make_step, const Mix& mix, size_t b
   return predict_with(make_step, mix, options.batch, budget, options, default_cost(options));
 }
 
-CostModel calibrate(const StepFactory& make_step, const std::vector<Mix>& mixes, const PlanOptions& options,
-                    int warmup, int steps) {
+CostModel calibrate(const StepFactory& make_step, const std::vector<Mix>& mixes, const PlanOptions& options, int warmup,
+                    int steps) {
   HR_CHECK(steps >= 1, ValueError, "calibrate: steps must be at least 1, got ", steps);
   std::vector<std::pair<std::vector<OpRecord>, double>> runs;
   std::string last_oom;
@@ -490,13 +491,16 @@ Plan plan(const StepFactory& make_step, size_t budget, const PlanSpace& space, c
   p.budget = budget;
   p.device = options.device;
   std::optional<CostModel> cost = default_cost(options);
-  for (const Mix& mix : space.mixes()) p.mixes.push_back(predict_with(make_step, mix, options.batch, budget, options, cost));
+  for (const Mix& mix : space.mixes())
+    p.mixes.push_back(predict_with(make_step, mix, options.batch, budget, options, cost));
   if (!cost && options.calibrate) {
     // One mix per (precision, attention): the fitting one with the fewest ranks (one alone runs
     // without peers), then the least recompute, then the fewest micro-batches (Note [cost
     // model]) -- the fastest mixes are those, so the fits are made where the choice will be.
     std::map<std::pair<int, int>, const MixPrediction*> pick;
-    auto order = [](const Mix& x) { return std::make_tuple(x.world_size, recompute_rank(x.checkpoint), x.zero_stage, x.micro_batches); };
+    auto order = [](const Mix& x) {
+      return std::make_tuple(x.world_size, recompute_rank(x.checkpoint), x.zero_stage, x.micro_batches);
+    };
     for (const MixPrediction& m : p.mixes) {
       // Only one device's steps: a step's wall time is then the sum of its ops and the framework's.
       if (!m.fits() || m.mix.device_count() > 1) continue;
@@ -512,8 +516,7 @@ Plan plan(const StepFactory& make_step, size_t budget, const PlanSpace& space, c
         if (o.fits() && o.mix.precision == m->mix.precision && o.mix.attention == m->mix.attention &&
             o.mix.checkpoint == m->mix.checkpoint && o.mix.world_size == m->mix.world_size &&
             o.mix.zero_stage == m->mix.zero_stage && o.mix.device_count() == 1 &&
-            o.mix.micro_batches > m->mix.micro_batches &&
-            (!split || o.mix.micro_batches > split->mix.micro_batches))
+            o.mix.micro_batches > m->mix.micro_batches && (!split || o.mix.micro_batches > split->mix.micro_batches))
           split = &o;
       if (split) p.calibrated_on.push_back(split->mix);
     }
@@ -573,15 +576,19 @@ std::string Plan::table(bool with_attention) const {
   for (size_t i = 0; i < mixes.size(); ++i) {
     const MixPrediction& m = mixes[i];
     os << "| " << (static_cast<int>(i) == chosen ? "**chosen**" : "") << " | " << m.mix.str(with_attention) << " | "
-       << (m.fits() ? "yes" : m.status == "oom" ? "no" : m.status) << " | ";
+       << (m.fits()            ? "yes"
+           : m.status == "oom" ? "no"
+                               : m.status)
+       << " | ";
     if (m.fits()) {
       os << format_bytes(m.peak_allocated()) << " | " << format_bytes(m.peak_reserved()) << " | "
          << format_bytes(m.stats.category(MemoryCategory::activation).peak) << " | "
          << (m.seconds > 0 ? format_seconds(m.seconds) : std::string("-")) << " |";
       if (offload)
         os << " " << format_bytes(m.host_stats.allocated_bytes.peak) << " | "
-           << (m.transfer_seconds + m.host_update_seconds > 0 ? format_seconds(m.transfer_seconds + m.host_update_seconds)
-                                                               : std::string("-"))
+           << (m.transfer_seconds + m.host_update_seconds > 0
+                   ? format_seconds(m.transfer_seconds + m.host_update_seconds)
+                   : std::string("-"))
            << " |";
       os << "\n";
     } else {
@@ -593,7 +600,8 @@ std::string Plan::table(bool with_attention) const {
     os << "choice: " << c->mix.str(with_attention) << " (predicted peak reserved " << format_bytes(c->peak_reserved())
        << (c->seconds > 0 ? str_cat(", ", format_seconds(c->seconds), " per step") : std::string()) << ")\n";
   else
-    os << "choice: none -- no mix fits " << format_bytes(static_cast<int64_t>(budget)) << " on " << device.str() << "\n";
+    os << "choice: none -- no mix fits " << format_bytes(static_cast<int64_t>(budget)) << " on " << device.str()
+       << "\n";
   return os.str();
 }
 

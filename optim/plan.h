@@ -86,7 +86,7 @@ namespace headroom::optim {
 
 // One choice of the techniques the planner weighs.
 struct Mix {
-  DType precision = DType::f32;  // f32, or the autocast dtype (f16 with loss scaling, bf16)
+  DType precision = DType::f32;                    // f32, or the autocast dtype (f16 with loss scaling, bf16)
   AttentionImpl attention = AttentionImpl::fused;  // for models with attention
   nn::CheckpointMode checkpoint = nn::CheckpointMode::none;
   int64_t micro_batches = 1;  // gradient accumulation over this many micro-batches (of a rank's share)
@@ -114,8 +114,9 @@ struct Mix {
   bool operator==(const Mix& o) const {
     return precision == o.precision && attention == o.attention && checkpoint == o.checkpoint &&
            micro_batches == o.micro_batches && world_size == o.world_size && zero_stage == o.zero_stage &&
-           pipeline_stages == o.pipeline_stages && one_f_one_b == o.one_f_one_b && tensor_parallel == o.tensor_parallel &&
-           offload_activations == o.offload_activations && offload_optimizer == o.offload_optimizer;
+           pipeline_stages == o.pipeline_stages && one_f_one_b == o.one_f_one_b &&
+           tensor_parallel == o.tensor_parallel && offload_activations == o.offload_activations &&
+           offload_optimizer == o.offload_optimizer;
   }
 };
 
@@ -156,11 +157,11 @@ using StepFactory = std::function<std::function<void()>(const Mix& mix, int64_t 
 
 // Peak rates of one device, for the roofline.
 struct DeviceRates {
-  std::string name;                  // "H100 SXM (datasheet)"
-  double matmul_flops_16 = 0;        // f16/bf16 dense tensor-core FLOP/s
-  double matmul_flops_32 = 0;        // f32 FLOP/s of matmuls (no TF32: the CUDA cores)
-  double vector_flops = 0;           // f32 FLOP/s of everything else
-  double bytes_per_second = 0;       // memory bandwidth
+  std::string name;                       // "H100 SXM (datasheet)"
+  double matmul_flops_16 = 0;             // f16/bf16 dense tensor-core FLOP/s
+  double matmul_flops_32 = 0;             // f32 FLOP/s of matmuls (no TF32: the CUDA cores)
+  double vector_flops = 0;                // f32 FLOP/s of everything else
+  double bytes_per_second = 0;            // memory bandwidth
   double host_link_bytes_per_second = 0;  // to and from the host, each way (PCIe)
 };
 // The datasheet rates of "h100" or "h200" (SXM parts); nullptr for another name.
@@ -174,7 +175,8 @@ class CostModel {
   // (OpRecorder with time_ops) and the step's measured wall time.
   static CostModel fit_cpu(const std::vector<std::pair<std::vector<OpRecord>, double>>& runs);
   // The roofline scaled to measured steps on a GPU (their records need no times).
-  static CostModel fit_scaled(const DeviceRates& rates, const std::vector<std::pair<std::vector<OpRecord>, double>>& runs);
+  static CostModel fit_scaled(const DeviceRates& rates,
+                              const std::vector<std::pair<std::vector<OpRecord>, double>>& runs);
 
   double predict_seconds(const std::vector<OpRecord>& ops) const;
   bool calibrated() const { return calibrated_; }
@@ -196,7 +198,7 @@ class CostModel {
   DeviceRates rates_;
   double scale_ = 1;
   std::map<Key, Curve> fits_;
-  std::map<int, Curve> by_op_;             // per op over its dtypes and variants: for a class never seen
+  std::map<int, Curve> by_op_;                 // per op over its dtypes and variants: for a class never seen
   double compute_rate_ = 0, memory_rate_ = 0;  // seconds per flop / byte over everything: an op never seen
   double framework_per_op_ = 0;
   std::string description_;
@@ -236,8 +238,8 @@ struct MixPrediction {
   std::string status;  // "ok", "oom" (does not fit the budget) or "error: ..."
   MemoryStats stats;   // the meta allocator's, from the first step on (several devices: the fullest's)
   std::vector<std::pair<Device, MemoryStats>> device_stats;  // several devices: each one's
-  double seconds = 0;  // predicted step time (0 without a cost model)
-  int64_t ops = 0;     // backend ops in one step
+  double seconds = 0;                                        // predicted step time (0 without a cost model)
+  int64_t ops = 0;                                           // backend ops in one step
   double flops = 0, bytes = 0;
   double predict_wall_seconds = 0;  // how long predicting took
   std::vector<OpRecord> records;    // the ops of the predicted step, with their costs
@@ -258,10 +260,10 @@ MixPrediction predict_mix(const StepFactory& make_step, const Mix& mix, size_t b
 struct Plan {
   size_t budget = 0;
   Device device;
-  std::string cost_model;              // CostModel::description()
-  std::vector<Mix> calibrated_on;      // the mixes run for real to calibrate (PlanOptions::calibrate)
-  std::vector<MixPrediction> mixes;    // by predicted time (ties: by predicted peak reserved)
-  int chosen = -1;                     // index into mixes of the fastest that fits; -1: none fits
+  std::string cost_model;            // CostModel::description()
+  std::vector<Mix> calibrated_on;    // the mixes run for real to calibrate (PlanOptions::calibrate)
+  std::vector<MixPrediction> mixes;  // by predicted time (ties: by predicted peak reserved)
+  int chosen = -1;                   // index into mixes of the fastest that fits; -1: none fits
   const MixPrediction* choice() const { return chosen >= 0 ? &mixes[static_cast<size_t>(chosen)] : nullptr; }
   // Markdown: a row per mix (fits, predicted peak allocated/reserved, activations, time), the
   // choice marked; then one line naming it, or saying that nothing fits.

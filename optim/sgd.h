@@ -31,8 +31,8 @@ class SGD : public Optimizer {
  private:
   struct Pending {
     size_t index;
-    Tensor grad;      // in the parameter's dtype for the unfused path
-    bool first;       // the momentum buffer is new: it takes the first direction (made_buffer)
+    Tensor grad;  // in the parameter's dtype for the unfused path
+    bool first;   // the momentum buffer is new: it takes the first direction (made_buffer)
     bool fused;
   };
   void update_unfused(const Tensor& p, const Tensor& g, const Tensor& buf, bool first) const;

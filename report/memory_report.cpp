@@ -81,8 +81,7 @@ class JsonWriter {
     return *this;
   }
   template <typename T>
-    requires std::integral<T>
-  JsonWriter& value(T v) {
+  requires std::integral<T> JsonWriter& value(T v) {
     separate();
     if constexpr (std::is_same_v<T, bool>) out_ += v ? "true" : "false";
     else append_int(out_, v);
@@ -264,7 +263,8 @@ std::string memory_stats_json(const MemoryStats& s) {
   write_stat(w, "active", s.active);
   write_stat(w, "inactive_split", s.inactive_split);
   w.key("category_bytes").begin_object();
-  for (int c = 0; c < kNumMemoryCategories; ++c) write_stat(w, category_name(category_at(c)), s.category(category_at(c)));
+  for (int c = 0; c < kNumMemoryCategories; ++c)
+    write_stat(w, category_name(category_at(c)), s.category(category_at(c)));
   w.end_object();
   w.field("num_allocs", s.num_allocs);
   w.field("num_cache_hits", s.num_cache_hits);
@@ -388,7 +388,8 @@ std::string chrome_trace_json(const std::vector<TraceEvent>& events, Device devi
     if (e.reserved_after != last_reserved) counter("reserved", ts, last_reserved = e.reserved_after);
     for (int c = 0; c < kNumMemoryCategories; ++c) {
       const auto i = static_cast<size_t>(c);
-      if (e.category_after[i] != last_category[i]) counter(category_name(category_at(c)), ts, last_category[i] = e.category_after[i]);
+      if (e.category_after[i] != last_category[i])
+        counter(category_name(category_at(c)), ts, last_category[i] = e.category_after[i]);
     }
   }
   w.end_array();
@@ -443,8 +444,8 @@ std::vector<TimelinePoint> downsample_timeline(const std::vector<TraceEvent>& ev
 namespace {
 
 // Colours of the categories, in MemoryCategory order (Tableau 10: distinct, colour-blind aware).
-constexpr std::array<const char*, kNumMemoryCategories> kCategoryColour = {
-    "#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1"};
+constexpr std::array<const char*, kNumMemoryCategories> kCategoryColour = {"#4e79a7", "#f28e2b", "#e15759", "#76b7b2",
+                                                                           "#59a14f", "#edc948", "#b07aa1"};
 static_assert(kNumMemoryCategories == 7, "give the new category a colour");
 
 // 1, 2 or 5 times a power of ten, the smallest such step giving at most `max_ticks` intervals.
@@ -594,16 +595,21 @@ std::string memory_timeline_html(const std::vector<TraceEvent>& events, const Me
         return s;
       };
       svg += str_cat("<path class=\"area ", category_name(category_at(c)), "\" data-category=\"",
-                     category_name(category_at(c)), "\" fill=\"",
-                     kCategoryColour[static_cast<size_t>(c)], "\" d=\"", step_path(plot, pts, cumulative, true),
-                     "\"><title>", category_name(category_at(c)), "</title></path>\n");
+                     category_name(category_at(c)), "\" fill=\"", kCategoryColour[static_cast<size_t>(c)], "\" d=\"",
+                     step_path(plot, pts, cumulative, true), "\"><title>", category_name(category_at(c)),
+                     "</title></path>\n");
     }
     svg += "</g>\n";
     svg += str_cat("<path class=\"allocated\" fill=\"none\" stroke=\"#222\" stroke-width=\"1\" d=\"",
-                   step_path(plot, pts, [](const TimelinePoint& p) { return p.allocated; }, false), "\"/>\n");
-    svg += str_cat("<path class=\"reserved\" fill=\"none\" stroke=\"#555\" stroke-width=\"1.5\" "
-                   "stroke-dasharray=\"6 4\" d=\"",
-                   step_path(plot, pts, [](const TimelinePoint& p) { return p.reserved; }, false), "\"/>\n");
+                   step_path(
+                       plot, pts, [](const TimelinePoint& p) { return p.allocated; }, false),
+                   "\"/>\n");
+    svg += str_cat(
+        "<path class=\"reserved\" fill=\"none\" stroke=\"#555\" stroke-width=\"1.5\" "
+        "stroke-dasharray=\"6 4\" d=\"",
+        step_path(
+            plot, pts, [](const TimelinePoint& p) { return p.reserved; }, false),
+        "\"/>\n");
     for (const TraceEvent* e : ooms) {
       const std::string xx = fixed(plot.x(e->time_ns), 1);
       svg += str_cat("<line class=\"oom\" x1=\"", xx, "\" x2=\"", xx, "\" y1=\"", plot.top, "\" y2=\"",
@@ -615,15 +621,14 @@ std::string memory_timeline_html(const std::vector<TraceEvent>& events, const Me
     const TimelinePoint& pk = pts[peak_i];
     const double px = plot.x(pk.time_ns), py = plot.y(static_cast<double>(pk.allocated));
     const bool right_side = px > plot.left + 0.65 * plot.pw();
-    svg += str_cat("<g class=\"peak\" id=\"peak\" data-bytes=\"", pk.allocated, "\" data-time-ns=\"",
-                   pk.time_ns - plot.t0, "\">\n<line x1=\"", plot.left, "\" x2=\"", plot.left + plot.pw(), "\" y1=\"",
-                   fixed(py, 1), "\" y2=\"", fixed(py, 1), "\" stroke=\"#c00\" stroke-dasharray=\"3 3\"/>\n",
-                   "<circle cx=\"", fixed(px, 1), "\" cy=\"", fixed(py, 1), "\" r=\"4\" fill=\"#c00\"/>\n",
-                   "<text id=\"peak-label\" x=\"", fixed(right_side ? px - 8 : px + 8, 1), "\" y=\"",
-                   fixed(py - 8, 1), "\" text-anchor=\"", right_side ? "end" : "start",
-                   "\" font-size=\"13\" font-weight=\"bold\" fill=\"#c00\">peak allocated ",
-                   html_escape(format_bytes(pk.allocated)), " at ", format_duration_ns(pk.time_ns - plot.t0),
-                   "</text>\n</g>\n");
+    svg += str_cat(
+        "<g class=\"peak\" id=\"peak\" data-bytes=\"", pk.allocated, "\" data-time-ns=\"", pk.time_ns - plot.t0,
+        "\">\n<line x1=\"", plot.left, "\" x2=\"", plot.left + plot.pw(), "\" y1=\"", fixed(py, 1), "\" y2=\"",
+        fixed(py, 1), "\" stroke=\"#c00\" stroke-dasharray=\"3 3\"/>\n", "<circle cx=\"", fixed(px, 1), "\" cy=\"",
+        fixed(py, 1), "\" r=\"4\" fill=\"#c00\"/>\n", "<text id=\"peak-label\" x=\"",
+        fixed(right_side ? px - 8 : px + 8, 1), "\" y=\"", fixed(py - 8, 1), "\" text-anchor=\"",
+        right_side ? "end" : "start", "\" font-size=\"13\" font-weight=\"bold\" fill=\"#c00\">peak allocated ",
+        html_escape(format_bytes(pk.allocated)), " at ", format_duration_ns(pk.time_ns - plot.t0), "</text>\n</g>\n");
   }
   svg += "</svg>\n";
 
@@ -631,16 +636,16 @@ std::string memory_timeline_html(const std::vector<TraceEvent>& events, const Me
   std::string legend = "<ul class=\"legend\">\n";
   for (int c = 0; c < kNumMemoryCategories; ++c) {
     const auto i = static_cast<size_t>(c);
-    legend += str_cat("<li class=\"", cat_peak[i] == 0 ? "unused" : "used", "\" data-category=\"",
-                      category_name(category_at(c)), "\" data-peak-bytes=\"", cat_peak[i],
-                      "\"><span class=\"swatch\" style=\"background:",
-                      kCategoryColour[i], "\"></span>", category_name(category_at(c)), " <b>peak ",
-                      html_escape(format_bytes(cat_peak[i])), "</b></li>\n");
+    legend +=
+        str_cat("<li class=\"", cat_peak[i] == 0 ? "unused" : "used", "\" data-category=\"",
+                category_name(category_at(c)), "\" data-peak-bytes=\"", cat_peak[i],
+                "\"><span class=\"swatch\" style=\"background:", kCategoryColour[i], "\"></span>",
+                category_name(category_at(c)), " <b>peak ", html_escape(format_bytes(cat_peak[i])), "</b></li>\n");
   }
   legend += str_cat("<li><span class=\"line solid\"></span>allocated (top of the stack) <b>peak ",
                     html_escape(format_bytes(pts.empty() ? 0 : pts[peak_i].allocated)), "</b></li>\n",
-                    "<li><span class=\"line dashed\"></span>reserved <b>peak ", html_escape(format_bytes(reserved_peak)),
-                    "</b></li>\n");
+                    "<li><span class=\"line dashed\"></span>reserved <b>peak ",
+                    html_escape(format_bytes(reserved_peak)), "</b></li>\n");
   if (num_ooms > 0) legend += str_cat("<li><span class=\"line oom\"></span>out of memory <b>", num_ooms, "</b></li>\n");
   legend += "</ul>\n";
 
@@ -658,7 +663,8 @@ std::string memory_timeline_html(const std::vector<TraceEvent>& events, const Me
   for (int c = 0; c < kNumMemoryCategories; ++c) row(category_name(category_at(c)), stats.category(category_at(c)));
   table += "</table>\n<table class=\"stats\">\n";
   const double hit_rate =
-      stats.num_allocs > 0 ? 100.0 * static_cast<double>(stats.num_cache_hits) / static_cast<double>(stats.num_allocs) : 0.0;
+      stats.num_allocs > 0 ? 100.0 * static_cast<double>(stats.num_cache_hits) / static_cast<double>(stats.num_allocs)
+                           : 0.0;
   for (const auto& [name, value] : std::vector<std::pair<const char*, std::string>>{
            {"allocations", str_cat(stats.num_allocs)},
            {"served from the cache", str_cat(stats.num_cache_hits, " (", fixed(hit_rate, 1), "%)")},
@@ -671,8 +677,8 @@ std::string memory_timeline_html(const std::vector<TraceEvent>& events, const Me
 
   std::string sub = str_cat("device ", device.str(), " &middot; ", events.size(), " events");
   if (!pts.empty()) {
-    sub += str_cat(" over ", format_duration_ns(events.back().time_ns - events.front().time_ns),
-                   " (first at ", format_duration_ns(events.front().time_ns), " after the allocator was made)");
+    sub += str_cat(" over ", format_duration_ns(events.back().time_ns - events.front().time_ns), " (first at ",
+                   format_duration_ns(events.front().time_ns), " after the allocator was made)");
     if (pts.size() < events.size())
       sub += str_cat(" &middot; drawn as ", pts.size(), " points, each the highest moment of its interval");
   }
@@ -729,7 +735,8 @@ CachingAllocator* used_host_pool() {
 void write_memory_report(const std::string& dir, Device device, const std::string& title) {
   write_memory_report(dir, caching_allocator(device), title);
   if (CachingAllocator* pool = used_host_pool())
-    write_memory_report((std::filesystem::path(dir) / "host_pool").string(), *pool, str_cat(title, " (pinned host pool)"));
+    write_memory_report((std::filesystem::path(dir) / "host_pool").string(), *pool,
+                        str_cat(title, " (pinned host pool)"));
 }
 
 void write_memory_report(const std::string& dir, CachingAllocator& alloc, const std::string& title) {
@@ -766,8 +773,8 @@ void write_memory_report(const std::string& dir, const std::vector<Device>& devi
       least = least < 0 ? st.allocated_bytes.peak : std::min(least, st.allocated_bytes.peak);
     }
     rows << "<tr><td><a href=\"" << html_escape(folder) << "/timeline.html\">" << html_escape(name) << "</a></td><td>"
-         << html_escape(format_bytes(st.allocated_bytes.peak)) << "</td><td>" << html_escape(format_bytes(st.reserved_bytes.peak))
-         << "</td>";
+         << html_escape(format_bytes(st.allocated_bytes.peak)) << "</td><td>"
+         << html_escape(format_bytes(st.reserved_bytes.peak)) << "</td>";
     for (MemoryCategory c : cats) rows << "<td>" << html_escape(format_bytes(st.category(c).peak)) << "</td>";
     rows << "</tr>\n";
   };

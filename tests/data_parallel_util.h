@@ -17,9 +17,10 @@ inline dist::ProcessGroup& pg() { return dist::world(); }
 // 12 -> hidden1 -> hidden2 -> 5 with ReLUs, initialised from `seed`.
 inline std::shared_ptr<nn::Sequential> make_mlp(uint64_t seed, int64_t hidden1 = 32, int64_t hidden2 = 24) {
   manual_seed(seed);
-  return std::make_shared<nn::Sequential>(std::vector<std::shared_ptr<nn::Module>>{
-      std::make_shared<nn::Linear>(12, hidden1), std::make_shared<nn::ReLU>(), std::make_shared<nn::Linear>(hidden1, hidden2),
-      std::make_shared<nn::ReLU>(), std::make_shared<nn::Linear>(hidden2, 5)});
+  return std::make_shared<nn::Sequential>(
+      std::vector<std::shared_ptr<nn::Module>>{std::make_shared<nn::Linear>(12, hidden1), std::make_shared<nn::ReLU>(),
+                                               std::make_shared<nn::Linear>(hidden1, hidden2),
+                                               std::make_shared<nn::ReLU>(), std::make_shared<nn::Linear>(hidden2, 5)});
 }
 
 // The whole batch of step `step` (per_rank rows for each rank, 12 features, 5 classes), the
@@ -45,7 +46,8 @@ inline ::testing::AssertionResult same_on_every_rank(const Tensor& t) {
   Tensor all = Tensor::zeros({pg().size(), t.numel()}, DType::f64);
   pg().all_gather(all, flat)->wait();
   for (int r = 1; r < pg().size(); ++r)
-    if (!all_close(all.select(0, r), all.select(0, 0), 0, 0)) return ::testing::AssertionFailure() << "rank " << r << " differs";
+    if (!all_close(all.select(0, r), all.select(0, 0), 0, 0))
+      return ::testing::AssertionFailure() << "rank " << r << " differs";
   return ::testing::AssertionSuccess();
 }
 

@@ -49,7 +49,8 @@ double default_rtol(DType dtype) {
 
 Tensor tokens(const Shape& shape, int64_t vocab, uint64_t seed) {
   std::vector<int64_t> v(static_cast<size_t>(shape_numel(shape)));
-  for (size_t i = 0; i < v.size(); ++i) v[i] = static_cast<int64_t>((i * 7919 + seed * 104729) % static_cast<uint64_t>(vocab));
+  for (size_t i = 0; i < v.size(); ++i)
+    v[i] = static_cast<int64_t>((i * 7919 + seed * 104729) % static_cast<uint64_t>(vocab));
   return Tensor::from_vector(v, shape, TensorOptions().dtype(DType::i64));
 }
 

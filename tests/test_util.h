@@ -34,15 +34,15 @@ Tensor tokens(const Shape& shape, int64_t vocab, uint64_t seed);
 
 // EXPECT_THROW_WITH(statement, ExceptionType, "substring"): the statement throws that type
 // and the message contains the substring.
-#define EXPECT_THROW_WITH(statement, ExceptionType, substring)                                   \
-  do {                                                                                           \
-    bool hr_thrown_ = false;                                                                     \
-    try {                                                                                        \
-      statement;                                                                                 \
-    } catch (const ExceptionType& hr_error_) {                                                           \
-      hr_thrown_ = true;                                                                         \
-      EXPECT_NE(std::string(hr_error_.what()).find(substring), std::string::npos)                        \
-          << "message \"" << hr_error_.what() << "\" lacks \"" << (substring) << "\"";                   \
-    }                                                                                            \
-    EXPECT_TRUE(hr_thrown_) << #statement " did not throw " #ExceptionType;                      \
+#define EXPECT_THROW_WITH(statement, ExceptionType, substring)                         \
+  do {                                                                                 \
+    bool hr_thrown_ = false;                                                           \
+    try {                                                                              \
+      statement;                                                                       \
+    } catch (const ExceptionType& hr_error_) {                                         \
+      hr_thrown_ = true;                                                               \
+      EXPECT_NE(std::string(hr_error_.what()).find(substring), std::string::npos)      \
+          << "message \"" << hr_error_.what() << "\" lacks \"" << (substring) << "\""; \
+    }                                                                                  \
+    EXPECT_TRUE(hr_thrown_) << #statement " did not throw " #ExceptionType;            \
   } while (0)

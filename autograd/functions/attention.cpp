@@ -45,11 +45,10 @@ void check_operands(const char* op, const Tensor& q, const Tensor& k, const Tens
     check_floating(op, t, name);
   }
   HR_CHECK(k.shape() == q.shape() && v.shape() == q.shape(), ShapeError, op,
-           ": q, k and v must have one shape [B, H, T, D], got q ", shape_str(q.shape()), ", k ",
-           shape_str(k.shape()), ", v ", shape_str(v.shape()));
-  HR_CHECK(k.dtype() == q.dtype() && v.dtype() == q.dtype(), DTypeError, op,
-           ": q, k and v must have one dtype, got q ", dtype_name(q.dtype()), ", k ", dtype_name(k.dtype()), ", v ",
-           dtype_name(v.dtype()));
+           ": q, k and v must have one shape [B, H, T, D], got q ", shape_str(q.shape()), ", k ", shape_str(k.shape()),
+           ", v ", shape_str(v.shape()));
+  HR_CHECK(k.dtype() == q.dtype() && v.dtype() == q.dtype(), DTypeError, op, ": q, k and v must have one dtype, got q ",
+           dtype_name(q.dtype()), ", k ", dtype_name(k.dtype()), ", v ", dtype_name(v.dtype()));
   check_same_device(op, {q, k, v});
 }
 
@@ -94,8 +93,8 @@ Tensor fused_attention(const Tensor& q, const Tensor& k, const Tensor& v, bool c
 
 }  // namespace
 
-Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal,
-                                    AttentionImpl impl, std::optional<double> scale) {
+Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal, AttentionImpl impl,
+                                    std::optional<double> scale) {
   const char* op = "scaled_dot_product_attention";
   check_operands(op, q, k, v);
   const double s = scale ? *scale : 1.0 / std::sqrt(static_cast<double>(std::max<int64_t>(q.size(3), 1)));

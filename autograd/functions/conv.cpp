@@ -57,8 +57,7 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, const C
   HR_CHECK(x.dim() == 4, ShapeError, "conv2d: expected a 4-d input [N, C, H, W], got ", shape_str(x.shape()));
   HR_CHECK(weight.dim() == 4, ShapeError, "conv2d: expected a 4-d weight [O, C / groups, KH, KW], got ",
            shape_str(weight.shape()));
-  HR_CHECK(p.stride_h >= 1 && p.stride_w >= 1 && p.dilation_h >= 1 && p.dilation_w >= 1 && p.pad_h >= 0 &&
-               p.pad_w >= 0,
+  HR_CHECK(p.stride_h >= 1 && p.stride_w >= 1 && p.dilation_h >= 1 && p.dilation_w >= 1 && p.pad_h >= 0 && p.pad_w >= 0,
            ValueError, "conv2d: stride ", pair_str(p.stride_h, p.stride_w), " and dilation ",
            pair_str(p.dilation_h, p.dilation_w), " must be positive and padding ", pair_str(p.pad_h, p.pad_w),
            " non-negative");
@@ -68,9 +67,9 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, const C
            " channels, which groups=", p.groups, " does not divide");
   HR_CHECK(O % p.groups == 0, ShapeError, "conv2d: weight ", shape_str(weight.shape()), " has ", O,
            " output channels, which groups=", p.groups, " does not divide");
-  HR_CHECK(weight.size(1) * p.groups == C, ShapeError, "conv2d: weight ", shape_str(weight.shape()), " with groups=",
-           p.groups, " expects ", weight.size(1) * p.groups, " input channels, but input ", shape_str(x.shape()),
-           " has ", C);
+  HR_CHECK(weight.size(1) * p.groups == C, ShapeError, "conv2d: weight ", shape_str(weight.shape()),
+           " with groups=", p.groups, " expects ", weight.size(1) * p.groups, " input channels, but input ",
+           shape_str(x.shape()), " has ", C);
   HR_CHECK(!bias.defined() || (bias.dim() == 1 && bias.size(0) == O), ShapeError, "conv2d: bias ",
            shape_str(bias.defined() ? bias.shape() : Shape{}), " does not match weight ", shape_str(weight.shape()),
            " (expected ", shape_str({O}), ")");
@@ -100,22 +99,23 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, const C
   }
   if (grad) {
     Shape x_shape = x.shape(), w_shape = weight.shape();
-    record("conv2d", out, {x, weight, bias}, [sx, sw, x_shape, w_shape, p, gx, gw, gb](const Tensor& g) -> std::vector<Tensor> {
-      Tensor gc = contiguous_raw(g);
-      Backend& be = backend_for(gc.device());
-      Tensor dx, dw, db;
-      if (gx) {
-        dx = Tensor::empty(x_shape, gc.options());
-        be.conv2d_backward_input(gc, sw.unpack(), dx, p);
-      }
-      if (gw) {
-        dw = Tensor::empty(w_shape, gc.options());
-        be.conv2d_backward_weight(gc, sx.unpack(), dw, p);
-      }
-      // Two reductions over contiguous blocks (H*W, then N) take the reduce kernel's fast paths.
-      if (gb) db = sum(sum(gc, {2, 3}), {0});
-      return {dx, dw, db};
-    });
+    record("conv2d", out, {x, weight, bias},
+           [sx, sw, x_shape, w_shape, p, gx, gw, gb](const Tensor& g) -> std::vector<Tensor> {
+             Tensor gc = contiguous_raw(g);
+             Backend& be = backend_for(gc.device());
+             Tensor dx, dw, db;
+             if (gx) {
+               dx = Tensor::empty(x_shape, gc.options());
+               be.conv2d_backward_input(gc, sw.unpack(), dx, p);
+             }
+             if (gw) {
+               dw = Tensor::empty(w_shape, gc.options());
+               be.conv2d_backward_weight(gc, sx.unpack(), dw, p);
+             }
+             // Two reductions over contiguous blocks (H*W, then N) take the reduce kernel's fast paths.
+             if (gb) db = sum(sum(gc, {2, 3}), {0});
+             return {dx, dw, db};
+           });
   }
   return out;
 }
@@ -133,7 +133,8 @@ Pool2dParams pool_params(const char* op, const Tensor& x, int64_t kernel, int64_
   p.kernel_h = p.kernel_w = kernel;
   p.stride_h = p.stride_w = stride;
   p.pad_h = p.pad_w = padding;
-  const int64_t OH = out_size(x.size(2), kernel, stride, padding, 1), OW = out_size(x.size(3), kernel, stride, padding, 1);
+  const int64_t OH = out_size(x.size(2), kernel, stride, padding, 1),
+                OW = out_size(x.size(3), kernel, stride, padding, 1);
   HR_CHECK(OH >= 1 && OW >= 1, ShapeError, op, ": input ", shape_str(x.shape()), " with padding ", padding,
            " is too small for kernel ", kernel, ": the output would be ", pair_str(OH, OW));
   return p;
@@ -149,7 +150,8 @@ Shape pool_out_shape(const Tensor& x, const Pool2dParams& p) {
 Tensor max_pool2d(const Tensor& x, int64_t kernel, int64_t stride, int64_t padding) {
   HR_CHECK(x.defined(), ValueError, "max_pool2d: input must be defined");
   check_floating("max_pool2d", x);
-  if (x.dim() == 3) return as_batch_of_one(x, [&](const Tensor& x4) { return max_pool2d(x4, kernel, stride, padding); });
+  if (x.dim() == 3)
+    return as_batch_of_one(x, [&](const Tensor& x4) { return max_pool2d(x4, kernel, stride, padding); });
   const Pool2dParams p = pool_params("max_pool2d", x, kernel, stride, padding);
   Tensor xc = contiguous_raw(x);
   Shape out_shape = pool_out_shape(x, p);
@@ -173,7 +175,8 @@ Tensor avg_pool2d(const Tensor& x, int64_t kernel, int64_t stride, int64_t paddi
   HR_CHECK(x.defined(), ValueError, "avg_pool2d: input must be defined");
   check_floating("avg_pool2d", x);
   if (x.dim() == 3)
-    return as_batch_of_one(x, [&](const Tensor& x4) { return avg_pool2d(x4, kernel, stride, padding, count_include_pad); });
+    return as_batch_of_one(
+        x, [&](const Tensor& x4) { return avg_pool2d(x4, kernel, stride, padding, count_include_pad); });
   Pool2dParams p = pool_params("avg_pool2d", x, kernel, stride, padding);
   p.count_include_pad = count_include_pad;
   Tensor out = Tensor::empty(pool_out_shape(x, p), x.options());

@@ -50,8 +50,12 @@ Tensor contiguous_raw(const Tensor& x) {
 namespace {
 bool float_only(UnaryOp op) {
   switch (op) {
-    case UnaryOp::neg: case UnaryOp::abs: case UnaryOp::relu: case UnaryOp::sign:
-    case UnaryOp::square: case UnaryOp::logical_not: return false;
+    case UnaryOp::neg:
+    case UnaryOp::abs:
+    case UnaryOp::relu:
+    case UnaryOp::sign:
+    case UnaryOp::square:
+    case UnaryOp::logical_not: return false;
     default: return true;
   }
 }
@@ -59,8 +63,7 @@ Tensor broadcast_to(const Tensor& x, const Shape& shape) {
   if (x.shape() == shape) return x;
   Shape strides(shape.size(), 0);
   const size_t lead = shape.size() - x.shape().size();
-  for (size_t d = 0; d < x.shape().size(); ++d)
-    strides[lead + d] = x.shape()[d] == 1 ? 0 : x.strides()[d];
+  for (size_t d = 0; d < x.shape().size(); ++d) strides[lead + d] = x.shape()[d] == 1 ? 0 : x.strides()[d];
   return x.as_strided(shape, strides, x.offset());
 }
 }  // namespace
@@ -85,7 +88,8 @@ Tensor binary_raw(BinaryOp op, const Tensor& a, const Tensor& b) {
   if ((op == BinaryOp::gelu_backward || op == BinaryOp::pow) && !is_floating(dtype)) dtype = DType::f32;
   Tensor ca = broadcast_to(cast_raw(a, dtype), shape);
   Tensor cb = broadcast_to(cast_raw(b, dtype), shape);
-  Tensor out = Tensor::empty(shape, TensorOptions().dtype(is_comparison(op) ? DType::boolean : dtype).device(a.device()));
+  Tensor out =
+      Tensor::empty(shape, TensorOptions().dtype(is_comparison(op) ? DType::boolean : dtype).device(a.device()));
   if (out.numel() > 0) backend_for(a.device()).binary(op, ca, cb, out);
   return out;
 }
@@ -96,9 +100,9 @@ Tensor where_raw(const Tensor& cond, const Tensor& a, const Tensor& b) {
   DType dtype = promote_types(a.dtype(), b.dtype());
   Tensor out = Tensor::empty(shape, TensorOptions().dtype(dtype).device(a.device()));
   if (out.numel() > 0)
-    backend_for(a.device()).where(broadcast_to(cast_raw(cond, DType::boolean), shape),
-                                  broadcast_to(cast_raw(a, dtype), shape),
-                                  broadcast_to(cast_raw(b, dtype), shape), out);
+    backend_for(a.device())
+        .where(broadcast_to(cast_raw(cond, DType::boolean), shape), broadcast_to(cast_raw(a, dtype), shape),
+               broadcast_to(cast_raw(b, dtype), shape), out);
   return out;
 }
 
@@ -262,9 +266,8 @@ Tensor abs(const Tensor& x) {
   Tensor out = unary_raw(UnaryOp::abs, x);
   if (needs_grad({x})) {
     SavedTensor sx(x, "abs");
-    record("abs", out, {x}, [sx](const Tensor& g) -> std::vector<Tensor> {
-      return {g * unary_raw(UnaryOp::sign, sx.unpack())};
-    });
+    record("abs", out, {x},
+           [sx](const Tensor& g) -> std::vector<Tensor> { return {g * unary_raw(UnaryOp::sign, sx.unpack())}; });
   }
   return out;
 }
@@ -296,17 +299,17 @@ Tensor& activation_in_place(Tensor& x, UnaryOp op, const char* name,
   if (needs) {
     SavedTensor so(x, name);  // the output, at its new version
     // The node's input edge is x's history before this op, taken before x becomes its output.
-    record(name, x, {x}, [so, grad = std::move(grad)](const Tensor& g) -> std::vector<Tensor> {
-      return {grad(g, so.unpack())};
-    });
+    record(name, x, {x},
+           [so, grad = std::move(grad)](const Tensor& g) -> std::vector<Tensor> { return {grad(g, so.unpack())}; });
   }
   return x;
 }
 }  // namespace
 
 Tensor& relu_(Tensor& x) {
-  return activation_in_place(x, UnaryOp::relu, "relu_",
-                             [](const Tensor& g, const Tensor& y) { return binary_raw(BinaryOp::relu_backward, g, y); });
+  return activation_in_place(x, UnaryOp::relu, "relu_", [](const Tensor& g, const Tensor& y) {
+    return binary_raw(BinaryOp::relu_backward, g, y);
+  });
 }
 
 Tensor& tanh_(Tensor& x) {

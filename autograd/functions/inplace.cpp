@@ -34,8 +34,8 @@ Tensor broadcast_operand(const Tensor& self, const Tensor& other, const char* op
   Shape shape = broadcast_shapes(self.shape(), other.shape(), op);
   HR_CHECK(shape == self.shape(), ShapeError, op, ": operand of shape ", shape_str(other.shape()),
            " does not broadcast to the destination's shape ", shape_str(self.shape()));
-  HR_CHECK(is_floating(self.dtype()) || !is_floating(other.dtype()), DTypeError, op, ": cannot write ",
-           describe(other), " into ", describe(self), " in place");
+  HR_CHECK(is_floating(self.dtype()) || !is_floating(other.dtype()), DTypeError, op, ": cannot write ", describe(other),
+           " into ", describe(self), " in place");
   return expand(unaliased(self, cast_raw(other, self.dtype())), self.shape());
 }
 }  // namespace

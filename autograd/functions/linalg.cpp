@@ -76,9 +76,7 @@ Tensor matmul_raw(const Tensor& a, const Tensor& b) {
   int64_t j = static_cast<int64_t>(sizes.size());
   while (j > 0) {
     const size_t d = static_cast<size_t>(j - 1);
-    if (d + 1 < sizes.size() &&
-        (sa[d] != sa[d + 1] * sizes[d + 1] || sb[d] != sb[d + 1] * sizes[d + 1]))
-      break;
+    if (d + 1 < sizes.size() && (sa[d] != sa[d + 1] * sizes[d + 1] || sb[d] != sb[d + 1] * sizes[d + 1])) break;
     --j;
   }
   const size_t inner = static_cast<size_t>(j);
@@ -133,8 +131,8 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
   check_same_device("matmul", {a, b});
   check_floating("matmul", a, "first operand");
   check_floating("matmul", b, "second operand");
-  HR_CHECK(a.dim() >= 1 && b.dim() >= 1, ShapeError, "matmul: operands need at least 1 dim, got ",
-           shape_str(a.shape()), " and ", shape_str(b.shape()));
+  HR_CHECK(a.dim() >= 1 && b.dim() >= 1, ShapeError, "matmul: operands need at least 1 dim, got ", shape_str(a.shape()),
+           " and ", shape_str(b.shape()));
   const int64_t ka = a.size(-1), kb = b.dim() == 1 ? b.size(0) : b.size(-2);
   HR_CHECK(ka == kb, ShapeError, "matmul: cannot multiply ", shape_str(a.shape()), " by ", shape_str(b.shape()),
            " (inner dims ", ka, " and ", kb, " differ)");

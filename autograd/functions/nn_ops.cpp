@@ -56,8 +56,7 @@ Tensor softmax_impl(const Tensor& x, int64_t dim, bool log) {
     record(op, out, {x}, [so, d, log](const Tensor& g) -> std::vector<Tensor> {
       const Tensor& y = so.unpack();
       Tensor dx = empty_like(y);
-      if (y.numel() > 0)
-        backend_for(y.device()).softmax_backward(y, grad_for_kernel(g, y.dtype()), dx, d, log);
+      if (y.numel() > 0) backend_for(y.device()).softmax_backward(y, grad_for_kernel(g, y.dtype()), dx, d, log);
       return {dx};
     });
   }
@@ -71,8 +70,7 @@ Tensor log_softmax(const Tensor& x, int64_t dim) { return softmax_impl(x, dim, t
 
 // ---- cross-entropy ----
 
-Tensor cross_entropy(const Tensor& logits, const Tensor& target, const std::string& reduction,
-                     int64_t ignore_index) {
+Tensor cross_entropy(const Tensor& logits, const Tensor& target, const std::string& reduction, int64_t ignore_index) {
   const char* op = "cross_entropy";
   check_reduction(op, reduction);
   check_floating(op, logits, "logits");
@@ -91,8 +89,9 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& target, const std::stri
 
   // The kernel ignores negative targets: map ignore_index to -1, and refuse any other negative.
   Tensor t = contiguous_raw(cast_raw(target, DType::i64));
-  Tensor ignored = binary_raw(BinaryOp::eq, t, Tensor::scalar(static_cast<double>(ignore_index),
-                                                               TensorOptions().dtype(DType::i64).device(t.device())));
+  Tensor ignored = binary_raw(
+      BinaryOp::eq, t,
+      Tensor::scalar(static_cast<double>(ignore_index), TensorOptions().dtype(DType::i64).device(t.device())));
   Tensor neg_one = Tensor::scalar(-1, TensorOptions().dtype(DType::i64).device(t.device()));
   Tensor zero = Tensor::scalar(0, TensorOptions().dtype(DType::i64).device(t.device()));
   if (n > 0) {
@@ -215,20 +214,20 @@ Tensor layer_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& 
     Shape p_shape = normalized_shape;
     DType wdt = weight.defined() ? weight.dtype() : x.dtype();
     DType bdt = bias.defined() ? bias.dtype() : x.dtype();
-    record(op, out, {x, weight, bias},
-           [sx, sw, smean, srstd, x_shape, p_shape, gx, gw, gb, wdt, bdt, m, n](const Tensor& g) -> std::vector<Tensor> {
-             const Tensor& xs = sx.unpack();
-             Tensor dy = as_shape(cast_raw(g, xs.dtype()), {m, n});
-             Tensor dx = gx ? empty_like(xs) : Tensor();
-             Tensor dw = gw ? Tensor::empty({n}, xs.options().dtype(wdt)) : Tensor();
-             Tensor db = gb ? Tensor::empty({n}, xs.options().dtype(bdt)) : Tensor();
-             backend_for(xs.device())
-                 .layer_norm_backward(dy, xs, sw.unpack(), smean.unpack(), srstd.unpack(), dx, dw, db);
-             auto reshaped = [](const Tensor& t, const Shape& s) {
-               return t.defined() ? t.as_strided(s, contiguous_strides(s), t.offset()) : Tensor();
-             };
-             return {reshaped(dx, x_shape), reshaped(dw, p_shape), reshaped(db, p_shape)};
-           });
+    record(
+        op, out, {x, weight, bias},
+        [sx, sw, smean, srstd, x_shape, p_shape, gx, gw, gb, wdt, bdt, m, n](const Tensor& g) -> std::vector<Tensor> {
+          const Tensor& xs = sx.unpack();
+          Tensor dy = as_shape(cast_raw(g, xs.dtype()), {m, n});
+          Tensor dx = gx ? empty_like(xs) : Tensor();
+          Tensor dw = gw ? Tensor::empty({n}, xs.options().dtype(wdt)) : Tensor();
+          Tensor db = gb ? Tensor::empty({n}, xs.options().dtype(bdt)) : Tensor();
+          backend_for(xs.device()).layer_norm_backward(dy, xs, sw.unpack(), smean.unpack(), srstd.unpack(), dx, dw, db);
+          auto reshaped = [](const Tensor& t, const Shape& s) {
+            return t.defined() ? t.as_strided(s, contiguous_strides(s), t.offset()) : Tensor();
+          };
+          return {reshaped(dx, x_shape), reshaped(dw, p_shape), reshaped(db, p_shape)};
+        });
   }
   return out;
 }
@@ -306,8 +305,9 @@ Tensor batch_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, con
   {
     // The running statistics are buffers: updated in place, never part of the graph.
     NoGradGuard no_grad;
-    backend_for(x.device()).batch_norm_forward(x3, weight, bias, run_mean, run_var, batch_stats, momentum, eps, y3,
-                                               save_mean, save_invstd);
+    backend_for(x.device())
+        .batch_norm_forward(x3, weight, bias, run_mean, run_var, batch_stats, momentum, eps, y3, save_mean,
+                            save_invstd);
     if (update_running && !GradMode::is_inference()) {
       running_mean.bump_version();
       running_var.bump_version();
@@ -316,12 +316,11 @@ Tensor batch_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, con
   Tensor out = y3.as_strided(x.shape(), contiguous_strides(x.shape()), y3.offset());
 
   if (needs_grad({x, weight, bias}))
-    record_channel_norm(op, out, x, x3, weight, bias, save_mean, save_invstd,
-                        [batch_stats](Backend& be, const Tensor& dy, const Tensor& xs, const Tensor& w,
-                                      const Tensor& mean, const Tensor& invstd, const Tensor& dx, const Tensor& dw,
-                                      const Tensor& db) {
-                          be.batch_norm_backward(dy, xs, w, mean, invstd, batch_stats, dx, dw, db);
-                        });
+    record_channel_norm(
+        op, out, x, x3, weight, bias, save_mean, save_invstd,
+        [batch_stats](Backend& be, const Tensor& dy, const Tensor& xs, const Tensor& w, const Tensor& mean,
+                      const Tensor& invstd, const Tensor& dx, const Tensor& dw,
+                      const Tensor& db) { be.batch_norm_backward(dy, xs, w, mean, invstd, batch_stats, dx, dw, db); });
   return out;
 }
 
@@ -347,8 +346,8 @@ Tensor group_norm(const Tensor& x, int64_t groups, const Tensor& weight, const T
     if (!p->defined()) continue;
     HR_CHECK(p->dim() == 1 && p->size(0) == c, ShapeError, op, ": ", what, " has shape ", shape_str(p->shape()),
              ", expected ", shape_str(Shape{c}), " for input ", shape_str(x.shape()));
-    HR_CHECK(p->dtype() == x.dtype() || (half_input && p->dtype() == DType::f32), DTypeError, op, ": ", what,
-             " is ", dtype_name(p->dtype()), " but the input is ", dtype_name(x.dtype()),
+    HR_CHECK(p->dtype() == x.dtype() || (half_input && p->dtype() == DType::f32), DTypeError, op, ": ", what, " is ",
+             dtype_name(p->dtype()), " but the input is ", dtype_name(x.dtype()),
              " (parameters take the input's dtype, or f32 with a 16-bit input)");
   }
   check_same_device(op, {x, weight, bias});
@@ -356,7 +355,8 @@ Tensor group_norm(const Tensor& x, int64_t groups, const Tensor& weight, const T
 
   Tensor x3 = as_shape(x, {n, c, s});
   Tensor y3 = Tensor::empty({n, c, s}, x.options());
-  Tensor save_mean = Tensor::empty({n, groups}, x.options().dtype(statistics_dtype(x.dtype())));  // Note [statistics dtype]
+  Tensor save_mean =
+      Tensor::empty({n, groups}, x.options().dtype(statistics_dtype(x.dtype())));  // Note [statistics dtype]
   Tensor save_rstd = Tensor::empty({n, groups}, x.options().dtype(statistics_dtype(x.dtype())));
   if (x.numel() > 0) {
     HR_CHECK(s > 0, ValueError, op, ": cannot normalise groups of size 0 in input ", shape_str(x.shape()));
@@ -407,7 +407,8 @@ Tensor dropout(const Tensor& x, double p, bool training) {
   Tensor u = Tensor::rand(x.shape(), x.options().dtype(DType::f32));
   Tensor keep = binary_raw(BinaryOp::ge, u, Tensor::scalar(p, u.options()));
   const double scale = 1.0 / (1.0 - p);
-  Tensor out = binary_raw(BinaryOp::mul, binary_raw(BinaryOp::mul, x, cast_raw(keep, x.dtype())), scalar_like(x, scale));
+  Tensor out =
+      binary_raw(BinaryOp::mul, binary_raw(BinaryOp::mul, x, cast_raw(keep, x.dtype())), scalar_like(x, scale));
   if (needs_grad({x})) {
     SavedTensor sk(keep, op);
     record(op, out, {x}, [sk, scale](const Tensor& g) -> std::vector<Tensor> {

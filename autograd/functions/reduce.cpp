@@ -57,8 +57,9 @@ Tensor reduce_raw(ReduceOp op, const Tensor& x, const std::vector<int64_t>& dims
   } else if (out.numel() > 0) {
     backend_for(x.device()).reduce(op, in, out);
   }
-  if (!keepdim) out = out.as_strided(reduced_shape(x.shape(), dims, false),
-                                     contiguous_strides(reduced_shape(x.shape(), dims, false)), 0);
+  if (!keepdim)
+    out = out.as_strided(reduced_shape(x.shape(), dims, false),
+                         contiguous_strides(reduced_shape(x.shape(), dims, false)), 0);
   return out;
 }
 
@@ -79,9 +80,8 @@ Tensor sum(const Tensor& x, const std::vector<int64_t>& dims_in, bool keepdim) {
   if (needs_grad({x})) {
     std::vector<int64_t> dims = reduction_dims(x, dims_in, "sum");
     Shape shape = x.shape();
-    record("sum", out, {x}, [shape, dims](const Tensor& g) -> std::vector<Tensor> {
-      return {expand_back(g, shape, dims)};
-    });
+    record("sum", out, {x},
+           [shape, dims](const Tensor& g) -> std::vector<Tensor> { return {expand_back(g, shape, dims)}; });
   }
   return out;
 }
@@ -105,7 +105,8 @@ Tensor mean(const Tensor& x, const std::vector<int64_t>& dims_in, bool keepdim) 
 
 namespace {
 // Gradient of amax/amin: shared equally among the elements that equal the extremum.
-Tensor extreme_reduce(ReduceOp op, const char* name, const Tensor& x, const std::vector<int64_t>& dims_in, bool keepdim) {
+Tensor extreme_reduce(ReduceOp op, const char* name, const Tensor& x, const std::vector<int64_t>& dims_in,
+                      bool keepdim) {
   Tensor out = reduce_raw(op, x, dims_in, keepdim);
   if (needs_grad({x})) {
     std::vector<int64_t> dims = reduction_dims(x, dims_in, name);
@@ -147,10 +148,10 @@ Tensor var(const Tensor& x, const std::vector<int64_t>& dims_in, int64_t correct
 
 Tensor norm(const Tensor& x, double p, const std::vector<int64_t>& dims_in, bool keepdim) {
   HR_CHECK(is_floating(x.dtype()), DTypeError, "norm: expected a floating tensor, got ", describe(x));
-  HR_CHECK(p > 0 || p == -std::numeric_limits<double>::infinity(), ValueError,
-           "norm: p must be > 0, inf or -inf, got ", p);
+  HR_CHECK(p > 0 || p == -std::numeric_limits<double>::infinity(), ValueError, "norm: p must be > 0, inf or -inf, got ",
+           p);
   std::vector<int64_t> dims = reduction_dims(x, dims_in, "norm");  // range and duplicates
-  if (x.dtype() == DType::f16 || x.dtype() == DType::bf16)  // sums of 16-bit squares overflow
+  if (x.dtype() == DType::f16 || x.dtype() == DType::bf16)         // sums of 16-bit squares overflow
     return cast(norm(cast(x, DType::f32), p, dims, keepdim), x.dtype());
   if (std::isinf(p)) return p > 0 ? amax(abs(x), dims, keepdim) : amin(abs(x), dims, keepdim);
   if (p == 1) return sum(abs(x), dims, keepdim);
@@ -171,7 +172,9 @@ Tensor Tensor::norm(double p, const std::vector<int64_t>& dims, bool keepdim) co
 Tensor Tensor::sum() const { return headroom::sum(*this); }
 Tensor Tensor::sum(const std::vector<int64_t>& dims, bool keepdim) const { return headroom::sum(*this, dims, keepdim); }
 Tensor Tensor::mean() const { return headroom::mean(*this); }
-Tensor Tensor::mean(const std::vector<int64_t>& dims, bool keepdim) const { return headroom::mean(*this, dims, keepdim); }
+Tensor Tensor::mean(const std::vector<int64_t>& dims, bool keepdim) const {
+  return headroom::mean(*this, dims, keepdim);
+}
 Tensor Tensor::max() const { return amax(*this); }
 Tensor Tensor::max(int64_t dim, bool keepdim) const { return amax(*this, {dim}, keepdim); }
 Tensor Tensor::argmax(int64_t dim, bool keepdim) const { return headroom::argmax(*this, dim, keepdim); }

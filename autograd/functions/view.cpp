@@ -164,8 +164,8 @@ Tensor Tensor::slice(int64_t dim, int64_t start, int64_t end, int64_t step) cons
 Tensor Tensor::select(int64_t d, int64_t index) const {
   int64_t dd = wrap_dim(d, dim(), "select");
   int64_t n = size(dd);
-  HR_CHECK(index >= -n && index < n, ValueError, "select: index ", index, " is out of range for dim ", dd,
-           " of size ", n);
+  HR_CHECK(index >= -n && index < n, ValueError, "select: index ", index, " is out of range for dim ", dd, " of size ",
+           n);
   if (index < 0) index += n;
   return headroom::slice(*this, dd, index, index + 1).squeeze(dd);
 }
@@ -241,9 +241,8 @@ Tensor cat(const std::vector<Tensor>& tensors, int64_t dim) {
     HR_CHECK(t.dim() == first.dim(), ShapeError, "cat: tensor ", i, " has shape ", shape_str(t.shape()),
              ", tensor 0 has ", shape_str(first.shape()));
     for (int64_t k = 0; k < t.dim(); ++k)
-      HR_CHECK(k == d || t.size(k) == first.size(k), ShapeError, "cat: tensor ", i, " has shape ",
-               shape_str(t.shape()), ", tensor 0 has ", shape_str(first.shape()), " (they may differ only in dim ",
-               d, ")");
+      HR_CHECK(k == d || t.size(k) == first.size(k), ShapeError, "cat: tensor ", i, " has shape ", shape_str(t.shape()),
+               ", tensor 0 has ", shape_str(first.shape()), " (they may differ only in dim ", d, ")");
     HR_CHECK(t.device() == first.device(), DeviceError, "cat: tensor ", i, " is on ", t.device().str(),
              ", tensor 0 on ", first.device().str());
     dtype = promote_types(dtype, t.dtype());
@@ -254,7 +253,8 @@ Tensor cat(const std::vector<Tensor>& tensors, int64_t dim) {
   std::vector<int64_t> sizes;
   int64_t at = 0;
   for (const auto& t : tensors) {
-    if (t.size(d) > 0) backend_for(out.device()).copy(out.as_strided(t.shape(), out.strides(), out.offset() + at * out.stride(d)), t);
+    if (t.size(d) > 0)
+      backend_for(out.device()).copy(out.as_strided(t.shape(), out.strides(), out.offset() + at * out.stride(d)), t);
     sizes.push_back(t.size(d));
     at += t.size(d);
   }

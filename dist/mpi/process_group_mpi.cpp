@@ -36,7 +36,7 @@ constexpr int kReplyTag = 2;  // its answer
 struct Whereabouts {
   int64_t newest_started = 0;  // the number of the last operation it has started (0: none)
   int64_t completed = 0;       // how many operations it has finished
-  char text[176] = {};        // "is waiting in all_reduce #5 (f32, 1024 elements) for 2.1 s"
+  char text[176] = {};         // "is waiting in all_reduce #5 (f32, 1024 elements) for 2.1 s"
 };
 
 std::string mpi_error_string(int code) {
@@ -268,8 +268,8 @@ class MpiGroup final : public ProcessGroup {
         int count = 0;
         MPI_Get_count(&status, mpi_type(item.op.a.dtype()), &count);
         if (count != item.op.a.numel())
-          error = str_cat("received ", count, " elements from rank ", item.op.peer, " but expected ",
-                          item.op.a.numel(), " (the sender's tensor has another size)");
+          error = str_cat("received ", count, " elements from rank ", item.op.peer, " but expected ", item.op.a.numel(),
+                          " (the sender's tensor has another size)");
       }
       if (error.empty() && item.op.reduce == ReduceOp::average &&
           (item.op.kind == OpKind::all_reduce || item.op.kind == OpKind::reduce_scatter))
@@ -287,7 +287,8 @@ class MpiGroup final : public ProcessGroup {
       last_ = item.work->description();
       ++completed_;
     }
-    finish(item, error.empty() ? "" : str_cat(item.work->description(), " on rank ", rank(), " of ", size(), ": ", error),
+    finish(item,
+           error.empty() ? "" : str_cat(item.work->description(), " on rank ", rank(), " of ", size(), ": ", error),
            seconds);
     return true;
   }
@@ -305,7 +306,8 @@ class MpiGroup final : public ProcessGroup {
         checked_count(op.a, what);
         const int n = checked_count(op.b, what);
         const MPI_Datatype t = mpi_type(op.a.dtype());
-        if (op.in_place) return MPI_Iallgather(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, op.a.raw_data(), n, t, comm_, request);
+        if (op.in_place)
+          return MPI_Iallgather(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, op.a.raw_data(), n, t, comm_, request);
         return MPI_Iallgather(op.b.raw_data(), n, t, op.a.raw_data(), n, t, comm_, request);
       }
       case OpKind::broadcast:
@@ -337,7 +339,8 @@ class MpiGroup final : public ProcessGroup {
         if (in_flight_.size() > 1) text += str_cat(" (and ", in_flight_.size() - 1, " later operations)");
       } else {
         text = completed_ == 0 ? std::string("has not started any operation of this group")
-                               : str_cat("has started nothing since ", last_, " (it is still computing, or has not "
+                               : str_cat("has started nothing since ", last_,
+                                         " (it is still computing, or has not "
                                          "called the next operation)");
       }
     }
@@ -383,9 +386,9 @@ class MpiGroup final : public ProcessGroup {
       MPI_Irecv(&answers[p], sizeof(Whereabouts), MPI_BYTE, p, kReplyTag, control_, &recvs[p]);
       MPI_Isend(&me, 1, MPI_INT64_T, p, kProbeTag, control_, &sends[p]);
     }
-    const auto wait = std::min<std::chrono::milliseconds>(std::chrono::milliseconds(2000),
-                                                          std::max<std::chrono::milliseconds>(std::chrono::milliseconds(200),
-                                                                                              item.timeout / 2));
+    const auto wait = std::min<std::chrono::milliseconds>(
+        std::chrono::milliseconds(2000),
+        std::max<std::chrono::milliseconds>(std::chrono::milliseconds(200), item.timeout / 2));
     const Clock::time_point until = Clock::now() + wait;
     size_t got = 0;
     while (got < peers.size() && Clock::now() < until) {
@@ -424,7 +427,7 @@ class MpiGroup final : public ProcessGroup {
   std::deque<Item> queue_;
   bool stopping_ = false;
 
-  std::mutex state_mutex_;  // what whereabouts() reports
+  std::mutex state_mutex_;                                                  // what whereabouts() reports
   std::map<int64_t, std::pair<std::string, Clock::time_point>> in_flight_;  // number -> (description, posted at)
   std::string last_;
   int64_t newest_started_ = 0, completed_ = 0;

@@ -39,12 +39,12 @@ constexpr int64_t kNcclStreamId = 0x4e43;  // "NC": the communication stream of 
 
 std::string nccl_error(ncclResult_t r) { return ncclGetErrorString(r); }
 
-#define HR_NCCL_CHECK(call)                                                                            \
-  do {                                                                                                 \
-    const ncclResult_t hr_nccl_result_ = (call);                                                       \
-    if (hr_nccl_result_ != ncclSuccess)                                                                \
-      throw CommunicationError(::headroom::str_cat(#call, " failed: ", nccl_error(hr_nccl_result_), " (", \
-                                                   __FILE__, ":", __LINE__, ")"));                     \
+#define HR_NCCL_CHECK(call)                                                                                          \
+  do {                                                                                                               \
+    const ncclResult_t hr_nccl_result_ = (call);                                                                     \
+    if (hr_nccl_result_ != ncclSuccess)                                                                              \
+      throw CommunicationError(                                                                                      \
+          ::headroom::str_cat(#call, " failed: ", nccl_error(hr_nccl_result_), " (", __FILE__, ":", __LINE__, ")")); \
   } while (0)
 
 ncclDataType_t nccl_type(DType d) {
@@ -121,8 +121,8 @@ class NcclGroup final : public ProcessGroup {
     const size_t n = static_cast<size_t>(op.a.numel());
     switch (op.kind) {
       case OpKind::all_reduce:
-        HR_NCCL_CHECK(ncclAllReduce(op.a.raw_data(), op.a.raw_data(), n, nccl_type(op.a.dtype()),
-                                    nccl_op(op.reduce), comm_, stream_));
+        HR_NCCL_CHECK(ncclAllReduce(op.a.raw_data(), op.a.raw_data(), n, nccl_type(op.a.dtype()), nccl_op(op.reduce),
+                                    comm_, stream_));
         break;
       case OpKind::reduce_scatter:
         HR_NCCL_CHECK(ncclReduceScatter(op.b.raw_data(), op.a.raw_data(), n, nccl_type(op.a.dtype()),
@@ -133,8 +133,8 @@ class NcclGroup final : public ProcessGroup {
                                     nccl_type(op.a.dtype()), comm_, stream_));
         break;
       case OpKind::broadcast:
-        HR_NCCL_CHECK(ncclBroadcast(op.a.raw_data(), op.a.raw_data(), n, nccl_type(op.a.dtype()), op.peer, comm_,
-                                    stream_));
+        HR_NCCL_CHECK(
+            ncclBroadcast(op.a.raw_data(), op.a.raw_data(), n, nccl_type(op.a.dtype()), op.peer, comm_, stream_));
         break;
       case OpKind::barrier: {
         if (!barrier_.defined()) {

@@ -42,8 +42,8 @@ namespace {
 constexpr int64_t kBlockQ = 64;
 constexpr int64_t kBlockK = 64;
 
-using kernels::AttnGeometry;
 using kernels::attention_geometry;
+using kernels::AttnGeometry;
 
 // Maps unit u of n_bh * n_blocks to (b*h, block), zig-zagging the blocks of each (b*h) so that
 // neighbouring units alternate cheap and expensive blocks.
@@ -149,8 +149,7 @@ void forward_impl(const T* q, const T* k, const T* v, T* out, acc_t<T>* lse, con
   const int64_t n_qb = (T_ + kBlockQ - 1) / kBlockQ, n_kb = (T_ + kBlockK - 1) / kBlockK;
   parallel_for(g.bh * n_qb, unit_grain(kBlockQ * T_ * D), [&](int64_t begin, int64_t end) {
     std::vector<C> qb(static_cast<size_t>(kBlockQ * D)), kt(static_cast<size_t>(D * kBlockK)),
-        vb(static_cast<size_t>(kBlockK * D)), acc(static_cast<size_t>(kBlockQ * D)), s(kBlockK), m(kBlockQ),
-        l(kBlockQ);
+        vb(static_cast<size_t>(kBlockK * D)), acc(static_cast<size_t>(kBlockQ * D)), s(kBlockK), m(kBlockQ), l(kBlockQ);
     for (int64_t u = begin; u < end; ++u) {
       int64_t bh, qblk;
       unit_to_block(u, n_qb, bh, qblk);
@@ -314,10 +313,10 @@ void backward_impl(const T* q, const T* k, const T* v, const T* out, const T* do
 }  // namespace
 
 void CpuBackend::impl_attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
-                                   const Tensor& lse, double scale, bool causal) {
+                                        const Tensor& lse, double scale, bool causal) {
   const char* op = "attention_forward";
   const AttnGeometry g = attention_geometry(q);  // checked by Backend::attention_forward
-  if (lse.numel() == 0) return;  // (D == 0 runs through: every score 0, lse = log(keys seen))
+  if (lse.numel() == 0) return;                  // (D == 0 runs through: every score 0, lse = log(keys seen))
   dispatch_float(q.dtype(), op, [&](auto tag) {
     using T = typename decltype(tag)::type;
     forward_impl<T>(q.data<T>(), k.data<T>(), v.data<T>(), out.data<T>(), lse.data<acc_t<T>>(), g, scale, causal);
@@ -325,8 +324,8 @@ void CpuBackend::impl_attention_forward(const Tensor& q, const Tensor& k, const 
 }
 
 void CpuBackend::impl_attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
-                                    const Tensor& dout, const Tensor& lse, const Tensor& dq, const Tensor& dk,
-                                    const Tensor& dv, double scale, bool causal) {
+                                         const Tensor& dout, const Tensor& lse, const Tensor& dq, const Tensor& dk,
+                                         const Tensor& dv, double scale, bool causal) {
   const char* op = "attention_backward";
   const AttnGeometry g = attention_geometry(q);  // checked by Backend::attention_backward
   if (q.numel() == 0) return;

@@ -64,33 +64,33 @@ void im2col(const T* x, const ConvGeom& g, int64_t n0, int64_t nc, int64_t group
   const int64_t cols = nc * g.OHW;
   parallel_for(g.CKK * nc, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(g.OHW, 1)),
                [&](int64_t begin, int64_t end) {
-    for (int64_t t = begin; t < end; ++t) {
-      const int64_t r = t / nc, i = t % nc;
-      const int64_t c = r / (g.KH * g.KW), kh = (r / g.KW) % g.KH, kw = r % g.KW;
-      const T* plane = x + ((n0 + i) * g.C + group * g.Cg + c) * g.H * g.W;
-      A* dst = col + r * cols + i * g.OHW;
-      const int64_t off_w = kw * g.dw - g.pw;
-      int64_t lo, hi;
-      valid_range(off_w, g.sw, g.W, g.OW, lo, hi);
-      for (int64_t oh = 0; oh < g.OH; ++oh) {
-        A* d = dst + oh * g.OW;
-        const int64_t ih = oh * g.sh - g.ph + kh * g.dh;
-        if (ih < 0 || ih >= g.H) {
-          std::fill(d, d + g.OW, A(0));
-          continue;
-        }
-        const T* __restrict s = plane + ih * g.W;  // input column of ow: off_w + ow * sw
-        A* __restrict dr = d;
-        for (int64_t ow = 0; ow < lo; ++ow) dr[ow] = A(0);
-        if (g.sw == 1) {  // a short row: an inline loop, not a memcpy call per row
-          for (int64_t ow = lo; ow < hi; ++ow) dr[ow] = static_cast<A>(s[off_w + ow]);
-        } else {
-          for (int64_t ow = lo; ow < hi; ++ow) dr[ow] = static_cast<A>(s[off_w + ow * g.sw]);
-        }
-        for (int64_t ow = hi; ow < g.OW; ++ow) dr[ow] = A(0);
-      }
-    }
-  });
+                 for (int64_t t = begin; t < end; ++t) {
+                   const int64_t r = t / nc, i = t % nc;
+                   const int64_t c = r / (g.KH * g.KW), kh = (r / g.KW) % g.KH, kw = r % g.KW;
+                   const T* plane = x + ((n0 + i) * g.C + group * g.Cg + c) * g.H * g.W;
+                   A* dst = col + r * cols + i * g.OHW;
+                   const int64_t off_w = kw * g.dw - g.pw;
+                   int64_t lo, hi;
+                   valid_range(off_w, g.sw, g.W, g.OW, lo, hi);
+                   for (int64_t oh = 0; oh < g.OH; ++oh) {
+                     A* d = dst + oh * g.OW;
+                     const int64_t ih = oh * g.sh - g.ph + kh * g.dh;
+                     if (ih < 0 || ih >= g.H) {
+                       std::fill(d, d + g.OW, A(0));
+                       continue;
+                     }
+                     const T* __restrict s = plane + ih * g.W;  // input column of ow: off_w + ow * sw
+                     A* __restrict dr = d;
+                     for (int64_t ow = 0; ow < lo; ++ow) dr[ow] = A(0);
+                     if (g.sw == 1) {  // a short row: an inline loop, not a memcpy call per row
+                       for (int64_t ow = lo; ow < hi; ++ow) dr[ow] = static_cast<A>(s[off_w + ow]);
+                     } else {
+                       for (int64_t ow = lo; ow < hi; ++ow) dr[ow] = static_cast<A>(s[off_w + ow * g.sw]);
+                     }
+                     for (int64_t ow = hi; ow < g.OW; ++ow) dr[ow] = A(0);
+                   }
+                 }
+               });
 }
 
 // dx planes of images [n0, n0 + nc), channels of `group` = the sum of their dcol entries.
@@ -101,37 +101,37 @@ void col2im(const A* dcol, const ConvGeom& g, int64_t n0, int64_t nc, int64_t gr
   const int64_t cols = nc * g.OHW;
   parallel_for(nc * g.Cg, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(g.KH * g.KW * g.OHW, 1)),
                [&](int64_t begin, int64_t end) {
-    std::vector<A> own;
-    if constexpr (!std::is_same_v<T, A>) own.resize(static_cast<size_t>(g.H * g.W));
-    for (int64_t t = begin; t < end; ++t) {
-      const int64_t i = t / g.Cg, c = t % g.Cg;
-      T* out_plane = dx + ((n0 + i) * g.C + group * g.Cg + c) * g.H * g.W;
-      A* plane;
-      if constexpr (std::is_same_v<T, A>) plane = out_plane;
-      else plane = own.data();
-      std::fill(plane, plane + g.H * g.W, A(0));
-      for (int64_t kh = 0; kh < g.KH; ++kh)
-        for (int64_t kw = 0; kw < g.KW; ++kw) {
-          const A* src = dcol + ((c * g.KH + kh) * g.KW + kw) * cols + i * g.OHW;
-          const int64_t off_w = kw * g.dw - g.pw;
-          int64_t lo, hi;
-          valid_range(off_w, g.sw, g.W, g.OW, lo, hi);
-          for (int64_t oh = 0; oh < g.OH; ++oh) {
-            const int64_t ih = oh * g.sh - g.ph + kh * g.dh;
-            if (ih < 0 || ih >= g.H) continue;
-            A* __restrict d = plane + ih * g.W;  // input column of ow: off_w + ow * sw
-            const A* __restrict s = src + oh * g.OW;
-            if (g.sw == 1) {
-              for (int64_t ow = lo; ow < hi; ++ow) d[off_w + ow] += s[ow];
-            } else {
-              for (int64_t ow = lo; ow < hi; ++ow) d[off_w + ow * g.sw] += s[ow];
-            }
-          }
-        }
-      if constexpr (!std::is_same_v<T, A>)
-        for (int64_t k = 0; k < g.H * g.W; ++k) out_plane[k] = static_cast<T>(plane[k]);
-    }
-  });
+                 std::vector<A> own;
+                 if constexpr (!std::is_same_v<T, A>) own.resize(static_cast<size_t>(g.H * g.W));
+                 for (int64_t t = begin; t < end; ++t) {
+                   const int64_t i = t / g.Cg, c = t % g.Cg;
+                   T* out_plane = dx + ((n0 + i) * g.C + group * g.Cg + c) * g.H * g.W;
+                   A* plane;
+                   if constexpr (std::is_same_v<T, A>) plane = out_plane;
+                   else plane = own.data();
+                   std::fill(plane, plane + g.H * g.W, A(0));
+                   for (int64_t kh = 0; kh < g.KH; ++kh)
+                     for (int64_t kw = 0; kw < g.KW; ++kw) {
+                       const A* src = dcol + ((c * g.KH + kh) * g.KW + kw) * cols + i * g.OHW;
+                       const int64_t off_w = kw * g.dw - g.pw;
+                       int64_t lo, hi;
+                       valid_range(off_w, g.sw, g.W, g.OW, lo, hi);
+                       for (int64_t oh = 0; oh < g.OH; ++oh) {
+                         const int64_t ih = oh * g.sh - g.ph + kh * g.dh;
+                         if (ih < 0 || ih >= g.H) continue;
+                         A* __restrict d = plane + ih * g.W;  // input column of ow: off_w + ow * sw
+                         const A* __restrict s = src + oh * g.OW;
+                         if (g.sw == 1) {
+                           for (int64_t ow = lo; ow < hi; ++ow) d[off_w + ow] += s[ow];
+                         } else {
+                           for (int64_t ow = lo; ow < hi; ++ow) d[off_w + ow * g.sw] += s[ow];
+                         }
+                       }
+                     }
+                   if constexpr (!std::is_same_v<T, A>)
+                     for (int64_t k = 0; k < g.H * g.W; ++k) out_plane[k] = static_cast<T>(plane[k]);
+                 }
+               });
 }
 
 // Images per chunk: col [CKK, nc*OHW] and the staging buffer [Og, nc*OHW] within the budget.
@@ -157,17 +157,17 @@ void gather_group(const T* dout, const ConvGeom& g, int64_t n0, int64_t nc, int6
   const int64_t cols = nc * g.OHW;
   parallel_for(nc * g.Og, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(g.OHW, 1)),
                [&](int64_t begin, int64_t end) {
-    for (int64_t t = begin; t < end; ++t) {
-      const int64_t i = t / g.Og, o = t % g.Og;
-      const T* src = dout + ((n0 + i) * g.O + group * g.Og + o) * g.OHW;
-      A* dst = stage + o * cols + i * g.OHW;
-      if constexpr (std::is_same_v<T, A>) {
-        std::memcpy(dst, src, static_cast<size_t>(g.OHW) * sizeof(T));
-      } else {
-        for (int64_t k = 0; k < g.OHW; ++k) dst[k] = static_cast<A>(src[k]);
-      }
-    }
-  });
+                 for (int64_t t = begin; t < end; ++t) {
+                   const int64_t i = t / g.Og, o = t % g.Og;
+                   const T* src = dout + ((n0 + i) * g.O + group * g.Og + o) * g.OHW;
+                   A* dst = stage + o * cols + i * g.OHW;
+                   if constexpr (std::is_same_v<T, A>) {
+                     std::memcpy(dst, src, static_cast<size_t>(g.OHW) * sizeof(T));
+                   } else {
+                     for (int64_t k = 0; k < g.OHW; ++k) dst[k] = static_cast<A>(src[k]);
+                   }
+                 }
+               });
 }
 
 constexpr DType compute_dtype(bool is_double) { return is_double ? DType::f64 : DType::f32; }
@@ -201,14 +201,14 @@ void forward_impl(const Tensor& x, const Tensor& w, const Tensor& bias, const Te
       // out[n0 + i, group * Og + o, :] = stage[o, i * OHW :] + bias
       parallel_for(nc * g.Og, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(g.OHW, 1)),
                    [&](int64_t begin, int64_t end) {
-        for (int64_t t = begin; t < end; ++t) {
-          const int64_t i = t / g.Og, o = t % g.Og;
-          const A bo = b[static_cast<size_t>(group * g.Og + o)];
-          const A* __restrict s = stage + o * cols + i * g.OHW;
-          T* __restrict d = po + ((n0 + i) * g.O + group * g.Og + o) * g.OHW;
-          for (int64_t k = 0; k < g.OHW; ++k) d[k] = static_cast<T>(s[k] + bo);
-        }
-      });
+                     for (int64_t t = begin; t < end; ++t) {
+                       const int64_t i = t / g.Og, o = t % g.Og;
+                       const A bo = b[static_cast<size_t>(group * g.Og + o)];
+                       const A* __restrict s = stage + o * cols + i * g.OHW;
+                       T* __restrict d = po + ((n0 + i) * g.O + group * g.Og + o) * g.OHW;
+                       for (int64_t k = 0; k < g.OHW; ++k) d[k] = static_cast<T>(s[k] + bo);
+                     }
+                   });
     }
   }
 }
@@ -257,8 +257,8 @@ void backward_weight_impl(const Tensor& dout, const Tensor& x, const Tensor& dw,
     for (int64_t group = 0; group < g.G; ++group) {
       im2col(px, g, n0, nc, group, col);
       gather_group(pd, g, n0, nc, group, stage);
-      gemm<A>(false, true, g.Og, g.CKK, cols, stage, cols, col, cols, n0 == 0 ? A(0) : A(1),
-              pw + group * g.Og * g.CKK, g.CKK);
+      gemm<A>(false, true, g.Og, g.CKK, cols, stage, cols, col, cols, n0 == 0 ? A(0) : A(1), pw + group * g.Og * g.CKK,
+              g.CKK);
     }
   }
 }
@@ -279,7 +279,7 @@ Tensor empty_f32(const Tensor& like) {
 }  // namespace
 
 void CpuBackend::impl_conv2d_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& out,
-                                const Conv2dParams& p) {
+                                     const Conv2dParams& p) {
   const ConvGeom g = geometry("cpu conv2d_forward", x, w, out, p);
   HR_CHECK(!bias.defined() || (bias.dim() == 1 && bias.size(0) == g.O && bias.dtype() == out.dtype()), ShapeError,
            "cpu conv2d_forward: bias ", describe(bias), " does not fit weight ", describe(w));
@@ -295,7 +295,7 @@ void CpuBackend::impl_conv2d_forward(const Tensor& x, const Tensor& w, const Ten
 }
 
 void CpuBackend::impl_conv2d_backward_input(const Tensor& dout, const Tensor& w, const Tensor& dx,
-                                       const Conv2dParams& p) {
+                                            const Conv2dParams& p) {
   const ConvGeom g = geometry("cpu conv2d_backward_input", dx, w, dout, p);
   if (dx.numel() == 0) return;
   if (dout.numel() == 0) {
@@ -313,7 +313,7 @@ void CpuBackend::impl_conv2d_backward_input(const Tensor& dout, const Tensor& w,
 }
 
 void CpuBackend::impl_conv2d_backward_weight(const Tensor& dout, const Tensor& x, const Tensor& dw,
-                                        const Conv2dParams& p) {
+                                             const Conv2dParams& p) {
   const ConvGeom g = geometry("cpu conv2d_backward_weight", x, dw, dout, p);
   if (dw.numel() == 0) return;
   dispatch_float(dw.dtype(), "cpu conv2d_backward_weight", [&](auto tag) {

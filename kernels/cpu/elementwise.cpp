@@ -36,7 +36,8 @@ __attribute__((always_inline)) inline float exp_f32(float x) {
   float r = x - n * 0.693145751953125f;   // ln 2, high bits (exact product for |n| < 2^9)
   r = r - n * 1.428606765330187045e-06f;  // ln 2, low bits
   const float p =
-      1.0f + r * (1.0f + r * (0.5f + r * (1.0f / 6 + r * (1.0f / 24 + r * (1.0f / 120 + r * (1.0f / 720 + r * (1.0f / 5040)))))));
+      1.0f + r * (1.0f + r * (0.5f + r * (1.0f / 6 +
+                                          r * (1.0f / 24 + r * (1.0f / 120 + r * (1.0f / 720 + r * (1.0f / 5040)))))));
   const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
   return p * std::bit_cast<float>(bits);
 }
@@ -118,10 +119,14 @@ __attribute__((always_inline)) inline C apply_binary(BinaryOp op, C a, C b) {
       if constexpr (std::is_floating_point_v<C>) return std::pow(a, b);
       else return static_cast<C>(std::pow(static_cast<double>(a), static_cast<double>(b)));
     case BinaryOp::maximum:
-      if constexpr (std::is_floating_point_v<C>) { if (std::isnan(a) || std::isnan(b)) return a + b; }
+      if constexpr (std::is_floating_point_v<C>) {
+        if (std::isnan(a) || std::isnan(b)) return a + b;
+      }
       return a > b ? a : b;
     case BinaryOp::minimum:
-      if constexpr (std::is_floating_point_v<C>) { if (std::isnan(a) || std::isnan(b)) return a + b; }
+      if constexpr (std::is_floating_point_v<C>) {
+        if (std::isnan(a) || std::isnan(b)) return a + b;
+      }
       return a < b ? a : b;
     case BinaryOp::relu_backward: return b > C(0) ? a : C(0);
     case BinaryOp::gelu_backward:
@@ -163,10 +168,21 @@ inline T from_acc(acc_t<T> v) {
 template <typename F>
 void with_unary_op(UnaryOp op, F&& f) {
 #define HR_CASE(name) \
-  case UnaryOp::name: return f(std::integral_constant<UnaryOp, UnaryOp::name>{});
+  case UnaryOp::name: return f(std::integral_constant<UnaryOp, UnaryOp::name>{})
   switch (op) {
-    HR_CASE(neg) HR_CASE(exp) HR_CASE(log) HR_CASE(sqrt) HR_CASE(abs) HR_CASE(relu) HR_CASE(gelu)
-    HR_CASE(tanh) HR_CASE(sigmoid) HR_CASE(sign) HR_CASE(reciprocal) HR_CASE(square) HR_CASE(logical_not)
+    HR_CASE(neg);
+    HR_CASE(exp);
+    HR_CASE(log);
+    HR_CASE(sqrt);
+    HR_CASE(abs);
+    HR_CASE(relu);
+    HR_CASE(gelu);
+    HR_CASE(tanh);
+    HR_CASE(sigmoid);
+    HR_CASE(sign);
+    HR_CASE(reciprocal);
+    HR_CASE(square);
+    HR_CASE(logical_not);
     case UnaryOp::kCount: break;
   }
 #undef HR_CASE
@@ -176,11 +192,23 @@ void with_unary_op(UnaryOp op, F&& f) {
 template <typename F>
 void with_binary_op(BinaryOp op, F&& f) {
 #define HR_CASE(name) \
-  case BinaryOp::name: return f(std::integral_constant<BinaryOp, BinaryOp::name>{});
+  case BinaryOp::name: return f(std::integral_constant<BinaryOp, BinaryOp::name>{})
   switch (op) {
-    HR_CASE(add) HR_CASE(sub) HR_CASE(mul) HR_CASE(div) HR_CASE(pow) HR_CASE(maximum) HR_CASE(minimum)
-    HR_CASE(eq) HR_CASE(ne) HR_CASE(lt) HR_CASE(le) HR_CASE(gt) HR_CASE(ge) HR_CASE(relu_backward)
-    HR_CASE(gelu_backward)
+    HR_CASE(add);
+    HR_CASE(sub);
+    HR_CASE(mul);
+    HR_CASE(div);
+    HR_CASE(pow);
+    HR_CASE(maximum);
+    HR_CASE(minimum);
+    HR_CASE(eq);
+    HR_CASE(ne);
+    HR_CASE(lt);
+    HR_CASE(le);
+    HR_CASE(gt);
+    HR_CASE(ge);
+    HR_CASE(relu_backward);
+    HR_CASE(gelu_backward);
     case BinaryOp::kCount: break;
   }
 #undef HR_CASE
@@ -235,36 +263,37 @@ void CpuBackend::impl_binary(BinaryOp op, const Tensor& a, const Tensor& b, cons
     with_binary_op(op, [&](auto kop) {
       constexpr BinaryOp K = decltype(kop)::value;
       parallel_for(layout.numel(), kParallelGrain / 4, [&](int64_t begin, int64_t end) {
-        layout.for_range(begin, end, [&](const std::array<int64_t, 3>& off, const std::array<int64_t, 3>& st, int64_t len) {
-          const T* ap = pa + off[1];
-          const T* bp = pb + off[2];
-          if constexpr (K == BinaryOp::eq || K == BinaryOp::ne || K == BinaryOp::lt || K == BinaryOp::le ||
-                        K == BinaryOp::gt || K == BinaryOp::ge) {
-            bool* op_ = static_cast<bool*>(out.raw_data()) + off[0];
-            for (int64_t i = 0; i < len; ++i)
-              op_[i * st[0]] = apply_compare<C>(K, static_cast<C>(ap[i * st[1]]), static_cast<C>(bp[i * st[2]]));
-          } else {
-            T* op_ = static_cast<T*>(out.raw_data()) + off[0];
-            if constexpr (K == BinaryOp::gelu_backward && std::is_same_v<T, float>) {
-              if (st[0] == 1 && st[1] == 1 && st[2] == 1 && (op_ + len <= ap || ap + len <= op_) &&
-                  (op_ + len <= bp || bp + len <= op_)) {
-                gelu_backward_f32(ap, bp, op_, len);  // Note [vectorised gelu]
-                return;
+        layout.for_range(
+            begin, end, [&](const std::array<int64_t, 3>& off, const std::array<int64_t, 3>& st, int64_t len) {
+              const T* ap = pa + off[1];
+              const T* bp = pb + off[2];
+              if constexpr (K == BinaryOp::eq || K == BinaryOp::ne || K == BinaryOp::lt || K == BinaryOp::le ||
+                            K == BinaryOp::gt || K == BinaryOp::ge) {
+                bool* op_ = static_cast<bool*>(out.raw_data()) + off[0];
+                for (int64_t i = 0; i < len; ++i)
+                  op_[i * st[0]] = apply_compare<C>(K, static_cast<C>(ap[i * st[1]]), static_cast<C>(bp[i * st[2]]));
+              } else {
+                T* op_ = static_cast<T*>(out.raw_data()) + off[0];
+                if constexpr (K == BinaryOp::gelu_backward && std::is_same_v<T, float>) {
+                  if (st[0] == 1 && st[1] == 1 && st[2] == 1 && (op_ + len <= ap || ap + len <= op_) &&
+                      (op_ + len <= bp || bp + len <= op_)) {
+                    gelu_backward_f32(ap, bp, op_, len);  // Note [vectorised gelu]
+                    return;
+                  }
+                }
+                if (st[0] == 1 && st[1] == 1 && st[2] == 1) {
+                  for (int64_t i = 0; i < len; ++i)
+                    op_[i] = from_acc<T>(apply_binary<C>(K, static_cast<C>(ap[i]), static_cast<C>(bp[i])));
+                } else if (st[0] == 1 && st[1] == 1 && st[2] == 0) {
+                  const C bv = static_cast<C>(bp[0]);
+                  for (int64_t i = 0; i < len; ++i) op_[i] = from_acc<T>(apply_binary<C>(K, static_cast<C>(ap[i]), bv));
+                } else {
+                  for (int64_t i = 0; i < len; ++i)
+                    op_[i * st[0]] =
+                        from_acc<T>(apply_binary<C>(K, static_cast<C>(ap[i * st[1]]), static_cast<C>(bp[i * st[2]])));
+                }
               }
-            }
-            if (st[0] == 1 && st[1] == 1 && st[2] == 1) {
-              for (int64_t i = 0; i < len; ++i)
-                op_[i] = from_acc<T>(apply_binary<C>(K, static_cast<C>(ap[i]), static_cast<C>(bp[i])));
-            } else if (st[0] == 1 && st[1] == 1 && st[2] == 0) {
-              const C bv = static_cast<C>(bp[0]);
-              for (int64_t i = 0; i < len; ++i) op_[i] = from_acc<T>(apply_binary<C>(K, static_cast<C>(ap[i]), bv));
-            } else {
-              for (int64_t i = 0; i < len; ++i)
-                op_[i * st[0]] =
-                    from_acc<T>(apply_binary<C>(K, static_cast<C>(ap[i * st[1]]), static_cast<C>(bp[i * st[2]])));
-            }
-          }
-        });
+            });
       });
     });
   });
@@ -279,10 +308,11 @@ void CpuBackend::impl_where(const Tensor& cond, const Tensor& a, const Tensor& b
     const T* pa = static_cast<const T*>(a.raw_data());
     const T* pb = static_cast<const T*>(b.raw_data());
     parallel_for(layout.numel(), kParallelGrain / 4, [&](int64_t begin, int64_t end) {
-      layout.for_range(begin, end, [&](const std::array<int64_t, 4>& off, const std::array<int64_t, 4>& st, int64_t len) {
-        for (int64_t i = 0; i < len; ++i)
-          o[off[0] + i * st[0]] = c[off[1] + i * st[1]] ? pa[off[2] + i * st[2]] : pb[off[3] + i * st[3]];
-      });
+      layout.for_range(
+          begin, end, [&](const std::array<int64_t, 4>& off, const std::array<int64_t, 4>& st, int64_t len) {
+            for (int64_t i = 0; i < len; ++i)
+              o[off[0] + i * st[0]] = c[off[1] + i * st[1]] ? pa[off[2] + i * st[2]] : pb[off[3] + i * st[3]];
+          });
     });
   });
 }

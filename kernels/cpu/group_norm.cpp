@@ -56,7 +56,8 @@ void write_param(const Tensor& t, const std::vector<double>& v, const char* op) 
 }  // namespace
 
 void CpuBackend::impl_group_norm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t groups,
-                                    double eps, const Tensor& y, const Tensor& save_mean, const Tensor& save_rstd) {
+                                         double eps, const Tensor& y, const Tensor& save_mean,
+                                         const Tensor& save_rstd) {
   const char* op = "group_norm";
   const GroupNormGeometry g = kernels::group_norm_geometry(x, groups);  // checked by Backend::group_norm_forward
   const std::vector<double> w = read_param(weight, g.c, 1.0, op);
@@ -100,9 +101,9 @@ void CpuBackend::impl_group_norm_forward(const Tensor& x, const Tensor& weight, 
   });
 }
 
-void CpuBackend::impl_group_norm_backward(const Tensor& dy, const Tensor& x, const Tensor& weight, const Tensor& save_mean,
-                                     const Tensor& save_rstd, int64_t groups, const Tensor& dx, const Tensor& dweight,
-                                     const Tensor& dbias) {
+void CpuBackend::impl_group_norm_backward(const Tensor& dy, const Tensor& x, const Tensor& weight,
+                                          const Tensor& save_mean, const Tensor& save_rstd, int64_t groups,
+                                          const Tensor& dx, const Tensor& dweight, const Tensor& dbias) {
   const char* op = "group_norm backward";
   const GroupNormGeometry g = kernels::group_norm_geometry(x, groups);  // checked by Backend::group_norm_backward
   const std::vector<double> w = read_param(weight, g.c, 1.0, op);
@@ -129,7 +130,8 @@ void CpuBackend::impl_group_norm_backward(const Tensor& dy, const Tensor& x, con
       parallel_for(planes, plane_grain, [&](int64_t b, int64_t e) {
         for (int64_t p = b; p < e; ++p) {
           const int64_t r = (p / g.c) * g.g + (p % g.c) / g.cg;  // the plane's (n, g)
-          const C mu = static_cast<C>(pmean[static_cast<size_t>(r)]), rs = static_cast<C>(prstd[static_cast<size_t>(r)]);
+          const C mu = static_cast<C>(pmean[static_cast<size_t>(r)]),
+                  rs = static_cast<C>(prstd[static_cast<size_t>(r)]);
           const T* xp = px + p * g.s;
           const T* dyp = pdy + p * g.s;
           double s = 0, sx = 0;

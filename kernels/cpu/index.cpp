@@ -19,7 +19,6 @@
 #include <cstring>
 #include <numeric>
 
-
 #include "kernels/contract_checks.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cpu/strided.h"
@@ -37,8 +36,8 @@ std::vector<int64_t> checked_index(const char* op, const Tensor& index, int64_t 
   std::vector<int64_t> v(static_cast<size_t>(index.numel()));
   for (int64_t i = 0; i < index.numel(); ++i) {
     const int64_t at = p[i * index.stride(0)];
-    HR_CHECK(at >= 0 && at < size, ValueError, op, ": index ", at, " at position ", i, " is out of range for dim ",
-             dim, " of size ", size, " (tensor ", describe(indexed), ")");
+    HR_CHECK(at >= 0 && at < size, ValueError, op, ": index ", at, " at position ", i, " is out of range for dim ", dim,
+             " of size ", size, " (tensor ", describe(indexed), ")");
     v[static_cast<size_t>(i)] = at;
   }
   return v;
@@ -99,16 +98,17 @@ void gather(const Tensor& x, int64_t dim, const std::vector<int64_t>& idx, const
                    const auto [oo, ox] = around.outer_offsets(o);
                    U* dst = pout + oo + i * out_step;
                    const U* src = px + ox + idx[static_cast<size_t>(i)] * x_step;
-                   inner.for_range(0, around.inner, [&](const std::array<int64_t, 2>& off,
-                                                        const std::array<int64_t, 2>& st, int64_t len) {
-                     U* d = dst + off[0];
-                     const U* s = src + off[1];
-                     if (st[0] == 1 && st[1] == 1) {
-                       std::memcpy(d, s, static_cast<size_t>(len) * sizeof(U));
-                     } else {
-                       for (int64_t l = 0; l < len; ++l) d[l * st[0]] = s[l * st[1]];
-                     }
-                   });
+                   inner.for_range(
+                       0, around.inner,
+                       [&](const std::array<int64_t, 2>& off, const std::array<int64_t, 2>& st, int64_t len) {
+                         U* d = dst + off[0];
+                         const U* s = src + off[1];
+                         if (st[0] == 1 && st[1] == 1) {
+                           std::memcpy(d, s, static_cast<size_t>(len) * sizeof(U));
+                         } else {
+                           for (int64_t l = 0; l < len; ++l) d[l * st[0]] = s[l * st[1]];
+                         }
+                       });
                  }
                });
 }
@@ -120,9 +120,8 @@ struct IndexGroups {
 
   explicit IndexGroups(const std::vector<int64_t>& idx) : order(idx.size()) {
     std::iota(order.begin(), order.end(), int64_t{0});
-    std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
-      return idx[static_cast<size_t>(a)] < idx[static_cast<size_t>(b)];
-    });
+    std::stable_sort(order.begin(), order.end(),
+                     [&](int64_t a, int64_t b) { return idx[static_cast<size_t>(a)] < idx[static_cast<size_t>(b)]; });
     for (size_t i = 0; i < order.size(); ++i)
       if (i == 0 || idx[static_cast<size_t>(order[i])] != idx[static_cast<size_t>(order[i - 1])])
         starts.push_back(static_cast<int64_t>(i));
@@ -161,12 +160,13 @@ void scatter_add(const Tensor& out, int64_t dim, const std::vector<int64_t>& idx
         for (int64_t q = groups.starts[gi]; q < groups.starts[gi + 1]; ++q) {
           const T* s_base = psrc + os + groups.order[static_cast<size_t>(q)] * src_step;
           A* a = acc.data();
-          inner.for_range(j0, j1, [&](const std::array<int64_t, 2>& off, const std::array<int64_t, 2>& st,
-                                      int64_t len) {
-            const T* s = s_base + off[1];
-            for (int64_t l = 0; l < len; ++l) a[l] += static_cast<A>(static_cast<acc_t<T>>(s[l * st[1]]));
-            a += len;
-          });
+          inner.for_range(j0, j1,
+                          [&](const std::array<int64_t, 2>& off, const std::array<int64_t, 2>& st, int64_t len) {
+                            const T* s = s_base + off[1];
+                            for (int64_t l = 0; l < len; ++l)
+                              a[l] += static_cast<A>(static_cast<acc_t<T>>(s[l * st[1]]));
+                            a += len;
+                          });
         }
         const int64_t target = idx[static_cast<size_t>(groups.order[static_cast<size_t>(groups.starts[gi])])];
         T* d_base = pout + oo + target * out_step;

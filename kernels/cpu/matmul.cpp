@@ -59,8 +59,8 @@ const char* better_openblas_core() {
   return true;
 }();
 
-using kernels::BlasLayout;
 using kernels::blas_layout;
+using kernels::BlasLayout;
 
 // A contiguous copy of x (same dtype or `dtype`), through the backend's strided copy.
 Tensor contiguous_copy(Backend& be, const Tensor& x, DType dtype) {

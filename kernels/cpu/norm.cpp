@@ -60,7 +60,7 @@ void write_vector(const Tensor& t, const std::vector<double>& v, const char* op,
 // ---- layer norm ----
 
 void CpuBackend::impl_layer_norm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps,
-                                    const Tensor& y, const Tensor& mean, const Tensor& rstd) {
+                                         const Tensor& y, const Tensor& mean, const Tensor& rstd) {
   const char* op = "layer_norm";
   // The arguments are checked by Backend::layer_norm_forward (Note [op table]).
   const int64_t m = x.size(0), n = x.size(1);
@@ -108,8 +108,8 @@ void CpuBackend::impl_layer_norm_forward(const Tensor& x, const Tensor& weight, 
 //   dx = rstd * (g - mean_j(g) - xhat * mean_j(g * xhat))
 //   dweight = sum_rows(dy * xhat), dbias = sum_rows(dy)
 void CpuBackend::impl_layer_norm_backward(const Tensor& dy, const Tensor& x, const Tensor& weight, const Tensor& mean,
-                                     const Tensor& rstd, const Tensor& dx, const Tensor& dweight,
-                                     const Tensor& dbias) {
+                                          const Tensor& rstd, const Tensor& dx, const Tensor& dweight,
+                                          const Tensor& dbias) {
   const char* op = "layer_norm backward";
   // The arguments are checked by Backend::layer_norm_backward (Note [op table]).
   const int64_t m = x.size(0), n = x.size(1);
@@ -257,9 +257,9 @@ void plane_grad_sums(const T* __restrict dy, const T* __restrict x, int64_t n, C
 }  // namespace
 
 void CpuBackend::impl_batch_norm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias,
-                                    const Tensor& running_mean, const Tensor& running_var, bool training,
-                                    double momentum, double eps, const Tensor& y, const Tensor& save_mean,
-                                    const Tensor& save_invstd) {
+                                         const Tensor& running_mean, const Tensor& running_var, bool training,
+                                         double momentum, double eps, const Tensor& y, const Tensor& save_mean,
+                                         const Tensor& save_invstd) {
   const char* op = "batch_norm";
   const BatchGeometry g = batch_geometry(x);
   const int64_t count = g.n * g.s;
@@ -341,9 +341,9 @@ void CpuBackend::impl_batch_norm_forward(const Tensor& x, const Tensor& weight, 
 //   dbias = sum(dy), dweight = sum(dy * xhat)
 //   training: dx = weight * invstd * (dy - dbias / count - xhat * dweight / count)
 //   eval:     dx = weight * invstd * dy (the statistics are constants)
-void CpuBackend::impl_batch_norm_backward(const Tensor& dy, const Tensor& x, const Tensor& weight, const Tensor& save_mean,
-                                     const Tensor& save_invstd, bool training, const Tensor& dx,
-                                     const Tensor& dweight, const Tensor& dbias) {
+void CpuBackend::impl_batch_norm_backward(const Tensor& dy, const Tensor& x, const Tensor& weight,
+                                          const Tensor& save_mean, const Tensor& save_invstd, bool training,
+                                          const Tensor& dx, const Tensor& dweight, const Tensor& dbias) {
   const char* op = "batch_norm backward";
   const BatchGeometry g = batch_geometry(x);
   const int64_t count = g.n * g.s;
@@ -359,22 +359,24 @@ void CpuBackend::impl_batch_norm_backward(const Tensor& dy, const Tensor& x, con
       const T* px = static_cast<const T*>(x.raw_data());
       const T* pdy = static_cast<const T*>(dy.raw_data());
       if (need_sums) {
-        parallel_for(g.c, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(count, 1)), [&](int64_t b, int64_t e) {
-          for (int64_t ch = b; ch < e; ++ch) {
-            const C m = static_cast<C>(psm[ch]), is = static_cast<C>(psi[ch]);
-            double s = 0, sx = 0;  // Note [batch-norm sums]
-            for (int64_t i = 0; i < g.n; ++i) {
-              const int64_t base = (i * g.c + ch) * g.s;
-              plane_grad_sums<T, C>(pdy + base, px + base, g.s, m, is, &s, &sx);
-            }
-            sum_dy[static_cast<size_t>(ch)] = s;
-            sum_dy_xhat[static_cast<size_t>(ch)] = sx;
-          }
-        });
+        parallel_for(g.c, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(count, 1)),
+                     [&](int64_t b, int64_t e) {
+                       for (int64_t ch = b; ch < e; ++ch) {
+                         const C m = static_cast<C>(psm[ch]), is = static_cast<C>(psi[ch]);
+                         double s = 0, sx = 0;  // Note [batch-norm sums]
+                         for (int64_t i = 0; i < g.n; ++i) {
+                           const int64_t base = (i * g.c + ch) * g.s;
+                           plane_grad_sums<T, C>(pdy + base, px + base, g.s, m, is, &s, &sx);
+                         }
+                         sum_dy[static_cast<size_t>(ch)] = s;
+                         sum_dy_xhat[static_cast<size_t>(ch)] = sx;
+                       }
+                     });
       }
       if (!dx.defined()) return;
       T* pdx = static_cast<T*>(dx.raw_data());
-      std::vector<C> k_dy(static_cast<size_t>(g.c)), k_xhat(static_cast<size_t>(g.c)), k_const(static_cast<size_t>(g.c));
+      std::vector<C> k_dy(static_cast<size_t>(g.c)), k_xhat(static_cast<size_t>(g.c)),
+          k_const(static_cast<size_t>(g.c));
       std::vector<C> cm(static_cast<size_t>(g.c));
       for (size_t ch = 0; ch < k_dy.size(); ++ch) {
         // dx = k_dy * dy + k_xhat * (x - mean) + k_const

@@ -15,7 +15,7 @@
 namespace headroom::cpu {
 
 void CpuBackend::impl_sgd_update(const Tensor& p, const Tensor& g, const Tensor& buf, bool first, double lr,
-                            double momentum, double weight_decay, bool nesterov) {
+                                 double momentum, double weight_decay, bool nesterov) {
   dispatch_float(p.dtype(), "sgd_update", [&](auto tag) {
     using T = typename decltype(tag)::type;
     using A = acc_t<T>;
@@ -67,7 +67,7 @@ void adam_f32(float* __restrict pp, const float* __restrict gp, float* __restric
 }  // namespace
 
 void CpuBackend::impl_adam_update(const Tensor& p, const Tensor& g, const Tensor& m, const Tensor& v,
-                             const AdamStep& step) {
+                                  const AdamStep& step) {
   if (p.dtype() == DType::f32) {
     float* pp = p.data<float>();
     const float* gp = g.data<float>();

@@ -71,8 +71,7 @@ inline int64_t avg_divisor(const Pool2dParams& p, const PoolGeom& g, int64_t oh,
 // width of f32 lanes; planes over 2^31 elements take the int64 path), turned into the offset
 // within the window, of type O, when written out.
 template <typename T, int SW, typename O, typename I = int32_t>
-void max_pool_planes(const T* px, T* po, O* pi, const PoolGeom& g, const Pool2dParams& p, int64_t begin,
-                     int64_t end) {
+void max_pool_planes(const T* px, T* po, O* pi, const PoolGeom& g, const Pool2dParams& p, int64_t begin, int64_t end) {
   using C = acc_t<T>;
   if constexpr (std::is_same_v<I, int32_t>) {
     if (g.H * g.W > std::numeric_limits<int32_t>::max()) {
@@ -86,7 +85,8 @@ void max_pool_planes(const T* px, T* po, O* pi, const PoolGeom& g, const Pool2dP
   std::vector<uint8_t> nan(static_cast<size_t>(OW));
   std::vector<I> where(static_cast<size_t>(OW));
   std::vector<int64_t> lo(static_cast<size_t>(kwn)), hi(static_cast<size_t>(kwn));
-  for (int64_t kw = 0; kw < kwn; ++kw) valid_columns(p, g, kw, lo[static_cast<size_t>(kw)], hi[static_cast<size_t>(kw)]);
+  for (int64_t kw = 0; kw < kwn; ++kw)
+    valid_columns(p, g, kw, lo[static_cast<size_t>(kw)], hi[static_cast<size_t>(kw)]);
   C* b = best.data();
   uint8_t* isnan_row = nan.data();
   I* at = where.data();
@@ -138,7 +138,7 @@ void max_pool_planes(const T* px, T* po, O* pi, const PoolGeom& g, const Pool2dP
 }  // namespace
 
 void CpuBackend::impl_max_pool2d_forward(const Tensor& x, const Tensor& out, const Tensor& indices,
-                                    const Pool2dParams& p) {
+                                         const Pool2dParams& p) {
   const char* op = "cpu max_pool2d_forward";
   const PoolGeom g = kernels::pool_shape(x, out);  // checked by Backend::max_pool2d_forward
   if (out.numel() == 0) return;
@@ -160,7 +160,7 @@ void CpuBackend::impl_max_pool2d_forward(const Tensor& x, const Tensor& out, con
 }
 
 void CpuBackend::impl_max_pool2d_backward(const Tensor& dout, const Tensor& indices, const Tensor& dx,
-                                     const Pool2dParams& p) {
+                                          const Pool2dParams& p) {
   const char* op = "cpu max_pool2d_backward";
   const PoolGeom g = kernels::pool_shape(dx, dout);  // checked by Backend::max_pool2d_backward
   if (dx.numel() == 0) return;
@@ -175,33 +175,33 @@ void CpuBackend::impl_max_pool2d_backward(const Tensor& dout, const Tensor& indi
     auto run = [&](const auto* pi) {
       parallel_for(g.planes, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(1, HW + OHW)),
                    [&](int64_t begin, int64_t end) {
-        std::vector<C> acc(static_cast<size_t>(HW));
-        for (int64_t pl = begin; pl < end; ++pl) {
-          std::fill(acc.begin(), acc.end(), C(0));
-          for (int64_t o = 0; o < OHW; ++o) {
-            // Window offset -> plane position; one outside the window or on padding is reported
-            // after the parallel region (no throwing inside).
-            const int64_t off = static_cast<int64_t>(pi[pl * OHW + o]);
-            const int64_t oh = o / g.OW, ow = o - oh * g.OW;
-            const int64_t h = oh * p.stride_h - p.pad_h + (off >= 0 ? off / p.kernel_w : 0);
-            const int64_t w = ow * p.stride_w - p.pad_w + (off >= 0 ? off % p.kernel_w : 0);
-            if (off < 0 || off >= cells || h < 0 || h >= g.H || w < 0 || w >= g.W) {
-              bad_index.store(off);
-              bad_found.store(true);
-              continue;
-            }
-            acc[static_cast<size_t>(h * g.W + w)] += static_cast<C>(pd[pl * OHW + o]);
-          }
-          T* d = px + pl * HW;
-          for (int64_t k = 0; k < HW; ++k) d[k] = static_cast<T>(acc[static_cast<size_t>(k)]);
-        }
-      });
+                     std::vector<C> acc(static_cast<size_t>(HW));
+                     for (int64_t pl = begin; pl < end; ++pl) {
+                       std::fill(acc.begin(), acc.end(), C(0));
+                       for (int64_t o = 0; o < OHW; ++o) {
+                         // Window offset -> plane position; one outside the window or on padding is reported
+                         // after the parallel region (no throwing inside).
+                         const int64_t off = static_cast<int64_t>(pi[pl * OHW + o]);
+                         const int64_t oh = o / g.OW, ow = o - oh * g.OW;
+                         const int64_t h = oh * p.stride_h - p.pad_h + (off >= 0 ? off / p.kernel_w : 0);
+                         const int64_t w = ow * p.stride_w - p.pad_w + (off >= 0 ? off % p.kernel_w : 0);
+                         if (off < 0 || off >= cells || h < 0 || h >= g.H || w < 0 || w >= g.W) {
+                           bad_index.store(off);
+                           bad_found.store(true);
+                           continue;
+                         }
+                         acc[static_cast<size_t>(h * g.W + w)] += static_cast<C>(pd[pl * OHW + o]);
+                       }
+                       T* d = px + pl * HW;
+                       for (int64_t k = 0; k < HW; ++k) d[k] = static_cast<T>(acc[static_cast<size_t>(k)]);
+                     }
+                   });
     };
     if (indices.dtype() == DType::u8) run(static_cast<const uint8_t*>(indices.raw_data()));
     else run(static_cast<const int32_t*>(indices.raw_data()));
   });
-  HR_CHECK(!bad_found.load(), ValueError, op, ": index ", bad_index.load(), " is not a real cell of its ", p.kernel_h, "x", p.kernel_w,
-           " window (padding or outside it) in the ", g.H, "x", g.W, " plane");
+  HR_CHECK(!bad_found.load(), ValueError, op, ": index ", bad_index.load(), " is not a real cell of its ", p.kernel_h,
+           "x", p.kernel_w, " window (padding or outside it) in the ", g.H, "x", g.W, " plane");
 }
 
 void CpuBackend::impl_avg_pool2d_forward(const Tensor& x, const Tensor& out, const Pool2dParams& p) {

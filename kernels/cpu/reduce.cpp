@@ -42,11 +42,17 @@ struct Accum {
       case ReduceOp::mean: sum += static_cast<sum_t<T>>(v); break;
       case ReduceOp::max:
       case ReduceOp::argmax:
-        if (best_idx < 0 || v > best || (is_nan(v) && !is_nan(best))) { best = v; best_idx = idx; }
+        if (best_idx < 0 || v > best || (is_nan(v) && !is_nan(best))) {
+          best = v;
+          best_idx = idx;
+        }
         break;
       case ReduceOp::min:
       case ReduceOp::argmin:
-        if (best_idx < 0 || v < best || (is_nan(v) && !is_nan(best))) { best = v; best_idx = idx; }
+        if (best_idx < 0 || v < best || (is_nan(v) && !is_nan(best))) {
+          best = v;
+          best_idx = idx;
+        }
         break;
       case ReduceOp::kCount: break;
     }
@@ -73,20 +79,19 @@ struct Accum {
 void CpuBackend::impl_reduce(ReduceOp op, const Tensor& x, const Tensor& out) {
   const Shape& xs = x.shape();
   const Shape& os = out.shape();
-  HR_CHECK(xs.size() == os.size(), ShapeError, "reduce ", reduce_op_name(op), ": input ", shape_str(xs),
-           " and output ", shape_str(os), " differ in rank");
+  HR_CHECK(xs.size() == os.size(), ShapeError, "reduce ", reduce_op_name(op), ": input ", shape_str(xs), " and output ",
+           shape_str(os), " differ in rank");
   const bool arg = op == ReduceOp::argmax || op == ReduceOp::argmin;
-  HR_CHECK(arg ? out.dtype() == DType::i64 : out.dtype() == x.dtype(), DTypeError, "reduce ",
-           reduce_op_name(op), ": output dtype ", dtype_name(out.dtype()), " does not fit input ",
-           dtype_name(x.dtype()));
-  HR_CHECK(x.numel() > 0 || op == ReduceOp::sum || op == ReduceOp::mean, ValueError, "reduce ",
-           reduce_op_name(op), ": cannot reduce an empty tensor ", shape_str(xs));
+  HR_CHECK(arg ? out.dtype() == DType::i64 : out.dtype() == x.dtype(), DTypeError, "reduce ", reduce_op_name(op),
+           ": output dtype ", dtype_name(out.dtype()), " does not fit input ", dtype_name(x.dtype()));
+  HR_CHECK(x.numel() > 0 || op == ReduceOp::sum || op == ReduceOp::mean, ValueError, "reduce ", reduce_op_name(op),
+           ": cannot reduce an empty tensor ", shape_str(xs));
   std::vector<bool> reduced(xs.size());
   int first = -1, last = -1;
   for (size_t d = 0; d < xs.size(); ++d) {
     reduced[d] = os[d] == 1 && xs[d] != 1;
-    HR_CHECK(reduced[d] || os[d] == xs[d], ShapeError, "reduce ", reduce_op_name(op), ": output ",
-             shape_str(os), " does not fit input ", shape_str(xs));
+    HR_CHECK(reduced[d] || os[d] == xs[d], ShapeError, "reduce ", reduce_op_name(op), ": output ", shape_str(os),
+             " does not fit input ", shape_str(xs));
     if (reduced[d]) {
       if (first < 0) first = static_cast<int>(d);
       last = static_cast<int>(d);
@@ -117,17 +122,19 @@ void CpuBackend::impl_reduce(ReduceOp op, const Tensor& x, const Tensor& out) {
           }
         });
       } else {
-        parallel_for(B, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(K * A, 1)), [&](int64_t b0, int64_t b1) {
-          std::vector<Accum<T>> accs(static_cast<size_t>(b1 - b0), Accum<T>{op});
-          for (int64_t a = 0; a < A; ++a) {
-            for (auto& acc : accs) acc = Accum<T>{op};
-            for (int64_t k = 0; k < K; ++k) {
-              const T* row = px + (a * K + k) * B;
-              for (int64_t j = b0; j < b1; ++j) accs[static_cast<size_t>(j - b0)].add(static_cast<C>(row[j]), k);
-            }
-            for (int64_t j = b0; j < b1; ++j) accs[static_cast<size_t>(j - b0)].write(out, a * B + j);
-          }
-        });
+        parallel_for(B, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(K * A, 1)),
+                     [&](int64_t b0, int64_t b1) {
+                       std::vector<Accum<T>> accs(static_cast<size_t>(b1 - b0), Accum<T>{op});
+                       for (int64_t a = 0; a < A; ++a) {
+                         for (auto& acc : accs) acc = Accum<T>{op};
+                         for (int64_t k = 0; k < K; ++k) {
+                           const T* row = px + (a * K + k) * B;
+                           for (int64_t j = b0; j < b1; ++j)
+                             accs[static_cast<size_t>(j - b0)].add(static_cast<C>(row[j]), k);
+                         }
+                         for (int64_t j = b0; j < b1; ++j) accs[static_cast<size_t>(j - b0)].write(out, a * B + j);
+                       }
+                     });
       }
       return;
     }

@@ -187,7 +187,7 @@ void CpuBackend::impl_softmax_backward(const Tensor& y, const Tensor& dy, const 
 }
 
 void CpuBackend::impl_cross_entropy_forward(const Tensor& logits, const Tensor& target, const Tensor& losses,
-                                       const Tensor& lse) {
+                                            const Tensor& lse) {
   const char* op = "cross_entropy";
   check_targets(op, logits, target);  // the values; the rest is checked by Backend::cross_entropy_forward
   const int64_t n = logits.size(0), c = logits.size(1);
@@ -217,7 +217,7 @@ void CpuBackend::impl_cross_entropy_forward(const Tensor& logits, const Tensor& 
 }
 
 void CpuBackend::impl_cross_entropy_backward(const Tensor& logits, const Tensor& target, const Tensor& lse,
-                                        const Tensor& dlosses, const Tensor& dlogits) {
+                                             const Tensor& dlosses, const Tensor& dlogits) {
   const char* op = "cross_entropy backward";
   check_targets(op, logits, target);  // the values; the rest is checked by Backend::cross_entropy_backward
   const int64_t n = logits.size(0), c = logits.size(1);

@@ -212,8 +212,7 @@ __global__ void attention_drow_kernel(const T* __restrict__ out, const T* __rest
   const int64_t warps = static_cast<int64_t>(gridDim.x) * (blockDim.x / 32);
   for (int64_t r = blockIdx.x * static_cast<int64_t>(blockDim.x / 32) + threadIdx.x / 32; r < rows; r += warps) {
     C acc = 0;
-    for (int c = lane; c < d; c += 32)
-      acc += convert<C>(dout[r * d + c]) * convert<C>(out[r * d + c]);
+    for (int c = lane; c < d; c += 32) acc += convert<C>(dout[r * d + c]) * convert<C>(out[r * d + c]);
     acc = warp_sum(acc);
     if (lane == 0) drow[r] = acc;
   }
@@ -251,8 +250,8 @@ __device__ __forceinline__ void probabilities_and_ds(const C* qs, const C* dos, 
 
 // Loads lse and drow of rows [i0, i0 + kB) into shared memory (0 past T).
 template <typename C, int kB>
-__device__ __forceinline__ void load_row_stats(const C* __restrict__ lse, const C* __restrict__ drow, int64_t bh,
-                                               int t, int i0, C* lse_s, C* drow_s) {
+__device__ __forceinline__ void load_row_stats(const C* __restrict__ lse, const C* __restrict__ drow, int64_t bh, int t,
+                                               int i0, C* lse_s, C* drow_s) {
   for (int r = threadIdx.x; r < kB; r += kThreads) {
     const int i = i0 + r;
     lse_s[r] = i < t ? lse[bh * t + i] : C(0);
@@ -304,7 +303,7 @@ __global__ void __launch_bounds__(kThreads)
     load_row_stats<C, kB>(lse, drow, bh, t, i0, lse_s, drow_s);
     __syncthreads();
     probabilities_and_ds<C, kB>(qs, dos, ks, vs, lse_s, drow_s, i0, j0, t, d, ld, scale, causal, tx, ty, ps, dss);
-    __syncthreads();  // ps, dss complete
+    __syncthreads();                 // ps, dss complete
     const int qb = min(kB, t - i0);  // query rows past T contribute 0
     for (int ii = 0; ii < qb; ++ii) {
       C p[RM], ds[RM];
@@ -386,9 +385,8 @@ __global__ void __launch_bounds__(kThreads)
     load_tile<T, C, kB>(k + base, j0, t, d, ld, ks);
     load_tile<T, C, kB>(v + base, j0, t, d, ld, vs);
     __syncthreads();
-    probabilities_and_ds<C, kB>(qs, dos, ks, vs, lse_s, drow_s, i0, j0, t, d, ld, scale, causal, tx, ty, nullptr,
-                                dss);
-    __syncthreads();  // dss complete
+    probabilities_and_ds<C, kB>(qs, dos, ks, vs, lse_s, drow_s, i0, j0, t, d, ld, scale, causal, tx, ty, nullptr, dss);
+    __syncthreads();                 // dss complete
     const int kb = min(kB, t - j0);  // keys past T have dS = 0
     for (int jj = 0; jj < kb; ++jj) {
       C ds[RM];
@@ -509,8 +507,8 @@ void backward_impl(const KernelScope& scope, const Tensor& q, const Tensor& k, c
   Tensor drow;
   {
     CategoryScope scratch(MemoryCategory::workspace);
-    drow = Tensor::empty({g.bh * g.t}, TensorOptions().dtype(std::is_same_v<C, double> ? DType::f64 : DType::f32)
-                                           .device(q.device()));
+    drow = Tensor::empty({g.bh * g.t},
+                         TensorOptions().dtype(std::is_same_v<C, double> ? DType::f64 : DType::f32).device(q.device()));
   }
   const int64_t rows = g.bh * g.t;
   attention_drow_kernel<T><<<grid_for(rows * 32, kBlock), kBlock, 0, scope.stream()>>>(
@@ -543,15 +541,14 @@ void backward_impl(const KernelScope& scope, const Tensor& q, const Tensor& k, c
   set_shared_memory(op, q_kernel, smem_q, scope, g);
   q_kernel<<<grid, kThreads, smem_q, scope.stream()>>>(
       device_data<const T>(q), device_data<const T>(k), device_data<const T>(v), device_data<const T>(dout),
-      device_data<const C>(lse), device_data<const C>(drow), device_data<T>(dq), t, d, static_cast<C>(scale),
-      causal);
+      device_data<const C>(lse), device_data<const C>(drow), device_data<T>(dq), t, d, static_cast<C>(scale), causal);
   HR_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 }  // namespace
 
 void CudaBackend::impl_attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
-                                    const Tensor& lse, double scale, bool causal) {
+                                         const Tensor& lse, double scale, bool causal) {
   const char* op = "attention_forward";
   const AttnGeometry g = check_attention(op, q, {{k, "k"}, {v, "v"}, {out, "out"}}, lse);
   if (lse.numel() == 0) return;  // (D == 0 runs through: every score 0, lse = log(keys seen))
@@ -562,16 +559,16 @@ void CudaBackend::impl_attention_forward(const Tensor& q, const Tensor& k, const
 }
 
 void CudaBackend::impl_attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
-                                     const Tensor& dout, const Tensor& lse, const Tensor& dq, const Tensor& dk,
-                                     const Tensor& dv, double scale, bool causal) {
+                                          const Tensor& dout, const Tensor& lse, const Tensor& dq, const Tensor& dk,
+                                          const Tensor& dv, double scale, bool causal) {
   const char* op = "attention_backward";
   const AttnGeometry g = check_attention(
       op, q, {{k, "k"}, {v, "v"}, {out, "out"}, {dout, "dout"}, {dq, "dq"}, {dk, "dk"}, {dv, "dv"}}, lse);
   if (q.numel() == 0) return;
   if (meta_active()) {  // Note [meta execution]: backward_impl's scratch (drow), and no kernel
     CategoryScope scratch(MemoryCategory::workspace);
-    const Tensor drow = Tensor::empty({g.bh * g.t}, TensorOptions().dtype(q.dtype() == DType::f64 ? DType::f64 : DType::f32)
-                                                        .device(q.device()));
+    const Tensor drow = Tensor::empty(
+        {g.bh * g.t}, TensorOptions().dtype(q.dtype() == DType::f64 ? DType::f64 : DType::f32).device(q.device()));
     return;
   }
   KernelScope scope(q);

@@ -56,9 +56,9 @@ constexpr float kLn2 = 0.6931471805599453f;
 template <int D>
 struct TcGeometry {
   static_assert(D % 16 == 0 && D <= 128, "head dims are multiples of 16 up to 128");
-  static constexpr int ld = D + 8;   // 16-bit tile row stride (elements)
-  static constexpr int ldp = kCols + 8;  // 16-bit P / dS row stride
-  static constexpr int ldo = D + 4;  // f32 scratch row stride for a 16 x D tile
+  static constexpr int ld = D + 8;         // 16-bit tile row stride (elements)
+  static constexpr int ldp = kCols + 8;    // 16-bit P / dS row stride
+  static constexpr int ldo = D + 4;        // f32 scratch row stride for a 16 x D tile
   static constexpr int tile = kRows * ld;  // elements of a 64-row 16-bit tile
   static constexpr int ptile = 16 * ldp;   // elements of a warp's 16-row P tile
   // f32 per warp in backward: two 16 x kCols score tiles (S and dP), which also hold one 16 x D
@@ -133,8 +133,8 @@ __device__ __forceinline__ void warp_ab_add(const T* a, int lda, const T* b, int
 // Writes a warp's 16 x D accumulator, times `mul`, to rows [r0, r0 + 16) of a [t, D] matrix
 // (rows past t skipped), through the warp's scratch.
 template <typename T, int D>
-__device__ __forceinline__ void store_acc(FragC (&acc)[D / 16], float mul, float* scratch, T* __restrict__ dst,
-                                          int r0, int t) {
+__device__ __forceinline__ void store_acc(FragC (&acc)[D / 16], float mul, float* scratch, T* __restrict__ dst, int r0,
+                                          int t) {
   constexpr int ldo = TcGeometry<D>::ldo;
   __syncwarp();
 #pragma unroll
@@ -283,8 +283,8 @@ __global__ void __launch_bounds__(kThreadsTc)
   T* vs = ks + G::tile;
   T* qs = vs + G::tile;
   T* dos = qs + G::tile;
-  T* pt_all = dos + G::tile;                   // per warp: P^T [16][ldp]
-  T* dst_all = pt_all + kWarps * G::ptile;     // per warp: dS^T [16][ldp]
+  T* pt_all = dos + G::tile;                // per warp: P^T [16][ldp]
+  T* dst_all = pt_all + kWarps * G::ptile;  // per warp: dS^T [16][ldp]
   float* scratch_all = reinterpret_cast<float*>(dst_all + kWarps * G::ptile);
   float* lse2_s = scratch_all + kWarps * G::scratch;
   float* drow_s = lse2_s + kRows;
@@ -293,7 +293,7 @@ __global__ void __launch_bounds__(kThreadsTc)
   T* pt = pt_all + warp * G::ptile;
   T* dst = dst_all + warp * G::ptile;
   float* sc_s = scratch_all + warp * G::scratch;  // S^T
-  float* sc_dp = sc_s + 16 * kLdS;               // dP^T
+  float* sc_dp = sc_s + 16 * kLdS;                // dP^T
   const int64_t bh = blockIdx.x;
   const int n_tiles = (t + kRows - 1) / kRows;
   const int kt = static_cast<int>(blockIdx.y);  // early key tiles are seen by the most queries: first
@@ -335,8 +335,8 @@ __global__ void __launch_bounds__(kThreadsTc)
       dst[r * G::ldp + col] = convert<T>(p * (sc_dp[r * kLdS + col] - drow_s[col]));
     }
     __syncwarp();
-    warp_ab_add<T, D>(pt, G::ldp, dos, G::ld, dv_acc);   // dv += P^T dout
-    warp_ab_add<T, D>(dst, G::ldp, qs, G::ld, dk_acc);   // dk += dS^T q
+    warp_ab_add<T, D>(pt, G::ldp, dos, G::ld, dv_acc);  // dv += P^T dout
+    warp_ab_add<T, D>(dst, G::ldp, qs, G::ld, dk_acc);  // dk += dS^T q
   }
 
   store_acc<T, D>(dv_acc, 1.0f, sc_s, dv + base, j0 + warp * 16, t);
@@ -348,9 +348,9 @@ __global__ void __launch_bounds__(kThreadsTc)
 // they see.
 template <typename T, int D>
 __global__ void __launch_bounds__(kThreadsTc)
-    tc_dq_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
-                 const T* __restrict__ dout, const float* __restrict__ lse, const float* __restrict__ drow,
-                 T* __restrict__ dq, int t, float scale, bool causal) {
+    tc_dq_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, const T* __restrict__ dout,
+                 const float* __restrict__ lse, const float* __restrict__ drow, T* __restrict__ dq, int t, float scale,
+                 bool causal) {
 #ifdef HR_TC_ATTENTION
   using G = TcGeometry<D>;
   extern __shared__ __align__(128) unsigned char smem_raw[];
@@ -447,15 +447,15 @@ void forward_launch(cudaStream_t stream, const attention_tc::Geometry& g, const 
   auto kernel = tc_forward_kernel<T, D>;
   allow_smem("attention_forward", kernel, smem, D);
   kernel<<<tc_grid(g), kThreadsTc, smem, stream>>>(static_cast<const T*>(q), static_cast<const T*>(k),
-                                                    static_cast<const T*>(v), static_cast<T*>(out), lse, g.t,
-                                                    scale * kLog2e, causal);
+                                                   static_cast<const T*>(v), static_cast<T*>(out), lse, g.t,
+                                                   scale * kLog2e, causal);
   HR_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 template <typename T, int D>
-void backward_launch(cudaStream_t stream, const attention_tc::Geometry& g, const void* q, const void* k,
-                     const void* v, const void* dout, const float* lse, const float* drow, void* dq, void* dk,
-                     void* dv, float scale, bool causal) {
+void backward_launch(cudaStream_t stream, const attention_tc::Geometry& g, const void* q, const void* k, const void* v,
+                     const void* dout, const float* lse, const float* drow, void* dq, void* dk, void* dv, float scale,
+                     bool causal) {
   const char* op = "attention_backward";
   const size_t smem_kv = dkdv_smem(D), smem_q = dq_smem(D);
   auto kv_kernel = tc_dkdv_kernel<T, D>;
@@ -539,8 +539,8 @@ void backward(cudaStream_t stream, DType dtype, const Geometry& g, const void* q
               const void* dout, const float* lse, const float* drow, void* dq, void* dk, void* dv, float scale,
               bool causal) {
   dispatch_tc(dtype, g.d, [&](auto tag, auto dim) {
-    backward_launch<typename decltype(tag)::type, decltype(dim)::value>(stream, g, q, k, v, dout, lse, drow, dq, dk,
-                                                                        dv, scale, causal);
+    backward_launch<typename decltype(tag)::type, decltype(dim)::value>(stream, g, q, k, v, dout, lse, drow, dq, dk, dv,
+                                                                        scale, causal);
   });
 }
 

@@ -94,8 +94,7 @@ bool cudnn_takes(const Tensor& x, const BnGeom& g, bool training, double eps) {
   constexpr int64_t kMaxBatchTraining = 880801, kMaxBatchEval = 65535;
   const DType dt = x.dtype();
   return cudnn_batch_norm() && (dt == DType::f32 || dt == DType::f16 || dt == DType::f64) && x.numel() > 0 &&
-         x.numel() < INT_MAX && g.n <= (training ? kMaxBatchTraining : kMaxBatchEval) &&
-         eps >= CUDNN_BN_MIN_EPSILON;
+         x.numel() < INT_MAX && g.n <= (training ? kMaxBatchTraining : kMaxBatchEval) && eps >= CUDNN_BN_MIN_EPSILON;
 }
 
 // cuDNN's parameter dtype for the data dtype.
@@ -138,10 +137,9 @@ void forward_cudnn(Backend& be, const KernelScope& scope, const BnGeom& g, const
     }
     const Tensor sm = param_out(save_mean, P), si = param_out(save_invstd, P);
     HR_CUDNN_CHECK(cudnnBatchNormalizationForwardTraining(
-        handle, CUDNN_BATCHNORM_SPATIAL, s.one(x.dtype()), s.zero(x.dtype()), d.data.get(), x.raw_data(),
-        d.data.get(), y.raw_data(), d.param.get(), w.raw_data(), b.raw_data(), momentum,
-        rm.defined() ? rm.raw_data() : nullptr, rv.defined() ? rv.raw_data() : nullptr, eps, sm.raw_data(),
-        si.raw_data()));
+        handle, CUDNN_BATCHNORM_SPATIAL, s.one(x.dtype()), s.zero(x.dtype()), d.data.get(), x.raw_data(), d.data.get(),
+        y.raw_data(), d.param.get(), w.raw_data(), b.raw_data(), momentum, rm.defined() ? rm.raw_data() : nullptr,
+        rv.defined() ? rv.raw_data() : nullptr, eps, sm.raw_data(), si.raw_data()));
     param_back(be, running_mean, rm);
     param_back(be, running_var, rv);
     param_back(be, save_mean, sm);
@@ -149,8 +147,8 @@ void forward_cudnn(Backend& be, const KernelScope& scope, const BnGeom& g, const
   } else {
     const Tensor rm = param_in(be, running_mean, P), rv = param_in(be, running_var, P);
     HR_CUDNN_CHECK(cudnnBatchNormalizationForwardInference(
-        handle, CUDNN_BATCHNORM_SPATIAL, s.one(x.dtype()), s.zero(x.dtype()), d.data.get(), x.raw_data(),
-        d.data.get(), y.raw_data(), d.param.get(), w.raw_data(), b.raw_data(), rm.raw_data(), rv.raw_data(), eps));
+        handle, CUDNN_BATCHNORM_SPATIAL, s.one(x.dtype()), s.zero(x.dtype()), d.data.get(), x.raw_data(), d.data.get(),
+        y.raw_data(), d.param.get(), w.raw_data(), b.raw_data(), rm.raw_data(), rv.raw_data(), eps));
     bn_eval_finalize(scope, Tensor(), Tensor(), rm, rv, eps, save_mean, save_invstd, Tensor());
   }
 }
@@ -188,9 +186,9 @@ void backward_cudnn(Backend& be, const KernelScope& scope, const BnGeom& g, cons
   // epsilon only matters to cuDNN when no saved statistics are given; they always are here.
   const double eps = std::max(CUDNN_BN_MIN_EPSILON, 1e-5);
   HR_CUDNN_CHECK(cudnnBatchNormalizationBackward(
-      cudnn_handle(dev, scope.stream()), CUDNN_BATCHNORM_SPATIAL, s.one(x.dtype()), s.zero(x.dtype()),
-      s.one(x.dtype()), s.zero(x.dtype()), d.data.get(), x.raw_data(), d.data.get(), dy.raw_data(), d.data.get(),
-      dx.raw_data(), d.param.get(), w.raw_data(), dw.raw_data(), db.raw_data(), eps, sm.raw_data(), si.raw_data()));
+      cudnn_handle(dev, scope.stream()), CUDNN_BATCHNORM_SPATIAL, s.one(x.dtype()), s.zero(x.dtype()), s.one(x.dtype()),
+      s.zero(x.dtype()), d.data.get(), x.raw_data(), d.data.get(), dy.raw_data(), d.data.get(), dx.raw_data(),
+      d.param.get(), w.raw_data(), dw.raw_data(), db.raw_data(), eps, sm.raw_data(), si.raw_data()));
   param_back(be, dweight, dw);
   param_back(be, dbias, db);
 }
@@ -217,9 +215,9 @@ void backward_own(Backend& be, const KernelScope& scope, const BnGeom& g, const 
 }  // namespace
 
 void CudaBackend::impl_batch_norm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias,
-                                     const Tensor& running_mean, const Tensor& running_var, bool training,
-                                     double momentum, double eps, const Tensor& y, const Tensor& save_mean,
-                                     const Tensor& save_invstd) {
+                                          const Tensor& running_mean, const Tensor& running_var, bool training,
+                                          double momentum, double eps, const Tensor& y, const Tensor& save_mean,
+                                          const Tensor& save_invstd) {
   const char* op = "cuda batch_norm";
   const BnGeom g = geometry(x, op);
   (void)cudnn_dtype(x.dtype(), op);  // a DTypeError for non-float data
@@ -236,8 +234,8 @@ void CudaBackend::impl_batch_norm_forward(const Tensor& x, const Tensor& weight,
 }
 
 void CudaBackend::impl_batch_norm_backward(const Tensor& dy, const Tensor& x, const Tensor& weight,
-                                      const Tensor& save_mean, const Tensor& save_invstd, bool training,
-                                      const Tensor& dx, const Tensor& dweight, const Tensor& dbias) {
+                                           const Tensor& save_mean, const Tensor& save_invstd, bool training,
+                                           const Tensor& dx, const Tensor& dweight, const Tensor& dbias) {
   const char* op = "cuda batch_norm backward";
   const BnGeom g = geometry(x, op);
   (void)cudnn_dtype(x.dtype(), op);

@@ -148,12 +148,28 @@ struct ConvCall {
     x_desc.set_nchw(dt, i(n), i(g.C), i(g.H), i(g.W));
     y_desc.set_nchw(dt, i(n), i(g.O), i(g.OH), i(g.OW));
     w_desc.set_nchw(dt, i(g.O), i(g.Cg), i(g.KH), i(g.KW));
-    conv_desc.set_2d(i(g.p.pad_h), i(g.p.pad_w), i(g.p.stride_h), i(g.p.stride_w), i(g.p.dilation_h),
-                     i(g.p.dilation_w), i(g.G), type == DType::f64 ? CUDNN_DATA_DOUBLE : CUDNN_DATA_FLOAT);
+    conv_desc.set_2d(i(g.p.pad_h), i(g.p.pad_w), i(g.p.stride_h), i(g.p.stride_w), i(g.p.dilation_h), i(g.p.dilation_w),
+                     i(g.G), type == DType::f64 ? CUDNN_DATA_DOUBLE : CUDNN_DATA_FLOAT);
     conv_desc.set_math_type(base_math(type));
-    key = {device.index, static_cast<int64_t>(dir), static_cast<int64_t>(type), allow_tf32() ? 1 : 0, n, g.C, g.H,
-           g.W, g.O, g.KH, g.KW, g.p.stride_h, g.p.stride_w, g.p.pad_h, g.p.pad_w, g.p.dilation_h, g.p.dilation_w,
-           g.G, g.Cg};
+    key = {device.index,
+           static_cast<int64_t>(dir),
+           static_cast<int64_t>(type),
+           allow_tf32() ? 1 : 0,
+           n,
+           g.C,
+           g.H,
+           g.W,
+           g.O,
+           g.KH,
+           g.KW,
+           g.p.stride_h,
+           g.p.stride_w,
+           g.p.pad_h,
+           g.p.pad_w,
+           g.p.dilation_h,
+           g.p.dilation_w,
+           g.G,
+           g.Cg};
   }
   ConvCall(const ConvCall&) = delete;
   ConvCall& operator=(const ConvCall&) = delete;
@@ -184,28 +200,25 @@ std::vector<AlgoChoice> measure(ConvCall& c, void* out, void* ws, size_t ws_byte
     case Direction::forward: {
       HR_CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithmMaxCount(c.handle, &max_count));
       std::vector<cudnnConvolutionFwdAlgoPerf_t> perf(static_cast<size_t>(std::max(max_count, 1)));
-      HR_CUDNN_CHECK(cudnnFindConvolutionForwardAlgorithmEx(c.handle, c.x_desc.get(), c.x, c.w_desc.get(), c.w,
-                                                            c.conv_desc.get(), c.y_desc.get(), out,
-                                                            static_cast<int>(perf.size()), &returned, perf.data(), ws,
-                                                            ws_bytes));
+      HR_CUDNN_CHECK(cudnnFindConvolutionForwardAlgorithmEx(
+          c.handle, c.x_desc.get(), c.x, c.w_desc.get(), c.w, c.conv_desc.get(), c.y_desc.get(), out,
+          static_cast<int>(perf.size()), &returned, perf.data(), ws, ws_bytes));
       return usable(perf, returned, ws_bytes);
     }
     case Direction::backward_data: {
       HR_CUDNN_CHECK(cudnnGetConvolutionBackwardDataAlgorithmMaxCount(c.handle, &max_count));
       std::vector<cudnnConvolutionBwdDataAlgoPerf_t> perf(static_cast<size_t>(std::max(max_count, 1)));
-      HR_CUDNN_CHECK(cudnnFindConvolutionBackwardDataAlgorithmEx(c.handle, c.w_desc.get(), c.w, c.y_desc.get(), c.y,
-                                                                 c.conv_desc.get(), c.x_desc.get(), out,
-                                                                 static_cast<int>(perf.size()), &returned,
-                                                                 perf.data(), ws, ws_bytes));
+      HR_CUDNN_CHECK(cudnnFindConvolutionBackwardDataAlgorithmEx(
+          c.handle, c.w_desc.get(), c.w, c.y_desc.get(), c.y, c.conv_desc.get(), c.x_desc.get(), out,
+          static_cast<int>(perf.size()), &returned, perf.data(), ws, ws_bytes));
       return usable(perf, returned, ws_bytes);
     }
     case Direction::backward_filter: {
       HR_CUDNN_CHECK(cudnnGetConvolutionBackwardFilterAlgorithmMaxCount(c.handle, &max_count));
       std::vector<cudnnConvolutionBwdFilterAlgoPerf_t> perf(static_cast<size_t>(std::max(max_count, 1)));
-      HR_CUDNN_CHECK(cudnnFindConvolutionBackwardFilterAlgorithmEx(c.handle, c.x_desc.get(), c.x, c.y_desc.get(),
-                                                                   c.y, c.conv_desc.get(), c.w_desc.get(), out,
-                                                                   static_cast<int>(perf.size()), &returned,
-                                                                   perf.data(), ws, ws_bytes));
+      HR_CUDNN_CHECK(cudnnFindConvolutionBackwardFilterAlgorithmEx(
+          c.handle, c.x_desc.get(), c.x, c.y_desc.get(), c.y, c.conv_desc.get(), c.w_desc.get(), out,
+          static_cast<int>(perf.size()), &returned, perf.data(), ws, ws_bytes));
       return usable(perf, returned, ws_bytes);
     }
   }
@@ -225,27 +238,25 @@ std::vector<AlgoChoice> guess(ConvCall& c, size_t limit) {
     case Direction::forward: {
       HR_CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithmMaxCount(c.handle, &max_count));
       std::vector<cudnnConvolutionFwdAlgoPerf_t> perf(static_cast<size_t>(std::max(max_count, 1)));
-      HR_CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithm_v7(c.handle, c.x_desc.get(), c.w_desc.get(),
-                                                            c.conv_desc.get(), c.y_desc.get(),
-                                                            static_cast<int>(perf.size()), &returned, perf.data()));
+      HR_CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithm_v7(c.handle, c.x_desc.get(), c.w_desc.get(), c.conv_desc.get(),
+                                                            c.y_desc.get(), static_cast<int>(perf.size()), &returned,
+                                                            perf.data()));
       return pick(perf);
     }
     case Direction::backward_data: {
       HR_CUDNN_CHECK(cudnnGetConvolutionBackwardDataAlgorithmMaxCount(c.handle, &max_count));
       std::vector<cudnnConvolutionBwdDataAlgoPerf_t> perf(static_cast<size_t>(std::max(max_count, 1)));
-      HR_CUDNN_CHECK(cudnnGetConvolutionBackwardDataAlgorithm_v7(c.handle, c.w_desc.get(), c.y_desc.get(),
-                                                                 c.conv_desc.get(), c.x_desc.get(),
-                                                                 static_cast<int>(perf.size()), &returned,
-                                                                 perf.data()));
+      HR_CUDNN_CHECK(cudnnGetConvolutionBackwardDataAlgorithm_v7(
+          c.handle, c.w_desc.get(), c.y_desc.get(), c.conv_desc.get(), c.x_desc.get(), static_cast<int>(perf.size()),
+          &returned, perf.data()));
       return pick(perf);
     }
     case Direction::backward_filter: {
       HR_CUDNN_CHECK(cudnnGetConvolutionBackwardFilterAlgorithmMaxCount(c.handle, &max_count));
       std::vector<cudnnConvolutionBwdFilterAlgoPerf_t> perf(static_cast<size_t>(std::max(max_count, 1)));
-      HR_CUDNN_CHECK(cudnnGetConvolutionBackwardFilterAlgorithm_v7(c.handle, c.x_desc.get(), c.y_desc.get(),
-                                                                   c.conv_desc.get(), c.w_desc.get(),
-                                                                   static_cast<int>(perf.size()), &returned,
-                                                                   perf.data()));
+      HR_CUDNN_CHECK(cudnnGetConvolutionBackwardFilterAlgorithm_v7(
+          c.handle, c.x_desc.get(), c.y_desc.get(), c.conv_desc.get(), c.w_desc.get(), static_cast<int>(perf.size()),
+          &returned, perf.data()));
       return pick(perf);
     }
   }
@@ -377,12 +388,12 @@ void clear_conv_algorithm_cache() {
 }
 
 void CudaBackend::impl_conv2d_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& out,
-                                 const Conv2dParams& p) {
+                                      const Conv2dParams& p) {
   const char* op = "cuda conv2d_forward";
   const ConvGeom g = geometry(op, x, w, out, p);
   (void)cudnn_dtype(out.dtype(), op);
-  HR_CHECK(!bias.defined() || (bias.dim() == 1 && bias.size(0) == g.O && bias.dtype() == out.dtype()), ShapeError,
-           op, ": bias ", describe(bias), " does not fit weight ", describe(w));
+  HR_CHECK(!bias.defined() || (bias.dim() == 1 && bias.size(0) == g.O && bias.dtype() == out.dtype()), ShapeError, op,
+           ": bias ", describe(bias), " does not fit weight ", describe(w));
   if (out.numel() == 0) return;
   KernelScope scope(out);
   if (x.numel() == 0 || w.numel() == 0) {
@@ -403,7 +414,7 @@ void CudaBackend::impl_conv2d_forward(const Tensor& x, const Tensor& w, const Te
 }
 
 void CudaBackend::impl_conv2d_backward_input(const Tensor& dout, const Tensor& w, const Tensor& dx,
-                                        const Conv2dParams& p) {
+                                             const Conv2dParams& p) {
   const char* op = "cuda conv2d_backward_input";
   const ConvGeom g = geometry(op, dx, w, dout, p);
   (void)cudnn_dtype(dx.dtype(), op);
@@ -426,7 +437,7 @@ void CudaBackend::impl_conv2d_backward_input(const Tensor& dout, const Tensor& w
 }
 
 void CudaBackend::impl_conv2d_backward_weight(const Tensor& dout, const Tensor& x, const Tensor& dw,
-                                         const Conv2dParams& p) {
+                                              const Conv2dParams& p) {
   const char* op = "cuda conv2d_backward_weight";
   const ConvGeom g = geometry(op, x, dw, dout, p);
   (void)cudnn_dtype(dw.dtype(), op);

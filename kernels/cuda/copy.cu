@@ -185,12 +185,11 @@ void random_launch(const KernelScope& scope, const Tensor& out, uint64_t seed, u
   if (normal) {
     random_normal_kernel<T><<<grid_for((n + 1) / 2), kBlock, 0, scope.stream()>>>(p, n, seed, offset);
   } else {
-    random_uniform_kernel<T><<<grid_for((n + kPhiloxWords - 1) / kPhiloxWords), kBlock, 0, scope.stream()>>>(
-        p, n, seed, offset);
+    random_uniform_kernel<T>
+        <<<grid_for((n + kPhiloxWords - 1) / kPhiloxWords), kBlock, 0, scope.stream()>>>(p, n, seed, offset);
   }
   HR_CUDA_KERNEL_LAUNCH_CHECK();
 }
-
 
 }  // namespace
 
@@ -201,8 +200,8 @@ void CudaBackend::impl_copy(const Tensor& dst, const Tensor& src) {
     if (dst.is_contiguous() && src.is_contiguous()) {
       // The same bytes: nothing to do (and cudaMemcpy's ranges must not overlap).
       if (dst.raw_data() != src.raw_data())
-        HR_CUDA_CHECK(cudaMemcpyAsync(dst.raw_data(), src.raw_data(), dst.nbytes(), cudaMemcpyDeviceToDevice,
-                                      scope.stream()));
+        HR_CUDA_CHECK(
+            cudaMemcpyAsync(dst.raw_data(), src.raw_data(), dst.nbytes(), cudaMemcpyDeviceToDevice, scope.stream()));
       return;
     }
     dispatch_bits(dtype_size(dst.dtype()),
@@ -229,7 +228,8 @@ void CudaBackend::copy_to_host(void* host_dst, const void* src, size_t nbytes, D
 // The source's stream is drained first (the kernels that produce src are on it), the copy is
 // queued on the destination's stream (ordered before the work that reads dst), and the host
 // waits for it, so src may be freed on return, as copy_tensor's other paths allow.
-bool CudaBackend::copy_between_devices(void* dst, Device dst_device, const void* src, Device src_device, size_t nbytes) {
+bool CudaBackend::copy_between_devices(void* dst, Device dst_device, const void* src, Device src_device,
+                                       size_t nbytes) {
   if (nbytes == 0) return true;
   static std::mutex mutex;
   static std::set<std::pair<int, int>> tried;  // (dst, src) pairs whose peer access was looked at

@@ -42,11 +42,11 @@ std::string current_cuda_device_name();
 }  // namespace headroom
 
 // Variadic so that a call whose arguments hold a template's commas passes through whole.
-#define HR_CUDA_CHECK(...)                                                                   \
-  do {                                                                                       \
-    const cudaError_t hr_cuda_status_ = (__VA_ARGS__);                                       \
-    if (hr_cuda_status_ != cudaSuccess)                                                      \
-      ::headroom::throw_cuda_error(hr_cuda_status_, #__VA_ARGS__, __FILE__, __LINE__);       \
+#define HR_CUDA_CHECK(...)                                                             \
+  do {                                                                                 \
+    const cudaError_t hr_cuda_status_ = (__VA_ARGS__);                                 \
+    if (hr_cuda_status_ != cudaSuccess)                                                \
+      ::headroom::throw_cuda_error(hr_cuda_status_, #__VA_ARGS__, __FILE__, __LINE__); \
   } while (0)
 
 // After every kernel launch: a bad configuration (too many threads, too much shared memory)

@@ -48,19 +48,39 @@ namespace headroom::cuda {
 
 // The device type that stores a host-side element type: Half -> __half, BFloat16 ->
 // __nv_bfloat16, everything else itself.
-template <typename T> struct DeviceTypeOf { using type = T; };
-template <> struct DeviceTypeOf<Half> { using type = __half; };
-template <> struct DeviceTypeOf<BFloat16> { using type = __nv_bfloat16; };
-template <typename T> using device_t = typename DeviceTypeOf<T>::type;
+template <typename T>
+struct DeviceTypeOf {
+  using type = T;
+};
+template <>
+struct DeviceTypeOf<Half> {
+  using type = __half;
+};
+template <>
+struct DeviceTypeOf<BFloat16> {
+  using type = __nv_bfloat16;
+};
+template <typename T>
+using device_t = typename DeviceTypeOf<T>::type;
 
-template <typename T> inline constexpr bool is_half_v =
-    std::is_same_v<T, __half> || std::is_same_v<T, __nv_bfloat16>;
+template <typename T>
+inline constexpr bool is_half_v = std::is_same_v<T, __half> || std::is_same_v<T, __nv_bfloat16>;
 
 // The type a kernel computes in: f32 for the 16-bit floats, the type itself otherwise.
-template <typename T> struct AccTypeOf { using type = T; };
-template <> struct AccTypeOf<__half> { using type = float; };
-template <> struct AccTypeOf<__nv_bfloat16> { using type = float; };
-template <typename T> using acc_type = typename AccTypeOf<T>::type;
+template <typename T>
+struct AccTypeOf {
+  using type = T;
+};
+template <>
+struct AccTypeOf<__half> {
+  using type = float;
+};
+template <>
+struct AccTypeOf<__nv_bfloat16> {
+  using type = float;
+};
+template <typename T>
+using acc_type = typename AccTypeOf<T>::type;
 
 // Any element type to any other, through f32 for the 16-bit floats (round to nearest even),
 // != 0 for bool. Usable on host and device.
@@ -161,8 +181,8 @@ template <int N>
 Indexer<N> make_indexer(const std::array<const Tensor*, N>& ts) {
   const kernels::StridedLayout<N> layout(ts);
   Indexer<N> ix;
-  HR_CHECK(layout.shape.size() <= static_cast<size_t>(kMaxDims), ShapeError, "cuda kernels take at most ",
-           kMaxDims, " dims after merging contiguous ones; got ", shape_str(ts[0]->shape()));
+  HR_CHECK(layout.shape.size() <= static_cast<size_t>(kMaxDims), ShapeError, "cuda kernels take at most ", kMaxDims,
+           " dims after merging contiguous ones; got ", shape_str(ts[0]->shape()));
   ix.ndim = static_cast<int>(layout.shape.size());
   bool contiguous = ix.ndim == 1;
   for (int d = 0; d < ix.ndim; ++d) ix.sizes[d] = layout.shape[static_cast<size_t>(d)];

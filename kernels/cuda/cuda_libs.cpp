@@ -22,7 +22,8 @@ void throw_cudnn_error(cudnnStatus_t status, const char* call, const char* file,
   char detail[512] = {0};
   cudnnGetLastErrorString(detail, sizeof(detail));
   throw CudaLibraryError(str_cat("cuDNN error ", cudnnGetErrorString(status), " in ", call, " at ", file, ":", line,
-                                 " on ", current_cuda_device_name(), detail[0] ? str_cat(": ", detail) : std::string()));
+                                 " on ", current_cuda_device_name(),
+                                 detail[0] ? str_cat(": ", detail) : std::string()));
 }
 
 namespace cuda {

@@ -53,16 +53,16 @@ void meta_cublas_workspace(Device device);
 }  // namespace cuda
 }  // namespace headroom
 
-#define HR_CUBLAS_CHECK(...)                                                                 \
-  do {                                                                                       \
-    const cublasStatus_t hr_cublas_status_ = (__VA_ARGS__);                                  \
-    if (hr_cublas_status_ != CUBLAS_STATUS_SUCCESS)                                          \
-      ::headroom::throw_cublas_error(hr_cublas_status_, #__VA_ARGS__, __FILE__, __LINE__);   \
+#define HR_CUBLAS_CHECK(...)                                                               \
+  do {                                                                                     \
+    const cublasStatus_t hr_cublas_status_ = (__VA_ARGS__);                                \
+    if (hr_cublas_status_ != CUBLAS_STATUS_SUCCESS)                                        \
+      ::headroom::throw_cublas_error(hr_cublas_status_, #__VA_ARGS__, __FILE__, __LINE__); \
   } while (0)
 
-#define HR_CUDNN_CHECK(...)                                                                  \
-  do {                                                                                       \
-    const cudnnStatus_t hr_cudnn_status_ = (__VA_ARGS__);                                    \
-    if (hr_cudnn_status_ != CUDNN_STATUS_SUCCESS)                                            \
-      ::headroom::throw_cudnn_error(hr_cudnn_status_, #__VA_ARGS__, __FILE__, __LINE__);     \
+#define HR_CUDNN_CHECK(...)                                                              \
+  do {                                                                                   \
+    const cudnnStatus_t hr_cudnn_status_ = (__VA_ARGS__);                                \
+    if (hr_cudnn_status_ != CUDNN_STATUS_SUCCESS)                                        \
+      ::headroom::throw_cudnn_error(hr_cudnn_status_, #__VA_ARGS__, __FILE__, __LINE__); \
   } while (0)

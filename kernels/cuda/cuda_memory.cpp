@@ -53,8 +53,8 @@ StreamRegistry& stream_registry() {
 cudaStream_t cuda_stream(Stream stream) {
   HR_CHECK(stream.device.is_cuda(), DeviceError, "cuda_stream: stream ", stream.id, " is on ", stream.device.str(),
            ", not on a cuda device");
-  HR_CHECK(stream.device.index >= 0 && stream.device.index < cuda_device_count(), DeviceError, "cuda_stream: ",
-           stream.device.str(), " does not exist (", cuda_device_count(), " CUDA devices visible)");
+  HR_CHECK(stream.device.index >= 0 && stream.device.index < cuda_device_count(), DeviceError,
+           "cuda_stream: ", stream.device.str(), " does not exist (", cuda_device_count(), " CUDA devices visible)");
   HR_CHECK(stream.id >= 0, ValueError, "cuda_stream: stream ids are >= 0, got ", stream.id, " on ",
            stream.device.str());
   if (stream.id == 0) return cudaStreamLegacy;
@@ -173,11 +173,11 @@ namespace {
 const bool g_registered = [] {
   // Note [missing devices] in engine/allocator.h: what allocator_for(cuda:N) says without one.
   const DeviceCount& c = device_count_query();
-  report_visible_devices(DeviceType::cuda, c.count,
-                         c.error != cudaSuccess
-                             ? str_cat("cudaGetDeviceCount failed with ", cudaGetErrorName(c.error), ": ",
-                                       cudaGetErrorString(c.error))
-                             : "cudaGetDeviceCount found 0 devices; is CUDA_VISIBLE_DEVICES empty or wrong?");
+  report_visible_devices(
+      DeviceType::cuda, c.count,
+      c.error != cudaSuccess
+          ? str_cat("cudaGetDeviceCount failed with ", cudaGetErrorName(c.error), ": ", cudaGetErrorString(c.error))
+          : "cudaGetDeviceCount found 0 devices; is CUDA_VISIBLE_DEVICES empty or wrong?");
   for (int i = 0; i < cuda_device_count(); ++i) {
     auto backend = std::make_unique<CudaMemoryBackend>(i);
     CudaMemoryBackend* raw = backend.get();

@@ -63,9 +63,9 @@ constexpr int kSumBlock = 256;
 // Block (c, slice) sums its slice [begin, end) of channel c's N * S values into partial
 // [C][slices][2]. kBackward: sum(dy) and sum(dy * xhat); else sum(x - k) and sum((x - k)^2).
 template <typename T, bool kBackward>
-__global__ void __launch_bounds__(kSumBlock) bn_partial_kernel(const T* x, const T* dy, const acc_type<T>* mean,
-                                                               const acc_type<T>* invstd, int64_t channels, int64_t S,
-                                                               int64_t count, int64_t per_slice, double* partial) {
+__global__ void __launch_bounds__(kSumBlock)
+    bn_partial_kernel(const T* x, const T* dy, const acc_type<T>* mean, const acc_type<T>* invstd, int64_t channels,
+                      int64_t S, int64_t count, int64_t per_slice, double* partial) {
   using A = acc_type<T>;
   __shared__ double shared[32];
   const int64_t c = blockIdx.x, slice = blockIdx.y;
@@ -131,16 +131,14 @@ void bn_channel_sums_impl(const KernelScope& scope, const Tensor& x, const Tenso
   if (dy.defined()) {
     bn_partial_kernel<T, true><<<grid, kSumBlock, 0, scope.stream()>>>(
         device_data<T>(x), device_data<T>(dy), device_data<acc_type<T>>(save_mean),
-        device_data<acc_type<T>>(save_invstd), C, S,
-        count, per_slice, device_data<double>(partial));
+        device_data<acc_type<T>>(save_invstd), C, S, count, per_slice, device_data<double>(partial));
   } else {
-    bn_partial_kernel<T, false><<<grid, kSumBlock, 0, scope.stream()>>>(device_data<T>(x), nullptr, nullptr, nullptr,
-                                                                        C, S, count, per_slice,
-                                                                        device_data<double>(partial));
+    bn_partial_kernel<T, false><<<grid, kSumBlock, 0, scope.stream()>>>(
+        device_data<T>(x), nullptr, nullptr, nullptr, C, S, count, per_slice, device_data<double>(partial));
   }
   HR_CUDA_KERNEL_LAUNCH_CHECK();
   bn_fold_kernel<<<grid_for(C), kBlock, 0, scope.stream()>>>(device_data<double>(partial), C, slices,
-                                                              device_data<double>(sums));
+                                                             device_data<double>(sums));
   HR_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -189,8 +187,7 @@ void bn_training_finalize_impl(const KernelScope& scope, const Tensor& x, const 
 
 template <typename P, typename S>
 __global__ void bn_eval_finalize_kernel(const P* weight, const P* bias, const P* running_mean, const P* running_var,
-                                        double eps, int64_t channels, S* save_mean, S* save_invstd,
-                                        double* coef) {
+                                        double eps, int64_t channels, S* save_mean, S* save_invstd, double* coef) {
   for (int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; c < channels;
        c += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const double mean = static_cast<double>(running_mean[c]);
@@ -224,8 +221,8 @@ void bn_eval_finalize_impl(const KernelScope& scope, const Tensor& weight, const
 
 template <typename S>
 __global__ void bn_backward_finalize_kernel(const double* sums, const double* weight, const S* save_mean,
-                                            const S* save_invstd, bool training, int64_t count,
-                                            int64_t channels, double* dweight, double* dbias, double* coef) {
+                                            const S* save_invstd, bool training, int64_t count, int64_t channels,
+                                            double* dweight, double* dbias, double* coef) {
   for (int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; c < channels;
        c += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const double sum_dy = sums != nullptr ? sums[c] : 0.0;
@@ -250,8 +247,7 @@ __global__ void bn_backward_finalize_kernel(const double* sums, const double* we
 // ---- batch norm: elementwise passes ----
 
 template <typename T>
-__global__ void bn_apply_forward_kernel(const T* x, const double* coef, int64_t channels, int64_t S, int64_t n,
-                                        T* y) {
+__global__ void bn_apply_forward_kernel(const T* x, const double* coef, int64_t channels, int64_t S, int64_t n, T* y) {
   using A = acc_type<T>;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -266,8 +262,8 @@ template <typename T>
 void bn_apply_forward_impl(const KernelScope& scope, const Tensor& x, const Tensor& coef, const Tensor& y) {
   const int64_t n = x.numel();
   if (n == 0) return;
-  bn_apply_forward_kernel<T><<<grid_for(n), kBlock, 0, scope.stream()>>>(
-      device_data<T>(x), device_data<double>(coef), x.size(1), x.size(2), n, device_data<T>(y));
+  bn_apply_forward_kernel<T><<<grid_for(n), kBlock, 0, scope.stream()>>>(device_data<T>(x), device_data<double>(coef),
+                                                                         x.size(1), x.size(2), n, device_data<T>(y));
   HR_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -297,9 +293,8 @@ void bn_apply_backward_impl(const KernelScope& scope, const Tensor& dy, const Te
 }  // namespace
 
 void add_channel_bias(const KernelScope& scope, const Tensor& out, const Tensor& bias) {
-  dispatch_cuda_float(out.dtype(), "cuda conv2d bias", [&](auto tag) {
-    add_channel_bias_impl<typename decltype(tag)::type>(scope, out, bias);
-  });
+  dispatch_cuda_float(out.dtype(), "cuda conv2d bias",
+                      [&](auto tag) { add_channel_bias_impl<typename decltype(tag)::type>(scope, out, bias); });
 }
 
 void bn_channel_sums(const KernelScope& scope, const Tensor& x, const Tensor& dy, const Tensor& save_mean,
@@ -331,14 +326,13 @@ void bn_eval_finalize(const KernelScope& scope, const Tensor& weight, const Tens
 }
 
 void bn_apply_forward(const KernelScope& scope, const Tensor& x, const Tensor& coef, const Tensor& y) {
-  dispatch_cuda_float(x.dtype(), "cuda batch_norm", [&](auto tag) {
-    bn_apply_forward_impl<typename decltype(tag)::type>(scope, x, coef, y);
-  });
+  dispatch_cuda_float(x.dtype(), "cuda batch_norm",
+                      [&](auto tag) { bn_apply_forward_impl<typename decltype(tag)::type>(scope, x, coef, y); });
 }
 
-void bn_backward_finalize(const KernelScope& scope, const Tensor& sums, const Tensor& weight,
-                          const Tensor& save_mean, const Tensor& save_invstd, bool training, int64_t count,
-                          const Tensor& dweight, const Tensor& dbias, const Tensor& coef) {
+void bn_backward_finalize(const KernelScope& scope, const Tensor& sums, const Tensor& weight, const Tensor& save_mean,
+                          const Tensor& save_invstd, bool training, int64_t count, const Tensor& dweight,
+                          const Tensor& dbias, const Tensor& coef) {
   const int64_t C = save_mean.numel();
   if (C == 0) return;
   auto launch = [&](auto* s_tag) {
@@ -355,9 +349,8 @@ void bn_backward_finalize(const KernelScope& scope, const Tensor& sums, const Te
 
 void bn_apply_backward(const KernelScope& scope, const Tensor& dy, const Tensor& x, const Tensor& coef,
                        const Tensor& dx) {
-  dispatch_cuda_float(x.dtype(), "cuda batch_norm backward", [&](auto tag) {
-    bn_apply_backward_impl<typename decltype(tag)::type>(scope, dy, x, coef, dx);
-  });
+  dispatch_cuda_float(x.dtype(), "cuda batch_norm backward",
+                      [&](auto tag) { bn_apply_backward_impl<typename decltype(tag)::type>(scope, dy, x, coef, dx); });
 }
 
 }  // namespace headroom::cuda

@@ -50,9 +50,9 @@ void bn_apply_forward(const KernelScope& scope, const Tensor& x, const Tensor& c
 // dbias): dweight = sum(dy * xhat), dbias = sum(dy) where defined; coef (f64 [4, C]) for
 // bn_apply_backward: k_dy = weight * invstd, and in training
 // k_xhat = -k_dy * invstd * sum(dy * xhat) / count, k_const = -k_dy * sum(dy) / count (else 0).
-void bn_backward_finalize(const KernelScope& scope, const Tensor& sums, const Tensor& weight,
-                          const Tensor& save_mean, const Tensor& save_invstd, bool training, int64_t count,
-                          const Tensor& dweight, const Tensor& dbias, const Tensor& coef);
+void bn_backward_finalize(const KernelScope& scope, const Tensor& sums, const Tensor& weight, const Tensor& save_mean,
+                          const Tensor& save_invstd, bool training, int64_t count, const Tensor& dweight,
+                          const Tensor& dbias, const Tensor& coef);
 
 // dx = k_dy * dy + k_xhat * (x - save_mean) + k_const, per channel.
 void bn_apply_backward(const KernelScope& scope, const Tensor& dy, const Tensor& x, const Tensor& coef,

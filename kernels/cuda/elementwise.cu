@@ -19,7 +19,6 @@ namespace headroom::cuda {
 
 namespace {
 
-
 // ---- unary ----
 
 template <typename T, UnaryOp K>
@@ -35,22 +34,36 @@ void unary_launch(const KernelScope& scope, const Tensor& x, const Tensor& out) 
 template <typename T>
 void unary_typed(const KernelScope& scope, UnaryOp op, const Tensor& x, const Tensor& out) {
 #define HR_UNARY_CASE(name) \
-  case UnaryOp::name: return unary_launch<T, UnaryOp::name>(scope, x, out);
+  case UnaryOp::name: return unary_launch<T, UnaryOp::name>(scope, x, out)
   if constexpr (std::is_floating_point_v<acc_type<T>>) {
     switch (op) {
-      HR_UNARY_CASE(neg) HR_UNARY_CASE(exp) HR_UNARY_CASE(log) HR_UNARY_CASE(sqrt) HR_UNARY_CASE(abs)
-      HR_UNARY_CASE(relu) HR_UNARY_CASE(gelu) HR_UNARY_CASE(tanh) HR_UNARY_CASE(sigmoid) HR_UNARY_CASE(sign)
-      HR_UNARY_CASE(reciprocal) HR_UNARY_CASE(square) HR_UNARY_CASE(logical_not)
+      HR_UNARY_CASE(neg);
+      HR_UNARY_CASE(exp);
+      HR_UNARY_CASE(log);
+      HR_UNARY_CASE(sqrt);
+      HR_UNARY_CASE(abs);
+      HR_UNARY_CASE(relu);
+      HR_UNARY_CASE(gelu);
+      HR_UNARY_CASE(tanh);
+      HR_UNARY_CASE(sigmoid);
+      HR_UNARY_CASE(sign);
+      HR_UNARY_CASE(reciprocal);
+      HR_UNARY_CASE(square);
+      HR_UNARY_CASE(logical_not);
       case UnaryOp::kCount: break;
     }
   } else {
     switch (op) {
-      HR_UNARY_CASE(neg) HR_UNARY_CASE(abs) HR_UNARY_CASE(relu) HR_UNARY_CASE(sign) HR_UNARY_CASE(square)
-      HR_UNARY_CASE(logical_not)
+      HR_UNARY_CASE(neg);
+      HR_UNARY_CASE(abs);
+      HR_UNARY_CASE(relu);
+      HR_UNARY_CASE(sign);
+      HR_UNARY_CASE(square);
+      HR_UNARY_CASE(logical_not);
       case UnaryOp::kCount: throw DTypeError("cuda unary: invalid op");
       default:
-        throw DTypeError(str_cat("unary ", unary_op_name(op), ": not defined for ", dtype_name(x.dtype()),
-                                 " (shape ", shape_str(x.shape()), ")"));
+        throw DTypeError(str_cat("unary ", unary_op_name(op), ": not defined for ", dtype_name(x.dtype()), " (shape ",
+                                 shape_str(x.shape()), ")"));
     }
   }
 #undef HR_UNARY_CASE
@@ -81,11 +94,22 @@ void binary_launch(const KernelScope& scope, const Tensor& a, const Tensor& b, c
 template <typename T>
 void binary_typed(const KernelScope& scope, BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& out) {
 #define HR_BINARY_CASE(name) \
-  case BinaryOp::name: return binary_launch<T, BinaryOp::name>(scope, a, b, out);
+  case BinaryOp::name: return binary_launch<T, BinaryOp::name>(scope, a, b, out)
   switch (op) {
-    HR_BINARY_CASE(add) HR_BINARY_CASE(sub) HR_BINARY_CASE(mul) HR_BINARY_CASE(div) HR_BINARY_CASE(pow)
-    HR_BINARY_CASE(maximum) HR_BINARY_CASE(minimum) HR_BINARY_CASE(eq) HR_BINARY_CASE(ne) HR_BINARY_CASE(lt)
-    HR_BINARY_CASE(le) HR_BINARY_CASE(gt) HR_BINARY_CASE(ge) HR_BINARY_CASE(relu_backward)
+    HR_BINARY_CASE(add);
+    HR_BINARY_CASE(sub);
+    HR_BINARY_CASE(mul);
+    HR_BINARY_CASE(div);
+    HR_BINARY_CASE(pow);
+    HR_BINARY_CASE(maximum);
+    HR_BINARY_CASE(minimum);
+    HR_BINARY_CASE(eq);
+    HR_BINARY_CASE(ne);
+    HR_BINARY_CASE(lt);
+    HR_BINARY_CASE(le);
+    HR_BINARY_CASE(gt);
+    HR_BINARY_CASE(ge);
+    HR_BINARY_CASE(relu_backward);
     case BinaryOp::gelu_backward:
       if constexpr (std::is_floating_point_v<acc_type<T>>) {
         return binary_launch<T, BinaryOp::gelu_backward>(scope, a, b, out);

@@ -44,8 +44,8 @@ constexpr bool unary_takes_integers(UnaryOp op) {
 }
 constexpr bool binary_takes_integers(BinaryOp op) { return op != BinaryOp::gelu_backward; }
 constexpr bool is_comparison_op(BinaryOp op) {
-  return op == BinaryOp::eq || op == BinaryOp::ne || op == BinaryOp::lt || op == BinaryOp::le ||
-         op == BinaryOp::gt || op == BinaryOp::ge;
+  return op == BinaryOp::eq || op == BinaryOp::ne || op == BinaryOp::lt || op == BinaryOp::le || op == BinaryOp::gt ||
+         op == BinaryOp::ge;
 }
 
 // ---- unary ----

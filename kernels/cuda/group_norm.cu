@@ -81,8 +81,8 @@ __global__ void gn_param_to_acc_kernel(const void* __restrict__ src, DType dt, i
 template <typename T>
 __global__ void __launch_bounds__(kGnMaxThreads)
     gn_forward_kernel(const T* __restrict__ x, const acc_type<T>* __restrict__ w, const acc_type<T>* __restrict__ b,
-                      acc_type<T> eps, T* __restrict__ y, acc_type<T>* __restrict__ mean, acc_type<T>* __restrict__ rstd,
-                      int64_t rows, int64_t groups, int64_t cg, int64_t s) {
+                      acc_type<T> eps, T* __restrict__ y, acc_type<T>* __restrict__ mean,
+                      acc_type<T>* __restrict__ rstd, int64_t rows, int64_t groups, int64_t cg, int64_t s) {
   using C = acc_type<T>;
   __shared__ C shared[32];
   const int64_t m = cg * s;
@@ -116,8 +116,8 @@ __global__ void __launch_bounds__(kGnMaxThreads)
 template <typename T>
 __global__ void __launch_bounds__(kGnMaxThreads)
     gn_backward_dx_kernel(const T* __restrict__ dy, const T* __restrict__ x, const acc_type<T>* __restrict__ w,
-                          const acc_type<T>* __restrict__ mean, const acc_type<T>* __restrict__ rstd, T* __restrict__ dx,
-                          int64_t rows, int64_t groups, int64_t cg, int64_t s) {
+                          const acc_type<T>* __restrict__ mean, const acc_type<T>* __restrict__ rstd,
+                          T* __restrict__ dx, int64_t rows, int64_t groups, int64_t cg, int64_t s) {
   using C = acc_type<T>;
   __shared__ C shared[32];
   const int64_t m = cg * s;
@@ -147,8 +147,8 @@ __global__ void __launch_bounds__(kGnMaxThreads)
 template <typename T>
 __global__ void __launch_bounds__(kGnMaxThreads)
     gn_backward_param_kernel(const T* __restrict__ dy, const T* __restrict__ x, const acc_type<T>* __restrict__ mean,
-                             const acc_type<T>* __restrict__ rstd, int64_t n, int64_t channels, int64_t groups, int64_t cg,
-                             int64_t s, void* dweight, DType dw_dtype, int64_t dw_stride, void* dbias,
+                             const acc_type<T>* __restrict__ rstd, int64_t n, int64_t channels, int64_t groups,
+                             int64_t cg, int64_t s, void* dweight, DType dw_dtype, int64_t dw_stride, void* dbias,
                              DType db_dtype, int64_t db_stride) {
   using C = acc_type<T>;
   __shared__ C shared[32];
@@ -208,8 +208,8 @@ void group_norm_forward_impl(const KernelScope& scope, const GnGeom& g, const Te
 
 template <typename T>
 void group_norm_backward_impl(const KernelScope& scope, const GnGeom& g, const Tensor& dy, const Tensor& x,
-                              const Tensor& weight, const Tensor& save_mean, const Tensor& save_rstd,
-                              const Tensor& dx, const Tensor& dweight, const Tensor& dbias) {
+                              const Tensor& weight, const Tensor& save_mean, const Tensor& save_rstd, const Tensor& dx,
+                              const Tensor& dweight, const Tensor& dbias) {
   using C = acc_type<T>;
   const T* pdy = device_data<const T>(dy);
   const T* px = device_data<const T>(x);
@@ -236,7 +236,8 @@ void group_norm_backward_impl(const KernelScope& scope, const GnGeom& g, const T
 }  // namespace
 
 void CudaBackend::impl_group_norm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t groups,
-                                     double eps, const Tensor& y, const Tensor& save_mean, const Tensor& save_rstd) {
+                                          double eps, const Tensor& y, const Tensor& save_mean,
+                                          const Tensor& save_rstd) {
   const char* op = "group_norm";
   const GnGeom g = kernels::group_norm_geometry(x, groups);  // checked by Backend::group_norm_forward
   if (g.n * g.g == 0) return;
@@ -248,8 +249,8 @@ void CudaBackend::impl_group_norm_forward(const Tensor& x, const Tensor& weight,
 }
 
 void CudaBackend::impl_group_norm_backward(const Tensor& dy, const Tensor& x, const Tensor& weight,
-                                      const Tensor& save_mean, const Tensor& save_rstd, int64_t groups,
-                                      const Tensor& dx, const Tensor& dweight, const Tensor& dbias) {
+                                           const Tensor& save_mean, const Tensor& save_rstd, int64_t groups,
+                                           const Tensor& dx, const Tensor& dweight, const Tensor& dbias) {
   const char* op = "group_norm backward";
   const GnGeom g = kernels::group_norm_geometry(x, groups);  // checked by Backend::group_norm_backward
   if (g.c == 0) return;
@@ -257,8 +258,8 @@ void CudaBackend::impl_group_norm_backward(const Tensor& dy, const Tensor& x, co
   if (x.numel() == 0 && !dweight.defined() && !dbias.defined()) return;
   KernelScope scope(x);
   dispatch_cuda_float(x.dtype(), op, [&](auto tag) {
-    group_norm_backward_impl<typename decltype(tag)::type>(scope, g, dy, x, weight, save_mean, save_rstd, dx,
-                                                           dweight, dbias);
+    group_norm_backward_impl<typename decltype(tag)::type>(scope, g, dy, x, weight, save_mean, save_rstd, dx, dweight,
+                                                           dbias);
   });
 }
 

@@ -116,14 +116,15 @@ void check_index(const KernelScope& scope, const char* op, const Tensor& index, 
                  const Tensor& indexed) {
   HR_CHECK(index.dim() == 1 && index.dtype() == DType::i64, DTypeError, op, ": index must be a 1-d i64 tensor, got ",
            describe(index));
-  HR_CHECK(index.device() == indexed.device(), DeviceError, op, ": index ", describe(index), " is not on the device of ",
-           describe(indexed));
+  HR_CHECK(index.device() == indexed.device(), DeviceError, op, ": index ", describe(index),
+           " is not on the device of ", describe(indexed));
   const int64_t n = index.numel();
   if (n == 0) return;
   Tensor range_buf;
   {
     CategoryScope workspace(MemoryCategory::workspace);
-    range_buf = Tensor::empty({static_cast<int64_t>(sizeof(IndexRange))}, TensorOptions().dtype(DType::u8).device(index.device()));
+    range_buf = Tensor::empty({static_cast<int64_t>(sizeof(IndexRange))},
+                              TensorOptions().dtype(DType::u8).device(index.device()));
   }
   auto* range = device_data<IndexRange>(range_buf);
   const int64_t* idx = device_data<int64_t>(index);
@@ -142,8 +143,8 @@ void check_index(const KernelScope& scope, const char* op, const Tensor& index, 
                                 scope.stream()));
   HR_CUDA_CHECK(cudaStreamSynchronize(scope.stream()));
   throw ValueError(str_cat(op, ": index ", bad_value, " at position ", host.first_bad, " is out of range for dim ", dim,
-                           " of size ", size, " (tensor ", describe(indexed), "); the ", n, " indices span [",
-                           host.min, ", ", host.max, "], valid is [0, ", size - 1, "]"));
+                           " of size ", size, " (tensor ", describe(indexed), "); the ", n, " indices span [", host.min,
+                           ", ", host.max, "], valid is [0, ", size - 1, "]"));
 }
 
 // ---- views for the strided walk ----
@@ -174,9 +175,8 @@ void gather_impl(const KernelScope& scope, const Tensor& x, int64_t dim, const T
   const U* px = device_data<U>(x);
   const int64_t* idx = device_data<int64_t>(index);
   const int64_t istride = index.stride(0), xstep = x.stride(dim);
-  launch_strided<3>(scope, ix, out.numel(), [=] __device__(const int64_t* off) {
-    pout[off[0]] = px[off[1] + idx[off[2] * istride] * xstep];
-  });
+  launch_strided<3>(scope, ix, out.numel(),
+                    [=] __device__(const int64_t* off) { pout[off[0]] = px[off[1] + idx[off[2] * istride] * xstep]; });
 }
 
 // ---- index_add ----
@@ -202,7 +202,8 @@ __device__ __forceinline__ int64_t run_end(const int64_t* keys, int64_t n, int64
   if (hi > n) hi = n;
   while (hi - lo > 1) {  // keys[lo] == key, and hi == n or keys[hi] != key
     const int64_t mid = lo + (hi - lo) / 2;
-    if (keys[mid] == key) lo = mid; else hi = mid;
+    if (keys[mid] == key) lo = mid;
+    else hi = mid;
   }
   return hi;
 }
@@ -225,13 +226,14 @@ SortedIndex sort_index(const KernelScope& scope, const Tensor& index, int64_t si
   int64_t* base = device_data<int64_t>(s.buffers);
   int64_t *keys0 = base, *keys1 = base + n64, *pos0 = base + 2 * n64, *pos1 = base + 3 * n64;
   index_pairs_kernel<<<grid_for(n64), kBlock, 0, scope.stream()>>>(device_data<int64_t>(index), index.stride(0), n,
-                                                                    keys0, pos0);
+                                                                   keys0, pos0);
   HR_CUDA_KERNEL_LAUNCH_CHECK();
   // The values are checked to lie in [0, size), so only their low bits need sorting.
   const int end_bit = std::max(1, static_cast<int>(std::bit_width(static_cast<uint64_t>(size - 1))));
   cub::DoubleBuffer<int64_t> keys(keys0, keys1), positions(pos0, pos1);
   size_t scratch_bytes = 0;
-  HR_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(nullptr, scratch_bytes, keys, positions, n, 0, end_bit, scope.stream()));
+  HR_CUDA_CHECK(
+      cub::DeviceRadixSort::SortPairs(nullptr, scratch_bytes, keys, positions, n, 0, end_bit, scope.stream()));
   const Tensor scratch = Tensor::empty({static_cast<int64_t>(std::max<size_t>(scratch_bytes, 1))},
                                        TensorOptions().dtype(DType::u8).device(index.device()));
   HR_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(scratch.raw_data(), scratch_bytes, keys, positions, n, 0, end_bit,
@@ -242,7 +244,8 @@ SortedIndex sort_index(const KernelScope& scope, const Tensor& index, int64_t si
 }
 
 template <typename T>
-void scatter_add_impl(const KernelScope& scope, const Tensor& out, int64_t dim, const Tensor& index, const Tensor& src) {
+void scatter_add_impl(const KernelScope& scope, const Tensor& out, int64_t dim, const Tensor& index,
+                      const Tensor& src) {
   // Sums of a run: f32 for f16/bf16, f64 for f64, i64 for integers (as on the CPU).
   using A = std::conditional_t<std::is_floating_point_v<acc_type<T>>, acc_type<T>, int64_t>;
   const SortedIndex sorted = sort_index(scope, index, out.size(dim));

@@ -115,9 +115,9 @@ __global__ void __launch_bounds__(kMaxRowThreads)
 
 template <typename T, bool kBlockRow>
 __global__ void __launch_bounds__(kMaxRowThreads)
-    layer_norm_backward_dx_rows(const T* __restrict__ dy, const T* __restrict__ x,
-                                const acc_type<T>* __restrict__ w, const acc_type<T>* __restrict__ mean,
-                                const acc_type<T>* __restrict__ rstd, T* __restrict__ dx, int64_t m, int64_t n) {
+    layer_norm_backward_dx_rows(const T* __restrict__ dy, const T* __restrict__ x, const acc_type<T>* __restrict__ w,
+                                const acc_type<T>* __restrict__ mean, const acc_type<T>* __restrict__ rstd,
+                                T* __restrict__ dx, int64_t m, int64_t n) {
   using C = acc_type<T>;
   using R = Rows<kBlockRow>;
   __shared__ C shared[32];
@@ -191,9 +191,9 @@ __global__ void __launch_bounds__(kParamTileX* kParamTileY)
 // A thread per column adds its `splits` partial sums in order and writes dweight/dbias (either
 // may be null) in their own dtype and stride. splits == 0 (no rows) writes zeros.
 template <typename C>
-__global__ void layer_norm_param_finalize(const C* __restrict__ part_w, const C* __restrict__ part_b,
-                                          int64_t splits, int64_t n, void* dweight, DType dw_dtype,
-                                          int64_t dw_stride, void* dbias, DType db_dtype, int64_t db_stride) {
+__global__ void layer_norm_param_finalize(const C* __restrict__ part_w, const C* __restrict__ part_b, int64_t splits,
+                                          int64_t n, void* dweight, DType dw_dtype, int64_t dw_stride, void* dbias,
+                                          DType db_dtype, int64_t db_stride) {
   for (int64_t j = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; j < n;
        j += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     C sw = 0, sb = 0;
@@ -238,11 +238,11 @@ void layer_norm_forward_impl(const KernelScope& scope, const Tensor& x, const Te
   C* pr = device_data<C>(rstd);
   const RowLaunch l = row_launch(m, n);
   if (l.block_rows)
-    layer_norm_forward_rows<T, true><<<l.grid, l.threads, 0, scope.stream()>>>(px, w, b, affine, static_cast<C>(eps),
-                                                                               py, pm, pr, m, n);
+    layer_norm_forward_rows<T, true>
+        <<<l.grid, l.threads, 0, scope.stream()>>>(px, w, b, affine, static_cast<C>(eps), py, pm, pr, m, n);
   else
-    layer_norm_forward_rows<T, false><<<l.grid, l.threads, 0, scope.stream()>>>(px, w, b, affine, static_cast<C>(eps),
-                                                                                py, pm, pr, m, n);
+    layer_norm_forward_rows<T, false>
+        <<<l.grid, l.threads, 0, scope.stream()>>>(px, w, b, affine, static_cast<C>(eps), py, pm, pr, m, n);
   HR_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -263,8 +263,7 @@ void layer_norm_backward_impl(const KernelScope& scope, const Tensor& dy, const 
     const RowLaunch l = row_launch(m, n);
     if (l.block_rows)
       layer_norm_backward_dx_rows<T, true><<<l.grid, l.threads, 0, scope.stream()>>>(pdy, px, w, pm, pr, pdx, m, n);
-    else
-      layer_norm_backward_dx_rows<T, false><<<l.grid, l.threads, 0, scope.stream()>>>(pdy, px, w, pm, pr, pdx, m, n);
+    else layer_norm_backward_dx_rows<T, false><<<l.grid, l.threads, 0, scope.stream()>>>(pdy, px, w, pm, pr, pdx, m, n);
     HR_CUDA_KERNEL_LAUNCH_CHECK();
   }
   if (!dweight.defined() && !dbias.defined()) return;
@@ -283,8 +282,8 @@ void layer_norm_backward_impl(const KernelScope& scope, const Tensor& dy, const 
     const dim3 block(kParamTileX, kParamTileY);
     const dim3 grid(static_cast<unsigned>(std::min<int64_t>((n + kParamTileX - 1) / kParamTileX, kMaxGrid)),
                     static_cast<unsigned>(splits));
-    layer_norm_param_partials<T><<<grid, block, 0, scope.stream()>>>(pdy, px, pm, pr, part_w, part_b, m, n,
-                                                                     rows_per_split);
+    layer_norm_param_partials<T>
+        <<<grid, block, 0, scope.stream()>>>(pdy, px, pm, pr, part_w, part_b, m, n, rows_per_split);
     HR_CUDA_KERNEL_LAUNCH_CHECK();
   }
   layer_norm_param_finalize<C><<<grid_for(n), kBlock, 0, scope.stream()>>>(
@@ -298,7 +297,7 @@ void layer_norm_backward_impl(const KernelScope& scope, const Tensor& dy, const 
 }  // namespace
 
 void CudaBackend::impl_layer_norm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps,
-                                     const Tensor& y, const Tensor& mean, const Tensor& rstd) {
+                                          const Tensor& y, const Tensor& mean, const Tensor& rstd) {
   const char* op = "layer_norm";
   // The arguments are checked by Backend::layer_norm_forward (Note [op table]).
   if (x.size(0) == 0) return;
@@ -309,8 +308,8 @@ void CudaBackend::impl_layer_norm_forward(const Tensor& x, const Tensor& weight,
 }
 
 void CudaBackend::impl_layer_norm_backward(const Tensor& dy, const Tensor& x, const Tensor& weight, const Tensor& mean,
-                                      const Tensor& rstd, const Tensor& dx, const Tensor& dweight,
-                                      const Tensor& dbias) {
+                                           const Tensor& rstd, const Tensor& dx, const Tensor& dweight,
+                                           const Tensor& dbias) {
   const char* op = "layer_norm backward";
   // The arguments are checked by Backend::layer_norm_backward (Note [op table]).
   if (x.size(1) == 0) return;  // nothing to write: dx is empty, and so are dweight and dbias

@@ -39,8 +39,8 @@ namespace {
 // (trans false); column-major storage with leading dim ld is CUBLAS_OP_T (trans true). ok is
 // false when the matrix needs a contiguous copy. The leading dims always satisfy cuBLAS's
 // ld >= max(1, stored rows). blas_layout (kernels/contract_checks.h) is the CPU's rule too.
-using kernels::BlasLayout;
 using kernels::blas_layout;
+using kernels::BlasLayout;
 
 // A contiguous copy of x through the backend's strided copy, counted as workspace.
 Tensor contiguous_copy(const Tensor& x) {

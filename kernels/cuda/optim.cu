@@ -51,8 +51,8 @@ struct AdamConstants {
 };
 
 template <typename T>
-__global__ void adam_kernel(T* __restrict__ p, const T* __restrict__ g, T* __restrict__ m, T* __restrict__ v,
-                            int64_t n, AdamConstants<acc_type<T>> k) {
+__global__ void adam_kernel(T* __restrict__ p, const T* __restrict__ g, T* __restrict__ m, T* __restrict__ v, int64_t n,
+                            AdamConstants<acc_type<T>> k) {
   using A = acc_type<T>;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -66,15 +66,14 @@ __global__ void adam_kernel(T* __restrict__ p, const T* __restrict__ g, T* __res
   }
 }
 
-
 template <typename T>
 void sgd_impl(const KernelScope& scope, const Tensor& p, const Tensor& g, const Tensor& buf, bool first, double lr,
               double momentum, double weight_decay, bool nesterov) {
   using A = acc_type<T>;
   const int64_t n = p.numel();
   sgd_kernel<T><<<grid_for(n), kBlock, 0, scope.stream()>>>(
-      device_data<T>(p), device_data<T>(g), buf.defined() ? device_data<T>(buf) : nullptr, n, first,
-      static_cast<A>(lr), static_cast<A>(momentum), static_cast<A>(weight_decay), nesterov);
+      device_data<T>(p), device_data<T>(g), buf.defined() ? device_data<T>(buf) : nullptr, n, first, static_cast<A>(lr),
+      static_cast<A>(momentum), static_cast<A>(weight_decay), nesterov);
   HR_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -84,10 +83,10 @@ void adam_impl(const KernelScope& scope, const Tensor& p, const Tensor& g, const
   using A = acc_type<T>;
   const int64_t n = p.numel();
   // Each constant rounded once from AdamStep's double, as on the CPU.
-  const AdamConstants<A> k{static_cast<A>(step.beta1),        static_cast<A>(step.one_minus_beta1),
-                           static_cast<A>(step.beta2),        static_cast<A>(step.one_minus_beta2),
-                           static_cast<A>(step.eps),          static_cast<A>(step.decay),
-                           static_cast<A>(step.l2),           static_cast<A>(step.step_size),
+  const AdamConstants<A> k{static_cast<A>(step.beta1),       static_cast<A>(step.one_minus_beta1),
+                           static_cast<A>(step.beta2),       static_cast<A>(step.one_minus_beta2),
+                           static_cast<A>(step.eps),         static_cast<A>(step.decay),
+                           static_cast<A>(step.l2),          static_cast<A>(step.step_size),
                            static_cast<A>(step.inv_sqrt_bc2)};
   adam_kernel<T><<<grid_for(n), kBlock, 0, scope.stream()>>>(device_data<T>(p), device_data<T>(g), device_data<T>(m),
                                                              device_data<T>(v), n, k);
@@ -97,7 +96,7 @@ void adam_impl(const KernelScope& scope, const Tensor& p, const Tensor& g, const
 }  // namespace
 
 void CudaBackend::impl_sgd_update(const Tensor& p, const Tensor& g, const Tensor& buf, bool first, double lr,
-                             double momentum, double weight_decay, bool nesterov) {
+                                  double momentum, double weight_decay, bool nesterov) {
   const char* op = "cuda sgd_update";
   // The arguments are checked by Backend::sgd_update (Note [op table]).
   if (p.numel() == 0) return;
@@ -108,14 +107,13 @@ void CudaBackend::impl_sgd_update(const Tensor& p, const Tensor& g, const Tensor
 }
 
 void CudaBackend::impl_adam_update(const Tensor& p, const Tensor& g, const Tensor& m, const Tensor& v,
-                              const AdamStep& step) {
+                                   const AdamStep& step) {
   const char* op = "cuda adam_update";
   // The arguments are checked by Backend::adam_update (Note [op table]).
   if (p.numel() == 0) return;
   KernelScope scope(p);
-  dispatch_cuda_float(p.dtype(), op, [&](auto tag) {
-    adam_impl<typename decltype(tag)::type>(scope, p, g, m, v, step);
-  });
+  dispatch_cuda_float(p.dtype(), op,
+                      [&](auto tag) { adam_impl<typename decltype(tag)::type>(scope, p, g, m, v, step); });
 }
 
 }  // namespace headroom::cuda

@@ -37,8 +37,8 @@ struct PoolGeom {
 // The contract's sizes (checked by Backend, Note [op table]) and the parameters the kernels need.
 PoolGeom geometry(const char* op, const Tensor& x, const Tensor& out, const Pool2dParams& p) {
   const kernels::PoolShape s = kernels::pool_shape(x, out);
-  return {s.planes, s.H, s.W, s.OH, s.OW, p.kernel_h, p.kernel_w, p.stride_h, p.stride_w, p.pad_h, p.pad_w,
-          p.count_include_pad};
+  return {s.planes,   s.H,        s.W,        s.OH,    s.OW,    p.kernel_h,
+          p.kernel_w, p.stride_h, p.stride_w, p.pad_h, p.pad_w, p.count_include_pad};
 }
 
 // Output element i -> (plane, oh, ow).
@@ -128,8 +128,8 @@ template <typename T, typename O>
 void max_pool_forward_launch(const KernelScope& scope, const Tensor& x, const Tensor& out, const Tensor& indices,
                              const PoolGeom& g) {
   const int64_t n = out.numel();
-  max_pool_forward_kernel<T, O><<<grid_for(n), kBlock, 0, scope.stream()>>>(
-      device_data<T>(x), device_data<T>(out), device_data<O>(indices), g, n);
+  max_pool_forward_kernel<T, O><<<grid_for(n), kBlock, 0, scope.stream()>>>(device_data<T>(x), device_data<T>(out),
+                                                                            device_data<O>(indices), g, n);
   HR_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -204,26 +204,25 @@ void avg_pool_forward_impl(const KernelScope& scope, const Tensor& x, const Tens
 template <typename T>
 void avg_pool_backward_impl(const KernelScope& scope, const Tensor& dout, const Tensor& dx, const PoolGeom& g) {
   const int64_t n = dx.numel();
-  avg_pool_backward_kernel<T><<<grid_for(n), kBlock, 0, scope.stream()>>>(device_data<T>(dout), device_data<T>(dx),
-                                                                          g, n);
+  avg_pool_backward_kernel<T>
+      <<<grid_for(n), kBlock, 0, scope.stream()>>>(device_data<T>(dout), device_data<T>(dx), g, n);
   HR_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 }  // namespace
 
 void CudaBackend::impl_max_pool2d_forward(const Tensor& x, const Tensor& out, const Tensor& indices,
-                                     const Pool2dParams& p) {
+                                          const Pool2dParams& p) {
   const char* op = "cuda max_pool2d_forward";
   const PoolGeom g = geometry(op, x, out, p);
   if (out.numel() == 0) return;
   KernelScope scope(x);
-  dispatch_cuda_float(x.dtype(), op, [&](auto tag) {
-    max_pool_forward_impl<typename decltype(tag)::type>(scope, x, out, indices, g);
-  });
+  dispatch_cuda_float(
+      x.dtype(), op, [&](auto tag) { max_pool_forward_impl<typename decltype(tag)::type>(scope, x, out, indices, g); });
 }
 
 void CudaBackend::impl_max_pool2d_backward(const Tensor& dout, const Tensor& indices, const Tensor& dx,
-                                      const Pool2dParams& p) {
+                                           const Pool2dParams& p) {
   const char* op = "cuda max_pool2d_backward";
   const PoolGeom g = geometry(op, dx, dout, p);
   if (dx.numel() == 0) return;
@@ -238,9 +237,8 @@ void CudaBackend::impl_avg_pool2d_forward(const Tensor& x, const Tensor& out, co
   const PoolGeom g = geometry(op, x, out, p);
   if (out.numel() == 0) return;
   KernelScope scope(x);
-  dispatch_cuda_float(x.dtype(), op, [&](auto tag) {
-    avg_pool_forward_impl<typename decltype(tag)::type>(scope, x, out, g);
-  });
+  dispatch_cuda_float(x.dtype(), op,
+                      [&](auto tag) { avg_pool_forward_impl<typename decltype(tag)::type>(scope, x, out, g); });
 }
 
 void CudaBackend::impl_avg_pool2d_backward(const Tensor& dout, const Tensor& dx, const Pool2dParams& p) {
@@ -248,9 +246,8 @@ void CudaBackend::impl_avg_pool2d_backward(const Tensor& dout, const Tensor& dx,
   const PoolGeom g = geometry(op, dx, dout, p);
   if (dx.numel() == 0) return;
   KernelScope scope(dx);
-  dispatch_cuda_float(dx.dtype(), op, [&](auto tag) {
-    avg_pool_backward_impl<typename decltype(tag)::type>(scope, dout, dx, g);
-  });
+  dispatch_cuda_float(dx.dtype(), op,
+                      [&](auto tag) { avg_pool_backward_impl<typename decltype(tag)::type>(scope, dout, dx, g); });
 }
 
 }  // namespace headroom::cuda

@@ -116,9 +116,8 @@ struct ReduceGeometry {
 // The value a reduction carries: f32 for f16/bf16/f32, f64 for f64, int64 for integers and
 // bool (shuffle-able types, all of them).
 template <typename T>
-using reduce_value_t =
-    std::conditional_t<std::is_same_v<T, double>, double,
-                       std::conditional_t<std::is_floating_point_v<acc_type<T>>, float, long long>>;
+using reduce_value_t = std::conditional_t<std::is_same_v<T, double>, double,
+                                          std::conditional_t<std::is_floating_point_v<acc_type<T>>, float, long long>>;
 
 template <typename T>
 struct SumReducer {
@@ -298,7 +297,8 @@ void run_reduce(const KernelScope& scope, const Tensor& x, const Tensor& out, Re
   // threadIdx.x. Short reductions always go a thread per output.
   const int64_t red_inner = std::abs(g.red.strides[0][g.red.ndim - 1]);
   const bool has_kept = g.M > 1;
-  const int64_t kept_inner = has_kept ? std::abs(g.kept.strides[0][g.kept.ndim - 1]) : std::numeric_limits<int64_t>::max();
+  const int64_t kept_inner =
+      has_kept ? std::abs(g.kept.strides[0][g.kept.ndim - 1]) : std::numeric_limits<int64_t>::max();
   g.row = g.K >= 32 && red_inner <= kept_inner;
 
   dim3 block;
@@ -344,9 +344,10 @@ void run_reduce(const KernelScope& scope, const Tensor& x, const Tensor& out, Re
   reduce_kernel<T, R><<<grid, block, 0, scope.stream()>>>(px, po, partial, g, r);
   HR_CUDA_KERNEL_LAUNCH_CHECK();
   const int64_t warps_per_block = kBlock / 32;
-  const auto fin_blocks = static_cast<unsigned>(std::min<int64_t>((g.M + warps_per_block - 1) / warps_per_block, 65535 * 8));
-  reduce_finalize_kernel<R><<<fin_blocks, kBlock, 0, scope.stream()>>>(partial, po, g.kept, g.M,
-                                                                       static_cast<int>(splits), g.K, r);
+  const auto fin_blocks =
+      static_cast<unsigned>(std::min<int64_t>((g.M + warps_per_block - 1) / warps_per_block, 65535 * 8));
+  reduce_finalize_kernel<R>
+      <<<fin_blocks, kBlock, 0, scope.stream()>>>(partial, po, g.kept, g.M, static_cast<int>(splits), g.K, r);
   HR_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -373,8 +374,8 @@ void CudaBackend::impl_reduce(ReduceOp op, const Tensor& x, const Tensor& out) {
   HR_CHECK(xs.size() == os.size(), ShapeError, "reduce ", name, ": input ", shape_str(xs), " and output ",
            shape_str(os), " differ in rank");
   const bool arg = op == ReduceOp::argmax || op == ReduceOp::argmin;
-  HR_CHECK(arg ? out.dtype() == DType::i64 : out.dtype() == x.dtype(), DTypeError, "reduce ", name,
-           ": output dtype ", dtype_name(out.dtype()), " does not fit input ", dtype_name(x.dtype()));
+  HR_CHECK(arg ? out.dtype() == DType::i64 : out.dtype() == x.dtype(), DTypeError, "reduce ", name, ": output dtype ",
+           dtype_name(out.dtype()), " does not fit input ", dtype_name(x.dtype()));
   HR_CHECK(x.numel() > 0 || op == ReduceOp::sum || op == ReduceOp::mean, ValueError, "reduce ", name,
            ": cannot reduce an empty tensor ", shape_str(xs));
   std::vector<int64_t> kept_sizes, red_sizes;
@@ -383,8 +384,8 @@ void CudaBackend::impl_reduce(ReduceOp op, const Tensor& x, const Tensor& out) {
   ReduceGeometry g;
   for (size_t d = 0; d < xs.size(); ++d) {
     const bool reduced = os[d] == 1 && xs[d] != 1;
-    HR_CHECK(reduced || os[d] == xs[d], ShapeError, "reduce ", name, ": output ", shape_str(os),
-             " does not fit input ", shape_str(xs));
+    HR_CHECK(reduced || os[d] == xs[d], ShapeError, "reduce ", name, ": output ", shape_str(os), " does not fit input ",
+             shape_str(xs));
     if (reduced) {
       red_sizes.push_back(xs[d]);
       red_strides[0].push_back(x.strides()[d]);

@@ -24,9 +24,7 @@ struct Rows {
   __device__ static int64_t first() {
     return kBlockRow ? blockIdx.x : blockIdx.x * static_cast<int64_t>(blockDim.x / 32) + threadIdx.x / 32;
   }
-  __device__ static int64_t step() {
-    return kBlockRow ? gridDim.x : gridDim.x * static_cast<int64_t>(blockDim.x / 32);
-  }
+  __device__ static int64_t step() { return kBlockRow ? gridDim.x : gridDim.x * static_cast<int64_t>(blockDim.x / 32); }
   // The row's sum, in every lane. `shared` holds 32 values.
   template <typename C>
   __device__ static C sum(C v, C* shared) {

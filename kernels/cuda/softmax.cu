@@ -90,7 +90,6 @@ __device__ MaxSum<C> row_max_sum(MaxSum<C> v, C* sm, C* ss) {
   return v;
 }
 
-
 // Column launches: threadIdx.x walks columns, threadIdx.y (a power of two) splits each
 // column's n elements. Combines per-thread values over threadIdx.y in shared[blockDim], result
 // in every thread of the column. Called by the whole block.
@@ -215,16 +214,14 @@ __global__ void __launch_bounds__(kMaxRowThreads)
       for (int64_t j = lane; j < n; j += lanes)
         dxr[j] = convert<T>(convert<C>(dyr[j]) - dev_exp(convert<C>(yr[j])) * s);
     } else {
-      for (int64_t j = lane; j < n; j += lanes)
-        dxr[j] = convert<T>(convert<C>(yr[j]) * (convert<C>(dyr[j]) - s));
+      for (int64_t j = lane; j < n; j += lanes) dxr[j] = convert<T>(convert<C>(yr[j]) * (convert<C>(dyr[j]) - s));
     }
   }
 }
 
 template <typename T>
-__global__ void __launch_bounds__(kBlock)
-    softmax_backward_columns(const T* __restrict__ y, const T* __restrict__ dy, T* __restrict__ dx,
-                             ColumnGeometry g, bool log) {
+__global__ void __launch_bounds__(kBlock) softmax_backward_columns(const T* __restrict__ y, const T* __restrict__ dy,
+                                                                   T* __restrict__ dx, ColumnGeometry g, bool log) {
   using C = acc_type<T>;
   __shared__ C shared[kBlock];
   for (int64_t c0 = blockIdx.x * static_cast<int64_t>(blockDim.x); c0 < g.columns;
@@ -272,12 +269,14 @@ ColumnLaunch column_launch(const ColumnGeometry& g) {
 }
 
 template <typename T>
-void softmax_forward_impl(const KernelScope& scope, const Tensor& x, const Tensor& y, const SoftmaxGeometry& g, bool log) {
+void softmax_forward_impl(const KernelScope& scope, const Tensor& x, const Tensor& y, const SoftmaxGeometry& g,
+                          bool log) {
   const T* px = device_data<const T>(x);
   T* py = device_data<T>(y);
   if (g.inner == 1) {
     const RowLaunch l = row_launch(g.outer, g.n);
-    if (l.block_rows) softmax_forward_rows<T, true><<<l.grid, l.threads, 0, scope.stream()>>>(px, py, g.outer, g.n, log);
+    if (l.block_rows)
+      softmax_forward_rows<T, true><<<l.grid, l.threads, 0, scope.stream()>>>(px, py, g.outer, g.n, log);
     else softmax_forward_rows<T, false><<<l.grid, l.threads, 0, scope.stream()>>>(px, py, g.outer, g.n, log);
   } else {
     const ColumnGeometry cg{g.outer * g.inner, g.n, g.inner};
@@ -297,8 +296,7 @@ void softmax_backward_impl(const KernelScope& scope, const Tensor& y, const Tens
     const RowLaunch l = row_launch(g.outer, g.n);
     if (l.block_rows)
       softmax_backward_rows<T, true><<<l.grid, l.threads, 0, scope.stream()>>>(py, pdy, pdx, g.outer, g.n, log);
-    else
-      softmax_backward_rows<T, false><<<l.grid, l.threads, 0, scope.stream()>>>(py, pdy, pdx, g.outer, g.n, log);
+    else softmax_backward_rows<T, false><<<l.grid, l.threads, 0, scope.stream()>>>(py, pdy, pdx, g.outer, g.n, log);
   } else {
     const ColumnGeometry cg{g.outer * g.inner, g.n, g.inner};
     const ColumnLaunch l = column_launch(cg);
@@ -334,9 +332,9 @@ __global__ void __launch_bounds__(kMaxRowThreads)
 
 // dlogits = dlosses[r] * (exp(logits - lse[r]) - onehot(target[r])); zero for an ignored row.
 template <typename T>
-__global__ void cross_entropy_backward_kernel(const T* __restrict__ x, const int64_t* __restrict__ target,
-                                              int64_t ts, const acc_type<T>* __restrict__ lse, const T* __restrict__ dl,
-                                              int64_t ds, T* __restrict__ dx, int64_t rows, int64_t c) {
+__global__ void cross_entropy_backward_kernel(const T* __restrict__ x, const int64_t* __restrict__ target, int64_t ts,
+                                              const acc_type<T>* __restrict__ lse, const T* __restrict__ dl, int64_t ds,
+                                              T* __restrict__ dx, int64_t rows, int64_t c) {
   using C = acc_type<T>;
   const int64_t total = rows * c;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
@@ -363,9 +361,11 @@ void cross_entropy_forward_impl(const KernelScope& scope, const Tensor& logits, 
   acc_type<T>* plse = device_data<acc_type<T>>(lse);  // f32, f64 for f64 (statistics_dtype)
   const RowLaunch l = row_launch(n, c);
   if (l.block_rows)
-    cross_entropy_forward_rows<T, true><<<l.grid, l.threads, 0, scope.stream()>>>(px, pt, target.stride(0), pl, plse, n, c);
+    cross_entropy_forward_rows<T, true>
+        <<<l.grid, l.threads, 0, scope.stream()>>>(px, pt, target.stride(0), pl, plse, n, c);
   else
-    cross_entropy_forward_rows<T, false><<<l.grid, l.threads, 0, scope.stream()>>>(px, pt, target.stride(0), pl, plse, n, c);
+    cross_entropy_forward_rows<T, false>
+        <<<l.grid, l.threads, 0, scope.stream()>>>(px, pt, target.stride(0), pl, plse, n, c);
   HR_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -375,7 +375,8 @@ void cross_entropy_backward_impl(const KernelScope& scope, const Tensor& logits,
   const int64_t n = logits.size(0), c = logits.size(1);
   cross_entropy_backward_kernel<T><<<grid_for(n * c), kBlock, 0, scope.stream()>>>(
       device_data<const T>(logits), device_data<const int64_t>(target), target.stride(0),
-      device_data<const acc_type<T>>(lse), device_data<const T>(dlosses), dlosses.stride(0), device_data<T>(dlogits), n, c);
+      device_data<const acc_type<T>>(lse), device_data<const T>(dlosses), dlosses.stride(0), device_data<T>(dlogits), n,
+      c);
   HR_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -386,9 +387,8 @@ void CudaBackend::impl_softmax_forward(const Tensor& x, const Tensor& y, int64_t
   if (x.numel() == 0) return;
   const SoftmaxGeometry g = softmax_geometry(x.shape(), x.dim() == 0 ? 0 : wrap_dim(dim, x.dim(), op));
   KernelScope scope(x);
-  dispatch_cuda_float(x.dtype(), op, [&](auto tag) {
-    softmax_forward_impl<typename decltype(tag)::type>(scope, x, y, g, log);
-  });
+  dispatch_cuda_float(x.dtype(), op,
+                      [&](auto tag) { softmax_forward_impl<typename decltype(tag)::type>(scope, x, y, g, log); });
 }
 
 void CudaBackend::impl_softmax_backward(const Tensor& y, const Tensor& dy, const Tensor& dx, int64_t dim, bool log) {
@@ -396,13 +396,12 @@ void CudaBackend::impl_softmax_backward(const Tensor& y, const Tensor& dy, const
   if (y.numel() == 0) return;
   const SoftmaxGeometry g = softmax_geometry(y.shape(), y.dim() == 0 ? 0 : wrap_dim(dim, y.dim(), op));
   KernelScope scope(y);
-  dispatch_cuda_float(y.dtype(), op, [&](auto tag) {
-    softmax_backward_impl<typename decltype(tag)::type>(scope, y, dy, dx, g, log);
-  });
+  dispatch_cuda_float(y.dtype(), op,
+                      [&](auto tag) { softmax_backward_impl<typename decltype(tag)::type>(scope, y, dy, dx, g, log); });
 }
 
 void CudaBackend::impl_cross_entropy_forward(const Tensor& logits, const Tensor& target, const Tensor& losses,
-                                        const Tensor& lse) {
+                                             const Tensor& lse) {
   const char* op = "cross_entropy";
   if (logits.size(0) == 0) return;
   KernelScope scope(logits);
@@ -412,7 +411,7 @@ void CudaBackend::impl_cross_entropy_forward(const Tensor& logits, const Tensor&
 }
 
 void CudaBackend::impl_cross_entropy_backward(const Tensor& logits, const Tensor& target, const Tensor& lse,
-                                         const Tensor& dlosses, const Tensor& dlogits) {
+                                              const Tensor& dlosses, const Tensor& dlogits) {
   const char* op = "cross_entropy backward";
   if (logits.numel() == 0) return;
   KernelScope scope(logits);

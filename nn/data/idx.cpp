@@ -29,9 +29,9 @@ namespace headroom::data {
 
 namespace {
 
-constexpr size_t kChunk = size_t{1} << 24;                    // 16 MiB a gzread call
-constexpr size_t kInputChunk = size_t{1} << 17;               // compressed bytes read at a time
-constexpr uint64_t kMaxDataBytes = uint64_t{1} << 40;         // no IDX file is a terabyte
+constexpr size_t kChunk = size_t{1} << 24;             // 16 MiB a gzread call
+constexpr size_t kInputChunk = size_t{1} << 17;        // compressed bytes read at a time
+constexpr uint64_t kMaxDataBytes = uint64_t{1} << 40;  // no IDX file is a terabyte
 
 void check_readable(const std::string& path, const char* op) {
   std::error_code ec;
@@ -267,8 +267,8 @@ Tensor parse_idx(GzipDecoder& in, const std::string& name, const char* op) {
   std::vector<uint8_t> dim_bytes(4 * ndim);
   got = in.read(dim_bytes.data(), dim_bytes.size());
   if (got < dim_bytes.size())
-    throw IOError(truncation_message(op, name, 4 + got, header_bytes, str_cat("a header with ", ndim, " dims"),
-                                     in.stream_cut()));
+    throw IOError(
+        truncation_message(op, name, 4 + got, header_bytes, str_cat("a header with ", ndim, " dims"), in.stream_cut()));
   Shape shape(ndim);
   const size_t elem = dtype_size(type->dtype);
   // Bytes counting only the non-zero dims (Note [shape arithmetic]), capped before they overflow.
@@ -296,11 +296,10 @@ Tensor parse_idx(GzipDecoder& in, const std::string& name, const char* op) {
     got = in.read(bytes.data() + old, want);
     bytes.resize(old + got);
     if (got < want)
-      throw IOError(truncation_message(
-          op, name, header_bytes + bytes.size(), header_bytes + data_bytes,
-          str_cat("a ", header_bytes, "-byte header and ", data_bytes, " bytes of ", dtype_name(type->dtype), " ",
-                  shape_str(shape)),
-          in.stream_cut()));
+      throw IOError(truncation_message(op, name, header_bytes + bytes.size(), header_bytes + data_bytes,
+                                       str_cat("a ", header_bytes, "-byte header and ", data_bytes, " bytes of ",
+                                               dtype_name(type->dtype), " ", shape_str(shape)),
+                                       in.stream_cut()));
   }
   // Nothing may follow; reading to the end also makes zlib verify the gzip checksum.
   uint8_t extra[256];
@@ -377,14 +376,15 @@ void write_idx_gz(const std::string& path, const Tensor& t) {
            "); use u8, i32, f32 or f64");
   HR_CHECK(t.dim() >= 1 && t.dim() <= 255, ShapeError, "write_idx_gz: IDX needs 1 to 255 dims, got ", describe(t));
   for (int64_t s : t.shape())
-    HR_CHECK(s <= static_cast<int64_t>(std::numeric_limits<uint32_t>::max()), ShapeError,
-             "write_idx_gz: dim of ", describe(t), " does not fit IDX's u32");
+    HR_CHECK(s <= static_cast<int64_t>(std::numeric_limits<uint32_t>::max()), ShapeError, "write_idx_gz: dim of ",
+             describe(t), " does not fit IDX's u32");
 
   Tensor host = Tensor::empty(t.shape(), t.dtype());
   copy_tensor(host, t);  // contiguous, on the CPU
   std::vector<uint8_t> bytes{0, 0, type->code, static_cast<uint8_t>(t.dim())};
   for (int64_t s : t.shape())
-    for (int shift = 24; shift >= 0; shift -= 8) bytes.push_back(static_cast<uint8_t>(static_cast<uint64_t>(s) >> shift));
+    for (int shift = 24; shift >= 0; shift -= 8)
+      bytes.push_back(static_cast<uint8_t>(static_cast<uint64_t>(s) >> shift));
   size_t header = bytes.size();
   bytes.resize(header + host.nbytes());
   if (host.nbytes() > 0) std::memcpy(bytes.data() + header, host.raw_data(), host.nbytes());

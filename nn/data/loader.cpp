@@ -48,8 +48,7 @@ BatchLoader::BatchLoader(const Dataset& dataset, int64_t batch_size, bool shuffl
   HR_CHECK(dataset.images.defined() && dataset.labels.defined(), ValueError,
            "BatchLoader: the data set has no images or no labels");
   HR_CHECK(batch_size > 0, ValueError, "BatchLoader: batch_size must be positive, got ", batch_size);
-  HR_CHECK(dataset.images.dim() >= 1 && dataset.labels.dim() >= 1 &&
-               dataset.images.size(0) == dataset.labels.size(0),
+  HR_CHECK(dataset.images.dim() >= 1 && dataset.labels.dim() >= 1 && dataset.images.size(0) == dataset.labels.size(0),
            ShapeError, "BatchLoader: images ", describe(dataset.images), " and labels ", describe(dataset.labels),
            " differ in their number of samples (first dim)");
   // Own contiguous host copies (or the same tensors when they already are), so a gather is a
@@ -105,7 +104,8 @@ bool BatchLoader::next(Tensor& images, Tensor& labels) {
     const auto* from = static_cast<const uint8_t*>(src.raw_data());
     auto* to = static_cast<uint8_t*>(out.raw_data());
     for (int64_t i = 0; i < b; ++i)
-      std::memcpy(to + static_cast<size_t>(i) * row, from + static_cast<size_t>(order_[static_cast<size_t>(cursor_ + i)]) * row, row);
+      std::memcpy(to + static_cast<size_t>(i) * row,
+                  from + static_cast<size_t>(order_[static_cast<size_t>(cursor_ + i)]) * row, row);
     return out;
   };
   images = gather(images_);

@@ -27,8 +27,7 @@ std::vector<int64_t> shuffled_indices(int64_t n, uint64_t seed, int64_t epoch);
 
 class BatchLoader {
  public:
-  BatchLoader(const Dataset& dataset, int64_t batch_size, bool shuffle, uint64_t seed,
-              bool drop_last = false);
+  BatchLoader(const Dataset& dataset, int64_t batch_size, bool shuffle, uint64_t seed, bool drop_last = false);
 
   int64_t num_batches() const;
   int64_t batch_size() const { return batch_size_; }

@@ -21,8 +21,8 @@ namespace headroom::nn {
 
 class CausalSelfAttention : public Module {
  public:
-  CausalSelfAttention(int64_t n_embd, int64_t n_head, double dropout = 0.0,
-                      AttentionImpl impl = AttentionImpl::fused, bool bias = true);
+  CausalSelfAttention(int64_t n_embd, int64_t n_head, double dropout = 0.0, AttentionImpl impl = AttentionImpl::fused,
+                      bool bias = true);
   Tensor forward(const Tensor& x) override;  // [B, T, C] -> [B, T, C]
   std::string name() const override;
 

@@ -13,9 +13,8 @@ namespace headroom::nn {
 Conv2d::Conv2d(int64_t in, int64_t out, int64_t k, int64_t s, int64_t p, int64_t g, bool with_bias,
                LayerOptions options)
     : in_channels(in), out_channels(out), kernel(k), stride(s), padding(p), groups(g) {
-  HR_CHECK(in > 0 && out > 0 && k > 0 && s > 0 && p >= 0 && g > 0, ValueError,
-           "Conv2d: invalid arguments in=", in, ", out=", out, ", kernel=", k, ", stride=", s, ", padding=", p,
-           ", groups=", g);
+  HR_CHECK(in > 0 && out > 0 && k > 0 && s > 0 && p >= 0 && g > 0, ValueError, "Conv2d: invalid arguments in=", in,
+           ", out=", out, ", kernel=", k, ", stride=", s, ", padding=", p, ", groups=", g);
   HR_CHECK(in % g == 0 && out % g == 0, ValueError, "Conv2d: in_channels ", in, " and out_channels ", out,
            " must both be divisible by groups ", g);
   const TensorOptions opts = options.tensor_options("Conv2d");

@@ -33,7 +33,8 @@ void GPTConfig::validate() const {
 std::string GPTConfig::str() const {
   return str_cat("GPT(vocab=", vocab_size, ", block=", block_size, ", layers=", n_layer, ", heads=", n_head,
                  ", embd=", n_embd, ", ", attention_impl_name(attention), " attention",
-                 checkpoint == CheckpointMode::none ? "" : str_cat(", checkpoint=", checkpoint_mode_name(checkpoint)), ")");
+                 checkpoint == CheckpointMode::none ? "" : str_cat(", checkpoint=", checkpoint_mode_name(checkpoint)),
+                 ")");
 }
 
 // ---- MLP and Block ----
@@ -49,8 +50,8 @@ Tensor MLP::forward(const Tensor& x) { return dropout->forward(c_proj->forward(g
 
 Block::Block(const GPTConfig& cfg) {
   ln_1 = register_module("ln_1", std::make_shared<LayerNorm>(Shape{cfg.n_embd}));
-  attn = register_module("attn", std::make_shared<CausalSelfAttention>(cfg.n_embd, cfg.n_head, cfg.dropout,
-                                                                       cfg.attention, cfg.bias));
+  attn = register_module(
+      "attn", std::make_shared<CausalSelfAttention>(cfg.n_embd, cfg.n_head, cfg.dropout, cfg.attention, cfg.bias));
   ln_2 = register_module("ln_2", std::make_shared<LayerNorm>(Shape{cfg.n_embd}));
   mlp = register_module("mlp", std::make_shared<MLP>(cfg.n_embd, cfg.dropout, cfg.bias));
 }

@@ -26,8 +26,8 @@ GroupNorm::GroupNorm(int64_t g, int64_t c, double eps_in, bool affine, LayerOpti
 }
 
 Tensor GroupNorm::forward(const Tensor& x) {
-  HR_CHECK(x.dim() >= 2 && x.size(1) == channels, ShapeError, name(), ": expected input [N, ", channels,
-           ", *], got ", shape_str(x.shape()));
+  HR_CHECK(x.dim() >= 2 && x.size(1) == channels, ShapeError, name(), ": expected input [N, ", channels, ", *], got ",
+           shape_str(x.shape()));
   return nn::group_norm(x, groups, weight, bias, eps);
 }
 

@@ -20,9 +20,9 @@ class BatchNorm2d : public Module {
 
   int64_t channels;
   double eps, momentum;
-  Tensor weight, bias;                  // parameters [C]: 1 and 0
-  Tensor running_mean, running_var;     // buffers [C]: 0 and 1
-  Tensor num_batches_tracked;           // buffer, i64 scalar
+  Tensor weight, bias;               // parameters [C]: 1 and 0
+  Tensor running_mean, running_var;  // buffers [C]: 0 and 1
+  Tensor num_batches_tracked;        // buffer, i64 scalar
 };
 
 class LayerNorm : public Module {

@@ -11,12 +11,13 @@ DepthwiseSeparableConv2d::DepthwiseSeparableConv2d(int64_t in, int64_t out, int6
     : in_channels(in), out_channels(out), stride(s), kernel(k) {
   HR_CHECK(in > 0 && out > 0 && s > 0 && k > 0, ValueError, "DepthwiseSeparableConv2d: invalid arguments in=", in,
            ", out=", out, ", stride=", s, ", kernel=", k);
-  HR_CHECK(k % 2 == 1, ValueError, "DepthwiseSeparableConv2d: kernel must be odd (padding kernel/2 keeps the size), got ",
-           k);
+  HR_CHECK(k % 2 == 1, ValueError,
+           "DepthwiseSeparableConv2d: kernel must be odd (padding kernel/2 keeps the size), got ", k);
   depthwise = register_module("depthwise", std::make_shared<Conv2d>(in, in, k, s, k / 2, /*groups=*/in,
                                                                     /*bias=*/!batch_norm));
   if (batch_norm) depthwise_bn = register_module("depthwise_bn", std::make_shared<BatchNorm2d>(in));
-  pointwise = register_module("pointwise", std::make_shared<Conv2d>(in, out, 1, 1, 0, /*groups=*/1, /*bias=*/!batch_norm));
+  pointwise =
+      register_module("pointwise", std::make_shared<Conv2d>(in, out, 1, 1, 0, /*groups=*/1, /*bias=*/!batch_norm));
   if (batch_norm) pointwise_bn = register_module("pointwise_bn", std::make_shared<BatchNorm2d>(out));
 }
 

@@ -35,13 +35,12 @@ class DepthwiseSeparableConv2d : public Module {
   std::string name() const override;
 
   // in*k*k + in*out, plus 2*(in + out) with BatchNorm or (in + out) biases without.
-  static int64_t parameter_count(int64_t in_channels, int64_t out_channels, int64_t kernel = 3,
-                                 bool batch_norm = true);
+  static int64_t parameter_count(int64_t in_channels, int64_t out_channels, int64_t kernel = 3, bool batch_norm = true);
 
   int64_t in_channels, out_channels, stride, kernel;
-  std::shared_ptr<Conv2d> depthwise;        // [in, 1, k, k], groups = in
+  std::shared_ptr<Conv2d> depthwise;          // [in, 1, k, k], groups = in
   std::shared_ptr<BatchNorm2d> depthwise_bn;  // null without batch_norm
-  std::shared_ptr<Conv2d> pointwise;        // [out, in, 1, 1]
+  std::shared_ptr<Conv2d> pointwise;          // [out, in, 1, 1]
   std::shared_ptr<BatchNorm2d> pointwise_bn;  // null without batch_norm
 };
 

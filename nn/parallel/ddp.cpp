@@ -115,7 +115,8 @@ void DistributedDataParallel::layout_buckets() {
       }
       for (size_t i = 0; i < bucket.params.size(); ++i) {
         const Tensor& p = params_[bucket.params[i]];
-        bucket.params_flat.slice(0, bucket.offsets[i], bucket.offsets[i] + p.numel()).copy_(p.detach().reshape({p.numel()}));
+        bucket.params_flat.slice(0, bucket.offsets[i], bucket.offsets[i] + p.numel())
+            .copy_(p.detach().reshape({p.numel()}));
       }
       bucket.shard_grad = Tensor::zeros({chunk}, options);
       bucket.shard_param = bucket.params_flat.slice(0, me * chunk, (me + 1) * chunk);
@@ -145,7 +146,8 @@ void DistributedDataParallel::layout_buckets() {
       params_[k].set_grad(view);
     }
     set_grad_slot(params_[k], [this, k](const Tensor&) { return bucket_view(k); });
-    hooks_.push_back(register_post_accumulate_grad_hook(params_[k], [this, k](const Tensor&) { on_gradient_final(k); }));
+    hooks_.push_back(
+        register_post_accumulate_grad_hook(params_[k], [this, k](const Tensor&) { on_gradient_final(k); }));
   }
   final_.assign(params_.size(), 0);
 }

@@ -86,7 +86,7 @@
 namespace headroom::nn {
 
 struct DDPOptions {
-  size_t bucket_cap_bytes = size_t{25} << 20;       // Note [gradient buckets]
+  size_t bucket_cap_bytes = size_t{25} << 20;  // Note [gradient buckets]
   size_t first_bucket_cap_bytes = size_t{1} << 20;
   // Rank 0's buffers (BatchNorm statistics) are broadcast to every rank before each forward(),
   // as PyTorch does; off: only at construction.
@@ -97,11 +97,11 @@ struct DDPOptions {
 
 // What the last synchronised backward cost (Note [overlapped all-reduce]).
 struct DDPSyncStats {
-  int64_t buckets = 0;                // all-reduced in it
-  int64_t bytes = 0;                  // gradient bytes all-reduced
-  int64_t started_in_backward = 0;    // buckets started by the hooks, before backward's end
-  double communication_seconds = 0;   // the all-reduces' own time (Work::seconds), summed
-  double exposed_seconds = 0;         // what backward's end waited for them
+  int64_t buckets = 0;               // all-reduced in it
+  int64_t bytes = 0;                 // gradient bytes all-reduced
+  int64_t started_in_backward = 0;   // buckets started by the hooks, before backward's end
+  double communication_seconds = 0;  // the all-reduces' own time (Work::seconds), summed
+  double exposed_seconds = 0;        // what backward's end waited for them
   // The most bytes of full gradient buckets held at once (stage 2 allocates and frees them
   // during backward; otherwise they are always all there).
   int64_t bucket_bytes_peak = 0;
@@ -114,13 +114,13 @@ struct DDPSyncStats {
 class DistributedDataParallel final : public Module {
  public:
   struct Bucket {
-    Tensor flat;                     // the gradients of its parameters, back to back (stage 2: only while in use)
-    std::vector<size_t> params;      // indices into parameters(), in the bucket's order
-    std::vector<int64_t> offsets;    // element offset of each in flat
-    int64_t numel = 0;               // the parameters' elements
-    int64_t padded = 0;              // flat's elements: numel, rounded up to a multiple of N under ZeRO
-    int64_t pending = 0;             // gradients of this backward not final yet
-    dist::WorkPtr work;              // the all-reduce (reduce-scatter) of this backward, once started
+    Tensor flat;                   // the gradients of its parameters, back to back (stage 2: only while in use)
+    std::vector<size_t> params;    // indices into parameters(), in the bucket's order
+    std::vector<int64_t> offsets;  // element offset of each in flat
+    int64_t numel = 0;             // the parameters' elements
+    int64_t padded = 0;            // flat's elements: numel, rounded up to a multiple of N under ZeRO
+    int64_t pending = 0;           // gradients of this backward not final yet
+    dist::WorkPtr work;            // the all-reduce (reduce-scatter) of this backward, once started
     // Note [ZeRO stages]: the parameters' flat buffer, this rank's chunk of it (what the
     // optimizer updates) and the chunk's averaged gradient.
     Tensor params_flat, shard_param, shard_grad;
@@ -144,7 +144,9 @@ class DistributedDataParallel final : public Module {
   // Note [no_sync]: RAII; restores the previous setting when it ends.
   class NoSync {
    public:
-    explicit NoSync(DistributedDataParallel& ddp) : ddp_(&ddp), previous_(ddp.require_sync_) { ddp.require_sync_ = false; }
+    explicit NoSync(DistributedDataParallel& ddp) : ddp_(&ddp), previous_(ddp.require_sync_) {
+      ddp.require_sync_ = false;
+    }
     ~NoSync() {
       if (ddp_) ddp_->require_sync_ = previous_;
     }
@@ -185,7 +187,7 @@ class DistributedDataParallel final : public Module {
   // Every rank's updated chunks into every rank's parameters (a collective).
   void gather_parameters();
   const DDPSyncStats& last_sync() const { return last_; }
-  int64_t syncs() const { return syncs_; }                  // synchronised backwards so far
+  int64_t syncs() const { return syncs_; }                     // synchronised backwards so far
   int64_t bucket_all_reduces() const { return all_reduces_; }  // bucket all-reduces started so far
   std::string name() const override;
 
@@ -196,20 +198,20 @@ class DistributedDataParallel final : public Module {
   void launch_ready();
   void launch(size_t bucket);
   void finish_cycle();
-  Tensor bucket_view(size_t param);       // the parameter's gradient in its bucket (allocated at stage 2)
+  Tensor bucket_view(size_t param);  // the parameter's gradient in its bucket (allocated at stage 2)
   void ensure_bucket(size_t bucket);
-  void release_reduced();                 // stage 2: free the buckets whose reduce-scatter is done
+  void release_reduced();  // stage 2: free the buckets whose reduce-scatter is done
   int64_t held_bucket_bytes() const;
   bool sharded() const { return options_.zero_stage > 0; }
 
   std::shared_ptr<Module> module_;
   dist::ProcessGroup& group_;
   DDPOptions options_;
-  std::vector<Tensor> params_;                  // parameters(), in registration order
+  std::vector<Tensor> params_;                    // parameters(), in registration order
   std::vector<std::pair<size_t, size_t>> where_;  // param -> (bucket, index in bucket)
   std::vector<Bucket> buckets_;
   std::vector<HookHandle> hooks_;
-  std::vector<char> final_;                      // this backward: gradient final
+  std::vector<char> final_;  // this backward: gradient final
   bool require_sync_ = true;
   bool in_cycle_ = false;
   uint64_t cycle_backward_ = 0;  // current_backward_id() of the cycle's backward

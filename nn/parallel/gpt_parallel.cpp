@@ -10,10 +10,10 @@ namespace headroom::nn {
 
 namespace {
 Tensor gpt_loss(const GPTConfig& config, const Tensor& hidden, const Tensor& head, const Tensor& targets) {
-  HR_CHECK(hidden.dim() == 3 && targets.dim() == 2 && hidden.size(0) == targets.size(0) &&
-               hidden.size(1) == targets.size(1),
-           ShapeError, "GPT loss: hidden ", shape_str(hidden.shape()), " and targets ", shape_str(targets.shape()),
-           " must be [B, T, C] and [B, T]");
+  HR_CHECK(
+      hidden.dim() == 3 && targets.dim() == 2 && hidden.size(0) == targets.size(0) && hidden.size(1) == targets.size(1),
+      ShapeError, "GPT loss: hidden ", shape_str(hidden.shape()), " and targets ", shape_str(targets.shape()),
+      " must be [B, T, C] and [B, T]");
   const int64_t n = hidden.size(0) * hidden.size(1);
   Tensor rows = hidden.reshape({n, config.n_embd});
   Tensor t = targets.reshape({n});
@@ -22,8 +22,8 @@ Tensor gpt_loss(const GPTConfig& config, const Tensor& hidden, const Tensor& hea
 }
 
 Tensor embed(Embedding& wte, Embedding& wpe, const GPTConfig& config, const Tensor& idx, const char* who) {
-  HR_CHECK(idx.dim() == 2 && !is_floating(idx.dtype()), ShapeError, who, ": the first stage takes [B, T] integer tokens, got ",
-           shape_str(idx.shape()), " ", dtype_name(idx.dtype()));
+  HR_CHECK(idx.dim() == 2 && !is_floating(idx.dtype()), ShapeError, who,
+           ": the first stage takes [B, T] integer tokens, got ", shape_str(idx.shape()), " ", dtype_name(idx.dtype()));
   HR_CHECK(idx.size(1) <= config.block_size, ValueError, who, ": sequence of ", idx.size(1),
            " tokens is longer than block_size ", config.block_size);
   Tensor pos = Tensor::arange(static_cast<double>(idx.size(1)), TensorOptions().dtype(DType::i64).device(idx.device()));
@@ -98,7 +98,8 @@ void GPTStage::tie_gradients(const std::vector<std::shared_ptr<GPTStage>>& stage
   Tensor& b = stages.back()->head;
   Tensor ga = a.grad(), gb = b.grad();
   if (!ga.defined() && !gb.defined()) return;
-  Tensor sum_first = ga.defined() ? ga.clone() : Tensor::zeros(a.shape(), TensorOptions().dtype(a.dtype()).device(a.device()));
+  Tensor sum_first =
+      ga.defined() ? ga.clone() : Tensor::zeros(a.shape(), TensorOptions().dtype(a.dtype()).device(a.device()));
   if (gb.defined()) sum_first.add_(gb.to(a.device()));
   Tensor sum_last = sum_first.to(b.device());
   if (b.device() == a.device()) sum_last = sum_last.clone();
@@ -106,7 +107,8 @@ void GPTStage::tie_gradients(const std::vector<std::shared_ptr<GPTStage>>& stage
   b.set_grad(sum_last);
 }
 
-std::map<std::string, Tensor> GPTStage::state_dict_on(const std::vector<std::shared_ptr<GPTStage>>& stages, Device device) {
+std::map<std::string, Tensor> GPTStage::state_dict_on(const std::vector<std::shared_ptr<GPTStage>>& stages,
+                                                      Device device) {
   std::map<std::string, Tensor> out;
   NoGradGuard no_grad;
   for (const auto& st : stages)
@@ -135,7 +137,8 @@ std::string GPTStage::name() const {
 // ---- tensor parallelism ----
 
 std::shared_ptr<TensorParallelGPT> TensorParallelGPT::from(const GPT& model, dist::ProcessGroup& group, Device device) {
-  HR_CHECK(model.config.dropout == 0.0, ValueError, "TensorParallelGPT: dropout must be 0 (each rank would draw its own masks)");
+  HR_CHECK(model.config.dropout == 0.0, ValueError,
+           "TensorParallelGPT: dropout must be 0 (each rank would draw its own masks)");
   auto m = std::make_shared<TensorParallelGPT>();
   m->config = model.config;
   auto copy_embedding = [&](const Embedding& e) {
@@ -178,7 +181,8 @@ std::map<std::string, Tensor> TensorParallelGPT::unsplit_state_dict(
   std::map<std::string, Tensor> out;
   for (const auto& [name, t] : r0.state_dict()) {
     // The replicated tensors from rank 0; the sharded ones below.
-    if (name.find(".attn.") == std::string::npos && name.find(".mlp.") == std::string::npos) out[name] = here(t).clone();
+    if (name.find(".attn.") == std::string::npos && name.find(".mlp.") == std::string::npos)
+      out[name] = here(t).clone();
   }
   for (size_t i = 0; i < r0.blocks.size(); ++i) {
     const std::string b = str_cat("h.", i, ".");
@@ -195,13 +199,17 @@ std::map<std::string, Tensor> TensorParallelGPT::unsplit_state_dict(
         }
       out[b + "attn.c_attn." + field] = cat(parts, 0);
     }
-    out[b + "attn.c_proj.weight"] = joined([i](const TensorParallelGPT& r) { return r.blocks[i]->attn->c_proj->weight; }, 1);
-    if (r0.blocks[i]->attn->c_proj->bias.defined()) out[b + "attn.c_proj.bias"] = here(r0.blocks[i]->attn->c_proj->bias).clone();
+    out[b + "attn.c_proj.weight"] =
+        joined([i](const TensorParallelGPT& r) { return r.blocks[i]->attn->c_proj->weight; }, 1);
+    if (r0.blocks[i]->attn->c_proj->bias.defined())
+      out[b + "attn.c_proj.bias"] = here(r0.blocks[i]->attn->c_proj->bias).clone();
     out[b + "mlp.c_fc.weight"] = joined([i](const TensorParallelGPT& r) { return r.blocks[i]->mlp->fc->weight; }, 0);
     if (r0.blocks[i]->mlp->fc->bias.defined())
       out[b + "mlp.c_fc.bias"] = joined([i](const TensorParallelGPT& r) { return r.blocks[i]->mlp->fc->bias; }, 0);
-    out[b + "mlp.c_proj.weight"] = joined([i](const TensorParallelGPT& r) { return r.blocks[i]->mlp->proj->weight; }, 1);
-    if (r0.blocks[i]->mlp->proj->bias.defined()) out[b + "mlp.c_proj.bias"] = here(r0.blocks[i]->mlp->proj->bias).clone();
+    out[b + "mlp.c_proj.weight"] =
+        joined([i](const TensorParallelGPT& r) { return r.blocks[i]->mlp->proj->weight; }, 1);
+    if (r0.blocks[i]->mlp->proj->bias.defined())
+      out[b + "mlp.c_proj.bias"] = here(r0.blocks[i]->mlp->proj->bias).clone();
   }
   return out;
 }

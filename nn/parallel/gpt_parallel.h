@@ -46,7 +46,8 @@ class GPTStage final : public Module {
   // optim::clip_grad_norm_(stages, max_norm) in optim/clip.h.
   // The unsplit model's state dict, every tensor copied to `device` (the tied head left out):
   // for evaluating or sampling with a whole GPT on one device (GPT::load_state_dict).
-  static std::map<std::string, Tensor> state_dict_on(const std::vector<std::shared_ptr<GPTStage>>& stages, Device device);
+  static std::map<std::string, Tensor> state_dict_on(const std::vector<std::shared_ptr<GPTStage>>& stages,
+                                                     Device device);
 
   // First stage: tokens [B, T] -> hidden [B, T, C]; others: hidden -> hidden (the last after ln_f).
   Tensor forward(const Tensor& x) override;
@@ -56,10 +57,10 @@ class GPTStage final : public Module {
 
   GPTConfig config;
   Device device;
-  std::shared_ptr<Embedding> wte, wpe;   // first stage
+  std::shared_ptr<Embedding> wte, wpe;  // first stage
   std::vector<std::shared_ptr<Block>> blocks;
-  std::shared_ptr<LayerNorm> ln_f;       // last stage
-  Tensor head;                           // last stage: wte.weight itself (one stage) or its copy
+  std::shared_ptr<LayerNorm> ln_f;  // last stage
+  Tensor head;                      // last stage: wte.weight itself (one stage) or its copy
   size_t first_block = 0;
 };
 

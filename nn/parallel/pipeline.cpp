@@ -143,8 +143,8 @@ Tensor receive_activation(dist::ProcessGroup& g, int src, Device device) {
   Tensor header = Tensor::empty({kHeaderLength}, TensorOptions().dtype(DType::i64).device(device));
   g.recv(header, src, kForwardTag)->wait();
   const std::vector<int64_t> h = header.to(Device::cpu()).to_vector<int64_t>();
-  HR_CHECK(h[1] >= 0 && h[1] <= kHeaderLength - 2, dist::CommunicationError, "Pipeline: a malformed activation header from rank ",
-           src, " (", h[1], " dims)");
+  HR_CHECK(h[1] >= 0 && h[1] <= kHeaderLength - 2, dist::CommunicationError,
+           "Pipeline: a malformed activation header from rank ", src, " (", h[1], " dims)");
   Shape shape(h.begin() + 2, h.begin() + 2 + h[1]);
   Tensor x = Tensor::empty(shape, TensorOptions().dtype(static_cast<DType>(h[0])).device(device));
   g.recv(x, src, kForwardTag)->wait();
@@ -160,8 +160,9 @@ double now_seconds() {
 double Pipeline::run(const Tensor& inputs, const Tensor& targets, int64_t micro_batches, const LossFn& loss_fn) {
   HR_CHECK(inputs.defined() && targets.defined() && inputs.dim() >= 1 && targets.dim() >= 1 &&
                inputs.size(0) == targets.size(0) && inputs.size(0) > 0,
-           ShapeError, "Pipeline::run: inputs ", inputs.defined() ? shape_str(inputs.shape()) : std::string("undefined"),
-           " and targets ", targets.defined() ? shape_str(targets.shape()) : std::string("undefined"),
+           ShapeError, "Pipeline::run: inputs ",
+           inputs.defined() ? shape_str(inputs.shape()) : std::string("undefined"), " and targets ",
+           targets.defined() ? shape_str(targets.shape()) : std::string("undefined"),
            " must have the same non-empty batch dim 0");
   HR_CHECK(micro_batches >= 1, ValueError, "Pipeline::run: micro_batches must be at least 1, got ", micro_batches);
   HR_CHECK(loss_fn, ValueError, "Pipeline::run: no loss function");
@@ -297,7 +298,8 @@ double Pipeline::run(const Tensor& inputs, const Tensor& targets, int64_t micro_
     }
     sends.clear();
     // The batch's loss, known to the last stage, for every rank.
-    Tensor l = Tensor::full({1}, first == stages - 1 ? loss_sum : 0.0, TensorOptions().dtype(DType::f64).device(stages_[0].device));
+    Tensor l = Tensor::full({1}, first == stages - 1 ? loss_sum : 0.0,
+                            TensorOptions().dtype(DType::f64).device(stages_[0].device));
     group_->broadcast(l, static_cast<int>(stages - 1))->wait();
     loss_sum = l.to(Device::cpu()).item<double>();
   } else if (options_.concurrent && stages > 1 && !meta_active()) {

@@ -77,8 +77,8 @@ struct PipelineOptions {
 
 // What the last run() did, per stage.
 struct PipelineStats {
-  double seconds = 0;                  // the step's wall time
-  std::vector<double> busy_seconds;    // each (local) stage's time in its forwards and backwards
+  double seconds = 0;                   // the step's wall time
+  std::vector<double> busy_seconds;     // each (local) stage's time in its forwards and backwards
   std::vector<int64_t> most_in_flight;  // micro-batches whose activations a stage held at once
   // Idle share of the step over all stages: 1 - sum(busy) / (K * seconds).
   double bubble_fraction() const;

@@ -35,9 +35,8 @@ Tensor reduce_from_tensor_parallel(const Tensor& x, dist::ProcessGroup& group) {
     out = x.contiguous().clone();
   }
   group.all_reduce(out, dist::ReduceOp::sum)->wait();
-  if (needs_grad({x})) record("reduce_from_tensor_parallel", out, {x}, [](const Tensor& grad) -> std::vector<Tensor> {
-      return {grad};
-    });
+  if (needs_grad({x}))
+    record("reduce_from_tensor_parallel", out, {x}, [](const Tensor& grad) -> std::vector<Tensor> { return {grad}; });
   return out;
 }
 
@@ -99,7 +98,8 @@ RowParallelLinear::RowParallelLinear(int64_t in, int64_t out, dist::ProcessGroup
   }
 }
 
-std::shared_ptr<RowParallelLinear> RowParallelLinear::from(const Linear& full, dist::ProcessGroup& group, Device device) {
+std::shared_ptr<RowParallelLinear> RowParallelLinear::from(const Linear& full, dist::ProcessGroup& group,
+                                                           Device device) {
   auto l = std::make_shared<RowParallelLinear>(full.in_features, full.out_features, group, full.bias.defined());
   const int64_t local = l->weight.size(1), r = group.rank();
   NoGradGuard no_grad;
@@ -116,8 +116,8 @@ Tensor RowParallelLinear::forward(const Tensor& x) {
 }
 
 std::string RowParallelLinear::name() const {
-  return str_cat("RowParallelLinear(", in_features, ", ", out_features, ", rank ", group_.rank(), " of ",
-                 group_.size(), ")");
+  return str_cat("RowParallelLinear(", in_features, ", ", out_features, ", rank ", group_.rank(), " of ", group_.size(),
+                 ")");
 }
 
 std::shared_ptr<TensorParallelMLP> TensorParallelMLP::from(const Linear& fc, const Linear& proj,
@@ -131,7 +131,7 @@ std::shared_ptr<TensorParallelMLP> TensorParallelMLP::from(const Linear& fc, con
 Tensor TensorParallelMLP::forward(const Tensor& x) { return proj->forward(gelu(fc->forward(x))); }
 
 std::shared_ptr<TensorParallelAttention> TensorParallelAttention::from(const CausalSelfAttention& full,
-                                                                     dist::ProcessGroup& group, Device device) {
+                                                                       dist::ProcessGroup& group, Device device) {
   const int64_t c = full.n_embd, t = group.size(), r = group.rank();
   HR_CHECK(full.n_head % t == 0, ShapeError, "TensorParallelAttention: ", full.n_head,
            " heads do not divide among the group's ", t, " ranks");
@@ -149,7 +149,8 @@ std::shared_ptr<TensorParallelAttention> TensorParallelAttention::from(const Cau
     std::vector<Tensor> w, b;
     for (int64_t part = 0; part < 3; ++part) {
       w.push_back(full.c_attn->weight.slice(0, part * c + r * local, part * c + (r + 1) * local));
-      if (full.c_attn->bias.defined()) b.push_back(full.c_attn->bias.slice(0, part * c + r * local, part * c + (r + 1) * local));
+      if (full.c_attn->bias.defined())
+        b.push_back(full.c_attn->bias.slice(0, part * c + r * local, part * c + (r + 1) * local));
     }
     qkv->weight.copy_(cat(w, 0));
     if (!b.empty()) qkv->bias.copy_(cat(b, 0));

@@ -48,8 +48,8 @@ class ColumnParallelLinear final : public Module {
   std::string name() const override;
 
   int64_t in_features, out_features;  // of the whole layer
-  Tensor weight;  // [out / T, in]
-  Tensor bias;    // [out / T]
+  Tensor weight;                      // [out / T, in]
+  Tensor bias;                        // [out / T]
  private:
   dist::ProcessGroup& group_;
 };

@@ -80,13 +80,15 @@ TEST(Attention, CausalMaskIsExact) {
 TEST(Attention, FusedGradcheckF64) {
   manual_seed(102);
   for (bool causal : {true, false}) {
-    Tensor q = testing::rand_f64({1, 2, 5, 3}), k = testing::rand_f64({1, 2, 5, 3}), v = testing::rand_f64({1, 2, 5, 3});
-    EXPECT_TRUE(grad_ok([causal](const V& x) { return scaled_dot_product_attention(x[0], x[1], x[2], causal); },
-                        {q, k, v}))
+    Tensor q = testing::rand_f64({1, 2, 5, 3}), k = testing::rand_f64({1, 2, 5, 3}),
+           v = testing::rand_f64({1, 2, 5, 3});
+    EXPECT_TRUE(
+        grad_ok([causal](const V& x) { return scaled_dot_product_attention(x[0], x[1], x[2], causal); }, {q, k, v}))
         << (causal ? "causal" : "full");
   }
   // Across a tile boundary (64 rows), and with an explicit scale.
-  Tensor q = testing::rand_f64({1, 1, 67, 2}), k = testing::rand_f64({1, 1, 67, 2}), v = testing::rand_f64({1, 1, 67, 2});
+  Tensor q = testing::rand_f64({1, 1, 67, 2}), k = testing::rand_f64({1, 1, 67, 2}),
+         v = testing::rand_f64({1, 1, 67, 2});
   EXPECT_TRUE(grad_ok(
       [](const V& x) { return scaled_dot_product_attention(x[0], x[1], x[2], true, AttentionImpl::fused, 0.7); },
       {q, k, v}));
@@ -102,9 +104,9 @@ TEST(Attention, FusedGradcheckF64) {
 TEST(Attention, NaiveGradcheckF64) {
   manual_seed(103);
   Tensor q = testing::rand_f64({2, 1, 4, 3}), k = testing::rand_f64({2, 1, 4, 3}), v = testing::rand_f64({2, 1, 4, 3});
-  EXPECT_TRUE(grad_ok(
-      [](const V& x) { return scaled_dot_product_attention(x[0], x[1], x[2], true, AttentionImpl::naive); },
-      {q, k, v}));
+  EXPECT_TRUE(
+      grad_ok([](const V& x) { return scaled_dot_product_attention(x[0], x[1], x[2], true, AttentionImpl::naive); },
+              {q, k, v}));
 }
 
 TEST(Attention, SixteenBitStorageMatchesF32) {

@@ -21,9 +21,9 @@ TEST(Autocast, PolicyTableIsTheDocumentedOne) {
     EXPECT_EQ(autocast_policy(op), CastPolicy::low) << autocast_op_name(op);
   EXPECT_EQ(autocast_policy(AutocastOp::batch_norm), CastPolicy::f32_params);
   EXPECT_EQ(autocast_policy(AutocastOp::group_norm), CastPolicy::f32_params);
-  for (AutocastOp op : {AutocastOp::softmax, AutocastOp::log_softmax, AutocastOp::layer_norm, AutocastOp::sum,
-                        AutocastOp::mean, AutocastOp::cross_entropy, AutocastOp::mse_loss, AutocastOp::exp,
-                        AutocastOp::log, AutocastOp::pow})
+  for (AutocastOp op :
+       {AutocastOp::softmax, AutocastOp::log_softmax, AutocastOp::layer_norm, AutocastOp::sum, AutocastOp::mean,
+        AutocastOp::cross_entropy, AutocastOp::mse_loss, AutocastOp::exp, AutocastOp::log, AutocastOp::pow})
     EXPECT_EQ(autocast_policy(op), CastPolicy::f32) << autocast_op_name(op);
   EXPECT_STREQ(autocast_op_name(AutocastOp::cross_entropy), "cross_entropy");
 }

@@ -85,7 +85,6 @@ TEST(Checkpoint, GptWithDropoutGivesBitIdenticalGradientsPerBlockAndSqrt) {
   }
 }
 
-
 // Without dropout nothing after a block's last linear (the MLP's c_proj) saves anything, so no
 // re-run would ask for its output: it is released when the block's forward returns instead of
 // being held until backward (Note [selective checkpointing]). With dropout its mask is saved
@@ -141,9 +140,9 @@ TEST(Checkpoint, Bf16AutocastGivesBitIdenticalGradients) {
 Result cnn_step(nn::CheckpointMode mode) {
   manual_seed(5);
   auto stage = [](int64_t in, int64_t out) {
-    return std::make_shared<nn::Sequential>(std::vector<std::shared_ptr<nn::Module>>{
-        std::make_shared<nn::Conv2d>(in, out, 3, 1, 1), std::make_shared<nn::BatchNorm2d>(out),
-        std::make_shared<nn::ReLU>()});
+    return std::make_shared<nn::Sequential>(
+        std::vector<std::shared_ptr<nn::Module>>{std::make_shared<nn::Conv2d>(in, out, 3, 1, 1),
+                                                 std::make_shared<nn::BatchNorm2d>(out), std::make_shared<nn::ReLU>()});
   };
   std::vector<std::shared_ptr<nn::Module>> stages{stage(1, 4), stage(4, 4), stage(4, 4)};
   nn::Sequential model(stages);
@@ -165,9 +164,11 @@ TEST(Checkpoint, CnnWithBatchNormUpdatesRunningStatisticsOnce) {
     const Result ckpt = cnn_step(mode);
     const char* name = nn::checkpoint_mode_name(mode);
     EXPECT_EQ(ckpt.loss, plain.loss) << name;
-    for (size_t i = 0; i < plain.grads.size(); ++i) EXPECT_EQ(ckpt.grads[i], plain.grads[i]) << "parameter " << i << ", " << name;
+    for (size_t i = 0; i < plain.grads.size(); ++i)
+      EXPECT_EQ(ckpt.grads[i], plain.grads[i]) << "parameter " << i << ", " << name;
     ASSERT_EQ(ckpt.buffers.size(), plain.buffers.size());
-    for (size_t i = 0; i < plain.buffers.size(); ++i) EXPECT_EQ(ckpt.buffers[i], plain.buffers[i]) << "buffer " << i << ", " << name;
+    for (size_t i = 0; i < plain.buffers.size(); ++i)
+      EXPECT_EQ(ckpt.buffers[i], plain.buffers[i]) << "buffer " << i << ", " << name;
   }
   EXPECT_EQ(plain.buffers[2], std::vector<float>{1.0f});  // num_batches_tracked: one forward
 }
@@ -255,7 +256,8 @@ TEST(Checkpoint, TheDeterminismCheckNamesTheOpsThatDiffer) {
       },
       x);
   extra = 0;  // the re-run saves fewer tensors than the forward did
-  EXPECT_THROW_WITH(z.backward(), AutogradError, "the recomputation saved 2 tensors for backward but the forward saved 4");
+  EXPECT_THROW_WITH(z.backward(), AutogradError,
+                    "the recomputation saved 2 tensors for backward but the forward saved 4");
 }
 
 TEST(Checkpoint, BadUseGetsClearErrors) {
@@ -267,7 +269,8 @@ TEST(Checkpoint, BadUseGetsClearErrors) {
   EXPECT_THROW_WITH(nn::checkpoint_sequential({nullptr}, x), ValueError, "module 0 is null");
   std::vector<std::shared_ptr<nn::Module>> mods{std::make_shared<nn::ReLU>()};
   EXPECT_THROW_WITH(nn::checkpoint_sequential(mods, x, 2), ValueError, "2 segments for 1 modules");
-  EXPECT_THROW_WITH(nn::parse_checkpoint_mode("blocks", "--checkpoint"), ValueError, "unknown checkpointing mode 'blocks'");
+  EXPECT_THROW_WITH(nn::parse_checkpoint_mode("blocks", "--checkpoint"), ValueError,
+                    "unknown checkpointing mode 'blocks'");
   EXPECT_EQ(nn::parse_checkpoint_mode("sqrt", "--checkpoint"), nn::CheckpointMode::sqrt);
 }
 
@@ -291,7 +294,8 @@ TEST(Checkpoint, WorksUnderBatchSplitterWithAGradScaler) {
     o.scaler = &scaler;
     optim::BatchSplitter splitter(opt, 2, gpt.get(), o);
     Tensor idx = tokens({4, 16}, 64, 1), targets = tokens({4, 16}, 64, 2);
-    splitter.step(idx, targets, [&](const Tensor& x, const Tensor& y) { return optim::MicroBatchOutput(gpt->loss(x, y)); });
+    splitter.step(idx, targets,
+                  [&](const Tensor& x, const Tensor& y) { return optim::MicroBatchOutput(gpt->loss(x, y)); });
     std::vector<std::vector<float>> params;
     for (const Tensor& p : gpt->parameters()) params.push_back(f32_values(p));
     return params;
@@ -317,7 +321,8 @@ Peaks measure(const std::function<Tensor()>& forward) {
   loss.backward();
   const MemoryStats s2 = alloc.stats();
   Peaks p;
-  p.activation_after_forward = s1.category(MemoryCategory::activation).current - s0.category(MemoryCategory::activation).current;
+  p.activation_after_forward =
+      s1.category(MemoryCategory::activation).current - s0.category(MemoryCategory::activation).current;
   p.activation_peak = s2.category(MemoryCategory::activation).peak - s0.category(MemoryCategory::activation).current;
   p.gradient_peak = s2.category(MemoryCategory::gradient).peak - s0.category(MemoryCategory::gradient).current;
   p.allocated_peak = s2.allocated_bytes.peak - s0.allocated_bytes.current;
@@ -351,12 +356,13 @@ TEST(CheckpointMemory, PerBlockHoldsTheBlockInputsPlusOneBlocksActivations) {
   EXPECT_LT(blk4.activation_peak, none4.activation_peak);
   // Recomputed tensors are activations, not gradients: backward's gradient memory is unchanged.
   EXPECT_EQ(blk4.gradient_peak, none4.gradient_peak);
-  std::printf("GPT 4 blocks (B=2, T=16, C=32, dropout 0.1), activation bytes: after forward %lld none / %lld block / "
-              "%lld selective, peak %lld none / %lld block / %lld selective; allocated peak %lld none / %lld block\n",
-              static_cast<long long>(none4.activation_after_forward), static_cast<long long>(blk4.activation_after_forward),
-              static_cast<long long>(sel4.activation_after_forward), static_cast<long long>(none4.activation_peak),
-              static_cast<long long>(blk4.activation_peak), static_cast<long long>(sel4.activation_peak),
-              static_cast<long long>(none4.allocated_peak), static_cast<long long>(blk4.allocated_peak));
+  std::printf(
+      "GPT 4 blocks (B=2, T=16, C=32, dropout 0.1), activation bytes: after forward %lld none / %lld block / "
+      "%lld selective, peak %lld none / %lld block / %lld selective; allocated peak %lld none / %lld block\n",
+      static_cast<long long>(none4.activation_after_forward), static_cast<long long>(blk4.activation_after_forward),
+      static_cast<long long>(sel4.activation_after_forward), static_cast<long long>(none4.activation_peak),
+      static_cast<long long>(blk4.activation_peak), static_cast<long long>(sel4.activation_peak),
+      static_cast<long long>(none4.allocated_peak), static_cast<long long>(blk4.allocated_peak));
 }
 
 // A chain of n equal layers, checkpoint_sequential with k = round(sqrt(n)) segments.
@@ -380,9 +386,10 @@ TEST(CheckpointMemory, SqrtSegmentsGrowAsTheSquareRootOfTheDepth) {
     plain.push_back(chain_activation_peak(n, false));
     sqrt_seg.push_back(chain_activation_peak(n, true));
   }
-  std::printf("activation peak of n Linear(64)+GELU layers, n = 4, 16, 64: none %lld, %lld, %lld; sqrt %lld, %lld, %lld\n",
-              static_cast<long long>(plain[0]), static_cast<long long>(plain[1]), static_cast<long long>(plain[2]),
-              static_cast<long long>(sqrt_seg[0]), static_cast<long long>(sqrt_seg[1]), static_cast<long long>(sqrt_seg[2]));
+  std::printf(
+      "activation peak of n Linear(64)+GELU layers, n = 4, 16, 64: none %lld, %lld, %lld; sqrt %lld, %lld, %lld\n",
+      static_cast<long long>(plain[0]), static_cast<long long>(plain[1]), static_cast<long long>(plain[2]),
+      static_cast<long long>(sqrt_seg[0]), static_cast<long long>(sqrt_seg[1]), static_cast<long long>(sqrt_seg[2]));
   for (size_t i = 1; i < 3; ++i) {
     const double grow_plain = static_cast<double>(plain[i]) / static_cast<double>(plain[i - 1]);
     const double grow_sqrt = static_cast<double>(sqrt_seg[i]) / static_cast<double>(sqrt_seg[i - 1]);

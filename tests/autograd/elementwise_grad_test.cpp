@@ -111,7 +111,12 @@ TEST(GradView, ReshapePermuteSliceExpandCatSplit) {
   Tensor y = rand_f64({2, 2, 4});
   EXPECT_TRUE(grad_ok([](const V& v) { return cat({v[0], v[1]}, 1); }, {x, y}));
   EXPECT_TRUE(grad_ok([](const V& v) { return stack({v[0], v[0] * 2.0}, 3); }, {x}));
-  EXPECT_TRUE(grad_ok([](const V& v) { auto p = split(v[0], 3, 2); return p[0] * 2.0 + cat({p[1], p[1], p[1]}, 2); }, {x}));
+  EXPECT_TRUE(grad_ok(
+      [](const V& v) {
+        auto p = split(v[0], 3, 2);
+        return p[0] * 2.0 + cat({p[1], p[1], p[1]}, 2);
+      },
+      {x}));
   EXPECT_TRUE(grad_ok([](const V& v) { return v[0].clone() * v[0]; }, {x}));
 }
 

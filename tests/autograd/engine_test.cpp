@@ -10,7 +10,7 @@ using testing::rand_f64;
 
 TEST(Autograd, ChainAndFanIn) {
   Tensor x = Tensor::from_vector({1.0, 2.0, 3.0}, {3}, DType::f64).set_requires_grad();
-  Tensor y = x * x;     // used twice below: gradients fan in
+  Tensor y = x * x;  // used twice below: gradients fan in
   Tensor z = (y + y * x).sum();
   z.backward();
   // dz/dx = 2x + 3x^2
@@ -58,7 +58,7 @@ TEST(Autograd, RetainGraphAllowsASecondBackward) {
 
 TEST(Autograd, InPlaceChangeOfASavedTensorIsCaught) {
   Tensor x = rand_f64({4});
-  Tensor y = exp(x);           // saves its output y
+  Tensor y = exp(x);  // saves its output y
   Tensor loss = (y * 2.0).sum();
   {
     NoGradGuard g;

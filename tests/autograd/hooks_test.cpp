@@ -27,8 +27,15 @@ TEST(SavedTensorHooks, PackSeesEverySavedTensorWithItsOpAndUnpackFeedsBackward) 
   int unpacks = 0;
   Tensor loss;
   {
-    SavedTensorHooks hooks([&](const Tensor& t, const char* op) -> std::any { ops.emplace_back(op); return t.clone(); },
-                           [&](const std::any& p) { ++unpacks; return std::any_cast<Tensor>(p); });
+    SavedTensorHooks hooks(
+        [&](const Tensor& t, const char* op) -> std::any {
+          ops.emplace_back(op);
+          return t.clone();
+        },
+        [&](const std::any& p) {
+          ++unpacks;
+          return std::any_cast<Tensor>(p);
+        });
     EXPECT_TRUE(SavedTensorHooks::active());
     loss = small_loss(x, w);
   }
@@ -46,10 +53,20 @@ TEST(SavedTensorHooks, ScopesNestAndAreThreadLocal) {
   int outer = 0, inner = 0, other_thread = 0;
   auto keep = [](const std::any& p) { return std::any_cast<Tensor>(p); };
   Tensor x = rand_f64({3});
-  SavedTensorHooks a([&](const Tensor& t, const char*) -> std::any { ++outer; return t; }, keep);
+  SavedTensorHooks a(
+      [&](const Tensor& t, const char*) -> std::any {
+        ++outer;
+        return t;
+      },
+      keep);
   Tensor y = exp(x);
   {
-    SavedTensorHooks b([&](const Tensor& t, const char*) -> std::any { ++inner; return t; }, keep);
+    SavedTensorHooks b(
+        [&](const Tensor& t, const char*) -> std::any {
+          ++inner;
+          return t;
+        },
+        keep);
     y = exp(y);
     std::thread([&] {
       Tensor z = exp(rand_f64({3}));  // no scope on this thread
@@ -132,7 +149,8 @@ TEST(SavedTensorHooks, TheVersionCheckHoldsAcrossPackAndUnpack) {
     loss = (w * x).sum();
   }
   x.mul_(2.0);
-  EXPECT_THROW_WITH(loss.backward(), AutogradError, "backward of mul (f64 (3,) on cpu, packed by a saved-tensor hook) was modified in place");
+  EXPECT_THROW_WITH(loss.backward(), AutogradError,
+                    "backward of mul (f64 (3,) on cpu, packed by a saved-tensor hook) was modified in place");
 }
 
 TEST(SavedTensorHooks, AnUnpackOfTheWrongShapeOrDtypeIsRefusedNamingTheOp) {

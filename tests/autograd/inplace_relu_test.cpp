@@ -71,8 +71,8 @@ TEST(InplaceRelu, ItSavesTheBytesOfReluInput) {
       sum(y).backward();
     }
     const int64_t hidden = 64 * 4096 * 4, out = 64 * 4 * 4;
-    EXPECT_EQ(peak[0], 2 * hidden);     // ReLU's input and output
-    EXPECT_EQ(peak[1], hidden + out);   // one hidden activation, then the small output beside it
+    EXPECT_EQ(peak[0], 2 * hidden);    // ReLU's input and output
+    EXPECT_EQ(peak[1], hidden + out);  // one hidden activation, then the small output beside it
   }
 }
 
@@ -90,8 +90,8 @@ TEST(InplaceRelu, TheVersionCheckHolds) {
   // starts from: refused in backward, naming checkpoint (inside a block it is fine: the sweep).
   {
     manual_seed(1);
-    nn::Sequential m(std::vector<std::shared_ptr<nn::Module>>{std::make_shared<nn::Linear>(4, 4),
-                                                              std::make_shared<nn::ReLU>(true)});
+    nn::Sequential m(
+        std::vector<std::shared_ptr<nn::Module>>{std::make_shared<nn::Linear>(4, 4), std::make_shared<nn::ReLU>(true)});
     m.set_checkpoint(nn::CheckpointMode::block);
     EXPECT_THROW_WITH(sum(m(Tensor::randn({2, 4}))).backward(), AutogradError, "checkpoint");
   }

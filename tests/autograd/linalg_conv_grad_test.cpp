@@ -38,7 +38,8 @@ TEST(Matmul, ValuesMatchSumsOfProducts) {
   EXPECT_TRUE(all_close(matmul(a, b), product_by_sums(a, b)));
   EXPECT_TRUE(all_close(matmul(a.slice(0, 1, 2), b).reshape({3}), matmul(a.select(0, 1), b)));
   EXPECT_TRUE(all_close(matmul(a, b.select(1, 2)), product_by_sums(a, b).select(1, 2)));
-  EXPECT_NEAR(matmul(a.select(0, 0), b.select(1, 0)).item<double>(), product_by_sums(a, b).select(0, 0).select(0, 0).item<double>(), 1e-12);
+  EXPECT_NEAR(matmul(a.select(0, 0), b.select(1, 0)).item<double>(),
+              product_by_sums(a, b).select(0, 0).select(0, 0).item<double>(), 1e-12);
   // Batched with broadcast batch dims: each batch is its own 2-d product.
   Tensor x = Tensor::randn({2, 1, 5, 7}, DType::f64), y = Tensor::randn({3, 7, 3}, DType::f64);
   Tensor z = matmul(x, y);
@@ -51,7 +52,8 @@ TEST(Matmul, ValuesMatchSumsOfProducts) {
   Tensor r = matmul(p, q);
   for (int64_t i = 0; i < 4; ++i)
     for (int64_t j = 0; j < 3; ++j)
-      EXPECT_TRUE(all_close(r.select(0, i).select(0, j), product_by_sums(p.select(0, i).select(0, j), q.select(0, i).select(0, j))));
+      EXPECT_TRUE(all_close(r.select(0, i).select(0, j),
+                            product_by_sums(p.select(0, i).select(0, j), q.select(0, i).select(0, j))));
 }
 
 TEST(Matmul, PromotesFloatDtypes) {
@@ -61,7 +63,8 @@ TEST(Matmul, PromotesFloatDtypes) {
   EXPECT_TRUE(all_close(c, product_by_sums(a.to(DType::f64), b)));
   EXPECT_EQ(matmul(a.to(DType::f16), b.to(DType::bf16)).dtype(), DType::f32);
   // Gradients come back in each operand's own dtype.
-  Tensor x = Tensor::randn({3, 4}).set_requires_grad(true), w = Tensor::randn({4, 2}, DType::f64).set_requires_grad(true);
+  Tensor x = Tensor::randn({3, 4}).set_requires_grad(true),
+         w = Tensor::randn({4, 2}, DType::f64).set_requires_grad(true);
   matmul(x, w).sum().backward();
   EXPECT_EQ(x.grad().dtype(), DType::f32);
   EXPECT_EQ(w.grad().dtype(), DType::f64);
@@ -74,9 +77,8 @@ TEST(Matmul, Gradients) {
   // Every rank combination numpy allows, each a different path (squeezed views, the batch
   // folded into M, broadcast batches summed back).
   const std::vector<std::pair<Shape, Shape>> cases = {
-      {{4}, {4}},          {{4}, {4, 3}},       {{3, 4}, {4}},       {{3, 4}, {4, 2}},
-      {{2, 3, 4}, {4, 5}}, {{3, 4}, {2, 4, 5}}, {{2, 3, 4}, {4}},    {{4}, {2, 4, 3}},
-      {{2, 1, 3, 4}, {3, 4, 2}}, {{1, 3, 4}, {2, 4, 2}},
+      {{4}, {4}},          {{4}, {4, 3}},    {{3, 4}, {4}},    {{3, 4}, {4, 2}},          {{2, 3, 4}, {4, 5}},
+      {{3, 4}, {2, 4, 5}}, {{2, 3, 4}, {4}}, {{4}, {2, 4, 3}}, {{2, 1, 3, 4}, {3, 4, 2}}, {{1, 3, 4}, {2, 4, 2}},
   };
   for (const auto& [sa, sb] : cases)
     EXPECT_TRUE(grad_ok([](In in) { return matmul(in[0], in[1]); }, {rand_f64(sa), rand_f64(sb)}))
@@ -92,7 +94,7 @@ TEST(Matmul, GradientsOfNonContiguousInputs) {
   EXPECT_TRUE(grad_ok(mm, {at, bt}));
   // Batched, with the batch dim in the middle of the storage, and every other column.
   Tensor ab = rand_f64({3, 2, 4}, false).permute({1, 0, 2}).set_requires_grad(true);  // [2, 3, 4]
-  Tensor bs = rand_f64({2, 4, 6}, false).slice(2, 0, 6, 2).set_requires_grad(true);     // [2, 4, 3]
+  Tensor bs = rand_f64({2, 4, 6}, false).slice(2, 0, 6, 2).set_requires_grad(true);   // [2, 4, 3]
   EXPECT_TRUE(grad_ok(mm, {ab, bs}));
   // A 3-d operand whose rows do not stack (no fold) times a 2-d one.
   Tensor nf = rand_f64({2, 4, 3}, false).transpose(1, 2).set_requires_grad(true);  // [2, 3, 4]
@@ -126,7 +128,8 @@ TEST(Matmul, RejectsMixedDevices) {
 // ---- linear ----
 
 TEST(Linear, MatchesMatmulWithTransposedWeight) {
-  Tensor x = Tensor::randn({2, 3, 5}, DType::f64), w = Tensor::randn({4, 5}, DType::f64), b = Tensor::randn({4}, DType::f64);
+  Tensor x = Tensor::randn({2, 3, 5}, DType::f64), w = Tensor::randn({4, 5}, DType::f64),
+         b = Tensor::randn({4}, DType::f64);
   Tensor y = linear(x, w, b);
   EXPECT_EQ(y.shape(), (Shape{2, 3, 4}));
   EXPECT_TRUE(all_close(y, matmul(x, w.t()) + b));
@@ -191,10 +194,11 @@ TEST(Conv2d, Gradients) {
   EXPECT_TRUE(grad_ok(conv(p, true), {rand_f64({2, 2, 7, 4}), rand_f64({2, 2, 3, 2}), rand_f64({2})}));
   // A non-contiguous input and weight (made contiguous inside), and only some inputs needing grad.
   Tensor xp = rand_f64({2, 5, 5, 3}, false).permute({0, 3, 1, 2}).set_requires_grad(true);  // [2, 3, 5, 5]
-  Tensor wt = rand_f64({3, 4, 3, 3}, false).transpose(0, 1).set_requires_grad(true);         // [4, 3, 3, 3]
+  Tensor wt = rand_f64({3, 4, 3, 3}, false).transpose(0, 1).set_requires_grad(true);        // [4, 3, 3, 3]
   ASSERT_FALSE(xp.is_contiguous());
   EXPECT_TRUE(grad_ok(conv(make(1, 1, 1, 1), true), {xp, wt, rand_f64({4})}));
-  EXPECT_TRUE(grad_ok(conv(make(1, 1, 1, 1), true), {rand_f64({2, 3, 4, 4}, false), rand_f64({4, 3, 3, 3}), rand_f64({4}, false)}));
+  EXPECT_TRUE(grad_ok(conv(make(1, 1, 1, 1), true),
+                      {rand_f64({2, 3, 4, 4}, false), rand_f64({4, 3, 3, 3}), rand_f64({4}, false)}));
   EXPECT_TRUE(grad_ok(conv(make(1, 1, 1, 1), false), {rand_f64({2, 3, 4, 4}), rand_f64({4, 3, 3, 3}, false)}));
 }
 
@@ -227,7 +231,8 @@ TEST(Conv2d, OverloadsShapesAndDtypes) {
 TEST(Conv2d, ErrorsNameShapes) {
   Tensor x = Tensor::ones({2, 4, 5, 5}), w = Tensor::ones({6, 2, 3, 3});
   EXPECT_THROW_WITH(conv2d(Tensor::ones({4, 5}), w, Tensor()), ShapeError, "4-d input [N, C, H, W], got (4, 5)");
-  EXPECT_THROW_WITH(conv2d(x, Tensor::ones({6, 2, 3}), Tensor()), ShapeError, "4-d weight [O, C / groups, KH, KW], got (6, 2, 3)");
+  EXPECT_THROW_WITH(conv2d(x, Tensor::ones({6, 2, 3}), Tensor()), ShapeError,
+                    "4-d weight [O, C / groups, KH, KW], got (6, 2, 3)");
   EXPECT_THROW_WITH(conv2d(x, w, Tensor()), ShapeError,
                     "weight (6, 2, 3, 3) with groups=1 expects 2 input channels, but input (2, 4, 5, 5) has 4");
   EXPECT_THROW_WITH(conv2d(x, w, Tensor(), 1, 0, 3), ShapeError, "input (2, 4, 5, 5) has 4 channels, which groups=3");

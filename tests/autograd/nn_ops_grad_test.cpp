@@ -107,7 +107,8 @@ TEST(GradNnOps, BatchNormTrainingAndEval) {
   Tensor x2 = rand_f64({6, 3});  // [N, C] without spatial dims
   EXPECT_TRUE(grad_ok([&](const V& v) { return batch_norm(v[0], v[1], v[2], rm, rv, true); }, {x2, w, b}));
   // Eval: the running statistics are constants.
-  Tensor erm = Tensor::from_vector({0.5, -1, 2}, {3}, DType::f64), erv = Tensor::from_vector({2, 0.5, 1}, {3}, DType::f64);
+  Tensor erm = Tensor::from_vector({0.5, -1, 2}, {3}, DType::f64),
+         erv = Tensor::from_vector({2, 0.5, 1}, {3}, DType::f64);
   EXPECT_TRUE(grad_ok([&](const V& v) { return batch_norm(v[0], v[1], v[2], erm, erv, false); }, {x, w, b}));
   // Non-contiguous input.
   Tensor xp = rand_f64({3, 4, 5}, false).permute({1, 0, 2}).set_requires_grad(true);  // [4, 3, 5]

@@ -100,7 +100,7 @@ TEST(ActivationOffload, DeviceActivationBytesFallByExactlyWhatTheHostPoolTook) {
     ActivationOffload offload({.min_bytes = 32 << 10});
     loss = model->forward(x).pow(2.0).mean();
     const ActivationOffloadStats s = offload.stats();
-    EXPECT_GT(s.kept_on_device, 0);  // the loss's scalars
+    EXPECT_GT(s.kept_on_device, 0);        // the loss's scalars
     EXPECT_EQ(s.bytes, 5 * 64 * 256 * 4);  // the input and four ReLU outputs
   }
   const int64_t offloaded = pool.stats().allocated_bytes.current - pool0;

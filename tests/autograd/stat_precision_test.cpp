@@ -95,70 +95,75 @@ TEST(StatPrecision, F64GradientsMatchAnF64Reference) {
     tv[3] = -100;
     Tensor target = Tensor::from_vector(tv, {n}, DType::i64);
     Tensor oh = one_hot(tv, c);
-    EXPECT_LT(worst_error("cross_entropy", [&](const V& v) { return cross_entropy(v[0], target); },
-                          [&](const V& v) { return cross_entropy_ref(v[0], oh, n - 1.0); }, {logits}),
+    EXPECT_LT(worst_error(
+                  "cross_entropy", [&](const V& v) { return cross_entropy(v[0], target); },
+                  [&](const V& v) { return cross_entropy_ref(v[0], oh, n - 1.0); }, {logits}),
               tol);
     // chunked: h [n, 24] @ weight^T [24, c], three rows a chunk.
     Tensor h = Tensor::randn({n, 24}, DType::f64), w = Tensor::randn({c, 24}, DType::f64) * 0.8;
-    EXPECT_LT(worst_error("chunked_cross_entropy",
-                          [&](const V& v) { return nn::chunked_cross_entropy(v[0], v[1], target, 3); },
-                          [&](const V& v) { return cross_entropy_ref(matmul(v[0], v[1].t()), oh, n - 1.0); }, {h, w}),
+    EXPECT_LT(worst_error(
+                  "chunked_cross_entropy", [&](const V& v) { return nn::chunked_cross_entropy(v[0], v[1], target, 3); },
+                  [&](const V& v) { return cross_entropy_ref(matmul(v[0], v[1].t()), oh, n - 1.0); }, {h, w}),
               tol);
   }
   {
     // A large mean (3) against a unit spread: the f32 mean's rounding shows in xhat.
     Tensor x = Tensor::randn({6, 5, 64}, DType::f64) + 3.0;
     Tensor w = Tensor::randn({64}, DType::f64), b = Tensor::randn({64}, DType::f64);
-    EXPECT_LT(worst_error("layer_norm", [](const V& v) { return layer_norm(v[0], {64}, v[1], v[2], 1e-5); },
-                          [](const V& v) { return normalise_ref(v[0], {2}, 1e-5) * v[1] + v[2]; }, {x, w, b}),
+    EXPECT_LT(worst_error(
+                  "layer_norm", [](const V& v) { return layer_norm(v[0], {64}, v[1], v[2], 1e-5); },
+                  [](const V& v) { return normalise_ref(v[0], {2}, 1e-5) * v[1] + v[2]; }, {x, w, b}),
               tol);
   }
   {
     Tensor x = Tensor::randn({8, 6, 10}, DType::f64) * 2.0 + 3.0;
     Tensor w = Tensor::randn({6}, DType::f64), b = Tensor::randn({6}, DType::f64);
     auto per_channel = [](const Tensor& p) { return p.reshape({1, 6, 1}); };
-    EXPECT_LT(worst_error("batch_norm (training)",
-                          [](const V& v) { return batch_norm(v[0], v[1], v[2], Tensor(), Tensor(), true, 0.1, 1e-5); },
-                          [&](const V& v) {
-                            return normalise_ref(v[0], {0, 2}, 1e-5) * per_channel(v[1]) + per_channel(v[2]);
-                          },
-                          {x, w, b}),
+    EXPECT_LT(worst_error(
+                  "batch_norm (training)",
+                  [](const V& v) { return batch_norm(v[0], v[1], v[2], Tensor(), Tensor(), true, 0.1, 1e-5); },
+                  [&](const V& v) {
+                    return normalise_ref(v[0], {0, 2}, 1e-5) * per_channel(v[1]) + per_channel(v[2]);
+                  },
+                  {x, w, b}),
               tol);
     // Eval: the statistics come from the running buffers (f64 here), rstd = 1 / sqrt(var + eps).
     Tensor rm = Tensor::randn({6}, DType::f64), rv = Tensor::rand({6}, DType::f64) + 0.5;
-    EXPECT_LT(worst_error("batch_norm (eval)",
-                          [&](const V& v) { return batch_norm(v[0], v[1], v[2], rm, rv, false, 0.1, 1e-5); },
-                          [&](const V& v) {
-                            return (v[0] - per_channel(rm)) / sqrt(per_channel(rv) + 1e-5) * per_channel(v[1]) +
-                                   per_channel(v[2]);
-                          },
-                          {x, w, b}),
-              tol);
+    EXPECT_LT(
+        worst_error(
+            "batch_norm (eval)", [&](const V& v) { return batch_norm(v[0], v[1], v[2], rm, rv, false, 0.1, 1e-5); },
+            [&](const V& v) {
+              return (v[0] - per_channel(rm)) / sqrt(per_channel(rv) + 1e-5) * per_channel(v[1]) + per_channel(v[2]);
+            },
+            {x, w, b}),
+        tol);
   }
   {
     // 4 groups of 3 channels x 20 positions.
     Tensor x = Tensor::randn({5, 12, 20}, DType::f64) * 1.5 + 3.0;
     Tensor w = Tensor::randn({12}, DType::f64), b = Tensor::randn({12}, DType::f64);
-    EXPECT_LT(worst_error("group_norm", [](const V& v) { return group_norm(v[0], 4, v[1], v[2], 1e-5); },
-                          [](const V& v) {
-                            Tensor xhat = normalise_ref(v[0].reshape({5, 4, 60}), {2}, 1e-5).reshape({5, 12, 20});
-                            return xhat * v[1].reshape({1, 12, 1}) + v[2].reshape({1, 12, 1});
-                          },
-                          {x, w, b}),
+    EXPECT_LT(worst_error(
+                  "group_norm", [](const V& v) { return group_norm(v[0], 4, v[1], v[2], 1e-5); },
+                  [](const V& v) {
+                    Tensor xhat = normalise_ref(v[0].reshape({5, 4, 60}), {2}, 1e-5).reshape({5, 12, 20});
+                    return xhat * v[1].reshape({1, 12, 1}) + v[2].reshape({1, 12, 1});
+                  },
+                  {x, w, b}),
               tol);
   }
   for (bool causal : {true, false}) {
     // Scores of spread ~3 over 70 keys (across the 64-row tile): lse ~ 6.
     Tensor q = Tensor::randn({1, 2, 70, 8}, DType::f64), k = Tensor::randn({1, 2, 70, 8}, DType::f64) * 2.0;
     Tensor v = Tensor::randn({1, 2, 70, 8}, DType::f64);
-    EXPECT_LT(worst_error(causal ? "attention (causal)" : "attention (full)",
-                          [causal](const V& x) {
-                            return scaled_dot_product_attention(x[0], x[1], x[2], causal, AttentionImpl::fused);
-                          },
-                          [causal](const V& x) {
-                            return scaled_dot_product_attention(x[0], x[1], x[2], causal, AttentionImpl::naive);
-                          },
-                          {q, k, v}),
+    EXPECT_LT(worst_error(
+                  causal ? "attention (causal)" : "attention (full)",
+                  [causal](const V& x) {
+                    return scaled_dot_product_attention(x[0], x[1], x[2], causal, AttentionImpl::fused);
+                  },
+                  [causal](const V& x) {
+                    return scaled_dot_product_attention(x[0], x[1], x[2], causal, AttentionImpl::naive);
+                  },
+                  {q, k, v}),
               tol);
   }
 }
@@ -233,44 +238,61 @@ TEST(StatPrecision, SavedStatisticsTakeTheInputsPrecision) {
     std::vector<int64_t> tv(static_cast<size_t>(n));
     for (int64_t i = 0; i < n; ++i) tv[static_cast<size_t>(i)] = i % c;
     Tensor target = Tensor::from_vector(tv, {n}, DType::i64);
-    EXPECT_EQ(activation_bytes_saved([&] { return V{leaf({n, c})}; },
-                                     [&](const V& v) { return cross_entropy(v[0], target, "sum"); }),
+    EXPECT_EQ(activation_bytes_saved(
+                  [&] {
+                    return V{leaf({n, c})};
+                  },
+                  [&](const V& v) { return cross_entropy(v[0], target, "sum"); }),
               rounded(n * 8) + rounded(n * stat))
         << "cross_entropy";
 
     // layer_norm: [M] mean and rstd.
     const int64_t m = 2048;
-    EXPECT_EQ(activation_bytes_saved([&] { return V{leaf({m, 4}), leaf({4}), leaf({4})}; },
-                                     [](const V& v) { return layer_norm(v[0], {4}, v[1], v[2]); }),
+    EXPECT_EQ(activation_bytes_saved(
+                  [&] {
+                    return V{leaf({m, 4}), leaf({4}), leaf({4})};
+                  },
+                  [](const V& v) { return layer_norm(v[0], {4}, v[1], v[2]); }),
               2 * rounded(m * stat))
         << "layer_norm";
 
     // batch_norm (training): [C] mean and invstd.
     const int64_t channels = 1024;
-    EXPECT_EQ(activation_bytes_saved([&] { return V{leaf({3, channels, 2}), leaf({channels}), leaf({channels})}; },
-                                     [](const V& v) { return batch_norm(v[0], v[1], v[2], Tensor(), Tensor(), true); }),
+    EXPECT_EQ(activation_bytes_saved(
+                  [&] {
+                    return V{leaf({3, channels, 2}), leaf({channels}), leaf({channels})};
+                  },
+                  [](const V& v) { return batch_norm(v[0], v[1], v[2], Tensor(), Tensor(), true); }),
               2 * rounded(channels * stat))
         << "batch_norm";
 
     // group_norm: [N, G] mean and rstd; its parameters take the input's dtype.
-    EXPECT_EQ(activation_bytes_saved([&] { return V{leaf({64, 128, 2}), leaf({128}), leaf({128})}; },
-                                     [](const V& v) { return group_norm(v[0], 32, v[1], v[2]); }),
+    EXPECT_EQ(activation_bytes_saved(
+                  [&] {
+                    return V{leaf({64, 128, 2}), leaf({128}), leaf({128})};
+                  },
+                  [](const V& v) { return group_norm(v[0], 32, v[1], v[2]); }),
               2 * rounded(64 * 32 * stat))
         << "group_norm";
 
     // Fused attention: its output and the [B, H, T] lse.
     const int64_t bh = 4, t = 256, d = 8;
-    EXPECT_EQ(activation_bytes_saved([&] { return V{leaf({1, bh, t, d}), leaf({1, bh, t, d}), leaf({1, bh, t, d})}; },
-                                     [](const V& v) {
-                                       return scaled_dot_product_attention(v[0], v[1], v[2], true, AttentionImpl::fused);
-                                     }),
-              rounded(bh * t * d * static_cast<int64_t>(dtype_size(dt))) + rounded(bh * t * stat))
+    EXPECT_EQ(
+        activation_bytes_saved(
+            [&] {
+              return V{leaf({1, bh, t, d}), leaf({1, bh, t, d}), leaf({1, bh, t, d})};
+            },
+            [](const V& v) { return scaled_dot_product_attention(v[0], v[1], v[2], true, AttentionImpl::fused); }),
+        rounded(bh * t * d * static_cast<int64_t>(dtype_size(dt))) + rounded(bh * t * stat))
         << "attention";
 
     // chunked_cross_entropy: h and the weight (parameters), the i64 targets, the [N] lse and the
     // count of rows that count (a scalar of the statistics' dtype).
-    EXPECT_EQ(activation_bytes_saved([&] { return V{leaf({n, 8}), leaf({c, 8})}; },
-                                     [&](const V& v) { return nn::chunked_cross_entropy(v[0], v[1], target, 512); }),
+    EXPECT_EQ(activation_bytes_saved(
+                  [&] {
+                    return V{leaf({n, 8}), leaf({c, 8})};
+                  },
+                  [&](const V& v) { return nn::chunked_cross_entropy(v[0], v[1], target, 512); }),
               rounded(n * 8) + rounded(n * stat) + rounded(stat))
         << "chunked_cross_entropy";
   }

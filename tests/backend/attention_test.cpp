@@ -25,10 +25,11 @@ class Attention : public DeviceTest {
  protected:
   void run(int64_t b, int64_t h, int64_t t, int64_t d, bool causal) {
     const Tol fwd = acc_tol(t), bwd = acc_tol(t, 4);
-    check_op(str_cat("attention B=", b, " H=", h, " T=", t, " D=", d, causal ? " causal" : " full"),
-             [causal](const V& x) { return scaled_dot_product_attention(x[0], x[1], x[2], causal, AttentionImpl::fused); },
-             {randn({b, h, t, d}), randn({b, h, t, d}), randn({b, h, t, d})}, fwd, bwd, true,
-             [causal](const V& x) { return scaled_dot_product_attention(x[0], x[1], x[2], causal, AttentionImpl::naive); });
+    check_op(
+        str_cat("attention B=", b, " H=", h, " T=", t, " D=", d, causal ? " causal" : " full"),
+        [causal](const V& x) { return scaled_dot_product_attention(x[0], x[1], x[2], causal, AttentionImpl::fused); },
+        {randn({b, h, t, d}), randn({b, h, t, d}), randn({b, h, t, d})}, fwd, bwd, true,
+        [causal](const V& x) { return scaled_dot_product_attention(x[0], x[1], x[2], causal, AttentionImpl::naive); });
   }
 };
 

@@ -30,7 +30,8 @@ class Conv : public DeviceTest {
     const Tol tol{4 * a.abs, a.rel};
     std::vector<Tensor> inputs = {randn(xs), randn(ws, 0.3)};
     if (bias) inputs.push_back(randn({o}));
-    check_op(name, [p, bias](const V& v) { return conv2d(v[0], v[1], bias ? v[2] : Tensor(), p); }, inputs, tol, tol);
+    check_op(
+        name, [p, bias](const V& v) { return conv2d(v[0], v[1], bias ? v[2] : Tensor(), p); }, inputs, tol, tol);
   }
   static Conv2dParams params(int64_t stride, int64_t pad, int64_t dilation = 1, int64_t groups = 1) {
     Conv2dParams p;
@@ -78,9 +79,10 @@ class Pool : public DeviceTest {
   }
   void avg_pool(const std::string& name, const Shape& xs, int64_t k, int64_t stride, int64_t pad) {
     for (bool include : {true, false})
-      check_op(str_cat("avg_pool2d ", name, include ? " counting padding" : " not counting padding"),
-               [k, stride, pad, include](const V& v) { return avg_pool2d(v[0], k, stride, pad, include); },
-               {randn(xs)}, acc_tol(k * k), acc_tol(k * k));
+      check_op(
+          str_cat("avg_pool2d ", name, include ? " counting padding" : " not counting padding"),
+          [k, stride, pad, include](const V& v) { return avg_pool2d(v[0], k, stride, pad, include); }, {randn(xs)},
+          acc_tol(k * k), acc_tol(k * k));
   }
   void both(const std::string& name, const Shape& xs, int64_t k, int64_t stride, int64_t pad) {
     max_pool(name, xs, k, stride, pad);

@@ -11,7 +11,6 @@
 #include <cstdlib>
 #include <span>
 
-
 #ifndef HEADROOM_TEST_DEVICE
 #error "HEADROOM_TEST_DEVICE must be defined (\"cpu\" or \"cuda\"): see tests/CMakeLists.txt"
 #endif
@@ -23,7 +22,8 @@ Device test_device() { return Device::parse(HEADROOM_TEST_DEVICE); }
 void DeviceTest::SetUp() {
   if (device().is_cuda()) {
 #ifdef HEADROOM_WITH_CUDA
-    if (device_count(DeviceType::cuda) == 0) GTEST_SKIP() << "no CUDA device (device_count(cuda) == 0): this test needs a GPU";
+    if (device_count(DeviceType::cuda) == 0)
+      GTEST_SKIP() << "no CUDA device (device_count(cuda) == 0): this test needs a GPU";
 #else
     GTEST_SKIP() << "built without CUDA (HEADROOM_WITH_CUDA undefined)";
 #endif
@@ -173,10 +173,10 @@ Tensor DeviceTest::host64(const Tensor& t) { return t.detach().to(Device::cpu())
     std::printf("  [tol] %s needs abs factor %.3g (given %.3g, scale %.3g)\n", dtype_name(dtype()), worst_factor,
                 tol.abs, scale);
   if (bad == 0) return ::testing::AssertionSuccess();
-  return ::testing::AssertionFailure() << bad << " of " << r.size() << " elements out of tolerance; worst at "
-                                       << at << ": " << g[at] << " vs " << r[at] << " (atol " << atol << " = "
-                                       << tol.abs << " x default x scale " << scale << ", rtol " << rtol
-                                       << "); abs factor needed " << worst_factor;
+  return ::testing::AssertionFailure() << bad << " of " << r.size() << " elements out of tolerance; worst at " << at
+                                       << ": " << g[at] << " vs " << r[at] << " (atol " << atol << " = " << tol.abs
+                                       << " x default x scale " << scale << ", rtol " << rtol << "); abs factor needed "
+                                       << worst_factor;
 }
 
 ::testing::AssertionResult DeviceTest::same(const Tensor& got, const Tensor& want) {
@@ -194,12 +194,12 @@ Tensor DeviceTest::host64(const Tensor& t) { return t.detach().to(Device::cpu())
   }
   if (bad == 0) return ::testing::AssertionSuccess();
   const auto f = static_cast<size_t>(first);
-  return ::testing::AssertionFailure() << bad << " of " << a.size() << " elements differ; first at " << first
-                                       << ": " << a[f] << " vs " << b[f];
+  return ::testing::AssertionFailure() << bad << " of " << a.size() << " elements differ; first at " << first << ": "
+                                       << a[f] << " vs " << b[f];
 }
 
-void DeviceTest::check_op(const std::string& what, const OpFn& fn, const std::vector<Tensor>& inputs, Tol fwd,
-                          Tol bwd, bool backward, const OpFn& ref_fn, const std::vector<bool>& grad_mask) {
+void DeviceTest::check_op(const std::string& what, const OpFn& fn, const std::vector<Tensor>& inputs, Tol fwd, Tol bwd,
+                          bool backward, const OpFn& ref_fn, const std::vector<bool>& grad_mask) {
   SCOPED_TRACE(what);
   std::vector<Tensor> ref_inputs, dev_inputs;
   std::vector<bool> wants_grad;

@@ -111,9 +111,8 @@ class DeviceTest : public ::testing::TestWithParam<std::tuple<Device, DType>> {
   // f64 (or integer) cpu tensors; grad_mask, when given, says which float inputs get
   // gradients. The output's dtype must be the test dtype when the reference's is f64, and
   // equal to the reference's otherwise.
-  void check_op(const std::string& what, const OpFn& fn, const std::vector<Tensor>& inputs, Tol fwd = {},
-                Tol bwd = {}, bool backward = true, const OpFn& ref_fn = nullptr,
-                const std::vector<bool>& grad_mask = {});
+  void check_op(const std::string& what, const OpFn& fn, const std::vector<Tensor>& inputs, Tol fwd = {}, Tol bwd = {},
+                bool backward = true, const OpFn& ref_fn = nullptr, const std::vector<bool>& grad_mask = {});
 };
 
 std::string device_dtype_name(const ::testing::TestParamInfo<std::tuple<Device, DType>>& info);
@@ -122,19 +121,17 @@ std::string device_only_name(const ::testing::TestParamInfo<std::tuple<Device, D
 }  // namespace headroom::testing
 
 // Instantiates Suite over {the tested device} x {f32, f16, bf16, f64}: Suite.Test/cpu_f16.
-#define HR_DEVICE_DTYPE_SUITE(Suite)                                                                        \
-  INSTANTIATE_TEST_SUITE_P(, Suite,                                                                         \
-                           ::testing::Combine(::testing::Values(::headroom::testing::test_device()),        \
-                                              ::testing::Values(::headroom::DType::f32,                     \
-                                                                ::headroom::DType::f16,                     \
-                                                                ::headroom::DType::bf16,                    \
-                                                                ::headroom::DType::f64)),                   \
+#define HR_DEVICE_DTYPE_SUITE(Suite)                                                                               \
+  INSTANTIATE_TEST_SUITE_P(, Suite,                                                                                \
+                           ::testing::Combine(::testing::Values(::headroom::testing::test_device()),               \
+                                              ::testing::Values(::headroom::DType::f32, ::headroom::DType::f16,    \
+                                                                ::headroom::DType::bf16, ::headroom::DType::f64)), \
                            ::headroom::testing::device_dtype_name)
 
 // For tests that loop over dtypes themselves (casts, integer ops): Suite.Test/cpu. dtype() is
 // f64 there and unused.
-#define HR_DEVICE_SUITE(Suite)                                                                              \
-  INSTANTIATE_TEST_SUITE_P(, Suite,                                                                         \
-                           ::testing::Combine(::testing::Values(::headroom::testing::test_device()),        \
-                                              ::testing::Values(::headroom::DType::f64)),                   \
+#define HR_DEVICE_SUITE(Suite)                                                                       \
+  INSTANTIATE_TEST_SUITE_P(, Suite,                                                                  \
+                           ::testing::Combine(::testing::Values(::headroom::testing::test_device()), \
+                                              ::testing::Values(::headroom::DType::f64)),            \
                            ::headroom::testing::device_only_name)

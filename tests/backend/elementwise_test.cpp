@@ -42,11 +42,12 @@ class Unary : public DeviceTest {
     OpFn ref_fn = ref ? OpFn([ref](const V& v) { return ref(v[0]); }) : OpFn();
     for (int64_t n : all_sizes())
       if (n < kLarge || large)
-        check_op(str_cat(name, " n=", n), [op](const V& v) { return op(v[0]); }, {make({n})}, fwd, bwd, backward,
-                 ref_fn);
+        check_op(
+            str_cat(name, " n=", n), [op](const V& v) { return op(v[0]); }, {make({n})}, fwd, bwd, backward, ref_fn);
     OpFn strided_ref = ref ? OpFn([ref](const V& v) { return ref(v[0].t().slice(0, 0, 130, 2)); }) : OpFn();
-    check_op(str_cat(name, " strided"), [op](const V& v) { return op(v[0].t().slice(0, 0, 130, 2)); },
-             {make({33, 130})}, fwd, bwd, backward, strided_ref);
+    check_op(
+        str_cat(name, " strided"), [op](const V& v) { return op(v[0].t().slice(0, 0, 130, 2)); }, {make({33, 130})},
+        fwd, bwd, backward, strided_ref);
   }
   static Make normal(double scale = 1) {
     return [scale](const Shape& s) { return randn(s, scale); };
@@ -71,34 +72,45 @@ class Unary : public DeviceTest {
 TEST_P(Unary, SignsAndPowers) {
   run("neg", [](const Tensor& x) { return neg(x); }, normal(), {}, {});
   run("abs", [](const Tensor& x) { return abs(x); }, normal(), {}, {});
-  run("square", [](const Tensor& x) { return square(x); }, normal());
+  run(
+      "square", [](const Tensor& x) { return square(x); }, normal());
   // One exponent at the large size: the kernel is pow's either way.
   for (double e : {2.0, 3.0, 0.5, -1.5})
-    run(str_cat("pow ", e), [e](const Tensor& x) { return pow(x, e); }, range(0.2, 3), {}, kComposite, true, nullptr,
+    run(
+        str_cat("pow ", e), [e](const Tensor& x) { return pow(x, e); }, range(0.2, 3), {}, kComposite, true, nullptr,
         e == -1.5);
   // sign and reciprocal have no public op (abs's gradient uses sign): the backend directly,
   // against composites.
-  run("sign", [](const Tensor& x) { return raw_unary(UnaryOp::sign, x); }, with_zeros, {}, {}, false,
+  run(
+      "sign", [](const Tensor& x) { return raw_unary(UnaryOp::sign, x); }, with_zeros, {}, {}, false,
       [](const Tensor& x) {
         Tensor one = scalar_like(x, 1.0), zero = scalar_like(x, 0.0);
         return where(gt(x, zero), one, where(lt(x, zero), -one, zero));
       });
-  run("reciprocal", [](const Tensor& x) { return raw_unary(UnaryOp::reciprocal, x); },
+  run(
+      "reciprocal", [](const Tensor& x) { return raw_unary(UnaryOp::reciprocal, x); },
       [](const Shape& s) { return away_from_zero(s, 0.1, 5); }, {}, {}, false, [](const Tensor& x) { return 1.0 / x; });
-  run("logical_not", [](const Tensor& x) { return logical_not(x); }, with_zeros, {}, {}, false);
+  run(
+      "logical_not", [](const Tensor& x) { return logical_not(x); }, with_zeros, {}, {}, false);
 }
 
 TEST_P(Unary, Transcendental) {
-  run("exp", [](const Tensor& x) { return exp(x); }, range(-4, 4));
-  run("log", [](const Tensor& x) { return log(x); }, range(0.05, 10));
-  run("sqrt", [](const Tensor& x) { return sqrt(x); }, range(0.01, 10));
+  run(
+      "exp", [](const Tensor& x) { return exp(x); }, range(-4, 4));
+  run(
+      "log", [](const Tensor& x) { return log(x); }, range(0.05, 10));
+  run(
+      "sqrt", [](const Tensor& x) { return sqrt(x); }, range(0.01, 10));
 }
 
 TEST_P(Unary, Activations) {
   run("relu", [](const Tensor& x) { return relu(x); }, normal(), {}, {});
-  run("gelu", [](const Tensor& x) { return gelu(x); }, normal(2));
-  run("tanh", [](const Tensor& x) { return tanh(x); }, normal(2));
-  run("sigmoid", [](const Tensor& x) { return sigmoid(x); }, normal(3));
+  run(
+      "gelu", [](const Tensor& x) { return gelu(x); }, normal(2));
+  run(
+      "tanh", [](const Tensor& x) { return tanh(x); }, normal(2));
+  run(
+      "sigmoid", [](const Tensor& x) { return sigmoid(x); }, normal(3));
   run("clamp", [](const Tensor& x) { return clamp(x, -0.5, 0.75); }, normal(), {}, {});
 }
 
@@ -123,8 +135,8 @@ class Binary : public DeviceTest {
       check(str_cat("(3, ", n, ") (", n, ")"), f, {3, n}, {n}, 3);
       check(str_cat("(", n, ") ()"), f, {n}, {}, n);
       check(str_cat("() (2, ", n, ")"), f, {}, {2, n}, 2 * n);
-      check(str_cat("(5, ", n, ")^T (", n, ", 5)"), [op](const V& v) { return op(v[0].t(), v[1]); }, {5, n}, {n, 5},
-            1);
+      check(
+          str_cat("(5, ", n, ")^T (", n, ", 5)"), [op](const V& v) { return op(v[0].t(), v[1]); }, {5, n}, {n, 5}, 1);
     }
     // Broadcasting is op-independent indexing on both backends: one op takes it at a large size.
     if (large_broadcast) check("(1024, 1024) (1024, 1)", f, {1024, 1024}, {1024, 1}, 1024);
@@ -143,19 +155,26 @@ class Binary : public DeviceTest {
 };
 
 TEST_P(Binary, Arithmetic) {
-  run("add", [](const Tensor& a, const Tensor& b) { return a + b; }, normal(), normal(), {}, kComposite, true);
-  run("sub", [](const Tensor& a, const Tensor& b) { return a - b; }, normal(), normal());
-  run("mul", [](const Tensor& a, const Tensor& b) { return a * b; }, normal(), normal());
-  run("div", [](const Tensor& a, const Tensor& b) { return a / b; }, normal(),
+  run(
+      "add", [](const Tensor& a, const Tensor& b) { return a + b; }, normal(), normal(), {}, kComposite, true);
+  run(
+      "sub", [](const Tensor& a, const Tensor& b) { return a - b; }, normal(), normal());
+  run(
+      "mul", [](const Tensor& a, const Tensor& b) { return a * b; }, normal(), normal());
+  run(
+      "div", [](const Tensor& a, const Tensor& b) { return a / b; }, normal(),
       [](const Shape& s) { return away_from_zero(s, 0.5, 3); });
 }
 
 TEST_P(Binary, PowMaximumMinimum) {
-  run("pow", [](const Tensor& a, const Tensor& b) { return pow(a, b); },
+  run(
+      "pow", [](const Tensor& a, const Tensor& b) { return pow(a, b); },
       [](const Shape& s) { return uniform(s, 0.2, 3); }, [](const Shape& s) { return uniform(s, -2, 2); });
   // Ties (equal rounded values) split the gradient; both sides see the same rounded inputs.
-  run("maximum", [](const Tensor& a, const Tensor& b) { return maximum(a, b); }, normal(), normal());
-  run("minimum", [](const Tensor& a, const Tensor& b) { return minimum(a, b); }, normal(), normal());
+  run(
+      "maximum", [](const Tensor& a, const Tensor& b) { return maximum(a, b); }, normal(), normal());
+  run(
+      "minimum", [](const Tensor& a, const Tensor& b) { return minimum(a, b); }, normal(), normal());
 }
 
 TEST_P(Binary, Comparisons) {
@@ -168,20 +187,23 @@ TEST_P(Binary, Comparisons) {
     Tensor a = randn({n}), b = randn({n});
     b = where(lt(uniform({n}, 0, 1), Tensor::scalar(0.5, DType::f64)), a, b);
     for (const auto& [name, cmp] : cmps)
-      check_op(str_cat(name, " n=", n), [cmp](const V& v) { return cmp(v[0], v[1]); }, {a, b}, {}, {}, false);
+      check_op(
+          str_cat(name, " n=", n), [cmp](const V& v) { return cmp(v[0], v[1]); }, {a, b}, {}, {}, false);
   }
   for (int64_t n : kSizes) {
     Tensor a = ints({n, 1}), b = ints({1, n}), at = ints({4, n}), bt = ints({n, 4});
     for (const auto& [name, cmp] : cmps) {
-      check_op(str_cat(name, " broadcast n=", n), [cmp](const V& v) { return cmp(v[0], v[1]); }, {a, b}, {}, {},
-               false);
-      check_op(str_cat(name, " transposed n=", n), [cmp](const V& v) { return cmp(v[0].t(), v[1]); }, {at, bt}, {},
-               {}, false);
+      check_op(
+          str_cat(name, " broadcast n=", n), [cmp](const V& v) { return cmp(v[0], v[1]); }, {a, b}, {}, {}, false);
+      check_op(
+          str_cat(name, " transposed n=", n), [cmp](const V& v) { return cmp(v[0].t(), v[1]); }, {at, bt}, {}, {},
+          false);
     }
   }
   for (const auto& [name, cmp] : cmps)
-    check_op(str_cat(name, " scalar"), [cmp](const V& v) { return cmp(v[0], v[1]); },
-             {ints({1000}), Tensor::scalar(1.0, DType::f64)}, {}, {}, false);
+    check_op(
+        str_cat(name, " scalar"), [cmp](const V& v) { return cmp(v[0], v[1]); },
+        {ints({1000}), Tensor::scalar(1.0, DType::f64)}, {}, {}, false);
 }
 
 TEST_P(Binary, WhereAndPromotion) {

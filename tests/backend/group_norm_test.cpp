@@ -41,13 +41,13 @@ TEST_P(GroupNormOp, EveryGroupSizeAffineAndShape) {
   };
   std::vector<Case> cases;
   for (int64_t s : kSizes) cases.push_back({{3, 6, s}, 3});  // groups of 2 channels
-  cases.push_back({{3, 4, 5, 7}, 1});                         // the whole sample
-  cases.push_back({{3, 4, 5, 7}, 4});                         // instance norm
-  cases.push_back({{2, 5, 9}, 5});                            // odd C, groups = C
-  cases.push_back({{5, 9, 3}, 3});                            // odd everything
-  cases.push_back({{8, 6}, 2});                               // 2-d: S = 1
-  cases.push_back({{16, 32, 8, 8}, 8});                       // conv-like
-  cases.push_back({{2, 2, int64_t{1} << 16}, 1});             // a long group
+  cases.push_back({{3, 4, 5, 7}, 1});                        // the whole sample
+  cases.push_back({{3, 4, 5, 7}, 4});                        // instance norm
+  cases.push_back({{2, 5, 9}, 5});                           // odd C, groups = C
+  cases.push_back({{5, 9, 3}, 3});                           // odd everything
+  cases.push_back({{8, 6}, 2});                              // 2-d: S = 1
+  cases.push_back({{16, 32, 8, 8}, 8});                      // conv-like
+  cases.push_back({{2, 2, int64_t{1} << 16}, 1});            // a long group
   const double eps = 1e-5;
   for (const Case& c : cases)
     for (int affine = 0; affine < 3; ++affine) {  // none, weight and bias, weight only
@@ -63,13 +63,13 @@ TEST_P(GroupNormOp, EveryGroupSizeAffineAndShape) {
       auto weight = [affine](const V& v) { return affine >= 1 ? v[1] : Tensor(); };
       auto bias = [affine](const V& v) { return affine == 1 ? v[2] : Tensor(); };
       const int64_t g = c.groups;
-      check_op(str_cat("group_norm ", shape_str(c.x), " groups ", g,
-                       affine == 0   ? " no affine"
-                       : affine == 1 ? " affine"
-                                     : " weight only"),
-               [g, eps, weight, bias](const V& v) { return group_norm(v[0], g, weight(v), bias(v), eps); }, inputs,
-               tol, tol, true,
-               [g, eps, weight, bias](const V& v) { return group_norm_ref(v[0], g, weight(v), bias(v), eps); });
+      check_op(
+          str_cat("group_norm ", shape_str(c.x), " groups ", g,
+                  affine == 0   ? " no affine"
+                  : affine == 1 ? " affine"
+                                : " weight only"),
+          [g, eps, weight, bias](const V& v) { return group_norm(v[0], g, weight(v), bias(v), eps); }, inputs, tol, tol,
+          true, [g, eps, weight, bias](const V& v) { return group_norm_ref(v[0], g, weight(v), bias(v), eps); });
     }
 }
 
@@ -77,10 +77,15 @@ TEST_P(GroupNormOp, NonContiguousInput) {
   // [N, C, H, W] permuted from [N, H, W, C]: the op makes it contiguous, the gradient comes back
   // in the input's layout.
   const Tol tol = acc_tol(2 * 35).times(4).scale_at_least(std::sqrt(3.0 * 35));
-  check_op("group_norm of a permuted input",
-           [](const V& v) { return group_norm(v[0].permute({0, 3, 1, 2}), 2, v[1], v[2]); },
-           {randn({3, 5, 7, 4}, 2, 0.5), randn({4}, 1, 1), randn({4})}, tol, tol, true,
-           [](const V& v) { return group_norm_ref(v[0].permute({0, 3, 1, 2}), 2, v[1], v[2], 1e-5); });
+  check_op(
+      "group_norm of a permuted input",
+      [](const V& v) {
+        return group_norm(v[0].permute({0, 3, 1, 2}), 2, v[1], v[2]);
+      },
+      {randn({3, 5, 7, 4}, 2, 0.5), randn({4}, 1, 1), randn({4})}, tol, tol, true,
+      [](const V& v) {
+        return group_norm_ref(v[0].permute({0, 3, 1, 2}), 2, v[1], v[2], 1e-5);
+      });
 }
 
 TEST_P(GroupNormOp, HalfInputWithF32Parameters) {

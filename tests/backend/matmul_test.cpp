@@ -26,13 +26,14 @@ class Matmul : public DeviceTest {
     int64_t batch = 1;
     for (size_t i = 0; i + 2 < std::max(sa.size(), sb.size()); ++i) batch *= 4;
     const Tol tol = acc_tol(longest * batch);
-    check_op(name,
-             [ta, tb](const V& v) {
-               Tensor a = ta ? v[0].transpose(-1, -2) : v[0];
-               Tensor b = tb ? v[1].transpose(-1, -2) : v[1];
-               return matmul(a, b);
-             },
-             {randn(sa), randn(sb)}, tol, tol);
+    check_op(
+        name,
+        [ta, tb](const V& v) {
+          Tensor a = ta ? v[0].transpose(-1, -2) : v[0];
+          Tensor b = tb ? v[1].transpose(-1, -2) : v[1];
+          return matmul(a, b);
+        },
+        {randn(sa), randn(sb)}, tol, tol);
   }
 };
 
@@ -78,8 +79,9 @@ TEST_P(Matmul, Linear) {
     check_op(
         str_cat("linear with bias, in=", s), [](const V& v) { return linear(v[0], v[1], v[2]); },
         {randn({64, s}), randn({33, s}), randn({33})}, tol, tol);
-    check_op(str_cat("linear without bias, out=", s), [](const V& v) { return linear(v[0], v[1], Tensor()); },
-             {randn({5, 7, 40}), randn({s, 40})}, tol, tol);
+    check_op(
+        str_cat("linear without bias, out=", s), [](const V& v) { return linear(v[0], v[1], Tensor()); },
+        {randn({5, 7, 40}), randn({s, 40})}, tol, tol);
   }
 }
 

@@ -189,8 +189,7 @@ TEST_P(Copy, NonContiguousSourcesAndDestinations) {
                          return t.select(0, 2).slice(0, 1, t.size(1));
                        }});
     }
-    cases.push_back({"permuted 4-d large", {8, 16, 64, 128},
-                     [](const Tensor& t) { return t.permute({3, 1, 0, 2}); }});
+    cases.push_back({"permuted 4-d large", {8, 16, 64, 128}, [](const Tensor& t) { return t.permute({3, 1, 0, 2}); }});
     cases.push_back({"transposed large", {1024, 1024}, [](const Tensor& t) { return t.t(); }});
     for (const Case& c : cases) {
       SCOPED_TRACE(c.name);

@@ -56,7 +56,7 @@ class Softmax : public DeviceTest {
       cases.push_back({{s, 6}, 0, false});     // columns
       cases.push_back({{3, s, 4}, 1, false});  // the middle of three
       cases.push_back({{3, 4, s}, 2, false});
-      cases.push_back({{s, 5}, 1, true});      // along the rows of a transposed input
+      cases.push_back({{s, 5}, 1, true});  // along the rows of a transposed input
     }
     cases.push_back({{4, kLong}, 1, false});
     cases.push_back({{kLong, 4}, 0, false});
@@ -71,9 +71,10 @@ class Softmax : public DeviceTest {
       const double spread = 3;
       const bool t = c.transposed;
       const int64_t d = c.dim;
-      check_op(str_cat(name, " ", shape_str(c.shape), t ? "^T" : "", " dim ", d),
-               [op, t, d](const V& v) { return op(t ? v[0].t() : v[0], d); }, {randn(c.shape, spread)}, tol, tol, true,
-               [ref, t, d](const V& v) { return ref(t ? v[0].t() : v[0], d); });
+      check_op(
+          str_cat(name, " ", shape_str(c.shape), t ? "^T" : "", " dim ", d),
+          [op, t, d](const V& v) { return op(t ? v[0].t() : v[0], d); }, {randn(c.shape, spread)}, tol, tol, true,
+          [ref, t, d](const V& v) { return ref(t ? v[0].t() : v[0], d); });
     }
   }
 };
@@ -100,7 +101,7 @@ Tensor cross_entropy_ref(const Tensor& logits, const Tensor& target, const std::
 }
 
 TEST_P(CrossEntropy, EveryClassCountReductionAndLayout) {
-  {  // every class count, reduction and ignore_index
+  {                                                   // every class count, reduction and ignore_index
     std::vector<std::pair<int64_t, int64_t>> shapes;  // {rows, classes}
     for (int64_t s : kSizes) shapes.push_back({33, s});
     shapes.push_back({4, kLong});
@@ -114,19 +115,21 @@ TEST_P(CrossEntropy, EveryClassCountReductionAndLayout) {
           Tensor target = Tensor::from_vector(t, {n}, DType::i64);
           // The mean and the sum add n per-row losses; each row's gradient is a softmax row.
           const Tol tol = acc_tol(std::max(n, c)).times(2);
-          check_op(str_cat("cross_entropy ", n, " x ", c, " ", reduction, " ignore_index ", ignore),
-                   [reduction, ignore](const V& v) { return cross_entropy(v[0], v[1], reduction, ignore); },
-                   {randn({n, c}, 2), target}, tol, tol, true,
-                   [reduction, ignore](const V& v) { return cross_entropy_ref(v[0], v[1], reduction, ignore); });
+          check_op(
+              str_cat("cross_entropy ", n, " x ", c, " ", reduction, " ignore_index ", ignore),
+              [reduction, ignore](const V& v) { return cross_entropy(v[0], v[1], reduction, ignore); },
+              {randn({n, c}, 2), target}, tol, tol, true,
+              [reduction, ignore](const V& v) { return cross_entropy_ref(v[0], v[1], reduction, ignore); });
         }
   }
 
   {  // transposed (non-contiguous) logits and i32 targets
     Tensor target = cast(randint({127}, 255), DType::i32);
     const Tol tol = acc_tol(255).times(2);
-    check_op("transposed logits, i32 targets", [](const V& v) { return cross_entropy(v[0].t(), v[1]); },
-             {randn({255, 127}, 2), target}, tol, tol, true,
-             [](const V& v) { return cross_entropy_ref(v[0].t(), cast(v[1], DType::i64), "mean", -100); });
+    check_op(
+        "transposed logits, i32 targets", [](const V& v) { return cross_entropy(v[0].t(), v[1]); },
+        {randn({255, 127}, 2), target}, tol, tol, true,
+        [](const V& v) { return cross_entropy_ref(v[0].t(), cast(v[1], DType::i64), "mean", -100); });
   }
 }
 
@@ -181,9 +184,10 @@ TEST_P(LayerNorm, EveryRowLengthAffineAndLayout) {
   }
 
   const Tol tol = acc_tol(255).times(4);
-  check_op("layer_norm of a transposed input", [](const V& v) { return layer_norm(v[0].t(), {255}, v[1], v[2]); },
-           {randn({255, 17}), randn({255}), randn({255})}, tol, tol, true,
-           [](const V& v) { return layer_norm_ref(v[0].t(), 1, v[1], v[2], 1e-5); });
+  check_op(
+      "layer_norm of a transposed input", [](const V& v) { return layer_norm(v[0].t(), {255}, v[1], v[2]); },
+      {randn({255, 17}), randn({255}), randn({255})}, tol, tol, true,
+      [](const V& v) { return layer_norm_ref(v[0].t(), 1, v[1], v[2], 1e-5); });
 }
 
 // ---- batch norm ----
@@ -261,14 +265,15 @@ TEST_P(BatchNorm, Evaluation) {
     const Tol tol = acc_tol(shape_numel(xs) / c);
     Tensor rm = randn({c}, 0.5), rv = uniform({c}, 0.5, 2);
     Shape bshape = {1, c, 1, 1};
-    check_op(str_cat("batch_norm eval ", shape_str(xs)),
-             [eps](const V& v) { return batch_norm(v[0], v[1], v[2], v[3], v[4], false, 0.1, eps); },
-             {randn(xs, 2, 1), randn({c}, 1, 1), randn({c}), rm, rv}, tol, tol, true,
-             [eps, bshape](const V& v) {
-               return (v[0] - v[3].reshape(bshape)) / sqrt(v[4].reshape(bshape) + eps) * v[1].reshape(bshape) +
-                      v[2].reshape(bshape);
-             },
-             {true, true, true, false, false});
+    check_op(
+        str_cat("batch_norm eval ", shape_str(xs)),
+        [eps](const V& v) { return batch_norm(v[0], v[1], v[2], v[3], v[4], false, 0.1, eps); },
+        {randn(xs, 2, 1), randn({c}, 1, 1), randn({c}), rm, rv}, tol, tol, true,
+        [eps, bshape](const V& v) {
+          return (v[0] - v[3].reshape(bshape)) / sqrt(v[4].reshape(bshape) + eps) * v[1].reshape(bshape) +
+                 v[2].reshape(bshape);
+        },
+        {true, true, true, false, false});
   }
 }
 
@@ -286,7 +291,7 @@ TEST_P(Indexing, EmbeddingWithRepeatedIndices) {
   };
   std::vector<Case> cases;
   for (int64_t s : kSizes) {
-    cases.push_back({50, s, {4, 9}});  // row width
+    cases.push_back({50, s, {4, 9}});   // row width
     cases.push_back({s, 16, {3, 64}});  // table size
   }
   cases.push_back({1000, 256, {64, 64}});  // a 4096 x 256 output
@@ -295,8 +300,9 @@ TEST_P(Indexing, EmbeddingWithRepeatedIndices) {
     Tensor idx = randint(c.idx, c.num);
     const int64_t repeats = std::max<int64_t>(1, 3 * shape_numel(c.idx) / c.num);
     const Tol tol = acc_tol(repeats);
-    check_op(str_cat("embedding ", c.num, " x ", c.dim, " indices ", shape_str(c.idx)),
-             [](const V& v) { return embedding(v[0], v[1]); }, {randn({c.num, c.dim}), idx}, tol, tol);
+    check_op(
+        str_cat("embedding ", c.num, " x ", c.dim, " indices ", shape_str(c.idx)),
+        [](const V& v) { return embedding(v[0], v[1]); }, {randn({c.num, c.dim}), idx}, tol, tol);
   }
 }
 
@@ -308,18 +314,23 @@ TEST_P(Indexing, IndexSelectAlongEachDimAndRange) {
         const int64_t size = x.size(dim);
         Tensor idx = randint({2 * s + 3}, size);
         const Tol tol = acc_tol(std::max<int64_t>(1, 3 * (2 * s + 3) / size));
-        check_op(str_cat("index_select dim ", dim, " of ", shape_str(x.shape())),
-                 [dim](const V& v) { return index_select(v[0], dim, v[1]); }, {x, idx}, tol, tol);
-        check_op(str_cat("index_select dim ", dim, " of a permuted view"),
-                 [dim](const V& v) { return index_select(v[0].permute({2, 0, 1}), dim, v[1]); },
-                 {x, randint({s}, x.permute({2, 0, 1}).size(dim))}, tol, tol);
+        check_op(
+            str_cat("index_select dim ", dim, " of ", shape_str(x.shape())),
+            [dim](const V& v) { return index_select(v[0], dim, v[1]); }, {x, idx}, tol, tol);
+        check_op(
+            str_cat("index_select dim ", dim, " of a permuted view"),
+            [dim](const V& v) {
+              return index_select(v[0].permute({2, 0, 1}), dim, v[1]);
+            },
+            {x, randint({s}, x.permute({2, 0, 1}).size(dim))}, tol, tol);
       }
     }
     // A large gather: 2^18 rows picked from 1000.
     Tensor big_idx = randint({kLong}, 1000);
     const Tol tol = acc_tol(3 * kLong / 1000);
-    check_op("index_select of 2^18 rows", [](const V& v) { return index_select(v[0], 0, v[1]); },
-             {randn({1000, 4}), big_idx}, tol, tol);
+    check_op(
+        "index_select of 2^18 rows", [](const V& v) { return index_select(v[0], 0, v[1]); },
+        {randn({1000, 4}), big_idx}, tol, tol);
   }
 
   {  // an index out of range throws on every device

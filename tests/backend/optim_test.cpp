@@ -90,17 +90,15 @@ TEST_P(Optim, SgdPlainMomentumNesterov) {
 
   run("sgd momentum", [](std::vector<Tensor> p) { return std::make_unique<optim::SGD>(std::move(p), 0.1, 0.9); });
 
-  run("sgd nesterov", [](std::vector<Tensor> p) {
-    return std::make_unique<optim::SGD>(std::move(p), 0.05, 0.9, 0.01, true);
-  });
+  run("sgd nesterov",
+      [](std::vector<Tensor> p) { return std::make_unique<optim::SGD>(std::move(p), 0.05, 0.9, 0.01, true); });
 }
 
 TEST_P(Optim, AdamL2AndAdamW) {
   run("adam", [](std::vector<Tensor> p) { return std::make_unique<optim::Adam>(std::move(p), 0.01); });
 
-  run("adam l2", [](std::vector<Tensor> p) {
-    return std::make_unique<optim::Adam>(std::move(p), 0.01, 0.9, 0.999, 1e-8, 0.01);
-  });
+  run("adam l2",
+      [](std::vector<Tensor> p) { return std::make_unique<optim::Adam>(std::move(p), 0.01, 0.9, 0.999, 1e-8, 0.01); });
 
   run("adamw",
       [](std::vector<Tensor> p) { return std::make_unique<optim::AdamW>(std::move(p), 0.01, 0.9, 0.99, 1e-8, 0.1); });

@@ -54,8 +54,9 @@ class Reduce : public DeviceTest {
     for (const Case& c : cases()) {
       // amax/amin's gradient goes to the winners; a tie splits it, on both sides alike.
       Tol tol = acc_tol(c.count).times(extra.abs);
-      check_op(str_cat(name, " ", c.name), [c, op](const V& v) { return op(view_of(v[0], c), c.dims, c.keepdim); },
-               {randn(c.shape)}, tol, tol);
+      check_op(
+          str_cat(name, " ", c.name), [c, op](const V& v) { return op(view_of(v[0], c), c.dims, c.keepdim); },
+          {randn(c.shape)}, tol, tol);
     }
   }
 };
@@ -82,8 +83,9 @@ TEST_P(Reduce, Var) {
     // matter, so the f16 instance stops below that count.
     if (dtype() == DType::f16 && c.count > 65504) continue;
     Tol tol = acc_tol(c.count).times(2);
-    check_op(str_cat("var ", c.name), [c](const V& v) { return var1(view_of(v[0], c), c.dims, c.keepdim); },
-             {randn(c.shape)}, tol, tol);
+    check_op(
+        str_cat("var ", c.name), [c](const V& v) { return var1(view_of(v[0], c), c.dims, c.keepdim); },
+        {randn(c.shape)}, tol, tol);
   }
 }
 
@@ -96,10 +98,12 @@ TEST_P(Reduce, ArgmaxArgmin) {
     Tensor x = randn(c.shape);
     Tensor ints = cast(cast(randn(c.shape, 2), DType::i64), DType::f64);
     Tensor mixed = where(lt(uniform(c.shape, 0, 1), Tensor::scalar(0.3, DType::f64)), ints, x);
-    check_op(str_cat("argmax ", c.name), [c, dim](const V& v) { return argmax(view_of(v[0], c), dim, c.keepdim); },
-             {mixed}, {}, {}, false);
-    check_op(str_cat("argmin ", c.name), [c, dim](const V& v) { return argmin(view_of(v[0], c), dim, c.keepdim); },
-             {mixed}, {}, {}, false);
+    check_op(
+        str_cat("argmax ", c.name), [c, dim](const V& v) { return argmax(view_of(v[0], c), dim, c.keepdim); }, {mixed},
+        {}, {}, false);
+    check_op(
+        str_cat("argmin ", c.name), [c, dim](const V& v) { return argmin(view_of(v[0], c), dim, c.keepdim); }, {mixed},
+        {}, {}, false);
   }
 }
 

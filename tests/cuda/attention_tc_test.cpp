@@ -86,8 +86,8 @@ TEST(AttentionTensorCores, AgreeWithTheCudaCoreKernels) {
     bool causal;
   };
   // Lengths around the 64-row tiles, both head dims, causal and full, and GPT-2 small's T.
-  const Case cases[] = {{1, 2, 1, 64, true},    {1, 2, 63, 64, true},  {2, 1, 64, 64, true},  {1, 2, 65, 64, false},
-                        {1, 3, 200, 64, true},  {1, 1, 130, 128, true}, {1, 1, 77, 128, false}, {1, 2, 1024, 64, true}};
+  const Case cases[] = {{1, 2, 1, 64, true},   {1, 2, 63, 64, true},   {2, 1, 64, 64, true},   {1, 2, 65, 64, false},
+                        {1, 3, 200, 64, true}, {1, 1, 130, 128, true}, {1, 1, 77, 128, false}, {1, 2, 1024, 64, true}};
   for (DType dt : {DType::bf16, DType::f16}) {
     const double tol = dt == DType::bf16 ? 3e-2 : 5e-3;
     for (const Case& c : cases) {
@@ -95,8 +95,8 @@ TEST(AttentionTensorCores, AgreeWithTheCudaCoreKernels) {
       const Tensor q = Tensor::randn({c.b, c.h, c.t, c.d}).to(dt), k = Tensor::randn({c.b, c.h, c.t, c.d}).to(dt),
                    v = Tensor::randn({c.b, c.h, c.t, c.d}).to(dt), w = Tensor::randn({c.b, c.h, c.t, c.d});
       const Result tc = run(q, k, v, w, c.causal, true), cores = run(q, k, v, w, c.causal, false);
-      const std::string what = str_cat(dtype_name(dt), " B=", c.b, " H=", c.h, " T=", c.t, " D=", c.d,
-                                       c.causal ? " causal" : " full");
+      const std::string what =
+          str_cat(dtype_name(dt), " B=", c.b, " H=", c.h, " T=", c.t, " D=", c.d, c.causal ? " causal" : " full");
       EXPECT_LE(rel_err(tc.out, cores.out), tol) << what << ": out";
       EXPECT_LE(rel_err(tc.dq, cores.dq), tol) << what << ": dq";
       EXPECT_LE(rel_err(tc.dk, cores.dk), tol) << what << ": dk";
@@ -118,8 +118,9 @@ TEST(AttentionTensorCores, MisalignedViewsAreStillRight) {
   const Tensor q = shifted(), k = shifted(), v = shifted();
   TensorCoreSwitch sw(true);
   const Tensor got = scaled_dot_product_attention(q, k, v, true, AttentionImpl::fused);
-  const Tensor ref = scaled_dot_product_attention(q.to(Device::cpu()).to(DType::f64), k.to(Device::cpu()).to(DType::f64),
-                                                  v.to(Device::cpu()).to(DType::f64), true, AttentionImpl::naive);
+  const Tensor ref =
+      scaled_dot_product_attention(q.to(Device::cpu()).to(DType::f64), k.to(Device::cpu()).to(DType::f64),
+                                   v.to(Device::cpu()).to(DType::f64), true, AttentionImpl::naive);
   const std::vector<double> g = got.to(Device::cpu()).to(DType::f64).to_vector<double>();
   EXPECT_LE(rel_err(g, ref.to_vector<double>()), 3e-2);
 }

@@ -16,15 +16,17 @@ TEST(CudaCheck, ABadCallThrowsNamingTheCallFileLineAndError) {
   std::string message;
   cudaError_t code = cudaSuccess;
   try {
-    line = __LINE__; HR_CUDA_CHECK(cudaSetDevice(9999));
+    line = __LINE__ + 1;  // the next line's
+    HR_CUDA_CHECK(cudaSetDevice(9999));
   } catch (const CudaError& e) {
     message = e.what();
     code = e.code();
   }
   ASSERT_FALSE(message.empty()) << "HR_CUDA_CHECK(cudaSetDevice(9999)) did not throw CudaError";
   EXPECT_NE(code, cudaSuccess);
-  for (const std::string& part : {std::string("cudaSetDevice(9999)"), std::string("cuda_check_test.cpp:") + std::to_string(line),
-                                  std::string(cudaGetErrorName(code)), std::string(cudaGetErrorString(code))})
+  for (const std::string& part :
+       {std::string("cudaSetDevice(9999)"), std::string("cuda_check_test.cpp:") + std::to_string(line),
+        std::string(cudaGetErrorName(code)), std::string(cudaGetErrorString(code))})
     EXPECT_NE(message.find(part), std::string::npos) << "\"" << message << "\" lacks \"" << part << "\"";
   // The device part of the message says what is true on this machine.
   EXPECT_NE(message.find(cuda_available() ? "on cuda:" : "on no CUDA device"), std::string::npos) << message;

@@ -146,7 +146,7 @@ TEST(CudaMemory, ARealCudaMallocFailureBecomesOutOfMemoryErrorAndTheAllocatorGoe
     EXPECT_NE(report.find(part), std::string::npos) << "report lacks \"" << part << "\":\n" << report;
   const MemoryStats after = gpu.stats();
   EXPECT_EQ(after.num_ooms - before.num_ooms, 1);
-  EXPECT_EQ(after.num_alloc_retries - before.num_alloc_retries, 1);  // freed the cache and tried again
+  EXPECT_EQ(after.num_alloc_retries - before.num_alloc_retries, 1);          // freed the cache and tried again
   EXPECT_EQ(after.allocated_bytes.current, before.allocated_bytes.current);  // the failed request holds nothing
   EXPECT_EQ(cudaGetLastError(), cudaSuccess) << "the failed cudaMalloc was left as the thread's last error";
   Allocation a = get(8 * MiB);
@@ -166,7 +166,9 @@ void CUDART_CB wait_until_released(void* flag) {
 
 class StreamHold {
  public:
-  explicit StreamHold(cudaStream_t s) : stream_(s) { HR_CUDA_CHECK(cudaLaunchHostFunc(s, wait_until_released, &released_)); }
+  explicit StreamHold(cudaStream_t s) : stream_(s) {
+    HR_CUDA_CHECK(cudaLaunchHostFunc(s, wait_until_released, &released_));
+  }
   void release() {
     released_ = true;
     HR_CUDA_CHECK(cudaStreamSynchronize(stream_));
@@ -241,8 +243,9 @@ TEST(CudaMemory, HeadroomMemoryLimitAppliesToEveryGpu) {
   } catch (const ValueError&) {
     // Unreadable: the library loaded anyway, and the first allocation on each GPU says why.
     for (int i = 0; i < cuda_device_count(); ++i)
-      EXPECT_THROW_WITH(caching_allocator(Device::cuda(i)).allocate(MiB, Stream{Device::cuda(i), 0}, MemoryCategory::temporary),
-                        ValueError, "HEADROOM_MEMORY_LIMIT");
+      EXPECT_THROW_WITH(
+          caching_allocator(Device::cuda(i)).allocate(MiB, Stream{Device::cuda(i), 0}, MemoryCategory::temporary),
+          ValueError, "HEADROOM_MEMORY_LIMIT");
     return;
   }
   for (int i = 0; i < cuda_device_count(); ++i) EXPECT_EQ(caching_allocator(Device::cuda(i)).memory_limit(), expected);

@@ -59,7 +59,8 @@ TEST(ProcessGroup, ReduceScatterGivesEachRankItsChunk) {
   pg().reduce_scatter(output, input)->wait();
   const double rank_sum = 1000.0 * n * (n - 1) / 2;
   std::vector<double> out = values(output);
-  for (int64_t i = 0; i < k; ++i) EXPECT_EQ(out[static_cast<size_t>(i)], rank_sum + static_cast<double>(n * (r * k + i)));
+  for (int64_t i = 0; i < k; ++i)
+    EXPECT_EQ(out[static_cast<size_t>(i)], rank_sum + static_cast<double>(n * (r * k + i)));
   // Averaged.
   pg().reduce_scatter(output, input, ReduceOp::average)->wait();
   out = values(output);
@@ -133,11 +134,11 @@ TEST(ProcessGroup, BadArgumentsAreRefusedBeforeAnythingMoves) {
   const int n = pg().size();
   const dist::CommunicationStats before = pg().stats();
   Tensor m = Tensor::zeros({4, 3});
-  EXPECT_THROW(pg().all_reduce(m.t()), ValueError);                         // not contiguous
-  EXPECT_THROW(pg().all_reduce(Tensor()), ValueError);                      // undefined
+  EXPECT_THROW(pg().all_reduce(m.t()), ValueError);     // not contiguous
+  EXPECT_THROW(pg().all_reduce(Tensor()), ValueError);  // undefined
   EXPECT_THROW(pg().all_reduce(Tensor::zeros({2}, DType::boolean)), DTypeError);
   EXPECT_THROW(pg().all_reduce(Tensor::zeros({2}, DType::i32), ReduceOp::average), DTypeError);
-  EXPECT_THROW(pg().broadcast(m, n), ValueError);                           // no such root
+  EXPECT_THROW(pg().broadcast(m, n), ValueError);  // no such root
   EXPECT_THROW(pg().recv(m, -1), ValueError);
   EXPECT_THROW(pg().reduce_scatter(Tensor::zeros({5}), Tensor::zeros({5 * n + 1})), ShapeError);
   EXPECT_THROW(pg().all_gather(Tensor::zeros({5 * n}, DType::f64), Tensor::zeros({5})), DTypeError);

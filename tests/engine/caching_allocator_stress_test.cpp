@@ -139,8 +139,7 @@ StressResult stress(CachingAllocator& allocator, const StressConfig& cfg) {
           std::memcpy(a.ptr, &tag, 8);
           std::memcpy(static_cast<char*>(a.ptr) + n - 8, &tag, 8);
           if (rng() % 4 == 0) allocator.record_stream(a, Stream{Device::cpu(), static_cast<int64_t>(rng() % 3)});
-          if (rng() % 8 == 0)
-            allocator.set_category(a, static_cast<MemoryCategory>(rng() % kNumMemoryCategories));
+          if (rng() % 8 == 0) allocator.set_category(a, static_cast<MemoryCategory>(rng() % kNumMemoryCategories));
           live.push_back({a, tag});
         } catch (const OutOfMemoryError&) {
           ++ooms;

@@ -136,12 +136,12 @@ TEST(CachingAllocator, ReleasesWholeFreeSegmentsOnAMiss) {
   Fixture f;
   f.alloc->set_release_on_miss(true);
   Allocation a = f.get(4 * MiB);
-  f.alloc->deallocate(a);             // cached
-  Allocation b = f.get(3 * MiB);      // fits the cached block: a hit, nothing released
+  f.alloc->deallocate(a);         // cached
+  Allocation b = f.get(3 * MiB);  // fits the cached block: a hit, nothing released
   EXPECT_EQ(b.ptr, a.ptr);
-  Allocation c = f.get(6 * MiB);      // a miss: nothing cached is whole-free, a new segment
+  Allocation c = f.get(6 * MiB);  // a miss: nothing cached is whole-free, a new segment
   f.alloc->deallocate(b);
-  Allocation d = f.get(16 * MiB);     // a miss: the whole-free 4 MiB segment goes back first
+  Allocation d = f.get(16 * MiB);  // a miss: the whole-free 4 MiB segment goes back first
   MemoryStats s = f.alloc->stats();
   EXPECT_EQ(s.num_device_free, 1);
   EXPECT_EQ(s.reserved_bytes.current, static_cast<int64_t>(22 * MiB));

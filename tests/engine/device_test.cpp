@@ -21,7 +21,8 @@ TEST(Device, ParsesCpuCudaAndCudaN) {
 TEST(Device, CudaInABuildWithoutCudaSaysSo) {
   for (int index : {0, 1}) {
     const Device d = Device::cuda(index);
-    EXPECT_THROW_WITH(allocator_for(d), DeviceError, d.str() + " is not available: this headroom was built without CUDA");
+    EXPECT_THROW_WITH(allocator_for(d), DeviceError,
+                      d.str() + " is not available: this headroom was built without CUDA");
     EXPECT_THROW_WITH(Tensor::zeros({2}, d), DeviceError, "built without CUDA support");
     EXPECT_THROW_WITH(backend_for(d), DeviceError, "built without CUDA support");
     EXPECT_THROW_WITH(Tensor::ones({2}).to(d), DeviceError, "-DHEADROOM_CUDA=ON");

@@ -170,9 +170,9 @@ TEST(DType, HalfFromFloatBoundaryCases) {
       {-0.0f, 0x8000},
       {1.0f, 0x3c00},
       {-2.0f, 0xc000},
-      {65504.0f, 0x7bff},                       // the largest half
-      {65519.99609375f, 0x7bff},                // just below the midpoint to inf
-      {65520.0f, 0x7c00},                       // the midpoint: ties to even, which is inf
+      {65504.0f, 0x7bff},         // the largest half
+      {65519.99609375f, 0x7bff},  // just below the midpoint to inf
+      {65520.0f, 0x7c00},         // the midpoint: ties to even, which is inf
       {-65520.0f, 0xfc00},
       {1e6f, 0x7c00},
       {3.4028235e38f, 0x7c00},
@@ -180,25 +180,25 @@ TEST(DType, HalfFromFloatBoundaryCases) {
       {-INFINITY, 0xfc00},
       {NAN, 0x7e00},
       {-NAN, 0xfe00},
-      {float_of(0x7f800001u), 0x7e00},           // a signalling NaN stays a NaN
+      {float_of(0x7f800001u), 0x7e00},  // a signalling NaN stays a NaN
       {float_of(0xffc12345u), 0xfe00},
       {tiny, 0x0001},
       {-tiny, 0x8001},
-      {tiny / 2, 0x0000},                       // a tie between 0 and the smallest subnormal: even
+      {tiny / 2, 0x0000},  // a tie between 0 and the smallest subnormal: even
       {-tiny / 2, 0x8000},
       {tiny * 0.75f, 0x0001},
-      {tiny * 1.5f, 0x0002},                    // a tie between 1 and 2 units: even
-      {tiny * 2.5f, 0x0002},                    // a tie between 2 and 3 units: even
-      {std::ldexp(1.0f, -14), 0x0400},          // the smallest normal half
+      {tiny * 1.5f, 0x0002},                       // a tie between 1 and 2 units: even
+      {tiny * 2.5f, 0x0002},                       // a tie between 2 and 3 units: even
+      {std::ldexp(1.0f, -14), 0x0400},             // the smallest normal half
       {std::ldexp(1.0f, -14) - tiny / 2, 0x0400},  // halfway from the largest subnormal: even
-      {std::ldexp(1023.0f, -24), 0x03ff},       // the largest subnormal
-      {float_of(0x00000001u), 0x0000},          // f32 subnormals vanish
+      {std::ldexp(1023.0f, -24), 0x03ff},          // the largest subnormal
+      {float_of(0x00000001u), 0x0000},             // f32 subnormals vanish
       {float_of(0x807fffffu), 0x8000},
-      {1.0f + std::ldexp(1.0f, -11), 0x3c00},   // a tie above 1: even (down)
+      {1.0f + std::ldexp(1.0f, -11), 0x3c00},      // a tie above 1: even (down)
       {1.0f + 3 * std::ldexp(1.0f, -11), 0x3c02},  // a tie above 1 + 2^-10: even (up)
       {2047.0f, 0x67ff},
-      {2049.0f, 0x6800},                        // ulp 2 there: a tie, even (down to 2048)
-      {2051.0f, 0x6802},                        // a tie, even (up to 2052)
+      {2049.0f, 0x6800},  // ulp 2 there: a tie, even (down to 2048)
+      {2051.0f, 0x6802},  // a tie, even (up to 2052)
   };
   for (const Case& c : cases) {
     EXPECT_EQ(Half::from_float(c.f), c.want) << "float " << hex(bits_of(c.f)) << " (" << c.f << ")";

@@ -59,7 +59,7 @@ TEST(FaultInjection, FailsTheKthSegmentRequestButNotCacheHits) {
   auto a = host_allocator();
   Allocation small = a->allocate(4 * KiB);  // the first small segment exists now
   a->inject_fault(FaultKind::segment, 2);
-  Allocation hit = a->allocate(4 * KiB);  // served from the segment: not a segment request
+  Allocation hit = a->allocate(4 * KiB);   // served from the segment: not a segment request
   Allocation big1 = a->allocate(3 * MiB);  // segment request 1
   EXPECT_THROW_WITH(a->allocate(5 * MiB), OutOfMemoryError, "injected failure (segment request #2");
   EXPECT_EQ(a->stats().num_alloc_retries, 1);  // the real path: cache freed, tried again, failed

@@ -30,7 +30,8 @@ TEST(FromVector, IntegerListsAreExact) {
   Tensor f = Tensor::from_vector({1, 2, 3, 4}, {2, 2});
   EXPECT_EQ(f.dtype(), DType::f32);
   EXPECT_EQ(f.to_vector<float>(), (std::vector<float>{1, 2, 3, 4}));
-  EXPECT_EQ(Tensor::from_vector({16777216, -3}, {2}, DType::f32).to_vector<double>(), (std::vector<double>{16777216, -3}));
+  EXPECT_EQ(Tensor::from_vector({16777216, -3}, {2}, DType::f32).to_vector<double>(),
+            (std::vector<double>{16777216, -3}));
   EXPECT_EQ(Tensor::from_vector({2048, 4096}, {2}, DType::f16).to_vector<double>(), (std::vector<double>{2048, 4096}));
   // Mixed and floating lists keep the double overload; floats round as floats do.
   EXPECT_EQ(Tensor::from_vector({1, 2.5}, {2}, DType::f64).to_vector<double>(), (std::vector<double>{1, 2.5}));
@@ -42,8 +43,9 @@ TEST(FromVector, IntegerListsAreExact) {
 
 TEST(FromVector, ValuesTheDtypeWouldChangeThrow) {
   const int64_t big = (int64_t{1} << 53) + 1;
-  EXPECT_THROW_WITH(Tensor::from_vector({big}, {1}, DType::f64), DTypeError,
-                    "from_vector: value 9007199254740993 at index 0 is not exactly representable in f64 (it would be rounded)");
+  EXPECT_THROW_WITH(
+      Tensor::from_vector({big}, {1}, DType::f64), DTypeError,
+      "from_vector: value 9007199254740993 at index 0 is not exactly representable in f64 (it would be rounded)");
   EXPECT_THROW_WITH(Tensor::from_vector({1, 16777217}, {2}, DType::f32), DTypeError, "value 16777217 at index 1");
   EXPECT_THROW_WITH(Tensor::from_vector({2049}, {1}, DType::f16), DTypeError, "f16");
   EXPECT_THROW_WITH(Tensor::from_vector({int64_t{1} << 40}, {1}, DType::i32), DTypeError, "i32 (out of range)");
@@ -52,7 +54,8 @@ TEST(FromVector, ValuesTheDtypeWouldChangeThrow) {
   EXPECT_THROW_WITH(Tensor::from_vector({1.5, 2.0}, {2}, DType::i64), DTypeError, "value 1.5 at index 0");
   EXPECT_THROW_WITH(Tensor::from_vector({1.0, 3e9}, {2}, DType::i32), DTypeError, "(out of range)");
   EXPECT_THROW_WITH(Tensor::from_vector({9.3e18}, {1}, DType::i64), DTypeError, "out of range");
-  EXPECT_THROW_WITH(Tensor::from_vector(std::vector<double>{std::nan("")}, {1}, DType::i64), DTypeError, "not an integer");
+  EXPECT_THROW_WITH(Tensor::from_vector(std::vector<double>{std::nan("")}, {1}, DType::i64), DTypeError,
+                    "not an integer");
 }
 
 }  // namespace

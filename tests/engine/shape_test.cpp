@@ -64,8 +64,8 @@ TEST(ShapeArithmetic, NegativeDimsAreRefusedByName) {
 
 TEST(ShapeArithmetic, ReshapeInferenceCannotOverflow) {
   Tensor empty = Tensor::zeros({0});
-  for (const Shape& s : {Shape{k2_62, k2_62, 0}, Shape{0, k2_62, k2_62}, Shape{k2_62, k2_62, 0, -1},
-                         Shape{0, -1, k2_62, k2_62}})
+  for (const Shape& s :
+       {Shape{k2_62, k2_62, 0}, Shape{0, k2_62, k2_62}, Shape{k2_62, k2_62, 0, -1}, Shape{0, -1, k2_62, k2_62}})
     EXPECT_THROW_WITH(empty.reshape(s), ShapeError, shape_str(s));
   EXPECT_THROW_WITH(Tensor::zeros({4}).reshape({k2_62, 4, -1}), ShapeError, "reshape");
   EXPECT_THROW_WITH(empty.reshape({0, -1}), ShapeError, "cannot infer -1");

@@ -99,7 +99,8 @@ TEST(Tensor, ElementwiseValues) {
   EXPECT_NEAR(v(tanh(x))[0], std::tanh(-2.0), 1e-12);
   EXPECT_NEAR(v(gelu(x))[3], 0.5 * 0.5 * (1 + std::tanh(std::sqrt(2 / M_PI) * (0.5 + 0.044715 * 0.125))), 1e-12);
   EXPECT_EQ(v(pow(x, 2.0)), (std::vector<double>{4, 0.25, 0, 0.25, 4}));
-  EXPECT_EQ(gt(x, Tensor::scalar(0.0, DType::f64)).to_vector<bool>(), (std::vector<bool>{false, false, false, true, true}));
+  EXPECT_EQ(gt(x, Tensor::scalar(0.0, DType::f64)).to_vector<bool>(),
+            (std::vector<bool>{false, false, false, true, true}));
   EXPECT_EQ(v(where(lt(x, scalar_like(x, 0)), x * 0.0, x)), (std::vector<double>{0, 0, 0, 0.5, 2}));
   EXPECT_EQ(v(masked_fill(x, eq(x, scalar_like(x, 0)), 7)), (std::vector<double>{-2, -0.5, 7, 0.5, 2}));
   EXPECT_EQ(v(clamp(x, -1, 1)), (std::vector<double>{-1, -0.5, 0, 0.5, 1}));

@@ -58,8 +58,10 @@ TEST(BatchSplitExample, AutoTrainsTheCnnAtBatch1024UnderALimitThatStopsThePlainR
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("batch splitting: micro-batch of 1024 ran out of memory"), std::string::npos) << r.output;
   std::smatch m;
-  ASSERT_TRUE(std::regex_search(r.output, m,
-                                std::regex(R"(batch splitting \(auto\): micro-batches of (\d+) samples \((\d+) per batch of 1024\), (\d+) out-of-memory errors recovered)")))
+  ASSERT_TRUE(std::regex_search(
+      r.output, m,
+      std::regex(
+          R"(batch splitting \(auto\): micro-batches of (\d+) samples \((\d+) per batch of 1024\), (\d+) out-of-memory errors recovered)")))
       << r.output;
   EXPECT_LT(std::stoi(m[1].str()), 1024);
   EXPECT_GE(std::stoi(m[3].str()), 1);

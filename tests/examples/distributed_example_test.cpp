@@ -27,7 +27,8 @@ RunResult mpirun(int np, const std::string& program, const std::string& args) {
 // Every "loss X acc Y" / "loss X" figure and the test accuracy, in order: what must agree.
 std::vector<std::string> figures(const std::string& output) {
   std::vector<std::string> out;
-  std::regex re(R"((\d+/\d+\] \d+/\d+ loss [0-9.]+ acc [0-9.]+|step \d+/\d+ loss [0-9.]+|test accuracy: [0-9.]+|validation loss [0-9.]+))");
+  std::regex re(
+      R"((\d+/\d+\] \d+/\d+ loss [0-9.]+ acc [0-9.]+|step \d+/\d+ loss [0-9.]+|test accuracy: [0-9.]+|validation loss [0-9.]+))");
   for (auto it = std::sregex_iterator(output.begin(), output.end(), re); it != std::sregex_iterator(); ++it)
     out.push_back(it->str());
   // The progress bar repeats its last state; keep each distinct figure once.

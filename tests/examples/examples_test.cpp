@@ -146,7 +146,6 @@ TEST(MlpExample, SameSeedGivesTheSameResult) {
   for (; la != std::sregex_iterator() && lb != std::sregex_iterator(); ++la, ++lb) EXPECT_EQ(la->str(), lb->str());
 }
 
-
 // ---- memory: limits, the out-of-memory report, and --memory-report ----
 
 std::string read_file(const fs::path& p) {
@@ -181,13 +180,14 @@ TEST(CnnExample, UnderA16MiBLimitStopsWithTheOutOfMemoryReport) {
 TEST(MlpExample, MemoryReportAndPeaksByCategory) {
   if (!fs::is_directory(headroom::data::kFashionMnistDir)) GTEST_SKIP() << "Fashion-MNIST not installed";
   const fs::path dir = fs::temp_directory_path() / ("headroom-report-" + std::to_string(::getpid()));
-  RunResult r = run("mlp_fashion_mnist", "--epochs 1 --train-limit 1000 --memory-limit 64MiB --memory-report '" +
-                                             dir.string() + "'");
+  RunResult r = run("mlp_fashion_mnist",
+                    "--epochs 1 --train-limit 1000 --memory-limit 64MiB --memory-report '" + dir.string() + "'");
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("(limit 64.00 MiB)"), std::string::npos) << r.output;
   for (const char* cat : {"parameter", "gradient", "optimizer_state", "activation"})
     EXPECT_TRUE(std::regex_search(r.output, std::regex(std::string(cat) + R"( [1-9][0-9.]* (B|KiB|MiB);)")))
-        << cat << " missing from the peaks:\n" << r.output;
+        << cat << " missing from the peaks:\n"
+        << r.output;
   for (const char* file : {"stats.json", "snapshot.json", "trace.json", "trace.chrome.json", "timeline.html"})
     EXPECT_GT(fs::file_size(dir / file), 100u) << file;
   fs::remove_all(dir);

@@ -58,13 +58,15 @@ TEST(GptFortunes, HelpListsTheFlags) {
 
 TEST(GptFortunes, ShortRunLearnsAndPrintsASample) {
   if (!fs::is_directory(kFortunes)) GTEST_SKIP() << kFortunes << " not found (apt-get install fortunes)";
-  RunResult r = run_program(example(),
-                            "--steps 100 --batch-size 16 --log-every 10 --eval-every 50 --sample-chars 120 --seed 1");
+  RunResult r =
+      run_program(example(), "--steps 100 --batch-size 16 --log-every 10 --eval-every 50 --sample-chars 120 --seed 1");
   ASSERT_EQ(r.exit_code, 0) << r.output;
 
   // The data line: many fortunes, about 5% held out, a vocabulary of about a hundred characters.
   std::smatch m;
-  ASSERT_TRUE(std::regex_search(r.output, m, std::regex(R"(data: (\d+) fortunes from (\d+) files .* \((\d+) fortunes held out\), vocabulary of (\d+))")))
+  ASSERT_TRUE(std::regex_search(
+      r.output, m,
+      std::regex(R"(data: (\d+) fortunes from (\d+) files .* \((\d+) fortunes held out\), vocabulary of (\d+))")))
       << r.output;
   const double entries = std::stod(m[1].str()), held_out = std::stod(m[3].str());
   EXPECT_GT(entries, 1000);
@@ -91,9 +93,11 @@ TEST(GptFortunes, ShortRunLearnsAndPrintsASample) {
   EXPECT_LT(final_loss, train.front() - 0.5) << r.output;
 
   // Peak memory by category, and a sample of at least 120 bytes between the marker lines.
-  EXPECT_TRUE(std::regex_search(r.output, std::regex(R"(peak memory on cpu: allocated [0-9.]+ (KiB|MiB))"))) << r.output;
+  EXPECT_TRUE(std::regex_search(r.output, std::regex(R"(peak memory on cpu: allocated [0-9.]+ (KiB|MiB))")))
+      << r.output;
   EXPECT_TRUE(std::regex_search(r.output, std::regex(R"(activation [1-9][0-9.]* (KiB|MiB);)"))) << r.output;
-  ASSERT_TRUE(std::regex_search(r.output, m, std::regex(R"(sample \(120 characters, temperature 0\.80, top_k 20\):\n----\n([\s\S]*)\n----\n)")))
+  ASSERT_TRUE(std::regex_search(
+      r.output, m, std::regex(R"(sample \(120 characters, temperature 0\.80, top_k 20\):\n----\n([\s\S]*)\n----\n)")))
       << r.output;
   EXPECT_GE(m[1].str().size(), 120u) << m[1].str();
   EXPECT_EQ(r.output.find('\r'), std::string::npos);
@@ -104,8 +108,9 @@ TEST(GptFortunes, ShortRunLearnsAndPrintsASample) {
 // and automatic splitting. A few steps of a small model each.
 TEST(GptFortunes, TakesTheCommonTrainingFlags) {
   if (!fs::is_directory(kFortunes)) GTEST_SKIP() << kFortunes << " not found (apt-get install fortunes)";
-  const std::string small = "--steps 4 --batch-size 8 --block-size 32 --n-layer 1 --n-embd 32 --n-head 2 "
-                            "--log-every 2 --eval-every 4 --eval-batches 1 --sample-chars 0 ";
+  const std::string small =
+      "--steps 4 --batch-size 8 --block-size 32 --n-layer 1 --n-embd 32 --n-head 2 "
+      "--log-every 2 --eval-every 4 --eval-batches 1 --sample-chars 0 ";
   RunResult r = run_program(example(), small + "--precision bf16 --micro-batches 2 --memory-limit 64MiB");
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("(limit 64.00 MiB)"), std::string::npos) << r.output;
@@ -155,7 +160,8 @@ TEST(GptFortunes, CudaWithoutAGpuIsAClearError) {
 
 TEST(GptFortunes, CheckpointPerBlockTrainsIdenticallyWithLessActivationMemory) {
   if (!fs::is_directory(kFortunes)) GTEST_SKIP() << kFortunes << " not found (apt-get install fortunes)";
-  const std::string args = "--steps 20 --batch-size 8 --log-every 5 --eval-every 20 --sample-chars 0 --seed 2 --checkpoint ";
+  const std::string args =
+      "--steps 20 --batch-size 8 --log-every 5 --eval-every 20 --sample-chars 0 --seed 2 --checkpoint ";
   RunResult none = run_program(example(), args + "none");
   RunResult block = run_program(example(), args + "block");
   ASSERT_EQ(none.exit_code, 0) << none.output;

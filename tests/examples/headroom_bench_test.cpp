@@ -16,7 +16,7 @@ using namespace program_runner;
 
 std::string bench() { return std::string(HEADROOM_BINARY_DIR) + "/bench/headroom-bench"; }
 
-const char* const kCategories[] = {"parameter", "gradient", "optimizer_state", "activation",
+const char* const kCategories[] = {"parameter", "gradient",  "optimizer_state", "activation",
                                    "temporary", "workspace", "communication"};
 
 // Bytes the caching allocator hands out for a tensor of `n` f32 values (rounded to 512 B).
@@ -38,7 +38,8 @@ std::string xml_problem(const std::string& s) {
     std::string name = tag.substr(closing ? 1 : 0);
     name = name.substr(0, name.find_first_of(" \t\n/"));
     if (closing) {
-      if (stack.empty() || stack.back() != name) return "</" + name + "> does not close " + (stack.empty() ? "anything" : "<" + stack.back() + ">");
+      if (stack.empty() || stack.back() != name)
+        return "</" + name + "> does not close " + (stack.empty() ? "anything" : "<" + stack.back() + ">");
       stack.pop_back();
     } else if (!self_closing) {
       stack.push_back(name);
@@ -55,14 +56,29 @@ std::string xml_problem(const std::string& s) {
 TEST(HeadroomBench, ListPrintsEveryPreset) {
   RunResult r = run_program(bench(), "--list");
   ASSERT_EQ(r.exit_code, 0) << r.output;
-  for (const char* name :
-       {"gpt2-small-f32-naive", "gpt2-small-f32-fused", "gpt2-small-f16-naive", "gpt2-small-f16-fused",
-        "gpt2-small-bf16-naive", "gpt2-small-bf16-fused", "mlp-f32", "resnet18-f32", "gpt-tiny-cpu-f32-naive",
-        "gpt-tiny-cpu-f32-fused", "gpt-tiny-cpu-f16-fused", "gpt-tiny-cpu-bf16-fused", "mlp-cpu-f32",
-        "resnet18-cpu-f32", "gpt2-small-bf16-fused-ckpt-block", "gpt2-small-bf16-fused-ckpt-sqrt",
-        "resnet18-f32-ckpt-block", "resnet18-f32-ckpt-sqrt", "gpt-tiny-cpu-f32-fused-ckpt-block",
-        "resnet18-cpu-f32-ckpt-block", "resnet18-cpu-f32-ckpt-sqrt"})
-    EXPECT_TRUE(std::regex_search(r.output, std::regex(std::string("\n  ") + name + " +\\S"))) << name << " missing:\n" << r.output;
+  for (const char* name : {"gpt2-small-f32-naive",
+                           "gpt2-small-f32-fused",
+                           "gpt2-small-f16-naive",
+                           "gpt2-small-f16-fused",
+                           "gpt2-small-bf16-naive",
+                           "gpt2-small-bf16-fused",
+                           "mlp-f32",
+                           "resnet18-f32",
+                           "gpt-tiny-cpu-f32-naive",
+                           "gpt-tiny-cpu-f32-fused",
+                           "gpt-tiny-cpu-f16-fused",
+                           "gpt-tiny-cpu-bf16-fused",
+                           "mlp-cpu-f32",
+                           "resnet18-cpu-f32",
+                           "gpt2-small-bf16-fused-ckpt-block",
+                           "gpt2-small-bf16-fused-ckpt-sqrt",
+                           "resnet18-f32-ckpt-block",
+                           "resnet18-f32-ckpt-sqrt",
+                           "gpt-tiny-cpu-f32-fused-ckpt-block",
+                           "resnet18-cpu-f32-ckpt-block",
+                           "resnet18-cpu-f32-ckpt-sqrt"})
+    EXPECT_TRUE(std::regex_search(r.output, std::regex(std::string("\n  ") + name + " +\\S"))) << name << " missing:\n"
+                                                                                               << r.output;
   EXPECT_NE(r.output.find("B=8 T=1024"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("784-4096-4096-4096-10, batch 4096"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("3x32x32, batch 256"), std::string::npos) << r.output;
@@ -85,8 +101,9 @@ TEST(HeadroomBench, UnknownPresetIsAClearErrorWithExitCode2) {
 
 TEST(HeadroomBench, CpuPresetsReportTheAllocatorsPeaks) {
   TempDir out("bench-cpu");
-  RunResult r = run_program(bench(), "--preset mlp-cpu-f32 --preset gpt-tiny-cpu-f32-fused --steps 3 --warmup 1 --out '" +
-                                         out.path.string() + "'");
+  RunResult r =
+      run_program(bench(), "--preset mlp-cpu-f32 --preset gpt-tiny-cpu-f32-fused --steps 3 --warmup 1 --out '" +
+                               out.path.string() + "'");
   ASSERT_EQ(r.exit_code, 0) << r.output;
   for (const char* file : {"results.json", "results.csv", "results.md", "memory_vs_throughput.svg"})
     ASSERT_TRUE(fs::exists(out.path / file)) << file;
@@ -167,9 +184,12 @@ TEST(HeadroomBench, CpuPresetsReportTheAllocatorsPeaks) {
       << csv;
 
   // The Markdown table on stdout, one row per configuration.
-  EXPECT_NE(r.output.find("| preset | precision | technique | status | peak allocated |"), std::string::npos) << r.output;
-  EXPECT_TRUE(std::regex_search(r.output, std::regex(R"(\| mlp-cpu-f32 \| f32 \| none \| ok \| [0-9.]+ MiB \|)"))) << r.output;
-  EXPECT_TRUE(std::regex_search(r.output, std::regex(R"(\| gpt-tiny-cpu-f32-fused \| f32 \| fused attention \| ok \|)")))
+  EXPECT_NE(r.output.find("| preset | precision | technique | status | peak allocated |"), std::string::npos)
+      << r.output;
+  EXPECT_TRUE(std::regex_search(r.output, std::regex(R"(\| mlp-cpu-f32 \| f32 \| none \| ok \| [0-9.]+ MiB \|)")))
+      << r.output;
+  EXPECT_TRUE(
+      std::regex_search(r.output, std::regex(R"(\| gpt-tiny-cpu-f32-fused \| f32 \| fused attention \| ok \|)")))
       << r.output;
   EXPECT_EQ(read_text(out.path / "results.md").find("| mlp-cpu-f32 |") != std::string::npos, true);
 
@@ -188,14 +208,16 @@ TEST(HeadroomBench, CpuPresetsReportTheAllocatorsPeaks) {
 // changes memory, not arithmetic: the losses equal the base's bit for bit (BatchNorm included).
 TEST(HeadroomBench, CheckpointPresetsReportTheirOverheadAgainstTheirBase) {
   TempDir out("bench-ckpt");
-  RunResult r = run_program(bench(), "--preset resnet18-cpu-f32-ckpt-sqrt,resnet18-cpu-f32,resnet18-cpu-f32-ckpt-block,"
-                                     "gpt-tiny-cpu-f32-fused-ckpt-block --steps 2 --warmup 1 --out '" +
-                                         out.path.string() + "'");
+  RunResult r = run_program(bench(),
+                            "--preset resnet18-cpu-f32-ckpt-sqrt,resnet18-cpu-f32,resnet18-cpu-f32-ckpt-block,"
+                            "gpt-tiny-cpu-f32-fused-ckpt-block --steps 2 --warmup 1 --out '" +
+                                out.path.string() + "'");
   ASSERT_EQ(r.exit_code, 0) << r.output;
   const Json doc = parse_json(read_text(out.path / "results.json"));
   const Json& results = doc["results"];
   ASSERT_EQ(results.items.size(), 4u);
-  for (const Json& res : results.items) ASSERT_EQ(res["status"].str, "ok") << res["preset"].str << ": " << res["error"].str;
+  for (const Json& res : results.items)
+    ASSERT_EQ(res["status"].str, "ok") << res["preset"].str << ": " << res["error"].str;
   const Json &sqrt_row = results[0], &base = results[1], &block_row = results[2];
   EXPECT_EQ(sqrt_row["technique"].str, "checkpoint sqrt(n) segments");
   EXPECT_EQ(block_row["technique"].str, "checkpoint per stage");
@@ -222,7 +244,8 @@ TEST(HeadroomBench, CheckpointPresetsReportTheirOverheadAgainstTheirBase) {
     EXPECT_GT(o["activation_peak_ratio"].num, 1.0) << "checkpointing keeps fewer activations";
   }
   EXPECT_TRUE(std::regex_search(
-      r.output, std::regex(R"(\| resnet18-cpu-f32-ckpt-block \| resnet18-cpu-f32 \| [0-9.]+x \| [0-9.]+x \| [0-9.]+x \|)")))
+      r.output,
+      std::regex(R"(\| resnet18-cpu-f32-ckpt-block \| resnet18-cpu-f32 \| [0-9.]+x \| [0-9.]+x \| [0-9.]+x \|)")))
       << r.output;
   EXPECT_NE(r.output.find("gpt-tiny-cpu-f32-fused-ckpt-block: no checkpointing overhead: its base preset "
                           "gpt-tiny-cpu-f32-fused did not run"),
@@ -233,8 +256,9 @@ TEST(HeadroomBench, CheckpointPresetsReportTheirOverheadAgainstTheirBase) {
 TEST(HeadroomBench, OutOfMemoryIsARowAndTheNextConfigurationRuns) {
   TempDir out("bench-oom");
   // GPT-2 small's token embedding alone (50304 x 768 f32, 147 MiB) does not fit in 64 MiB.
-  RunResult r = run_program(bench(), "--memory-limit 64MiB --preset gpt2-small-f32-fused,mlp-cpu-f32 --steps 2 --out '" +
-                                         out.path.string() + "'");
+  RunResult r =
+      run_program(bench(), "--memory-limit 64MiB --preset gpt2-small-f32-fused,mlp-cpu-f32 --steps 2 --out '" +
+                               out.path.string() + "'");
   ASSERT_EQ(r.exit_code, 0) << r.output;
   const Json doc = parse_json(read_text(out.path / "results.json"));
   const Json& results = doc["results"];
@@ -268,12 +292,14 @@ TEST(HeadroomBench, PytorchReferenceComparesWithTheRunsJson) {
     return std::string("{\"preset\": \"mlp-cpu-f32\", \"framework\": \"pytorch\", \"mode\": \"") + mode +
            "\", \"precision_mode\": \"pure\", \"status\": \"ok\", \"items_per_second\": " +
            std::to_string(mine["items_per_second"].num * ips_scale) + ", \"peak_allocated_bytes\": " +
-           std::to_string(static_cast<int64_t>(static_cast<double>(mine["peak_allocated_bytes"].as_int()) * mem_scale)) +
+           std::to_string(
+               static_cast<int64_t>(static_cast<double>(mine["peak_allocated_bytes"].as_int()) * mem_scale)) +
            ", \"peak_reserved_bytes\": " + std::to_string(mine["peak_reserved_bytes"].as_int()) + "}";
   };
-  write_text(out.path / "torch.json", "{\"schema\": 1, \"framework\": \"pytorch\", \"device\": \"cpu\", "
-                                      "\"device_name\": \"cpu, 2 threads\", \"results\": [" +
-                                          row("eager", 0.5, 2.0) + ", " + row("compile", 2.0, 1.0) + "]}");
+  write_text(out.path / "torch.json",
+             "{\"schema\": 1, \"framework\": \"pytorch\", \"device\": \"cpu\", "
+             "\"device_name\": \"cpu, 2 threads\", \"results\": [" +
+                 row("eager", 0.5, 2.0) + ", " + row("compile", 2.0, 1.0) + "]}");
   const std::string script = std::string(HEADROOM_SOURCE_DIR) + "/bench/pytorch_reference.py";
   const std::string cmd = "python3 '" + script + "' --compare '" + (out.path / "results.json").string() + "' '" +
                           (out.path / "torch.json").string() + "' 2>&1";
@@ -286,7 +312,9 @@ TEST(HeadroomBench, PytorchReferenceComparesWithTheRunsJson) {
   c.exit_code = WEXITSTATUS(pclose(pipe));
   ASSERT_EQ(c.exit_code, 0) << c.output;
   // items/s ratio, peak allocated ratio, peak reserved ratio: eager then compile.
-  EXPECT_TRUE(std::regex_search(c.output, std::regex(R"(\| mlp-cpu-f32 \| .*\| 2\.00x \| 0\.50x \| 1\.00x \| .*\| 0\.50x \| 1\.00x \| 1\.00x \|)")))
+  EXPECT_TRUE(std::regex_search(
+      c.output,
+      std::regex(R"(\| mlp-cpu-f32 \| .*\| 2\.00x \| 0\.50x \| 1\.00x \| .*\| 0\.50x \| 1\.00x \| 1\.00x \|)")))
       << c.output;
   EXPECT_NE(c.output.find("pytorch eager items/s, peak"), std::string::npos) << c.output;
   EXPECT_NE(c.output.find("pytorch compile items/s, peak"), std::string::npos) << c.output;

@@ -15,7 +15,8 @@ std::string binary(const std::string& name) { return std::string(HEADROOM_BINARY
 
 TEST(LeakCheckExample, GptFortunesTrainsWithoutGrowth) {
   if (!std::filesystem::is_directory("/usr/share/games/fortunes")) GTEST_SKIP() << "fortunes not installed";
-  RunResult r = run_program(binary("gpt_fortunes"), "--steps 30 --eval-every 10 --eval-batches 1 --sample-chars 0 --leak-check");
+  RunResult r =
+      run_program(binary("gpt_fortunes"), "--steps 30 --eval-every 10 --eval-batches 1 --sample-chars 0 --leak-check");
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("leak check: no growth over 30 steps"), std::string::npos) << r.output;
   EXPECT_EQ(r.output.find("memory grew"), std::string::npos) << r.output;

@@ -39,7 +39,8 @@ TEST(ModelParallelExample, PipelineAndTensorParallelTrainAsOneDevice) {
     ASSERT_EQ(r.exit_code, 0) << split << "\n" << r.output;
     const std::vector<double> got = losses(r.output);
     ASSERT_EQ(got.size(), want.size()) << split << "\n" << r.output;
-    for (size_t i = 0; i < want.size(); ++i) EXPECT_NEAR(got[i], want[i], 2e-4) << split << ", loss " << i << "\n" << r.output;
+    for (size_t i = 0; i < want.size(); ++i)
+      EXPECT_NEAR(got[i], want[i], 2e-4) << split << ", loss " << i << "\n" << r.output;
     EXPECT_NE(r.output.find("peak memory per device:"), std::string::npos) << r.output;
     EXPECT_NE(r.output.find("  cpu:1: allocated"), std::string::npos) << r.output;
     if (split.find("pipeline") != std::string::npos) {
@@ -52,8 +53,10 @@ TEST(ModelParallelExample, TheMemoryReportHasEveryDevice) {
   if (!std::filesystem::is_directory("/usr/share/games/fortunes")) GTEST_SKIP() << "fortunes not installed";
   const std::string dir = ::testing::TempDir() + "/mp-report";
   std::filesystem::remove_all(dir);
-  RunResult r = run_program(gpt(), "--pipeline 3 --micro-batches 2 --steps 2 --eval-every 2 --eval-batches 1 "
-                                   "--sample-chars 0 --memory-report " + dir);
+  RunResult r = run_program(gpt(),
+                            "--pipeline 3 --micro-batches 2 --steps 2 --eval-every 2 --eval-batches 1 "
+                            "--sample-chars 0 --memory-report " +
+                                dir);
   ASSERT_EQ(r.exit_code, 0) << r.output;
   for (const char* folder : {"cpu", "cpu_1", "cpu_2"})
     EXPECT_TRUE(std::filesystem::file_size(dir + "/" + folder + "/timeline.html") > 0) << folder;
@@ -66,7 +69,8 @@ TEST(ModelParallelExample, TheMemoryReportHasEveryDevice) {
 TEST(ModelParallelExample, WhatCannotRunIsAClearError) {
   RunResult r = run_program(gpt(), "--pipeline 2 --tensor-parallel 2 --steps 1");
   EXPECT_EQ(r.exit_code, 2) << r.output;
-  EXPECT_NE(r.output.find("--pipeline and --tensor-parallel are not supported together"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("--pipeline and --tensor-parallel are not supported together"), std::string::npos)
+      << r.output;
   r = run_program(gpt(), "--tensor-parallel 3 --steps 1");
   EXPECT_NE(r.output.find("the 4 heads do not divide among the devices"), std::string::npos) << r.output;
   if (!std::filesystem::is_directory("/usr/share/games/fortunes")) return;

@@ -46,8 +46,9 @@ TEST(PlanExample, GptPredictionIsTheRunsPeak) {
                             "--steps 3 --eval-every 3 --eval-batches 1 --sample-chars 0 --memory-budget 64MiB --plan");
   ASSERT_EQ(r.exit_code, 0) << r.output;
   std::smatch m;
-  ASSERT_TRUE(std::regex_search(r.output, m,
-                                std::regex(R"(plan check: predicted peak allocated (.+), reserved (.+); measured over the run (.+), (.+)\n)")))
+  ASSERT_TRUE(std::regex_search(
+      r.output, m,
+      std::regex(R"(plan check: predicted peak allocated (.+), reserved (.+); measured over the run (.+), (.+)\n)")))
       << r.output;
   EXPECT_EQ(m[1].str(), m[3].str()) << r.output;
   EXPECT_EQ(m[2].str(), m[4].str()) << r.output;
@@ -56,8 +57,8 @@ TEST(PlanExample, GptPredictionIsTheRunsPeak) {
 
 TEST(PlanExample, OutOfMemoryReportGainsAPredictedRemedy) {
   if (!std::filesystem::is_directory(headroom::data::kFashionMnistDir)) GTEST_SKIP() << "Fashion-MNIST not installed";
-  RunResult r = run_program(binary("cnn_fashion_mnist"),
-                            "--epochs 1 --batch-size 1024 --memory-limit 96MiB --train-limit 2048");
+  RunResult r =
+      run_program(binary("cnn_fashion_mnist"), "--epochs 1 --batch-size 1024 --memory-limit 96MiB --train-limit 2048");
   EXPECT_EQ(r.exit_code, 1) << r.output;
   EXPECT_NE(r.output.find("error: out of memory on cpu"), std::string::npos) << r.output;
   EXPECT_TRUE(std::regex_search(

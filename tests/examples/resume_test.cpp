@@ -127,9 +127,9 @@ TEST(ResumeExample, WithALossScalerAndAutomaticSplittingUnderALimit) {
 TEST(ResumeExample, GptFortunesKilledAndResumedEndsBitIdentical) {
   const fs::path dir = fs::temp_directory_path() / ("headroom_resume_gpt_" + std::to_string(getpid()));
   fs::create_directories(dir);
-  const std::vector<std::string> flags = {"--steps", "24", "--batch-size", "4", "--block-size", "16", "--n-layer",
-                                          "1", "--n-embd", "32", "--n-head", "2", "--eval-every", "10",
-                                          "--sample-chars", "0"};
+  const std::vector<std::string> flags = {"--steps",      "24", "--batch-size",   "4",  "--block-size", "16",
+                                          "--n-layer",    "1",  "--n-embd",       "32", "--n-head",     "2",
+                                          "--eval-every", "10", "--sample-chars", "0"};
   const std::string straight = (dir / "straight.hrsd").string(), resumed = (dir / "resumed.hrsd").string();
   const std::string ckpt = (dir / "run.hrck").string();
   std::string log;

@@ -74,18 +74,21 @@ TEST(SmallerModelsExample, LoadPruneAndFineTune) {
   const std::string& accuracy = cnn.accuracy;
   std::smatch m;
 
-  RunResult r = run_program(binary("cnn_fashion_mnist"),
-                            "--train-limit 256 --load-model '" + saved +
-                                "' --prune-channels 0.5 --prune-magnitude 0.5 --fine-tune-epochs 1");
+  RunResult r =
+      run_program(binary("cnn_fashion_mnist"), "--train-limit 256 --load-model '" + saved +
+                                                   "' --prune-channels 0.5 --prune-magnitude 0.5 --fine-tune-epochs 1");
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("accuracy before pruning: " + accuracy), std::string::npos)
-      << "the loaded model is the saved one\n" << r.output;
+      << "the loaded model is the saved one\n"
+      << r.output;
   EXPECT_NE(r.output.find("conv 0 16 -> 8; conv 4 32 -> 16;"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("parameters 206970 -> 103042 (51428 of them held at 0)"), std::string::npos) << r.output;
-  ASSERT_TRUE(std::regex_search(r.output, m, std::regex(R"(activation peak of a training step \(batch 128\) .* \((-?\d+\.\d)%\))")))
+  ASSERT_TRUE(std::regex_search(r.output, m,
+                                std::regex(R"(activation peak of a training step \(batch 128\) .* \((-?\d+\.\d)%\))")))
       << r.output;
   EXPECT_LE(std::stod(m[1].str()), -40.0) << r.output;
-  ASSERT_TRUE(std::regex_search(r.output, m, std::regex(R"(after fine-tuning: (\d\.\d{4}) of the masked weights are exactly 0)")))
+  ASSERT_TRUE(std::regex_search(r.output, m,
+                                std::regex(R"(after fine-tuning: (\d\.\d{4}) of the masked weights are exactly 0)")))
       << r.output;
   EXPECT_GE(std::stod(m[1].str()), 0.5) << r.output;
   EXPECT_EQ(count_of(r.output, "epoch 1/1 ["), 1) << "fine-tuning only: --load-model skips training\n" << r.output;
@@ -100,7 +103,8 @@ TEST(SmallerModelsExample, DistilTheSavedCnn) {
   ASSERT_FALSE(cnn.accuracy.empty());
   const std::string& saved = cnn.path;
   const std::string& accuracy = cnn.accuracy;
-  RunResult r = run_program(binary("distill_fashion_mnist"), "--train-limit 256 --epochs 1 --teacher-model '" + saved + "'");
+  RunResult r =
+      run_program(binary("distill_fashion_mnist"), "--train-limit 256 --epochs 1 --teacher-model '" + saved + "'");
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("teacher: 206970 parameters, loaded from"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("teacher: test accuracy " + accuracy), std::string::npos) << r.output;
@@ -114,7 +118,8 @@ TEST(SmallerModelsExample, DistilTheSavedCnn) {
 // A teacher file that is not there: exit 1, naming it.
 TEST(SmallerModelsExample, MissingTeacherIsAClearError) {
   if (!have_data()) GTEST_SKIP() << "Fashion-MNIST not installed";
-  RunResult r = run_program(binary("distill_fashion_mnist"), "--teacher-model /nonexistent/teacher.hrsd --train-limit 256");
+  RunResult r =
+      run_program(binary("distill_fashion_mnist"), "--teacher-model /nonexistent/teacher.hrsd --train-limit 256");
   EXPECT_EQ(r.exit_code, 1) << r.output;
   EXPECT_NE(r.output.find("/nonexistent/teacher.hrsd"), std::string::npos) << r.output;
 }

@@ -54,25 +54,29 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   optim::GradScaler scaler;
   optim::BatchSplitter splitter(opt, optim::BatchSplitter::kAuto, &model);
   optim::StepLR schedule(opt, 10, 0.5);
-  optim::TrainingState st{.model = &model, .optimizer = &opt, .scaler = &scaler, .splitter = &splitter,
-                          .schedule = &schedule};
+  optim::TrainingState st{
+      .model = &model, .optimizer = &opt, .scaler = &scaler, .splitter = &splitter, .schedule = &schedule};
   const std::string before = state_bytes(model, opt, scaler, splitter, schedule);
   try {
     const auto tensors = nn::load_tensors_from_buffer(data, size, fuzz::kInputName);
     optim::restore_training_state(tensors, st, fuzz::kInputName);
     fuzz::fuzz_check(st.step >= 0 && st.epoch >= 0 && st.next_batch >= 0, "a restored loop position is >= 0");
     fuzz::fuzz_check(schedule.last_step() >= 0, "a restored schedule step is >= 0");
-    if (std::getenv("HEADROOM_FUZZ_VERBOSE")) std::fprintf(stderr, "    restored: step %lld\n", static_cast<long long>(st.step));
+    if (std::getenv("HEADROOM_FUZZ_VERBOSE"))
+      std::fprintf(stderr, "    restored: step %lld\n", static_cast<long long>(st.step));
   } catch (const OutOfMemoryError&) {
-    fuzz::fuzz_check(state_bytes(model, opt, scaler, splitter, schedule) == before, "a refused restore changes nothing");
+    fuzz::fuzz_check(state_bytes(model, opt, scaler, splitter, schedule) == before,
+                     "a refused restore changes nothing");
   } catch (const IOError& e) {
     if (std::getenv("HEADROOM_FUZZ_VERBOSE")) std::fprintf(stderr, "    refused: %s\n", e.what());
     fuzz::fuzz_check(std::strstr(e.what(), fuzz::kInputName) != nullptr, "an IOError names the input");
-    fuzz::fuzz_check(state_bytes(model, opt, scaler, splitter, schedule) == before, "a refused restore changes nothing");
+    fuzz::fuzz_check(state_bytes(model, opt, scaler, splitter, schedule) == before,
+                     "a refused restore changes nothing");
   } catch (const ValueError& e) {
     if (std::getenv("HEADROOM_FUZZ_VERBOSE")) std::fprintf(stderr, "    refused: %s\n", e.what());
     fuzz::fuzz_check(std::strstr(e.what(), fuzz::kInputName) != nullptr, "a ValueError names the input");
-    fuzz::fuzz_check(state_bytes(model, opt, scaler, splitter, schedule) == before, "a refused restore changes nothing");
+    fuzz::fuzz_check(state_bytes(model, opt, scaler, splitter, schedule) == before,
+                     "a refused restore changes nothing");
   } catch (const Error& e) {
     std::fprintf(stderr, "fuzz finding: the checkpoint reader threw %s\n", e.what());
     std::abort();

@@ -43,12 +43,14 @@ int main(int argc, char** argv) {
       std::ifstream in(p, std::ios::binary);
       const std::vector<char> bytes{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
       ++total;
-      std::fprintf(stderr, "  %s (%zu bytes)\n", p.c_str(), bytes.size());  // the last one printed is the culprit of a crash
+      std::fprintf(stderr, "  %s (%zu bytes)\n", p.c_str(),
+                   bytes.size());  // the last one printed is the culprit of a crash
       try {
         LLVMFuzzerTestOneInput(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size());
       } catch (const std::exception& e) {
         ++findings;
-        std::fprintf(stderr, "FINDING %s: an exception that is not a headroom::Error escaped: %s\n", p.c_str(), e.what());
+        std::fprintf(stderr, "FINDING %s: an exception that is not a headroom::Error escaped: %s\n", p.c_str(),
+                     e.what());
       } catch (...) {
         ++findings;
         std::fprintf(stderr, "FINDING %s: a non-std exception escaped\n", p.c_str());

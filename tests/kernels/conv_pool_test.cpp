@@ -25,7 +25,9 @@ Conv2dParams params(int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh, 
   return p;
 }
 
-int64_t conv_out(int64_t in, int64_t k, int64_t s, int64_t pad, int64_t d) { return (in + 2 * pad - d * (k - 1) - 1) / s + 1; }
+int64_t conv_out(int64_t in, int64_t k, int64_t s, int64_t pad, int64_t d) {
+  return (in + 2 * pad - d * (k - 1) - 1) / s + 1;
+}
 
 // Visits every (n, o, oh, ow, c, kh, kw) term of the convolution whose input pixel is real,
 // with the flat indices of x, w and out.

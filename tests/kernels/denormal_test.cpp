@@ -8,7 +8,7 @@ TEST(Denormals, FlushedToZeroByDefaultAndRestorable) {
   ASSERT_EQ(std::fpclassify(tiny), FP_SUBNORMAL);
   Tensor x = Tensor::full({1000}, static_cast<double>(tiny));
   EXPECT_TRUE(flush_denormal());
-  EXPECT_EQ((x * 1.0f).sum().item<double>(), 0.0);  // the kernel reads denormals as zero
+  EXPECT_EQ((x * 1.0f).sum().item<double>(), 0.0);                 // the kernel reads denormals as zero
   Tensor m = Tensor::full({512, 512}, static_cast<double>(tiny));  // big enough for OpenBLAS to thread
   EXPECT_EQ(matmul(m, Tensor::ones({512, 512})).sum().item<double>(), 0.0);
   EXPECT_TRUE(set_flush_denormal(false));

@@ -59,8 +59,7 @@ TEST(NnKernels, SoftmaxMatchesReferenceAndRowsSumToOne) {
         EXPECT_TRUE(all_close(y, from_doubles(ref_softmax(xv, g.outer, g.n, g.inner, log), shape), 1e-12, 1e-10))
             << "dim " << dim << " log " << log << " shape " << shape_str(shape);
         Tensor p = log ? y.exp() : y;
-        EXPECT_TRUE(all_close(p.sum({dim}), Tensor::ones(p.sum({dim}).shape(), DType::f64), 1e-12, 0))
-            << "dim " << dim;
+        EXPECT_TRUE(all_close(p.sum({dim}), Tensor::ones(p.sum({dim}).shape(), DType::f64), 1e-12, 0)) << "dim " << dim;
       }
     }
     // f32 through the same path.
@@ -229,7 +228,8 @@ TEST(NnKernels, LayerNormAffineAndBackwardSums) {
   const int64_t m = 200, n = 300;
   Tensor x = Tensor::randn({m, n}, DType::f64);
   Tensor w = Tensor::randn({n}, DType::f64), b = Tensor::randn({n}, DType::f64);
-  Tensor y = Tensor::empty({m, n}, DType::f64), mean = Tensor::empty({m}, DType::f64), rstd = Tensor::empty({m}, DType::f64);
+  Tensor y = Tensor::empty({m, n}, DType::f64), mean = Tensor::empty({m}, DType::f64),
+         rstd = Tensor::empty({m}, DType::f64);
   const double eps = 1e-5;
   cpu().layer_norm_forward(x, w, b, eps, y, mean, rstd);
   std::vector<double> xv = x.to_vector<double>(), wv = w.to_vector<double>(), bv = b.to_vector<double>();
@@ -266,7 +266,8 @@ TEST(NnKernels, LayerNormAffineAndBackwardSums) {
   for (int64_t r = 0; r < m; ++r) {
     double mu = 0, var = 0, mg = 0, mgx = 0;
     for (int64_t j = 0; j < n; ++j) mu += xv[static_cast<size_t>(r * n + j)] / static_cast<double>(n);
-    for (int64_t j = 0; j < n; ++j) var += std::pow(xv[static_cast<size_t>(r * n + j)] - mu, 2) / static_cast<double>(n);
+    for (int64_t j = 0; j < n; ++j)
+      var += std::pow(xv[static_cast<size_t>(r * n + j)] - mu, 2) / static_cast<double>(n);
     for (int64_t j = 0; j < n; ++j) {
       const auto k = static_cast<size_t>(r * n + j);
       const double g = dyv[k] * wv[static_cast<size_t>(j)];
@@ -311,8 +312,9 @@ TEST(NnKernels, BatchNormTrainingEvalAndRunningStatistics) {
       for (int64_t i = 0; i < n; ++i)
         for (int64_t k = 0; k < s; ++k) {
           const auto at = static_cast<size_t>((i * c + ch) * s + k);
-          const double want = (xv[at] - mu) / std::sqrt(var_biased + eps) * w.to_vector<double>()[static_cast<size_t>(ch)] +
-                              b.to_vector<double>()[static_cast<size_t>(ch)];
+          const double want =
+              (xv[at] - mu) / std::sqrt(var_biased + eps) * w.to_vector<double>()[static_cast<size_t>(ch)] +
+              b.to_vector<double>()[static_cast<size_t>(ch)];
           ASSERT_NEAR(yv[at], want, 1e-10) << "step " << step << " channel " << ch;
         }
       ref_rm[static_cast<size_t>(ch)] = (1 - momentum) * ref_rm[static_cast<size_t>(ch)] + momentum * mu;
@@ -343,7 +345,8 @@ TEST(NnKernels, BatchNormNoAffineLargeAndBackwardSums) {
   manual_seed(9);
   const int64_t n = 16, c = 8, s = 1000;  // 128k elements: the parallel paths
   Tensor x = Tensor::randn({n, c, s}, DType::f64) * 2.0 - 1.0;
-  Tensor y = Tensor::empty({n, c, s}, DType::f64), sm = Tensor::empty({c}, DType::f64), si = Tensor::empty({c}, DType::f64);
+  Tensor y = Tensor::empty({n, c, s}, DType::f64), sm = Tensor::empty({c}, DType::f64),
+         si = Tensor::empty({c}, DType::f64);
   cpu().batch_norm_forward(x, Tensor(), Tensor(), Tensor(), Tensor(), true, 0.1, 0.0, y, sm, si);
   // Per channel: mean 0 and biased variance 1.
   Tensor per_channel_mean = y.mean({0, 2});
@@ -352,10 +355,11 @@ TEST(NnKernels, BatchNormNoAffineLargeAndBackwardSums) {
   EXPECT_TRUE(all_close(per_channel_var, Tensor::ones({c}, DType::f64), 1e-10, 0));
   // Backward: dbias = sum(dy), dweight = sum(dy * xhat), and training dx sums to zero per channel.
   Tensor dy = Tensor::randn({n, c, s}, DType::f64);
-  Tensor dx = Tensor::empty({n, c, s}, DType::f64), dw = Tensor::empty({c}, DType::f64), db = Tensor::empty({c}, DType::f64);
+  Tensor dx = Tensor::empty({n, c, s}, DType::f64), dw = Tensor::empty({c}, DType::f64),
+         db = Tensor::empty({c}, DType::f64);
   cpu().batch_norm_backward(dy, x, Tensor(), sm, si, true, dx, dw, db);
   EXPECT_TRUE(all_close(db, dy.sum({0, 2}), 1e-9, 1e-9));
-  EXPECT_TRUE(all_close(dw, (dy * y).sum({0, 2}), 1e-3, 1e-5));  // xhat from f32 statistics
+  EXPECT_TRUE(all_close(dw, (dy * y).sum({0, 2}), 1e-3, 1e-5));                     // xhat from f32 statistics
   EXPECT_TRUE(all_close(dx.sum({0, 2}), Tensor::zeros({c}, DType::f64), 1e-5, 0));  // 16000 terms of O(1)
   // Eval backward is dy * invstd.
   cpu().batch_norm_backward(dy, x, Tensor(), sm, si, false, dx, Tensor(), Tensor());
@@ -392,10 +396,9 @@ TEST(NnKernels, IndexSelectAnyDimAndStrides) {
   for (DType dt : {DType::f16, DType::bf16, DType::i32, DType::i64, DType::u8, DType::boolean, DType::f32}) {
     Tensor x = Tensor::arange(12).reshape({4, 3}).to(dt);
     Tensor out = index_select(x, 0, Tensor::from_vector({3, 3, 0}, {3}, DType::i64));
-    EXPECT_TRUE(all_close(out.to(DType::f64), Tensor::from_vector({9, 10, 11, 9, 10, 11, 0, 1, 2}, {3, 3}, DType::f64)
-                                                  .to(dt)
-                                                  .to(DType::f64),
-                          0, 0))
+    EXPECT_TRUE(
+        all_close(out.to(DType::f64),
+                  Tensor::from_vector({9, 10, 11, 9, 10, 11, 0, 1, 2}, {3, 3}, DType::f64).to(dt).to(DType::f64), 0, 0))
         << dtype_name(dt);
   }
 }
@@ -449,9 +452,9 @@ TEST(NnKernels, IndexAddAccumulatesRepeatedIndices) {
   cpu().index_add(dst, 1, Tensor::from_vector({3, 3, 0}, {3}, DType::i64),
                   Tensor::from_vector({1, 2, 3, 4, 5, 6, 7, 8, 9}, {3, 3}, DType::i32));
   EXPECT_EQ(base.to_vector<int32_t>(), (std::vector<int32_t>{3, 6, 9, 0, 0, 0, 0, 0, 0, 3, 9, 15}));
-  EXPECT_THROW_WITH(cpu().index_add(Tensor::zeros({2, 2}), 0, Tensor::from_vector({2}, {1}, DType::i64),
-                                    Tensor::zeros({1, 2})),
-                    ValueError, "index 2 at position 0 is out of range for dim 0 of size 2");
+  EXPECT_THROW_WITH(
+      cpu().index_add(Tensor::zeros({2, 2}), 0, Tensor::from_vector({2}, {1}, DType::i64), Tensor::zeros({1, 2})),
+      ValueError, "index 2 at position 0 is out of range for dim 0 of size 2");
 }
 
 TEST(NnKernels, IndexAddHalfSumsRepeatsInFloat) {
@@ -484,8 +487,8 @@ TEST(NnKernels, HalfAndBFloat16MatchFloat) {
           << dtype_name(dt) << " dim " << dim;
     }
     Tensor ll = logits.to(dt).to(DType::f32);
-    EXPECT_TRUE(all_close(cross_entropy(logits.to(dt), target, "none").to(DType::f32), cross_entropy(ll, target, "none"),
-                          tol * 4, tol))
+    EXPECT_TRUE(all_close(cross_entropy(logits.to(dt), target, "none").to(DType::f32),
+                          cross_entropy(ll, target, "none"), tol * 4, tol))
         << dtype_name(dt);
     Tensor ln = layer_norm(x.to(dt), {5}, w.to(dt), b.to(dt));
     EXPECT_EQ(ln.dtype(), dt);

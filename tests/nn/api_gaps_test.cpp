@@ -45,16 +45,26 @@ TEST(ActivationModules, MatchTheFunctionalOpsAndPassGradients) {
   nn::Softmax softmax_m(-1);
   nn::LogSoftmax log_softmax_m(0);
   nn::GELU gelu_m;
-  expect_module_matches(tanh_m, [](const Tensor& t) { return tanh(t); }, x);
-  expect_module_matches(tanh_inplace, [](const Tensor& t) { return tanh(t); }, x);
-  expect_module_matches(sigmoid_m, [](const Tensor& t) { return sigmoid(t); }, x);
-  expect_module_matches(sigmoid_inplace, [](const Tensor& t) { return sigmoid(t); }, x);
-  expect_module_matches(silu_m, [](const Tensor& t) { return t * sigmoid(t); }, x);
-  expect_module_matches(leaky, [](const Tensor& t) { return where(gt(t, scalar_like(t, 0)), t, t * 0.2); }, x);
-  expect_module_matches(elu_m, [](const Tensor& t) { return where(gt(t, scalar_like(t, 0)), t, (exp(t) - 1.0) * 0.5); }, x);
-  expect_module_matches(softmax_m, [](const Tensor& t) { return softmax(t, 1); }, x);
-  expect_module_matches(log_softmax_m, [](const Tensor& t) { return log_softmax(t, 0); }, x);
-  expect_module_matches(gelu_m, [](const Tensor& t) { return gelu(t); }, x);
+  expect_module_matches(
+      tanh_m, [](const Tensor& t) { return tanh(t); }, x);
+  expect_module_matches(
+      tanh_inplace, [](const Tensor& t) { return tanh(t); }, x);
+  expect_module_matches(
+      sigmoid_m, [](const Tensor& t) { return sigmoid(t); }, x);
+  expect_module_matches(
+      sigmoid_inplace, [](const Tensor& t) { return sigmoid(t); }, x);
+  expect_module_matches(
+      silu_m, [](const Tensor& t) { return t * sigmoid(t); }, x);
+  expect_module_matches(
+      leaky, [](const Tensor& t) { return where(gt(t, scalar_like(t, 0)), t, t * 0.2); }, x);
+  expect_module_matches(
+      elu_m, [](const Tensor& t) { return where(gt(t, scalar_like(t, 0)), t, (exp(t) - 1.0) * 0.5); }, x);
+  expect_module_matches(
+      softmax_m, [](const Tensor& t) { return softmax(t, 1); }, x);
+  expect_module_matches(
+      log_softmax_m, [](const Tensor& t) { return log_softmax(t, 0); }, x);
+  expect_module_matches(
+      gelu_m, [](const Tensor& t) { return gelu(t); }, x);
   EXPECT_EQ(tanh_m.name(), "Tanh()");
   EXPECT_EQ(sigmoid_inplace.name(), "Sigmoid(inplace)");
   EXPECT_EQ(silu_m.name(), "SiLU()");
@@ -67,8 +77,9 @@ TEST(ActivationModules, MatchTheFunctionalOpsAndPassGradients) {
 TEST(ActivationModules, NewCompositesHaveHandValuesAndPassGradcheck) {
   Tensor x = Tensor::from_vector({-2.0, -0.5, 0.5, 3.0}, {4}, DType::f64);
   EXPECT_TRUE(all_close(leaky_relu(x, 0.1), Tensor::from_vector({-0.2, -0.05, 0.5, 3.0}, {4}, DType::f64)));
-  EXPECT_TRUE(all_close(elu(x, 2.0), Tensor::from_vector({2.0 * (std::exp(-2.0) - 1), 2.0 * (std::exp(-0.5) - 1), 0.5, 3.0},
-                                                         {4}, DType::f64)));
+  EXPECT_TRUE(all_close(
+      elu(x, 2.0),
+      Tensor::from_vector({2.0 * (std::exp(-2.0) - 1), 2.0 * (std::exp(-0.5) - 1), 0.5, 3.0}, {4}, DType::f64)));
   EXPECT_TRUE(all_close(silu(x), Tensor::from_vector({-2.0 / (1 + std::exp(2.0)), -0.5 / (1 + std::exp(0.5)),
                                                       0.5 / (1 + std::exp(-0.5)), 3.0 / (1 + std::exp(-3.0))},
                                                      {4}, DType::f64)));

@@ -77,8 +77,8 @@ TEST(ChunkedCrossEntropyAutocast, LossIsF32AndCloseToF32WithGradientsInF32) {
       EXPECT_EQ(amp.dh.dtype(), DType::f32) << what;
       EXPECT_EQ(amp.dw.dtype(), DType::f32) << what;
       const double dl = std::abs(amp.loss.item<double>() - ref.loss.item<double>());
-      EXPECT_LE(dl, 4 * u * std::abs(ref.loss.item<double>())) << what << ": loss " << amp.loss.item<double>()
-                                                                 << " vs f32 " << ref.loss.item<double>();
+      EXPECT_LE(dl, 4 * u * std::abs(ref.loss.item<double>()))
+          << what << ": loss " << amp.loss.item<double>() << " vs f32 " << ref.loss.item<double>();
       EXPECT_LE(relative_max_error(amp.dh, ref.dh), 4 * u) << what << " dh";
       EXPECT_LE(relative_max_error(amp.dw, ref.dw), 4 * u) << what << " dweight";
       // The run really was 16-bit: it is not the f32 result to f32 accuracy.

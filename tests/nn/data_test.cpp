@@ -23,7 +23,8 @@ class DataFiles : public ::testing::Test {
  protected:
   void SetUp() override {
     const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    dir_ = fs::temp_directory_path() / (std::string("headroom_data_test_") + info->name() + "_" + std::to_string(getpid()));
+    dir_ = fs::temp_directory_path() /
+           (std::string("headroom_data_test_") + info->name() + "_" + std::to_string(getpid()));
     fs::remove_all(dir_);
     fs::create_directories(dir_);
   }
@@ -54,7 +55,8 @@ class DataFiles : public ::testing::Test {
 };
 
 TEST_F(DataFiles, IdxRoundTripsEveryDtype) {
-  Tensor u8 = Tensor::from_vector(std::vector<uint8_t>{0, 1, 2, 127, 128, 200, 254, 255, 9, 8, 7, 6}, {2, 3, 2}, DType::u8);
+  Tensor u8 =
+      Tensor::from_vector(std::vector<uint8_t>{0, 1, 2, 127, 128, 200, 254, 255, 9, 8, 7, 6}, {2, 3, 2}, DType::u8);
   Tensor i32 = Tensor::from_vector(std::vector<int32_t>{-70000, 0, 1, 2147483647, -2147483647 - 1}, {5}, DType::i32);
   Tensor f32 = Tensor::from_vector({-1.5, 0.0, 3.25, 1e-20, 6.5e30, -0.0}, {2, 3}, DType::f32);
   Tensor f64 = Tensor::from_vector({0.1, -2.0, 1e300, 4.0}, {2, 1, 2}, DType::f64);
@@ -73,7 +75,8 @@ TEST_F(DataFiles, IdxRoundTripsEveryDtype) {
   EXPECT_EQ(raw[1], 0x8b);
   std::vector<uint8_t> inner = data::read_gz(path("t.i32.gz"));
   ASSERT_EQ(inner.size(), 8u + 5 * 4);
-  EXPECT_EQ(std::vector<uint8_t>(inner.begin(), inner.begin() + 12), (std::vector<uint8_t>{0, 0, 0x0c, 1, 0, 0, 0, 5, 0xff, 0xfe, 0xee, 0x90}));
+  EXPECT_EQ(std::vector<uint8_t>(inner.begin(), inner.begin() + 12),
+            (std::vector<uint8_t>{0, 0, 0x0c, 1, 0, 0, 0, 5, 0xff, 0xfe, 0xee, 0x90}));
   // Non-contiguous input is written in logical order.
   data::write_idx_gz(path("t.t.gz"), f32.t());
   EXPECT_EQ(data::read_idx_gz(path("t.t.gz")).to_vector<float>(), f32.t().contiguous().to_vector<float>());
@@ -163,13 +166,15 @@ TEST_F(DataFiles, BuffersAreReadLikeFiles) {
 TEST_F(DataFiles, TruncationNamesOffsetAndExpectedBytes) {
   const std::string p = path("short.gz");
   data::write_gz(p, {0, 0});
-  EXPECT_THROW_WITH(data::read_idx_gz(p), IOError, p + " is truncated: data ran out at byte offset 2, expected 4 bytes");
+  EXPECT_THROW_WITH(data::read_idx_gz(p), IOError,
+                    p + " is truncated: data ran out at byte offset 2, expected 4 bytes");
   data::write_gz(p, {0, 0, 0x08, 2, 0, 0, 0});  // a 2-d header needs 12 bytes
   EXPECT_THROW_WITH(data::read_idx_gz(p), IOError, "data ran out at byte offset 7, expected 12 bytes");
   // [10] u8 declared, 6 given: the data runs out 8 + 6 bytes in, of 18.
   data::write_gz(p, {0, 0, 0x08, 1, 0, 0, 0, 10, 1, 2, 3, 4, 5, 6});
   EXPECT_THROW_WITH(data::read_idx_gz(p), IOError,
-                    p + " is truncated: data ran out at byte offset 14, expected 18 bytes (a 8-byte header and 10 bytes of u8 (10,))");
+                    p + " is truncated: data ran out at byte offset 14, expected 18 bytes (a 8-byte header and 10 "
+                        "bytes of u8 (10,))");
   // f32 [3, 4]: 48 data bytes, 47 given.
   std::vector<uint8_t> f{0, 0, 0x0d, 2, 0, 0, 0, 3, 0, 0, 0, 4};
   f.resize(12 + 47, 0);

@@ -65,8 +65,8 @@ TEST(ChunkedCrossEntropy, Gradcheck) {
   EXPECT_TRUE(grad_ok([&target](const V& x) { return nn::chunked_cross_entropy(x[0], x[1], target, 3); }, {h, w}));
   // Only one input needing a gradient, and a non-contiguous h.
   Tensor ht = testing::rand_f64({3, 7}, false).t().set_requires_grad(true);
-  EXPECT_TRUE(grad_ok([&target, &w](const V& x) { return nn::chunked_cross_entropy(x[0], w.detach(), target, 2); },
-                      {ht}));
+  EXPECT_TRUE(
+      grad_ok([&target, &w](const V& x) { return nn::chunked_cross_entropy(x[0], w.detach(), target, 2); }, {ht}));
 }
 
 // Peak bytes above the live ones during forward + backward of `loss_fn`.

@@ -29,8 +29,7 @@ TEST(GroupNormMemory, ForwardWithGradHoldsOnlyTheOutputAndStatistics) {
     ASSERT_TRUE(x.grad().defined());
     y = Tensor();
     const int64_t grad_bytes = x.numel() * 4;
-    EXPECT_EQ(alloc.stats().allocated_bytes.current - before, rounded(grad_bytes) +
-                                                                  (affine ? 2 * rounded(16 * 4) : 0))
+    EXPECT_EQ(alloc.stats().allocated_bytes.current - before, rounded(grad_bytes) + (affine ? 2 * rounded(16 * 4) : 0))
         << "after backward only x.grad (and the parameters' gradients) remain";
   }
 }

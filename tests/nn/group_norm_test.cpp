@@ -70,8 +70,11 @@ TEST(GroupNorm, Gradcheck) {
   EXPECT_TRUE(grad_ok(f(6), {rand_f64({2, 6, 2, 2}), w, b}));  // instance norm
   // Non-contiguous input: channels last, permuted into NCHW.
   Tensor nhwc = rand_f64({2, 3, 2, 6});
-  EXPECT_TRUE(grad_ok([](const std::vector<Tensor>& in) { return nn::group_norm(permute(in[0], {0, 3, 1, 2}), 2, in[1], in[2]); },
-                      {nhwc, w, b}));
+  EXPECT_TRUE(grad_ok(
+      [](const std::vector<Tensor>& in) {
+        return nn::group_norm(permute(in[0], {0, 3, 1, 2}), 2, in[1], in[2]);
+      },
+      {nhwc, w, b}));
   EXPECT_TRUE(grad_ok([](const std::vector<Tensor>& in) { return nn::group_norm(in[0], 3, Tensor(), Tensor()); },
                       {rand_f64({2, 6, 3})}));
 }

@@ -69,7 +69,8 @@ Tensor naive_conv2d(const Tensor& x, const Tensor& w, const Tensor& b, int64_t s
 
 TEST(Layers, Conv2dMatchesNaiveLoopAndFunctional) {
   manual_seed(2);
-  for (auto [stride, pad, groups] : std::vector<std::tuple<int64_t, int64_t, int64_t>>{{1, 0, 1}, {2, 1, 1}, {1, 1, 2}}) {
+  for (auto [stride, pad, groups] :
+       std::vector<std::tuple<int64_t, int64_t, int64_t>>{{1, 0, 1}, {2, 1, 1}, {1, 1, 2}}) {
     nn::Conv2d conv(4, 6, 3, stride, pad, groups);
     conv.to(DType::f64);
     Tensor x = rand_f64({2, 4, 7, 6}, false);

@@ -66,9 +66,8 @@ TEST(Module, RegistryNamesOrderAndCounts) {
   Block b;
   EXPECT_EQ(names_of(b.named_parameters()),
             (std::vector<std::string>{"scale", "shift", "fc.weight", "fc.bias", "body.0.weight", "body.0.bias"}));
-  EXPECT_EQ(names_of(b.named_buffers()),
-            (std::vector<std::string>{"steps", "body.0.running_mean", "body.0.running_var",
-                                      "body.0.num_batches_tracked"}));
+  EXPECT_EQ(names_of(b.named_buffers()), (std::vector<std::string>{"steps", "body.0.running_mean", "body.0.running_var",
+                                                                   "body.0.num_batches_tracked"}));
   EXPECT_EQ(b.num_parameters(), 3 + 3 + 12 + 3 + 2 + 2);
   std::vector<std::string> module_names;
   for (const auto& [n, m] : b.named_modules()) module_names.push_back(n);
@@ -237,10 +236,12 @@ TEST(Module, LoadStateDictReportsKeysShapesAndDtypes) {
   sd.erase("fc.bias");
   sd.erase("body.0.running_var");
   sd["extra.weight"] = Tensor::zeros({1});
-  EXPECT_THROW_WITH(b.load_state_dict(sd), ValueError, "missing keys (in the module, not in the state dict): "
-                                                       "fc.bias, body.0.running_var");
-  EXPECT_THROW_WITH(b.load_state_dict(sd), ValueError, "unexpected keys (in the state dict, not in the module): "
-                                                       "extra.weight");
+  EXPECT_THROW_WITH(b.load_state_dict(sd), ValueError,
+                    "missing keys (in the module, not in the state dict): "
+                    "fc.bias, body.0.running_var");
+  EXPECT_THROW_WITH(b.load_state_dict(sd), ValueError,
+                    "unexpected keys (in the state dict, not in the module): "
+                    "extra.weight");
   // Non-strict: the matching keys load, the rest is ignored.
   sd["fc.weight"] = Tensor::full({3, 4}, 0.5);
   b.load_state_dict(sd, /*strict=*/false);
@@ -254,8 +255,9 @@ TEST(Module, LoadStateDictReportsKeysShapesAndDtypes) {
   EXPECT_TRUE(all_close(b.scale, Tensor::ones({3})));  // checked before anything was written
   auto bad_dtype = b.state_dict();
   bad_dtype["body.0.running_mean"] = Tensor::zeros({2}, DType::f64);
-  EXPECT_THROW_WITH(b.load_state_dict(bad_dtype), DTypeError,
-                    "dtype mismatch for 'body.0.running_mean' of shape (2,): the module has f32, the state dict has f64");
+  EXPECT_THROW_WITH(
+      b.load_state_dict(bad_dtype), DTypeError,
+      "dtype mismatch for 'body.0.running_mean' of shape (2,): the module has f32, the state dict has f64");
 }
 
 TEST(Module, SaveAndLoadRoundTripThroughAFile) {

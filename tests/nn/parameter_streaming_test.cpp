@@ -16,8 +16,8 @@ std::vector<std::shared_ptr<nn::Module>> layers(Device device) {
   manual_seed(9);
   std::vector<std::shared_ptr<nn::Module>> out;
   for (int64_t i = 0; i < kLayers; ++i) {
-    auto seq = std::make_shared<nn::Sequential>(
-        std::vector<std::shared_ptr<nn::Module>>{std::make_shared<nn::Linear>(kWidth, kWidth), std::make_shared<nn::ReLU>()});
+    auto seq = std::make_shared<nn::Sequential>(std::vector<std::shared_ptr<nn::Module>>{
+        std::make_shared<nn::Linear>(kWidth, kWidth), std::make_shared<nn::ReLU>()});
     seq->to(device);
     out.push_back(seq);
   }

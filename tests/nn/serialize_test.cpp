@@ -77,8 +77,7 @@ TEST_F(SerializeTest, RoundTripsEveryDtypeAndShape) {
     EXPECT_TRUE(u.device().is_cpu());
     EXPECT_EQ(u.to_vector<double>(), t.to_vector<double>()) << name;  // bit-exact values
   }
-  EXPECT_EQ(out.at("view.transposed").to_vector<float>(),
-            (std::vector<float>{0, 4, 8, 1, 5, 9, 2, 6, 10, 3, 7, 11}));
+  EXPECT_EQ(out.at("view.transposed").to_vector<float>(), (std::vector<float>{0, 4, 8, 1, 5, 9, 2, 6, 10, 3, 7, 11}));
 }
 
 TEST_F(SerializeTest, LayoutMatchesTheDocumentedOffsets) {
@@ -227,8 +226,9 @@ TEST_F(SerializeTest, AZeroDimDoesNotHideAnImplausibleShape) {
   std::memcpy(b.data() + kDimsAt + 16, &big, 8);
   write_with_fixed_checksum(b);
   EXPECT_THROW_WITH(nn::load_tensors(path_), IOError,
-                    "load_tensors: '" + path_ + "': entry 'e' has an implausible shape (0, 4611686018427387904, "
-                    "4611686018427387904) in its dims at offset 27");
+                    "load_tensors: '" + path_ +
+                        "': entry 'e' has an implausible shape (0, 4611686018427387904, "
+                        "4611686018427387904) in its dims at offset 27");
   EXPECT_THROW_WITH(nn::load_tensors(path_), IOError, "a zero dim does not excuse the others");
   // A zero dim beside plausible ones is an empty tensor, as saved.
   nn::save_tensors({{"e", Tensor::zeros({0, 3, 4})}}, path_);

@@ -41,9 +41,9 @@ TEST(SeparableConv, GradientsMatchFiniteDifferences) {
   nn::DepthwiseSeparableConv2d block(3, 4, /*stride=*/2);
   block.to(DType::f64);
   Tensor x = testing::rand_f64({2, 3, 5, 5});
-  EXPECT_TRUE(testing::grad_ok([&](const std::vector<Tensor>& in) { return block(in[0]); },
-                               {x, block.depthwise->weight, block.pointwise->weight, block.depthwise_bn->weight,
-                                block.pointwise_bn->bias}));
+  EXPECT_TRUE(testing::grad_ok(
+      [&](const std::vector<Tensor>& in) { return block(in[0]); },
+      {x, block.depthwise->weight, block.pointwise->weight, block.depthwise_bn->weight, block.pointwise_bn->bias}));
 }
 
 TEST(SeparableConv, RejectsBadArgumentsAndInputs) {
@@ -127,8 +127,8 @@ TEST(ChannelPruning, PrunedModelComputesWhatTheZeroedModelComputes) {
   EXPECT_EQ(fc->in_features, 16);
   EXPECT_TRUE(conv4->weight.requires_grad() && conv4->weight.is_leaf());
   EXPECT_FALSE(bn5->running_mean.requires_grad());
-  EXPECT_EQ(pruned->num_parameters(), params_before - (3 * 9 + 3 * 2) - (4 * 6 * 9 + 8 * 3 * 9 - 4 * 3 * 9 + 4 + 4 * 2) -
-                                          5 * 16);
+  EXPECT_EQ(pruned->num_parameters(),
+            params_before - (3 * 9 + 3 * 2) - (4 * 6 * 9 + 8 * 3 * 9 - 4 * 3 * 9 + 4 + 4 * 2) - 5 * 16);
 
   // The same outputs (f64: only the order of the additions differs) in eval and in training mode.
   Tensor x = Tensor::randn({3, 1, 8, 8}, TensorOptions().dtype(DType::f64));
@@ -170,7 +170,8 @@ TEST(ChannelPruning, HalvingTheChannelsShrinksTheMeasuredActivationPeak) {
       std::make_shared<nn::ReLU>(), std::make_shared<nn::MaxPool2d>(2),
       std::make_shared<nn::Conv2d>(16, 32, 3, 1, 1, 1, false), std::make_shared<nn::BatchNorm2d>(32),
       std::make_shared<nn::ReLU>(), std::make_shared<nn::MaxPool2d>(2), std::make_shared<nn::Flatten>(),
-      std::make_shared<nn::Linear>(32 * 7 * 7, 128), std::make_shared<nn::ReLU>(), std::make_shared<nn::Linear>(128, 10)});
+      std::make_shared<nn::Linear>(32 * 7 * 7, 128), std::make_shared<nn::ReLU>(),
+      std::make_shared<nn::Linear>(128, 10)});
   Tensor x = Tensor::randn({32, 1, 28, 28});
   Tensor y = Tensor::zeros({32}, TensorOptions().dtype(DType::i64));
   CachingAllocator& alloc = caching_allocator(Device::cpu());
@@ -191,23 +192,25 @@ TEST(ChannelPruning, HalvingTheChannelsShrinksTheMeasuredActivationPeak) {
 
 TEST(ChannelPruning, RefusesWhatItCannotPruneNamingTheLayer) {
   auto model = small_cnn(DType::f32);
-  EXPECT_THROW_WITH(nn::prune_channels(*model, 1.0), ValueError, "prune_channels: the fraction to prune must be in [0, 1), got 1");
+  EXPECT_THROW_WITH(nn::prune_channels(*model, 1.0), ValueError,
+                    "prune_channels: the fraction to prune must be in [0, 1), got 1");
   EXPECT_THROW_WITH(nn::prune_channels(*model, -0.1), ValueError, "in [0, 1)");
   EXPECT_THROW_WITH(nn::prune_channels(*model, std::nan("")), ValueError, "in [0, 1)");
   EXPECT_EQ(std::dynamic_pointer_cast<nn::Conv2d>(model->at(0))->out_channels, 6) << "unchanged after a refusal";
 
   using Modules = std::vector<std::shared_ptr<nn::Module>>;
-  nn::Sequential depthwise(Modules{std::make_shared<nn::Conv2d>(4, 4, 3, 1, 1, /*groups=*/4),
-                                   std::make_shared<nn::Conv2d>(4, 2, 1)});
+  nn::Sequential depthwise(
+      Modules{std::make_shared<nn::Conv2d>(4, 4, 3, 1, 1, /*groups=*/4), std::make_shared<nn::Conv2d>(4, 2, 1)});
   EXPECT_THROW_WITH(nn::prune_channels(depthwise, 0.5), ValueError, "depthwise conv (groups=4)");
   nn::Sequential into_depthwise(Modules{std::make_shared<nn::Conv2d>(2, 4, 3), std::make_shared<nn::ReLU>(),
                                         std::make_shared<nn::Conv2d>(4, 4, 3, 1, 1, /*groups=*/4)});
-  EXPECT_THROW_WITH(nn::prune_channels(into_depthwise, 0.5), ValueError, "feeds '2' (Conv2d(4, 4, kernel=3, padding=1, groups=4))");
+  EXPECT_THROW_WITH(nn::prune_channels(into_depthwise, 0.5), ValueError,
+                    "feeds '2' (Conv2d(4, 4, kernel=3, padding=1, groups=4))");
   nn::Sequential group_norm(Modules{std::make_shared<nn::Conv2d>(1, 8, 3), std::make_shared<nn::GroupNorm>(2, 8),
                                     std::make_shared<nn::Conv2d>(8, 4, 3)});
   EXPECT_THROW_WITH(nn::prune_channels(group_norm, 0.5), ValueError, "reaches '1' (GroupNorm");
-  nn::Sequential separable(Modules{std::make_shared<nn::Conv2d>(1, 8, 3),
-                                   std::make_shared<nn::DepthwiseSeparableConv2d>(8, 16)});
+  nn::Sequential separable(
+      Modules{std::make_shared<nn::Conv2d>(1, 8, 3), std::make_shared<nn::DepthwiseSeparableConv2d>(8, 16)});
   EXPECT_THROW_WITH(nn::prune_channels(separable, 0.5), ValueError, "DepthwiseSeparableConv2d(8, 16)");
   nn::Sequential last_conv_only(Modules{std::make_shared<nn::Linear>(4, 4), std::make_shared<nn::Conv2d>(1, 4, 3)});
   EXPECT_THROW_WITH(nn::prune_channels(last_conv_only, 0.5), ValueError, "nothing to prune");
@@ -248,7 +251,8 @@ TEST(MagnitudePruning, PrunedWeightsStayExactlyZeroThroughAdamSteps) {
   nn::MagnitudePruner pruner(*model, 0.5);
   optim::Adam adam(model->parameters(), 0.05, 0.9, 0.999, 1e-8, /*weight_decay=*/0.01);
   Tensor x = Tensor::randn({16, 10});
-  Tensor y = Tensor::from_vector(std::vector<int64_t>{0, 1, 2, 0, 1, 2, 0, 1, 2, 0, 1, 2, 0, 1, 2, 0}, {16}, DType::i64);
+  Tensor y =
+      Tensor::from_vector(std::vector<int64_t>{0, 1, 2, 0, 1, 2, 0, 1, 2, 0, 1, 2, 0, 1, 2, 0}, {16}, DType::i64);
   auto zeros_where_masked = [&](bool* all_zero) {
     *all_zero = true;
     int64_t moved_kept = 0;
@@ -286,7 +290,8 @@ TEST(MagnitudePruning, PrunedWeightsStayExactlyZeroThroughAdamSteps) {
 
 TEST(MagnitudePruning, RefusesBadFractionsAndModelsWithoutWeights) {
   auto model = small_mlp();
-  EXPECT_THROW_WITH(nn::MagnitudePruner(*model, 1.0), ValueError, "MagnitudePruner: the fraction to prune must be in [0, 1)");
+  EXPECT_THROW_WITH(nn::MagnitudePruner(*model, 1.0), ValueError,
+                    "MagnitudePruner: the fraction to prune must be in [0, 1)");
   EXPECT_THROW_WITH(nn::MagnitudePruner(*model, -0.5), ValueError, "got -0.5");
   nn::Sequential no_weights(std::vector<std::shared_ptr<nn::Module>>{std::make_shared<nn::ReLU>()});
   EXPECT_THROW_WITH(nn::MagnitudePruner(no_weights, 0.5), ValueError, "no Conv2d or Linear weight");

@@ -77,8 +77,8 @@ TEST(Train, MlpClassifiesBlobsAndReloadsExactly) {
   EXPECT_DOUBLE_EQ(opt.lr(), 0.025);
   EXPECT_GT(accuracy(*model, x, y), 0.97);
 
-  const std::string path = (std::filesystem::temp_directory_path() /
-                            ("headroom_train_" + std::to_string(::getpid()) + ".hrsd")).string();
+  const std::string path =
+      (std::filesystem::temp_directory_path() / ("headroom_train_" + std::to_string(::getpid()) + ".hrsd")).string();
   model->save(path);
   auto reloaded = make();
   reloaded->load(path);
@@ -106,9 +106,8 @@ TEST(Train, ConvNetFindsThePatch) {
   }
   Tensor y = Tensor::from_vector(labels, {n}, DType::i64);
   nn::Sequential model(std::vector<std::shared_ptr<nn::Module>>{
-      std::make_shared<nn::Conv2d>(1, 4, 3, 1, 1), std::make_shared<nn::BatchNorm2d>(4),
-      std::make_shared<nn::ReLU>(), std::make_shared<nn::MaxPool2d>(2), std::make_shared<nn::Flatten>(),
-      std::make_shared<nn::Linear>(4 * 4 * 4, 2)});
+      std::make_shared<nn::Conv2d>(1, 4, 3, 1, 1), std::make_shared<nn::BatchNorm2d>(4), std::make_shared<nn::ReLU>(),
+      std::make_shared<nn::MaxPool2d>(2), std::make_shared<nn::Flatten>(), std::make_shared<nn::Linear>(4 * 4 * 4, 2)});
   optim::AdamW opt(model.parameters(), 0.02);
   optim::CosineWithWarmup sched(opt, 5, 60, 0.002);
   nn::CrossEntropyLoss criterion;

@@ -73,7 +73,8 @@ void expect_all_or_nothing(const MakeOpt& make, bool fused) {
       EXPECT_EQ(opt->state_nbytes(), bytes0);  // no half-made state
       const auto state1 = opt->state_dict();
       ASSERT_EQ(state1.size(), state0.size());
-      for (const auto& [name, v] : state0) EXPECT_EQ(state1.at(name).to_vector<double>(), v.to_vector<double>()) << name;
+      for (const auto& [name, v] : state0)
+        EXPECT_EQ(state1.at(name).to_vector<double>(), v.to_vector<double>()) << name;
       opt->step();  // the retry: as if the failure never happened
       EXPECT_EQ(t.a.to_vector<float>(), after_a[static_cast<size_t>(s)]);
       EXPECT_EQ(t.b.to_vector<float>(), after_b[static_cast<size_t>(s)]);
@@ -84,7 +85,9 @@ void expect_all_or_nothing(const MakeOpt& make, bool fused) {
 TEST(AllOrNothingStep, Adam) {
   // The review's case: exp_avg_sq failing left exp_avg defined ("use of an undefined tensor" on
   // every later step), and the step count bumped before the temporaries (a retry off by 2.6e-3).
-  MakeOpt make = [](const std::vector<Tensor>& p) { return std::make_unique<optim::Adam>(p, 0.1, 0.9, 0.999, 1e-8, 0.01); };
+  MakeOpt make = [](const std::vector<Tensor>& p) {
+    return std::make_unique<optim::Adam>(p, 0.1, 0.9, 0.999, 1e-8, 0.01);
+  };
   expect_all_or_nothing(make, true);
   expect_all_or_nothing(make, false);
 }
@@ -101,9 +104,7 @@ TEST(AllOrNothingStep, SgdWithMomentumAndWeightDecay) {
   MakeOpt make = [](const std::vector<Tensor>& p) { return std::make_unique<optim::SGD>(p, 0.1, 0.9, 0.01); };
   expect_all_or_nothing(make, true);
   expect_all_or_nothing(make, false);
-  MakeOpt nesterov = [](const std::vector<Tensor>& p) {
-    return std::make_unique<optim::SGD>(p, 0.1, 0.9, 0.01, true);
-  };
+  MakeOpt nesterov = [](const std::vector<Tensor>& p) { return std::make_unique<optim::SGD>(p, 0.1, 0.9, 0.01, true); };
   expect_all_or_nothing(nesterov, false);
 }
 
@@ -126,7 +127,7 @@ TEST(AllOrNothingStep, TheErrorNamesTheParameterAndLeavesEarlierOnesAlone) {
     if (message.find("parameter 1 of 2") == std::string::npos) continue;
     EXPECT_NE(message.find("f32 (2,)"), std::string::npos) << message;
     EXPECT_EQ(t.a.to_vector<float>(), (std::vector<float>{0.5f, -1.5f, 2.0f}));  // not updated
-    EXPECT_FALSE(opt.exp_avg(0).defined());  // and its new state dropped again
+    EXPECT_FALSE(opt.exp_avg(0).defined());                                      // and its new state dropped again
     EXPECT_EQ(opt.step_count(0), 0);
     break;
   }
@@ -187,7 +188,7 @@ TEST(AllOrNothingStep, GradScalerUnscaleWritesNoGradientUntilItsFlagsExist) {
   EXPECT_THROW(scaler.unscale_(opt), OutOfMemoryError);
   cpu_allocator().clear_fault();
   EXPECT_EQ(t.a.grad().to_vector<float>(), g0);  // not divided by 4
-  EXPECT_TRUE(scaler.step(opt));                  // unscale_ again, then step: once divided
+  EXPECT_TRUE(scaler.step(opt));                 // unscale_ again, then step: once divided
   std::vector<float> expected = {0.5f - 0.1f * 0.1f / 4, -1.5f - 0.1f * 0.2f / 4, 2.0f + 0.1f * 0.3f / 4};
   std::vector<float> got = t.a.to_vector<float>();
   for (size_t i = 0; i < 3; ++i) EXPECT_FLOAT_EQ(got[i], expected[i]);

@@ -62,7 +62,8 @@ BatchSplitter::StepFn ce_step(nn::Module& model) {
 
 Tensor labels(int64_t n, int64_t classes, uint64_t seed) {
   std::vector<int64_t> v;
-  for (int64_t i = 0; i < n; ++i) v.push_back(static_cast<int64_t>((static_cast<uint64_t>(i) * 7 + seed) % static_cast<uint64_t>(classes)));
+  for (int64_t i = 0; i < n; ++i)
+    v.push_back(static_cast<int64_t>((static_cast<uint64_t>(i) * 7 + seed) % static_cast<uint64_t>(classes)));
   return Tensor::from_vector(v, {n}, DType::i64);
 }
 
@@ -89,12 +90,14 @@ void expect_same_grads(const GradRun& a, const GradRun& b, const std::string& wh
   EXPECT_NEAR(a.loss, b.loss, 1e-5 * std::abs(b.loss)) << what;
   EXPECT_TRUE(all_close(a.output, b.output, 1e-5, 1e-4)) << what;
   ASSERT_EQ(a.grads.size(), b.grads.size());
-  for (size_t i = 0; i < a.grads.size(); ++i) EXPECT_TRUE(all_close(a.grads[i], b.grads[i], 1e-6, 1e-4)) << what << ", parameter " << i;
+  for (size_t i = 0; i < a.grads.size(); ++i)
+    EXPECT_TRUE(all_close(a.grads[i], b.grads[i], 1e-6, 1e-4)) << what << ", parameter " << i;
 }
 
 double max_grad_difference(const GradRun& a, const GradRun& b) {
   double worst = 0;
-  for (size_t i = 0; i < a.grads.size(); ++i) worst = std::max(worst, amax(abs(a.grads[i] - b.grads[i])).item<double>());
+  for (size_t i = 0; i < a.grads.size(); ++i)
+    worst = std::max(worst, amax(abs(a.grads[i] - b.grads[i])).item<double>());
   return worst;
 }
 
@@ -105,8 +108,9 @@ std::shared_ptr<nn::Module> conv_net(const std::string& norm) {
   std::vector<std::shared_ptr<nn::Module>> layers{std::make_shared<nn::Conv2d>(3, 8, 3, 1, 1)};
   if (norm == "group") layers.push_back(std::make_shared<nn::GroupNorm>(4, 8));
   if (norm == "batch") layers.push_back(std::make_shared<nn::BatchNorm2d>(8));
-  for (auto l : std::vector<std::shared_ptr<nn::Module>>{std::make_shared<nn::ReLU>(), std::make_shared<nn::MaxPool2d>(2),
-                                                         std::make_shared<nn::Flatten>(), std::make_shared<nn::Linear>(8 * 4 * 4, 4)})
+  for (auto l : std::vector<std::shared_ptr<nn::Module>>{
+           std::make_shared<nn::ReLU>(), std::make_shared<nn::MaxPool2d>(2), std::make_shared<nn::Flatten>(),
+           std::make_shared<nn::Linear>(8 * 4 * 4, 4)})
     layers.push_back(l);
   return seq(layers);
 }
@@ -116,7 +120,8 @@ TEST(BatchSplitter, AccumulatedGradientsEqualTheWholeBatchsForAnMlpWithUnevenSpl
   Tensor x = Tensor::randn({10, 12});
   Tensor y = labels(10, 5, 3);
   GradRun whole = grads_with(small_mlp, x, y, 1);
-  for (int64_t k : {2, 3, 4, 10, 25}) expect_same_grads(grads_with(small_mlp, x, y, k), whole, "k=" + std::to_string(k));
+  for (int64_t k : {2, 3, 4, 10, 25})
+    expect_same_grads(grads_with(small_mlp, x, y, k), whole, "k=" + std::to_string(k));
 }
 
 TEST(BatchSplitter, AccumulatedGradientsEqualTheWholeBatchsForAConvNetWithoutBatchStatistics) {
@@ -197,7 +202,8 @@ TEST(BatchSplitter, LossScalingAndOptimizerStepHooks) {
   EXPECT_EQ(steps, 1);
   EXPECT_NEAR(r.loss, plain.loss, 1e-6);  // the reported loss is unscaled
   auto params = model->parameters();
-  for (size_t i = 0; i < params.size(); ++i) EXPECT_TRUE(all_close(params[i].grad(), plain.grads[i] * 1024.0, 1e-4, 1e-4));
+  for (size_t i = 0; i < params.size(); ++i)
+    EXPECT_TRUE(all_close(params[i].grad(), plain.grads[i] * 1024.0, 1e-4, 1e-4));
 }
 
 TEST(BatchSplitter, RejectsBadArguments) {
@@ -207,9 +213,9 @@ TEST(BatchSplitter, RejectsBadArguments) {
   BatchSplitter s(opt, 2);
   auto fn = ce_step(*m);
   EXPECT_THROW_WITH(s.step(Tensor::randn({4, 12}), labels(5, 5, 0), fn), ShapeError, "targets (5,)");
-  EXPECT_THROW_WITH(s.step(Tensor::randn({4, 12}), labels(4, 5, 0),
-                           [&](const Tensor& xi, const Tensor&) { return (*m)(xi); }),
-                    ValueError, "mean loss as a scalar");
+  EXPECT_THROW_WITH(
+      s.step(Tensor::randn({4, 12}), labels(4, 5, 0), [&](const Tensor& xi, const Tensor&) { return (*m)(xi); }),
+      ValueError, "mean loss as a scalar");
   EXPECT_EQ(optim::parse_micro_batches("auto"), BatchSplitter::kAuto);
   EXPECT_EQ(optim::parse_micro_batches("8"), 8);
   EXPECT_THROW_WITH(optim::parse_micro_batches("0", "--micro-batches"), ValueError, "--micro-batches");
@@ -249,11 +255,10 @@ TEST(BatchSplitter, AFixedSplitDoesNotRecover) {
   auto m = small_mlp();
   optim::SGD opt(m->parameters(), 0.1);
   BatchSplitter s(opt, 2);
-  EXPECT_THROW_WITH(s.step(Tensor::randn({4, 12}), labels(4, 5, 0),
-                           [](const Tensor&, const Tensor&) -> optim::MicroBatchOutput {
-                             throw OutOfMemoryError("injected", 1, 0);
-                           }),
-                    OutOfMemoryError, "injected");
+  EXPECT_THROW_WITH(
+      s.step(Tensor::randn({4, 12}), labels(4, 5, 0),
+             [](const Tensor&, const Tensor&) -> optim::MicroBatchOutput { throw OutOfMemoryError("injected", 1, 0); }),
+      OutOfMemoryError, "injected");
   EXPECT_EQ(s.ooms_recovered(), 0);
 }
 
@@ -261,7 +266,8 @@ TEST(BatchSplitter, AFixedSplitDoesNotRecover) {
 
 // Wide activations, few parameters: a step's memory is mostly activations, so splitting helps.
 std::shared_ptr<nn::Module> wide_mlp() {
-  return seq({std::make_shared<nn::Linear>(32, 2048), std::make_shared<nn::ReLU>(), std::make_shared<nn::Linear>(2048, 10)});
+  return seq(
+      {std::make_shared<nn::Linear>(32, 2048), std::make_shared<nn::ReLU>(), std::make_shared<nn::Linear>(2048, 10)});
 }
 
 constexpr int64_t kBatch = 256;
@@ -341,9 +347,8 @@ TEST(BatchSplitter, AutoSplitsUnderATightLimitAndMatchesAnUnsplitRun) {
     EXPECT_EQ(rec.failed_size, size);
     EXPECT_EQ(rec.next_size, size / 2);
     EXPECT_GT(rec.requested_bytes, 0);
-    EXPECT_EQ(rec.allocated_after, rec.allocated_before)
-        << "memory in use after recovering from an OOM at micro-batch " << size
-        << " is not back at its level before the attempt";
+    EXPECT_EQ(rec.allocated_after, rec.allocated_before) << "memory in use after recovering from an OOM at micro-batch "
+                                                         << size << " is not back at its level before the attempt";
     EXPECT_LE(rec.reserved_after, rec.reserved_before) << "the failed attempt's segments are still cached";
     size /= 2;
   }

@@ -63,8 +63,11 @@ struct GptRun {
     y = Tensor::from_vector(next, {4, 8}, DType::i64);
   }
   optim::TrainingState state() {
-    optim::TrainingState st{.model = model.get(), .optimizer = opt.get(), .scaler = scaler.get(),
-                            .splitter = splitter.get(), .schedule = schedule.get()};
+    optim::TrainingState st{.model = model.get(),
+                            .optimizer = opt.get(),
+                            .scaler = scaler.get(),
+                            .splitter = splitter.get(),
+                            .schedule = schedule.get()};
     st.step = steps;
     st.data_order = {2, 0, 1};
     st.extra["note"] = Tensor::from_vector({1.5, 2.5}, {2}, DType::f64);
@@ -94,7 +97,7 @@ TEST(TrainingCheckpoint, ResumedRunEndsBitIdenticalToTheUninterruptedOne) {
   first.train(3);
   const double scale_at_3 = first.scaler->scale();
   optim::save_training_checkpoint((dir / "c.hrck").string(), first.state());
-  first.train(2);  // work after the checkpoint is lost with the process
+  first.train(2);     // work after the checkpoint is lost with the process
   GptRun second(99);  // another seed: everything must come from the file
   optim::TrainingState st = second.state();
   optim::load_training_checkpoint((dir / "c.hrck").string(), st);

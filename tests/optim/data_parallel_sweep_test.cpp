@@ -68,7 +68,8 @@ std::unique_ptr<DPTrainer> make_trainer(const DPCase& c, int64_t micro_batches) 
   std::vector<int64_t> y(static_cast<size_t>(n));
   for (int64_t i = 0; i < n; ++i) y[static_cast<size_t>(i)] = i % 5;
   t->inputs = x.slice(0, pg().rank() * per, (pg().rank() + 1) * per).contiguous();
-  t->targets = Tensor::from_vector(y, {n}, DType::i64).slice(0, pg().rank() * per, (pg().rank() + 1) * per).contiguous();
+  t->targets =
+      Tensor::from_vector(y, {n}, DType::i64).slice(0, pg().rank() * per, (pg().rank() + 1) * per).contiguous();
   return t;
 }
 
@@ -96,8 +97,7 @@ testing::SweepCounts sweep(const DPCase& c) {
   CachingAllocator& a = caching_allocator(Device::cpu());
   testing::SweepCounts counts;
   auto fail = [&](const std::string& what) {
-    if (counts.failures.size() < 8)
-      counts.failures.push_back(str_cat(c.name, " (rank ", pg().rank(), "): ", what));
+    if (counts.failures.size() < 8) counts.failures.push_back(str_cat(c.name, " (rank ", pg().rank(), "): ", what));
   };
   auto prepared = [&](int64_t micro_batches) {
     auto t = make_trainer(c, micro_batches);

@@ -44,8 +44,10 @@ using Make = std::function<std::unique_ptr<optim::Optimizer>(std::vector<Tensor>
 // the step is exactly 1 and p = -1.
 TEST(FusedUpdate, FirstAdamStepFromUnitGradientIsExactlyOne) {
   const std::vector<std::pair<const char*, Make>> makers = {
-      {"adamw", [](std::vector<Tensor> p) { return std::make_unique<optim::AdamW>(std::move(p), 1.0, 0.9, 0.999, 0.0, 0.0); }},
-      {"adam", [](std::vector<Tensor> p) { return std::make_unique<optim::Adam>(std::move(p), 1.0, 0.9, 0.999, 0.0, 0.0); }}};
+      {"adamw",
+       [](std::vector<Tensor> p) { return std::make_unique<optim::AdamW>(std::move(p), 1.0, 0.9, 0.999, 0.0, 0.0); }},
+      {"adam",
+       [](std::vector<Tensor> p) { return std::make_unique<optim::Adam>(std::move(p), 1.0, 0.9, 0.999, 0.0, 0.0); }}};
   for (const auto& [name, make] : makers)
     for (bool fused : {true, false})
       for (DType dt : {DType::f32, DType::f64}) {
@@ -69,12 +71,17 @@ TEST(FusedUpdate, FirstAdamStepFromUnitGradientIsExactlyOne) {
 TEST(FusedUpdate, FusedAndGenericAgreeWithinAFewUlps) {
   const std::vector<std::pair<const char*, Make>> makers = {
       {"adam", [](std::vector<Tensor> p) { return std::make_unique<optim::Adam>(std::move(p), 0.1); }},
-      {"adam l2", [](std::vector<Tensor> p) { return std::make_unique<optim::Adam>(std::move(p), 0.1, 0.9, 0.999, 1e-8, 0.01); }},
-      {"adamw", [](std::vector<Tensor> p) { return std::make_unique<optim::AdamW>(std::move(p), 0.1, 0.9, 0.999, 1e-8, 0.1); }},
-      {"adamw betas", [](std::vector<Tensor> p) { return std::make_unique<optim::AdamW>(std::move(p), 0.05, 0.8, 0.95, 1e-6, 0.1); }},
+      {"adam l2",
+       [](std::vector<Tensor> p) { return std::make_unique<optim::Adam>(std::move(p), 0.1, 0.9, 0.999, 1e-8, 0.01); }},
+      {"adamw",
+       [](std::vector<Tensor> p) { return std::make_unique<optim::AdamW>(std::move(p), 0.1, 0.9, 0.999, 1e-8, 0.1); }},
+      {"adamw betas",
+       [](std::vector<Tensor> p) { return std::make_unique<optim::AdamW>(std::move(p), 0.05, 0.8, 0.95, 1e-6, 0.1); }},
       {"sgd", [](std::vector<Tensor> p) { return std::make_unique<optim::SGD>(std::move(p), 0.1); }},
-      {"sgd momentum", [](std::vector<Tensor> p) { return std::make_unique<optim::SGD>(std::move(p), 0.1, 0.9, 0.01); }},
-      {"sgd nesterov", [](std::vector<Tensor> p) { return std::make_unique<optim::SGD>(std::move(p), 0.05, 0.9, 0.01, true); }}};
+      {"sgd momentum",
+       [](std::vector<Tensor> p) { return std::make_unique<optim::SGD>(std::move(p), 0.1, 0.9, 0.01); }},
+      {"sgd nesterov",
+       [](std::vector<Tensor> p) { return std::make_unique<optim::SGD>(std::move(p), 0.05, 0.9, 0.01, true); }}};
   for (const auto& [name, make] : makers) {
     SCOPED_TRACE(name);
     manual_seed(31);

@@ -208,10 +208,9 @@ TEST(GradScaler, AccumulatedMicroBatchesUnscaleToTheWholeBatchGradient) {
   const int64_t n = 32, k = 4;
   Tensor x = Tensor::randn({n, 12});
   Tensor y = (Tensor::rand({n}) * 5.0).to(DType::i64);
-  std::vector<Tensor> params = {(Tensor::randn({16, 12}) * 0.3).set_requires_grad(true),
-                                Tensor::zeros({16}).set_requires_grad(true),
-                                (Tensor::randn({5, 16}) * 0.3).set_requires_grad(true),
-                                Tensor::zeros({5}).set_requires_grad(true)};
+  std::vector<Tensor> params = {
+      (Tensor::randn({16, 12}) * 0.3).set_requires_grad(true), Tensor::zeros({16}).set_requires_grad(true),
+      (Tensor::randn({5, 16}) * 0.3).set_requires_grad(true), Tensor::zeros({5}).set_requires_grad(true)};
   auto loss_of = [&](const Tensor& xb, const Tensor& yb) {
     return cross_entropy(linear(relu(linear(xb, params[0], params[1])), params[2], params[3]), yb);
   };
@@ -255,8 +254,7 @@ TEST(GradScaler, ScalingIsExactInF32WithAccumulation) {
   Tensor plain = w.grad().clone();
   w.zero_grad();
   optim::GradScaler scaler;
-  for (int64_t m = 0; m < 3; ++m)
-    scaler.scale(sum(tanh(linear(x.slice(0, 4 * m, 4 * m + 4), w, Tensor())))).backward();
+  for (int64_t m = 0; m < 3; ++m) scaler.scale(sum(tanh(linear(x.slice(0, 4 * m, 4 * m + 4), w, Tensor())))).backward();
   scaler.unscale_(opt);
   EXPECT_TRUE(all_close(w.grad(), plain, 0, 0));
 }

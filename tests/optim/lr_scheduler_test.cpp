@@ -37,9 +37,9 @@ TEST(StepLR, DecaysEveryStepSize) {
 TEST(CosineWithWarmup, WarmsUpThenFollowsTheCosineToMinLr) {
   optim::AdamW opt({param()}, 1.0);
   optim::CosineWithWarmup sched(opt, 4, 12, 0.1);
-  const double q = 0.1 + 0.45 * (1 + std::cos(std::numbers::pi / 4));      // a quarter of the way
+  const double q = 0.1 + 0.45 * (1 + std::cos(std::numbers::pi / 4));       // a quarter of the way
   const double tq = 0.1 + 0.45 * (1 + std::cos(3 * std::numbers::pi / 4));  // three quarters
-  expect_sequence(run(sched, opt, 14), {0.0, 0.25, 0.5, 0.75, 1.0,                       // warm-up
+  expect_sequence(run(sched, opt, 14), {0.0, 0.25, 0.5, 0.75, 1.0,          // warm-up
                                         0.1 + 0.45 * (1 + std::cos(std::numbers::pi / 8)), q,
                                         0.1 + 0.45 * (1 + std::cos(3 * std::numbers::pi / 8)), 0.55,
                                         0.1 + 0.45 * (1 + std::cos(5 * std::numbers::pi / 8)), tq,

@@ -129,8 +129,8 @@ TEST(Meta, PredictsACnnWithBatchNormToTheByte) {
 }
 
 TEST(Meta, PredictsAGptStepToTheByteWithEachCheckpointPolicy) {
-  for (nn::CheckpointMode mode : {nn::CheckpointMode::none, nn::CheckpointMode::block, nn::CheckpointMode::sqrt,
-                                  nn::CheckpointMode::selective})
+  for (nn::CheckpointMode mode :
+       {nn::CheckpointMode::none, nn::CheckpointMode::block, nn::CheckpointMode::sqrt, nn::CheckpointMode::selective})
     expect_exact(str_cat("gpt f32 ", nn::checkpoint_mode_name(mode)).c_str(), [mode] { gpt_step(mode, false); });
 }
 
@@ -174,7 +174,8 @@ TEST(Meta, MetaTensorsHaveNoDataAndReadsAreZeros) {
     EXPECT_TRUE(x.is_meta());
     EXPECT_EQ(sum(x * 3.0).item<double>(), 0.0);  // no kernel ran: reads are zeros
     EXPECT_EQ(x.to_vector<float>(), std::vector<float>(16, 0.0f));
-    EXPECT_EQ(meta.allocator(Device::cpu()).stats().allocated_bytes.current, 512);  // x (64 B in a 512 B block), nothing else alive
+    EXPECT_EQ(meta.allocator(Device::cpu()).stats().allocated_bytes.current,
+              512);  // x (64 B in a 512 B block), nothing else alive
     EXPECT_THROW_WITH(MetaScope(), ValueError, "already open");
     kept = x;
   }

@@ -61,7 +61,7 @@ TEST(OffloadedAdamW, FiveStepsEqualAdamWOnTheDeviceBitForBit) {
   const int64_t pool_state0 = pool.stats().category(MemoryCategory::optimizer_state).current;
   optim::OffloadedAdamW opt(model->parameters(), 1e-2, 0.9, 0.999, 1e-8, 0.05);
   train(*model, opt, dev, 5);
-  EXPECT_EQ(bits(*model), bits(*reference));  // tolerance 0
+  EXPECT_EQ(bits(*model), bits(*reference));   // tolerance 0
   EXPECT_EQ(state_bytes(dev), device_state0);  // no optimizer state on the device
   EXPECT_GT(ref_opt.state_nbytes(), 0u);
   // The host holds the two moments and an f32 master copy of each parameter.
@@ -133,8 +133,8 @@ TEST(OffloadedAdamW, CheckpointsMoveBetweenAdamWAndOffloadedAdamW) {
   back.load_state_dict(plain.state_dict());
   EXPECT_TRUE(back.exp_avg(0).is_pinned());
   for (int s = 2; s < 4; ++s) {
-    for (auto [m, o] : {std::pair<nn::Module*, optim::Optimizer*>{a.get(), &offloaded}, {b.get(), &plain},
-                        {c.get(), &back}}) {
+    for (auto [m, o] :
+         {std::pair<nn::Module*, optim::Optimizer*>{a.get(), &offloaded}, {b.get(), &plain}, {c.get(), &back}}) {
       o->zero_grad();
       loss_of(*m, s, dev).backward();
       o->step();

@@ -160,8 +160,8 @@ const std::vector<SweepCase>& cases() {
       // Recompute checkpointing (autograd/checkpoint.h): the re-runs in backward fail in turn too.
       {"gpt f32, checkpoint=block", [] { return gpt(Precision::f32, nn::CheckpointMode::block); }, 1, kAuto},
       {"gpt bf16, checkpoint=selective", [] { return gpt(Precision::bf16, nn::CheckpointMode::selective); }, 1, kAuto},
-      {"gpt f32 3 layers, checkpoint=sqrt (2 segments)", [] { return gpt(Precision::f32, nn::CheckpointMode::sqrt, 3); },
-       1, kAuto},
+      {"gpt f32 3 layers, checkpoint=sqrt (2 segments)",
+       [] { return gpt(Precision::f32, nn::CheckpointMode::sqrt, 3); }, 1, kAuto},
       {"cnn+groupnorm f16 + GradScaler, checkpoint=block",
        [] { return cnn_group_norm(Precision::f16_scaled, nn::CheckpointMode::block); }, 1, kAuto},
       // In-place ReLU (Note [differentiable in-place]), plain and inside recomputed blocks.

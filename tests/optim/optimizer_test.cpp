@@ -89,10 +89,9 @@ TEST(SGD, WeightDecayWithMomentum) {
 // Adam's first step moves each element by lr * g / (|g| + eps): about lr against the sign
 // of g. Later steps: m_hat / (sqrt(v_hat) + eps) with m, v the bias-corrected moments.
 TEST(Adam, ThreeSteps) {
-  expect_trajectory(maker<optim::Adam>(0.1),
-                    {{0.900000002, -1.900000001},
-                     {0.8101424839029282, -1.865439416662626},
-                     {0.7535255578069425, -1.8568614218383597}});
+  expect_trajectory(maker<optim::Adam>(0.1), {{0.900000002, -1.900000001},
+                                              {0.8101424839029282, -1.865439416662626},
+                                              {0.7535255578069425, -1.8568614218383597}});
 }
 
 TEST(Adam, LargeEpsAndOtherBetas) {
@@ -100,10 +99,9 @@ TEST(Adam, LargeEpsAndOtherBetas) {
   // p1 = p0 - 0.01 * g1 / (|g1| + 0.1) = (1 - 0.005 / 0.6, -2 + 0.01 / 1.1).
   // Step 2: m2 = 0.5 m1 + 0.5 g2 = (0.225, -0.05), m_hat = m2 / 0.75; v2 = 0.75 v1 + 0.25 g2^2
   // = (0.056875, 0.2275), v_hat = v2 / 0.4375; p2 = p1 - 0.01 m_hat / (sqrt(v_hat) + 0.1).
-  expect_trajectory(maker<optim::Adam>(0.01, 0.5, 0.75, 0.1),
-                    {{1.0 - 0.005 / 0.6, -2.0 + 0.01 / 1.1},
-                     {0.9851527884780067, -1.9900971820789044},
-                     {0.9832705049458336, -1.9922043000940375}});
+  expect_trajectory(maker<optim::Adam>(0.01, 0.5, 0.75, 0.1), {{1.0 - 0.005 / 0.6, -2.0 + 0.01 / 1.1},
+                                                               {0.9851527884780067, -1.9900971820789044},
+                                                               {0.9832705049458336, -1.9922043000940375}});
   for (bool fused : {true, false}) {
     Tensor p = make_param();
     optim::Adam opt({p}, 0.01, 0.5, 0.75, 0.1);
@@ -124,19 +122,17 @@ TEST(Adam, LargeEpsAndOtherBetas) {
 
 TEST(Adam, L2WeightDecayGoesThroughTheGradient) {
   // d = g + 0.1 p: the first step still moves by about lr (d1 = (0.6, -1.2), same signs as g1).
-  expect_trajectory(maker<optim::Adam>(0.1, 0.9, 0.999, 1e-8, 0.1),
-                    {{0.9000000016666666, -1.9000000008333333},
-                     {0.8072814605072346, -1.846831886458653},
-                     {0.7374880492871208, -1.8119419469433486}});
+  expect_trajectory(maker<optim::Adam>(0.1, 0.9, 0.999, 1e-8, 0.1), {{0.9000000016666666, -1.9000000008333333},
+                                                                     {0.8072814605072346, -1.846831886458653},
+                                                                     {0.7374880492871208, -1.8119419469433486}});
 }
 
 TEST(AdamW, DecoupledWeightDecay) {
   // p is first shrunk by (1 - lr * wd) = 0.99, then the plain Adam update applies:
   // p1 = 0.99 p0 - 0.1 * g1 / (|g1| + 1e-8) = (0.99 - 0.1, -1.98 + 0.1) + O(1e-9).
-  expect_trajectory(maker<optim::AdamW>(0.1, 0.9, 0.999, 1e-8, 0.1),
-                    {{0.890000002, -1.880000001},
-                     {0.7912424838829282, -1.826639416652626},
-                     {0.7267131329481132, -1.7997950276618335}});
+  expect_trajectory(maker<optim::AdamW>(0.1, 0.9, 0.999, 1e-8, 0.1), {{0.890000002, -1.880000001},
+                                                                      {0.7912424838829282, -1.826639416652626},
+                                                                      {0.7267131329481132, -1.7997950276618335}});
 }
 
 TEST(Optimizer, SkipsParamsWithoutGradAndMakesStateLazily) {
@@ -258,7 +254,6 @@ TEST(Optimizer, ArgumentChecks) {
   EXPECT_THROW_WITH(opt.set_lr(-0.5), ValueError, "lr must be >= 0");
   EXPECT_EQ(opt.params().size(), 1u);
 }
-
 
 }  // namespace
 }  // namespace headroom

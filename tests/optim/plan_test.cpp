@@ -348,7 +348,8 @@ TEST(Plan, OffloadIsPredictedOnBothSidesAndMatchesARealRun) {
   EXPECT_GT(p0.stats.category(MemoryCategory::optimizer_state).peak, 0);
   EXPECT_EQ(po.host_stats.category(MemoryCategory::optimizer_state).peak,
             3 * p0.stats.category(MemoryCategory::optimizer_state).peak / 2);
-  EXPECT_EQ((optim::Mix{DType::f32, AttentionImpl::fused, nn::CheckpointMode::none, 1, 1, 0, 1, true, 1, true, true}).str(false),
+  EXPECT_EQ((optim::Mix{DType::f32, AttentionImpl::fused, nn::CheckpointMode::none, 1, 1, 0, 1, true, 1, true, true})
+                .str(false),
             "f32 ckpt-none mb1 offload-act offload-opt");
   // The prediction is the real run's, byte for byte, on the device.
   CachingAllocator& a = caching_allocator(dev);
@@ -393,7 +394,8 @@ TEST(Plan, OffloadOnAGpuPaysForWhatComputeCannotHide) {
     const double link = optim::datasheet_rates("h100")->host_link_bytes_per_second;
     EXPECT_EQ(pa.host_update_seconds, 0);
     const double compute = pa.seconds - pa.transfer_seconds;
-    EXPECT_NEAR(pa.transfer_seconds, std::max(0.0, static_cast<double>(pa.host_transfer_bytes) / link - compute), 1e-12);
+    EXPECT_NEAR(pa.transfer_seconds, std::max(0.0, static_cast<double>(pa.host_transfer_bytes) / link - compute),
+                1e-12);
     EXPECT_GT(pa.transfer_seconds, 0);  // 4096 x 256 f32 activations move slower than a roofline computes them
     // The optimizer's update is the host's, at its rate: 4 tensors of 4 bytes per parameter.
     int64_t params = 0;

@@ -124,9 +124,7 @@ inline SweepCounts sweep(const SweepCase& c, FaultKind kind, int64_t stride = 1)
   CachingAllocator& a = c.host_pool ? pool : device;
   struct Both {
     CachingAllocator &device, &pool;
-    int64_t allocated() const {
-      return device.stats().allocated_bytes.current + pool.stats().allocated_bytes.current;
-    }
+    int64_t allocated() const { return device.stats().allocated_bytes.current + pool.stats().allocated_bytes.current; }
   } both{device, pool};
   SweepCounts counts;
   auto fail = [&](const std::string& what) {
@@ -156,8 +154,8 @@ inline SweepCounts sweep(const SweepCase& c, FaultKind kind, int64_t stride = 1)
     const MemoryStats st0 = a.stats();
     optim::SplitStepResult r = t->step(*s);
     const MemoryStats st1 = a.stats();
-    requests = kind == FaultKind::segment ? st1.num_device_alloc - st0.num_device_alloc
-                                          : st1.num_allocs - st0.num_allocs;
+    requests =
+        kind == FaultKind::segment ? st1.num_device_alloc - st0.num_device_alloc : st1.num_allocs - st0.num_allocs;
     const int64_t m = r.micro_batch_size;
     r = {};
     reference[m] = {t->snapshot(), both.allocated()};
@@ -212,8 +210,9 @@ inline SweepCounts sweep(const SweepCase& c, FaultKind kind, int64_t stride = 1)
       const auto& [ref, ref_allocated] = reference_for(micro_batch);
       const std::string diff = after.first_difference(ref);
       if (diff.empty()) ++counts.identical;
-      else fail(at + ": recovered at micro-batches of " + std::to_string(micro_batch) + " but " + diff +
-                " differs from a clean run of that split");
+      else
+        fail(at + ": recovered at micro-batches of " + std::to_string(micro_batch) + " but " + diff +
+             " differs from a clean run of that split");
       if (allocated_after != ref_allocated)
         fail(at + ": " + std::to_string(allocated_after) + " bytes allocated after the step, the clean run has " +
              std::to_string(ref_allocated));

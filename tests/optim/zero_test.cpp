@@ -69,7 +69,8 @@ TEST(ZeRO, BothStagesEqualOneProcessOnTheWholeBatch) {
       const auto a = ddp.parameters(), b = reference->parameters();
       ASSERT_EQ(a.size(), b.size());
       for (size_t i = 0; i < a.size(); ++i)
-        EXPECT_TRUE(all_close(a[i], b[i], 1e-6, 1e-5)) << "stage " << stage << (kind ? " AdamW" : " SGD") << ", parameter " << i;
+        EXPECT_TRUE(all_close(a[i], b[i], 1e-6, 1e-5))
+            << "stage " << stage << (kind ? " AdamW" : " SGD") << ", parameter " << i;
       // The module's parameters are views into the flat buffers the all-gather writes.
       for (const Tensor& p : model->parameters()) {
         bool in_a_bucket = false;
@@ -185,7 +186,8 @@ TEST(ZeRO, SplitStepReduceScattersOncePerBucketAndMatchesTheWholeBatch) {
     auto reference = make_mlp(13);
     auto model = make_mlp(13);
     nn::DistributedDataParallel ddp(model, pg(), zero(stage));
-    ZeroRedundancyOptimizer opt(ddp, [](std::vector<Tensor> s) { return std::make_unique<optim::SGD>(std::move(s), 0.1, 0.9); });
+    ZeroRedundancyOptimizer opt(
+        ddp, [](std::vector<Tensor> s) { return std::make_unique<optim::SGD>(std::move(s), 0.1, 0.9); });
     optim::BatchSplitter::Options so;
     so.ddp = &ddp;
     optim::BatchSplitter splitter(opt, 4, &ddp, so);

@@ -682,7 +682,8 @@ std::optional<std::string> attribute(const std::string& tag, const std::string& 
 }
 
 // The one start tag <tag ...> with name="value", or "" when there is none (two fail the test).
-std::string tag_with(const std::string& html, const std::string& tag, const std::string& name, const std::string& value) {
+std::string tag_with(const std::string& html, const std::string& tag, const std::string& name,
+                     const std::string& value) {
   std::string found;
   for (const std::string& t : start_tags(html, tag))
     if (attribute(t, name) == value) {
@@ -750,8 +751,8 @@ TEST(MemoryReport, TimelineRendersInHeadlessChromium) {
                             " --disable-background-networking --disable-component-update --disable-sync"
                             " --disable-dev-shm-usage --hide-scrollbars --window-size=1200,900 --user-data-dir=";
   // A fresh profile for each run: Chromium refuses to share one between processes.
-  const std::string dom_cmd = "timeout 120 " + flags + (tmp.path / "profile-dom").string() +
-                              " --dump-dom file://" + probed.string() + " 2>/dev/null";
+  const std::string dom_cmd = "timeout 120 " + flags + (tmp.path / "profile-dom").string() + " --dump-dom file://" +
+                              probed.string() + " 2>/dev/null";
   auto [rc, dom] = run_command(dom_cmd);
   ASSERT_EQ(rc, 0) << dom_cmd;
   ASSERT_NE(dom.find("<svg"), std::string::npos) << dom.substr(0, 2000);
@@ -771,7 +772,8 @@ TEST(MemoryReport, TimelineRendersInHeadlessChromium) {
     EXPECT_EQ(attribute(item, "data-peak-bytes"), std::to_string(peak)) << item;
     const size_t text = dom.find(item) + item.size();
     EXPECT_NE(dom.substr(text, dom.find("</li>", text) - text).find(name + " <b>peak " + format_bytes(peak)),
-              std::string::npos) << name;
+              std::string::npos)
+        << name;
     const auto [item_w, item_h] = rendered_size(item);
     EXPECT_GT(item_w * item_h, 0) << "the legend entry of " << name << " is not laid out: " << item;
     const std::string area = tag_with(dom, "path", "data-category", name);
@@ -788,7 +790,8 @@ TEST(MemoryReport, TimelineRendersInHeadlessChromium) {
   }
   EXPECT_GE(present, 5) << "the traced scenario uses most categories";
   int areas = 0;
-  for (const std::string& tag : start_tags(dom, "path")) areas += attribute(tag, "class").value_or("").starts_with("area ");
+  for (const std::string& tag : start_tags(dom, "path"))
+    areas += attribute(tag, "class").value_or("").starts_with("area ");
   EXPECT_EQ(areas, present) << "one area per category that held memory";
 
   // The peak marker: the most allocated in the trace (the allocator's own peak, since tracing

@@ -37,8 +37,7 @@ int main(int argc, char** argv) {
   Tensor x = Tensor::from_vector({1, 2, 3, 4, 5, 6}, {2, 3});  // [batch 2, in 3]
 
   Tensor out = linear.forward(x);  // [2, 2]
-  std::printf("out shape %lld %lld\n", static_cast<long long>(out.shape()[0]),
-              static_cast<long long>(out.shape()[1]));
+  std::printf("out shape %lld %lld\n", static_cast<long long>(out.shape()[0]), static_cast<long long>(out.shape()[1]));
   Tensor loss = out.sum();
   loss.backward();
   print("weight.grad", linear.weight.grad());  // 5 7 9 5 7 9

@@ -130,8 +130,8 @@ TEST(DDP, SplitStepAllReducesOncePerBucket) {
     splitter.step(my_share(x), my_share(y), [&](const Tensor& xb, const Tensor& yb) {
       return optim::MicroBatchOutput{cross_entropy(ddp(xb), yb)};
     });
-    EXPECT_EQ(ddp.bucket_all_reduces() - before, buckets) << "step " << step << ": 4 micro-batches, " << buckets
-                                                           << " buckets";
+    EXPECT_EQ(ddp.bucket_all_reduces() - before, buckets)
+        << "step " << step << ": 4 micro-batches, " << buckets << " buckets";
     // And two one-number agreements a step among several ranks: the attempt's and the
     // optimizer's (Note [agreed failure]).
     EXPECT_EQ(pg().stats().all_reduces - group_before, buckets + (pg().size() > 1 ? 2 : 0));

@@ -97,7 +97,8 @@ TEST(GPTPipeline, TheTiedCopiesStayEqualThroughSteps) {
   manual_seed(1);
   nn::GPT whole(tiny());
   whole.load_state_dict(nn::GPTStage::state_dict_on(stages, Device::cpu()));
-  EXPECT_TRUE(all_close(whole.blocks[3]->mlp->c_fc->weight, stages.back()->blocks.back()->mlp->c_fc->weight.to(Device::cpu()), 0, 0));
+  EXPECT_TRUE(all_close(whole.blocks[3]->mlp->c_fc->weight,
+                        stages.back()->blocks.back()->mlp->c_fc->weight.to(Device::cpu()), 0, 0));
   EXPECT_EQ(stages.back()->head.device(), Device::cpu(1));
   manual_seed(9);
   nn::GPT too_small(tiny());
@@ -140,8 +141,7 @@ TEST(GPTTensorParallel, ClippingAndTheUnsplitStateDict) {
   nn::GPT whole(tiny());
   whole.load_state_dict(nn::TensorParallelGPT::unsplit_state_dict(ranks, Device::cpu()));
   const auto got = whole.named_parameters(), want_p = reference.named_parameters();
-  for (size_t i = 0; i < got.size(); ++i)
-    EXPECT_TRUE(all_close(got[i].second, want_p[i].second, 0, 0)) << got[i].first;
+  for (size_t i = 0; i < got.size(); ++i) EXPECT_TRUE(all_close(got[i].second, want_p[i].second, 0, 0)) << got[i].first;
   ranks.clear();  // their groups ended with run_on_devices
 }
 
@@ -162,12 +162,16 @@ TEST(GPTTensorParallel, TheSplitGptGivesTheUnsplitLossAndGradients) {
       const int64_t local = 16 / t;
       std::vector<std::pair<std::string, bool>> checks = {
           {"loss", std::abs(loss.item<double>() - ref_loss.item<double>()) < 1e-5},
-          {"wte (tied) gradient", bool(all_close(tp->wte->weight.grad().to(Device::cpu()), reference.wte->weight.grad(), 1e-6, 1e-5))},
-          {"ln_f gradient", bool(all_close(tp->ln_f->weight.grad().to(Device::cpu()), reference.ln_f->weight.grad(), 1e-6, 1e-5))},
+          {"wte (tied) gradient",
+           bool(all_close(tp->wte->weight.grad().to(Device::cpu()), reference.wte->weight.grad(), 1e-6, 1e-5))},
+          {"ln_f gradient",
+           bool(all_close(tp->ln_f->weight.grad().to(Device::cpu()), reference.ln_f->weight.grad(), 1e-6, 1e-5))},
           {"block 3 c_proj columns",
            bool(all_close(tp->blocks[3]->attn->c_proj->weight.grad().to(Device::cpu()),
-                          reference.blocks[3]->attn->c_proj->weight.grad().slice(1, r * local, (r + 1) * local), 1e-6, 1e-5))},
-          {"1/T of the block matrices", tp->blocks[0]->mlp->fc->weight.numel() * t == reference.blocks[0]->mlp->c_fc->weight.numel()},
+                          reference.blocks[3]->attn->c_proj->weight.grad().slice(1, r * local, (r + 1) * local), 1e-6,
+                          1e-5))},
+          {"1/T of the block matrices",
+           tp->blocks[0]->mlp->fc->weight.numel() * t == reference.blocks[0]->mlp->c_fc->weight.numel()},
       };
       std::lock_guard<std::mutex> lock(m);
       for (const auto& [what, ok] : checks)

@@ -65,7 +65,8 @@ TEST(PipelineAcrossProcesses, OneStagePerRankEqualsTheUnsplitModel) {
       for (size_t i : held) {
         const auto got = mine[i]->parameters(), want = reference[i]->parameters();
         for (size_t j = 0; j < got.size(); ++j)
-          EXPECT_TRUE(all_close(got[j].grad(), want[j].grad(), 1e-6, 1e-5)) << what << ", piece " << i << " parameter " << j;
+          EXPECT_TRUE(all_close(got[j].grad(), want[j].grad(), 1e-6, 1e-5))
+              << what << ", piece " << i << " parameter " << j;
       }
       EXPECT_LE(pipe.last_stats().most_in_flight[0],
                 schedule == nn::PipelineSchedule::gpipe ? std::min<int64_t>(m, n) : K - rank)
@@ -98,11 +99,11 @@ TEST(TensorParallelAcrossProcesses, GptBlockEqualsTheUnsplitBlock) {
   const int64_t local = 24 / T, hidden = 4 * 24 / T;
   EXPECT_TRUE(all_close(yr, ref, 1e-6, 1e-5)) << "rank " << r;
   EXPECT_TRUE(all_close(xr.grad(), x.grad(), 1e-6, 1e-5)) << "rank " << r;
-  EXPECT_TRUE(all_close(blk->attn->c_proj->weight.grad(), full.attn->c_proj->weight.grad().slice(1, r * local, (r + 1) * local),
-                        1e-6, 1e-5))
+  EXPECT_TRUE(all_close(blk->attn->c_proj->weight.grad(),
+                        full.attn->c_proj->weight.grad().slice(1, r * local, (r + 1) * local), 1e-6, 1e-5))
       << "rank " << r;
-  EXPECT_TRUE(all_close(blk->mlp->fc->weight.grad(), full.mlp->c_fc->weight.grad().slice(0, r * hidden, (r + 1) * hidden),
-                        1e-6, 1e-5))
+  EXPECT_TRUE(all_close(blk->mlp->fc->weight.grad(),
+                        full.mlp->c_fc->weight.grad().slice(0, r * hidden, (r + 1) * hidden), 1e-6, 1e-5))
       << "rank " << r;
   // Each rank holds 1/T of the block's weight matrices.
   EXPECT_EQ(blk->mlp->fc->weight.numel() * T, full.mlp->c_fc->weight.numel());

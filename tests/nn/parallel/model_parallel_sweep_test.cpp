@@ -47,7 +47,7 @@ std::pair<Tensor, Tensor> tokens() {
 // A split model and what steps it: built alike every time.
 struct Split {
   std::vector<Device> devices;
-  std::vector<std::shared_ptr<nn::Module>> parts;          // stages, or ranks
+  std::vector<std::shared_ptr<nn::Module>> parts;  // stages, or ranks
   std::vector<std::unique_ptr<optim::Optimizer>> optimizers;
   std::function<void()> step;
   std::function<void()> zero_grad;
@@ -65,7 +65,8 @@ struct Split {
       for (const auto& [name, p] : parts[k]->named_parameters())
         s.entries[str_cat("part", k, ":", name)] = tensor_bytes(p);
     for (size_t k = 0; k < optimizers.size(); ++k)
-      for (const auto& [name, t] : optimizers[k]->state_dict()) s.entries[str_cat("optim", k, ":", name)] = tensor_bytes(t);
+      for (const auto& [name, t] : optimizers[k]->state_dict())
+        s.entries[str_cat("optim", k, ":", name)] = tensor_bytes(t);
     return s;
   }
   std::vector<int64_t> allocated() const {
@@ -214,7 +215,9 @@ void check(const Counts& c, const char* what) {
             << c.recovered << " then stepped as a clean run\n";
 }
 
-TEST(ModelParallelSweep, APipelineStageOutOfMemoryLeavesEveryDeviceAsItWas) { check(sweep(make_pipeline, 3), "pipeline"); }
+TEST(ModelParallelSweep, APipelineStageOutOfMemoryLeavesEveryDeviceAsItWas) {
+  check(sweep(make_pipeline, 3), "pipeline");
+}
 
 TEST(ModelParallelSweep, ATensorParallelRankOutOfMemoryLeavesEveryDeviceAsItWas) {
   check(sweep(make_tensor_parallel, 3), "tensor parallel");

@@ -117,7 +117,8 @@ TEST(Pipeline, SameLossAndGradientsAsTheUnsplitModel) {
           EXPECT_TRUE(all_close(params[i].grad().to(Device::cpu()), ref_params[i].grad(), 1e-6, 1e-5))
               << what << " parameter " << i;
         }
-        EXPECT_EQ(pipe.last_stats().most_in_flight[0], sched == nn::PipelineSchedule::gpipe ? M : std::min<int64_t>(K, M))
+        EXPECT_EQ(pipe.last_stats().most_in_flight[0],
+                  sched == nn::PipelineSchedule::gpipe ? M : std::min<int64_t>(K, M))
             << what;
       }
 }
@@ -137,7 +138,8 @@ TEST(Pipeline, ConcurrentAndOneThreadAreBitIdenticalAndCheckpointingToo) {
   }
   for (int mode = 1; mode < 3; ++mode)
     for (size_t i = 0; i < grads[0].size(); ++i)
-      EXPECT_TRUE(all_close(grads[static_cast<size_t>(mode)][i], grads[0][i], 0, 0)) << "mode " << mode << " param " << i;
+      EXPECT_TRUE(all_close(grads[static_cast<size_t>(mode)][i], grads[0][i], 0, 0))
+          << "mode " << mode << " param " << i;
 }
 
 TEST(Pipeline, StageZeroHoldsKMicroBatchesUnder1F1BAndMUnderGPipe) {

@@ -44,7 +44,8 @@ TEST(InProcessGroup, CollectivesBetweenDevices) {
       Tensor in = Tensor::arange(0, 4 * n, 1, d), out = Tensor::zeros({4}, d);
       g.reduce_scatter(out, in)->wait();
       EXPECT_EQ(out.to_vector<float>()[1], static_cast<float>(n * (4 * r + 1)));
-      Tensor mine = Tensor::full({2}, r, DType::f64).to(d), all = Tensor::zeros({2 * n}, TensorOptions().dtype(DType::f64).device(d));
+      Tensor mine = Tensor::full({2}, r, DType::f64).to(d),
+             all = Tensor::zeros({2 * n}, TensorOptions().dtype(DType::f64).device(d));
       g.all_gather(all, mine)->wait();
       EXPECT_EQ(all.to_vector<double>()[2 * (n - 1)], n - 1);
       Tensor b = Tensor::full({3}, r == n - 1 ? 9 : 0, d);
@@ -104,11 +105,14 @@ TEST(TensorParallel, MlpOverTDevicesEqualsTheUnsplitLayers) {
       const int64_t hl = H / T;
       check(bool(all_close(y.to(Device::cpu()), ref, 1e-6, 1e-5)), str_cat("rank ", r, " output"));
       check(bool(all_close(xr.grad().to(Device::cpu()), x.grad(), 1e-6, 1e-5)), str_cat("rank ", r, " input gradient"));
-      check(bool(all_close(mlp->fc->weight.grad().to(Device::cpu()), fc.weight.grad().slice(0, r * hl, (r + 1) * hl), 1e-6, 1e-5)),
+      check(bool(all_close(mlp->fc->weight.grad().to(Device::cpu()), fc.weight.grad().slice(0, r * hl, (r + 1) * hl),
+                           1e-6, 1e-5)),
             str_cat("rank ", r, " fc weight gradient"));
-      check(bool(all_close(mlp->fc->bias.grad().to(Device::cpu()), fc.bias.grad().slice(0, r * hl, (r + 1) * hl), 1e-6, 1e-5)),
+      check(bool(all_close(mlp->fc->bias.grad().to(Device::cpu()), fc.bias.grad().slice(0, r * hl, (r + 1) * hl), 1e-6,
+                           1e-5)),
             str_cat("rank ", r, " fc bias gradient"));
-      check(bool(all_close(mlp->proj->weight.grad().to(Device::cpu()), proj.weight.grad().slice(1, r * hl, (r + 1) * hl), 1e-6, 1e-5)),
+      check(bool(all_close(mlp->proj->weight.grad().to(Device::cpu()),
+                           proj.weight.grad().slice(1, r * hl, (r + 1) * hl), 1e-6, 1e-5)),
             str_cat("rank ", r, " proj weight gradient"));
       check(bool(all_close(mlp->proj->bias.grad().to(Device::cpu()), proj.bias.grad(), 1e-6, 1e-5)),
             str_cat("rank ", r, " proj bias gradient"));
@@ -156,14 +160,18 @@ TEST(TensorParallel, GptBlockOverTDevicesEqualsTheUnsplitBlock) {
       std::vector<std::pair<std::string, bool>> checks = {
           {"output", bool(all_close(y.to(Device::cpu()), ref, 1e-6, 1e-5))},
           {"input gradient", bool(all_close(xr.grad().to(Device::cpu()), x.grad(), 1e-6, 1e-5))},
-          {"ln_1 gradient", bool(all_close(blk->ln_1->weight.grad().to(Device::cpu()), full.ln_1->weight.grad(), 1e-6, 1e-5))},
-          {"q rows of c_attn", bool(all_close(blk->attn->c_attn->weight.grad().slice(0, 0, local).to(Device::cpu()),
-                                              full.attn->c_attn->weight.grad().slice(0, r * local, (r + 1) * local), 1e-6, 1e-5))},
-          {"v rows of c_attn", bool(all_close(blk->attn->c_attn->weight.grad().slice(0, 2 * local, 3 * local).to(Device::cpu()),
-                                              full.attn->c_attn->weight.grad().slice(0, 32 + r * local, 32 + (r + 1) * local),
-                                              1e-6, 1e-5))},
-          {"c_proj columns", bool(all_close(blk->attn->c_proj->weight.grad().to(Device::cpu()),
-                                            full.attn->c_proj->weight.grad().slice(1, r * local, (r + 1) * local), 1e-6, 1e-5))},
+          {"ln_1 gradient",
+           bool(all_close(blk->ln_1->weight.grad().to(Device::cpu()), full.ln_1->weight.grad(), 1e-6, 1e-5))},
+          {"q rows of c_attn",
+           bool(all_close(blk->attn->c_attn->weight.grad().slice(0, 0, local).to(Device::cpu()),
+                          full.attn->c_attn->weight.grad().slice(0, r * local, (r + 1) * local), 1e-6, 1e-5))},
+          {"v rows of c_attn",
+           bool(all_close(blk->attn->c_attn->weight.grad().slice(0, 2 * local, 3 * local).to(Device::cpu()),
+                          full.attn->c_attn->weight.grad().slice(0, 32 + r * local, 32 + (r + 1) * local), 1e-6,
+                          1e-5))},
+          {"c_proj columns",
+           bool(all_close(blk->attn->c_proj->weight.grad().to(Device::cpu()),
+                          full.attn->c_proj->weight.grad().slice(1, r * local, (r + 1) * local), 1e-6, 1e-5))},
       };
       std::lock_guard<std::mutex> lock(m);
       for (const auto& [what, ok] : checks)
