@@ -263,6 +263,214 @@ void backward_weight_impl(const Tensor& dout, const Tensor& x, const Tensor& dw,
   }
 }
 
+// Note [depthwise convolution]: a convolution with one input and one output channel per group
+// (MobileNet's depthwise layers) was G gemms of a single output row -- [1, KH*KW] @ [KH*KW, cols]
+// -- each with its own im2col and its own pool wake-ups, which made mobilenet-cpu-f32 about half
+// PyTorch's speed. It runs directly instead: one task per (image, channel) plane, adding the
+// KH*KW shifted rows of the input scaled by their weight, with no scratch in the allocator (each
+// task sums a 16-bit plane in an f32 buffer of one plane's size). The weight gradient is one task
+// per channel, each tap's products summed a row at a time into f64.
+bool depthwise(const ConvGeom& g) { return g.Cg == 1 && g.Og == 1; }
+
+// Stride 1: the plane is copied once into a zero-padded [H + 2ph, W + 2pw] buffer, and the output
+// is computed "wide", with the padded width as its row stride: tap (kh, kw) is then one
+// unconditional loop over (OH - 1) * Wp + OW elements, out_wide[i] += w * padded[i + shift], with
+// no bounds per row. The Wp - OW extra columns of each wide row are never copied out.
+template <typename T, typename A>
+void depthwise_plane_forward(const T* plane, const A* w, A b0, const ConvGeom& g, std::vector<A>& pad,
+                             std::vector<A>& wide, T* out) {
+  const int64_t Wp = g.W + 2 * g.pw, Hp = g.H + 2 * g.ph, span = (g.OH - 1) * Wp + g.OW;
+  pad.assign(static_cast<size_t>(Hp * Wp), A(0));
+  wide.resize(static_cast<size_t>(g.OH * Wp));
+  for (int64_t h = 0; h < g.H; ++h)
+    for (int64_t x = 0; x < g.W; ++x)
+      pad[static_cast<size_t>((h + g.ph) * Wp + x + g.pw)] = static_cast<A>(plane[h * g.W + x]);
+  A* __restrict acc = wide.data();
+  for (int64_t i = 0; i < span; ++i) acc[i] = b0;
+  for (int64_t kh = 0; kh < g.KH; ++kh)
+    for (int64_t kw = 0; kw < g.KW; ++kw) {
+      const A wv = w[kh * g.KW + kw];
+      const A* __restrict src = pad.data() + kh * g.dh * Wp + kw * g.dw;
+      for (int64_t i = 0; i < span; ++i) acc[i] += wv * src[i];
+    }
+  for (int64_t oh = 0; oh < g.OH; ++oh)
+    for (int64_t ow = 0; ow < g.OW; ++ow) out[oh * g.OW + ow] = static_cast<T>(acc[oh * Wp + ow]);
+}
+
+// Stride 1, backward: dout laid out wide (zeros in the extra columns), each tap adds w * dout_wide
+// into the padded dx at its shift; the interior of the padded buffer is dx.
+template <typename T, typename A>
+void depthwise_plane_backward_input(const T* dout, const A* w, const ConvGeom& g, std::vector<A>& pad,
+                                    std::vector<A>& wide, T* dx) {
+  const int64_t Wp = g.W + 2 * g.pw, Hp = g.H + 2 * g.ph, span = (g.OH - 1) * Wp + g.OW;
+  pad.assign(static_cast<size_t>(Hp * Wp), A(0));
+  wide.assign(static_cast<size_t>(g.OH * Wp), A(0));
+  for (int64_t oh = 0; oh < g.OH; ++oh)
+    for (int64_t ow = 0; ow < g.OW; ++ow)
+      wide[static_cast<size_t>(oh * Wp + ow)] = static_cast<A>(dout[oh * g.OW + ow]);
+  const A* __restrict src = wide.data();
+  for (int64_t kh = 0; kh < g.KH; ++kh)
+    for (int64_t kw = 0; kw < g.KW; ++kw) {
+      const A wv = w[kh * g.KW + kw];
+      A* __restrict d = pad.data() + kh * g.dh * Wp + kw * g.dw;
+      for (int64_t i = 0; i < span; ++i) d[i] += wv * src[i];
+    }
+  for (int64_t h = 0; h < g.H; ++h)
+    for (int64_t x = 0; x < g.W; ++x)
+      dx[h * g.W + x] = static_cast<T>(pad[static_cast<size_t>((h + g.ph) * Wp + x + g.pw)]);
+}
+
+template <typename T, typename A>
+void depthwise_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& out, const ConvGeom& g) {
+  if (meta_active()) return;  // Note [meta execution]: nothing to allocate
+  const T* px = static_cast<const T*>(x.raw_data());
+  const A* pw = static_cast<const A*>(w.raw_data());
+  const A* pb = bias.defined() ? static_cast<const A*>(bias.raw_data()) : nullptr;
+  const int64_t bias_stride = bias.defined() ? bias.stride(0) : 0;
+  T* po = static_cast<T*>(out.raw_data());
+  const int64_t taps = g.KH * g.KW;
+  parallel_for(g.N * g.C, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(g.OHW * taps, 1)),
+               [&](int64_t begin, int64_t end) {
+                 std::vector<A> own, pad, wide;
+                 if constexpr (!std::is_same_v<T, A>) own.resize(static_cast<size_t>(g.OHW));
+                 if (g.sh == 1 && g.sw == 1) {  // stride 1: the padded-plane form below
+                   for (int64_t t = begin; t < end; ++t) {
+                     const int64_t c = t % g.C;
+                     depthwise_plane_forward<T, A>(px + t * g.H * g.W, pw + c * taps, pb ? pb[c * bias_stride] : A(0),
+                                                   g, pad, wide, po + t * g.OHW);
+                   }
+                   return;
+                 }
+                 for (int64_t t = begin; t < end; ++t) {
+                   const int64_t c = t % g.C;
+                   const T* plane = px + t * g.H * g.W;
+                   A* acc;
+                   if constexpr (std::is_same_v<T, A>) acc = po + t * g.OHW;
+                   else acc = own.data();
+                   const A b0 = pb ? pb[c * bias_stride] : A(0);
+                   for (int64_t k = 0; k < g.OHW; ++k) acc[k] = b0;
+                   for (int64_t kh = 0; kh < g.KH; ++kh)
+                     for (int64_t kw = 0; kw < g.KW; ++kw) {
+                       const A wv = pw[c * taps + kh * g.KW + kw];
+                       const int64_t off_w = kw * g.dw - g.pw;
+                       int64_t lo, hi;
+                       valid_range(off_w, g.sw, g.W, g.OW, lo, hi);
+                       for (int64_t oh = 0; oh < g.OH; ++oh) {
+                         const int64_t ih = oh * g.sh - g.ph + kh * g.dh;
+                         if (ih < 0 || ih >= g.H) continue;
+                         const T* __restrict s = plane + ih * g.W;
+                         A* __restrict d = acc + oh * g.OW;
+                         if (g.sw == 1) {
+                           for (int64_t ow = lo; ow < hi; ++ow) d[ow] += wv * static_cast<A>(s[off_w + ow]);
+                         } else {
+                           for (int64_t ow = lo; ow < hi; ++ow) d[ow] += wv * static_cast<A>(s[off_w + ow * g.sw]);
+                         }
+                       }
+                     }
+                   if constexpr (!std::is_same_v<T, A>) {
+                     T* o = po + t * g.OHW;
+                     for (int64_t k = 0; k < g.OHW; ++k) o[k] = static_cast<T>(acc[k]);
+                   }
+                 }
+               });
+}
+
+template <typename T, typename A>
+void depthwise_backward_input(const Tensor& dout, const Tensor& w, const Tensor& dx, const ConvGeom& g) {
+  if (meta_active()) return;
+  const T* pd = static_cast<const T*>(dout.raw_data());
+  const A* pw = static_cast<const A*>(w.raw_data());
+  T* px = static_cast<T*>(dx.raw_data());
+  const int64_t taps = g.KH * g.KW;
+  parallel_for(g.N * g.C, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(g.OHW * taps, 1)),
+               [&](int64_t begin, int64_t end) {
+                 std::vector<A> own, pad, wide;
+                 if constexpr (!std::is_same_v<T, A>) own.resize(static_cast<size_t>(g.H * g.W));
+                 if (g.sh == 1 && g.sw == 1) {
+                   for (int64_t t = begin; t < end; ++t)
+                     depthwise_plane_backward_input<T, A>(pd + t * g.OHW, pw + (t % g.C) * taps, g, pad, wide,
+                                                          px + t * g.H * g.W);
+                   return;
+                 }
+                 for (int64_t t = begin; t < end; ++t) {
+                   const int64_t c = t % g.C;
+                   const T* src = pd + t * g.OHW;
+                   A* acc;
+                   if constexpr (std::is_same_v<T, A>) acc = px + t * g.H * g.W;
+                   else acc = own.data();
+                   std::fill(acc, acc + g.H * g.W, A(0));
+                   for (int64_t kh = 0; kh < g.KH; ++kh)
+                     for (int64_t kw = 0; kw < g.KW; ++kw) {
+                       const A wv = pw[c * taps + kh * g.KW + kw];
+                       const int64_t off_w = kw * g.dw - g.pw;
+                       int64_t lo, hi;
+                       valid_range(off_w, g.sw, g.W, g.OW, lo, hi);
+                       for (int64_t oh = 0; oh < g.OH; ++oh) {
+                         const int64_t ih = oh * g.sh - g.ph + kh * g.dh;
+                         if (ih < 0 || ih >= g.H) continue;
+                         A* __restrict d = acc + ih * g.W;
+                         const T* __restrict s = src + oh * g.OW;
+                         if (g.sw == 1) {
+                           for (int64_t ow = lo; ow < hi; ++ow) d[off_w + ow] += wv * static_cast<A>(s[ow]);
+                         } else {
+                           for (int64_t ow = lo; ow < hi; ++ow) d[off_w + ow * g.sw] += wv * static_cast<A>(s[ow]);
+                         }
+                       }
+                     }
+                   if constexpr (!std::is_same_v<T, A>) {
+                     T* o = px + t * g.H * g.W;
+                     for (int64_t k = 0; k < g.H * g.W; ++k) o[k] = static_cast<T>(acc[k]);
+                   }
+                 }
+               });
+}
+
+// dw (an A tensor [C, 1, KH, KW]) = for each channel and tap, the sum over images and output
+// pixels of dout * the input pixel under that tap.
+template <typename T, typename A>
+void depthwise_backward_weight(const Tensor& dout, const Tensor& x, const Tensor& dw, const ConvGeom& g) {
+  if (meta_active()) return;
+  const T* pd = static_cast<const T*>(dout.raw_data());
+  const T* px = static_cast<const T*>(x.raw_data());
+  A* pw = static_cast<A*>(dw.raw_data());
+  const int64_t taps = g.KH * g.KW;
+  parallel_for(g.C, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(g.N * g.OHW * taps, 1)),
+               [&](int64_t begin, int64_t end) {
+                 std::vector<A> cols(static_cast<size_t>(std::max<int64_t>(g.OW, 1)));
+                 for (int64_t c = begin; c < end; ++c)
+                   for (int64_t kh = 0; kh < g.KH; ++kh)
+                     for (int64_t kw = 0; kw < g.KW; ++kw) {
+                       const int64_t off_w = kw * g.dw - g.pw;
+                       int64_t lo, hi;
+                       valid_range(off_w, g.sw, g.W, g.OW, lo, hi);
+                       // One partial sum per output column (a vector add per row, not a chain of
+                       // dependent adds), each image's added into f64, in a fixed order.
+                       double total = 0;
+                       for (int64_t n = 0; n < g.N; ++n) {
+                         const T* plane = px + (n * g.C + c) * g.H * g.W;
+                         const T* grad = pd + (n * g.C + c) * g.OHW;
+                         std::fill(cols.begin(), cols.end(), A(0));
+                         A* __restrict part = cols.data();
+                         for (int64_t oh = 0; oh < g.OH; ++oh) {
+                           const int64_t ih = oh * g.sh - g.ph + kh * g.dh;
+                           if (ih < 0 || ih >= g.H) continue;
+                           const T* __restrict s = plane + ih * g.W;
+                           const T* __restrict d = grad + oh * g.OW;
+                           if (g.sw == 1) {
+                             for (int64_t ow = lo; ow < hi; ++ow)
+                               part[ow] += static_cast<A>(d[ow]) * static_cast<A>(s[off_w + ow]);
+                           } else {
+                             for (int64_t ow = lo; ow < hi; ++ow)
+                               part[ow] += static_cast<A>(d[ow]) * static_cast<A>(s[off_w + ow * g.sw]);
+                           }
+                         }
+                         for (int64_t ow = lo; ow < hi; ++ow) total += static_cast<double>(part[ow]);
+                       }
+                       pw[c * taps + kh * g.KW + kw] = static_cast<A>(total);
+                     }
+               });
+}
+
 // f16/bf16 weights and biases: f32 copies (small beside the activations).
 Tensor to_f32(Backend& be, const Tensor& t) {
   if (!t.defined()) return t;
@@ -287,9 +495,11 @@ void CpuBackend::impl_conv2d_forward(const Tensor& x, const Tensor& w, const Ten
   dispatch_float(out.dtype(), "cpu conv2d_forward", [&](auto tag) {
     using T = typename decltype(tag)::type;
     if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) {
-      forward_impl<T, T>(x, w, bias, out, g);
+      if (depthwise(g)) depthwise_forward<T, T>(x, w, bias, out, g);  // Note [depthwise convolution]
+      else forward_impl<T, T>(x, w, bias, out, g);
     } else {  // Note [16-bit convolution]: only the weight and bias get f32 copies
-      forward_impl<T, float>(x, to_f32(*this, w), to_f32(*this, bias), out, g);
+      if (depthwise(g)) depthwise_forward<T, float>(x, to_f32(*this, w), to_f32(*this, bias), out, g);
+      else forward_impl<T, float>(x, to_f32(*this, w), to_f32(*this, bias), out, g);
     }
   });
 }
@@ -305,9 +515,11 @@ void CpuBackend::impl_conv2d_backward_input(const Tensor& dout, const Tensor& w,
   dispatch_float(dx.dtype(), "cpu conv2d_backward_input", [&](auto tag) {
     using T = typename decltype(tag)::type;
     if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) {
-      backward_input_impl<T, T>(dout, w, dx, g);
+      if (depthwise(g)) depthwise_backward_input<T, T>(dout, w, dx, g);
+      else backward_input_impl<T, T>(dout, w, dx, g);
     } else {
-      backward_input_impl<T, float>(dout, to_f32(*this, w), dx, g);
+      if (depthwise(g)) depthwise_backward_input<T, float>(dout, to_f32(*this, w), dx, g);
+      else backward_input_impl<T, float>(dout, to_f32(*this, w), dx, g);
     }
   });
 }
@@ -319,10 +531,12 @@ void CpuBackend::impl_conv2d_backward_weight(const Tensor& dout, const Tensor& x
   dispatch_float(dw.dtype(), "cpu conv2d_backward_weight", [&](auto tag) {
     using T = typename decltype(tag)::type;
     if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) {
-      backward_weight_impl<T, T>(dout, x, dw, g);
+      if (depthwise(g)) depthwise_backward_weight<T, T>(dout, x, dw, g);
+      else backward_weight_impl<T, T>(dout, x, dw, g);
     } else {
       Tensor dw32 = empty_f32(dw);  // summed over chunks in f32, rounded once
-      backward_weight_impl<T, float>(dout, x, dw32, g);
+      if (depthwise(g)) depthwise_backward_weight<T, float>(dout, x, dw32, g);
+      else backward_weight_impl<T, float>(dout, x, dw32, g);
       copy(dw, dw32);
     }
   });

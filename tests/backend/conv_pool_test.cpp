@@ -57,6 +57,10 @@ TEST_P(Conv, StridePaddingDilationGroupsAndLarge) {
   conv("stride 2 pad 2 dilation 2", {2, 5, 17, 13}, {7, 5, 3, 3}, params(2, 2, 2));
   conv("groups 2", {2, 8, 9, 9}, {6, 4, 3, 3}, params(1, 1, 1, 2));
   conv("depthwise", {2, 16, 10, 10}, {32, 1, 3, 3}, params(1, 1, 1, 16));
+  // One filter a channel: the CPU's direct depthwise kernels (Note [depthwise convolution]).
+  conv("depthwise, one filter a channel", {3, 12, 11, 9}, {12, 1, 3, 3}, params(1, 1, 1, 12));
+  conv("depthwise, stride 2, dilation 2, no bias", {2, 8, 15, 16}, {8, 1, 3, 3}, params(2, 2, 2, 8), false);
+  conv("depthwise 5 x 5, large", {4, 32, 28, 28}, {32, 1, 5, 5}, params(1, 2, 1, 32));
   conv("groups 4, stride 3, dilation 2, no bias", {3, 8, 20, 20}, {12, 2, 3, 3}, params(3, 2, 2, 4), false);
   conv("1 x 1", {4, 64, 7, 7}, {32, 64, 1, 1}, params(1, 0));
   conv("kernel as large as the input", {2, 3, 5, 5}, {4, 3, 5, 5}, params(1, 0), false);
