@@ -272,6 +272,23 @@ void backward_weight_impl(const Tensor& dout, const Tensor& x, const Tensor& dw,
 // per channel, each tap's products summed a row at a time into f64.
 bool depthwise(const ConvGeom& g) { return g.Cg == 1 && g.Og == 1; }
 
+// Calls f(tap, oh, ih, off_w, lo, hi) for each kernel tap (kh, kw), tap = kh * KW + kw, and each
+// output row oh whose input row ih = oh * sh - ph + kh * dh lies inside the input; [lo, hi) are
+// the output columns whose input column off_w + ow * sw does.
+template <typename F>
+void for_each_tap_row(const ConvGeom& g, F&& f) {
+  for (int64_t kh = 0; kh < g.KH; ++kh)
+    for (int64_t kw = 0; kw < g.KW; ++kw) {
+      const int64_t off_w = kw * g.dw - g.pw;
+      int64_t lo, hi;
+      valid_range(off_w, g.sw, g.W, g.OW, lo, hi);
+      for (int64_t oh = 0; oh < g.OH; ++oh) {
+        const int64_t ih = oh * g.sh - g.ph + kh * g.dh;
+        if (ih >= 0 && ih < g.H) f(kh * g.KW + kw, oh, ih, off_w, lo, hi);
+      }
+    }
+}
+
 // Stride 1: the plane is copied once into a zero-padded [H + 2ph, W + 2pw] buffer, and the output
 // is computed "wide", with the padded width as its row stride: tap (kh, kw) is then one
 // unconditional loop over (OH - 1) * Wp + OW elements, out_wide[i] += w * padded[i + shift], with
@@ -349,24 +366,12 @@ void depthwise_forward(const Tensor& x, const Tensor& w, const Tensor& bias, con
                    else acc = own.data();
                    const A b0 = pb ? pb[c * bias_stride] : A(0);
                    for (int64_t k = 0; k < g.OHW; ++k) acc[k] = b0;
-                   for (int64_t kh = 0; kh < g.KH; ++kh)
-                     for (int64_t kw = 0; kw < g.KW; ++kw) {
-                       const A wv = pw[c * taps + kh * g.KW + kw];
-                       const int64_t off_w = kw * g.dw - g.pw;
-                       int64_t lo, hi;
-                       valid_range(off_w, g.sw, g.W, g.OW, lo, hi);
-                       for (int64_t oh = 0; oh < g.OH; ++oh) {
-                         const int64_t ih = oh * g.sh - g.ph + kh * g.dh;
-                         if (ih < 0 || ih >= g.H) continue;
-                         const T* __restrict s = plane + ih * g.W;
-                         A* __restrict d = acc + oh * g.OW;
-                         if (g.sw == 1) {
-                           for (int64_t ow = lo; ow < hi; ++ow) d[ow] += wv * static_cast<A>(s[off_w + ow]);
-                         } else {
-                           for (int64_t ow = lo; ow < hi; ++ow) d[ow] += wv * static_cast<A>(s[off_w + ow * g.sw]);
-                         }
-                       }
-                     }
+                   for_each_tap_row(g, [&](int64_t tap, int64_t oh, int64_t ih, int64_t off_w, int64_t lo, int64_t hi) {
+                     const A wv = pw[c * taps + tap];
+                     const T* __restrict s = plane + ih * g.W + off_w;
+                     A* __restrict d = acc + oh * g.OW;
+                     for (int64_t ow = lo; ow < hi; ++ow) d[ow] += wv * static_cast<A>(s[ow * g.sw]);
+                   });
                    if constexpr (!std::is_same_v<T, A>) {
                      T* o = po + t * g.OHW;
                      for (int64_t k = 0; k < g.OHW; ++k) o[k] = static_cast<T>(acc[k]);
@@ -399,24 +404,12 @@ void depthwise_backward_input(const Tensor& dout, const Tensor& w, const Tensor&
                    if constexpr (std::is_same_v<T, A>) acc = px + t * g.H * g.W;
                    else acc = own.data();
                    std::fill(acc, acc + g.H * g.W, A(0));
-                   for (int64_t kh = 0; kh < g.KH; ++kh)
-                     for (int64_t kw = 0; kw < g.KW; ++kw) {
-                       const A wv = pw[c * taps + kh * g.KW + kw];
-                       const int64_t off_w = kw * g.dw - g.pw;
-                       int64_t lo, hi;
-                       valid_range(off_w, g.sw, g.W, g.OW, lo, hi);
-                       for (int64_t oh = 0; oh < g.OH; ++oh) {
-                         const int64_t ih = oh * g.sh - g.ph + kh * g.dh;
-                         if (ih < 0 || ih >= g.H) continue;
-                         A* __restrict d = acc + ih * g.W;
-                         const T* __restrict s = src + oh * g.OW;
-                         if (g.sw == 1) {
-                           for (int64_t ow = lo; ow < hi; ++ow) d[off_w + ow] += wv * static_cast<A>(s[ow]);
-                         } else {
-                           for (int64_t ow = lo; ow < hi; ++ow) d[off_w + ow * g.sw] += wv * static_cast<A>(s[ow]);
-                         }
-                       }
-                     }
+                   for_each_tap_row(g, [&](int64_t tap, int64_t oh, int64_t ih, int64_t off_w, int64_t lo, int64_t hi) {
+                     const A wv = pw[c * taps + tap];
+                     A* __restrict d = acc + ih * g.W + off_w;
+                     const T* __restrict s = src + oh * g.OW;
+                     for (int64_t ow = lo; ow < hi; ++ow) d[ow * g.sw] += wv * static_cast<A>(s[ow]);
+                   });
                    if constexpr (!std::is_same_v<T, A>) {
                      T* o = px + t * g.H * g.W;
                      for (int64_t k = 0; k < g.H * g.W; ++k) o[k] = static_cast<T>(acc[k]);
@@ -434,41 +427,37 @@ void depthwise_backward_weight(const Tensor& dout, const Tensor& x, const Tensor
   const T* px = static_cast<const T*>(x.raw_data());
   A* pw = static_cast<A*>(dw.raw_data());
   const int64_t taps = g.KH * g.KW;
-  parallel_for(g.C, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(g.N * g.OHW * taps, 1)),
-               [&](int64_t begin, int64_t end) {
-                 std::vector<A> cols(static_cast<size_t>(std::max<int64_t>(g.OW, 1)));
-                 for (int64_t c = begin; c < end; ++c)
-                   for (int64_t kh = 0; kh < g.KH; ++kh)
-                     for (int64_t kw = 0; kw < g.KW; ++kw) {
-                       const int64_t off_w = kw * g.dw - g.pw;
-                       int64_t lo, hi;
-                       valid_range(off_w, g.sw, g.W, g.OW, lo, hi);
-                       // One partial sum per output column (a vector add per row, not a chain of
-                       // dependent adds), each image's added into f64, in a fixed order.
-                       double total = 0;
-                       for (int64_t n = 0; n < g.N; ++n) {
-                         const T* plane = px + (n * g.C + c) * g.H * g.W;
-                         const T* grad = pd + (n * g.C + c) * g.OHW;
-                         std::fill(cols.begin(), cols.end(), A(0));
-                         A* __restrict part = cols.data();
-                         for (int64_t oh = 0; oh < g.OH; ++oh) {
-                           const int64_t ih = oh * g.sh - g.ph + kh * g.dh;
-                           if (ih < 0 || ih >= g.H) continue;
-                           const T* __restrict s = plane + ih * g.W;
-                           const T* __restrict d = grad + oh * g.OW;
-                           if (g.sw == 1) {
-                             for (int64_t ow = lo; ow < hi; ++ow)
-                               part[ow] += static_cast<A>(d[ow]) * static_cast<A>(s[off_w + ow]);
-                           } else {
-                             for (int64_t ow = lo; ow < hi; ++ow)
-                               part[ow] += static_cast<A>(d[ow]) * static_cast<A>(s[off_w + ow * g.sw]);
-                           }
-                         }
-                         for (int64_t ow = lo; ow < hi; ++ow) total += static_cast<double>(part[ow]);
-                       }
-                       pw[c * taps + kh * g.KW + kw] = static_cast<A>(total);
-                     }
-               });
+  parallel_for(
+      g.C, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(g.N * g.OHW * taps, 1)),
+      [&](int64_t begin, int64_t end) {
+        // One partial sum per tap and output column (a vector add per row, not a chain of
+        // dependent adds), each image's added into f64 per tap, in a fixed order.
+        const int64_t width = std::max<int64_t>(g.OW, 1);
+        std::vector<A> parts(static_cast<size_t>(taps * width));
+        std::vector<double> total(static_cast<size_t>(taps));
+        for (int64_t c = begin; c < end; ++c) {
+          std::fill(total.begin(), total.end(), 0.0);
+          for (int64_t n = 0; n < g.N; ++n) {
+            const T* plane = px + (n * g.C + c) * g.H * g.W;
+            const T* grad = pd + (n * g.C + c) * g.OHW;
+            std::fill(parts.begin(), parts.end(), A(0));
+            for_each_tap_row(g, [&](int64_t tap, int64_t oh, int64_t ih, int64_t off_w, int64_t lo, int64_t hi) {
+              A* __restrict part = parts.data() + tap * width;
+              const T* __restrict s = plane + ih * g.W + off_w;
+              const T* __restrict d = grad + oh * g.OW;
+              if (g.sw == 1) {  // unit stride: a loop GCC vectorises
+                for (int64_t ow = lo; ow < hi; ++ow) part[ow] += static_cast<A>(d[ow]) * static_cast<A>(s[ow]);
+              } else {
+                for (int64_t ow = lo; ow < hi; ++ow) part[ow] += static_cast<A>(d[ow]) * static_cast<A>(s[ow * g.sw]);
+              }
+            });
+            for (int64_t tap = 0; tap < taps; ++tap)
+              for (int64_t ow = 0; ow < g.OW; ++ow)
+                total[static_cast<size_t>(tap)] += static_cast<double>(parts[static_cast<size_t>(tap * width + ow)]);
+          }
+          for (int64_t tap = 0; tap < taps; ++tap) pw[c * taps + tap] = static_cast<A>(total[static_cast<size_t>(tap)]);
+        }
+      });
 }
 
 // f16/bf16 weights and biases: f32 copies (small beside the activations).
@@ -484,6 +473,201 @@ Tensor empty_f32(const Tensor& like) {
   return Tensor::empty(like.shape(), TensorOptions().dtype(DType::f32).device(like.device()));
 }
 
+// Note [padded-plane convolution]: a stride-1 convolution (one group) on planes of at least
+// 16 x 16 skips im2col. Each image's channels are copied once into zero-padded planes of
+// P = Hp * Wp values, laid end to end, and the output is computed "wide", with the padded width
+// as its row stride: for kernel tap (kh, kw) the input it needs is the padded buffer shifted by
+// kh * dh * Wp + kw * dw, so the forward is KH * KW gemms
+//   wide[O, L] += W_tap[O, C] @ padded[C, shift : shift + L]
+// over L = nc * P - max shift columns, of which those past each output row's end (and between
+// images) are computed and dropped. Backward input is the adjoint (padded dx[C, shift + j] +=
+// W_tap^T @ dout_wide, dout_wide zero where no output is) and backward weight is
+// dW_tap = dout_wide @ padded[:, shift : shift + L]^T. im2col wrote KH * KW copies of the input
+// (and col2im read them back): on a 32 x 32 ResNet stage those passes were 30% of the step; here
+// the copies are one padded input and one wide output, at the price of (Hp * Wp) / (H * W) more
+// multiply-adds -- 1.13x at 32 x 32, 1.27x at 16 x 16, which is why smaller planes keep im2col.
+// Measured on resnet18-cpu-f32 (2-core AMD EPYC, 2026-12-07, paired runs): 81-84 against 87-89 ms
+// a step at 1 thread, about even at 2 (51-56 against 49-60): the gemms' inner dimension is now C
+// (16 or 32 channels there) instead of 9 C, and OpenBLAS is less efficient at that size.
+bool padded_plane(const ConvGeom& g) {
+  return g.G == 1 && g.N > 0 && g.sh == 1 && g.sw == 1 && g.H >= 16 && g.W >= 16 && g.KH * g.KW > 1;
+}
+
+struct PaddedGeom {
+  int64_t Hp, Wp, P, taps, max_shift, chunk;
+  int64_t shift(int64_t tap, const ConvGeom& g) const { return (tap / g.KW) * g.dh * Wp + (tap % g.KW) * g.dw; }
+};
+
+PaddedGeom padded_geometry(const ConvGeom& g, size_t elem, Device device) {
+  PaddedGeom q{};
+  q.Hp = g.H + 2 * g.ph, q.Wp = g.W + 2 * g.pw, q.P = q.Hp * q.Wp, q.taps = g.KH * g.KW;
+  q.max_shift = (g.KH - 1) * g.dh * q.Wp + (g.KW - 1) * g.dw;
+  int64_t budget = kScratchBytes;
+  if (size_t limit = caching_allocator(device).memory_limit())
+    budget = std::clamp<int64_t>(static_cast<int64_t>(limit / 16), 1LL << 20, kScratchBytes);
+  const int64_t per_image = std::max<int64_t>(1, (g.C + g.O) * q.P * static_cast<int64_t>(elem));
+  q.chunk = std::clamp<int64_t>(budget / per_image, 1, std::max<int64_t>(g.N, 1));
+  return q;
+}
+
+// padded[c, i * P + (h + ph) * Wp + w + pw] = x[n0 + i, c, h, w], zero around, for i < nc.
+template <typename T, typename A>
+void pad_planes(const T* x, const ConvGeom& g, const PaddedGeom& q, int64_t n0, int64_t nc, int64_t planes_per_image,
+                A* padded) {
+  const int64_t L = nc * q.P;
+  parallel_for(planes_per_image * nc, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(q.P, 1)),
+               [&](int64_t begin, int64_t end) {
+                 for (int64_t t = begin; t < end; ++t) {
+                   const int64_t c = t / nc, i = t % nc;
+                   A* dst = padded + c * L + i * q.P;
+                   const T* src = x + ((n0 + i) * planes_per_image + c) * g.H * g.W;
+                   std::fill(dst, dst + q.P, A(0));
+                   for (int64_t h = 0; h < g.H; ++h) {
+                     A* __restrict d = dst + (h + g.ph) * q.Wp + g.pw;
+                     const T* __restrict s = src + h * g.W;
+                     for (int64_t w = 0; w < g.W; ++w) d[w] = static_cast<A>(s[w]);
+                   }
+                 }
+               });
+}
+
+// dout_wide[o, i * P + oh * Wp + ow] = dout[n0 + i, o, oh, ow], zero elsewhere.
+template <typename T, typename A>
+void widen_output(const T* dout, const ConvGeom& g, const PaddedGeom& q, int64_t n0, int64_t nc, A* wide) {
+  const int64_t L = nc * q.P;
+  parallel_for(g.O * nc, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(q.P, 1)),
+               [&](int64_t begin, int64_t end) {
+                 for (int64_t t = begin; t < end; ++t) {
+                   const int64_t o = t / nc, i = t % nc;
+                   A* dst = wide + o * L + i * q.P;
+                   const T* src = dout + ((n0 + i) * g.O + o) * g.OHW;
+                   std::fill(dst, dst + q.P, A(0));
+                   for (int64_t oh = 0; oh < g.OH; ++oh) {
+                     A* __restrict d = dst + oh * q.Wp;
+                     const T* __restrict s = src + oh * g.OW;
+                     for (int64_t ow = 0; ow < g.OW; ++ow) d[ow] = static_cast<A>(s[ow]);
+                   }
+                 }
+               });
+}
+
+// The weight regrouped by tap: wt[tap][o][c] = w[o][c][tap].
+template <typename A>
+void weight_by_tap(const A* w, const ConvGeom& g, int64_t taps, A* wt) {
+  for (int64_t o = 0; o < g.O; ++o)
+    for (int64_t c = 0; c < g.C; ++c)
+      for (int64_t tap = 0; tap < taps; ++tap) wt[(tap * g.O + o) * g.C + c] = w[(o * g.C + c) * taps + tap];
+}
+
+template <typename T, typename A>
+void padded_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& out, const ConvGeom& g) {
+  constexpr DType kA = compute_dtype(std::is_same_v<A, double>);
+  const PaddedGeom q = padded_geometry(g, sizeof(A), x.device());
+  Tensor padded_t = scratch(g.C * q.chunk * q.P, kA, x.device());
+  Tensor wide_t = scratch(g.O * q.chunk * q.P, kA, x.device());
+  Tensor wt_t = scratch(q.taps * g.O * g.C, kA, x.device());
+  if (meta_active()) return;  // Note [meta execution]
+  const T* px = static_cast<const T*>(x.raw_data());
+  T* po = static_cast<T*>(out.raw_data());
+  A* padded = static_cast<A*>(padded_t.raw_data());
+  A* wide = static_cast<A*>(wide_t.raw_data());
+  A* wt = static_cast<A*>(wt_t.raw_data());
+  weight_by_tap(static_cast<const A*>(w.raw_data()), g, q.taps, wt);
+  std::vector<A> b(static_cast<size_t>(g.O), A(0));
+  if (bias.defined()) {
+    const A* pb = static_cast<const A*>(bias.raw_data());
+    for (int64_t o = 0; o < g.O; ++o) b[static_cast<size_t>(o)] = pb[o * bias.stride(0)];
+  }
+  for (int64_t n0 = 0; n0 < g.N; n0 += q.chunk) {
+    const int64_t nc = std::min(q.chunk, g.N - n0), L = nc * q.P, span = L - q.max_shift;
+    pad_planes(px, g, q, n0, nc, g.C, padded);
+    for (int64_t tap = 0; tap < q.taps; ++tap)
+      gemm<A>(false, false, g.O, span, g.C, wt + tap * g.O * g.C, g.C, padded + q.shift(tap, g), L,
+              tap == 0 ? A(0) : A(1), wide, L);
+    // out[n0 + i, o, oh, ow] = wide[o, i * P + oh * Wp + ow] + bias[o]
+    parallel_for(nc * g.O, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(g.OHW, 1)),
+                 [&](int64_t begin, int64_t end) {
+                   for (int64_t t = begin; t < end; ++t) {
+                     const int64_t i = t / g.O, o = t % g.O;
+                     const A bo = b[static_cast<size_t>(o)];
+                     const A* src = wide + o * L + i * q.P;
+                     T* dst = po + ((n0 + i) * g.O + o) * g.OHW;
+                     for (int64_t oh = 0; oh < g.OH; ++oh) {
+                       const A* __restrict s = src + oh * q.Wp;
+                       T* __restrict d = dst + oh * g.OW;
+                       for (int64_t ow = 0; ow < g.OW; ++ow) d[ow] = static_cast<T>(s[ow] + bo);
+                     }
+                   }
+                 });
+  }
+}
+
+template <typename T, typename A>
+void padded_backward_input(const Tensor& dout, const Tensor& w, const Tensor& dx, const ConvGeom& g) {
+  constexpr DType kA = compute_dtype(std::is_same_v<A, double>);
+  const PaddedGeom q = padded_geometry(g, sizeof(A), dx.device());
+  Tensor padded_t = scratch(g.C * q.chunk * q.P, kA, dx.device());
+  Tensor wide_t = scratch(g.O * q.chunk * q.P, kA, dx.device());
+  Tensor wt_t = scratch(q.taps * g.O * g.C, kA, dx.device());
+  if (meta_active()) return;
+  const T* pd = static_cast<const T*>(dout.raw_data());
+  T* px = static_cast<T*>(dx.raw_data());
+  A* padded = static_cast<A*>(padded_t.raw_data());
+  A* wide = static_cast<A*>(wide_t.raw_data());
+  A* wt = static_cast<A*>(wt_t.raw_data());
+  weight_by_tap(static_cast<const A*>(w.raw_data()), g, q.taps, wt);
+  for (int64_t n0 = 0; n0 < g.N; n0 += q.chunk) {
+    const int64_t nc = std::min(q.chunk, g.N - n0), L = nc * q.P, span = L - q.max_shift;
+    widen_output(pd, g, q, n0, nc, wide);
+    std::fill(padded, padded + g.C * L, A(0));
+    // padded dx[c, shift + j] += sum_o W_tap[o, c] * dout_wide[o, j]
+    for (int64_t tap = 0; tap < q.taps; ++tap)
+      gemm<A>(true, false, g.C, span, g.O, wt + tap * g.O * g.C, g.C, wide, L, A(1), padded + q.shift(tap, g), L);
+    parallel_for(g.C * nc, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(q.P, 1)),
+                 [&](int64_t begin, int64_t end) {
+                   for (int64_t t = begin; t < end; ++t) {
+                     const int64_t c = t / nc, i = t % nc;
+                     const A* src = padded + c * L + i * q.P;
+                     T* dst = px + ((n0 + i) * g.C + c) * g.H * g.W;
+                     for (int64_t h = 0; h < g.H; ++h) {
+                       const A* __restrict s = src + (h + g.ph) * q.Wp + g.pw;
+                       T* __restrict d = dst + h * g.W;
+                       for (int64_t x = 0; x < g.W; ++x) d[x] = static_cast<T>(s[x]);
+                     }
+                   }
+                 });
+  }
+}
+
+// dw (an A tensor) = the sum over every chunk of images.
+template <typename T, typename A>
+void padded_backward_weight(const Tensor& dout, const Tensor& x, const Tensor& dw, const ConvGeom& g) {
+  constexpr DType kA = compute_dtype(std::is_same_v<A, double>);
+  const PaddedGeom q = padded_geometry(g, sizeof(A), x.device());
+  Tensor padded_t = scratch(g.C * q.chunk * q.P, kA, x.device());
+  Tensor wide_t = scratch(g.O * q.chunk * q.P, kA, x.device());
+  Tensor wt_t = scratch(q.taps * g.O * g.C, kA, x.device());
+  if (meta_active()) return;
+  const T* pd = static_cast<const T*>(dout.raw_data());
+  const T* px = static_cast<const T*>(x.raw_data());
+  A* padded = static_cast<A*>(padded_t.raw_data());
+  A* wide = static_cast<A*>(wide_t.raw_data());
+  A* wt = static_cast<A*>(wt_t.raw_data());
+  for (int64_t n0 = 0; n0 < g.N; n0 += q.chunk) {
+    const int64_t nc = std::min(q.chunk, g.N - n0), L = nc * q.P, span = L - q.max_shift;
+    pad_planes(px, g, q, n0, nc, g.C, padded);
+    widen_output(pd, g, q, n0, nc, wide);
+    // dW_tap[o, c] (+)= sum_j dout_wide[o, j] * padded[c, shift + j]
+    for (int64_t tap = 0; tap < q.taps; ++tap)
+      gemm<A>(false, true, g.O, g.C, span, wide, L, padded + q.shift(tap, g), L, n0 == 0 ? A(0) : A(1),
+              wt + tap * g.O * g.C, g.C);
+  }
+  A* pw = static_cast<A*>(dw.raw_data());
+  for (int64_t o = 0; o < g.O; ++o)
+    for (int64_t c = 0; c < g.C; ++c)
+      for (int64_t tap = 0; tap < q.taps; ++tap) pw[(o * g.C + c) * q.taps + tap] = wt[(tap * g.O + o) * g.C + c];
+}
+
 }  // namespace
 
 void CpuBackend::impl_conv2d_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& out,
@@ -495,10 +679,12 @@ void CpuBackend::impl_conv2d_forward(const Tensor& x, const Tensor& w, const Ten
   dispatch_float(out.dtype(), "cpu conv2d_forward", [&](auto tag) {
     using T = typename decltype(tag)::type;
     if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) {
-      if (depthwise(g)) depthwise_forward<T, T>(x, w, bias, out, g);  // Note [depthwise convolution]
+      if (depthwise(g)) depthwise_forward<T, T>(x, w, bias, out, g);       // Note [depthwise convolution]
+      else if (padded_plane(g)) padded_forward<T, T>(x, w, bias, out, g);  // Note [padded-plane convolution]
       else forward_impl<T, T>(x, w, bias, out, g);
     } else {  // Note [16-bit convolution]: only the weight and bias get f32 copies
       if (depthwise(g)) depthwise_forward<T, float>(x, to_f32(*this, w), to_f32(*this, bias), out, g);
+      else if (padded_plane(g)) padded_forward<T, float>(x, to_f32(*this, w), to_f32(*this, bias), out, g);
       else forward_impl<T, float>(x, to_f32(*this, w), to_f32(*this, bias), out, g);
     }
   });
@@ -516,9 +702,11 @@ void CpuBackend::impl_conv2d_backward_input(const Tensor& dout, const Tensor& w,
     using T = typename decltype(tag)::type;
     if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) {
       if (depthwise(g)) depthwise_backward_input<T, T>(dout, w, dx, g);
+      else if (padded_plane(g)) padded_backward_input<T, T>(dout, w, dx, g);
       else backward_input_impl<T, T>(dout, w, dx, g);
     } else {
       if (depthwise(g)) depthwise_backward_input<T, float>(dout, to_f32(*this, w), dx, g);
+      else if (padded_plane(g)) padded_backward_input<T, float>(dout, to_f32(*this, w), dx, g);
       else backward_input_impl<T, float>(dout, to_f32(*this, w), dx, g);
     }
   });
@@ -532,10 +720,12 @@ void CpuBackend::impl_conv2d_backward_weight(const Tensor& dout, const Tensor& x
     using T = typename decltype(tag)::type;
     if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) {
       if (depthwise(g)) depthwise_backward_weight<T, T>(dout, x, dw, g);
+      else if (padded_plane(g)) padded_backward_weight<T, T>(dout, x, dw, g);
       else backward_weight_impl<T, T>(dout, x, dw, g);
     } else {
       Tensor dw32 = empty_f32(dw);  // summed over chunks in f32, rounded once
       if (depthwise(g)) depthwise_backward_weight<T, float>(dout, x, dw32, g);
+      else if (padded_plane(g)) padded_backward_weight<T, float>(dout, x, dw32, g);
       else backward_weight_impl<T, float>(dout, x, dw32, g);
       copy(dw, dw32);
     }

@@ -73,6 +73,16 @@ TEST_P(Conv, StridePaddingDilationGroupsAndLarge) {
   p.dilation_w = 1;
   conv("rectangular 3 x 5, per-axis parameters", {2, 6, 11, 14}, {5, 6, 3, 5}, p);
   conv("large: 2 x 32 x 48 x 48, 32 filters", {2, 32, 48, 48}, {32, 32, 3, 3}, params(1, 1));
+  // Stride 1 on planes of 16 x 16 and more: the CPU's padded-plane form (Note [padded-plane
+  // convolution]), with dilation, no padding, a rectangular kernel with its own padding per axis,
+  // and a batch of 9 that the scratch budget splits into chunks of 7 and 2.
+  conv("stride 1, dilation 2, 16 x 20", {2, 6, 16, 20}, {5, 6, 3, 3}, params(1, 1, 2));
+  conv("stride 1, no padding, no bias", {3, 4, 17, 16}, {7, 4, 3, 3}, params(1, 0), false);
+  Conv2dParams r;
+  r.pad_h = 1;
+  r.pad_w = 2;
+  conv("stride 1, 3 x 5 kernel, padding 1 and 2", {2, 3, 18, 17}, {4, 3, 3, 5}, r);
+  conv("stride 1, 9 images of 64 channels, 32 x 32", {9, 64, 32, 32}, {64, 64, 3, 3}, params(1, 1));
 }
 
 class Pool : public DeviceTest {

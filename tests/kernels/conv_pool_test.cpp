@@ -70,6 +70,11 @@ const ConvCase kCases[] = {
     {3, 7, 5, 6, 3, 1, 1, params(1, 1, 0, 0, 1, 1, 1), "1x1"},
     {1, 1, 1, 1, 1, 1, 1, params(1, 1, 0, 0, 1, 1, 1), "1x1x1x1"},
     {129, 2, 4, 4, 3, 3, 3, params(3, 3, 1, 1, 1, 1, 1), "many images, stride 3"},
+    // Stride 1 on planes of 16 x 16 and more: the padded-plane form (Note [padded-plane convolution]).
+    {2, 3, 16, 17, 4, 3, 3, params(1, 1, 1, 1, 1, 1, 1), "padded plane, 3x3 pad 1"},
+    {2, 2, 18, 16, 3, 3, 5, params(1, 1, 2, 1, 2, 1, 1), "padded plane, 3x5, dilation 2 by 1, pad 2 by 1"},
+    {3, 2, 16, 16, 2, 3, 3, params(1, 1, 0, 0, 1, 1, 1), "padded plane, no padding"},
+    {2, 6, 16, 16, 4, 3, 3, params(1, 1, 1, 1, 1, 1, 2), "groups 2 at 16 x 16 (im2col)"},
 };
 
 // Tolerance of a dot product over `terms` unit normals in dtype.
