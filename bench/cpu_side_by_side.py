@@ -46,26 +46,24 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 SHORT_PRESETS = ["mlp-cpu-f32", "cnn-cpu-f32", "resnet18-cpu-f32", "gpt-tiny-cpu-f32-naive", "gpt-tiny-cpu-bf16-fused"]
 
 
-def cpu_model() -> str:
+def cpuinfo_field(name: str) -> Optional[str]:
+    """The first "name : value" line of /proc/cpuinfo (None where there is none)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
+                if line.split(":", 1)[0].strip() == name:
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or "unknown"
+    return None
+
+
+def cpu_model() -> str:
+    return cpuinfo_field("model name") or platform.processor() or "unknown"
 
 
 def cpu_flags() -> List[str]:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return line.split(":", 1)[1].split()
-    except OSError:
-        pass
-    return []
+    return (cpuinfo_field("flags") or "").split()
 
 
 def list_presets(headroom_bench: str) -> List[str]:

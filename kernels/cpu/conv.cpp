@@ -137,12 +137,14 @@ void col2im(const A* dcol, const ConvGeom& g, int64_t n0, int64_t nc, int64_t gr
 // Images per chunk: col [CKK, nc*OHW] and the staging buffer [Og, nc*OHW] within the budget.
 // Under a memory limit the budget shrinks to a sixteenth of it (at least 1 MiB), so that the
 // scratch does not crowd out the activations it serves.
-int64_t chunk_images(const ConvGeom& g, size_t elem, Device device) {
+int64_t images_within_budget(const ConvGeom& g, int64_t bytes_per_image, Device device) {
   int64_t budget = kScratchBytes;
   if (size_t limit = caching_allocator(device).memory_limit())
     budget = std::clamp<int64_t>(static_cast<int64_t>(limit / 16), 1LL << 20, kScratchBytes);
-  const int64_t per_image = std::max<int64_t>(1, (g.CKK + g.Og) * g.OHW * static_cast<int64_t>(elem));
-  return std::clamp<int64_t>(budget / per_image, 1, std::max<int64_t>(g.N, 1));
+  return std::clamp<int64_t>(budget / std::max<int64_t>(bytes_per_image, 1), 1, std::max<int64_t>(g.N, 1));
+}
+int64_t chunk_images(const ConvGeom& g, size_t elem, Device device) {
+  return images_within_budget(g, (g.CKK + g.Og) * g.OHW * static_cast<int64_t>(elem), device);
 }
 
 // Scratch memory is workspace in the allocator's accounting (engine/memory.h).
@@ -349,7 +351,6 @@ void depthwise_forward(const Tensor& x, const Tensor& w, const Tensor& bias, con
   parallel_for(g.N * g.C, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(g.OHW * taps, 1)),
                [&](int64_t begin, int64_t end) {
                  std::vector<A> own, pad, wide;
-                 if constexpr (!std::is_same_v<T, A>) own.resize(static_cast<size_t>(g.OHW));
                  if (g.sh == 1 && g.sw == 1) {  // stride 1: the padded-plane form below
                    for (int64_t t = begin; t < end; ++t) {
                      const int64_t c = t % g.C;
@@ -358,6 +359,7 @@ void depthwise_forward(const Tensor& x, const Tensor& w, const Tensor& bias, con
                    }
                    return;
                  }
+                 if constexpr (!std::is_same_v<T, A>) own.resize(static_cast<size_t>(g.OHW));  // strided only
                  for (int64_t t = begin; t < end; ++t) {
                    const int64_t c = t % g.C;
                    const T* plane = px + t * g.H * g.W;
@@ -390,13 +392,13 @@ void depthwise_backward_input(const Tensor& dout, const Tensor& w, const Tensor&
   parallel_for(g.N * g.C, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(g.OHW * taps, 1)),
                [&](int64_t begin, int64_t end) {
                  std::vector<A> own, pad, wide;
-                 if constexpr (!std::is_same_v<T, A>) own.resize(static_cast<size_t>(g.H * g.W));
                  if (g.sh == 1 && g.sw == 1) {
                    for (int64_t t = begin; t < end; ++t)
                      depthwise_plane_backward_input<T, A>(pd + t * g.OHW, pw + (t % g.C) * taps, g, pad, wide,
                                                           px + t * g.H * g.W);
                    return;
                  }
+                 if constexpr (!std::is_same_v<T, A>) own.resize(static_cast<size_t>(g.H * g.W));  // strided only
                  for (int64_t t = begin; t < end; ++t) {
                    const int64_t c = t % g.C;
                    const T* src = pd + t * g.OHW;
@@ -483,7 +485,7 @@ Tensor empty_f32(const Tensor& like) {
 // images) are computed and dropped. Backward input is the adjoint (padded dx[C, shift + j] +=
 // W_tap^T @ dout_wide, dout_wide zero where no output is) and backward weight is
 // dW_tap = dout_wide @ padded[:, shift : shift + L]^T. im2col wrote KH * KW copies of the input
-// (and col2im read them back): on a 32 x 32 ResNet stage those passes were 30% of the step; here
+// (and col2im read them back): in resnet18-cpu-f32 those passes were 30% of the step; here
 // the copies are one padded input and one wide output, at the price of (Hp * Wp) / (H * W) more
 // multiply-adds -- 1.13x at 32 x 32, 1.27x at 16 x 16, which is why smaller planes keep im2col.
 // Measured on resnet18-cpu-f32 (2-core AMD EPYC, 2026-12-07, paired runs): 81-84 against 87-89 ms
@@ -502,13 +504,26 @@ PaddedGeom padded_geometry(const ConvGeom& g, size_t elem, Device device) {
   PaddedGeom q{};
   q.Hp = g.H + 2 * g.ph, q.Wp = g.W + 2 * g.pw, q.P = q.Hp * q.Wp, q.taps = g.KH * g.KW;
   q.max_shift = (g.KH - 1) * g.dh * q.Wp + (g.KW - 1) * g.dw;
-  int64_t budget = kScratchBytes;
-  if (size_t limit = caching_allocator(device).memory_limit())
-    budget = std::clamp<int64_t>(static_cast<int64_t>(limit / 16), 1LL << 20, kScratchBytes);
-  const int64_t per_image = std::max<int64_t>(1, (g.C + g.O) * q.P * static_cast<int64_t>(elem));
-  q.chunk = std::clamp<int64_t>(budget / per_image, 1, std::max<int64_t>(g.N, 1));
+  q.chunk = images_within_budget(g, (g.C + g.O) * q.P * static_cast<int64_t>(elem), device);
   return q;
 }
+
+// The padded-plane forms' workspace: padded [C, chunk * P], wide [O, chunk * P] and the weight by
+// tap [taps, O, C], allocated (or, under meta execution, only counted) before any work.
+template <typename A>
+struct PaddedScratch {
+  PaddedGeom q;
+  Tensor padded_t, wide_t, wt_t;
+  PaddedScratch(const ConvGeom& g, Device device) : q(padded_geometry(g, sizeof(A), device)) {
+    constexpr DType kA = compute_dtype(std::is_same_v<A, double>);
+    padded_t = scratch(g.C * q.chunk * q.P, kA, device);
+    wide_t = scratch(g.O * q.chunk * q.P, kA, device);
+    wt_t = scratch(q.taps * g.O * g.C, kA, device);
+  }
+  A* padded() const { return static_cast<A*>(padded_t.raw_data()); }
+  A* wide() const { return static_cast<A*>(wide_t.raw_data()); }
+  A* wt() const { return static_cast<A*>(wt_t.raw_data()); }
+};
 
 // padded[c, i * P + (h + ph) * Wp + w + pw] = x[n0 + i, c, h, w], zero around, for i < nc.
 template <typename T, typename A>
@@ -561,17 +576,14 @@ void weight_by_tap(const A* w, const ConvGeom& g, int64_t taps, A* wt) {
 
 template <typename T, typename A>
 void padded_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& out, const ConvGeom& g) {
-  constexpr DType kA = compute_dtype(std::is_same_v<A, double>);
-  const PaddedGeom q = padded_geometry(g, sizeof(A), x.device());
-  Tensor padded_t = scratch(g.C * q.chunk * q.P, kA, x.device());
-  Tensor wide_t = scratch(g.O * q.chunk * q.P, kA, x.device());
-  Tensor wt_t = scratch(q.taps * g.O * g.C, kA, x.device());
+  const PaddedScratch<A> work(g, x.device());
+  const PaddedGeom& q = work.q;
   if (meta_active()) return;  // Note [meta execution]
   const T* px = static_cast<const T*>(x.raw_data());
   T* po = static_cast<T*>(out.raw_data());
-  A* padded = static_cast<A*>(padded_t.raw_data());
-  A* wide = static_cast<A*>(wide_t.raw_data());
-  A* wt = static_cast<A*>(wt_t.raw_data());
+  A* padded = work.padded();
+  A* wide = work.wide();
+  A* wt = work.wt();
   weight_by_tap(static_cast<const A*>(w.raw_data()), g, q.taps, wt);
   std::vector<A> b(static_cast<size_t>(g.O), A(0));
   if (bias.defined()) {
@@ -604,17 +616,14 @@ void padded_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const 
 
 template <typename T, typename A>
 void padded_backward_input(const Tensor& dout, const Tensor& w, const Tensor& dx, const ConvGeom& g) {
-  constexpr DType kA = compute_dtype(std::is_same_v<A, double>);
-  const PaddedGeom q = padded_geometry(g, sizeof(A), dx.device());
-  Tensor padded_t = scratch(g.C * q.chunk * q.P, kA, dx.device());
-  Tensor wide_t = scratch(g.O * q.chunk * q.P, kA, dx.device());
-  Tensor wt_t = scratch(q.taps * g.O * g.C, kA, dx.device());
+  const PaddedScratch<A> work(g, dx.device());
+  const PaddedGeom& q = work.q;
   if (meta_active()) return;
   const T* pd = static_cast<const T*>(dout.raw_data());
   T* px = static_cast<T*>(dx.raw_data());
-  A* padded = static_cast<A*>(padded_t.raw_data());
-  A* wide = static_cast<A*>(wide_t.raw_data());
-  A* wt = static_cast<A*>(wt_t.raw_data());
+  A* padded = work.padded();
+  A* wide = work.wide();
+  A* wt = work.wt();
   weight_by_tap(static_cast<const A*>(w.raw_data()), g, q.taps, wt);
   for (int64_t n0 = 0; n0 < g.N; n0 += q.chunk) {
     const int64_t nc = std::min(q.chunk, g.N - n0), L = nc * q.P, span = L - q.max_shift;
@@ -642,17 +651,14 @@ void padded_backward_input(const Tensor& dout, const Tensor& w, const Tensor& dx
 // dw (an A tensor) = the sum over every chunk of images.
 template <typename T, typename A>
 void padded_backward_weight(const Tensor& dout, const Tensor& x, const Tensor& dw, const ConvGeom& g) {
-  constexpr DType kA = compute_dtype(std::is_same_v<A, double>);
-  const PaddedGeom q = padded_geometry(g, sizeof(A), x.device());
-  Tensor padded_t = scratch(g.C * q.chunk * q.P, kA, x.device());
-  Tensor wide_t = scratch(g.O * q.chunk * q.P, kA, x.device());
-  Tensor wt_t = scratch(q.taps * g.O * g.C, kA, x.device());
+  const PaddedScratch<A> work(g, x.device());
+  const PaddedGeom& q = work.q;
   if (meta_active()) return;
   const T* pd = static_cast<const T*>(dout.raw_data());
   const T* px = static_cast<const T*>(x.raw_data());
-  A* padded = static_cast<A*>(padded_t.raw_data());
-  A* wide = static_cast<A*>(wide_t.raw_data());
-  A* wt = static_cast<A*>(wt_t.raw_data());
+  A* padded = work.padded();
+  A* wide = work.wide();
+  A* wt = work.wt();
   for (int64_t n0 = 0; n0 < g.N; n0 += q.chunk) {
     const int64_t nc = std::min(q.chunk, g.N - n0), L = nc * q.P, span = L - q.max_shift;
     pad_planes(px, g, q, n0, nc, g.C, padded);

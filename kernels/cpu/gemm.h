@@ -7,7 +7,8 @@
 // (parallel_for). With OpenBLAS's own threads next to the pool's, two sets of workers took turns
 // on the same cores: after a gemm OpenBLAS's threads kept polling for the next one while the
 // pool's workers needed the core for the elementwise loop that followed, and 2 threads ran
-// slower than 1 (ResNet-18: 71-77 against 79-84 ms a step). Called inside a parallel_for (a
+// slower than 1 (ResNet-18: 71-77 against 79-84 ms a step, issue 17's measurement on the Intel
+// machine of 2026-11-27). Called inside a parallel_for (a
 // batch of small gemms split by the caller) the gemm runs serially on its thread.
 #pragma once
 

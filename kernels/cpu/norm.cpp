@@ -207,19 +207,23 @@ inline double combine(const double (&a)[kLanes], double tail) {
   return (((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]))) + tail;
 }
 
-// sum of x, and sum of (x - m)^2
+// sum of x
 template <typename T, typename C>
-void plane_moments(const T* __restrict x, int64_t n, double m, double* sum, double* sq, bool want_sq) {
+double plane_sum(const T* __restrict x, int64_t n) {
   double a[kLanes] = {};
   int64_t k = 0;
-  if (!want_sq) {
-    for (; k + kLanes <= n; k += kLanes)
-      for (int j = 0; j < kLanes; ++j) a[j] += static_cast<double>(static_cast<C>(x[k + j]));
-    double t = 0;
-    for (; k < n; ++k) t += static_cast<double>(static_cast<C>(x[k]));
-    *sum += combine(a, t);
-    return;
-  }
+  for (; k + kLanes <= n; k += kLanes)
+    for (int j = 0; j < kLanes; ++j) a[j] += static_cast<double>(static_cast<C>(x[k + j]));
+  double t = 0;
+  for (; k < n; ++k) t += static_cast<double>(static_cast<C>(x[k]));
+  return combine(a, t);
+}
+
+// sum of (x - m)^2
+template <typename T, typename C>
+double plane_squared_deviation(const T* __restrict x, int64_t n, double m) {
+  double a[kLanes] = {};
+  int64_t k = 0;
   for (; k + kLanes <= n; k += kLanes)
     for (int j = 0; j < kLanes; ++j) {
       const double d = static_cast<double>(static_cast<C>(x[k + j])) - m;
@@ -230,7 +234,7 @@ void plane_moments(const T* __restrict x, int64_t n, double m, double* sum, doub
     const double d = static_cast<double>(static_cast<C>(x[k])) - m;
     t += d * d;
   }
-  *sq += combine(a, t);
+  return combine(a, t);
 }
 
 // sum of dy, and sum of dy * (x - m) * is (computed in C, summed in f64)
@@ -275,9 +279,9 @@ void CpuBackend::impl_batch_norm_forward(const Tensor& x, const Tensor& weight, 
       parallel_for(g.c, std::max<int64_t>(1, kParallelGrain / count), [&](int64_t b, int64_t e) {
         for (int64_t ch = b; ch < e; ++ch) {
           double s = 0, ss = 0;  // Note [batch-norm sums]
-          for (int64_t i = 0; i < g.n; ++i) plane_moments<T, C>(px + (i * g.c + ch) * g.s, g.s, 0, &s, nullptr, false);
+          for (int64_t i = 0; i < g.n; ++i) s += plane_sum<T, C>(px + (i * g.c + ch) * g.s, g.s);
           const double m = s / static_cast<double>(count);
-          for (int64_t i = 0; i < g.n; ++i) plane_moments<T, C>(px + (i * g.c + ch) * g.s, g.s, m, nullptr, &ss, true);
+          for (int64_t i = 0; i < g.n; ++i) ss += plane_squared_deviation<T, C>(px + (i * g.c + ch) * g.s, g.s, m);
           mu[static_cast<size_t>(ch)] = m;
           var_biased[static_cast<size_t>(ch)] = ss / static_cast<double>(count);
         }

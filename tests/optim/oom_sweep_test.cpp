@@ -88,6 +88,25 @@ Trainer cnn_group_norm(Precision precision, nn::CheckpointMode checkpoint = nn::
   return t;
 }
 
+// The CPU's other convolution forms: 16 x 16 planes at stride 1 take the padded-plane gemms
+// (Note [padded-plane convolution]) and a one-filter-a-channel convolution the direct depthwise
+// kernels (Note [depthwise convolution]); their scratch fails in turn too.
+Trainer cnn_padded_depthwise(Precision precision) {
+  manual_seed(14);
+  Trainer t;
+  t.model = std::make_shared<nn::Sequential>(std::vector<std::shared_ptr<nn::Module>>{
+      std::make_shared<nn::Conv2d>(1, 4, 3, 1, 1), std::make_shared<nn::ReLU>(),
+      std::make_shared<nn::Conv2d>(4, 4, 3, 1, 1, 4), std::make_shared<nn::MaxPool2d>(2),
+      std::make_shared<nn::Conv2d>(4, 4, 3, 2, 1, 4), std::make_shared<nn::Flatten>(),
+      std::make_shared<nn::Linear>(4 * 4 * 4, 10)});
+  t.optimizer = std::make_unique<optim::Adam>(t.model->parameters(), 1e-3);
+  add_scaler(t, precision);
+  t.inputs = Tensor::randn({kBatch, 1, 16, 16});
+  t.targets = Tensor::from_vector(std::vector<int64_t>{9, 1, 2, 3, 4, 5, 6, 7}, {kBatch}, DType::i64);
+  t.fn = classify(t.model, precision);
+  return t;
+}
+
 Trainer gpt(Precision precision, nn::CheckpointMode checkpoint = nn::CheckpointMode::none, int64_t layers = 2) {
   manual_seed(13);
   nn::GPTConfig cfg;
@@ -152,6 +171,8 @@ const std::vector<SweepCase>& cases() {
       {"cnn+groupnorm f32", [] { return cnn_group_norm(Precision::f32); }, 1, kAuto},
       {"cnn+groupnorm bf16, first step", [] { return cnn_group_norm(Precision::bf16); }, 0, kAuto},
       {"cnn+groupnorm f16 + GradScaler", [] { return cnn_group_norm(Precision::f16_scaled); }, 1, kAuto},
+      {"cnn padded-plane + depthwise f32", [] { return cnn_padded_depthwise(Precision::f32); }, 1, kAuto},
+      {"cnn padded-plane + depthwise bf16, first step", [] { return cnn_padded_depthwise(Precision::bf16); }, 0, kAuto},
       {"gpt f32, first step", [] { return gpt(Precision::f32); }, 0, kAuto},
       {"gpt f32", [] { return gpt(Precision::f32); }, 1, kAuto},
       {"gpt bf16", [] { return gpt(Precision::bf16); }, 1, kAuto},
