@@ -10,8 +10,10 @@
 // images as keep col and the [Og, nc*OHW] staging buffer within kScratchBytes, so the scratch
 // stays bounded whatever the batch. The staging buffer exists because out is [N, O, OHW] while
 // the gemm produces [Og, nc*OHW]: a cheap strided copy (which also adds the bias) moves it.
-// im2col and col2im run under parallel_for (col2im one (image, channel) plane per task, so no two
-// threads add into the same element); the gemms run outside any parallel region.
+// With several threads the batch is cut into one slice of images a thread, each running this
+// whole pipeline on its own (Note [image-parallel convolution]); otherwise im2col and col2im run
+// under parallel_for (col2im one (image, channel) plane per task, so no two threads add into the
+// same element) and gemm.h splits each gemm over the threads.
 // Note [16-bit convolution]: f16 and bf16 compute in f32, but only the weight (and bias, and
 // the weight gradient's sum) get f32 tensors: activations and their gradients are converted as
 // im2col, gather_group and col2im read them, and the output is rounded as it is written. An f32
@@ -23,6 +25,7 @@
 #include "engine/caching_allocator.h"
 #include "kernels/contract_checks.h"
 #include "engine/meta.h"
+#include "kernels/cpu/conv_taps.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cpu/gemm.h"
 #include "kernels/cpu/strided.h"
@@ -143,8 +146,57 @@ int64_t images_within_budget(const ConvGeom& g, int64_t bytes_per_image, Device 
     budget = std::clamp<int64_t>(static_cast<int64_t>(limit / 16), 1LL << 20, kScratchBytes);
   return std::clamp<int64_t>(budget / std::max<int64_t>(bytes_per_image, 1), 1, std::max<int64_t>(g.N, 1));
 }
-int64_t chunk_images(const ConvGeom& g, size_t elem, Device device) {
-  return images_within_budget(g, (g.CKK + g.Og) * g.OHW * static_cast<int64_t>(elem), device);
+
+// Note [image-parallel convolution]: with several threads and a batch that divides among them,
+// each thread takes a contiguous slice of the images and runs the whole pipeline for it alone --
+// im2col (or padding), its gemms on one thread, the copy out -- with its own share of the
+// scratch. Split phase by phase instead (im2col over the pool, then each gemm's blocks over the
+// pool, then the copy), every convolution paid three or four wake-and-wait rounds, each thread
+// re-packed the gemm operand the others shared, and a thread's gemm read columns another
+// thread's im2col had just written into its cache: resnet18-cpu-f32 at 2 threads was 62 ms a step
+// against 88 at one. Backward weight sums a partial gradient per slice (slice 0 writes dw, the
+// others scratch) in slice order, so the result depends on the thread count but not on timing. A
+// batch smaller than the threads, or one that divides badly (N % threads != 0 with fewer than 4
+// images a thread), keeps the phase-by-phase split, as does one thread.
+struct Slices {
+  int64_t count;  // slices of the batch, each on its own thread
+  int64_t chunk;  // images a slice processes at once, within its share of the scratch budget
+  int64_t images(int64_t s, const ConvGeom& g) const { return g.N * s / count; }  // first image of slice s
+};
+
+Slices slices(const ConvGeom& g, int64_t bytes_per_image, Device device) {
+  const int64_t threads = num_threads();
+  Slices s{1, 1};
+  if (threads > 1 && g.N >= threads && (g.N % threads == 0 || g.N >= 4 * threads)) s.count = threads;
+  const int64_t per_slice = (g.N + s.count - 1) / s.count;
+  s.chunk = std::clamp<int64_t>(images_within_budget(g, bytes_per_image, device) / s.count, 1,
+                                std::max<int64_t>(per_slice, 1));
+  return s;
+}
+
+// f(slice, first image, end image) for every slice, each on a thread of its own.
+template <typename F>
+void for_each_slice(const ConvGeom& g, const Slices& s, F&& f) {
+  parallel_for(s.count, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t k = begin; k < end; ++k) f(k, s.images(k, g), s.images(k + 1, g));
+  });
+}
+
+// dst[k] += the sum over `count` partial buffers of `n` values each, in order.
+template <typename A>
+void add_partials(A* dst, const A* partials, int64_t count, int64_t n) {
+  if (count == 0) return;
+  parallel_for(n, kParallelGrain, [&](int64_t begin, int64_t end) {
+    for (int64_t k = begin; k < end; ++k) {
+      A sum = dst[k];
+      for (int64_t p = 0; p < count; ++p) sum += partials[p * n + k];
+      dst[k] = sum;
+    }
+  });
+}
+
+Slices conv_slices(const ConvGeom& g, size_t elem, Device device) {
+  return slices(g, (g.CKK + g.Og) * g.OHW * static_cast<int64_t>(elem), device);
 }
 
 // Scratch memory is workspace in the allocator's accounting (engine/memory.h).
@@ -181,9 +233,10 @@ constexpr DType compute_dtype(bool is_double) { return is_double ? DType::f64 : 
 template <typename T, typename A>
 void forward_impl(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& out, const ConvGeom& g) {
   constexpr DType kA = compute_dtype(std::is_same_v<A, double>);
-  const int64_t chunk = chunk_images(g, sizeof(A), x.device());
-  Tensor col_t = scratch(g.CKK * chunk * g.OHW, kA, x.device());
-  Tensor stage_t = scratch(g.Og * chunk * g.OHW, kA, x.device());
+  const Slices sl = conv_slices(g, sizeof(A), x.device());
+  const int64_t col_size = g.CKK * sl.chunk * g.OHW, stage_size = g.Og * sl.chunk * g.OHW;
+  Tensor col_t = scratch(sl.count * col_size, kA, x.device());
+  Tensor stage_t = scratch(sl.count * stage_size, kA, x.device());
   if (meta_active()) return;  // Note [meta execution]: the scratch is what it takes
   const T* px = static_cast<const T*>(x.raw_data());
   const A* pw = static_cast<const A*>(w.raw_data());
@@ -193,26 +246,28 @@ void forward_impl(const Tensor& x, const Tensor& w, const Tensor& bias, const Te
     const A* pb = static_cast<const A*>(bias.raw_data());
     for (int64_t o = 0; o < g.O; ++o) b[static_cast<size_t>(o)] = pb[o * bias.stride(0)];
   }
-  A* col = static_cast<A*>(col_t.raw_data());
-  A* stage = static_cast<A*>(stage_t.raw_data());
-  for (int64_t n0 = 0; n0 < g.N; n0 += chunk) {
-    const int64_t nc = std::min(chunk, g.N - n0), cols = nc * g.OHW;
-    for (int64_t group = 0; group < g.G; ++group) {
-      im2col(px, g, n0, nc, group, col);
-      gemm<A>(false, false, g.Og, cols, g.CKK, pw + group * g.Og * g.CKK, g.CKK, col, cols, A(0), stage, cols);
-      // out[n0 + i, group * Og + o, :] = stage[o, i * OHW :] + bias
-      parallel_for(nc * g.Og, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(g.OHW, 1)),
-                   [&](int64_t begin, int64_t end) {
-                     for (int64_t t = begin; t < end; ++t) {
-                       const int64_t i = t / g.Og, o = t % g.Og;
-                       const A bo = b[static_cast<size_t>(group * g.Og + o)];
-                       const A* __restrict s = stage + o * cols + i * g.OHW;
-                       T* __restrict d = po + ((n0 + i) * g.O + group * g.Og + o) * g.OHW;
-                       for (int64_t k = 0; k < g.OHW; ++k) d[k] = static_cast<T>(s[k] + bo);
-                     }
-                   });
+  for_each_slice(g, sl, [&](int64_t slice, int64_t n_begin, int64_t n_end) {
+    A* col = static_cast<A*>(col_t.raw_data()) + slice * col_size;
+    A* stage = static_cast<A*>(stage_t.raw_data()) + slice * stage_size;
+    for (int64_t n0 = n_begin; n0 < n_end; n0 += sl.chunk) {
+      const int64_t nc = std::min(sl.chunk, n_end - n0), cols = nc * g.OHW;
+      for (int64_t group = 0; group < g.G; ++group) {
+        im2col(px, g, n0, nc, group, col);
+        gemm<A>(false, false, g.Og, cols, g.CKK, pw + group * g.Og * g.CKK, g.CKK, col, cols, A(0), stage, cols);
+        // out[n0 + i, group * Og + o, :] = stage[o, i * OHW :] + bias
+        parallel_for(nc * g.Og, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(g.OHW, 1)),
+                     [&](int64_t begin, int64_t end) {
+                       for (int64_t t = begin; t < end; ++t) {
+                         const int64_t i = t / g.Og, o = t % g.Og;
+                         const A bo = b[static_cast<size_t>(group * g.Og + o)];
+                         const A* __restrict s = stage + o * cols + i * g.OHW;
+                         T* __restrict d = po + ((n0 + i) * g.O + group * g.Og + o) * g.OHW;
+                         for (int64_t k = 0; k < g.OHW; ++k) d[k] = static_cast<T>(s[k] + bo);
+                       }
+                     });
+      }
     }
-  }
+  });
 }
 
 template <typename T, typename A>
@@ -221,23 +276,28 @@ void backward_input_impl(const Tensor& dout, const Tensor& w, const Tensor& dx, 
   const T* pd = static_cast<const T*>(dout.raw_data());
   const A* pw = static_cast<const A*>(w.raw_data());
   T* px = static_cast<T*>(dx.raw_data());
-  const int64_t chunk = chunk_images(g, sizeof(A), dx.device());
-  Tensor col_t = scratch(g.CKK * chunk * g.OHW, kA, dout.device());
-  Tensor stage_t = scratch(g.Og * chunk * g.OHW, kA, dout.device());
+  const Slices sl = conv_slices(g, sizeof(A), dx.device());
+  const int64_t col_size = g.CKK * sl.chunk * g.OHW, stage_size = g.Og * sl.chunk * g.OHW;
+  Tensor col_t = scratch(sl.count * col_size, kA, dout.device());
+  Tensor stage_t = scratch(sl.count * stage_size, kA, dout.device());
   if (meta_active()) return;  // Note [meta execution]
-  A* dcol = static_cast<A*>(col_t.raw_data());
-  A* stage = static_cast<A*>(stage_t.raw_data());
-  for (int64_t n0 = 0; n0 < g.N; n0 += chunk) {
-    const int64_t nc = std::min(chunk, g.N - n0), cols = nc * g.OHW;
-    for (int64_t group = 0; group < g.G; ++group) {
-      gather_group(pd, g, n0, nc, group, stage);
-      gemm<A>(true, false, g.CKK, cols, g.Og, pw + group * g.Og * g.CKK, g.CKK, stage, cols, A(0), dcol, cols);
-      col2im(dcol, g, n0, nc, group, px);
+  for_each_slice(g, sl, [&](int64_t slice, int64_t n_begin, int64_t n_end) {
+    A* dcol = static_cast<A*>(col_t.raw_data()) + slice * col_size;
+    A* stage = static_cast<A*>(stage_t.raw_data()) + slice * stage_size;
+    for (int64_t n0 = n_begin; n0 < n_end; n0 += sl.chunk) {
+      const int64_t nc = std::min(sl.chunk, n_end - n0), cols = nc * g.OHW;
+      for (int64_t group = 0; group < g.G; ++group) {
+        gather_group(pd, g, n0, nc, group, stage);
+        gemm<A>(true, false, g.CKK, cols, g.Og, pw + group * g.Og * g.CKK, g.CKK, stage, cols, A(0), dcol, cols);
+        col2im(dcol, g, n0, nc, group, px);
+      }
     }
-  }
+  });
 }
 
-// dw (an A tensor) = the sum over every chunk of images.
+// dw (an A tensor) = the sum over every chunk of images; with several slices, slice 0 sums into
+// dw and the others into partial gradients added to it at the end (Note [image-parallel
+// convolution]).
 template <typename T, typename A>
 void backward_weight_impl(const Tensor& dout, const Tensor& x, const Tensor& dw, const ConvGeom& g) {
   constexpr DType kA = compute_dtype(std::is_same_v<A, double>);
@@ -248,21 +308,29 @@ void backward_weight_impl(const Tensor& dout, const Tensor& x, const Tensor& dw,
     if (!meta_active()) std::fill(pw, pw + dw.numel(), A(0));
     return;
   }
-  const int64_t chunk = chunk_images(g, sizeof(A), x.device());
-  Tensor col_t = scratch(g.CKK * chunk * g.OHW, kA, x.device());
-  Tensor stage_t = scratch(g.Og * chunk * g.OHW, kA, x.device());
+  const Slices sl = conv_slices(g, sizeof(A), x.device());
+  const int64_t col_size = g.CKK * sl.chunk * g.OHW, stage_size = g.Og * sl.chunk * g.OHW;
+  const int64_t dw_size = g.O * g.CKK;
+  Tensor col_t = scratch(sl.count * col_size, kA, x.device());
+  Tensor stage_t = scratch(sl.count * stage_size, kA, x.device());
+  Tensor partial_t = scratch((sl.count - 1) * dw_size, kA, x.device());
   if (meta_active()) return;  // Note [meta execution]
-  A* col = static_cast<A*>(col_t.raw_data());
-  A* stage = static_cast<A*>(stage_t.raw_data());
-  for (int64_t n0 = 0; n0 < g.N; n0 += chunk) {
-    const int64_t nc = std::min(chunk, g.N - n0), cols = nc * g.OHW;
-    for (int64_t group = 0; group < g.G; ++group) {
-      im2col(px, g, n0, nc, group, col);
-      gather_group(pd, g, n0, nc, group, stage);
-      gemm<A>(false, true, g.Og, g.CKK, cols, stage, cols, col, cols, n0 == 0 ? A(0) : A(1), pw + group * g.Og * g.CKK,
-              g.CKK);
+  A* partial = static_cast<A*>(partial_t.raw_data());
+  for_each_slice(g, sl, [&](int64_t slice, int64_t n_begin, int64_t n_end) {
+    A* col = static_cast<A*>(col_t.raw_data()) + slice * col_size;
+    A* stage = static_cast<A*>(stage_t.raw_data()) + slice * stage_size;
+    A* mine = slice == 0 ? pw : partial + (slice - 1) * dw_size;
+    for (int64_t n0 = n_begin; n0 < n_end; n0 += sl.chunk) {
+      const int64_t nc = std::min(sl.chunk, n_end - n0), cols = nc * g.OHW;
+      for (int64_t group = 0; group < g.G; ++group) {
+        im2col(px, g, n0, nc, group, col);
+        gather_group(pd, g, n0, nc, group, stage);
+        gemm<A>(false, true, g.Og, g.CKK, cols, stage, cols, col, cols, n0 == n_begin ? A(0) : A(1),
+                mine + group * g.Og * g.CKK, g.CKK);
+      }
     }
-  }
+  });
+  add_partials(pw, partial, sl.count - 1, dw_size);
 }
 
 // Note [depthwise convolution]: a convolution with one input and one output channel per group
@@ -490,13 +558,17 @@ Tensor empty_f32(const Tensor& like) {
 // multiply-adds -- 1.13x at 32 x 32, 1.27x at 16 x 16, which is why smaller planes keep im2col.
 // Measured on resnet18-cpu-f32 (2-core AMD EPYC, 2026-12-07, paired runs): 81-84 against 87-89 ms
 // a step at 1 thread, about even at 2 (51-56 against 49-60): the gemms' inner dimension is now C
-// (16 or 32 channels there) instead of 9 C, and OpenBLAS is less efficient at that size.
+// (16 or 32 channels there) instead of 9 C, and OpenBLAS is less efficient at that size. For
+// 3-wide kernels in f32 on a CPU with AVX2 and FMA the per-tap gemms give way to direct kernels
+// (Note [direct tap kernels] in conv_taps.cpp), which lifted the 32 x 32 layer from 47, 48 and
+// 36 GFLOP/s (forward, backward input, backward weight) to 75, 75 and 68.
 bool padded_plane(const ConvGeom& g) {
   return g.G == 1 && g.N > 0 && g.sh == 1 && g.sw == 1 && g.H >= 16 && g.W >= 16 && g.KH * g.KW > 1;
 }
 
 struct PaddedGeom {
-  int64_t Hp, Wp, P, taps, max_shift, chunk;
+  int64_t Hp, Wp, P, taps, max_shift;
+  Slices sl;  // Note [image-parallel convolution]
   int64_t shift(int64_t tap, const ConvGeom& g) const { return (tap / g.KW) * g.dh * Wp + (tap % g.KW) * g.dw; }
 };
 
@@ -504,25 +576,31 @@ PaddedGeom padded_geometry(const ConvGeom& g, size_t elem, Device device) {
   PaddedGeom q{};
   q.Hp = g.H + 2 * g.ph, q.Wp = g.W + 2 * g.pw, q.P = q.Hp * q.Wp, q.taps = g.KH * g.KW;
   q.max_shift = (g.KH - 1) * g.dh * q.Wp + (g.KW - 1) * g.dw;
-  q.chunk = images_within_budget(g, (g.C + g.O) * q.P * static_cast<int64_t>(elem), device);
+  q.sl = slices(g, (g.C + g.O) * q.P * static_cast<int64_t>(elem), device);
   return q;
 }
 
-// The padded-plane forms' workspace: padded [C, chunk * P], wide [O, chunk * P] and the weight by
-// tap [taps, O, C], allocated (or, under meta execution, only counted) before any work.
+// The padded-plane forms' workspace, allocated (or, under meta execution, only counted) before
+// any work: per slice, padded [C, chunk * P] and wide [O, chunk * P]; the weight by tap
+// [taps, O, C], one per slice when `tap_weight_per_slice` (backward weight's partial sums).
 template <typename A>
 struct PaddedScratch {
   PaddedGeom q;
+  int64_t padded_size, wide_size, wt_size;
   Tensor padded_t, wide_t, wt_t;
-  PaddedScratch(const ConvGeom& g, Device device) : q(padded_geometry(g, sizeof(A), device)) {
+  PaddedScratch(const ConvGeom& g, Device device, bool tap_weight_per_slice)
+      : q(padded_geometry(g, sizeof(A), device)) {
     constexpr DType kA = compute_dtype(std::is_same_v<A, double>);
-    padded_t = scratch(g.C * q.chunk * q.P, kA, device);
-    wide_t = scratch(g.O * q.chunk * q.P, kA, device);
-    wt_t = scratch(q.taps * g.O * g.C, kA, device);
+    // wide's rows may carry max_shift zeros in front (backward input's direct form)
+    padded_size = g.C * q.sl.chunk * q.P, wide_size = g.O * (q.sl.chunk * q.P + q.max_shift);
+    wt_size = q.taps * g.O * g.C;
+    padded_t = scratch(q.sl.count * padded_size, kA, device);
+    wide_t = scratch(q.sl.count * wide_size, kA, device);
+    wt_t = scratch((tap_weight_per_slice ? q.sl.count : 1) * wt_size, kA, device);
   }
-  A* padded() const { return static_cast<A*>(padded_t.raw_data()); }
-  A* wide() const { return static_cast<A*>(wide_t.raw_data()); }
-  A* wt() const { return static_cast<A*>(wt_t.raw_data()); }
+  A* padded(int64_t slice) const { return static_cast<A*>(padded_t.raw_data()) + slice * padded_size; }
+  A* wide(int64_t slice) const { return static_cast<A*>(wide_t.raw_data()) + slice * wide_size; }
+  A* wt(int64_t slice = 0) const { return static_cast<A*>(wt_t.raw_data()) + slice * wt_size; }
 };
 
 // padded[c, i * P + (h + ph) * Wp + w + pw] = x[n0 + i, c, h, w], zero around, for i < nc.
@@ -546,15 +624,15 @@ void pad_planes(const T* x, const ConvGeom& g, const PaddedGeom& q, int64_t n0, 
                });
 }
 
-// dout_wide[o, i * P + oh * Wp + ow] = dout[n0 + i, o, oh, ow], zero elsewhere.
+// dout_wide[o, i * P + oh * Wp + ow] = dout[n0 + i, o, oh, ow], zero elsewhere; row o starts at
+// wide + o * ldw.
 template <typename T, typename A>
-void widen_output(const T* dout, const ConvGeom& g, const PaddedGeom& q, int64_t n0, int64_t nc, A* wide) {
-  const int64_t L = nc * q.P;
+void widen_output(const T* dout, const ConvGeom& g, const PaddedGeom& q, int64_t n0, int64_t nc, A* wide, int64_t ldw) {
   parallel_for(g.O * nc, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(q.P, 1)),
                [&](int64_t begin, int64_t end) {
                  for (int64_t t = begin; t < end; ++t) {
                    const int64_t o = t / nc, i = t % nc;
-                   A* dst = wide + o * L + i * q.P;
+                   A* dst = wide + o * ldw + i * q.P;
                    const T* src = dout + ((n0 + i) * g.O + o) * g.OHW;
                    std::fill(dst, dst + q.P, A(0));
                    for (int64_t oh = 0; oh < g.OH; ++oh) {
@@ -564,6 +642,27 @@ void widen_output(const T* dout, const ConvGeom& g, const PaddedGeom& q, int64_t
                    }
                  }
                });
+}
+
+// Whether the f32 AVX2 kernels of conv_taps.h take the place of the per-tap gemms.
+template <typename A>
+bool direct_taps(const ConvGeom& g) {
+  return std::is_same_v<A, float> && g.KW == 3 && tap_kernels_available();
+}
+
+// The weight as the direct kernels read it (conv_taps.h): forward wk[(c * taps + tap) * O + o] =
+// w[o][c][tap]; for backward input the roles of c and o swap and the taps run backwards,
+// wk[(o * taps + tap) * C + c] = w[o][c][taps - 1 - tap], since the input gradient gathers
+// dout_wide[o, i - shift(tap)] and shift(taps - 1 - tap) = max_shift - shift(tap).
+template <typename A>
+void weight_for_taps(const A* w, const ConvGeom& g, int64_t taps, bool backward_input, A* wk) {
+  for (int64_t o = 0; o < g.O; ++o)
+    for (int64_t c = 0; c < g.C; ++c)
+      for (int64_t tap = 0; tap < taps; ++tap) {
+        const A v = w[(o * g.C + c) * taps + tap];
+        if (backward_input) wk[(o * taps + (taps - 1 - tap)) * g.C + c] = v;
+        else wk[(c * taps + tap) * g.O + o] = v;
+      }
 }
 
 // The weight regrouped by tap: wt[tap][o][c] = w[o][c][tap].
@@ -576,102 +675,141 @@ void weight_by_tap(const A* w, const ConvGeom& g, int64_t taps, A* wt) {
 
 template <typename T, typename A>
 void padded_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& out, const ConvGeom& g) {
-  const PaddedScratch<A> work(g, x.device());
+  const PaddedScratch<A> work(g, x.device(), false);
   const PaddedGeom& q = work.q;
   if (meta_active()) return;  // Note [meta execution]
   const T* px = static_cast<const T*>(x.raw_data());
   T* po = static_cast<T*>(out.raw_data());
-  A* padded = work.padded();
-  A* wide = work.wide();
   A* wt = work.wt();
-  weight_by_tap(static_cast<const A*>(w.raw_data()), g, q.taps, wt);
+  const bool direct = direct_taps<A>(g);
+  if (direct) weight_for_taps(static_cast<const A*>(w.raw_data()), g, q.taps, false, wt);
+  else weight_by_tap(static_cast<const A*>(w.raw_data()), g, q.taps, wt);
   std::vector<A> b(static_cast<size_t>(g.O), A(0));
   if (bias.defined()) {
     const A* pb = static_cast<const A*>(bias.raw_data());
     for (int64_t o = 0; o < g.O; ++o) b[static_cast<size_t>(o)] = pb[o * bias.stride(0)];
   }
-  for (int64_t n0 = 0; n0 < g.N; n0 += q.chunk) {
-    const int64_t nc = std::min(q.chunk, g.N - n0), L = nc * q.P, span = L - q.max_shift;
-    pad_planes(px, g, q, n0, nc, g.C, padded);
-    for (int64_t tap = 0; tap < q.taps; ++tap)
-      gemm<A>(false, false, g.O, span, g.C, wt + tap * g.O * g.C, g.C, padded + q.shift(tap, g), L,
-              tap == 0 ? A(0) : A(1), wide, L);
-    // out[n0 + i, o, oh, ow] = wide[o, i * P + oh * Wp + ow] + bias[o]
-    parallel_for(nc * g.O, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(g.OHW, 1)),
-                 [&](int64_t begin, int64_t end) {
-                   for (int64_t t = begin; t < end; ++t) {
-                     const int64_t i = t / g.O, o = t % g.O;
-                     const A bo = b[static_cast<size_t>(o)];
-                     const A* src = wide + o * L + i * q.P;
-                     T* dst = po + ((n0 + i) * g.O + o) * g.OHW;
-                     for (int64_t oh = 0; oh < g.OH; ++oh) {
-                       const A* __restrict s = src + oh * q.Wp;
-                       T* __restrict d = dst + oh * g.OW;
-                       for (int64_t ow = 0; ow < g.OW; ++ow) d[ow] = static_cast<T>(s[ow] + bo);
+  for_each_slice(g, q.sl, [&](int64_t slice, int64_t n_begin, int64_t n_end) {
+    A* padded = work.padded(slice);
+    A* wide = work.wide(slice);
+    for (int64_t n0 = n_begin; n0 < n_end; n0 += q.sl.chunk) {
+      const int64_t nc = std::min(q.sl.chunk, n_end - n0), L = nc * q.P, span = L - q.max_shift;
+      pad_planes(px, g, q, n0, nc, g.C, padded);
+      if constexpr (std::is_same_v<A, float>) {
+        if (direct)  // Note [direct tap kernels]
+          tap_forward_f32(padded, L, g.C, wt, g.O, g.KH, g.dh * q.Wp, g.dw, span, wide, L);
+      }
+      if (!direct)
+        for (int64_t tap = 0; tap < q.taps; ++tap)
+          gemm<A>(false, false, g.O, span, g.C, wt + tap * g.O * g.C, g.C, padded + q.shift(tap, g), L,
+                  tap == 0 ? A(0) : A(1), wide, L);
+      // out[n0 + i, o, oh, ow] = wide[o, i * P + oh * Wp + ow] + bias[o]
+      parallel_for(nc * g.O, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(g.OHW, 1)),
+                   [&](int64_t begin, int64_t end) {
+                     for (int64_t t = begin; t < end; ++t) {
+                       const int64_t i = t / g.O, o = t % g.O;
+                       const A bo = b[static_cast<size_t>(o)];
+                       const A* src = wide + o * L + i * q.P;
+                       T* dst = po + ((n0 + i) * g.O + o) * g.OHW;
+                       for (int64_t oh = 0; oh < g.OH; ++oh) {
+                         const A* __restrict s = src + oh * q.Wp;
+                         T* __restrict d = dst + oh * g.OW;
+                         for (int64_t ow = 0; ow < g.OW; ++ow) d[ow] = static_cast<T>(s[ow] + bo);
+                       }
                      }
-                   }
-                 });
-  }
+                   });
+    }
+  });
 }
 
 template <typename T, typename A>
 void padded_backward_input(const Tensor& dout, const Tensor& w, const Tensor& dx, const ConvGeom& g) {
-  const PaddedScratch<A> work(g, dx.device());
+  const PaddedScratch<A> work(g, dx.device(), false);
   const PaddedGeom& q = work.q;
   if (meta_active()) return;
   const T* pd = static_cast<const T*>(dout.raw_data());
   T* px = static_cast<T*>(dx.raw_data());
-  A* padded = work.padded();
-  A* wide = work.wide();
   A* wt = work.wt();
-  weight_by_tap(static_cast<const A*>(w.raw_data()), g, q.taps, wt);
-  for (int64_t n0 = 0; n0 < g.N; n0 += q.chunk) {
-    const int64_t nc = std::min(q.chunk, g.N - n0), L = nc * q.P, span = L - q.max_shift;
-    widen_output(pd, g, q, n0, nc, wide);
-    std::fill(padded, padded + g.C * L, A(0));
-    // padded dx[c, shift + j] += sum_o W_tap[o, c] * dout_wide[o, j]
-    for (int64_t tap = 0; tap < q.taps; ++tap)
-      gemm<A>(true, false, g.C, span, g.O, wt + tap * g.O * g.C, g.C, wide, L, A(1), padded + q.shift(tap, g), L);
-    parallel_for(g.C * nc, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(q.P, 1)),
-                 [&](int64_t begin, int64_t end) {
-                   for (int64_t t = begin; t < end; ++t) {
-                     const int64_t c = t / nc, i = t % nc;
-                     const A* src = padded + c * L + i * q.P;
-                     T* dst = px + ((n0 + i) * g.C + c) * g.H * g.W;
-                     for (int64_t h = 0; h < g.H; ++h) {
-                       const A* __restrict s = src + (h + g.ph) * q.Wp + g.pw;
-                       T* __restrict d = dst + h * g.W;
-                       for (int64_t x = 0; x < g.W; ++x) d[x] = static_cast<T>(s[x]);
+  const bool direct = direct_taps<A>(g);
+  if (direct) weight_for_taps(static_cast<const A*>(w.raw_data()), g, q.taps, true, wt);
+  else weight_by_tap(static_cast<const A*>(w.raw_data()), g, q.taps, wt);
+  for_each_slice(g, q.sl, [&](int64_t slice, int64_t n_begin, int64_t n_end) {
+    A* padded = work.padded(slice);
+    A* wide = work.wide(slice);
+    for (int64_t n0 = n_begin; n0 < n_end; n0 += q.sl.chunk) {
+      const int64_t nc = std::min(q.sl.chunk, n_end - n0), L = nc * q.P, span = L - q.max_shift;
+      if constexpr (std::is_same_v<A, float>) {
+        if (direct) {  // Note [direct tap kernels]: padded dx[c, i] = sum W_tap[o, c] * dout_wide[o, i - shift]
+          const int64_t ldw = L + q.max_shift;  // each row of dout_wide behind max_shift zeros
+          for (int64_t o = 0; o < g.O; ++o) std::fill(wide + o * ldw, wide + o * ldw + q.max_shift, A(0));
+          widen_output(pd, g, q, n0, nc, wide + q.max_shift, ldw);
+          tap_forward_f32(wide, ldw, g.O, wt, g.C, g.KH, g.dh * q.Wp, g.dw, L, padded, L);
+        }
+      }
+      if (!direct) {
+        widen_output(pd, g, q, n0, nc, wide, L);
+        std::fill(padded, padded + g.C * L, A(0));
+        // padded dx[c, shift + j] += sum_o W_tap[o, c] * dout_wide[o, j]
+        for (int64_t tap = 0; tap < q.taps; ++tap)
+          gemm<A>(true, false, g.C, span, g.O, wt + tap * g.O * g.C, g.C, wide, L, A(1), padded + q.shift(tap, g), L);
+      }
+      parallel_for(g.C * nc, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(q.P, 1)),
+                   [&](int64_t begin, int64_t end) {
+                     for (int64_t t = begin; t < end; ++t) {
+                       const int64_t c = t / nc, i = t % nc;
+                       const A* src = padded + c * L + i * q.P;
+                       T* dst = px + ((n0 + i) * g.C + c) * g.H * g.W;
+                       for (int64_t h = 0; h < g.H; ++h) {
+                         const A* __restrict s = src + (h + g.ph) * q.Wp + g.pw;
+                         T* __restrict d = dst + h * g.W;
+                         for (int64_t x = 0; x < g.W; ++x) d[x] = static_cast<T>(s[x]);
+                       }
                      }
-                   }
-                 });
-  }
+                   });
+    }
+  });
 }
 
-// dw (an A tensor) = the sum over every chunk of images.
+// dw (an A tensor) = the sum over every chunk of images: per slice in its own weight-by-tap
+// buffer, then summed in slice order as the taps are put back in dw's layout.
 template <typename T, typename A>
 void padded_backward_weight(const Tensor& dout, const Tensor& x, const Tensor& dw, const ConvGeom& g) {
-  const PaddedScratch<A> work(g, x.device());
+  const PaddedScratch<A> work(g, x.device(), true);
   const PaddedGeom& q = work.q;
   if (meta_active()) return;
   const T* pd = static_cast<const T*>(dout.raw_data());
   const T* px = static_cast<const T*>(x.raw_data());
-  A* padded = work.padded();
-  A* wide = work.wide();
-  A* wt = work.wt();
-  for (int64_t n0 = 0; n0 < g.N; n0 += q.chunk) {
-    const int64_t nc = std::min(q.chunk, g.N - n0), L = nc * q.P, span = L - q.max_shift;
-    pad_planes(px, g, q, n0, nc, g.C, padded);
-    widen_output(pd, g, q, n0, nc, wide);
-    // dW_tap[o, c] (+)= sum_j dout_wide[o, j] * padded[c, shift + j]
-    for (int64_t tap = 0; tap < q.taps; ++tap)
-      gemm<A>(false, true, g.O, g.C, span, wide, L, padded + q.shift(tap, g), L, n0 == 0 ? A(0) : A(1),
-              wt + tap * g.O * g.C, g.C);
-  }
+  for_each_slice(g, q.sl, [&](int64_t slice, int64_t n_begin, int64_t n_end) {
+    A* padded = work.padded(slice);
+    A* wide = work.wide(slice);
+    A* wt = work.wt(slice);
+    const bool direct = direct_taps<A>(g);
+    if (direct) std::fill(wt, wt + q.taps * g.O * g.C, A(0));
+    for (int64_t n0 = n_begin; n0 < n_end; n0 += q.sl.chunk) {
+      const int64_t nc = std::min(q.sl.chunk, n_end - n0), L = nc * q.P, span = L - q.max_shift;
+      pad_planes(px, g, q, n0, nc, g.C, padded);
+      widen_output(pd, g, q, n0, nc, wide, L);
+      // dW_tap[o, c] (+)= sum_j dout_wide[o, j] * padded[c, shift + j]
+      if constexpr (std::is_same_v<A, float>) {
+        if (direct) {  // Note [direct tap kernels]
+          tap_weight_grads_f32(wide, L, padded, L, g.O, g.C, g.KH, g.dh * q.Wp, g.dw, span, wt);
+          continue;
+        }
+      }
+      for (int64_t tap = 0; tap < q.taps; ++tap)
+        gemm<A>(false, true, g.O, g.C, span, wide, L, padded + q.shift(tap, g), L, n0 == n_begin ? A(0) : A(1),
+                wt + tap * g.O * g.C, g.C);
+    }
+  });
   A* pw = static_cast<A*>(dw.raw_data());
   for (int64_t o = 0; o < g.O; ++o)
     for (int64_t c = 0; c < g.C; ++c)
-      for (int64_t tap = 0; tap < q.taps; ++tap) pw[(o * g.C + c) * q.taps + tap] = wt[(tap * g.O + o) * g.C + c];
+      for (int64_t tap = 0; tap < q.taps; ++tap) {
+        const int64_t k = (tap * g.O + o) * g.C + c;
+        A sum = work.wt(0)[k];
+        for (int64_t slice = 1; slice < q.sl.count; ++slice) sum += work.wt(slice)[k];
+        pw[(o * g.C + c) * q.taps + tap] = sum;
+      }
 }
 
 }  // namespace

@@ -318,3 +318,12 @@ void CpuBackend::impl_where(const Tensor& cond, const Tensor& a, const Tensor& b
 }
 
 }  // namespace headroom::cpu
+
+namespace headroom::cpu {
+
+HR_VECTOR_CLONES
+void exp_affine_f32(float* __restrict x, int64_t n, float scale, float shift) {
+  for (int64_t i = 0; i < n; ++i) x[i] = exp_f32(x[i] * scale - shift);
+}
+
+}  // namespace headroom::cpu

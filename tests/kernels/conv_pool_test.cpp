@@ -74,6 +74,10 @@ const ConvCase kCases[] = {
     {2, 3, 16, 17, 4, 3, 3, params(1, 1, 1, 1, 1, 1, 1), "padded plane, 3x3 pad 1"},
     {2, 2, 18, 16, 3, 3, 5, params(1, 1, 2, 1, 2, 1, 1), "padded plane, 3x5, dilation 2 by 1, pad 2 by 1"},
     {3, 2, 16, 16, 2, 3, 3, params(1, 1, 0, 0, 1, 1, 1), "padded plane, no padding"},
+    // 3-wide kernels in f32 take the direct tap kernels (Note [direct tap kernels]): rows of 4
+    // and the 2 left over, the column tails, dilation, five kernel rows, 4 images in 2 slices.
+    {4, 5, 16, 19, 6, 3, 3, params(1, 1, 2, 2, 2, 2, 1), "padded plane, 3x3 dilation 2 pad 2, 6 filters"},
+    {5, 4, 20, 16, 8, 5, 3, params(1, 1, 2, 1, 1, 1, 1), "padded plane, 5x3, 5 images"},
     {2, 6, 16, 16, 4, 3, 3, params(1, 1, 1, 1, 1, 1, 2), "groups 2 at 16 x 16 (im2col)"},
 };
 
