@@ -14,6 +14,59 @@
 
 namespace headroom::cpu {
 
+namespace {
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
+#define HR_SGD_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define HR_SGD_CLONES
+#endif
+
+// Note [vectorised sgd]: the f32 SGD update as loops GCC vectorises -- restrict pointers, and the
+// choices (momentum or not, first step, Nesterov) made once outside the loop rather than per
+// element -- compiled for AVX-512, AVX2 and x86-64 as Note [vectorised adam]. Each lane computes
+// what the generic loop below computes, bit for bit. The generic loop did not vectorise and was
+// 6% of mlp-cpu-f32's step at 1 thread.
+HR_SGD_CLONES
+void sgd_plain_f32(float* __restrict pp, const float* __restrict gp, int64_t n, float lr, float wd) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float w = pp[i];
+    pp[i] = w - lr * (gp[i] + wd * w);
+  }
+}
+
+HR_SGD_CLONES
+void sgd_momentum_f32(float* __restrict pp, const float* __restrict gp, float* __restrict bp, int64_t n, bool first,
+                      bool nesterov, float lr, float mom, float wd) {
+  if (first && !nesterov) {
+    for (int64_t i = 0; i < n; ++i) {
+      const float w = pp[i], d = gp[i] + wd * w;
+      bp[i] = d;
+      pp[i] = w - lr * d;
+    }
+  } else if (first) {
+    for (int64_t i = 0; i < n; ++i) {
+      const float w = pp[i], d = gp[i] + wd * w;
+      bp[i] = d;
+      pp[i] = w - lr * (d + mom * d);
+    }
+  } else if (!nesterov) {
+    for (int64_t i = 0; i < n; ++i) {
+      const float w = pp[i], d = gp[i] + wd * w, b = mom * bp[i] + d;
+      bp[i] = b;
+      pp[i] = w - lr * b;
+    }
+  } else {
+    for (int64_t i = 0; i < n; ++i) {
+      const float w = pp[i], d = gp[i] + wd * w, b = mom * bp[i] + d;
+      bp[i] = b;
+      pp[i] = w - lr * (d + mom * b);
+    }
+  }
+}
+
+}  // namespace
+
 void CpuBackend::impl_sgd_update(const Tensor& p, const Tensor& g, const Tensor& buf, bool first, double lr,
                                  double momentum, double weight_decay, bool nesterov) {
   dispatch_float(p.dtype(), "sgd_update", [&](auto tag) {
@@ -23,6 +76,13 @@ void CpuBackend::impl_sgd_update(const Tensor& p, const Tensor& g, const Tensor&
     const T* gp = g.data<T>();
     T* bp = buf.defined() ? buf.data<T>() : nullptr;
     const A a_lr = static_cast<A>(lr), a_mom = static_cast<A>(momentum), a_wd = static_cast<A>(weight_decay);
+    if constexpr (std::is_same_v<T, float>) {  // Note [vectorised sgd]
+      parallel_for(p.numel(), kParallelGrain, [&](int64_t begin, int64_t end) {
+        if (!bp) sgd_plain_f32(pp + begin, gp + begin, end - begin, a_lr, a_wd);
+        else sgd_momentum_f32(pp + begin, gp + begin, bp + begin, end - begin, first, nesterov, a_lr, a_mom, a_wd);
+      });
+      return;
+    }
     parallel_for(p.numel(), kParallelGrain, [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) {
         const A w = static_cast<A>(pp[i]);
