@@ -6,9 +6,9 @@
 // the key blocks once, keeping per query a running maximum m and sum l of exp(score - m) and an
 // accumulator of exp(score - m) v, rescaled by exp(m_old - m_new) whenever the maximum grows
 // (online softmax). At the end out = acc / l and lse = m + log(l) is written for backward. The
-// only buffers are block-sized (a [D, kBlockK] transposed key block, a value block, one row of
-// scores), so memory is linear in T. With causal, query t sees keys 0..t: key blocks wholly
-// after a query block are skipped and the diagonal block is cut per row.
+// only buffers are block-sized (a query, key and value block, one block of scores), so memory is
+// linear in T. With causal, query t sees keys 0..t: key blocks wholly after a query block are
+// skipped and the diagonal block is cut per row.
 //
 // Backward (FlashAttention-2's algebra) recomputes the probabilities block by block from q, k and
 // the saved lse: P = exp(scale s - lse), dP = dout v^T, D_i = rowsum(dout_i * out_i), and
@@ -18,13 +18,16 @@
 // block) owns its rows of dq and streams over the key blocks. Each recomputes P (the price of
 // writing every output exactly once, =, with no atomics), which is also how the CUDA kernel works.
 //
-// Inner loops run over a contiguous block dimension with the operation fixed, so they vectorise:
-// scores against a transposed key block (s[j] += q[d] * kT[d][j]), outputs as weighted sums of
-// rows over D, in chunks of columns whose sums stay in registers (Note [attention isa]).
-// f16/bf16 are converted to f32 when a block is loaded and rounded once when written; f32
-// computes in f32, f64 in f64. Units are visited in a zig-zag order of query blocks so that with
-// causal masking (later blocks cost more) the contiguous ranges parallel_for hands each thread
-// get a similar amount of work.
+// Note [attention blocks as gemms]: every product of two blocks -- the scores q k^T, dP = dout v^T,
+// P v, P^T dout, dS^T q, dS k -- is one gemm (gemm.h, serial inside the unit's thread) of at most
+// 64 x 64 x D; only the softmax and the masking run row by row between them. Written as a row of
+// scores against a transposed key block and outputs as weighted sums of rows, the same products
+// were matrix-vector loops that reread each block from L1 once per query row: moving to gemms
+// made gpt-4l-cpu-f32-fused 127 -> 113 ms a step at 1 thread (2-core AMD EPYC, 2026-12-07,
+// median of 4 paired runs). f16/bf16 are converted to f32 when a block is loaded and rounded once
+// when written; f32 computes in f32, f64 in f64. Units are visited in a zig-zag order of query
+// blocks so that with causal masking (later blocks cost more) the contiguous ranges parallel_for
+// hands each thread get a similar amount of work.
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -33,6 +36,7 @@
 #include "kernels/contract_checks.h"
 #include "engine/meta.h"
 #include "kernels/cpu/cpu_backend.h"
+#include "kernels/cpu/gemm.h"
 #include "kernels/cpu/strided.h"
 #include "kernels/cpu/vec_math.h"
 
@@ -64,81 +68,11 @@ inline int64_t visible_keys(bool causal, int64_t i, int64_t j0, int64_t w) {
   return causal ? std::min(w, i - j0 + 1) : w;
 }
 
-// Loads rows [j0, j0 + w) of a [T, D] matrix into dst as [D, kBlockK] (transposed), in C.
-template <typename T, typename C>
-void load_transposed(const T* src, int64_t j0, int64_t w, int64_t d, C* dst) {
-  for (int64_t jj = 0; jj < w; ++jj) {
-    const T* row = src + (j0 + jj) * d;
-    for (int64_t c = 0; c < d; ++c) dst[c * kBlockK + jj] = static_cast<C>(row[c]);
-  }
-}
-
 // Loads rows [r0, r0 + n) of a [T, D] matrix into dst as [n, D], in C.
 template <typename T, typename C>
 void load_rows(const T* src, int64_t r0, int64_t n, int64_t d, C* dst) {
   const T* p = src + r0 * d;
   for (int64_t e = 0; e < n * d; ++e) dst[e] = static_cast<C>(p[e]);
-}
-
-// Note [attention isa]: the library is built for the baseline x86-64 ISA (SSE2: 4 floats an
-// instruction, no FMA). These two loops are nearly all of the arithmetic, so they are compiled
-// three times, for AVX-512, AVX2+FMA and the baseline, and the loader picks the best one the CPU
-// runs (GCC function multiversioning, an ifunc resolved once). The results differ only by the
-// rounding of fused multiply-adds.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define HR_ATTENTION_MULTIVERSION __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define HR_ATTENTION_MULTIVERSION
-#endif
-
-// Output columns whose running sums stay in registers across a whole dot product (256 bytes: 4
-// AVX-512 or 8 AVX2 registers, four or more independent FMA chains to hide their latency): the
-// sums are stored once, not once per term.
-template <typename C>
-inline constexpr int64_t kChunk = 256 / static_cast<int64_t>(sizeof(C));
-
-// s[0, w) = a[0, D) @ bt[D, kBlockK] (the first w columns of a transposed block).
-template <typename C>
-HR_ATTENTION_MULTIVERSION void row_times_block(const C* __restrict a, const C* __restrict bt, int64_t d, int64_t w,
-                                               C* __restrict s) {
-  int64_t j0 = 0;
-  for (; j0 + kChunk<C> <= w; j0 += kChunk<C>) {
-    C acc[kChunk<C>] = {};
-    for (int64_t c = 0; c < d; ++c) {
-      const C ac = a[c];
-      const C* __restrict b = bt + c * kBlockK + j0;
-      for (int64_t jj = 0; jj < kChunk<C>; ++jj) acc[jj] += ac * b[jj];
-    }
-    for (int64_t jj = 0; jj < kChunk<C>; ++jj) s[j0 + jj] = acc[jj];
-  }
-  for (int64_t jj = j0; jj < w; ++jj) s[jj] = C(0);
-  for (int64_t c = 0; c < d && j0 < w; ++c) {
-    const C ac = a[c];
-    const C* __restrict b = bt + c * kBlockK;
-    for (int64_t jj = j0; jj < w; ++jj) s[jj] += ac * b[jj];
-  }
-}
-
-// y[0, D) += sum over r < n of p[r] * x[r * ldx + (0, D)]: a weighted sum of n rows.
-template <typename C>
-HR_ATTENTION_MULTIVERSION void accumulate_rows(const C* __restrict p, const C* __restrict x, int64_t ldx, int64_t n,
-                                               int64_t d, C* __restrict y) {
-  int64_t c0 = 0;
-  for (; c0 + kChunk<C> <= d; c0 += kChunk<C>) {
-    C acc[kChunk<C>];
-    for (int64_t c = 0; c < kChunk<C>; ++c) acc[c] = y[c0 + c];
-    for (int64_t r = 0; r < n; ++r) {
-      const C pr = p[r];
-      const C* __restrict xr = x + r * ldx + c0;
-      for (int64_t c = 0; c < kChunk<C>; ++c) acc[c] += pr * xr[c];
-    }
-    for (int64_t c = 0; c < kChunk<C>; ++c) y[c0 + c] = acc[c];
-  }
-  for (int64_t r = 0; r < n && c0 < d; ++r) {
-    const C pr = p[r];
-    const C* __restrict xr = x + r * ldx;
-    for (int64_t c = c0; c < d; ++c) y[c] += pr * xr[c];
-  }
 }
 
 // s[j] = e^(s[j] * scale - shift) for j < n: vectorised for f32 (vec_math.h), libm for f64
@@ -153,6 +87,20 @@ void exp_scores(C* s, int64_t n, C scale, C shift) {
   }
 }
 
+// c[M, N] = a' @ b' (or += with accumulate) through gemm.h, for the blocks below; with an
+// inner dimension of 0 (D == 0) the product is zero.
+template <typename C>
+void block_gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const C* a, int64_t lda, const C* b, int64_t ldb,
+                bool accumulate, C* c, int64_t ldc) {
+  if (M == 0 || N == 0) return;
+  if (K == 0) {
+    if (!accumulate)
+      for (int64_t r = 0; r < M; ++r) std::fill(c + r * ldc, c + r * ldc + N, C(0));
+    return;
+  }
+  gemm<C>(ta, tb, M, N, K, a, lda, b, ldb, accumulate ? C(1) : C(0), c, ldc);
+}
+
 template <typename T>
 void forward_impl(const T* q, const T* k, const T* v, T* out, acc_t<T>* lse, const AttnGeometry& g, double scale_d,
                   bool causal) {
@@ -161,8 +109,9 @@ void forward_impl(const T* q, const T* k, const T* v, T* out, acc_t<T>* lse, con
   const int64_t T_ = g.t, D = g.d;
   const int64_t n_qb = (T_ + kBlockQ - 1) / kBlockQ, n_kb = (T_ + kBlockK - 1) / kBlockK;
   parallel_for(g.bh * n_qb, unit_grain(kBlockQ * T_ * D), [&](int64_t begin, int64_t end) {
-    std::vector<C> qb(static_cast<size_t>(kBlockQ * D)), kt(static_cast<size_t>(D * kBlockK)),
-        vb(static_cast<size_t>(kBlockK * D)), acc(static_cast<size_t>(kBlockQ * D)), s(kBlockK), m(kBlockQ), l(kBlockQ);
+    std::vector<C> qb(static_cast<size_t>(kBlockQ * D)), kb(static_cast<size_t>(kBlockK * D)),
+        vb(static_cast<size_t>(kBlockK * D)), acc(static_cast<size_t>(kBlockQ * D)),
+        s(static_cast<size_t>(kBlockQ * kBlockK)), m(kBlockQ), l(kBlockQ);
     for (int64_t u = begin; u < end; ++u) {
       int64_t bh, qblk;
       unit_to_block(u, n_qb, bh, qblk);
@@ -175,31 +124,33 @@ void forward_impl(const T* q, const T* k, const T* v, T* out, acc_t<T>* lse, con
       const int64_t kb_end = causal ? std::min(n_kb, (i0 + h - 1) / kBlockK + 1) : n_kb;
       for (int64_t kblk = 0; kblk < kb_end; ++kblk) {
         const int64_t j0 = kblk * kBlockK, w = std::min(kBlockK, T_ - j0);
-        load_transposed(k + base, j0, w, D, kt.data());
+        load_rows(k + base, j0, w, D, kb.data());
         load_rows(v + base, j0, w, D, vb.data());
+        block_gemm<C>(false, true, h, w, D, qb.data(), D, kb.data(), D, false, s.data(), kBlockK);  // scores
         for (int64_t ii = 0; ii < h; ++ii) {
-          const int64_t n = visible_keys(causal, i0 + ii, j0, w);
-          if (n <= 0) continue;
-          row_times_block(qb.data() + ii * D, kt.data(), D, w, s.data());  // all w: full chunks are faster
+          C* sr = s.data() + ii * kBlockK;
+          const int64_t n = std::max<int64_t>(0, visible_keys(causal, i0 + ii, j0, w));
+          std::fill(sr + n, sr + w, C(0));  // keys this query does not see add nothing below
+          if (n == 0) continue;
           C mx = -std::numeric_limits<C>::infinity();
           for (int64_t jj = 0; jj < n; ++jj) {
-            s[jj] *= scale;
-            mx = std::max(mx, s[jj]);
+            sr[jj] *= scale;
+            mx = std::max(mx, sr[jj]);
           }
           const C m_new = std::max(m[ii], mx);
           // A row whose scores are all -inf so far keeps m = -inf; exp(-inf - -inf) would be NaN.
           const C base_m = m_new == -std::numeric_limits<C>::infinity() ? C(0) : m_new;
           const C alpha = std::exp(m[ii] - base_m);
-          exp_scores(s.data(), n, C(1), base_m);
+          exp_scores(sr, n, C(1), base_m);
           C sum = 0;
-          for (int64_t jj = 0; jj < n; ++jj) sum += s[jj];
+          for (int64_t jj = 0; jj < n; ++jj) sum += sr[jj];
           l[ii] = l[ii] * alpha + sum;
           m[ii] = m_new;
           C* a = acc.data() + ii * D;
           if (alpha != C(1))
             for (int64_t c = 0; c < D; ++c) a[c] *= alpha;
-          accumulate_rows(s.data(), vb.data(), D, n, D, a);
         }
+        block_gemm<C>(false, false, h, D, w, s.data(), kBlockK, vb.data(), D, true, acc.data(), D);  // acc += P v
       }
       T* o = out + base + i0 * D;
       C* ls = lse + bh * T_ + i0;
@@ -210,6 +161,25 @@ void forward_impl(const T* q, const T* k, const T* v, T* out, acc_t<T>* lse, con
       }
     }
   });
+}
+
+// Rows [0, h) of a block: p = P = exp(scale s - lse) and dp = dS = P * (dP - D_i) * scale for the
+// keys each query sees, 0 for the others. On entry p holds the scores s and dp holds dP.
+template <typename C>
+void block_probabilities(C* p, C* dp, int64_t h, int64_t w, int64_t i0, int64_t j0, bool causal, C scale, const C* lse,
+                         const C* drow) {
+  for (int64_t ii = 0; ii < h; ++ii) {
+    C* pr = p + ii * kBlockK;
+    C* dpr = dp + ii * kBlockK;
+    const int64_t n = std::max<int64_t>(0, visible_keys(causal, i0 + ii, j0, w));
+    if (n > 0) {
+      exp_scores(pr, n, scale, lse[ii]);
+      const C di = drow[ii];
+      for (int64_t jj = 0; jj < n; ++jj) dpr[jj] = pr[jj] * (dpr[jj] - di) * scale;
+    }
+    std::fill(pr + n, pr + w, C(0));
+    std::fill(dpr + n, dpr + w, C(0));
+  }
 }
 
 template <typename T>
@@ -238,47 +208,31 @@ void backward_impl(const T* q, const T* k, const T* v, const T* out, const T* do
     }
   });
 
-  // Pass 1: dk and dv, a unit per (b*h, key block), over the query blocks that see it. A query
-  // block's P and scale * dS are kept transposed ([key][query]), so that each key's rows of dv
-  // and dk are one weighted sum of the block's dout and q rows.
+  // Pass 1: dk and dv, a unit per (b*h, key block), over the query blocks that see it:
+  // dv += P^T dout and dk += dS^T q, block by block.
   parallel_for(g.bh * n_kb, unit_grain(kBlockK * T_ * D), [&](int64_t begin, int64_t end) {
-    std::vector<C> kt(static_cast<size_t>(D * kBlockK)), vt(static_cast<size_t>(D * kBlockK)),
+    std::vector<C> kb(static_cast<size_t>(kBlockK * D)), vb(static_cast<size_t>(kBlockK * D)),
         qb(static_cast<size_t>(kBlockQ * D)), dob(static_cast<size_t>(kBlockQ * D)),
         dkb(static_cast<size_t>(kBlockK * D)), dvb(static_cast<size_t>(kBlockK * D)),
-        pt(static_cast<size_t>(kBlockK * kBlockQ)), dst(static_cast<size_t>(kBlockK * kBlockQ)), p(kBlockK),
-        dp(kBlockK);
+        p(static_cast<size_t>(kBlockQ * kBlockK)), dp(static_cast<size_t>(kBlockQ * kBlockK));
     for (int64_t u = begin; u < end; ++u) {
       int64_t bh, kblk;
       unit_to_block(u, n_kb, bh, kblk);
       const int64_t base = bh * T_ * D;
       const int64_t j0 = kblk * kBlockK, w = std::min(kBlockK, T_ - j0);
-      load_transposed(k + base, j0, w, D, kt.data());
-      load_transposed(v + base, j0, w, D, vt.data());
+      load_rows(k + base, j0, w, D, kb.data());
+      load_rows(v + base, j0, w, D, vb.data());
       std::fill(dkb.begin(), dkb.begin() + w * D, C(0));
       std::fill(dvb.begin(), dvb.begin() + w * D, C(0));
       for (int64_t qblk = causal ? j0 / kBlockQ : 0; qblk < n_qb; ++qblk) {
         const int64_t i0 = qblk * kBlockQ, h = std::min(kBlockQ, T_ - i0);
         load_rows(q + base, i0, h, D, qb.data());
         load_rows(dout + base, i0, h, D, dob.data());
-        for (int64_t ii = 0; ii < h; ++ii) {
-          const int64_t i = i0 + ii;
-          const int64_t n = std::max<int64_t>(0, visible_keys(causal, i, j0, w));
-          const C li = static_cast<C>(lse[bh * T_ + i]), di = drow[bh * T_ + i];
-          if (n > 0) {
-            row_times_block(qb.data() + ii * D, kt.data(), D, w, p.data());
-            row_times_block(dob.data() + ii * D, vt.data(), D, w, dp.data());
-            exp_scores(p.data(), n, scale, li);
-          }
-          for (int64_t jj = 0; jj < w; ++jj) {
-            const C pj = jj < n ? p[jj] : C(0);
-            pt[static_cast<size_t>(jj * kBlockQ + ii)] = pj;
-            dst[static_cast<size_t>(jj * kBlockQ + ii)] = jj < n ? pj * (dp[jj] - di) * scale : C(0);
-          }
-        }
-        for (int64_t jj = 0; jj < w; ++jj) {
-          accumulate_rows(pt.data() + jj * kBlockQ, dob.data(), D, h, D, dvb.data() + jj * D);
-          accumulate_rows(dst.data() + jj * kBlockQ, qb.data(), D, h, D, dkb.data() + jj * D);
-        }
+        block_gemm<C>(false, true, h, w, D, qb.data(), D, kb.data(), D, false, p.data(), kBlockK);    // s
+        block_gemm<C>(false, true, h, w, D, dob.data(), D, vb.data(), D, false, dp.data(), kBlockK);  // dP
+        block_probabilities(p.data(), dp.data(), h, w, i0, j0, causal, scale, lse + bh * T_ + i0, drow + bh * T_ + i0);
+        block_gemm<C>(true, false, w, D, h, p.data(), kBlockK, dob.data(), D, true, dvb.data(), D);
+        block_gemm<C>(true, false, w, D, h, dp.data(), kBlockK, qb.data(), D, true, dkb.data(), D);
       }
       for (int64_t e = 0; e < w * D; ++e) {
         dk[base + j0 * D + e] = static_cast<T>(dkb[static_cast<size_t>(e)]);
@@ -287,11 +241,12 @@ void backward_impl(const T* q, const T* k, const T* v, const T* out, const T* do
     }
   });
 
-  // Pass 2: dq, a unit per (b*h, query block), streaming over the key blocks it sees.
+  // Pass 2: dq, a unit per (b*h, query block), streaming over the key blocks it sees: dq += dS k.
   parallel_for(g.bh * n_qb, unit_grain(kBlockQ * T_ * D), [&](int64_t begin, int64_t end) {
     std::vector<C> qb(static_cast<size_t>(kBlockQ * D)), dob(static_cast<size_t>(kBlockQ * D)),
-        dqb(static_cast<size_t>(kBlockQ * D)), kt(static_cast<size_t>(D * kBlockK)),
-        vt(static_cast<size_t>(D * kBlockK)), kr(static_cast<size_t>(kBlockK * D)), p(kBlockK), dp(kBlockK);
+        dqb(static_cast<size_t>(kBlockQ * D)), kb(static_cast<size_t>(kBlockK * D)),
+        vb(static_cast<size_t>(kBlockK * D)), p(static_cast<size_t>(kBlockQ * kBlockK)),
+        dp(static_cast<size_t>(kBlockQ * kBlockK));
     for (int64_t u = begin; u < end; ++u) {
       int64_t bh, qblk;
       unit_to_block(u, n_qb, bh, qblk);
@@ -303,20 +258,12 @@ void backward_impl(const T* q, const T* k, const T* v, const T* out, const T* do
       const int64_t kb_end = causal ? std::min(n_kb, (i0 + h - 1) / kBlockK + 1) : n_kb;
       for (int64_t kblk = 0; kblk < kb_end; ++kblk) {
         const int64_t j0 = kblk * kBlockK, w = std::min(kBlockK, T_ - j0);
-        load_transposed(k + base, j0, w, D, kt.data());
-        load_transposed(v + base, j0, w, D, vt.data());
-        load_rows(k + base, j0, w, D, kr.data());
-        for (int64_t ii = 0; ii < h; ++ii) {
-          const int64_t i = i0 + ii;
-          const int64_t n = visible_keys(causal, i, j0, w);
-          if (n <= 0) continue;
-          const C li = static_cast<C>(lse[bh * T_ + i]), di = drow[bh * T_ + i];
-          row_times_block(qb.data() + ii * D, kt.data(), D, w, p.data());
-          row_times_block(dob.data() + ii * D, vt.data(), D, w, dp.data());
-          exp_scores(p.data(), n, scale, li);
-          for (int64_t jj = 0; jj < n; ++jj) p[jj] = p[jj] * (dp[jj] - di) * scale;  // dS
-          accumulate_rows(p.data(), kr.data(), D, n, D, dqb.data() + ii * D);
-        }
+        load_rows(k + base, j0, w, D, kb.data());
+        load_rows(v + base, j0, w, D, vb.data());
+        block_gemm<C>(false, true, h, w, D, qb.data(), D, kb.data(), D, false, p.data(), kBlockK);
+        block_gemm<C>(false, true, h, w, D, dob.data(), D, vb.data(), D, false, dp.data(), kBlockK);
+        block_probabilities(p.data(), dp.data(), h, w, i0, j0, causal, scale, lse + bh * T_ + i0, drow + bh * T_ + i0);
+        block_gemm<C>(false, false, h, D, w, dp.data(), kBlockK, kb.data(), D, true, dqb.data(), D);
       }
       for (int64_t e = 0; e < h * D; ++e) dq[base + i0 * D + e] = static_cast<T>(dqb[static_cast<size_t>(e)]);
     }
