@@ -188,11 +188,15 @@ void col2im(const A* dcol, const ConvGeom& g, int64_t n0, int64_t nc, int64_t gr
 // Images per chunk: col [CKK, nc*OHW] and the staging buffer [Og, nc*OHW] within the budget.
 // Under a memory limit the budget shrinks to a sixteenth of it (at least 1 MiB), so that the
 // scratch does not crowd out the activations it serves.
-int64_t images_within_budget(const ConvGeom& g, int64_t bytes_per_image, Device device) {
+int64_t scratch_budget(Device device) {
   int64_t budget = kScratchBytes;
   if (size_t limit = caching_allocator(device).memory_limit())
     budget = std::clamp<int64_t>(static_cast<int64_t>(limit / 16), 1LL << 20, kScratchBytes);
-  return std::clamp<int64_t>(budget / std::max<int64_t>(bytes_per_image, 1), 1, std::max<int64_t>(g.N, 1));
+  return budget;
+}
+int64_t images_within_budget(const ConvGeom& g, int64_t bytes_per_image, Device device) {
+  return std::clamp<int64_t>(scratch_budget(device) / std::max<int64_t>(bytes_per_image, 1), 1,
+                             std::max<int64_t>(g.N, 1));
 }
 
 // Note [image-parallel convolution]: with several threads and a batch that divides among them,
@@ -202,8 +206,11 @@ int64_t images_within_budget(const ConvGeom& g, int64_t bytes_per_image, Device 
 // pool, then the copy), every convolution paid three or four wake-and-wait rounds, each thread
 // re-packed the gemm operand the others shared, and a thread's gemm read columns another
 // thread's im2col had just written into its cache: resnet18-cpu-f32 at 2 threads was 62 ms a step
-// against 88 at one. Backward weight sums a partial gradient per slice (slice 0 writes dw, the
-// others scratch) in slice order, so the result depends on the thread count but not on timing. A
+// against 88 at one; sliced, 52.3 against 58.8 ms phase by phase (2-core AMD EPYC, 2026-12-07,
+// medians of 5 paired runs, before the direct tap kernels). Backward weight sums a partial gradient per slice (slice 0 writes dw, the
+// others scratch) in slice order, so the result depends on the thread count but not on timing;
+// where those partial gradients would pass the scratch budget (a large layer, many threads), the
+// weight gradient keeps one slice, so that the workspace stays bounded whatever the threads. A
 // batch smaller than the threads, or one that divides badly (N % threads != 0 with fewer than 4
 // images a thread), keeps the phase-by-phase split, as does one thread.
 struct Slices {
@@ -212,10 +219,14 @@ struct Slices {
   int64_t images(int64_t s, const ConvGeom& g) const { return g.N * s / count; }  // first image of slice s
 };
 
-Slices slices(const ConvGeom& g, int64_t bytes_per_image, Device device) {
+// bytes_per_slice: what each slice after the first needs whatever its images (backward weight's
+// partial gradient); where those would pass the scratch budget, the batch stays in one slice.
+Slices slices(const ConvGeom& g, int64_t bytes_per_image, Device device, int64_t bytes_per_slice = 0) {
   const int64_t threads = num_threads();
   Slices s{1, 1};
-  if (threads > 1 && g.N >= threads && (g.N % threads == 0 || g.N >= 4 * threads)) s.count = threads;
+  if (threads > 1 && g.N >= threads && (g.N % threads == 0 || g.N >= 4 * threads) &&
+      (threads - 1) * bytes_per_slice <= scratch_budget(device))
+    s.count = threads;
   const int64_t per_slice = (g.N + s.count - 1) / s.count;
   s.chunk = std::clamp<int64_t>(images_within_budget(g, bytes_per_image, device) / s.count, 1,
                                 std::max<int64_t>(per_slice, 1));
@@ -243,8 +254,9 @@ void add_partials(A* dst, const A* partials, int64_t count, int64_t n) {
   });
 }
 
-Slices conv_slices(const ConvGeom& g, size_t elem, Device device) {
-  return slices(g, (g.CKK + g.Og) * g.OHW * static_cast<int64_t>(elem), device);
+Slices conv_slices(const ConvGeom& g, size_t elem, Device device, bool weight_gradient) {
+  const auto e = static_cast<int64_t>(elem);
+  return slices(g, (g.CKK + g.Og) * g.OHW * e, device, weight_gradient ? g.O * g.CKK * e : 0);
 }
 
 // Scratch memory is workspace in the allocator's accounting (engine/memory.h).
@@ -281,7 +293,7 @@ constexpr DType compute_dtype(bool is_double) { return is_double ? DType::f64 : 
 template <typename T, typename A>
 void forward_impl(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& out, const ConvGeom& g) {
   constexpr DType kA = compute_dtype(std::is_same_v<A, double>);
-  const Slices sl = conv_slices(g, sizeof(A), x.device());
+  const Slices sl = conv_slices(g, sizeof(A), x.device(), false);
   const int64_t col_size = g.CKK * sl.chunk * g.OHW, stage_size = g.Og * sl.chunk * g.OHW;
   Tensor col_t = scratch(sl.count * col_size, kA, x.device());
   Tensor stage_t = scratch(sl.count * stage_size, kA, x.device());
@@ -324,7 +336,7 @@ void backward_input_impl(const Tensor& dout, const Tensor& w, const Tensor& dx, 
   const T* pd = static_cast<const T*>(dout.raw_data());
   const A* pw = static_cast<const A*>(w.raw_data());
   T* px = static_cast<T*>(dx.raw_data());
-  const Slices sl = conv_slices(g, sizeof(A), dx.device());
+  const Slices sl = conv_slices(g, sizeof(A), dx.device(), false);
   const int64_t col_size = g.CKK * sl.chunk * g.OHW, stage_size = g.Og * sl.chunk * g.OHW;
   Tensor col_t = scratch(sl.count * col_size, kA, dout.device());
   Tensor stage_t = scratch(sl.count * stage_size, kA, dout.device());
@@ -356,7 +368,7 @@ void backward_weight_impl(const Tensor& dout, const Tensor& x, const Tensor& dw,
     if (!meta_active()) std::fill(pw, pw + dw.numel(), A(0));
     return;
   }
-  const Slices sl = conv_slices(g, sizeof(A), x.device());
+  const Slices sl = conv_slices(g, sizeof(A), x.device(), true);
   const int64_t col_size = g.CKK * sl.chunk * g.OHW, stage_size = g.Og * sl.chunk * g.OHW;
   const int64_t dw_size = g.O * g.CKK;
   Tensor col_t = scratch(sl.count * col_size, kA, x.device());
@@ -620,11 +632,12 @@ struct PaddedGeom {
   int64_t shift(int64_t tap, const ConvGeom& g) const { return (tap / g.KW) * g.dh * Wp + (tap % g.KW) * g.dw; }
 };
 
-PaddedGeom padded_geometry(const ConvGeom& g, size_t elem, Device device) {
+PaddedGeom padded_geometry(const ConvGeom& g, size_t elem, Device device, bool weight_gradient) {
   PaddedGeom q{};
   q.Hp = g.H + 2 * g.ph, q.Wp = g.W + 2 * g.pw, q.P = q.Hp * q.Wp, q.taps = g.KH * g.KW;
   q.max_shift = (g.KH - 1) * g.dh * q.Wp + (g.KW - 1) * g.dw;
-  q.sl = slices(g, (g.C + g.O) * q.P * static_cast<int64_t>(elem), device);
+  const auto e = static_cast<int64_t>(elem);
+  q.sl = slices(g, (g.C + g.O) * q.P * e, device, weight_gradient ? q.taps * g.O * g.C * e : 0);
   return q;
 }
 
@@ -637,7 +650,7 @@ struct PaddedScratch {
   int64_t padded_size, wide_size, wt_size;
   Tensor padded_t, wide_t, wt_t;
   PaddedScratch(const ConvGeom& g, Device device, bool tap_weight_per_slice)
-      : q(padded_geometry(g, sizeof(A), device)) {
+      : q(padded_geometry(g, sizeof(A), device, tap_weight_per_slice)) {
     constexpr DType kA = compute_dtype(std::is_same_v<A, double>);
     // wide's rows may carry max_shift zeros in front (backward input's direct form)
     padded_size = g.C * q.sl.chunk * q.P, wide_size = g.O * (q.sl.chunk * q.P + q.max_shift);

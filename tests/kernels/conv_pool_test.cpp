@@ -2,6 +2,7 @@
 // (or gradient) element summed or scattered directly from the definition, at awkward sizes, with
 // stride, padding, dilation, groups and depthwise convolution, in every float dtype.
 #include <cmath>
+#include <cstdlib>
 
 #include "test_util.h"
 
@@ -129,10 +130,34 @@ TEST(CpuConv2d, MatchesNaiveLoops) {
 
 TEST(CpuConv2d, ImagesInSeveralChunks) {
   // 256 channels of 64x64 with a 3x3 kernel make about 37 MiB of im2col columns per image,
-  // over the 32 MiB scratch budget: each image is its own chunk and dw accumulates across them.
+  // over the 4 MiB scratch budget: each image is its own chunk and dw accumulates across them.
   check_conv({2, 256, 64, 64, 2, 3, 3, params(1, 1, 1, 1, 1, 1, 1), "one image a chunk"}, DType::f32);
-  // About 9.5 MiB an image: chunks of 3, 3 and 1 images, two groups each.
-  check_conv({7, 128, 64, 64, 2, 3, 3, params(1, 1, 1, 1, 1, 1, 2), "three images a chunk, groups 2"}, DType::f32);
+  // About 9.5 MiB an image: seven chunks of one image, two groups each.
+  check_conv({7, 128, 64, 64, 2, 3, 3, params(1, 1, 1, 1, 1, 1, 2), "one image a chunk, groups 2"}, DType::f32);
+}
+
+// Note [image-parallel convolution]: each slice of the batch after the first sums its own
+// partial weight gradient, scratch on top of the slices' buffers; where the partials would pass
+// the scratch budget the weight gradient keeps one slice. ctest runs this at 1, 2 and 16 threads
+// (kernels_conv_threads_*): at 16, a 256 -> 256 channel 3x3 layer's fifteen partials would be
+// 34 MiB of workspace.
+TEST(CpuConv2d, WeightGradientScratchStaysBoundedWhateverTheThreads) {
+  for (bool padded_plane : {false, true}) {  // 4 x 4 planes take im2col, 16 x 16 the padded-plane form
+    const int64_t hw = padded_plane ? 16 : 4;
+    Tensor x = Tensor::randn({16, 256, hw, hw}), dout = Tensor::randn({16, 256, hw, hw});
+    Tensor dw = Tensor::empty({256, 256, 3, 3});
+    CachingAllocator& alloc = caching_allocator(Device::cpu());
+    const auto workspace = static_cast<size_t>(MemoryCategory::workspace);
+    alloc.reset_peak_stats();
+    const int64_t before = alloc.stats().category_bytes[workspace].current;
+    cpu().conv2d_backward_weight(dout, x, dw, params(1, 1, 1, 1, 1, 1, 1));
+    const int64_t scratch = alloc.stats().category_bytes[workspace].peak - before;
+    // The slices' buffers within the 4 MiB budget, the partials within it too, and (padded-plane)
+    // one dw-sized weight-by-tap buffer.
+    EXPECT_LE(scratch, 2 * (4LL << 20) + dw.nbytes())
+        << (padded_plane ? "16 x 16" : "4 x 4") << " planes, HEADROOM_NUM_THREADS="
+        << (std::getenv("HEADROOM_NUM_THREADS") ? std::getenv("HEADROOM_NUM_THREADS") : "");
+  }
 }
 
 TEST(CpuConv2d, RejectsMismatchedShapes) {
