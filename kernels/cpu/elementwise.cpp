@@ -322,6 +322,14 @@ void CpuBackend::impl_where(const Tensor& cond, const Tensor& a, const Tensor& b
 namespace headroom::cpu {
 
 HR_VECTOR_CLONES
+void exp_shifted_f32(const float* __restrict x, float* __restrict y, int64_t n, float shift) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float t = x[i] - shift;
+    y[i] = t < -87.0f ? 0.0f : exp_f32(t);
+  }
+}
+
+HR_VECTOR_CLONES
 void exp_affine_f32(float* __restrict x, int64_t n, float scale, float shift) {
   for (int64_t i = 0; i < n; ++i) x[i] = exp_f32(x[i] * scale - shift);
 }

@@ -11,4 +11,9 @@ namespace headroom::cpu {
 // or 0, one above 88 gives e^88; NaN stays NaN.
 void exp_affine_f32(float* x, int64_t n, float scale, float shift);
 
+// y[i] = e^(x[i] - shift) for i < n, exactly 0 where x[i] - shift < -87 (e^-87 is near the
+// smallest normal float; below it libm's results are denormals, which the CPU kernels flush to
+// zero anyway) so that a -inf input (a masked score) gives 0, as softmax needs; NaN stays NaN.
+void exp_shifted_f32(const float* x, float* y, int64_t n, float shift);
+
 }  // namespace headroom::cpu
