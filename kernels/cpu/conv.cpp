@@ -207,8 +207,9 @@ int64_t images_within_budget(const ConvGeom& g, int64_t bytes_per_image, Device 
 // re-packed the gemm operand the others shared, and a thread's gemm read columns another
 // thread's im2col had just written into its cache: resnet18-cpu-f32 at 2 threads was 62 ms a step
 // against 88 at one; sliced, 52.3 against 58.8 ms phase by phase (2-core AMD EPYC, 2026-12-07,
-// medians of 5 paired runs, before the direct tap kernels). Backward weight sums a partial gradient per slice (slice 0 writes dw, the
-// others scratch) in slice order, so the result depends on the thread count but not on timing;
+// medians of 5 paired runs, before the direct tap kernels). Backward weight sums a partial
+// gradient per slice (slice 0 writes dw, the others scratch) in slice order, so the result
+// depends on the thread count but not on timing;
 // where those partial gradients would pass the scratch budget (a large layer, many threads), the
 // weight gradient keeps one slice, so that the workspace stays bounded whatever the threads. A
 // batch smaller than the threads, or one that divides badly (N % threads != 0 with fewer than 4
@@ -373,9 +374,10 @@ void backward_weight_impl(const Tensor& dout, const Tensor& x, const Tensor& dw,
   const int64_t dw_size = g.O * g.CKK;
   Tensor col_t = scratch(sl.count * col_size, kA, x.device());
   Tensor stage_t = scratch(sl.count * stage_size, kA, x.device());
-  Tensor partial_t = scratch((sl.count - 1) * dw_size, kA, x.device());
+  Tensor partial_t;  // slices after the first sum into partial gradients (none with one slice)
+  if (sl.count > 1) partial_t = scratch((sl.count - 1) * dw_size, kA, x.device());
   if (meta_active()) return;  // Note [meta execution]
-  A* partial = static_cast<A*>(partial_t.raw_data());
+  A* partial = sl.count > 1 ? static_cast<A*>(partial_t.raw_data()) : nullptr;
   for_each_slice(g, sl, [&](int64_t slice, int64_t n_begin, int64_t n_end) {
     A* col = static_cast<A*>(col_t.raw_data()) + slice * col_size;
     A* stage = static_cast<A*>(stage_t.raw_data()) + slice * stage_size;
@@ -840,11 +842,11 @@ void padded_backward_weight(const Tensor& dout, const Tensor& x, const Tensor& d
   if (meta_active()) return;
   const T* pd = static_cast<const T*>(dout.raw_data());
   const T* px = static_cast<const T*>(x.raw_data());
+  const bool direct = direct_taps<A>(g);
   for_each_slice(g, q.sl, [&](int64_t slice, int64_t n_begin, int64_t n_end) {
     A* padded = work.padded(slice);
     A* wide = work.wide(slice);
     A* wt = work.wt(slice);
-    const bool direct = direct_taps<A>(g);
     if (direct) std::fill(wt, wt + q.taps * g.O * g.C, A(0));
     for (int64_t n0 = n_begin; n0 < n_end; n0 += q.sl.chunk) {
       const int64_t nc = std::min(q.sl.chunk, n_end - n0), L = nc * q.P, span = L - q.max_shift;

@@ -1,8 +1,8 @@
 // Note [direct tap kernels]: the padded-plane weight gradient was KH * KW gemms of an [O, span]
 // by [span, C] product, O and C 16 or 32 and span tens of thousands: OpenBLAS packed both
 // operands anew for every tap, and each packed value took part in only 16 or 32 multiply-adds,
-// so the layer ran at about a third of the core's peak (26 GFLOP/s for ResNet-18's 32 x 32
-// layer on the 2-core AMD EPYC, against 55 for its 8 x 8 layers). Here the taps of one kernel
+// so the layer ran at under half the core's peak (36 GFLOP/s for ResNet-18's 32 x 32 layer on
+// the 2-core AMD EPYC, against 53 for its 8 x 8 layers and about 78 peak). Here the taps of one kernel
 // row share their loads: for four output channels and the three taps of a row, twelve vector
 // sums stay in registers while the loop over j reads each input vector once (three shifted loads)
 // and each output-gradient vector once -- seven loads for twelve fused multiply-adds. The columns
