@@ -4,9 +4,10 @@
     python3 bench/cpu_side_by_side.py --rounds 5                 # the table in bench/RESULTS.md
     python3 bench/cpu_side_by_side.py --short                    # CI: both sides run, nothing timed
 
-For each round, each thread count and each preset it runs headroom-bench and then
+For each round, each preset and each thread count it runs headroom-bench and then
 pytorch_reference.py (the order flips every round, so neither side always runs on a warmer
-machine), each in a fresh process with the same thread settings: HEADROOM_NUM_THREADS,
+machine; a preset's thread counts run back to back, so its 2-against-1 ratio pairs runs made
+a few seconds apart), each in a fresh process with the same thread settings: HEADROOM_NUM_THREADS,
 OMP_NUM_THREADS and OPENBLAS_NUM_THREADS all set to the count, and torch.set_num_threads to it.
 A fresh process per run also makes the resident-memory high-water mark (VmHWM, which both sides
 report as peak_rss_bytes) that preset's alone.
@@ -186,9 +187,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     done = 0
     try:
         for rnd in range(args.rounds):
+            # Within a round a preset's thread counts run back to back (their order, like the
+            # engines', flips every round): the speed of a shared VM drifts by tens of percent
+            # from one quarter hour to the next, and the 2-against-1 ratio is only meaningful
+            # when both of its runs saw the same machine.
             order = ("headroom", "pytorch") if rnd % 2 == 0 else ("pytorch", "headroom")
-            for t in threads:
-                for p in presets:
+            thread_order = threads if rnd % 2 == 0 else list(reversed(threads))
+            for p in presets:
+                for t in thread_order:
                     done += 1
                     if is_data_parallel(p) and t != 1:
                         continue  # 2 ranks of 1 thread already fill the 2 cores

@@ -221,7 +221,8 @@ class CachingAllocator final : public Allocator {
   // are those numbered from what this said then.
   uint64_t next_serial() const;
 
-  // Returns every cached segment that is wholly free to the backend.
+  // Returns every cached segment that is wholly free to the backend; Note [release on miss]
+  // starts afresh.
   void empty_cache();
   // Note [release on miss] in the .cpp; on by default.
   void set_release_on_miss(bool on);
@@ -264,6 +265,7 @@ class CachingAllocator final : public Allocator {
   void free_block(Block* block);
   void process_pending_events();
   size_t release_cached_segments();
+  void release_for_miss(size_t segment_size, bool small);  // Note [release on miss]
   void release_segment(Segment* seg);
   Pool& pool_of(const Block* b);
   void update_inactive_split(Block* block, int sign);
@@ -288,6 +290,10 @@ class CachingAllocator final : public Allocator {
   bool record_sites_ = false;  // Note [allocation sites]
   uint64_t next_serial_ = 1;
   bool release_on_miss_ = true;
+  static constexpr size_t kReleasedOnMissKept = 64;
+  std::vector<size_t> released_on_miss_;  // sizes of the last segments a miss handed back
+  // The most reserved since the last empty_cache (Note [release on miss]; reset_peak_stats keeps it).
+  int64_t reserved_high_water_ = 0;
   std::vector<TraceEvent> trace_;
   std::chrono::steady_clock::time_point start_;
 };

@@ -242,6 +242,26 @@ void for_each_slice(const ConvGeom& g, const Slices& s, F&& f) {
   });
 }
 
+// f(slice, first image, images, first) for every chunk of every slice: the slices each on a
+// thread of their own, a slice's chunks in order (`first`: the slice's first chunk).
+template <typename F>
+void for_each_chunk(const ConvGeom& g, const Slices& s, F&& f) {
+  for_each_slice(g, s, [&](int64_t slice, int64_t n_begin, int64_t n_end) {
+    for (int64_t n0 = n_begin; n0 < n_end; n0 += s.chunk) f(slice, n0, std::min(s.chunk, n_end - n0), n0 == n_begin);
+  });
+}
+
+// bias[o] for every output channel as A values (zeros without a bias).
+template <typename A>
+std::vector<A> bias_values(const Tensor& bias, int64_t O) {
+  std::vector<A> b(static_cast<size_t>(O), A(0));
+  if (bias.defined()) {
+    const A* pb = static_cast<const A*>(bias.raw_data());
+    for (int64_t o = 0; o < O; ++o) b[static_cast<size_t>(o)] = pb[o * bias.stride(0)];
+  }
+  return b;
+}
+
 // dst[k] += the sum over `count` partial buffers of `n` values each, in order.
 template <typename A>
 void add_partials(A* dst, const A* partials, int64_t count, int64_t n) {
@@ -302,31 +322,25 @@ void forward_impl(const Tensor& x, const Tensor& w, const Tensor& bias, const Te
   const T* px = static_cast<const T*>(x.raw_data());
   const A* pw = static_cast<const A*>(w.raw_data());
   T* po = static_cast<T*>(out.raw_data());
-  std::vector<A> b(static_cast<size_t>(g.O), A(0));
-  if (bias.defined()) {
-    const A* pb = static_cast<const A*>(bias.raw_data());
-    for (int64_t o = 0; o < g.O; ++o) b[static_cast<size_t>(o)] = pb[o * bias.stride(0)];
-  }
-  for_each_slice(g, sl, [&](int64_t slice, int64_t n_begin, int64_t n_end) {
+  const std::vector<A> b = bias_values<A>(bias, g.O);
+  for_each_chunk(g, sl, [&](int64_t slice, int64_t n0, int64_t nc, bool) {
     A* col = static_cast<A*>(col_t.raw_data()) + slice * col_size;
     A* stage = static_cast<A*>(stage_t.raw_data()) + slice * stage_size;
-    for (int64_t n0 = n_begin; n0 < n_end; n0 += sl.chunk) {
-      const int64_t nc = std::min(sl.chunk, n_end - n0), cols = nc * g.OHW;
-      for (int64_t group = 0; group < g.G; ++group) {
-        im2col(px, g, n0, nc, group, col);
-        gemm<A>(false, false, g.Og, cols, g.CKK, pw + group * g.Og * g.CKK, g.CKK, col, cols, A(0), stage, cols);
-        // out[n0 + i, group * Og + o, :] = stage[o, i * OHW :] + bias
-        parallel_for(nc * g.Og, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(g.OHW, 1)),
-                     [&](int64_t begin, int64_t end) {
-                       for (int64_t t = begin; t < end; ++t) {
-                         const int64_t i = t / g.Og, o = t % g.Og;
-                         const A bo = b[static_cast<size_t>(group * g.Og + o)];
-                         const A* __restrict s = stage + o * cols + i * g.OHW;
-                         T* __restrict d = po + ((n0 + i) * g.O + group * g.Og + o) * g.OHW;
-                         for (int64_t k = 0; k < g.OHW; ++k) d[k] = static_cast<T>(s[k] + bo);
-                       }
-                     });
-      }
+    const int64_t cols = nc * g.OHW;
+    for (int64_t group = 0; group < g.G; ++group) {
+      im2col(px, g, n0, nc, group, col);
+      gemm<A>(false, false, g.Og, cols, g.CKK, pw + group * g.Og * g.CKK, g.CKK, col, cols, A(0), stage, cols);
+      // out[n0 + i, group * Og + o, :] = stage[o, i * OHW :] + bias
+      parallel_for(nc * g.Og, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(g.OHW, 1)),
+                   [&](int64_t begin, int64_t end) {
+                     for (int64_t t = begin; t < end; ++t) {
+                       const int64_t i = t / g.Og, o = t % g.Og;
+                       const A bo = b[static_cast<size_t>(group * g.Og + o)];
+                       const A* __restrict s = stage + o * cols + i * g.OHW;
+                       T* __restrict d = po + ((n0 + i) * g.O + group * g.Og + o) * g.OHW;
+                       for (int64_t k = 0; k < g.OHW; ++k) d[k] = static_cast<T>(s[k] + bo);
+                     }
+                   });
     }
   });
 }
@@ -342,16 +356,14 @@ void backward_input_impl(const Tensor& dout, const Tensor& w, const Tensor& dx, 
   Tensor col_t = scratch(sl.count * col_size, kA, dout.device());
   Tensor stage_t = scratch(sl.count * stage_size, kA, dout.device());
   if (meta_active()) return;  // Note [meta execution]
-  for_each_slice(g, sl, [&](int64_t slice, int64_t n_begin, int64_t n_end) {
+  for_each_chunk(g, sl, [&](int64_t slice, int64_t n0, int64_t nc, bool) {
     A* dcol = static_cast<A*>(col_t.raw_data()) + slice * col_size;
     A* stage = static_cast<A*>(stage_t.raw_data()) + slice * stage_size;
-    for (int64_t n0 = n_begin; n0 < n_end; n0 += sl.chunk) {
-      const int64_t nc = std::min(sl.chunk, n_end - n0), cols = nc * g.OHW;
-      for (int64_t group = 0; group < g.G; ++group) {
-        gather_group(pd, g, n0, nc, group, stage);
-        gemm<A>(true, false, g.CKK, cols, g.Og, pw + group * g.Og * g.CKK, g.CKK, stage, cols, A(0), dcol, cols);
-        col2im(dcol, g, n0, nc, group, px);
-      }
+    const int64_t cols = nc * g.OHW;
+    for (int64_t group = 0; group < g.G; ++group) {
+      gather_group(pd, g, n0, nc, group, stage);
+      gemm<A>(true, false, g.CKK, cols, g.Og, pw + group * g.Og * g.CKK, g.CKK, stage, cols, A(0), dcol, cols);
+      col2im(dcol, g, n0, nc, group, px);
     }
   });
 }
@@ -378,18 +390,16 @@ void backward_weight_impl(const Tensor& dout, const Tensor& x, const Tensor& dw,
   if (sl.count > 1) partial_t = scratch((sl.count - 1) * dw_size, kA, x.device());
   if (meta_active()) return;  // Note [meta execution]
   A* partial = sl.count > 1 ? static_cast<A*>(partial_t.raw_data()) : nullptr;
-  for_each_slice(g, sl, [&](int64_t slice, int64_t n_begin, int64_t n_end) {
+  for_each_chunk(g, sl, [&](int64_t slice, int64_t n0, int64_t nc, bool first) {
     A* col = static_cast<A*>(col_t.raw_data()) + slice * col_size;
     A* stage = static_cast<A*>(stage_t.raw_data()) + slice * stage_size;
     A* mine = slice == 0 ? pw : partial + (slice - 1) * dw_size;
-    for (int64_t n0 = n_begin; n0 < n_end; n0 += sl.chunk) {
-      const int64_t nc = std::min(sl.chunk, n_end - n0), cols = nc * g.OHW;
-      for (int64_t group = 0; group < g.G; ++group) {
-        im2col(px, g, n0, nc, group, col);
-        gather_group(pd, g, n0, nc, group, stage);
-        gemm<A>(false, true, g.Og, g.CKK, cols, stage, cols, col, cols, n0 == n_begin ? A(0) : A(1),
-                mine + group * g.Og * g.CKK, g.CKK);
-      }
+    const int64_t cols = nc * g.OHW;
+    for (int64_t group = 0; group < g.G; ++group) {
+      im2col(px, g, n0, nc, group, col);
+      gather_group(pd, g, n0, nc, group, stage);
+      gemm<A>(false, true, g.Og, g.CKK, cols, stage, cols, col, cols, first ? A(0) : A(1), mine + group * g.Og * g.CKK,
+              g.CKK);
     }
   });
   add_partials(pw, partial, sl.count - 1, dw_size);
@@ -747,41 +757,35 @@ void padded_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const 
   const bool direct = direct_taps<A>(g);
   if (direct) weight_for_taps(static_cast<const A*>(w.raw_data()), g, q.taps, false, wt);
   else weight_by_tap(static_cast<const A*>(w.raw_data()), g, q.taps, wt);
-  std::vector<A> b(static_cast<size_t>(g.O), A(0));
-  if (bias.defined()) {
-    const A* pb = static_cast<const A*>(bias.raw_data());
-    for (int64_t o = 0; o < g.O; ++o) b[static_cast<size_t>(o)] = pb[o * bias.stride(0)];
-  }
-  for_each_slice(g, q.sl, [&](int64_t slice, int64_t n_begin, int64_t n_end) {
+  const std::vector<A> b = bias_values<A>(bias, g.O);
+  for_each_chunk(g, q.sl, [&](int64_t slice, int64_t n0, int64_t nc, bool) {
     A* padded = work.padded(slice);
     A* wide = work.wide(slice);
-    for (int64_t n0 = n_begin; n0 < n_end; n0 += q.sl.chunk) {
-      const int64_t nc = std::min(q.sl.chunk, n_end - n0), L = nc * q.P, span = L - q.max_shift;
-      pad_planes(px, g, q, n0, nc, g.C, padded);
-      if constexpr (std::is_same_v<A, float>) {
-        if (direct)  // Note [direct tap kernels]
-          tap_forward_f32(padded, L, g.C, wt, g.O, g.KH, g.dh * q.Wp, g.dw, span, wide, L);
-      }
-      if (!direct)
-        for (int64_t tap = 0; tap < q.taps; ++tap)
-          gemm<A>(false, false, g.O, span, g.C, wt + tap * g.O * g.C, g.C, padded + q.shift(tap, g), L,
-                  tap == 0 ? A(0) : A(1), wide, L);
-      // out[n0 + i, o, oh, ow] = wide[o, i * P + oh * Wp + ow] + bias[o]
-      parallel_for(nc * g.O, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(g.OHW, 1)),
-                   [&](int64_t begin, int64_t end) {
-                     for (int64_t t = begin; t < end; ++t) {
-                       const int64_t i = t / g.O, o = t % g.O;
-                       const A bo = b[static_cast<size_t>(o)];
-                       const A* src = wide + o * L + i * q.P;
-                       T* dst = po + ((n0 + i) * g.O + o) * g.OHW;
-                       for (int64_t oh = 0; oh < g.OH; ++oh) {
-                         const A* __restrict s = src + oh * q.Wp;
-                         T* __restrict d = dst + oh * g.OW;
-                         for (int64_t ow = 0; ow < g.OW; ++ow) d[ow] = static_cast<T>(s[ow] + bo);
-                       }
-                     }
-                   });
+    const int64_t L = nc * q.P, span = L - q.max_shift;
+    pad_planes(px, g, q, n0, nc, g.C, padded);
+    if constexpr (std::is_same_v<A, float>) {
+      if (direct)  // Note [direct tap kernels]
+        tap_forward_f32(padded, L, g.C, wt, g.O, g.KH, g.dh * q.Wp, g.dw, span, wide, L);
     }
+    if (!direct)
+      for (int64_t tap = 0; tap < q.taps; ++tap)
+        gemm<A>(false, false, g.O, span, g.C, wt + tap * g.O * g.C, g.C, padded + q.shift(tap, g), L,
+                tap == 0 ? A(0) : A(1), wide, L);
+    // out[n0 + i, o, oh, ow] = wide[o, i * P + oh * Wp + ow] + bias[o]
+    parallel_for(nc * g.O, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(g.OHW, 1)),
+                 [&](int64_t begin, int64_t end) {
+                   for (int64_t t = begin; t < end; ++t) {
+                     const int64_t i = t / g.O, o = t % g.O;
+                     const A bo = b[static_cast<size_t>(o)];
+                     const A* src = wide + o * L + i * q.P;
+                     T* dst = po + ((n0 + i) * g.O + o) * g.OHW;
+                     for (int64_t oh = 0; oh < g.OH; ++oh) {
+                       const A* __restrict s = src + oh * q.Wp;
+                       T* __restrict d = dst + oh * g.OW;
+                       for (int64_t ow = 0; ow < g.OW; ++ow) d[ow] = static_cast<T>(s[ow] + bo);
+                     }
+                   }
+                 });
   });
 }
 
@@ -796,40 +800,38 @@ void padded_backward_input(const Tensor& dout, const Tensor& w, const Tensor& dx
   const bool direct = direct_taps<A>(g);
   if (direct) weight_for_taps(static_cast<const A*>(w.raw_data()), g, q.taps, true, wt);
   else weight_by_tap(static_cast<const A*>(w.raw_data()), g, q.taps, wt);
-  for_each_slice(g, q.sl, [&](int64_t slice, int64_t n_begin, int64_t n_end) {
+  for_each_chunk(g, q.sl, [&](int64_t slice, int64_t n0, int64_t nc, bool) {
     A* padded = work.padded(slice);
     A* wide = work.wide(slice);
-    for (int64_t n0 = n_begin; n0 < n_end; n0 += q.sl.chunk) {
-      const int64_t nc = std::min(q.sl.chunk, n_end - n0), L = nc * q.P, span = L - q.max_shift;
-      if constexpr (std::is_same_v<A, float>) {
-        if (direct) {  // Note [direct tap kernels]: padded dx[c, i] = sum W_tap[o, c] * dout_wide[o, i - shift]
-          const int64_t ldw = L + q.max_shift;  // each row of dout_wide behind max_shift zeros
-          for (int64_t o = 0; o < g.O; ++o) std::fill(wide + o * ldw, wide + o * ldw + q.max_shift, A(0));
-          widen_output(pd, g, q, n0, nc, wide + q.max_shift, ldw);
-          tap_forward_f32(wide, ldw, g.O, wt, g.C, g.KH, g.dh * q.Wp, g.dw, L, padded, L);
-        }
+    const int64_t L = nc * q.P, span = L - q.max_shift;
+    if constexpr (std::is_same_v<A, float>) {
+      if (direct) {  // Note [direct tap kernels]: padded dx[c, i] = sum W_tap[o, c] * dout_wide[o, i - shift]
+        const int64_t ldw = L + q.max_shift;  // each row of dout_wide behind max_shift zeros
+        for (int64_t o = 0; o < g.O; ++o) std::fill(wide + o * ldw, wide + o * ldw + q.max_shift, A(0));
+        widen_output(pd, g, q, n0, nc, wide + q.max_shift, ldw);
+        tap_forward_f32(wide, ldw, g.O, wt, g.C, g.KH, g.dh * q.Wp, g.dw, L, padded, L);
       }
-      if (!direct) {
-        widen_output(pd, g, q, n0, nc, wide, L);
-        std::fill(padded, padded + g.C * L, A(0));
-        // padded dx[c, shift + j] += sum_o W_tap[o, c] * dout_wide[o, j]
-        for (int64_t tap = 0; tap < q.taps; ++tap)
-          gemm<A>(true, false, g.C, span, g.O, wt + tap * g.O * g.C, g.C, wide, L, A(1), padded + q.shift(tap, g), L);
-      }
-      parallel_for(g.C * nc, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(q.P, 1)),
-                   [&](int64_t begin, int64_t end) {
-                     for (int64_t t = begin; t < end; ++t) {
-                       const int64_t c = t / nc, i = t % nc;
-                       const A* src = padded + c * L + i * q.P;
-                       T* dst = px + ((n0 + i) * g.C + c) * g.H * g.W;
-                       for (int64_t h = 0; h < g.H; ++h) {
-                         const A* __restrict s = src + (h + g.ph) * q.Wp + g.pw;
-                         T* __restrict d = dst + h * g.W;
-                         for (int64_t x = 0; x < g.W; ++x) d[x] = static_cast<T>(s[x]);
-                       }
-                     }
-                   });
     }
+    if (!direct) {
+      widen_output(pd, g, q, n0, nc, wide, L);
+      std::fill(padded, padded + g.C * L, A(0));
+      // padded dx[c, shift + j] += sum_o W_tap[o, c] * dout_wide[o, j]
+      for (int64_t tap = 0; tap < q.taps; ++tap)
+        gemm<A>(true, false, g.C, span, g.O, wt + tap * g.O * g.C, g.C, wide, L, A(1), padded + q.shift(tap, g), L);
+    }
+    parallel_for(g.C * nc, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(q.P, 1)),
+                 [&](int64_t begin, int64_t end) {
+                   for (int64_t t = begin; t < end; ++t) {
+                     const int64_t c = t / nc, i = t % nc;
+                     const A* src = padded + c * L + i * q.P;
+                     T* dst = px + ((n0 + i) * g.C + c) * g.H * g.W;
+                     for (int64_t h = 0; h < g.H; ++h) {
+                       const A* __restrict s = src + (h + g.ph) * q.Wp + g.pw;
+                       T* __restrict d = dst + h * g.W;
+                       for (int64_t x = 0; x < g.W; ++x) d[x] = static_cast<T>(s[x]);
+                     }
+                   }
+                 });
   });
 }
 
@@ -843,26 +845,24 @@ void padded_backward_weight(const Tensor& dout, const Tensor& x, const Tensor& d
   const T* pd = static_cast<const T*>(dout.raw_data());
   const T* px = static_cast<const T*>(x.raw_data());
   const bool direct = direct_taps<A>(g);
-  for_each_slice(g, q.sl, [&](int64_t slice, int64_t n_begin, int64_t n_end) {
+  for_each_chunk(g, q.sl, [&](int64_t slice, int64_t n0, int64_t nc, bool first) {
     A* padded = work.padded(slice);
     A* wide = work.wide(slice);
     A* wt = work.wt(slice);
-    if (direct) std::fill(wt, wt + q.taps * g.O * g.C, A(0));
-    for (int64_t n0 = n_begin; n0 < n_end; n0 += q.sl.chunk) {
-      const int64_t nc = std::min(q.sl.chunk, n_end - n0), L = nc * q.P, span = L - q.max_shift;
-      pad_planes(px, g, q, n0, nc, g.C, padded);
-      widen_output(pd, g, q, n0, nc, wide, L);
-      // dW_tap[o, c] (+)= sum_j dout_wide[o, j] * padded[c, shift + j]
-      if constexpr (std::is_same_v<A, float>) {
-        if (direct) {  // Note [direct tap kernels]
-          tap_weight_grads_f32(wide, L, padded, L, g.O, g.C, g.KH, g.dh * q.Wp, g.dw, span, wt);
-          continue;
-        }
+    const int64_t L = nc * q.P, span = L - q.max_shift;
+    pad_planes(px, g, q, n0, nc, g.C, padded);
+    widen_output(pd, g, q, n0, nc, wide, L);
+    // dW_tap[o, c] (+)= sum_j dout_wide[o, j] * padded[c, shift + j]
+    if constexpr (std::is_same_v<A, float>) {
+      if (direct) {  // Note [direct tap kernels]: the kernel adds into wt
+        if (first) std::fill(wt, wt + q.taps * g.O * g.C, A(0));
+        tap_weight_grads_f32(wide, L, padded, L, g.O, g.C, g.KH, g.dh * q.Wp, g.dw, span, wt);
+        return;
       }
-      for (int64_t tap = 0; tap < q.taps; ++tap)
-        gemm<A>(false, true, g.O, g.C, span, wide, L, padded + q.shift(tap, g), L, n0 == n_begin ? A(0) : A(1),
-                wt + tap * g.O * g.C, g.C);
     }
+    for (int64_t tap = 0; tap < q.taps; ++tap)
+      gemm<A>(false, true, g.O, g.C, span, wide, L, padded + q.shift(tap, g), L, first ? A(0) : A(1),
+              wt + tap * g.O * g.C, g.C);
   });
   A* pw = static_cast<A*>(dw.raw_data());
   for (int64_t o = 0; o < g.O; ++o)

@@ -22,7 +22,8 @@ constexpr double kGeluCoeff = 0.044715;
 // with an exp written out in plain arithmetic (exp_f32) that GCC vectorises: no cancellation
 // in 1 + tanh for negative x, and within a few ulp of the libm form elsewhere. The loops are
 // compiled for AVX-512, AVX2 and x86-64 (as Note [vectorised adam]); with no FMA contraction
-// (-std=c++20) each lane computes the scalar result, so every width gives the same bits.
+// (-ffp-contract=off, Note [no contraction] in CMakeLists.txt) each lane computes the scalar
+// result, so every width gives the same bits.
 // f16/bf16 and f64 keep the generic path (f64: gradcheck's reference precision).
 
 // e^x for float in plain arithmetic: x = n ln2 + r, |r| <= ln2/2, e^r by its Taylor series to

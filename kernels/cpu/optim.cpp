@@ -105,8 +105,9 @@ namespace {
 // the loader picks the widest the CPU has (GCC function multiversioning). This file is built
 // with -fno-math-errno (CMakeLists.txt), so sqrt of the (non-negative) second moment is one
 // vector instruction; without it GCC keeps a scalar call for errno's sake and the loop does not
-// vectorise. Without -ffast-math and with -std=c++20 (no FMA contraction) every lane computes
-// what the scalar loop computes, bit for bit, at every width.
+// vectorise. Without -ffast-math and with -ffp-contract=off (Note [no contraction] in
+// CMakeLists.txt: GCC 12 fused a * b + c in the AVX-512 clone) every lane computes what the
+// scalar loop computes, bit for bit, at every width.
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
 __attribute__((target_clones("avx512f", "avx2", "default")))
 #endif

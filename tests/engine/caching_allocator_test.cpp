@@ -149,6 +149,29 @@ TEST(CachingAllocator, ReleasesWholeFreeSegmentsOnAMiss) {
   f.alloc->deallocate(d);
 }
 
+// A loop whose working set is just above what a miss leaves reserved: a large block, then a small
+// one, each freed before the other is asked for. Releasing on every miss handed each segment back
+// to make room for the other, twice a step for as long as the loop ran (20 segments for 10
+// steps). Now the second step's miss asks again for the size the first step handed back, so it
+// keeps what is cached, and nothing misses after that.
+TEST(CachingAllocator, ReleaseOnMissSettlesInARepeatingLoop) {
+  Fixture f;
+  f.alloc->set_release_on_miss(true);
+  for (int step = 0; step < 10; ++step) {
+    f.alloc->deallocate(f.get(4 * MiB));
+    f.alloc->deallocate(f.get(512 * KiB));  // the small pool: a 2 MiB segment of its own
+    if (step == 0) {
+      EXPECT_EQ(f.backend->allocs, 2);
+      EXPECT_EQ(f.backend->frees, 1) << "the small segment's miss hands the whole-free 4 MiB back";
+    }
+  }
+  MemoryStats s = f.alloc->stats();
+  EXPECT_EQ(f.backend->allocs, 3) << "only the second step's 4 MiB missed after the first step";
+  EXPECT_EQ(f.backend->frees, 1);
+  EXPECT_EQ(s.reserved_bytes.current, static_cast<int64_t>(6 * MiB));
+  EXPECT_EQ(s.reserved_bytes.peak, static_cast<int64_t>(6 * MiB));
+}
+
 TEST(CachingAllocator, BlocksAreReusedOnlyOnTheirStream) {
   Fixture f;
   Allocation a = f.get(4096, /*stream=*/1);
