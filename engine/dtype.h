@@ -108,12 +108,14 @@ struct BFloat16 {
     std::memcpy(&f, &u, 4);
     return f;
   }
+  // Branch-free, as Half's integer path, so that loops over it vectorise (a NaN test as an `if`
+  // kept every conversion loop scalar).
   static uint16_t from_float(float f) {
-    uint32_t u;
-    std::memcpy(&u, &f, 4);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40);  // NaN stays NaN
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return static_cast<uint16_t>(u >> 16);
+    const uint32_t u = std::bit_cast<uint32_t>(f);
+    const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+    const uint32_t quiet_nan = (u >> 16) | 0x40u;  // NaN stays NaN
+    const auto a = static_cast<int32_t>(u & 0x7fffffffu);
+    return static_cast<uint16_t>(detail::select_bits(a > 0x7f800000, quiet_nan, rounded));
   }
 };
 

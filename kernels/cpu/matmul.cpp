@@ -81,6 +81,17 @@ Tensor rebroadcast_batch(const Tensor& x, int64_t batch) {
   return x.as_strided({batch, x.size(1), x.size(2)}, {0, x.stride(1), x.stride(2)}, x.offset());
 }
 
+// An f32 copy of a 16-bit operand for sgemm. A batch of transposed contiguous matrices (a weight
+// used as W^T) keeps its layout -- converted in memory order, then viewed transposed again, and
+// sgemm takes the transpose -- where a contiguous copy converted it element by element across
+// the rows (Note [vectorised casts] in copy.cpp: the strided loop stays scalar).
+Tensor f32_operand(Backend& be, const Tensor& x) {
+  const Tensor u = unbroadcast_batch(x);
+  const Tensor t = u.transpose(1, 2);
+  if (!u.is_contiguous() && t.is_contiguous()) return contiguous_copy(be, t, DType::f32).transpose(1, 2);
+  return contiguous_copy(be, u, DType::f32);
+}
+
 template <typename T>
 void matmul_blas(Backend& be, Tensor a, Tensor b, const Tensor& out, T beta) {
   const int64_t B = out.size(0), M = out.size(1), N = out.size(2), K = a.size(2);
@@ -136,8 +147,8 @@ void CpuBackend::impl_matmul(const Tensor& a, const Tensor& b, const Tensor& out
     } else {
       // f16/bf16: f32 scratch for each operand (a broadcast operand converted once) and for
       // the output, which holds out's old values when beta needs them.
-      Tensor a32 = rebroadcast_batch(contiguous_copy(*this, unbroadcast_batch(a), DType::f32), B);
-      Tensor b32 = rebroadcast_batch(contiguous_copy(*this, unbroadcast_batch(b), DType::f32), B);
+      Tensor a32 = rebroadcast_batch(f32_operand(*this, a), B);
+      Tensor b32 = rebroadcast_batch(f32_operand(*this, b), B);
       CategoryScope workspace(MemoryCategory::workspace);
       Tensor out32 = beta != 0 ? contiguous_copy(*this, out, DType::f32)
                                : Tensor::empty(out.shape(), TensorOptions().dtype(DType::f32).device(out.device()));
