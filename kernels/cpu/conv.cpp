@@ -746,6 +746,58 @@ void weight_by_tap(const A* w, const ConvGeom& g, int64_t taps, A* wt) {
       for (int64_t tap = 0; tap < taps; ++tap) wt[(tap * g.O + o) * g.C + c] = w[(o * g.C + c) * taps + tap];
 }
 
+// Note [native bf16 taps] (conv_taps.cpp): a bf16 forward convolution the direct kernels take
+// runs on the CPU's bf16 dot products where it has them. Its operands use the f32 scratch's
+// memory (half of it), so the workspace -- and what meta execution predicts -- stays the same.
+template <typename T>
+bool native_bf16_taps(const ConvGeom& g) {
+  return std::is_same_v<T, BFloat16> && g.KW == 3 && bf16_tap_kernels_available();
+}
+
+// pairs[((r / 2) * ld + i * P + (h + top) * Wp + w + left) * 2 + r % 2] = src[n0 + i, r, h, w]
+// (bf16 bits) for R rows of H x W planes (the input, or the output gradient), zero around and in
+// the odd row's place of a last pair.
+void to_pairs(const BFloat16* src, int64_t R, int64_t H, int64_t W, int64_t top, int64_t left, const PaddedGeom& q,
+              int64_t n0, int64_t nc, uint16_t* pairs, int64_t ld) {
+  const int64_t SP = (R + 1) / 2;
+  parallel_for(SP * nc, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(2 * q.P, 1)),
+               [&](int64_t begin, int64_t end) {
+                 for (int64_t t = begin; t < end; ++t) {
+                   const int64_t sp = t / nc, i = t % nc;
+                   uint16_t* dst = pairs + (sp * ld + i * q.P) * 2;
+                   std::fill(dst, dst + 2 * q.P, uint16_t{0});
+                   for (int64_t e = 0; e < 2 && 2 * sp + e < R; ++e) {
+                     const BFloat16* plane = src + ((n0 + i) * R + 2 * sp + e) * H * W;
+                     for (int64_t h = 0; h < H; ++h) {
+                       uint16_t* __restrict d = dst + ((h + top) * q.Wp + left) * 2 + e;
+                       const BFloat16* __restrict row = plane + h * W;
+                       for (int64_t w = 0; w < W; ++w) d[2 * w] = row[w].bits;
+                     }
+                   }
+                 }
+               });
+}
+
+// The weight in pairs as tap_forward_bf16 reads it (bf16; the weight arrives as f32 converted from
+// bf16, so exactly). Forward: wk[(s * taps + tap) * O + o] = w[o][2s][tap] in the low half,
+// w[o][2s + 1][tap] in the high half. Backward input, as weight_for_taps: the roles of c and o
+// swap and the taps run backwards, wk[(s * taps + tap) * C + c] = w[2s (+1)][c][taps - 1 - tap].
+void weight_pairs(const float* w, const ConvGeom& g, int64_t taps, bool backward_input, uint32_t* wk) {
+  const int64_t rows = backward_input ? g.O : g.C, cols = backward_input ? g.C : g.O, SP = (rows + 1) / 2;
+  for (int64_t sp = 0; sp < SP; ++sp)
+    for (int64_t tap = 0; tap < taps; ++tap)
+      for (int64_t col = 0; col < cols; ++col) {
+        uint32_t pair = 0;
+        for (int64_t e = 0; e < 2 && 2 * sp + e < rows; ++e) {
+          const int64_t r = 2 * sp + e;
+          const float v =
+              backward_input ? w[(r * g.C + col) * taps + (taps - 1 - tap)] : w[(col * g.C + r) * taps + tap];
+          pair |= static_cast<uint32_t>(BFloat16(v).bits) << (16 * e);
+        }
+        wk[(sp * taps + tap) * cols + col] = pair;
+      }
+}
+
 template <typename T, typename A>
 void padded_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& out, const ConvGeom& g) {
   const PaddedScratch<A> work(g, x.device(), false);
@@ -754,20 +806,33 @@ void padded_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const 
   const T* px = static_cast<const T*>(x.raw_data());
   T* po = static_cast<T*>(out.raw_data());
   A* wt = work.wt();
-  const bool direct = direct_taps<A>(g);
+  const bool native = native_bf16_taps<T>(g);  // Note [native bf16 taps]
+  const bool direct = !native && direct_taps<A>(g);
+  if constexpr (std::is_same_v<T, BFloat16>) {
+    if (native)
+      weight_pairs(static_cast<const float*>(w.raw_data()), g, q.taps, false, reinterpret_cast<uint32_t*>(wt));
+  }
   if (direct) weight_for_taps(static_cast<const A*>(w.raw_data()), g, q.taps, false, wt);
-  else weight_by_tap(static_cast<const A*>(w.raw_data()), g, q.taps, wt);
+  else if (!native) weight_by_tap(static_cast<const A*>(w.raw_data()), g, q.taps, wt);
   const std::vector<A> b = bias_values<A>(bias, g.O);
   for_each_chunk(g, q.sl, [&](int64_t slice, int64_t n0, int64_t nc, bool) {
     A* padded = work.padded(slice);
     A* wide = work.wide(slice);
     const int64_t L = nc * q.P, span = L - q.max_shift;
-    pad_planes(px, g, q, n0, nc, g.C, padded);
+    if constexpr (std::is_same_v<T, BFloat16>) {
+      if (native) {
+        auto* pairs = reinterpret_cast<uint16_t*>(padded);
+        to_pairs(px, g.C, g.H, g.W, g.ph, g.pw, q, n0, nc, pairs, L);
+        tap_forward_bf16(pairs, L, (g.C + 1) / 2, reinterpret_cast<const uint32_t*>(wt), g.O, g.KH, g.dh * q.Wp, g.dw,
+                         span, wide, L);
+      }
+    }
+    if (!native) pad_planes(px, g, q, n0, nc, g.C, padded);
     if constexpr (std::is_same_v<A, float>) {
       if (direct)  // Note [direct tap kernels]
         tap_forward_f32(padded, L, g.C, wt, g.O, g.KH, g.dh * q.Wp, g.dw, span, wide, L);
     }
-    if (!direct)
+    if (!direct && !native)
       for (int64_t tap = 0; tap < q.taps; ++tap)
         gemm<A>(false, false, g.O, span, g.C, wt + tap * g.O * g.C, g.C, padded + q.shift(tap, g), L,
                 tap == 0 ? A(0) : A(1), wide, L);
@@ -797,13 +862,28 @@ void padded_backward_input(const Tensor& dout, const Tensor& w, const Tensor& dx
   const T* pd = static_cast<const T*>(dout.raw_data());
   T* px = static_cast<T*>(dx.raw_data());
   A* wt = work.wt();
-  const bool direct = direct_taps<A>(g);
+  const bool native = native_bf16_taps<T>(g);  // Note [native bf16 taps]
+  const bool direct = !native && direct_taps<A>(g);
+  if constexpr (std::is_same_v<T, BFloat16>) {
+    if (native) weight_pairs(static_cast<const float*>(w.raw_data()), g, q.taps, true, reinterpret_cast<uint32_t*>(wt));
+  }
   if (direct) weight_for_taps(static_cast<const A*>(w.raw_data()), g, q.taps, true, wt);
-  else weight_by_tap(static_cast<const A*>(w.raw_data()), g, q.taps, wt);
+  else if (!native) weight_by_tap(static_cast<const A*>(w.raw_data()), g, q.taps, wt);
   for_each_chunk(g, q.sl, [&](int64_t slice, int64_t n0, int64_t nc, bool) {
     A* padded = work.padded(slice);
     A* wide = work.wide(slice);
     const int64_t L = nc * q.P, span = L - q.max_shift;
+    if constexpr (std::is_same_v<T, BFloat16>) {
+      if (native) {  // as the direct form below, with dout_wide in row pairs
+        const int64_t ldw = L + q.max_shift;
+        auto* pairs = reinterpret_cast<uint16_t*>(wide);
+        for (int64_t sp = 0; sp < (g.O + 1) / 2; ++sp)
+          std::fill(pairs + sp * ldw * 2, pairs + (sp * ldw + q.max_shift) * 2, uint16_t{0});
+        to_pairs(pd, g.O, g.OH, g.OW, 0, 0, q, n0, nc, pairs + q.max_shift * 2, ldw);
+        tap_forward_bf16(pairs, ldw, (g.O + 1) / 2, reinterpret_cast<const uint32_t*>(wt), g.C, g.KH, g.dh * q.Wp, g.dw,
+                         L, padded, L);
+      }
+    }
     if constexpr (std::is_same_v<A, float>) {
       if (direct) {  // Note [direct tap kernels]: padded dx[c, i] = sum W_tap[o, c] * dout_wide[o, i - shift]
         const int64_t ldw = L + q.max_shift;  // each row of dout_wide behind max_shift zeros
@@ -812,7 +892,7 @@ void padded_backward_input(const Tensor& dout, const Tensor& w, const Tensor& dx
         tap_forward_f32(wide, ldw, g.O, wt, g.C, g.KH, g.dh * q.Wp, g.dw, L, padded, L);
       }
     }
-    if (!direct) {
+    if (!direct && !native) {
       widen_output(pd, g, q, n0, nc, wide, L);
       std::fill(padded, padded + g.C * L, A(0));
       // padded dx[c, shift + j] += sum_o W_tap[o, c] * dout_wide[o, j]
@@ -844,12 +924,25 @@ void padded_backward_weight(const Tensor& dout, const Tensor& x, const Tensor& d
   if (meta_active()) return;
   const T* pd = static_cast<const T*>(dout.raw_data());
   const T* px = static_cast<const T*>(x.raw_data());
-  const bool direct = direct_taps<A>(g);
+  const bool native = native_bf16_taps<T>(g);  // Note [native bf16 taps]
+  const bool direct = !native && direct_taps<A>(g);
   for_each_chunk(g, q.sl, [&](int64_t slice, int64_t n0, int64_t nc, bool first) {
     A* padded = work.padded(slice);
     A* wide = work.wide(slice);
     A* wt = work.wt(slice);
     const int64_t L = nc * q.P, span = L - q.max_shift;
+    if constexpr (std::is_same_v<T, BFloat16>) {
+      if (native) {  // the planes and dout_wide as bf16 in the f32 scratch's memory
+        auto* padded16 = reinterpret_cast<BFloat16*>(padded);
+        auto* wide16 = reinterpret_cast<BFloat16*>(wide);
+        pad_planes(px, g, q, n0, nc, g.C, padded16);
+        widen_output(pd, g, q, n0, nc, wide16, L);
+        if (first) std::fill(wt, wt + q.taps * g.O * g.C, A(0));
+        tap_weight_grads_bf16(reinterpret_cast<const uint16_t*>(wide16), L, reinterpret_cast<const uint16_t*>(padded16),
+                              L, g.O, g.C, g.KH, g.dh * q.Wp, g.dw, span, wt);
+        return;
+      }
+    }
     pad_planes(px, g, q, n0, nc, g.C, padded);
     widen_output(pd, g, q, n0, nc, wide, L);
     // dW_tap[o, c] (+)= sum_j dout_wide[o, j] * padded[c, shift + j]

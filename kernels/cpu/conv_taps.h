@@ -24,4 +24,17 @@ void tap_weight_grads_f32(const float* wide, int64_t ldw, const float* padded, i
 void tap_forward_f32(const float* in, int64_t ldi, int64_t S, const float* wk, int64_t R, int64_t KH, int64_t row_shift,
                      int64_t tap_shift, int64_t n, float* out, int64_t ldo);
 
+// Note [native bf16 taps] (conv_taps.cpp): tap_forward_f32's sum with bf16 operands in channel
+// pairs -- in[(s * ldi + i) * 2 + e] is input row 2s + e at column i, wk[(s * taps + tap) * R + r]
+// holds the weights of rows 2s (low half) and 2s + 1 (high half) -- on AVX-512 BF16; false
+// where the CPU lacks it (or HEADROOM_NO_AVX512 is set), and then tap_forward_bf16 throws.
+bool bf16_tap_kernels_available();
+
+void tap_forward_bf16(const uint16_t* in, int64_t ldi, int64_t SP, const uint32_t* wk, int64_t R, int64_t KH,
+                      int64_t row_shift, int64_t tap_shift, int64_t n, float* out, int64_t ldo);
+
+// tap_weight_grads_f32 on bf16 rows (natural layout, not pairs), adding into the f32 wt.
+void tap_weight_grads_bf16(const uint16_t* wide, int64_t ldw, const uint16_t* padded, int64_t ldp, int64_t O, int64_t C,
+                           int64_t KH, int64_t row_shift, int64_t tap_shift, int64_t span, float* wt);
+
 }  // namespace headroom::cpu
